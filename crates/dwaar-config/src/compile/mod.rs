@@ -1,0 +1,514 @@
+//! Validation: the syntax tree ([`Document`]) becomes the [`Config`] model.
+//!
+//! Global options, site addresses and site-level directives are handled here; handler
+//! directives live in `handlers`, `reverse_proxy` in its own module, matchers in
+//! `matchers`, and directive ordering in `routes`.
+
+mod args;
+mod handlers;
+mod matchers;
+mod reverse_proxy;
+mod routes;
+
+pub use args::Diags;
+pub use handlers::{NOT_YET as NOT_YET_DIRECTIVES, SUPPORTED as SUPPORTED_DIRECTIVES};
+pub use routes::DEFAULT_ORDER;
+
+use crate::diag::did_you_mean;
+use crate::lexer::Token;
+use crate::model::{Config, GlobalOptions, OrderRule, ServerOptions, Site, SiteAddress};
+use crate::parser::{Directive, Document};
+use args::block_lines;
+use matchers::{check_cidr, NamedMatchers, PRIVATE_RANGES};
+use routes::{compile_block, directive_order, RouteCx};
+use std::collections::HashMap;
+
+const GLOBAL_SUPPORTED: &[&str] = &[
+    "debug",
+    "http_port",
+    "https_port",
+    "grace_period",
+    "shutdown_delay",
+    "order",
+    "servers",
+    "admin",
+    "auto_https",
+];
+const GLOBAL_NOT_YET: &[&str] = &[
+    "email",
+    "acme_ca",
+    "acme_ca_root",
+    "local_certs",
+    "storage",
+    "log",
+    "workers",
+    "default_sni",
+    "on_demand_tls",
+    "key_type",
+    "cert_issuer",
+    "ocsp_stapling",
+    "skip_install_trust",
+    "acme_eab",
+    "acme_dns",
+    "pki",
+    "persist_config",
+    "storage_clean_interval",
+    "default_bind",
+    "metrics",
+    "preferred_chains",
+    "renew_interval",
+    "events",
+    "filesystem",
+    "ocsp_interval",
+    "fallback_sni",
+];
+
+/// Validates a parsed document into the config model, collecting diagnostics.
+pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
+    let global = doc
+        .global
+        .as_ref()
+        .map(|b| global_options(&b.directives, diags))
+        .unwrap_or_default();
+    let order = directive_order(&global.order);
+    let mut sites = Vec::new();
+    let mut seen: HashMap<(String, u16, Option<String>), Token> = HashMap::new();
+    for sb in &doc.sites {
+        let mut addresses = Vec::new();
+        for t in &sb.addresses {
+            if let Some(a) = site_address(t, &global, diags) {
+                let key = (a.host.clone(), a.port, a.path.clone());
+                if seen.contains_key(&key) {
+                    let d = t.error(format!(
+                        "site address '{}' is already used by another site block",
+                        t.text
+                    ));
+                    diags.push(d.with_help(
+                        "merge the two site blocks, or give one a different host or port",
+                    ));
+                } else {
+                    seen.insert(key, t.clone());
+                }
+                addresses.push(a);
+            }
+        }
+        let mut bind = Vec::new();
+        let mut error_blocks: Vec<&Directive> = Vec::new();
+        let mut handler_dirs: Vec<Directive> = Vec::new();
+        for d in &sb.block.directives {
+            match d.name.text.as_str() {
+                "bind" if !d.name.quoted() => {
+                    if diags.arity(d, 0, 1, usize::MAX, "bind <host>...") {
+                        for a in &d.args {
+                            let host = a
+                                .text
+                                .trim_start_matches("tcp/")
+                                .trim_start_matches('[')
+                                .trim_end_matches(']');
+                            if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+                                diags.push(
+                                    a.error(format!(
+                                        "bind address '{}' is not an IP address",
+                                        a.text
+                                    ))
+                                    .with_help("bind 127.0.0.1 or bind ::1"),
+                                );
+                            } else {
+                                bind.push(host.to_string());
+                            }
+                        }
+                    }
+                }
+                "handle_errors" if !d.name.quoted() => error_blocks.push(d),
+                _ => handler_dirs.push(d.clone()),
+            }
+        }
+        let mut cx = RouteCx {
+            order: &order,
+            group_counter: 0,
+        };
+        let named = NamedMatchers::new();
+        let routes = compile_block(&handler_dirs, &named, false, &mut cx, diags);
+        let mut error_routes = Vec::new();
+        for d in error_blocks {
+            let codes: Vec<String> = d.args.iter().map(|t| t.text.to_ascii_lowercase()).collect();
+            for (t, c) in d.args.iter().zip(&codes) {
+                let ok = c.len() == 3
+                    && (c.bytes().all(|b| b.is_ascii_digit())
+                        || (c.as_bytes()[0].is_ascii_digit() && &c[1..] == "xx"));
+                if !ok {
+                    diags.push(
+                        t.error(format!("invalid status code '{}' in handle_errors", t.text))
+                            .with_help("use codes like 404 or classes like 5xx"),
+                    );
+                }
+            }
+            let inner = compile_block(block_lines(&d.block), &named, false, &mut cx, diags);
+            let matchers = if codes.is_empty() {
+                vec![]
+            } else {
+                vec![handlers::error_status_matcher(codes)]
+            };
+            error_routes.push(crate::model::Route {
+                matchers,
+                group: None,
+                handlers: vec![crate::model::Handler::Subroute { routes: inner }],
+            });
+        }
+        sites.push(Site {
+            addresses,
+            bind,
+            routes,
+            error_routes,
+        });
+    }
+    Config { global, sites }
+}
+
+fn site_address(t: &Token, g: &GlobalOptions, diags: &mut Diags) -> Option<SiteAddress> {
+    let text = t.text.trim();
+    if text.contains('{') {
+        diags.push(
+            t.error(format!(
+                "site address '{text}' has an unexpanded placeholder"
+            ))
+            .with_help("environment variables are written {$NAME}"),
+        );
+        return None;
+    }
+    let (scheme, rest) = match text.split_once("://") {
+        Some((s, r)) => (Some(s.to_ascii_lowercase()), r),
+        None => (None, text),
+    };
+    if let Some(s) = &scheme {
+        if s != "http" && s != "https" {
+            diags.push(
+                t.error(format!("unsupported scheme '{s}' in site address"))
+                    .with_help("use http:// or https://"),
+            );
+            return None;
+        }
+    }
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(rest[i..].to_string())),
+        None => (rest, None),
+    };
+    let (host, port_str) = reverse_proxy::split_host_port(hostport);
+    let host = host.to_ascii_lowercase();
+    if !host.is_empty() && !valid_host(&host) {
+        diags.push(
+            t.error(format!("invalid host '{host}' in site address"))
+                .with_help("examples: example.com, *.example.com, :8080, http://localhost:8080"),
+        );
+        return None;
+    }
+    let port = match port_str {
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                diags.push(
+                    t.error(format!("invalid port '{p}' in site address '{text}'"))
+                        .with_help("ports are numbers from 0 to 65535"),
+                );
+                return None;
+            }
+        },
+        None => None,
+    };
+    let auto_off = g.auto_https.as_deref() == Some("off");
+    let scheme = match (&scheme, port) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) if p == g.http_port => "http".into(),
+        (None, Some(p)) if p == g.https_port => "https".into(),
+        (None, _) if host.is_empty() || auto_off => "http".into(),
+        (None, _) => "https".into(),
+    };
+    let port = port.unwrap_or(if scheme == "https" {
+        g.https_port
+    } else {
+        g.http_port
+    });
+    if scheme == "https" {
+        diags.push(
+            t.error(format!("site '{text}' would be served over HTTPS, which is not supported yet"))
+                .with_help(format!("serve it over plain HTTP for now: http://{hostport}, or set 'auto_https off' globally")),
+        );
+        return None;
+    }
+    Some(SiteAddress {
+        scheme: Some(scheme),
+        host,
+        port,
+        path,
+    })
+}
+
+fn valid_host(h: &str) -> bool {
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    let h = h.strip_prefix("*.").unwrap_or(h);
+    !h.is_empty()
+        && h.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'*')
+        })
+}
+
+fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
+    let mut g = GlobalOptions::default();
+    for d in dirs {
+        let name = d.name.text.as_str();
+        match name {
+            "debug" => {
+                if diags.arity(d, 0, 0, 0, "debug") {
+                    g.debug = true;
+                }
+            }
+            "http_port" | "https_port" => {
+                if diags.arity(d, 0, 1, 1, &format!("{name} <port>")) {
+                    if let Some(p) = diags.number::<u16>(&d.args[0], "port") {
+                        if name == "http_port" {
+                            g.http_port = p
+                        } else {
+                            g.https_port = p
+                        }
+                    }
+                }
+            }
+            "grace_period" | "shutdown_delay" => {
+                if diags.arity(d, 0, 1, 1, &format!("{name} <duration>")) {
+                    let v = diags.duration(&d.args[0]);
+                    if name == "grace_period" {
+                        g.grace_period_ms = v
+                    } else {
+                        g.shutdown_delay_ms = v
+                    }
+                }
+            }
+            "order" => {
+                if !diags.arity(
+                    d,
+                    0,
+                    2,
+                    3,
+                    "order <directive> first|last|before <other>|after <other>",
+                ) {
+                    continue;
+                }
+                let pos = d.args[1].text.clone();
+                let needs_other = pos == "before" || pos == "after";
+                if !["first", "last", "before", "after"].contains(&pos.as_str()) {
+                    diags.push(
+                        d.args[1]
+                            .error(format!("unknown order position '{pos}'"))
+                            .with_help("use first, last, before <directive> or after <directive>"),
+                    );
+                    continue;
+                }
+                if needs_other != (d.args.len() == 3) {
+                    diags.push(d.name.error(format!(
+                        "'order {} {pos}' {}",
+                        d.args[0].text,
+                        if needs_other {
+                            "needs the directive to order against"
+                        } else {
+                            "takes no further argument"
+                        }
+                    )));
+                    continue;
+                }
+                let dir = d.args[0].text.clone();
+                let known = |n: &str| DEFAULT_ORDER.contains(&n) || NOT_YET_DIRECTIVES.contains(&n);
+                if !known(&dir) {
+                    diags.push(d.args[0].error(format!("cannot order unknown directive '{dir}'")));
+                    continue;
+                }
+                if let Some(o) = d.args.get(2) {
+                    if !known(&o.text) {
+                        diags.push(o.error(format!(
+                            "cannot order relative to unknown directive '{}'",
+                            o.text
+                        )));
+                        continue;
+                    }
+                }
+                g.order.push(OrderRule {
+                    directive: dir,
+                    position: pos,
+                    other: d.args.get(2).map(|t| t.text.clone()),
+                });
+            }
+            "servers" => servers(d, &mut g, diags),
+            "admin" => {
+                if d.args.first().map(|a| a.text.as_str()) == Some("off")
+                    && d.args.len() == 1
+                    && d.block.is_none()
+                {
+                    // No admin endpoint runs yet, so "off" is already true.
+                } else {
+                    diags.push(
+                        d.name.error(
+                            "the admin API is not supported yet; only 'admin off' is accepted",
+                        ),
+                    );
+                }
+            }
+            "auto_https" => {
+                if diags.arity(
+                    d,
+                    0,
+                    1,
+                    1,
+                    "auto_https off|disable_redirects|disable_certs|ignore_loaded_certs",
+                ) {
+                    match d.args[0].text.as_str() {
+                        "off" => g.auto_https = Some("off".into()),
+                        "disable_redirects" | "disable_certs" | "ignore_loaded_certs" => {
+                            diags.push(d.args[0].error(format!(
+                                "'auto_https {}' is not supported yet",
+                                d.args[0].text
+                            )));
+                        }
+                        _ => diags.unknown_sub(
+                            "auto_https",
+                            &d.args[0],
+                            &[
+                                "off",
+                                "disable_redirects",
+                                "disable_certs",
+                                "ignore_loaded_certs",
+                            ],
+                        ),
+                    }
+                }
+            }
+            n if GLOBAL_NOT_YET.contains(&n) => {
+                diags.push(
+                    d.name
+                        .error(format!("global option '{n}' is not supported yet")),
+                );
+            }
+            _ => {
+                let mut e = d.name.error(format!("unknown global option '{name}'"));
+                let all: Vec<&str> = GLOBAL_SUPPORTED
+                    .iter()
+                    .chain(GLOBAL_NOT_YET)
+                    .copied()
+                    .collect();
+                if let Some(s) = did_you_mean(name, all) {
+                    e = e.with_help(format!("did you mean '{s}'?"));
+                }
+                diags.push(e);
+            }
+        }
+    }
+    g
+}
+
+fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
+    if !diags.arity(d, 0, 0, 1, "servers [<listener_address>] { ... }") {
+        return;
+    }
+    let mut s = ServerOptions {
+        listener: d.args.first().map(|t| t.text.clone()),
+        ..Default::default()
+    };
+    const SUBS: &[&str] = &[
+        "protocols",
+        "timeouts",
+        "trusted_proxies",
+        "max_header_size",
+        "name",
+        "listener_wrappers",
+        "strict_sni_host",
+        "log_credentials",
+        "metrics",
+    ];
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "protocols" => {
+                for a in &line.args {
+                    match a.text.as_str() {
+                        "h1" | "h2c" => s.protocols.push(a.text.clone()),
+                        "h2" | "h3" => diags.push(a.error(format!(
+                            "protocol '{}' needs TLS, which is not supported yet",
+                            a.text
+                        ))),
+                        _ => diags.unknown_sub("protocols", a, &["h1", "h2", "h2c", "h3"]),
+                    }
+                }
+            }
+            "trusted_proxies" => {
+                let mut args = line.args.iter();
+                match args.next().map(|t| t.text.as_str()) {
+                    Some("static") => {}
+                    Some(other) => {
+                        diags.push(
+                            line.args[0]
+                                .error(format!("unknown trusted_proxies source '{other}'"))
+                                .with_help("trusted_proxies static <cidr>..."),
+                        );
+                        continue;
+                    }
+                    None => {
+                        diags.push(
+                            line.name
+                                .error("trusted_proxies needs a source")
+                                .with_help("trusted_proxies static private_ranges"),
+                        );
+                        continue;
+                    }
+                }
+                for a in args {
+                    if a.text == "private_ranges" {
+                        s.trusted_proxies
+                            .extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
+                    } else if let Err(e) = check_cidr(&a.text) {
+                        diags.push(a.error(e));
+                    } else {
+                        s.trusted_proxies.push(a.text.clone());
+                    }
+                }
+            }
+            "max_header_size" => {
+                if diags.arity(line, 0, 1, 1, "max_header_size <size>") {
+                    s.max_header_size = diags.size(&line.args[0]);
+                }
+            }
+            "timeouts" => {
+                diags.push(
+                    line.name
+                        .error("servers option 'timeouts' is not supported yet"),
+                );
+                for l in block_lines(&line.block) {
+                    if !diags.arity(l, 0, 1, 1, &format!("{} <duration>", l.name.text)) {
+                        continue;
+                    }
+                    let v = diags.duration(&l.args[0]);
+                    match l.name.text.as_str() {
+                        "read_body" => s.read_body_timeout_ms = v,
+                        "read_header" => s.read_header_timeout_ms = v,
+                        "write" => s.write_timeout_ms = v,
+                        "idle" => s.idle_timeout_ms = v,
+                        _ => diags.unknown_sub(
+                            "timeouts",
+                            &l.name,
+                            &["read_body", "read_header", "write", "idle"],
+                        ),
+                    }
+                }
+            }
+            "name" | "listener_wrappers" | "strict_sni_host" | "log_credentials" | "metrics" => {
+                diags.push(line.name.error(format!(
+                    "servers option '{}' is not supported yet",
+                    line.name.text
+                )));
+            }
+            _ => diags.unknown_sub("servers", &line.name, SUBS),
+        }
+    }
+    g.servers.push(s);
+}

@@ -1,0 +1,533 @@
+//! The `reverse_proxy` directive: upstreams, load balancing, health checks, headers and
+//! transport options.
+
+use super::args::{block_lines, Diags};
+use super::handlers::header_line;
+use crate::lexer::Token;
+use crate::model::{
+    ActiveHealth, FieldMatch, HeaderOps, LbPolicy, PassiveHealth, ReverseProxy, Transport, Upstream,
+};
+use crate::parser::Directive;
+
+const SUBDIRECTIVES: &[&str] = &[
+    "to",
+    "lb_policy",
+    "lb_retries",
+    "lb_try_duration",
+    "lb_try_interval",
+    "health_uri",
+    "health_path",
+    "health_port",
+    "health_interval",
+    "health_timeout",
+    "health_status",
+    "health_body",
+    "health_headers",
+    "fail_duration",
+    "max_fails",
+    "unhealthy_status",
+    "unhealthy_latency",
+    "unhealthy_request_count",
+    "header_up",
+    "header_down",
+    "flush_interval",
+    "transport",
+];
+
+const TRANSPORT_SUB: &[&str] = &[
+    "dial_timeout",
+    "response_header_timeout",
+    "read_timeout",
+    "write_timeout",
+    "keepalive",
+    "keepalive_idle_conns",
+    "keepalive_idle_conns_per_host",
+    "tls",
+    "tls_server_name",
+    "tls_insecure_skip_verify",
+    "tls_trusted_ca_certs",
+    "versions",
+];
+
+pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
+    let before = diags.list.iter().filter(|x| x.is_error()).count();
+    let mut rp = ReverseProxy {
+        upstreams: Vec::new(),
+        load_balancing: Default::default(),
+        health: Default::default(),
+        header_up: HeaderOps::default(),
+        header_down: HeaderOps::default(),
+        flush_interval_ms: None,
+        transport: Transport::default(),
+    };
+    for t in &d.args[skip..] {
+        if let Some(u) = upstream(t, diags) {
+            rp.upstreams.push(u);
+        }
+    }
+    let mut active: Option<ActiveHealth> = None;
+    let mut passive: Option<PassiveHealth> = None;
+    fn active_mut(a: &mut Option<ActiveHealth>) -> &mut ActiveHealth {
+        a.get_or_insert_with(|| ActiveHealth {
+            uri: String::new(),
+            port: None,
+            interval_ms: 30_000,
+            timeout_ms: 5_000,
+            expect_status: None,
+            expect_body: None,
+            headers: Vec::new(),
+        })
+    }
+    fn passive_mut(p: &mut Option<PassiveHealth>) -> &mut PassiveHealth {
+        p.get_or_insert_with(|| PassiveHealth {
+            fail_duration_ms: 0,
+            max_fails: 1,
+            unhealthy_status: Vec::new(),
+            unhealthy_latency_ms: None,
+            unhealthy_request_count: None,
+        })
+    }
+    for line in block_lines(&d.block) {
+        let sub = line.name.text.as_str();
+        let one = |diags: &mut Diags, usage: &str| diags.arity(line, 0, 1, 1, usage);
+        match sub {
+            "to" => {
+                if diags.arity(line, 0, 1, usize::MAX, "to <upstream>...") {
+                    for t in &line.args {
+                        if let Some(u) = upstream(t, diags) {
+                            rp.upstreams.push(u);
+                        }
+                    }
+                }
+            }
+            "lb_policy" => {
+                if let Some(p) = lb_policy(line, diags) {
+                    rp.load_balancing.policy = p;
+                }
+            }
+            "lb_retries" if one(diags, "lb_retries <count>") => {
+                if let Some(n) = diags.number(&line.args[0], "retry count") {
+                    rp.load_balancing.retries = n;
+                }
+            }
+            "lb_try_duration" if one(diags, "lb_try_duration <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    rp.load_balancing.try_duration_ms = v;
+                }
+            }
+            "lb_try_interval" if one(diags, "lb_try_interval <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    rp.load_balancing.try_interval_ms = v;
+                }
+            }
+            "health_uri" | "health_path" if one(diags, "health_uri <uri>") => {
+                let u = &line.args[0].text;
+                if !u.starts_with('/') {
+                    diags.push(line.args[0].error("health_uri must start with '/'"));
+                }
+                active_mut(&mut active).uri = u.clone();
+            }
+            "health_port" if one(diags, "health_port <port>") => {
+                if let Some(p) = port(&line.args[0], diags) {
+                    active_mut(&mut active).port = Some(p);
+                }
+            }
+            "health_interval" if one(diags, "health_interval <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    if v == 0 {
+                        diags.push(line.args[0].error("health_interval must be greater than zero"));
+                    }
+                    active_mut(&mut active).interval_ms = v.max(1);
+                }
+            }
+            "health_timeout" if one(diags, "health_timeout <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    active_mut(&mut active).timeout_ms = v;
+                }
+            }
+            "health_status" if one(diags, "health_status <code>|<class like 2xx>") => {
+                let s = line.args[0].text.to_ascii_lowercase();
+                if status_pattern_ok(&s) {
+                    active_mut(&mut active).expect_status = Some(s);
+                } else {
+                    diags.push(line.args[0].error(format!(
+                        "invalid status '{s}': expected a code like 200 or a class like 2xx"
+                    )));
+                }
+            }
+            "health_body" if one(diags, "health_body <regexp>") => {
+                if let Some(re) = diags.regex(&line.args[0]) {
+                    active_mut(&mut active).expect_body = Some(re);
+                }
+            }
+            "health_headers" => {
+                let mut headers = Vec::new();
+                for h in block_lines(&line.block) {
+                    headers.push(FieldMatch {
+                        field: h.name.text.clone(),
+                        values: h.args.iter().map(|t| t.text.clone()).collect(),
+                    });
+                }
+                if headers.is_empty() {
+                    diags.push(
+                        line.name
+                            .error("health_headers needs a block of header lines")
+                            .with_help("health_headers {\n    Host example.com\n}"),
+                    );
+                }
+                active_mut(&mut active).headers = headers;
+            }
+            "fail_duration" if one(diags, "fail_duration <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    passive_mut(&mut passive).fail_duration_ms = v;
+                }
+            }
+            "max_fails" if one(diags, "max_fails <count>") => {
+                if let Some(n) = diags.number::<u32>(&line.args[0], "count") {
+                    if n == 0 {
+                        diags.push(line.args[0].error("max_fails must be at least 1"));
+                    }
+                    passive_mut(&mut passive).max_fails = n.max(1);
+                }
+            }
+            "unhealthy_status" => {
+                if diags.arity(line, 0, 1, usize::MAX, "unhealthy_status <code>...") {
+                    for t in &line.args {
+                        let s = t.text.to_ascii_lowercase();
+                        if status_pattern_ok(&s) {
+                            passive_mut(&mut passive).unhealthy_status.push(s);
+                        } else {
+                            diags.push(t.error(format!("invalid status '{s}'")));
+                        }
+                    }
+                }
+            }
+            "unhealthy_latency" if one(diags, "unhealthy_latency <duration>") => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    passive_mut(&mut passive).unhealthy_latency_ms = Some(v);
+                }
+            }
+            "unhealthy_request_count" if one(diags, "unhealthy_request_count <count>") => {
+                if let Some(n) = diags.number(&line.args[0], "count") {
+                    passive_mut(&mut passive).unhealthy_request_count = Some(n);
+                }
+            }
+            "header_up" | "header_down" => {
+                if diags.arity(
+                    line,
+                    0,
+                    1,
+                    3,
+                    &format!("{sub} [+|-]<field> [<value>|<find> <replace>]"),
+                ) {
+                    let ops = if sub == "header_up" {
+                        &mut rp.header_up
+                    } else {
+                        &mut rp.header_down
+                    };
+                    header_line(&line.name, &line.args, false, ops, diags);
+                }
+            }
+            "flush_interval" if one(diags, "flush_interval <duration>|-1") => {
+                if line.args[0].text == "-1" {
+                    rp.flush_interval_ms = Some(-1);
+                } else if let Some(v) = diags.duration(&line.args[0]) {
+                    rp.flush_interval_ms = Some(v as i64);
+                }
+            }
+            "transport" => transport(line, &mut rp.transport, diags),
+            "lb_retries"
+            | "lb_try_duration"
+            | "lb_try_interval"
+            | "health_uri"
+            | "health_path"
+            | "health_port"
+            | "health_interval"
+            | "health_timeout"
+            | "health_status"
+            | "health_body"
+            | "fail_duration"
+            | "max_fails"
+            | "unhealthy_latency"
+            | "unhealthy_request_count"
+            | "flush_interval" => {}
+            _ => diags.unknown_sub("reverse_proxy", &line.name, SUBDIRECTIVES),
+        }
+    }
+    if let Some(a) = &active {
+        if a.uri.is_empty() && a.port.is_none() {
+            diags.push(
+                d.name
+                    .error("active health checks need health_uri or health_port"),
+            );
+        }
+    }
+    rp.health.active = active;
+    rp.health.passive = passive;
+    if rp.upstreams.is_empty() {
+        diags.push(
+            d.name
+                .error("'reverse_proxy' needs at least one upstream")
+                .with_help("reverse_proxy localhost:8080, or a 'to' line in the block"),
+        );
+    }
+    if rp.upstreams.iter().any(|u| u.scheme == "https") {
+        rp.transport.tls = true;
+    }
+    let after = diags.list.iter().filter(|x| x.is_error()).count();
+    (after == before).then_some(rp)
+}
+
+fn status_pattern_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 3
+        && (b'1'..=b'5').contains(&b[0])
+        && ((b[1..].iter().all(u8::is_ascii_digit)) || &s[1..] == "xx")
+}
+
+fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
+    match t.text.parse::<u16>() {
+        Ok(p) if p > 0 => Some(p),
+        _ => {
+            diags.push(t.error(format!("invalid port '{}': expected 1 to 65535", t.text)));
+            None
+        }
+    }
+}
+
+/// Parses an upstream address: `host:port`, `:port`, `http://host[:port]`, `https://...`,
+/// `h2c://...`, `unix//path`.
+fn upstream(t: &Token, diags: &mut Diags) -> Option<Upstream> {
+    let text = t.text.as_str();
+    if text.contains('{') {
+        diags.push(t.error("dynamic upstream addresses (placeholders) are not supported yet"));
+        return None;
+    }
+    if let Some(path) = text.strip_prefix("unix/") {
+        if path.is_empty() {
+            diags.push(t.error("unix socket upstream needs a path: unix//run/app.sock"));
+            return None;
+        }
+        return Some(Upstream {
+            scheme: "http".into(),
+            dial: path.to_string(),
+            unix: true,
+        });
+    }
+    let (scheme, rest) = match text.split_once("://") {
+        Some((s, r)) => (s.to_ascii_lowercase(), r),
+        None => ("http".to_string(), text),
+    };
+    if !["http", "https", "h2c"].contains(&scheme.as_str()) {
+        diags.push(
+            t.error(format!("unsupported upstream scheme '{scheme}'"))
+                .with_help("use http://, https:// or h2c://"),
+        );
+        return None;
+    }
+    if rest.contains('/') {
+        diags.push(
+            t.error(format!("upstream address '{text}' cannot have a path"))
+                .with_help("use 'rewrite' or 'uri' to change the path sent upstream"),
+        );
+        return None;
+    }
+    let default_port = if scheme == "https" { 443 } else { 80 };
+    let (host, port_str) = split_host_port(rest);
+    let host = if host.is_empty() {
+        "localhost".to_string()
+    } else {
+        host
+    };
+    let port = match port_str {
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => {
+                diags.push(t.error(format!("invalid port in upstream '{text}'")));
+                return None;
+            }
+        },
+        None => default_port,
+    };
+    let dial = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    Some(Upstream {
+        scheme,
+        dial,
+        unix: false,
+    })
+}
+
+/// Splits `host:port`, `[v6]:port`, `:port` or `host`.
+pub fn split_host_port(s: &str) -> (String, Option<&str>) {
+    if let Some(rest) = s.strip_prefix('[') {
+        if let Some((h, after)) = rest.split_once(']') {
+            return (h.to_string(), after.strip_prefix(':'));
+        }
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_string(), Some(p)),
+        _ => (s.to_string(), None),
+    }
+}
+
+fn lb_policy(line: &Directive, diags: &mut Diags) -> Option<LbPolicy> {
+    if !diags.arity(line, 0, 1, 3, "lb_policy <policy> [<args>]") {
+        return None;
+    }
+    let name = line.args[0].text.as_str();
+    let p = match name {
+        "random" => LbPolicy::Random,
+        "random_choose" => {
+            let n = match line.args.get(1) {
+                Some(t) => diags.number(t, "choice count")?,
+                None => 2,
+            };
+            LbPolicy::RandomChoose { choose: n }
+        }
+        "round_robin" => LbPolicy::RoundRobin,
+        "least_conn" => LbPolicy::LeastConn,
+        "first" => LbPolicy::First,
+        "ip_hash" => LbPolicy::IpHash,
+        "client_ip_hash" => LbPolicy::ClientIpHash,
+        "uri_hash" => LbPolicy::UriHash,
+        "header" => match line.args.get(1) {
+            Some(f) => LbPolicy::Header {
+                field: f.text.clone(),
+            },
+            None => {
+                diags.push(
+                    line.args[0]
+                        .error("lb_policy header needs a field name")
+                        .with_help("lb_policy header X-User-Id"),
+                );
+                return None;
+            }
+        },
+        "cookie" => LbPolicy::Cookie {
+            name: line
+                .args
+                .get(1)
+                .map(|t| t.text.clone())
+                .unwrap_or_else(|| "lb".into()),
+            secret: line.args.get(2).map(|t| t.text.clone()),
+        },
+        _ => {
+            diags.unknown_sub(
+                "lb_policy",
+                &line.args[0],
+                &[
+                    "random",
+                    "random_choose",
+                    "round_robin",
+                    "least_conn",
+                    "first",
+                    "ip_hash",
+                    "client_ip_hash",
+                    "uri_hash",
+                    "header",
+                    "cookie",
+                ],
+            );
+            return None;
+        }
+    };
+    let max_args = match name {
+        "random_choose" | "header" => 2,
+        "cookie" => 3,
+        _ => 1,
+    };
+    if line.args.len() > max_args {
+        diags.push(line.args[max_args].error(format!("unexpected argument for lb_policy {name}")));
+        return None;
+    }
+    Some(p)
+}
+
+fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
+    match line.args.first().map(|a| a.text.as_str()) {
+        Some("http") if line.args.len() == 1 => {}
+        Some("fastcgi") => {
+            diags.push(line.args[0].error("the fastcgi transport is not supported yet"));
+            return;
+        }
+        Some(other) => {
+            diags.push(
+                line.args[0]
+                    .error(format!("unknown transport '{other}'"))
+                    .with_help("use: transport http { ... }"),
+            );
+            return;
+        }
+        None => {
+            diags.push(
+                line.name
+                    .error("transport needs a name")
+                    .with_help("transport http { ... }"),
+            );
+            return;
+        }
+    }
+    for l in block_lines(&line.block) {
+        let sub = l.name.text.as_str();
+        let one = |diags: &mut Diags| diags.arity(l, 0, 1, 1, &format!("{sub} <value>"));
+        match sub {
+            "dial_timeout" if one(diags) => {
+                if let Some(v) = diags.duration(&l.args[0]) {
+                    t.dial_timeout_ms = v;
+                }
+            }
+            "response_header_timeout" if one(diags) => {
+                t.response_header_timeout_ms = diags.duration(&l.args[0])
+            }
+            "read_timeout" if one(diags) => t.read_timeout_ms = diags.duration(&l.args[0]),
+            "write_timeout" if one(diags) => t.write_timeout_ms = diags.duration(&l.args[0]),
+            "keepalive" if one(diags) => {
+                if l.args[0].text == "off" {
+                    t.keepalive_ms = None;
+                } else {
+                    t.keepalive_ms = diags.duration(&l.args[0]);
+                }
+            }
+            "keepalive_idle_conns" | "keepalive_idle_conns_per_host" if one(diags) => {
+                if let Some(n) = diags.number(&l.args[0], "connection count") {
+                    t.keepalive_idle_conns = n;
+                }
+            }
+            "tls" if diags.arity(l, 0, 0, 0, "tls") => t.tls = true,
+            "tls_server_name" if one(diags) => {
+                t.tls = true;
+                t.tls_server_name = Some(l.args[0].text.clone());
+            }
+            "tls_insecure_skip_verify" if diags.arity(l, 0, 0, 0, "tls_insecure_skip_verify") => {
+                t.tls = true;
+                t.tls_insecure_skip_verify = true;
+            }
+            "tls_trusted_ca_certs"
+                if diags.arity(l, 0, 1, usize::MAX, "tls_trusted_ca_certs <pem_file>...") =>
+            {
+                t.tls = true;
+                t.tls_trusted_ca_certs = l.args.iter().map(|a| a.text.clone()).collect();
+            }
+            "versions" if diags.arity(l, 0, 1, 2, "versions 1.1|2|h2c") => {
+                let mut v = Vec::new();
+                for a in &l.args {
+                    match a.text.as_str() {
+                        "1.1" | "2" | "h2c" => v.push(a.text.clone()),
+                        "3" => diags.push(a.error("HTTP/3 to upstreams is not supported")),
+                        _ => diags.push(
+                            a.error(format!("unknown HTTP version '{}'", a.text))
+                                .with_help("use 1.1, 2 or h2c"),
+                        ),
+                    }
+                }
+                t.versions = v;
+            }
+            s if TRANSPORT_SUB.contains(&s) => {}
+            _ => diags.unknown_sub("transport http", &l.name, TRANSPORT_SUB),
+        }
+    }
+}

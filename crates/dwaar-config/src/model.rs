@@ -1,0 +1,435 @@
+//! The validated configuration model: what Dwaar understood from a Dwaarfile.
+//!
+//! Every value here has been checked (addresses, durations, sizes, regexes, status
+//! codes), so the runtime compiles it without further validation. The model is also
+//! the JSON that `dwaar adapt` prints and the admin API accepts, so field names are
+//! stable. Durations are milliseconds (`*_ms`), sizes are bytes.
+
+use crate::placeholder::Template;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub global: GlobalOptions,
+    #[serde(default)]
+    pub sites: Vec<Site>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalOptions {
+    pub debug: bool,
+    pub http_port: u16,
+    pub https_port: u16,
+    pub grace_period_ms: Option<u64>,
+    pub shutdown_delay_ms: Option<u64>,
+    /// `off` serves sites without a scheme over plain HTTP; `None` = automatic HTTPS.
+    pub auto_https: Option<String>,
+    pub servers: Vec<ServerOptions>,
+    /// Directive order overrides from `order`, applied on top of the default order.
+    pub order: Vec<OrderRule>,
+}
+
+impl Default for GlobalOptions {
+    fn default() -> Self {
+        GlobalOptions {
+            debug: false,
+            http_port: 80,
+            https_port: 443,
+            grace_period_ms: None,
+            shutdown_delay_ms: None,
+            auto_https: None,
+            servers: Vec::new(),
+            order: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRule {
+    pub directive: String,
+    /// `first`, `last`, `before`, `after`.
+    pub position: String,
+    pub other: Option<String>,
+}
+
+/// Options of the `servers` global block (for one listener address, or all).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerOptions {
+    /// `:8080` style listener address this block applies to; `None` = every server.
+    pub listener: Option<String>,
+    pub protocols: Vec<String>,
+    pub read_body_timeout_ms: Option<u64>,
+    pub read_header_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub trusted_proxies: Vec<String>,
+    pub max_header_size: Option<u64>,
+}
+
+/// One site block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    pub addresses: Vec<SiteAddress>,
+    /// Interfaces to listen on (`bind`); empty = all interfaces.
+    #[serde(default)]
+    pub bind: Vec<String>,
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub error_routes: Vec<Route>,
+}
+
+/// A site address such as `http://example.com:8080`, `*.example.com` or `:443`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAddress {
+    /// `http` or `https` when written; `None` when implied.
+    pub scheme: Option<String>,
+    /// Lowercase host; empty for a catch-all (`:8080`). May start with `*.`.
+    pub host: String,
+    /// The port to listen on (implied from the scheme, or `http_port` when absent).
+    pub port: u16,
+    /// Path prefix written after the host (`example.com/api`), if any.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A list of matcher sets (any may match) guarding a list of handlers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Matcher sets OR'd together; empty matches every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matchers: Vec<MatcherSet>,
+    /// Routes sharing a group are mutually exclusive: only the first that matches runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    pub handlers: Vec<Handler>,
+}
+
+/// Matchers that must all match (AND).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherSet {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub matchers: Vec<Matcher>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Matcher {
+    /// Any of these path patterns (`/exact`, `/prefix/*`, `*.suffix`, `*mid*`).
+    Path(Vec<String>),
+    PathRegexp {
+        name: Option<String>,
+        pattern: String,
+    },
+    Host(Vec<String>),
+    Method(Vec<String>),
+    /// Each field must match one of its values; an empty list means "absent".
+    Header(Vec<FieldMatch>),
+    HeaderRegexp {
+        name: Option<String>,
+        field: String,
+        pattern: String,
+    },
+    Query(Vec<FieldMatch>),
+    /// `http`, `https`, `grpc`, `http/1.1`, `http/2`, `http/3`.
+    Protocol(String),
+    RemoteIp(Vec<String>),
+    ClientIp(Vec<String>),
+    /// The set inside must NOT match.
+    Not(Box<MatcherSet>),
+    /// Only in `handle_errors <codes>`: the error status is one of these (`404`, `5xx`).
+    ErrorStatus(Vec<String>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldMatch {
+    pub field: String,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "handler", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Handler {
+    ReverseProxy(Box<ReverseProxy>),
+    StaticResponse {
+        status: u16,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<Template>,
+        #[serde(default)]
+        close: bool,
+    },
+    Redirect {
+        to: Template,
+        status: u16,
+        /// `html` mode: a 200 page with a meta refresh instead of a Location header.
+        #[serde(default)]
+        html: bool,
+    },
+    Rewrite {
+        uri: Template,
+    },
+    Uri(UriOp),
+    /// Response header edits (`header`).
+    Headers(HeaderOps),
+    /// Request header edits (`request_header`).
+    RequestHeaders(HeaderOps),
+    /// A nested list of routes (`handle`, `handle_path`, `route`).
+    Subroute {
+        routes: Vec<Route>,
+    },
+    Error {
+        status: u16,
+        #[serde(default)]
+        message: Template,
+    },
+    Abort,
+    Vars {
+        values: Vec<VarAssign>,
+    },
+    Map(MapHandler),
+    RequestBody {
+        max_size: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op", deny_unknown_fields)]
+pub enum UriOp {
+    StripPrefix {
+        prefix: String,
+    },
+    StripSuffix {
+        suffix: String,
+    },
+    Replace {
+        find: String,
+        replace: String,
+        limit: Option<u32>,
+    },
+    PathRegexp {
+        pattern: String,
+        replace: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderOps {
+    pub ops: Vec<HeaderOp>,
+    /// Apply after the response is produced (upstream headers included).
+    pub deferred: bool,
+}
+
+impl HeaderOps {
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op", deny_unknown_fields)]
+pub enum HeaderOp {
+    Set {
+        name: String,
+        value: Template,
+    },
+    Add {
+        name: String,
+        value: Template,
+    },
+    Delete {
+        name: String,
+    },
+    /// Set only when the header is absent (`?Name value`).
+    Default {
+        name: String,
+        value: Template,
+    },
+    /// Substring (or regex) replacement in every value of the field.
+    Replace {
+        name: String,
+        search: String,
+        replace: Template,
+        regex: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VarAssign {
+    pub name: String,
+    pub value: Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapHandler {
+    pub source: Template,
+    pub destinations: Vec<String>,
+    pub mappings: Vec<MapEntry>,
+    pub defaults: Vec<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MapEntry {
+    /// Exact input, or a regex when `regex` is set (`~pattern` in the Dwaarfile).
+    pub input: String,
+    #[serde(default)]
+    pub regex: bool,
+    pub outputs: Vec<Template>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReverseProxy {
+    pub upstreams: Vec<Upstream>,
+    pub load_balancing: LoadBalancing,
+    #[serde(default)]
+    pub health: HealthChecks,
+    #[serde(default)]
+    pub header_up: HeaderOps,
+    #[serde(default)]
+    pub header_down: HeaderOps,
+    /// `-1` flushes every write immediately; `None` = default buffering.
+    #[serde(default)]
+    pub flush_interval_ms: Option<i64>,
+    #[serde(default)]
+    pub transport: Transport,
+}
+
+/// One backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// `http`, `https` or `h2c`.
+    pub scheme: String,
+    /// `host:port` to dial, or a unix socket path when `unix` is set.
+    pub dial: String,
+    #[serde(default)]
+    pub unix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoadBalancing {
+    pub policy: LbPolicy,
+    #[serde(default)]
+    pub retries: u32,
+    #[serde(default)]
+    pub try_duration_ms: u64,
+    #[serde(default = "default_try_interval")]
+    pub try_interval_ms: u64,
+}
+
+fn default_try_interval() -> u64 {
+    250
+}
+
+impl Default for LoadBalancing {
+    fn default() -> Self {
+        LoadBalancing {
+            policy: LbPolicy::Random,
+            retries: 0,
+            try_duration_ms: 0,
+            try_interval_ms: default_try_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy", deny_unknown_fields)]
+pub enum LbPolicy {
+    Random,
+    RandomChoose {
+        choose: u32,
+    },
+    RoundRobin,
+    LeastConn,
+    First,
+    IpHash,
+    ClientIpHash,
+    UriHash,
+    Header {
+        field: String,
+    },
+    Cookie {
+        name: String,
+        secret: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthChecks {
+    pub active: Option<ActiveHealth>,
+    pub passive: Option<PassiveHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealth {
+    pub uri: String,
+    pub port: Option<u16>,
+    pub interval_ms: u64,
+    pub timeout_ms: u64,
+    /// `200`, or a class like `2xx`.
+    pub expect_status: Option<String>,
+    pub expect_body: Option<String>,
+    pub headers: Vec<FieldMatch>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealth {
+    pub fail_duration_ms: u64,
+    pub max_fails: u32,
+    pub unhealthy_status: Vec<String>,
+    pub unhealthy_latency_ms: Option<u64>,
+    pub unhealthy_request_count: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Transport {
+    pub dial_timeout_ms: u64,
+    pub response_header_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    /// Idle keep-alive time; `None` = keep-alive off.
+    pub keepalive_ms: Option<u64>,
+    pub keepalive_idle_conns: u32,
+    pub tls: bool,
+    pub tls_server_name: Option<String>,
+    pub tls_insecure_skip_verify: bool,
+    pub tls_trusted_ca_certs: Vec<String>,
+    pub versions: Vec<String>,
+}
+
+impl Default for Transport {
+    fn default() -> Self {
+        Transport {
+            dial_timeout_ms: 3000,
+            response_header_timeout_ms: None,
+            read_timeout_ms: None,
+            write_timeout_ms: None,
+            keepalive_ms: Some(120_000),
+            keepalive_idle_conns: 128,
+            tls: false,
+            tls_server_name: None,
+            tls_insecure_skip_verify: false,
+            tls_trusted_ca_certs: Vec::new(),
+            versions: vec!["1.1".into()],
+        }
+    }
+}

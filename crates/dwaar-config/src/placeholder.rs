@@ -1,0 +1,265 @@
+//! Runtime placeholders (`{host}`, `{http.request.header.X}`, `{re.name.1}` ...).
+//!
+//! A [`Template`] is a string with placeholders, parsed once at config load into
+//! literal and [`Placeholder`] parts; the request path only walks the parts. Both
+//! Caddy's long names (`http.request.uri.path`) and its shorthands (`{path}`) are
+//! understood. A `{...}` that names no known placeholder is kept as literal text (as
+//! Caddy does, so JSON bodies survive) and reported as a warning when it looks like a
+//! misspelt placeholder.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// One value known only while serving a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placeholder {
+    Host,
+    Hostport,
+    Port,
+    Method,
+    Scheme,
+    Proto,
+    Uri,
+    Path,
+    PathSegment(usize),
+    Dir,
+    File,
+    Query,
+    QueryParam(String),
+    OrigUri,
+    OrigPath,
+    Remote,
+    RemoteHost,
+    RemotePort,
+    ClientIp,
+    /// A request header; the name is stored lowercase.
+    Header(String),
+    Cookie(String),
+    HostLabel(usize),
+    Var(String),
+    Regex {
+        name: String,
+        index: usize,
+    },
+    UpstreamHostport,
+    ErrorStatusCode,
+    ErrorStatusText,
+    ErrorMessage,
+    RequestId,
+}
+
+/// One piece of a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Literal(String),
+    Value(Placeholder),
+}
+
+/// A string with placeholders, parsed once.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Template {
+    raw: String,
+    parts: Vec<Part>,
+    /// `{...}` keys that looked like placeholders but are unknown (kept literally).
+    unknown: Vec<String>,
+}
+
+impl Template {
+    pub fn parse(raw: &str) -> Template {
+        let mut parts = Vec::new();
+        let mut unknown = Vec::new();
+        let mut lit = String::new();
+        let bytes = raw.as_bytes();
+        let mut i = 0;
+        while i < raw.len() {
+            let b = bytes[i];
+            if b == b'\\' && matches!(bytes.get(i + 1), Some(b'{') | Some(b'}')) {
+                lit.push(bytes[i + 1] as char);
+                i += 2;
+                continue;
+            }
+            if b == b'{' {
+                if let Some(close) = raw[i + 1..].find('}') {
+                    let key = &raw[i + 1..i + 1 + close];
+                    if let Some(p) = lookup(key) {
+                        if !lit.is_empty() {
+                            parts.push(Part::Literal(std::mem::take(&mut lit)));
+                        }
+                        parts.push(Part::Value(p));
+                        i += close + 2;
+                        continue;
+                    }
+                    if looks_like_placeholder(key) {
+                        unknown.push(key.to_string());
+                    }
+                }
+            }
+            let ch_len = raw[i..].chars().next().map(char::len_utf8).unwrap_or(1);
+            lit.push_str(&raw[i..i + ch_len]);
+            i += ch_len;
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        Template {
+            raw: raw.to_string(),
+            parts,
+            unknown,
+        }
+    }
+
+    pub fn raw(&self) -> &str {
+        &self.raw
+    }
+
+    pub fn parts(&self) -> &[Part] {
+        &self.parts
+    }
+
+    /// The literal value when the template holds no placeholder.
+    pub fn as_literal(&self) -> Option<&str> {
+        match self.parts.as_slice() {
+            [] => Some(""),
+            [Part::Literal(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn unknown_keys(&self) -> &[String] {
+        &self.unknown
+    }
+
+    pub fn has_placeholders(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Value(_)))
+    }
+}
+
+impl Serialize for Template {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.raw)
+    }
+}
+
+impl<'de> Deserialize<'de> for Template {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Template::parse(&s))
+    }
+}
+
+fn looks_like_placeholder(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && key
+            .chars()
+            .next()
+            .map(|c| c.is_ascii_alphabetic())
+            .unwrap_or(false)
+}
+
+/// Maps a placeholder key (long or short form) to its [`Placeholder`].
+pub fn lookup(key: &str) -> Option<Placeholder> {
+    use Placeholder as P;
+    let simple = match key {
+        "host" | "http.request.host" => Some(P::Host),
+        "hostport" | "http.request.hostport" => Some(P::Hostport),
+        "port" | "http.request.port" => Some(P::Port),
+        "method" | "http.request.method" => Some(P::Method),
+        "scheme" | "http.request.scheme" => Some(P::Scheme),
+        "http.request.proto" => Some(P::Proto),
+        "uri" | "http.request.uri" => Some(P::Uri),
+        "path" | "http.request.uri.path" => Some(P::Path),
+        "dir" | "http.request.uri.path.dir" => Some(P::Dir),
+        "file" | "http.request.uri.path.file" => Some(P::File),
+        "query" | "http.request.uri.query" => Some(P::Query),
+        "http.request.orig_uri" => Some(P::OrigUri),
+        "http.request.orig_uri.path" => Some(P::OrigPath),
+        "remote" | "http.request.remote" => Some(P::Remote),
+        "remote_host" | "http.request.remote.host" => Some(P::RemoteHost),
+        "remote_port" | "http.request.remote.port" => Some(P::RemotePort),
+        "client_ip" | "http.vars.client_ip" => Some(P::ClientIp),
+        "upstream_hostport" | "http.reverse_proxy.upstream.hostport" => Some(P::UpstreamHostport),
+        "err.status_code" | "http.error.status_code" => Some(P::ErrorStatusCode),
+        "err.status_text" | "http.error.status_text" => Some(P::ErrorStatusText),
+        "err.message" | "http.error.message" => Some(P::ErrorMessage),
+        "http.request.uuid" | "http.request.id" => Some(P::RequestId),
+        _ => None,
+    };
+    if simple.is_some() {
+        return simple;
+    }
+    let prefixed = |prefixes: &[&str]| {
+        prefixes
+            .iter()
+            .find_map(|p| key.strip_prefix(p))
+            .filter(|rest| !rest.is_empty())
+    };
+    if let Some(name) = prefixed(&["http.request.header.", "header."]) {
+        return Some(P::Header(name.to_ascii_lowercase()));
+    }
+    if let Some(name) = prefixed(&["http.request.cookie.", "cookie."]) {
+        return Some(P::Cookie(name.to_string()));
+    }
+    if let Some(name) = prefixed(&["http.request.uri.query.", "query."]) {
+        return Some(P::QueryParam(name.to_string()));
+    }
+    if let Some(n) = prefixed(&["http.request.uri.path.", "path."]) {
+        return n.parse().ok().map(P::PathSegment);
+    }
+    if let Some(n) = prefixed(&["http.request.host.labels.", "labels."]) {
+        return n.parse().ok().map(P::HostLabel);
+    }
+    if let Some(name) = prefixed(&["http.vars.", "vars."]) {
+        return Some(P::Var(name.to_string()));
+    }
+    if let Some(rest) = prefixed(&["http.regexp.", "re."]) {
+        let (name, idx) = rest.rsplit_once('.')?;
+        let index = idx.parse().ok()?;
+        return Some(P::Regex {
+            name: name.to_string(),
+            index,
+        });
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_parts() {
+        let t = Template::parse("https://{host}{uri}?x={http.request.header.X-Id}");
+        assert_eq!(
+            t.parts(),
+            &[
+                Part::Literal("https://".into()),
+                Part::Value(Placeholder::Host),
+                Part::Value(Placeholder::Uri),
+                Part::Literal("?x=".into()),
+                Part::Value(Placeholder::Header("x-id".into())),
+            ]
+        );
+    }
+
+    #[test]
+    fn json_and_escapes_stay_literal() {
+        let t = Template::parse(r#"{"ok":true} \{host}"#);
+        assert_eq!(t.as_literal(), Some(r#"{"ok":true} {host}"#));
+        assert!(t.unknown_keys().is_empty());
+    }
+
+    #[test]
+    fn regex_and_unknown() {
+        let t = Template::parse("{re.api.1}{hots}");
+        assert_eq!(
+            t.parts()[0],
+            Part::Value(Placeholder::Regex {
+                name: "api".into(),
+                index: 1
+            })
+        );
+        assert_eq!(t.unknown_keys(), &["hots".to_string()]);
+    }
+}

@@ -1,0 +1,132 @@
+//! `RequestContext`: everything one request carries between pipeline phases.
+//!
+//! It is created empty by `new_ctx`, filled by the single route-table load in the first
+//! phase (site, matched handler, rendered header edits, variables), and read by every
+//! later phase. No later phase touches the `RouteStore` again: they use `table`.
+
+use crate::route_table::{RouteTable, SiteRoutes};
+use crate::upstream::{ProxyHandler, UpstreamState};
+use compact_str::CompactString;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A response header edit, rendered for this request.
+#[derive(Debug, Clone)]
+pub enum HeaderEdit {
+    Set(CompactString, String),
+    Add(CompactString, String),
+    Delete(CompactString),
+    Default(CompactString, String),
+    Replace {
+        name: CompactString,
+        re: Arc<regex::Regex>,
+        with: String,
+    },
+}
+
+/// Facts about the connection, supplied by the front-end.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub local_port: u16,
+    pub tls: bool,
+}
+
+impl Default for ConnInfo {
+    fn default() -> Self {
+        ConnInfo {
+            remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+            local_port: 0,
+            tls: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamFailure {
+    #[default]
+    None,
+    Connect,
+    Timeout,
+    NoneAvailable,
+}
+
+/// Per-request state shared by all phases.
+#[derive(Default)]
+pub struct RequestContext {
+    /// The route table this request started with (the one `RouteStore` load).
+    pub table: Option<Arc<RouteTable>>,
+    pub site: Option<Arc<SiteRoutes>>,
+    pub conn: ConnInfo,
+    /// Request host, lowercase, without port.
+    pub host: CompactString,
+    pub client_ip: Option<IpAddr>,
+    /// Whether the peer is a trusted proxy (its X-Forwarded-* headers are kept).
+    pub peer_trusted: bool,
+    pub request_id: Option<uuid::Uuid>,
+    /// Path and query before the first rewrite (`{http.request.orig_uri}`).
+    pub orig_uri: Option<String>,
+    pub vars: Vec<(CompactString, String)>,
+    pub captures: Vec<(CompactString, Vec<Option<String>>)>,
+    /// Header edits applied before the response's own headers are merged.
+    pub resp_immediate: Vec<HeaderEdit>,
+    /// Header edits applied to the final response.
+    pub resp_deferred: Vec<HeaderEdit>,
+    /// Groups (by id) in which a route already ran.
+    pub groups_done: u64,
+    pub proxy: Option<Arc<ProxyHandler>>,
+    pub upstream: Option<Arc<UpstreamState>>,
+    pub tried: Vec<usize>,
+    pub attempts: u32,
+    pub active_counted: bool,
+    pub upstream_failure: UpstreamFailure,
+    pub set_cookie: Option<String>,
+    pub max_body: Option<u64>,
+    pub body_seen: u64,
+    pub error: Option<(u16, String)>,
+    pub abort: bool,
+    pub close: bool,
+    pub is_upgrade: bool,
+    pub start: Option<Instant>,
+    pub upstream_start: Option<Instant>,
+}
+
+impl RequestContext {
+    pub fn var(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn set_var(&mut self, name: &str, value: String) {
+        if let Some(slot) = self.vars.iter_mut().find(|(k, _)| k == name) {
+            slot.1 = value;
+        } else {
+            self.vars.push((CompactString::new(name), value));
+        }
+    }
+
+    pub fn capture(&self, name: &str, idx: usize) -> Option<&str> {
+        self.captures
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.get(idx))
+            .and_then(|v| v.as_deref())
+    }
+
+    pub fn client_ip(&self) -> IpAddr {
+        self.client_ip.unwrap_or(self.conn.remote.ip())
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        if self.conn.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! `dwaar-core`: the request path.
+//!
+//! [`route_table`] compiles a config once; [`pipeline`] runs one request through it,
+//! independent of protocol, using the [`request::HttpRequest`] view and the
+//! [`context::RequestContext`]; [`proxy`] is the Pingora front-end; [`upstream`] holds
+//! backend state, load balancing and health checks; [`server`] wires the process.
+
+pub mod context;
+pub mod matcher;
+pub mod net;
+pub mod pipeline;
+pub mod proxy;
+pub mod request;
+pub mod route_table;
+pub mod server;
+pub mod template;
+pub mod upstream;

@@ -1,0 +1,402 @@
+//! Compiled request matchers: built once per route table, evaluated per request.
+//!
+//! Semantics follow Caddy: all matchers in a set must match; the values of one matcher
+//! are alternatives. Path patterns are case-insensitive and compared against the
+//! percent-decoded path; `*` may stand at the end (prefix), the start (suffix), both
+//! (substring) or elsewhere (a glob that does not cross `/`).
+
+use crate::context::RequestContext;
+use crate::net::{client_ip, IpNet};
+use crate::request::HttpRequest;
+use crate::template::{percent_decode, query_param};
+use compact_str::CompactString;
+use dwaar_config::model::{FieldMatch, Matcher, MatcherSet};
+use regex::Regex;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub enum PathPattern {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+    Glob(Vec<String>),
+    Any,
+}
+
+impl PathPattern {
+    pub fn new(p: &str) -> PathPattern {
+        let p = p.to_ascii_lowercase();
+        if p == "*" {
+            return PathPattern::Any;
+        }
+        let stars = p.matches('*').count();
+        match (p.starts_with('*'), p.ends_with('*'), stars) {
+            (false, false, 0) => PathPattern::Exact(p),
+            (false, true, 1) => PathPattern::Prefix(p[..p.len() - 1].to_string()),
+            (true, false, 1) => PathPattern::Suffix(p[1..].to_string()),
+            (true, true, 2) if p.len() > 2 => PathPattern::Contains(p[1..p.len() - 1].to_string()),
+            _ => PathPattern::Glob(p.split('*').map(str::to_string).collect()),
+        }
+    }
+
+    /// `path` must already be lowercase and decoded.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathPattern::Any => true,
+            PathPattern::Exact(e) => path == e,
+            PathPattern::Prefix(p) => path.starts_with(p.as_str()),
+            PathPattern::Suffix(s) => path.ends_with(s.as_str()),
+            PathPattern::Contains(c) => path.contains(c.as_str()),
+            PathPattern::Glob(parts) => glob_match(parts, path),
+        }
+    }
+}
+
+/// Matches literal `parts` separated by `*` wildcards that do not cross `/`.
+fn glob_match(parts: &[String], path: &str) -> bool {
+    let Some((first, rest)) = parts.split_first() else {
+        return path.is_empty();
+    };
+    let Some(mut remaining) = path.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    for (i, part) in rest.iter().enumerate() {
+        let last = i == rest.len() - 1;
+        if last {
+            if part.is_empty() {
+                return !remaining.contains('/');
+            }
+            return remaining.ends_with(part.as_str())
+                && !remaining[..remaining.len() - part.len()].contains('/');
+        }
+        match remaining.find(part.as_str()) {
+            Some(idx) if !remaining[..idx].contains('/') => {
+                remaining = &remaining[idx + part.len()..]
+            }
+            _ => return false,
+        }
+    }
+    remaining.is_empty()
+}
+
+#[derive(Debug)]
+enum ValuePattern {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Contains(String),
+}
+
+impl ValuePattern {
+    fn new(v: &str) -> ValuePattern {
+        if v == "*" {
+            return ValuePattern::Any;
+        }
+        match (
+            v.len() > 1 && v.starts_with('*'),
+            v.len() > 1 && v.ends_with('*'),
+        ) {
+            (true, true) if v.len() > 2 => ValuePattern::Contains(v[1..v.len() - 1].to_string()),
+            (false, true) => ValuePattern::Prefix(v[..v.len() - 1].to_string()),
+            (true, false) => ValuePattern::Suffix(v[1..].to_string()),
+            _ => ValuePattern::Exact(v.to_string()),
+        }
+    }
+    fn matches(&self, s: &str) -> bool {
+        match self {
+            ValuePattern::Any => true,
+            ValuePattern::Exact(e) => s == e,
+            ValuePattern::Prefix(p) => s.starts_with(p.as_str()),
+            ValuePattern::Suffix(x) => s.ends_with(x.as_str()),
+            ValuePattern::Contains(c) => s.contains(c.as_str()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FieldPatterns {
+    field: String,
+    /// Empty = the field must be absent.
+    values: Vec<ValuePattern>,
+}
+
+fn field_patterns(f: &[FieldMatch], lowercase: bool) -> Vec<FieldPatterns> {
+    f.iter()
+        .map(|m| FieldPatterns {
+            field: if lowercase {
+                m.field.to_ascii_lowercase()
+            } else {
+                m.field.clone()
+            },
+            values: m.values.iter().map(|v| ValuePattern::new(v)).collect(),
+        })
+        .collect()
+}
+
+#[derive(Debug)]
+enum HostPattern {
+    Exact(String),
+    Wildcard(String),
+}
+
+#[derive(Debug)]
+enum Compiled {
+    Path(Vec<PathPattern>),
+    PathRegexp {
+        name: CompactString,
+        re: Arc<Regex>,
+    },
+    Host(Vec<HostPattern>),
+    Method(Vec<String>),
+    Header(Vec<FieldPatterns>),
+    HeaderRegexp {
+        name: CompactString,
+        field: String,
+        re: Arc<Regex>,
+    },
+    Query(Vec<FieldPatterns>),
+    Protocol(String),
+    RemoteIp(Vec<IpNet>),
+    ClientIp(Vec<IpNet>),
+    Not(Box<CompiledSet>),
+    ErrorStatus(Vec<(u16, bool)>),
+}
+
+/// A compiled matcher set (AND of its matchers).
+#[derive(Debug)]
+pub struct CompiledSet {
+    matchers: Vec<Compiled>,
+}
+
+/// Compiles matcher sets; regexes are built with a size budget to bound memory.
+pub fn compile_sets(sets: &[MatcherSet]) -> Result<Vec<CompiledSet>, String> {
+    sets.iter().map(compile_set).collect()
+}
+
+pub fn build_regex(p: &str) -> Result<Regex, String> {
+    regex::RegexBuilder::new(p)
+        .size_limit(1 << 20)
+        .dfa_size_limit(1 << 20)
+        .build()
+        .map_err(|e| format!("invalid regular expression '{p}': {e}"))
+}
+
+fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
+    let mut matchers = Vec::with_capacity(set.matchers.len());
+    let default_name = set.name.clone().unwrap_or_default();
+    for m in &set.matchers {
+        matchers.push(match m {
+            Matcher::Path(p) => Compiled::Path(p.iter().map(|s| PathPattern::new(s)).collect()),
+            Matcher::PathRegexp { name, pattern } => Compiled::PathRegexp {
+                name: CompactString::new(name.as_deref().unwrap_or(&default_name)),
+                re: Arc::new(build_regex(pattern)?),
+            },
+            Matcher::Host(h) => Compiled::Host(
+                h.iter()
+                    .map(|h| match h.strip_prefix('*') {
+                        Some(suffix) => HostPattern::Wildcard(suffix.to_ascii_lowercase()),
+                        None => HostPattern::Exact(h.to_ascii_lowercase()),
+                    })
+                    .collect(),
+            ),
+            Matcher::Method(m) => Compiled::Method(m.clone()),
+            Matcher::Header(f) => Compiled::Header(field_patterns(f, true)),
+            Matcher::HeaderRegexp {
+                name,
+                field,
+                pattern,
+            } => Compiled::HeaderRegexp {
+                name: CompactString::new(name.as_deref().unwrap_or(&default_name)),
+                field: field.to_ascii_lowercase(),
+                re: Arc::new(build_regex(pattern)?),
+            },
+            Matcher::Query(f) => Compiled::Query(field_patterns(f, false)),
+            Matcher::Protocol(p) => Compiled::Protocol(p.clone()),
+            Matcher::RemoteIp(r) => Compiled::RemoteIp(
+                r.iter()
+                    .map(|s| IpNet::parse(s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Matcher::ClientIp(r) => Compiled::ClientIp(
+                r.iter()
+                    .map(|s| IpNet::parse(s))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Matcher::Not(inner) => Compiled::Not(Box::new(compile_set(inner)?)),
+            Matcher::ErrorStatus(codes) => Compiled::ErrorStatus(
+                codes
+                    .iter()
+                    .map(|c| {
+                        if let Some(class) = c.strip_suffix("xx") {
+                            (class.parse::<u16>().unwrap_or(0) * 100, true)
+                        } else {
+                            (c.parse().unwrap_or(0), false)
+                        }
+                    })
+                    .collect(),
+            ),
+        });
+    }
+    Ok(CompiledSet { matchers })
+}
+
+/// The lowercase, percent-decoded request path used by path matchers.
+pub fn match_path(req: &dyn HttpRequest) -> std::borrow::Cow<'_, str> {
+    let p = percent_decode(req.path());
+    if p.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(p.to_ascii_lowercase())
+    } else {
+        p
+    }
+}
+
+/// True when any set matches (no sets = match all).
+pub fn any_set_matches(
+    sets: &[CompiledSet],
+    req: &dyn HttpRequest,
+    ctx: &mut RequestContext,
+    trusted: &[IpNet],
+) -> bool {
+    sets.is_empty() || sets.iter().any(|s| s.matches(req, ctx, trusted))
+}
+
+impl CompiledSet {
+    pub fn matches(
+        &self,
+        req: &dyn HttpRequest,
+        ctx: &mut RequestContext,
+        trusted: &[IpNet],
+    ) -> bool {
+        self.matchers
+            .iter()
+            .all(|m| matches_one(m, req, ctx, trusted))
+    }
+}
+
+fn matches_one(
+    m: &Compiled,
+    req: &dyn HttpRequest,
+    ctx: &mut RequestContext,
+    trusted: &[IpNet],
+) -> bool {
+    match m {
+        Compiled::Path(pats) => {
+            let p = match_path(req);
+            pats.iter().any(|pat| pat.matches(&p))
+        }
+        Compiled::PathRegexp { name, re } => {
+            let p = percent_decode(req.path());
+            match re.captures(&p) {
+                Some(c) => {
+                    record_captures(ctx, name, &c);
+                    true
+                }
+                None => false,
+            }
+        }
+        Compiled::Host(hosts) => hosts.iter().any(|h| match h {
+            HostPattern::Exact(e) => ctx.host == e.as_str(),
+            HostPattern::Wildcard(suffix) => {
+                ctx.host.ends_with(suffix.as_str())
+                    && !ctx.host[..ctx.host.len() - suffix.len()].contains('.')
+            }
+        }),
+        Compiled::Method(ms) => ms.iter().any(|m| m == req.method()),
+        Compiled::Header(fields) => fields.iter().all(|f| {
+            if f.values.is_empty() {
+                return req.header_count(&f.field) == 0;
+            }
+            req.any_header_value(&f.field, &mut |v| f.values.iter().any(|p| p.matches(v)))
+        }),
+        Compiled::HeaderRegexp { name, field, re } => {
+            let mut caps: Option<Vec<Option<String>>> = None;
+            req.any_header_value(field, &mut |v| match re.captures(v) {
+                Some(c) => {
+                    caps = Some(
+                        c.iter()
+                            .map(|m| m.map(|m| m.as_str().to_string()))
+                            .collect(),
+                    );
+                    true
+                }
+                None => false,
+            });
+            match caps {
+                Some(c) => {
+                    ctx.captures.push((name.clone(), c));
+                    true
+                }
+                None => false,
+            }
+        }
+        Compiled::Query(fields) => {
+            let q = req.query().unwrap_or("");
+            fields.iter().all(|f| match query_param(q, &f.field) {
+                Some(v) => f.values.iter().any(|p| p.matches(&v)),
+                None => false,
+            })
+        }
+        Compiled::Protocol(p) => {
+            let v = req.version();
+            match p.as_str() {
+                "http" => !ctx.conn.tls,
+                "https" => ctx.conn.tls,
+                "grpc" => req
+                    .header("content-type")
+                    .map(|c| c.starts_with("application/grpc"))
+                    .unwrap_or(false),
+                "http/1.0" => v == http::Version::HTTP_10,
+                "http/1.1" => v == http::Version::HTTP_11,
+                "http/1" => v == http::Version::HTTP_10 || v == http::Version::HTTP_11,
+                "http/1.1+" => v >= http::Version::HTTP_11,
+                "http/2" => v == http::Version::HTTP_2,
+                "http/2+" => v >= http::Version::HTTP_2,
+                "http/3" => v == http::Version::HTTP_3,
+                _ => false,
+            }
+        }
+        Compiled::RemoteIp(nets) => nets.iter().any(|n| n.contains(ctx.conn.remote.ip())),
+        Compiled::ClientIp(nets) => {
+            let ip = ctx.client_ip.unwrap_or_else(|| {
+                client_ip(ctx.conn.remote.ip(), trusted, req.header("x-forwarded-for"))
+            });
+            nets.iter().any(|n| n.contains(ip))
+        }
+        Compiled::Not(inner) => !inner.matches(req, ctx, trusted),
+        Compiled::ErrorStatus(codes) => match ctx.error {
+            Some((s, _)) => codes
+                .iter()
+                .any(|&(c, class)| if class { s / 100 == c / 100 } else { s == c }),
+            None => false,
+        },
+    }
+}
+
+fn record_captures(ctx: &mut RequestContext, name: &CompactString, c: &regex::Captures<'_>) {
+    if name.is_empty() && c.len() <= 1 {
+        return;
+    }
+    let vals = c
+        .iter()
+        .map(|m| m.map(|m| m.as_str().to_string()))
+        .collect();
+    ctx.captures.push((name.clone(), vals));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_patterns() {
+        assert!(PathPattern::new("/api/*").matches("/api/x/y"));
+        assert!(!PathPattern::new("/api/*").matches("/apix"));
+        assert!(PathPattern::new("*.css").matches("/a/b.css"));
+        assert!(PathPattern::new("/A").matches("/a"));
+        assert!(PathPattern::new("/u/*/edit").matches("/u/42/edit"));
+        assert!(!PathPattern::new("/u/*/edit").matches("/u/4/2/edit"));
+        assert!(PathPattern::new("*admin*").matches("/x/admin/y"));
+    }
+}

@@ -1,0 +1,619 @@
+//! The protocol-neutral request pipeline: site lookup, routes, matchers and handlers.
+//!
+//! A front-end calls [`handle_request`] once per request with the route table it loaded
+//! and its own [`HttpRequest`]. The result says what to do: send a [`Reply`], proxy
+//! (the chosen handler is in the context), or abort the connection. Response header
+//! edits are left in the context for the front-end to apply with [`apply_edits`].
+
+use crate::context::{HeaderEdit, RequestContext};
+use crate::matcher::{any_set_matches, match_path};
+use crate::net::{any_contains, client_ip, IpNet};
+use crate::request::{sanitize_header_value, HttpRequest};
+use crate::route_table::{HandlerRule, HeaderRule, MapRule, RouteRule, RouteTable, UriRule};
+use crate::template::render;
+use crate::upstream::ProxyHandler;
+use bytes::Bytes;
+use compact_str::CompactString;
+use dwaar_config::placeholder::Template;
+use std::sync::Arc;
+
+/// A response produced without an upstream.
+#[derive(Debug, Default)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(CompactString, String)>,
+    pub body: Bytes,
+    pub close: bool,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Reply {
+        Reply {
+            status,
+            ..Default::default()
+        }
+    }
+}
+
+/// What the front-end must do next.
+#[derive(Debug)]
+pub enum Outcome {
+    Reply(Reply),
+    /// Forward upstream with `ctx.proxy`.
+    Proxy,
+    /// Close the connection without a response.
+    Abort,
+}
+
+/// A response header block the pipeline can edit (a `Reply`'s, or a front-end's).
+pub trait ResponseHead {
+    fn get(&self, name: &str) -> Option<&str>;
+    fn set(&mut self, name: &str, value: &str);
+    fn add(&mut self, name: &str, value: &str);
+    fn remove(&mut self, name: &str);
+    fn replace_all(&mut self, name: &str, re: &regex::Regex, with: &str);
+}
+
+impl ResponseHead for Vec<(CompactString, String)> {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn set(&mut self, name: &str, value: &str) {
+        ResponseHead::remove(self, name);
+        ResponseHead::add(self, name, value);
+    }
+    fn add(&mut self, name: &str, value: &str) {
+        self.push((
+            CompactString::new(name),
+            sanitize_header_value(value).into_owned(),
+        ));
+    }
+    fn remove(&mut self, name: &str) {
+        self.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+    fn replace_all(&mut self, name: &str, re: &regex::Regex, with: &str) {
+        for (k, v) in self.iter_mut() {
+            if k.eq_ignore_ascii_case(name) {
+                *v = sanitize_header_value(&re.replace_all(v, with)).into_owned();
+            }
+        }
+    }
+}
+
+/// Applies rendered edits to a response head.
+pub fn apply_edits(edits: &[HeaderEdit], head: &mut dyn ResponseHead) {
+    for e in edits {
+        match e {
+            HeaderEdit::Set(n, v) => head.set(n, v),
+            HeaderEdit::Add(n, v) => head.add(n, v),
+            HeaderEdit::Delete(n) => delete_matching(head, n),
+            HeaderEdit::Default(n, v) => {
+                if head.get(n).is_none() {
+                    head.set(n, v);
+                }
+            }
+            HeaderEdit::Replace { name, re, with } => head.replace_all(name, re, with),
+        }
+    }
+}
+
+fn delete_matching(head: &mut dyn ResponseHead, name: &str) {
+    // `-X-*` style prefixes are not supported by every head type; exact names are.
+    head.remove(name);
+}
+
+/// Renders header rules against the request.
+pub fn render_rules(
+    rules: &[HeaderRule],
+    req: &dyn HttpRequest,
+    ctx: &RequestContext,
+    out: &mut Vec<HeaderEdit>,
+) {
+    for r in rules {
+        out.push(match r {
+            HeaderRule::Set(n, t) => HeaderEdit::Set(n.clone(), render(t, req, ctx).into_owned()),
+            HeaderRule::Add(n, t) => HeaderEdit::Add(n.clone(), render(t, req, ctx).into_owned()),
+            HeaderRule::Delete(n) => HeaderEdit::Delete(n.clone()),
+            HeaderRule::Default(n, t) => {
+                HeaderEdit::Default(n.clone(), render(t, req, ctx).into_owned())
+            }
+            HeaderRule::Replace { name, re, with } => HeaderEdit::Replace {
+                name: name.clone(),
+                re: re.clone(),
+                with: render(with, req, ctx).into_owned(),
+            },
+        });
+    }
+}
+
+/// Applies header rules directly to a request (for `request_header` and `header_up`).
+pub fn apply_request_rules(rules: &[HeaderRule], req: &mut dyn HttpRequest, ctx: &RequestContext) {
+    for r in rules {
+        match r {
+            HeaderRule::Set(n, t) => {
+                let v = render(t, req, ctx).into_owned();
+                req.set_header(n, &v);
+            }
+            HeaderRule::Add(n, t) => {
+                let v = render(t, req, ctx).into_owned();
+                req.append_header(n, &v);
+            }
+            HeaderRule::Delete(n) => req.remove_header(n),
+            HeaderRule::Default(n, t) => {
+                if req.header_count(n) == 0 {
+                    let v = render(t, req, ctx).into_owned();
+                    req.set_header(n, &v);
+                }
+            }
+            HeaderRule::Replace { name, re, with } => {
+                let with = render(with, req, ctx).into_owned();
+                let mut values = Vec::new();
+                req.any_header_value(name, &mut |v| {
+                    values.push(re.replace_all(v, with.as_str()).into_owned());
+                    false
+                });
+                req.remove_header(name);
+                for v in values {
+                    req.append_header(name, &v);
+                }
+            }
+        }
+    }
+}
+
+enum Terminal<'t> {
+    Respond {
+        status: u16,
+        body: Option<&'t Template>,
+        content_type: Option<&'static str>,
+        close: bool,
+    },
+    Redirect {
+        to: &'t Template,
+        status: u16,
+        html: bool,
+    },
+    Proxy(Arc<ProxyHandler>),
+    Error {
+        status: u16,
+        message: String,
+    },
+    Abort,
+}
+
+enum Flow<'t> {
+    Continue,
+    Done(Terminal<'t>),
+}
+
+/// Lowercases and strips the port from a Host value; rejects obviously invalid hosts.
+pub fn normalize_host(raw: &str) -> Option<CompactString> {
+    let host = if let Some(rest) = raw.strip_prefix('[') {
+        &raw[..rest.find(']').map(|i| i + 2).unwrap_or(raw.len())]
+    } else {
+        raw.rsplit_once(':')
+            .map(|(h, p)| {
+                if p.bytes().all(|b| b.is_ascii_digit()) {
+                    h
+                } else {
+                    raw
+                }
+            })
+            .unwrap_or(raw)
+    };
+    if host
+        .bytes()
+        .any(|b| b.is_ascii_whitespace() || b == b'/' || b == b'@' || b.is_ascii_control())
+    {
+        return None;
+    }
+    Some(
+        CompactString::new(host.trim_end_matches('.'))
+            .to_ascii_lowercase()
+            .into(),
+    )
+}
+
+/// Runs the pipeline for one request. `ctx.conn` and `ctx.host` must be set.
+pub fn handle_request(
+    table: &RouteTable,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
+        let n = req.header_count("host");
+        if n > 1 || (n == 0 && req.version() == http::Version::HTTP_11) {
+            return Outcome::Reply(bad_request(if n > 1 {
+                "duplicate Host header"
+            } else {
+                "missing Host header"
+            }));
+        }
+    }
+    let Some(port) = table.port(ctx.conn.local_port) else {
+        return Outcome::Reply(Reply::status(404));
+    };
+    if let Some(max) = port.max_header_size {
+        if req.header_bytes() > max {
+            return Outcome::Reply(Reply::status(431));
+        }
+    }
+    let trusted: &[IpNet] = &port.trusted_proxies;
+    let peer = ctx.conn.remote.ip();
+    ctx.peer_trusted = any_contains(trusted, peer);
+    ctx.client_ip = Some(client_ip(peer, trusted, req.header("x-forwarded-for")));
+    ctx.request_id = Some(request_id(req, ctx.peer_trusted));
+    let site = {
+        let path = match_path(req);
+        port.lookup(&ctx.host, &path).cloned()
+    };
+    let Some(site) = site else {
+        // Caddy answers an unknown host on a served port with an empty 200.
+        return Outcome::Reply(Reply::status(200));
+    };
+    ctx.site = Some(site.clone());
+    let flow = run_routes(&site.routes, req, ctx, trusted);
+    let terminal = match flow {
+        Flow::Continue => return Outcome::Reply(finish_reply(Reply::status(200), ctx)),
+        Flow::Done(t) => t,
+    };
+    match terminal {
+        Terminal::Proxy(p) => {
+            ctx.proxy = Some(p);
+            Outcome::Proxy
+        }
+        Terminal::Abort => Outcome::Abort,
+        Terminal::Error { status, message } => {
+            error_outcome(&site.error_routes, status, message, req, ctx, trusted)
+        }
+        other => Outcome::Reply(reply_for(other, req, ctx)),
+    }
+}
+
+/// Runs `handle_errors` routes for an error status; without a match, an empty response
+/// with that status.
+pub fn error_outcome(
+    routes: &[RouteRule],
+    status: u16,
+    message: String,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+    trusted: &[IpNet],
+) -> Outcome {
+    ctx.error = Some((status, message));
+    ctx.groups_done = 0;
+    ctx.resp_immediate.clear();
+    ctx.resp_deferred.clear();
+    match run_routes(routes, req, ctx, trusted) {
+        Flow::Done(Terminal::Abort) => Outcome::Abort,
+        Flow::Done(Terminal::Proxy(_)) | Flow::Continue | Flow::Done(Terminal::Error { .. }) => {
+            Outcome::Reply(finish_reply(Reply::status(status), ctx))
+        }
+        Flow::Done(t) => Outcome::Reply(reply_for(t, req, ctx)),
+    }
+}
+
+fn request_id(req: &dyn HttpRequest, trusted: bool) -> uuid::Uuid {
+    if trusted {
+        if let Some(id) = req
+            .header("x-request-id")
+            .and_then(|v| uuid::Uuid::parse_str(v).ok())
+        {
+            return id;
+        }
+    }
+    uuid::Uuid::now_v7()
+}
+
+fn bad_request(why: &str) -> Reply {
+    Reply {
+        status: 400,
+        headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
+        body: Bytes::from(format!("400 Bad Request: {why}\n")),
+        close: true,
+    }
+}
+
+/// Applies the collected header edits to a reply.
+fn finish_reply(mut r: Reply, ctx: &RequestContext) -> Reply {
+    apply_edits(&ctx.resp_immediate, &mut r.headers);
+    apply_edits(&ctx.resp_deferred, &mut r.headers);
+    r
+}
+
+fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Reply {
+    let mut headers: Vec<(CompactString, String)> = Vec::new();
+    apply_edits(&ctx.resp_immediate, &mut headers);
+    let mut r = match t {
+        Terminal::Respond {
+            status,
+            body,
+            content_type,
+            close,
+        } => {
+            let body = body.map(|b| render(b, req, ctx)).unwrap_or_default();
+            if !body.is_empty() && ResponseHead::get(&headers, "content-type").is_none() {
+                headers.push((
+                    "content-type".into(),
+                    content_type
+                        .unwrap_or("text/plain; charset=utf-8")
+                        .to_string(),
+                ));
+            }
+            Reply {
+                status,
+                headers,
+                body: Bytes::from(body.into_owned()),
+                close,
+            }
+        }
+        Terminal::Redirect { to, status, html } => {
+            let to = render(to, req, ctx);
+            let to = sanitize_redirect(&to);
+            if html {
+                let esc = html_escape(&to);
+                headers.push(("content-type".into(), "text/html; charset=utf-8".into()));
+                let body = format!("<!DOCTYPE html>\n<html>\n\t<head>\n\t\t<title>Redirecting...</title>\n\t\t<script>window.location.replace(\"{}\");</script>\n\t\t<meta http-equiv=\"refresh\" content=\"0; URL='{esc}'\">\n\t</head>\n\t<body>Redirecting to <a href=\"{esc}\">{esc}</a>...</body>\n</html>\n", esc.replace('"', "\\\""));
+                Reply {
+                    status: 200,
+                    headers,
+                    body: Bytes::from(body),
+                    close: false,
+                }
+            } else {
+                ResponseHead::set(&mut headers, "location", &to);
+                Reply {
+                    status,
+                    headers,
+                    body: Bytes::new(),
+                    close: false,
+                }
+            }
+        }
+        Terminal::Error { status, .. } => Reply {
+            status,
+            headers,
+            ..Default::default()
+        },
+        Terminal::Proxy(_) | Terminal::Abort => Reply {
+            status: 502,
+            headers,
+            ..Default::default()
+        },
+    };
+    apply_edits(&ctx.resp_deferred, &mut r.headers);
+    r
+}
+
+/// Removes CR/LF and collapses a leading `//` so a redirect cannot become protocol-relative.
+fn sanitize_redirect(to: &str) -> String {
+    let clean: String = to
+        .chars()
+        .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
+        .collect();
+    if clean.starts_with("//") || clean.starts_with("/\\") {
+        format!("/{}", clean.trim_start_matches(['/', '\\']))
+    } else {
+        clean
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&#39;")
+}
+
+fn run_routes<'t>(
+    routes: &'t [RouteRule],
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+    trusted: &[IpNet],
+) -> Flow<'t> {
+    for route in routes {
+        if let Some(bit) = route.group_bit {
+            if ctx.groups_done & bit != 0 {
+                continue;
+            }
+        }
+        if !any_set_matches(&route.matchers, req, ctx, trusted) {
+            continue;
+        }
+        if let Some(bit) = route.group_bit {
+            ctx.groups_done |= bit;
+        }
+        for h in &route.handlers {
+            if let Flow::Done(t) = run_handler(h, req, ctx, trusted) {
+                return Flow::Done(t);
+            }
+        }
+    }
+    Flow::Continue
+}
+
+fn remember_orig(req: &dyn HttpRequest, ctx: &mut RequestContext) {
+    if ctx.orig_uri.is_none() {
+        let mut u = req.path().to_string();
+        if let Some(q) = req.query() {
+            u.push('?');
+            u.push_str(q);
+        }
+        ctx.orig_uri = Some(u);
+    }
+}
+
+fn set_path(req: &mut dyn HttpRequest, ctx: &mut RequestContext, path: &str) {
+    remember_orig(req, ctx);
+    let q = req.query().map(str::to_string);
+    let path = if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    };
+    req.set_path_query(&path, q.as_deref());
+}
+
+fn run_handler<'t>(
+    h: &'t HandlerRule,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+    trusted: &[IpNet],
+) -> Flow<'t> {
+    match h {
+        HandlerRule::Proxy(p) => Flow::Done(Terminal::Proxy(p.clone())),
+        HandlerRule::Respond {
+            status,
+            body,
+            content_type,
+            close,
+        } => Flow::Done(Terminal::Respond {
+            status: *status,
+            body: body.as_ref(),
+            content_type: *content_type,
+            close: *close,
+        }),
+        HandlerRule::Redirect { to, status, html } => Flow::Done(Terminal::Redirect {
+            to,
+            status: *status,
+            html: *html,
+        }),
+        HandlerRule::Error { status, message } => Flow::Done(Terminal::Error {
+            status: *status,
+            message: render(message, req, ctx).into_owned(),
+        }),
+        HandlerRule::Abort => Flow::Done(Terminal::Abort),
+        HandlerRule::Rewrite(t) => {
+            let to = render(t, req, ctx).into_owned();
+            let (p, q) = match to.split_once('?') {
+                Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                None => (to, req.query().map(str::to_string)),
+            };
+            remember_orig(req, ctx);
+            let p = if p.is_empty() {
+                req.path().to_string()
+            } else if p.starts_with('/') {
+                p
+            } else {
+                format!("/{p}")
+            };
+            let q = q.filter(|q| !q.is_empty());
+            req.set_path_query(&p, q.as_deref());
+            Flow::Continue
+        }
+        HandlerRule::Uri(op) => {
+            let path = req.path().to_string();
+            let new = match op {
+                UriRule::StripPrefix(pre) => path.strip_prefix(pre.as_str()).map(str::to_string),
+                UriRule::StripSuffix(suf) => path.strip_suffix(suf.as_str()).map(str::to_string),
+                UriRule::Replace {
+                    find,
+                    replace,
+                    limit,
+                } => match limit {
+                    Some(n) if *n > 0 => Some(path.replacen(find.as_str(), replace, *n as usize)),
+                    _ => Some(path.replace(find.as_str(), replace)),
+                },
+                UriRule::PathRegexp { re, replace } => {
+                    Some(re.replace_all(&path, replace.as_str()).into_owned())
+                }
+            };
+            if let Some(n) = new {
+                if n != path {
+                    set_path(req, ctx, &n);
+                }
+            }
+            Flow::Continue
+        }
+        HandlerRule::ResponseHeaders { rules, deferred } => {
+            let mut out = Vec::with_capacity(rules.len());
+            render_rules(rules, req, ctx, &mut out);
+            if *deferred {
+                ctx.resp_deferred.extend(out);
+            } else {
+                ctx.resp_immediate.extend(out);
+            }
+            Flow::Continue
+        }
+        HandlerRule::RequestHeaders(rules) => {
+            apply_request_rules(rules, req, ctx);
+            Flow::Continue
+        }
+        HandlerRule::Subroute(routes) => run_routes(routes, req, ctx, trusted),
+        HandlerRule::Vars(vars) => {
+            for (k, t) in vars {
+                let v = render(t, req, ctx).into_owned();
+                ctx.set_var(k, v);
+            }
+            Flow::Continue
+        }
+        HandlerRule::Map(m) => {
+            run_map(m, req, ctx);
+            Flow::Continue
+        }
+        HandlerRule::RequestBody(max) => {
+            ctx.max_body = Some(*max);
+            let too_big = req
+                .header("content-length")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .is_some_and(|n| n > *max);
+            if too_big {
+                return Flow::Done(Terminal::Error {
+                    status: 413,
+                    message: "request body too large".into(),
+                });
+            }
+            Flow::Continue
+        }
+    }
+}
+
+fn run_map(m: &MapRule, req: &dyn HttpRequest, ctx: &mut RequestContext) {
+    let input = render(&m.source, req, ctx).into_owned();
+    let outputs: Option<&Vec<Template>> = m
+        .exact
+        .iter()
+        .find(|(k, _)| *k == input)
+        .map(|(_, o)| o)
+        .or_else(|| {
+            m.regex
+                .iter()
+                .find(|(re, _)| re.is_match(&input))
+                .map(|(_, o)| o)
+        });
+    let outs = match outputs {
+        Some(o) => o,
+        None if !m.defaults.is_empty() => &m.defaults,
+        None => return,
+    };
+    for (dest, t) in m.destinations.iter().zip(outs) {
+        if t.raw() == "-" {
+            continue;
+        }
+        let v = render(t, req, ctx).into_owned();
+        ctx.set_var(dest, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_normalise() {
+        assert_eq!(
+            normalize_host("Example.COM:8080").as_deref(),
+            Some("example.com")
+        );
+        assert_eq!(normalize_host("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(normalize_host("a b"), None);
+    }
+
+    #[test]
+    fn redirects_cannot_go_protocol_relative() {
+        assert_eq!(sanitize_redirect("//evil.com/x"), "/evil.com/x");
+        assert_eq!(sanitize_redirect("/a\r\nSet-Cookie: x"), "/aSet-Cookie: x");
+    }
+}

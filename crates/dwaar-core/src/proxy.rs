@@ -1,0 +1,462 @@
+//! `DwaarProxy`: the Pingora front-end (HTTP/1.1 and HTTP/2) of the request pipeline.
+//!
+//! Phases: `request_filter` makes the one `RouteStore` load and runs the pipeline;
+//! `upstream_peer` picks a backend; `upstream_request_filter` adds proxy headers and
+//! `header_up`; `response_filter` applies `header_down` and `header` edits; `logging`
+//! settles per-upstream counters; `fail_to_proxy` maps upstream failures to 502/503/504
+//! and runs `handle_errors`.
+
+use crate::context::{ConnInfo, RequestContext, UpstreamFailure};
+use crate::pipeline::{
+    apply_edits, apply_request_rules, error_outcome, handle_request, normalize_host, render_rules,
+    Outcome, Reply, ResponseHead,
+};
+use crate::route_table::RouteStore;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The proxy service; cheap to share, holds only the route store.
+pub struct DwaarProxy {
+    pub store: Arc<RouteStore>,
+}
+
+impl ResponseHead for ResponseHeader {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn set(&mut self, name: &str, value: &str) {
+        let v = crate::request::sanitize_header_value(value);
+        let _ = self.insert_header(name.to_string(), v.as_ref());
+    }
+    fn add(&mut self, name: &str, value: &str) {
+        let v = crate::request::sanitize_header_value(value);
+        let _ = self.append_header(name.to_string(), v.as_ref());
+    }
+    fn remove(&mut self, name: &str) {
+        let _ = self.remove_header(name);
+    }
+    fn replace_all(&mut self, name: &str, re: &regex::Regex, with: &str) {
+        let values: Vec<String> = self
+            .headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(|v| re.replace_all(v, with).into_owned())
+            .collect();
+        if values.is_empty() {
+            return;
+        }
+        let _ = self.remove_header(name);
+        for v in values {
+            self.add(name, &v);
+        }
+    }
+}
+
+fn conn_info(session: &Session) -> ConnInfo {
+    let remote = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let local_port = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.port())
+        .unwrap_or(0);
+    let mut c = ConnInfo {
+        local_port,
+        ..ConnInfo::default()
+    };
+    if let Some(r) = remote {
+        c.remote = std::net::SocketAddr::new(crate::net::canonical(r.ip()), r.port());
+    }
+    c.tls = session
+        .digest()
+        .and_then(|d| d.ssl_digest.as_ref())
+        .is_some();
+    c
+}
+
+/// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) -> Result<()> {
+    let head_only = session.req_header().method == http::Method::HEAD;
+    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 3))?;
+    for (k, v) in r.headers.drain(..) {
+        resp.append_header(k.to_string(), v)?;
+    }
+    if let Some(id) = ctx.request_id {
+        let mut buf = [0u8; 36];
+        resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
+    }
+    let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
+    if !no_body_status {
+        resp.insert_header(http::header::CONTENT_LENGTH, r.body.len().to_string())?;
+    }
+    if r.close || ctx.close {
+        resp.insert_header(http::header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    let end = head_only || no_body_status || r.body.is_empty();
+    session.write_response_header(Box::new(resp), end).await?;
+    if !end {
+        session
+            .write_response_body(Some(std::mem::take(&mut r.body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+fn release_upstream(ctx: &mut RequestContext) {
+    if ctx.active_counted {
+        if let Some(u) = &ctx.upstream {
+            u.active.fetch_sub(1, Ordering::Relaxed);
+        }
+        ctx.active_counted = false;
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for DwaarProxy {
+    type CTX = RequestContext;
+
+    fn new_ctx(&self) -> RequestContext {
+        RequestContext::default()
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<bool> {
+        ctx.start = Some(Instant::now());
+        ctx.conn = conn_info(session);
+        let table = self.store.load();
+        let host = match request_host(session.req_header()) {
+            Some(h) => normalize_host(h),
+            None => Some(Default::default()),
+        };
+        let Some(host) = host else {
+            write_reply(
+                session,
+                ctx,
+                Reply {
+                    status: 400,
+                    close: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+            return Ok(true);
+        };
+        ctx.host = host;
+        ctx.is_upgrade = session.is_upgrade_req();
+        let outcome = handle_request(&table, session.req_header_mut(), ctx);
+        ctx.table = Some(table);
+        match outcome {
+            Outcome::Reply(r) => {
+                write_reply(session, ctx, r).await?;
+                Ok(true)
+            }
+            Outcome::Proxy => Ok(false),
+            Outcome::Abort => {
+                ctx.abort = true;
+                Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "aborted by config",
+                ))
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let (Some(max), Some(b)) = (ctx.max_body, body.as_ref()) {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > max {
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestContext,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(proxy) = ctx.proxy.clone() else {
+            return Err(Error::explain(ErrorType::InternalError, "no proxy handler"));
+        };
+        release_upstream(ctx);
+        if ctx.attempts > 0 && !proxy.try_interval.is_zero() && !proxy.try_duration.is_zero() {
+            tokio::time::sleep(proxy.try_interval).await;
+        }
+        let Some(i) = proxy.select(session.req_header(), ctx) else {
+            ctx.upstream_failure = UpstreamFailure::NoneAvailable;
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no upstream available",
+            ));
+        };
+        let up = proxy.upstreams[i].clone();
+        up.active.fetch_add(1, Ordering::Relaxed);
+        ctx.active_counted = true;
+        ctx.upstream = Some(up);
+        ctx.tried.push(i);
+        ctx.attempts += 1;
+        ctx.upstream_start = Some(Instant::now());
+        match proxy.peer(i, &ctx.host) {
+            Some(p) => Ok(Box::new(p)),
+            None => {
+                ctx.upstream_failure = UpstreamFailure::Connect;
+                Err(Error::explain(
+                    ErrorType::ConnectError,
+                    "cannot resolve upstream address",
+                ))
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestContext,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        ctx.upstream_failure = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            UpstreamFailure::Timeout
+        } else {
+            UpstreamFailure::Connect
+        };
+        if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+            if let Some(passive) = &p.passive {
+                u.record_failure(passive);
+            }
+            let start = ctx.start.unwrap_or_else(Instant::now);
+            // A connection that never opened carried no request: retrying is always safe.
+            if p.may_retry(ctx.attempts, start) && ctx.tried.len() < p.upstreams.len() {
+                e.set_retry(true);
+            }
+        }
+        release_upstream(ctx);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        let peer_ip = ctx.conn.remote.ip().to_string();
+        let xff = match (
+            ctx.peer_trusted,
+            up.headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok()),
+        ) {
+            (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
+            _ => peer_ip,
+        };
+        up.insert_header("x-forwarded-for", xff)?;
+        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
+            up.insert_header("x-forwarded-proto", ctx.scheme())?;
+        }
+        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
+            let host = request_host(session.req_header())
+                .map(str::to_string)
+                .unwrap_or_default();
+            up.insert_header(
+                "x-forwarded-host",
+                crate::request::sanitize_header_value(&host).as_ref(),
+            )?;
+        }
+        if let Some(id) = ctx.request_id {
+            let mut buf = [0u8; 36];
+            up.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
+        }
+        if up.headers.get(http::header::HOST).is_none() {
+            // HTTP/2 clients send :authority; HTTP/1 upstreams need a Host header.
+            if let Some(a) = up.uri.authority().map(|a| a.as_str().to_string()) {
+                up.insert_header(http::header::HOST, a)?;
+            }
+        }
+        if let Some(p) = ctx.proxy.clone() {
+            if !p.transport.keepalive && !ctx.is_upgrade {
+                up.insert_header(http::header::CONNECTION, "close")?;
+            }
+            apply_request_rules(&p.header_up, up, ctx);
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+            if let Some(passive) = &p.passive {
+                let code = resp.status.as_u16();
+                let bad_status = passive
+                    .unhealthy_status
+                    .iter()
+                    .any(|s| status_matches(s, code));
+                let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
+                    (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
+                    _ => false,
+                };
+                if bad_status || slow {
+                    u.record_failure(passive);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if let Some(p) = ctx.proxy.clone() {
+            if !p.header_down.is_empty() {
+                let mut edits = Vec::with_capacity(p.header_down.len());
+                render_rules(&p.header_down, session.req_header(), ctx, &mut edits);
+                apply_edits(&edits, resp);
+            }
+        }
+        apply_edits(&ctx.resp_immediate, resp);
+        apply_edits(&ctx.resp_deferred, resp);
+        if let Some(c) = ctx.set_cookie.take() {
+            resp.append_header(http::header::SET_COOKIE, c)?;
+        }
+        if let Some(id) = ctx.request_id {
+            let mut buf = [0u8; 36];
+            resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestContext,
+    ) -> FailToProxy {
+        release_upstream(ctx);
+        if ctx.abort {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(c) => *c,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() == &ErrorSource::Upstream =>
+            {
+                504
+            }
+            _ if ctx.upstream_failure == UpstreamFailure::Timeout => 504,
+            _ => match e.esource() {
+                ErrorSource::Upstream => 502,
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => {
+                    if ctx.upstream.is_some() || ctx.proxy.is_some() {
+                        502
+                    } else {
+                        500
+                    }
+                }
+            },
+        };
+        if code == 0 {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
+        // The response may already have started; then nothing more can be sent.
+        if session.response_written().is_some() {
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
+        let reply = match (ctx.table.clone(), ctx.site.clone()) {
+            (Some(table), Some(site)) if !site.error_routes.is_empty() => {
+                let trusted = table
+                    .port(ctx.conn.local_port)
+                    .map(|p| p.trusted_proxies.clone())
+                    .unwrap_or_default();
+                ctx.resp_immediate.clear();
+                ctx.resp_deferred.clear();
+                match error_outcome(
+                    &site.error_routes,
+                    code,
+                    e.to_string(),
+                    session.req_header_mut(),
+                    ctx,
+                    &trusted,
+                ) {
+                    Outcome::Reply(r) => r,
+                    Outcome::Abort => {
+                        return FailToProxy {
+                            error_code: 0,
+                            can_reuse_downstream: false,
+                        }
+                    }
+                    Outcome::Proxy => Reply::status(code),
+                }
+            }
+            _ => Reply::status(code),
+        };
+        ctx.close = true;
+        let _ = write_reply(session, ctx, reply).await;
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
+        release_upstream(ctx);
+    }
+}
+
+fn status_matches(pattern: &str, code: u16) -> bool {
+    if let Some(class) = pattern.strip_suffix("xx") {
+        class
+            .parse::<u16>()
+            .map(|c| c == code / 100)
+            .unwrap_or(false)
+    } else {
+        pattern.parse::<u16>().map(|c| c == code).unwrap_or(false)
+    }
+}

@@ -1,0 +1,111 @@
+//! The protocol-neutral view of a request head that the pipeline reads and edits.
+//!
+//! Every front-end (Pingora's H1/H2 proxy, the H3 bridge, the lean H1 path) implements
+//! [`HttpRequest`] for its own request type, so routing, matchers and middleware are
+//! written once. Header names are ASCII case-insensitive everywhere.
+
+use http::header::{HeaderName, HeaderValue};
+use pingora_http::RequestHeader;
+
+pub trait HttpRequest {
+    fn method(&self) -> &str;
+    /// The path as sent (percent-encoded), without the query.
+    fn path(&self) -> &str;
+    fn query(&self) -> Option<&str>;
+    fn version(&self) -> http::Version;
+    /// The first value of a header, if present and valid UTF-8.
+    fn header(&self, name: &str) -> Option<&str>;
+    /// Calls `f` for each value of `name`; stops when `f` returns true. Returns whether it stopped.
+    fn any_header_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool;
+    fn header_count(&self, name: &str) -> usize;
+    /// Total size of the header section in bytes (names + values).
+    fn header_bytes(&self) -> usize;
+    fn set_header(&mut self, name: &str, value: &str);
+    fn append_header(&mut self, name: &str, value: &str);
+    fn remove_header(&mut self, name: &str);
+    /// Replaces path and query; returns false when the result is not a valid URI.
+    fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool;
+}
+
+/// Strips CR, LF and NUL so interpolated values can never split a header.
+pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        std::borrow::Cow::Owned(
+            v.chars()
+                .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
+                .collect(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
+}
+
+impl HttpRequest for RequestHeader {
+    fn method(&self) -> &str {
+        self.method.as_str()
+    }
+    fn path(&self) -> &str {
+        self.uri.path()
+    }
+    fn query(&self) -> Option<&str> {
+        self.uri.query()
+    }
+    fn version(&self) -> http::Version {
+        self.version
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    fn any_header_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(f)
+    }
+    fn header_count(&self, name: &str) -> usize {
+        self.headers.get_all(name).iter().count()
+    }
+    fn header_bytes(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum()
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        let value = sanitize_header_value(value);
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            let _ = self.insert_header(n, v);
+        }
+    }
+    fn append_header(&mut self, name: &str, value: &str) {
+        let value = sanitize_header_value(value);
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            let _ = RequestHeader::append_header(self, n, v);
+        }
+    }
+    fn remove_header(&mut self, name: &str) {
+        let _ = RequestHeader::remove_header(self, name);
+    }
+    fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool {
+        let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        s.push_str(path);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        match http::Uri::try_from(s) {
+            Ok(u) => {
+                self.set_uri(u);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}

@@ -1,0 +1,478 @@
+//! `RouteTable`: the compiled, immutable form of a `Config`, and `RouteStore`, the
+//! atomically swappable pointer to the current table.
+//!
+//! Compiling does every expensive thing once: host maps (exact, then `*.wildcard`, then
+//! catch-all per port), matcher sets with their regexes, header templates, upstream
+//! state shared with previous tables (so health and connection counts survive reloads).
+//! A request loads the store exactly once and keeps that `Arc` for its whole life.
+
+use crate::matcher::{build_regex, compile_sets, CompiledSet, PathPattern};
+use crate::net::IpNet;
+use crate::upstream::{HealthTarget, ProxyHandler, UpstreamRegistry};
+use arc_swap::ArcSwap;
+use compact_str::CompactString;
+use dwaar_config::model::{Config, Handler, HeaderOp, HeaderOps, Route, UriOp};
+use dwaar_config::placeholder::Template;
+use regex::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A header edit with its value template.
+#[derive(Debug)]
+pub enum HeaderRule {
+    Set(CompactString, Template),
+    Add(CompactString, Template),
+    Delete(CompactString),
+    Default(CompactString, Template),
+    Replace {
+        name: CompactString,
+        re: Arc<Regex>,
+        with: Template,
+    },
+}
+
+#[derive(Debug)]
+pub enum UriRule {
+    StripPrefix(String),
+    StripSuffix(String),
+    Replace {
+        find: String,
+        replace: String,
+        limit: Option<u32>,
+    },
+    PathRegexp {
+        re: Regex,
+        replace: String,
+    },
+}
+
+#[derive(Debug)]
+pub struct MapRule {
+    pub source: Template,
+    pub destinations: Vec<CompactString>,
+    pub exact: Vec<(String, Vec<Template>)>,
+    pub regex: Vec<(Regex, Vec<Template>)>,
+    pub defaults: Vec<Template>,
+}
+
+/// One compiled handler.
+#[derive(Debug)]
+pub enum HandlerRule {
+    Proxy(Arc<ProxyHandler>),
+    Respond {
+        status: u16,
+        body: Option<Template>,
+        content_type: Option<&'static str>,
+        close: bool,
+    },
+    Redirect {
+        to: Template,
+        status: u16,
+        html: bool,
+    },
+    Rewrite(Template),
+    Uri(UriRule),
+    ResponseHeaders {
+        rules: Vec<HeaderRule>,
+        deferred: bool,
+    },
+    RequestHeaders(Vec<HeaderRule>),
+    Subroute(Vec<RouteRule>),
+    Error {
+        status: u16,
+        message: Template,
+    },
+    Abort,
+    Vars(Vec<(CompactString, Template)>),
+    Map(MapRule),
+    RequestBody(u64),
+}
+
+#[derive(Debug)]
+pub struct RouteRule {
+    pub matchers: Vec<CompiledSet>,
+    /// Bit of the exclusive group this route belongs to.
+    pub group_bit: Option<u64>,
+    pub handlers: Vec<HandlerRule>,
+}
+
+/// The routes of one site block.
+#[derive(Debug)]
+pub struct SiteRoutes {
+    pub name: String,
+    /// Path prefix from the site address (`example.com/api`).
+    pub path: Option<PathPattern>,
+    pub routes: Vec<RouteRule>,
+    pub error_routes: Vec<RouteRule>,
+}
+
+/// Sites reachable through one port.
+#[derive(Debug, Default)]
+pub struct PortSites {
+    pub exact: HashMap<CompactString, Vec<Arc<SiteRoutes>>>,
+    /// `(".example.com", site)` for `*.example.com`.
+    pub wildcard: Vec<(String, Arc<SiteRoutes>)>,
+    pub catch_all: Vec<Arc<SiteRoutes>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub max_header_size: Option<usize>,
+}
+
+impl PortSites {
+    /// Finds the site for `host` (lowercase, no port) and a decoded lowercase path.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<SiteRoutes>> {
+        let pick = |list: &'_ [Arc<SiteRoutes>]| -> Option<usize> {
+            list.iter()
+                .position(|s| s.path.as_ref().map(|p| p.matches(path)).unwrap_or(true))
+        };
+        if let Some(list) = self.exact.get(host) {
+            if let Some(i) = pick(list) {
+                return list.get(i);
+            }
+        }
+        for (suffix, site) in &self.wildcard {
+            if host.len() > suffix.len()
+                && host.ends_with(suffix.as_str())
+                && !host[..host.len() - suffix.len()].contains('.')
+            {
+                if site.path.as_ref().map(|p| p.matches(path)).unwrap_or(true) {
+                    return Some(site);
+                }
+            }
+        }
+        pick(&self.catch_all).and_then(|i| self.catch_all.get(i))
+    }
+}
+
+/// A socket the server must listen on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenSpec {
+    pub addr: String,
+    pub port: u16,
+    pub h2c: bool,
+}
+
+/// The compiled configuration.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub ports: HashMap<u16, PortSites>,
+    pub listeners: Vec<ListenSpec>,
+    pub health_targets: Vec<HealthTarget>,
+    pub grace_period_ms: Option<u64>,
+}
+
+impl RouteTable {
+    pub fn port(&self, port: u16) -> Option<&PortSites> {
+        self.ports.get(&port)
+    }
+
+    /// Compiles a validated config. Errors here are environment problems (an upstream
+    /// CA file that cannot be read), reported with the offending value.
+    pub fn compile(config: &Config, registry: &UpstreamRegistry) -> Result<RouteTable, String> {
+        let mut table = RouteTable {
+            grace_period_ms: config.global.grace_period_ms,
+            ..Default::default()
+        };
+        let mut cx = Cx {
+            registry,
+            health: Vec::new(),
+        };
+        let mut listeners = std::collections::BTreeSet::new();
+        for site in &config.sites {
+            let name = site
+                .addresses
+                .iter()
+                .map(|a| format!("{}{}:{}", a.host, a.path.as_deref().unwrap_or(""), a.port))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let mut groups = HashMap::new();
+            let routes = compile_routes(&site.routes, &mut cx, &mut groups)?;
+            let error_routes = compile_routes(&site.error_routes, &mut cx, &mut groups)?;
+            let path = site
+                .addresses
+                .iter()
+                .find_map(|a| a.path.as_deref())
+                .map(|p| {
+                    if p.ends_with('*') {
+                        PathPattern::new(p)
+                    } else {
+                        PathPattern::new(&format!("{p}*"))
+                    }
+                });
+            let compiled = Arc::new(SiteRoutes {
+                name,
+                path,
+                routes,
+                error_routes,
+            });
+            for a in &site.addresses {
+                let port = table.ports.entry(a.port).or_default();
+                if a.host.is_empty() {
+                    port.catch_all.push(compiled.clone());
+                } else if let Some(suffix) = a.host.strip_prefix('*') {
+                    port.wildcard.push((suffix.to_string(), compiled.clone()));
+                } else {
+                    port.exact
+                        .entry(CompactString::new(&a.host))
+                        .or_default()
+                        .push(compiled.clone());
+                }
+                let server = config
+                    .global
+                    .servers
+                    .iter()
+                    .find(|s| {
+                        s.listener
+                            .as_deref()
+                            .map(|l| l.trim_start_matches(':') == a.port.to_string())
+                            .unwrap_or(false)
+                    })
+                    .or_else(|| config.global.servers.iter().find(|s| s.listener.is_none()));
+                let h2c = server
+                    .map(|s| s.protocols.iter().any(|p| p == "h2c"))
+                    .unwrap_or(false);
+                if let Some(s) = server {
+                    port.trusted_proxies = s
+                        .trusted_proxies
+                        .iter()
+                        .map(|c| IpNet::parse(c))
+                        .collect::<Result<_, _>>()?;
+                    port.max_header_size = s.max_header_size.map(|v| v as usize);
+                }
+                if site.bind.is_empty() {
+                    listeners.insert(ListenSpec {
+                        addr: String::new(),
+                        port: a.port,
+                        h2c,
+                    });
+                } else {
+                    for b in &site.bind {
+                        listeners.insert(ListenSpec {
+                            addr: b.clone(),
+                            port: a.port,
+                            h2c,
+                        });
+                    }
+                }
+            }
+        }
+        // Specific hosts before catch-alls; longer wildcard suffixes first.
+        for p in table.ports.values_mut() {
+            p.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        }
+        table.listeners = listeners.into_iter().collect();
+        table.health_targets = cx.health;
+        Ok(table)
+    }
+}
+
+struct Cx<'a> {
+    registry: &'a UpstreamRegistry,
+    health: Vec<HealthTarget>,
+}
+
+fn compile_routes(
+    routes: &[Route],
+    cx: &mut Cx<'_>,
+    groups: &mut HashMap<String, u64>,
+) -> Result<Vec<RouteRule>, String> {
+    routes
+        .iter()
+        .map(|r| compile_route(r, cx, groups))
+        .collect()
+}
+
+fn compile_route(
+    r: &Route,
+    cx: &mut Cx<'_>,
+    groups: &mut HashMap<String, u64>,
+) -> Result<RouteRule, String> {
+    let group_bit = match &r.group {
+        Some(g) => {
+            let next = groups.len() as u32;
+            let bit = *groups
+                .entry(g.clone())
+                .or_insert_with(|| 1u64.checked_shl(next).unwrap_or(0));
+            if bit == 0 {
+                return Err("more than 64 exclusive route groups in one site".into());
+            }
+            Some(bit)
+        }
+        None => None,
+    };
+    let mut handlers = Vec::with_capacity(r.handlers.len());
+    for h in &r.handlers {
+        handlers.push(compile_handler(h, cx, groups)?);
+    }
+    Ok(RouteRule {
+        matchers: compile_sets(&r.matchers)?,
+        group_bit,
+        handlers,
+    })
+}
+
+pub fn compile_header_ops(ops: &HeaderOps) -> Result<Vec<HeaderRule>, String> {
+    ops.ops
+        .iter()
+        .map(|op| {
+            Ok(match op {
+                HeaderOp::Set { name, value } => {
+                    HeaderRule::Set(name.as_str().into(), value.clone())
+                }
+                HeaderOp::Add { name, value } => {
+                    HeaderRule::Add(name.as_str().into(), value.clone())
+                }
+                HeaderOp::Delete { name } => HeaderRule::Delete(name.as_str().into()),
+                HeaderOp::Default { name, value } => {
+                    HeaderRule::Default(name.as_str().into(), value.clone())
+                }
+                HeaderOp::Replace {
+                    name,
+                    search,
+                    replace,
+                    regex,
+                } => {
+                    let pattern = if *regex {
+                        search.clone()
+                    } else {
+                        regex::escape(search)
+                    };
+                    HeaderRule::Replace {
+                        name: name.as_str().into(),
+                        re: Arc::new(build_regex(&pattern)?),
+                        with: replace.clone(),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn content_type_for(body: &str) -> &'static str {
+    let t = body.trim();
+    let jsonish = t.len() > 2
+        && ((t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')));
+    if jsonish && serde_json::from_str::<serde_json::Value>(t).is_ok() {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    }
+}
+
+fn compile_handler(
+    h: &Handler,
+    cx: &mut Cx<'_>,
+    groups: &mut HashMap<String, u64>,
+) -> Result<HandlerRule, String> {
+    Ok(match h {
+        Handler::ReverseProxy(rp) => {
+            let handler = Arc::new(ProxyHandler::compile(rp, cx.registry)?);
+            for t in handler.health_targets() {
+                if !cx.health.iter().any(|e| e.same_as(&t)) {
+                    cx.health.push(t);
+                }
+            }
+            HandlerRule::Proxy(handler)
+        }
+        Handler::StaticResponse {
+            status,
+            body,
+            close,
+        } => {
+            let content_type = match body {
+                Some(b) if !b.raw().is_empty() => Some(content_type_for(b.raw())),
+                _ => None,
+            };
+            HandlerRule::Respond {
+                status: *status,
+                body: body.clone(),
+                content_type,
+                close: *close,
+            }
+        }
+        Handler::Redirect { to, status, html } => HandlerRule::Redirect {
+            to: to.clone(),
+            status: *status,
+            html: *html,
+        },
+        Handler::Rewrite { uri } => HandlerRule::Rewrite(uri.clone()),
+        Handler::Uri(op) => HandlerRule::Uri(match op {
+            UriOp::StripPrefix { prefix } => UriRule::StripPrefix(prefix.clone()),
+            UriOp::StripSuffix { suffix } => UriRule::StripSuffix(suffix.clone()),
+            UriOp::Replace {
+                find,
+                replace,
+                limit,
+            } => UriRule::Replace {
+                find: find.clone(),
+                replace: replace.clone(),
+                limit: *limit,
+            },
+            UriOp::PathRegexp { pattern, replace } => UriRule::PathRegexp {
+                re: build_regex(pattern)?,
+                replace: replace.clone(),
+            },
+        }),
+        Handler::Headers(ops) => HandlerRule::ResponseHeaders {
+            rules: compile_header_ops(ops)?,
+            deferred: ops.deferred,
+        },
+        Handler::RequestHeaders(ops) => HandlerRule::RequestHeaders(compile_header_ops(ops)?),
+        Handler::Subroute { routes } => HandlerRule::Subroute(compile_routes(routes, cx, groups)?),
+        Handler::Error { status, message } => HandlerRule::Error {
+            status: *status,
+            message: message.clone(),
+        },
+        Handler::Abort => HandlerRule::Abort,
+        Handler::Vars { values } => HandlerRule::Vars(
+            values
+                .iter()
+                .map(|v| (CompactString::new(&v.name), v.value.clone()))
+                .collect(),
+        ),
+        Handler::Map(m) => {
+            let mut exact = Vec::new();
+            let mut regex = Vec::new();
+            for e in &m.mappings {
+                if e.regex {
+                    regex.push((build_regex(&e.input)?, e.outputs.clone()));
+                } else {
+                    exact.push((e.input.clone(), e.outputs.clone()));
+                }
+            }
+            HandlerRule::Map(MapRule {
+                source: m.source.clone(),
+                destinations: m
+                    .destinations
+                    .iter()
+                    .map(|d| CompactString::new(d))
+                    .collect(),
+                exact,
+                regex,
+                defaults: m.defaults.clone(),
+            })
+        }
+        Handler::RequestBody { max_size } => HandlerRule::RequestBody(*max_size),
+    })
+}
+
+/// The current route table, swapped atomically on reload.
+pub struct RouteStore {
+    current: ArcSwap<RouteTable>,
+}
+
+impl RouteStore {
+    pub fn new(table: RouteTable) -> Self {
+        RouteStore {
+            current: ArcSwap::from_pointee(table),
+        }
+    }
+
+    /// The one load a request makes.
+    pub fn load(&self) -> Arc<RouteTable> {
+        self.current.load_full()
+    }
+
+    pub fn swap(&self, table: RouteTable) {
+        self.current.store(Arc::new(table));
+    }
+}

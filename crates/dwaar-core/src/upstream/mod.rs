@@ -1,0 +1,283 @@
+//! Upstreams: per-backend state (health, in-flight requests), the compiled
+//! `reverse_proxy` handler, load-balancing selection and peer construction.
+//!
+//! `UpstreamState` is shared across route-table generations through the
+//! [`UpstreamRegistry`], so a reload keeps health verdicts and connection counts.
+
+mod health;
+mod lb;
+
+pub use health::{HealthChecker, HealthTarget};
+
+use crate::context::RequestContext;
+use crate::request::HttpRequest;
+use crate::route_table::{compile_header_ops, HeaderRule};
+use dwaar_config::model::{LbPolicy, PassiveHealth, ReverseProxy};
+use pingora_core::upstreams::peer::HttpPeer;
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+fn clock_origin() -> Instant {
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    *ORIGIN.get_or_init(Instant::now)
+}
+
+/// Milliseconds since process start (monotonic).
+pub fn now_ms() -> u64 {
+    clock_origin().elapsed().as_millis() as u64
+}
+
+/// Live state of one backend address.
+#[derive(Debug)]
+pub struct UpstreamState {
+    /// `host:port` or socket path, as configured.
+    pub dial: String,
+    pub addr: Option<SocketAddr>,
+    pub unix: bool,
+    pub scheme: String,
+    /// Requests currently in flight to this upstream.
+    pub active: AtomicUsize,
+    /// Verdict of active health checks (true until a check fails).
+    pub active_healthy: AtomicBool,
+    /// Passive health: unhealthy until this instant (ms since start).
+    pub down_until_ms: AtomicU64,
+    failures: Mutex<VecDeque<u64>>,
+}
+
+impl UpstreamState {
+    fn new(dial: &str, unix: bool, scheme: &str) -> UpstreamState {
+        let addr = if unix {
+            None
+        } else {
+            dial.to_socket_addrs().ok().and_then(|mut a| a.next())
+        };
+        UpstreamState {
+            dial: dial.to_string(),
+            addr,
+            unix,
+            scheme: scheme.to_string(),
+            active: AtomicUsize::new(0),
+            active_healthy: AtomicBool::new(true),
+            down_until_ms: AtomicU64::new(0),
+            failures: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.active_healthy.load(Ordering::Relaxed)
+            && now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure for passive health checking.
+    pub fn record_failure(&self, p: &PassiveHealth) {
+        if p.fail_duration_ms == 0 {
+            return;
+        }
+        let now = now_ms();
+        let Ok(mut q) = self.failures.lock() else {
+            return;
+        };
+        while q.front().is_some_and(|&t| t + p.fail_duration_ms <= now) {
+            q.pop_front();
+        }
+        q.push_back(now);
+        let max = p.max_fails.max(1) as usize;
+        if q.len() >= max {
+            // Down until enough of the counted failures have expired.
+            let pivot = q[q.len() - max];
+            self.down_until_ms
+                .store(pivot + p.fail_duration_ms, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Backend state shared by every route table that names the same upstream.
+#[derive(Default)]
+pub struct UpstreamRegistry {
+    map: Mutex<HashMap<(String, bool, String), Weak<UpstreamState>>>,
+}
+
+impl std::fmt::Debug for UpstreamRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamRegistry")
+    }
+}
+
+impl UpstreamRegistry {
+    pub fn get(&self, dial: &str, unix: bool, scheme: &str) -> Arc<UpstreamState> {
+        let key = (dial.to_string(), unix, scheme.to_string());
+        let mut map = match self.map.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            return s;
+        }
+        let s = Arc::new(UpstreamState::new(dial, unix, scheme));
+        map.retain(|_, w| w.strong_count() > 0);
+        map.insert(key, Arc::downgrade(&s));
+        s
+    }
+}
+
+/// Transport settings turned into peer options.
+#[derive(Debug, Clone)]
+pub struct TransportOpts {
+    pub dial: Duration,
+    pub read: Option<Duration>,
+    pub write: Option<Duration>,
+    pub idle: Option<Duration>,
+    pub keepalive: bool,
+    pub tls: bool,
+    pub sni: Option<String>,
+    pub insecure: bool,
+    pub h2c: bool,
+    pub h2: bool,
+}
+
+/// A compiled `reverse_proxy`.
+#[derive(Debug)]
+pub struct ProxyHandler {
+    pub upstreams: Vec<Arc<UpstreamState>>,
+    pub policy: LbPolicy,
+    pub rr: AtomicUsize,
+    pub retries: u32,
+    pub try_duration: Duration,
+    pub try_interval: Duration,
+    pub passive: Option<PassiveHealth>,
+    pub active: Option<dwaar_config::model::ActiveHealth>,
+    pub header_up: Vec<HeaderRule>,
+    pub header_down: Vec<HeaderRule>,
+    pub flush_interval_ms: Option<i64>,
+    pub transport: TransportOpts,
+}
+
+impl ProxyHandler {
+    pub fn compile(rp: &ReverseProxy, registry: &UpstreamRegistry) -> Result<ProxyHandler, String> {
+        let t = &rp.transport;
+        if !t.tls_trusted_ca_certs.is_empty() {
+            return Err("tls_trusted_ca_certs is not supported yet".into());
+        }
+        let upstreams = rp
+            .upstreams
+            .iter()
+            .map(|u| registry.get(&u.dial, u.unix, &u.scheme))
+            .collect();
+        let ms = |v: u64| Duration::from_millis(v);
+        Ok(ProxyHandler {
+            upstreams,
+            policy: rp.load_balancing.policy.clone(),
+            rr: AtomicUsize::new(0),
+            retries: rp.load_balancing.retries,
+            try_duration: ms(rp.load_balancing.try_duration_ms),
+            try_interval: ms(rp.load_balancing.try_interval_ms),
+            passive: rp.health.passive.clone(),
+            active: rp.health.active.clone(),
+            header_up: compile_header_ops(&rp.header_up)?,
+            header_down: compile_header_ops(&rp.header_down)?,
+            flush_interval_ms: rp.flush_interval_ms,
+            transport: TransportOpts {
+                dial: ms(t.dial_timeout_ms.max(1)),
+                read: t.read_timeout_ms.or(t.response_header_timeout_ms).map(ms),
+                write: t.write_timeout_ms.map(ms),
+                idle: t.keepalive_ms.map(ms),
+                keepalive: t.keepalive_ms.is_some(),
+                tls: t.tls || rp.upstreams.iter().any(|u| u.scheme == "https"),
+                sni: t.tls_server_name.clone(),
+                insecure: t.tls_insecure_skip_verify,
+                h2c: rp.upstreams.iter().any(|u| u.scheme == "h2c")
+                    || t.versions.iter().any(|v| v == "h2c"),
+                h2: t.versions.iter().any(|v| v == "2"),
+            },
+        })
+    }
+
+    pub fn health_targets(&self) -> Vec<HealthTarget> {
+        match &self.active {
+            Some(a) => self
+                .upstreams
+                .iter()
+                .map(|u| HealthTarget::new(u.clone(), a.clone(), self.transport.tls))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    fn available(&self, i: usize, ctx: &RequestContext) -> bool {
+        let u = &self.upstreams[i];
+        if ctx.tried.contains(&i) || !u.healthy() {
+            return false;
+        }
+        match self
+            .passive
+            .as_ref()
+            .and_then(|p| p.unhealthy_request_count)
+        {
+            Some(limit) => u.active.load(Ordering::Relaxed) < limit as usize,
+            None => true,
+        }
+    }
+
+    /// Picks an upstream by the load-balancing policy, skipping unhealthy and already
+    /// tried ones. Returns its index.
+    pub fn select(&self, req: &dyn HttpRequest, ctx: &mut RequestContext) -> Option<usize> {
+        lb::select(self, req, ctx)
+    }
+
+    /// Whether another attempt is allowed after `attempts` tries started at `start`.
+    pub fn may_retry(&self, attempts: u32, start: Instant) -> bool {
+        if attempts <= self.retries {
+            return true;
+        }
+        !self.try_duration.is_zero() && start.elapsed() < self.try_duration
+    }
+
+    /// Builds the Pingora peer for upstream `i`.
+    pub fn peer(&self, i: usize, host: &str) -> Option<HttpPeer> {
+        let u = self.upstreams.get(i)?;
+        let t = &self.transport;
+        let sni = t.sni.clone().unwrap_or_else(|| {
+            if u.unix {
+                host.to_string()
+            } else {
+                u.dial
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
+                    .unwrap_or_default()
+            }
+        });
+        let mut peer = if u.unix {
+            HttpPeer::new_uds(&u.dial, t.tls, sni).ok()?
+        } else {
+            let addr = match u.addr {
+                Some(a) => a,
+                None => u.dial.to_socket_addrs().ok()?.next()?,
+            };
+            HttpPeer::new(addr, t.tls, sni)
+        };
+        let o = &mut peer.options;
+        o.connection_timeout = Some(t.dial);
+        o.read_timeout = t.read;
+        o.write_timeout = t.write;
+        o.idle_timeout = if t.keepalive {
+            t.idle
+        } else {
+            Some(Duration::ZERO)
+        };
+        if t.insecure {
+            o.verify_cert = false;
+            o.verify_hostname = false;
+        }
+        if t.h2c && !t.tls {
+            o.set_http_version(2, 2);
+        } else if t.h2 && t.tls {
+            o.set_http_version(2, 1);
+        } else {
+            o.set_http_version(1, 1);
+        }
+        Some(peer)
+    }
+}
