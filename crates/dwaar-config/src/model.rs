@@ -162,7 +162,9 @@ pub struct FieldMatch {
 pub enum Handler {
     ReverseProxy(Box<ReverseProxy>),
     StaticResponse {
-        status: u16,
+        /// `None`: 200, or the error's status inside `handle_errors`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         body: Option<Template>,
         #[serde(default)]

@@ -165,7 +165,7 @@ pub fn apply_request_rules(rules: &[HeaderRule], req: &mut dyn HttpRequest, ctx:
 
 enum Terminal<'t> {
     Respond {
-        status: u16,
+        status: Option<u16>,
         body: Option<&'t Template>,
         content_type: Option<&'static str>,
         close: bool,
@@ -342,6 +342,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                         .to_string(),
                 ));
             }
+            let status = status.or(ctx.error.as_ref().map(|e| e.0)).unwrap_or(200);
             Reply {
                 status,
                 headers,

@@ -60,7 +60,7 @@ pub struct MapRule {
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
     Respond {
-        status: u16,
+        status: Option<u16>,
         body: Option<Template>,
         content_type: Option<&'static str>,
         close: bool,
@@ -259,7 +259,16 @@ impl RouteTable {
         for p in table.ports.values_mut() {
             p.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
         }
-        table.listeners = listeners.into_iter().collect();
+        // An all-interfaces listener on a port covers specific binds on the same port.
+        let wildcard_ports: Vec<u16> = listeners
+            .iter()
+            .filter(|l| l.addr.is_empty())
+            .map(|l| l.port)
+            .collect();
+        table.listeners = listeners
+            .into_iter()
+            .filter(|l| l.addr.is_empty() || !wildcard_ports.contains(&l.port))
+            .collect();
         table.health_targets = cx.health;
         Ok(table)
     }

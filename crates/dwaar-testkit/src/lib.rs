@@ -1,1 +1,34 @@
-//! placeholder
+//! Test helpers for Dwaar's end-to-end tests (never shipped in the binary).
+//!
+//! - [`origin`]: mock backends on 127.0.0.1 ephemeral ports (echo, status, slow, SSE,
+//!   connection-dropping, health toggles, WebSocket echo, h2c).
+//! - [`client`]: a small raw HTTP/1.1 client that shows exactly what went over the wire.
+//! - [`proxy`]: start the real `dwaar` binary with a Dwaarfile and wait until it serves.
+//!
+//! Synchronisation is by polling with a deadline, never by fixed sleeps.
+
+pub mod client;
+pub mod origin;
+pub mod proxy;
+
+use std::time::{Duration, Instant};
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}

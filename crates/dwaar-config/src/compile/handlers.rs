@@ -313,10 +313,10 @@ fn respond(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled 
         [b, s] => (Some(diags.template(b)), Some(s)),
         _ => (None, None),
     };
-    let mut status = 200;
+    let mut status = None;
     if let Some(t) = status_tok {
         match diags.status(t) {
-            Some(s) => status = s,
+            Some(s) => status = Some(s),
             None => return Compiled::Nothing,
         }
     }

@@ -1,0 +1,38 @@
+//! Shared helpers for the end-to-end tests of the `dwaar` binary.
+#![allow(dead_code)]
+
+pub use dwaar_testkit::client::{get, raw, request, Conn, Response};
+pub use dwaar_testkit::origin;
+pub use dwaar_testkit::proxy::Dwaar;
+pub use dwaar_testkit::{free_port, wait_until};
+use std::path::PathBuf;
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_dwaar"))
+}
+
+/// Starts dwaar with `config`, where every `PORT` is replaced by a fresh port.
+pub fn serve(config: &str) -> (Dwaar, u16) {
+    let port = free_port();
+    let text = config.replace("PORT", &port.to_string());
+    (Dwaar::start(&bin(), &text, &[port]), port)
+}
+
+pub fn ok_get(port: u16, host: &str, path: &str) -> Response {
+    get(port, host, path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+/// Runs the dwaar binary with arguments; returns (exit code, stdout, stderr).
+pub fn dwaar_cmd(args: &[&str], dir: &std::path::Path) -> (i32, String, String) {
+    let out = std::process::Command::new(bin())
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DWAAR_CONFIG")
+        .output()
+        .unwrap_or_else(|e| panic!("run dwaar: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

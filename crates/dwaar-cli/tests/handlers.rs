@@ -1,0 +1,405 @@
+//! End-to-end tests of the handler directives, through the real binary.
+
+mod common;
+use common::*;
+
+#[test]
+fn respond_with_status_body_and_placeholders() {
+    let (_d, port) = serve(
+        r#":PORT {
+	respond /health 204
+	respond /json `{"ok":true}`
+	respond /who "host={host} path={path} q={query.name} m={method}" 201
+	respond /closing "bye" {
+		close
+	}
+	respond "default"
+}"#,
+    );
+    let r = ok_get(port, "example.com", "/who?name=dw");
+    assert_eq!(r.status, 201);
+    assert_eq!(r.text(), "host=example.com path=/who q=dw m=GET");
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let r = ok_get(port, "x", "/json");
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(ok_get(port, "x", "/health").status, 204);
+    assert_eq!(ok_get(port, "x", "/anything").text(), "default");
+    let r = ok_get(port, "x", "/closing");
+    assert_eq!(r.header("connection"), Some("close"));
+    // HEAD gets the headers without a body.
+    let r = raw(port, "HEAD /who HTTP/1.1\r\nHost: x\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 201);
+    assert!(r.body.is_empty());
+}
+
+#[test]
+fn redir_codes_and_html() {
+    let (_d, port) = serve(
+        r#":PORT {
+	redir /old /new 301
+	redir /tmp /elsewhere
+	redir /perm https://example.org{uri} permanent
+	redir /page /target html
+	redir /evil //evil.example/x
+}"#,
+    );
+    let r = ok_get(port, "x", "/old");
+    assert_eq!((r.status, r.header("location")), (301, Some("/new")));
+    let r = ok_get(port, "x", "/tmp");
+    assert_eq!((r.status, r.header("location")), (302, Some("/elsewhere")));
+    let r = ok_get(port, "x", "/perm?a=1");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (301, Some("https://example.org/perm?a=1"))
+    );
+    let r = ok_get(port, "x", "/page");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("/target"));
+    let r = ok_get(port, "x", "/evil");
+    assert_eq!(
+        r.header("location"),
+        Some("/evil.example/x"),
+        "protocol-relative redirect collapsed"
+    );
+}
+
+#[test]
+fn rewrite_uri_and_handle_path_reach_upstream() {
+    let o = origin::http("app");
+    let cfg = r#":PORT {
+	rewrite /r /rewritten?x=1
+	uri /strip/* strip_prefix /strip
+	uri /sfx/* strip_suffix .html
+	uri /rep/* replace foo bar
+	uri /re/* path_regexp /re/(\d+) /num/$1
+	handle_path /hp/* {
+		reverse_proxy 127.0.0.1:ORIGIN
+	}
+	reverse_proxy 127.0.0.1:ORIGIN
+}"#
+    .replace("ORIGIN", &o.port.to_string());
+    let (_d, port) = serve(&cfg);
+    assert!(ok_get(port, "x", "/r")
+        .text()
+        .contains("uri: /rewritten?x=1"));
+    assert!(ok_get(port, "x", "/strip/a/b?q=2")
+        .text()
+        .contains("uri: /a/b?q=2"));
+    assert!(ok_get(port, "x", "/sfx/page.html")
+        .text()
+        .contains("uri: /sfx/page\n"));
+    assert!(ok_get(port, "x", "/rep/foofoo")
+        .text()
+        .contains("uri: /rep/barbar"));
+    assert!(ok_get(port, "x", "/re/42").text().contains("uri: /num/42"));
+    assert!(ok_get(port, "x", "/hp/deep/x")
+        .text()
+        .contains("uri: /deep/x"));
+}
+
+#[test]
+fn header_directive_set_add_delete_defer_and_request_header() {
+    let o = origin::http("app");
+    let cfg = r#":PORT {
+	header X-Static "on"
+	header +X-Multi one
+	header +X-Multi two
+	header -Server
+	header ?X-Default fallback
+	header >X-Origin replaced
+	header /api/* X-Api yes
+	header X-Secret-Find "abc-123" {
+		X-Secret-Find abc xyz
+	}
+	request_header X-To-Backend "from {remote_host}"
+	request_header -User-Agent
+	reverse_proxy 127.0.0.1:ORIGIN {
+		header_up X-Up 1
+		header_down -X-Backend-Secret
+		header_down X-Down added
+	}
+}"#
+    .replace("ORIGIN", &o.port.to_string());
+    let (_d, port) = serve(&cfg);
+    let r = request(port, "GET", "x", "/api/a", &[("User-Agent", "curl")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let body = r.text();
+    assert!(body.contains("h:x-to-backend: from 127.0.0.1"), "{body}");
+    assert!(!body.contains("h:user-agent"), "{body}");
+    assert!(body.contains("h:x-up: 1"), "{body}");
+    assert_eq!(r.header("x-static"), Some("on"));
+    assert_eq!(r.headers_all("x-multi"), vec!["one", "two"]);
+    assert_eq!(
+        r.header("server"),
+        None,
+        "deleted (deferred) even though upstream sent it"
+    );
+    assert_eq!(r.header("x-default"), Some("fallback"));
+    assert_eq!(
+        r.header("x-origin"),
+        Some("replaced"),
+        "deferred set overrides upstream"
+    );
+    assert_eq!(r.header("x-api"), Some("yes"));
+    assert_eq!(r.header("x-backend-secret"), None);
+    assert_eq!(r.header("x-down"), Some("added"));
+    let r = ok_get(port, "x", "/other");
+    assert_eq!(r.header("x-api"), None);
+}
+
+#[test]
+fn handle_blocks_are_exclusive_and_route_keeps_order() {
+    let (_d, port) = serve(
+        r#":PORT {
+	handle /a/* {
+		respond "A"
+	}
+	handle /a/b {
+		respond "AB"
+	}
+	route /r {
+		header X-First 1
+		respond "route"
+		header X-Never 1
+	}
+	respond "fallback"
+}"#,
+    );
+    // Longest path first: /a/b beats /a/*.
+    assert_eq!(ok_get(port, "x", "/a/b").text(), "AB");
+    assert_eq!(ok_get(port, "x", "/a/c").text(), "A");
+    assert_eq!(ok_get(port, "x", "/zzz").text(), "fallback");
+    let r = ok_get(port, "x", "/r");
+    assert_eq!(r.text(), "route");
+    assert_eq!(r.header("x-first"), Some("1"));
+    assert_eq!(r.header("x-never"), None);
+}
+
+#[test]
+fn named_matchers_and_logic() {
+    let (_d, port) = serve(
+        r#":PORT {
+	@post_api {
+		method POST
+		path /api/*
+	}
+	@mobile header User-Agent *Mobile*
+	@notadmin not path /admin/*
+	@q query debug=1
+	@re path_regexp ver ^/v(\d+)/
+	@hosts host a.example b.example
+	@absent header !X-Token
+	respond @post_api "post api"
+	respond @mobile "mobile"
+	respond @q "debug"
+	respond @re "version {re.ver.1}"
+	respond @hosts "host {host}"
+	respond @absent "no token" 401
+	respond @notadmin "public"
+	respond "admin"
+}"#,
+    );
+    let r = request(port, "POST", "x", "/api/x", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "post api");
+    let r = request(
+        port,
+        "GET",
+        "x",
+        "/api/x",
+        &[("User-Agent", "A Mobile browser"), ("X-Token", "t")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "mobile");
+    let r = request(port, "GET", "x", "/p?debug=1", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "debug");
+    let r = request(port, "GET", "x", "/v2/items", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "version 2");
+    let r = request(port, "GET", "B.Example:80", "/", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "host b.example");
+    let r = ok_get(port, "x", "/whatever");
+    assert_eq!((r.status, r.text().as_str()), (401, "no token"));
+    let r = request(port, "GET", "x", "/admin/x", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "admin");
+    let r = request(port, "GET", "x", "/pub", &[("X-Token", "t")], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "public");
+}
+
+#[test]
+fn remote_ip_matcher_and_abort() {
+    let (_d, port) = serve(
+        r#":PORT {
+	@blocked not remote_ip 10.0.0.0/8
+	abort /secret
+	respond @blocked "outsider"
+	respond "insider"
+}"#,
+    );
+    assert_eq!(ok_get(port, "x", "/").text(), "outsider");
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(b"GET /secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        c.read_response(false).is_err(),
+        "abort closes without a response"
+    );
+}
+
+#[test]
+fn error_and_handle_errors() {
+    let (_d, port) = serve(
+        r#":PORT {
+	error /gone "It is gone" 410
+	error /forbidden 403
+	error /plain 418
+	respond "ok"
+	handle_errors 4xx {
+		@forb expression false
+	}
+}"#
+        .replace(
+            "\t\t@forb expression false\n",
+            "\t\trespond \"{err.status_code} {err.message} custom\"\n",
+        )
+        .as_str(),
+    );
+    let r = ok_get(port, "x", "/gone");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (410, "410 It is gone custom")
+    );
+    let r = ok_get(port, "x", "/forbidden");
+    assert_eq!(r.status, 403);
+    assert_eq!(ok_get(port, "x", "/").text(), "ok");
+}
+
+#[test]
+fn handle_errors_without_codes_catches_all() {
+    let (_d, port) = serve(
+        r#":PORT {
+	error 500
+	handle_errors {
+		header X-Err yes
+		respond "error page {http.error.status_code}"
+	}
+}"#,
+    );
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.status, 500);
+    assert_eq!(r.text(), "error page 500");
+    assert_eq!(r.header("x-err"), Some("yes"));
+}
+
+#[test]
+fn vars_and_map() {
+    let (_d, port) = serve(
+        r#":PORT {
+	vars env production
+	vars /beta/* env beta
+	map {path} {section} {tier} {
+		/docs/intro docs free
+		~^/shop/ shop paid
+		default other none
+	}
+	respond "env={vars.env} section={vars.section} tier={vars.tier}"
+}"#,
+    );
+    assert_eq!(
+        ok_get(port, "x", "/docs/intro").text(),
+        "env=production section=docs tier=free"
+    );
+    assert_eq!(
+        ok_get(port, "x", "/shop/x").text(),
+        "env=production section=shop tier=paid"
+    );
+    assert_eq!(
+        ok_get(port, "x", "/beta/q").text(),
+        "env=beta section=other tier=none"
+    );
+}
+
+#[test]
+fn request_body_limit() {
+    let o = origin::http("app");
+    let cfg = r#":PORT {
+	request_body {
+		max_size 10B
+	}
+	reverse_proxy 127.0.0.1:ORIGIN
+}"#
+    .replace("ORIGIN", &o.port.to_string());
+    let (_d, port) = serve(&cfg);
+    let r = request(port, "POST", "x", "/", &[], b"small").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("body: 5"));
+    let r = request(port, "POST", "x", "/", &[], b"this body is too large")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 413);
+    // Chunked bodies have no length up front: counted as they stream.
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 413);
+}
+
+#[test]
+fn host_routing_exact_wildcard_catchall_and_bind() {
+    let port = free_port();
+    let cfg = r#"http://a.example:PORT {
+	respond "exact a"
+}
+http://*.example:PORT {
+	respond "wildcard {labels.1}"
+}
+:PORT {
+	bind 127.0.0.1
+	respond "catch-all"
+}"#
+    .replace("PORT", &port.to_string());
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    assert_eq!(ok_get(port, "A.EXAMPLE", "/").text(), "exact a");
+    assert_eq!(ok_get(port, "a.example:1234", "/").text(), "exact a");
+    assert_eq!(ok_get(port, "b.example", "/").text(), "wildcard b");
+    assert_eq!(
+        ok_get(port, "x.b.example", "/").text(),
+        "catch-all",
+        "wildcards cover one label"
+    );
+    assert_eq!(ok_get(port, "other", "/").text(), "catch-all");
+}
+
+#[test]
+fn missing_or_duplicate_host_is_400() {
+    let (_d, port) = serve(":PORT {\n\trespond ok\n}");
+    let r = raw(port, "GET / HTTP/1.1\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 400);
+    let r =
+        raw(port, "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 400);
+    // HTTP/1.0 may omit Host.
+    let r = raw(port, "GET / HTTP/1.0\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn order_global_option_changes_directive_order() {
+    let (_d, port) = serve(
+        r#"{
+	order respond before handle
+}
+:PORT {
+	handle {
+		respond "handle"
+	}
+	respond /x "respond first"
+}"#,
+    );
+    assert_eq!(ok_get(port, "x", "/x").text(), "respond first");
+    assert_eq!(ok_get(port, "x", "/y").text(), "handle");
+}

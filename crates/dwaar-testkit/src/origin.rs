@@ -1,0 +1,370 @@
+//! Mock origins on 127.0.0.1 ephemeral ports, each on its own thread and runtime.
+//!
+//! The HTTP/1.1 origin answers by path:
+//! - `/status/NNN`: that status; `/slow/MS`: waits MS ms first; `/drop`: closes without
+//!   answering; `/health`: 200 or 503 by [`Origin::set_healthy`]; `/sse`: three events
+//!   200 ms apart (chunked); anything else: 200 with an echo of the request.
+//! - A WebSocket upgrade on any path other than `/refuse-upgrade` is accepted and
+//!   echoes messages; `/refuse-upgrade` answers 200 without switching protocols.
+//!
+//! The echo body lists `origin`, `method`, `uri`, `body` (length) and every header as
+//! `h:name: value` lines, so tests can assert on what reached the backend.
+
+use futures_util::{SinkExt, StreamExt};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A running mock origin.
+pub struct Origin {
+    pub port: u16,
+    pub name: String,
+    hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Origin {
+    /// Requests answered so far (health probes excluded).
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+    pub fn set_healthy(&self, ok: bool) {
+        self.healthy.store(ok, Ordering::SeqCst);
+    }
+    /// Stops listening and closes the port (simulates a killed backend).
+    pub fn kill(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    name: String,
+    hits: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// Starts an HTTP/1.1 origin named `name`.
+pub fn http(name: &str) -> Origin {
+    start(name, false)
+}
+
+/// Starts an HTTP/2 prior-knowledge (h2c) origin named `name`.
+pub fn h2c(name: &str) -> Origin {
+    start(name, true)
+}
+
+fn start(name: &str, h2: bool) -> Origin {
+    let std_listener =
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind origin: {e}"));
+    let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
+    let _ = std_listener.set_nonblocking(true);
+    let shared = Shared {
+        name: name.to_string(),
+        hits: Arc::default(),
+        connections: Arc::default(),
+        healthy: Arc::new(AtomicBool::new(true)),
+    };
+    let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let s2 = shared.clone();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("runtime: {e}"));
+        rt.block_on(async move {
+            let listener =
+                TcpListener::from_std(std_listener).unwrap_or_else(|e| panic!("listener: {e}"));
+            let mut tasks = tokio::task::JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = &mut rx => break,
+                    acc = listener.accept() => {
+                        let Ok((stream, _)) = acc else { continue };
+                        s2.connections.fetch_add(1, Ordering::SeqCst);
+                        let s = s2.clone();
+                        if h2 {
+                            tasks.spawn(serve_h2(stream, s));
+                        } else {
+                            tasks.spawn(serve_h1(stream, s));
+                        }
+                    }
+                }
+            }
+            // Dropping the listener and every connection closes the port for real.
+            tasks.abort_all();
+        });
+    });
+    Origin {
+        port,
+        name: name.to_string(),
+        hits: shared.hits,
+        connections: shared.connections,
+        healthy: shared.healthy,
+        stop: Some(tx),
+        thread: Some(thread),
+    }
+}
+
+struct Req {
+    method: String,
+    uri: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Req {
+    fn header(&self, n: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+async fn read_req(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
+    loop {
+        let mut hs = [httparse::EMPTY_HEADER; 128];
+        let mut r = httparse::Request::new(&mut hs);
+        if let Ok(httparse::Status::Complete(n)) = r.parse(buf) {
+            let req_headers: Vec<(String, String)> = r
+                .headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
+                .collect();
+            let mut req = Req {
+                method: r.method.unwrap_or("").to_string(),
+                uri: r.path.unwrap_or("").to_string(),
+                headers: req_headers,
+                body: Vec::new(),
+            };
+            buf.drain(..n);
+            if let Some(len) = req
+                .header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+            {
+                while buf.len() < len {
+                    read_some(stream, buf).await?;
+                }
+                req.body = buf.drain(..len).collect();
+            } else if req
+                .header("transfer-encoding")
+                .map(|v| v.contains("chunked"))
+                .unwrap_or(false)
+            {
+                loop {
+                    let pos = loop {
+                        if let Some(p) = buf.windows(2).position(|w| w == b"\r\n") {
+                            break p;
+                        }
+                        read_some(stream, buf).await?;
+                    };
+                    let size = usize::from_str_radix(
+                        String::from_utf8_lossy(&buf[..pos])
+                            .split(';')
+                            .next()
+                            .unwrap_or("0")
+                            .trim(),
+                        16,
+                    )
+                    .ok()?;
+                    buf.drain(..pos + 2);
+                    while buf.len() < size + 2 {
+                        read_some(stream, buf).await?;
+                    }
+                    req.body.extend(buf.drain(..size));
+                    buf.drain(..2);
+                    if size == 0 {
+                        break;
+                    }
+                }
+            }
+            return Some(req);
+        }
+        read_some(stream, buf).await?;
+    }
+}
+
+async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+    let mut chunk = [0u8; 8192];
+    match stream.read(&mut chunk).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Some(())
+        }
+    }
+}
+
+fn echo_body(s: &Shared, req: &Req) -> String {
+    let mut out = format!(
+        "origin: {}\nmethod: {}\nuri: {}\nbody: {}\n",
+        s.name,
+        req.method,
+        req.uri,
+        req.body.len()
+    );
+    for (k, v) in &req.headers {
+        out.push_str(&format!("h:{}: {}\n", k.to_ascii_lowercase(), v));
+    }
+    out
+}
+
+async fn respond(stream: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
+    let msg = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nServer: mock-origin\r\nX-Backend-Secret: hidden\r\n{extra}\r\n{body}",
+        body.len()
+    );
+    stream.write_all(msg.as_bytes()).await.is_ok()
+}
+
+async fn serve_h1(mut stream: TcpStream, s: Shared) {
+    let mut buf = Vec::new();
+    while let Some(req) = read_req(&mut stream, &mut buf).await {
+        let path = req.uri.split('?').next().unwrap_or("").to_string();
+        if path == "/health" {
+            let ok = s.healthy.load(Ordering::SeqCst);
+            if !respond(
+                &mut stream,
+                if ok { 200 } else { 503 },
+                "",
+                if ok { "ok" } else { "down" },
+            )
+            .await
+            {
+                return;
+            }
+            continue;
+        }
+        s.hits.fetch_add(1, Ordering::SeqCst);
+        let origin_hdr = format!("X-Origin: {}\r\n", s.name);
+        let upgrade = req
+            .header("upgrade")
+            .map(|v| v.eq_ignore_ascii_case("websocket"))
+            .unwrap_or(false);
+        if upgrade && path != "/refuse-upgrade" {
+            let key = req.header("sec-websocket-key").unwrap_or("").to_string();
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            let msg = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{origin_hdr}\r\n");
+            if stream.write_all(msg.as_bytes()).await.is_err() {
+                return;
+            }
+            let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                stream,
+                tokio_tungstenite::tungstenite::protocol::Role::Server,
+                None,
+            )
+            .await;
+            let (mut tx, mut rx) = ws.split();
+            while let Some(Ok(m)) = rx.next().await {
+                if m.is_close() {
+                    break;
+                }
+                if (m.is_text() || m.is_binary()) && tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+            return;
+        }
+        if let Some(code) = path.strip_prefix("/status/") {
+            let code: u16 = code.parse().unwrap_or(500);
+            if !respond(
+                &mut stream,
+                code,
+                &origin_hdr,
+                &format!("status {code} from {}", s.name),
+            )
+            .await
+            {
+                return;
+            }
+            continue;
+        }
+        if let Some(ms) = path.strip_prefix("/slow/") {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(1000))).await;
+        }
+        if path == "/drop" {
+            return;
+        }
+        if path == "/sse" {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n{origin_hdr}\r\n");
+            if stream.write_all(head.as_bytes()).await.is_err() {
+                return;
+            }
+            for i in 1..=3 {
+                let ev = format!("data: {i}\n\n");
+                let chunk = format!("{:x}\r\n{ev}\r\n", ev.len());
+                if stream.write_all(chunk.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = stream.flush().await;
+                tokio::time::sleep(Duration::from_millis(400)).await;
+            }
+            if stream.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let body = echo_body(&s, &req);
+        let head_only = req.method == "HEAD";
+        let msg = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nServer: mock-origin\r\nX-Backend-Secret: hidden\r\n{origin_hdr}\r\n{}",
+            body.len(),
+            if head_only { "" } else { &body }
+        );
+        if stream.write_all(msg.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn serve_h2(stream: TcpStream, s: Shared) {
+    let Ok(mut conn) = h2::server::handshake(stream).await else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        s.hits.fetch_add(1, Ordering::SeqCst);
+        let body = format!(
+            "origin: {}\nproto: {:?}\nmethod: {}\nuri: {}\n",
+            s.name,
+            req.version(),
+            req.method(),
+            req.uri().path()
+        );
+        let resp = http::Response::builder()
+            .status(200)
+            .header("x-origin", s.name.as_str())
+            .body(())
+            .unwrap_or_default();
+        if let Ok(mut send) = respond.send_response(resp, false) {
+            let _ = send.send_data(bytes::Bytes::from(body), true);
+        }
+    }
+}
