@@ -210,7 +210,20 @@ impl ProxyHttp for DwaarProxy {
         if ctx.attempts > 0 && !proxy.try_interval.is_zero() && !proxy.try_duration.is_zero() {
             tokio::time::sleep(proxy.try_interval).await;
         }
-        let Some(i) = proxy.select(session.req_header(), ctx) else {
+        let start = ctx.start.unwrap_or_else(Instant::now);
+        let i = loop {
+            if let Some(i) = proxy.select(session.req_header(), ctx) {
+                break i;
+            }
+            // With lb_try_duration, keep looking (any upstream, again) until it runs out.
+            if !proxy.try_duration.is_zero()
+                && start.elapsed() + proxy.try_interval < proxy.try_duration
+            {
+                ctx.tried.clear();
+                tokio::time::sleep(proxy.try_interval.max(std::time::Duration::from_millis(10)))
+                    .await;
+                continue;
+            }
             ctx.upstream_failure = UpstreamFailure::NoneAvailable;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
@@ -254,8 +267,14 @@ impl ProxyHttp for DwaarProxy {
             }
             let start = ctx.start.unwrap_or_else(Instant::now);
             // A connection that never opened carried no request: retrying is always safe.
-            if p.may_retry(ctx.attempts, start) && ctx.tried.len() < p.upstreams.len() {
-                e.set_retry(true);
+            if p.may_retry(ctx.attempts, start) {
+                if ctx.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
+                    // Every upstream failed once; within lb_try_duration they may be retried.
+                    ctx.tried.clear();
+                }
+                if ctx.tried.len() < p.upstreams.len() {
+                    e.set_retry(true);
+                }
             }
         }
         release_upstream(ctx);

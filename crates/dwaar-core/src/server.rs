@@ -68,6 +68,8 @@ pub fn run(config: Config, _config_path: PathBuf, threads: Option<usize>) -> Res
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(grace),
         upstream_keepalive_pool_size: 1024,
+        // Our own retry policy (lb_retries, lb_try_duration) bounds attempts.
+        max_retries: 10_000,
         ..ServerConf::default()
     };
     conf.pid_file = run_dir.join("dwaar.pid").to_string_lossy().into_owned();

@@ -1,0 +1,519 @@
+//! End-to-end tests of `reverse_proxy`: load balancing, health checks, retries,
+//! proxy headers, upgrades, errors and transports.
+
+mod common;
+use common::*;
+use std::collections::HashMap;
+use std::time::Duration;
+
+fn origins(n: usize) -> Vec<origin::Origin> {
+    (0..n).map(|i| origin::http(&format!("o{i}"))).collect()
+}
+
+fn upstream_list(os: &[origin::Origin]) -> String {
+    os.iter()
+        .map(|o| format!("127.0.0.1:{}", o.port))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Sends `n` requests and counts which origin answered.
+fn distribution(
+    port: u16,
+    n: usize,
+    headers: &[(&str, &str)],
+    path: &str,
+) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for _ in 0..n {
+        let r = request(port, "GET", "x", path, headers, b"").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        *m.entry(r.header("x-origin").unwrap_or("?").to_string())
+            .or_insert(0) += 1;
+    }
+    m
+}
+
+fn proxy_with(policy: &str, os: &[origin::Origin]) -> (Dwaar, u16) {
+    serve(&format!(
+        ":PORT {{\n\treverse_proxy {} {{\n\t\tlb_policy {policy}\n\t}}\n}}",
+        upstream_list(os)
+    ))
+}
+
+#[test]
+fn round_robin_spreads_evenly() {
+    let os = origins(3);
+    let (_d, port) = proxy_with("round_robin", &os);
+    let m = distribution(port, 30, &[], "/");
+    assert_eq!(m.len(), 3, "{m:?}");
+    assert!(m.values().all(|&c| c == 10), "{m:?}");
+}
+
+#[test]
+fn random_uses_every_upstream() {
+    let os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {}\n}}",
+        upstream_list(&os)
+    ));
+    let m = distribution(port, 60, &[], "/");
+    assert_eq!(m.len(), 2, "{m:?}");
+}
+
+#[test]
+fn first_prefers_the_first_upstream() {
+    let os = origins(3);
+    let (_d, port) = proxy_with("first", &os);
+    let m = distribution(port, 10, &[], "/");
+    assert_eq!(m.get("o0"), Some(&10), "{m:?}");
+}
+
+#[test]
+fn hash_policies_are_sticky() {
+    let os = origins(4);
+    for (policy, headers, paths) in [
+        ("uri_hash", vec![], vec!["/a", "/b", "/c"]),
+        ("header X-User", vec![("X-User", "alice")], vec!["/x"]),
+        ("ip_hash", vec![], vec!["/y"]),
+        ("client_ip_hash", vec![], vec!["/z"]),
+    ] {
+        let (_d, port) = proxy_with(policy, &os);
+        for p in paths {
+            let m = distribution(port, 8, &headers, p);
+            assert_eq!(m.len(), 1, "{policy} {p}: {m:?}");
+        }
+    }
+}
+
+#[test]
+fn least_conn_avoids_busy_upstream() {
+    let os = origins(2);
+    let (_d, port) = proxy_with("least_conn", &os);
+    // Occupy one upstream with a slow request, then the other must take the next ones.
+    let slow = std::thread::spawn(move || request(port, "GET", "x", "/slow/1500", &[], b""));
+    assert!(wait_until(Duration::from_secs(5), || os
+        .iter()
+        .map(|o| o.hits())
+        .sum::<usize>()
+        == 1));
+    let busy = if os[0].hits() == 1 { "o0" } else { "o1" };
+    let m = distribution(port, 6, &[], "/");
+    assert_eq!(m.get(busy), None, "busy upstream {busy} got traffic: {m:?}");
+    let _ = slow.join();
+}
+
+#[test]
+fn cookie_policy_sets_and_honours_cookie() {
+    let os = origins(3);
+    let (_d, port) = proxy_with("cookie lb", &os);
+    let r = ok_get(port, "x", "/");
+    let cookie = r
+        .header("set-cookie")
+        .unwrap_or_else(|| panic!("no cookie"))
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    let first = r.header("x-origin").unwrap_or("").to_string();
+    let m = distribution(port, 8, &[("Cookie", &cookie)], "/");
+    assert_eq!(m.get(&first), Some(&8), "{m:?}");
+}
+
+#[test]
+fn proxy_headers_replace_untrusted_forwarded_for() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let r = request(
+        port,
+        "GET",
+        "site.example",
+        "/",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Request-Id", "0190b6c9-8b1e-7cc2-8a2f-000000000001"),
+        ],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let body = r.text();
+    assert!(body.contains("h:x-forwarded-for: 127.0.0.1\n"), "{body}");
+    assert!(body.contains("h:x-forwarded-proto: http\n"), "{body}");
+    assert!(
+        body.contains("h:x-forwarded-host: site.example\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("h:host: site.example\n"),
+        "Host passes through: {body}"
+    );
+    let id = r
+        .header("x-request-id")
+        .unwrap_or_else(|| panic!("no request id"));
+    assert_ne!(
+        id, "0190b6c9-8b1e-7cc2-8a2f-000000000001",
+        "untrusted client id replaced"
+    );
+    assert_eq!(uuid_version(id), Some('7'));
+    assert!(
+        body.contains(&format!("h:x-request-id: {id}")),
+        "same id upstream: {body}"
+    );
+}
+
+fn uuid_version(id: &str) -> Option<char> {
+    (id.len() == 36).then(|| id.chars().nth(14)).flatten()
+}
+
+#[test]
+fn trusted_proxies_append_and_keep_request_id() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!("{{\n\tservers {{\n\t\ttrusted_proxies static 127.0.0.1/8\n\t}}\n}}\n:PORT {{\n\t@fwd client_ip 6.6.6.0/24\n\trespond /who @fwd \"client is forwarded\"\n\treverse_proxy 127.0.0.1:{}\n}}", o.port).replace("respond /who @fwd", "respond @fwd"));
+    let r = request(
+        port,
+        "GET",
+        "x",
+        "/",
+        &[
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("X-Request-Id", "0190b6c9-8b1e-7cc2-8a2f-000000000001"),
+        ],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "client is forwarded");
+    let r = request(
+        port,
+        "GET",
+        "x",
+        "/",
+        &[
+            ("X-Forwarded-For", "9.9.9.9"),
+            ("X-Request-Id", "0190b6c9-8b1e-7cc2-8a2f-000000000001"),
+        ],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let body = r.text();
+    assert!(
+        body.contains("h:x-forwarded-for: 9.9.9.9, 127.0.0.1\n"),
+        "{body}"
+    );
+    assert_eq!(
+        r.header("x-request-id"),
+        Some("0190b6c9-8b1e-7cc2-8a2f-000000000001")
+    );
+}
+
+#[test]
+fn hop_by_hop_headers_are_not_forwarded() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let r = request(
+        port,
+        "GET",
+        "x",
+        "/",
+        &[
+            ("Connection", "keep-alive, X-Secret-Hop"),
+            ("X-Secret-Hop", "1"),
+            ("Keep-Alive", "timeout=5"),
+            ("Proxy-Connection", "x"),
+            ("TE", "trailers"),
+        ],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let body = r.text();
+    for h in ["x-secret-hop", "keep-alive", "proxy-connection", "h:te:"] {
+        assert!(!body.contains(h), "{h} forwarded: {body}");
+    }
+}
+
+#[test]
+fn connection_refused_is_502_and_handle_errors_customises() {
+    let dead = free_port();
+    let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{dead}\n\thandle_errors 502 {{\n\t\trespond \"upstream down ({{err.status_code}})\"\n\t}}\n}}"));
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "upstream down (502)");
+    let (_d2, port2) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{dead}\n}}"));
+    assert_eq!(ok_get(port2, "x", "/").status, 502);
+}
+
+#[test]
+fn upstream_timeout_is_504() {
+    let o = origin::http("slow");
+    let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tresponse_header_timeout 300ms\n\t\t}}\n\t}}\n}}", o.port));
+    let r = ok_get(port, "x", "/slow/3000");
+    assert_eq!(r.status, 504);
+}
+
+#[test]
+fn all_unhealthy_is_503() {
+    let o = origin::http("sick");
+    o.set_healthy(false);
+    let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t}}\n}}", o.port));
+    assert!(wait_until(Duration::from_secs(5), || ok_get(
+        port, "x", "/"
+    )
+    .status
+        == 503));
+    o.set_healthy(true);
+    assert!(
+        wait_until(Duration::from_secs(5), || ok_get(port, "x", "/").status
+            == 200),
+        "recovers"
+    );
+}
+
+#[test]
+fn active_health_check_moves_traffic_off_a_killed_backend() {
+    let mut os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {} {{\n\t\tlb_policy round_robin\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t\thealth_timeout 200ms\n\t\thealth_status 2xx\n\t}}\n}}",
+        upstream_list(&os)
+    ));
+    assert_eq!(distribution(port, 4, &[], "/").len(), 2);
+    os[0].kill();
+    // Once the checker notices, every request goes to o1 without errors.
+    let all_o1 = || {
+        (0..4).all(|_| {
+            get(port, "x", "/")
+                .map(|r| r.header("x-origin") == Some("o1"))
+                .unwrap_or(false)
+        })
+    };
+    assert!(wait_until(Duration::from_secs(5), all_o1));
+    assert_eq!(distribution(port, 20, &[], "/").get("o1"), Some(&20));
+}
+
+#[test]
+fn passive_health_and_retries_hide_a_killed_backend() {
+    let mut os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {} {{\n\t\tlb_policy round_robin\n\t\tlb_retries 2\n\t\tfail_duration 30s\n\t\tmax_fails 1\n\t}}\n}}",
+        upstream_list(&os)
+    ));
+    os[0].kill();
+    // Idempotent requests are retried on the other upstream: no client-visible error.
+    let m = distribution(port, 10, &[], "/");
+    assert_eq!(m.get("o1"), Some(&10), "{m:?}");
+}
+
+#[test]
+fn passive_unhealthy_status_marks_down() {
+    let os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {} {{\n\t\tlb_policy first\n\t\tfail_duration 30s\n\t\tmax_fails 2\n\t\tunhealthy_status 5xx\n\t}}\n}}",
+        upstream_list(&os)
+    ));
+    // Two 500s from o0 mark it down; then `first` falls through to o1.
+    assert_eq!(ok_get(port, "x", "/status/500").status, 500);
+    assert_eq!(ok_get(port, "x", "/status/500").status, 500);
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.header("x-origin"), Some("o1"));
+}
+
+#[test]
+fn unhealthy_request_count_limits_concurrency() {
+    let os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {} {{\n\t\tlb_policy first\n\t\tunhealthy_request_count 1\n\t}}\n}}",
+        upstream_list(&os)
+    ));
+    let slow = std::thread::spawn(move || request(port, "GET", "x", "/slow/1500", &[], b""));
+    assert!(wait_until(Duration::from_secs(5), || os[0].hits() == 1));
+    assert_eq!(ok_get(port, "x", "/").header("x-origin"), Some("o1"));
+    let _ = slow.join();
+}
+
+#[test]
+fn keepalive_pool_reuses_upstream_connections() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    for _ in 0..20 {
+        c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.read_response(false)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .status,
+            200
+        );
+    }
+    assert!(
+        o.connections() <= 2,
+        "{} upstream connections for 20 requests",
+        o.connections()
+    );
+}
+
+#[test]
+fn keepalive_off_closes_upstream_connections() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tkeepalive off\n\t\t}}\n\t}}\n}}", o.port));
+    for _ in 0..5 {
+        assert_eq!(ok_get(port, "x", "/").status, 200);
+    }
+    assert!(
+        wait_until(Duration::from_secs(3), || o.connections() == 5),
+        "{}",
+        o.connections()
+    );
+}
+
+#[test]
+fn websocket_upgrade_tunnels_both_ways() {
+    let o = origin::http("ws");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 101);
+    assert_eq!(
+        r.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
+    // A masked text frame "hello" from the client; the echo comes back unmasked.
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    c.send_raw(&frame).unwrap_or_else(|e| panic!("{e}"));
+    let mut got = [0u8; 7];
+    use std::io::Read;
+    c.stream()
+        .read_exact(&mut got)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(&got, b"\x81\x05hello");
+}
+
+#[test]
+fn upgrade_answered_without_101_stays_http() {
+    let o = origin::http("plain");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(b"GET /refuse-upgrade HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    // The connection must still speak HTTP (or be closed), never be a raw tunnel.
+    if c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_ok() {
+        if let Ok(r2) = c.read_response(false) {
+            assert_eq!(r2.status, 200);
+            assert!(
+                r2.text().contains("uri: /\n"),
+                "second request parsed as HTTP"
+            );
+        }
+    }
+}
+
+#[test]
+fn server_sent_events_stream_without_buffering() {
+    let o = origin::http("sse");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\tflush_interval -1\n\t}}\n}}",
+        o.port
+    ));
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(b"GET /sse HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = std::time::Instant::now();
+    let mut buf = Vec::new();
+    use std::io::Read;
+    while !String::from_utf8_lossy(&buf).contains("data: 1") {
+        let mut chunk = [0u8; 1024];
+        let n = c.stream().read(&mut chunk).unwrap_or(0);
+        assert!(n > 0, "stream ended early");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    // The whole stream takes 1.2 s; the first event must arrive well before the end.
+    assert!(
+        start.elapsed() < Duration::from_millis(1000),
+        "first event took {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn h2c_upstream_and_transport_versions() {
+    let o = origin::h2c("h2");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy h2c://127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let r = ok_get(port, "x", "/grpc-like");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("proto: HTTP/2.0"), "{}", r.text());
+}
+
+#[test]
+fn unix_socket_upstream() {
+    let dir = tempfile_dir();
+    let sock = dir.join("app.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap_or_else(|e| panic!("{e}"));
+    let t = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nConnection: close\r\n\r\nvia unix!",
+            );
+        }
+    });
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy unix/{}\n}}",
+        sock.display()
+    ));
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.text(), "via unix!");
+    let _ = t.join();
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("dwaar-test-{}-{}", std::process::id(), free_port()));
+    let _ = std::fs::create_dir_all(&d);
+    d
+}
+
+#[test]
+fn lb_try_duration_waits_for_a_backend() {
+    let port_b = free_port();
+    let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{port_b} {{\n\t\tlb_try_duration 3s\n\t\tlb_try_interval 100ms\n\t}}\n}}"));
+    // Start the backend shortly after the request begins: the retry loop picks it up.
+    let h = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(400));
+        let l =
+            std::net::TcpListener::bind(("127.0.0.1", port_b)).unwrap_or_else(|e| panic!("{e}"));
+        use std::io::{Read, Write};
+        if let Ok((mut s, _)) = l.accept() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nlate",
+            );
+        }
+    });
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.text(), "late");
+    let _ = h.join();
+}
