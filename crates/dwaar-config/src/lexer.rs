@@ -290,9 +290,14 @@ impl Lexer<'_> {
                 .unwrap_or(self.text.len());
             let line = self.text[line_begin..line_end].trim_end_matches('\r');
             let trimmed = line.trim_start();
-            if trimmed == marker {
+            let closes = trimmed
+                .strip_prefix(marker.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']));
+            if closes {
                 let indent = &line[..line.len() - trimmed.len()];
-                found = Some((line_begin, line_begin + line.len(), indent.to_string()));
+                // Tokens may follow the marker on its line (`HTML 200`).
+                let marker_end = line_begin + indent.len() + marker.len();
+                found = Some((line_begin, marker_end, indent.to_string()));
                 break;
             }
             line_begin = line_end + 1;
@@ -300,7 +305,7 @@ impl Lexer<'_> {
         let Some((close_begin, close_end, indent)) = found else {
             self.errors.push(
                 Diagnostic::error(
-                    format!("heredoc is never closed: no line with only '{marker}'"),
+                    format!("heredoc is never closed: no line starts with '{marker}'"),
                     self.span(start, rest_start),
                 )
                 .with_help(format!("end the heredoc with a line holding '{marker}'")),

@@ -203,8 +203,19 @@ impl Parser<'_, '_> {
                         .error("expected '{' to open this site block")
                         .with_help("when a file has more than one site, each needs braces: example.com { ... }"),
                 );
-                // Skip the rest of this line and carry on.
-                while self.peek().map(|t| !t.line_start).unwrap_or(false) {
+                // Skip to the next line that opens a block at the top level, then carry on.
+                loop {
+                    while self.peek().map(|t| !t.line_start).unwrap_or(false) {
+                        self.next();
+                    }
+                    let line_opens = {
+                        let rest = &self.tokens[self.pos..];
+                        let end = rest.iter().skip(1).position(|t| t.line_start).map(|p| p + 1).unwrap_or(rest.len());
+                        rest[..end].last().is_some_and(|t| t.is_open_brace())
+                    };
+                    if self.peek().is_none() || line_opens {
+                        break;
+                    }
                     self.next();
                 }
             }
@@ -212,9 +223,31 @@ impl Parser<'_, '_> {
         doc
     }
 
-    /// True when a later line opens a block at the top level (so braces are required).
+    /// True when a later top-level line looks like another site block (`addr {`), so
+    /// the first site may not omit its braces. Lines naming a directive do not count.
     fn more_blocks_follow(&self) -> bool {
-        self.tokens[self.pos..].iter().any(|t| t.is_open_brace())
+        let toks = &self.tokens[self.pos..];
+        let mut depth = 0usize;
+        let mut i = 0;
+        while i < toks.len() {
+            let t = &toks[i];
+            if t.line_start && depth == 0 {
+                let line_end = toks[i + 1..].iter().position(|x| x.line_start).map(|p| i + 1 + p).unwrap_or(toks.len());
+                let opens = toks[i..line_end].last().is_some_and(|x| x.is_open_brace());
+                let name = t.text.as_str();
+                let directive = name.starts_with('@') || name == "import" || crate::compile::is_known_directive(name);
+                if opens && !directive && !t.is_open_brace() {
+                    return true;
+                }
+            }
+            if t.is_open_brace() {
+                depth += 1;
+            } else if t.is_close_brace() {
+                depth = depth.saturating_sub(1);
+            }
+            i += 1;
+        }
+        false
     }
 
     /// Reads site addresses: the tokens of this line, continuing onto the next line
@@ -470,7 +503,7 @@ impl Parser<'_, '_> {
             if i == 0 {
                 t.line_start = true;
             }
-            if t.text == "{args[:]}" || t.text == "{args.*}" {
+            if !t.quoted() && (t.text == "{args[:]}" || t.text == "{args.*}") {
                 for (j, a) in args.iter().enumerate() {
                     let mut at = t.clone();
                     at.text = a.clone();
@@ -557,10 +590,9 @@ impl Parser<'_, '_> {
             // A glob matching nothing is not an error (Caddy's behaviour).
         } else {
             if !full.exists() {
+                // Name the file as written: absolute paths of the host are not leaked.
                 let mut d = target.error(format!(
-                    "import '{}': no snippet with that name and no file at {}",
-                    pattern,
-                    full.display()
+                    "import '{pattern}': no snippet with that name, and no such file next to the importing file"
                 ));
                 if let Some(s) = did_you_mean(pattern, self.snippets.keys().map(String::as_str)) {
                     d = d.with_help(format!("did you mean the snippet '{s}'?"));

@@ -63,6 +63,11 @@ const GLOBAL_NOT_YET: &[&str] = &[
     "fallback_sni",
 ];
 
+/// Whether `name` is a directive Dwaar knows (supported or not yet).
+pub fn is_known_directive(name: &str) -> bool {
+    SUPPORTED_DIRECTIVES.contains(&name) || NOT_YET_DIRECTIVES.contains(&name) || handlers::SITE_LEVEL.contains(&name)
+}
+
 /// Validates a parsed document into the config model, collecting diagnostics.
 pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
     let global = doc
