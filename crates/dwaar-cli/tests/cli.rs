@@ -10,18 +10,29 @@ fn tmp() -> tempfile::TempDir {
 #[test]
 fn validate_reports_summary_or_diagnostics() {
     let d = tmp();
-    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\trespond ok\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\trespond ok\n}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let (code, out, _) = dwaar_cmd(&["validate"], d.path());
     assert_eq!(code, 0);
     assert!(out.contains("valid (1 site, 1 route, 1 file)"), "{out}");
 
-    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\trevers_proxy localhost:9000\n\trespond ok 99\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        ":8080 {\n\trevers_proxy localhost:9000\n\trespond ok 99\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, err) = dwaar_cmd(&["validate"], d.path());
     assert_eq!(code, 1);
-    assert!(err.contains("error: unknown directive 'revers_proxy'"), "{err}");
+    assert!(
+        err.contains("error: unknown directive 'revers_proxy'"),
+        "{err}"
+    );
     assert!(err.contains("--> Dwaarfile:2:2"), "{err}");
     assert!(err.contains("help: did you mean 'reverse_proxy'?"), "{err}");
-    assert!(err.contains("--> Dwaarfile:3:13"), "both errors reported: {err}");
+    assert!(
+        err.contains("--> Dwaarfile:3:13"),
+        "both errors reported: {err}"
+    );
     assert!(err.contains("2 errors in"), "{err}");
 }
 
@@ -32,15 +43,20 @@ fn config_lookup_order_and_missing_file() {
     assert_eq!(code, 1);
     assert!(err.contains("tried: ./Dwaarfile"), "{err}");
 
-    std::fs::write(d.path().join("custom.conf"), ":1 {\n\trespond a\n}\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.path().join("Dwaarfile"), ":2 {\n\trespond b\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("custom.conf"), ":1 {\n\trespond a\n}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("Dwaarfile"), ":2 {\n\trespond b\n}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let out = std::process::Command::new(bin())
         .args(["adapt"])
         .current_dir(d.path())
         .env("DWAAR_CONFIG", "custom.conf")
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("\"port\":1"), "$DWAAR_CONFIG wins over ./Dwaarfile");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"port\":1"),
+        "$DWAAR_CONFIG wins over ./Dwaarfile"
+    );
     let (_, out, _) = dwaar_cmd(&["adapt"], d.path());
     assert!(out.contains("\"port\":2"), "{out}");
     let (code, _, err) = dwaar_cmd(&["validate", "--config", "nope.conf"], d.path());
@@ -52,12 +68,19 @@ fn config_lookup_order_and_missing_file() {
 fn fmt_check_overwrite_and_idempotence() {
     let d = tmp();
     let f = d.path().join("Dwaarfile");
-    std::fs::write(&f, "# site\n:8080   {\n  respond   \"hi\"   # greet\n    handle /x {\nrespond x\n}\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        &f,
+        "# site\n:8080   {\n  respond   \"hi\"   # greet\n    handle /x {\nrespond x\n}\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, _) = dwaar_cmd(&["fmt", "--check"], d.path());
     assert_eq!(code, 1, "unformatted file fails --check");
     let (code, out, _) = dwaar_cmd(&["fmt"], d.path());
     assert_eq!(code, 0);
-    assert_eq!(out, "# site\n:8080 {\n\trespond \"hi\" # greet\n\thandle /x {\n\t\trespond x\n\t}\n}\n");
+    assert_eq!(
+        out,
+        "# site\n:8080 {\n\trespond \"hi\" # greet\n\thandle /x {\n\t\trespond x\n\t}\n}\n"
+    );
     let (code, _, _) = dwaar_cmd(&["fmt", "--overwrite"], d.path());
     assert_eq!(code, 0);
     assert_eq!(std::fs::read_to_string(&f).unwrap_or_default(), out);
@@ -68,22 +91,44 @@ fn fmt_check_overwrite_and_idempotence() {
 #[test]
 fn adapt_prints_the_model() {
     let d = tmp();
-    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\treverse_proxy /api/* localhost:9000\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        ":8080 {\n\treverse_proxy /api/* localhost:9000\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (code, out, _) = dwaar_cmd(&["adapt", "--pretty"], d.path());
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
-    assert_eq!(v["sites"][0]["routes"][0]["handlers"][0]["handler"], "reverse_proxy");
-    assert_eq!(v["sites"][0]["routes"][0]["handlers"][0]["upstreams"][0]["dial"], "localhost:9000");
-    assert_eq!(v["sites"][0]["routes"][0]["matchers"][0]["matchers"][0]["path"][0], "/api/*");
+    assert_eq!(
+        v["sites"][0]["routes"][0]["handlers"][0]["handler"],
+        "reverse_proxy"
+    );
+    assert_eq!(
+        v["sites"][0]["routes"][0]["handlers"][0]["upstreams"][0]["dial"],
+        "localhost:9000"
+    );
+    assert_eq!(
+        v["sites"][0]["routes"][0]["matchers"][0]["matchers"][0]["path"][0],
+        "/api/*"
+    );
 }
 
 #[test]
 fn imports_resolve_relative_to_the_config_file() {
     let d = tmp();
     std::fs::create_dir_all(d.path().join("conf/sites")).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.path().join("conf/Dwaarfile"), "import sites/*.conf\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.path().join("conf/sites/a.conf"), ":8080 {\n\trespond a\n}\n").unwrap_or_else(|e| panic!("{e}"));
-    std::fs::write(d.path().join("conf/sites/b.conf"), ":8081 {\n\trespond b\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("conf/Dwaarfile"), "import sites/*.conf\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        d.path().join("conf/sites/a.conf"),
+        ":8080 {\n\trespond a\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        d.path().join("conf/sites/b.conf"),
+        ":8081 {\n\trespond b\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     // Run from another directory (systemd runs with CWD=/).
     let (code, out, err) = dwaar_cmd(&["validate", "--config", "conf/Dwaarfile"], d.path());
     assert_eq!(code, 0, "{err}");
@@ -111,7 +156,8 @@ fn empty_config_starts() {
 #[test]
 fn run_refuses_a_bad_config_with_diagnostics() {
     let d = tmp();
-    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\trespond ok 99\n}\n").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(d.path().join("Dwaarfile"), ":8080 {\n\trespond ok 99\n}\n")
+        .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, err) = dwaar_cmd(&["run"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("--> Dwaarfile:2:13"), "{err}");
@@ -122,7 +168,11 @@ fn run_reports_a_port_in_use() {
     let l = std::net::TcpListener::bind("0.0.0.0:0").unwrap_or_else(|e| panic!("{e}"));
     let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
     let d = tmp();
-    std::fs::write(d.path().join("Dwaarfile"), format!(":{port} {{\n\trespond ok\n}}\n")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        format!(":{port} {{\n\trespond ok\n}}\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, err) = dwaar_cmd(&["run"], d.path());
     assert_eq!(code, 1);
     assert!(err.contains("address already in use"), "{err}");

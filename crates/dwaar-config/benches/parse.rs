@@ -18,7 +18,11 @@ fn bench(c: &mut Criterion) {
     for n in [10usize, 100, 1000] {
         let text = config(n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &text, |b, t| {
-            b.iter(|| dwaar_config::load_str("Dwaarfile", None, t, &|_| None).map(|l| l.config.sites.len()).unwrap_or(0))
+            b.iter(|| {
+                dwaar_config::load_str("Dwaarfile", None, t, &|_| None)
+                    .map(|l| l.config.sites.len())
+                    .unwrap_or(0)
+            })
         });
     }
     g.finish();

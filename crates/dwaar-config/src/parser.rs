@@ -128,7 +128,7 @@ impl Parser<'_, '_> {
         // Global options: a block with no keys, only as the very first thing.
         if let Some(t) = self.peek() {
             if t.is_open_brace() {
-                let open = self.next().unwrap_or_else(|| unreachable_token());
+                let open = self.next().unwrap_or_else(unreachable_token);
                 doc.global = Some(self.block(open));
             }
         }
@@ -210,7 +210,12 @@ impl Parser<'_, '_> {
                     }
                     let line_opens = {
                         let rest = &self.tokens[self.pos..];
-                        let end = rest.iter().skip(1).position(|t| t.line_start).map(|p| p + 1).unwrap_or(rest.len());
+                        let end = rest
+                            .iter()
+                            .skip(1)
+                            .position(|t| t.line_start)
+                            .map(|p| p + 1)
+                            .unwrap_or(rest.len());
                         rest[..end].last().is_some_and(|t| t.is_open_brace())
                     };
                     if self.peek().is_none() || line_opens {
@@ -232,10 +237,16 @@ impl Parser<'_, '_> {
         while i < toks.len() {
             let t = &toks[i];
             if t.line_start && depth == 0 {
-                let line_end = toks[i + 1..].iter().position(|x| x.line_start).map(|p| i + 1 + p).unwrap_or(toks.len());
+                let line_end = toks[i + 1..]
+                    .iter()
+                    .position(|x| x.line_start)
+                    .map(|p| i + 1 + p)
+                    .unwrap_or(toks.len());
                 let opens = toks[i..line_end].last().is_some_and(|x| x.is_open_brace());
                 let name = t.text.as_str();
-                let directive = name.starts_with('@') || name == "import" || crate::compile::is_known_directive(name);
+                let directive = name.starts_with('@')
+                    || name == "import"
+                    || crate::compile::is_known_directive(name);
                 if opens && !directive && !t.is_open_brace() {
                     return true;
                 }

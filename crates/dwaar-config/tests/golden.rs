@@ -7,7 +7,9 @@
 use std::path::{Path, PathBuf};
 
 fn golden_dir(kind: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(kind)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(kind)
 }
 
 fn cases(kind: &str) -> Vec<PathBuf> {
@@ -29,20 +31,31 @@ fn env(key: &str) -> Option<String> {
 }
 
 fn load(path: &Path) -> Result<dwaar_config::Loaded, dwaar_config::LoadError> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     dwaar_config::load_str(&name, Some(path.to_path_buf()), &text, &env)
 }
 
 fn check(expected_path: &Path, actual: &str, failures: &mut Vec<String>) {
     if std::env::var("DWAAR_BLESS").is_ok_and(|v| v == "1") {
-        std::fs::write(expected_path, actual).unwrap_or_else(|e| panic!("write {}: {e}", expected_path.display()));
+        std::fs::write(expected_path, actual)
+            .unwrap_or_else(|e| panic!("write {}: {e}", expected_path.display()));
         return;
     }
     match std::fs::read_to_string(expected_path) {
         Ok(expected) if expected == actual => {}
-        Ok(expected) => failures.push(format!("{}:\n--- expected\n{expected}\n--- actual\n{actual}", expected_path.display())),
-        Err(_) => failures.push(format!("{} is missing (run with DWAAR_BLESS=1)\n{actual}", expected_path.display())),
+        Ok(expected) => failures.push(format!(
+            "{}:\n--- expected\n{expected}\n--- actual\n{actual}",
+            expected_path.display()
+        )),
+        Err(_) => failures.push(format!(
+            "{} is missing (run with DWAAR_BLESS=1)\n{actual}",
+            expected_path.display()
+        )),
     }
 }
 
@@ -57,7 +70,8 @@ fn ok_cases_match_their_json() {
                 let json = serde_json::to_string_pretty(&l.config).unwrap_or_default() + "\n";
                 check(&path.with_extension("json"), &json, &mut failures);
                 // The model survives a JSON round trip unchanged (the admin API loads it).
-                let back: dwaar_config::model::Config = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let back: dwaar_config::model::Config = serde_json::from_str(&json)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 assert_eq!(back, l.config, "{}", path.display());
             }
             Err(e) => failures.push(format!("{} failed to load:\n{e}", path.display())),
@@ -70,7 +84,11 @@ fn ok_cases_match_their_json() {
 fn err_cases_match_their_diagnostics() {
     let mut failures = Vec::new();
     let all = cases("err");
-    assert!(all.len() >= 40, "the issue asks for at least 40 error cases, found {}", all.len());
+    assert!(
+        all.len() >= 40,
+        "the issue asks for at least 40 error cases, found {}",
+        all.len()
+    );
     for path in all {
         match load(&path) {
             Ok(_) => failures.push(format!("{} loaded but must fail", path.display())),
@@ -88,8 +106,11 @@ fn err_cases_match_their_diagnostics() {
 fn fmt_is_idempotent_on_every_golden_file() {
     for path in cases("ok").into_iter().chain(cases("err")) {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let Ok(once) = dwaar_config::fmt::format(&text) else { continue };
-        let twice = dwaar_config::fmt::format(&once).unwrap_or_else(|_| panic!("{}: formatted output does not lex", path.display()));
+        let Ok(once) = dwaar_config::fmt::format(&text) else {
+            continue;
+        };
+        let twice = dwaar_config::fmt::format(&once)
+            .unwrap_or_else(|_| panic!("{}: formatted output does not lex", path.display()));
         assert_eq!(once, twice, "{}", path.display());
     }
 }
@@ -98,10 +119,15 @@ fn fmt_is_idempotent_on_every_golden_file() {
 fn formatting_ok_files_keeps_their_meaning() {
     for path in cases("ok") {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let formatted = dwaar_config::fmt::format(&text).unwrap_or_else(|_| panic!("{}", path.display()));
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let formatted =
+            dwaar_config::fmt::format(&text).unwrap_or_else(|_| panic!("{}", path.display()));
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let a = load(&path).unwrap_or_else(|e| panic!("{e}"));
-        let b = dwaar_config::load_str(&name, Some(path.clone()), &formatted, &env).unwrap_or_else(|e| panic!("{e}"));
+        let b = dwaar_config::load_str(&name, Some(path.clone()), &formatted, &env)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(a.config, b.config, "{}", path.display());
     }
 }

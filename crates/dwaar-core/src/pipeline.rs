@@ -209,11 +209,7 @@ pub fn normalize_host(raw: &str) -> Option<CompactString> {
     {
         return None;
     }
-    Some(
-        CompactString::new(host.trim_end_matches('.'))
-            .to_ascii_lowercase()
-            .into(),
-    )
+    Some(CompactString::new(host.trim_end_matches('.')).to_ascii_lowercase())
 }
 
 /// Runs the pipeline for one request. `ctx.conn` and `ctx.host` must be set.

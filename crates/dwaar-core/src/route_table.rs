@@ -133,10 +133,9 @@ impl PortSites {
             if host.len() > suffix.len()
                 && host.ends_with(suffix.as_str())
                 && !host[..host.len() - suffix.len()].contains('.')
+                && site.path.as_ref().map(|p| p.matches(path)).unwrap_or(true)
             {
-                if site.path.as_ref().map(|p| p.matches(path)).unwrap_or(true) {
-                    return Some(site);
-                }
+                return Some(site);
             }
         }
         pick(&self.catch_all).and_then(|i| self.catch_all.get(i))
@@ -257,7 +256,7 @@ impl RouteTable {
         }
         // Specific hosts before catch-alls; longer wildcard suffixes first.
         for p in table.ports.values_mut() {
-            p.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+            p.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         }
         // An all-interfaces listener on a port covers specific binds on the same port.
         let wildcard_ports: Vec<u16> = listeners

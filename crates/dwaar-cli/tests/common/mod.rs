@@ -1,5 +1,5 @@
 //! Shared helpers for the end-to-end tests of the `dwaar` binary.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub use dwaar_testkit::client::{get, raw, request, Conn, Response};
 pub use dwaar_testkit::origin;

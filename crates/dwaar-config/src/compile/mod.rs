@@ -65,7 +65,9 @@ const GLOBAL_NOT_YET: &[&str] = &[
 
 /// Whether `name` is a directive Dwaar knows (supported or not yet).
 pub fn is_known_directive(name: &str) -> bool {
-    SUPPORTED_DIRECTIVES.contains(&name) || NOT_YET_DIRECTIVES.contains(&name) || handlers::SITE_LEVEL.contains(&name)
+    SUPPORTED_DIRECTIVES.contains(&name)
+        || NOT_YET_DIRECTIVES.contains(&name)
+        || handlers::SITE_LEVEL.contains(&name)
 }
 
 /// Validates a parsed document into the config model, collecting diagnostics.
@@ -83,7 +85,9 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         for t in &sb.addresses {
             if let Some(a) = site_address(t, &global, diags) {
                 let key = (a.host.clone(), a.port, a.path.clone());
-                if seen.contains_key(&key) {
+                if let std::collections::hash_map::Entry::Vacant(e) = seen.entry(key) {
+                    e.insert(t.clone());
+                } else {
                     let d = t.error(format!(
                         "site address '{}' is already used by another site block",
                         t.text
@@ -91,8 +95,6 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                     diags.push(d.with_help(
                         "merge the two site blocks, or give one a different host or port",
                     ));
-                } else {
-                    seen.insert(key, t.clone());
                 }
                 addresses.push(a);
             }

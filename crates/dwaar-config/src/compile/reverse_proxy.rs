@@ -264,7 +264,10 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     }
     rp.health.active = active;
     rp.health.passive = passive;
-    let named_any = d.args.len() > skip || block_lines(&d.block).iter().any(|l| l.name.text == "to" && !l.args.is_empty());
+    let named_any = d.args.len() > skip
+        || block_lines(&d.block)
+            .iter()
+            .any(|l| l.name.text == "to" && !l.args.is_empty());
     if rp.upstreams.is_empty() && !named_any {
         diags.push(
             d.name
