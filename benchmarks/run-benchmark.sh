@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# End-to-end proxy benchmark: Dwaar against nginx, HAProxy and Caddy on the same cores.
+#
+# Every proxy forwards to the same nginx backend (a static 200 on 127.0.0.1:9090) with
+# upstream keep-alive and access logs off. Layout on a 2-core machine (LAYOUT=split, the
+# default): the proxy under test on core 1, backend and wrk on core 0. LAYOUT=shared puts
+# everything on both cores. Targets are interleaved (A B C ... A B C) for BENCH_ROUNDS
+# rounds and the median of each metric is reported. CPU time per request = user+sys ticks
+# of all the proxy's processes during the run, divided by requests served.
+#
+# Env: BENCH_DURATION (30s) BENCH_THREADS (2) BENCH_CONNECTIONS ("100 500 1000")
+#      BENCH_ROUNDS (3) BENCH_TARGETS ("direct dwaar nginx haproxy caddy") LAYOUT (split)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+DURATION=${BENCH_DURATION:-30s}
+THREADS=${BENCH_THREADS:-2}
+CONNS=${BENCH_CONNECTIONS:-"100 500 1000"}
+ROUNDS=${BENCH_ROUNDS:-3}
+TARGETS=${BENCH_TARGETS:-"direct dwaar nginx haproxy caddy"}
+LAYOUT=${LAYOUT:-split}
+WORK=$(mktemp -d /tmp/dwaar-bench.XXXXXX)
+RESULTS=$ROOT/benchmarks/results
+mkdir -p "$RESULTS"
+CLK=$(getconf CLK_TCK)
+
+if [ "$LAYOUT" = split ]; then PROXY_CPUS=1; LOAD_CPUS=0; else PROXY_CPUS=0,1; LOAD_CPUS=0,1; fi
+
+BOOTSTRAP_BENCH=1 scripts/bootstrap
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+cargo build --release -q -p dwaar-cli
+DWAAR=$ROOT/target/release/dwaar
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+
+# --- backend: nginx, one worker, static 200 ---------------------------------------
+mkdir -p "$WORK/backend"
+cat > "$WORK/backend/nginx.conf" <<NGX
+worker_processes 1;
+pid $WORK/backend/nginx.pid;
+error_log $WORK/backend/error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:9090 backlog=4096; location / { return 200 "OK\n"; } }
+}
+NGX
+taskset -c $LOAD_CPUS nginx -c "$WORK/backend/nginx.conf" -g 'daemon off;' & PIDS+=($!)
+wait_port 9090
+
+# --- proxies -------------------------------------------------------------------------
+start_dwaar() {
+  cat > "$WORK/Dwaarfile" <<DW
+{
+	grace_period 1s
+}
+:6188 {
+	reverse_proxy 127.0.0.1:9090
+}
+DW
+  taskset -c $PROXY_CPUS "$DWAAR" run --config "$WORK/Dwaarfile" --threads "$(echo $PROXY_CPUS | tr ',' '\n' | wc -l)" >"$WORK/dwaar.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/dwaar.pid"
+  wait_port 6188
+}
+start_nginx() {
+  mkdir -p "$WORK/nginx"
+  cat > "$WORK/nginx/nginx.conf" <<NGX
+worker_processes $(echo $PROXY_CPUS | tr ',' '\n' | wc -l);
+pid $WORK/nginx/nginx.pid;
+error_log $WORK/nginx/error.log;
+events { worker_connections 10000; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend { server 127.0.0.1:9090; keepalive 1024; }
+  server { listen 127.0.0.1:8080 backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+}
+NGX
+  taskset -c $PROXY_CPUS nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!); echo $! > "$WORK/nginx.pid"
+  wait_port 8080
+}
+start_haproxy() {
+  cat > "$WORK/haproxy.cfg" <<HAP
+global
+  maxconn 9000
+  nbthread $(echo $PROXY_CPUS | tr ',' '\n' | wc -l)
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:8081
+  default_backend be
+backend be
+  server s1 127.0.0.1:9090 pool-max-conn 1024
+HAP
+  taskset -c $PROXY_CPUS haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/haproxy.pid"
+  wait_port 8081
+}
+start_caddy() {
+  cat > "$WORK/Caddyfile" <<CAD
+{
+	admin off
+	auto_https off
+	grace_period 1s
+}
+:8082 {
+	reverse_proxy 127.0.0.1:9090 {
+		transport http {
+			keepalive_idle_conns 1024
+		}
+	}
+}
+CAD
+  GOMAXPROCS=$(echo $PROXY_CPUS | tr ',' '\n' | wc -l) taskset -c $PROXY_CPUS caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/caddy.pid"
+  wait_port 8082
+}
+
+declare -A PORT=([direct]=9090 [dwaar]=6188 [nginx]=8080 [haproxy]=8081 [caddy]=8082)
+for t in $TARGETS; do [ "$t" = direct ] || "start_$t"; done
+
+# All processes of a target: the main PID and its children.
+procs() { local p; p=$(cat "$WORK/$1.pid" 2>/dev/null || echo ""); [ -n "$p" ] && { echo "$p"; pgrep -P "$p" || true; }; }
+cpu_ticks() { local s=0; for p in $(procs "$1"); do [ -r /proc/$p/stat ] && s=$((s + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $s; }
+peak_rss_mb() { local s=0; for p in $(procs "$1"); do [ -r /proc/$p/status ] && s=$((s + $(awk '/VmHWM/{print $2}' /proc/$p/status))); done; echo "scale=1; $s/1024" | bc; }
+
+to_ms() { # wrk latency like 1.23ms / 850.00us / 1.02s -> ms
+  awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000} else print v }'
+}
+
+RAW=$RESULTS/raw-$(date +%Y%m%d-%H%M%S).tsv
+echo -e "round\ttarget\tconns\trps\tp50_ms\tp99_ms\tavg_ms\ttransfer\tcpu_us_per_req\terrors" > "$RAW"
+for round in $(seq 1 "$ROUNDS"); do
+  for c in $CONNS; do
+    for t in $TARGETS; do
+      before=$( [ "$t" = direct ] && echo 0 || cpu_ticks "$t")
+      out=$(taskset -c $LOAD_CPUS wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$t]}/" 2>&1)
+      after=$( [ "$t" = direct ] && echo 0 || cpu_ticks "$t")
+      rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
+      reqs=$(echo "$out" | awk '/requests in/{print $1}')
+      p50=$(to_ms "$(echo "$out" | awk '$1=="50%"{print $2}')")
+      p99=$(to_ms "$(echo "$out" | awk '$1=="99%"{print $2}')")
+      avg=$(to_ms "$(echo "$out" | awk '/Latency/{print $2; exit}')")
+      xfer=$(echo "$out" | awk '/Transfer\/sec/{print $2}')
+      errs=$(echo "$out" | awk '/Non-2xx|Socket errors/{s=s $0 "; "} END{print s==""?"0":s}')
+      cpu=$( [ "$t" = direct ] && echo "-" || echo "scale=2; ($after-$before)*1000000/$CLK/$reqs" | bc)
+      echo -e "$round\t$t\t$c\t$rps\t$p50\t$p99\t$avg\t$xfer\t$cpu\t$errs" | tee -a "$RAW"
+    done
+  done
+done
+
+# --- medians table -------------------------------------------------------------------
+python3 - "$RAW" "$WORK" $TARGETS <<'PY' | tee "$RESULTS/latest.txt"
+import csv, statistics, sys, subprocess, os
+raw, work, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+rows = list(csv.DictReader(open(raw), delimiter='\t'))
+def med(vals):
+    v = [float(x) for x in vals if x not in ('-', '')]
+    return statistics.median(v) if v else float('nan')
+def rss(t):
+    try:
+        pid = open(f"{work}/{t}.pid").read().strip()
+    except OSError:
+        return None
+    pids = [pid] + subprocess.run(["pgrep", "-P", pid], capture_output=True, text=True).stdout.split()
+    kb = 0
+    for p in pids:
+        try:
+            for line in open(f"/proc/{p}/status"):
+                if line.startswith("VmHWM"):
+                    kb += int(line.split()[1])
+        except OSError:
+            pass
+    return kb / 1024
+conns = sorted({int(r['conns']) for r in rows})
+print(f"{'Proxy':<10} {'Conns':>6} {'RPS':>10} {'p50 lat':>9} {'p99 lat':>9} {'Avg lat':>9} {'Transfer':>10} {'Mem(MB)':>8} {'CPU/req':>9} {'vs nginx':>9}")
+print("-" * 98)
+for c in conns:
+    base = med([r['cpu_us_per_req'] for r in rows if r['target'] == 'nginx' and int(r['conns']) == c])
+    for t in targets:
+        rs = [r for r in rows if r['target'] == t and int(r['conns']) == c]
+        if not rs:
+            continue
+        cpu = med([r['cpu_us_per_req'] for r in rs])
+        m = rss(t)
+        ratio = f"{cpu/base:.2f}x" if base == base and cpu == cpu and t != 'direct' else "-"
+        print(f"{t.upper() if t=='dwaar' else t:<10} {c:>6} {med([r['rps'] for r in rs]):>10.0f} {med([r['p50_ms'] for r in rs]):>7.2f}ms {med([r['p99_ms'] for r in rs]):>7.2f}ms {med([r['avg_ms'] for r in rs]):>7.2f}ms {rs[0]['transfer']:>10} {('%.1f' % m) if m else 'n/a':>8} {('%.1fus' % cpu) if cpu == cpu else '-':>9} {ratio:>9}")
+errs = [r for r in rows if r['errors'] != '0']
+if errs:
+    print("\nerrors:", *[f"{r['target']} c={r['conns']}: {r['errors']}" for r in errs], sep="\n  ")
+PY
+echo "raw results: $RAW"
