@@ -45,6 +45,8 @@ pub enum Placeholder {
     ErrorStatusText,
     ErrorMessage,
     RequestId,
+    /// A name no built-in placeholder has: a `map` output when one set it, else `{name}`.
+    Named(String),
 }
 
 /// One piece of a template.
@@ -89,7 +91,14 @@ impl Template {
                         continue;
                     }
                     if looks_like_placeholder(key) {
+                        // Possibly a `map` destination: resolved at run time, or kept as text.
                         unknown.push(key.to_string());
+                        if !lit.is_empty() {
+                            parts.push(Part::Literal(std::mem::take(&mut lit)));
+                        }
+                        parts.push(Part::Value(Placeholder::Named(key.to_string())));
+                        i += close + 2;
+                        continue;
                     }
                 }
             }

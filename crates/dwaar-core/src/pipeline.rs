@@ -99,6 +99,24 @@ pub fn apply_edits(edits: &[HeaderEdit], head: &mut dyn ResponseHead) {
     }
 }
 
+/// Immediate edits on a proxied response: they were set before the upstream's fields
+/// arrived, so a `Set` field and the upstream's field of the same name both remain.
+pub fn apply_immediate_to_proxied(edits: &[HeaderEdit], head: &mut dyn ResponseHead) {
+    for e in edits {
+        match e {
+            HeaderEdit::Set(n, v) | HeaderEdit::Add(n, v) => head.add(n, v),
+            HeaderEdit::Default(n, v) => {
+                if head.get(n).is_none() {
+                    head.set(n, v);
+                }
+            }
+            HeaderEdit::Delete(_) | HeaderEdit::Replace { .. } => {
+                apply_edits(std::slice::from_ref(e), head)
+            }
+        }
+    }
+}
+
 fn delete_matching(head: &mut dyn ResponseHead, name: &str) {
     // `-X-*` style prefixes are not supported by every head type; exact names are.
     head.remove(name);
@@ -280,7 +298,7 @@ pub fn error_outcome(
 ) -> Outcome {
     ctx.error = Some((status, message));
     ctx.groups_done = 0;
-    ctx.resp_immediate.clear();
+    // Headers set immediately stay (as in Caddy); deferred edits belonged to the failed response.
     ctx.resp_deferred.clear();
     match run_routes(routes, req, ctx, trusted) {
         Flow::Done(Terminal::Abort) => Outcome::Abort,

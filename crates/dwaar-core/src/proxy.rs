@@ -367,7 +367,9 @@ impl ProxyHttp for DwaarProxy {
                 apply_edits(&edits, resp);
             }
         }
-        apply_edits(&ctx.resp_immediate, resp);
+        // Immediate edits were made before the upstream answered: its fields are added
+        // next to them (Caddy's semantics); deferred edits act on the final response.
+        crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, resp);
         apply_edits(&ctx.resp_deferred, resp);
         if let Some(c) = ctx.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, c)?;
@@ -434,8 +436,6 @@ impl ProxyHttp for DwaarProxy {
                     .port(ctx.conn.local_port)
                     .map(|p| p.trusted_proxies.clone())
                     .unwrap_or_default();
-                ctx.resp_immediate.clear();
-                ctx.resp_deferred.clear();
                 match error_outcome(
                     &site.error_routes,
                     code,

@@ -151,6 +151,14 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
                 out.push_str(m);
             }
         }
+        P::Named(name) => match ctx.var(name) {
+            Some(v) => out.push_str(v),
+            None => {
+                out.push('{');
+                out.push_str(name);
+                out.push('}');
+            }
+        },
         P::RequestId => {
             if let Some(id) = &ctx.request_id {
                 let mut buf = [0u8; 36];

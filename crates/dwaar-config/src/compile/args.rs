@@ -10,6 +10,8 @@ use crate::units::{parse_duration_ms, parse_size};
 #[derive(Default)]
 pub struct Diags {
     pub list: Vec<Diagnostic>,
+    /// Names set by `map` anywhere in the config: valid placeholders, not typos.
+    pub map_outputs: std::collections::HashSet<String>,
 }
 
 impl Diags {
@@ -133,11 +135,17 @@ impl Diags {
     /// Parses a template and warns about `{...}` keys that look like misspelt placeholders.
     pub fn template(&mut self, t: &Token) -> Template {
         let tpl = Template::parse(&t.text);
-        for k in tpl.unknown_keys() {
+        let typos: Vec<String> = tpl
+            .unknown_keys()
+            .iter()
+            .filter(|k| !self.map_outputs.contains(*k))
+            .cloned()
+            .collect();
+        for k in typos {
             let mut w = t.warning(format!(
                 "unknown placeholder '{{{k}}}' is kept as literal text"
             ));
-            if let Some(s) = did_you_mean(k, KNOWN_PLACEHOLDERS.iter().copied()) {
+            if let Some(s) = did_you_mean(&k, KNOWN_PLACEHOLDERS.iter().copied()) {
                 w = w.with_help(format!("did you mean '{{{s}}}'?"));
             }
             self.push(w);

@@ -571,6 +571,10 @@ pub fn header_line(
                 diags.push(args[0].error(format!("invalid regular expression '{search}'")));
                 return;
             }
+            // Replacing needs the final field values, so it is deferred like a delete.
+            if response {
+                ops.deferred = true;
+            }
             HeaderOp::Replace {
                 name,
                 search,

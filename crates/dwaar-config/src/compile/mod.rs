@@ -72,6 +72,9 @@ pub fn is_known_directive(name: &str) -> bool {
 
 /// Validates a parsed document into the config model, collecting diagnostics.
 pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
+    for sb in &doc.sites {
+        collect_map_outputs(&sb.block.directives, &mut diags.map_outputs);
+    }
     let global = doc
         .global
         .as_ref()
@@ -170,6 +173,26 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         });
     }
     Config { global, sites }
+}
+
+fn collect_map_outputs(dirs: &[Directive], out: &mut std::collections::HashSet<String>) {
+    for d in dirs {
+        if d.name.text == "map" {
+            let skip = usize::from(d.args.first().is_some_and(matchers::is_matcher_token));
+            for t in d.args.iter().skip(skip + 1) {
+                out.insert(
+                    t.text
+                        .trim_start_matches('{')
+                        .trim_end_matches('}')
+                        .trim_start_matches("vars.")
+                        .to_string(),
+                );
+            }
+        }
+        if let Some(b) = &d.block {
+            collect_map_outputs(&b.directives, out);
+        }
+    }
 }
 
 fn site_address(t: &Token, g: &GlobalOptions, diags: &mut Diags) -> Option<SiteAddress> {

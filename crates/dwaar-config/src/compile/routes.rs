@@ -105,7 +105,15 @@ pub fn compile_block(
             continue;
         }
         match compile_directive(d, &named, cx, diags) {
-            Compiled::Route(r) => items.push((d.name.text.clone(), items.len(), r)),
+            // handle_path is handle with a prefix strip: it sorts and groups as `handle`.
+            Compiled::Route(r) => {
+                let name = if d.name.text == "handle_path" {
+                    "handle".to_string()
+                } else {
+                    d.name.text.clone()
+                };
+                items.push((name, items.len(), r))
+            }
             Compiled::Nothing => {}
         }
     }

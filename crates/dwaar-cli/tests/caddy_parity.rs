@@ -1,0 +1,276 @@
+//! Caddy parity: the same Caddyfile served by Caddy 2 and by Dwaar must give the same
+//! status, body and key headers for a set of requests. Needs the `caddy` binary (Debian
+//! package); when `DWAAR_REQUIRE_E2E=1` a missing binary fails the test.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+fn caddy_bin() -> Option<String> {
+    let found = Command::new("caddy")
+        .arg("version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if found {
+        return Some("caddy".into());
+    }
+    if std::env::var("DWAAR_REQUIRE_E2E").is_ok_and(|v| v == "1") {
+        panic!("caddy is not installed but DWAAR_REQUIRE_E2E=1 (apt-get install caddy)");
+    }
+    eprintln!("skipping: caddy not installed");
+    None
+}
+
+struct Caddy(Child, tempfile::TempDir);
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_caddy(bin: &str, config: &str, port: u16) -> Caddy {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("Caddyfile");
+    std::fs::write(&path, config).unwrap_or_else(|e| panic!("{e}"));
+    let child = Command::new(bin)
+        .args(["run", "--adapter", "caddyfile", "--config"])
+        .arg(&path)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path())
+        .env("XDG_CONFIG_HOME", dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn caddy: {e}"));
+    assert!(
+        wait_until(Duration::from_secs(15), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            port
+        ))
+        .is_ok()),
+        "caddy did not start"
+    );
+    Caddy(child, dir)
+}
+
+const SITE: &str = r#"{
+	admin off
+	auto_https off
+}
+
+:PORT {
+	@api path /api/*
+	@post method POST
+	@hdr header X-Mode test
+	@q query tab=*
+	@re path_regexp item ^/items/(\d+)$
+	@not not path /public/*
+
+	header X-Site demo
+	header /api/* X-Api yes
+	redir /old /new 301
+	redir /moved https://example.org{uri}
+	rewrite /r /rewritten?from=r
+	uri /u/* strip_prefix /u
+	vars greeting hello
+	map {path} {section} {
+		/map/a alpha
+		~^/map/b beta
+		default other
+	}
+
+	handle /rewritten {
+		respond "rewritten {path} {query}"
+	}
+	handle /h/* {
+		respond "handle {path}" 202
+	}
+	handle_path /hp/* {
+		respond "handle_path {path}"
+	}
+	handle /json {
+		respond `{"a": 1}`
+	}
+	handle /err {
+		error "bad thing" 418
+	}
+	handle /map/* {
+		respond "section={section}"
+	}
+	handle /vars {
+		respond "{vars.greeting} {method} {host} {query}"
+	}
+	handle @re {
+		respond "item {re.item.1}"
+	}
+	handle @api {
+		respond @post "api post" 201
+		respond "api {path}"
+	}
+	handle @hdr {
+		respond "header matched"
+	}
+	handle @q {
+		respond "query {query.tab}"
+	}
+	handle {
+		respond @not "private {uri}" 403
+		respond "public {path}"
+	}
+
+	handle_errors {
+		respond "error {err.status_code}"
+	}
+}
+"#;
+
+#[test]
+fn same_responses_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(&caddy, &SITE.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &SITE.replace("PORT", &dp.to_string()), &[dp]);
+    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        ("GET", "/old", &[]),
+        ("GET", "/moved?x=1", &[]),
+        ("GET", "/r", &[]),
+        ("GET", "/h/x", &[]),
+        ("GET", "/hp/deep/path", &[]),
+        ("GET", "/json", &[]),
+        ("GET", "/err", &[]),
+        ("GET", "/map/a", &[]),
+        ("GET", "/map/bee", &[]),
+        ("GET", "/map/zzz", &[]),
+        ("GET", "/vars?k=v", &[]),
+        ("GET", "/items/42", &[]),
+        ("GET", "/items/x", &[]),
+        ("GET", "/api/thing", &[]),
+        ("POST", "/api/thing", &[]),
+        ("GET", "/other", &[("X-Mode", "test")]),
+        ("GET", "/other?tab=2", &[]),
+        ("GET", "/public/page", &[]),
+        ("GET", "/private?a=b", &[]),
+        ("GET", "/u/public/x", &[]),
+        ("HEAD", "/public/x", &[]),
+    ];
+    let mut diffs = Vec::new();
+    for (method, path, headers) in cases {
+        let a = request(cp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        let key = |r: &Response| {
+            let ct = r.header("content-type").map(|v| v.to_ascii_lowercase());
+            (
+                r.status,
+                r.text(),
+                r.header("location").map(str::to_string),
+                ct,
+                r.header("x-site").map(str::to_string),
+                r.header("x-api").map(str::to_string),
+            )
+        };
+        if key(&a) != key(&b) {
+            diffs.push(format!(
+                "{method} {path}\n  caddy: {:?}\n  dwaar: {:?}",
+                key(&a),
+                key(&b)
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "responses differ from Caddy:\n{}",
+        diffs.join("\n")
+    );
+}
+
+const PROXY_SITE: &str = r#"{
+	admin off
+	auto_https off
+}
+
+:PORT {
+	header X-Origin from-header
+	header -X-Backend-Secret
+	header /both +X-Both added
+	request_header X-Req added
+	request_header -X-Drop
+	reverse_proxy 127.0.0.1:ORIGIN {
+		header_up X-Up {method}
+		header_down X-Down d
+		header_down -Server
+	}
+}
+"#;
+
+#[test]
+fn same_proxy_header_semantics_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let o = origin::http("origin");
+    let (cp, dp) = (free_port(), free_port());
+    let site = PROXY_SITE.replace("ORIGIN", &o.port.to_string());
+    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    let mut diffs = Vec::new();
+    for path in ["/", "/both", "/status/404"] {
+        let hdrs: &[(&str, &str)] = &[("X-Drop", "1"), ("X-Forwarded-For", "1.2.3.4")];
+        let a = request(cp, "GET", "localhost", path, hdrs, b"").unwrap_or_else(|e| panic!("{e}"));
+        let b = request(dp, "GET", "localhost", path, hdrs, b"").unwrap_or_else(|e| panic!("{e}"));
+        let key = |r: &Response| {
+            let mut origin = r
+                .headers_all("x-origin")
+                .into_iter()
+                .map(str::to_string)
+                .collect::<Vec<_>>();
+            origin.sort();
+            let mut seen: Vec<String> = r
+                .text()
+                .lines()
+                .filter(|l| {
+                    [
+                        "h:x-req:",
+                        "h:x-drop",
+                        "h:x-up",
+                        "h:x-forwarded-for",
+                        "h:x-forwarded-proto",
+                        "h:x-forwarded-host",
+                        "h:host",
+                        "uri:",
+                        "method:",
+                    ]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+                })
+                .map(str::to_string)
+                .collect();
+            seen.sort();
+            // Caddy brands responses with `Server: Caddy`; Dwaar sends no Server header.
+            (
+                r.status,
+                origin,
+                r.header("content-type").map(str::to_string),
+                r.header("x-backend-secret").map(str::to_string),
+                r.header("x-down").map(str::to_string),
+                r.header("x-both").map(str::to_string),
+                seen,
+            )
+        };
+        if key(&a) != key(&b) {
+            diffs.push(format!(
+                "GET {path}\n  caddy: {:?}\n  dwaar: {:?}",
+                key(&a),
+                key(&b)
+            ));
+        }
+    }
+    assert!(
+        diffs.is_empty(),
+        "responses differ from Caddy:\n{}",
+        diffs.join("\n")
+    );
+}
