@@ -517,3 +517,27 @@ fn lb_try_duration_waits_for_a_backend() {
     assert_eq!(r.text(), "late");
     let _ = h.join();
 }
+
+#[test]
+fn https_upstreams_verify_or_skip_verification() {
+    let ca = origin::TestCa::new();
+    let o = origin::https("secure", &ca);
+    // Trusting the test CA: verified TLS to the upstream.
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}",
+        o.port,
+        ca.ca_pem.display()
+    ));
+    let r = ok_get(port, "x", "/verified");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("uri: /verified"));
+    // Without trust the handshake fails: 502.
+    let (_d2, port2) = serve(&format!(
+        ":PORT {{\n\treverse_proxy https://127.0.0.1:{}\n}}",
+        o.port
+    ));
+    assert_eq!(ok_get(port2, "x", "/").status, 502);
+    // tls_insecure_skip_verify accepts any certificate.
+    let (_d3, port3) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\ttls\n\t\t\ttls_insecure_skip_verify\n\t\t}}\n\t}}\n}}", o.port));
+    assert_eq!(ok_get(port3, "x", "/").status, 200);
+}

@@ -75,7 +75,17 @@ pub fn h2c(name: &str) -> Origin {
     start(name, true)
 }
 
+enum Kind {
+    H1,
+    H2c,
+    Tls(tokio_rustls::TlsAcceptor),
+}
+
 fn start(name: &str, h2: bool) -> Origin {
+    start_with(name, if h2 { Kind::H2c } else { Kind::H1 })
+}
+
+fn start_with(name: &str, kind: Kind) -> Origin {
     let std_listener =
         std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind origin: {e}"));
     let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -104,10 +114,17 @@ fn start(name: &str, h2: bool) -> Origin {
                         let Ok((stream, _)) = acc else { continue };
                         s2.connections.fetch_add(1, Ordering::SeqCst);
                         let s = s2.clone();
-                        if h2 {
-                            tasks.spawn(serve_h2(stream, s));
-                        } else {
-                            tasks.spawn(serve_h1(stream, s));
+                        match &kind {
+                            Kind::H2c => { tasks.spawn(serve_h2(stream, s)); }
+                            Kind::H1 => { tasks.spawn(serve_h1(stream, s)); }
+                            Kind::Tls(acc) => {
+                                let acc = acc.clone();
+                                tasks.spawn(async move {
+                                    if let Ok(tls) = acc.accept(stream).await {
+                                        serve_h1(tls, s).await;
+                                    }
+                                });
+                            }
                         }
                     }
                 }
@@ -143,7 +160,7 @@ impl Req {
     }
 }
 
-async fn read_req(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
+async fn read_req<S: Io>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Req> {
     loop {
         let mut hs = [httparse::EMPTY_HEADER; 128];
         let mut r = httparse::Request::new(&mut hs);
@@ -211,7 +228,7 @@ async fn read_req(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Req> {
     }
 }
 
-async fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<()> {
+async fn read_some<S: Io>(stream: &mut S, buf: &mut Vec<u8>) -> Option<()> {
     let mut chunk = [0u8; 8192];
     match stream.read(&mut chunk).await {
         Ok(0) | Err(_) => None,
@@ -236,7 +253,7 @@ fn echo_body(s: &Shared, req: &Req) -> String {
     out
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, extra: &str, body: &str) -> bool {
+async fn respond<S: Io>(stream: &mut S, status: u16, extra: &str, body: &str) -> bool {
     let msg = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nContent-Type: text/plain\r\nServer: mock-origin\r\nX-Backend-Secret: hidden\r\n{extra}\r\n{body}",
         body.len()
@@ -244,7 +261,128 @@ async fn respond(stream: &mut TcpStream, status: u16, extra: &str, body: &str) -
     stream.write_all(msg.as_bytes()).await.is_ok()
 }
 
-async fn serve_h1(mut stream: TcpStream, s: Shared) {
+/// Self-signed certificate material for a TLS origin, made with the `openssl` CLI.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    /// PEM of the CA that signed the server certificate (for `tls_trusted_ca_certs`).
+    pub ca_pem: std::path::PathBuf,
+    cert_pem: std::path::PathBuf,
+    key_pem: std::path::PathBuf,
+}
+
+impl TestCa {
+    /// A CA and a server certificate for `localhost` / 127.0.0.1.
+    pub fn new() -> TestCa {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = |n: &str| dir.path().join(n);
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Dwaar Test CA",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            p("ext.cnf"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        TestCa {
+            ca_pem: p("ca.pem"),
+            cert_pem: p("server.pem"),
+            key_pem: p("server.key"),
+            dir,
+        }
+    }
+
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_else(|e| panic!("{e}"));
+        let certs = rustls_pemfile::certs(&mut read(&self.cert_pem).as_slice())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = rustls_pemfile::private_key(&mut read(&self.key_pem).as_slice())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("no key"));
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let cfg = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap_or_else(|e| panic!("{e}"));
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Starts an HTTPS (HTTP/1.1 over TLS) origin with a certificate from `ca`.
+pub fn https(name: &str, ca: &TestCa) -> Origin {
+    start_with(name, Kind::Tls(ca.acceptor()))
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+async fn serve_h1<S: Io>(mut stream: S, s: Shared) {
     let mut buf = Vec::new();
     while let Some(req) = read_req(&mut stream, &mut buf).await {
         let path = req.uri.split('?').next().unwrap_or("").to_string();

@@ -136,6 +136,36 @@ pub struct TransportOpts {
     pub insecure: bool,
     pub h2c: bool,
     pub h2: bool,
+    /// Trusted roots replacing the system store (`tls_trusted_ca_certs`).
+    pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+}
+
+/// Reads PEM files of trusted upstream CAs; every certificate must parse.
+fn load_trusted_cas(files: &[String]) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+    use pingora_core::utils::tls::{parse_x509, WrappedX509};
+    let mut certs = Vec::new();
+    for f in files {
+        let data =
+            std::fs::read(f).map_err(|e| format!("tls_trusted_ca_certs: cannot read {f}: {e}"))?;
+        let mut reader = std::io::BufReader::new(data.as_slice());
+        let mut found = 0;
+        for item in rustls_pemfile::certs(&mut reader) {
+            let der = item.map_err(|e| format!("tls_trusted_ca_certs: {f}: {e}"))?;
+            if x509_parser::parse_x509_certificate(der.as_ref()).is_err() {
+                return Err(format!(
+                    "tls_trusted_ca_certs: {f} holds a certificate that does not parse"
+                ));
+            }
+            certs.push(WrappedX509::new(der.to_vec(), parse_x509));
+            found += 1;
+        }
+        if found == 0 {
+            return Err(format!(
+                "tls_trusted_ca_certs: {f} holds no PEM certificate"
+            ));
+        }
+    }
+    Ok(Arc::from(certs.into_boxed_slice()))
 }
 
 /// A compiled `reverse_proxy`.
@@ -158,9 +188,11 @@ pub struct ProxyHandler {
 impl ProxyHandler {
     pub fn compile(rp: &ReverseProxy, registry: &UpstreamRegistry) -> Result<ProxyHandler, String> {
         let t = &rp.transport;
-        if !t.tls_trusted_ca_certs.is_empty() {
-            return Err("tls_trusted_ca_certs is not supported yet".into());
-        }
+        let ca = if t.tls_trusted_ca_certs.is_empty() {
+            None
+        } else {
+            Some(load_trusted_cas(&t.tls_trusted_ca_certs)?)
+        };
         let upstreams = rp
             .upstreams
             .iter()
@@ -191,6 +223,7 @@ impl ProxyHandler {
                 h2c: rp.upstreams.iter().any(|u| u.scheme == "h2c")
                     || t.versions.iter().any(|v| v == "h2c"),
                 h2: t.versions.iter().any(|v| v == "2"),
+                ca,
             },
         })
     }
@@ -267,6 +300,9 @@ impl ProxyHandler {
         } else {
             Some(Duration::ZERO)
         };
+        if let Some(ca) = &t.ca {
+            o.ca = Some(ca.clone());
+        }
         if t.insecure {
             o.verify_cert = false;
             o.verify_hostname = false;
