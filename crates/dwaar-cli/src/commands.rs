@@ -128,7 +128,7 @@ pub fn fmt(file: Option<&Path>, overwrite: bool, check: bool) -> i32 {
     0
 }
 
-pub fn run(flag: Option<&Path>, threads: Option<usize>) -> i32 {
+pub fn run(flag: Option<&Path>, threads: Option<usize>, watch: bool) -> i32 {
     let (path, loaded) = match load(flag) {
         Ok(v) => v,
         Err(c) => return c,
@@ -142,11 +142,30 @@ pub fn run(flag: Option<&Path>, threads: Option<usize>) -> i32 {
         .with_max_level(level)
         .with_target(false)
         .init();
-    match dwaar_core::server::run(loaded.config, path, threads) {
-        Ok(()) => 0,
+    let abs = std::path::absolute(&path).unwrap_or(path);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the control runtime: {e}");
+            return 1;
+        }
+    };
+    let server = match dwaar_core::server::Server::start(dwaar_core::server::StartOptions {
+        config: loaded.config,
+        sources: loaded.sources,
+        path: Some(abs),
+        threads,
+    }) {
+        Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            return 1;
         }
-    }
+    };
+    rt.block_on(server.run_control(watch));
+    server.shutdown();
+    0
 }

@@ -30,6 +30,9 @@ enum Command {
         /// Worker threads for the proxy (default: number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
+        /// Reload when the config file or a file it imports changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a config file and print a one-line summary.
     Validate {
@@ -61,7 +64,11 @@ enum Command {
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Run { config, threads } => commands::run(config.as_deref(), threads),
+        Command::Run {
+            config,
+            threads,
+            watch,
+        } => commands::run(config.as_deref(), threads, watch),
         Command::Validate { config } => commands::validate(config.as_deref()),
         Command::Fmt {
             file,

@@ -89,6 +89,8 @@ pub struct RequestContext {
     pub close: bool,
     pub is_upgrade: bool,
     pub start: Option<Instant>,
+    /// Counted in the worker's in-flight requests (for graceful shutdown).
+    pub inflight: bool,
     pub upstream_start: Option<Instant>,
 }
 

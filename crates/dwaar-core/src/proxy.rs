@@ -466,6 +466,9 @@ impl ProxyHttp for DwaarProxy {
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
         release_upstream(ctx);
+        if std::mem::take(&mut ctx.inflight) {
+            crate::server::inflight::exit();
+        }
     }
 }
 

@@ -5,10 +5,7 @@
 
 use super::{now_ms, UpstreamState};
 use crate::route_table::RouteStore;
-use async_trait::async_trait;
 use dwaar_config::model::ActiveHealth;
-use pingora_core::server::ShutdownWatch;
-use pingora_core::services::background::BackgroundService;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,9 +50,9 @@ pub struct HealthChecker {
     pub store: Arc<RouteStore>,
 }
 
-#[async_trait]
-impl BackgroundService for HealthChecker {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+impl HealthChecker {
+    /// Probes due targets until `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tokio::select! {

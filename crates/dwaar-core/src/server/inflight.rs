@@ -1,0 +1,50 @@
+//! In-flight request counting for graceful shutdown.
+//!
+//! Each worker thread owns a counter (tasks never leave their current-thread runtime, so
+//! increments are uncontended); shutdown sums them all.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+thread_local! {
+    static LOCAL: RefCell<Option<Arc<AtomicUsize>>> = const { RefCell::new(None) };
+}
+
+static ALL: Mutex<Vec<Arc<AtomicUsize>>> = Mutex::new(Vec::new());
+
+/// Gives the calling thread its own counter (once per worker thread).
+pub fn register_thread() {
+    let c = Arc::new(AtomicUsize::new(0));
+    if let Ok(mut all) = ALL.lock() {
+        all.push(c.clone());
+    }
+    LOCAL.with_borrow_mut(|l| *l = Some(c));
+}
+
+/// A request started; returns whether it was counted (false off worker threads).
+pub fn enter() -> bool {
+    LOCAL.with_borrow(|l| match l {
+        Some(c) => {
+            c.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    })
+}
+
+/// A counted request finished.
+pub fn exit() {
+    LOCAL.with_borrow(|l| {
+        if let Some(c) = l {
+            c.fetch_sub(1, Ordering::Relaxed);
+        }
+    });
+}
+
+/// Requests in flight across all worker threads.
+pub fn total() -> usize {
+    ALL.lock()
+        .map(|all| all.iter().map(|c| c.load(Ordering::Relaxed)).sum())
+        .unwrap_or(0)
+}

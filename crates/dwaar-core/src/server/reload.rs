@@ -1,0 +1,277 @@
+//! `Reloader`: loads a new config into the running server.
+//!
+//! A reload is parse -> compile -> listener check -> one atomic `RouteStore` swap ->
+//! publish the listener set. Any failure before the swap leaves the old table serving and
+//! returns the full diagnostics. Reloads are serialised; requests never wait for them.
+
+use crate::route_table::{ListenSpec, RouteStore, RouteTable};
+use crate::server::listeners;
+use crate::upstream::UpstreamRegistry;
+use dwaar_config::diag::Diagnostic;
+use dwaar_config::model::Config;
+use dwaar_config::source::SourceMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio::sync::watch;
+
+/// Why a reload was refused.
+#[derive(Debug, Clone)]
+pub struct ReloadError {
+    /// Rendered diagnostics (file:line:col, caret, help), or a plain message.
+    pub message: String,
+    pub diagnostics: Vec<DiagnosticInfo>,
+}
+
+/// One diagnostic in machine-readable form (for the admin API).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DiagnosticInfo {
+    pub message: String,
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub help: Option<String>,
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl ReloadError {
+    fn plain(message: impl Into<String>) -> Self {
+        ReloadError {
+            message: message.into(),
+            diagnostics: Vec::new(),
+        }
+    }
+
+    fn from_load(e: &dwaar_config::LoadError) -> Self {
+        ReloadError {
+            message: e.to_string(),
+            diagnostics: infos(&e.diagnostics, &e.sources),
+        }
+    }
+}
+
+fn infos(diags: &[Diagnostic], sources: &SourceMap) -> Vec<DiagnosticInfo> {
+    diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| {
+            let (file, line, column) =
+                match d.span.and_then(|s| sources.file(s.file).map(|f| (f, s))) {
+                    Some((f, s)) => {
+                        let (l, c) = f.line_col(s.start);
+                        (Some(f.name.clone()), Some(l), Some(c))
+                    }
+                    None => (None, None, None),
+                };
+            DiagnosticInfo {
+                message: d.message.clone(),
+                file,
+                line,
+                column,
+                help: d.help.clone(),
+            }
+        })
+        .collect()
+}
+
+/// What a successful reload reports.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadSummary {
+    pub sites: usize,
+    pub listeners: Vec<String>,
+}
+
+/// Where the running config came from, for re-reads and `--watch`.
+#[derive(Debug, Clone, Default)]
+struct Source {
+    path: Option<PathBuf>,
+    /// Every file the config was built from, with its modification time.
+    files: Vec<(PathBuf, Option<SystemTime>)>,
+}
+
+/// Loads new configurations into the running server.
+pub struct Reloader {
+    store: Arc<RouteStore>,
+    registry: Arc<UpstreamRegistry>,
+    specs: watch::Sender<Arc<Vec<ListenSpec>>>,
+    v6: bool,
+    state: Mutex<(Arc<Config>, Source)>,
+    pub ok_count: AtomicU64,
+    pub fail_count: AtomicU64,
+}
+
+impl Reloader {
+    pub(crate) fn new(
+        store: Arc<RouteStore>,
+        registry: Arc<UpstreamRegistry>,
+        specs: watch::Sender<Arc<Vec<ListenSpec>>>,
+        v6: bool,
+        config: Config,
+        path: Option<PathBuf>,
+        sources: &SourceMap,
+    ) -> Self {
+        Reloader {
+            store,
+            registry,
+            specs,
+            v6,
+            state: Mutex::new((
+                Arc::new(config),
+                Source {
+                    path,
+                    files: file_times(sources),
+                },
+            )),
+            ok_count: AtomicU64::new(0),
+            fail_count: AtomicU64::new(0),
+        }
+    }
+
+    /// The running config.
+    pub fn current(&self) -> Arc<Config> {
+        self.state.lock().map(|s| s.0.clone()).unwrap_or_default()
+    }
+
+    /// The config file the server was started with (or last loaded from).
+    pub fn config_path(&self) -> Option<PathBuf> {
+        self.state.lock().ok().and_then(|s| s.1.path.clone())
+    }
+
+    /// Re-reads the config file.
+    pub fn reload_file(&self) -> Result<ReloadSummary, ReloadError> {
+        let Some(path) = self.config_path() else {
+            return self.count(Err(ReloadError::plain(
+                "the server was not started from a config file",
+            )));
+        };
+        let r = match dwaar_config::load_file(&path) {
+            Ok(l) => self.apply(l.config, Some(path), &l.sources),
+            Err(e) => Err(ReloadError::from_load(&e)),
+        };
+        self.count(r)
+    }
+
+    /// Loads Dwaarfile text; `path` (absolute) anchors relative imports.
+    pub fn load_text(
+        &self,
+        text: &str,
+        path: Option<PathBuf>,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let name = path
+            .as_deref()
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dwaarfile".into());
+        let r = match dwaar_config::load_str(&name, path.clone(), text, &|k| std::env::var(k).ok())
+        {
+            Ok(l) => {
+                let keep = path.or_else(|| self.config_path());
+                self.apply(l.config, keep, &l.sources)
+            }
+            Err(e) => Err(ReloadError::from_load(&e)),
+        };
+        self.count(r)
+    }
+
+    /// Loads a config model (JSON from `dwaar adapt`).
+    pub fn load_config(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path();
+        let r = self.apply(config, path, &SourceMap::new());
+        self.count(r)
+    }
+
+    /// True when the config file or any file it imported changed on disk.
+    pub fn files_changed(&self) -> bool {
+        let files = match self.state.lock() {
+            Ok(s) => s.1.files.clone(),
+            Err(_) => return false,
+        };
+        files.iter().any(|(p, t)| mtime(p) != *t)
+    }
+
+    fn count(&self, r: Result<ReloadSummary, ReloadError>) -> Result<ReloadSummary, ReloadError> {
+        match &r {
+            Ok(s) => {
+                self.ok_count.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(sites = s.sites, "config reloaded");
+            }
+            Err(e) => {
+                self.fail_count.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("config reload failed, the previous config keeps serving:\n{e}");
+            }
+        }
+        r
+    }
+
+    fn apply(
+        &self,
+        config: Config,
+        path: Option<PathBuf>,
+        sources: &SourceMap,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let mut state = self
+            .state
+            .lock()
+            .map_err(|_| ReloadError::plain("reload state is poisoned"))?;
+        let table = RouteTable::compile(&config, &self.registry).map_err(ReloadError::plain)?;
+        let current = self.specs.borrow().clone();
+        let new: Vec<ListenSpec> = table
+            .listeners
+            .iter()
+            .filter(|l| !current.contains(l))
+            .cloned()
+            .collect();
+        listeners::probe(&new, self.v6).map_err(ReloadError::plain)?;
+        let specs = Arc::new(table.listeners.clone());
+        let summary = ReloadSummary {
+            sites: config.sites.len(),
+            listeners: specs
+                .iter()
+                .filter_map(|s| listeners::socket_addr(s, self.v6).ok())
+                .map(|a| a.to_string())
+                .collect(),
+        };
+        self.store.swap(table);
+        self.specs.send_replace(specs);
+        let files = if sources.files().is_empty() {
+            state.1.files.clone()
+        } else {
+            file_times(sources)
+        };
+        *state = (Arc::new(config), Source { path, files });
+        Ok(summary)
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+/// Every config file and its directory (a file added to a glob-imported directory
+/// changes the directory's time), with modification times.
+fn file_times(sources: &SourceMap) -> Vec<(PathBuf, Option<SystemTime>)> {
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for f in sources.files() {
+        if let Some(p) = &f.path {
+            paths.push(p.clone());
+            if let Some(dir) = p.parent() {
+                paths.push(dir.to_path_buf());
+            }
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    paths
+        .into_iter()
+        .map(|p| {
+            let t = mtime(&p);
+            (p, t)
+        })
+        .collect()
+}
