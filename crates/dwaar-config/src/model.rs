@@ -30,6 +30,35 @@ pub struct GlobalOptions {
     pub servers: Vec<ServerOptions>,
     /// Directive order overrides from `order`, applied on top of the default order.
     pub order: Vec<OrderRule>,
+    pub admin: AdminOptions,
+    /// Worker processes (`workers N`); 1 runs in-process without a supervisor.
+    pub workers: u16,
+}
+
+/// The `admin` global option.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminOptions {
+    /// `host:port` or `unix//path`; `None` when the admin API is off.
+    pub listen: Option<String>,
+    /// Bearer token required from non-loopback clients. Never serialised.
+    #[serde(skip_serializing)]
+    pub token: Option<String>,
+    /// Extra origins allowed to call the API from a browser.
+    pub origins: Vec<String>,
+}
+
+/// Where the admin API listens unless configured otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "localhost:2019";
+
+impl Default for AdminOptions {
+    fn default() -> Self {
+        AdminOptions {
+            listen: Some(DEFAULT_ADMIN_LISTEN.to_string()),
+            token: None,
+            origins: Vec::new(),
+        }
+    }
 }
 
 impl Default for GlobalOptions {
@@ -43,6 +72,8 @@ impl Default for GlobalOptions {
             auto_https: None,
             servers: Vec::new(),
             order: Vec::new(),
+            admin: AdminOptions::default(),
+            workers: 1,
         }
     }
 }

@@ -32,6 +32,7 @@ const GLOBAL_SUPPORTED: &[&str] = &[
     "order",
     "servers",
     "admin",
+    "workers",
     "auto_https",
 ];
 const GLOBAL_NOT_YET: &[&str] = &[
@@ -41,7 +42,6 @@ const GLOBAL_NOT_YET: &[&str] = &[
     "local_certs",
     "storage",
     "log",
-    "workers",
     "default_sni",
     "on_demand_tls",
     "key_type",
@@ -289,6 +289,13 @@ fn valid_host(h: &str) -> bool {
 
 fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
     let mut g = GlobalOptions::default();
+    // Like CADDY_ADMIN: the environment may move the default admin address;
+    // an explicit `admin` option still wins.
+    if let Ok(addr) = std::env::var("DWAAR_ADMIN") {
+        if !addr.is_empty() {
+            g.admin.listen = (addr != "off").then_some(addr);
+        }
+    }
     for d in dirs {
         let name = d.name.text.as_str();
         match name {
@@ -372,18 +379,16 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                 });
             }
             "servers" => servers(d, &mut g, diags),
-            "admin" => {
-                if d.args.first().map(|a| a.text.as_str()) == Some("off")
-                    && d.args.len() == 1
-                    && d.block.is_none()
-                {
-                    // No admin endpoint runs yet, so "off" is already true.
-                } else {
-                    diags.push(
-                        d.name.error(
-                            "the admin API is not supported yet; only 'admin off' is accepted",
-                        ),
-                    );
+            "admin" => admin(d, &mut g, diags),
+            "workers" => {
+                if diags.arity(d, 0, 1, 1, "workers <count>") {
+                    if let Some(n) = diags.number::<u16>(&d.args[0], "worker count") {
+                        if n == 0 || n > 256 {
+                            diags.push(d.args[0].error("workers must be between 1 and 256"));
+                        } else {
+                            g.workers = n;
+                        }
+                    }
                 }
             }
             "auto_https" => {
@@ -436,6 +441,78 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
         }
     }
     g
+}
+
+fn admin(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
+    if !diags.arity(
+        d,
+        0,
+        0,
+        1,
+        "admin [off|<host:port>|unix//<path>] { token <secret>; origins <origin>... }",
+    ) {
+        return;
+    }
+    match d.args.first().map(|t| t.text.as_str()) {
+        Some("off") => {
+            if d.block.is_some() {
+                diags.push(d.name.error("'admin off' takes no block"));
+            }
+            g.admin.listen = None;
+            return;
+        }
+        Some(addr) => {
+            let ok = match addr.strip_prefix("unix/") {
+                Some(path) => !path.is_empty(),
+                None => {
+                    let (host, port) =
+                        reverse_proxy::split_host_port(addr.trim_start_matches("tcp/"));
+                    port.is_some_and(|p| p.parse::<u16>().is_ok())
+                        && (host.is_empty() || valid_host(&host))
+                }
+            };
+            if !ok {
+                diags.push(
+                    d.args[0]
+                        .error(format!("invalid admin address '{addr}'"))
+                        .with_help(
+                            "use localhost:2019, 127.0.0.1:2020 or unix//run/dwaar-admin.sock",
+                        ),
+                );
+                return;
+            }
+            g.admin.listen = Some(addr.trim_start_matches("tcp/").to_string());
+        }
+        None => {}
+    }
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "token" => {
+                if diags.arity(line, 0, 1, 1, "token <secret>") {
+                    let t = &line.args[0];
+                    if t.text.len() < 16 {
+                        diags.push(
+                            t.error("the admin token is too short: use at least 16 characters"),
+                        );
+                    } else if t.text.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+                        diags.push(
+                            t.error("the admin token may not contain spaces or control characters"),
+                        );
+                    } else {
+                        g.admin.token = Some(t.text.clone());
+                    }
+                }
+            }
+            "origins" => {
+                if diags.arity(line, 0, 1, usize::MAX, "origins <origin>...") {
+                    g.admin
+                        .origins
+                        .extend(line.args.iter().map(|t| t.text.to_ascii_lowercase()));
+                }
+            }
+            _ => diags.unknown_sub("admin", &line.name, &["token", "origins"]),
+        }
+    }
 }
 
 fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
