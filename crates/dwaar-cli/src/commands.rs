@@ -3,7 +3,7 @@
 use dwaar_config::{load_file, resolve_config_path, Loaded};
 use std::path::Path;
 
-fn load(flag: Option<&Path>) -> Result<(std::path::PathBuf, Loaded), i32> {
+pub(crate) fn load(flag: Option<&Path>) -> Result<(std::path::PathBuf, Loaded), i32> {
     let path = resolve_config_path(flag).map_err(|e| {
         eprintln!("error: {e}");
         1
@@ -128,44 +128,115 @@ pub fn fmt(file: Option<&Path>, overwrite: bool, check: bool) -> i32 {
     0
 }
 
-pub fn run(flag: Option<&Path>, threads: Option<usize>, watch: bool) -> i32 {
-    let (path, loaded) = match load(flag) {
-        Ok(v) => v,
-        Err(c) => return c,
-    };
-    let level = if loaded.config.global.debug {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .init();
-    let abs = std::path::absolute(&path).unwrap_or(path);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the control runtime: {e}");
-            return 1;
+/// The admin address a CLI command talks to: `--address`, else the config's `admin`
+/// option (which already honours `$DWAAR_ADMIN`), else the default.
+fn admin_address(address: Option<&str>, config: Option<&Path>) -> Result<String, i32> {
+    if let Some(a) = address {
+        return Ok(a.to_string());
+    }
+    let from_config = resolve_config_path(config)
+        .ok()
+        .and_then(|p| load_file(&p).ok())
+        .map(|l| l.config.global.admin.listen);
+    match from_config {
+        Some(Some(a)) => Ok(a),
+        Some(None) => {
+            eprintln!("error: the admin API is off in the config ('admin off'); send SIGUSR1 to reload instead");
+            Err(1)
         }
-    };
-    let server = match dwaar_core::server::Server::start(dwaar_core::server::StartOptions {
-        config: loaded.config,
-        sources: loaded.sources,
-        path: Some(abs),
-        threads,
-    }) {
-        Ok(s) => s,
+        None => Ok(std::env::var("DWAAR_ADMIN")
+            .ok()
+            .filter(|a| !a.is_empty() && a != "off")
+            .unwrap_or_else(|| dwaar_config::model::DEFAULT_ADMIN_LISTEN.to_string())),
+    }
+}
+
+fn report(
+    reply: Result<dwaar_admin::client::Reply, String>,
+    ok: impl FnOnce(&serde_json::Value),
+) -> i32 {
+    match reply {
+        Ok(r) if r.status == 200 => {
+            ok(&serde_json::from_str(&r.body).unwrap_or_default());
+            0
+        }
+        Ok(r) => {
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+            match v.get("error").and_then(|e| e.as_str()) {
+                Some(e) => eprint!("{}{}", e, if e.ends_with('\n') { "" } else { "\n" }),
+                None => eprintln!("error: admin API answered {}: {}", r.status, r.body.trim()),
+            }
+            1
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `dwaar reload`: sends the config file to the running server.
+pub fn reload(config: Option<&Path>, address: Option<&str>) -> i32 {
+    let path = match resolve_config_path(config) {
+        Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
-    rt.block_on(server.run_control(watch));
-    server.shutdown();
-    0
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let addr = match admin_address(address, Some(&path)) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    let abs = std::path::absolute(&path).unwrap_or(path);
+    let reply = dwaar_admin::client::request(
+        &addr,
+        "POST",
+        "/load",
+        Some(("text/dwaarfile", &text)),
+        &[("X-Dwaar-Config-Path", abs.display().to_string())],
+    );
+    report(reply, |v| {
+        println!(
+            "config reloaded from {} ({} site{})",
+            abs.display(),
+            v["sites"].as_u64().unwrap_or(0),
+            if v["sites"].as_u64() == Some(1) {
+                ""
+            } else {
+                "s"
+            }
+        )
+    })
+}
+
+/// `dwaar stop`: asks the running server to stop gracefully.
+pub fn stop(config: Option<&Path>, address: Option<&str>) -> i32 {
+    let addr = match admin_address(address, config) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    report(
+        dwaar_admin::client::request(&addr, "POST", "/stop", None, &[]),
+        |_| println!("dwaar is stopping"),
+    )
+}
+
+/// `dwaar upgrade`: replaces the running process with the binary now on disk.
+pub fn upgrade(config: Option<&Path>, address: Option<&str>) -> i32 {
+    let addr = match admin_address(address, config) {
+        Ok(a) => a,
+        Err(c) => return c,
+    };
+    report(
+        dwaar_admin::client::request(&addr, "POST", "/upgrade", None, &[]),
+        |v| println!("upgraded: new process {}", v["pid"]),
+    )
 }

@@ -1,6 +1,7 @@
 //! The `dwaar` binary: command-line parsing and wiring; no business logic lives here.
 
 mod commands;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -33,6 +34,43 @@ enum Command {
         /// Reload when the config file or a file it imports changes.
         #[arg(long)]
         watch: bool,
+        /// Worker processes (default: the `workers` global option, else 1 = in-process).
+        #[arg(long)]
+        workers: Option<u16>,
+        /// Write the process ID to this file.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Print the environment before starting.
+        #[arg(long)]
+        environ: bool,
+        /// Internal: run as worker process of the supervisor listening at this socket.
+        #[arg(long, hide = true)]
+        worker_of: Option<PathBuf>,
+        /// Internal: this worker's index.
+        #[arg(long, hide = true, default_value_t = 0)]
+        worker_index: usize,
+    },
+    /// Load the config file into the running server (via the admin API).
+    Reload {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Admin API address (default: from the config, $DWAAR_ADMIN, localhost:2019).
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Stop the running server gracefully (via the admin API).
+    Stop {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Replace the running server with the binary now on disk, without dropping connections.
+    Upgrade {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        address: Option<String>,
     },
     /// Check a config file and print a one-line summary.
     Validate {
@@ -65,10 +103,35 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Run {
+            worker_of: Some(channel),
+            worker_index,
+            threads,
+            ..
+        } => run::worker(&channel, worker_index, threads),
+        Command::Run {
             config,
             threads,
             watch,
-        } => commands::run(config.as_deref(), threads, watch),
+            workers,
+            pidfile,
+            environ,
+            worker_of: None,
+            ..
+        } => run::run(run::RunOptions {
+            config: config.as_deref(),
+            threads,
+            workers,
+            watch,
+            pidfile,
+            environ,
+        }),
+        Command::Reload { config, address } => {
+            commands::reload(config.as_deref(), address.as_deref())
+        }
+        Command::Stop { config, address } => commands::stop(config.as_deref(), address.as_deref()),
+        Command::Upgrade { config, address } => {
+            commands::upgrade(config.as_deref(), address.as_deref())
+        }
         Command::Validate { config } => commands::validate(config.as_deref()),
         Command::Fmt {
             file,

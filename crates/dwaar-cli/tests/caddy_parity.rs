@@ -24,7 +24,11 @@ fn caddy_bin() -> Option<String> {
     None
 }
 
-struct Caddy(Child, tempfile::TempDir);
+/// A running caddy; its config directory lives as long as it does.
+struct Caddy(Child, #[allow(dead_code)] tempfile::TempDir);
+
+/// A request to replay: method, path, headers.
+type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 impl Drop for Caddy {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -134,7 +138,7 @@ fn same_responses_as_caddy() {
     let (cp, dp) = (free_port(), free_port());
     let _c = start_caddy(&caddy, &SITE.replace("PORT", &cp.to_string()), cp);
     let _d = Dwaar::start(&bin(), &SITE.replace("PORT", &dp.to_string()), &[dp]);
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    let cases: &[Case<'_>] = &[
         ("GET", "/old", &[]),
         ("GET", "/moved?x=1", &[]),
         ("GET", "/r", &[]),

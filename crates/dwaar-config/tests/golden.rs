@@ -76,7 +76,10 @@ fn ok_cases_match_their_json() {
                 let mut expected = l.config.clone();
                 expected.global.admin.token = None;
                 assert_eq!(back, expected, "{}", path.display());
-                assert!(!json.contains("0123456789abcdef"), "admin token leaked into JSON");
+                assert!(
+                    !json.contains("0123456789abcdef"),
+                    "admin token leaked into JSON"
+                );
             }
             Err(e) => failures.push(format!("{} failed to load:\n{e}", path.display())),
         }

@@ -140,6 +140,9 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        if crate::server::inflight::draining() {
+            session.set_keepalive(None);
+        }
         ctx.conn = conn_info(session);
         let table = self.store.load();
         let host = match request_host(session.req_header()) {

@@ -143,7 +143,9 @@ impl PortSites {
 }
 
 /// A socket the server must listen on.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ListenSpec {
     pub addr: String,
     pub port: u16,

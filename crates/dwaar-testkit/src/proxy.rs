@@ -10,6 +10,8 @@ pub struct Dwaar {
     child: Child,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The admin API address (`127.0.0.1:PORT`), unless the config sets its own.
+    pub admin: String,
     log: PathBuf,
 }
 
@@ -17,16 +19,23 @@ impl Dwaar {
     /// Writes `dwaarfile` to a temp dir, starts `bin run --config` on it, and waits until
     /// every port in `ports` accepts connections.
     pub fn start(bin: &Path, dwaarfile: &str, ports: &[u16]) -> Dwaar {
+        Self::start_with(bin, dwaarfile, ports, &["--threads", "1"])
+    }
+
+    /// Like [`Dwaar::start`] with extra `run` arguments (replacing `--threads 1`).
+    pub fn start_with(bin: &Path, dwaarfile: &str, ports: &[u16], args: &[&str]) -> Dwaar {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("Dwaarfile");
         std::fs::write(&config, dwaarfile).unwrap_or_else(|e| panic!("write config: {e}"));
         let log = dir.path().join("dwaar.log");
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log: {e}"));
         let err_file = log_file.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
+        let admin = format!("127.0.0.1:{}", crate::free_port());
         let child = Command::new(bin)
             .args(["run", "--config"])
             .arg(&config)
-            .args(["--threads", "1"])
+            .args(args)
+            .env("DWAAR_ADMIN", &admin)
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)
@@ -36,6 +45,7 @@ impl Dwaar {
             child,
             dir,
             config,
+            admin,
             log,
         };
         let up = wait_until(Duration::from_secs(20), || {
@@ -55,6 +65,34 @@ impl Dwaar {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Replaces the config file's contents.
+    pub fn write_config(&self, dwaarfile: &str) {
+        std::fs::write(&self.config, dwaarfile).unwrap_or_else(|e| panic!("write config: {e}"));
+    }
+
+    /// Sends a signal to the process (by PID).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let mut code = None;
+        wait_until(timeout, || match self.child.try_wait() {
+            Ok(Some(s)) => {
+                code = s.code();
+                true
+            }
+            _ => false,
+        });
+        code
     }
 
     pub fn pid(&self) -> u32 {

@@ -75,11 +75,10 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
     for sb in &doc.sites {
         collect_map_outputs(&sb.block.directives, &mut diags.map_outputs);
     }
-    let global = doc
-        .global
-        .as_ref()
-        .map(|b| global_options(&b.directives, diags))
-        .unwrap_or_default();
+    let global = global_options(
+        doc.global.as_ref().map_or(&[], |b| &b.directives[..]),
+        diags,
+    );
     let order = directive_order(&global.order);
     let mut sites = Vec::new();
     let mut seen: HashMap<(String, u16, Option<String>), Token> = HashMap::new();

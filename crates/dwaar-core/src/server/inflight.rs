@@ -4,7 +4,7 @@
 //! increments are uncontended); shutdown sums them all.
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 thread_local! {
@@ -12,6 +12,19 @@ thread_local! {
 }
 
 static ALL: Mutex<Vec<Arc<AtomicUsize>>> = Mutex::new(Vec::new());
+static DRAINING: AtomicBool = AtomicBool::new(false);
+
+/// The process is shutting down: responses close their connections so clients move on
+/// to the successor or a sibling instead of reusing a connection about to go away.
+pub fn start_draining() {
+    DRAINING.store(true, Ordering::Release);
+}
+
+/// Whether the process is shutting down (one relaxed load per request).
+#[inline]
+pub fn draining() -> bool {
+    DRAINING.load(Ordering::Relaxed)
+}
 
 /// Gives the calling thread its own counter (once per worker thread).
 pub fn register_thread() {

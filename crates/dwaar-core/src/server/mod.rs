@@ -7,23 +7,30 @@
 //! runtime via [`Server::run_control`]. Shutdown stops accepting, waits for in-flight
 //! requests up to the grace period, then returns.
 
+pub mod control;
+pub mod fdpass;
 pub mod inflight;
 pub mod listeners;
 pub mod reload;
+pub mod sockets;
+pub mod supervisor;
+pub mod upgrade;
 
 use crate::proxy::DwaarProxy;
 use crate::route_table::{RouteStore, RouteTable};
 use crate::upstream::{HealthChecker, UpstreamRegistry};
+pub use control::{Control, Stats};
 use dwaar_config::model::Config;
 use dwaar_config::source::SourceMap;
 use listeners::{Apps, ConnCount};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
-use reload::Reloader;
+use reload::{Reloader, SocketSource};
+use sockets::Snapshot;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
 /// How to start the server.
 pub struct StartOptions {
@@ -33,25 +40,23 @@ pub struct StartOptions {
     pub path: Option<PathBuf>,
     /// Worker threads (default: available CPUs).
     pub threads: Option<usize>,
+    /// Listening sockets handed over by a supervisor or a predecessor (`dwaar upgrade`).
+    pub sockets: Option<Snapshot>,
+    /// A worker process: new sockets only ever come from the supervisor.
+    pub worker_process: bool,
 }
 
-/// Shared by the control plane and the admin API.
-pub struct Control {
-    pub reloader: Arc<Reloader>,
-    pub stop: Notify,
-    pub started: Instant,
-}
-
-impl Control {
-    /// Asks the server to shut down gracefully.
-    pub fn request_stop(&self) {
-        self.stop.notify_one();
-    }
+/// The default number of accepting threads: one per CPU.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// A running server.
 pub struct Server {
     control: Arc<Control>,
+    upgrades: std::sync::Mutex<Option<control::UpgradeRequests>>,
     store: Arc<RouteStore>,
     shutdown: watch::Sender<bool>,
     conns: Arc<ConnCount>,
@@ -60,12 +65,23 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: StartOptions) -> Result<Server, String> {
-        let v6 = listeners::ipv6_available();
+        let v6 = sockets::ipv6_available();
         let registry = Arc::new(UpstreamRegistry::default());
         let table = RouteTable::compile(&opts.config, &registry)?;
-        listeners::probe(&table.listeners, v6)?;
+        let threads = opts.threads.unwrap_or_else(default_threads).max(1);
+        let source = if opts.worker_process {
+            SocketSource::Given
+        } else {
+            SocketSource::Bind { k: threads }
+        };
+        let snapshot = match opts.sockets {
+            // Inherited sockets are kept for the addresses still configured.
+            Some(given) if opts.worker_process => given,
+            Some(given) => sockets::prepare(&given, &table.listeners, threads, v6)?,
+            None => sockets::prepare(&[], &table.listeners, threads, v6)?,
+        };
         let grace = Duration::from_millis(opts.config.global.grace_period_ms.unwrap_or(5000));
-        let (specs_tx, specs_rx) = watch::channel(Arc::new(table.listeners.clone()));
+        let (sockets_tx, sockets_rx) = watch::channel(snapshot);
         let store = Arc::new(RouteStore::new(table));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -95,18 +111,10 @@ impl Server {
             h2c: Arc::new(h2c),
         };
 
-        let threads = opts
-            .threads
-            .unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(1)
-            })
-            .max(1);
         let conns = Arc::new(ConnCount::default());
         for i in 0..threads {
-            let (specs, shutdown, apps, conns) = (
-                specs_rx.clone(),
+            let (sockets, shutdown, apps, conns) = (
+                sockets_rx.clone(),
                 shutdown_rx.clone(),
                 apps.clone(),
                 conns.clone(),
@@ -120,7 +128,7 @@ impl Server {
                 .spawn(move || {
                     inflight::register_thread();
                     rt.block_on(async move {
-                        listeners::worker(specs, shutdown, apps, conns, v6).await;
+                        listeners::worker(sockets, shutdown, apps, conns, (i, threads)).await;
                         // Keep serving accepted connections until the process exits.
                         std::future::pending::<()>().await;
                     });
@@ -130,20 +138,27 @@ impl Server {
         let reloader = Arc::new(Reloader::new(
             store.clone(),
             registry,
-            specs_tx,
+            sockets_tx,
+            source,
             v6,
             opts.config,
             opts.path,
             &opts.sources,
         ));
-        let control = Arc::new(Control {
+        let stats_conns = conns.clone();
+        let (control, upgrades) = Control::new(
             reloader,
-            stop: Notify::new(),
-            started: Instant::now(),
-        });
+            Box::new(move || Stats {
+                inflight_requests: inflight::total() as u64,
+                open_connections: stats_conns.get() as u64,
+                workers: 1,
+                worker_restarts: 0,
+            }),
+        );
         tracing::info!(threads, "dwaar started");
         Ok(Server {
             control,
+            upgrades: std::sync::Mutex::new(Some(upgrades)),
             store,
             shutdown: shutdown_tx,
             conns,
@@ -155,39 +170,33 @@ impl Server {
         self.control.clone()
     }
 
-    /// Runs health checks, signal handling and (optionally) the config file watcher
-    /// until a stop signal or an admin `/stop`. Must run inside a Tokio runtime.
+    /// Runs health checks and the control loop (signals, `--watch`, upgrades) until a
+    /// stop signal, an admin `/stop` or a completed upgrade. Must run inside a Tokio runtime.
     pub async fn run_control(&self, watch_files: bool) {
         let checker = HealthChecker {
             store: self.store.clone(),
         };
         let shutdown_rx = self.shutdown.subscribe();
         tokio::spawn(async move { checker.run(shutdown_rx).await });
-        if watch_files {
-            let reloader = self.control.reloader.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(300));
-                loop {
-                    tick.tick().await;
-                    if reloader.files_changed() {
-                        // Debounce: editors write in several steps.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        let _ = reloader.reload_file();
-                    }
-                }
-            });
-        }
-        wait_for_stop(&self.control).await;
+        let upgrades = self.upgrades.lock().ok().and_then(|mut u| u.take());
+        control::run(&self.control, upgrades, watch_files).await;
     }
 
     /// Stops accepting, waits for in-flight requests (up to the grace period) and returns.
     pub fn shutdown(self) {
         tracing::info!("shutting down: no new connections, draining in-flight requests");
+        inflight::start_draining();
         let _ = self.shutdown.send(true);
+        // Close our copies of the listening sockets: new connections are refused now
+        // (or, after an upgrade, accepted by the successor that holds the same sockets).
+        self.control.reloader.release_sockets();
         let deadline = Instant::now() + self.grace;
         // A request already on the wire may not have been counted yet: a short settle time.
         std::thread::sleep(Duration::from_millis(50));
-        while inflight::total() > 0 && Instant::now() < deadline {
+        // Wait for requests to finish and for keep-alive clients to take their
+        // `Connection: close` and leave; idle connections hold the exit at most until
+        // the grace period ends.
+        while (inflight::total() > 0 || self.conns.get() > 0) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
         let left = inflight::total();
@@ -198,37 +207,5 @@ impl Server {
             );
         }
         tracing::info!(connections = self.conns.get(), "stopped");
-    }
-}
-
-#[cfg(unix)]
-async fn wait_for_stop(control: &Control) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mk = |k: SignalKind| signal(k).ok();
-    let (mut term, mut int, mut quit, mut usr1, mut hup) = (
-        mk(SignalKind::terminate()),
-        mk(SignalKind::interrupt()),
-        mk(SignalKind::quit()),
-        mk(SignalKind::user_defined1()),
-        mk(SignalKind::hangup()),
-    );
-    async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-        match s {
-            Some(s) => {
-                s.recv().await;
-            }
-            None => std::future::pending().await,
-        }
-    }
-    loop {
-        tokio::select! {
-            _ = next(&mut term) => return,
-            _ = next(&mut int) => return,
-            _ = next(&mut quit) => return,
-            _ = control.stop.notified() => return,
-            // SIGUSR1 and SIGHUP (systemctl reload) re-read the config file.
-            _ = next(&mut usr1) => { let _ = control.reloader.reload_file(); }
-            _ = next(&mut hup) => { let _ = control.reloader.reload_file(); }
-        }
     }
 }

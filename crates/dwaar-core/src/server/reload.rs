@@ -4,8 +4,8 @@
 //! publish the listener set. Any failure before the swap leaves the old table serving and
 //! returns the full diagnostics. Reloads are serialised; requests never wait for them.
 
-use crate::route_table::{ListenSpec, RouteStore, RouteTable};
-use crate::server::listeners;
+use crate::route_table::{RouteStore, RouteTable};
+use crate::server::sockets::{self, Snapshot};
 use crate::upstream::UpstreamRegistry;
 use dwaar_config::diag::Diagnostic;
 use dwaar_config::model::Config;
@@ -41,7 +41,7 @@ impl std::fmt::Display for ReloadError {
 }
 
 impl ReloadError {
-    fn plain(message: impl Into<String>) -> Self {
+    pub fn plain(message: impl Into<String>) -> Self {
         ReloadError {
             message: message.into(),
             diagnostics: Vec::new(),
@@ -95,22 +95,41 @@ struct Source {
     files: Vec<(PathBuf, Option<SystemTime>)>,
 }
 
+/// Receives every config the reloader commits (the supervisor forwards it to the
+/// worker processes).
+pub trait Follower: Send + Sync {
+    fn follow(&self, config: &Arc<Config>, sockets: &Snapshot);
+}
+
+/// Where the sockets of new listen addresses come from.
+#[derive(Clone, Copy)]
+pub(crate) enum SocketSource {
+    /// Bind them here, `k` sockets per address.
+    Bind { k: usize },
+    /// They arrive with the config (worker processes get them from the supervisor).
+    Given,
+}
+
 /// Loads new configurations into the running server.
 pub struct Reloader {
     store: Arc<RouteStore>,
     registry: Arc<UpstreamRegistry>,
-    specs: watch::Sender<Arc<Vec<ListenSpec>>>,
+    sockets: watch::Sender<Snapshot>,
+    source: SocketSource,
     v6: bool,
     state: Mutex<(Arc<Config>, Source)>,
+    follower: Mutex<Option<Arc<dyn Follower>>>,
     pub ok_count: AtomicU64,
     pub fail_count: AtomicU64,
 }
 
 impl Reloader {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<RouteStore>,
         registry: Arc<UpstreamRegistry>,
-        specs: watch::Sender<Arc<Vec<ListenSpec>>>,
+        sockets: watch::Sender<Snapshot>,
+        source: SocketSource,
         v6: bool,
         config: Config,
         path: Option<PathBuf>,
@@ -119,8 +138,10 @@ impl Reloader {
         Reloader {
             store,
             registry,
-            specs,
+            sockets,
+            source,
             v6,
+            follower: Mutex::new(None),
             state: Mutex::new((
                 Arc::new(config),
                 Source {
@@ -131,6 +152,23 @@ impl Reloader {
             ok_count: AtomicU64::new(0),
             fail_count: AtomicU64::new(0),
         }
+    }
+
+    /// Registers the receiver of every committed config.
+    pub fn set_follower(&self, f: Arc<dyn Follower>) {
+        if let Ok(mut g) = self.follower.lock() {
+            *g = Some(f);
+        }
+    }
+
+    /// The listening sockets in use.
+    pub fn sockets(&self) -> Snapshot {
+        self.sockets.borrow().clone()
+    }
+
+    /// Drops every listening socket this process holds (shutdown).
+    pub(crate) fn release_sockets(&self) {
+        self.sockets.send_replace(Arc::new(Vec::new()));
     }
 
     /// The running config.
@@ -151,7 +189,7 @@ impl Reloader {
             )));
         };
         let r = match dwaar_config::load_file(&path) {
-            Ok(l) => self.apply(l.config, Some(path), &l.sources),
+            Ok(l) => self.apply(l.config, Some(path), &l.sources, None),
             Err(e) => Err(ReloadError::from_load(&e)),
         };
         self.count(r)
@@ -172,7 +210,7 @@ impl Reloader {
         {
             Ok(l) => {
                 let keep = path.or_else(|| self.config_path());
-                self.apply(l.config, keep, &l.sources)
+                self.apply(l.config, keep, &l.sources, None)
             }
             Err(e) => Err(ReloadError::from_load(&e)),
         };
@@ -182,7 +220,18 @@ impl Reloader {
     /// Loads a config model (JSON from `dwaar adapt`).
     pub fn load_config(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
         let path = self.config_path();
-        let r = self.apply(config, path, &SourceMap::new());
+        let r = self.apply(config, path, &SourceMap::new(), None);
+        self.count(r)
+    }
+
+    /// Loads a config whose sockets were bound elsewhere (a worker process).
+    pub fn load_with_sockets(
+        &self,
+        config: Config,
+        sockets: Snapshot,
+    ) -> Result<ReloadSummary, ReloadError> {
+        let path = self.config_path();
+        let r = self.apply(config, path, &SourceMap::new(), Some(sockets));
         self.count(r)
     }
 
@@ -214,37 +263,48 @@ impl Reloader {
         config: Config,
         path: Option<PathBuf>,
         sources: &SourceMap,
+        given: Option<Snapshot>,
     ) -> Result<ReloadSummary, ReloadError> {
         let mut state = self
             .state
             .lock()
             .map_err(|_| ReloadError::plain("reload state is poisoned"))?;
         let table = RouteTable::compile(&config, &self.registry).map_err(ReloadError::plain)?;
-        let current = self.specs.borrow().clone();
-        let new: Vec<ListenSpec> = table
-            .listeners
-            .iter()
-            .filter(|l| !current.contains(l))
-            .cloned()
-            .collect();
-        listeners::probe(&new, self.v6).map_err(ReloadError::plain)?;
-        let specs = Arc::new(table.listeners.clone());
+        let snapshot = match (given, self.source) {
+            (Some(s), _) => s,
+            (None, SocketSource::Bind { k }) => {
+                let current = self.sockets.borrow().clone();
+                sockets::prepare(&current, &table.listeners, k, self.v6)
+                    .map_err(ReloadError::plain)?
+            }
+            (None, SocketSource::Given) => {
+                return Err(ReloadError::plain(
+                    "this worker takes configs from its supervisor only",
+                ))
+            }
+        };
         let summary = ReloadSummary {
             sites: config.sites.len(),
-            listeners: specs
+            listeners: snapshot
                 .iter()
-                .filter_map(|s| listeners::socket_addr(s, self.v6).ok())
+                .filter_map(|b| sockets::socket_addr(&b.spec, self.v6).ok())
                 .map(|a| a.to_string())
                 .collect(),
         };
         self.store.swap(table);
-        self.specs.send_replace(specs);
+        // Removed listeners close once every thread has dropped its clone.
+        self.sockets.send_replace(snapshot.clone());
         let files = if sources.files().is_empty() {
             state.1.files.clone()
         } else {
             file_times(sources)
         };
-        *state = (Arc::new(config), Source { path, files });
+        let config = Arc::new(config);
+        *state = (config.clone(), Source { path, files });
+        let follower = self.follower.lock().ok().and_then(|f| f.clone());
+        if let Some(f) = follower {
+            f.follow(&config, &snapshot);
+        }
         Ok(summary)
     }
 }

@@ -1,0 +1,164 @@
+//! The admin API: a small HTTP/1.1 endpoint for operators and the `dwaar` CLI.
+//!
+//! It runs on the control runtime of the top process (the single server, or the
+//! supervisor when there are worker processes), so what it reports and changes is the
+//! whole server. Endpoints: `GET /health`, `GET /config`, `GET /routes`, `GET /metrics`,
+//! `POST /load`, `POST /reload`, `POST /stop`, `POST /upgrade`. Access rules live in
+//! [`access`]; the listener (TCP or unix socket) in [`listener`]; the CLI side in
+//! [`client`].
+
+pub mod access;
+pub mod client;
+mod http;
+pub mod listener;
+mod routes;
+
+use dwaar_core::server::reload::ReloadError;
+use dwaar_core::server::Control;
+use http::{Request, Response};
+use listener::{AdminListener, Peer};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest config accepted by `POST /load`.
+pub const MAX_LOAD_BODY: usize = 16 * 1024 * 1024;
+/// Concurrent admin connections; more wait in the accept queue.
+const MAX_CONNECTIONS: usize = 64;
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: AdminListener, control: Arc<Control>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let local_port = listener.port();
+    loop {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("admin accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut stream = stream;
+            let resp = match http::read_request(&mut stream, MAX_LOAD_BODY).await {
+                Ok(req) => handle(&req, peer, local_port, &control).await,
+                Err(resp) => resp,
+            };
+            let _ = http::write_response(&mut stream, &resp).await;
+        });
+    }
+}
+
+async fn handle(
+    req: &Request,
+    peer: Peer,
+    local_port: Option<u16>,
+    control: &Arc<Control>,
+) -> Response {
+    let admin = control.reloader.current().global.admin.clone();
+    if let Err(denied) = access::check(req, peer, local_port, &admin) {
+        return denied;
+    }
+    let path = req.path.split('?').next().unwrap_or("");
+    match (req.method.as_str(), path) {
+        ("GET" | "HEAD", "/health") => Response::json(
+            200,
+            &json!({"status": "ok", "uptime_seconds": control.started.elapsed().as_secs()}),
+        ),
+        ("GET" | "HEAD", "/config" | "/config/") => Response::json(
+            200,
+            &serde_json::to_value(&*control.reloader.current()).unwrap_or_default(),
+        ),
+        ("GET" | "HEAD", "/routes") => {
+            Response::json(200, &routes::describe(&control.reloader.current()))
+        }
+        ("GET" | "HEAD", "/metrics") => {
+            Response::text(200, "text/plain; version=0.0.4", control.metrics())
+        }
+        ("POST", "/load") => load(req, control).await,
+        ("POST", "/reload") => {
+            let c = control.clone();
+            reload_result(blocking(move || c.reloader.reload_file()).await)
+        }
+        ("POST", "/stop") => {
+            control.request_stop();
+            Response::json(200, &json!({"status": "stopping"}))
+        }
+        ("POST", "/upgrade") => match control.request_upgrade().await {
+            Ok(pid) => Response::json(200, &json!({"status": "upgraded", "pid": pid})),
+            Err(e) => Response::error(500, &e),
+        },
+        (
+            _,
+            "/health" | "/config" | "/config/" | "/routes" | "/metrics" | "/load" | "/reload"
+            | "/stop" | "/upgrade",
+        ) => {
+            let allow = if matches!(path, "/load" | "/reload" | "/stop" | "/upgrade") {
+                "POST"
+            } else {
+                "GET, HEAD"
+            };
+            Response::error(405, &format!("{} is not allowed on {path}", req.method))
+                .with_header("Allow", allow)
+        }
+        _ => Response::error(404, &format!("no admin endpoint {path}")),
+    }
+}
+
+async fn load(req: &Request, control: &Arc<Control>) -> Response {
+    let ctype = req
+        .header("content-type")
+        .unwrap_or("text/dwaarfile")
+        .to_ascii_lowercase();
+    let c = control.clone();
+    if ctype.starts_with("application/json") {
+        let config = match serde_json::from_slice::<dwaar_config::model::Config>(&req.body) {
+            Ok(c) => c,
+            Err(e) => return Response::error(400, &format!("invalid config JSON: {e}")),
+        };
+        return reload_result(blocking(move || c.reloader.load_config(config)).await);
+    }
+    if !(ctype.starts_with("text/") || ctype.starts_with("application/octet-stream")) {
+        return Response::error(
+            415,
+            "send a Dwaarfile as text/dwaarfile or the adapted model as application/json",
+        );
+    }
+    let Ok(text) = String::from_utf8(req.body.clone()) else {
+        return Response::error(400, "the config is not valid UTF-8");
+    };
+    let path = match req.header("x-dwaar-config-path") {
+        Some(p) if std::path::Path::new(p).is_absolute() => Some(std::path::PathBuf::from(p)),
+        Some(_) => return Response::error(400, "X-Dwaar-Config-Path must be an absolute path"),
+        None => None,
+    };
+    reload_result(blocking(move || c.reloader.load_text(&text, path)).await)
+}
+
+/// Reloads may talk to worker processes: keep them off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ReloadError> + Send + 'static,
+) -> Result<T, ReloadError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(ReloadError::plain(format!("reload task failed: {e}"))))
+}
+
+fn reload_result(r: Result<dwaar_core::server::reload::ReloadSummary, ReloadError>) -> Response {
+    match r {
+        Ok(s) => Response::json(
+            200,
+            &json!({"status": "ok", "sites": s.sites, "listeners": s.listeners}),
+        ),
+        Err(e) => Response::json(
+            400,
+            &json!({"error": e.message, "diagnostics": e.diagnostics}),
+        ),
+    }
+}

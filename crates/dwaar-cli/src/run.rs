@@ -1,0 +1,215 @@
+//! `dwaar run`: wires the config, the server (or the supervisor of worker processes),
+//! the admin API, the pidfile and an inherited upgrade together.
+
+use crate::commands::load;
+use dwaar_admin::listener::BoundAdmin;
+use dwaar_core::server::control::{self, Control};
+use dwaar_core::server::upgrade::Inherited;
+use dwaar_core::server::{supervisor, Server, StartOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Options of `dwaar run`.
+pub struct RunOptions<'a> {
+    pub config: Option<&'a Path>,
+    pub threads: Option<usize>,
+    pub workers: Option<u16>,
+    pub watch: bool,
+    pub pidfile: Option<PathBuf>,
+    pub environ: bool,
+}
+
+pub fn run(o: RunOptions<'_>) -> i32 {
+    if o.environ {
+        for (k, v) in std::env::vars_os() {
+            println!("{}={}", k.to_string_lossy(), v.to_string_lossy());
+        }
+    }
+    let (path, loaded) = match load(o.config) {
+        Ok(v) => v,
+        Err(c) => return c,
+    };
+    let level = if loaded.config.global.debug {
+        tracing::Level::DEBUG
+    } else {
+        tracing::Level::INFO
+    };
+    tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let inherited = match Inherited::take() {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let abs = std::path::absolute(&path).unwrap_or(path);
+    let workers = o.workers.unwrap_or(loaded.config.global.workers).max(1);
+    let fail = |inherited: Option<Inherited>, e: String| {
+        eprintln!("error: {e}");
+        if let Some(i) = inherited {
+            i.failed(&e);
+        }
+        1
+    };
+    // The admin socket: the predecessor's, or bound now.
+    let (admin, inherited) = match admin_socket(&loaded.config, inherited) {
+        Ok(v) => v,
+        Err((e, inherited)) => return fail(inherited, e),
+    };
+    let (sockets, inherited) = match inherited {
+        Some(mut i) => (
+            Some(std::mem::replace(&mut i.sockets, Arc::new(Vec::new()))),
+            Some(i),
+        ),
+        None => (None, None),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(inherited, format!("cannot start the control runtime: {e}")),
+    };
+    let threads = o.threads;
+    let started = if workers > 1 {
+        supervisor::Supervisor::start(supervisor::SupervisorOptions {
+            config: loaded.config,
+            sources: loaded.sources,
+            path: Some(abs),
+            workers: usize::from(workers),
+            threads,
+            sockets,
+        })
+        .map(Running::Supervisor)
+    } else {
+        Server::start(StartOptions {
+            config: loaded.config,
+            sources: loaded.sources,
+            path: Some(abs),
+            threads,
+            sockets,
+            worker_process: false,
+        })
+        .map(Running::Server)
+    };
+    let running = match started {
+        Ok(r) => r,
+        Err(e) => return fail(inherited, e),
+    };
+    let control = running.control();
+    let code = rt.block_on(async {
+        if let Some(a) = &admin {
+            match a.listen() {
+                Ok(l) => {
+                    tracing::info!(address = %a.describe(), "admin API listening");
+                    tokio::spawn(dwaar_admin::serve(l, control.clone()));
+                }
+                Err(e) => tracing::error!("admin API unavailable: {e}"),
+            }
+            if let Ok(fd) = a.fd().try_clone_to_owned() {
+                control.set_admin_socket(fd, a.unix_path());
+            }
+        }
+        write_pidfile(o.pidfile.as_deref());
+        if let Some(i) = inherited {
+            i.ready();
+        }
+        match &running {
+            Running::Server(s) => s.run_control(o.watch).await,
+            Running::Supervisor(s) => {
+                let upgrades = s.take_upgrades();
+                control::run(&control, upgrades, o.watch).await
+            }
+        }
+        0
+    });
+    running.shutdown();
+    remove_pidfile(o.pidfile.as_deref());
+    code
+}
+
+enum Running {
+    Server(Server),
+    Supervisor(supervisor::Supervisor),
+}
+
+impl Running {
+    fn control(&self) -> Arc<Control> {
+        match self {
+            Running::Server(s) => s.control(),
+            Running::Supervisor(s) => s.control(),
+        }
+    }
+
+    fn shutdown(self) {
+        match self {
+            Running::Server(s) => s.shutdown(),
+            Running::Supervisor(s) => s.shutdown(),
+        }
+    }
+}
+
+type AdminAndRest = (Option<BoundAdmin>, Option<Inherited>);
+
+fn admin_socket(
+    config: &dwaar_config::model::Config,
+    inherited: Option<Inherited>,
+) -> Result<AdminAndRest, (String, Option<Inherited>)> {
+    let Some(addr) = config.global.admin.listen.as_deref() else {
+        return Ok((None, inherited));
+    };
+    if let Some(mut i) = inherited {
+        if let Some((fd, unix)) = i.extra.take() {
+            return Ok((Some(BoundAdmin::from_fd(fd, unix)), Some(i)));
+        }
+        return match BoundAdmin::bind(addr) {
+            Ok(b) => Ok((Some(b), Some(i))),
+            Err(e) => Err((e, Some(i))),
+        };
+    }
+    BoundAdmin::bind(addr)
+        .map(|b| (Some(b), None))
+        .map_err(|e| (e, None))
+}
+
+fn write_pidfile(path: Option<&Path>) {
+    if let Some(p) = path {
+        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
+            tracing::error!("cannot write pidfile {}: {e}", p.display());
+        }
+    }
+}
+
+/// Removes the pidfile unless a successor (upgrade) has written its own PID there.
+fn remove_pidfile(path: Option<&Path>) {
+    if let Some(p) = path {
+        let ours = std::fs::read_to_string(p)
+            .map(|t| t.trim() == std::process::id().to_string())
+            .unwrap_or(false);
+        if ours {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// A worker process of `dwaar run --workers N` (started by the supervisor).
+pub fn worker(channel: &Path, index: usize, threads: Option<usize>) -> i32 {
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match supervisor::worker::run(channel, index, threads.unwrap_or(1)) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: worker {index}: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The listening sockets of a server, owned by the top process.
+//!
+//! Each [`ListenSpec`] gets `K` `SO_REUSEPORT` sockets, one per accepting thread in the
+//! whole server (all worker processes together), so the kernel spreads connections with
+//! no shared accept lock. The sockets are bound once by the process that owns them and
+//! handed out as shares: to worker threads in-process, to worker processes and to the
+//! successor of an upgrade over [`super::fdpass`]. Because the owner keeps every socket
+//! open, a worker that restarts or stops accepting never resets queued connections.
+
+use crate::route_table::ListenSpec;
+use serde::{Deserialize, Serialize};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+/// One listen spec and its sockets.
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub spec: ListenSpec,
+    pub sockets: Arc<Vec<TcpListener>>,
+}
+
+/// Every listener of the server at one moment.
+pub type Snapshot = Arc<Vec<Bound>>;
+
+/// Which of `k` sockets the accepting unit `index` of `count` serves: every socket is
+/// served by someone whether there are more sockets than units or fewer.
+pub fn share(index: usize, count: usize, k: usize) -> Vec<usize> {
+    let count = count.max(1);
+    if k >= count {
+        (index..k).step_by(count).collect()
+    } else if k == 0 {
+        Vec::new()
+    } else {
+        vec![index % k]
+    }
+}
+
+/// The socket address a spec listens on (dual-stack `[::]` when the host allows it).
+pub fn socket_addr(spec: &ListenSpec, v6: bool) -> Result<SocketAddr, String> {
+    let text = if spec.addr.is_empty() {
+        if v6 {
+            format!("[::]:{}", spec.port)
+        } else {
+            format!("0.0.0.0:{}", spec.port)
+        }
+    } else if spec.addr.contains(':') {
+        format!("[{}]:{}", spec.addr, spec.port)
+    } else if spec.addr == "localhost" {
+        format!("127.0.0.1:{}", spec.port)
+    } else {
+        format!("{}:{}", spec.addr, spec.port)
+    };
+    text.parse()
+        .map_err(|_| format!("invalid listen address {text}"))
+}
+
+/// Whether this host can listen on IPv6 (dual-stack `[::]`).
+pub fn ipv6_available() -> bool {
+    TcpListener::bind("[::]:0").is_ok()
+}
+
+/// Binds one `SO_REUSEPORT` listening socket (non-blocking).
+pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = if addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
+    let why = match e.kind() {
+        std::io::ErrorKind::AddrInUse => "address already in use".to_string(),
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    format!("cannot listen on {addr}: {why}")
+}
+
+/// Binds `k` sockets for `spec`. A plain exclusive bind comes first so that a port held
+/// by another program is reported instead of silently shared through `SO_REUSEPORT`.
+pub fn bind_spec(spec: &ListenSpec, k: usize, v6: bool) -> Result<Vec<TcpListener>, String> {
+    let addr = socket_addr(spec, v6)?;
+    drop(TcpListener::bind(addr).map_err(|e| bind_error(addr, &e))?);
+    (0..k.max(1))
+        .map(|_| bind_reuseport(addr).map_err(|e| bind_error(addr, &e)))
+        .collect()
+}
+
+/// The snapshot for `specs`: sockets of specs already in `current` are kept (same
+/// kernel sockets, no connection disturbed); new specs are bound with `k` sockets.
+/// Nothing changes when any bind fails.
+pub fn prepare(
+    current: &[Bound],
+    specs: &[ListenSpec],
+    k: usize,
+    v6: bool,
+) -> Result<Snapshot, String> {
+    let mut out = Vec::with_capacity(specs.len());
+    for spec in specs {
+        // Match on the socket address: a protocol change re-tags the same sockets.
+        match current
+            .iter()
+            .find(|b| b.spec.addr == spec.addr && b.spec.port == spec.port)
+        {
+            Some(b) => out.push(Bound {
+                spec: spec.clone(),
+                sockets: b.sockets.clone(),
+            }),
+            None => out.push(Bound {
+                spec: spec.clone(),
+                sockets: Arc::new(bind_spec(spec, k, v6)?),
+            }),
+        }
+    }
+    Ok(Arc::new(out))
+}
+
+/// The wire form of a snapshot share: specs and how many descriptors follow for each.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SharedSpec {
+    pub spec: ListenSpec,
+    pub count: usize,
+}
+
+/// The descriptors and wire description of the share `index` of `count` of a snapshot.
+pub fn export<'a>(
+    snapshot: &'a [Bound],
+    index: usize,
+    count: usize,
+) -> (Vec<SharedSpec>, Vec<BorrowedFd<'a>>) {
+    let mut specs = Vec::with_capacity(snapshot.len());
+    let mut fds = Vec::new();
+    for b in snapshot {
+        let picked = share(index, count, b.sockets.len());
+        specs.push(SharedSpec {
+            spec: b.spec.clone(),
+            count: picked.len(),
+        });
+        fds.extend(picked.into_iter().map(|j| b.sockets[j].as_fd()));
+    }
+    (specs, fds)
+}
+
+/// Rebuilds a snapshot from a wire description and the descriptors that came with it.
+pub fn import(specs: Vec<SharedSpec>, fds: Vec<OwnedFd>) -> Result<Snapshot, String> {
+    let total: usize = specs.iter().map(|s| s.count).sum();
+    if total != fds.len() {
+        return Err(format!(
+            "listener handoff mismatch: {total} sockets described, {} received",
+            fds.len()
+        ));
+    }
+    let mut fds = fds.into_iter();
+    let mut out = Vec::with_capacity(specs.len());
+    for s in specs {
+        let sockets: Vec<TcpListener> = fds.by_ref().take(s.count).map(TcpListener::from).collect();
+        for l in &sockets {
+            l.set_nonblocking(true)
+                .map_err(|e| format!("inherited socket: {e}"))?;
+        }
+        out.push(Bound {
+            spec: s.spec,
+            sockets: Arc::new(sockets),
+        });
+    }
+    Ok(Arc::new(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn every_socket_is_served() {
+        for k in 1..9 {
+            for count in 1..9 {
+                let mut seen = vec![false; k];
+                for i in 0..count {
+                    let s = share(i, count, k);
+                    assert!(!s.is_empty(), "unit {i}/{count} idle with {k} sockets");
+                    for j in s {
+                        seen[j] = true;
+                    }
+                }
+                assert!(seen.iter().all(|x| *x), "k={k} count={count}");
+            }
+        }
+    }
+}
