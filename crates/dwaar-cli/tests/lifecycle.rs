@@ -588,3 +588,62 @@ fn watch_reloads_when_the_file_or_an_import_changes() {
     assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(ok_get(port, "x", "/").text(), "three");
 }
+
+fn listener_changes(args: &[&str]) {
+    let (p1, p2) = (free_port(), free_port());
+    let one = format!(":{p1} {{\n\trespond \"one\"\n}}\n");
+    let d = Dwaar::start_with(&bin(), &one, &[p1], args);
+    let mut kept = Conn::open(p1).unwrap_or_else(|e| panic!("{e}"));
+    let get = |c: &mut Conn| -> String {
+        c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        c.read_response(false)
+            .map(|r| r.text())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    assert_eq!(get(&mut kept), "one");
+    // A second site on a new port: opened without touching the first.
+    let both = format!("{one}:{p2} {{\n\trespond \"two\"\n}}\n");
+    assert_eq!(load_text(&d.admin, &both).status, 200);
+    assert_eq!(ok_get(p2, "x", "/").text(), "two");
+    for _ in 0..10 {
+        assert_eq!(ok_get(p2, "x", "/").text(), "two");
+    }
+    assert_eq!(
+        get(&mut kept),
+        "one",
+        "the existing connection was disturbed"
+    );
+    // Removed again: the port closes, the first keeps serving on the same connection.
+    assert_eq!(load_text(&d.admin, &one).status, 200);
+    assert!(
+        wait_until(Duration::from_secs(3), || std::net::TcpStream::connect((
+            "127.0.0.1",
+            p2
+        ))
+        .is_err()),
+        "port {p2} still open"
+    );
+    assert_eq!(get(&mut kept), "one");
+    // A port held by another program refuses the reload, naming it.
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", p2)).unwrap_or_else(|e| panic!("{e}"));
+    let r = load_text(&d.admin, &both);
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(
+        r.body.contains(&format!("{p2}")) && r.body.contains("in use"),
+        "{}",
+        r.body
+    );
+    drop(squatter);
+    assert_eq!(get(&mut kept), "one");
+}
+
+#[test]
+fn listeners_open_and_close_on_reload() {
+    listener_changes(&["--threads", "2"]);
+}
+
+#[test]
+fn listeners_open_and_close_on_reload_with_workers() {
+    listener_changes(&["--workers", "2", "--threads", "1"]);
+}
