@@ -33,6 +33,9 @@ pub struct GlobalOptions {
     pub admin: AdminOptions,
     /// Worker processes (`workers N`); 1 runs in-process without a supervisor.
     pub workers: u16,
+    /// Dwaar's own log (global `log`): where it goes, its format and level.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogConfig>,
 }
 
 /// The `admin` global option.
@@ -74,6 +77,7 @@ impl Default for GlobalOptions {
             order: Vec::new(),
             admin: AdminOptions::default(),
             workers: 1,
+            log: None,
         }
     }
 }
@@ -113,6 +117,75 @@ pub struct Site {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub error_routes: Vec<Route>,
+    /// Access log of this site (`log`); `None`: requests are not logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogConfig>,
+}
+
+/// A `log` block: where records go and how they look.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub output: LogOutput,
+    pub format: LogFormat,
+    pub level: LogLevel,
+    /// Keep only this many leading bits of IP addresses (IPv4, IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mask_ip: Option<(u8, u8)>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            output: LogOutput::Stderr,
+            format: LogFormat::Json,
+            level: LogLevel::Info,
+            mask_ip: None,
+        }
+    }
+}
+
+/// Where log records are written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LogOutput {
+    Stdout,
+    Stderr,
+    Discard,
+    File {
+        path: String,
+        /// Roll when the file would grow past this many bytes; 0 = never roll.
+        roll_size: u64,
+        /// Rolled files to keep (0 = no limit by count).
+        roll_keep: u32,
+        /// Delete rolled files older than this (0 = no limit by age).
+        roll_keep_for_ms: u64,
+        /// File mode of new log files.
+        mode: u32,
+    },
+    Net {
+        /// `host:port` or `unix//path`.
+        address: String,
+        dial_timeout_ms: u64,
+        /// Start even if the address cannot be reached yet.
+        soft_start: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Json,
+    Console,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
 }
 
 /// A site address such as `http://example.com:8080`, `*.example.com` or `:443`.
@@ -192,6 +265,8 @@ pub struct FieldMatch {
 #[serde(tag = "handler", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Handler {
     ReverseProxy(Box<ReverseProxy>),
+    /// `log_skip` / `skip_log`: the request is left out of the access log.
+    LogSkip,
     StaticResponse {
         /// `None`: 200, or the error's status inside `handle_errors`.
         #[serde(default, skip_serializing_if = "Option::is_none")]

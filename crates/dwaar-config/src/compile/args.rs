@@ -19,6 +19,11 @@ impl Diags {
         self.list.push(d);
     }
 
+    /// Errors collected so far (warnings excluded).
+    pub fn error_count(&self) -> usize {
+        self.list.iter().filter(|d| d.is_error()).count()
+    }
+
     /// Errors unless `d` has between `min` and `max` arguments (after `skip`).
     pub fn arity(
         &mut self,

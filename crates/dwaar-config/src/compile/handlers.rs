@@ -34,6 +34,8 @@ pub const SUPPORTED: &[&str] = &[
     "vars",
     "map",
     "request_body",
+    "log_skip",
+    "skip_log",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -47,9 +49,6 @@ pub const NOT_YET: &[&str] = &[
     "basicauth",
     "basic_auth",
     "forward_auth",
-    "log",
-    "skip_log",
-    "log_skip",
     "tls",
     "tracing",
     "method",
@@ -71,7 +70,7 @@ pub const NOT_YET: &[&str] = &[
 ];
 
 /// Site-level directives handled by the site compiler, not here.
-pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors"];
+pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log"];
 
 fn route(matchers: Vec<MatcherSet>, handlers: Vec<Handler>) -> Compiled {
     Compiled::Route(Route {
@@ -194,6 +193,13 @@ pub fn compile_directive(
                 None => 500,
             };
             route(m, vec![Handler::Error { status, message }])
+        }
+        "log_skip" | "skip_log" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 0, 0, "log_skip [matcher]") || !diags.no_block(d) {
+                return Compiled::Nothing;
+            }
+            route(m, vec![Handler::LogSkip])
         }
         "abort" => {
             let (m, skip) = inline_matcher(d, named, diags);

@@ -6,6 +6,7 @@
 
 mod args;
 mod handlers;
+mod log;
 mod matchers;
 mod reverse_proxy;
 mod routes;
@@ -33,6 +34,7 @@ const GLOBAL_SUPPORTED: &[&str] = &[
     "servers",
     "admin",
     "workers",
+    "log",
     "auto_https",
 ];
 const GLOBAL_NOT_YET: &[&str] = &[
@@ -41,7 +43,6 @@ const GLOBAL_NOT_YET: &[&str] = &[
     "acme_ca_root",
     "local_certs",
     "storage",
-    "log",
     "default_sni",
     "on_demand_tls",
     "key_type",
@@ -102,6 +103,8 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             }
         }
         let mut bind = Vec::new();
+        let mut site_log: Option<crate::model::LogConfig> = None;
+        let mut seen_log = false;
         let mut error_blocks: Vec<&Directive> = Vec::new();
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
@@ -129,6 +132,18 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                     }
                 }
                 "handle_errors" if !d.name.quoted() => error_blocks.push(d),
+                "log" if !d.name.quoted() => {
+                    if seen_log {
+                        diags.push(
+                            d.name
+                                .error("a site has one 'log' block")
+                                .with_help("merge the two blocks"),
+                        );
+                    } else {
+                        seen_log = true;
+                        site_log = log::log_config(d, diags);
+                    }
+                }
                 _ => handler_dirs.push(d.clone()),
             }
         }
@@ -169,6 +184,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             bind,
             routes,
             error_routes,
+            log: site_log,
         });
     }
     Config { global, sites }
@@ -379,6 +395,13 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             }
             "servers" => servers(d, &mut g, diags),
             "admin" => admin(d, &mut g, diags),
+            "log" => {
+                if g.log.is_some() {
+                    diags.push(d.name.error("the global 'log' option is given twice"));
+                } else {
+                    g.log = log::log_config(d, diags);
+                }
+            }
             "workers" => {
                 if diags.arity(d, 0, 1, 1, "workers <count>") {
                     if let Some(n) = diags.number::<u16>(&d.args[0], "worker count") {

@@ -1,0 +1,546 @@
+//! Turning records into bytes: JSON (sonic-rs) and a console line for humans.
+//!
+//! Both append to a caller-owned buffer that the writer thread reuses, so encoding
+//! allocates only when a query string has to be redacted.
+
+use crate::record::RequestLog;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::io::Write;
+use std::net::IpAddr;
+
+/// How a site wants its records written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Style {
+    pub console: bool,
+    /// Leading bits of IPv4/IPv6 addresses to keep.
+    pub mask_ip: Option<(u8, u8)>,
+}
+
+/// Query keys whose values never reach a log.
+const SENSITIVE: &[&str] = &[
+    "token",
+    "access_token",
+    "refresh_token",
+    "id_token",
+    "key",
+    "api_key",
+    "apikey",
+    "password",
+    "passwd",
+    "pwd",
+    "secret",
+    "client_secret",
+    "auth",
+    "authorization",
+    "signature",
+    "sig",
+    "session",
+    "sessionid",
+    "code",
+];
+
+fn ends_with_ignore_case(s: &str, suffix: &str) -> bool {
+    s.len() >= suffix.len()
+        && s.as_bytes()[s.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+}
+
+fn sensitive(key: &str) -> bool {
+    // Every listed key is 3 to 13 bytes long; the suffixes need at least 6.
+    if key.len() < 3 {
+        return false;
+    }
+    SENSITIVE.iter().any(|s| s.eq_ignore_ascii_case(key))
+        || ["_token", "password", "secret"]
+            .iter()
+            .any(|suffix| ends_with_ignore_case(key, suffix))
+}
+
+/// The keys of a query string, in order.
+fn query_keys(q: &str) -> impl Iterator<Item = (&str, bool)> {
+    q.as_bytes()
+        .split(|b| *b == b'&')
+        .map(|pair| match pair.iter().position(|b| *b == b'=') {
+            // Splitting at ASCII bytes keeps both halves valid UTF-8.
+            Some(i) => (std::str::from_utf8(&pair[..i]).unwrap_or(""), true),
+            None => (std::str::from_utf8(pair).unwrap_or(""), false),
+        })
+}
+
+/// The query with the values of sensitive keys replaced; borrowed when nothing changes.
+pub fn redact_query(q: &str) -> std::borrow::Cow<'_, str> {
+    if !query_keys(q).any(|(k, has_value)| has_value && sensitive(k)) {
+        return std::borrow::Cow::Borrowed(q);
+    }
+    let mut out = String::with_capacity(q.len());
+    for (i, pair) in q.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match pair.split_once('=') {
+            Some((k, _)) if sensitive(k) => {
+                out.push_str(k);
+                out.push_str("=REDACTED");
+            }
+            _ => out.push_str(pair),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Zeroes all but the leading `bits` of an address.
+pub fn mask(ip: IpAddr, bits: Option<(u8, u8)>) -> IpAddr {
+    let Some((v4, v6)) = bits else { return ip };
+    match ip {
+        IpAddr::V4(a) => {
+            let m = if v4 == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(v4.min(32)))
+            };
+            IpAddr::V4((u32::from(a) & m).into())
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4addr) = a.to_ipv4_mapped() {
+                return mask(IpAddr::V4(v4addr), Some((v4, v6)));
+            }
+            let m = if v6 == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(v6.min(128)))
+            };
+            IpAddr::V6((u128::from(a) & m).into())
+        }
+    }
+}
+
+/// A small stack buffer for numbers, addresses and timestamps.
+struct Stack<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Stack<N> {
+    fn new() -> Self {
+        Stack {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl<const N: usize> Write for Stack<N> {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let n = b.len().min(N - self.len);
+        self.buf[self.len..self.len + n].copy_from_slice(&b[..n]);
+        self.len += n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<const N: usize> Stack<N> {
+    fn push(&mut self, b: u8) {
+        if self.len < N {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    /// Appends `v` in decimal, zero-padded to `width` digits.
+    fn num(&mut self, mut v: u64, width: usize) {
+        let mut digits = [0u8; 20];
+        let mut n = 0;
+        loop {
+            digits[n] = b'0' + (v % 10) as u8;
+            n += 1;
+            v /= 10;
+            if v == 0 {
+                break;
+            }
+        }
+        for _ in n..width {
+            self.push(b'0');
+        }
+        for i in (0..n).rev() {
+            self.push(digits[i]);
+        }
+    }
+}
+
+fn ip_text(ip: IpAddr) -> Stack<48> {
+    let mut s = Stack::new();
+    match ip {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().iter().enumerate() {
+                if i > 0 {
+                    s.push(b'.');
+                }
+                s.num(u64::from(*o), 1);
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(s, "{ip}");
+        }
+    }
+    s
+}
+
+/// RFC 3339 UTC with milliseconds, as a `String` (for file names).
+pub fn timestamp_text(ms: u64) -> String {
+    timestamp(ms).as_str().to_string()
+}
+
+thread_local! {
+    /// The last second formatted on this thread: consecutive records share it.
+    static LAST_SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+}
+
+/// RFC 3339 UTC with milliseconds, e.g. `2026-11-29T21:10:00.123Z`.
+fn timestamp(ms: u64) -> Stack<24> {
+    let secs = ms / 1000;
+    let (cached, prefix) = LAST_SECOND.get();
+    let prefix = if cached == secs {
+        prefix
+    } else {
+        let full = date_time(secs);
+        let mut p = [0u8; 19];
+        p.copy_from_slice(&full.buf[..19]);
+        LAST_SECOND.set((secs, p));
+        p
+    };
+    let mut s = Stack::new();
+    s.buf[..19].copy_from_slice(&prefix);
+    s.len = 19;
+    s.push(b'.');
+    s.num(ms % 1000, 3);
+    s.push(b'Z');
+    s
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix time in seconds.
+fn date_time(secs: u64) -> Stack<24> {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let mut s = Stack::new();
+    s.num(y.max(0) as u64, 4);
+    s.push(b'-');
+    s.num(m as u64, 2);
+    s.push(b'-');
+    s.num(d as u64, 2);
+    s.push(b'T');
+    s.num(rem / 3600, 2);
+    s.push(b':');
+    s.num(rem % 3600 / 60, 2);
+    s.push(b':');
+    s.num(rem % 60, 2);
+    s
+}
+
+fn header_str(v: &Option<http::HeaderValue>) -> Option<std::borrow::Cow<'_, str>> {
+    v.as_ref().map(|h| match h.to_str() {
+        Ok(s) => std::borrow::Cow::Borrowed(s),
+        Err(_) => String::from_utf8_lossy(h.as_bytes()),
+    })
+}
+
+/// The JSON form of a record under a style (any serde serializer can write it).
+pub struct JsonRecord<'a>(pub &'a RequestLog, pub Style);
+
+impl Serialize for JsonRecord<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let (r, style) = (self.0, self.1);
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("ts", timestamp(r.ts_ms).as_str())?;
+        m.serialize_entry("level", level_name(r))?;
+        if let Some(id) = r.request_id {
+            let mut b = [0u8; 36];
+            m.serialize_entry("request_id", &*id.hyphenated().encode_lower(&mut b))?;
+        }
+        m.serialize_entry("method", r.method.as_str())?;
+        m.serialize_entry("host", r.host.as_str())?;
+        m.serialize_entry("uri", r.path.as_str())?;
+        if !r.query.is_empty() {
+            m.serialize_entry("query", &*redact_query(&r.query))?;
+        }
+        m.serialize_entry("proto", r.proto)?;
+        m.serialize_entry("status", &r.status)?;
+        m.serialize_entry("duration_us", &r.duration_us)?;
+        if let Some(u) = r.upstream_duration_us {
+            m.serialize_entry("upstream_duration_us", &u)?;
+        }
+        if let Some(a) = &r.upstream_addr {
+            m.serialize_entry("upstream_addr", a.as_str())?;
+        }
+        m.serialize_entry(
+            "remote_ip",
+            ip_text(mask(r.remote_ip, style.mask_ip)).as_str(),
+        )?;
+        m.serialize_entry("remote_port", &r.remote_port)?;
+        m.serialize_entry(
+            "client_ip",
+            ip_text(mask(r.client_ip, style.mask_ip)).as_str(),
+        )?;
+        if let Some(ua) = header_str(&r.user_agent) {
+            m.serialize_entry("user_agent", &*ua)?;
+        }
+        if let Some(re) = header_str(&r.referer) {
+            m.serialize_entry("referer", &*re)?;
+        }
+        m.serialize_entry("bytes_read", &r.bytes_read)?;
+        m.serialize_entry("bytes_written", &r.bytes_written)?;
+        let optional: [(&str, Option<&str>); 7] = [
+            ("tls_version", r.tls_version),
+            ("tls_cipher", r.tls_cipher),
+            ("server_name", r.server_name.as_deref()),
+            ("cache", r.cache),
+            ("encoding", r.encoding),
+            ("rejected_by", r.rejected_by),
+            ("error", r.error.as_deref()),
+        ];
+        for (k, v) in optional {
+            if let Some(v) = v {
+                m.serialize_entry(k, v)?;
+            }
+        }
+        m.end()
+    }
+}
+
+fn level_name(r: &RequestLog) -> &'static str {
+    match r.level() {
+        dwaar_config::model::LogLevel::Error => "error",
+        _ => "info",
+    }
+}
+
+/// Appends the record as one JSON line.
+///
+/// Written field by field: keys are constant bytes, strings go through sonic-rs's SIMD
+/// escaper, numbers through `itoa`. [`JsonRecord`] produces the same document through
+/// serde (the tests check they agree).
+pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+    use sonic_rs::format::{CompactFormatter, Formatter};
+    let mut f = CompactFormatter;
+    let mut str_field = |out: &mut Vec<u8>, key: &[u8], v: &str| {
+        out.extend_from_slice(key);
+        let _ = f.write_string_fast(out, v, true);
+    };
+    let num = |out: &mut Vec<u8>, key: &[u8], v: u64| {
+        out.extend_from_slice(key);
+        out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
+    };
+    out.extend_from_slice(b"{\"ts\":\"");
+    out.extend_from_slice(timestamp(r.ts_ms).as_bytes());
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(level_name(r).as_bytes());
+    out.push(b'"');
+    if let Some(id) = r.request_id {
+        let mut b = [0u8; 36];
+        out.extend_from_slice(b",\"request_id\":\"");
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
+        out.push(b'"');
+    }
+    str_field(out, b",\"method\":", &r.method);
+    str_field(out, b",\"host\":", &r.host);
+    str_field(out, b",\"uri\":", &r.path);
+    if !r.query.is_empty() {
+        str_field(out, b",\"query\":", &redact_query(&r.query));
+    }
+    str_field(out, b",\"proto\":", r.proto);
+    num(out, b",\"status\":", u64::from(r.status));
+    num(out, b",\"duration_us\":", r.duration_us);
+    if let Some(u) = r.upstream_duration_us {
+        num(out, b",\"upstream_duration_us\":", u);
+    }
+    if let Some(a) = &r.upstream_addr {
+        str_field(out, b",\"upstream_addr\":", a);
+    }
+    let remote = ip_text(mask(r.remote_ip, style.mask_ip));
+    out.extend_from_slice(b",\"remote_ip\":\"");
+    out.extend_from_slice(remote.as_bytes());
+    out.push(b'"');
+    num(out, b",\"remote_port\":", u64::from(r.remote_port));
+    out.extend_from_slice(b",\"client_ip\":\"");
+    if r.client_ip == r.remote_ip {
+        out.extend_from_slice(remote.as_bytes());
+    } else {
+        out.extend_from_slice(ip_text(mask(r.client_ip, style.mask_ip)).as_bytes());
+    }
+    out.push(b'"');
+    if let Some(ua) = header_str(&r.user_agent) {
+        str_field(out, b",\"user_agent\":", &ua);
+    }
+    if let Some(re) = header_str(&r.referer) {
+        str_field(out, b",\"referer\":", &re);
+    }
+    num(out, b",\"bytes_read\":", r.bytes_read);
+    num(out, b",\"bytes_written\":", r.bytes_written);
+    let optional: [(&[u8], Option<&str>); 7] = [
+        (b",\"tls_version\":", r.tls_version),
+        (b",\"tls_cipher\":", r.tls_cipher),
+        (b",\"server_name\":", r.server_name.as_deref()),
+        (b",\"cache\":", r.cache),
+        (b",\"encoding\":", r.encoding),
+        (b",\"rejected_by\":", r.rejected_by),
+        (b",\"error\":", r.error.as_deref()),
+    ];
+    for (k, v) in optional {
+        if let Some(v) = v {
+            str_field(out, k, v);
+        }
+    }
+    out.extend_from_slice(b"}\n");
+}
+
+/// Appends a human-readable line:
+/// `2026-11-29T21:10:00.123Z INFO GET example.com/path?q HTTP/1.1 200 1.234ms 512B 192.0.2.1 "curl/8"`.
+pub fn console_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+    let level = if r.status >= 500 { "ERROR" } else { "INFO " };
+    let _ = write!(
+        out,
+        "{} {level} {} {}{}",
+        timestamp(r.ts_ms).as_str(),
+        r.method,
+        r.host,
+        r.path
+    );
+    if !r.query.is_empty() {
+        let _ = write!(out, "?{}", redact_query(&r.query));
+    }
+    let _ = write!(
+        out,
+        " {} {} {}.{:03}ms {}B {}",
+        r.proto,
+        r.status,
+        r.duration_us / 1000,
+        r.duration_us % 1000,
+        r.bytes_written,
+        ip_text(mask(r.client_ip, style.mask_ip)).as_str()
+    );
+    if let Some(ua) = header_str(&r.user_agent) {
+        let _ = write!(out, " {:?}", ua);
+    }
+    if let Some(u) = &r.upstream_addr {
+        let _ = write!(out, " upstream={u}");
+    }
+    if let Some(rj) = r.rejected_by {
+        let _ = write!(out, " rejected_by={rj}");
+    }
+    if let Some(e) = &r.error {
+        let _ = write!(out, " error={:?}", e.as_str());
+    }
+    out.push(b'\n');
+}
+
+/// Appends the record in the style's format.
+pub fn encode(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+    if style.console {
+        console_line(r, style, out)
+    } else {
+        json_line(r, style, out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(timestamp(0).as_str(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(951_782_400_123).as_str(),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            timestamp(1_795_986_600_999).as_str(),
+            "2026-11-29T21:10:00.999Z"
+        );
+    }
+
+    #[test]
+    fn masks_keep_the_prefix() {
+        let m = Some((24, 48));
+        assert_eq!(
+            mask("192.0.2.77".parse().expect("ip"), m).to_string(),
+            "192.0.2.0"
+        );
+        assert_eq!(
+            mask("2001:db8:1:2:3::9".parse().expect("ip"), m).to_string(),
+            "2001:db8:1::"
+        );
+        assert_eq!(
+            mask("::ffff:10.1.2.3".parse().expect("ip"), m).to_string(),
+            "10.1.2.0"
+        );
+        assert_eq!(
+            mask("10.1.2.3".parse().expect("ip"), None).to_string(),
+            "10.1.2.3"
+        );
+    }
+
+    #[test]
+    fn sensitive_query_values_are_redacted() {
+        assert_eq!(redact_query("a=1&b=2"), "a=1&b=2");
+        assert_eq!(
+            redact_query("q=x&token=abc&Password=p&x_token=t&flag"),
+            "q=x&token=REDACTED&Password=REDACTED&x_token=REDACTED&flag"
+        );
+    }
+
+    #[test]
+    fn json_is_valid_and_escaped() {
+        let r = RequestLog {
+            ts_ms: 1_795_986_600_000,
+            path: "/a\"b\\c\n".into(),
+            user_agent: Some(http::HeaderValue::from_static("ua \"quoted\"")),
+            query: "api_key=s3cr3t&x=1".into(),
+            status: 502,
+            error: Some("connection refused".into()),
+            ..RequestLog::default()
+        };
+        let mut out = Vec::new();
+        json_line(
+            &r,
+            Style {
+                console: false,
+                mask_ip: None,
+            },
+            &mut out,
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
+        assert_eq!(v["uri"], "/a\"b\\c\n");
+        assert_eq!(v["user_agent"], "ua \"quoted\"");
+        assert_eq!(v["query"], "api_key=REDACTED&x=1");
+        assert_eq!(v["level"], "error");
+        assert_eq!(v["error"], "connection refused");
+        assert!(out.ends_with(b"\n") && !out[..out.len() - 1].contains(&b'\n'));
+        let via_serde = serde_json::to_vec(&JsonRecord(
+            &r,
+            Style {
+                console: false,
+                mask_ip: None,
+            },
+        ))
+        .expect("serde");
+        assert_eq!(&out[..out.len() - 1], &via_serde[..]);
+    }
+}

@@ -1,0 +1,212 @@
+//! From the request path to the output: a bounded channel and a `BatchWriter` thread.
+//!
+//! The request path only ever calls [`Logger::log`], which hands the record to the
+//! channel with `try_send`: when the channel is full the record is dropped and counted,
+//! so a stalled disk or log collector can never slow requests down. The writer thread
+//! encodes records into a reused buffer and writes up to [`BATCH_RECORDS`] of them per
+//! `write`, or whatever is pending after [`BATCH_INTERVAL`].
+
+use crate::encode::{self, Style};
+use crate::output::{self, Output};
+use crate::record::RequestLog;
+use dwaar_config::model::{LogConfig, LogFormat, LogLevel, LogOutput};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Records per `write` call at most.
+pub const BATCH_RECORDS: usize = 200;
+/// Pending records are written at the latest this long after the first arrived.
+pub const BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Records waiting per output before new ones are dropped. Slots are allocated up front
+/// (about 0.5 KiB each), which keeps the request path free of allocations.
+pub const CHANNEL_CAPACITY: usize = 2048;
+
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static WRITTEN: AtomicU64 = AtomicU64::new(0);
+
+/// Records dropped by this process (channel full or output failing), for `/metrics`.
+pub fn dropped_total() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+/// Records written by this process.
+pub fn written_total() -> u64 {
+    WRITTEN.load(Ordering::Relaxed)
+}
+
+enum Msg {
+    Record(RequestLog, Style),
+    Flush(mpsc::Sender<()>),
+}
+
+/// One output and its writer thread; shared by every site that logs there.
+pub struct Sink {
+    tx: SyncSender<Msg>,
+    discard: bool,
+}
+
+impl Sink {
+    fn start(output: &LogOutput) -> std::io::Result<Arc<Sink>> {
+        let discard = matches!(output, LogOutput::Discard);
+        let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
+        let out = output::from_config(output);
+        std::thread::Builder::new()
+            .name("dwaar-log-writer".into())
+            .spawn(move || batch_writer(rx, out))?;
+        Ok(Arc::new(Sink { tx, discard }))
+    }
+
+    /// Writes everything pending; waits at most `timeout`.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let (tx, rx) = mpsc::channel();
+        let deadline = Instant::now() + timeout;
+        let mut msg = Msg::Flush(tx);
+        // The channel may be full: keep trying until the deadline.
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .is_ok()
+    }
+}
+
+/// A site's access logger: its sink plus how it wants records written.
+pub struct Logger {
+    sink: Arc<Sink>,
+    style: Style,
+    level: LogLevel,
+}
+
+impl Logger {
+    /// Hands a record to the writer; never blocks. Returns false when it was dropped.
+    pub fn log(&self, record: RequestLog) -> bool {
+        if record.level() < self.level {
+            return true;
+        }
+        if self.sink.discard {
+            return true;
+        }
+        match self.sink.tx.try_send(Msg::Record(record, self.style)) {
+            Ok(()) => true,
+            Err(_) => {
+                DROPPED.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+}
+
+/// Sinks by output, so a reload keeps open files and connections, and two sites that
+/// log to the same file share one writer.
+#[derive(Default)]
+pub struct LogRegistry {
+    sinks: Mutex<HashMap<LogOutput, Weak<Sink>>>,
+}
+
+impl LogRegistry {
+    /// The logger for a `log` block (reusing the running sink of the same output).
+    pub fn logger(&self, c: &LogConfig) -> Result<Arc<Logger>, String> {
+        let mut sinks = self.sinks.lock().map_err(|_| "log registry poisoned")?;
+        sinks.retain(|_, w| w.strong_count() > 0);
+        let sink = match sinks.get(&c.output).and_then(Weak::upgrade) {
+            Some(s) => s,
+            None => {
+                let s = Sink::start(&c.output)
+                    .map_err(|e| format!("cannot start a log writer: {e}"))?;
+                sinks.insert(c.output.clone(), Arc::downgrade(&s));
+                s
+            }
+        };
+        Ok(Arc::new(Logger {
+            sink,
+            style: Style {
+                console: c.format == LogFormat::Console,
+                mask_ip: c.mask_ip,
+            },
+            level: c.level,
+        }))
+    }
+
+    /// Flushes every live sink (shutdown); waits at most `timeout` in total.
+    pub fn flush_all(&self, timeout: Duration) {
+        let live: Vec<Arc<Sink>> = match self.sinks.lock() {
+            Ok(s) => s.values().filter_map(Weak::upgrade).collect(),
+            Err(_) => return,
+        };
+        let deadline = Instant::now() + timeout;
+        for s in live {
+            if !s.flush(deadline.saturating_duration_since(Instant::now())) {
+                tracing::warn!("a log output did not flush in time");
+            }
+        }
+    }
+}
+
+/// The writer thread: batches records and writes them until every sender is gone.
+fn batch_writer(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Output>) {
+    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut pending = 0usize;
+    let mut deadline: Option<Instant> = None;
+    let mut write = |buf: &mut Vec<u8>, pending: &mut usize| {
+        if *pending == 0 {
+            return;
+        }
+        match out.write_batch(buf) {
+            Ok(()) => {
+                WRITTEN.fetch_add(*pending as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                DROPPED.fetch_add(*pending as u64, Ordering::Relaxed);
+                tracing::debug!("log write failed, {} records lost: {e}", pending);
+            }
+        }
+        buf.clear();
+        *pending = 0;
+        // Do not keep a huge buffer around after a burst.
+        if buf.capacity() > 4 * 1024 * 1024 {
+            buf.shrink_to(64 * 1024);
+        }
+    };
+    loop {
+        let msg = match deadline {
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
+        };
+        match msg {
+            Ok(Msg::Record(record, style)) => {
+                encode::encode(&record, style, &mut buf);
+                pending += 1;
+                if deadline.is_none() {
+                    deadline = Some(Instant::now() + BATCH_INTERVAL);
+                }
+                if pending >= BATCH_RECORDS {
+                    write(&mut buf, &mut pending);
+                    deadline = None;
+                }
+            }
+            Ok(Msg::Flush(ack)) => {
+                write(&mut buf, &mut pending);
+                deadline = None;
+                let _ = ack.send(());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                write(&mut buf, &mut pending);
+                deadline = None;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                write(&mut buf, &mut pending);
+                return;
+            }
+        }
+    }
+}
