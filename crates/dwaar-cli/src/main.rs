@@ -2,6 +2,7 @@
 
 mod commands;
 mod run;
+mod runtime_log;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -29,17 +29,10 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         Ok(v) => v,
         Err(c) => return c,
     };
-    let level = if loaded.config.global.debug {
-        tracing::Level::DEBUG
-    } else {
-        tracing::Level::INFO
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    crate::runtime_log::init(
+        loaded.config.global.log.as_ref(),
+        loaded.config.global.debug,
+    );
     let inherited = match Inherited::take() {
         Ok(i) => i,
         Err(e) => {
@@ -199,12 +192,9 @@ fn remove_pidfile(path: Option<&Path>) {
 
 /// A worker process of `dwaar run --workers N` (started by the supervisor).
 pub fn worker(channel: &Path, index: usize, threads: Option<usize>) -> i32 {
-    tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The supervisor's own log settings reach workers with the config; until then
+    // (and for startup errors) they log to stderr like the supervisor's default.
+    crate::runtime_log::init(None, false);
     match supervisor::worker::run(channel, index, threads.unwrap_or(1)) {
         Ok(()) => 0,
         Err(e) => {

@@ -92,6 +92,18 @@ pub struct RequestContext {
     /// Counted in the worker's in-flight requests (for graceful shutdown).
     pub inflight: bool,
     pub upstream_start: Option<Instant>,
+    /// When the upstream request head was handed to the connection.
+    pub upstream_sent: Option<Instant>,
+    /// From `upstream_sent` to the upstream response head.
+    pub upstream_duration: Option<std::time::Duration>,
+    /// Wall-clock start, milliseconds since the Unix epoch (for the access log).
+    pub start_unix_ms: u64,
+    /// `log_skip` matched: leave this request out of the access log.
+    pub skip_log: bool,
+    /// The middleware that refused the request, for the access log.
+    pub rejected_by: Option<&'static str>,
+    /// Short upstream error text when proxying failed.
+    pub upstream_error: Option<CompactString>,
 }
 
 impl RequestContext {

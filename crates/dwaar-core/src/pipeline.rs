@@ -499,7 +499,14 @@ fn run_handler<'t>(
             status: *status,
             message: render(message, req, ctx).into_owned(),
         }),
-        HandlerRule::Abort => Flow::Done(Terminal::Abort),
+        HandlerRule::Abort => {
+            ctx.rejected_by = Some("abort");
+            Flow::Done(Terminal::Abort)
+        }
+        HandlerRule::LogSkip => {
+            ctx.skip_log = true;
+            Flow::Continue
+        }
         HandlerRule::Rewrite(t) => {
             let to = render(t, req, ctx).into_owned();
             let (p, q) = match to.split_once('?') {
@@ -575,6 +582,7 @@ fn run_handler<'t>(
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .is_some_and(|n| n > *max);
             if too_big {
+                ctx.rejected_by = Some("request_body");
                 return Flow::Done(Terminal::Error {
                     status: 413,
                     message: "request body too large".into(),

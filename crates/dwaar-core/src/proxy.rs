@@ -14,6 +14,7 @@ use crate::pipeline::{
 use crate::route_table::RouteStore;
 use async_trait::async_trait;
 use bytes::Bytes;
+use compact_str::CompactString;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -140,6 +141,10 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         ctx.start = Some(Instant::now());
+        ctx.start_unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         if crate::server::inflight::draining() {
             session.set_keepalive(None);
         }
@@ -150,6 +155,7 @@ impl ProxyHttp for DwaarProxy {
             None => Some(Default::default()),
         };
         let Some(host) = host else {
+            ctx.rejected_by = Some("host");
             write_reply(
                 session,
                 ctx,
@@ -192,6 +198,7 @@ impl ProxyHttp for DwaarProxy {
         if let (Some(max), Some(b)) = (ctx.max_body, body.as_ref()) {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > max {
+                ctx.rejected_by = Some("request_body");
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -329,6 +336,7 @@ impl ProxyHttp for DwaarProxy {
             }
             apply_request_rules(&p.header_up, up, ctx);
         }
+        ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
 
@@ -338,6 +346,7 @@ impl ProxyHttp for DwaarProxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
+        ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
         if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
             if let Some(passive) = &p.passive {
                 let code = resp.status.as_u16();
@@ -426,6 +435,9 @@ impl ProxyHttp for DwaarProxy {
                 can_reuse_downstream: false,
             };
         }
+        if code >= 500 {
+            ctx.upstream_error = Some(short_error(e));
+        }
         // The response may already have started; then nothing more can be sent.
         if session.response_written().is_some() {
             return FailToProxy {
@@ -467,12 +479,86 @@ impl ProxyHttp for DwaarProxy {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
+        access_log(session, ctx);
         release_upstream(ctx);
         if std::mem::take(&mut ctx.inflight) {
             crate::server::inflight::exit();
         }
     }
+}
+
+/// A short, single-line description of a proxy error for the access log.
+fn short_error(e: &Error) -> CompactString {
+    let mut s = CompactString::new(e.etype().as_str());
+    if let Some(c) = e.context.as_ref() {
+        let text = c.as_str();
+        if !text.is_empty() {
+            s.push_str(": ");
+            s.push_str(&text[..text.floor_char_boundary_compat(120)]);
+        }
+    }
+    s
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, i: usize) -> usize {
+        let mut i = i.min(self.len());
+        while !self.is_char_boundary(i) {
+            i -= 1;
+        }
+        i
+    }
+}
+
+/// Hands the request's record to the site's access logger (never blocks).
+fn access_log(session: &Session, ctx: &RequestContext) {
+    let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
+        return;
+    };
+    if ctx.skip_log {
+        return;
+    }
+    let req = session.req_header();
+    let (path, query) = match ctx.orig_uri.as_deref() {
+        Some(orig) => orig.split_once('?').unwrap_or((orig, "")),
+        None => (req.uri.path(), req.uri.query().unwrap_or("")),
+    };
+    let down = session.as_downstream();
+    let record = dwaar_log::RequestLog {
+        ts_ms: ctx.start_unix_ms,
+        request_id: ctx.request_id,
+        method: CompactString::new(req.method.as_str()),
+        host: ctx.host.clone(),
+        path: CompactString::new(path),
+        query: CompactString::new(query),
+        proto: dwaar_log::record::proto_name(req.version),
+        status: session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0),
+        duration_us: ctx
+            .start
+            .map(|s| s.elapsed().as_micros() as u64)
+            .unwrap_or(0),
+        upstream_duration_us: ctx.upstream_duration.map(|d| d.as_micros() as u64),
+        upstream_addr: ctx.upstream.as_ref().map(|u| CompactString::new(&u.dial)),
+        remote_ip: ctx.conn.remote.ip(),
+        remote_port: ctx.conn.remote.port(),
+        client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
+        user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
+        referer: req.headers.get(http::header::REFERER).cloned(),
+        bytes_read: down.body_bytes_read() as u64,
+        bytes_written: down.body_bytes_sent() as u64,
+        rejected_by: ctx.rejected_by,
+        error: ctx.upstream_error.clone(),
+        ..Default::default()
+    };
+    logger.log(record);
 }
 
 fn status_matches(pattern: &str, code: u16) -> bool {

@@ -59,6 +59,7 @@ pub struct MapRule {
 #[derive(Debug)]
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
+    LogSkip,
     Respond {
         status: Option<u16>,
         body: Option<Template>,
@@ -104,6 +105,34 @@ pub struct SiteRoutes {
     pub path: Option<PathPattern>,
     pub routes: Vec<RouteRule>,
     pub error_routes: Vec<RouteRule>,
+    /// The site's access logger (`log`).
+    pub log: Option<Arc<dwaar_log::Logger>>,
+}
+
+/// Long-lived state that compiled tables share across reloads: upstream pools and
+/// health, and log writers (open files and connections).
+#[derive(Default)]
+pub struct Registries {
+    pub upstreams: UpstreamRegistry,
+    /// `None` where nothing is served (the supervisor only validates configs).
+    pub logs: Option<dwaar_log::LogRegistry>,
+}
+
+impl Registries {
+    /// For a process that serves requests.
+    pub fn serving() -> Registries {
+        Registries {
+            upstreams: UpstreamRegistry::default(),
+            logs: Some(dwaar_log::LogRegistry::default()),
+        }
+    }
+
+    /// Flushes pending log records (shutdown).
+    pub fn flush_logs(&self, timeout: std::time::Duration) {
+        if let Some(l) = &self.logs {
+            l.flush_all(timeout);
+        }
+    }
 }
 
 /// Sites reachable through one port.
@@ -168,7 +197,8 @@ impl RouteTable {
 
     /// Compiles a validated config. Errors here are environment problems (an upstream
     /// CA file that cannot be read), reported with the offending value.
-    pub fn compile(config: &Config, registry: &UpstreamRegistry) -> Result<RouteTable, String> {
+    pub fn compile(config: &Config, registries: &Registries) -> Result<RouteTable, String> {
+        let registry = &registries.upstreams;
         let mut table = RouteTable {
             grace_period_ms: config.global.grace_period_ms,
             ..Default::default()
@@ -199,11 +229,16 @@ impl RouteTable {
                         PathPattern::new(&format!("{p}*"))
                     }
                 });
+            let log = match (&site.log, &registries.logs) {
+                (Some(c), Some(logs)) => Some(logs.logger(c)?),
+                _ => None,
+            };
             let compiled = Arc::new(SiteRoutes {
                 name,
                 path,
                 routes,
                 error_routes,
+                log,
             });
             for a in &site.addresses {
                 let port = table.ports.entry(a.port).or_default();
@@ -433,6 +468,7 @@ fn compile_handler(
             message: message.clone(),
         },
         Handler::Abort => HandlerRule::Abort,
+        Handler::LogSkip => HandlerRule::LogSkip,
         Handler::Vars { values } => HandlerRule::Vars(
             values
                 .iter()

@@ -161,7 +161,7 @@ impl RollingFile {
     /// Removes rolled files beyond `keep` (newest kept) or older than `keep_for`.
     fn prune(&self) {
         let mut rolled = rolled_files(&self.path);
-        rolled.sort_by(|a, b| b.1.cmp(&a.1));
+        rolled.sort_by_key(|r| std::cmp::Reverse(r.1));
         let now = SystemTime::now();
         for (i, (p, t)) in rolled.iter().enumerate() {
             let too_many = self.keep > 0 && i >= self.keep as usize;

@@ -17,6 +17,11 @@ pub struct Stats {
     pub open_connections: u64,
     pub workers: u64,
     pub worker_restarts: u64,
+    /// Access-log records dropped because an output could not keep up or failed.
+    #[serde(default)]
+    pub log_dropped: u64,
+    #[serde(default)]
+    pub log_written: u64,
 }
 
 type UpgradeReply = tokio::sync::oneshot::Sender<Result<u32, String>>;
@@ -124,7 +129,11 @@ impl Control {
              dwaar_workers {}\n\
              # HELP dwaar_worker_restarts_total Worker processes restarted after exiting.\n\
              # TYPE dwaar_worker_restarts_total counter\n\
-             dwaar_worker_restarts_total {}\n",
+             dwaar_worker_restarts_total {}\n\
+             # HELP dwaar_log_records_total Access-log records by outcome.\n\
+             # TYPE dwaar_log_records_total counter\n\
+             dwaar_log_records_total{{result=\"written\"}} {}\n\
+             dwaar_log_records_total{{result=\"dropped\"}} {}\n",
             self.reloader.ok_count.load(Relaxed),
             self.reloader.fail_count.load(Relaxed),
             self.started.elapsed().as_secs(),
@@ -132,6 +141,8 @@ impl Control {
             st.open_connections,
             st.workers,
             st.worker_restarts,
+            st.log_written,
+            st.log_dropped,
         );
         out
     }

@@ -17,8 +17,9 @@ pub mod supervisor;
 pub mod upgrade;
 
 use crate::proxy::DwaarProxy;
+use crate::route_table::Registries;
 use crate::route_table::{RouteStore, RouteTable};
-use crate::upstream::{HealthChecker, UpstreamRegistry};
+use crate::upstream::HealthChecker;
 pub use control::{Control, Stats};
 use dwaar_config::model::Config;
 use dwaar_config::source::SourceMap;
@@ -66,7 +67,7 @@ pub struct Server {
 impl Server {
     pub fn start(opts: StartOptions) -> Result<Server, String> {
         let v6 = sockets::ipv6_available();
-        let registry = Arc::new(UpstreamRegistry::default());
+        let registry = Arc::new(Registries::serving());
         let table = RouteTable::compile(&opts.config, &registry)?;
         let threads = opts.threads.unwrap_or_else(default_threads).max(1);
         let source = if opts.worker_process {
@@ -153,6 +154,8 @@ impl Server {
                 open_connections: stats_conns.get() as u64,
                 workers: 1,
                 worker_restarts: 0,
+                log_dropped: dwaar_log::dropped_total(),
+                log_written: dwaar_log::written_total(),
             }),
         );
         tracing::info!(threads, "dwaar started");
@@ -206,6 +209,7 @@ impl Server {
                 "grace period over; closing remaining requests"
             );
         }
+        self.control.reloader.flush_logs(Duration::from_secs(2));
         tracing::info!(connections = self.conns.get(), "stopped");
     }
 }

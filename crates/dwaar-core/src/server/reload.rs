@@ -4,9 +4,8 @@
 //! publish the listener set. Any failure before the swap leaves the old table serving and
 //! returns the full diagnostics. Reloads are serialised; requests never wait for them.
 
-use crate::route_table::{RouteStore, RouteTable};
+use crate::route_table::{Registries, RouteStore, RouteTable};
 use crate::server::sockets::{self, Snapshot};
-use crate::upstream::UpstreamRegistry;
 use dwaar_config::diag::Diagnostic;
 use dwaar_config::model::Config;
 use dwaar_config::source::SourceMap;
@@ -113,7 +112,7 @@ pub(crate) enum SocketSource {
 /// Loads new configurations into the running server.
 pub struct Reloader {
     store: Arc<RouteStore>,
-    registry: Arc<UpstreamRegistry>,
+    registry: Arc<Registries>,
     sockets: watch::Sender<Snapshot>,
     source: SocketSource,
     v6: bool,
@@ -127,7 +126,7 @@ impl Reloader {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         store: Arc<RouteStore>,
-        registry: Arc<UpstreamRegistry>,
+        registry: Arc<Registries>,
         sockets: watch::Sender<Snapshot>,
         source: SocketSource,
         v6: bool,
@@ -164,6 +163,11 @@ impl Reloader {
     /// The listening sockets in use.
     pub fn sockets(&self) -> Snapshot {
         self.sockets.borrow().clone()
+    }
+
+    /// Writes out pending access-log records (shutdown).
+    pub fn flush_logs(&self, timeout: std::time::Duration) {
+        self.registry.flush_logs(timeout);
     }
 
     /// Drops every listening socket this process holds (shutdown).

@@ -17,8 +17,7 @@ use super::fdpass;
 use super::reload::{Follower, Reloader, SocketSource};
 use super::sockets::{self, SharedSpec, Snapshot};
 use super::Stats;
-use crate::route_table::{RouteStore, RouteTable};
-use crate::upstream::UpstreamRegistry;
+use crate::route_table::{Registries, RouteStore, RouteTable};
 use dwaar_config::model::Config;
 use dwaar_config::source::SourceMap;
 use serde::{Deserialize, Serialize};
@@ -78,6 +77,8 @@ struct Worker {
     conn: Option<UnixStream>,
     replies: Option<mpsc::Receiver<Option<String>>>,
     stats: Arc<Mutex<Stats>>,
+    /// Counters of this slot's earlier (exited) workers, so totals never go back.
+    retired: (u64, u64),
     started: Instant,
     failures: u32,
     restart_at: Option<Instant>,
@@ -111,7 +112,7 @@ impl Supervisor {
             .threads
             .unwrap_or_else(|| (super::default_threads() / n).max(1))
             .max(1);
-        let registry = Arc::new(UpstreamRegistry::default());
+        let registry = Arc::new(Registries::default());
         let table = RouteTable::compile(&opts.config, &registry)?;
         let k = n * threads;
         let snapshot = sockets::prepare(
@@ -144,6 +145,7 @@ impl Supervisor {
                         conn: None,
                         replies: None,
                         stats: Arc::new(Mutex::new(Stats::default())),
+                        retired: (0, 0),
                         started: Instant::now(),
                         failures: 0,
                         restart_at: None,
@@ -233,11 +235,15 @@ impl Shared {
         };
         for w in &self.workers {
             if let Ok(w) = w.lock() {
+                total.log_written += w.retired.0;
+                total.log_dropped += w.retired.1;
                 if w.conn.is_some() {
                     total.workers += 1;
                     if let Ok(s) = w.stats.lock() {
                         total.inflight_requests += s.inflight_requests;
                         total.open_connections += s.open_connections;
+                        total.log_dropped += s.log_dropped;
+                        total.log_written += s.log_written;
                     }
                 }
             }
@@ -265,6 +271,15 @@ impl Shared {
             .stdin(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.exe.display()))?;
+        let previous = slot
+            .stats
+            .lock()
+            .ok()
+            .map(|mut old| std::mem::take(&mut *old));
+        if let Some(old) = previous {
+            slot.retired.0 += old.log_written;
+            slot.retired.1 += old.log_dropped;
+        }
         slot.child = Some(child);
         slot.started = Instant::now();
         slot.conn = None;
@@ -514,8 +529,11 @@ fn read_worker(
             Ok(FromWorker::Hello { .. }) | Err(_) => {}
         }
     }
+    // The worker is gone: nothing of it is in flight any more; its counters stay until
+    // the slot's next worker starts (then they move to `retired`).
     if let Ok(mut g) = stats.lock() {
-        *g = Stats::default();
+        g.inflight_requests = 0;
+        g.open_connections = 0;
     }
 }
 

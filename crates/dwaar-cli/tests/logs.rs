@@ -1,0 +1,414 @@
+//! End-to-end tests of access logs: fields, counts under load, rotation, a stalled
+//! output, flushing on shutdown, console and network outputs.
+
+mod common;
+use common::*;
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+fn lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("invalid JSON line ({e}): {l}")))
+        .collect()
+}
+
+fn wait_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
+    let ok = wait_until(Duration::from_secs(10), || lines(path).len() >= n);
+    let got = lines(path);
+    assert!(ok, "expected {n} log lines, got {}", got.len());
+    got
+}
+
+fn metric(admin: &str, name: &str) -> u64 {
+    let r = dwaar_admin::client::request(admin, "GET", "/metrics", None, &[])
+        .unwrap_or_else(|e| panic!("{e}"));
+    r.body
+        .lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {}", r.body))
+}
+
+#[test]
+fn every_field_for_proxied_static_error_and_rejected_requests() {
+    let origin = origin::http("o");
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("access.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\tlog_skip /healthz\n\trequest_body /upload {{\n\t\tmax_size 10\n\t}}\n\thandle /up/* {{\n\t\treverse_proxy 127.0.0.1:{}\n\t}}\n\thandle /dead/* {{\n\t\treverse_proxy 127.0.0.1:1\n\t}}\n\trespond \"hello\"\n}}\n",
+        log.display(),
+        origin.port
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    let ua = ("User-Agent", "dwaar-test/1.0");
+    let r = request(
+        port,
+        "GET",
+        "site.test",
+        "/up/x?token=s3cret&page=2",
+        &[ua, ("Referer", "https://ref.example/")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    let proxied_id = r.header("x-request-id").unwrap_or("").to_string();
+    assert_eq!(
+        request(port, "GET", "site.test", "/static", &[ua], b"")
+            .map(|r| r.status)
+            .ok(),
+        Some(200)
+    );
+    assert_eq!(
+        request(port, "GET", "site.test", "/dead/y", &[ua], b"")
+            .map(|r| r.status)
+            .ok(),
+        Some(502)
+    );
+    assert_eq!(
+        request(
+            port,
+            "POST",
+            "site.test",
+            "/upload",
+            &[ua],
+            b"far more than ten bytes"
+        )
+        .map(|r| r.status)
+        .ok(),
+        Some(413)
+    );
+    assert_eq!(
+        request(port, "GET", "site.test", "/healthz", &[ua], b"")
+            .map(|r| r.status)
+            .ok(),
+        Some(200)
+    );
+    let got = wait_lines(&log, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let got_all = lines(&log);
+    assert_eq!(
+        got_all.len(),
+        4,
+        "log_skip'd request was logged: {got_all:?}"
+    );
+    let by_uri = |u: &str| {
+        got.iter()
+            .find(|l| l["uri"] == u)
+            .cloned()
+            .unwrap_or_else(|| panic!("no line for {u}: {got:?}"))
+    };
+
+    let p = by_uri("/up/x");
+    assert_eq!(p["method"], "GET");
+    assert_eq!(p["host"], "site.test");
+    assert_eq!(p["query"], "token=REDACTED&page=2");
+    assert_eq!(p["proto"], "HTTP/1.1");
+    assert_eq!(p["status"], 200);
+    assert_eq!(p["request_id"], proxied_id.as_str());
+    assert_eq!(
+        p["upstream_addr"],
+        format!("127.0.0.1:{}", origin.port).as_str()
+    );
+    assert!(p["upstream_duration_us"].as_u64().is_some());
+    assert!(p["duration_us"].as_u64() >= p["upstream_duration_us"].as_u64());
+    assert_eq!(p["remote_ip"], "127.0.0.1");
+    assert!(p["remote_port"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(p["client_ip"], "127.0.0.1");
+    assert_eq!(p["user_agent"], "dwaar-test/1.0");
+    assert_eq!(p["referer"], "https://ref.example/");
+    assert!(p["bytes_written"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(p["level"], "info");
+    let ts = p["ts"].as_str().unwrap_or("");
+    assert!(
+        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
+        "{ts}"
+    );
+    assert!(p.get("error").is_none() && p.get("rejected_by").is_none());
+
+    let s = by_uri("/static");
+    assert_eq!(s["status"], 200);
+    assert_eq!(s["bytes_written"], 5);
+    assert!(s.get("upstream_addr").is_none() && s.get("upstream_duration_us").is_none());
+
+    let e = by_uri("/dead/y");
+    assert_eq!(e["status"], 502);
+    assert_eq!(e["level"], "error");
+    assert_eq!(e["upstream_addr"], "127.0.0.1:1");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap_or("")
+            .to_lowercase()
+            .contains("connect"),
+        "{e}"
+    );
+
+    let j = by_uri("/upload");
+    assert_eq!(j["status"], 413);
+    assert_eq!(j["method"], "POST");
+    assert_eq!(j["rejected_by"], "request_body");
+}
+
+#[test]
+fn concurrent_requests_make_exactly_as_many_lines() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("a.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start_with(&bin(), &cfg, &[port], &["--threads", "2"]);
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+                for i in 0..250 {
+                    c.send_raw(format!("GET /t{t}/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap_or_else(|_| panic!("client failed"));
+    }
+    let got = wait_lines(&log, 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&log).len(), 1000);
+    let uris: HashSet<String> = got
+        .iter()
+        .map(|l| l["uri"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(uris.len(), 1000, "duplicate or missing lines");
+}
+
+#[test]
+fn rotation_keeps_every_line_exactly_once() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("roll.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {} {{\n\t\t\troll_size 16KiB\n\t\t\troll_keep 1000\n\t\t}}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start_with(&bin(), &cfg, &[port], &["--threads", "2"]);
+    let n = 1500;
+    let threads: Vec<_> = (0..3)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+                for i in 0..n / 3 {
+                    c.send_raw(format!("GET /r{t}-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                        .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap_or_else(|_| panic!("client failed"));
+    }
+    let all = || -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("roll") && name.ends_with(".log") {
+                for l in std::fs::read_to_string(e.path())
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let v2: serde_json::Value = serde_json::from_str(l)
+                        .unwrap_or_else(|er| panic!("bad line in {name} ({er}): {l}"));
+                    v.push(v2["uri"].as_str().unwrap_or("").to_string());
+                }
+            }
+        }
+        v
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || all().len() >= n),
+        "got {} lines",
+        all().len()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let uris = all();
+    let unique: HashSet<&String> = uris.iter().collect();
+    assert_eq!(uris.len(), n, "lines lost or duplicated");
+    assert_eq!(unique.len(), n);
+    let files = std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .count();
+    assert!(files > 5, "expected several rolled files, got {files}");
+    for e in std::fs::read_dir(dir.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".log") {
+            let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+            // A batch may carry a file past the limit only when it started empty.
+            assert!(size <= 16 * 1024 + 200 * 600, "{name} is {size} bytes");
+        }
+    }
+}
+
+#[test]
+fn a_stalled_output_drops_records_but_never_slows_requests() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let fifo = dir.path().join("stalled.log");
+    // A FIFO nobody reads: the writer blocks on it forever.
+    let ok = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "mkfifo failed");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\trespond \"x\"\n}}\n",
+        fifo.display()
+    );
+    let d = Dwaar::start(&bin(), &cfg, &[port]);
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    let mut slowest = Duration::ZERO;
+    let started = Instant::now();
+    for i in 0..4000 {
+        let t = Instant::now();
+        c.send_raw(format!("GET /{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
+        slowest = slowest.max(t.elapsed());
+    }
+    let dropped = metric(&d.admin, "dwaar_log_records_total{result=\"dropped\"}");
+    assert!(
+        dropped >= 1000,
+        "expected drops once the channel filled, got {dropped}"
+    );
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a request took {slowest:?} while the log was stalled"
+    );
+    eprintln!(
+        "4000 requests in {:?}, slowest {slowest:?}, {dropped} records dropped",
+        started.elapsed()
+    );
+    // Unblock the writer so the process can exit cleanly.
+    let _reader = std::fs::File::open(&fifo);
+}
+
+#[test]
+fn pending_records_are_flushed_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("f.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let mut d = Dwaar::start(&bin(), &cfg, &[port]);
+    for i in 0..50 {
+        assert_eq!(ok_get(port, "x", &format!("/{i}")).status, 200);
+    }
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    assert_eq!(lines(&log).len(), 50);
+}
+
+#[test]
+fn console_format_to_stdout_and_ip_masking() {
+    let port = free_port();
+    let cfg = format!(":{port} {{\n\tlog {{\n\t\toutput stdout\n\t\tformat console\n\t\tmask_ip 8\n\t}}\n\trespond \"x\" 201\n}}\n");
+    let d = Dwaar::start(&bin(), &cfg, &[port]);
+    assert_eq!(
+        ok_get(port, "console.test", "/hello?password=hunter2").status,
+        201
+    );
+    assert!(wait_until(Duration::from_secs(5), || d
+        .log_text()
+        .contains("/hello")));
+    let text = d.log_text();
+    let line = text.lines().find(|l| l.contains("/hello")).unwrap_or("");
+    assert!(
+        line.contains("GET console.test/hello?password=REDACTED HTTP/1.1 201"),
+        "{line}"
+    );
+    assert!(line.contains(" 127.0.0.0"), "IP not masked: {line}");
+    assert!(!text.contains("hunter2"));
+}
+
+#[test]
+fn net_output_delivers_lines_to_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let sock = dir.path().join("collector.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap_or_else(|e| panic!("{e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        if let Ok((s, _)) = listener.accept() {
+            for l in std::io::BufReader::new(s).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        }
+    });
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput net unix/{}\n\t}}\n\trespond \"x\"\n}}\n",
+        sock.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    for i in 0..20 {
+        assert_eq!(ok_get(port, "x", &format!("/n{i}")).status, 200);
+    }
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        match rx.recv_timeout(Duration::from_secs(5)) {
+            Ok(l) => got.push(l),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(got.len(), 20);
+    assert!(got
+        .iter()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+}
+
+#[test]
+fn global_log_option_sends_dwaars_own_log_to_a_file_as_json() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("dwaar.log");
+    let port = free_port();
+    let cfg = format!(
+        "{{\n\tlog {{\n\t\toutput file {}\n\t\tformat json\n\t\tlevel INFO\n\t}}\n}}\n:{port} {{\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let d = Dwaar::start(&bin(), &cfg, &[port]);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("dwaar started")
+    }));
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    for l in text.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(v["level"].is_string() && v["timestamp"].is_string(), "{l}");
+    }
+    assert!(
+        !d.log_text().contains("dwaar started"),
+        "the runtime log still went to stderr"
+    );
+}
