@@ -10,6 +10,9 @@
 #
 # Env: BENCH_DURATION (30s) BENCH_THREADS (2) BENCH_CONNECTIONS ("100 500 1000")
 #      BENCH_ROUNDS (3) BENCH_TARGETS ("direct dwaar nginx haproxy caddy") LAYOUT (split)
+#      BENCH_ACCESS_LOG (0; 1 = dwaar, nginx and caddy write a JSON/combined access log
+#      to a file, buffered alike: dwaar batches, nginx buffer=64k flush=100ms; haproxy
+#      only logs to syslog, so it runs without)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -17,6 +20,7 @@ DURATION=${BENCH_DURATION:-30s}
 THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNECTIONS:-"100 500 1000"}
 ROUNDS=${BENCH_ROUNDS:-3}
+ACCESS_LOG=${BENCH_ACCESS_LOG:-0}
 TARGETS=${BENCH_TARGETS:-"direct dwaar nginx haproxy caddy"}
 LAYOUT=${LAYOUT:-split}
 WORK=$(mktemp -d /tmp/dwaar-bench.XXXXXX)
@@ -55,11 +59,19 @@ wait_port 9090
 
 # --- proxies -------------------------------------------------------------------------
 start_dwaar() {
+  local log=""
+  [ "$ACCESS_LOG" = 1 ] && log="log {
+		output file $WORK/dwaar-access.log {
+			roll_disabled
+		}
+	}"
   cat > "$WORK/Dwaarfile" <<DW
 {
+	admin off
 	grace_period 1s
 }
 :6188 {
+	$log
 	reverse_proxy 127.0.0.1:9090
 }
 DW
@@ -74,7 +86,7 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log;
 events { worker_connections 10000; }
 http {
-  access_log off;
+  $( [ "$ACCESS_LOG" = 1 ] && echo "access_log $WORK/nginx/access.log combined buffer=64k flush=100ms;" || echo "access_log off;" )
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:9090; keepalive 1024; }
   server { listen 127.0.0.1:8080 backlog=4096;
@@ -113,6 +125,7 @@ start_caddy() {
 	grace_period 1s
 }
 :8082 {
+	$( [ "$ACCESS_LOG" = 1 ] && printf 'log {\n\t\toutput file %s/caddy-access.log\n\t}' "$WORK" )
 	reverse_proxy 127.0.0.1:9090 {
 		transport http {
 			keepalive_idle_conns 1024

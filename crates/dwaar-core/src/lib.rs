@@ -6,6 +6,7 @@
 //! backend state, load balancing and health checks; [`server`] wires the process.
 
 pub mod context;
+pub mod fast_h1;
 pub mod matcher;
 pub mod net;
 pub mod pipeline;

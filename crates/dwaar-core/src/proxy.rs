@@ -11,6 +11,7 @@ use crate::pipeline::{
     apply_edits, apply_request_rules, error_outcome, handle_request, normalize_host, render_rules,
     Outcome, Reply, ResponseHead,
 };
+use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -118,7 +119,47 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) 
     Ok(())
 }
 
-fn release_upstream(ctx: &mut RequestContext) {
+/// `X-Forwarded-For`/`-Proto`/`-Host` (kept from trusted proxies only) and
+/// `X-Request-Id` on an upstream request; shared by both front-ends.
+pub(crate) fn forwarded_headers(ctx: &RequestContext, up: &mut dyn HttpRequest, host: &str) {
+    let peer_ip = ctx.conn.remote.ip().to_string();
+    let xff = match (ctx.peer_trusted, up.header("x-forwarded-for")) {
+        (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    up.set_header("x-forwarded-for", &xff);
+    if !(ctx.peer_trusted && up.header_count("x-forwarded-proto") > 0) {
+        up.set_header("x-forwarded-proto", ctx.scheme());
+    }
+    if !(ctx.peer_trusted && up.header_count("x-forwarded-host") > 0) {
+        up.set_header("x-forwarded-host", host);
+    }
+    if let Some(id) = ctx.request_id {
+        let mut buf = [0u8; 36];
+        up.set_header("x-request-id", id.hyphenated().encode_lower(&mut buf));
+    }
+}
+
+/// Passive health: a response status or latency that counts as a failure.
+pub(crate) fn passive_check(ctx: &RequestContext, code: u16) {
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+        if let Some(passive) = &p.passive {
+            let bad_status = passive
+                .unhealthy_status
+                .iter()
+                .any(|s| status_matches(s, code));
+            let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
+                (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
+                _ => false,
+            };
+            if bad_status || slow {
+                u.record_failure(passive);
+            }
+        }
+    }
+}
+
+pub(crate) fn release_upstream(ctx: &mut RequestContext) {
     if ctx.active_counted {
         if let Some(u) = &ctx.upstream {
             u.active.fetch_sub(1, Ordering::Relaxed);
@@ -297,33 +338,10 @@ impl ProxyHttp for DwaarProxy {
         up: &mut RequestHeader,
         ctx: &mut RequestContext,
     ) -> Result<()> {
-        let peer_ip = ctx.conn.remote.ip().to_string();
-        let xff = match (
-            ctx.peer_trusted,
-            up.headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
-        ) {
-            (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
-            _ => peer_ip,
-        };
-        up.insert_header("x-forwarded-for", xff)?;
-        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-            up.insert_header("x-forwarded-proto", ctx.scheme())?;
-        }
-        if !(ctx.peer_trusted && up.headers.contains_key("x-forwarded-host")) {
-            let host = request_host(session.req_header())
-                .map(str::to_string)
-                .unwrap_or_default();
-            up.insert_header(
-                "x-forwarded-host",
-                crate::request::sanitize_header_value(&host).as_ref(),
-            )?;
-        }
-        if let Some(id) = ctx.request_id {
-            let mut buf = [0u8; 36];
-            up.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
-        }
+        let host = request_host(session.req_header())
+            .map(str::to_string)
+            .unwrap_or_default();
+        forwarded_headers(ctx, up, &host);
         if up.headers.get(http::header::HOST).is_none() {
             // HTTP/2 clients send :authority; HTTP/1 upstreams need a Host header.
             if let Some(a) = up.uri.authority().map(|a| a.as_str().to_string()) {
@@ -347,22 +365,7 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
-        if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
-            if let Some(passive) = &p.passive {
-                let code = resp.status.as_u16();
-                let bad_status = passive
-                    .unhealthy_status
-                    .iter()
-                    .any(|s| status_matches(s, code));
-                let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
-                    (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
-                    _ => false,
-                };
-                if bad_status || slow {
-                    u.record_failure(passive);
-                }
-            }
-        }
+        passive_check(ctx, resp.status.as_u16());
         Ok(())
     }
 
@@ -517,30 +520,65 @@ impl FloorCharBoundary for str {
 
 /// Hands the request's record to the site's access logger (never blocks).
 fn access_log(session: &Session, ctx: &RequestContext) {
+    if ctx.skip_log || ctx.site.as_ref().is_none_or(|s| s.log.is_none()) {
+        return;
+    }
+    let req = session.req_header();
+    let down = session.as_downstream();
+    log_request(
+        ctx,
+        LogParts {
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            query: req.uri.query().unwrap_or(""),
+            version: req.version,
+            user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
+            referer: req.headers.get(http::header::REFERER).cloned(),
+            status: session
+                .response_written()
+                .map(|r| r.status.as_u16())
+                .unwrap_or(0),
+            bytes_read: down.body_bytes_read() as u64,
+            bytes_written: down.body_bytes_sent() as u64,
+        },
+    );
+}
+
+/// What a front-end knows about a finished request, for its log record.
+pub(crate) struct LogParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub version: http::Version,
+    pub user_agent: Option<http::HeaderValue>,
+    pub referer: Option<http::HeaderValue>,
+    pub status: u16,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// Builds the access-log record from the context and a front-end's parts.
+pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
     let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
         return;
     };
     if ctx.skip_log {
         return;
     }
-    let req = session.req_header();
+    // The request as the client sent it, before any rewrite.
     let (path, query) = match ctx.orig_uri.as_deref() {
         Some(orig) => orig.split_once('?').unwrap_or((orig, "")),
-        None => (req.uri.path(), req.uri.query().unwrap_or("")),
+        None => (p.path, p.query),
     };
-    let down = session.as_downstream();
     let record = dwaar_log::RequestLog {
         ts_ms: ctx.start_unix_ms,
         request_id: ctx.request_id,
-        method: CompactString::new(req.method.as_str()),
+        method: CompactString::new(p.method),
         host: ctx.host.clone(),
         path: CompactString::new(path),
         query: CompactString::new(query),
-        proto: dwaar_log::record::proto_name(req.version),
-        status: session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .unwrap_or(0),
+        proto: dwaar_log::record::proto_name(p.version),
+        status: p.status,
         duration_us: ctx
             .start
             .map(|s| s.elapsed().as_micros() as u64)
@@ -550,10 +588,10 @@ fn access_log(session: &Session, ctx: &RequestContext) {
         remote_ip: ctx.conn.remote.ip(),
         remote_port: ctx.conn.remote.port(),
         client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
-        user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
-        referer: req.headers.get(http::header::REFERER).cloned(),
-        bytes_read: down.body_bytes_read() as u64,
-        bytes_written: down.body_bytes_sent() as u64,
+        user_agent: p.user_agent,
+        referer: p.referer,
+        bytes_read: p.bytes_read,
+        bytes_written: p.bytes_written,
         rejected_by: ctx.rejected_by,
         error: ctx.upstream_error.clone(),
         ..Default::default()

@@ -12,6 +12,7 @@ use pingora_core::protocols::l4::stream::Stream;
 use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -20,11 +21,13 @@ use tokio::sync::watch;
 /// The application that serves a connection.
 pub type ProxyApp = pingora_proxy::HttpProxy<crate::proxy::DwaarProxy>;
 
-/// The two proxy applications: HTTP/1 only, and HTTP/1 + h2c prior knowledge.
+/// The front-ends: Pingora's proxy for HTTP/1 only and for HTTP/1 + h2c prior
+/// knowledge, and the route store the lean HTTP/1 path reads.
 #[derive(Clone)]
 pub struct Apps {
     pub h1: Arc<ProxyApp>,
     pub h2c: Arc<ProxyApp>,
+    pub store: Arc<crate::route_table::RouteStore>,
 }
 
 /// Counts live connections so shutdown can wait for them.
@@ -77,12 +80,23 @@ pub async fn worker(
                     continue;
                 }
             };
-            let app = if key.0.h2c {
-                apps.h2c.clone()
+            let front = if key.0.h2c {
+                Front::Pingora(apps.h2c.clone())
+            } else if crate::fast_h1::enabled() {
+                Front::Fast(crate::fast_h1::FastCx {
+                    store: apps.store.clone(),
+                    fallback: apps.h1.clone(),
+                    shutdown: shutdown.clone(),
+                })
             } else {
-                apps.h1.clone()
+                Front::Pingora(apps.h1.clone())
             };
-            let task = tokio::spawn(accept_loop(listener, app, shutdown.clone(), conns.clone()));
+            let task = tokio::spawn(accept_loop(
+                listener,
+                front,
+                shutdown.clone(),
+                conns.clone(),
+            ));
             running.insert(key, task);
         }
         drop(snapshot);
@@ -97,9 +111,31 @@ pub async fn worker(
     }
 }
 
+/// Who serves a listener's connections.
+enum Front {
+    Pingora(Arc<ProxyApp>),
+    Fast(crate::fast_h1::FastCx),
+}
+
+/// Wraps an accepted TCP connection for Pingora, with the addresses already known
+/// from `accept()` (no `getpeername`/`getsockname` later).
+pub fn to_pingora(
+    tcp: tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Stream {
+    let fd = tcp.as_raw_fd();
+    let mut stream: Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
+    let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
+    stream.set_socket_digest(digest);
+    stream
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    app: Arc<ProxyApp>,
+    front: Front,
     shutdown: ShutdownWatch,
     conns: Arc<ConnCount>,
 ) {
@@ -115,23 +151,28 @@ async fn accept_loop(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let fd = tcp.as_raw_fd();
-        let mut stream: Stream = tcp.into();
-        // The addresses are known from accept(): no getpeername/getsockname later.
-        let digest = SocketDigest::from_raw_fd(fd);
-        let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
-        let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
-        stream.set_socket_digest(digest);
-        let app = app.clone();
-        let shutdown = shutdown.clone();
         let conns = conns.clone();
         conns.0.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            let mut next = app.process_new(Box::new(stream), &shutdown).await;
-            while let Some(s) = next {
-                next = app.process_new(s, &shutdown).await;
+        match &front {
+            Front::Fast(cx) => {
+                let cx = cx.clone();
+                tokio::spawn(async move {
+                    crate::fast_h1::serve(tcp, peer, local, cx).await;
+                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                });
             }
-            conns.0.fetch_sub(1, Ordering::AcqRel);
-        });
+            Front::Pingora(app) => {
+                let stream = to_pingora(tcp, peer, local);
+                let app = app.clone();
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                    while let Some(s) = next {
+                        next = app.process_new(s, &shutdown).await;
+                    }
+                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+        }
     }
 }

@@ -110,6 +110,7 @@ impl Server {
         let apps = Apps {
             h1: Arc::new(h1),
             h2c: Arc::new(h2c),
+            store: store.clone(),
         };
 
         let conns = Arc::new(ConnCount::default());

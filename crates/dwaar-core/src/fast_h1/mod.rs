@@ -1,0 +1,921 @@
+//! The lean HTTP/1.1 front-end (DESIGN.md §8).
+//!
+//! Plain-text HTTP/1.1 connections are read here first: the head is parsed in place with
+//! `httparse`, run through the same protocol-neutral pipeline as every other front-end
+//! (`pipeline::handle_request` on a [`FastRequest`]), and then either
+//!
+//! - answered directly (`respond`, `redir`, `error`, the 400/404/413/431 replies), or
+//! - proxied over a per-thread keep-alive pool of upstream connections, writing the
+//!   request head once and streaming bodies with `Content-Length` or chunked framing, or
+//! - handed to Pingora's `HttpProxy` with every byte read so far pushed back into the
+//!   stream (`Stream::rewind`) whenever the request needs something this path does not do:
+//!   HTTP/1.0, `Transfer-Encoding` or `Expect` on the request, upgrades, `request_body`
+//!   limits, retries and `lb_try_duration`, TLS, h2c or unix upstreams, failures to reach
+//!   the upstream (Pingora then applies retries, passive health and `handle_errors`).
+//!
+//! Once a connection is handed over it stays with Pingora. Both paths share routing,
+//! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
+//! the end-to-end tests run against both (`DWAAR_FAST_PATH=0` turns this one off).
+
+mod pool;
+pub mod request;
+
+use crate::context::{ConnInfo, RequestContext};
+use crate::pipeline::{handle_request, normalize_host, Outcome, Reply};
+use crate::proxy::{forwarded_headers, log_request, passive_check, release_upstream, LogParts};
+use crate::request::HttpRequest;
+use crate::route_table::RouteStore;
+use crate::server::inflight;
+use crate::server::listeners::{to_pingora, ProxyApp};
+use bytes::{Buf, Bytes, BytesMut};
+use pingora_core::apps::ServerApp;
+use pingora_core::server::ShutdownWatch;
+use pool::UpstreamConn;
+use request::FastRequest;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest request or response head this path reads before handing over.
+const MAX_HEAD: usize = 64 * 1024;
+const MAX_HEADERS: usize = 100;
+
+/// Whether the fast path is on (`DWAAR_FAST_PATH=0` turns it off, for comparisons).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DWAAR_FAST_PATH").map_or(true, |v| v != "0"))
+}
+
+/// What a connection needs from the server.
+#[derive(Clone)]
+pub struct FastCx {
+    pub store: Arc<RouteStore>,
+    pub fallback: Arc<ProxyApp>,
+    pub shutdown: ShutdownWatch,
+}
+
+/// Serves one client connection until it closes or is handed to Pingora.
+pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, cx: FastCx) {
+    let conn = ConnInfo {
+        remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
+        local_port: local.map(|a| a.port()).unwrap_or(0),
+        tls: false,
+    };
+    let mut buf = BytesMut::with_capacity(8 * 1024);
+    loop {
+        match serve_one(&mut tcp, &mut buf, conn, &cx).await {
+            Next::KeepAlive => continue,
+            Next::Close => {
+                let _ = tcp.shutdown().await;
+                return;
+            }
+            Next::Drop => return,
+            Next::HandOver => {
+                let mut stream = to_pingora(tcp, peer, local);
+                if !buf.is_empty() {
+                    stream.rewind(&buf);
+                }
+                let mut next = cx
+                    .fallback
+                    .process_new(Box::new(stream), &cx.shutdown)
+                    .await;
+                while let Some(s) = next {
+                    next = cx.fallback.process_new(s, &cx.shutdown).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum Next {
+    KeepAlive,
+    /// Close after a response (graceful).
+    Close,
+    /// The connection is broken or the client left.
+    Drop,
+    /// Give the connection, with `buf` pushed back, to Pingora.
+    HandOver,
+}
+
+/// Reads until `buf` holds a complete head; returns its length, or `None` on EOF, error
+/// or an oversized head.
+async fn read_head(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    response: bool,
+) -> Result<Option<usize>, std::io::Error> {
+    loop {
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            let status = if response {
+                httparse::Response::new(&mut headers).parse(buf)
+            } else {
+                httparse::Request::new(&mut headers).parse(buf)
+            };
+            match status {
+                Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                // Malformed, too many headers or too large: let the caller decide.
+                _ => return Ok(None),
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(8 * 1024);
+        }
+        if tcp.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+/// The request's body framing, when this path can forward it.
+fn request_body_len(req: &FastRequest) -> Option<u64> {
+    match req.header_count("content-length") {
+        0 => Some(0),
+        1 => {
+            let v = req.header_bytes_of("content-length")?;
+            if v.is_empty() || !v.iter().all(u8::is_ascii_digit) || v.len() > 18 {
+                return None;
+            }
+            std::str::from_utf8(v).ok()?.parse().ok()
+        }
+        _ => None,
+    }
+}
+
+/// Headers that describe one connection, never forwarded.
+fn hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn wants_close(req: &FastRequest) -> bool {
+    req.any_header_value("connection", &mut |v| {
+        v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
+    })
+}
+
+async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: &FastCx) -> Next {
+    let head_len = match read_head(tcp, buf, false).await {
+        Ok(Some(n)) => n,
+        // A malformed or oversized head: Pingora gives the precise 400/431.
+        Ok(None) if !buf.is_empty() => return Next::HandOver,
+        _ => return Next::Drop,
+    };
+    // Parse again into owned ranges over the frozen head.
+    let head = buf.split_to(head_len).freeze();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
+        return hand_back(buf, head);
+    }
+    let Some(mut req) = FastRequest::from_parsed(head.clone(), &parsed) else {
+        return hand_back(buf, head);
+    };
+    // Requests this path leaves to Pingora, decided before anything is consumed.
+    let body_len = request_body_len(&req);
+    let simple = req.version == http::Version::HTTP_11
+        && body_len.is_some()
+        && req.header_count("transfer-encoding") == 0
+        && req.header_count("expect") == 0
+        && req.header_count("upgrade") == 0
+        && req.method() != "CONNECT"
+        && !req.path().is_empty()
+        && req.path().starts_with('/');
+    let Some(body_len) = body_len.filter(|_| simple) else {
+        return hand_back(buf, head);
+    };
+
+    let mut ctx = RequestContext {
+        start: Some(Instant::now()),
+        start_unix_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+        conn,
+        ..RequestContext::default()
+    };
+    let Some(host) = req
+        .header("host")
+        .map(normalize_host)
+        .unwrap_or(Some(Default::default()))
+    else {
+        return hand_back(buf, head);
+    };
+    ctx.host = host;
+    let table = cx.store.load();
+    let outcome = handle_request(&table, &mut req, &mut ctx);
+    ctx.table = Some(table);
+    let close = wants_close(&req) || inflight::draining();
+    match outcome {
+        Outcome::Reply(r) => {
+            ctx.inflight = inflight::enter();
+            // The body (if any) is read and dropped so the connection stays in step.
+            let next = match discard_body(tcp, buf, body_len).await {
+                Ok(()) => {
+                    let close = close || r.close || ctx.close;
+                    match write_reply(tcp, &req, &ctx, r, close).await {
+                        Ok((status, sent)) => {
+                            finish_log(&req, &ctx, status, body_len, sent);
+                            if close {
+                                Next::Close
+                            } else {
+                                Next::KeepAlive
+                            }
+                        }
+                        Err(_) => Next::Drop,
+                    }
+                }
+                Err(_) => Next::Drop,
+            };
+            if std::mem::take(&mut ctx.inflight) {
+                inflight::exit();
+            }
+            next
+        }
+        Outcome::Abort => {
+            finish_log(&req, &ctx, 0, 0, 0);
+            Next::Drop
+        }
+        Outcome::Proxy => {
+            let eligible =
+                ctx.max_body.is_none() && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
+            if !eligible {
+                return hand_back(buf, head);
+            }
+            ctx.inflight = inflight::enter();
+            let next = proxy(tcp, buf, &head, &mut req, &mut ctx, body_len, close).await;
+            release_upstream(&mut ctx);
+            if std::mem::take(&mut ctx.inflight) {
+                inflight::exit();
+            }
+            next
+        }
+    }
+}
+
+/// Puts the head back in front of whatever else was read, for Pingora.
+fn hand_back(buf: &mut BytesMut, head: Bytes) -> Next {
+    let mut all = BytesMut::with_capacity(head.len() + buf.len());
+    all.extend_from_slice(&head);
+    all.extend_from_slice(buf);
+    *buf = all;
+    Next::HandOver
+}
+
+async fn discard_body(tcp: &mut TcpStream, buf: &mut BytesMut, len: u64) -> std::io::Result<()> {
+    let mut left = len;
+    loop {
+        let take = (buf.len() as u64).min(left) as usize;
+        buf.advance(take);
+        left -= take as u64;
+        if left == 0 {
+            return Ok(());
+        }
+        if tcp.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+fn push_request_id(out: &mut Vec<u8>, ctx: &RequestContext) {
+    if let Some(id) = ctx.request_id {
+        let mut b = [0u8; 36];
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a `Reply` the way the Pingora front-end does; returns (status, body bytes sent).
+async fn write_reply(
+    tcp: &mut TcpStream,
+    req: &FastRequest,
+    ctx: &RequestContext,
+    r: Reply,
+    close: bool,
+) -> std::io::Result<(u16, u64)> {
+    let head_only = req.method() == "HEAD";
+    let mut out = Vec::with_capacity(256 + r.body.len());
+    status_line(&mut out, r.status);
+    for (k, v) in &r.headers {
+        if k.eq_ignore_ascii_case("x-request-id") && ctx.request_id.is_some() {
+            continue;
+        }
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    push_request_id(&mut out, ctx);
+    let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
+    if !no_body_status {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(r.body.len()).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let mut sent = 0;
+    if !head_only && !no_body_status {
+        out.extend_from_slice(&r.body);
+        sent = r.body.len() as u64;
+    }
+    tcp.write_all(&out).await?;
+    Ok((r.status, sent))
+}
+
+fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {
+    if ctx.skip_log || ctx.site.as_ref().is_none_or(|s| s.log.is_none()) {
+        return;
+    }
+    log_request(
+        ctx,
+        LogParts {
+            method: req.method(),
+            path: req.path(),
+            query: req.query().unwrap_or(""),
+            version: req.version,
+            user_agent: req.header_value("user-agent"),
+            referer: req.header_value("referer"),
+            status,
+            bytes_read: read,
+            bytes_written: written,
+        },
+    );
+}
+
+/// How the upstream's response body is framed.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+async fn proxy(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    head: &Bytes,
+    req: &mut FastRequest,
+    ctx: &mut RequestContext,
+    body_len: u64,
+    client_close: bool,
+) -> Next {
+    let Some(p) = ctx.proxy.clone() else {
+        return hand_back(buf, head.clone());
+    };
+    let Some(i) = p.select(&*req, ctx) else {
+        // Nothing available: Pingora's path answers (503, lb_try_duration, handle_errors).
+        return hand_back(buf, head.clone());
+    };
+    let up = p.upstreams[i].clone();
+    let Some(addr) = up.addr else {
+        return hand_back(buf, head.clone());
+    };
+    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.active_counted = true;
+    ctx.upstream = Some(up);
+    ctx.attempts = 1;
+    ctx.upstream_start = Some(Instant::now());
+
+    // The upstream request head, edited like the Pingora path edits it.
+    let host = req.header("host").unwrap_or("").to_string();
+    forwarded_headers(ctx, req, &host);
+    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    // Headers the client listed in `Connection` belong to its hop only.
+    let mut listed: Vec<String> = Vec::new();
+    req.any_header_value("connection", &mut |v| {
+        listed.extend(
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .filter(|t| !t.is_empty()),
+        );
+        false
+    });
+    let mut out = Vec::with_capacity(req.head.len() + 256);
+    out.extend_from_slice(req.method().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(req.path().as_bytes());
+    if let Some(q) = req.query() {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in &req.headers {
+        let name = req.name_bytes(h);
+        if hop_by_hop(name)
+            || listed
+                .iter()
+                .any(|l| name.eq_ignore_ascii_case(l.as_bytes()))
+        {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(req.value_bytes(h));
+        out.extend_from_slice(b"\r\n");
+    }
+    if !p.transport.keepalive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    // Body bytes already read travel with the head.
+    let in_buf = (buf.len() as u64).min(body_len) as usize;
+    out.extend_from_slice(&buf[..in_buf]);
+
+    // A pooled connection the upstream closed meanwhile fails on first use: try a
+    // fresh one then (the request was not processed).
+    let mut attempt = 0;
+    let (mut upc, resp_head_len) = loop {
+        attempt += 1;
+        let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
+            Ok(c) => c,
+            Err(_) => {
+                // Nothing was sent: Pingora retries, marks health and answers.
+                release_upstream(ctx);
+                return hand_back(buf, head.clone());
+            }
+        };
+        let sent = upc.stream.write_all(&out).await;
+        ctx.upstream_sent = Some(Instant::now());
+        let retry = reused && attempt == 1 && in_buf as u64 == body_len;
+        if sent.is_ok() {
+            match pool::read_response_head(&mut upc, &p.transport).await {
+                Ok(Some(n)) => break (upc, n),
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    return upstream_failed(tcp, req, ctx, 504).await;
+                }
+                _ if retry => continue,
+                _ => {}
+            }
+        } else if retry {
+            continue;
+        }
+        // The upstream failed after receiving the request.
+        return upstream_failed(tcp, req, ctx, 502).await;
+    };
+    buf.advance(in_buf);
+    // The rest of the request body, streamed.
+    let mut left = body_len - in_buf as u64;
+    while left > 0 {
+        if buf.is_empty() && tcp.read_buf(buf).await.map_or(true, |n| n == 0) {
+            return Next::Drop;
+        }
+        let take = (buf.len() as u64).min(left) as usize;
+        if upc.stream.write_all(&buf[..take]).await.is_err() {
+            return upstream_failed(tcp, req, ctx, 502).await;
+        }
+        buf.advance(take);
+        left -= take as u64;
+    }
+
+    // The response head.
+    let rhead = upc.buf.split_to(resp_head_len).freeze();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
+        return upstream_failed(tcp, req, ctx, 502).await;
+    }
+    let status = resp.code.unwrap_or(502);
+    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
+    passive_check(ctx, status);
+    let upstream_keepalive = resp.version == Some(1)
+        && !resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && std::str::from_utf8(h.value)
+                    .unwrap_or("")
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        });
+    let head_request = req.method() == "HEAD";
+    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
+    {
+        Framing::None
+    } else if resp
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        let chunked = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+            .all(|h| {
+                std::str::from_utf8(h.value)
+                    .unwrap_or("")
+                    .trim()
+                    .eq_ignore_ascii_case("chunked")
+            });
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        let lens: Vec<&[u8]> = resp
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| h.value)
+            .collect();
+        match lens.as_slice() {
+            [] => Framing::UntilClose,
+            [one] => match std::str::from_utf8(one)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => Framing::Length(n),
+                None => return upstream_failed(tcp, req, ctx, 502).await,
+            },
+            _ => return upstream_failed(tcp, req, ctx, 502).await,
+        }
+    };
+    if (100..200).contains(&status) {
+        // Interim responses are rare from plain upstreams; Pingora's path relays them.
+        return upstream_failed(tcp, req, ctx, 502).await;
+    }
+    let close = client_close || matches!(framing, Framing::UntilClose);
+
+    // The response head for the client, with the same edits as the Pingora path.
+    let mut out = Vec::with_capacity(rhead.len() + 128);
+    status_line(&mut out, status);
+    let edits = !p.header_down.is_empty()
+        || !ctx.resp_immediate.is_empty()
+        || !ctx.resp_deferred.is_empty()
+        || ctx.set_cookie.is_some();
+    let keep_te = matches!(framing, Framing::Chunked);
+    let forward = |name: &str| {
+        !(hop_by_hop(name.as_bytes())
+            && !(keep_te && name.eq_ignore_ascii_case("transfer-encoding")))
+            && !name.eq_ignore_ascii_case("x-request-id")
+    };
+    if edits {
+        let mut fields: Vec<(compact_str::CompactString, String)> = resp
+            .headers
+            .iter()
+            .filter(|h| forward(h.name))
+            .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
+            .collect();
+        if !p.header_down.is_empty() {
+            let mut e = Vec::with_capacity(p.header_down.len());
+            crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
+            crate::pipeline::apply_edits(&e, &mut fields);
+        }
+        crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
+        crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
+        if let Some(c) = ctx.set_cookie.take() {
+            fields.push(("set-cookie".into(), c));
+        }
+        for (k, v) in &fields {
+            out.extend_from_slice(k.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(v.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    } else {
+        for h in resp.headers.iter() {
+            if forward(h.name) {
+                out.extend_from_slice(h.name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(h.value);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    push_request_id(&mut out, ctx);
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+
+    // Body: whatever came with the head first, then streamed.
+    let sent = match relay_body(tcp, &mut upc, framing, &mut out).await {
+        Ok(n) => n,
+        Err(Failure::Client) => {
+            finish_log(req, ctx, status, body_len, 0);
+            return Next::Drop;
+        }
+        Err(Failure::Upstream) => {
+            // Headers may already be out: the client sees a truncated response.
+            ctx.upstream_error = Some("upstream closed mid-response".into());
+            finish_log(req, ctx, status, body_len, 0);
+            return Next::Drop;
+        }
+    };
+    if upstream_keepalive && p.transport.keepalive && !matches!(framing_after(&upc), Some(false)) {
+        pool::checkin(addr, upc, &p.transport);
+    }
+    finish_log(req, ctx, status, body_len, sent);
+    if close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// Whether a connection is clean for reuse (no stray bytes after the response).
+fn framing_after(upc: &UpstreamConn) -> Option<bool> {
+    Some(upc.buf.is_empty() && upc.reusable)
+}
+
+enum Failure {
+    Client,
+    Upstream,
+}
+
+/// Streams the response body after `head_out` (the head bytes for the client).
+async fn relay_body(
+    tcp: &mut TcpStream,
+    upc: &mut UpstreamConn,
+    framing: Framing,
+    head_out: &mut Vec<u8>,
+) -> Result<u64, Failure> {
+    let mut sent: u64 = 0;
+    match framing {
+        Framing::None => {
+            tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
+            upc.reusable = upc.buf.is_empty();
+        }
+        Framing::Length(mut left) => {
+            // Small bodies go out with the head in one write.
+            let first = (upc.buf.len() as u64).min(left) as usize;
+            head_out.extend_from_slice(&upc.buf[..first]);
+            upc.buf.advance(first);
+            left -= first as u64;
+            sent += first as u64;
+            tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
+            while left > 0 {
+                upc.buf.clear();
+                let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                if n == 0 {
+                    return Err(Failure::Upstream);
+                }
+                let take = (upc.buf.len() as u64).min(left) as usize;
+                tcp.write_all(&upc.buf[..take])
+                    .await
+                    .map_err(|_| Failure::Client)?;
+                upc.buf.advance(take);
+                left -= take as u64;
+                sent += take as u64;
+            }
+            upc.reusable = upc.buf.is_empty();
+        }
+        Framing::Chunked => {
+            tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
+            let mut dec = ChunkScanner::default();
+            loop {
+                if upc.buf.is_empty() {
+                    let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                    if n == 0 {
+                        return Err(Failure::Upstream);
+                    }
+                }
+                let (used, done) = dec.scan(&upc.buf).map_err(|_| Failure::Upstream)?;
+                tcp.write_all(&upc.buf[..used])
+                    .await
+                    .map_err(|_| Failure::Client)?;
+                sent += used as u64;
+                upc.buf.advance(used);
+                if done {
+                    break;
+                }
+            }
+            upc.reusable = upc.buf.is_empty();
+        }
+        Framing::UntilClose => {
+            let first = upc.buf.len();
+            head_out.extend_from_slice(&upc.buf);
+            upc.buf.clear();
+            sent += first as u64;
+            tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
+            loop {
+                let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                if n == 0 {
+                    break;
+                }
+                tcp.write_all(&upc.buf).await.map_err(|_| Failure::Client)?;
+                sent += n as u64;
+                upc.buf.clear();
+            }
+            upc.reusable = false;
+        }
+    }
+    Ok(sent)
+}
+
+/// Tracks chunked framing while the raw bytes are forwarded unchanged.
+#[derive(Default)]
+struct ChunkScanner {
+    state: ChunkState,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    SizeExt,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+impl ChunkScanner {
+    /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
+    fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            match self.state {
+                ChunkState::Size => match c {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (c as char).to_digit(16).ok_or(())? as u64;
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(d))
+                            .ok_or(())?;
+                    }
+                    b';' | b' ' | b'\t' => self.state = ChunkState::SizeExt,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::SizeExt => {
+                    if c == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if c == b'\n' {
+                        return Err(());
+                    }
+                }
+                ChunkState::SizeLf => {
+                    if c != b'\n' {
+                        return Err(());
+                    }
+                    self.state = if self.size == 0 {
+                        ChunkState::Trailer
+                    } else {
+                        ChunkState::Data
+                    };
+                }
+                ChunkState::Data => {
+                    let take = ((b.len() - i) as u64).min(self.size) as usize;
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => {
+                    if c != b'\r' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::DataLf;
+                }
+                ChunkState::DataLf => {
+                    if c != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailer => {
+                    self.state = if c == b'\r' {
+                        ChunkState::EndLf
+                    } else {
+                        ChunkState::TrailerLine
+                    };
+                }
+                ChunkState::TrailerLine => {
+                    if c == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    }
+                }
+                ChunkState::TrailerLf => {
+                    if c != b'\n' {
+                        return Err(());
+                    }
+                    self.state = ChunkState::Trailer;
+                }
+                ChunkState::EndLf => {
+                    if c != b'\n' {
+                        return Err(());
+                    }
+                    return Ok((i + 1, true));
+                }
+            }
+            i += 1;
+        }
+        Ok((i, false))
+    }
+}
+
+/// The upstream failed after the request was sent: 502, or 504 for a timeout (through
+/// `handle_errors` when the site has it), like the Pingora path.
+async fn upstream_failed(
+    tcp: &mut TcpStream,
+    req: &mut FastRequest,
+    ctx: &mut RequestContext,
+    code: u16,
+) -> Next {
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+        if let Some(passive) = &p.passive {
+            u.record_failure(passive);
+        }
+    }
+    ctx.upstream_error = Some(if code == 504 {
+        "upstream response timed out".into()
+    } else {
+        "upstream failed before a complete response head".into()
+    });
+    let reply = match (ctx.table.clone(), ctx.site.clone()) {
+        (Some(table), Some(site)) if !site.error_routes.is_empty() => {
+            let trusted = table
+                .port(ctx.conn.local_port)
+                .map(|p| p.trusted_proxies.clone())
+                .unwrap_or_default();
+            let message = if code == 504 {
+                "upstream timed out"
+            } else {
+                "bad gateway"
+            };
+            match crate::pipeline::error_outcome(
+                &site.error_routes,
+                code,
+                message.into(),
+                req,
+                ctx,
+                &trusted,
+            ) {
+                Outcome::Reply(r) => r,
+                Outcome::Abort => return Next::Drop,
+                Outcome::Proxy => Reply::status(code),
+            }
+        }
+        _ => Reply::status(code),
+    };
+    match write_reply(tcp, req, ctx, reply, true).await {
+        Ok((status, sent)) => {
+            finish_log(req, ctx, status, 0, sent);
+            Next::Close
+        }
+        Err(_) => Next::Drop,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkScanner;
+
+    #[test]
+    fn chunk_scanner_finds_the_end_across_reads() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for split in 1..body.len() {
+            let mut s = ChunkScanner::default();
+            let (a, done_a) = s.scan(&body[..split]).expect("valid");
+            let total = if done_a {
+                a
+            } else {
+                let (b, done_b) = s.scan(&body[split..]).expect("valid");
+                assert!(done_b, "split at {split}");
+                split + b
+            };
+            assert_eq!(&body[total..], b"NEXT", "split at {split}");
+        }
+        assert!(ChunkScanner::default().scan(b"zz\r\n").is_err());
+        assert!(ChunkScanner::default().scan(b"4\r\nWikiXX").is_err());
+    }
+}

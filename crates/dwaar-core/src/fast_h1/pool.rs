@@ -1,0 +1,138 @@
+//! Per-thread keep-alive pools of plain-TCP upstream connections for the fast path.
+//!
+//! Each worker thread keeps its own idle connections (no locks); a connection is taken
+//! LIFO, checked for a close or stray bytes from the upstream before reuse, and returned
+//! only when its response ended cleanly.
+
+use crate::upstream::{ProxyHandler, TransportOpts};
+use bytes::BytesMut;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+/// Idle connections kept per upstream and thread.
+const MAX_IDLE: usize = 1024;
+/// Idle connections older than this are not reused unless the transport says otherwise.
+const DEFAULT_IDLE: Duration = Duration::from_secs(60);
+
+/// An upstream connection and its read buffer (reused across requests).
+pub struct UpstreamConn {
+    pub stream: TcpStream,
+    pub buf: BytesMut,
+    /// The last response ended exactly at the end of what was read.
+    pub reusable: bool,
+}
+
+impl UpstreamConn {
+    /// Reads more bytes into `buf`; 0 at end of stream.
+    pub async fn read_more(&mut self) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<(UpstreamConn, Instant)>>> = RefCell::new(HashMap::new());
+}
+
+/// Whether the fast path can proxy for this handler: plain HTTP/1.1 over TCP to
+/// resolved addresses, no retries (Pingora's path does those).
+pub fn eligible(p: &ProxyHandler) -> bool {
+    let t = &p.transport;
+    !t.tls
+        && !t.h2c
+        && !t.h2
+        && p.retries == 0
+        && p.try_duration.is_zero()
+        && p.upstreams
+            .iter()
+            .all(|u| !u.unix && u.addr.is_some() && (u.scheme.is_empty() || u.scheme == "http"))
+}
+
+/// An idle connection to `addr`, or a new one. The flag says whether it was reused.
+pub async fn checkout(
+    addr: SocketAddr,
+    t: &TransportOpts,
+) -> std::io::Result<(UpstreamConn, bool)> {
+    let max_idle = t.idle.unwrap_or(DEFAULT_IDLE);
+    loop {
+        let candidate = IDLE.with_borrow_mut(|m| m.get_mut(&addr).and_then(Vec::pop));
+        let Some((c, since)) = candidate else { break };
+        if since.elapsed() > max_idle {
+            continue;
+        }
+        // A readable idle connection was closed by the upstream (or sent junk).
+        let mut probe = [0u8; 1];
+        match c.stream.try_read(&mut probe) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((c, true)),
+            _ => continue,
+        }
+    }
+    let dial = if t.dial.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        t.dial
+    };
+    let stream = tokio::time::timeout(dial, TcpStream::connect(addr))
+        .await
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+    let _ = stream.set_nodelay(true);
+    Ok((
+        UpstreamConn {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+            reusable: false,
+        },
+        false,
+    ))
+}
+
+/// Returns a connection whose response ended cleanly.
+pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, _t: &TransportOpts) {
+    c.buf.clear();
+    // Keep the buffer modest between requests.
+    if c.buf.capacity() > 64 * 1024 {
+        c.buf = BytesMut::with_capacity(8 * 1024);
+    }
+    c.reusable = false;
+    IDLE.with_borrow_mut(|m| {
+        let v = m.entry(addr).or_default();
+        if v.len() < MAX_IDLE {
+            v.push((c, Instant::now()));
+        }
+    });
+}
+
+/// Reads until `c.buf` starts with a complete response head; its length, or `None`
+/// when the upstream closed or sent something that is not a response.
+pub async fn read_response_head(
+    c: &mut UpstreamConn,
+    t: &TransportOpts,
+) -> std::io::Result<Option<usize>> {
+    let read = async {
+        loop {
+            if !c.buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
+                match httparse::Response::new(&mut headers).parse(&c.buf) {
+                    Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
+                    Ok(httparse::Status::Partial) if c.buf.len() < super::MAX_HEAD => {}
+                    _ => return Ok(None),
+                }
+            }
+            if c.read_more().await? == 0 {
+                return Ok(None);
+            }
+        }
+    };
+    match t.read {
+        Some(d) if !d.is_zero() => tokio::time::timeout(d, read)
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?,
+        _ => read.await,
+    }
+}

@@ -1,0 +1,184 @@
+//! `FastRequest`: a request head parsed in place from the connection's read buffer.
+//!
+//! Names and values stay byte ranges into the frozen head (`Bytes`) until the pipeline
+//! edits them; only edited fields own their text. It implements [`HttpRequest`], so the
+//! protocol-neutral pipeline runs on it unchanged.
+
+use crate::request::{sanitize_header_value, HttpRequest};
+use bytes::Bytes;
+
+/// A piece of text: a range of the head, or owned after an edit.
+#[derive(Debug, Clone)]
+pub enum Text {
+    Raw(u32, u32),
+    Owned(String),
+}
+
+impl Text {
+    pub fn get<'a>(&'a self, head: &'a [u8]) -> &'a [u8] {
+        match self {
+            Text::Raw(a, b) => &head[*a as usize..*b as usize],
+            Text::Owned(s) => s.as_bytes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub name: Text,
+    pub value: Text,
+}
+
+/// One parsed request head.
+#[derive(Debug)]
+pub struct FastRequest {
+    pub head: Bytes,
+    pub method: Text,
+    pub path: Text,
+    pub query: Option<Text>,
+    pub version: http::Version,
+    pub headers: Vec<Header>,
+}
+
+fn range(head: &[u8], part: &[u8]) -> Text {
+    let start = part.as_ptr() as usize - head.as_ptr() as usize;
+    Text::Raw(start as u32, (start + part.len()) as u32)
+}
+
+impl FastRequest {
+    /// Builds the request from `httparse`'s view of `head` (all slices point into it).
+    pub fn from_parsed(head: Bytes, req: &httparse::Request<'_, '_>) -> Option<FastRequest> {
+        let h = &head[..];
+        let method = range(h, req.method?.as_bytes());
+        let target = req.path?.as_bytes();
+        let (path, query) = match target.iter().position(|b| *b == b'?') {
+            Some(i) => (range(h, &target[..i]), Some(range(h, &target[i + 1..]))),
+            None => (range(h, target), None),
+        };
+        let version = match req.version? {
+            0 => http::Version::HTTP_10,
+            _ => http::Version::HTTP_11,
+        };
+        let headers = req
+            .headers
+            .iter()
+            .map(|x| Header {
+                name: range(h, x.name.as_bytes()),
+                value: range(h, x.value),
+            })
+            .collect();
+        Some(FastRequest {
+            head,
+            method,
+            path,
+            query,
+            version,
+            headers,
+        })
+    }
+
+    fn str_of<'a>(&'a self, t: &'a Text) -> &'a str {
+        std::str::from_utf8(t.get(&self.head)).unwrap_or("")
+    }
+
+    pub fn name_bytes<'a>(&'a self, h: &'a Header) -> &'a [u8] {
+        h.name.get(&self.head)
+    }
+
+    pub fn value_bytes<'a>(&'a self, h: &'a Header) -> &'a [u8] {
+        h.value.get(&self.head)
+    }
+
+    /// The raw value of the first header called `name`.
+    pub fn header_bytes_of(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| self.name_bytes(h).eq_ignore_ascii_case(name.as_bytes()))
+            .map(|h| self.value_bytes(h))
+    }
+
+    /// The value of a header as a shared `HeaderValue` (no copy for unedited headers).
+    pub fn header_value(&self, name: &str) -> Option<http::HeaderValue> {
+        let h = self
+            .headers
+            .iter()
+            .find(|h| self.name_bytes(h).eq_ignore_ascii_case(name.as_bytes()))?;
+        match &h.value {
+            Text::Raw(a, b) => {
+                http::HeaderValue::from_maybe_shared(self.head.slice(*a as usize..*b as usize)).ok()
+            }
+            Text::Owned(s) => http::HeaderValue::from_str(s).ok(),
+        }
+    }
+}
+
+impl HttpRequest for FastRequest {
+    fn method(&self) -> &str {
+        self.str_of(&self.method)
+    }
+    fn path(&self) -> &str {
+        self.str_of(&self.path)
+    }
+    fn query(&self) -> Option<&str> {
+        self.query.as_ref().map(|q| self.str_of(q))
+    }
+    fn version(&self) -> http::Version {
+        self.version
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.header_bytes_of(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+    fn any_header_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool {
+        self.headers
+            .iter()
+            .filter(|h| self.name_bytes(h).eq_ignore_ascii_case(name.as_bytes()))
+            .filter_map(|h| std::str::from_utf8(self.value_bytes(h)).ok())
+            .any(f)
+    }
+    fn header_count(&self, name: &str) -> usize {
+        self.headers
+            .iter()
+            .filter(|h| self.name_bytes(h).eq_ignore_ascii_case(name.as_bytes()))
+            .count()
+    }
+    fn header_bytes(&self) -> usize {
+        self.headers
+            .iter()
+            .map(|h| self.name_bytes(h).len() + self.value_bytes(h).len() + 4)
+            .sum()
+    }
+    fn set_header(&mut self, name: &str, value: &str) {
+        self.remove_header(name);
+        self.append_header(name, value);
+    }
+    fn append_header(&mut self, name: &str, value: &str) {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return;
+        }
+        self.headers.push(Header {
+            name: Text::Owned(name.to_string()),
+            value: Text::Owned(sanitize_header_value(value).into_owned()),
+        });
+    }
+    fn remove_header(&mut self, name: &str) {
+        let head = &self.head;
+        self.headers
+            .retain(|h| !h.name.get(head).eq_ignore_ascii_case(name.as_bytes()));
+    }
+    fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool {
+        // The same validity rule as the Pingora front-end: it must form a URI.
+        let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+        s.push_str(path);
+        if let Some(q) = query {
+            s.push('?');
+            s.push_str(q);
+        }
+        if http::Uri::try_from(s.as_str()).is_err() {
+            return false;
+        }
+        self.path = Text::Owned(path.to_string());
+        self.query = query.map(|q| Text::Owned(q.to_string()));
+        true
+    }
+}
