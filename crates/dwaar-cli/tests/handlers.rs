@@ -1,4 +1,4 @@
-//! End-to-end tests of the handler directives, through the real binary.
+// End-to-end tests of the handler directives, through the real binary.
 
 mod common;
 use common::*;

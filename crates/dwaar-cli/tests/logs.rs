@@ -1,5 +1,5 @@
-//! End-to-end tests of access logs: fields, counts under load, rotation, a stalled
-//! output, flushing on shutdown, console and network outputs.
+// End-to-end tests of access logs: fields, counts under load, rotation, a stalled
+// output, flushing on shutdown, console and network outputs.
 
 mod common;
 use common::*;

@@ -1,5 +1,5 @@
-//! End-to-end tests of `reverse_proxy`: load balancing, health checks, retries,
-//! proxy headers, upgrades, errors and transports.
+// End-to-end tests of `reverse_proxy`: load balancing, health checks, retries,
+// proxy headers, upgrades, errors and transports.
 
 mod common;
 use common::*;

@@ -31,7 +31,13 @@ impl Dwaar {
         let log_file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("log: {e}"));
         let err_file = log_file.try_clone().unwrap_or_else(|e| panic!("log: {e}"));
         let admin = format!("127.0.0.1:{}", crate::free_port());
+        // The `pingora_path` test binary runs the suites with the fast path off.
+        let fast = !std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .is_some_and(|n| n.starts_with("pingora_path"));
         let child = Command::new(bin)
+            .env("DWAAR_FAST_PATH", if fast { "1" } else { "0" })
             .args(["run", "--config"])
             .arg(&config)
             .args(args)

@@ -290,6 +290,30 @@ async fn discard_body(tcp: &mut TcpStream, buf: &mut BytesMut, len: u64) -> std:
     }
 }
 
+thread_local! {
+    /// `date: <HTTP-date>\r\n` for the current second, formatted once per second.
+    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// The `Date` header an origin response must carry (RFC 9110 §6.6.1).
+fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with_borrow_mut(|(at, line)| {
+        if *at != secs || line.is_empty() {
+            line.clear();
+            line.extend_from_slice(b"date: ");
+            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            line.extend_from_slice(b"\r\n");
+            *at = secs;
+        }
+        out.extend_from_slice(line);
+    });
+}
+
 fn push_request_id(out: &mut Vec<u8>, ctx: &RequestContext) {
     if let Some(id) = ctx.request_id {
         let mut b = [0u8; 36];
@@ -334,6 +358,9 @@ async fn write_reply(
         out.extend_from_slice(b"\r\n");
     }
     push_request_id(&mut out, ctx);
+    if !r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("date")) {
+        push_date(&mut out);
+    }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
     if !no_body_status {
         out.extend_from_slice(b"content-length: ");

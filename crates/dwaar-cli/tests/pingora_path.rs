@@ -1,0 +1,13 @@
+// The request-path suites again, with the lean HTTP/1 fast path switched off, so every
+// behaviour is checked through both front-ends. `dwaar-testkit` starts dwaar with
+// `DWAAR_FAST_PATH=0` when the test binary's name contains `pingora_path`.
+
+mod handlers {
+    include!("handlers.rs");
+}
+mod proxy {
+    include!("proxy.rs");
+}
+mod logs {
+    include!("logs.rs");
+}
