@@ -6,7 +6,8 @@
 //!   remote access is refused outright.
 //! - Browsers: a request carrying an `Origin` that is not the admin endpoint itself (or
 //!   an `origins` entry) is refused, as is a `Host` that does not name the endpoint (DNS
-//!   rebinding). There are no CORS headers, so pre-flight `OPTIONS` gets 405.
+//!   rebinding). Answers carry `Access-Control-Allow-Origin: null` and pre-flight
+//!   `OPTIONS` gets 405.
 
 use crate::http::{Request, Response};
 use crate::listener::Peer;

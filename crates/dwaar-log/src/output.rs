@@ -207,15 +207,15 @@ pub fn backup_name(p: &Path, t: SystemTime) -> PathBuf {
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let name = match p.extension() {
-        Some(ext) => format!("{stem}-{stamp}.{}", ext.to_string_lossy()),
-        None => format!("{stem}-{stamp}"),
-    };
-    let mut candidate = p.with_file_name(&name);
-    // Two rolls within one millisecond: add a counter.
+    let ext = p
+        .extension()
+        .map(|e| format!(".{}", e.to_string_lossy()))
+        .unwrap_or_default();
+    let mut candidate = p.with_file_name(format!("{stem}-{stamp}{ext}"));
+    // Several rolls within one millisecond: number them, keeping the extension.
     let mut n = 1;
     while candidate.exists() {
-        candidate = p.with_file_name(format!("{name}.{n}"));
+        candidate = p.with_file_name(format!("{stem}-{stamp}-{n}{ext}"));
         n += 1;
     }
     candidate

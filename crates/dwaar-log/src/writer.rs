@@ -12,7 +12,7 @@ use crate::record::RequestLog;
 use dwaar_config::model::{LogConfig, LogFormat, LogLevel, LogOutput};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,9 +46,15 @@ enum Msg {
 }
 
 /// One output and its writer thread; shared by every site that logs there.
+///
+/// The writer is not woken per record (a wake-up per request costs more than the record
+/// itself): it sleeps for the batch interval and senders unpark it only each time another
+/// [`BATCH_RECORDS`] records are waiting.
 pub struct Sink {
     tx: SyncSender<Msg>,
     discard: bool,
+    pending: Arc<AtomicU64>,
+    writer: std::thread::Thread,
 }
 
 impl Sink {
@@ -56,10 +62,17 @@ impl Sink {
         let discard = matches!(output, LogOutput::Discard);
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
         let out = output::from_config(output);
-        std::thread::Builder::new()
+        let pending = Arc::new(AtomicU64::new(0));
+        let p = pending.clone();
+        let handle = std::thread::Builder::new()
             .name("dwaar-log-writer".into())
-            .spawn(move || batch_writer(rx, out))?;
-        Ok(Arc::new(Sink { tx, discard }))
+            .spawn(move || batch_writer(rx, out, &p))?;
+        Ok(Arc::new(Sink {
+            tx,
+            discard,
+            pending,
+            writer: handle.thread().clone(),
+        }))
     }
 
     /// Writes everything pending; waits at most `timeout`.
@@ -70,7 +83,10 @@ impl Sink {
         // The channel may be full: keep trying until the deadline.
         loop {
             match self.tx.try_send(msg) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.writer.unpark();
+                    break;
+                }
                 Err(TrySendError::Full(m)) if Instant::now() < deadline => {
                     msg = m;
                     std::thread::sleep(Duration::from_millis(5));
@@ -109,7 +125,13 @@ impl Logger {
             return true;
         }
         match self.sink.tx.try_send(Msg::Record(record, self.style)) {
-            Ok(()) => true,
+            Ok(()) => {
+                let waiting = self.sink.pending.fetch_add(1, Ordering::Relaxed) + 1;
+                if waiting % BATCH_RECORDS as u64 == 0 {
+                    self.sink.writer.unpark();
+                }
+                true
+            }
             Err(_) => {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 false
@@ -164,60 +186,56 @@ impl LogRegistry {
     }
 }
 
-/// The writer thread: batches records and writes them until every sender is gone.
-fn batch_writer(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Output>) {
+/// The writer thread: every [`BATCH_INTERVAL`] (or when unparked) it takes what is
+/// waiting and writes it, [`BATCH_RECORDS`] records per `write`, until every sender is
+/// gone.
+fn batch_writer(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Output>, pending: &AtomicU64) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut pending = 0usize;
-    let mut deadline: Option<Instant> = None;
-    let mut write = |buf: &mut Vec<u8>, pending: &mut usize| {
-        if *pending == 0 {
+    let mut count = 0usize;
+    let mut write = |buf: &mut Vec<u8>, count: &mut usize| {
+        if *count == 0 {
             return;
         }
         match out.write_batch(buf) {
             Ok(()) => {
-                WRITTEN.fetch_add(*pending as u64, Ordering::Relaxed);
+                WRITTEN.fetch_add(*count as u64, Ordering::Relaxed);
             }
             Err(e) => {
-                DROPPED.fetch_add(*pending as u64, Ordering::Relaxed);
-                tracing::debug!("log write failed, {} records lost: {e}", pending);
+                DROPPED.fetch_add(*count as u64, Ordering::Relaxed);
+                tracing::debug!("log write failed, {} records lost: {e}", count);
             }
         }
+        pending.fetch_sub(*count as u64, Ordering::Relaxed);
         buf.clear();
-        *pending = 0;
+        *count = 0;
         // Do not keep a huge buffer around after a burst.
         if buf.capacity() > 4 * 1024 * 1024 {
             buf.shrink_to(64 * 1024);
         }
     };
     loop {
-        let msg = match deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(Instant::now())),
-        };
-        match msg {
-            Ok(Msg::Record(record, style)) => {
-                encode::encode(&record, style, &mut buf);
-                pending += 1;
-                if deadline.is_none() {
-                    deadline = Some(Instant::now() + BATCH_INTERVAL);
+        std::thread::park_timeout(BATCH_INTERVAL);
+        loop {
+            match rx.try_recv() {
+                Ok(Msg::Record(record, style)) => {
+                    encode::encode(&record, style, &mut buf);
+                    count += 1;
+                    if count >= BATCH_RECORDS {
+                        write(&mut buf, &mut count);
+                    }
                 }
-                if pending >= BATCH_RECORDS {
-                    write(&mut buf, &mut pending);
-                    deadline = None;
+                Ok(Msg::Flush(ack)) => {
+                    write(&mut buf, &mut count);
+                    let _ = ack.send(());
                 }
-            }
-            Ok(Msg::Flush(ack)) => {
-                write(&mut buf, &mut pending);
-                deadline = None;
-                let _ = ack.send(());
-            }
-            Err(RecvTimeoutError::Timeout) => {
-                write(&mut buf, &mut pending);
-                deadline = None;
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                write(&mut buf, &mut pending);
-                return;
+                Err(mpsc::TryRecvError::Empty) => {
+                    write(&mut buf, &mut count);
+                    break;
+                }
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    write(&mut buf, &mut count);
+                    return;
+                }
             }
         }
     }

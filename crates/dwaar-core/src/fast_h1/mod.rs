@@ -358,7 +358,11 @@ async fn write_reply(
         out.extend_from_slice(b"\r\n");
     }
     push_request_id(&mut out, ctx);
-    if !r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("date")) {
+    if !r
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("date"))
+    {
         push_date(&mut out);
     }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
