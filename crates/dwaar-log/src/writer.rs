@@ -127,7 +127,7 @@ impl Logger {
         match self.sink.tx.try_send(Msg::Record(record, self.style)) {
             Ok(()) => {
                 let waiting = self.sink.pending.fetch_add(1, Ordering::Relaxed) + 1;
-                if waiting % BATCH_RECORDS as u64 == 0 {
+                if waiting.is_multiple_of(BATCH_RECORDS as u64) {
                     self.sink.writer.unpark();
                 }
                 true
