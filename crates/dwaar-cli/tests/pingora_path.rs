@@ -2,6 +2,9 @@
 // behaviour is checked through both front-ends. `dwaar-testkit` starts dwaar with
 // `DWAAR_FAST_PATH=0` when the test binary's name contains `pingora_path`.
 
+// Each included suite declares its own `mod common;`.
+#![allow(clippy::duplicate_mod)]
+
 mod handlers {
     include!("handlers.rs");
 }

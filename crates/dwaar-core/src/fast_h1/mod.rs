@@ -63,7 +63,8 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
         local_port: local.map(|a| a.port()).unwrap_or(0),
         tls: false,
     };
-    let mut buf = BytesMut::with_capacity(8 * 1024);
+    // Most request heads fit in 2 KiB; the buffer grows only for larger ones.
+    let mut buf = BytesMut::with_capacity(2 * 1024);
     loop {
         match serve_one(&mut tcp, &mut buf, conn, &cx).await {
             Next::KeepAlive => continue,
@@ -122,8 +123,8 @@ async fn read_head(
                 _ => return Ok(None),
             }
         }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8 * 1024);
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4 * 1024);
         }
         if tcp.read_buf(buf).await? == 0 {
             return Ok(None);

@@ -29,8 +29,8 @@ pub struct UpstreamConn {
 impl UpstreamConn {
     /// Reads more bytes into `buf`; 0 at end of stream.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
+        if self.buf.capacity() - self.buf.len() < 2048 {
+            self.buf.reserve(8 * 1024);
         }
         self.stream.read_buf(&mut self.buf).await
     }
@@ -85,7 +85,7 @@ pub async fn checkout(
     Ok((
         UpstreamConn {
             stream,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(4 * 1024),
             reusable: false,
         },
         false,
@@ -96,8 +96,8 @@ pub async fn checkout(
 pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, _t: &TransportOpts) {
     c.buf.clear();
     // Keep the buffer modest between requests.
-    if c.buf.capacity() > 64 * 1024 {
-        c.buf = BytesMut::with_capacity(8 * 1024);
+    if c.buf.capacity() > 16 * 1024 {
+        c.buf = BytesMut::with_capacity(4 * 1024);
     }
     c.reusable = false;
     IDLE.with_borrow_mut(|m| {
