@@ -177,12 +177,9 @@ async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: 
     };
     // Parse again into owned ranges over the frozen head.
     let head = buf.split_to(head_len).freeze();
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(&head), Ok(httparse::Status::Complete(_))) {
-        return hand_back(buf, head);
-    }
-    let Some(mut req) = FastRequest::from_parsed(head.clone(), &parsed) else {
+    // The parser's header array stays in this synchronous helper, out of the
+    // connection's future (which lives as long as the connection).
+    let Some(mut req) = parse_request(&head) else {
         return hand_back(buf, head);
     };
     // Requests this path leaves to Pingora, decided before anything is consumed.
@@ -265,6 +262,15 @@ async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: 
             next
         }
     }
+}
+
+fn parse_request(head: &Bytes) -> Option<FastRequest> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    FastRequest::from_parsed(head.clone(), &parsed)
 }
 
 /// Puts the head back in front of whatever else was read, for Pingora.
@@ -532,10 +538,64 @@ async fn proxy(
 
     // The response head.
     let rhead = upc.buf.split_to(resp_head_len).freeze();
+    let Some(ResponseHead {
+        status,
+        framing,
+        upstream_keepalive,
+        close,
+        mut out,
+    }) = response_head(&rhead, req, ctx, &p, client_close)
+    else {
+        return upstream_failed(tcp, req, ctx, 502).await;
+    };
+
+    // Body: whatever came with the head first, then streamed.
+    let sent = match relay_body(tcp, &mut upc, framing, &mut out).await {
+        Ok(n) => n,
+        Err(Failure::Client) => {
+            finish_log(req, ctx, status, body_len, 0);
+            return Next::Drop;
+        }
+        Err(Failure::Upstream) => {
+            // Headers may already be out: the client sees a truncated response.
+            ctx.upstream_error = Some("upstream closed mid-response".into());
+            finish_log(req, ctx, status, body_len, 0);
+            return Next::Drop;
+        }
+    };
+    if upstream_keepalive && p.transport.keepalive && !matches!(framing_after(&upc), Some(false)) {
+        pool::checkin(addr, upc, &p.transport);
+    }
+    finish_log(req, ctx, status, body_len, sent);
+    if close {
+        Next::Close
+    } else {
+        Next::KeepAlive
+    }
+}
+
+/// The client's response head, built from the upstream's.
+struct ResponseHead {
+    status: u16,
+    framing: Framing,
+    upstream_keepalive: bool,
+    close: bool,
+    out: Vec<u8>,
+}
+
+/// Parses the upstream response head and builds the client's, with the same header
+/// edits as the Pingora path; `None` when the upstream sent something unusable.
+fn response_head(
+    rhead: &Bytes,
+    req: &FastRequest,
+    ctx: &mut RequestContext,
+    p: &crate::upstream::ProxyHandler,
+    client_close: bool,
+) -> Option<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
     if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
-        return upstream_failed(tcp, req, ctx, 502).await;
+        return None;
     }
     let status = resp.code.unwrap_or(502);
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
@@ -586,14 +646,14 @@ async fn proxy(
                 .and_then(|v| v.trim().parse().ok())
             {
                 Some(n) => Framing::Length(n),
-                None => return upstream_failed(tcp, req, ctx, 502).await,
+                None => return None,
             },
-            _ => return upstream_failed(tcp, req, ctx, 502).await,
+            _ => return None,
         }
     };
     if (100..200).contains(&status) {
-        // Interim responses are rare from plain upstreams; Pingora's path relays them.
-        return upstream_failed(tcp, req, ctx, 502).await;
+        // Interim responses are rare from plain upstreams; treated as a failure here.
+        return None;
     }
     let close = client_close || matches!(framing, Framing::UntilClose);
 
@@ -648,30 +708,13 @@ async fn proxy(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-
-    // Body: whatever came with the head first, then streamed.
-    let sent = match relay_body(tcp, &mut upc, framing, &mut out).await {
-        Ok(n) => n,
-        Err(Failure::Client) => {
-            finish_log(req, ctx, status, body_len, 0);
-            return Next::Drop;
-        }
-        Err(Failure::Upstream) => {
-            // Headers may already be out: the client sees a truncated response.
-            ctx.upstream_error = Some("upstream closed mid-response".into());
-            finish_log(req, ctx, status, body_len, 0);
-            return Next::Drop;
-        }
-    };
-    if upstream_keepalive && p.transport.keepalive && !matches!(framing_after(&upc), Some(false)) {
-        pool::checkin(addr, upc, &p.transport);
-    }
-    finish_log(req, ctx, status, body_len, sent);
-    if close {
-        Next::Close
-    } else {
-        Next::KeepAlive
-    }
+    Some(ResponseHead {
+        status,
+        framing,
+        upstream_keepalive,
+        close,
+        out,
+    })
 }
 
 /// Whether a connection is clean for reuse (no stray bytes after the response).
