@@ -594,7 +594,7 @@ fn response_head(
 ) -> Option<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
+    if !matches!(resp.parse(rhead), Ok(httparse::Status::Complete(_))) {
         return None;
     }
     let status = resp.code.unwrap_or(502);
@@ -679,7 +679,7 @@ fn response_head(
             .collect();
         if !p.header_down.is_empty() {
             let mut e = Vec::with_capacity(p.header_down.len());
-            crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
+            crate::pipeline::render_rules(&p.header_down, req, ctx, &mut e);
             crate::pipeline::apply_edits(&e, &mut fields);
         }
         crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
