@@ -286,6 +286,31 @@ pub fn handle_request(
     }
 }
 
+/// The reply for a proxying failure: the site's `handle_errors` routes when it has them,
+/// else an empty response with the status. `None`: the error routes abort the connection.
+pub fn proxy_error_reply(
+    code: u16,
+    message: String,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Option<Reply> {
+    let (Some(table), Some(site)) = (ctx.table.clone(), ctx.site.clone()) else {
+        return Some(Reply::status(code));
+    };
+    if site.error_routes.is_empty() {
+        return Some(Reply::status(code));
+    }
+    let trusted = table
+        .port(ctx.conn.local_port)
+        .map(|p| p.trusted_proxies.clone())
+        .unwrap_or_default();
+    match error_outcome(&site.error_routes, code, message, req, ctx, &trusted) {
+        Outcome::Reply(r) => Some(r),
+        Outcome::Abort => None,
+        Outcome::Proxy => Some(Reply::status(code)),
+    }
+}
+
 /// Runs `handle_errors` routes for an error status; without a match, an empty response
 /// with that status.
 pub fn error_outcome(

@@ -8,8 +8,8 @@
 
 use crate::context::{ConnInfo, RequestContext, UpstreamFailure};
 use crate::pipeline::{
-    apply_edits, apply_request_rules, error_outcome, handle_request, normalize_host, render_rules,
-    Outcome, Reply, ResponseHead,
+    apply_edits, apply_request_rules, handle_request, normalize_host, render_rules, Outcome, Reply,
+    ResponseHead,
 };
 use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
@@ -448,31 +448,13 @@ impl ProxyHttp for DwaarProxy {
                 can_reuse_downstream: false,
             };
         }
-        let reply = match (ctx.table.clone(), ctx.site.clone()) {
-            (Some(table), Some(site)) if !site.error_routes.is_empty() => {
-                let trusted = table
-                    .port(ctx.conn.local_port)
-                    .map(|p| p.trusted_proxies.clone())
-                    .unwrap_or_default();
-                match error_outcome(
-                    &site.error_routes,
-                    code,
-                    e.to_string(),
-                    session.req_header_mut(),
-                    ctx,
-                    &trusted,
-                ) {
-                    Outcome::Reply(r) => r,
-                    Outcome::Abort => {
-                        return FailToProxy {
-                            error_code: 0,
-                            can_reuse_downstream: false,
-                        }
-                    }
-                    Outcome::Proxy => Reply::status(code),
-                }
-            }
-            _ => Reply::status(code),
+        let Some(reply) =
+            crate::pipeline::proxy_error_reply(code, e.to_string(), session.req_header_mut(), ctx)
+        else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
         };
         ctx.close = true;
         let _ = write_reply(session, ctx, reply).await;

@@ -27,6 +27,17 @@ pub trait HttpRequest {
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool;
 }
 
+/// `path?query` (or just the path) as one string.
+pub fn join_path_query(path: &str, query: Option<&str>) -> String {
+    let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
+    s.push_str(path);
+    if let Some(q) = query {
+        s.push('?');
+        s.push_str(q);
+    }
+    s
+}
+
 /// Strips CR, LF and NUL so interpolated values can never split a header.
 pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
     if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
@@ -94,13 +105,7 @@ impl HttpRequest for RequestHeader {
         let _ = RequestHeader::remove_header(self, name);
     }
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool {
-        let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-        s.push_str(path);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
-        }
-        match http::Uri::try_from(s) {
+        match http::Uri::try_from(join_path_query(path, query)) {
             Ok(u) => {
                 self.set_uri(u);
                 true

@@ -936,31 +936,13 @@ async fn upstream_failed(
     } else {
         "upstream failed before a complete response head".into()
     });
-    let reply = match (ctx.table.clone(), ctx.site.clone()) {
-        (Some(table), Some(site)) if !site.error_routes.is_empty() => {
-            let trusted = table
-                .port(ctx.conn.local_port)
-                .map(|p| p.trusted_proxies.clone())
-                .unwrap_or_default();
-            let message = if code == 504 {
-                "upstream timed out"
-            } else {
-                "bad gateway"
-            };
-            match crate::pipeline::error_outcome(
-                &site.error_routes,
-                code,
-                message.into(),
-                req,
-                ctx,
-                &trusted,
-            ) {
-                Outcome::Reply(r) => r,
-                Outcome::Abort => return Next::Drop,
-                Outcome::Proxy => Reply::status(code),
-            }
-        }
-        _ => Reply::status(code),
+    let message = if code == 504 {
+        "upstream timed out"
+    } else {
+        "bad gateway"
+    };
+    let Some(reply) = crate::pipeline::proxy_error_reply(code, message.into(), req, ctx) else {
+        return Next::Drop;
     };
     match write_reply(tcp, req, ctx, reply, true).await {
         Ok((status, sent)) => {

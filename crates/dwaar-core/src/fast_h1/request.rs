@@ -168,13 +168,7 @@ impl HttpRequest for FastRequest {
     }
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool {
         // The same validity rule as the Pingora front-end: it must form a URI.
-        let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));
-        s.push_str(path);
-        if let Some(q) = query {
-            s.push('?');
-            s.push_str(q);
-        }
-        if http::Uri::try_from(s.as_str()).is_err() {
+        if http::Uri::try_from(crate::request::join_path_query(path, query)).is_err() {
             return false;
         }
         self.path = Text::Owned(path.to_string());
