@@ -10,6 +10,7 @@
 #
 # Env: BENCH_DURATION (30s) BENCH_THREADS (2) BENCH_CONNECTIONS ("100 500 1000")
 #      BENCH_ROUNDS (3) BENCH_TARGETS ("direct dwaar nginx haproxy caddy") LAYOUT (split)
+#      DWAAR_BIN (unset: build and use target/release/dwaar)
 #      BENCH_ACCESS_LOG (0; 1 = dwaar, nginx and caddy write a JSON/combined access log
 #      to a file, buffered alike: dwaar batches, nginx buffer=64k flush=100ms; haproxy
 #      only logs to syslog, so it runs without)
@@ -32,8 +33,8 @@ if [ "$LAYOUT" = split ]; then PROXY_CPUS=1; LOAD_CPUS=0; else PROXY_CPUS=0,1; L
 
 BOOTSTRAP_BENCH=1 scripts/bootstrap
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-cargo build --release -q -p dwaar-cli
-DWAAR=$ROOT/target/release/dwaar
+# DWAAR_BIN benchmarks another build (e.g. target/pgo/release/dwaar from scripts/pgo-build.sh).
+if [ -n "${DWAAR_BIN:-}" ]; then DWAAR=$DWAAR_BIN; else cargo build --release -q -p dwaar-cli; DWAAR=$ROOT/target/release/dwaar; fi
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
