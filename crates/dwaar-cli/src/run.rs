@@ -25,21 +25,43 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             println!("{}={}", k.to_string_lossy(), v.to_string_lossy());
         }
     }
-    let (path, loaded) = match load(o.config) {
-        Ok(v) => v,
-        Err(c) => return c,
-    };
-    crate::runtime_log::init(
-        loaded.config.global.log.as_ref(),
-        loaded.config.global.debug,
-    );
-    let inherited = match Inherited::take() {
+    let mut inherited = match Inherited::take() {
         Ok(i) => i,
         Err(e) => {
             eprintln!("error: {e}");
             return 1;
         }
     };
+    let (path, loaded) = match inherited.as_mut().and_then(|i| i.config.take()) {
+        // An upgrade serves exactly what its predecessor served (which may have come
+        // from the admin API); the file stays the source of later reloads.
+        Some(config) => {
+            let path = dwaar_config::resolve_config_path(o.config)
+                .unwrap_or_else(|_| PathBuf::from("Dwaarfile"));
+            let sources = dwaar_config::load_file(&path)
+                .map(|l| l.sources)
+                .unwrap_or_default();
+            let loaded = dwaar_config::Loaded {
+                config,
+                sources,
+                warnings: Vec::new(),
+            };
+            (path, loaded)
+        }
+        None => match load(o.config) {
+            Ok(v) => v,
+            Err(c) => {
+                if let Some(i) = inherited {
+                    i.failed("the config file does not load");
+                }
+                return c;
+            }
+        },
+    };
+    crate::runtime_log::init(
+        loaded.config.global.log.as_ref(),
+        loaded.config.global.debug,
+    );
     let abs = std::path::absolute(&path).unwrap_or(path);
     let workers = o.workers.unwrap_or(loaded.config.global.workers).max(1);
     let fail = |inherited: Option<Inherited>, e: String| {

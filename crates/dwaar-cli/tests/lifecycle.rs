@@ -364,11 +364,42 @@ fn workers_follow_reloads_and_survive_a_worker_kill() {
     for _ in 0..20 {
         assert_eq!(ok_get(port, "t", "/").text(), "B");
     }
-    // SIGTERM to the supervisor stops everything gracefully.
+    // An upgrade under traffic: a new supervisor with new workers takes the sockets.
     let mut d = d;
-    let pids = worker_pids(d.pid());
-    d.signal("TERM");
-    assert_eq!(d.wait_exit(Duration::from_secs(15)), Some(0));
+    let old_workers = worker_pids(d.pid());
+    let traffic = Traffic::start(port, 'B');
+    std::thread::sleep(Duration::from_millis(300));
+    let r = traffic.change('B', || {
+        admin(&addr, "POST", "/upgrade", None, &[]).unwrap_or_else(|e| panic!("upgrade: {e}"))
+    });
+    assert_eq!(r.status, 200, "{}", r.body);
+    let new = json(&r)["pid"].as_u64().unwrap_or(0) as u32;
+    let _cleanup = KillOnDrop(new);
+    assert!(
+        d.wait_exit(Duration::from_secs(15)).is_some(),
+        "old supervisor did not exit"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || worker_pids(new).len() == 2),
+        "new workers missing"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let r = traffic.change('A', || load_text(&addr, &a));
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = traffic.finish();
+    assert_clean(&report, "workers upgrade");
+    assert!(
+        old_workers.iter().all(|p| !alive(*p)),
+        "old workers outlived the upgrade"
+    );
+    // SIGTERM to the (new) supervisor stops everything gracefully.
+    let pids = worker_pids(new);
+    kill(new, "TERM");
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(new)),
+        "supervisor did not stop"
+    );
     assert!(
         pids.iter().all(|p| !alive(*p)),
         "workers outlived the supervisor"

@@ -81,7 +81,12 @@ impl Control {
             fd: fd.as_fd(),
             unix_path: path.clone(),
         });
-        upgrade::hand_over(relaunch, &self.reloader.sockets(), extra)
+        upgrade::hand_over(
+            relaunch,
+            &self.reloader.sockets(),
+            &self.reloader.current(),
+            extra,
+        )
     }
 
     /// Asks the server to shut down gracefully.

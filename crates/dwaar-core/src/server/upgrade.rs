@@ -48,6 +48,11 @@ pub struct Extra<'a> {
 #[derive(Serialize, Deserialize)]
 struct Handoff {
     specs: Vec<SharedSpec>,
+    /// The running config: the successor serves exactly what was live (which may have
+    /// come from `POST /load`, not from the file).
+    config: Option<Box<dwaar_config::model::Config>>,
+    /// The admin token, which the config's JSON form never carries.
+    admin_token: Option<String>,
     /// Present when the last descriptor is the extra socket.
     extra: Option<ExtraSocket>,
 }
@@ -61,12 +66,13 @@ struct ExtraSocket {
 pub fn hand_over(
     relaunch: &Relaunch,
     snapshot: &Snapshot,
+    config: &dwaar_config::model::Config,
     extra: Option<Extra<'_>>,
 ) -> Result<u32, String> {
     let dir = std::env::temp_dir().join(format!("dwaar-upgrade-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let result = hand_over_in(&dir, relaunch, snapshot, extra);
+    let result = hand_over_in(&dir, relaunch, snapshot, config, extra);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
@@ -75,6 +81,7 @@ fn hand_over_in(
     dir: &std::path::Path,
     relaunch: &Relaunch,
     snapshot: &Snapshot,
+    config: &dwaar_config::model::Config,
     extra: Option<Extra<'_>>,
 ) -> Result<u32, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -121,6 +128,8 @@ fn hand_over_in(
     let (specs, mut fds) = sockets::export(snapshot, 0, 1);
     let handoff = Handoff {
         specs,
+        config: Some(Box::new(config.clone())),
+        admin_token: config.global.admin.token.clone(),
         extra: extra.as_ref().map(|e| ExtraSocket {
             unix_path: e.unix_path.clone(),
         }),
@@ -159,6 +168,8 @@ fn hand_over_in(
 /// The successor's side: sockets from the predecessor, and the channel to report on.
 pub struct Inherited {
     pub sockets: Snapshot,
+    /// The config the predecessor was serving.
+    pub config: Option<dwaar_config::model::Config>,
     /// The extra socket, with its unix path when it is one.
     pub extra: Option<(OwnedFd, Option<PathBuf>)>,
     conn: UnixStream,
@@ -185,8 +196,14 @@ impl Inherited {
             None => None,
         };
         let sockets = sockets::import(h.specs, fds)?;
+        let config = h.config.map(|c| {
+            let mut c = *c;
+            c.global.admin.token = h.admin_token;
+            c
+        });
         Ok(Some(Inherited {
             sockets,
+            config,
             extra,
             conn,
         }))
