@@ -42,7 +42,7 @@ pub fn run(o: RunOptions<'_>) -> i32 {
                 .map(|l| l.sources)
                 .unwrap_or_default();
             let loaded = dwaar_config::Loaded {
-                config,
+                config: *config,
                 sources,
                 warnings: Vec::new(),
             };

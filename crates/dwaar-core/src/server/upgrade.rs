@@ -169,7 +169,7 @@ fn hand_over_in(
 pub struct Inherited {
     pub sockets: Snapshot,
     /// The config the predecessor was serving.
-    pub config: Option<dwaar_config::model::Config>,
+    pub config: Option<Box<dwaar_config::model::Config>>,
     /// The extra socket, with its unix path when it is one.
     pub extra: Option<(OwnedFd, Option<PathBuf>)>,
     conn: UnixStream,
@@ -196,8 +196,7 @@ impl Inherited {
             None => None,
         };
         let sockets = sockets::import(h.specs, fds)?;
-        let config = h.config.map(|c| {
-            let mut c = *c;
+        let config = h.config.map(|mut c| {
             c.global.admin.token = h.admin_token;
             c
         });
