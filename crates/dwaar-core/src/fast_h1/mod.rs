@@ -101,22 +101,23 @@ enum Next {
     HandOver,
 }
 
-/// Reads until `buf` holds a complete head; returns its length, or `None` on EOF, error
-/// or an oversized head.
+/// How long a keep-alive connection may sit idle between requests (Pingora's default).
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a client may take to send a whole request head once it started (slow-loris).
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads until `buf` holds a complete request head; returns its length, or `None` on EOF
+/// or a head this path does not take (malformed, too many headers, too large). Idle and
+/// slow clients get `TimedOut`.
 async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    response: bool,
 ) -> Result<Option<usize>, std::io::Error> {
+    let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            let status = if response {
-                httparse::Response::new(&mut headers).parse(buf)
-            } else {
-                httparse::Request::new(&mut headers).parse(buf)
-            };
-            match status {
+            match httparse::Request::new(&mut headers).parse(buf) {
                 Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
                 // Malformed, too many headers or too large: let the caller decide.
@@ -126,8 +127,14 @@ async fn read_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4 * 1024);
         }
-        if tcp.read_buf(buf).await? == 0 {
-            return Ok(None);
+        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
+        match tokio::time::timeout_at(until, tcp.read_buf(buf)).await {
+            Ok(Ok(0)) => return Ok(None),
+            Ok(Ok(_)) => {
+                deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
 }
@@ -169,7 +176,7 @@ fn wants_close(req: &FastRequest) -> bool {
 }
 
 async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: &FastCx) -> Next {
-    let head_len = match read_head(tcp, buf, false).await {
+    let head_len = match read_head(tcp, buf).await {
         Ok(Some(n)) => n,
         // A malformed or oversized head: Pingora gives the precise 400/431.
         Ok(None) if !buf.is_empty() => return Next::HandOver,
