@@ -13,7 +13,9 @@
 //!   limits, retries and `lb_try_duration`, TLS, h2c or unix upstreams, failures to reach
 //!   the upstream (Pingora then applies retries, passive health and `handle_errors`).
 //!
-//! Once a connection is handed over it stays with Pingora. Both paths share routing,
+//! Idle keep-alive connections close after 60 s, and a request head must arrive within
+//! 30 s of its first byte (slow clients are dropped). Once a connection is handed over it
+//! stays with Pingora. Both paths share routing,
 //! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
 //! the end-to-end tests run against both (`DWAAR_FAST_PATH=0` turns this one off).
 
