@@ -674,10 +674,13 @@ fn response_head(
         || !ctx.resp_deferred.is_empty()
         || ctx.set_cookie.is_some();
     let keep_te = matches!(framing, Framing::Chunked);
+    // With chunked framing a Content-Length is meaningless and a smuggling hazard
+    // (RFC 9112 §6.3): it never reaches the client.
     let forward = |name: &str| {
         !(hop_by_hop(name.as_bytes())
             && !(keep_te && name.eq_ignore_ascii_case("transfer-encoding")))
             && !name.eq_ignore_ascii_case("x-request-id")
+            && !(keep_te && name.eq_ignore_ascii_case("content-length"))
     };
     if edits {
         let mut fields: Vec<(compact_str::CompactString, String)> = resp
