@@ -19,7 +19,7 @@
 //! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
 //! the end-to-end tests run against both (`DWAAR_FAST_PATH=0` turns this one off).
 
-mod pool;
+pub(crate) mod pool;
 pub mod request;
 
 use crate::context::{ConnInfo, RequestContext};
@@ -107,6 +107,10 @@ enum Next {
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a client may take to send a whole request head once it started (slow-loris).
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// While the server drains, an idle keep-alive connection is closed after this long: a
+/// client in the middle of sending its next request still gets it answered (with
+/// `Connection: close`), one that went quiet does not hold the shutdown up.
+const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Reads until `buf` holds a complete request head; returns its length, or `None` on EOF
 /// or a head this path does not take (malformed, too many headers, too large). Idle and
@@ -114,8 +118,16 @@ const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
+    shutdown: &ShutdownWatch,
 ) -> Result<Option<usize>, std::io::Error> {
     let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+    let mut shutdown = shutdown.clone();
+    let mut idle_until = tokio::time::Instant::now()
+        + if *shutdown.borrow() {
+            DRAIN_IDLE
+        } else {
+            IDLE_TIMEOUT
+        };
     loop {
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -129,14 +141,21 @@ async fn read_head(
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(4 * 1024);
         }
-        let until = deadline.unwrap_or_else(|| tokio::time::Instant::now() + IDLE_TIMEOUT);
-        match tokio::time::timeout_at(until, tcp.read_buf(buf)).await {
-            Ok(Ok(0)) => return Ok(None),
-            Ok(Ok(_)) => {
-                deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+        let until = deadline.unwrap_or(idle_until);
+        let draining_idle = deadline.is_none() && !*shutdown.borrow();
+        tokio::select! {
+            r = tokio::time::timeout_at(until, tcp.read_buf(buf)) => match r {
+                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(_)) => {
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+            },
+            // Shutdown began while this connection was idle: give it a short grace.
+            _ = shutdown.changed(), if draining_idle => {
+                idle_until = idle_until.min(tokio::time::Instant::now() + DRAIN_IDLE);
             }
-            Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
     }
 }
@@ -178,7 +197,7 @@ fn wants_close(req: &FastRequest) -> bool {
 }
 
 async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: &FastCx) -> Next {
-    let head_len = match read_head(tcp, buf).await {
+    let head_len = match read_head(tcp, buf, &cx.shutdown).await {
         Ok(Some(n)) => n,
         // A malformed or oversized head: Pingora gives the precise 400/431.
         Ok(None) if !buf.is_empty() => return Next::HandOver,

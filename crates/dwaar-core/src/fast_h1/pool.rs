@@ -92,8 +92,17 @@ pub async fn checkout(
     ))
 }
 
+/// Closes this thread's idle upstream connections (shutdown: they may be connections to
+/// this very server, which would otherwise wait for them to go away).
+pub fn clear() {
+    IDLE.with_borrow_mut(|m| m.clear());
+}
+
 /// Returns a connection whose response ended cleanly.
 pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, _t: &TransportOpts) {
+    if crate::server::inflight::draining() {
+        return;
+    }
     c.buf.clear();
     // Keep the buffer modest between requests.
     if c.buf.capacity() > 16 * 1024 {

@@ -109,6 +109,7 @@ pub async fn worker(
     for (_, task) in running {
         task.abort();
     }
+    crate::fast_h1::pool::clear();
 }
 
 /// Who serves a listener's connections.
