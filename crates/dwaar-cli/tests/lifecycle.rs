@@ -433,31 +433,20 @@ fn failed_load_returns_diagnostics_and_keeps_serving() {
         m.body
     );
     // The CLI prints the same diagnostics and exits 1.
+    let cli_reload = || {
+        let config = d.config.to_str().unwrap_or_default();
+        dwaar_cmd(
+            &["reload", "--config", config, "--address", &d.admin],
+            d.dir.path(),
+        )
+    };
     std::fs::write(&d.config, &bad).unwrap_or_default();
-    let (code, _, err) = dwaar_cmd(
-        &[
-            "reload",
-            "--config",
-            d.config.to_str().unwrap_or_default(),
-            "--address",
-            &d.admin,
-        ],
-        d.dir.path(),
-    );
+    let (code, _, err) = cli_reload();
     assert_eq!(code, 1);
     assert!(err.contains("Dwaarfile:3:16") && err.contains('^'), "{err}");
     // A good file through the CLI.
     std::fs::write(&d.config, format!(":{port} {{\n\trespond \"three\"\n}}\n")).unwrap_or_default();
-    let (code, out, err) = dwaar_cmd(
-        &[
-            "reload",
-            "--config",
-            d.config.to_str().unwrap_or_default(),
-            "--address",
-            &d.admin,
-        ],
-        d.dir.path(),
-    );
+    let (code, out, err) = cli_reload();
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("config reloaded"), "{out}");
     assert_eq!(ok_get(port, "x", "/").text(), "three");

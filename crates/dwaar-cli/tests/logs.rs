@@ -32,6 +32,28 @@ fn metric(admin: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in {}", r.body))
 }
 
+/// `clients` keep-alive connections each send `per_client` GETs to distinct paths
+/// (`/{prefix}{client}/{i}`) and expect 200 for every one.
+fn keep_alive_clients(port: u16, clients: usize, per_client: usize, prefix: &'static str) {
+    let threads: Vec<_> = (0..clients)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+                for i in 0..per_client {
+                    c.send_raw(
+                        format!("GET /{prefix}{t}/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+                    )
+                    .unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap_or_else(|_| panic!("client failed"));
+    }
+}
+
 #[test]
 fn every_field_for_proxied_static_error_and_rejected_requests() {
     let origin = origin::http("o");
@@ -163,21 +185,7 @@ fn concurrent_requests_make_exactly_as_many_lines() {
         log.display()
     );
     let _d = Dwaar::start_with(&bin(), &cfg, &[port], &["--threads", "2"]);
-    let threads: Vec<_> = (0..4)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
-                for i in 0..250 {
-                    c.send_raw(format!("GET /t{t}/{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap_or_else(|_| panic!("client failed"));
-    }
+    keep_alive_clients(port, 4, 250, "t");
     let got = wait_lines(&log, 1000);
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(lines(&log).len(), 1000);
@@ -199,21 +207,7 @@ fn rotation_keeps_every_line_exactly_once() {
     );
     let _d = Dwaar::start_with(&bin(), &cfg, &[port], &["--threads", "2"]);
     let n = 1500;
-    let threads: Vec<_> = (0..3)
-        .map(|t| {
-            std::thread::spawn(move || {
-                let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
-                for i in 0..n / 3 {
-                    c.send_raw(format!("GET /r{t}-{i} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-                        .unwrap_or_else(|e| panic!("{e}"));
-                    assert_eq!(c.read_response(false).map(|r| r.status).ok(), Some(200));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().unwrap_or_else(|_| panic!("client failed"));
-    }
+    keep_alive_clients(port, 3, n / 3, "r");
     let all = || -> Vec<String> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(dir.path())
