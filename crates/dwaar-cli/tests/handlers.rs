@@ -346,6 +346,14 @@ fn request_body_limit() {
     c.send_raw(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n14\r\n01234567890123456789\r\n0\r\n\r\n").unwrap_or_else(|e| panic!("{e}"));
     let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 413);
+    // A huge declared body is refused at once, without waiting for it.
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    let started = std::time::Instant::now();
+    c.send_raw(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n0123456789")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 413);
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
 }
 
 #[test]

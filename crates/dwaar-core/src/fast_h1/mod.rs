@@ -248,23 +248,38 @@ async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: 
     match outcome {
         Outcome::Reply(r) => {
             ctx.inflight = inflight::enter();
-            // The body (if any) is read and dropped so the connection stays in step.
-            let next = match discard_body(tcp, buf, body_len).await {
-                Ok(()) => {
-                    let close = close || r.close || ctx.close;
-                    match write_reply(tcp, &req, &ctx, r, close).await {
-                        Ok((status, sent)) => {
-                            finish_log(&req, &ctx, status, body_len, sent);
-                            if close {
-                                Next::Close
-                            } else {
-                                Next::KeepAlive
-                            }
-                        }
-                        Err(_) => Next::Drop,
+            // A small body is read and dropped so the connection stays in step. A large
+            // or refused one (413) is not read: the answer goes out at once, the
+            // connection closes, and what the client still sends is drained briefly so
+            // the close does not reset the answer away.
+            let skip_body = body_len > MAX_DISCARD || ctx.rejected_by.is_some();
+            let next = if skip_body {
+                match write_reply(tcp, &req, &ctx, r, true).await {
+                    Ok((status, sent)) => {
+                        finish_log(&req, &ctx, status, 0, sent);
+                        linger(tcp).await;
+                        Next::Drop
                     }
+                    Err(_) => Next::Drop,
                 }
-                Err(_) => Next::Drop,
+            } else {
+                match discard_body(tcp, buf, body_len).await {
+                    Ok(()) => {
+                        let close = close || r.close || ctx.close;
+                        match write_reply(tcp, &req, &ctx, r, close).await {
+                            Ok((status, sent)) => {
+                                finish_log(&req, &ctx, status, body_len, sent);
+                                if close {
+                                    Next::Close
+                                } else {
+                                    Next::KeepAlive
+                                }
+                            }
+                            Err(_) => Next::Drop,
+                        }
+                    }
+                    Err(_) => Next::Drop,
+                }
             };
             if std::mem::take(&mut ctx.inflight) {
                 inflight::exit();
@@ -308,6 +323,26 @@ fn hand_back(buf: &mut BytesMut, head: Bytes) -> Next {
     all.extend_from_slice(buf);
     *buf = all;
     Next::HandOver
+}
+
+/// Request bodies up to this size are read and dropped to keep a connection after a
+/// reply that did not need them.
+const MAX_DISCARD: u64 = 64 * 1024;
+
+/// After answering without reading the body: stop writing, then read and drop what the
+/// client still sends for a short while (at most 1 MiB or 2 s), so closing the socket
+/// with unread data does not reset the connection before the client read the answer.
+async fn linger(tcp: &mut TcpStream) {
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 16 * 1024];
+    let mut left: usize = 1024 * 1024;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, tcp.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 async fn discard_body(tcp: &mut TcpStream, buf: &mut BytesMut, len: u64) -> std::io::Result<()> {
