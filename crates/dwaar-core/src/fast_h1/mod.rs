@@ -334,7 +334,8 @@ const MAX_DISCARD: u64 = 64 * 1024;
 /// with unread data does not reset the connection before the client read the answer.
 async fn linger(tcp: &mut TcpStream) {
     let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 16 * 1024];
+    // On the heap: an array here would sit in every connection's future.
+    let mut sink = vec![0u8; 16 * 1024];
     let mut left: usize = 1024 * 1024;
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     while left > 0 {
@@ -1040,5 +1041,49 @@ mod tests {
         }
         assert!(ChunkScanner::default().scan(b"zz\r\n").is_err());
         assert!(ChunkScanner::default().scan(b"4\r\nWikiXX").is_err());
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// A connection's future lives as long as the connection: keep it small.
+    #[test]
+    fn connection_future_stays_small() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let mut buf = bytes::BytesMut::new();
+            let cx = super::FastCx {
+                store: std::sync::Arc::new(crate::route_table::RouteStore::new(
+                    crate::route_table::RouteTable::default(),
+                )),
+                fallback: {
+                    let conf = std::sync::Arc::new(
+                        pingora_core::server::configuration::ServerConf::default(),
+                    );
+                    std::sync::Arc::new(pingora_proxy::http_proxy(
+                        &conf,
+                        crate::proxy::DwaarProxy {
+                            store: std::sync::Arc::new(crate::route_table::RouteStore::new(
+                                crate::route_table::RouteTable::default(),
+                            )),
+                        },
+                    ))
+                },
+                shutdown: tokio::sync::watch::channel(false).1,
+            };
+            let mut tcp = client;
+            let f = super::serve_one(&mut tcp, &mut buf, crate::context::ConnInfo::default(), &cx);
+            let size = std::mem::size_of_val(&f);
+            eprintln!("serve_one future: {size} bytes");
+            assert!(size < 4 * 1024, "serve_one future is {size} bytes");
+        });
     }
 }
