@@ -178,18 +178,23 @@ fn admin_socket(
     let Some(addr) = config.global.admin.listen.as_deref() else {
         return Ok((None, inherited));
     };
-    if let Some(mut i) = inherited {
-        if let Some((fd, unix)) = i.extra.take() {
-            return Ok((Some(BoundAdmin::from_fd(fd, unix)), Some(i)));
-        }
-        return match BoundAdmin::bind(addr) {
-            Ok(b) => Ok((Some(b), Some(i))),
-            Err(e) => Err((e, Some(i))),
-        };
+    let mut inherited = inherited;
+    if let Some((fd, unix)) = inherited.as_mut().and_then(|i| i.extra.take()) {
+        return Ok((Some(BoundAdmin::from_fd(fd, unix)), inherited));
     }
-    BoundAdmin::bind(addr)
-        .map(|b| (Some(b), None))
-        .map_err(|e| (e, None))
+    match BoundAdmin::bind(addr) {
+        Ok(b) => Ok((Some(b), inherited)),
+        // The default address is often taken by a Caddy on the same machine: serve
+        // anyway and say how to get the admin API. A chosen address must work.
+        Err(e) if addr == dwaar_config::model::DEFAULT_ADMIN_LISTEN => {
+            tracing::warn!(
+                "{e}; serving without the admin API (choose another address with the \
+                 'admin' global option or DWAAR_ADMIN)"
+            );
+            Ok((None, inherited))
+        }
+        Err(e) => Err((e, inherited)),
+    }
 }
 
 fn write_pidfile(path: Option<&Path>) {

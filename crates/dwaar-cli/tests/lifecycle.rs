@@ -667,3 +667,28 @@ fn listeners_open_and_close_on_reload() {
 fn listeners_open_and_close_on_reload_with_workers() {
     listener_changes(&["--workers", "2", "--threads", "1"]);
 }
+
+#[test]
+fn a_taken_default_admin_port_does_not_stop_the_server() {
+    // Whoever holds 2019 (a Caddy on this machine, or this test), dwaar still serves.
+    let _squatter = std::net::TcpListener::bind("127.0.0.1:2019");
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("Dwaarfile");
+    std::fs::write(&cfg, format!(":{port} {{\n\trespond \"up\"\n}}\n")).unwrap_or_default();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "--threads", "1", "--config"])
+        .arg(&cfg)
+        .env_remove("DWAAR_ADMIN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let served = up && ok_get(port, "x", "/").text() == "up";
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(served, "dwaar did not serve with port 2019 taken");
+}
