@@ -190,6 +190,14 @@ fn hop_by_hop(name: &[u8]) -> bool {
     .any(|h| name.eq_ignore_ascii_case(h))
 }
 
+/// Whether the client named this header in `Connection` (it then belongs to its hop only).
+fn listed_in_connection(req: &FastRequest, name: &[u8]) -> bool {
+    req.any_header_value("connection", &mut |v| {
+        v.split(',')
+            .any(|t| t.trim().as_bytes().eq_ignore_ascii_case(name))
+    })
+}
+
 fn wants_close(req: &FastRequest) -> bool {
     req.any_header_value("connection", &mut |v| {
         v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"))
@@ -513,16 +521,6 @@ async fn proxy(
     let host = req.header("host").unwrap_or("").to_string();
     forwarded_headers(ctx, req, &host);
     crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
-    // Headers the client listed in `Connection` belong to its hop only.
-    let mut listed: Vec<String> = Vec::new();
-    req.any_header_value("connection", &mut |v| {
-        listed.extend(
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .filter(|t| !t.is_empty()),
-        );
-        false
-    });
     let mut out = Vec::with_capacity(req.head.len() + 256);
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');
@@ -534,11 +532,7 @@ async fn proxy(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in &req.headers {
         let name = req.name_bytes(h);
-        if hop_by_hop(name)
-            || listed
-                .iter()
-                .any(|l| name.eq_ignore_ascii_case(l.as_bytes()))
-        {
+        if hop_by_hop(name) || listed_in_connection(req, name) {
             continue;
         }
         out.extend_from_slice(name);
@@ -627,8 +621,8 @@ async fn proxy(
             return Next::Drop;
         }
     };
-    if upstream_keepalive && p.transport.keepalive && !matches!(framing_after(&upc), Some(false)) {
-        pool::checkin(addr, upc, &p.transport);
+    if upstream_keepalive && p.transport.keepalive && upc.reusable {
+        pool::checkin(addr, upc);
     }
     finish_log(req, ctx, status, body_len, sent);
     if close {
@@ -784,11 +778,6 @@ fn response_head(
     })
 }
 
-/// Whether a connection is clean for reuse (no stray bytes after the response).
-fn framing_after(upc: &UpstreamConn) -> Option<bool> {
-    Some(upc.buf.is_empty() && upc.reusable)
-}
-
 enum Failure {
     Client,
     Upstream,
@@ -896,6 +885,15 @@ enum ChunkState {
     EndLf,
 }
 
+/// The next state when `c` is the byte the framing requires here.
+fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, ()> {
+    if c == want {
+        Ok(next)
+    } else {
+        Err(())
+    }
+}
+
 impl ChunkScanner {
     /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
     fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
@@ -924,14 +922,12 @@ impl ChunkScanner {
                     }
                 }
                 ChunkState::SizeLf => {
-                    if c != b'\n' {
-                        return Err(());
-                    }
-                    self.state = if self.size == 0 {
+                    let next = if self.size == 0 {
                         ChunkState::Trailer
                     } else {
                         ChunkState::Data
                     };
+                    self.state = expect(c, b'\n', next)?;
                 }
                 ChunkState::Data => {
                     let take = ((b.len() - i) as u64).min(self.size) as usize;
@@ -942,18 +938,8 @@ impl ChunkScanner {
                     }
                     continue;
                 }
-                ChunkState::DataCr => {
-                    if c != b'\r' {
-                        return Err(());
-                    }
-                    self.state = ChunkState::DataLf;
-                }
-                ChunkState::DataLf => {
-                    if c != b'\n' {
-                        return Err(());
-                    }
-                    self.state = ChunkState::Size;
-                }
+                ChunkState::DataCr => self.state = expect(c, b'\r', ChunkState::DataLf)?,
+                ChunkState::DataLf => self.state = expect(c, b'\n', ChunkState::Size)?,
                 ChunkState::Trailer => {
                     self.state = if c == b'\r' {
                         ChunkState::EndLf
@@ -966,16 +952,9 @@ impl ChunkScanner {
                         self.state = ChunkState::TrailerLf;
                     }
                 }
-                ChunkState::TrailerLf => {
-                    if c != b'\n' {
-                        return Err(());
-                    }
-                    self.state = ChunkState::Trailer;
-                }
+                ChunkState::TrailerLf => self.state = expect(c, b'\n', ChunkState::Trailer)?,
                 ChunkState::EndLf => {
-                    if c != b'\n' {
-                        return Err(());
-                    }
+                    expect(c, b'\n', ChunkState::EndLf)?;
                     return Ok((i + 1, true));
                 }
             }

@@ -99,7 +99,7 @@ pub fn clear() {
 }
 
 /// Returns a connection whose response ended cleanly.
-pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, _t: &TransportOpts) {
+pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
     if crate::server::inflight::draining() {
         return;
     }
