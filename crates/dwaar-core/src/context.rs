@@ -96,8 +96,6 @@ pub struct RequestContext {
     pub upstream_sent: Option<Instant>,
     /// From `upstream_sent` to the upstream response head.
     pub upstream_duration: Option<std::time::Duration>,
-    /// Wall-clock start, milliseconds since the Unix epoch (for the access log).
-    pub start_unix_ms: u64,
     /// `log_skip` matched: leave this request out of the access log.
     pub skip_log: bool,
     /// The middleware that refused the request, for the access log.

@@ -182,10 +182,6 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         ctx.start = Some(Instant::now());
-        ctx.start_unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
         if crate::server::inflight::draining() {
             session.set_keepalive(None);
         }
@@ -539,6 +535,16 @@ pub(crate) struct LogParts<'a> {
     pub bytes_written: u64,
 }
 
+/// When the request started, in Unix milliseconds: read from the clock only for requests
+/// that are logged, not on every request.
+fn start_unix_ms(ctx: &RequestContext) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+    now.saturating_sub(elapsed).as_millis() as u64
+}
+
 /// Builds the access-log record from the context and a front-end's parts.
 pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
     let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
@@ -553,7 +559,7 @@ pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         None => (p.path, p.query),
     };
     let record = dwaar_log::RequestLog {
-        ts_ms: ctx.start_unix_ms,
+        ts_ms: start_unix_ms(ctx),
         request_id: ctx.request_id,
         method: CompactString::new(p.method),
         host: ctx.host.clone(),

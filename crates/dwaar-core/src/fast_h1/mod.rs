@@ -234,10 +234,6 @@ async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: 
 
     let mut ctx = RequestContext {
         start: Some(Instant::now()),
-        start_unix_ms: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0),
         conn,
         ..RequestContext::default()
     };
