@@ -406,3 +406,31 @@ fn global_log_option_sends_dwaars_own_log_to_a_file_as_json() {
         "the runtime log still went to stderr"
     );
 }
+
+#[test]
+fn an_unreachable_log_collector_stops_the_start_unless_soft_start() {
+    let dead = free_port();
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("Dwaarfile");
+    std::fs::write(
+        &cfg,
+        format!(
+            ":{port} {{\n\tlog {{\n\t\toutput net 127.0.0.1:{dead}\n\t}}\n\trespond \"x\"\n}}\n"
+        ),
+    )
+    .unwrap_or_default();
+    let config = cfg.to_str().unwrap_or_default();
+    let (code, _, err) = dwaar_cmd(&["run", "--threads", "1", "--config", config], dir.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("unreachable") && err.contains("soft_start"),
+        "{err}"
+    );
+    // With soft_start it serves, and keeps trying the collector in the background.
+    let soft = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput net 127.0.0.1:{dead} {{\n\t\t\tsoft_start\n\t\t}}\n\t}}\n\trespond \"x\"\n}}\n"
+    );
+    let _d = Dwaar::start(&bin(), &soft, &[port]);
+    assert_eq!(ok_get(port, "x", "/").text(), "x");
+}

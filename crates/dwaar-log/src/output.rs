@@ -274,7 +274,8 @@ impl Net {
         }
     }
 
-    fn connect(&self) -> std::io::Result<Box<dyn Write + Send>> {
+    /// Dials the destination once (also used to check it before serving).
+    pub fn connect(&self) -> std::io::Result<Box<dyn Write + Send>> {
         let write_timeout = Some(Duration::from_secs(5));
         if let Some(path) = self.address.strip_prefix("unix/") {
             let s = std::os::unix::net::UnixStream::connect(path)?;

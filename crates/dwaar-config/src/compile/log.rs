@@ -14,8 +14,18 @@ const FILE_OPTIONS: &[&str] = &[
     "mode",
 ];
 
-/// Parses a `log [name] { ... }` block.
-pub fn log_config(d: &Directive, diags: &mut Diags) -> Option<LogConfig> {
+/// Where a `log` block stands.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A site's access log.
+    Site,
+    /// Dwaar's own log (global options).
+    Global,
+}
+
+/// Parses a `log [name] { ... }` block. The name is a label, as in Caddy: a site has
+/// one access log, so it changes nothing.
+pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogConfig> {
     if !diags.arity(
         d,
         0,
@@ -65,6 +75,9 @@ pub fn log_config(d: &Directive, diags: &mut Diags) -> Option<LogConfig> {
                     }
                 }
             }
+            "mask_ip" if scope == Scope::Global => diags.push(line.name.error(
+                "mask_ip applies to site access logs; Dwaar's own log has no client addresses",
+            )),
             "mask_ip" => {
                 if diags.arity(
                     line,

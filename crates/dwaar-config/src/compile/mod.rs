@@ -141,7 +141,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                         );
                     } else {
                         seen_log = true;
-                        site_log = log::log_config(d, diags);
+                        site_log = log::log_config(d, diags, log::Scope::Site);
                     }
                 }
                 _ => handler_dirs.push(d.clone()),
@@ -399,7 +399,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                 if g.log.is_some() {
                     diags.push(d.name.error("the global 'log' option is given twice"));
                 } else {
-                    g.log = log::log_config(d, diags);
+                    g.log = log::log_config(d, diags, log::Scope::Global);
                 }
             }
             "workers" => {
