@@ -67,8 +67,10 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
     };
     // Most request heads fit in 2 KiB; the buffer grows only for larger ones.
     let mut buf = BytesMut::with_capacity(2 * 1024);
+    // One shutdown receiver per connection, not a clone per request.
+    let mut shutdown = cx.shutdown.clone();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, &cx).await {
+        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
@@ -118,10 +120,9 @@ const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Result<Option<usize>, std::io::Error> {
     let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
-    let mut shutdown = shutdown.clone();
     let mut idle_until = tokio::time::Instant::now()
         + if *shutdown.borrow() {
             DRAIN_IDLE
@@ -204,8 +205,14 @@ fn wants_close(req: &FastRequest) -> bool {
     })
 }
 
-async fn serve_one(tcp: &mut TcpStream, buf: &mut BytesMut, conn: ConnInfo, cx: &FastCx) -> Next {
-    let head_len = match read_head(tcp, buf, &cx.shutdown).await {
+async fn serve_one(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    conn: ConnInfo,
+    cx: &FastCx,
+    shutdown: &mut ShutdownWatch,
+) -> Next {
+    let head_len = match read_head(tcp, buf, shutdown).await {
         Ok(Some(n)) => n,
         // A malformed or oversized head: Pingora gives the precise 400/431.
         Ok(None) if !buf.is_empty() => return Next::HandOver,
@@ -1055,7 +1062,14 @@ mod size_tests {
                 shutdown: tokio::sync::watch::channel(false).1,
             };
             let mut tcp = client;
-            let f = super::serve_one(&mut tcp, &mut buf, crate::context::ConnInfo::default(), &cx);
+            let mut shutdown = cx.shutdown.clone();
+            let f = super::serve_one(
+                &mut tcp,
+                &mut buf,
+                crate::context::ConnInfo::default(),
+                &cx,
+                &mut shutdown,
+            );
             let size = std::mem::size_of_val(&f);
             eprintln!("serve_one future: {size} bytes");
             assert!(size < 4 * 1024, "serve_one future is {size} bytes");
