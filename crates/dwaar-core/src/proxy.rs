@@ -498,7 +498,7 @@ impl FloorCharBoundary for str {
 
 /// Hands the request's record to the site's access logger (never blocks).
 fn access_log(session: &Session, ctx: &RequestContext) {
-    if ctx.skip_log || ctx.site.as_ref().is_none_or(|s| s.log.is_none()) {
+    if !is_logged(ctx) {
         return;
     }
     let req = session.req_header();
@@ -543,6 +543,12 @@ fn start_unix_ms(ctx: &RequestContext) -> u64 {
         .unwrap_or_default();
     let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
     now.saturating_sub(elapsed).as_millis() as u64
+}
+
+/// Whether the request goes to an access log (its site has `log`, no `log_skip` matched);
+/// front-ends check it before gathering the record's parts.
+pub(crate) fn is_logged(ctx: &RequestContext) -> bool {
+    !ctx.skip_log && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
 }
 
 /// Builds the access-log record from the context and a front-end's parts.

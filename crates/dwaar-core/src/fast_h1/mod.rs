@@ -467,7 +467,7 @@ async fn write_reply(
 }
 
 fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {
-    if ctx.skip_log || ctx.site.as_ref().is_none_or(|s| s.log.is_none()) {
+    if !crate::proxy::is_logged(ctx) {
         return;
     }
     log_request(
