@@ -7,7 +7,7 @@ use common::*;
 use dwaar_admin::client::{request as admin, Reply};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_str(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.body))
@@ -601,11 +601,9 @@ fn watch_reloads_when_the_file_or_an_import_changes() {
     // A broken edit is refused; the last good config keeps serving.
     std::thread::sleep(Duration::from_millis(1100));
     d.write_config(&format!(":{port} {{\n\trespond \"four\"\n"));
-    let t = Instant::now();
     assert!(wait_until(Duration::from_secs(5), || d
         .log_text()
         .contains("config reload failed")));
-    assert!(t.elapsed() < Duration::from_secs(5));
     assert_eq!(ok_get(port, "x", "/").text(), "three");
 }
 
