@@ -17,6 +17,29 @@ pub trait Output: Send {
     fn write_batch(&mut self, batch: &[u8]) -> std::io::Result<()>;
 }
 
+/// Builds the output for an access log. Without `soft_start`, a network destination is
+/// dialled now (Caddy's rule: it must be reachable for the config to load) and that
+/// connection is the one the writer uses; everything else opens lazily on the writer.
+pub fn open(o: &LogOutput) -> std::io::Result<Box<dyn Output>> {
+    if let LogOutput::Net {
+        address,
+        dial_timeout_ms,
+        soft_start: false,
+    } = o
+    {
+        let mut net = Net::new(address.clone(), Duration::from_millis(*dial_timeout_ms));
+        let conn = net.connect().map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("log destination {address} is unreachable ({e}); add soft_start to start anyway"),
+            )
+        })?;
+        net.conn = Some(conn);
+        return Ok(Box::new(net));
+    }
+    Ok(from_config(o))
+}
+
 /// Builds the output for a config (opening nothing yet: files and sockets are opened
 /// lazily on the writer thread, so a slow disk or peer never stalls a reload).
 pub fn from_config(o: &LogOutput) -> Box<dyn Output> {
@@ -274,8 +297,8 @@ impl Net {
         }
     }
 
-    /// Dials the destination once (also used to check it before serving).
-    pub fn connect(&self) -> std::io::Result<Box<dyn Write + Send>> {
+    /// Dials the destination once.
+    fn connect(&self) -> std::io::Result<Box<dyn Write + Send>> {
         let write_timeout = Some(Duration::from_secs(5));
         if let Some(path) = self.address.strip_prefix("unix/") {
             let s = std::os::unix::net::UnixStream::connect(path)?;

@@ -59,26 +59,9 @@ pub struct Sink {
 
 impl Sink {
     fn start(output: &LogOutput) -> std::io::Result<Arc<Sink>> {
-        // Without `soft_start`, a network destination must be reachable before Dwaar
-        // serves with it (Caddy's rule); with it, the writer keeps trying in the background.
-        if let LogOutput::Net {
-            address,
-            dial_timeout_ms,
-            soft_start: false,
-        } = output
-        {
-            output::Net::new(address.clone(), std::time::Duration::from_millis(*dial_timeout_ms))
-                .connect()
-                .map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!("log destination {address} is unreachable ({e}); add soft_start to start anyway"),
-                    )
-                })?;
-        }
         let discard = matches!(output, LogOutput::Discard);
         let (tx, rx) = mpsc::sync_channel(CHANNEL_CAPACITY);
-        let out = output::from_config(output);
+        let out = output::open(output)?;
         let pending = Arc::new(AtomicU64::new(0));
         let p = pending.clone();
         let handle = std::thread::Builder::new()
