@@ -36,6 +36,82 @@ pub struct GlobalOptions {
     /// Dwaar's own log (global `log`): where it goes, its format and level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogConfig>,
+    /// Certificate automation defaults (`email`, `acme_ca`, `local_certs`, `storage`).
+    #[serde(default)]
+    pub tls: GlobalTls,
+}
+
+/// Global options that shape automatic HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalTls {
+    /// ACME account contact (`email`).
+    pub email: Option<String>,
+    /// ACME directory URL for every managed certificate (`acme_ca`).
+    pub acme_ca: Option<String>,
+    /// PEM file with the root that signs the ACME server's HTTPS certificate.
+    pub acme_ca_root: Option<String>,
+    /// Issue every automatic certificate from the local CA (`local_certs`).
+    pub local_certs: bool,
+    /// Where certificates, keys, ACME accounts and the local CA live
+    /// (`storage file_system <path>`); `None` = the user's data directory.
+    pub storage: Option<String>,
+}
+
+/// How a site gets its certificate and which TLS it speaks (`tls`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteTls {
+    /// `None`: automatic (ACME for public names, the local CA for the rest).
+    pub issuer: Option<Issuer>,
+    /// `tls <cert_file> <key_file>`: a certificate chain and key from PEM files.
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    /// Lowest and highest TLS version: `tls1.2` or `tls1.3`.
+    pub protocol_min: Option<String>,
+    pub protocol_max: Option<String>,
+    /// Cipher suites by IANA name, in preference order; empty = the defaults.
+    pub ciphers: Vec<String>,
+    /// Key exchange groups in preference order; empty = the defaults.
+    pub curves: Vec<String>,
+    /// ALPN protocols to offer; empty = `h2`, `http/1.1`.
+    pub alpn: Vec<String>,
+    /// Downstream client certificates (mutual TLS).
+    pub client_auth: Option<ClientAuth>,
+}
+
+/// Who issues a site's certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "module", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Issuer {
+    /// Dwaar's own local certificate authority.
+    Internal,
+    Acme(AcmeIssuer),
+}
+
+/// An ACME certificate authority (RFC 8555).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeIssuer {
+    /// Directory URL; `None` = `acme_ca` or Let's Encrypt.
+    pub dir: Option<String>,
+    /// A second directory to try when the first fails.
+    pub test_dir: Option<String>,
+    pub email: Option<String>,
+    /// PEM file with the root of the CA's own HTTPS certificate.
+    pub ca_root: Option<String>,
+    pub disable_http_challenge: bool,
+    pub disable_tlsalpn_challenge: bool,
+}
+
+/// `client_auth`: verifying certificates that clients present.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientAuth {
+    /// `request`, `require`, `verify_if_given` or `require_and_verify`.
+    pub mode: String,
+    /// PEM files with the CAs client certificates must chain to.
+    pub trusted_ca_cert_files: Vec<String>,
 }
 
 /// The `admin` global option.
@@ -78,6 +154,7 @@ impl Default for GlobalOptions {
             admin: AdminOptions::default(),
             workers: 1,
             log: None,
+            tls: GlobalTls::default(),
         }
     }
 }
@@ -120,6 +197,9 @@ pub struct Site {
     /// Access log of this site (`log`); `None`: requests are not logged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogConfig>,
+    /// The site's `tls` directive, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<SiteTls>,
 }
 
 /// A `log` block: where records go and how they look.

@@ -49,7 +49,6 @@ pub const NOT_YET: &[&str] = &[
     "basicauth",
     "basic_auth",
     "forward_auth",
-    "tls",
     "tracing",
     "method",
     "push",
@@ -70,7 +69,7 @@ pub const NOT_YET: &[&str] = &[
 ];
 
 /// Site-level directives handled by the site compiler, not here.
-pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log"];
+pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log", "tls"];
 
 fn route(matchers: Vec<MatcherSet>, handlers: Vec<Handler>) -> Compiled {
     Compiled::Route(Route {

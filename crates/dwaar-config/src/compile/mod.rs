@@ -10,6 +10,7 @@ mod log;
 mod matchers;
 mod reverse_proxy;
 mod routes;
+mod tls;
 
 pub use args::Diags;
 pub use handlers::{NOT_YET as NOT_YET_DIRECTIVES, SUPPORTED as SUPPORTED_DIRECTIVES};
@@ -36,13 +37,13 @@ const GLOBAL_SUPPORTED: &[&str] = &[
     "workers",
     "log",
     "auto_https",
-];
-const GLOBAL_NOT_YET: &[&str] = &[
     "email",
     "acme_ca",
     "acme_ca_root",
     "local_certs",
     "storage",
+];
+const GLOBAL_NOT_YET: &[&str] = &[
     "default_sni",
     "on_demand_tls",
     "key_type",
@@ -105,6 +106,8 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut bind = Vec::new();
         let mut site_log: Option<crate::model::LogConfig> = None;
         let mut seen_log = false;
+        let mut site_tls: Option<crate::model::SiteTls> = None;
+        let mut seen_tls = false;
         let mut error_blocks: Vec<&Directive> = Vec::new();
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
@@ -142,6 +145,29 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                     } else {
                         seen_log = true;
                         site_log = log::log_config(d, diags, log::Scope::Site);
+                    }
+                }
+                "tls" if !d.name.quoted() => {
+                    if seen_tls {
+                        diags.push(
+                            d.name
+                                .error("a site has one 'tls' directive")
+                                .with_help("merge the two into one block"),
+                        );
+                    } else {
+                        seen_tls = true;
+                        site_tls = tls::site_tls(d, diags);
+                        if !addresses.is_empty()
+                            && addresses
+                                .iter()
+                                .all(|a| a.scheme.as_deref() == Some("http"))
+                        {
+                            diags.push(
+                                d.name
+                                    .error("'tls' in a site that is only served over plain HTTP")
+                                    .with_help("give the site an https:// address or a host name"),
+                            );
+                        }
                     }
                 }
                 _ => handler_dirs.push(d.clone()),
@@ -185,9 +211,51 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             routes,
             error_routes,
             log: site_log,
+            tls: site_tls,
         });
     }
+    check_port_schemes(doc, &sites, diags);
     Config { global, sites }
+}
+
+/// A port speaks either TLS or plain HTTP, never both.
+fn check_port_schemes(doc: &Document, sites: &[Site], diags: &mut Diags) {
+    let mut scheme_of: HashMap<u16, &str> = HashMap::new();
+    let tokens = doc.sites.iter().flat_map(|sb| sb.addresses.iter());
+    let addrs = sites.iter().flat_map(|s| s.addresses.iter());
+    // `sites` holds only addresses that parsed; pair them with their tokens by text.
+    let mut tokens = tokens.peekable();
+    for a in addrs {
+        let scheme = a.scheme.as_deref().unwrap_or("http");
+        let t = loop {
+            match tokens.next() {
+                Some(t) if site_address_matches(&t.text, a) => break Some(t),
+                Some(_) => continue,
+                None => break None,
+            }
+        };
+        match scheme_of.get(&a.port) {
+            Some(&other) if other != scheme => {
+                if let Some(t) = t {
+                    diags.push(
+                        t.error(format!(
+                            "port {} serves both http:// and https:// sites",
+                            a.port
+                        ))
+                        .with_help("give HTTP and HTTPS sites different ports"),
+                    );
+                }
+            }
+            _ => {
+                scheme_of.insert(a.port, if scheme == "https" { "https" } else { "http" });
+            }
+        }
+    }
+}
+
+fn site_address_matches(text: &str, a: &SiteAddress) -> bool {
+    let rest = text.split_once("://").map_or(text, |(_, r)| r);
+    rest.to_ascii_lowercase().starts_with(&a.host)
 }
 
 fn collect_map_outputs(dirs: &[Directive], out: &mut std::collections::HashSet<String>) {
@@ -273,13 +341,6 @@ fn site_address(t: &Token, g: &GlobalOptions, diags: &mut Diags) -> Option<SiteA
     } else {
         g.http_port
     });
-    if scheme == "https" {
-        diags.push(
-            t.error(format!("site '{text}' would be served over HTTPS, which is not supported yet"))
-                .with_help(format!("serve it over plain HTTP for now: http://{hostport}, or set 'auto_https off' globally")),
-        );
-        return None;
-    }
     Some(SiteAddress {
         scheme: Some(scheme),
         host,
@@ -422,13 +483,10 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                     "auto_https off|disable_redirects|disable_certs|ignore_loaded_certs",
                 ) {
                     match d.args[0].text.as_str() {
-                        "off" => g.auto_https = Some("off".into()),
-                        "disable_redirects" | "disable_certs" | "ignore_loaded_certs" => {
-                            diags.push(d.args[0].error(format!(
-                                "'auto_https {}' is not supported yet",
-                                d.args[0].text
-                            )));
-                        }
+                        m @ ("off"
+                        | "disable_redirects"
+                        | "disable_certs"
+                        | "ignore_loaded_certs") => g.auto_https = Some(m.into()),
                         _ => diags.unknown_sub(
                             "auto_https",
                             &d.args[0],
@@ -441,6 +499,9 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                         ),
                     }
                 }
+            }
+            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" => {
+                tls::global_option(d, &mut g.tls, diags);
             }
             n if GLOBAL_NOT_YET.contains(&n) => {
                 diags.push(
@@ -561,11 +622,8 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
             "protocols" => {
                 for a in &line.args {
                     match a.text.as_str() {
-                        "h1" | "h2c" => s.protocols.push(a.text.clone()),
-                        "h2" | "h3" => diags.push(a.error(format!(
-                            "protocol '{}' needs TLS, which is not supported yet",
-                            a.text
-                        ))),
+                        "h1" | "h2" | "h2c" => s.protocols.push(a.text.clone()),
+                        "h3" => diags.push(a.error("protocol 'h3' is not supported yet")),
                         _ => diags.unknown_sub("protocols", a, &["h1", "h2", "h2c", "h3"]),
                     }
                 }

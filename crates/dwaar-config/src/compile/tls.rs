@@ -1,0 +1,431 @@
+//! The `tls` site directive and the global options of automatic HTTPS
+//! (`email`, `acme_ca`, `acme_ca_root`, `local_certs`, `storage`).
+//!
+//! Names of protocols, cipher suites and curves are checked here against what Dwaar's
+//! TLS stack implements, so a typo fails at its line instead of at the first handshake.
+
+use super::args::{block_lines, Diags};
+use crate::model::{AcmeIssuer, ClientAuth, GlobalTls, Issuer, SiteTls};
+use crate::parser::Directive;
+
+/// TLS versions Dwaar speaks.
+pub const PROTOCOLS: &[&str] = &["tls1.2", "tls1.3"];
+/// Cipher suites Dwaar implements, by IANA name.
+pub const CIPHERS: &[&str] = &[
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+    "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+    "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256",
+];
+/// Key exchange groups Dwaar implements.
+pub const CURVES: &[&str] = &["x25519", "secp256r1", "secp384r1"];
+const CLIENT_AUTH_MODES: &[&str] = &[
+    "request",
+    "require",
+    "verify_if_given",
+    "require_and_verify",
+];
+
+/// Parses a site's `tls` directive.
+pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
+    if !diags.arity(
+        d,
+        0,
+        0,
+        2,
+        "tls [internal|<email>|<cert_file> <key_file>] { ... }",
+    ) {
+        return None;
+    }
+    let before = diags.error_count();
+    let mut t = SiteTls::default();
+    match d.args.as_slice() {
+        [] => {}
+        [one] if one.text == "internal" => t.issuer = Some(Issuer::Internal),
+        [one] if one.text.contains('@') => {
+            t.issuer = Some(Issuer::Acme(AcmeIssuer {
+                email: Some(one.text.clone()),
+                ..Default::default()
+            }))
+        }
+        [one] => diags.push(
+            one.error(format!("unknown tls argument '{}'", one.text))
+                .with_help("use 'tls internal', 'tls <email>' or 'tls <cert_file> <key_file>'"),
+        ),
+        [cert, key] => {
+            t.cert_file = Some(cert.text.clone());
+            t.key_file = Some(key.text.clone());
+        }
+        _ => {}
+    }
+    for line in block_lines(&d.block) {
+        let name = line.name.text.as_str();
+        match name {
+            "protocols" => {
+                if diags.arity(line, 0, 1, 2, "protocols <min> [<max>]") {
+                    for a in &line.args {
+                        if !PROTOCOLS.contains(&a.text.as_str()) {
+                            let mut e = a.error(format!("unknown TLS protocol '{}'", a.text));
+                            e = e.with_help(if a.text.starts_with("tls1.") {
+                                "Dwaar speaks tls1.2 and tls1.3; older versions are insecure"
+                            } else {
+                                "use tls1.2 or tls1.3"
+                            });
+                            diags.push(e);
+                        }
+                    }
+                    t.protocol_min = Some(line.args[0].text.clone());
+                    t.protocol_max = line.args.get(1).map(|a| a.text.clone());
+                    if let (Some(min), Some(max)) = (&t.protocol_min, &t.protocol_max) {
+                        if min > max {
+                            diags.push(line.args[1].error(format!(
+                                "the highest protocol '{max}' is below the lowest '{min}'"
+                            )));
+                        }
+                    }
+                }
+            }
+            "ciphers" => {
+                if diags.arity(line, 0, 1, usize::MAX, "ciphers <cipher_suite>...") {
+                    for a in &line.args {
+                        if CIPHERS.contains(&a.text.as_str()) {
+                            t.ciphers.push(a.text.clone());
+                        } else {
+                            diags.unknown_sub("ciphers", a, CIPHERS);
+                        }
+                    }
+                }
+            }
+            "curves" => {
+                if diags.arity(line, 0, 1, usize::MAX, "curves <curve>...") {
+                    for a in &line.args {
+                        if CURVES.contains(&a.text.as_str()) {
+                            t.curves.push(a.text.clone());
+                        } else {
+                            diags.unknown_sub("curves", a, CURVES);
+                        }
+                    }
+                }
+            }
+            "alpn" => {
+                if diags.arity(line, 0, 1, usize::MAX, "alpn <protocol>...") {
+                    for a in &line.args {
+                        if a.text == "h2" || a.text == "http/1.1" {
+                            t.alpn.push(a.text.clone());
+                        } else {
+                            diags.unknown_sub("alpn", a, &["h2", "http/1.1"]);
+                        }
+                    }
+                }
+            }
+            "client_auth" => t.client_auth = client_auth(line, diags),
+            "issuer" => {
+                if !diags.arity(line, 0, 1, 1, "issuer acme|internal { ... }") {
+                    continue;
+                }
+                match line.args[0].text.as_str() {
+                    "internal" => {
+                        if line.block.is_some() {
+                            diags.push(line.name.error("'issuer internal' takes no options"));
+                        }
+                        set_issuer(&mut t, Issuer::Internal, line, diags);
+                    }
+                    "acme" => {
+                        let acme = acme_issuer(line, diags);
+                        set_issuer(&mut t, Issuer::Acme(acme), line, diags);
+                    }
+                    _ => diags.unknown_sub("issuer", &line.args[0], &["acme", "internal"]),
+                }
+            }
+            "ca" | "ca_root" => {
+                if !diags.arity(line, 0, 1, 1, &format!("{name} <value>")) {
+                    continue;
+                }
+                let mut acme = match t.issuer.take() {
+                    Some(Issuer::Acme(a)) => a,
+                    Some(Issuer::Internal) => {
+                        diags.push(line.name.error(format!(
+                            "'{name}' configures an ACME issuer, but this site uses the internal one"
+                        )));
+                        t.issuer = Some(Issuer::Internal);
+                        continue;
+                    }
+                    None => AcmeIssuer::default(),
+                };
+                let v = line.args[0].text.clone();
+                if name == "ca" {
+                    check_url(&line.args[0], diags);
+                    acme.dir = Some(v);
+                } else {
+                    acme.ca_root = Some(v);
+                }
+                t.issuer = Some(Issuer::Acme(acme));
+            }
+            "load"
+            | "dns"
+            | "eab"
+            | "on_demand"
+            | "get_certificate"
+            | "key_type"
+            | "propagation_delay"
+            | "resolvers"
+            | "insecure_secrets_log"
+            | "reuse_private_keys" => diags.push(
+                line.name
+                    .error(format!("tls option '{name}' is not supported yet")),
+            ),
+            _ => diags.unknown_sub(
+                "tls",
+                &line.name,
+                &[
+                    "protocols",
+                    "ciphers",
+                    "curves",
+                    "alpn",
+                    "client_auth",
+                    "issuer",
+                    "ca",
+                    "ca_root",
+                ],
+            ),
+        }
+    }
+    if t.cert_file.is_some() && t.issuer.is_some() {
+        diags.push(
+            d.name
+                .error("a site with its own certificate files has no issuer")
+                .with_help("remove the issuer, or the certificate files"),
+        );
+    }
+    (diags.error_count() == before).then_some(t)
+}
+
+fn set_issuer(t: &mut SiteTls, issuer: Issuer, line: &Directive, diags: &mut Diags) {
+    match (&t.issuer, &issuer) {
+        (Some(Issuer::Acme(a)), Issuer::Acme(b)) => {
+            // `tls you@example.com { issuer acme { dir ... } }`: the email carries over.
+            let mut merged = b.clone();
+            if merged.email.is_none() {
+                merged.email = a.email.clone();
+            }
+            t.issuer = Some(Issuer::Acme(merged));
+        }
+        (Some(_), _) => diags.push(
+            line.name
+                .error("a site has one certificate issuer")
+                .with_help("keep one 'issuer' line"),
+        ),
+        (None, _) => t.issuer = Some(issuer),
+    }
+}
+
+fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
+    let mut a = AcmeIssuer::default();
+    for line in block_lines(&d.block) {
+        let name = line.name.text.as_str();
+        match name {
+            "dir" | "test_dir" | "email" | "trusted_roots" => {
+                if !diags.arity(line, 0, 1, 1, &format!("{name} <value>")) {
+                    continue;
+                }
+                let v = Some(line.args[0].text.clone());
+                match name {
+                    "dir" => {
+                        check_url(&line.args[0], diags);
+                        a.dir = v
+                    }
+                    "test_dir" => {
+                        check_url(&line.args[0], diags);
+                        a.test_dir = v
+                    }
+                    "email" => a.email = v,
+                    _ => a.ca_root = v,
+                }
+            }
+            "disable_http_challenge" | "disable_tlsalpn_challenge" => {
+                if diags.arity(line, 0, 0, 0, name) {
+                    if name == "disable_http_challenge" {
+                        a.disable_http_challenge = true;
+                    } else {
+                        a.disable_tlsalpn_challenge = true;
+                    }
+                }
+            }
+            "eab"
+            | "dns"
+            | "alt_http_port"
+            | "alt_tlsalpn_port"
+            | "timeout"
+            | "preferred_chains"
+            | "propagation_delay"
+            | "propagation_timeout"
+            | "resolvers" => diags.push(
+                line.name
+                    .error(format!("acme issuer option '{name}' is not supported yet")),
+            ),
+            _ => diags.unknown_sub(
+                "issuer acme",
+                &line.name,
+                &[
+                    "dir",
+                    "test_dir",
+                    "email",
+                    "trusted_roots",
+                    "disable_http_challenge",
+                    "disable_tlsalpn_challenge",
+                ],
+            ),
+        }
+    }
+    if a.disable_http_challenge && a.disable_tlsalpn_challenge {
+        diags.push(
+            d.name
+                .error("both ACME challenges are disabled: the certificate could never be issued")
+                .with_help("keep the HTTP-01 or the TLS-ALPN-01 challenge"),
+        );
+    }
+    a
+}
+
+fn client_auth(d: &Directive, diags: &mut Diags) -> Option<ClientAuth> {
+    let mut c = ClientAuth {
+        mode: String::new(),
+        trusted_ca_cert_files: Vec::new(),
+    };
+    if d.block.is_none() {
+        diags.push(
+            d.name
+                .error("client_auth needs a block")
+                .with_help("client_auth { mode require_and_verify; trusted_ca_cert_file ca.pem }"),
+        );
+        return None;
+    }
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "mode" => {
+                if diags.arity(line, 0, 1, 1, "mode <mode>") {
+                    let m = line.args[0].text.as_str();
+                    if CLIENT_AUTH_MODES.contains(&m) {
+                        c.mode = m.to_string();
+                    } else {
+                        diags.unknown_sub("mode", &line.args[0], CLIENT_AUTH_MODES);
+                    }
+                }
+            }
+            "trusted_ca_cert_file" => {
+                if diags.arity(line, 0, 1, usize::MAX, "trusted_ca_cert_file <file>...") {
+                    c.trusted_ca_cert_files
+                        .extend(line.args.iter().map(|a| a.text.clone()));
+                }
+            }
+            "trusted_ca_cert" | "trusted_leaf_cert" | "trusted_leaf_cert_file" | "verifier" => {
+                diags.push(line.name.error(format!(
+                    "client_auth option '{}' is not supported yet",
+                    line.name.text
+                )))
+            }
+            _ => diags.unknown_sub("client_auth", &line.name, &["mode", "trusted_ca_cert_file"]),
+        }
+    }
+    if c.mode.is_empty() {
+        // Like Caddy: trusted CAs imply verification is required.
+        c.mode = if c.trusted_ca_cert_files.is_empty() {
+            "require".into()
+        } else {
+            "require_and_verify".into()
+        };
+    }
+    let verifies = c.mode == "verify_if_given" || c.mode == "require_and_verify";
+    if verifies && c.trusted_ca_cert_files.is_empty() {
+        diags.push(
+            d.name
+                .error(format!(
+                    "client_auth mode '{}' needs trusted_ca_cert_file",
+                    c.mode
+                ))
+                .with_help("name the PEM file of the CA that signs client certificates"),
+        );
+        return None;
+    }
+    if !verifies && !c.trusted_ca_cert_files.is_empty() {
+        diags.push(d.name.error(format!(
+            "client_auth mode '{}' does not verify certificates, so trusted_ca_cert_file has no effect",
+            c.mode
+        )));
+        return None;
+    }
+    Some(c)
+}
+
+fn check_url(t: &crate::lexer::Token, diags: &mut Diags) {
+    if !(t.text.starts_with("https://") || t.text.starts_with("http://")) {
+        diags.push(
+            t.error(format!("'{}' is not an ACME directory URL", t.text))
+                .with_help("for example https://acme-v02.api.letsencrypt.org/directory"),
+        );
+    }
+}
+
+/// Handles one global option of certificate automation; false if `d` is not one.
+pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> bool {
+    let name = d.name.text.as_str();
+    match name {
+        "email" | "acme_ca" | "acme_ca_root" => {
+            if diags.arity(d, 0, 1, 1, &format!("{name} <value>")) {
+                let v = Some(d.args[0].text.clone());
+                match name {
+                    "email" => g.email = v,
+                    "acme_ca" => {
+                        check_url(&d.args[0], diags);
+                        g.acme_ca = v
+                    }
+                    _ => g.acme_ca_root = v,
+                }
+            }
+        }
+        "local_certs" => {
+            if diags.arity(d, 0, 0, 0, "local_certs") {
+                g.local_certs = true;
+            }
+        }
+        "storage" => {
+            if !diags.arity(d, 0, 1, 2, "storage file_system <path>") {
+                return true;
+            }
+            if d.args[0].text != "file_system" {
+                diags.push(
+                    d.args[0]
+                        .error(format!(
+                            "storage module '{}' is not supported",
+                            d.args[0].text
+                        ))
+                        .with_help(
+                            "Dwaar stores certificates in a directory: storage file_system <path>",
+                        ),
+                );
+                return true;
+            }
+            let mut root = d.args.get(1).map(|a| a.text.clone());
+            for line in block_lines(&d.block) {
+                if line.name.text == "root" {
+                    if diags.arity(line, 0, 1, 1, "root <path>") {
+                        root = Some(line.args[0].text.clone());
+                    }
+                } else {
+                    diags.unknown_sub("storage file_system", &line.name, &["root"]);
+                }
+            }
+            match root {
+                Some(r) => g.storage = Some(r),
+                None => diags.push(d.name.error("storage file_system needs a directory")),
+            }
+        }
+        _ => return false,
+    }
+    true
+}
