@@ -15,6 +15,7 @@ mod tls;
 pub use args::Diags;
 pub use handlers::{NOT_YET as NOT_YET_DIRECTIVES, SUPPORTED as SUPPORTED_DIRECTIVES};
 pub use routes::DEFAULT_ORDER;
+pub use tls::{CIPHERS as TLS_CIPHERS, CURVES as TLS_CURVES};
 
 use crate::diag::did_you_mean;
 use crate::lexer::Token;

@@ -1,0 +1,37 @@
+//! Dwaar's TLS: everything between a TCP connection and an HTTP session on an HTTPS
+//! port, and everything that keeps certificates valid.
+//!
+//! - [`plan`]: which names need certificates from which issuer (Caddy's automatic HTTPS rules).
+//! - [`state`]: one compiled config's site policies (rustls `ServerConfig`s), the SNI
+//!   resolver and the handshake (including TLS-ALPN-01 answers).
+//! - [`manager`]: the long-lived owner of managed certificates: loads them from
+//!   storage, issues from the local CA or ACME, renews, and swaps them in atomically.
+//! - [`acme`]: the RFC 8555 client flow (HTTP-01 and TLS-ALPN-01) on `instant-acme`.
+//! - [`ca`], [`storage`], [`challenge`], [`certs`], [`verify`]: the pieces.
+//!
+//! The crate knows nothing of Pingora or HTTP: `dwaar-core` hands it sockets and gets
+//! back TLS streams.
+
+pub mod acme;
+pub mod ca;
+pub mod certs;
+pub mod challenge;
+pub mod manager;
+pub mod plan;
+pub mod state;
+pub mod storage;
+pub mod trust;
+pub mod verify;
+
+pub use manager::TlsManager;
+pub use state::TlsState;
+
+/// The crypto provider every TLS config uses (ring).
+pub fn provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// Installs ring as the process default, for libraries that build configs themselves.
+pub fn install_provider() {
+    let _ = provider().install_default();
+}

@@ -1,0 +1,499 @@
+//! The certificate manager: one per process, alive across reloads.
+//!
+//! [`TlsManager::compile`] turns a config into a [`TlsState`] (policies, manual
+//! certificates) and makes sure every managed name already has what can be had
+//! without waiting: stored certificates are loaded and local-CA certificates issued.
+//! [`TlsManager::activate`] hands the wanted names to the maintenance thread
+//! (`dwaar-certs`, its own small runtime), which obtains missing ACME certificates,
+//! renews at a third of the lifetime left (or when the CA's renewal information says
+//! so), retries failures with exponential back-off, and swaps results into the managed
+//! map that every handshake reads. One issuance per name at a time: in-process by the
+//! task table, across processes by a storage lock.
+//!
+//! A *follower* (a worker process) never talks to a CA: it picks up what the leader
+//! stores, by watching file modification times.
+
+use crate::acme::{self, Prefer};
+use crate::ca::LocalCa;
+use crate::certs::{Cert, CertMap};
+use crate::challenge::ChallengeBoard;
+use crate::plan::{AcmeSpec, IssuerSpec, ManagedName, Plan};
+use crate::state::{Shared, StateInput, TlsState};
+use crate::storage::Storage;
+use arc_swap::ArcSwap;
+use dwaar_config::model::Config;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// What a compiled config wants managed.
+#[derive(Debug, Default)]
+pub struct Wanted {
+    pub names: Vec<ManagedName>,
+    pub storage: Option<Storage>,
+    pub ca: Option<Arc<LocalCa>>,
+}
+
+/// A compiled config's TLS: the handshake state and the names to manage.
+#[derive(Debug)]
+pub struct Compiled {
+    pub state: Arc<TlsState>,
+    pub wanted: Arc<Wanted>,
+}
+
+pub struct TlsManager {
+    shared: Shared,
+    leader: bool,
+    /// Local CAs by storage root, loaded once.
+    cas: Mutex<HashMap<std::path::PathBuf, Arc<LocalCa>>>,
+    wanted: watch::Sender<Arc<Wanted>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Certificates obtained or renewed since start (for metrics and tests).
+    pub issued: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for TlsManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsManager")
+            .field("leader", &self.leader)
+            .finish()
+    }
+}
+
+impl TlsManager {
+    /// `leader`: this process obtains and renews certificates; otherwise it only reads
+    /// what the leader stores.
+    pub fn new(leader: bool) -> Arc<TlsManager> {
+        crate::install_provider();
+        let tickets: Arc<dyn rustls::server::ProducesTickets> =
+            match rustls::crypto::ring::Ticketer::new() {
+                Ok(t) => t,
+                Err(_) => Arc::new(NoTickets),
+            };
+        Arc::new(TlsManager {
+            shared: Shared {
+                managed: Arc::new(ArcSwap::from_pointee(CertMap::default())),
+                challenges: Arc::new(ChallengeBoard::default()),
+                tickets,
+                sessions: rustls::server::ServerSessionMemoryCache::new(4096),
+            },
+            leader,
+            cas: Mutex::new(HashMap::new()),
+            wanted: watch::channel(Arc::new(Wanted::default())).0,
+            thread: Mutex::new(None),
+            issued: Default::default(),
+        })
+    }
+
+    pub fn challenges(&self) -> &Arc<ChallengeBoard> {
+        &self.shared.challenges
+    }
+
+    /// The certificates currently managed (ACME and local CA).
+    pub fn managed(&self) -> Arc<CertMap> {
+        self.shared.managed.load_full()
+    }
+
+    /// Builds the TLS state of `config`; `Ok(None)` when no site uses HTTPS.
+    /// Errors name the offending file or site; nothing changes for running sites.
+    pub fn compile(&self, config: &Config) -> Result<Option<Compiled>, String> {
+        let plan = Plan::new(config)?;
+        if plan.sites.is_empty() {
+            return Ok(None);
+        }
+        let storage = Storage::from_config(config.global.tls.storage.as_deref());
+        self.shared.challenges.set_storage(storage.clone());
+        let mut manual = CertMap::default();
+        let mut fallback_cert = None;
+        for site in &plan.sites {
+            let (Some(c), Some(k)) = (&site.tls.cert_file, &site.tls.key_file) else {
+                continue;
+            };
+            let cert = Arc::new(Cert::from_files(c, k)?);
+            if site.hosts.is_empty() {
+                fallback_cert.get_or_insert_with(|| cert.clone());
+            }
+            manual.insert(cert.clone(), None);
+            // The site's hosts get this certificate even if it does not name them.
+            manual.insert(cert, Some(&site.hosts));
+        }
+        let needs_ca = plan.on_demand_internal
+            || !plan.on_demand_suffixes.is_empty()
+            || plan
+                .managed
+                .iter()
+                .any(|m| m.issuer == IssuerSpec::Internal);
+        let ca = if needs_ca {
+            Some(self.local_ca(&storage)?)
+        } else {
+            None
+        };
+        let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let protocols = config
+            .global
+            .servers
+            .iter()
+            .find(|s| s.listener.is_none())
+            .map(|s| &s.protocols);
+        if let Some(p) = protocols.filter(|p| !p.is_empty()) {
+            if !p.iter().any(|x| x == "h2") {
+                alpn.retain(|a| a != b"h2");
+            }
+        }
+        let state = TlsState::build(
+            StateInput {
+                sites: plan
+                    .sites
+                    .iter()
+                    .map(|s| (s.hosts.clone(), &s.tls))
+                    .collect(),
+                manual,
+                fallback_cert,
+                on_demand: if plan.on_demand_internal || !plan.on_demand_suffixes.is_empty() {
+                    ca.clone()
+                } else {
+                    None
+                },
+                on_demand_all: plan.on_demand_internal,
+                on_demand_suffixes: plan.on_demand_suffixes.clone(),
+                default_alpn: alpn,
+            },
+            self.shared.clone(),
+        )?;
+        let wanted = Arc::new(Wanted {
+            names: plan.managed,
+            storage: Some(storage),
+            ca,
+        });
+        self.prepare(&wanted)?;
+        Ok(Some(Compiled {
+            state: Arc::new(state),
+            wanted,
+        }))
+    }
+
+    fn local_ca(&self, storage: &Storage) -> Result<Arc<LocalCa>, String> {
+        let mut cas = self.cas.lock().map_err(|_| "poisoned")?;
+        if let Some(ca) = cas.get(storage.root()) {
+            return Ok(ca.clone());
+        }
+        let ca = Arc::new(LocalCa::load_or_create(storage)?);
+        cas.insert(storage.root().to_path_buf(), ca.clone());
+        Ok(ca)
+    }
+
+    /// Gives every wanted name what it can have right now: a stored certificate or a
+    /// fresh local one.
+    fn prepare(&self, wanted: &Wanted) -> Result<(), String> {
+        let now = SystemTime::now();
+        let current = self.shared.managed.load();
+        let mut add: Vec<(String, Arc<Cert>)> = Vec::new();
+        for m in &wanted.names {
+            let have = current
+                .exact(&m.name)
+                .filter(|c| !c.needs_renewal(now) && c.covers(&m.name));
+            if have.is_some() {
+                continue;
+            }
+            match (&m.issuer, &wanted.ca, &wanted.storage) {
+                (IssuerSpec::Internal, Some(ca), _) => {
+                    add.push((m.name.clone(), Arc::new(ca.issue(&[m.name.clone()])?)));
+                }
+                (IssuerSpec::Acme(spec), _, Some(storage)) => {
+                    if let Some(c) = acme::load_stored(storage, spec, &m.name) {
+                        if c.not_after > now {
+                            add.push((m.name.clone(), Arc::new(c)));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !add.is_empty() {
+            self.install(add);
+        }
+        Ok(())
+    }
+
+    fn install(&self, certs: Vec<(String, Arc<Cert>)>) {
+        self.shared.managed.rcu(|m| {
+            let mut m = (**m).clone();
+            for (name, c) in &certs {
+                m.insert(c.clone(), Some(std::slice::from_ref(name)));
+            }
+            m
+        });
+    }
+
+    /// Makes `wanted` the set the maintenance thread keeps valid.
+    pub fn activate(self: &Arc<Self>, wanted: &Arc<Wanted>) {
+        self.wanted.send_replace(wanted.clone());
+        let mut t = match self.thread.lock() {
+            Ok(t) => t,
+            Err(_) => return,
+        };
+        if t.is_none() && !wanted.names.is_empty() {
+            let me = Arc::downgrade(self);
+            let rx = self.wanted.subscribe();
+            let spawned = std::thread::Builder::new()
+                .name("dwaar-certs".into())
+                .spawn(move || maintain(me, rx));
+            match spawned {
+                Ok(h) => *t = Some(h),
+                Err(e) => tracing::error!("cannot start certificate maintenance: {e}"),
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct NoTickets;
+
+impl rustls::server::ProducesTickets for NoTickets {
+    fn enabled(&self) -> bool {
+        false
+    }
+    fn lifetime(&self) -> u32 {
+        0
+    }
+    fn encrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    fn decrypt(&self, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// Per-name bookkeeping of the maintenance loop.
+#[derive(Debug, Default)]
+struct NameState {
+    running: bool,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Followers: the stored file time last loaded.
+    seen: Option<SystemTime>,
+    /// When the CA's renewal information was last asked (ACME only).
+    ari_checked: Option<Instant>,
+    ari_renew_at: Option<SystemTime>,
+}
+
+/// Back-off after `failures` failed attempts: 5 s doubling, at most an hour.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.min(20).saturating_sub(1));
+    Duration::from_secs(secs.min(3600))
+}
+
+type Done = (String, Result<Cert, String>);
+
+fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>>) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("certificate maintenance has no runtime: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let mut states: HashMap<String, NameState> = HashMap::new();
+        let accounts: Accounts = Arc::default();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+        loop {
+            let Some(mgr) = me.upgrade() else { return };
+            let wanted = rx.borrow_and_update().clone();
+            states.retain(|n, _| wanted.names.iter().any(|m| &m.name == n));
+            let now = SystemTime::now();
+            for m in &wanted.names {
+                let st = states.entry(m.name.clone()).or_default();
+                if st.running || st.retry_at.is_some_and(|t| t > Instant::now()) {
+                    continue;
+                }
+                let current = mgr.shared.managed.load().exact(&m.name).cloned();
+                match &m.issuer {
+                    IssuerSpec::Internal => {
+                        let due = current.as_ref().is_none_or(|c| c.needs_renewal(now));
+                        if let (true, Some(ca)) = (due, &wanted.ca) {
+                            match ca.issue(&[m.name.clone()]) {
+                                Ok(c) => {
+                                    tracing::info!(name = m.name, "renewed local certificate");
+                                    mgr.install(vec![(m.name.clone(), Arc::new(c))]);
+                                }
+                                Err(e) => tracing::error!(name = m.name, "{e}"),
+                            }
+                        }
+                    }
+                    IssuerSpec::Acme(spec) => {
+                        let Some(storage) = wanted.storage.clone() else {
+                            continue;
+                        };
+                        if !mgr.leader {
+                            follow(&mgr, st, &storage, spec, &m.name);
+                            continue;
+                        }
+                        let mut due = current.as_ref().is_none_or(|c| c.needs_renewal(now));
+                        if let (false, Some(c)) = (due, &current) {
+                            due = ari_due(st, &accounts, spec, c).await;
+                        }
+                        if !due {
+                            continue;
+                        }
+                        st.running = true;
+                        let task = Issue {
+                            mgr: mgr.clone(),
+                            spec: spec.clone(),
+                            name: m.name.clone(),
+                            storage,
+                            accounts: accounts.clone(),
+                            // After a failure, try the other challenge type.
+                            prefer: if st.failures % 2 == 0 {
+                                Prefer::Http01
+                            } else {
+                                Prefer::TlsAlpn01
+                            },
+                        };
+                        let tx = done_tx.clone();
+                        tokio::spawn(async move {
+                            let name = task.name.clone();
+                            let r = task.run().await;
+                            let _ = tx.send((name, r));
+                        });
+                    }
+                }
+            }
+            drop(mgr);
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { return },
+                Some((name, result)) = done_rx.recv() => {
+                    let Some(mgr) = me.upgrade() else { return };
+                    let st = states.entry(name.clone()).or_default();
+                    st.running = false;
+                    match result {
+                        Ok(cert) => {
+                            st.failures = 0;
+                            st.retry_at = None;
+                            st.ari_renew_at = None;
+                            tracing::info!(name, not_after = ?cert.not_after, "certificate obtained");
+                            mgr.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            mgr.install(vec![(name, Arc::new(cert))]);
+                        }
+                        Err(e) => {
+                            st.failures += 1;
+                            let wait = backoff(st.failures);
+                            st.retry_at = Some(Instant::now() + wait);
+                            tracing::error!(name, retry_in = ?wait, "could not obtain a certificate: {e}");
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            }
+        }
+    });
+}
+
+/// ACME accounts by CA, shared by the loop and its issuance tasks.
+type Accounts = Arc<Mutex<HashMap<AcmeSpec, Arc<instant_acme::Account>>>>;
+
+/// Whether the CA's renewal information asks for renewal now (checked every 6 hours).
+async fn ari_due(st: &mut NameState, accounts: &Accounts, spec: &AcmeSpec, cert: &Cert) -> bool {
+    if let Some(at) = st.ari_renew_at {
+        return SystemTime::now() >= at;
+    }
+    if st
+        .ari_checked
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(6 * 3600))
+    {
+        return false;
+    }
+    let Some(account) = accounts.lock().ok().and_then(|a| a.get(spec).cloned()) else {
+        return false;
+    };
+    st.ari_checked = Some(Instant::now());
+    st.ari_renew_at = acme::suggested_renewal(&account, cert).await;
+    st.ari_renew_at.is_some_and(|at| SystemTime::now() >= at)
+}
+
+/// A follower loads what the leader stored when the file changes.
+fn follow(mgr: &TlsManager, st: &mut NameState, storage: &Storage, spec: &AcmeSpec, name: &str) {
+    let (crt, _) = acme::cert_paths(spec, name);
+    let t = storage.modified(&crt);
+    if t.is_none() || t == st.seen {
+        return;
+    }
+    st.seen = t;
+    if let Some(c) = acme::load_stored(storage, spec, name) {
+        tracing::info!(name, "loaded a certificate stored by the leader");
+        mgr.install(vec![(name.to_string(), Arc::new(c))]);
+    }
+}
+
+struct Issue {
+    mgr: Arc<TlsManager>,
+    spec: AcmeSpec,
+    name: String,
+    storage: Storage,
+    accounts: Accounts,
+    prefer: Prefer,
+}
+
+impl Issue {
+    async fn run(self) -> Result<Cert, String> {
+        let known = self
+            .accounts
+            .lock()
+            .ok()
+            .and_then(|a| a.get(&self.spec).cloned());
+        let account = match known {
+            Some(a) => a,
+            None => {
+                let a = Arc::new(acme::account(&self.spec, &self.storage).await?);
+                if let Ok(mut all) = self.accounts.lock() {
+                    all.insert(self.spec.clone(), a.clone());
+                }
+                a
+            }
+        };
+        // Across processes: one issuer per name. Another process may have finished
+        // while this one waited; then its certificate is used.
+        let storage = self.storage.clone();
+        let name = self.name.clone();
+        let lock = tokio::task::spawn_blocking(move || storage.lock(&format!("cert-{name}"))).await;
+        let _lock = lock.map_err(|e| e.to_string())??;
+        if let Some(c) = acme::load_stored(&self.storage, &self.spec, &self.name) {
+            let current = self.mgr.shared.managed.load().exact(&self.name).cloned();
+            let newer = current.is_none_or(|cur| c.not_after > cur.not_after);
+            if newer && !c.needs_renewal(SystemTime::now()) {
+                return Ok(c);
+            }
+        }
+        tracing::info!(
+            name = self.name,
+            ca = self.spec.dir,
+            "obtaining a certificate"
+        );
+        acme::obtain(
+            &account,
+            &self.spec,
+            &self.name,
+            self.prefer,
+            &self.mgr.shared.challenges,
+            &self.storage,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(20));
+        assert_eq!(backoff(30), Duration::from_secs(3600));
+    }
+}

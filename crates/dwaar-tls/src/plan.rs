@@ -1,0 +1,198 @@
+//! Automatic HTTPS planning: which names need which certificate from whom.
+//!
+//! Caddy's rules: a site served over HTTPS whose name qualifies for a public
+//! certificate gets one from an ACME CA; `localhost`, `*.localhost`, `.local`,
+//! `.internal`, `.home.arpa` names and IP addresses get one from the local CA;
+//! `tls cert key` sites bring their own; `local_certs` sends everything to the local CA;
+//! `auto_https disable_certs` and `off` turn certificate management off.
+
+use dwaar_config::model::{AcmeIssuer, Config, Issuer, SiteTls};
+
+/// Let's Encrypt's production directory: the default ACME CA.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// An ACME CA and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AcmeSpec {
+    pub dir: String,
+    pub email: Option<String>,
+    pub ca_root: Option<String>,
+    pub http01: bool,
+    pub tls_alpn01: bool,
+}
+
+impl AcmeSpec {
+    /// A directory name for this CA under `certificates/` and `acme/`.
+    pub fn key(&self) -> String {
+        let s = self
+            .dir
+            .trim_start_matches("https://")
+            .trim_start_matches("http://");
+        crate::storage::safe_name(&s.replace('/', "-"))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IssuerSpec {
+    Internal,
+    Acme(AcmeSpec),
+}
+
+/// A name whose certificate Dwaar obtains and renews.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ManagedName {
+    pub name: String,
+    pub issuer: IssuerSpec,
+}
+
+/// One HTTPS site's TLS settings and the hosts they apply to.
+#[derive(Debug, Clone)]
+pub struct SitePolicy {
+    /// Lowercase hosts; empty for a catch-all site.
+    pub hosts: Vec<String>,
+    pub tls: SiteTls,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub sites: Vec<SitePolicy>,
+    pub managed: Vec<ManagedName>,
+    /// A catch-all HTTPS site with `tls internal`: certificates issued at handshake time.
+    pub on_demand_internal: bool,
+    /// `example.localhost` for a `*.example.localhost` site with local certificates:
+    /// each name under it gets its own certificate at handshake time (browsers and
+    /// TLS libraries refuse wildcards directly under `localhost`-like names).
+    pub on_demand_suffixes: Vec<String>,
+    /// Whether certificate management is on at all.
+    pub automate: bool,
+}
+
+/// Whether `host` gets a certificate from the local CA rather than a public one.
+pub fn is_internal_name(host: &str) -> bool {
+    let h = host.trim_end_matches('.');
+    h.parse::<std::net::IpAddr>().is_ok()
+        || h == "localhost"
+        || [".localhost", ".local", ".internal", ".home.arpa"]
+            .iter()
+            .any(|s| h.ends_with(s))
+        || !h.contains('.')
+}
+
+impl Plan {
+    pub fn new(config: &Config) -> Result<Plan, String> {
+        let g = &config.global;
+        let mode = g.auto_https.as_deref();
+        let automate = !matches!(mode, Some("off") | Some("disable_certs"));
+        let mut plan = Plan {
+            automate,
+            ..Default::default()
+        };
+        let mut seen = std::collections::HashSet::new();
+        for site in &config.sites {
+            let https: Vec<_> = site
+                .addresses
+                .iter()
+                .filter(|a| a.scheme.as_deref() == Some("https"))
+                .collect();
+            if https.is_empty() {
+                continue;
+            }
+            let tls = site.tls.clone().unwrap_or_default();
+            let hosts: Vec<String> = https
+                .iter()
+                .filter(|a| !a.host.is_empty())
+                .map(|a| a.host.clone())
+                .collect();
+            let catch_all = https.iter().any(|a| a.host.is_empty());
+            let manual = tls.cert_file.is_some();
+            if catch_all && !manual {
+                match (&tls.issuer, g.tls.local_certs) {
+                    (Some(Issuer::Internal), _) | (None, true) => plan.on_demand_internal = true,
+                    _ => {
+                        let a = https.iter().find(|a| a.host.is_empty()).map(|a| a.port);
+                        return Err(format!(
+                            "the HTTPS site on port {} has no host name to get a certificate for: \
+                             give it a host, 'tls internal' or 'tls <cert_file> <key_file>'",
+                            a.unwrap_or(g.https_port)
+                        ));
+                    }
+                }
+            }
+            if automate && !manual {
+                for h in &hosts {
+                    let issuer = issuer_for(h, &tls, config)?;
+                    if let (IssuerSpec::Internal, Some(suffix)) = (&issuer, h.strip_prefix("*.")) {
+                        plan.on_demand_suffixes.push(suffix.to_string());
+                        continue;
+                    }
+                    if seen.insert(h.clone()) {
+                        plan.managed.push(ManagedName {
+                            name: h.clone(),
+                            issuer,
+                        });
+                    }
+                }
+            }
+            plan.sites.push(SitePolicy { hosts, tls });
+        }
+        Ok(plan)
+    }
+
+    /// Whether any certificate comes from an ACME CA.
+    pub fn uses_acme(&self) -> bool {
+        self.managed
+            .iter()
+            .any(|m| matches!(m.issuer, IssuerSpec::Acme(_)))
+    }
+}
+
+fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, String> {
+    let g = &config.global.tls;
+    let acme = |a: &AcmeIssuer| AcmeSpec {
+        dir: a
+            .dir
+            .clone()
+            .or_else(|| g.acme_ca.clone())
+            .unwrap_or_else(|| LETS_ENCRYPT.to_string()),
+        email: a.email.clone().or_else(|| g.email.clone()),
+        ca_root: a.ca_root.clone().or_else(|| g.acme_ca_root.clone()),
+        http01: !a.disable_http_challenge,
+        tls_alpn01: !a.disable_tlsalpn_challenge,
+    };
+    let issuer = match &tls.issuer {
+        Some(Issuer::Internal) => IssuerSpec::Internal,
+        Some(Issuer::Acme(a)) => IssuerSpec::Acme(acme(a)),
+        None if g.local_certs || is_internal_name(host) => IssuerSpec::Internal,
+        None => IssuerSpec::Acme(acme(&AcmeIssuer::default())),
+    };
+    if matches!(issuer, IssuerSpec::Acme(_)) && host.starts_with("*.") {
+        return Err(format!(
+            "'{host}' needs a wildcard certificate, which ACME issues only through the DNS \
+             challenge (not supported yet): use 'tls internal' or 'tls <cert_file> <key_file>'"
+        ));
+    }
+    Ok(issuer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_names() {
+        for n in [
+            "localhost",
+            "a.localhost",
+            "printer.local",
+            "db.internal",
+            "127.0.0.1",
+            "::1",
+            "box",
+        ] {
+            assert!(is_internal_name(n), "{n}");
+        }
+        for n in ["example.com", "a.example.test"] {
+            assert!(!is_internal_name(n), "{n}");
+        }
+    }
+}

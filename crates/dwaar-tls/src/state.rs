@@ -1,0 +1,468 @@
+//! The TLS side of one compiled config: a rustls `ServerConfig` per site policy, the
+//! SNI certificate resolver, and the handshake itself.
+//!
+//! A handshake reads the ClientHello first (rustls' lazy acceptor), so the site's own
+//! policy (protocols, ciphers, curves, ALPN, client certificates) applies from the
+//! first byte; TLS-ALPN-01 validations are answered here too. Certificates are looked
+//! up per handshake: the site's own files first, then managed certificates (swapped
+//! atomically when issued or renewed), exact names before wildcards.
+
+use crate::ca::LocalCa;
+use crate::certs::{Cert, CertMap};
+use crate::challenge::{ChallengeBoard, ACME_TLS_ALPN};
+use arc_swap::ArcSwap;
+use dwaar_config::model::SiteTls;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Finds the certificate for a handshake.
+#[derive(Debug)]
+pub struct SniResolver {
+    pub manual: Arc<CertMap>,
+    pub managed: Arc<ArcSwap<CertMap>>,
+    /// Issues certificates at handshake time.
+    pub on_demand: Option<Arc<LocalCa>>,
+    /// Issue for any name (a catch-all `tls internal` site)...
+    pub on_demand_all: bool,
+    /// ...or for names one label under these (`*.example.localhost` sites).
+    pub on_demand_suffixes: Vec<String>,
+    /// The certificate of a catch-all site with its own files.
+    pub fallback: Option<Arc<Cert>>,
+    /// The name to use when the client sent no SNI (the local IP address).
+    pub no_sni_name: Option<String>,
+}
+
+impl SniResolver {
+    pub fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let name = name.or(self.no_sni_name.as_deref());
+        if let Some(n) = name {
+            if let Some(c) = self.manual.exact(n) {
+                return Some(c.key.clone());
+            }
+            let managed = self.managed.load();
+            if let Some(c) = managed.exact(n) {
+                return Some(c.key.clone());
+            }
+            if let Some(c) = self
+                .manual
+                .wildcard_for(n)
+                .or_else(|| managed.wildcard_for(n))
+            {
+                return Some(c.key.clone());
+            }
+        }
+        if let Some(c) = &self.fallback {
+            return Some(c.key.clone());
+        }
+        let (ca, n) = (self.on_demand.as_ref()?, name?);
+        let allowed = self.on_demand_all
+            || n.split_once('.')
+                .is_some_and(|(_, parent)| self.on_demand_suffixes.iter().any(|s| s == parent));
+        if !allowed {
+            return None;
+        }
+        // Bounded: on-demand certificates live in the managed map, capped by the CA.
+        match ca.issue_cached(n, &self.managed) {
+            Ok(c) => Some(c.key.clone()),
+            Err(e) => {
+                tracing::warn!(name = n, "cannot issue a local certificate: {e}");
+                None
+            }
+        }
+    }
+
+    fn with_no_sni_name(&self, name: String) -> SniResolver {
+        SniResolver {
+            manual: self.manual.clone(),
+            managed: self.managed.clone(),
+            on_demand: self.on_demand.clone(),
+            on_demand_all: self.on_demand_all,
+            on_demand_suffixes: self.on_demand_suffixes.clone(),
+            fallback: self.fallback.clone(),
+            no_sni_name: Some(name),
+        }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        self.find(sni.as_deref())
+    }
+}
+
+/// One site's TLS settings, built.
+#[derive(Debug)]
+pub struct Policy {
+    /// Stable identity of the settings (survives reloads that do not change them).
+    pub id: u64,
+    pub config: Arc<ServerConfig>,
+    pub client_auth: bool,
+    resolver: Arc<SniResolver>,
+}
+
+/// What one handshake produced.
+#[derive(Debug)]
+pub struct Handshaken<IO> {
+    pub stream: tokio_rustls::server::TlsStream<IO>,
+    pub sni: Option<String>,
+    pub policy: u64,
+}
+
+/// Shared, long-lived pieces every compiled state uses.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub managed: Arc<ArcSwap<CertMap>>,
+    pub challenges: Arc<ChallengeBoard>,
+    pub tickets: Arc<dyn rustls::server::ProducesTickets>,
+    pub sessions: Arc<dyn rustls::server::StoresServerSessions>,
+}
+
+/// The TLS state of one compiled config.
+#[derive(Debug)]
+pub struct TlsState {
+    exact: HashMap<String, Arc<Policy>>,
+    wildcard: HashMap<String, Arc<Policy>>,
+    fallback: Arc<Policy>,
+    challenges: Arc<ChallengeBoard>,
+    /// Variants of policies for clients that send no SNI, by local address.
+    no_sni: Mutex<HashMap<(u64, IpAddr), Arc<ServerConfig>>>,
+    shared: Shared,
+}
+
+/// Sites as `(hosts, settings)`; an empty host list is a catch-all site.
+pub struct StateInput<'a> {
+    pub sites: Vec<(Vec<String>, &'a SiteTls)>,
+    pub manual: CertMap,
+    pub fallback_cert: Option<Arc<Cert>>,
+    pub on_demand: Option<Arc<LocalCa>>,
+    pub on_demand_all: bool,
+    pub on_demand_suffixes: Vec<String>,
+    /// ALPN when a site does not choose (`servers { protocols }`).
+    pub default_alpn: Vec<Vec<u8>>,
+}
+
+impl TlsState {
+    pub fn build(input: StateInput<'_>, shared: Shared) -> Result<TlsState, String> {
+        let resolver = Arc::new(SniResolver {
+            manual: Arc::new(input.manual),
+            managed: shared.managed.clone(),
+            on_demand: input.on_demand,
+            on_demand_all: input.on_demand_all,
+            on_demand_suffixes: input.on_demand_suffixes,
+            fallback: input.fallback_cert,
+            no_sni_name: None,
+        });
+        let mut built: HashMap<u64, Arc<Policy>> = HashMap::new();
+        let mut policy_for = |tls: &SiteTls| -> Result<Arc<Policy>, String> {
+            let id = policy_id(tls);
+            if let Some(p) = built.get(&id) {
+                return Ok(p.clone());
+            }
+            let config = server_config(tls, resolver.clone(), &input.default_alpn, &shared)?;
+            let p = Arc::new(Policy {
+                id,
+                config,
+                client_auth: tls.client_auth.is_some(),
+                resolver: resolver.clone(),
+            });
+            built.insert(id, p.clone());
+            Ok(p)
+        };
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        let mut fallback = None;
+        for (hosts, tls) in &input.sites {
+            let p = policy_for(tls)?;
+            if hosts.is_empty() && fallback.is_none() {
+                fallback = Some(p.clone());
+            }
+            for h in hosts {
+                match h.strip_prefix("*.") {
+                    Some(s) => wildcard.entry(s.to_string()).or_insert_with(|| p.clone()),
+                    None => exact.entry(h.clone()).or_insert_with(|| p.clone()),
+                };
+            }
+        }
+        let fallback = match fallback {
+            Some(f) => f,
+            None => policy_for(&SiteTls::default())?,
+        };
+        Ok(TlsState {
+            exact,
+            wildcard,
+            fallback,
+            challenges: shared.challenges.clone(),
+            no_sni: Mutex::new(HashMap::new()),
+            shared,
+        })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// The policy for a server name (exact, then wildcard, then the fallback).
+    pub fn policy(&self, sni: Option<&str>) -> &Arc<Policy> {
+        let Some(n) = sni else {
+            return &self.fallback;
+        };
+        if let Some(p) = self.exact.get(n) {
+            return p;
+        }
+        n.split_once('.')
+            .and_then(|(_, parent)| self.wildcard.get(parent))
+            .unwrap_or(&self.fallback)
+    }
+
+    /// Whether a site's host requires client certificates, and under which policy.
+    pub fn client_auth_policy(&self, host: &str) -> Option<u64> {
+        let p = self.policy(Some(host));
+        p.client_auth.then_some(p.id)
+    }
+
+    /// Performs the server side of a TLS handshake. `Ok(None)`: the connection was an
+    /// ACME TLS-ALPN-01 validation and has been answered.
+    pub async fn accept<IO>(
+        &self,
+        io: IO,
+        local_ip: IpAddr,
+    ) -> std::io::Result<Option<Handshaken<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let acceptor =
+            tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let start = acceptor.await?;
+        let hello = start.client_hello();
+        let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        let acme_only = hello
+            .alpn()
+            .map(|mut a| a.all(|p| p == ACME_TLS_ALPN))
+            .unwrap_or(false)
+            && hello.alpn().is_some_and(|mut a| a.next().is_some());
+        if acme_only {
+            let name = sni.clone().unwrap_or_default();
+            let Some(config) = self.challenges.tls_alpn_config(&name) else {
+                return Err(std::io::Error::other(format!(
+                    "TLS-ALPN-01 handshake for '{name}' with no challenge pending"
+                )));
+            };
+            let mut s = start.into_stream(config).await?;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
+            return Ok(None);
+        }
+        let policy = self.policy(sni.as_deref());
+        let config = match &sni {
+            Some(_) => policy.config.clone(),
+            None => self.no_sni_config(policy, local_ip),
+        };
+        let stream = start.into_stream(config).await?;
+        Ok(Some(Handshaken {
+            stream,
+            sni,
+            policy: policy.id,
+        }))
+    }
+
+    fn no_sni_config(&self, policy: &Policy, ip: IpAddr) -> Arc<ServerConfig> {
+        let Ok(mut cache) = self.no_sni.lock() else {
+            return policy.config.clone();
+        };
+        if cache.len() > 64 {
+            cache.clear();
+        }
+        cache
+            .entry((policy.id, ip))
+            .or_insert_with(|| {
+                let mut c = (*policy.config).clone();
+                c.cert_resolver = Arc::new(policy.resolver.with_no_sni_name(ip.to_string()));
+                Arc::new(c)
+            })
+            .clone()
+    }
+}
+
+/// A stable identity for a site's TLS settings.
+pub fn policy_id(tls: &SiteTls) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // FNV-like and deterministic across processes (DefaultHasher's keys are fixed too,
+    // but its algorithm is not promised; this one is ours).
+    let text = serde_json::to_string(tls).unwrap_or_default();
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    text.hash(&mut h);
+    h.finish() | 1
+}
+
+struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x100_0000_01b3);
+        }
+    }
+}
+
+fn server_config(
+    tls: &SiteTls,
+    resolver: Arc<SniResolver>,
+    default_alpn: &[Vec<u8>],
+    shared: &Shared,
+) -> Result<Arc<ServerConfig>, String> {
+    let mut provider = crate::provider();
+    if !tls.ciphers.is_empty() {
+        let wanted: Vec<_> = tls
+            .ciphers
+            .iter()
+            .filter_map(|n| {
+                provider
+                    .cipher_suites
+                    .iter()
+                    .find(|s| suite_name(s.suite()) == *n)
+                    .copied()
+            })
+            .collect();
+        provider.cipher_suites = wanted;
+    }
+    if !tls.curves.is_empty() {
+        let wanted: Vec<_> = tls
+            .curves
+            .iter()
+            .filter_map(|n| {
+                provider
+                    .kx_groups
+                    .iter()
+                    .find(|g| curve_name(g.name()) == Some(n.as_str()))
+                    .copied()
+            })
+            .collect();
+        provider.kx_groups = wanted;
+    }
+    let min = tls.protocol_min.as_deref().unwrap_or("tls1.2");
+    let max = tls.protocol_max.as_deref().unwrap_or("tls1.3");
+    let mut versions: Vec<&'static rustls::SupportedProtocolVersion> = Vec::new();
+    if min <= "tls1.2" && max >= "tls1.2" {
+        versions.push(&rustls::version::TLS12);
+    }
+    if max >= "tls1.3" {
+        versions.push(&rustls::version::TLS13);
+    }
+    // TLS 1.2 needs a TLS 1.2 suite; say so instead of failing every handshake.
+    let has12 = provider
+        .cipher_suites
+        .iter()
+        .any(|s| s.version() == &rustls::version::TLS12);
+    let has13 = provider
+        .cipher_suites
+        .iter()
+        .any(|s| s.version() == &rustls::version::TLS13);
+    versions.retain(|v| {
+        (v.version == rustls::ProtocolVersion::TLSv1_2 && has12)
+            || (v.version == rustls::ProtocolVersion::TLSv1_3 && has13)
+    });
+    if versions.is_empty() {
+        return Err("the chosen TLS protocols and cipher suites have nothing in common".into());
+    }
+    let provider = Arc::new(provider);
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&versions)
+        .map_err(|e| format!("invalid TLS settings: {e}"))?;
+    let builder = match &tls.client_auth {
+        None => builder.with_no_client_auth(),
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
+    config.alpn_protocols = if tls.alpn.is_empty() {
+        default_alpn.to_vec()
+    } else {
+        tls.alpn.iter().map(|p| p.as_bytes().to_vec()).collect()
+    };
+    config.ticketer = shared.tickets.clone();
+    config.session_storage = shared.sessions.clone();
+    Ok(Arc::new(config))
+}
+
+fn client_verifier(
+    ca: &dwaar_config::model::ClientAuth,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+    let verifies = ca.mode == "verify_if_given" || ca.mode == "require_and_verify";
+    if !verifies {
+        return Ok(Arc::new(crate::verify::UnverifiedClientCerts {
+            mandatory: ca.mode == "require",
+            provider,
+        }));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for f in &ca.trusted_ca_cert_files {
+        let pem = std::fs::read(f).map_err(|e| format!("cannot read client CA file {f}: {e}"))?;
+        let mut n = 0;
+        for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+            let c = c.map_err(|e| format!("{f}: invalid PEM: {e}"))?;
+            roots
+                .add(c)
+                .map_err(|e| format!("{f}: not a usable CA certificate: {e}"))?;
+            n += 1;
+        }
+        if n == 0 {
+            return Err(format!("{f}: no certificate found"));
+        }
+    }
+    let b = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    let b = if ca.mode == "verify_if_given" {
+        b.allow_unauthenticated()
+    } else {
+        b
+    };
+    b.build()
+        .map_err(|e| format!("cannot build the client certificate verifier: {e}"))
+}
+
+/// The IANA name of a cipher suite as the config writes it.
+fn suite_name(s: rustls::CipherSuite) -> String {
+    let n = format!("{s:?}");
+    n.strip_prefix("TLS13_")
+        .map(|r| format!("TLS_{r}"))
+        .unwrap_or(n)
+}
+
+fn curve_name(g: rustls::NamedGroup) -> Option<&'static str> {
+    match g {
+        rustls::NamedGroup::X25519 => Some("x25519"),
+        rustls::NamedGroup::secp256r1 => Some("secp256r1"),
+        rustls::NamedGroup::secp384r1 => Some("secp384r1"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_configurable_cipher_exists() {
+        let p = crate::provider();
+        for c in dwaar_config::compile::TLS_CIPHERS {
+            assert!(
+                p.cipher_suites.iter().any(|s| suite_name(s.suite()) == *c),
+                "{c} is accepted by the config but not implemented"
+            );
+        }
+        for c in dwaar_config::compile::TLS_CURVES {
+            assert!(
+                p.kx_groups.iter().any(|g| curve_name(g.name()) == Some(*c)),
+                "{c} is accepted by the config but not implemented"
+            );
+        }
+    }
+}
