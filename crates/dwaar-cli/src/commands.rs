@@ -32,6 +32,10 @@ pub(crate) fn load(flag: Option<&Path>) -> Result<(std::path::PathBuf, Loaded), 
 pub fn validate(flag: Option<&Path>) -> i32 {
     match load(flag) {
         Ok((path, l)) => {
+            if let Err(e) = dwaar_tls::plan::Plan::new(&l.config) {
+                eprintln!("error: {e}");
+                return 1;
+            }
             let routes: usize = l.config.sites.iter().map(|s| s.routes.len()).sum();
             println!(
                 "{}: valid ({} site{}, {} route{}, {} file{})",
@@ -239,4 +243,50 @@ pub fn upgrade(config: Option<&Path>, address: Option<&str>) -> i32 {
         dwaar_admin::client::request(&addr, "POST", "/upgrade", None, &[]),
         |v| println!("upgraded: new process {}", v["pid"]),
     )
+}
+
+/// `dwaar trust`: the storage directory from `--storage`, the config, or the default.
+pub fn trust(config: Option<&Path>, storage: Option<&Path>) -> i32 {
+    let storage = match (storage, config) {
+        (Some(s), _) => dwaar_tls::storage::Storage::new(s),
+        (None, Some(_)) => match load(config) {
+            Ok((_, l)) => {
+                dwaar_tls::storage::Storage::from_config(l.config.global.tls.storage.as_deref())
+            }
+            Err(c) => return c,
+        },
+        (None, None) => dwaar_tls::storage::Storage::from_config(None),
+    };
+    match dwaar_tls::trust::trust(&storage) {
+        Ok(dest) => {
+            println!(
+                "installed the Dwaar local CA root ({}) as {}",
+                dwaar_tls::trust::root_path(&storage).display(),
+                dest.display()
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+/// `dwaar untrust`.
+pub fn untrust() -> i32 {
+    match dwaar_tls::trust::untrust() {
+        Ok(Some(p)) => {
+            println!("removed {} from the system trust store", p.display());
+            0
+        }
+        Ok(None) => {
+            println!("the Dwaar local CA root was not installed");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
 }

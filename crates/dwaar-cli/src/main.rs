@@ -96,6 +96,17 @@ enum Command {
         #[arg(long)]
         pretty: bool,
     },
+    /// Install the local CA's root certificate (`tls internal`) into the system trust store.
+    Trust {
+        /// Take the storage directory from this config's `storage` option.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The storage directory (default: the config's, else the user's data directory).
+        #[arg(long)]
+        storage: Option<PathBuf>,
+    },
+    /// Remove the local CA's root certificate from the system trust store.
+    Untrust,
     /// Print the version.
     Version,
 }
@@ -140,6 +151,10 @@ fn main() {
             check,
         } => commands::fmt(file.as_deref(), overwrite, check),
         Command::Adapt { config, pretty } => commands::adapt(config.as_deref(), pretty),
+        Command::Trust { config, storage } => {
+            commands::trust(config.as_deref(), storage.as_deref())
+        }
+        Command::Untrust => commands::untrust(),
         Command::Version => {
             println!("dwaar {}", env!("CARGO_PKG_VERSION"));
             0

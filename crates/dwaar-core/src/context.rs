@@ -31,6 +31,8 @@ pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
+    /// The TLS policy the connection was accepted under (0: none).
+    pub tls_policy: u64,
 }
 
 impl Default for ConnInfo {
@@ -39,6 +41,7 @@ impl Default for ConnInfo {
             remote: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
             local_port: 0,
             tls: false,
+            tls_policy: 0,
         }
     }
 }

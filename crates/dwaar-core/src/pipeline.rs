@@ -259,6 +259,29 @@ pub fn handle_request(
     ctx.peer_trusted = any_contains(trusted, peer);
     ctx.client_ip = Some(client_ip(peer, trusted, req.header("x-forwarded-for")));
     ctx.request_id = Some(request_id(req, ctx.peer_trusted));
+    if !ctx.conn.tls {
+        if let Some(token) = req.path().strip_prefix(dwaar_tls::challenge::HTTP01_PREFIX) {
+            if let Some(answer) = table.challenges.as_ref().and_then(|b| b.http_answer(token)) {
+                let mut r = Reply::status(200);
+                r.headers.push((
+                    CompactString::const_new("content-type"),
+                    "text/plain".into(),
+                ));
+                r.body = answer.into();
+                return Outcome::Reply(r);
+            }
+        }
+    } else if table.client_auth {
+        // A site that requires client certificates only answers on connections that
+        // were accepted under its own TLS policy.
+        let required = table
+            .tls
+            .as_ref()
+            .and_then(|t| t.state.client_auth_policy(&ctx.host));
+        if required.is_some_and(|p| p != ctx.conn.tls_policy) {
+            return Outcome::Reply(Reply::status(421));
+        }
+    }
     let site = {
         let path = match_path(req);
         port.lookup(&ctx.host, &path).cloned()

@@ -80,6 +80,12 @@ fn conn_info(session: &Session) -> ConnInfo {
         .digest()
         .and_then(|d| d.ssl_digest.as_ref())
         .is_some();
+    if c.tls {
+        let local = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if let (Some(r), Some(l)) = (remote, local) {
+            c.tls_policy = crate::server::tls_conn::policy_of(r, l).unwrap_or(0);
+        }
+    }
     c
 }
 

@@ -116,14 +116,29 @@ pub struct Registries {
     pub upstreams: UpstreamRegistry,
     /// `None` where nothing is served (the supervisor only validates configs).
     pub logs: Option<dwaar_log::LogRegistry>,
+    /// Certificates and TLS policies; `None` where TLS is only validated.
+    pub tls: Option<Arc<dwaar_tls::TlsManager>>,
 }
 
 impl Registries {
     /// For a process that serves requests.
-    pub fn serving() -> Registries {
+    /// `leader`: this process obtains and renews certificates (standalone server,
+    /// supervisor); workers only load what the leader stores.
+    pub fn serving(leader: bool) -> Registries {
         Registries {
             upstreams: UpstreamRegistry::default(),
             logs: Some(dwaar_log::LogRegistry::default()),
+            tls: Some(dwaar_tls::TlsManager::new(leader)),
+        }
+    }
+
+    /// Starts keeping `table`'s certificates valid (after it was swapped in).
+    pub fn activate_tls(&self, table: &RouteTable) {
+        if let Some(m) = &self.tls {
+            match &table.tls {
+                Some(c) => m.activate(&c.wanted),
+                None => m.activate(&Arc::new(dwaar_tls::manager::Wanted::default())),
+            }
         }
     }
 
@@ -179,6 +194,9 @@ pub struct ListenSpec {
     pub addr: String,
     pub port: u16,
     pub h2c: bool,
+    /// An HTTPS port: connections start with a TLS handshake.
+    #[serde(default)]
+    pub tls: bool,
 }
 
 /// The compiled configuration.
@@ -188,6 +206,13 @@ pub struct RouteTable {
     pub listeners: Vec<ListenSpec>,
     pub health_targets: Vec<HealthTarget>,
     pub grace_period_ms: Option<u64>,
+    /// Handshake state of the HTTPS ports and the certificates to manage.
+    pub tls: Option<dwaar_tls::manager::Compiled>,
+    /// ACME HTTP-01 answers, served on plain-HTTP ports.
+    pub challenges: Option<Arc<dwaar_tls::challenge::ChallengeBoard>>,
+    /// Some site requires client certificates: requests check that the connection's
+    /// TLS policy is the one of the site they address.
+    pub client_auth: bool,
 }
 
 impl RouteTable {
@@ -208,6 +233,17 @@ impl RouteTable {
             health: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
+        if let Some(m) = &registries.tls {
+            table.tls = m.compile(config)?;
+            table.challenges = Some(m.challenges().clone());
+        } else {
+            // Validation only: plan errors still fail the config.
+            dwaar_tls::plan::Plan::new(config)?;
+        }
+        table.client_auth = config
+            .sites
+            .iter()
+            .any(|s| s.tls.as_ref().is_some_and(|t| t.client_auth.is_some()));
         for site in &config.sites {
             let name = site
                 .addresses
@@ -263,9 +299,11 @@ impl RouteTable {
                             .unwrap_or(false)
                     })
                     .or_else(|| config.global.servers.iter().find(|s| s.listener.is_none()));
-                let h2c = server
-                    .map(|s| s.protocols.iter().any(|p| p == "h2c"))
-                    .unwrap_or(false);
+                let tls = a.scheme.as_deref() == Some("https");
+                let h2c = !tls
+                    && server
+                        .map(|s| s.protocols.iter().any(|p| p == "h2c"))
+                        .unwrap_or(false);
                 if let Some(s) = server {
                     port.trusted_proxies = s
                         .trusted_proxies
@@ -279,6 +317,7 @@ impl RouteTable {
                         addr: String::new(),
                         port: a.port,
                         h2c,
+                        tls,
                     });
                 } else {
                     for b in &site.bind {
@@ -286,11 +325,13 @@ impl RouteTable {
                             addr: b.clone(),
                             port: a.port,
                             h2c,
+                            tls,
                         });
                     }
                 }
             }
         }
+        https_redirects(config, &mut table, &mut listeners, &mut cx)?;
         // Specific hosts before catch-alls; longer wildcard suffixes first.
         for p in table.ports.values_mut() {
             p.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
@@ -308,6 +349,100 @@ impl RouteTable {
         table.health_targets = cx.health;
         Ok(table)
     }
+}
+
+/// Caddy's automatic redirects: each HTTPS host also answers on the HTTP port with a
+/// 308 to its HTTPS address (which is also where ACME HTTP-01 challenges arrive),
+/// unless an explicit `http://` site serves that host.
+fn https_redirects(
+    config: &Config,
+    table: &mut RouteTable,
+    listeners: &mut std::collections::BTreeSet<ListenSpec>,
+    cx: &mut Cx<'_>,
+) -> Result<(), String> {
+    let g = &config.global;
+    if matches!(g.auto_https.as_deref(), Some("off")) {
+        return Ok(());
+    }
+    let redirect = !matches!(g.auto_https.as_deref(), Some("disable_redirects"));
+    let acme = table.tls.as_ref().is_some_and(|c| {
+        c.wanted
+            .names
+            .iter()
+            .any(|m| matches!(m.issuer, dwaar_tls::plan::IssuerSpec::Acme(_)))
+    });
+    let mut binds: Vec<Vec<String>> = Vec::new();
+    let mut hosts: Vec<(String, u16)> = Vec::new();
+    for site in &config.sites {
+        for a in &site.addresses {
+            if a.scheme.as_deref() == Some("https") && !a.host.is_empty() {
+                hosts.push((a.host.clone(), a.port));
+                binds.push(site.bind.clone());
+            }
+        }
+    }
+    if hosts.is_empty() || !(redirect || acme) {
+        return Ok(());
+    }
+    let port = table.ports.entry(g.http_port).or_default();
+    for (host, https_port) in &hosts {
+        let taken = port.exact.contains_key(host.as_str())
+            || host
+                .strip_prefix('*')
+                .is_some_and(|s| port.wildcard.iter().any(|(w, _)| w == s));
+        if taken || !redirect {
+            continue;
+        }
+        let target = if *https_port == 443 {
+            "https://{host}{uri}".to_string()
+        } else {
+            format!("https://{{host}}:{https_port}{{uri}}")
+        };
+        let route = dwaar_config::model::Route {
+            matchers: Vec::new(),
+            group: None,
+            handlers: vec![dwaar_config::model::Handler::Redirect {
+                to: dwaar_config::placeholder::Template::parse(&target),
+                status: 308,
+                html: false,
+            }],
+        };
+        let routes = compile_routes(&[route], cx, &mut HashMap::new())?;
+        let site = Arc::new(SiteRoutes {
+            name: format!("{host}:{} (redirect to HTTPS)", g.http_port),
+            path: None,
+            routes,
+            error_routes: Vec::new(),
+            log: None,
+        });
+        match host.strip_prefix('*') {
+            Some(suffix) => port.wildcard.push((suffix.to_string(), site)),
+            None => port
+                .exact
+                .entry(CompactString::new(host))
+                .or_default()
+                .push(site),
+        }
+    }
+    // The HTTP port listens where the HTTPS sites do.
+    if binds.iter().any(|b| b.is_empty()) {
+        listeners.insert(ListenSpec {
+            addr: String::new(),
+            port: g.http_port,
+            h2c: false,
+            tls: false,
+        });
+    } else {
+        for b in binds.iter().flatten() {
+            listeners.insert(ListenSpec {
+                addr: b.clone(),
+                port: g.http_port,
+                h2c: false,
+                tls: false,
+            });
+        }
+    }
+    Ok(())
 }
 
 struct Cx<'a> {

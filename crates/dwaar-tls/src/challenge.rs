@@ -106,14 +106,24 @@ impl ChallengeBoard {
 }
 
 fn alpn_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, String> {
-    let cert = crate::certs::Cert::from_pem(cert_pem, key_pem)?;
+    // Not `Cert::from_pem`: its key check parses the certificate with webpki, which
+    // rejects the critical acmeIdentifier extension this certificate exists to carry.
+    let chain: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("invalid challenge certificate: {e}"))?;
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|e| format!("invalid challenge key: {e}"))?
+        .ok_or("no challenge key")?;
+    let signing = crate::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("unsupported challenge key: {e}"))?;
+    let key = Arc::new(rustls::sign::CertifiedKey::new(chain, signing));
     let mut config = ServerConfig::builder_with_provider(Arc::new(crate::provider()))
         .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])
         .map_err(|e| e.to_string())?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(
-            cert.key.clone(),
-        )));
+        .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(config))
 }

@@ -393,8 +393,9 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
     });
 }
 
-/// ACME accounts by CA, shared by the loop and its issuance tasks.
-type Accounts = Arc<Mutex<HashMap<AcmeSpec, Arc<instant_acme::Account>>>>;
+/// ACME accounts by CA, shared by the loop and its issuance tasks. The async lock is
+/// held while an account is created, so concurrent first issuances create one.
+type Accounts = Arc<tokio::sync::Mutex<HashMap<AcmeSpec, Arc<instant_acme::Account>>>>;
 
 /// Whether the CA's renewal information asks for renewal now (checked every 6 hours).
 async fn ari_due(st: &mut NameState, accounts: &Accounts, spec: &AcmeSpec, cert: &Cert) -> bool {
@@ -407,7 +408,7 @@ async fn ari_due(st: &mut NameState, accounts: &Accounts, spec: &AcmeSpec, cert:
     {
         return false;
     }
-    let Some(account) = accounts.lock().ok().and_then(|a| a.get(spec).cloned()) else {
+    let Some(account) = accounts.lock().await.get(spec).cloned() else {
         return false;
     };
     st.ari_checked = Some(Instant::now());
@@ -440,19 +441,15 @@ struct Issue {
 
 impl Issue {
     async fn run(self) -> Result<Cert, String> {
-        let known = self
-            .accounts
-            .lock()
-            .ok()
-            .and_then(|a| a.get(&self.spec).cloned());
-        let account = match known {
-            Some(a) => a,
-            None => {
-                let a = Arc::new(acme::account(&self.spec, &self.storage).await?);
-                if let Ok(mut all) = self.accounts.lock() {
+        let account = {
+            let mut all = self.accounts.lock().await;
+            match all.get(&self.spec) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(acme::account(&self.spec, &self.storage).await?);
                     all.insert(self.spec.clone(), a.clone());
+                    a
                 }
-                a
             }
         };
         // Across processes: one issuer per name. Another process may have finished

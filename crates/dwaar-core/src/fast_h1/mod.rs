@@ -64,6 +64,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
         remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
         local_port: local.map(|a| a.port()).unwrap_or(0),
         tls: false,
+        tls_policy: 0,
     };
     // Most request heads fit in 2 KiB; the buffer grows only for larger ones.
     let mut buf = BytesMut::with_capacity(2 * 1024);

@@ -80,7 +80,9 @@ pub async fn worker(
                     continue;
                 }
             };
-            let front = if key.0.h2c {
+            let front = if key.0.tls {
+                Front::Tls(apps.h1.clone(), apps.store.clone())
+            } else if key.0.h2c {
                 Front::Pingora(apps.h2c.clone())
             } else if crate::fast_h1::enabled() {
                 Front::Fast(crate::fast_h1::FastCx {
@@ -116,6 +118,47 @@ pub async fn worker(
 enum Front {
     Pingora(Arc<ProxyApp>),
     Fast(crate::fast_h1::FastCx),
+    /// An HTTPS port: the handshake (with the current config's TLS state), then
+    /// Pingora's HTTP/1 or HTTP/2 server by ALPN.
+    Tls(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>),
+}
+
+/// How long a client may take to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+async fn serve_tls(
+    stream: Stream,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    app: Arc<ProxyApp>,
+    store: Arc<crate::route_table::RouteStore>,
+    shutdown: ShutdownWatch,
+) {
+    let table = store.load();
+    let Some(tls) = table.tls.as_ref().map(|c| c.state.clone()) else {
+        return;
+    };
+    drop(table);
+    let ip = local
+        .map(|a| crate::net::canonical(a.ip()))
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream, ip)).await {
+        Ok(Ok(Some(h))) => h,
+        Ok(Ok(None)) => return, // an ACME TLS-ALPN-01 validation, answered
+        Ok(Err(e)) => {
+            tracing::debug!("TLS handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return;
+        }
+    };
+    let addrs = local.map(|l| (peer, l));
+    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs);
+    let mut next = app.process_new(Box::new(conn), &shutdown).await;
+    while let Some(s) = next {
+        next = app.process_new(s, &shutdown).await;
+    }
 }
 
 /// Wraps an accepted TCP connection for Pingora, with the addresses already known
@@ -159,6 +202,14 @@ async fn accept_loop(
                 let cx = cx.clone();
                 tokio::spawn(async move {
                     crate::fast_h1::serve(tcp, peer, local, cx).await;
+                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                });
+            }
+            Front::Tls(app, store) => {
+                let stream = to_pingora(tcp, peer, local);
+                let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
+                tokio::spawn(async move {
+                    serve_tls(stream, (peer, local), app, store, shutdown).await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }

@@ -14,6 +14,7 @@ pub mod listeners;
 pub mod reload;
 pub mod sockets;
 pub mod supervisor;
+pub mod tls_conn;
 pub mod upgrade;
 
 use crate::proxy::DwaarProxy;
@@ -67,7 +68,7 @@ pub struct Server {
 impl Server {
     pub fn start(opts: StartOptions) -> Result<Server, String> {
         let v6 = sockets::ipv6_available();
-        let registry = Arc::new(Registries::serving());
+        let registry = Arc::new(Registries::serving(!opts.worker_process));
         let table = RouteTable::compile(&opts.config, &registry)?;
         let threads = opts.threads.unwrap_or_else(default_threads).max(1);
         let source = if opts.worker_process {
@@ -84,6 +85,7 @@ impl Server {
         let grace = Duration::from_millis(opts.config.global.grace_period_ms.unwrap_or(5000));
         let (sockets_tx, sockets_rx) = watch::channel(snapshot);
         let store = Arc::new(RouteStore::new(table));
+        registry.activate_tls(&store.load());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
         let conf = Arc::new(ServerConf {

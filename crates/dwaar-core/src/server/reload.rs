@@ -296,6 +296,7 @@ impl Reloader {
                 .collect(),
         };
         self.store.swap(table);
+        self.registry.activate_tls(&self.store.load());
         // Removed listeners close once every thread has dropped its clone.
         self.sockets.send_replace(snapshot.clone());
         let files = if sources.files().is_empty() {

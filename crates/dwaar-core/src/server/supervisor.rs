@@ -112,7 +112,11 @@ impl Supervisor {
             .threads
             .unwrap_or_else(|| (super::default_threads() / n).max(1))
             .max(1);
-        let registry = Arc::new(Registries::default());
+        // The supervisor obtains and renews certificates; workers load them from storage.
+        let registry = Arc::new(Registries {
+            tls: Some(dwaar_tls::TlsManager::new(true)),
+            ..Registries::default()
+        });
         let table = RouteTable::compile(&opts.config, &registry)?;
         let k = n * threads;
         let snapshot = sockets::prepare(
@@ -169,8 +173,10 @@ impl Supervisor {
             }
         }
         let (sockets_tx, _) = watch::channel(snapshot);
+        let store = Arc::new(RouteStore::new(table));
+        registry.activate_tls(&store.load());
         let reloader = Arc::new(Reloader::new(
-            Arc::new(RouteStore::new(table)),
+            store,
             registry,
             sockets_tx,
             SocketSource::Bind { k },
