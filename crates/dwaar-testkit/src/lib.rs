@@ -4,12 +4,15 @@
 //!   connection-dropping, health toggles, WebSocket echo, h2c).
 //! - [`client`]: a small raw HTTP/1.1 client that shows exactly what went over the wire.
 //! - [`proxy`]: start the real `dwaar` binary with a Dwaarfile and wait until it serves.
+//! - [`tls`]: a blocking HTTPS client exposing handshake facts; [`pebble`]: a local ACME CA.
 //!
 //! Synchronisation is by polling with a deadline, never by fixed sleeps.
 
 pub mod client;
 pub mod origin;
+pub mod pebble;
 pub mod proxy;
+pub mod tls;
 
 use std::time::{Duration, Instant};
 

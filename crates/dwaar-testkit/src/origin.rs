@@ -266,8 +266,9 @@ pub struct TestCa {
     pub dir: tempfile::TempDir,
     /// PEM of the CA that signed the server certificate (for `tls_trusted_ca_certs`).
     pub ca_pem: std::path::PathBuf,
-    cert_pem: std::path::PathBuf,
-    key_pem: std::path::PathBuf,
+    /// The server certificate (for `localhost`, 127.0.0.1) and its key.
+    pub cert_pem: std::path::PathBuf,
+    pub key_pem: std::path::PathBuf,
 }
 
 impl TestCa {
@@ -346,6 +347,79 @@ impl TestCa {
             key_pem: p("server.key"),
             dir,
         }
+    }
+
+    /// Issues another certificate from this CA for `names` (DNS names or IPs) and
+    /// returns the certificate and key files. `label` names the files.
+    pub fn issue(&self, label: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = self.dir.path();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = format!("{label}.key");
+        let csr = format!("{label}.csr");
+        let crt = format!("{label}.pem");
+        let ext = format!("{label}.cnf");
+        let cn = format!("/CN={}", names.first().copied().unwrap_or(label));
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &cn,
+        ]);
+        let sans: Vec<String> = names
+            .iter()
+            .map(|n| {
+                if n.parse::<std::net::IpAddr>().is_ok() {
+                    format!("IP:{n}")
+                } else {
+                    format!("DNS:{n}")
+                }
+            })
+            .collect();
+        std::fs::write(
+            dir.join(&ext),
+            format!(
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+                sans.join(",")
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &crt,
+            "-days",
+            "2",
+            "-extfile",
+            &ext,
+        ]);
+        (dir.join(crt), dir.join(key))
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {

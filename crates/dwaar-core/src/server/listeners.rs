@@ -206,6 +206,10 @@ async fn accept_loop(
                 });
             }
             Front::Tls(app, store) => {
+                // The connection's own address (not the listener's wildcard one): a
+                // client that sends no SNI gets the certificate of the IP it dialled.
+                // One getsockname is nothing next to a handshake.
+                let local = tcp.local_addr().ok().or(local);
                 let stream = to_pingora(tcp, peer, local);
                 let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
                 tokio::spawn(async move {

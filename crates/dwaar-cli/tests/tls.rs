@@ -1,0 +1,583 @@
+//! HTTPS end to end: the local CA, manual certificates, SNI selection, redirects,
+//! client certificates, protocol settings, reloads that swap certificates, and ACME
+//! against a real Pebble (HTTP-01, TLS-ALPN-01, renewal under traffic).
+
+use dwaar_testkit::client;
+use dwaar_testkit::origin::TestCa;
+use dwaar_testkit::pebble::{self, Pebble};
+use dwaar_testkit::proxy::Dwaar;
+use dwaar_testkit::tls::{self, TlsOpts};
+use dwaar_testkit::{free_port, wait_until};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_dwaar"))
+}
+
+/// Global options every test uses: its own ports and storage, admin on the testkit's.
+fn globals(http: u16, https: u16, storage: &Path, extra: &str) -> String {
+    format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n{extra}}}\n",
+        storage.display()
+    )
+}
+
+fn local_root(storage: &Path) -> Vec<u8> {
+    std::fs::read(storage.join("pki/local/root.crt")).expect("local CA root")
+}
+
+#[test]
+fn localhost_gets_a_local_certificate_over_h1_and_h2() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "")
+        + "localhost {\n\trespond \"hi over {scheme} {http.request.proto}\"\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let root = local_root(store.path());
+
+    // A client that verifies against the local root, offering h2 and http/1.1.
+    let mut opts = TlsOpts::trusting(&root);
+    opts.alpn = vec!["h2", "http/1.1"];
+    let h1 = tls::get(
+        https,
+        "localhost",
+        "localhost",
+        "/",
+        &TlsOpts::trusting(&root),
+    )
+    .unwrap();
+    assert_eq!(h1.status, 200);
+    assert_eq!(h1.body, "hi over https HTTP/1.1");
+    assert_eq!(h1.alpn.as_deref(), Some("http/1.1"));
+    assert!(tls::cert_text(&h1.chain[0]).contains("DNS:localhost"));
+
+    // HTTP/2 with a real client: curl.
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert"])
+        .arg(store.path().join("pki/local/root.crt"))
+        .args(["--resolve", &format!("localhost:{https}:127.0.0.1")])
+        .args(["-w", " %{http_version}"])
+        .arg(format!("https://localhost:{https}/"))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "hi over https HTTP/2.0 2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The CA key is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(store.path().join("pki/local/root.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Plain HTTP redirects to HTTPS, keeping path and query.
+    let r = client::get(http, "localhost", "/a/b?c=d").unwrap();
+    assert_eq!(r.status, 308);
+    assert_eq!(
+        r.header("location"),
+        Some(format!("https://localhost:{https}/a/b?c=d").as_str())
+    );
+    // An unknown name gets no certificate: the handshake fails.
+    assert!(tls::get(
+        https,
+        "other.example",
+        "other.example",
+        "/",
+        &TlsOpts::default()
+    )
+    .is_err());
+}
+
+#[test]
+fn ip_sites_and_wildcard_localhost_names_get_certificates() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "")
+        + "127.0.0.1 {\n\trespond \"ip\"\n}\n*.dev.localhost {\n\trespond \"{host}\"\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let root = local_root(store.path());
+    // No SNI when connecting to an IP: the certificate is chosen by the local address.
+    let mut opts = TlsOpts::trusting(&root);
+    opts.no_sni = true;
+    let r = tls::get(https, "127.0.0.1", "127.0.0.1", "/", &opts).unwrap();
+    assert_eq!(r.body, "ip");
+    // Each name under a wildcard localhost site gets its own certificate on demand.
+    for n in ["a.dev.localhost", "b.dev.localhost"] {
+        let r = tls::get(https, n, n, "/", &TlsOpts::trusting(&root)).unwrap();
+        assert_eq!(r.body, n);
+        assert!(tls::cert_text(&r.chain[0]).contains(&format!("DNS:{n}")));
+    }
+}
+
+#[test]
+fn manual_certificates_are_selected_by_sni_exact_before_wildcard() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (a_crt, a_key) = ca.issue("a", &["a.example.com"]);
+    let (w_crt, w_key) = ca.issue("wild", &["*.example.net"]);
+    let (x_crt, x_key) = ca.issue("x", &["x.example.net"]);
+    let cfg = globals(http, https, store.path(), "")
+        + &format!(
+            "a.example.com {{\n\ttls {} {}\n\trespond a\n}}\n\
+             *.example.net {{\n\ttls {} {}\n\trespond wild-{{host}}\n}}\n\
+             x.example.net {{\n\ttls {} {}\n\trespond x\n}}\n",
+            a_crt.display(),
+            a_key.display(),
+            w_crt.display(),
+            w_key.display(),
+            x_crt.display(),
+            x_key.display()
+        );
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let opts = TlsOpts::trusting(std::fs::read(&ca.ca_pem).unwrap());
+    let a = tls::get(https, "a.example.com", "a.example.com", "/", &opts).unwrap();
+    assert_eq!(a.body, "a");
+    let y = tls::get(https, "y.example.net", "y.example.net", "/", &opts).unwrap();
+    assert_eq!(y.body, "wild-y.example.net");
+    assert!(tls::cert_text(&y.chain[0]).contains("DNS:*.example.net"));
+    let x = tls::get(https, "x.example.net", "x.example.net", "/", &opts).unwrap();
+    assert_eq!(x.body, "x");
+    let text = tls::cert_text(&x.chain[0]);
+    assert!(text.contains("DNS:x.example.net") && !text.contains("*.example.net"));
+    // Manual certificates make no local CA.
+    assert!(!store.path().join("pki/local/root.crt").exists());
+}
+
+#[test]
+fn reload_swaps_certificates_and_a_bad_certificate_keeps_the_old_one() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (c1, k1) = ca.issue("one", &["site.example.com"]);
+    let (c2, k2) = ca.issue("two", &["site.example.com"]);
+    let cfg = |c: &Path, k: &Path| {
+        globals(http, https, store.path(), "")
+            + &format!(
+                "site.example.com {{\n\ttls {} {}\n\trespond ok\n}}\n",
+                c.display(),
+                k.display()
+            )
+    };
+    let d = Dwaar::start(bin(), &cfg(&c1, &k1), &[https]);
+    let opts = TlsOpts::trusting(std::fs::read(&ca.ca_pem).unwrap());
+    let get = || tls::get(https, "site.example.com", "site.example.com", "/", &opts).unwrap();
+    let first = get().leaf_serial();
+    d.write_config(&cfg(&c2, &k2));
+    d.signal("USR1");
+    assert!(
+        wait_until(Duration::from_secs(10), || get().leaf_serial() != first),
+        "the new certificate was never served"
+    );
+    let second = get().leaf_serial();
+    // A key that does not match its certificate: the reload fails, the old one serves.
+    d.write_config(&cfg(&c1, &k2));
+    d.signal("USR1");
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log_text()
+        .contains("does not belong to the certificate")));
+    assert_eq!(get().leaf_serial(), second);
+    assert_eq!(get().status, 200);
+}
+
+#[test]
+fn client_certificates_are_required_and_verified() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new();
+    let clients = TestCa::new();
+    let strangers = TestCa::new();
+    let (s_crt, s_key) = server_ca.issue("server", &["secure.example.com", "open.example.com"]);
+    let (good_crt, good_key) = clients.issue("alice", &["alice.client"]);
+    let (bad_crt, bad_key) = strangers.issue("mallory", &["mallory.client"]);
+    let cfg = globals(http, https, store.path(), "")
+        + &format!(
+            "secure.example.com {{\n\ttls {s} {k} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {ca}\n\t\t}}\n\t}}\n\trespond secure\n}}\n\
+             open.example.com {{\n\ttls {s} {k}\n\trespond open\n}}\n",
+            s = s_crt.display(),
+            k = s_key.display(),
+            ca = clients.ca_pem.display()
+        );
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let base = TlsOpts::trusting(std::fs::read(&server_ca.ca_pem).unwrap());
+    let with = |c: &Path, k: &Path| {
+        let mut o = base.clone();
+        o.client_cert = Some((c.to_path_buf(), k.to_path_buf()));
+        o
+    };
+    // No certificate, or one from an unknown CA: refused.
+    assert!(tls::get(
+        https,
+        "secure.example.com",
+        "secure.example.com",
+        "/",
+        &base
+    )
+    .is_err());
+    assert!(tls::get(
+        https,
+        "secure.example.com",
+        "secure.example.com",
+        "/",
+        &with(&bad_crt, &bad_key)
+    )
+    .is_err());
+    let ok = tls::get(
+        https,
+        "secure.example.com",
+        "secure.example.com",
+        "/",
+        &with(&good_crt, &good_key),
+    )
+    .unwrap();
+    assert_eq!((ok.status, ok.body.as_str()), (200, "secure"));
+    // The open site needs no certificate...
+    let open = tls::get(https, "open.example.com", "open.example.com", "/", &base).unwrap();
+    assert_eq!(open.body, "open");
+    // ...but cannot be used to reach the secure one by changing Host.
+    let sneaky = tls::get(https, "open.example.com", "secure.example.com", "/", &base).unwrap();
+    assert_eq!(sneaky.status, 421);
+}
+
+#[test]
+fn protocols_ciphers_and_alpn_follow_the_site_policy() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "")
+        + "modern.localhost {\n\ttls internal {\n\t\tprotocols tls1.3\n\t}\n\trespond m\n}\n\
+           legacy.localhost {\n\ttls internal {\n\t\tprotocols tls1.2 tls1.2\n\t\tciphers TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\n\t\talpn http/1.1\n\t}\n\trespond l\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let root = local_root(store.path());
+    let only = |v: u8| {
+        let mut o = TlsOpts::trusting(&root);
+        o.version = Some(v);
+        o.alpn = vec!["h2", "http/1.1"];
+        o
+    };
+    assert!(tls::get(
+        https,
+        "modern.localhost",
+        "modern.localhost",
+        "/",
+        &only(12)
+    )
+    .is_err());
+    let mut h1_only = only(13);
+    h1_only.alpn = vec!["http/1.1"];
+    let m = tls::get(https, "modern.localhost", "modern.localhost", "/", &h1_only).unwrap();
+    assert_eq!(m.version, "Some(TLSv1_3)");
+    assert!(tls::get(
+        https,
+        "legacy.localhost",
+        "legacy.localhost",
+        "/",
+        &only(13)
+    )
+    .is_err());
+    let l = tls::get(
+        https,
+        "legacy.localhost",
+        "legacy.localhost",
+        "/",
+        &only(12),
+    )
+    .unwrap();
+    assert_eq!(l.cipher, "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256");
+    // h2 was offered, but the site only speaks http/1.1.
+    assert_eq!(l.alpn.as_deref(), Some("http/1.1"));
+    assert_eq!(l.body, "l");
+}
+
+#[test]
+fn catch_all_https_site_without_a_certificate_source_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("Dwaarfile");
+    std::fs::write(&f, "https:// {\n\trespond x\n}\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["validate", "--config"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no host name to get a certificate for"),
+        "{err}"
+    );
+}
+
+/// Pebble end to end: HTTP-01 for one name, TLS-ALPN-01 for another, both verified
+/// against Pebble's root; renewal of short-lived certificates under continuous
+/// handshakes with no failure; certificates on disk reused after a restart.
+#[test]
+fn acme_with_pebble_issues_renews_and_reuses() {
+    if !pebble::available() {
+        eprintln!("skipping: pebble is not installed");
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let lifetime = Duration::from_secs(30);
+    let pebble = Pebble::start(http, https, Some(lifetime), &["blocked.example.test"]);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\temail ops@example.test\n\tacme_ca {}\n\tacme_ca_root {}\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let cfg = globals(http, https, store.path(), &extra)
+        + "web.example.test {\n\trespond \"web over {scheme}\"\n}\n\
+           alpn.example.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond alpn\n}\n\
+           blocked.example.test {\n\trespond never\n}\n\
+           local.localhost {\n\trespond local\n}\n";
+    let mut d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let root = pebble.issuing_root();
+    let opts = TlsOpts::trusting(root.as_bytes());
+    let fetch = |name: &str| tls::get(https, name, name, "/", &opts);
+    let issued = wait_until(Duration::from_secs(60), || {
+        fetch("web.example.test").is_ok() && fetch("alpn.example.test").is_ok()
+    });
+    assert!(
+        issued,
+        "no certificates; dwaar log:\n{}\npebble log:\n{}",
+        d.log_text(),
+        pebble.log()
+    );
+    assert_eq!(fetch("web.example.test").unwrap().body, "web over https");
+    assert_eq!(fetch("alpn.example.test").unwrap().body, "alpn");
+    let log = d.log_text();
+    assert!(
+        log.contains("challenge=Some(Http01)") && log.contains("challenge=Some(TlsAlpn01)"),
+        "{log}"
+    );
+    // The refused name is reported with the CA's problem document; the rest serve.
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log_text()
+            .contains("rejectedIdentifier")),
+        "{}",
+        d.log_text()
+    );
+    let local = tls::get(
+        https,
+        "local.localhost",
+        "local.localhost",
+        "/",
+        &TlsOpts::trusting(local_root(store.path())),
+    )
+    .unwrap();
+    assert_eq!(local.body, "local");
+    // Stored with private keys 0600.
+    let key = walk(store.path())
+        .into_iter()
+        .find(|p| p.ends_with("web.example.test.key"))
+        .expect("stored key");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // Renewal: handshakes never stop while the 30 s certificates are replaced.
+    let first = fetch("web.example.test").unwrap().leaf_serial();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (stop, ok, failed, opts) = (stop.clone(), ok.clone(), failed.clone(), opts.clone());
+        std::thread::spawn(move || {
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match tls::get(https, "web.example.test", "web.example.test", "/", &opts) {
+                    Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        errors.push(format!("{other:?}"));
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            errors
+        })
+    };
+    let start = Instant::now();
+    let renewed = wait_until(Duration::from_secs(45), || {
+        fetch("web.example.test").is_ok_and(|r| r.leaf_serial() != first)
+    });
+    stop.store(true, Ordering::Relaxed);
+    let errors = traffic.join().unwrap();
+    assert!(
+        renewed,
+        "not renewed after {:?}:\n{}",
+        start.elapsed(),
+        d.log_text()
+    );
+    assert!(ok.load(Ordering::Relaxed) > 50);
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed handshakes: {errors:?}"
+    );
+
+    // A restart reuses what is on disk: the stored certificate is served and no new
+    // order is placed (it was issued or renewed moments ago, far from its renewal time).
+    d.signal("TERM");
+    d.wait_exit(Duration::from_secs(10));
+    let stored = walk(store.path())
+        .into_iter()
+        .find(|p| p.ends_with("alpn.example.test.crt"))
+        .expect("stored certificate");
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-serial", "-in"])
+        .arg(&stored)
+        .output()
+        .unwrap();
+    let stored_serial = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches("serial=")
+        .to_ascii_lowercase();
+    let d2 = Dwaar::start(bin(), &cfg, &[http, https]);
+    let after = fetch("alpn.example.test").unwrap();
+    assert_eq!(
+        after.leaf_serial().trim_start_matches("00"),
+        stored_serial.trim_start_matches("00")
+    );
+    assert!(
+        !d2.log_text()
+            .contains("obtaining a certificate name=\"alpn.example.test\""),
+        "{}",
+        d2.log_text()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// With worker processes the supervisor talks to the CA; workers answer the
+/// challenges and serve the certificates through the shared storage.
+#[test]
+fn acme_with_worker_processes() {
+    if !pebble::available() {
+        eprintln!("skipping: pebble is not installed");
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, None, &[]);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let cfg = globals(http, https, store.path(), &extra)
+        + "w1.example.test {\n\trespond w1\n}\n\
+           w2.example.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond w2\n}\n\
+           local.localhost {\n\trespond local\n}\n";
+    let d = Dwaar::start_with(
+        bin(),
+        &cfg,
+        &[http, https],
+        &["--workers", "2", "--threads", "1"],
+    );
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    for name in ["w1.example.test", "w2.example.test"] {
+        // Every worker serves it (several connections land on both).
+        let served = wait_until(Duration::from_secs(60), || {
+            (0..6).all(|_| tls::get(https, name, name, "/", &opts).is_ok_and(|r| r.status == 200))
+        });
+        assert!(
+            served,
+            "{name} not served; log:\n{}\n{}",
+            d.log_text(),
+            pebble.log()
+        );
+    }
+    let root = local_root(store.path());
+    for _ in 0..6 {
+        let r = tls::get(
+            https,
+            "local.localhost",
+            "local.localhost",
+            "/",
+            &TlsOpts::trusting(&root),
+        )
+        .unwrap();
+        assert_eq!(r.body, "local");
+    }
+}
+
+/// `dwaar trust` puts the local root into the system store, so curl trusts a
+/// `tls internal` site without `--cacert`; `dwaar untrust` takes it out again.
+#[test]
+fn trust_and_untrust_the_local_ca() {
+    let root_user = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    let tool = std::path::Path::new("/usr/sbin/update-ca-certificates").exists();
+    if !(root_user && tool) {
+        assert!(
+            std::env::var("DWAAR_REQUIRE_E2E").map_or(true, |v| v != "1"),
+            "the trust test needs root and ca-certificates"
+        );
+        eprintln!("skipping: needs root and update-ca-certificates");
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "") + "localhost {\n\trespond trusted\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let curl = || {
+        std::process::Command::new("curl")
+            .args(["-sS", "--resolve", &format!("localhost:{https}:127.0.0.1")])
+            .arg(format!("https://localhost:{https}/"))
+            .output()
+            .expect("curl")
+    };
+    assert!(!curl().status.success(), "trusted before dwaar trust?");
+    let t = std::process::Command::new(bin())
+        .args(["trust", "--storage"])
+        .arg(store.path())
+        .output()
+        .unwrap();
+    assert!(t.status.success(), "{}", String::from_utf8_lossy(&t.stderr));
+    let trusted = curl();
+    let untrust = std::process::Command::new(bin())
+        .arg("untrust")
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&trusted.stdout),
+        "trusted",
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert!(
+        untrust.status.success(),
+        "{}",
+        String::from_utf8_lossy(&untrust.stderr)
+    );
+    assert!(
+        !curl().status.success(),
+        "still trusted after dwaar untrust"
+    );
+}
