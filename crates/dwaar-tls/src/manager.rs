@@ -198,7 +198,10 @@ impl TlsManager {
             }
             match (&m.issuer, &wanted.ca, &wanted.storage) {
                 (IssuerSpec::Internal, Some(ca), _) => {
-                    add.push((m.name.clone(), Arc::new(ca.issue(&[m.name.clone()])?)));
+                    add.push((
+                        m.name.clone(),
+                        Arc::new(ca.issue(std::slice::from_ref(&m.name))?),
+                    ));
                 }
                 (IssuerSpec::Acme(spec), _, Some(storage)) => {
                     if let Some(c) = acme::load_stored(storage, spec, &m.name) {
@@ -316,7 +319,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                     IssuerSpec::Internal => {
                         let due = current.as_ref().is_none_or(|c| c.needs_renewal(now));
                         if let (true, Some(ca)) = (due, &wanted.ca) {
-                            match ca.issue(&[m.name.clone()]) {
+                            match ca.issue(std::slice::from_ref(&m.name)) {
                                 Ok(c) => {
                                     tracing::info!(name = m.name, "renewed local certificate");
                                     mgr.install(vec![(m.name.clone(), Arc::new(c))]);
@@ -348,7 +351,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                             storage,
                             accounts: accounts.clone(),
                             // After a failure, try the other challenge type.
-                            prefer: if st.failures % 2 == 0 {
+                            prefer: if st.failures.is_multiple_of(2) {
                                 Prefer::Http01
                             } else {
                                 Prefer::TlsAlpn01
