@@ -581,3 +581,36 @@ fn trust_and_untrust_the_local_ca() {
         "still trusted after dwaar untrust"
     );
 }
+
+#[test]
+fn auto_https_modes() {
+    let store = tempfile::tempdir().unwrap();
+    // off: a host name without a scheme is served over plain HTTP; no CA is made.
+    let (http, https) = (free_port(), free_port());
+    let cfg = globals(http, https, store.path(), "\tauto_https off\n")
+        + "example.com {\n\trespond plain\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[http]);
+    assert_eq!(client::get(http, "example.com", "/").unwrap().text(), "plain");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", https)).is_err());
+    assert!(!store.path().join("pki").exists());
+    drop(d);
+
+    // disable_redirects: HTTPS as usual, nothing on the HTTP port.
+    let (http, https) = (free_port(), free_port());
+    let cfg = globals(http, https, store.path(), "\tauto_https disable_redirects\n")
+        + "localhost {\n\trespond secure\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[https]);
+    let root = local_root(store.path());
+    let r = tls::get(https, "localhost", "localhost", "/", &TlsOpts::trusting(&root)).unwrap();
+    assert_eq!(r.body, "secure");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err());
+    drop(d);
+
+    // disable_certs: redirects stay, but only sites with their own files get a certificate.
+    let (http, https) = (free_port(), free_port());
+    let cfg = globals(http, https, store.path(), "\tauto_https disable_certs\n")
+        + "auto.localhost {\n\trespond none\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    assert!(tls::get(https, "auto.localhost", "auto.localhost", "/", &TlsOpts::default()).is_err());
+    assert_eq!(client::get(http, "auto.localhost", "/").unwrap().status, 308);
+}
