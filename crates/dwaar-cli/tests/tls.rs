@@ -590,18 +590,32 @@ fn auto_https_modes() {
     let cfg = globals(http, https, store.path(), "\tauto_https off\n")
         + "example.com {\n\trespond plain\n}\n";
     let d = Dwaar::start(bin(), &cfg, &[http]);
-    assert_eq!(client::get(http, "example.com", "/").unwrap().text(), "plain");
+    assert_eq!(
+        client::get(http, "example.com", "/").unwrap().text(),
+        "plain"
+    );
     assert!(std::net::TcpStream::connect(("127.0.0.1", https)).is_err());
     assert!(!store.path().join("pki").exists());
     drop(d);
 
     // disable_redirects: HTTPS as usual, nothing on the HTTP port.
     let (http, https) = (free_port(), free_port());
-    let cfg = globals(http, https, store.path(), "\tauto_https disable_redirects\n")
-        + "localhost {\n\trespond secure\n}\n";
+    let cfg = globals(
+        http,
+        https,
+        store.path(),
+        "\tauto_https disable_redirects\n",
+    ) + "localhost {\n\trespond secure\n}\n";
     let d = Dwaar::start(bin(), &cfg, &[https]);
     let root = local_root(store.path());
-    let r = tls::get(https, "localhost", "localhost", "/", &TlsOpts::trusting(&root)).unwrap();
+    let r = tls::get(
+        https,
+        "localhost",
+        "localhost",
+        "/",
+        &TlsOpts::trusting(&root),
+    )
+    .unwrap();
     assert_eq!(r.body, "secure");
     assert!(std::net::TcpStream::connect(("127.0.0.1", http)).is_err());
     drop(d);
@@ -611,6 +625,122 @@ fn auto_https_modes() {
     let cfg = globals(http, https, store.path(), "\tauto_https disable_certs\n")
         + "auto.localhost {\n\trespond none\n}\n";
     let _d = Dwaar::start(bin(), &cfg, &[http, https]);
-    assert!(tls::get(https, "auto.localhost", "auto.localhost", "/", &TlsOpts::default()).is_err());
-    assert_eq!(client::get(http, "auto.localhost", "/").unwrap().status, 308);
+    assert!(tls::get(
+        https,
+        "auto.localhost",
+        "auto.localhost",
+        "/",
+        &TlsOpts::default()
+    )
+    .is_err());
+    assert_eq!(
+        client::get(http, "auto.localhost", "/").unwrap().status,
+        308
+    );
+}
+
+/// OCSP stapling against a real responder (`openssl ocsp`): a good certificate gets
+/// its response stapled, a revoked one does not, and a responder on a loopback
+/// address is not contacted unless the test-only override allows it.
+#[test]
+fn ocsp_responses_are_stapled() {
+    let (http, https, responder) = (free_port(), free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let aia = format!("authorityInfoAccess=OCSP;URI:http://127.0.0.1:{responder}");
+    let (good, good_key) = ca.issue_with("good", &["good.example.com"], &aia);
+    let (bad, bad_key) = ca.issue_with("revoked", &["revoked.example.com"], &aia);
+    let ca_pem = std::fs::read_to_string(&ca.ca_pem).unwrap();
+    let serial = |p: &Path| {
+        let o = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout)
+            .trim()
+            .trim_start_matches("serial=")
+            .to_string()
+    };
+    let dir = ca.dir.path();
+    std::fs::write(
+        dir.join("index.txt"),
+        format!(
+            "V\t301231235959Z\t\t{}\tunknown\t/CN=good.example.com\nR\t301231235959Z\t250101000000Z\t{}\tunknown\t/CN=revoked.example.com\n",
+            serial(&good),
+            serial(&bad)
+        ),
+    )
+    .unwrap();
+    // Chains with the issuer, as OCSP requests need it.
+    for (leaf, out) in [(&good, "good-chain.pem"), (&bad, "revoked-chain.pem")] {
+        let text = std::fs::read_to_string(leaf).unwrap() + &ca_pem;
+        std::fs::write(dir.join(out), text).unwrap();
+    }
+    let mut ocsp = std::process::Command::new("openssl")
+        .args(["ocsp", "-index", "index.txt", "-port"])
+        .arg(responder.to_string())
+        .args([
+            "-rsigner", "ca.pem", "-rkey", "ca.key", "-CA", "ca.pem", "-ndays", "1",
+        ])
+        .current_dir(dir)
+        .stdout(std::fs::File::create(dir.join("ocsp.out")).unwrap())
+        .stderr(std::fs::File::create(dir.join("ocsp.log")).unwrap())
+        .spawn()
+        .unwrap();
+    // Not a TCP probe: an empty connection wedges `openssl ocsp`.
+    assert!(wait_until(Duration::from_secs(10), || {
+        let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
+        (read("ocsp.out") + &read("ocsp.log")).contains("waiting for OCSP client connections")
+    }));
+    let cfg = globals(http, https, store.path(), "")
+        + &format!(
+            "good.example.com {{\n\ttls {} {}\n\trespond good\n}}\nrevoked.example.com {{\n\ttls {} {}\n\trespond revoked\n}}\n",
+            dir.join("good-chain.pem").display(),
+            good_key.display(),
+            dir.join("revoked-chain.pem").display(),
+            bad_key.display()
+        );
+    let status = |name: &str| {
+        let mut c = std::process::Command::new("openssl")
+            .args(["s_client", "-status", "-connect"])
+            .arg(format!("127.0.0.1:{https}"))
+            .args(["-servername", name])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        drop(c.stdin.take());
+        String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout).into_owned()
+    };
+
+    // Without the override, the loopback responder is off limits.
+    let d = Dwaar::start(bin(), &cfg, &[https]);
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log_text()
+        .contains("resolves only to internal addresses")));
+    assert!(status("good.example.com").contains("OCSP response: no response sent"));
+    drop(d);
+
+    let d = Dwaar::start_env(
+        bin(),
+        &cfg,
+        &[https],
+        &["--threads", "1"],
+        &[("DWAAR_OCSP_ALLOW_PRIVATE", "1")],
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || status("good.example.com")
+            .contains("Cert Status: good")),
+        "no staple; log:\n{}",
+        d.log_text()
+    );
+    assert!(status("good.example.com").contains("OCSP Response Status: successful"));
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log_text()
+        .contains("the certificate is revoked")));
+    assert!(status("revoked.example.com").contains("OCSP response: no response sent"));
+    let _ = ocsp.kill();
+    let _ = ocsp.wait();
 }

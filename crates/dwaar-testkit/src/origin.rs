@@ -352,6 +352,17 @@ impl TestCa {
     /// Issues another certificate from this CA for `names` (DNS names or IPs) and
     /// returns the certificate and key files. `label` names the files.
     pub fn issue(&self, label: &str, names: &[&str]) -> (std::path::PathBuf, std::path::PathBuf) {
+        self.issue_with(label, names, "")
+    }
+
+    /// Like [`TestCa::issue`] with extra `openssl x509` extension lines (for example
+    /// `authorityInfoAccess=OCSP;URI:http://127.0.0.1:1234`).
+    pub fn issue_with(
+        &self,
+        label: &str,
+        names: &[&str],
+        extra_ext: &str,
+    ) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = self.dir.path();
         let run = |args: &[&str]| {
             let out = std::process::Command::new("openssl")
@@ -397,7 +408,7 @@ impl TestCa {
         std::fs::write(
             dir.join(&ext),
             format!(
-                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
+                "subjectAltName={}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n{extra_ext}\n",
                 sans.join(",")
             ),
         )

@@ -24,6 +24,17 @@ impl Dwaar {
 
     /// Like [`Dwaar::start`] with extra `run` arguments (replacing `--threads 1`).
     pub fn start_with(bin: &Path, dwaarfile: &str, ports: &[u16], args: &[&str]) -> Dwaar {
+        Self::start_env(bin, dwaarfile, ports, args, &[])
+    }
+
+    /// Like [`Dwaar::start_with`] with extra environment variables.
+    pub fn start_env(
+        bin: &Path,
+        dwaarfile: &str,
+        ports: &[u16],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Dwaar {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let config = dir.path().join("Dwaarfile");
         std::fs::write(&config, dwaarfile).unwrap_or_else(|e| panic!("write config: {e}"));
@@ -42,6 +53,7 @@ impl Dwaar {
             .arg(&config)
             .args(args)
             .env("DWAAR_ADMIN", &admin)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log_file)
             .stderr(err_file)

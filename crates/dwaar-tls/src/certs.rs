@@ -15,6 +15,10 @@ pub struct Cert {
     pub names: Vec<String>,
     pub not_before: SystemTime,
     pub not_after: SystemTime,
+    /// The leaf's serial number (raw bytes): the key of its OCSP staple.
+    pub serial: Vec<u8>,
+    /// Where to ask about revocation, if the certificate says.
+    pub ocsp_url: Option<String>,
     /// The chain and key as PEM, for storage.
     pub chain_pem: String,
     pub key_pem: String,
@@ -33,6 +37,10 @@ impl Cert {
             .map_err(|e| format!("invalid private key PEM: {e}"))?
             .ok_or("no private key found in the PEM data")?;
         let (names, not_before, not_after) = leaf_facts(leaf)?;
+        let serial = x509_parser::parse_x509_certificate(leaf)
+            .map(|(_, c)| c.raw_serial().to_vec())
+            .unwrap_or_default();
+        let ocsp_url = crate::ocsp::responder_url(leaf);
         let provider = crate::provider();
         let signing = provider
             .key_provider
@@ -47,6 +55,8 @@ impl Cert {
             names,
             not_before,
             not_after,
+            serial,
+            ocsp_url,
             chain_pem: chain_pem.to_string(),
             key_pem: key_pem.to_string(),
         })

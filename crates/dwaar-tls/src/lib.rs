@@ -7,6 +7,7 @@
 //! - [`manager`]: the long-lived owner of managed certificates: loads them from
 //!   storage, issues from the local CA or ACME, renews, and swaps them in atomically.
 //! - [`acme`]: the RFC 8555 client flow (HTTP-01 and TLS-ALPN-01) on `instant-acme`.
+//! - [`ocsp`]: stapling OCSP responses fetched in the background.
 //! - [`ca`], [`storage`], [`challenge`], [`certs`], [`verify`]: the pieces.
 //!
 //! The crate knows nothing of Pingora or HTTP: `dwaar-core` hands it sockets and gets
@@ -17,6 +18,7 @@ pub mod ca;
 pub mod certs;
 pub mod challenge;
 pub mod manager;
+pub mod ocsp;
 pub mod plan;
 pub mod state;
 pub mod storage;

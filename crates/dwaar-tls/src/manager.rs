@@ -33,6 +33,14 @@ pub struct Wanted {
     pub names: Vec<ManagedName>,
     pub storage: Option<Storage>,
     pub ca: Option<Arc<LocalCa>>,
+    /// Certificates from files: kept stapled, never renewed.
+    pub manual: Vec<Arc<Cert>>,
+}
+
+impl Wanted {
+    fn needs_maintenance(&self) -> bool {
+        !self.names.is_empty() || self.manual.iter().any(|c| c.ocsp_url.is_some())
+    }
 }
 
 /// A compiled config's TLS: the handshake state and the names to manage.
@@ -74,6 +82,7 @@ impl TlsManager {
         Arc::new(TlsManager {
             shared: Shared {
                 managed: Arc::new(ArcSwap::from_pointee(CertMap::default())),
+                staples: Arc::default(),
                 challenges: Arc::new(ChallengeBoard::default()),
                 tickets,
                 sessions: rustls::server::ServerSessionMemoryCache::new(4096),
@@ -105,12 +114,14 @@ impl TlsManager {
         let storage = Storage::from_config(config.global.tls.storage.as_deref());
         self.shared.challenges.set_storage(storage.clone());
         let mut manual = CertMap::default();
+        let mut manual_list = Vec::new();
         let mut fallback_cert = None;
         for site in &plan.sites {
             let (Some(c), Some(k)) = (&site.tls.cert_file, &site.tls.key_file) else {
                 continue;
             };
             let cert = Arc::new(Cert::from_files(c, k)?);
+            manual_list.push(cert.clone());
             if site.hosts.is_empty() {
                 fallback_cert.get_or_insert_with(|| cert.clone());
             }
@@ -165,6 +176,7 @@ impl TlsManager {
             names: plan.managed,
             storage: Some(storage),
             ca,
+            manual: manual_list,
         });
         self.prepare(&wanted)?;
         Ok(Some(Compiled {
@@ -236,7 +248,7 @@ impl TlsManager {
             Ok(t) => t,
             Err(_) => return,
         };
-        if t.is_none() && !wanted.names.is_empty() {
+        if t.is_none() && wanted.needs_maintenance() {
             let me = Arc::downgrade(self);
             let rx = self.wanted.subscribe();
             let spawned = std::thread::Builder::new()
@@ -304,6 +316,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
         let mut states: HashMap<String, NameState> = HashMap::new();
         let accounts: Accounts = Arc::default();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+        let mut stapling = Stapling::default();
         loop {
             let Some(mgr) = me.upgrade() else { return };
             let wanted = rx.borrow_and_update().clone();
@@ -366,6 +379,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                     }
                 }
             }
+            stapling.run(&mgr, &wanted);
             drop(mgr);
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },
@@ -417,6 +431,81 @@ async fn ari_due(st: &mut NameState, accounts: &Accounts, spec: &AcmeSpec, cert:
     st.ari_checked = Some(Instant::now());
     st.ari_renew_at = acme::suggested_renewal(&account, cert).await;
     st.ari_renew_at.is_some_and(|at| SystemTime::now() >= at)
+}
+
+/// Keeps OCSP responses fresh for every certificate that names a responder.
+#[derive(Default)]
+struct Stapling {
+    /// Next fetch time by leaf serial; set ten minutes ahead while a fetch runs (and
+    /// after a failure), to the middle of the response's validity after a success.
+    next: Arc<Mutex<HashMap<Vec<u8>, SystemTime>>>,
+}
+
+impl Stapling {
+    fn run(&mut self, mgr: &Arc<TlsManager>, wanted: &Wanted) {
+        let managed = mgr.shared.managed.load();
+        let certs: Vec<Arc<Cert>> = managed
+            .iter()
+            .map(|(_, c)| c.clone())
+            .chain(wanted.manual.iter().cloned())
+            .filter(|c| c.ocsp_url.is_some() && c.key.cert.len() > 1)
+            .collect();
+        let live: std::collections::HashSet<&Vec<u8>> = certs.iter().map(|c| &c.serial).collect();
+        let stale = mgr.shared.staples.load().keys().any(|s| !live.contains(s));
+        if stale {
+            mgr.shared.staples.rcu(|m| {
+                let mut m = (**m).clone();
+                m.retain(|s, _| live.contains(s));
+                m
+            });
+        }
+        let Ok(mut next) = self.next.lock() else {
+            return;
+        };
+        next.retain(|s, _| live.contains(s));
+        let now = SystemTime::now();
+        for c in certs {
+            if next.get(&c.serial).is_some_and(|t| *t > now) {
+                continue;
+            }
+            next.insert(c.serial.clone(), now + Duration::from_secs(600));
+            let (mgr, next) = (mgr.clone(), self.next.clone());
+            tokio::spawn(async move {
+                match staple(&c).await {
+                    Ok(s) => {
+                        tracing::info!(names = ?c.names, "stapled an OCSP response");
+                        if let Ok(mut n) = next.lock() {
+                            n.insert(c.serial.clone(), s.refresh_at());
+                        }
+                        let key = Arc::new(rustls::sign::CertifiedKey {
+                            cert: c.key.cert.clone(),
+                            key: c.key.key.clone(),
+                            ocsp: Some(s.der),
+                        });
+                        mgr.shared.staples.rcu(|m| {
+                            let mut m = (**m).clone();
+                            m.insert(c.serial.clone(), key.clone());
+                            m
+                        });
+                    }
+                    Err(e) => tracing::warn!(names = ?c.names, "no OCSP staple: {e}"),
+                }
+            });
+        }
+    }
+}
+
+/// Fetches and checks an OCSP response for `c`.
+async fn staple(c: &Cert) -> Result<crate::ocsp::Staple, String> {
+    let url = c.ocsp_url.as_deref().ok_or("no OCSP URL")?;
+    let issuer = c
+        .key
+        .cert
+        .get(1)
+        .ok_or("no issuer certificate in the chain")?;
+    let req = crate::ocsp::request(&c.key.cert[0], issuer)?;
+    let der = crate::ocsp::fetch(url, &req).await?;
+    crate::ocsp::check(&der, &c.serial)
 }
 
 /// A follower loads what the leader stored when the file changes.

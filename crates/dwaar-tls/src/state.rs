@@ -35,29 +35,45 @@ pub struct SniResolver {
     pub fallback: Option<Arc<Cert>>,
     /// The name to use when the client sent no SNI (the local IP address).
     pub no_sni_name: Option<String>,
+    /// Certificates with a stapled OCSP response, by leaf serial.
+    pub staples: Arc<ArcSwap<Staples>>,
 }
+
+/// Stapled variants of certificates, by leaf serial number.
+pub type Staples = HashMap<Vec<u8>, Arc<CertifiedKey>>;
 
 impl SniResolver {
     pub fn find(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let cert = self.find_cert(name)?;
+        let staples = self.staples.load();
+        if !staples.is_empty() {
+            if let Some(k) = staples.get(&cert.serial) {
+                return Some(k.clone());
+            }
+        }
+        Some(cert.key.clone())
+    }
+
+    fn find_cert(&self, name: Option<&str>) -> Option<Arc<Cert>> {
         let name = name.or(self.no_sni_name.as_deref());
         if let Some(n) = name {
             if let Some(c) = self.manual.exact(n) {
-                return Some(c.key.clone());
+                return Some(c.clone());
             }
             let managed = self.managed.load();
             if let Some(c) = managed.exact(n) {
-                return Some(c.key.clone());
+                return Some(c.clone());
             }
             if let Some(c) = self
                 .manual
                 .wildcard_for(n)
                 .or_else(|| managed.wildcard_for(n))
             {
-                return Some(c.key.clone());
+                return Some(c.clone());
             }
         }
         if let Some(c) = &self.fallback {
-            return Some(c.key.clone());
+            return Some(c.clone());
         }
         let (ca, n) = (self.on_demand.as_ref()?, name?);
         let allowed = self.on_demand_all
@@ -68,7 +84,7 @@ impl SniResolver {
         }
         // Bounded: on-demand certificates live in the managed map, capped by the CA.
         match ca.issue_cached(n, &self.managed) {
-            Ok(c) => Some(c.key.clone()),
+            Ok(c) => Some(c),
             Err(e) => {
                 tracing::warn!(name = n, "cannot issue a local certificate: {e}");
                 None
@@ -85,6 +101,7 @@ impl SniResolver {
             on_demand_suffixes: self.on_demand_suffixes.clone(),
             fallback: self.fallback.clone(),
             no_sni_name: Some(name),
+            staples: self.staples.clone(),
         }
     }
 }
@@ -118,6 +135,7 @@ pub struct Handshaken<IO> {
 #[derive(Debug, Clone)]
 pub struct Shared {
     pub managed: Arc<ArcSwap<CertMap>>,
+    pub staples: Arc<ArcSwap<Staples>>,
     pub challenges: Arc<ChallengeBoard>,
     pub tickets: Arc<dyn rustls::server::ProducesTickets>,
     pub sessions: Arc<dyn rustls::server::StoresServerSessions>,
@@ -157,6 +175,7 @@ impl TlsState {
             on_demand_suffixes: input.on_demand_suffixes,
             fallback: input.fallback_cert,
             no_sni_name: None,
+            staples: shared.staples.clone(),
         });
         let mut built: HashMap<u64, Arc<Policy>> = HashMap::new();
         let mut policy_for = |tls: &SiteTls| -> Result<Arc<Policy>, String> {
