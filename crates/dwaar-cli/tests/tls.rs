@@ -335,8 +335,11 @@ fn acme_with_pebble_issues_renews_and_reuses() {
     let cfg = globals(http, https, store.path(), &extra)
         + "web.example.test {\n\trespond \"web over {scheme}\"\n}\n\
            alpn.example.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond alpn\n}\n\
-           blocked.example.test {\n\trespond never\n}\n\
-           local.localhost {\n\trespond local\n}\n";
+           local.localhost {\n\trespond local\n}\n"
+        + &format!(
+            "blocked.example.test {{\n\ttls {{\n\t\tissuer acme {{\n\t\t\tdir {d}\n\t\t\ttest_dir {d}\n\t\t}}\n\t}}\n\trespond never\n}}\n",
+            d = pebble.directory
+        );
     let mut d = Dwaar::start(bin(), &cfg, &[http, https]);
     let root = pebble.issuing_root();
     let opts = TlsOpts::trusting(root.as_bytes());
@@ -423,6 +426,15 @@ fn acme_with_pebble_issues_renews_and_reuses() {
         failed.load(Ordering::Relaxed),
         0,
         "failed handshakes: {errors:?}"
+    );
+
+    // After the failure, the next attempt rehearses on the staging directory first.
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log_text()
+            .contains("staging rehearsal failed")),
+        "{}",
+        d.log_text()
     );
 
     // A restart reuses what is on disk: the stored certificate is served and no new

@@ -363,6 +363,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                             name: m.name.clone(),
                             storage,
                             accounts: accounts.clone(),
+                            rehearse: st.failures > 0,
                             // After a failure, try the other challenge type.
                             prefer: if st.failures.is_multiple_of(2) {
                                 Prefer::Http01
@@ -529,21 +530,23 @@ struct Issue {
     storage: Storage,
     accounts: Accounts,
     prefer: Prefer,
+    /// Rehearse on the staging directory first (after a failure, when there is one).
+    rehearse: bool,
 }
 
 impl Issue {
+    async fn account(&self, spec: &AcmeSpec) -> Result<Arc<instant_acme::Account>, String> {
+        let mut all = self.accounts.lock().await;
+        if let Some(a) = all.get(spec) {
+            return Ok(a.clone());
+        }
+        let a = Arc::new(acme::account(spec, &self.storage).await?);
+        all.insert(spec.clone(), a.clone());
+        Ok(a)
+    }
+
     async fn run(self) -> Result<Cert, String> {
-        let account = {
-            let mut all = self.accounts.lock().await;
-            match all.get(&self.spec) {
-                Some(a) => a.clone(),
-                None => {
-                    let a = Arc::new(acme::account(&self.spec, &self.storage).await?);
-                    all.insert(self.spec.clone(), a.clone());
-                    a
-                }
-            }
-        };
+        let account = self.account(&self.spec).await?;
         // Across processes: one issuer per name. Another process may have finished
         // while this one waited; then its certificate is used.
         let storage = self.storage.clone();
@@ -556,6 +559,24 @@ impl Issue {
             if newer && !c.needs_renewal(SystemTime::now()) {
                 return Ok(c);
             }
+        }
+        if let (true, Some(staging)) = (self.rehearse, self.spec.staging()) {
+            tracing::info!(
+                name = self.name,
+                ca = staging.dir,
+                "rehearsing on the staging CA"
+            );
+            let test_account = self.account(&staging).await?;
+            acme::obtain(
+                &test_account,
+                &staging,
+                &self.name,
+                self.prefer,
+                &self.mgr.shared.challenges,
+                &self.storage,
+            )
+            .await
+            .map_err(|e| format!("staging rehearsal failed: {e}"))?;
         }
         tracing::info!(
             name = self.name,

@@ -15,6 +15,9 @@ pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AcmeSpec {
     pub dir: String,
+    /// A staging directory: after a failure, the next attempt is first rehearsed there
+    /// (so repeated failures do not use up the production CA's rate limits).
+    pub test_dir: Option<String>,
     pub email: Option<String>,
     pub ca_root: Option<String>,
     pub http01: bool,
@@ -22,6 +25,15 @@ pub struct AcmeSpec {
 }
 
 impl AcmeSpec {
+    /// The same CA settings pointed at the staging directory, if there is one.
+    pub fn staging(&self) -> Option<AcmeSpec> {
+        self.test_dir.as_ref().map(|t| AcmeSpec {
+            dir: t.clone(),
+            test_dir: None,
+            ..self.clone()
+        })
+    }
+
     /// A directory name for this CA under `certificates/` and `acme/`.
     pub fn key(&self) -> String {
         let s = self
@@ -154,6 +166,7 @@ fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, 
             .clone()
             .or_else(|| g.acme_ca.clone())
             .unwrap_or_else(|| LETS_ENCRYPT.to_string()),
+        test_dir: a.test_dir.clone(),
         email: a.email.clone().or_else(|| g.email.clone()),
         ca_root: a.ca_root.clone().or_else(|| g.acme_ca_root.clone()),
         http01: !a.disable_http_challenge,
