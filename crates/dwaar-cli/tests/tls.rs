@@ -35,8 +35,18 @@ fn localhost_gets_a_local_certificate_over_h1_and_h2() {
     let store = tempfile::tempdir().unwrap();
     let cfg = globals(http, https, store.path(), "")
         + "localhost {\n\trespond \"hi over {scheme} {http.request.proto}\"\n}\n";
-    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
     let root = local_root(store.path());
+    let admin: u16 = d.admin.rsplit(':').next().unwrap().parse().unwrap();
+    let metrics = client::get(admin, &d.admin, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("dwaar_tls_managed_certificates 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dwaar_tls_certificate_expiry_timestamp_seconds{name=\"localhost\"}"),
+        "{metrics}"
+    );
 
     // A client that verifies against the local root, offering h2 and http/1.1.
     let mut opts = TlsOpts::trusting(&root);

@@ -104,6 +104,51 @@ impl TlsManager {
         self.shared.managed.load_full()
     }
 
+    /// Prometheus text: managed certificates, their expiry, issuance count, staples.
+    pub fn write_metrics(&self, out: &mut String) {
+        use std::fmt::Write;
+        let managed = self.shared.managed.load();
+        let _ = write!(
+            out,
+            "# HELP dwaar_tls_managed_certificates Certificates Dwaar obtains and renews (ACME and local CA).\n\
+             # TYPE dwaar_tls_managed_certificates gauge\n\
+             dwaar_tls_managed_certificates {}\n\
+             # HELP dwaar_tls_certificates_obtained_total ACME certificates obtained or renewed since start.\n\
+             # TYPE dwaar_tls_certificates_obtained_total counter\n\
+             dwaar_tls_certificates_obtained_total {}\n\
+             # HELP dwaar_tls_ocsp_staples Certificates with an OCSP response stapled.\n\
+             # TYPE dwaar_tls_ocsp_staples gauge\n\
+             dwaar_tls_ocsp_staples {}\n\
+             # HELP dwaar_tls_certificate_expiry_timestamp_seconds When each managed certificate expires.\n\
+             # TYPE dwaar_tls_certificate_expiry_timestamp_seconds gauge\n",
+            managed.len(),
+            self.issued.load(std::sync::atomic::Ordering::Relaxed),
+            self.shared.staples.load().len(),
+        );
+        let mut names: Vec<(String, u64)> = managed
+            .iter()
+            .map(|(n, c)| {
+                let t = c
+                    .not_after
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                (n, t)
+            })
+            .collect();
+        names.sort();
+        for (n, t) in names {
+            let n: String = n
+                .chars()
+                .filter(|c| !matches!(c, '"' | '\\' | '\n'))
+                .collect();
+            let _ = writeln!(
+                out,
+                "dwaar_tls_certificate_expiry_timestamp_seconds{{name=\"{n}\"}} {t}"
+            );
+        }
+    }
+
     /// Builds the TLS state of `config`; `Ok(None)` when no site uses HTTPS.
     /// Errors name the offending file or site; nothing changes for running sites.
     pub fn compile(&self, config: &Config) -> Result<Option<Compiled>, String> {
@@ -393,7 +438,12 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                             st.failures = 0;
                             st.retry_at = None;
                             st.ari_renew_at = None;
-                            tracing::info!(name, not_after = ?cert.not_after, "certificate obtained");
+                            let valid_secs = cert
+                                .not_after
+                                .duration_since(SystemTime::now())
+                                .map(|d| d.as_secs())
+                                .unwrap_or(0);
+                            tracing::info!(name, valid_secs, "certificate obtained");
                             mgr.issued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             mgr.install(vec![(name, Arc::new(cert))]);
                         }

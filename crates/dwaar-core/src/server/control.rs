@@ -149,6 +149,7 @@ impl Control {
             st.log_written,
             st.log_dropped,
         );
+        self.reloader.tls_metrics(&mut out);
         out
     }
 }

@@ -248,6 +248,13 @@ impl Reloader {
         files.iter().any(|(p, t)| mtime(p) != *t)
     }
 
+    /// Certificate metrics of this process's certificate manager, appended to `out`.
+    pub fn tls_metrics(&self, out: &mut String) {
+        if let Some(m) = &self.registry.tls {
+            m.write_metrics(out);
+        }
+    }
+
     fn count(&self, r: Result<ReloadSummary, ReloadError>) -> Result<ReloadSummary, ReloadError> {
         match &r {
             Ok(s) => {
