@@ -332,6 +332,67 @@ pub enum Matcher {
     Not(Box<MatcherSet>),
     /// Only in `handle_errors <codes>`: the error status is one of these (`404`, `5xx`).
     ErrorStatus(Vec<String>),
+    /// `file`: one of the candidate files exists under the root.
+    File(FileMatch),
+}
+
+/// The `file` matcher (and `try_files`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileMatch {
+    /// `None`: the site's `root` (`{http.vars.root}`), else the working directory.
+    pub root: Option<Template>,
+    /// Candidates (`{path}` when empty); a trailing `/` means a directory.
+    pub try_files: Vec<Template>,
+    /// `first_exist`, `smallest_size`, `largest_size` or `most_recently_modified`.
+    pub try_policy: String,
+    /// Split the path after these substrings (`.php`): the rest is `PATH_INFO`.
+    pub split_path: Vec<String>,
+}
+
+/// `file_server`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    pub root: Option<Template>,
+    /// Globs of files never served or listed (relative to the root, or a file name).
+    pub hide: Vec<String>,
+    pub index: Vec<String>,
+    /// Directory listings; `Some(None)` with the built-in page.
+    pub browse: Option<Option<String>>,
+    /// Sidecar encodings to look for, in preference order (`br`, `zstd`, `gzip`).
+    pub precompressed: Vec<String>,
+    /// Answer with this status instead of 200 (error pages).
+    pub status: Option<u16>,
+    pub disable_canonical_uris: bool,
+    /// A missing file passes the request on instead of answering 404.
+    pub pass_thru: bool,
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        FileServer {
+            root: None,
+            hide: Vec::new(),
+            index: vec!["index.html".into(), "index.txt".into()],
+            browse: None,
+            precompressed: Vec::new(),
+            status: None,
+            disable_canonical_uris: false,
+            pass_thru: false,
+        }
+    }
+}
+
+/// The FastCGI transport (`php_fastcgi`, `transport fastcgi`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct FastCgi {
+    pub root: Option<Template>,
+    pub split_path: Vec<String>,
+    pub env: Vec<VarAssign>,
+    pub resolve_root_symlink: bool,
+    pub capture_stderr: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -388,6 +449,13 @@ pub enum Handler {
     RequestBody {
         max_size: u64,
     },
+    /// `root`: where file handlers look (`{http.vars.root}`).
+    Root {
+        path: Template,
+    },
+    FileServer(Box<FileServer>),
+    /// `try_files`: rewrite to the first candidate that exists.
+    TryFiles(FileMatch),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -602,6 +670,9 @@ pub struct Transport {
     pub tls_insecure_skip_verify: bool,
     pub tls_trusted_ca_certs: Vec<String>,
     pub versions: Vec<String>,
+    /// Speak FastCGI to the upstreams instead of HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastcgi: Option<FastCgi>,
 }
 
 impl Default for Transport {
@@ -618,6 +689,7 @@ impl Default for Transport {
             tls_insecure_skip_verify: false,
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
+            fastcgi: None,
         }
     }
 }

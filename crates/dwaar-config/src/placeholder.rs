@@ -27,6 +27,8 @@ pub enum Placeholder {
     QueryParam(String),
     OrigUri,
     OrigPath,
+    /// `?query` of the original URI, or nothing when it had none.
+    OrigPrefixedQuery,
     Remote,
     RemoteHost,
     RemotePort,
@@ -184,6 +186,7 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "query" | "http.request.uri.query" => Some(P::Query),
         "http.request.orig_uri" => Some(P::OrigUri),
         "http.request.orig_uri.path" => Some(P::OrigPath),
+        "http.request.orig_uri.prefixed_query" => Some(P::OrigPrefixedQuery),
         "remote" | "http.request.remote" => Some(P::Remote),
         "remote_host" | "http.request.remote.host" => Some(P::RemoteHost),
         "remote_port" | "http.request.remote.port" => Some(P::RemotePort),
@@ -218,6 +221,11 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
     }
     if let Some(n) = prefixed(&["http.request.host.labels.", "labels."]) {
         return n.parse().ok().map(P::HostLabel);
+    }
+    // What the `file` matcher and `try_files` found (`relative`, `absolute`, `type`,
+    // `remainder`), kept as variables.
+    if let Some(name) = prefixed(&["http.matchers.file.", "file_match."]) {
+        return Some(P::Var(format!("file_match.{name}")));
     }
     if let Some(name) = prefixed(&["http.vars.", "vars."]) {
         return Some(P::Var(name.to_string()));

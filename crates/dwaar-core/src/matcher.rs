@@ -162,6 +162,7 @@ enum Compiled {
     ClientIp(Vec<IpNet>),
     Not(Box<CompiledSet>),
     ErrorStatus(Vec<(u16, bool)>),
+    File(Box<dwaar_config::model::FileMatch>),
 }
 
 /// A compiled matcher set (AND of its matchers).
@@ -225,6 +226,7 @@ fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
                     .collect::<Result<_, _>>()?,
             ),
             Matcher::Not(inner) => Compiled::Not(Box::new(compile_set(inner)?)),
+            Matcher::File(f) => Compiled::File(Box::new(f.clone())),
             Matcher::ErrorStatus(codes) => Compiled::ErrorStatus(
                 codes
                     .iter()
@@ -286,6 +288,13 @@ fn matches_one(
             let p = match_path(req);
             pats.iter().any(|pat| pat.matches(&p))
         }
+        Compiled::File(fm) => match crate::files::find_file(fm, req, ctx) {
+            Some(found) => {
+                crate::files::remember(&found, ctx);
+                true
+            }
+            None => false,
+        },
         Compiled::PathRegexp { name, re } => {
             let p = percent_decode(req.path());
             match re.captures(&p) {

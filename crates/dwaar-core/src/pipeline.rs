@@ -24,6 +24,15 @@ pub struct Reply {
     pub headers: Vec<(CompactString, String)>,
     pub body: Bytes,
     pub close: bool,
+    /// Sent after `body`, in bounded chunks (files).
+    pub stream: Option<crate::files::FileBody>,
+}
+
+impl Reply {
+    /// The body length for `Content-Length`.
+    pub fn body_len(&self) -> u64 {
+        self.body.len() as u64 + self.stream.as_ref().map_or(0, |s| s.len())
+    }
 }
 
 impl Reply {
@@ -199,6 +208,8 @@ enum Terminal<'t> {
         message: String,
     },
     Abort,
+    /// A reply built by a handler (files).
+    Ready(Reply),
 }
 
 enum Flow<'t> {
@@ -375,6 +386,7 @@ fn bad_request(why: &str) -> Reply {
         headers: vec![("content-type".into(), "text/plain; charset=utf-8".into())],
         body: Bytes::from(format!("400 Bad Request: {why}\n")),
         close: true,
+        stream: None,
     }
 }
 
@@ -410,6 +422,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                 headers,
                 body: Bytes::from(body.into_owned()),
                 close,
+                stream: None,
             }
         }
         Terminal::Redirect { to, status, html } => {
@@ -424,6 +437,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                     headers,
                     body: Bytes::from(body),
                     close: false,
+                    stream: None,
                 }
             } else {
                 ResponseHead::set(&mut headers, "location", &to);
@@ -432,6 +446,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                     headers,
                     body: Bytes::new(),
                     close: false,
+                    stream: None,
                 }
             }
         }
@@ -445,6 +460,10 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             headers,
             ..Default::default()
         },
+        Terminal::Ready(mut r) => {
+            apply_edits(&ctx.resp_immediate, &mut r.headers);
+            r
+        }
     };
     apply_edits(&ctx.resp_deferred, &mut r.headers);
     r
@@ -623,6 +642,46 @@ fn run_handler<'t>(
             run_map(m, req, ctx);
             Flow::Continue
         }
+        HandlerRule::Root(t) => {
+            let v = render(t, req, ctx).into_owned();
+            ctx.set_var("root", v);
+            Flow::Continue
+        }
+        HandlerRule::TryFiles(fm) => {
+            let Some(found) = crate::files::find_file(fm, req, ctx) else {
+                return Flow::Continue;
+            };
+            crate::files::remember(&found, ctx);
+            // The candidate's own query (`index.php?{query}`) replaces the request's.
+            let q = fm.try_files.iter().find_map(|t| {
+                let r = render(t, req, ctx);
+                r.split_once('?').map(|(_, q)| q.to_string())
+            });
+            remember_orig(req, ctx);
+            let query = match q {
+                Some(q) => Some(q),
+                None => req.query().map(str::to_string),
+            };
+            let query = query.filter(|q| !q.is_empty());
+            let mut path = found.relative.clone();
+            path.push_str(&found.remainder);
+            req.set_path_query(&path, query.as_deref());
+            Flow::Continue
+        }
+        HandlerRule::FileServer(fs) => match crate::files::serve::serve(fs, req, ctx) {
+            crate::files::serve::Served::Reply(r) => Flow::Done(Terminal::Ready(r)),
+            crate::files::serve::Served::PassThru => Flow::Continue,
+            crate::files::serve::Served::Error(status) => Flow::Done(Terminal::Error {
+                status,
+                message: match status {
+                    404 => "file not found",
+                    403 => "access to the file is forbidden",
+                    400 => "invalid path",
+                    _ => "the file cannot be read",
+                }
+                .into(),
+            }),
+        },
         HandlerRule::RequestBody(max) => {
             ctx.max_body = Some(*max);
             let too_big = req

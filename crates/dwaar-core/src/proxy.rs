@@ -108,19 +108,40 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) 
         resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
     }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
+    let len = r.body_len();
     if !no_body_status {
-        resp.insert_header(http::header::CONTENT_LENGTH, r.body.len().to_string())?;
+        resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
     }
     if r.close || ctx.close {
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
-    let end = head_only || no_body_status || r.body.is_empty();
+    let end = head_only || no_body_status || len == 0;
     session.write_response_header(Box::new(resp), end).await?;
-    if !end {
+    if end {
+        return Ok(());
+    }
+    let mut stream = r.stream.take();
+    let body = std::mem::take(&mut r.body);
+    if !body.is_empty() {
         session
-            .write_response_body(Some(std::mem::take(&mut r.body)), true)
+            .write_response_body(Some(body), stream.is_none())
             .await?;
+    }
+    if let Some(s) = stream.as_mut() {
+        loop {
+            let chunk = s.next_chunk().map_err(|e| {
+                pingora_error::Error::because(pingora_error::ErrorType::ReadError, "file body", e)
+            })?;
+            let last = s.is_empty();
+            match chunk {
+                Some(c) => session.write_response_body(Some(c), last).await?,
+                None => break,
+            }
+            if last {
+                break;
+            }
+        }
     }
     Ok(())
 }

@@ -87,6 +87,10 @@ pub enum HandlerRule {
     Vars(Vec<(CompactString, Template)>),
     Map(MapRule),
     RequestBody(u64),
+    /// `root`: sets `{vars.root}`.
+    Root(Template),
+    FileServer(Arc<dwaar_config::model::FileServer>),
+    TryFiles(Arc<dwaar_config::model::FileMatch>),
 }
 
 #[derive(Debug)]
@@ -633,6 +637,9 @@ fn compile_handler(
             })
         }
         Handler::RequestBody { max_size } => HandlerRule::RequestBody(*max_size),
+        Handler::Root { path } => HandlerRule::Root(path.clone()),
+        Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
+        Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),
     })
 }
 

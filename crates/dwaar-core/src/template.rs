@@ -74,6 +74,16 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
             Some(u) => out.push_str(u.split('?').next().unwrap_or("")),
             None => out.push_str(req.path()),
         },
+        P::OrigPrefixedQuery => {
+            let q = match &ctx.orig_uri {
+                Some(u) => u.split_once('?').map(|(_, q)| q),
+                None => req.query(),
+            };
+            if let Some(q) = q.filter(|q| !q.is_empty()) {
+                out.push('?');
+                out.push_str(q);
+            }
+        }
         P::Remote => {
             let _ = write!(out, "{}", ctx.conn.remote);
         }

@@ -36,14 +36,14 @@ pub const SUPPORTED: &[&str] = &[
     "request_body",
     "log_skip",
     "skip_log",
-];
-
-/// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &[
     "root",
     "file_server",
     "try_files",
     "php_fastcgi",
+];
+
+/// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
+pub const NOT_YET: &[&str] = &[
     "encode",
     "templates",
     "basicauth",
@@ -70,6 +70,10 @@ pub const NOT_YET: &[&str] = &[
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log", "tls"];
+
+fn to_compiled(r: Option<Route>) -> Compiled {
+    r.map_or(Compiled::Nothing, Compiled::Route)
+}
 
 fn route(matchers: Vec<MatcherSet>, handlers: Vec<Handler>) -> Compiled {
     Compiled::Route(Route {
@@ -112,6 +116,10 @@ pub fn compile_directive(
             route(m, vec![Handler::Rewrite { uri }])
         }
         "uri" => uri(d, named, diags),
+        "root" => to_compiled(super::files::root(d, named, diags)),
+        "file_server" => to_compiled(super::files::file_server(d, named, diags)),
+        "try_files" => to_compiled(super::files::try_files(d, diags)),
+        "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),
         "header" | "request_header" => header(d, named, diags),
         "handle" | "route" => {
             let (m, skip) = inline_matcher(d, named, diags);

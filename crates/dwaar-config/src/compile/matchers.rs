@@ -26,8 +26,9 @@ const MATCHER_KINDS: &[&str] = &[
     "remote_ip",
     "client_ip",
     "not",
+    "file",
 ];
-const NOT_YET_MATCHERS: &[&str] = &["expression", "file", "vars", "vars_regexp"];
+const NOT_YET_MATCHERS: &[&str] = &["expression", "vars", "vars_regexp"];
 
 /// Whether a token in matcher position is a matcher (`*`, `/...`, `@name`).
 pub fn is_matcher_token(t: &Token) -> bool {
@@ -331,6 +332,11 @@ fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
                 return;
             }
             set.matchers.push(Matcher::Not(Box::new(inner)));
+        }
+        "file" => {
+            if let Some(m) = super::files::file_matcher(line, diags) {
+                set.matchers.push(m);
+            }
         }
         k if NOT_YET_MATCHERS.contains(&k) => {
             diags.push(

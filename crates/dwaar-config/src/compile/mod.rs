@@ -5,6 +5,7 @@
 //! `matchers`, and directive ordering in `routes`.
 
 mod args;
+mod files;
 mod handlers;
 mod log;
 mod matchers;

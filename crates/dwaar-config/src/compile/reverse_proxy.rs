@@ -451,11 +451,65 @@ fn lb_policy(line: &Directive, diags: &mut Diags) -> Option<LbPolicy> {
     Some(p)
 }
 
+/// `transport fastcgi { root, split, env, resolve_root_symlink, capture_stderr,
+/// dial_timeout, read_timeout, write_timeout }`.
+fn fastcgi_transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
+    let mut f = crate::model::FastCgi::default();
+    for l in block_lines(&line.block) {
+        let sub = l.name.text.as_str();
+        let one = |diags: &mut Diags| diags.arity(l, 0, 1, 1, &format!("{sub} <value>"));
+        match sub {
+            "root" if one(diags) => f.root = Some(diags.template(&l.args[0])),
+            "split" if diags.arity(l, 0, 1, usize::MAX, "split <delimiter>...") => {
+                f.split_path = l.args.iter().map(|a| a.text.clone()).collect()
+            }
+            "env" if diags.arity(l, 0, 2, 2, "env <key> <value>") => {
+                f.env.push(crate::model::VarAssign {
+                    name: l.args[0].text.clone(),
+                    value: diags.template(&l.args[1]),
+                })
+            }
+            "resolve_root_symlink" if diags.arity(l, 0, 0, 0, sub) => f.resolve_root_symlink = true,
+            "capture_stderr" if diags.arity(l, 0, 0, 0, sub) => f.capture_stderr = true,
+            "dial_timeout" if one(diags) => {
+                if let Some(v) = diags.duration(&l.args[0]) {
+                    t.dial_timeout_ms = v;
+                }
+            }
+            "read_timeout" if one(diags) => t.read_timeout_ms = diags.duration(&l.args[0]),
+            "write_timeout" if one(diags) => t.write_timeout_ms = diags.duration(&l.args[0]),
+            "root"
+            | "split"
+            | "env"
+            | "resolve_root_symlink"
+            | "capture_stderr"
+            | "dial_timeout"
+            | "read_timeout"
+            | "write_timeout" => {}
+            _ => diags.unknown_sub(
+                "transport fastcgi",
+                &l.name,
+                &[
+                    "root",
+                    "split",
+                    "env",
+                    "resolve_root_symlink",
+                    "capture_stderr",
+                    "dial_timeout",
+                    "read_timeout",
+                    "write_timeout",
+                ],
+            ),
+        }
+    }
+    t.fastcgi = Some(f);
+}
+
 fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
     match line.args.first().map(|a| a.text.as_str()) {
         Some("http") if line.args.len() == 1 => {}
-        Some("fastcgi") => {
-            diags.push(line.args[0].error("the fastcgi transport is not supported yet"));
+        Some("fastcgi") if line.args.len() == 1 => {
+            fastcgi_transport(line, t, diags);
             return;
         }
         Some(other) => {

@@ -425,7 +425,7 @@ async fn write_reply(
     tcp: &mut TcpStream,
     req: &FastRequest,
     ctx: &RequestContext,
-    r: Reply,
+    mut r: Reply,
     close: bool,
 ) -> std::io::Result<(u16, u64)> {
     let head_only = req.method() == "HEAD";
@@ -451,7 +451,7 @@ async fn write_reply(
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
     if !no_body_status {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(r.body.len()).as_bytes());
+        out.extend_from_slice(itoa::Buffer::new().format(r.body_len()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if close {
@@ -459,11 +459,18 @@ async fn write_reply(
     }
     out.extend_from_slice(b"\r\n");
     let mut sent = 0;
-    if !head_only && !no_body_status {
+    let with_body = !head_only && !no_body_status;
+    if with_body {
         out.extend_from_slice(&r.body);
         sent = r.body.len() as u64;
     }
     tcp.write_all(&out).await?;
+    if let (true, Some(stream)) = (with_body, r.stream.as_mut()) {
+        while let Some(chunk) = stream.next_chunk()? {
+            tcp.write_all(&chunk).await?;
+            sent += chunk.len() as u64;
+        }
+    }
     Ok((r.status, sent))
 }
 
