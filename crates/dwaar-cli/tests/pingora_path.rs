@@ -14,3 +14,6 @@ mod proxy {
 mod logs {
     include!("logs.rs");
 }
+mod files {
+    include!("files.rs");
+}

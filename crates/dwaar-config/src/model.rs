@@ -358,8 +358,8 @@ pub struct FileServer {
     /// Globs of files never served or listed (relative to the root, or a file name).
     pub hide: Vec<String>,
     pub index: Vec<String>,
-    /// Directory listings; `Some(None)` with the built-in page.
-    pub browse: Option<Option<String>>,
+    /// Directory listings, when on.
+    pub browse: Option<Browse>,
     /// Sidecar encodings to look for, in preference order (`br`, `zstd`, `gzip`).
     pub precompressed: Vec<String>,
     /// Answer with this status instead of 200 (error pages).
@@ -382,6 +382,14 @@ impl Default for FileServer {
             pass_thru: false,
         }
     }
+}
+
+/// `browse` in `file_server`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Browse {
+    /// A template file for the listing page (the built-in page when `None`).
+    pub template: Option<String>,
 }
 
 /// The FastCGI transport (`php_fastcgi`, `transport fastcgi`).

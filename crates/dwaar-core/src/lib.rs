@@ -7,6 +7,7 @@
 
 pub mod context;
 pub mod fast_h1;
+pub mod fastcgi;
 pub mod files;
 pub mod matcher;
 pub mod net;

@@ -89,6 +89,119 @@ fn conn_info(session: &Session) -> ConnInfo {
     c
 }
 
+/// Runs a FastCGI exchange for the request and answers errors before the head went
+/// out the way a failed proxy attempt is answered (with `handle_errors`).
+async fn serve_fastcgi(
+    session: &mut Session,
+    ctx: &mut RequestContext,
+    p: &Arc<crate::upstream::ProxyHandler>,
+    opts: &crate::fastcgi::FastCgiOpts,
+) -> Result<()> {
+    ctx.inflight = crate::server::inflight::enter();
+    let req = session.req_header().clone();
+    let mut down_edits = Vec::with_capacity(p.header_down.len());
+    render_rules(&p.header_down, &req, ctx, &mut down_edits);
+    let result = {
+        let mut down = PingoraDownstream {
+            session: &mut *session,
+            edits: [
+                down_edits,
+                ctx.resp_immediate.clone(),
+                ctx.resp_deferred.clone(),
+            ],
+            request_id: ctx.request_id,
+        };
+        crate::fastcgi::run(p, opts, &req, ctx, &mut down).await
+    };
+    if std::mem::take(&mut ctx.inflight) {
+        crate::server::inflight::exit();
+    }
+    match result {
+        Ok(_) => Ok(()),
+        Err(code) => {
+            let message = ctx
+                .upstream_error
+                .as_deref()
+                .unwrap_or("fastcgi upstream failed")
+                .to_string();
+            let mut req = req;
+            match crate::pipeline::proxy_error_reply(code, message, &mut req, ctx) {
+                Some(r) => write_reply(session, ctx, r).await,
+                None => Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "aborted by config",
+                )),
+            }
+        }
+    }
+}
+
+/// The client side of a FastCGI exchange on Pingora's H1/H2 sessions.
+struct PingoraDownstream<'s> {
+    session: &'s mut Session,
+    /// `header_down`, then the site's immediate and deferred `header` edits.
+    edits: [Vec<crate::context::HeaderEdit>; 3],
+    request_id: Option<uuid::Uuid>,
+}
+
+#[async_trait]
+impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
+    async fn read_body(&mut self) -> std::io::Result<Option<Bytes>> {
+        self.session
+            .read_request_body()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    async fn write_head(
+        &mut self,
+        status: u16,
+        headers: Vec<(CompactString, String)>,
+        length: Option<u64>,
+    ) -> std::io::Result<()> {
+        let io = |e: Box<Error>| std::io::Error::other(e.to_string());
+        let mut resp = ResponseHeader::build(status, Some(headers.len() + 4)).map_err(io)?;
+        for (k, v) in headers {
+            resp.append_header(k.to_string(), v).map_err(io)?;
+        }
+        apply_edits(&self.edits[0], &mut resp);
+        crate::pipeline::apply_immediate_to_proxied(&self.edits[1], &mut resp);
+        apply_edits(&self.edits[2], &mut resp);
+        if let Some(id) = self.request_id {
+            let mut buf = [0u8; 36];
+            resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))
+                .map_err(io)?;
+        }
+        let no_body = status == 204
+            || status == 304
+            || status < 200
+            || self.session.req_header().method == http::Method::HEAD;
+        if length.is_none() && !no_body && self.session.req_header().version < http::Version::HTTP_2
+        {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .map_err(io)?;
+        }
+        self.session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .map_err(io)
+    }
+
+    async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        self.session
+            .write_response_body(Some(chunk), false)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        self.session
+            .write_response_body(None, true)
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
 /// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -241,7 +354,16 @@ impl ProxyHttp for DwaarProxy {
                 write_reply(session, ctx, r).await?;
                 Ok(true)
             }
-            Outcome::Proxy => Ok(false),
+            Outcome::Proxy => {
+                let Some(p) = ctx.proxy.clone() else {
+                    return Ok(false);
+                };
+                let Some(opts) = p.fastcgi.clone() else {
+                    return Ok(false);
+                };
+                serve_fastcgi(session, ctx, &p, &opts).await?;
+                Ok(true)
+            }
             Outcome::Abort => {
                 ctx.abort = true;
                 Err(Error::explain(

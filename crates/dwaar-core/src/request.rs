@@ -18,6 +18,8 @@ pub trait HttpRequest {
     /// Calls `f` for each value of `name`; stops when `f` returns true. Returns whether it stopped.
     fn any_header_value(&self, name: &str, f: &mut dyn FnMut(&str) -> bool) -> bool;
     fn header_count(&self, name: &str) -> usize;
+    /// Every header name once, in order of first appearance (CGI variables, logs).
+    fn header_names(&self) -> Vec<String>;
     /// Total size of the header section in bytes (names + values).
     fn header_bytes(&self) -> usize;
     fn set_header(&mut self, name: &str, value: &str);
@@ -52,6 +54,12 @@ pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl HttpRequest for RequestHeader {
+    fn header_names(&self) -> Vec<String> {
+        self.headers
+            .keys()
+            .map(|k| k.as_str().to_string())
+            .collect()
+    }
     fn method(&self) -> &str {
         self.method.as_str()
     }

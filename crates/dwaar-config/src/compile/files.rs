@@ -5,13 +5,14 @@ use super::args::{block_lines, Diags};
 use super::matchers::{inline_matcher, NamedMatchers};
 use super::reverse_proxy;
 use crate::model::{
-    FastCgi, FileMatch, FileServer, Handler, Matcher, MatcherSet, Route, VarAssign,
+    Browse, FastCgi, FileMatch, FileServer, Handler, Matcher, MatcherSet, Route, VarAssign,
 };
 use crate::parser::Directive;
 use crate::placeholder::Template;
 
 pub const TRY_POLICIES: &[&str] = &[
     "first_exist",
+    "first_exist_fallback",
     "smallest_size",
     "largest_size",
     "most_recently_modified",
@@ -45,7 +46,7 @@ pub fn file_server(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
     let mut fs = FileServer::default();
     if let Some(a) = d.args.get(skip) {
         if a.text == "browse" {
-            fs.browse = Some(None);
+            fs.browse = Some(Browse::default());
         } else {
             diags.push(
                 a.error(format!("unknown file_server argument '{}'", a.text))
@@ -73,7 +74,13 @@ pub fn file_server(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
             }
             "browse" => {
                 if diags.arity(line, 0, 0, 1, "browse [<template_file>]") {
-                    fs.browse = Some(line.args.first().map(|a| a.text.clone()));
+                    if let Some(t) = line.args.first() {
+                        diags.push(
+                            t.error("browse templates are not supported yet")
+                                .with_help("use 'browse' for the built-in listing page"),
+                        );
+                    }
+                    fs.browse = Some(Browse::default());
                     for sub in block_lines(&line.block) {
                         diags.unknown_sub("browse", &sub.name, &[]);
                     }
@@ -337,6 +344,11 @@ pub fn php_fastcgi(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
             },
         ));
     }
+    // Like Caddy: the last candidate is the fallback when it is a PHP file.
+    let fallback = try_override.as_ref().is_none_or(|t| {
+        t.last()
+            .is_some_and(|l| split.iter().any(|s| l.raw().ends_with(s.as_str())))
+    });
     let candidates = try_override.unwrap_or_else(|| {
         if index == "off" {
             vec![Template::parse("{path}")]
@@ -353,7 +365,11 @@ pub fn php_fastcgi(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
         Handler::TryFiles(FileMatch {
             root: fcgi.root.clone(),
             try_files: candidates,
-            try_policy: "first_exist".into(),
+            try_policy: if fallback && index != "off" {
+                "first_exist_fallback".into()
+            } else {
+                "first_exist".into()
+            },
             split_path: split.clone(),
         }),
     ));

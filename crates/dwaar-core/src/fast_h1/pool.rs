@@ -44,7 +44,8 @@ thread_local! {
 /// resolved addresses, no retries (Pingora's path does those).
 pub fn eligible(p: &ProxyHandler) -> bool {
     let t = &p.transport;
-    !t.tls
+    p.fastcgi.is_none()
+        && !t.tls
         && !t.h2c
         && !t.h2
         && p.retries == 0

@@ -113,6 +113,16 @@ impl FastRequest {
 }
 
 impl HttpRequest for FastRequest {
+    fn header_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for h in &self.headers {
+            let n = String::from_utf8_lossy(self.name_bytes(h)).to_ascii_lowercase();
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+        out
+    }
     fn method(&self) -> &str {
         self.str_of(&self.method)
     }

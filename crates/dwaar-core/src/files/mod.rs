@@ -171,17 +171,35 @@ pub fn find_file(fm: &FileMatch, req: &dyn HttpRequest, ctx: &RequestContext) ->
         };
         let better = match (&best, fm.try_policy.as_str()) {
             (None, _) => true,
-            (Some(_), "first_exist") => false,
+            (Some(_), "first_exist" | "first_exist_fallback") => false,
             (Some((_, m)), "smallest_size") => meta.len() < m.len(),
             (Some((_, m)), "largest_size") => meta.len() > m.len(),
             (Some((_, m)), _) => meta.modified().ok() > m.modified().ok(),
         };
         if better {
             best = Some((found, meta));
-            if fm.try_policy == "first_exist" {
+            if fm.try_policy.starts_with("first_exist") {
                 break;
             }
         }
+    }
+    if best.is_none() && fm.try_policy == "first_exist_fallback" {
+        // The last candidate is used without looking at the disk.
+        let last = render(candidates.last()?, req, ctx);
+        let last = last.split('?').next().unwrap_or("");
+        let (file_part, remainder) = split_path(last, &fm.split_path);
+        let decoded = decode_path(file_part)?;
+        let mut relative = String::new();
+        for c in clean_components(&decoded) {
+            relative.push('/');
+            relative.push_str(&String::from_utf8_lossy(c));
+        }
+        return Some(FileFound {
+            absolute: join_under(&root, file_part)?,
+            relative,
+            is_dir: false,
+            remainder: remainder.to_string(),
+        });
     }
     best.map(|(f, _)| f)
 }

@@ -183,6 +183,8 @@ pub struct ProxyHandler {
     pub header_down: Vec<HeaderRule>,
     pub flush_interval_ms: Option<i64>,
     pub transport: TransportOpts,
+    /// Speak FastCGI to the upstreams (`transport fastcgi`).
+    pub fastcgi: Option<Arc<crate::fastcgi::FastCgiOpts>>,
 }
 
 impl ProxyHandler {
@@ -211,6 +213,10 @@ impl ProxyHandler {
             header_up: compile_header_ops(&rp.header_up)?,
             header_down: compile_header_ops(&rp.header_down)?,
             flush_interval_ms: rp.flush_interval_ms,
+            fastcgi: t
+                .fastcgi
+                .as_ref()
+                .map(|f| Arc::new(crate::fastcgi::FastCgiOpts::compile(f))),
             transport: TransportOpts {
                 dial: ms(t.dial_timeout_ms.max(1)),
                 read: t.read_timeout_ms.or(t.response_header_timeout_ms).map(ms),
