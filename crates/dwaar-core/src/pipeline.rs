@@ -663,9 +663,9 @@ fn run_handler<'t>(
                 None => req.query().map(str::to_string),
             };
             let query = query.filter(|q| !q.is_empty());
-            let mut path = found.relative.clone();
-            path.push_str(&found.remainder);
-            req.set_path_query(&path, query.as_deref());
+            // Only the file part: what followed a split delimiter is kept as
+            // `{file_match.remainder}` (the FastCGI transport's PATH_INFO).
+            req.set_path_query(&found.relative, query.as_deref());
             Flow::Continue
         }
         HandlerRule::FileServer(fs) => match crate::files::serve::serve(fs, req, ctx) {

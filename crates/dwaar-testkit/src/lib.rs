@@ -11,6 +11,7 @@
 pub mod client;
 pub mod origin;
 pub mod pebble;
+pub mod php;
 pub mod proxy;
 pub mod tls;
 

@@ -329,7 +329,7 @@ async fn exchange(
                 head.extend_from_slice(data);
                 if let Some((end, body_start)) = head_end(&head) {
                     let (st, headers, length) =
-                        parse_cgi_head(&head[..end]).map_err(|e| Failure::Before(e))?;
+                        parse_cgi_head(&head[..end]).map_err(Failure::Before)?;
                     status = st;
                     down.write_head(status, headers, length)
                         .await
@@ -349,13 +349,11 @@ async fn exchange(
                     ));
                 }
             }
-            proto::STDOUT => {
-                if !data.is_empty() {
-                    body_bytes += data.len() as u64;
-                    down.write_body(Bytes::copy_from_slice(data))
-                        .await
-                        .map_err(|e| Failure::After(e.to_string()))?;
-                }
+            proto::STDOUT if !data.is_empty() => {
+                body_bytes += data.len() as u64;
+                down.write_body(Bytes::copy_from_slice(data))
+                    .await
+                    .map_err(|e| Failure::After(e.to_string()))?;
             }
             proto::STDERR => {
                 let room = MAX_STDERR.saturating_sub(stderr.len());

@@ -141,7 +141,9 @@ pub fn find_file(fm: &FileMatch, req: &dyn HttpRequest, ctx: &RequestContext) ->
         }
         // A query in a candidate is not part of the file name.
         let candidate = rendered.split('?').next().unwrap_or("");
-        let want_dir = candidate.ends_with('/');
+        // Like Caddy: whether a directory is wanted is decided by the candidate as
+        // written (`{path}/`), not by what it expands to (`/dir/` from `{path}`).
+        let want_dir = t.raw().ends_with('/');
         let (file_part, remainder) = split_path(candidate, &fm.split_path);
         let Some(abs) = join_under(&root, file_part) else {
             continue;

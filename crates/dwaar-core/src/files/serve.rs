@@ -258,7 +258,7 @@ fn etag_list_matches(list: &str, etag: Option<&str>, weak: bool) -> bool {
     };
     list.split(',').any(|t| {
         let t = t.trim();
-        t == "*" || (!(!weak && t.starts_with("W/")) && norm(t) == norm(etag))
+        t == "*" || ((weak || !t.starts_with("W/")) && norm(t) == norm(etag))
     })
 }
 
