@@ -329,3 +329,27 @@ fn edits_are_seen_and_big_files_stream_intact() {
     assert_eq!(r.body.len(), big.len());
     assert!(r.body == big);
 }
+
+#[test]
+fn own_root_index_names_no_canonical_uris_and_try_policies() {
+    let s = site();
+    std::fs::write(s.path().join("docs/start.htm"), b"start page")
+        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.path().join("small.txt"), b"s").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.path().join("large.txt"), b"lllllllll").unwrap_or_else(|e| panic!("{e}"));
+    let cfg = format!(
+        ":PORT {{\n\troot * {r}\n\
+         \thandle /pick {{\n\t\ttry_files /small.txt /large.txt {{\n\t\t\tpolicy largest_size\n\t\t}}\n\t\tfile_server {{\n\t\t\troot {r}\n\t\t}}\n\t}}\n\
+         \thandle /pick-small {{\n\t\ttry_files /large.txt /small.txt {{\n\t\t\tpolicy smallest_size\n\t\t}}\n\t\tfile_server {{\n\t\t\troot {r}\n\t\t}}\n\t}}\n\
+         \tfile_server {{\n\t\troot {r}/docs\n\t\tindex start.htm\n\t\tdisable_canonical_uris\n\t}}\n}}\n",
+        r = s.path().display()
+    );
+    let (_d, port) = serve(&cfg);
+    // The handler's own root, and its index file name.
+    assert_eq!(req(port, "/", &[]).text(), "start page");
+    assert_eq!(req(port, "/readme.txt", &[]).text(), "docs");
+    // No canonical redirects: a file with a trailing slash is served as is.
+    assert_eq!(req(port, "/readme.txt/", &[]).status, 200);
+    assert_eq!(req(port, "/pick", &[]).text(), "lllllllll");
+    assert_eq!(req(port, "/pick-small", &[]).text(), "s");
+}

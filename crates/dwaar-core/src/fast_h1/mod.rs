@@ -466,12 +466,47 @@ async fn write_reply(
     }
     tcp.write_all(&out).await?;
     if let (true, Some(stream)) = (with_body, r.stream.as_mut()) {
-        while let Some(chunk) = stream.next_chunk()? {
-            tcp.write_all(&chunk).await?;
-            sent += chunk.len() as u64;
+        if let Some((file, offset, len)) = stream.as_single_file() {
+            sent += send_file(tcp, file, offset, len).await?;
+        } else {
+            while let Some(chunk) = stream.next_chunk()? {
+                tcp.write_all(&chunk).await?;
+                sent += chunk.len() as u64;
+            }
         }
     }
     Ok((r.status, sent))
+}
+
+/// Sends `len` bytes of `file` from `offset` with `sendfile(2)`: no copy through user
+/// space, and the socket's readiness is awaited between calls.
+async fn send_file(
+    tcp: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<u64> {
+    let mut off = offset as i64;
+    let end = offset + len;
+    while (off as u64) < end {
+        let left = (end - off as u64).min(1 << 30) as usize;
+        tcp.writable().await?;
+        let n = match tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            nix::sys::sendfile::sendfile64(tcp, file, Some(&mut off), left)
+                .map_err(std::io::Error::from)
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while it was being sent",
+            ));
+        }
+    }
+    Ok(len)
 }
 
 fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {

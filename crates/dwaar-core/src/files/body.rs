@@ -50,6 +50,15 @@ impl FileBody {
         self.remaining == 0
     }
 
+    /// When the whole body is one region of one file: the file, offset and length
+    /// (front-ends on plain sockets send those with `sendfile`).
+    pub fn as_single_file(&self) -> Option<(&std::fs::File, u64, u64)> {
+        match (self.parts.len(), self.parts.front()) {
+            (1, Some(Part::File { file, offset, len })) => Some((&**file, *offset, *len)),
+            _ => None,
+        }
+    }
+
     /// The next chunk (at most [`CHUNK`] bytes), `None` at the end. A file that
     /// shrank while being sent is an error: the response cannot be completed.
     pub fn next_chunk(&mut self) -> std::io::Result<Option<Bytes>> {
