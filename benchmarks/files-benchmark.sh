@@ -37,6 +37,8 @@ SITE=$WORK/site
 mkdir -p "$SITE"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 > "$SITE/small.html"
 head -c $((10 * 1024 * 1024)) /dev/urandom > "$SITE/big.bin"
+# nginx workers run as an unprivileged user: the tree must be world-readable.
+chmod 755 "$WORK" "$SITE"; chmod 644 "$SITE"/*
 
 # --- servers -------------------------------------------------------------------------
 cat > "$WORK/Dwaarfile" <<EOF
@@ -80,6 +82,13 @@ cat > "$WORK/Caddyfile" <<EOF
 EOF
 GOMAXPROCS=1 taskset -c $SRV_CPUS caddy run --config "$WORK/Caddyfile" --adapter caddyfile >"$WORK/caddy.log" 2>&1 & PIDS+=($!); CADDY_PID=$!
 for p in 8190 8191 8192; do wait_port $p; done
+# Every server must really serve the files (a 403 would benchmark nothing).
+for p in 8190 8191 8192; do
+	for f in small.html big.bin; do
+		code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/$f")
+		[ "$code" = 200 ] || { echo "port $p /$f answered $code" >&2; exit 1; }
+	done
+done
 
 ticks() { # user+sys ticks of a process and its children threads
 	local t=0

@@ -49,6 +49,7 @@ fn app() -> tempfile::TempDir {
     w("go.php", "<?php header('Location: /elsewhere');");
     w("big.php", "<?php echo str_repeat('0123456789', 100000);");
     w("sub/index.php", "<?php echo 'sub index';");
+    w("slow.php", "<?php sleep(3); echo 'late';");
     w("static.txt", "plain static file");
     d
 }
@@ -214,7 +215,7 @@ fn php_over_a_unix_socket() {
     let fpm = PhpFpm::start(&bin);
     let a = app();
     let (_d, port) = serve(&format!(
-        ":PORT {{\n\troot * {}\n\tphp_fastcgi unix/{}\n}}\n",
+        ":PORT {{\n\troot * {}\n\tphp_fastcgi unix/{} {{\n\t\tread_timeout 1s\n\t\ttry_files {{path}} index.php\n\t}}\n}}\n",
         a.path().display(),
         fpm.socket.display()
     ));
@@ -222,6 +223,17 @@ fn php_over_a_unix_socket() {
         get_h(port, "/info.php/u", &[]).text(),
         "info path_info=/u script=/info.php"
     );
+    // try_files override: unknown paths go to index.php.
+    let r = get_h(port, "/some/page", &[]);
+    assert!(
+        r.text().contains("\"script\":\"\\/index.php\""),
+        "{}",
+        r.text()
+    );
+    // A responder slower than read_timeout: 504.
+    let t = std::time::Instant::now();
+    assert_eq!(get_h(port, "/slow.php", &[]).status, 504);
+    assert!(t.elapsed() < std::time::Duration::from_millis(2500));
     // A responder that is not there: 502.
     let sock = fpm.socket.clone();
     drop(fpm);

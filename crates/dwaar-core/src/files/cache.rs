@@ -35,9 +35,17 @@ impl Version {
     }
 }
 
+/// A cached file: its contents and the validators sent with it.
+#[derive(Clone)]
+pub struct Cached {
+    pub data: Bytes,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
 struct Entry {
     version: Version,
-    data: Bytes,
+    file: Cached,
     used: u64,
 }
 
@@ -52,8 +60,10 @@ thread_local! {
     static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
 }
 
-/// The cached contents of `path` if they are of `version`.
-pub fn get(path: &Path, version: Version) -> Option<Bytes> {
+/// The cached file at `path` if it is of `version`. An entry is only ever stored
+/// after the file was opened and found under its root, and the same device and inode
+/// mean the same file, so a hit needs no further path checks.
+pub fn get(path: &Path, version: Version) -> Option<Cached> {
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         c.clock += 1;
@@ -63,21 +73,22 @@ pub fn get(path: &Path, version: Version) -> Option<Bytes> {
             return None;
         }
         e.used = clock;
-        Some(e.data.clone())
+        Some(e.file.clone())
     })
 }
 
-/// Remembers `data` as the contents of `path` at `version`.
-pub fn put(path: &Path, version: Version, data: Bytes) {
-    if data.len() as u64 > MAX_FILE {
+/// Remembers `file` as the contents of `path` at `version`.
+pub fn put(path: &Path, version: Version, file: Cached) {
+    let data_len = file.data.len();
+    if data_len as u64 > MAX_FILE {
         return;
     }
     CACHE.with(|c| {
         let mut c = c.borrow_mut();
         if let Some(old) = c.map.remove(path) {
-            c.bytes -= old.data.len();
+            c.bytes -= old.file.data.len();
         }
-        while c.bytes + data.len() > THREAD_BYTES {
+        while c.bytes + data_len > THREAD_BYTES {
             let Some(victim) = c
                 .map
                 .iter()
@@ -87,17 +98,17 @@ pub fn put(path: &Path, version: Version, data: Bytes) {
                 break;
             };
             if let Some(e) = c.map.remove(&victim) {
-                c.bytes -= e.data.len();
+                c.bytes -= e.file.data.len();
             }
         }
         c.clock += 1;
         let used = c.clock;
-        c.bytes += data.len();
+        c.bytes += data_len;
         c.map.insert(
             path.to_path_buf(),
             Entry {
                 version,
-                data,
+                file,
                 used,
             },
         );

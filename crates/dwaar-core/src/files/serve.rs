@@ -54,9 +54,6 @@ pub fn serve(fs: &FileServer, req: &dyn HttpRequest, ctx: &RequestContext) -> Se
         Ok(m) => m,
         Err(e) => return error_for(&e, fs),
     };
-    let Some(real_root) = real_root(&root) else {
-        return not_found();
-    };
     let (file_path, meta) = if meta.is_dir() {
         let index = fs.index.iter().find_map(|i| {
             let p = full.join(i);
@@ -76,10 +73,13 @@ pub fn serve(fs: &FileServer, req: &dyn HttpRequest, ctx: &RequestContext) -> Se
         match index {
             Some(found) => found,
             None if fs.browse.is_some() => {
+                let Some(real_root) = real_root(&root) else {
+                    return not_found();
+                };
                 return match listing::render(fs, &root, &real_root, &full, req) {
                     Some(r) => Served::Reply(r),
                     None => not_found(),
-                }
+                };
             }
             None => return not_found(),
         }
@@ -97,7 +97,7 @@ pub fn serve(fs: &FileServer, req: &dyn HttpRequest, ctx: &RequestContext) -> Se
         header(&mut r.headers, "allow", "GET, HEAD");
         return Served::Reply(r);
     }
-    send_file(fs, req, ctx, &real_root, &file_path, meta)
+    send_file(fs, req, ctx, &root, &file_path, meta)
 }
 
 fn error_for(e: &std::io::Error, fs: &FileServer) -> Served {
@@ -366,7 +366,7 @@ fn send_file(
     fs: &FileServer,
     req: &dyn HttpRequest,
     ctx: &RequestContext,
-    real_root: &Path,
+    root: &Path,
     path: &Path,
     meta: Metadata,
 ) -> Served {
@@ -380,13 +380,23 @@ fn send_file(
     if !fs.precompressed.is_empty() {
         header(&mut headers, "vary", "Accept-Encoding");
     }
-    let tag = etag(&body_meta);
     let size = body_meta.len();
+    let version = cache::Version::of(&body_meta);
+    // A small file already verified and read: no open, no path check, no formatting.
+    let cached = if size <= cache::MAX_FILE && encoding.is_none() {
+        cache::get(&body_path, version)
+    } else {
+        None
+    };
+    let (tag, last_modified) = match &cached {
+        Some(c) => (c.etag.clone(), c.last_modified.clone()),
+        None => (etag(&body_meta), modified.map(http_date)),
+    };
     if let Some(t) = &tag {
         header(&mut headers, "etag", t.clone());
     }
-    if let Some(m) = modified {
-        header(&mut headers, "last-modified", http_date(m));
+    if let Some(m) = &last_modified {
+        header(&mut headers, "last-modified", m.clone());
     }
     header(&mut headers, "accept-ranges", "bytes");
     let forced = fs.status.or(ctx.error.as_ref().map(|e| e.0));
@@ -438,16 +448,30 @@ fn send_file(
         }
     }
 
+    if let Some(enc) = &encoding {
+        header(&mut headers, "content-encoding", enc.clone());
+    }
+    let forced_status = forced.unwrap_or(200);
+    let wants_range = forced.is_none() && get_or_head && req.header("range").is_some();
+    if let (Some(c), false) = (&cached, wants_range) {
+        header(&mut headers, "content-type", ctype);
+        return Served::Reply(Reply {
+            status: forced_status,
+            headers,
+            body: c.data.clone(),
+            ..Default::default()
+        });
+    }
     let Ok(file) = std::fs::File::open(&body_path) else {
         return Served::Error(403);
     };
     // The file really is under the root (symlinks included).
+    let Some(real_root) = real_root(root) else {
+        return Served::Error(404);
+    };
     match real_path_of(&file) {
-        Some(real) if real.starts_with(real_root) => {}
+        Some(real) if real.starts_with(&real_root) => {}
         _ => return Served::Error(404),
-    }
-    if let Some(enc) = &encoding {
-        header(&mut headers, "content-encoding", enc.clone());
     }
 
     // Ranges.
@@ -467,7 +491,7 @@ fn send_file(
         None
     };
     let file = Arc::new(file);
-    let status = forced.unwrap_or(200);
+    let status = forced_status;
     if let Some(spec) = range {
         match parse_ranges(spec, size) {
             Ranges::Unsatisfiable => {
@@ -518,11 +542,10 @@ fn send_file(
         }
     }
     header(&mut headers, "content-type", ctype);
-    // Small files come from (and go into) the per-thread cache.
-    let version = cache::Version::of(&body_meta);
+    // Small files go into the per-thread cache.
     if size <= cache::MAX_FILE {
-        let data = match cache::get(&body_path, version) {
-            Some(d) => d,
+        let data = match &cached {
+            Some(c) => c.data.clone(),
             None => {
                 let mut buf = vec![0u8; size as usize];
                 use std::os::unix::fs::FileExt;
@@ -530,7 +553,17 @@ fn send_file(
                     return Served::Error(503);
                 }
                 let d = Bytes::from(buf);
-                cache::put(&body_path, version, d.clone());
+                if encoding.is_none() {
+                    cache::put(
+                        &body_path,
+                        version,
+                        cache::Cached {
+                            data: d.clone(),
+                            etag: tag.clone(),
+                            last_modified: last_modified.clone(),
+                        },
+                    );
+                }
                 d
             }
         };
