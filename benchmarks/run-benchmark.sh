@@ -14,6 +14,9 @@
 #      BENCH_ACCESS_LOG (0; 1 = dwaar, nginx and caddy write a JSON/combined access log
 #      to a file, buffered alike: dwaar batches, nginx buffer=64k flush=100ms; haproxy
 #      only logs to syslog, so it runs without)
+#      BENCH_H2 (1; 0 skips the HTTP/2-over-TLS run: every proxy also listens with TLS on
+#      the same self-signed certificate and h2load drives it with BENCH_H2_CONNS (100)
+#      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -58,6 +61,17 @@ NGX
 taskset -c $LOAD_CPUS nginx -c "$WORK/backend/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 wait_port 9090
 
+# --- TLS material for the HTTP/2 run ------------------------------------------------------
+H2=${BENCH_H2:-1}
+H2_CONNS=${BENCH_H2_CONNS:-100}
+H2_STREAMS=${BENCH_H2_STREAMS:-10}
+mkdir -p "$WORK/tls"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 \
+  -keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>/dev/null
+cat "$WORK/tls/cert.pem" "$WORK/tls/key.pem" > "$WORK/tls/combined.pem"
+CERT=$WORK/tls/cert.pem KEY=$WORK/tls/key.pem
+
 # --- proxies -------------------------------------------------------------------------
 start_dwaar() {
   local log=""
@@ -70,8 +84,14 @@ start_dwaar() {
 {
 	admin off
 	grace_period 1s
+	auto_https disable_redirects
 }
 :6188 {
+	$log
+	reverse_proxy 127.0.0.1:9090
+}
+https://:6443 {
+	tls $CERT $KEY
 	$log
 	reverse_proxy 127.0.0.1:9090
 }
@@ -91,6 +111,9 @@ http {
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:9090; keepalive 1024; }
   server { listen 127.0.0.1:8080 backlog=4096;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+  server { listen 127.0.0.1:8443 ssl http2 backlog=4096;
+    ssl_certificate $CERT; ssl_certificate_key $KEY;
     location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 NGX
@@ -112,6 +135,9 @@ defaults
 frontend fe
   bind 127.0.0.1:8081
   default_backend be
+frontend fe_tls
+  bind 127.0.0.1:8444 ssl crt $WORK/tls/combined.pem alpn h2,http/1.1
+  default_backend be
 backend be
   server s1 127.0.0.1:9090 pool-max-conn 1024
 HAP
@@ -127,6 +153,14 @@ start_caddy() {
 }
 :8082 {
 	$( [ "$ACCESS_LOG" = 1 ] && printf 'log {\n\t\toutput file %s/caddy-access.log\n\t}' "$WORK" )
+	reverse_proxy 127.0.0.1:9090 {
+		transport http {
+			keepalive_idle_conns 1024
+		}
+	}
+}
+https://:8445 {
+	tls $CERT $KEY
 	reverse_proxy 127.0.0.1:9090 {
 		transport http {
 			keepalive_idle_conns 1024
@@ -212,3 +246,38 @@ if errs:
     print("\nerrors:", *[f"{r['target']} c={r['conns']}: {r['errors']}" for r in errs], sep="\n  ")
 PY
 echo "raw results: $RAW"
+
+# --- HTTP/2 over TLS (h2load) --------------------------------------------------------
+if [ "$H2" = 1 ]; then
+  declare -A TLS_PORT=([dwaar]=6443 [nginx]=8443 [haproxy]=8444 [caddy]=8445)
+  H2RAW=$RESULTS/raw-h2-$(date +%Y%m%d-%H%M%S).tsv
+  echo -e "round\ttarget\trps\tcpu_us_per_req\tfailed" > "$H2RAW"
+  secs=$(echo "$DURATION" | tr -dc '0-9')
+  for round in $(seq 1 "$ROUNDS"); do
+    for t in $TARGETS; do
+      [ "$t" = direct ] && continue
+      before=$(cpu_ticks "$t")
+      out=$(taskset -c $LOAD_CPUS h2load -D "$secs" -c "$H2_CONNS" -m "$H2_STREAMS" -t 1 "https://127.0.0.1:${TLS_PORT[$t]}/" 2>&1)
+      after=$(cpu_ticks "$t")
+      rps=$(echo "$out" | awk '/^finished in/{print $4}')
+      done_n=$(echo "$out" | awk '/^requests:/{print $8}')
+      failed=$(echo "$out" | awk '/^requests:/{print $10+$12}')
+      cpu=$(echo "scale=2; ($after-$before)*1000000/$CLK/${done_n:-1}" | bc)
+      echo -e "$round\t$t\t$rps\t$cpu\t$failed" | tee -a "$H2RAW"
+    done
+  done
+  python3 - "$H2RAW" $TARGETS <<'PY' | tee -a "$RESULTS/latest.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
+targets = [t for t in sys.argv[2:] if t != 'direct']
+med = lambda v: statistics.median([float(x) for x in v if x]) if v else float('nan')
+base = med([r['cpu_us_per_req'] for r in rows if r['target'] == 'nginx'])
+print("\nHTTP/2 over TLS (h2load)")
+print(f"{'Proxy':<10} {'RPS':>10} {'CPU/req':>9} {'vs nginx':>9} {'failed':>7}")
+for t in targets:
+    rs = [r for r in rows if r['target'] == t]
+    cpu = med([r['cpu_us_per_req'] for r in rs])
+    ratio = f"{cpu/base:.2f}x" if base == base else "-"
+    print(f"{t:<10} {med([r['rps'] for r in rs]):>10.0f} {cpu:>8.1f}us {ratio:>9} {sum(int(float(r['failed'] or 0)) for r in rs):>7}")
+PY
+fi
