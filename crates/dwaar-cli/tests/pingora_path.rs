@@ -17,3 +17,6 @@ mod logs {
 mod files {
     include!("files.rs");
 }
+mod hardening {
+    include!("hardening.rs");
+}

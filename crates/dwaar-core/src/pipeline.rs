@@ -241,12 +241,47 @@ pub fn normalize_host(raw: &str) -> Option<CompactString> {
     Some(CompactString::new(host.trim_end_matches('.')).to_ascii_lowercase())
 }
 
+/// The longest request target accepted (path and query).
+pub const MAX_URI: usize = 8 * 1024;
+
+/// Request smuggling defences for HTTP/1: never both `Content-Length` and
+/// `Transfer-Encoding` (`had_length`: the front-end saw a `Content-Length`, even if its
+/// parser dropped it), and no coding but a single `chunked` (none in HTTP/1.0).
+pub fn framing_check(req: &dyn HttpRequest, had_length: bool) -> Option<Reply> {
+    let te = req.header_count("transfer-encoding");
+    if te == 0 {
+        return None;
+    }
+    if had_length {
+        return Some(bad_request("both Content-Length and Transfer-Encoding"));
+    }
+    let chunked_only = te == 1
+        && req
+            .header("transfer-encoding")
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("chunked"));
+    if !chunked_only || req.version() == http::Version::HTTP_10 {
+        return Some(bad_request("unsupported Transfer-Encoding"));
+    }
+    None
+}
+
 /// Runs the pipeline for one request. `ctx.conn` and `ctx.host` must be set.
 pub fn handle_request(
     table: &RouteTable,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Outcome {
+    if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
+        if let Some(r) = framing_check(req, req.header_count("content-length") > 0) {
+            return Outcome::Reply(r);
+        }
+    }
+    // nginx's limit for a request line (8 KiB): longer targets are 414.
+    if req.path().len() + req.query().map_or(0, |q| q.len() + 1) > MAX_URI {
+        let mut r = Reply::status(414);
+        r.close = true;
+        return Outcome::Reply(r);
+    }
     if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
         let n = req.header_count("host");
         if n > 1 || (n == 0 && req.version() == http::Version::HTTP_11) {

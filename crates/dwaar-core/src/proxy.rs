@@ -202,6 +202,15 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 }
 
+/// Whether a raw HTTP/1 head has a field named `name` (ASCII case-insensitive).
+fn raw_has_field(head: &[u8], name: &[u8]) -> bool {
+    head.split(|b| *b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[..name.len()].eq_ignore_ascii_case(name)
+            && line[name.len()] == b':'
+    })
+}
+
 /// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -327,6 +336,17 @@ impl ProxyHttp for DwaarProxy {
         }
         ctx.conn = conn_info(session);
         let table = self.store.load();
+        if let Some(t) = table.port(ctx.conn.local_port).map(|p| p.timeouts) {
+            if t.read_body.is_some() {
+                session.set_read_timeout(t.read_body);
+            }
+            if t.write.is_some() {
+                session.set_write_timeout(t.write);
+            }
+            if let Some(idle) = t.idle {
+                session.set_keepalive(Some(idle.as_secs().max(1)));
+            }
+        }
         let host = match request_host(session.req_header()) {
             Some(h) => normalize_host(h),
             None => Some(Default::default()),
@@ -346,6 +366,22 @@ impl ProxyHttp for DwaarProxy {
             return Ok(true);
         };
         ctx.host = host;
+        // Pingora drops `Content-Length` when `Transfer-Encoding` is present; the raw
+        // head still shows whether the client sent both.
+        if session
+            .req_header()
+            .headers
+            .contains_key(http::header::TRANSFER_ENCODING)
+        {
+            let both = session
+                .as_http1()
+                .is_some_and(|h1| raw_has_field(&h1.get_headers_raw_bytes(), b"content-length"));
+            if let Some(r) = crate::pipeline::framing_check(session.req_header(), both) {
+                ctx.rejected_by = Some("framing");
+                write_reply(session, ctx, r).await?;
+                return Ok(true);
+            }
+        }
         ctx.is_upgrade = session.is_upgrade_req();
         let outcome = handle_request(&table, session.req_header_mut(), ctx);
         ctx.table = Some(table);

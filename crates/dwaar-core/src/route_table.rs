@@ -163,6 +163,20 @@ pub struct PortSites {
     pub catch_all: Vec<Arc<SiteRoutes>>,
     pub trusted_proxies: Vec<IpNet>,
     pub max_header_size: Option<usize>,
+    pub timeouts: PortTimeouts,
+}
+
+/// `servers { timeouts { ... } }` for one port; `None` keeps the front-end's default.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PortTimeouts {
+    /// From the first byte of a request head to its end (slow-loris defence).
+    pub read_header: Option<std::time::Duration>,
+    /// Between reads of a request body.
+    pub read_body: Option<std::time::Duration>,
+    /// Between writes of a response.
+    pub write: Option<std::time::Duration>,
+    /// Between requests on a keep-alive connection.
+    pub idle: Option<std::time::Duration>,
 }
 
 impl PortSites {
@@ -315,6 +329,13 @@ impl RouteTable {
                         .map(|c| IpNet::parse(c))
                         .collect::<Result<_, _>>()?;
                     port.max_header_size = s.max_header_size.map(|v| v as usize);
+                    let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
+                    port.timeouts = PortTimeouts {
+                        read_header: ms(s.read_header_timeout_ms),
+                        read_body: ms(s.read_body_timeout_ms),
+                        write: ms(s.write_timeout_ms),
+                        idle: ms(s.idle_timeout_ms),
+                    };
                 }
                 if site.bind.is_empty() {
                     listeners.insert(ListenSpec {

@@ -668,10 +668,6 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
                 }
             }
             "timeouts" => {
-                diags.push(
-                    line.name
-                        .error("servers option 'timeouts' is not supported yet"),
-                );
                 for l in block_lines(&line.block) {
                     if !diags.arity(l, 0, 1, 1, &format!("{} <duration>", l.name.text)) {
                         continue;

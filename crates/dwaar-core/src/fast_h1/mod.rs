@@ -70,8 +70,15 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
     let mut buf = BytesMut::with_capacity(2 * 1024);
     // One shutdown receiver per connection, not a clone per request.
     let mut shutdown = cx.shutdown.clone();
+    // The port's timeouts, read once per connection.
+    let timeouts = cx
+        .store
+        .load()
+        .port(conn.local_port)
+        .map(|p| p.timeouts)
+        .unwrap_or_default();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown).await {
+        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
@@ -122,13 +129,15 @@ async fn read_head(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
     shutdown: &mut ShutdownWatch,
+    timeouts: &crate::route_table::PortTimeouts,
 ) -> Result<Option<usize>, std::io::Error> {
-    let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+    let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
+    let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + head_timeout);
     let mut idle_until = tokio::time::Instant::now()
         + if *shutdown.borrow() {
             DRAIN_IDLE
         } else {
-            IDLE_TIMEOUT
+            timeouts.idle.unwrap_or(IDLE_TIMEOUT)
         };
     loop {
         if !buf.is_empty() {
@@ -149,7 +158,7 @@ async fn read_head(
             r = tokio::time::timeout_at(until, tcp.read_buf(buf)) => match r {
                 Ok(Ok(0)) => return Ok(None),
                 Ok(Ok(_)) => {
-                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + HEAD_TIMEOUT);
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout);
                 }
                 Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
@@ -160,6 +169,32 @@ async fn read_head(
             }
         }
     }
+}
+
+/// Whether the request line is well formed but names a version other than HTTP/1.x
+/// (`GET / HTTP/2.0` sent to an HTTP/1 port).
+fn unsupported_version(buf: &[u8]) -> bool {
+    let line_end = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+    let line = buf[..line_end]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..line_end]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let v = match version.strip_prefix(b"HTTP/") {
+        Some(v) => v,
+        None => return false,
+    };
+    !method.is_empty()
+        && !target.is_empty()
+        && v.len() == 3
+        && v[0].is_ascii_digit()
+        && v[1] == b'.'
+        && v[2].is_ascii_digit()
+        && v[0] != b'1'
 }
 
 /// The request's body framing, when this path can forward it.
@@ -212,9 +247,24 @@ async fn serve_one(
     conn: ConnInfo,
     cx: &FastCx,
     shutdown: &mut ShutdownWatch,
+    timeouts: &crate::route_table::PortTimeouts,
 ) -> Next {
-    let head_len = match read_head(tcp, buf, shutdown).await {
+    let head_len = match read_head(tcp, buf, shutdown, timeouts).await {
         Ok(Some(n)) => n,
+        // A request line naming an HTTP version this port does not speak: 505.
+        Ok(None) if unsupported_version(buf) => {
+            let r = Reply {
+                status: 505,
+                close: true,
+                ..Default::default()
+            };
+            let mut out = Vec::with_capacity(128);
+            status_line(&mut out, r.status);
+            push_date(&mut out);
+            out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tcp.write_all(&out).await;
+            return Next::Drop;
+        }
         // A malformed or oversized head: Pingora gives the precise 400/431.
         Ok(None) if !buf.is_empty() => return Next::HandOver,
         _ => return Next::Drop,
@@ -226,6 +276,13 @@ async fn serve_one(
     let Some(mut req) = parse_request(&head) else {
         return hand_back(buf, head);
     };
+    // Smuggling defences need the head as sent (Pingora drops Content-Length when
+    // Transfer-Encoding is present).
+    if let Some(r) = crate::pipeline::framing_check(&req, req.header_count("content-length") > 0) {
+        let ctx = RequestContext::default();
+        let _ = write_reply(tcp, &req, &ctx, r, true).await;
+        return Next::Drop;
+    }
     // Requests this path leaves to Pingora, decided before anything is consumed.
     let body_len = request_body_len(&req);
     let simple = req.version == http::Version::HTTP_11
