@@ -1163,12 +1163,14 @@ mod size_tests {
             };
             let mut tcp = client;
             let mut shutdown = cx.shutdown.clone();
+            let timeouts = crate::route_table::PortTimeouts::default();
             let f = super::serve_one(
                 &mut tcp,
                 &mut buf,
                 crate::context::ConnInfo::default(),
                 &cx,
                 &mut shutdown,
+                &timeouts,
             );
             let size = std::mem::size_of_val(&f);
             eprintln!("serve_one future: {size} bytes");
