@@ -334,6 +334,8 @@ pub enum Matcher {
     ErrorStatus(Vec<String>),
     /// `file`: one of the candidate files exists under the root.
     File(FileMatch),
+    /// `bot`: the User-Agent looks like a crawler, scanner or script.
+    Bot,
 }
 
 /// The `file` matcher (and `try_files`).
@@ -464,6 +466,31 @@ pub enum Handler {
     FileServer(Box<FileServer>),
     /// `try_files`: rewrite to the first candidate that exists.
     TryFiles(FileMatch),
+    IpFilter(IpFilter),
+    RateLimit(RateLimit),
+}
+
+/// `ip_filter`: allow or deny by the client's address (after `trusted_proxies`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IpFilter {
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// For addresses in neither list.
+    pub default_allow: bool,
+}
+
+/// `rate_limit`: at most `events` (+ `burst`) per sliding `window` per key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Directives naming the same zone share its counters.
+    pub zone: String,
+    pub key: Template,
+    pub events: u32,
+    pub window_ms: u64,
+    #[serde(default)]
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod proxy;
 pub mod request;
 pub mod route_table;
+pub mod security;
 pub mod server;
 pub mod template;
 pub mod upstream;

@@ -163,6 +163,7 @@ enum Compiled {
     Not(Box<CompiledSet>),
     ErrorStatus(Vec<(u16, bool)>),
     File(Box<dwaar_config::model::FileMatch>),
+    Bot,
 }
 
 /// A compiled matcher set (AND of its matchers).
@@ -227,6 +228,7 @@ fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
             ),
             Matcher::Not(inner) => Compiled::Not(Box::new(compile_set(inner)?)),
             Matcher::File(f) => Compiled::File(Box::new(f.clone())),
+            Matcher::Bot => Compiled::Bot,
             Matcher::ErrorStatus(codes) => Compiled::ErrorStatus(
                 codes
                     .iter()
@@ -288,6 +290,7 @@ fn matches_one(
             let p = match_path(req);
             pats.iter().any(|pat| pat.matches(&p))
         }
+        Compiled::Bot => crate::security::is_bot(req.header("user-agent")),
         Compiled::File(fm) => match crate::files::find_file(fm, req, ctx) {
             Some(found) => {
                 crate::files::remember(&found, ctx);

@@ -677,6 +677,42 @@ fn run_handler<'t>(
             run_map(m, req, ctx);
             Flow::Continue
         }
+        HandlerRule::IpFilter(f) => {
+            // The real client (after trusted_proxies), IPv4-mapped addresses as IPv4.
+            let ip = crate::net::canonical(ctx.client_ip());
+            let allowed = if any_contains(&f.deny, ip) {
+                false
+            } else if any_contains(&f.allow, ip) {
+                true
+            } else {
+                f.default_allow
+            };
+            if allowed {
+                return Flow::Continue;
+            }
+            ctx.rejected_by = Some("ip_filter");
+            Flow::Done(Terminal::Error {
+                status: 403,
+                message: "client address not allowed".into(),
+            })
+        }
+        HandlerRule::RateLimit(r) => {
+            let key = render(&r.key, req, ctx);
+            match r.zone.check(&key) {
+                Ok(()) => Flow::Continue,
+                Err(l) => {
+                    ctx.rejected_by = Some("rate_limit");
+                    ctx.resp_immediate.push(HeaderEdit::Set(
+                        CompactString::const_new("retry-after"),
+                        l.retry_after_secs.to_string(),
+                    ));
+                    Flow::Done(Terminal::Error {
+                        status: 429,
+                        message: "rate limit exceeded".into(),
+                    })
+                }
+            }
+        }
         HandlerRule::Root(t) => {
             let v = render(t, req, ctx).into_owned();
             ctx.set_var("root", v);

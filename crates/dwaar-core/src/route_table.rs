@@ -91,6 +91,24 @@ pub enum HandlerRule {
     Root(Template),
     FileServer(Arc<dwaar_config::model::FileServer>),
     TryFiles(Arc<dwaar_config::model::FileMatch>),
+    IpFilter(Arc<IpFilterRule>),
+    RateLimit(Arc<RateLimitRule>),
+}
+
+/// A compiled `ip_filter`.
+#[derive(Debug)]
+pub struct IpFilterRule {
+    pub allow: Vec<IpNet>,
+    pub deny: Vec<IpNet>,
+    pub default_allow: bool,
+}
+
+/// A compiled `rate_limit`: its zone (shared by name, kept across reloads while its
+/// limits stay the same) and the key template.
+#[derive(Debug)]
+pub struct RateLimitRule {
+    pub zone: Arc<crate::security::Zone>,
+    pub key: Template,
 }
 
 #[derive(Debug)]
@@ -122,6 +140,8 @@ pub struct Registries {
     pub logs: Option<dwaar_log::LogRegistry>,
     /// Certificates and TLS policies; `None` where TLS is only validated.
     pub tls: Option<Arc<dwaar_tls::TlsManager>>,
+    /// Rate-limit zones by name.
+    pub rate_zones: std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
 }
 
 impl Registries {
@@ -133,6 +153,7 @@ impl Registries {
             upstreams: UpstreamRegistry::default(),
             logs: Some(dwaar_log::LogRegistry::default()),
             tls: Some(dwaar_tls::TlsManager::new(leader)),
+            rate_zones: Default::default(),
         }
     }
 
@@ -248,6 +269,7 @@ impl RouteTable {
         };
         let mut cx = Cx {
             registry,
+            zones: &registries.rate_zones,
             health: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
@@ -472,6 +494,7 @@ fn https_redirects(
 
 struct Cx<'a> {
     registry: &'a UpstreamRegistry,
+    zones: &'a std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
     health: Vec<HealthTarget>,
 }
 
@@ -661,6 +684,37 @@ fn compile_handler(
         Handler::Root { path } => HandlerRule::Root(path.clone()),
         Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
         Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),
+        Handler::IpFilter(f) => {
+            let nets = |l: &[String]| -> Result<Vec<IpNet>, String> {
+                l.iter().map(|c| IpNet::parse(c)).collect()
+            };
+            HandlerRule::IpFilter(Arc::new(IpFilterRule {
+                allow: nets(&f.allow)?,
+                deny: nets(&f.deny)?,
+                default_allow: f.default_allow,
+            }))
+        }
+        Handler::RateLimit(r) => {
+            let mut zones = cx
+                .zones
+                .lock()
+                .map_err(|_| "rate-limit zones are poisoned")?;
+            let same = |z: &crate::security::Zone| {
+                z.events == r.events && z.window_ms == r.window_ms && z.burst == r.burst
+            };
+            let zone = match zones.get(&r.zone) {
+                Some(z) if same(z) => z.clone(),
+                _ => {
+                    let z = Arc::new(crate::security::Zone::new(r.events, r.window_ms, r.burst));
+                    zones.insert(r.zone.clone(), z.clone());
+                    z
+                }
+            };
+            HandlerRule::RateLimit(Arc::new(RateLimitRule {
+                zone,
+                key: r.key.clone(),
+            }))
+        }
     })
 }
 

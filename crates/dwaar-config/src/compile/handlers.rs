@@ -40,6 +40,8 @@ pub const SUPPORTED: &[&str] = &[
     "file_server",
     "try_files",
     "php_fastcgi",
+    "ip_filter",
+    "rate_limit",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -62,14 +64,11 @@ pub const NOT_YET: &[&str] = &[
     "log_append",
     "log_name",
     "analytics",
-    "rate_limit",
-    "ip_filter",
     "cache",
-    "security_headers",
 ];
 
 /// Site-level directives handled by the site compiler, not here.
-pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log", "tls"];
+pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log", "tls", "security_headers"];
 
 fn to_compiled(r: Option<Route>) -> Compiled {
     r.map_or(Compiled::Nothing, Compiled::Route)
@@ -117,6 +116,8 @@ pub fn compile_directive(
         }
         "uri" => uri(d, named, diags),
         "root" => to_compiled(super::files::root(d, named, diags)),
+        "ip_filter" => to_compiled(super::security::ip_filter(d, named, diags)),
+        "rate_limit" => to_compiled(super::security::rate_limit(d, named, diags)),
         "file_server" => to_compiled(super::files::file_server(d, named, diags)),
         "try_files" => to_compiled(super::files::try_files(d, diags)),
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),

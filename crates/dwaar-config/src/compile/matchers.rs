@@ -27,6 +27,7 @@ const MATCHER_KINDS: &[&str] = &[
     "client_ip",
     "not",
     "file",
+    "bot",
 ];
 const NOT_YET_MATCHERS: &[&str] = &["expression", "vars", "vars_regexp"];
 
@@ -332,6 +333,11 @@ fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
                 return;
             }
             set.matchers.push(Matcher::Not(Box::new(inner)));
+        }
+        "bot" => {
+            if diags.arity(line, 0, 0, 0, "bot") {
+                set.matchers.push(Matcher::Bot);
+            }
         }
         "file" => {
             if let Some(m) = super::files::file_matcher(line, diags) {

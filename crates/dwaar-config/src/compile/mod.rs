@@ -11,6 +11,7 @@ mod log;
 mod matchers;
 mod reverse_proxy;
 mod routes;
+mod security;
 mod tls;
 
 pub use args::Diags;
@@ -110,6 +111,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut seen_log = false;
         let mut site_tls: Option<crate::model::SiteTls> = None;
         let mut seen_tls = false;
+        let mut security: Option<security::SecurityHeaders> = None;
         let mut error_blocks: Vec<&Directive> = Vec::new();
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
@@ -149,6 +151,13 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                         site_log = log::log_config(d, diags, log::Scope::Site);
                     }
                 }
+                "security_headers" if !d.name.quoted() => {
+                    if security.is_some() {
+                        diags.push(d.name.error("a site has one 'security_headers' directive"));
+                    } else {
+                        security = security::security_headers(d, diags);
+                    }
+                }
                 "tls" if !d.name.quoted() => {
                     if seen_tls {
                         diags.push(
@@ -180,7 +189,32 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             group_counter: 0,
         };
         let named = NamedMatchers::new();
-        let routes = compile_block(&handler_dirs, &named, false, &mut cx, diags);
+        let mut routes = compile_block(&handler_dirs, &named, false, &mut cx, diags);
+        // Security headers: on by default for HTTPS sites, where they are asked for.
+        let https = addresses
+            .iter()
+            .any(|a| a.scheme.as_deref() == Some("https"));
+        let headers = match security {
+            Some(security::SecurityHeaders::On(h)) => Some(h),
+            Some(security::SecurityHeaders::Off) => None,
+            None if https => Some(security::headers_handler(
+                &security::DEFAULT_SECURITY_HEADERS
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+                    .collect::<Vec<_>>(),
+            )),
+            None => None,
+        };
+        if let Some(h) = headers {
+            routes.insert(
+                0,
+                crate::model::Route {
+                    matchers: Vec::new(),
+                    group: None,
+                    handlers: vec![h],
+                },
+            );
+        }
         let mut error_routes = Vec::new();
         for d in error_blocks {
             let codes: Vec<String> = d.args.iter().map(|t| t.text.to_ascii_lowercase()).collect();

@@ -28,6 +28,8 @@ pub const DEFAULT_ORDER: &[&str] = &[
     "rewrite",
     "uri",
     "try_files",
+    "ip_filter",
+    "rate_limit",
     "basicauth",
     "basic_auth",
     "forward_auth",

@@ -1,0 +1,152 @@
+// Security middleware end to end: ip_filter (with trusted_proxies and IPv4-mapped
+// peers), rate_limit, security_headers and the bot matcher.
+
+mod common;
+use common::*;
+
+fn get_with(port: u16, path: &str, headers: &[(&str, &str)]) -> Response {
+    request(port, "GET", "x", path, headers, b"").unwrap_or_else(|e| panic!("GET {path}: {e}"))
+}
+
+#[test]
+fn ip_filter_uses_the_real_client_address() {
+    let (_d, port) = serve(
+        ":PORT {\n\thandle /only-local {\n\t\tip_filter {\n\t\t\tallow 127.0.0.1/32\n\t\t}\n\t\trespond ok\n\t}\n\
+         \thandle /no-local {\n\t\tip_filter {\n\t\t\tdeny 127.0.0.0/8\n\t\t}\n\t\trespond ok\n\t}\n\
+         \thandle /ten {\n\t\tip_filter {\n\t\t\tallow 10.0.0.0/8\n\t\t\tdefault deny\n\t\t}\n\t\trespond ok\n\t}\n}\n",
+    );
+    assert_eq!(get_with(port, "/only-local", &[]).status, 200);
+    assert_eq!(get_with(port, "/no-local", &[]).status, 403);
+    // A spoofed X-Forwarded-For from an untrusted peer changes nothing.
+    assert_eq!(
+        get_with(port, "/no-local", &[("X-Forwarded-For", "10.1.2.3")]).status,
+        403
+    );
+    assert_eq!(
+        get_with(port, "/ten", &[("X-Forwarded-For", "10.1.2.3")]).status,
+        403
+    );
+    // An IPv4-mapped IPv6 peer is its IPv4 address.
+    if let Ok(mut c) = std::net::TcpStream::connect(format!("[::ffff:127.0.0.1]:{port}")) {
+        use std::io::{Read, Write};
+        c.write_all(b"GET /no-local HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut s = String::new();
+        let _ = c.read_to_string(&mut s);
+        assert!(s.starts_with("HTTP/1.1 403"), "{s}");
+    }
+}
+
+#[test]
+fn ip_filter_trusts_forwarded_addresses_only_from_trusted_proxies() {
+    let (_d, port) = serve(
+        "{\n\tservers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t}\n}\n\
+         :PORT {\n\tip_filter {\n\t\tallow 10.0.0.0/8\n\t}\n\trespond ok\n}\n",
+    );
+    assert_eq!(
+        get_with(port, "/", &[("X-Forwarded-For", "10.9.8.7")]).status,
+        200
+    );
+    assert_eq!(
+        get_with(port, "/", &[("X-Forwarded-For", "192.0.2.1")]).status,
+        403
+    );
+    assert_eq!(get_with(port, "/", &[]).status, 403);
+}
+
+#[test]
+fn rate_limit_per_key_with_retry_after() {
+    let (_d, port) = serve(
+        ":PORT {\n\thandle /short {\n\t\trate_limit 3/m\n\t\trespond ok\n\t}\n\
+         \thandle /keyed {\n\t\trate_limit {\n\t\t\tkey {http.request.header.X-Api-Key}\n\t\t\tevents 2\n\t\t\twindow 1m\n\t\t}\n\t\trespond ok\n\t}\n}\n",
+    );
+    for _ in 0..3 {
+        assert_eq!(get_with(port, "/short", &[]).status, 200);
+    }
+    let r = get_with(port, "/short", &[]);
+    assert_eq!(r.status, 429);
+    let retry: u64 = r
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no Retry-After: {:?}", r.headers));
+    assert!((1..=60).contains(&retry));
+    for key in ["alice", "bob"] {
+        for _ in 0..2 {
+            assert_eq!(get_with(port, "/keyed", &[("X-Api-Key", key)]).status, 200);
+        }
+        assert_eq!(get_with(port, "/keyed", &[("X-Api-Key", key)]).status, 429);
+    }
+}
+
+#[test]
+fn security_headers_defaults_overrides_and_off() {
+    let (_d, port) = serve(":PORT {\n\thandle /custom {\n\t\trespond ok\n\t}\n\trespond ok\n}\n");
+    // Plain HTTP sites get none unless asked.
+    assert_eq!(
+        get_with(port, "/", &[]).header("x-content-type-options"),
+        None
+    );
+    let (_d2, port2) = serve(
+        ":PORT {\n\tsecurity_headers {\n\t\t-X-Frame-Options\n\t\tReferrer-Policy no-referrer\n\t\tPermissions-Policy geolocation=()\n\t}\n\
+         \theader /app X-Content-Type-Options custom\n\trespond ok\n}\n",
+    );
+    let r = get_with(port2, "/", &[]);
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+    assert_eq!(r.header("permissions-policy"), Some("geolocation=()"));
+    assert_eq!(r.header("x-frame-options"), None);
+    // A value set by the site wins over the default.
+    assert_eq!(
+        get_with(port2, "/app", &[]).header("x-content-type-options"),
+        Some("custom")
+    );
+}
+
+#[test]
+fn https_sites_get_security_headers_by_default() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n}}\n\
+         localhost {{\n\trespond secure\n}}\nnohdr.localhost {{\n\tsecurity_headers off\n\trespond plain\n}}\n",
+        store.path().display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[https]);
+    let root =
+        std::fs::read(store.path().join("pki/local/root.crt")).unwrap_or_else(|e| panic!("{e}"));
+    let opts = dwaar_testkit::tls::TlsOpts::trusting(&root);
+    let r = dwaar_testkit::tls::get(https, "localhost", "localhost", "/", &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(r.header("x-frame-options"), Some("SAMEORIGIN"));
+    let r = dwaar_testkit::tls::get(https, "nohdr.localhost", "nohdr.localhost", "/", &opts)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.header("strict-transport-security"), None);
+}
+
+#[test]
+fn bot_matcher() {
+    let (_d, port) =
+        serve(":PORT {\n\t@bots bot\n\trespond @bots \"no bots\" 403\n\trespond welcome\n}\n");
+    let chrome = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+    assert_eq!(
+        get_with(port, "/", &[("User-Agent", chrome)]).text(),
+        "welcome"
+    );
+    assert_eq!(
+        get_with(port, "/", &[("User-Agent", "curl/8.4.0")]).status,
+        403
+    );
+    assert_eq!(
+        get_with(port, "/", &[("User-Agent", "Googlebot/2.1")]).status,
+        403
+    );
+    assert_eq!(get_with(port, "/", &[]).status, 403);
+}

@@ -1,0 +1,251 @@
+//! Security middleware: `ip_filter`, `rate_limit` and `security_headers`.
+
+use super::args::{block_lines, Diags};
+use super::matchers::{check_cidr, inline_matcher, NamedMatchers, PRIVATE_RANGES};
+use crate::model::{Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet, RateLimit, Route};
+use crate::parser::Directive;
+use crate::placeholder::Template;
+
+fn route(m: Vec<MatcherSet>, h: Handler) -> Route {
+    Route {
+        matchers: m,
+        group: None,
+        handlers: vec![h],
+    }
+}
+
+/// `ip_filter [matcher] { allow <cidr>...; deny <cidr>...; default allow|deny }`.
+pub fn ip_filter(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Option<Route> {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        0,
+        0,
+        "ip_filter [matcher] { allow ...; deny ...; default allow|deny }",
+    ) {
+        return None;
+    }
+    let mut f = IpFilter {
+        allow: Vec::new(),
+        deny: Vec::new(),
+        default_allow: true,
+    };
+    let mut saw_default = false;
+    let errors_before = diags.error_count();
+    for line in block_lines(&d.block) {
+        let name = line.name.text.as_str();
+        match name {
+            "allow" | "deny" => {
+                if !diags.arity(line, 0, 1, usize::MAX, &format!("{name} <cidr>...")) {
+                    continue;
+                }
+                for a in &line.args {
+                    let list = if name == "allow" {
+                        &mut f.allow
+                    } else {
+                        &mut f.deny
+                    };
+                    if a.text == "private_ranges" {
+                        list.extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
+                    } else if let Err(e) = check_cidr(&a.text) {
+                        diags.push(a.error(e));
+                    } else {
+                        list.push(a.text.clone());
+                    }
+                }
+            }
+            "default" => {
+                if diags.arity(line, 0, 1, 1, "default allow|deny") {
+                    saw_default = true;
+                    match line.args[0].text.as_str() {
+                        "allow" => f.default_allow = true,
+                        "deny" => f.default_allow = false,
+                        _ => diags.unknown_sub("default", &line.args[0], &["allow", "deny"]),
+                    }
+                }
+            }
+            _ => diags.unknown_sub("ip_filter", &line.name, &["allow", "deny", "default"]),
+        }
+    }
+    // An allow list without a default means "only these".
+    if !saw_default && !f.allow.is_empty() && f.deny.is_empty() {
+        f.default_allow = false;
+    }
+    if diags.error_count() > errors_before {
+        return None;
+    }
+    if f.allow.is_empty() && f.deny.is_empty() && f.default_allow {
+        diags.push(
+            d.name
+                .error("ip_filter allows everything: give it allow or deny lists")
+                .with_help("ip_filter { allow 10.0.0.0/8; default deny }"),
+        );
+        return None;
+    }
+    Some(route(m, Handler::IpFilter(f)))
+}
+
+/// `rate_limit [matcher] <events>/<window>` or the block form with `zone`, `key`,
+/// `events`, `window`, `burst`.
+pub fn rate_limit(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Option<Route> {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        0,
+        1,
+        "rate_limit [matcher] <events>/<window> or { ... }",
+    ) {
+        return None;
+    }
+    // Without `zone`, each directive has its own zone, named after where it is written.
+    let mut r = RateLimit {
+        zone: format!("@{:?}:{}", d.name.span.file, d.name.span.start),
+        key: Template::parse("{remote_host}"),
+        events: 0,
+        window_ms: 0,
+        burst: 0,
+    };
+    if let Some(t) = d.args.get(skip) {
+        let parsed = t.text.split_once('/').and_then(|(n, w)| {
+            let n: u32 = n.parse().ok()?;
+            let ms = match w {
+                "s" => 1000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                other => crate::units::parse_duration_ms(other).ok()?,
+            };
+            Some((n, ms))
+        });
+        match parsed {
+            Some((n, ms)) if n > 0 && ms > 0 => {
+                r.events = n;
+                r.window_ms = ms;
+            }
+            _ => {
+                diags.push(
+                    t.error(format!("invalid rate '{}'", t.text))
+                        .with_help("write events per window: 100/s, 1000/m, 50/10s"),
+                );
+                return None;
+            }
+        }
+    }
+    for line in block_lines(&d.block) {
+        let name = line.name.text.as_str();
+        match name {
+            "zone" => {
+                if diags.arity(line, 0, 1, 1, "zone <name>") {
+                    r.zone = line.args[0].text.clone();
+                }
+            }
+            "key" => {
+                if diags.arity(line, 0, 1, 1, "key <placeholder>") {
+                    r.key = diags.template(&line.args[0]);
+                }
+            }
+            "events" | "burst" => {
+                if diags.arity(line, 0, 1, 1, &format!("{name} <count>")) {
+                    if let Some(n) = diags.number::<u32>(&line.args[0], "count") {
+                        if name == "events" {
+                            r.events = n;
+                        } else {
+                            r.burst = n;
+                        }
+                    }
+                }
+            }
+            "window" => {
+                if diags.arity(line, 0, 1, 1, "window <duration>") {
+                    if let Some(v) = diags.duration(&line.args[0]) {
+                        r.window_ms = v;
+                    }
+                }
+            }
+            _ => diags.unknown_sub(
+                "rate_limit",
+                &line.name,
+                &["zone", "key", "events", "window", "burst"],
+            ),
+        }
+    }
+    if r.events == 0 || r.window_ms == 0 {
+        diags.push(
+            d.name
+                .error("rate_limit needs events and a window")
+                .with_help("rate_limit 100/s, or rate_limit { events 100; window 1s }"),
+        );
+        return None;
+    }
+    Some(route(m, Handler::RateLimit(r)))
+}
+
+/// The default security response headers (set only when the response has none).
+pub const DEFAULT_SECURITY_HEADERS: &[(&str, &str)] = &[
+    ("Strict-Transport-Security", "max-age=31536000"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "strict-origin-when-cross-origin"),
+    ("X-Frame-Options", "SAMEORIGIN"),
+];
+
+/// `security_headers [off] { <Field> <value>; -<Field> }`: the defaults, each field
+/// overridable or removable. Compiles to deferred `header` defaults (`?Field value`), so
+/// a value from the application or a `header` directive wins.
+pub fn security_headers(d: &Directive, diags: &mut Diags) -> Option<SecurityHeaders> {
+    if !diags.arity(d, 0, 0, 1, "security_headers [off] { ... }") {
+        return None;
+    }
+    if let Some(a) = d.args.first() {
+        if a.text == "off" {
+            return Some(SecurityHeaders::Off);
+        }
+        diags.unknown_sub("security_headers", a, &["off"]);
+        return None;
+    }
+    let mut fields: Vec<(String, Option<String>)> = DEFAULT_SECURITY_HEADERS
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .collect();
+    for line in block_lines(&d.block) {
+        let name = line.name.text.clone();
+        if let Some(removed) = name.strip_prefix('-') {
+            fields.retain(|(k, _)| !k.eq_ignore_ascii_case(removed));
+            continue;
+        }
+        if !diags.arity(line, 0, 1, 1, &format!("{name} <value>")) {
+            continue;
+        }
+        let v = line.args[0].text.clone();
+        match fields
+            .iter_mut()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+        {
+            Some(slot) => slot.1 = Some(v),
+            None => fields.push((name, Some(v))),
+        }
+    }
+    Some(SecurityHeaders::On(headers_handler(&fields)))
+}
+
+/// What a site says about security headers.
+pub enum SecurityHeaders {
+    Off,
+    On(Handler),
+}
+
+/// The deferred header defaults for `fields`.
+pub fn headers_handler(fields: &[(String, Option<String>)]) -> Handler {
+    Handler::Headers(HeaderOps {
+        ops: fields
+            .iter()
+            .filter_map(|(k, v)| {
+                v.as_ref().map(|v| HeaderOp::Default {
+                    name: k.clone(),
+                    value: Template::parse(v),
+                })
+            })
+            .collect(),
+        deferred: true,
+    })
+}
