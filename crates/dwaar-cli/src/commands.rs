@@ -290,3 +290,36 @@ pub fn untrust() -> i32 {
         }
     }
 }
+
+/// `dwaar hash-password`: a bcrypt hash for `basic_auth`.
+pub fn hash_password(plaintext: Option<String>, cost: u32) -> i32 {
+    let password = match plaintext {
+        Some(p) => p,
+        None => {
+            let mut line = String::new();
+            if std::io::stdin().read_line(&mut line).is_err() {
+                eprintln!("error: cannot read the password from stdin");
+                return 1;
+            }
+            line.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if password.is_empty() {
+        eprintln!("error: the password is empty");
+        return 1;
+    }
+    if !(4..=31).contains(&cost) {
+        eprintln!("error: bcrypt cost must be between 4 and 31");
+        return 1;
+    }
+    match bcrypt::hash(password, cost) {
+        Ok(h) => {
+            println!("{h}");
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}

@@ -107,6 +107,15 @@ enum Command {
     },
     /// Remove the local CA's root certificate from the system trust store.
     Untrust,
+    /// Hash a password for basic_auth (bcrypt). Reads it from the terminal or stdin.
+    HashPassword {
+        /// The password (visible in the process list: prefer stdin).
+        #[arg(long)]
+        plaintext: Option<String>,
+        /// bcrypt cost (4 to 31).
+        #[arg(long, default_value_t = 14)]
+        cost: u32,
+    },
     /// Print the version.
     Version,
 }
@@ -155,6 +164,7 @@ fn main() {
             commands::trust(config.as_deref(), storage.as_deref())
         }
         Command::Untrust => commands::untrust(),
+        Command::HashPassword { plaintext, cost } => commands::hash_password(plaintext, cost),
         Command::Version => {
             println!("dwaar {}", env!("CARGO_PKG_VERSION"));
             0

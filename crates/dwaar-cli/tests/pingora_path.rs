@@ -20,3 +20,6 @@ mod files {
 mod hardening {
     include!("hardening.rs");
 }
+mod security {
+    include!("security.rs");
+}

@@ -150,3 +150,105 @@ fn bot_matcher() {
     );
     assert_eq!(get_with(port, "/", &[]).status, 403);
 }
+
+fn hash(password: &str) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["hash-password", "--cost", "4", "--plaintext", password])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let raw = format!("{user}:{password}");
+    let b = raw.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().fold(0u32, |a, c| (a << 8) | u32::from(*c)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    format!("Basic {out}")
+}
+
+#[test]
+fn basic_auth_checks_passwords_off_the_request_path() {
+    let origin = origin::http("private");
+    let h = hash("s3cret pass");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\tbasic_auth /private/* bcrypt \"Staff \\\"only\\\"\" {{\n\t\talice {h}\n\t}}\n\
+         \tbasicauth /who {{\n\t\tbob {h}\n\t}}\n\
+         \trespond /who \"user={{http.auth.user.id}}\"\n\
+         \treverse_proxy /private/* 127.0.0.1:{}\n\trespond /public open\n}}\n",
+        origin.port
+    ));
+    assert_eq!(get_with(port, "/public", &[]).text(), "open");
+    let r = get_with(port, "/private/x", &[]);
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"Staff only\", charset=\"UTF-8\"")
+    );
+    assert_eq!(
+        get_with(
+            port,
+            "/private/x",
+            &[("Authorization", &basic("alice", "wrong"))]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get_with(
+            port,
+            "/private/x",
+            &[("Authorization", &basic("mallory", "s3cret pass"))]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get_with(port, "/private/x", &[("Authorization", "Basic !!!")]).status,
+        401
+    );
+    let ok = get_with(
+        port,
+        "/private/x",
+        &[("Authorization", &basic("alice", "s3cret pass"))],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // The credentials are not forwarded upstream.
+    assert!(
+        !ok.text().to_ascii_lowercase().contains("authorization"),
+        "{}",
+        ok.text()
+    );
+    assert_eq!(origin.hits(), 1);
+    // Again (from the verdict cache), and the user is known to placeholders.
+    assert_eq!(
+        get_with(
+            port,
+            "/private/y",
+            &[("Authorization", &basic("alice", "s3cret pass"))]
+        )
+        .status,
+        200
+    );
+    let who = get_with(
+        port,
+        "/who",
+        &[("Authorization", &basic("bob", "s3cret pass"))],
+    );
+    assert_eq!(who.text(), "user=bob");
+}

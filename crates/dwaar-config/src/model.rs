@@ -468,6 +468,24 @@ pub enum Handler {
     TryFiles(FileMatch),
     IpFilter(IpFilter),
     RateLimit(RateLimit),
+    BasicAuth(BasicAuth),
+}
+
+/// `basic_auth`: HTTP Basic authentication against bcrypt hashes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub realm: String,
+    /// Usernames and their bcrypt hashes (`$2a$`/`$2b$`/`$2y$`).
+    pub users: Vec<BasicUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicUser {
+    pub name: String,
+    /// Serialised: worker processes receive the config as JSON.
+    pub hash: String,
 }
 
 /// `ip_filter`: allow or deny by the client's address (after `trusted_proxies`).

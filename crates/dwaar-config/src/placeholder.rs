@@ -196,6 +196,7 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "err.status_text" | "http.error.status_text" => Some(P::ErrorStatusText),
         "err.message" | "http.error.message" => Some(P::ErrorMessage),
         "http.request.uuid" | "http.request.id" => Some(P::RequestId),
+        "http.auth.user.id" => Some(P::Var("http.auth.user.id".into())),
         _ => None,
     };
     if simple.is_some() {

@@ -5,6 +5,7 @@
 //! [`context::RequestContext`]; [`proxy`] is the Pingora front-end; [`upstream`] holds
 //! backend state, load balancing and health checks; [`server`] wires the process.
 
+pub mod auth;
 pub mod context;
 pub mod fast_h1;
 pub mod fastcgi;

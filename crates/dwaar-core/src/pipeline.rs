@@ -52,6 +52,9 @@ pub enum Outcome {
     Proxy,
     /// Close the connection without a response.
     Abort,
+    /// Check this password off the request path (`crate::auth::verify`), then run the
+    /// pipeline again on the original request.
+    Verify(crate::auth::PasswordCheck),
 }
 
 /// A response header block the pipeline can edit (a `Reply`'s, or a front-end's).
@@ -210,6 +213,7 @@ enum Terminal<'t> {
     Abort,
     /// A reply built by a handler (files).
     Ready(Reply),
+    Verify(crate::auth::PasswordCheck),
 }
 
 enum Flow<'t> {
@@ -348,6 +352,7 @@ pub fn handle_request(
             Outcome::Proxy
         }
         Terminal::Abort => Outcome::Abort,
+        Terminal::Verify(check) => Outcome::Verify(check),
         Terminal::Error { status, message } => {
             error_outcome(&site.error_routes, status, message, req, ctx, trusted)
         }
@@ -376,7 +381,7 @@ pub fn proxy_error_reply(
     match error_outcome(&site.error_routes, code, message, req, ctx, &trusted) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
-        Outcome::Proxy => Some(Reply::status(code)),
+        Outcome::Proxy | Outcome::Verify(_) => Some(Reply::status(code)),
     }
 }
 
@@ -492,6 +497,11 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
         },
         Terminal::Proxy(_) | Terminal::Abort => Reply {
             status: 502,
+            headers,
+            ..Default::default()
+        },
+        Terminal::Verify(_) => Reply {
+            status: 503,
             headers,
             ..Default::default()
         },
@@ -676,6 +686,45 @@ fn run_handler<'t>(
         HandlerRule::Map(m) => {
             run_map(m, req, ctx);
             Flow::Continue
+        }
+        HandlerRule::BasicAuth(a) => {
+            let creds = req
+                .header("authorization")
+                .and_then(crate::auth::parse_basic);
+            let verdict = creds.as_ref().map(|(user, password)| {
+                let hash = a
+                    .users
+                    .get(user)
+                    .map_or(crate::auth::UNKNOWN_USER, |h| h.as_str());
+                let key = crate::auth::key(&a.realm, user, password, hash);
+                (crate::auth::cached(&key), key, password, hash, user)
+            });
+            match verdict {
+                Some((Some(true), _, _, _, user)) => {
+                    ctx.set_var("http.auth.user.id", user.clone());
+                    // The credentials stop here: never forwarded upstream.
+                    req.remove_header("authorization");
+                    Flow::Continue
+                }
+                Some((None, key, password, hash, _)) => {
+                    Flow::Done(Terminal::Verify(crate::auth::PasswordCheck {
+                        key,
+                        password: password.clone(),
+                        hash: hash.to_string(),
+                    }))
+                }
+                _ => {
+                    ctx.rejected_by = Some("basic_auth");
+                    ctx.resp_immediate.push(HeaderEdit::Set(
+                        CompactString::const_new("www-authenticate"),
+                        a.challenge.clone(),
+                    ));
+                    Flow::Done(Terminal::Error {
+                        status: 401,
+                        message: "authentication required".into(),
+                    })
+                }
+            }
         }
         HandlerRule::IpFilter(f) => {
             // The real client (after trusted_proxies), IPv4-mapped addresses as IPv4.

@@ -383,7 +383,25 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         ctx.is_upgrade = session.is_upgrade_req();
-        let outcome = handle_request(&table, session.req_header_mut(), ctx);
+        // basic_auth may need a second run on the request as it arrived.
+        let original = table.basic_auth.then(|| session.req_header().clone());
+        let mut outcome = handle_request(&table, session.req_header_mut(), ctx);
+        if let (Outcome::Verify(check), Some(original)) = (&outcome, original) {
+            crate::auth::verify(check.clone()).await;
+            *session.req_header_mut() = original;
+            let fresh = RequestContext {
+                start: ctx.start,
+                conn: ctx.conn,
+                host: std::mem::take(&mut ctx.host),
+                is_upgrade: ctx.is_upgrade,
+                ..RequestContext::default()
+            };
+            *ctx = fresh;
+            outcome = match handle_request(&table, session.req_header_mut(), ctx) {
+                Outcome::Verify(_) => Outcome::Reply(Reply::status(503)),
+                o => o,
+            };
+        }
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(r) => {
@@ -398,6 +416,10 @@ impl ProxyHttp for DwaarProxy {
                     return Ok(false);
                 };
                 serve_fastcgi(session, ctx, &p, &opts).await?;
+                Ok(true)
+            }
+            Outcome::Verify(_) => {
+                write_reply(session, ctx, Reply::status(503)).await?;
                 Ok(true)
             }
             Outcome::Abort => {

@@ -93,6 +93,16 @@ pub enum HandlerRule {
     TryFiles(Arc<dwaar_config::model::FileMatch>),
     IpFilter(Arc<IpFilterRule>),
     RateLimit(Arc<RateLimitRule>),
+    BasicAuth(Arc<BasicAuthRule>),
+}
+
+/// A compiled `basic_auth`.
+#[derive(Debug)]
+pub struct BasicAuthRule {
+    pub realm: String,
+    /// `WWW-Authenticate` value.
+    pub challenge: String,
+    pub users: HashMap<String, String>,
 }
 
 /// A compiled `ip_filter`.
@@ -252,6 +262,9 @@ pub struct RouteTable {
     /// Some site requires client certificates: requests check that the connection's
     /// TLS policy is the one of the site they address.
     pub client_auth: bool,
+    /// Some route uses `basic_auth` (front-ends keep the original request for a
+    /// second pipeline run after a password check).
+    pub basic_auth: bool,
 }
 
 impl RouteTable {
@@ -270,6 +283,7 @@ impl RouteTable {
         let mut cx = Cx {
             registry,
             zones: &registries.rate_zones,
+            basic_auth: false,
             health: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
@@ -394,6 +408,7 @@ impl RouteTable {
             .filter(|l| l.addr.is_empty() || !wildcard_ports.contains(&l.port))
             .collect();
         table.health_targets = cx.health;
+        table.basic_auth = cx.basic_auth;
         Ok(table)
     }
 }
@@ -495,6 +510,8 @@ fn https_redirects(
 struct Cx<'a> {
     registry: &'a UpstreamRegistry,
     zones: &'a std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
+    /// A `basic_auth` was compiled.
+    basic_auth: bool,
     health: Vec<HealthTarget>,
 }
 
@@ -684,6 +701,18 @@ fn compile_handler(
         Handler::Root { path } => HandlerRule::Root(path.clone()),
         Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
         Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),
+        Handler::BasicAuth(b) => {
+            cx.basic_auth = true;
+            HandlerRule::BasicAuth(Arc::new(BasicAuthRule {
+                realm: b.realm.clone(),
+                challenge: format!("Basic realm=\"{}\", charset=\"UTF-8\"", b.realm),
+                users: b
+                    .users
+                    .iter()
+                    .map(|u| (u.name.clone(), u.hash.clone()))
+                    .collect(),
+            }))
+        }
         Handler::IpFilter(f) => {
             let nets = |l: &[String]| -> Result<Vec<IpNet>, String> {
                 l.iter().map(|c| IpNet::parse(c)).collect()

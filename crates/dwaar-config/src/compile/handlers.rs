@@ -42,14 +42,14 @@ pub const SUPPORTED: &[&str] = &[
     "php_fastcgi",
     "ip_filter",
     "rate_limit",
+    "basic_auth",
+    "basicauth",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
 pub const NOT_YET: &[&str] = &[
     "encode",
     "templates",
-    "basicauth",
-    "basic_auth",
     "forward_auth",
     "tracing",
     "method",
@@ -118,6 +118,7 @@ pub fn compile_directive(
         "root" => to_compiled(super::files::root(d, named, diags)),
         "ip_filter" => to_compiled(super::security::ip_filter(d, named, diags)),
         "rate_limit" => to_compiled(super::security::rate_limit(d, named, diags)),
+        "basic_auth" | "basicauth" => to_compiled(super::security::basic_auth(d, named, diags)),
         "file_server" => to_compiled(super::files::file_server(d, named, diags)),
         "try_files" => to_compiled(super::files::try_files(d, diags)),
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),

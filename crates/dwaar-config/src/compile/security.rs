@@ -2,7 +2,9 @@
 
 use super::args::{block_lines, Diags};
 use super::matchers::{check_cidr, inline_matcher, NamedMatchers, PRIVATE_RANGES};
-use crate::model::{Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet, RateLimit, Route};
+use crate::model::{
+    BasicAuth, BasicUser, Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet, RateLimit, Route,
+};
 use crate::parser::Directive;
 use crate::placeholder::Template;
 
@@ -248,4 +250,102 @@ pub fn headers_handler(fields: &[(String, Option<String>)]) -> Handler {
             .collect(),
         deferred: true,
     })
+}
+
+/// `basic_auth [matcher] [bcrypt [realm]] { <user> <hash> ... }` (alias `basicauth`).
+/// Hashes are bcrypt strings, or base64 of them (what older Caddy versions wanted).
+pub fn basic_auth(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Option<Route> {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        0,
+        2,
+        "basic_auth [matcher] [bcrypt [realm]] { user hash }",
+    ) {
+        return None;
+    }
+    let mut realm = "restricted".to_string();
+    if let Some(alg) = d.args.get(skip) {
+        if alg.text != "bcrypt" {
+            diags.push(
+                alg.error(format!("unsupported hash algorithm '{}'", alg.text))
+                    .with_help("basic_auth uses bcrypt hashes: dwaar hash-password"),
+            );
+            return None;
+        }
+    }
+    if let Some(r) = d.args.get(skip + 1) {
+        // Quotes and control characters would break the WWW-Authenticate header.
+        realm = r
+            .text
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+            .collect();
+    }
+    let mut users: Vec<BasicUser> = Vec::new();
+    let errors_before = diags.error_count();
+    for line in block_lines(&d.block) {
+        if !diags.arity(line, 0, 1, 1, "<username> <bcrypt hash>") {
+            continue;
+        }
+        let name = line.name.text.clone();
+        let raw = line.args[0].text.clone();
+        let hash = if raw.starts_with("$2") {
+            raw
+        } else {
+            match crate::units::base64_decode(&raw).and_then(|b| String::from_utf8(b).ok()) {
+                Some(h) if h.starts_with("$2") => h,
+                _ => {
+                    diags.push(
+                        line.args[0]
+                            .error("not a bcrypt hash")
+                            .with_help("make one with: dwaar hash-password"),
+                    );
+                    continue;
+                }
+            }
+        };
+        if !valid_bcrypt(&hash) {
+            diags.push(
+                line.args[0]
+                    .error("malformed bcrypt hash")
+                    .with_help("make one with: dwaar hash-password"),
+            );
+            continue;
+        }
+        if users.iter().any(|u| u.name == name) {
+            diags.push(line.name.error(format!("user '{name}' is listed twice")));
+            continue;
+        }
+        users.push(BasicUser { name, hash });
+    }
+    if diags.error_count() > errors_before {
+        return None;
+    }
+    if users.is_empty() {
+        diags.push(
+            d.name
+                .error("basic_auth needs at least one user")
+                .with_help("basic_auth { alice <hash from dwaar hash-password> }"),
+        );
+        return None;
+    }
+    Some(route(m, Handler::BasicAuth(BasicAuth { realm, users })))
+}
+
+/// `$2a$10$` + 53 characters of bcrypt's base64.
+fn valid_bcrypt(h: &str) -> bool {
+    let b = h.as_bytes();
+    b.len() == 60
+        && b[0] == b'$'
+        && b[1] == b'2'
+        && matches!(b[2], b'a' | b'b' | b'y')
+        && b[3] == b'$'
+        && b[4].is_ascii_digit()
+        && b[5].is_ascii_digit()
+        && b[6] == b'$'
+        && b[7..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
 }

@@ -311,7 +311,27 @@ async fn serve_one(
     };
     ctx.host = host;
     let table = cx.store.load();
-    let outcome = handle_request(&table, &mut req, &mut ctx);
+    let mut outcome = handle_request(&table, &mut req, &mut ctx);
+    if let Outcome::Verify(check) = outcome {
+        // bcrypt ran on the blocking pool and its verdict is cached: run the pipeline
+        // again from the request as it arrived.
+        crate::auth::verify(check).await;
+        let Some(fresh) = parse_request(&head) else {
+            return Next::Drop;
+        };
+        req = fresh;
+        ctx = RequestContext {
+            start: ctx.start,
+            conn,
+            host: std::mem::take(&mut ctx.host),
+            ..RequestContext::default()
+        };
+        outcome = match handle_request(&table, &mut req, &mut ctx) {
+            // The verdict vanished from the cache in between: ask again next time.
+            Outcome::Verify(_) => Outcome::Reply(Reply::status(503)),
+            o => o,
+        };
+    }
     ctx.table = Some(table);
     let close = wants_close(&req) || inflight::draining();
     match outcome {
@@ -355,6 +375,7 @@ async fn serve_one(
             }
             next
         }
+        Outcome::Verify(_) => Next::Drop,
         Outcome::Abort => {
             finish_log(&req, &ctx, 0, 0, 0);
             Next::Drop

@@ -549,7 +549,10 @@ pub fn params(
         ("REMOTE_ADDR".into(), remote.ip().to_string()),
         ("REMOTE_HOST".into(), remote.ip().to_string()),
         ("REMOTE_PORT".into(), remote.port().to_string()),
-        ("REMOTE_USER".into(), String::new()),
+        (
+            "REMOTE_USER".into(),
+            ctx.var("http.auth.user.id").unwrap_or("").into(),
+        ),
         ("AUTH_TYPE".into(), String::new()),
         ("REMOTE_IDENT".into(), String::new()),
         ("CONTENT_LENGTH".into(), content_length),
