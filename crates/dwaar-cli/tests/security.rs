@@ -252,3 +252,83 @@ fn basic_auth_checks_passwords_off_the_request_path() {
     );
     assert_eq!(who.text(), "user=bob");
 }
+
+/// A tiny authentication service: `X-Token: good` passes with `Remote-User: alice`,
+/// anything else gets 401 with its own body. It records what it was asked.
+fn auth_service() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let mut s = s;
+            let mut buf = vec![0u8; 16384];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let text = String::from_utf8_lossy(&got).to_string();
+            let ok = text
+                .lines()
+                .any(|l| l.eq_ignore_ascii_case("x-token: good"));
+            if let Ok(mut v) = log.lock() {
+                v.push(text);
+            }
+            let resp = if ok {
+                "HTTP/1.1 200 OK\r\nRemote-User: alice\r\nX-Groups: admins\r\nContent-Length: 0\r\n\r\n".to_string()
+            } else {
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nContent-Length: 6\r\n\r\ndenied".to_string()
+            };
+            let _ = s.write_all(resp.as_bytes());
+        }
+    });
+    (port, seen)
+}
+
+#[test]
+fn forward_auth_passes_copies_headers_or_returns_the_services_answer() {
+    let (auth, seen) = auth_service();
+    let origin = origin::http("behind-auth");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\tforward_auth 127.0.0.1:{auth} {{\n\t\turi /verify\n\t\tcopy_headers Remote-User X-Groups>X-Auth-Groups\n\t}}\n\
+         \treverse_proxy 127.0.0.1:{}\n}}\n",
+        origin.port
+    ));
+    let denied = get_with(port, "/app?x=1", &[("X-Token", "bad")]);
+    assert_eq!((denied.status, denied.text().as_str()), (401, "denied"));
+    assert_eq!(denied.header("www-authenticate"), Some("Bearer"));
+    assert_eq!(origin.hits(), 0);
+    let ok = get_with(
+        port,
+        "/app?x=1",
+        &[("X-Token", "good"), ("Remote-User", "evil")],
+    );
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let body = ok.text();
+    assert!(body.contains("h:remote-user: alice"), "{body}");
+    assert!(
+        !body.contains("evil"),
+        "a client-sent copy reached the origin: {body}"
+    );
+    assert!(body.contains("h:x-auth-groups: admins"), "{body}");
+    assert!(!body.contains("x-dwaar-forward-auth"), "{body}");
+    let asked = seen.lock().map(|v| v.join("\n")).unwrap_or_default();
+    assert!(asked.contains("GET /verify HTTP/1.1"), "{asked}");
+    assert!(
+        asked
+            .to_ascii_lowercase()
+            .contains("x-forwarded-method: get"),
+        "{asked}"
+    );
+    assert!(
+        asked
+            .to_ascii_lowercase()
+            .contains("x-forwarded-uri: /app?x=1"),
+        "{asked}"
+    );
+}

@@ -469,6 +469,21 @@ pub enum Handler {
     IpFilter(IpFilter),
     RateLimit(RateLimit),
     BasicAuth(BasicAuth),
+    ForwardAuth(ForwardAuth),
+}
+
+/// `forward_auth`: ask an authentication service about each request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuth {
+    /// `host:port` of the service.
+    pub upstream: String,
+    /// The path (and query) asked for; the original URI by default.
+    pub uri: Template,
+    /// Response fields copied into the request on success: (from, to).
+    pub copy_headers: Vec<(String, String)>,
+    #[serde(default)]
+    pub header_up: HeaderOps,
 }
 
 /// `basic_auth`: HTTP Basic authentication against bcrypt hashes.

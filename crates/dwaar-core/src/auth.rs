@@ -119,3 +119,173 @@ mod tests {
         assert!(bcrypt::verify("anything", dummy_hash()).is_ok_and(|ok| !ok));
     }
 }
+
+/// The request header that tells a second pipeline run which `forward_auth` already
+/// said yes (its value holds a per-process secret, so clients cannot forge it).
+pub const FORWARD_MARKER: &str = "x-dwaar-forward-auth";
+
+/// The marker value for the `forward_auth` rule `id`.
+pub fn marker(id: u64) -> String {
+    static SECRET: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    format!("{:032x}-{id}", SECRET.get_or_init(rand::random::<u128>))
+}
+
+/// A question to an authentication service (`forward_auth`).
+#[derive(Debug, Clone)]
+pub struct AuthCall {
+    /// `host:port`.
+    pub addr: String,
+    /// The whole request to send.
+    pub request: Vec<u8>,
+    /// Response fields to copy into the request: (from, to).
+    pub copy: Vec<(String, String)>,
+    pub marker: String,
+}
+
+/// Something the pipeline needs answered off the request path.
+#[derive(Debug, Clone)]
+pub enum Check {
+    Password(PasswordCheck),
+    Forward(AuthCall),
+}
+
+/// How a check ended.
+pub enum Checked {
+    /// Run the pipeline again on the original request with these header changes
+    /// (`None`: remove the field).
+    Resume(Vec<(String, Option<String>)>),
+    /// Answer with this instead.
+    Answer(crate::pipeline::Reply),
+}
+
+/// Performs a check (bcrypt on the blocking pool, or the authentication request).
+pub async fn run(check: Check) -> Checked {
+    match check {
+        Check::Password(p) => {
+            verify(p).await;
+            Checked::Resume(Vec::new())
+        }
+        Check::Forward(call) => match ask(&call).await {
+            Err(e) => {
+                tracing::warn!(service = call.addr, "forward_auth failed: {e}");
+                Checked::Answer(crate::pipeline::Reply::status(502))
+            }
+            Ok((status, headers, body)) if (200..300).contains(&status) => {
+                let mut edits: Vec<(String, Option<String>)> = Vec::new();
+                // Client-sent copies of the fields go first, then the service's values.
+                for (_, to) in &call.copy {
+                    edits.push((to.clone(), None));
+                }
+                for (from, to) in &call.copy {
+                    if let Some((_, v)) = headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(from))
+                    {
+                        edits.push((to.clone(), Some(v.clone())));
+                    }
+                }
+                edits.push((FORWARD_MARKER.to_string(), Some(call.marker.clone())));
+                let _ = body;
+                Checked::Resume(edits)
+            }
+            Ok((status, headers, body)) => {
+                let mut r = crate::pipeline::Reply::status(status);
+                for (k, v) in headers {
+                    let lower = k.to_ascii_lowercase();
+                    if matches!(
+                        lower.as_str(),
+                        "connection"
+                            | "keep-alive"
+                            | "transfer-encoding"
+                            | "content-length"
+                            | "te"
+                            | "trailer"
+                            | "upgrade"
+                            | "proxy-connection"
+                    ) {
+                        continue;
+                    }
+                    r.headers.push((compact_str::CompactString::new(&lower), v));
+                }
+                r.body = body;
+                Checked::Answer(r)
+            }
+        },
+    }
+}
+
+/// Sends the authentication request; returns status, headers and body (at most 1 MiB).
+async fn ask(call: &AuthCall) -> Result<(u16, Vec<(String, String)>, bytes::Bytes), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(&call.addr)
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", call.addr))?;
+        s.write_all(&call.request)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::with_capacity(4096);
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > (1 << 20) + 65536 {
+                return Err("the authentication response is too large".to_string());
+            }
+            if let Some(total) = complete(&buf) {
+                if buf.len() >= total {
+                    buf.truncate(total);
+                    break;
+                }
+            }
+        }
+        Ok::<_, String>(buf)
+    };
+    let raw = tokio::time::timeout(std::time::Duration::from_secs(10), io)
+        .await
+        .map_err(|_| format!("{} did not answer in time", call.addr))??;
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hs);
+    let n = match resp.parse(&raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return Err("malformed authentication response".into()),
+    };
+    let headers = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                crate::request::sanitize_header_value(&String::from_utf8_lossy(h.value))
+                    .into_owned(),
+            )
+        })
+        .collect();
+    Ok((
+        resp.code.unwrap_or(502),
+        headers,
+        bytes::Bytes::copy_from_slice(&raw[n..]),
+    ))
+}
+
+/// Head length plus Content-Length once the head is complete (and has one).
+fn complete(raw: &[u8]) -> Option<usize> {
+    let mut hs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hs);
+    let n = match resp.parse(raw) {
+        Ok(httparse::Status::Complete(n)) => n,
+        _ => return None,
+    };
+    let field = |name: &str| {
+        resp.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+    };
+    if let Some(len) = field("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        return Some(n + len);
+    }
+    // A chunked body is not relayed (the head decides); otherwise read until close.
+    field("transfer-encoding").map(|_| n)
+}

@@ -52,9 +52,9 @@ pub enum Outcome {
     Proxy,
     /// Close the connection without a response.
     Abort,
-    /// Check this password off the request path (`crate::auth::verify`), then run the
-    /// pipeline again on the original request.
-    Verify(crate::auth::PasswordCheck),
+    /// Answer this off the request path (`crate::auth::run`), then run the pipeline
+    /// again on the original request (or send what the check answered).
+    Check(crate::auth::Check),
 }
 
 /// A response header block the pipeline can edit (a `Reply`'s, or a front-end's).
@@ -213,7 +213,7 @@ enum Terminal<'t> {
     Abort,
     /// A reply built by a handler (files).
     Ready(Reply),
-    Verify(crate::auth::PasswordCheck),
+    Check(crate::auth::Check),
 }
 
 enum Flow<'t> {
@@ -352,7 +352,7 @@ pub fn handle_request(
             Outcome::Proxy
         }
         Terminal::Abort => Outcome::Abort,
-        Terminal::Verify(check) => Outcome::Verify(check),
+        Terminal::Check(check) => Outcome::Check(check),
         Terminal::Error { status, message } => {
             error_outcome(&site.error_routes, status, message, req, ctx, trusted)
         }
@@ -381,7 +381,7 @@ pub fn proxy_error_reply(
     match error_outcome(&site.error_routes, code, message, req, ctx, &trusted) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
-        Outcome::Proxy | Outcome::Verify(_) => Some(Reply::status(code)),
+        Outcome::Proxy | Outcome::Check(_) => Some(Reply::status(code)),
     }
 }
 
@@ -500,7 +500,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             headers,
             ..Default::default()
         },
-        Terminal::Verify(_) => Reply {
+        Terminal::Check(_) => Reply {
             status: 503,
             headers,
             ..Default::default()
@@ -706,13 +706,13 @@ fn run_handler<'t>(
                     req.remove_header("authorization");
                     Flow::Continue
                 }
-                Some((None, key, password, hash, _)) => {
-                    Flow::Done(Terminal::Verify(crate::auth::PasswordCheck {
+                Some((None, key, password, hash, _)) => Flow::Done(Terminal::Check(
+                    crate::auth::Check::Password(crate::auth::PasswordCheck {
                         key,
                         password: password.clone(),
                         hash: hash.to_string(),
-                    }))
-                }
+                    }),
+                )),
                 _ => {
                     ctx.rejected_by = Some("basic_auth");
                     ctx.resp_immediate.push(HeaderEdit::Set(
@@ -725,6 +725,16 @@ fn run_handler<'t>(
                     })
                 }
             }
+        }
+        HandlerRule::ForwardAuth(f) => {
+            let marker = crate::auth::marker(f.id);
+            if req.header(crate::auth::FORWARD_MARKER) == Some(marker.as_str()) {
+                req.remove_header(crate::auth::FORWARD_MARKER);
+                return Flow::Continue;
+            }
+            Flow::Done(Terminal::Check(crate::auth::Check::Forward(
+                forward_auth_call(f, req, ctx, marker),
+            )))
         }
         HandlerRule::IpFilter(f) => {
             // The real client (after trusted_proxies), IPv4-mapped addresses as IPv4.
@@ -817,6 +827,88 @@ fn run_handler<'t>(
             }
             Flow::Continue
         }
+    }
+}
+
+/// The request to an authentication service: the client's headers (not its body),
+/// `X-Forwarded-Method`/`-Uri`/`-For`/`-Proto`/`-Host`, then `header_up`.
+fn forward_auth_call(
+    f: &crate::route_table::ForwardAuthRule,
+    req: &dyn HttpRequest,
+    ctx: &RequestContext,
+    marker: String,
+) -> crate::auth::AuthCall {
+    let uri = render(&f.uri, req, ctx).into_owned();
+    let uri = if uri.starts_with('/') {
+        uri
+    } else {
+        format!("/{uri}")
+    };
+    let uri = if http::Uri::try_from(uri.as_str()).is_ok() {
+        uri
+    } else {
+        "/".to_string()
+    };
+    let Ok(mut up) = pingora_http::RequestHeader::build("GET", uri.as_bytes(), None) else {
+        // Nothing sensible to send: the service is not asked and the request fails.
+        return crate::auth::AuthCall {
+            addr: f.addr.clone(),
+            request: Vec::new(),
+            copy: Vec::new(),
+            marker,
+        };
+    };
+    for name in req.header_names() {
+        if matches!(
+            name.as_str(),
+            "host"
+                | "connection"
+                | "keep-alive"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "content-length"
+                | "proxy-connection"
+                | crate::auth::FORWARD_MARKER
+        ) {
+            continue;
+        }
+        req.any_header_value(&name, &mut |v| {
+            HttpRequest::append_header(&mut up, &name, v);
+            false
+        });
+    }
+    let orig = ctx
+        .orig_uri
+        .clone()
+        .unwrap_or_else(|| crate::request::join_path_query(req.path(), req.query()));
+    let set = |up: &mut pingora_http::RequestHeader, k: &str, v: &str| {
+        HttpRequest::set_header(up, k, v);
+    };
+    set(&mut up, "x-forwarded-method", req.method());
+    set(&mut up, "x-forwarded-uri", &orig);
+    set(&mut up, "x-forwarded-for", &ctx.client_ip().to_string());
+    set(&mut up, "x-forwarded-proto", ctx.scheme());
+    set(
+        &mut up,
+        "x-forwarded-host",
+        req.header("host").unwrap_or(&ctx.host),
+    );
+    apply_request_rules(&f.header_up, &mut up, ctx);
+    let mut raw = format!("GET {uri} HTTP/1.1\r\nHost: {}\r\n", f.addr).into_bytes();
+    for (k, v) in up.headers.iter() {
+        raw.extend_from_slice(k.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(v.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"Connection: close\r\n\r\n");
+    crate::auth::AuthCall {
+        addr: f.addr.clone(),
+        request: raw,
+        copy: f.copy.clone(),
+        marker,
     }
 }
 

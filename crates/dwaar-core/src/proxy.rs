@@ -383,24 +383,42 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         ctx.is_upgrade = session.is_upgrade_req();
-        // basic_auth may need a second run on the request as it arrived.
+        // basic_auth and forward_auth answer off the request path; then the pipeline
+        // runs again from the request as it arrived.
         let original = table.basic_auth.then(|| session.req_header().clone());
         let mut outcome = handle_request(&table, session.req_header_mut(), ctx);
-        if let (Outcome::Verify(check), Some(original)) = (&outcome, original) {
-            crate::auth::verify(check.clone()).await;
-            *session.req_header_mut() = original;
-            let fresh = RequestContext {
-                start: ctx.start,
-                conn: ctx.conn,
-                host: std::mem::take(&mut ctx.host),
-                is_upgrade: ctx.is_upgrade,
-                ..RequestContext::default()
-            };
-            *ctx = fresh;
-            outcome = match handle_request(&table, session.req_header_mut(), ctx) {
-                Outcome::Verify(_) => Outcome::Reply(Reply::status(503)),
-                o => o,
-            };
+        let mut rounds = 0;
+        while let (Outcome::Check(check), Some(original)) = (&outcome, &original) {
+            rounds += 1;
+            match crate::auth::run(check.clone()).await {
+                crate::auth::Checked::Answer(r) => {
+                    outcome = Outcome::Reply(r);
+                    break;
+                }
+                crate::auth::Checked::Resume(edits) => {
+                    *session.req_header_mut() = original.clone();
+                    for (k, v) in &edits {
+                        match v {
+                            Some(v) => HttpRequest::set_header(session.req_header_mut(), k, v),
+                            None => HttpRequest::remove_header(session.req_header_mut(), k),
+                        }
+                    }
+                    let fresh = RequestContext {
+                        start: ctx.start,
+                        conn: ctx.conn,
+                        host: std::mem::take(&mut ctx.host),
+                        is_upgrade: ctx.is_upgrade,
+                        ..RequestContext::default()
+                    };
+                    *ctx = fresh;
+                    outcome = handle_request(&table, session.req_header_mut(), ctx);
+                    if rounds >= 4 {
+                        if let Outcome::Check(_) = outcome {
+                            outcome = Outcome::Reply(Reply::status(503));
+                        }
+                    }
+                }
+            }
         }
         ctx.table = Some(table);
         match outcome {
@@ -418,7 +436,7 @@ impl ProxyHttp for DwaarProxy {
                 serve_fastcgi(session, ctx, &p, &opts).await?;
                 Ok(true)
             }
-            Outcome::Verify(_) => {
+            Outcome::Check(_) => {
                 write_reply(session, ctx, Reply::status(503)).await?;
                 Ok(true)
             }

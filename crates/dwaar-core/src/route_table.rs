@@ -94,6 +94,18 @@ pub enum HandlerRule {
     IpFilter(Arc<IpFilterRule>),
     RateLimit(Arc<RateLimitRule>),
     BasicAuth(Arc<BasicAuthRule>),
+    ForwardAuth(Arc<ForwardAuthRule>),
+}
+
+/// A compiled `forward_auth`.
+#[derive(Debug)]
+pub struct ForwardAuthRule {
+    /// Distinguishes rules in the marker of a second pipeline run.
+    pub id: u64,
+    pub addr: String,
+    pub uri: Template,
+    pub copy: Vec<(String, String)>,
+    pub header_up: Vec<HeaderRule>,
 }
 
 /// A compiled `basic_auth`.
@@ -262,8 +274,8 @@ pub struct RouteTable {
     /// Some site requires client certificates: requests check that the connection's
     /// TLS policy is the one of the site they address.
     pub client_auth: bool,
-    /// Some route uses `basic_auth` (front-ends keep the original request for a
-    /// second pipeline run after a password check).
+    /// Some route uses `basic_auth` or `forward_auth` (front-ends keep the original
+    /// request for a second pipeline run after the check).
     pub basic_auth: bool,
 }
 
@@ -701,6 +713,17 @@ fn compile_handler(
         Handler::Root { path } => HandlerRule::Root(path.clone()),
         Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
         Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),
+        Handler::ForwardAuth(f) => {
+            cx.basic_auth = true;
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            HandlerRule::ForwardAuth(Arc::new(ForwardAuthRule {
+                id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                addr: f.upstream.clone(),
+                uri: f.uri.clone(),
+                copy: f.copy_headers.clone(),
+                header_up: compile_header_ops(&f.header_up)?,
+            }))
+        }
         Handler::BasicAuth(b) => {
             cx.basic_auth = true;
             HandlerRule::BasicAuth(Arc::new(BasicAuthRule {

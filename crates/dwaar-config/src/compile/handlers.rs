@@ -44,13 +44,13 @@ pub const SUPPORTED: &[&str] = &[
     "rate_limit",
     "basic_auth",
     "basicauth",
+    "forward_auth",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
 pub const NOT_YET: &[&str] = &[
     "encode",
     "templates",
-    "forward_auth",
     "tracing",
     "method",
     "push",
@@ -119,6 +119,7 @@ pub fn compile_directive(
         "ip_filter" => to_compiled(super::security::ip_filter(d, named, diags)),
         "rate_limit" => to_compiled(super::security::rate_limit(d, named, diags)),
         "basic_auth" | "basicauth" => to_compiled(super::security::basic_auth(d, named, diags)),
+        "forward_auth" => to_compiled(super::security::forward_auth(d, named, diags)),
         "file_server" => to_compiled(super::files::file_server(d, named, diags)),
         "try_files" => to_compiled(super::files::try_files(d, diags)),
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),

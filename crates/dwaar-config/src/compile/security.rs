@@ -3,7 +3,8 @@
 use super::args::{block_lines, Diags};
 use super::matchers::{check_cidr, inline_matcher, NamedMatchers, PRIVATE_RANGES};
 use crate::model::{
-    BasicAuth, BasicUser, Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet, RateLimit, Route,
+    BasicAuth, BasicUser, ForwardAuth, Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet,
+    RateLimit, Route,
 };
 use crate::parser::Directive;
 use crate::placeholder::Template;
@@ -348,4 +349,80 @@ fn valid_bcrypt(h: &str) -> bool {
         && b[7..]
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || *c == b'.' || *c == b'/')
+}
+
+/// `forward_auth [matcher] <upstream> { uri <to>; copy_headers <field>[>new]...; header_up ... }`.
+pub fn forward_auth(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Option<Route> {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        1,
+        1,
+        "forward_auth [matcher] <upstream> { uri ...; copy_headers ... }",
+    ) {
+        return None;
+    }
+    let up = &d.args[skip];
+    let dial = up
+        .text
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    if up.text.starts_with("https://") || !dial.contains(':') {
+        diags.push(
+            up.error(format!(
+                "forward_auth upstream '{}' must be host:port (plain HTTP)",
+                up.text
+            ))
+            .with_help("forward_auth localhost:9091 { uri /api/verify }"),
+        );
+        return None;
+    }
+    let mut f = ForwardAuth {
+        upstream: dial,
+        uri: Template::parse("{uri}"),
+        copy_headers: Vec::new(),
+        header_up: HeaderOps::default(),
+    };
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "uri" => {
+                if diags.arity(line, 0, 1, 1, "uri <path>") {
+                    f.uri = diags.template(&line.args[0]);
+                }
+            }
+            "copy_headers" => {
+                let mut names: Vec<String> = line.args.iter().map(|a| a.text.clone()).collect();
+                names.extend(block_lines(&line.block).iter().map(|l| l.name.text.clone()));
+                if names.is_empty() {
+                    diags.push(line.name.error("copy_headers needs field names"));
+                }
+                for n in names {
+                    let (from, to) = match n.split_once('>') {
+                        Some((a, b)) => (a.to_string(), b.to_string()),
+                        None => (n.clone(), n),
+                    };
+                    f.copy_headers.push((from, to));
+                }
+            }
+            "header_up" => {
+                if diags.arity(line, 0, 1, 3, "header_up [+|-]<field> [<value>]") {
+                    super::handlers::header_line(
+                        &line.name,
+                        &line.args,
+                        false,
+                        &mut f.header_up,
+                        diags,
+                    );
+                }
+            }
+            _ => diags.unknown_sub(
+                "forward_auth",
+                &line.name,
+                &["uri", "copy_headers", "header_up"],
+            ),
+        }
+    }
+    Some(route(m, Handler::ForwardAuth(f)))
 }

@@ -312,25 +312,41 @@ async fn serve_one(
     ctx.host = host;
     let table = cx.store.load();
     let mut outcome = handle_request(&table, &mut req, &mut ctx);
-    if let Outcome::Verify(check) = outcome {
-        // bcrypt ran on the blocking pool and its verdict is cached: run the pipeline
-        // again from the request as it arrived.
-        crate::auth::verify(check).await;
-        let Some(fresh) = parse_request(&head) else {
-            return Next::Drop;
-        };
-        req = fresh;
-        ctx = RequestContext {
-            start: ctx.start,
-            conn,
-            host: std::mem::take(&mut ctx.host),
-            ..RequestContext::default()
-        };
-        outcome = match handle_request(&table, &mut req, &mut ctx) {
-            // The verdict vanished from the cache in between: ask again next time.
-            Outcome::Verify(_) => Outcome::Reply(Reply::status(503)),
-            o => o,
-        };
+    // basic_auth and forward_auth answer off the request path; then the pipeline runs
+    // again from the request as it arrived (at most once per check on the route).
+    let mut rounds = 0;
+    while let Outcome::Check(check) = outcome {
+        rounds += 1;
+        match crate::auth::run(check).await {
+            crate::auth::Checked::Answer(r) => {
+                outcome = Outcome::Reply(r);
+                break;
+            }
+            crate::auth::Checked::Resume(edits) => {
+                let Some(fresh) = parse_request(&head) else {
+                    return Next::Drop;
+                };
+                req = fresh;
+                for (k, v) in &edits {
+                    match v {
+                        Some(v) => req.set_header(k, v),
+                        None => req.remove_header(k),
+                    }
+                }
+                ctx = RequestContext {
+                    start: ctx.start,
+                    conn,
+                    host: std::mem::take(&mut ctx.host),
+                    ..RequestContext::default()
+                };
+                outcome = handle_request(&table, &mut req, &mut ctx);
+                if rounds >= 4 {
+                    if let Outcome::Check(_) = outcome {
+                        outcome = Outcome::Reply(Reply::status(503));
+                    }
+                }
+            }
+        }
     }
     ctx.table = Some(table);
     let close = wants_close(&req) || inflight::draining();
@@ -375,7 +391,7 @@ async fn serve_one(
             }
             next
         }
-        Outcome::Verify(_) => Next::Drop,
+        Outcome::Check(_) => Next::Drop,
         Outcome::Abort => {
             finish_log(&req, &ctx, 0, 0, 0);
             Next::Drop
