@@ -332,3 +332,43 @@ fn forward_auth_passes_copies_headers_or_returns_the_services_answer() {
         "{asked}"
     );
 }
+
+#[test]
+fn path_tricks_do_not_bypass_protected_routes() {
+    let origin = origin::http("protected");
+    let h = hash("pw");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\tbasic_auth /admin/* {{\n\t\troot {h}\n\t}}\n\
+         \tip_filter /internal/* {{\n\t\tdeny 127.0.0.0/8\n\t}}\n\
+         \treverse_proxy 127.0.0.1:{}\n}}\n",
+        origin.port
+    ));
+    for p in [
+        "/admin/x",
+        "/ADMIN/x",
+        "/Admin/x",
+        "/%61dmin/x",
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/public/%2E%2E/admin/x",
+        "//admin/x",
+        "/./admin/x",
+    ] {
+        let r = get_with(port, p, &[]);
+        assert!(
+            r.status == 401 || r.status == 400,
+            "{p}: {} (reached the origin?)",
+            r.status
+        );
+    }
+    for p in [
+        "/internal/a",
+        "/x/../internal/a",
+        "/INTERNAL/a",
+        "/%69nternal/a",
+    ] {
+        let r = get_with(port, p, &[]);
+        assert!(r.status == 403 || r.status == 400, "{p}: {}", r.status);
+    }
+    assert_eq!(origin.hits(), 0);
+}

@@ -247,13 +247,47 @@ fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
 }
 
 /// The lowercase, percent-decoded request path used by path matchers.
+///
+/// Dot segments and repeated slashes are resolved first, so `/public/../admin` and
+/// `/public/%2e%2e/admin` match what an origin that normalises paths will serve:
+/// `/admin`.
 pub fn match_path(req: &dyn HttpRequest) -> std::borrow::Cow<'_, str> {
     let p = percent_decode(req.path());
+    let p = if p.contains("/.") || p.contains("//") {
+        std::borrow::Cow::Owned(clean_path(&p))
+    } else {
+        p
+    };
     if p.bytes().any(|b| b.is_ascii_uppercase()) {
         std::borrow::Cow::Owned(p.to_ascii_lowercase())
     } else {
         p
     }
+}
+
+/// Resolves `.` and `..` segments and collapses repeated slashes; never climbs above
+/// `/`; keeps a trailing slash.
+pub fn clean_path(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in p.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    let mut out = String::with_capacity(p.len());
+    for s in &parts {
+        out.push('/');
+        out.push_str(s);
+    }
+    let trailing = p.ends_with('/') || p.ends_with("/.") || p.ends_with("/..");
+    if out.is_empty() || (trailing && !out.ends_with('/')) {
+        out.push('/');
+    }
+    out
 }
 
 /// True when any set matches (no sets = match all).
@@ -395,6 +429,20 @@ fn record_captures(ctx: &mut RequestContext, name: &CompactString, c: &regex::Ca
         .map(|m| m.map(|m| m.as_str().to_string()))
         .collect();
     ctx.captures.push((name.clone(), vals));
+}
+
+#[cfg(test)]
+mod clean_tests {
+    use super::clean_path;
+
+    #[test]
+    fn cleans_dot_segments() {
+        assert_eq!(clean_path("/public/../admin/x"), "/admin/x");
+        assert_eq!(clean_path("/a/./b//c/"), "/a/b/c/");
+        assert_eq!(clean_path("/../../etc"), "/etc");
+        assert_eq!(clean_path("/a/.."), "/");
+        assert_eq!(clean_path("//admin"), "/admin");
+    }
 }
 
 #[cfg(test)]

@@ -317,7 +317,9 @@ async fn serve_one(
     let mut rounds = 0;
     while let Outcome::Check(check) = outcome {
         rounds += 1;
-        match crate::auth::run(check).await {
+        // Boxed: the check's future (buffers, a client) stays out of every
+        // connection's future.
+        match Box::pin(crate::auth::run(check)).await {
             crate::auth::Checked::Answer(r) => {
                 outcome = Outcome::Reply(r);
                 break;
