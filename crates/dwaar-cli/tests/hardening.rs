@@ -151,3 +151,44 @@ fn slowloris_is_cut_off_by_the_header_timeout() {
         "{waited:?}"
     );
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("big.bin"), vec![7u8; 64 * 1024 * 1024])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (d, port) = serve(&format!(
+        "{{\n\tservers {{\n\t\ttimeouts {{\n\t\t\twrite 1s\n\t\t}}\n\t}}\n}}\n:PORT {{\n\troot * {}\n\tfile_server\n}}\n",
+        dir.path().display()
+    ));
+    let admin_port: u16 = d
+        .admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let open = || {
+        get(admin_port, &d.admin, "/metrics")
+            .ok()
+            .and_then(|m| {
+                m.text()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("dwaar_open_connections "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(99)
+    };
+    // Ask for 64 MiB and never read it. (Without the write timeout the connection
+    // stays open: checked by hand when this test was written.)
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(wait_until(Duration::from_secs(3), || open() >= 1));
+    let start = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(15), || open() == 0),
+        "the stalled connection was kept for {:?}",
+        start.elapsed()
+    );
+    drop(s);
+}

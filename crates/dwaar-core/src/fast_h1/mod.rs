@@ -77,6 +77,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
         .port(conn.local_port)
         .map(|p| p.timeouts)
         .unwrap_or_default();
+    set_write_timeout(&tcp, timeouts.write);
     loop {
         match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
             Next::KeepAlive => continue,
@@ -168,6 +169,15 @@ async fn read_head(
                 idle_until = idle_until.min(tokio::time::Instant::now() + DRAIN_IDLE);
             }
         }
+    }
+}
+
+/// `servers { timeouts { write } }`: the kernel gives up on the connection when sent
+/// data (or its zero-window probes) stay unacknowledged that long, which covers a
+/// client that stops reading on every write path at once (`TCP_USER_TIMEOUT`).
+pub fn set_write_timeout(tcp: &TcpStream, write: Option<std::time::Duration>) {
+    if let Some(w) = write {
+        let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(w));
     }
 }
 

@@ -83,7 +83,7 @@ pub async fn worker(
             let front = if key.0.tls {
                 Front::Tls(apps.h1.clone(), apps.store.clone())
             } else if key.0.h2c {
-                Front::Pingora(apps.h2c.clone())
+                Front::Pingora(apps.h2c.clone(), apps.store.clone())
             } else if crate::fast_h1::enabled() {
                 Front::Fast(crate::fast_h1::FastCx {
                     store: apps.store.clone(),
@@ -91,7 +91,7 @@ pub async fn worker(
                     shutdown: shutdown.clone(),
                 })
             } else {
-                Front::Pingora(apps.h1.clone())
+                Front::Pingora(apps.h1.clone(), apps.store.clone())
             };
             let task = tokio::spawn(accept_loop(
                 listener,
@@ -116,7 +116,7 @@ pub async fn worker(
 
 /// Who serves a listener's connections.
 enum Front {
-    Pingora(Arc<ProxyApp>),
+    Pingora(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>),
     Fast(crate::fast_h1::FastCx),
     /// An HTTPS port: the handshake (with the current config's TLS state), then
     /// Pingora's HTTP/1 or HTTP/2 server by ALPN.
@@ -210,6 +210,9 @@ async fn accept_loop(
                 // client that sends no SNI gets the certificate of the IP it dialled.
                 // One getsockname is nothing next to a handshake.
                 let local = tcp.local_addr().ok().or(local);
+                let write =
+                    local.and_then(|l| store.load().port(l.port()).and_then(|p| p.timeouts.write));
+                crate::fast_h1::set_write_timeout(&tcp, write);
                 let stream = to_pingora(tcp, peer, local);
                 let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
                 tokio::spawn(async move {
@@ -217,7 +220,10 @@ async fn accept_loop(
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
-            Front::Pingora(app) => {
+            Front::Pingora(app, store) => {
+                let write =
+                    local.and_then(|l| store.load().port(l.port()).and_then(|p| p.timeouts.write));
+                crate::fast_h1::set_write_timeout(&tcp, write);
                 let stream = to_pingora(tcp, peer, local);
                 let app = app.clone();
                 let shutdown = shutdown.clone();
