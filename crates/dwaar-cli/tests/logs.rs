@@ -79,9 +79,16 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
     assert_eq!(r.status, 200);
     let proxied_id = r.header("x-request-id").unwrap_or("").to_string();
     assert_eq!(
-        request(port, "GET", "site.test", "/static", &[ua], b"")
-            .map(|r| r.status)
-            .ok(),
+        request(
+            port,
+            "GET",
+            "site.test",
+            "/static",
+            &[("User-Agent", "Googlebot/2.1")],
+            b""
+        )
+        .map(|r| r.status)
+        .ok(),
         Some(200)
     );
     assert_eq!(
@@ -150,10 +157,12 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
         "{ts}"
     );
     assert!(p.get("error").is_none() && p.get("rejected_by").is_none());
+    assert_eq!(p["is_bot"], false);
 
     let s = by_uri("/static");
     assert_eq!(s["status"], 200);
     assert_eq!(s["bytes_written"], 5);
+    assert_eq!(s["is_bot"], true);
     assert!(s.get("upstream_addr").is_none() && s.get("upstream_duration_us").is_none());
 
     let e = by_uri("/dead/y");

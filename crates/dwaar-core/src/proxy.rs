@@ -807,6 +807,7 @@ pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         remote_ip: ctx.conn.remote.ip(),
         remote_port: ctx.conn.remote.port(),
         client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
+        is_bot: crate::security::is_bot(p.user_agent.as_ref().and_then(|v| v.to_str().ok())),
         user_agent: p.user_agent,
         referer: p.referer,
         bytes_read: p.bytes_read,

@@ -306,6 +306,7 @@ impl Serialize for JsonRecord<'_> {
         }
         m.serialize_entry("bytes_read", &r.bytes_read)?;
         m.serialize_entry("bytes_written", &r.bytes_written)?;
+        m.serialize_entry("is_bot", &r.is_bot)?;
         let optional: [(&str, Option<&str>); 7] = [
             ("tls_version", r.tls_version),
             ("tls_cipher", r.tls_cipher),
@@ -393,6 +394,11 @@ pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
     }
     num(out, b",\"bytes_read\":", r.bytes_read);
     num(out, b",\"bytes_written\":", r.bytes_written);
+    out.extend_from_slice(if r.is_bot {
+        b",\"is_bot\":true"
+    } else {
+        b",\"is_bot\":false"
+    });
     let optional: [(&[u8], Option<&str>); 7] = [
         (b",\"tls_version\":", r.tls_version),
         (b",\"tls_cipher\":", r.tls_cipher),

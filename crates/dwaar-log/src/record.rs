@@ -42,6 +42,8 @@ pub struct RequestLog {
     pub encoding: Option<&'static str>,
     /// Which middleware refused the request (`request_body`, `host`, `abort`, ...).
     pub rejected_by: Option<&'static str>,
+    /// The User-Agent looked automated (crawler, scanner, script).
+    pub is_bot: bool,
     /// Short upstream error text on 5xx.
     pub error: Option<CompactString>,
 }
@@ -73,6 +75,7 @@ impl Default for RequestLog {
             cache: None,
             encoding: None,
             rejected_by: None,
+            is_bot: false,
             error: None,
         }
     }
