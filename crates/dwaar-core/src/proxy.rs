@@ -587,6 +587,24 @@ impl ProxyHttp for DwaarProxy {
     ) -> Result<()> {
         ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
         passive_check(ctx, resp.status.as_u16());
+        // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
+        let codings: Vec<&http::HeaderValue> = resp
+            .headers
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .collect();
+        let chunked_only = codings.is_empty()
+            || (codings.len() == 1
+                && codings[0]
+                    .to_str()
+                    .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")));
+        if !chunked_only {
+            ctx.upstream_error = Some(CompactString::const_new("unsupported transfer coding"));
+            return Err(Error::explain(
+                ErrorType::InvalidHTTPHeader,
+                "upstream response with an unsupported Transfer-Encoding",
+            ));
+        }
         Ok(())
     }
 

@@ -837,11 +837,11 @@ fn response_head(
                     .trim()
                     .eq_ignore_ascii_case("chunked")
             });
-        if chunked {
-            Framing::Chunked
-        } else {
-            Framing::UntilClose
+        if !chunked {
+            // A coding Dwaar cannot frame (or several): refused as broken framing.
+            return None;
         }
+        Framing::Chunked
     } else {
         let lens: Vec<&[u8]> = resp
             .headers
