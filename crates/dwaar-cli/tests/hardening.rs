@@ -258,3 +258,24 @@ fn upstream_responses_with_broken_framing_are_502_and_not_reused() {
         );
     }
 }
+
+#[test]
+fn a_client_that_stalls_its_body_is_cut_off_after_read_body() {
+    let origin = origin::http("slow-body");
+    let (_d, port) = serve(&format!(
+        "{{\n\tservers {{\n\t\ttimeouts {{\n\t\t\tread_body 1s\n\t\t}}\n\t}}\n}}\n:PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}\n",
+        origin.port
+    ));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let start = Instant::now();
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let waited = start.elapsed();
+    assert!(waited < Duration::from_secs(5), "kept for {waited:?}");
+    // Whatever was answered, it was not a success.
+    assert!(!String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
+}

@@ -622,3 +622,18 @@ fn request_with_both_framings_is_not_smuggled() {
     }
     assert!(!first.text().contains("/smuggled"));
 }
+
+#[test]
+fn large_request_bodies_reach_an_origin_that_reads_them_first() {
+    // The origin answers only after reading the whole body: the proxy must stream it
+    // before waiting for the answer (a 3 MB upload once deadlocked here).
+    let o = origin::http("uploads");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}\n",
+        o.port
+    ));
+    let body = vec![b'x'; 3_000_000];
+    let r = request(port, "POST", "x", "/upload", &[], &body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("body: 3000000"), "{}", r.text());
+}

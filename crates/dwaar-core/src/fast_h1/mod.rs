@@ -118,6 +118,8 @@ enum Next {
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a client may take to send a whole request head once it started (slow-loris).
 const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How long a client may pause while sending a request body (`read_body`).
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// While the server drains, an idle keep-alive connection is closed after this long: a
 /// client in the middle of sending its next request still gets it answered (with
 /// `Connection: close`), one that went quiet does not hold the shutdown up.
@@ -380,7 +382,8 @@ async fn serve_one(
                     Err(_) => Next::Drop,
                 }
             } else {
-                match discard_body(tcp, buf, body_len).await {
+                let body_timeout = timeouts.read_body.unwrap_or(BODY_TIMEOUT);
+                match discard_body(tcp, buf, body_len, body_timeout).await {
                     Ok(()) => {
                         let close = close || r.close || ctx.close;
                         match write_reply(tcp, &req, &ctx, r, close).await {
@@ -415,7 +418,16 @@ async fn serve_one(
                 return hand_back(buf, head);
             }
             ctx.inflight = inflight::enter();
-            let next = proxy(tcp, buf, &head, &mut req, &mut ctx, body_len, close).await;
+            let body_timeout = timeouts.read_body.unwrap_or(BODY_TIMEOUT);
+            let next = proxy(
+                tcp,
+                buf,
+                (&head, &mut req, &mut ctx),
+                body_len,
+                close,
+                body_timeout,
+            )
+            .await;
             release_upstream(&mut ctx);
             if std::mem::take(&mut ctx.inflight) {
                 inflight::exit();
@@ -464,7 +476,12 @@ async fn linger(tcp: &mut TcpStream) {
     }
 }
 
-async fn discard_body(tcp: &mut TcpStream, buf: &mut BytesMut, len: u64) -> std::io::Result<()> {
+async fn discard_body(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    len: u64,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
     let mut left = len;
     loop {
         let take = (buf.len() as u64).min(left) as usize;
@@ -473,7 +490,10 @@ async fn discard_body(tcp: &mut TcpStream, buf: &mut BytesMut, len: u64) -> std:
         if left == 0 {
             return Ok(());
         }
-        if tcp.read_buf(buf).await? == 0 {
+        let n = tokio::time::timeout(timeout, tcp.read_buf(buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
@@ -646,11 +666,10 @@ enum Framing {
 async fn proxy(
     tcp: &mut TcpStream,
     buf: &mut BytesMut,
-    head: &Bytes,
-    req: &mut FastRequest,
-    ctx: &mut RequestContext,
+    (head, req, ctx): (&Bytes, &mut FastRequest, &mut RequestContext),
     body_len: u64,
     client_close: bool,
+    body_timeout: std::time::Duration,
 ) -> Next {
     let Some(p) = ctx.proxy.clone() else {
         return hand_back(buf, head.clone());
@@ -701,22 +720,47 @@ async fn proxy(
     out.extend_from_slice(&buf[..in_buf]);
 
     // A pooled connection the upstream closed meanwhile fails on first use: try a
-    // fresh one then (the request was not processed).
+    // fresh one then (the request was not processed). Only a request whose whole body
+    // was already read can be sent twice.
+    let mut left = body_len - in_buf as u64;
+    let mut consumed = false;
     let mut attempt = 0;
     let (mut upc, resp_head_len) = loop {
         attempt += 1;
         let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
             Ok(c) => c,
-            Err(_) => {
+            Err(_) if !consumed => {
                 // Nothing was sent: Pingora retries, marks health and answers.
                 release_upstream(ctx);
                 return hand_back(buf, head.clone());
             }
+            Err(_) => return upstream_failed(tcp, req, ctx, 502).await,
         };
+        if !consumed {
+            buf.advance(in_buf);
+            consumed = true;
+        }
         let sent = upc.stream.write_all(&out).await;
         ctx.upstream_sent = Some(Instant::now());
-        let retry = reused && attempt == 1 && in_buf as u64 == body_len;
+        let retry = reused && attempt == 1 && left == 0;
         if sent.is_ok() {
+            // The rest of the body goes before the answer is awaited: the upstream
+            // may well want all of it first.
+            while left > 0 {
+                if buf.is_empty() {
+                    // A client that stops sending its body is dropped after `read_body`.
+                    let read = tokio::time::timeout(body_timeout, tcp.read_buf(buf)).await;
+                    if !matches!(read, Ok(Ok(n)) if n > 0) {
+                        return Next::Drop;
+                    }
+                }
+                let take = (buf.len() as u64).min(left) as usize;
+                if upc.stream.write_all(&buf[..take]).await.is_err() {
+                    return upstream_failed(tcp, req, ctx, 502).await;
+                }
+                buf.advance(take);
+                left -= take as u64;
+            }
             match pool::read_response_head(&mut upc, &p.transport).await {
                 Ok(Some(n)) => break (upc, n),
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -731,20 +775,6 @@ async fn proxy(
         // The upstream failed after receiving the request.
         return upstream_failed(tcp, req, ctx, 502).await;
     };
-    buf.advance(in_buf);
-    // The rest of the request body, streamed.
-    let mut left = body_len - in_buf as u64;
-    while left > 0 {
-        if buf.is_empty() && tcp.read_buf(buf).await.map_or(true, |n| n == 0) {
-            return Next::Drop;
-        }
-        let take = (buf.len() as u64).min(left) as usize;
-        if upc.stream.write_all(&buf[..take]).await.is_err() {
-            return upstream_failed(tcp, req, ctx, 502).await;
-        }
-        buf.advance(take);
-        left -= take as u64;
-    }
 
     // The response head.
     let rhead = upc.buf.split_to(resp_head_len).freeze();
