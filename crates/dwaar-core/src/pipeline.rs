@@ -713,17 +713,12 @@ fn run_handler<'t>(
                         hash: hash.to_string(),
                     }),
                 )),
-                _ => {
-                    ctx.rejected_by = Some("basic_auth");
-                    ctx.resp_immediate.push(HeaderEdit::Set(
-                        CompactString::const_new("www-authenticate"),
-                        a.challenge.clone(),
-                    ));
-                    Flow::Done(Terminal::Error {
-                        status: 401,
-                        message: "authentication required".into(),
-                    })
-                }
+                _ => refuse(
+                    ctx,
+                    "basic_auth",
+                    401,
+                    Some(("www-authenticate", a.challenge.clone())),
+                ),
             }
         }
         HandlerRule::ForwardAuth(f) => {
@@ -749,27 +744,18 @@ fn run_handler<'t>(
             if allowed {
                 return Flow::Continue;
             }
-            ctx.rejected_by = Some("ip_filter");
-            Flow::Done(Terminal::Error {
-                status: 403,
-                message: "client address not allowed".into(),
-            })
+            refuse(ctx, "ip_filter", 403, None)
         }
         HandlerRule::RateLimit(r) => {
             let key = render(&r.key, req, ctx);
             match r.zone.check(&key) {
                 Ok(()) => Flow::Continue,
-                Err(l) => {
-                    ctx.rejected_by = Some("rate_limit");
-                    ctx.resp_immediate.push(HeaderEdit::Set(
-                        CompactString::const_new("retry-after"),
-                        l.retry_after_secs.to_string(),
-                    ));
-                    Flow::Done(Terminal::Error {
-                        status: 429,
-                        message: "rate limit exceeded".into(),
-                    })
-                }
+                Err(l) => refuse(
+                    ctx,
+                    "rate_limit",
+                    429,
+                    Some(("retry-after", l.retry_after_secs.to_string())),
+                ),
             }
         }
         HandlerRule::Root(t) => {
@@ -859,19 +845,12 @@ fn forward_auth_call(
         };
     };
     for name in req.header_names() {
-        if matches!(
-            name.as_str(),
-            "host"
-                | "connection"
-                | "keep-alive"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "content-length"
-                | "proxy-connection"
-                | crate::auth::FORWARD_MARKER
-        ) {
+        if crate::request::hop_by_hop(name.as_bytes())
+            || matches!(
+                name.as_str(),
+                "host" | "content-length" | crate::auth::FORWARD_MARKER
+            )
+        {
             continue;
         }
         req.any_header_value(&name, &mut |v| {
@@ -910,6 +889,25 @@ fn forward_auth_call(
         copy: f.copy.clone(),
         marker,
     }
+}
+
+/// A request refused by security middleware `by`: the error status (so
+/// `handle_errors` applies), the refusal in the log, and an optional response field.
+fn refuse<'t>(
+    ctx: &mut RequestContext,
+    by: &'static str,
+    status: u16,
+    field: Option<(&'static str, String)>,
+) -> Flow<'t> {
+    ctx.rejected_by = Some(by);
+    if let Some((name, value)) = field {
+        ctx.resp_immediate
+            .push(HeaderEdit::Set(CompactString::const_new(name), value));
+    }
+    Flow::Done(Terminal::Error {
+        status,
+        message: format!("refused by {by}"),
+    })
 }
 
 fn run_map(m: &MapRule, req: &dyn HttpRequest, ctx: &mut RequestContext) {

@@ -29,6 +29,21 @@ pub trait HttpRequest {
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool;
 }
 
+/// Headers that describe one connection, never forwarded to another hop.
+pub fn hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"connection"[..],
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
 /// `path?query` (or just the path) as one string.
 pub fn join_path_query(path: &str, query: Option<&str>) -> String {
     let mut s = String::with_capacity(path.len() + query.map_or(0, |q| q.len() + 1));

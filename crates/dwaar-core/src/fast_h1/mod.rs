@@ -224,21 +224,6 @@ fn request_body_len(req: &FastRequest) -> Option<u64> {
     }
 }
 
-/// Headers that describe one connection, never forwarded.
-fn hop_by_hop(name: &[u8]) -> bool {
-    [
-        &b"connection"[..],
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-    ]
-    .iter()
-    .any(|h| name.eq_ignore_ascii_case(h))
-}
-
 /// Whether the client named this header in `Connection` (it then belongs to its hop only).
 fn listed_in_connection(req: &FastRequest, name: &[u8]) -> bool {
     req.any_header_value("connection", &mut |v| {
@@ -703,7 +688,7 @@ async fn proxy(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in &req.headers {
         let name = req.name_bytes(h);
-        if hop_by_hop(name) || listed_in_connection(req, name) {
+        if crate::request::hop_by_hop(name) || listed_in_connection(req, name) {
             continue;
         }
         out.extend_from_slice(name);
@@ -908,7 +893,7 @@ fn response_head(
     // With chunked framing a Content-Length is meaningless and a smuggling hazard
     // (RFC 9112 §6.3): it never reaches the client.
     let forward = |name: &str| {
-        !(hop_by_hop(name.as_bytes())
+        !(crate::request::hop_by_hop(name.as_bytes())
             && !(keep_te && name.eq_ignore_ascii_case("transfer-encoding")))
             && !name.eq_ignore_ascii_case("x-request-id")
             && !(keep_te && name.eq_ignore_ascii_case("content-length"))

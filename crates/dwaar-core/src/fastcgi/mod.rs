@@ -575,18 +575,9 @@ pub fn params(
     let mut seen: Vec<String> = Vec::new();
     for name in req.header_names() {
         let lower = name.to_ascii_lowercase();
-        if matches!(
-            lower.as_str(),
-            "proxy"
-                | "connection"
-                | "keep-alive"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "proxy-connection"
-                | "proxy-authorization"
-        ) || seen.contains(&lower)
+        if crate::request::hop_by_hop(lower.as_bytes())
+            || matches!(lower.as_str(), "proxy" | "proxy-authorization")
+            || seen.contains(&lower)
         {
             continue;
         }
