@@ -766,3 +766,54 @@ fn ocsp_responses_are_stapled() {
     let _ = ocsp.kill();
     let _ = ocsp.wait();
 }
+
+/// Pingora serves HTTPS connections and times each read, not the whole head; Dwaar's
+/// TLS wrapper bounds the first request head by `read_header`.
+#[test]
+fn slowloris_over_tls_is_cut_off_by_the_header_timeout() {
+    use std::io::{Read, Write};
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(
+        http,
+        https,
+        store.path(),
+        "\tservers {\n\t\ttimeouts {\n\t\t\tread_header 1s\n\t\t}\n\t}\n",
+    ) + "localhost {\n\trespond hi\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let opts = TlsOpts::trusting(local_root(store.path()));
+    // A normal request is unaffected.
+    assert_eq!(
+        tls::get(https, "localhost", "localhost", "/", &opts)
+            .unwrap()
+            .body,
+        "hi"
+    );
+    let mut s = tls::connect(https, "localhost", &opts).unwrap();
+    let start = Instant::now();
+    let mut cut = false;
+    for b in b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" {
+        if s.write_all(&[*b]).and_then(|_| s.flush()).is_err() {
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        if start.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    if !cut {
+        let mut buf = [0u8; 64];
+        cut = matches!(s.read(&mut buf), Ok(0) | Err(_));
+    }
+    assert!(
+        cut,
+        "the trickling client was kept for {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        start.elapsed()
+    );
+}

@@ -59,6 +59,24 @@ impl TlsResponse {
     }
 }
 
+/// A completed TLS connection to 127.0.0.1:`port` (for tests that write by hand).
+pub fn connect(
+    port: u16,
+    sni: &str,
+    opts: &TlsOpts,
+) -> std::io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let config = client_config(opts)?;
+    let name = ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?;
+    let mut conn =
+        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp)?;
+    }
+    Ok(rustls::StreamOwned::new(conn, tcp))
+}
+
 /// Sends `GET path` with `Host: host` to 127.0.0.1:`port`, using `sni` as the server
 /// name. Errors are handshake or I/O failures (a refused client certificate, an
 /// unknown name, an untrusted chain).

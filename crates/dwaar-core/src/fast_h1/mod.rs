@@ -117,7 +117,7 @@ enum Next {
 /// How long a keep-alive connection may sit idle between requests (Pingora's default).
 const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// How long a client may take to send a whole request head once it started (slow-loris).
-const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a client may pause while sending a request body (`read_body`).
 const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// While the server drains, an idle keep-alive connection is closed after this long: a

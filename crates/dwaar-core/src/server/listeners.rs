@@ -154,7 +154,16 @@ async fn serve_tls(
         }
     };
     let addrs = local.map(|l| (peer, l));
-    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs);
+    let head_timeout = local
+        .and_then(|l| {
+            store
+                .load()
+                .port(l.port())
+                .and_then(|p| p.timeouts.read_header)
+        })
+        .unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
+    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs)
+        .with_head_timeout(head_timeout);
     let mut next = app.process_new(Box::new(conn), &shutdown).await;
     while let Some(s) = next {
         next = app.process_new(s, &shutdown).await;

@@ -21,6 +21,7 @@ use pingora_core::protocols::{
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -45,6 +46,11 @@ pub struct TlsConn {
     alpn: Option<ALPN>,
     id: UniqueIDType,
     key: Option<ConnKey>,
+    /// Until the first HTTP/1 request head is complete: when it must be (Pingora
+    /// times each read, not the whole head, so a trickling client is cut off here).
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last bytes seen while looking for the end of that head.
+    tail: [u8; 3],
 }
 
 impl TlsConn {
@@ -90,7 +96,17 @@ impl TlsConn {
             alpn,
             id,
             key: addrs,
+            head_deadline: None,
+            tail: [0; 3],
         }
+    }
+
+    /// Bounds the time to the end of the first request head (HTTP/1 only).
+    pub fn with_head_timeout(mut self, t: std::time::Duration) -> TlsConn {
+        if !matches!(self.alpn, Some(ALPN::H2)) {
+            self.head_deadline = Some(Box::pin(tokio::time::sleep(t)));
+        }
+        self
     }
 }
 
@@ -136,7 +152,31 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if let Some(d) = this.head_deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request head not complete within read_header",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if this.head_deadline.is_some() {
+            let new = &buf.filled()[before..];
+            let mut window = this.tail.to_vec();
+            window.extend_from_slice(new);
+            if window.windows(4).any(|w| w == b"\r\n\r\n") {
+                this.head_deadline = None;
+            } else {
+                let n = window.len();
+                for (i, slot) in this.tail.iter_mut().enumerate() {
+                    *slot = if n >= 3 - i { window[n - (3 - i)] } else { 0 };
+                }
+            }
+        }
+        r
     }
 }
 
