@@ -699,7 +699,7 @@ fn ocsp_responses_are_stapled() {
         let text = std::fs::read_to_string(leaf).unwrap() + &ca_pem;
         std::fs::write(dir.join(out), text).unwrap();
     }
-    let mut ocsp = std::process::Command::new("openssl")
+    let ocsp = std::process::Command::new("openssl")
         .args(["ocsp", "-index", "index.txt", "-port"])
         .arg(responder.to_string())
         .args([
@@ -710,6 +710,8 @@ fn ocsp_responses_are_stapled() {
         .stderr(std::fs::File::create(dir.join("ocsp.log")).unwrap())
         .spawn()
         .unwrap();
+    // Killed however the test ends (a failed assertion must not leave it running).
+    let _ocsp = KillOnDrop(ocsp);
     // Not a TCP probe: an empty connection wedges `openssl ocsp`.
     assert!(wait_until(Duration::from_secs(10), || {
         let read = |n: &str| std::fs::read_to_string(dir.join(n)).unwrap_or_default();
@@ -763,8 +765,15 @@ fn ocsp_responses_are_stapled() {
         .log_text()
         .contains("the certificate is revoked")));
     assert!(status("revoked.example.com").contains("OCSP response: no response sent"));
-    let _ = ocsp.kill();
-    let _ = ocsp.wait();
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Pingora serves HTTPS connections and times each read, not the whole head; Dwaar's
