@@ -156,13 +156,6 @@ impl CertMap {
         }
     }
 
-    pub fn remove(&mut self, name: &str) {
-        match name.strip_prefix("*.") {
-            Some(s) => self.wildcard.remove(s),
-            None => self.exact.remove(name),
-        };
-    }
-
     pub fn exact(&self, name: &str) -> Option<&Arc<Cert>> {
         self.exact.get(name)
     }

@@ -149,13 +149,6 @@ impl Plan {
         }
         Ok(plan)
     }
-
-    /// Whether any certificate comes from an ACME CA.
-    pub fn uses_acme(&self) -> bool {
-        self.managed
-            .iter()
-            .any(|m| matches!(m.issuer, IssuerSpec::Acme(_)))
-    }
 }
 
 fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, String> {

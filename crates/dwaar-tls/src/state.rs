@@ -150,7 +150,6 @@ pub struct TlsState {
     challenges: Arc<ChallengeBoard>,
     /// Variants of policies for clients that send no SNI, by local address.
     no_sni: Mutex<HashMap<(u64, IpAddr), Arc<ServerConfig>>>,
-    shared: Shared,
 }
 
 /// Sites as `(hosts, settings)`; an empty host list is a catch-all site.
@@ -218,12 +217,7 @@ impl TlsState {
             fallback,
             challenges: shared.challenges.clone(),
             no_sni: Mutex::new(HashMap::new()),
-            shared,
         })
-    }
-
-    pub fn shared(&self) -> &Shared {
-        &self.shared
     }
 
     /// The policy for a server name (exact, then wildcard, then the fallback).

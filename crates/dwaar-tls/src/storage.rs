@@ -58,10 +58,6 @@ impl Storage {
         fs::read(self.path(rel)).ok()
     }
 
-    pub fn exists(&self, rel: &str) -> bool {
-        self.path(rel).exists()
-    }
-
     /// Modification time of a stored file, to notice changes made by other processes.
     pub fn modified(&self, rel: &str) -> Option<std::time::SystemTime> {
         fs::metadata(self.path(rel)).and_then(|m| m.modified()).ok()

@@ -114,8 +114,3 @@ pub fn put(path: &Path, version: Version, file: Cached) {
         );
     });
 }
-
-/// Bytes cached by this thread (tests, metrics).
-pub fn thread_bytes() -> usize {
-    CACHE.with(|c| c.borrow().bytes)
-}
