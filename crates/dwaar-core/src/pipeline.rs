@@ -471,7 +471,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             if html {
                 let esc = html_escape(&to);
                 headers.push(("content-type".into(), "text/html; charset=utf-8".into()));
-                let body = format!("<!DOCTYPE html>\n<html>\n\t<head>\n\t\t<title>Redirecting...</title>\n\t\t<script>window.location.replace(\"{}\");</script>\n\t\t<meta http-equiv=\"refresh\" content=\"0; URL='{esc}'\">\n\t</head>\n\t<body>Redirecting to <a href=\"{esc}\">{esc}</a>...</body>\n</html>\n", esc.replace('"', "\\\""));
+                let body = format!("<!DOCTYPE html>\n<html>\n\t<head>\n\t\t<title>Redirecting...</title>\n\t\t<script>window.location.replace(\"{esc}\");</script>\n\t\t<meta http-equiv=\"refresh\" content=\"0; URL='{esc}'\">\n\t</head>\n\t<body>Redirecting to <a href=\"{esc}\">{esc}</a>...</body>\n</html>\n");
                 Reply {
                     status: 200,
                     headers,
@@ -527,10 +527,12 @@ fn sanitize_redirect(to: &str) -> String {
     }
 }
 
-fn html_escape(s: &str) -> String {
+/// Text safe inside HTML elements and quoted attributes.
+pub fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('"', "&quot;")
         .replace('\'', "&#39;")
 }
 

@@ -3,6 +3,7 @@
 //! and `order=asc|desc` choose the order (default: directories first, by name).
 
 use super::serve::{http_date, is_hidden};
+use crate::pipeline::html_escape;
 use crate::pipeline::Reply;
 use crate::request::HttpRequest;
 use bytes::Bytes;
@@ -155,35 +156,12 @@ fn url_escape(s: &str) -> String {
     out
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;")
-}
-
+/// RFC 3339 UTC (milliseconds), as the request log writes times.
 fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since the epoch (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:09}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        d.subsec_nanos()
-    )
+    let ms = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    dwaar_log::encode::timestamp_text(ms)
 }
 
 fn human_size(n: u64) -> String {
@@ -202,7 +180,7 @@ fn human_size(n: u64) -> String {
 }
 
 fn html(path: &str, items: &[Item], sort: &str, desc: bool) -> String {
-    let title = escape(path);
+    let title = html_escape(path);
     let link = |key: &str, label: &str| {
         let order = if sort == key && !desc { "desc" } else { "asc" };
         let arrow = match (sort == key, desc) {
@@ -230,15 +208,15 @@ fn html(path: &str, items: &[Item], sort: &str, desc: bool) -> String {
         };
         rows.push_str(&format!(
             "<tr><td><a href=\"./{}\">{}</a>{}</td><td class=\"n\">{}</td><td>{}</td></tr>\n",
-            escape(&url_escape(&name)),
-            escape(&name),
+            html_escape(&url_escape(&name)),
+            html_escape(&name),
             if i.is_symlink {
                 " <small>(link)</small>"
             } else {
                 ""
             },
             size,
-            escape(&rfc3339(i.modified)[..19].replace('T', " ")),
+            html_escape(&rfc3339(i.modified)[..19].replace('T', " ")),
         ));
     }
     format!(

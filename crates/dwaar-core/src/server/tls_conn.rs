@@ -49,8 +49,8 @@ pub struct TlsConn {
     /// Until the first HTTP/1 request head is complete: when it must be (Pingora
     /// times each read, not the whole head, so a trickling client is cut off here).
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The last bytes seen while looking for the end of that head.
-    tail: [u8; 3],
+    /// How much of the head's closing CRLF CRLF has been seen (0 to 3).
+    head_end: u8,
 }
 
 impl TlsConn {
@@ -97,7 +97,7 @@ impl TlsConn {
             id,
             key: addrs,
             head_deadline: None,
-            tail: [0; 3],
+            head_end: 0,
         }
     }
 
@@ -164,16 +164,17 @@ impl AsyncRead for TlsConn {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if this.head_deadline.is_some() {
-            let new = &buf.filled()[before..];
-            let mut window = this.tail.to_vec();
-            window.extend_from_slice(new);
-            if window.windows(4).any(|w| w == b"\r\n\r\n") {
-                this.head_deadline = None;
-            } else {
-                let n = window.len();
-                for (i, slot) in this.tail.iter_mut().enumerate() {
-                    *slot = if n >= 3 - i { window[n - (3 - i)] } else { 0 };
-                }
+            for &b in &buf.filled()[before..] {
+                this.head_end = match (this.head_end, b) {
+                    (2, b'\r') => 3,
+                    (_, b'\r') => 1,
+                    (1, b'\n') => 2,
+                    (3, b'\n') => {
+                        this.head_deadline = None;
+                        break;
+                    }
+                    _ => 0,
+                };
             }
         }
         r
