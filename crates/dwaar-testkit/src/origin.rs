@@ -271,82 +271,52 @@ pub struct TestCa {
     pub key_pem: std::path::PathBuf,
 }
 
+/// Runs the `openssl` CLI in `dir`; a failure fails the test with its stderr.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl TestCa {
     /// A CA and a server certificate for `localhost` / 127.0.0.1.
     pub fn new() -> TestCa {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let p = |n: &str| dir.path().join(n);
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir.path())
-                .output()
-                .unwrap_or_else(|e| panic!("openssl: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Dwaar Test CA",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        std::fs::write(
-            p("ext.cnf"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        TestCa {
-            ca_pem: p("ca.pem"),
-            cert_pem: p("server.pem"),
-            key_pem: p("server.key"),
+        openssl(
+            dir.path(),
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Dwaar Test CA",
+            ],
+        );
+        let mut ca = TestCa {
+            ca_pem: dir.path().join("ca.pem"),
+            cert_pem: std::path::PathBuf::new(),
+            key_pem: std::path::PathBuf::new(),
             dir,
-        }
+        };
+        (ca.cert_pem, ca.key_pem) = ca.issue("server", &["localhost", "127.0.0.1"]);
+        ca
     }
 
     /// Issues another certificate from this CA for `names` (DNS names or IPs) and
@@ -364,18 +334,7 @@ impl TestCa {
         extra_ext: &str,
     ) -> (std::path::PathBuf, std::path::PathBuf) {
         let dir = self.dir.path();
-        let run = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .unwrap_or_else(|e| panic!("openssl: {e}"));
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let run = |args: &[&str]| openssl(dir, args);
         let key = format!("{label}.key");
         let csr = format!("{label}.csr");
         let crt = format!("{label}.pem");
