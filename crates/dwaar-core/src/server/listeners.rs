@@ -126,18 +126,15 @@ enum Front {
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Handshake, then Pingora. `tls` and `head_timeout` come from the route table
+/// loaded once at accept time.
 async fn serve_tls(
     stream: Stream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     app: Arc<ProxyApp>,
-    store: Arc<crate::route_table::RouteStore>,
+    (tls, head_timeout): (Arc<dwaar_tls::TlsState>, std::time::Duration),
     shutdown: ShutdownWatch,
 ) {
-    let table = store.load();
-    let Some(tls) = table.tls.as_ref().map(|c| c.state.clone()) else {
-        return;
-    };
-    drop(table);
     let ip = local
         .map(|a| crate::net::canonical(a.ip()))
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
@@ -154,14 +151,6 @@ async fn serve_tls(
         }
     };
     let addrs = local.map(|l| (peer, l));
-    let head_timeout = local
-        .and_then(|l| {
-            store
-                .load()
-                .port(l.port())
-                .and_then(|p| p.timeouts.read_header)
-        })
-        .unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
     let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs)
         .with_head_timeout(head_timeout);
     let mut next = app.process_new(Box::new(conn), &shutdown).await;
@@ -219,13 +208,22 @@ async fn accept_loop(
                 // client that sends no SNI gets the certificate of the IP it dialled.
                 // One getsockname is nothing next to a handshake.
                 let local = tcp.local_addr().ok().or(local);
-                let write =
-                    local.and_then(|l| store.load().port(l.port()).and_then(|p| p.timeouts.write));
-                crate::fast_h1::set_write_timeout(&tcp, write);
+                // One route-table load per connection: TLS state and timeouts.
+                let table = store.load();
+                let Some(tls) = table.tls.as_ref().map(|c| c.state.clone()) else {
+                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                };
+                let timeouts = local
+                    .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
+                    .unwrap_or_default();
+                drop(table);
+                crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
+                let head_timeout = timeouts.read_header.unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
                 let stream = to_pingora(tcp, peer, local);
-                let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
+                let (app, shutdown) = (app.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    serve_tls(stream, (peer, local), app, store, shutdown).await;
+                    serve_tls(stream, (peer, local), app, (tls, head_timeout), shutdown).await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
