@@ -826,3 +826,21 @@ fn slowloris_over_tls_is_cut_off_by_the_header_timeout() {
         start.elapsed()
     );
 }
+
+#[test]
+fn servers_protocols_for_the_https_port_decide_alpn() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(
+        http,
+        https,
+        store.path(),
+        &format!("\tservers :{https} {{\n\t\tprotocols h1\n\t}}\n"),
+    ) + "localhost {\n\trespond hi\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let mut opts = TlsOpts::trusting(local_root(store.path()));
+    opts.alpn = vec!["h2", "http/1.1"];
+    let r = tls::get(https, "localhost", "localhost", "/", &opts).unwrap();
+    assert_eq!(r.alpn.as_deref(), Some("http/1.1"));
+    assert_eq!(r.body, "hi");
+}

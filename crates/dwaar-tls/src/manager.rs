@@ -186,11 +186,18 @@ impl TlsManager {
             None
         };
         let mut alpn = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        let protocols = config
-            .global
-            .servers
+        // `servers { protocols }` for the HTTPS port (or for every server) decides
+        // whether h2 is offered.
+        let https_port = config.global.https_port.to_string();
+        let servers = &config.global.servers;
+        let protocols = servers
             .iter()
-            .find(|s| s.listener.is_none())
+            .find(|s| {
+                s.listener
+                    .as_deref()
+                    .is_some_and(|l| l.trim_start_matches(':') == https_port)
+            })
+            .or_else(|| servers.iter().find(|s| s.listener.is_none()))
             .map(|s| &s.protocols);
         if let Some(p) = protocols.filter(|p| !p.is_empty()) {
             if !p.iter().any(|x| x == "h2") {
