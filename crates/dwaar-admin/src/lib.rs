@@ -3,6 +3,7 @@
 //! It runs on the control runtime of the top process (the single server, or the
 //! supervisor when there are worker processes), so what it reports and changes is the
 //! whole server. Endpoints: `GET /health`, `GET /config`, `GET /routes`, `GET /metrics`,
+//! `GET /dashboard`, `GET /analytics/sites`, `GET /analytics/{site}[/export.csv]`,
 //! `POST /load`, `POST /reload`, `POST /stop`, `POST /upgrade`. Access rules live in
 //! [`access`]; the listener (TCP or unix socket) in [`listener`]; the CLI side in
 //! [`client`].
@@ -81,6 +82,15 @@ async fn handle(
         ("GET" | "HEAD", "/metrics") => {
             Response::text(200, "text/plain; version=0.0.4", control.metrics())
         }
+        ("GET" | "HEAD", "/dashboard" | "/dashboard/") => {
+            let page = dwaar_core::analytics::dashboard_page("/analytics", None);
+            from_reply(page)
+        }
+        ("GET" | "HEAD", p) if p.starts_with("/analytics/") => analytics(req, control).await,
+        (_, p) if p.starts_with("/analytics/") || p == "/dashboard" => {
+            Response::error(405, &format!("{} is not allowed on {path}", req.method))
+                .with_header("Allow", "GET, HEAD")
+        }
         ("POST", "/load") => load(req, control).await,
         ("POST", "/reload") => {
             let c = control.clone();
@@ -109,6 +119,62 @@ async fn handle(
         }
         _ => Response::error(404, &format!("no admin endpoint {path}")),
     }
+}
+
+/// `GET /analytics/sites`, `/analytics/{site}` and `/analytics/{site}/export.csv`.
+async fn analytics(req: &Request, control: &Arc<Control>) -> Response {
+    use dwaar_core::analytics::{answer, percent_decode, Internal};
+    let config = control.reloader.current();
+    let db = dwaar_core::route_table::analytics_db(&config);
+    let sites = dwaar_core::route_table::analytics_sites(&config);
+    let (path, query) = req.path.split_once('?').unwrap_or((&req.path, ""));
+    let rest = path.trim_start_matches("/analytics/");
+    let internal = if rest == "sites" {
+        Internal::Sites { db, sites }
+    } else {
+        let (name, csv) = match rest.strip_suffix("/export.csv") {
+            Some(n) => (n, true),
+            None => (rest, false),
+        };
+        let site = percent_decode(name);
+        if site.is_empty() || site.contains('/') {
+            return Response::error(404, &format!("no admin endpoint {path}"));
+        }
+        Internal::Report {
+            db,
+            site,
+            query: query.to_string(),
+            csv,
+        }
+    };
+    from_reply(answer(internal, Default::default()).await)
+}
+
+/// An answer built by `dwaar-core` as an admin response.
+fn from_reply(r: dwaar_core::pipeline::Reply) -> Response {
+    let ct = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let content_type = if ct.starts_with("text/csv") {
+        "text/csv; charset=utf-8"
+    } else if ct.starts_with("text/html") {
+        "text/html; charset=utf-8"
+    } else {
+        "application/json"
+    };
+    let mut out = Response::text(r.status, content_type, String::new());
+    out.body = r.body.to_vec();
+    for (k, v) in r.headers {
+        if k.eq_ignore_ascii_case("content-security-policy") {
+            out = out.with_header("Content-Security-Policy", &v);
+        } else if k.eq_ignore_ascii_case("cache-control") {
+            out = out.with_header("Cache-Control", &v);
+        }
+    }
+    out
 }
 
 async fn load(req: &Request, control: &Arc<Control>) -> Response {

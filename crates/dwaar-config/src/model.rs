@@ -39,6 +39,13 @@ pub struct GlobalOptions {
     /// Certificate automation defaults (`email`, `acme_ca`, `local_certs`, `storage`).
     #[serde(default)]
     pub tls: GlobalTls,
+    /// Analytics storage settings (`analytics { retention geoip }`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub analytics: GlobalAnalytics,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// Global options that shape automatic HTTPS.
@@ -155,6 +162,7 @@ impl Default for GlobalOptions {
             workers: 1,
             log: None,
             tls: GlobalTls::default(),
+            analytics: GlobalAnalytics::default(),
         }
     }
 }
@@ -200,6 +208,58 @@ pub struct Site {
     /// The site's `tls` directive, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<SiteTls>,
+    /// First-party analytics (`analytics`); `None` or disabled: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analytics: Option<SiteAnalytics>,
+}
+
+/// A site's `analytics` directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteAnalytics {
+    pub enabled: bool,
+    /// Paths (with `*` wildcards) that get no script and count no page views.
+    pub exclude_paths: Vec<String>,
+    /// Honour Do-Not-Track and Global Privacy Control (default on).
+    pub respect_dnt: bool,
+    /// Share of page views that get the script, in parts per thousand.
+    pub sample_permille: u16,
+    /// Where the site serves its own dashboard (`dashboard /stats`).
+    pub dashboard: Option<String>,
+}
+
+impl Default for SiteAnalytics {
+    fn default() -> Self {
+        SiteAnalytics {
+            enabled: true,
+            exclude_paths: Vec::new(),
+            respect_dnt: true,
+            sample_permille: 1000,
+            dashboard: None,
+        }
+    }
+}
+
+/// The global `analytics` option.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlobalAnalytics {
+    /// Days the daily rollups are kept.
+    pub retention_days: u32,
+    /// How often each process writes its counts to the store.
+    pub flush_interval_ms: u64,
+    /// An IP-range-to-country CSV file.
+    pub geoip: Option<String>,
+}
+
+impl Default for GlobalAnalytics {
+    fn default() -> Self {
+        GlobalAnalytics {
+            retention_days: 400,
+            flush_interval_ms: 2000,
+            geoip: None,
+        }
+    }
 }
 
 /// A `log` block: where records go and how they look.
@@ -416,6 +476,8 @@ pub struct FieldMatch {
 #[serde(tag = "handler", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Handler {
     ReverseProxy(Box<ReverseProxy>),
+    /// `metrics`: the process's Prometheus metrics.
+    Metrics,
     /// `log_skip` / `skip_log`: the request is left out of the access log.
     LogSkip,
     StaticResponse {

@@ -105,6 +105,10 @@ pub struct RequestContext {
     pub rejected_by: Option<&'static str>,
     /// Short upstream error text when proxying failed.
     pub upstream_error: Option<CompactString>,
+    /// A GET to an analytics site: what its page view would record.
+    pub page: Option<Box<crate::analytics::PageFacts>>,
+    /// The response body is being rewritten (analytics script injection).
+    pub injection: Option<Box<crate::analytics::Injection>>,
 }
 
 impl RequestContext {

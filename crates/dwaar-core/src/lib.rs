@@ -5,12 +5,15 @@
 //! [`context::RequestContext`]; [`proxy`] is the Pingora front-end; [`upstream`] holds
 //! backend state, load balancing and health checks; [`server`] wires the process.
 
+pub mod analytics;
 pub mod auth;
+pub mod compress;
 pub mod context;
 pub mod fast_h1;
 pub mod fastcgi;
 pub mod files;
 pub mod matcher;
+pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod proxy;

@@ -55,6 +55,9 @@ pub enum Outcome {
     /// Answer this off the request path (`crate::auth::run`), then run the pipeline
     /// again on the original request (or send what the check answered).
     Check(crate::auth::Check),
+    /// Dwaar's own endpoint (analytics beacon, reports): read the body up to its
+    /// limit, then `crate::analytics::answer`.
+    Internal(crate::analytics::Internal),
 }
 
 /// A response header block the pipeline can edit (a `Reply`'s, or a front-end's).
@@ -213,6 +216,8 @@ enum Terminal<'t> {
     Abort,
     /// A reply built by a handler (files).
     Ready(Reply),
+    /// `metrics`: built where the route table is at hand.
+    Metrics,
     Check(crate::auth::Check),
 }
 
@@ -341,7 +346,23 @@ pub fn handle_request(
         return Outcome::Reply(Reply::status(200));
     };
     ctx.site = Some(site.clone());
+    if let Some(a) = &site.analytics {
+        if let Some(o) = crate::analytics::early(a, req, ctx) {
+            return o;
+        }
+    }
     let flow = run_routes(&site.routes, req, ctx, trusted);
+    // A site's own analytics dashboard, once its middleware let the request through.
+    if let Some(a) = &site.analytics {
+        if !matches!(flow, Flow::Done(Terminal::Check(_)) | Flow::Done(Terminal::Abort)) {
+            if let Some(o) = crate::analytics::dashboard(a, req, ctx) {
+                return match o {
+                    Outcome::Reply(r) => Outcome::Reply(finish_reply(r, ctx)),
+                    other => other,
+                };
+            }
+        }
+    }
     let terminal = match flow {
         Flow::Continue => return Outcome::Reply(finish_reply(Reply::status(200), ctx)),
         Flow::Done(t) => t,
@@ -353,6 +374,15 @@ pub fn handle_request(
         }
         Terminal::Abort => Outcome::Abort,
         Terminal::Check(check) => Outcome::Check(check),
+        Terminal::Metrics => {
+            let mut r = Reply::status(200);
+            r.headers.push((
+                CompactString::const_new("content-type"),
+                "text/plain; version=0.0.4; charset=utf-8".into(),
+            ));
+            r.body = crate::metrics::render(Some(table)).into();
+            Outcome::Reply(finish_reply(r, ctx))
+        }
         Terminal::Error { status, message } => {
             error_outcome(&site.error_routes, status, message, req, ctx, trusted)
         }
@@ -381,7 +411,7 @@ pub fn proxy_error_reply(
     match error_outcome(&site.error_routes, code, message, req, ctx, &trusted) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
-        Outcome::Proxy | Outcome::Check(_) => Some(Reply::status(code)),
+        Outcome::Proxy | Outcome::Check(_) | Outcome::Internal(_) => Some(Reply::status(code)),
     }
 }
 
@@ -500,7 +530,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             headers,
             ..Default::default()
         },
-        Terminal::Check(_) => Reply {
+        Terminal::Check(_) | Terminal::Metrics => Reply {
             status: 503,
             headers,
             ..Default::default()
@@ -613,6 +643,7 @@ fn run_handler<'t>(
             status: *status,
             message: render(message, req, ctx).into_owned(),
         }),
+        HandlerRule::Metrics => Flow::Done(Terminal::Metrics),
         HandlerRule::Abort => {
             ctx.rejected_by = Some("abort");
             Flow::Done(Terminal::Abort)

@@ -110,8 +110,13 @@ async fn serve_fastcgi(
                 ctx.resp_deferred.clone(),
             ],
             request_id: ctx.request_id,
+            analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
+            page: ctx.page.take(),
+            injection: None,
         };
-        crate::fastcgi::run(p, opts, &req, ctx, &mut down).await
+        let r = crate::fastcgi::run(p, opts, &req, ctx, &mut down).await;
+        ctx.page = down.page.take();
+        r
     };
     if std::mem::take(&mut ctx.inflight) {
         crate::server::inflight::exit();
@@ -142,6 +147,10 @@ struct PingoraDownstream<'s> {
     /// `header_down`, then the site's immediate and deferred `header` edits.
     edits: [Vec<crate::context::HeaderEdit>; 3],
     request_id: Option<uuid::Uuid>,
+    /// Analytics: the site's settings, the page-view facts and the body rewriter.
+    analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
+    page: Option<Box<crate::analytics::PageFacts>>,
+    injection: Option<crate::analytics::Injection>,
 }
 
 #[async_trait]
@@ -172,6 +181,20 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))
                 .map_err(io)?;
         }
+        let mut length = length;
+        if let (Some(a), Some(page)) = (&self.analytics, self.page.as_mut()) {
+            if let Some(l) = length {
+                resp.insert_header(http::header::CONTENT_LENGTH, l.to_string())
+                    .map_err(io)?;
+            }
+            self.injection = crate::analytics::begin_page(a, page, status, &mut resp);
+            if self.injection.is_some() {
+                length = resp
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+            }
+        }
         let no_body = status == 204
             || status == 304
             || status < 200
@@ -188,6 +211,13 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        let chunk = match self.injection.as_mut() {
+            Some(inj) => inj.feed(Some(chunk), false)?,
+            None => chunk,
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
         self.session
             .write_response_body(Some(chunk), false)
             .await
@@ -195,8 +225,12 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
+        let last = match self.injection.as_mut() {
+            Some(inj) => Some(inj.feed(None, true)?).filter(|b| !b.is_empty()),
+            None => None,
+        };
         self.session
-            .write_response_body(None, true)
+            .write_response_body(last, true)
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))
     }
@@ -422,7 +456,23 @@ impl ProxyHttp for DwaarProxy {
         }
         ctx.table = Some(table);
         match outcome {
-            Outcome::Reply(r) => {
+            Outcome::Reply(mut r) => {
+                crate::analytics::inject_reply(ctx, &mut r);
+                write_reply(session, ctx, r).await?;
+                Ok(true)
+            }
+            Outcome::Internal(i) => {
+                let limit = i.body_limit();
+                let mut body = bytes::BytesMut::new();
+                while let Some(chunk) = session.read_request_body().await? {
+                    if body.len() + chunk.len() > limit {
+                        ctx.close = true;
+                        write_reply(session, ctx, Reply::status(413)).await?;
+                        return Ok(true);
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                let r = crate::analytics::answer(i, body.freeze()).await;
                 write_reply(session, ctx, r).await?;
                 Ok(true)
             }
@@ -632,7 +682,34 @@ impl ProxyHttp for DwaarProxy {
             let mut buf = [0u8; 36];
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
         }
+        if ctx.page.is_some() && session.req_header().method == http::Method::GET {
+            let status = resp.status.as_u16();
+            let had_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+            if let Some(inj) = crate::analytics::begin(ctx, status, resp) {
+                ctx.injection = Some(Box::new(inj));
+                let h1 = session.req_header().version < http::Version::HTTP_2;
+                if had_length && !resp.headers.contains_key(http::header::CONTENT_LENGTH) && h1 {
+                    resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestContext,
+    ) -> Result<Option<std::time::Duration>> {
+        if let Some(inj) = ctx.injection.as_mut() {
+            let out = inj.feed(body.take(), end_of_stream).map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewriting the page for analytics", e)
+            })?;
+            *body = Some(out);
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -739,13 +816,25 @@ impl FloorCharBoundary for str {
     }
 }
 
-/// Hands the request's record to the site's access logger (never blocks).
+/// Settles the finished request: metrics, analytics and the access log (never blocks).
 fn access_log(session: &Session, ctx: &RequestContext) {
+    let req = session.req_header();
+    let down = session.as_downstream();
+    let status = session
+        .response_written()
+        .map(|r| r.status.as_u16())
+        .unwrap_or(0);
+    crate::metrics::observe(
+        ctx,
+        req.method.as_str(),
+        status,
+        down.body_bytes_read() as u64,
+        down.body_bytes_sent() as u64,
+    );
+    crate::analytics::record(ctx, status, down.body_bytes_sent() as u64);
     if !is_logged(ctx) {
         return;
     }
-    let req = session.req_header();
-    let down = session.as_downstream();
     log_request(
         ctx,
         LogParts {

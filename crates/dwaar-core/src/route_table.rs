@@ -59,6 +59,8 @@ pub struct MapRule {
 #[derive(Debug)]
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
+    /// `metrics`: this process's Prometheus text.
+    Metrics,
     LogSkip,
     Respond {
         status: Option<u16>,
@@ -151,6 +153,10 @@ pub struct SiteRoutes {
     pub error_routes: Vec<RouteRule>,
     /// The site's access logger (`log`).
     pub log: Option<Arc<dwaar_log::Logger>>,
+    /// First-party analytics (`analytics`).
+    pub analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
+    /// Request counters, shared with earlier tables that had the same site.
+    pub metrics: Arc<crate::metrics::SiteMetrics>,
 }
 
 /// Long-lived state that compiled tables share across reloads: upstream pools and
@@ -164,6 +170,9 @@ pub struct Registries {
     pub tls: Option<Arc<dwaar_tls::TlsManager>>,
     /// Rate-limit zones by name.
     pub rate_zones: std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
+    /// The analytics collector, started by the first table with an `analytics` site;
+    /// `None` where nothing is served.
+    pub analytics: Option<std::sync::Mutex<Option<Arc<dwaar_analytics::Collector>>>>,
 }
 
 impl Registries {
@@ -176,6 +185,40 @@ impl Registries {
             logs: Some(dwaar_log::LogRegistry::default()),
             tls: Some(dwaar_tls::TlsManager::new(leader)),
             rate_zones: Default::default(),
+            analytics: Some(Default::default()),
+        }
+    }
+
+    /// The collector for `db`, started on first use, with `settings` applied.
+    fn collector(
+        &self,
+        db: &std::path::Path,
+        settings: dwaar_analytics::Settings,
+    ) -> Result<Option<Arc<dwaar_analytics::Collector>>, String> {
+        let Some(slot) = &self.analytics else {
+            return Ok(None);
+        };
+        let mut g = slot.lock().map_err(|_| "analytics state poisoned".to_string())?;
+        if let Some(c) = g.as_ref() {
+            if c.db_path() != db {
+                tracing::warn!(
+                    "analytics storage moved to {}; it takes effect after a restart",
+                    db.display()
+                );
+            }
+            c.configure(settings);
+            return Ok(Some(c.clone()));
+        }
+        let c = dwaar_analytics::Collector::start(db, settings)
+            .map_err(|e| format!("analytics storage: {e}"))?;
+        *g = Some(c.clone());
+        Ok(Some(c))
+    }
+
+    /// Writes what the analytics collector holds and stops it (shutdown).
+    pub fn flush_analytics(&self) {
+        if let Some(c) = self.analytics.as_ref().and_then(|s| s.lock().ok()?.clone()) {
+            c.shutdown();
         }
     }
 
@@ -277,6 +320,49 @@ pub struct RouteTable {
     /// Some route uses `basic_auth` or `forward_auth` (front-ends keep the original
     /// request for a second pipeline run after the check).
     pub basic_auth: bool,
+    /// Sites with analytics and where their numbers are stored (for the admin API).
+    pub analytics: Option<AnalyticsInfo>,
+    /// Every upstream the table's reverse proxies use (for metrics).
+    pub upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
+}
+
+/// What the admin API needs to answer analytics queries.
+#[derive(Debug, Clone)]
+pub struct AnalyticsInfo {
+    pub db: std::path::PathBuf,
+    pub sites: Vec<String>,
+    pub collector: Option<Arc<dwaar_analytics::Collector>>,
+}
+
+/// The analytics database of a config: `<storage>/analytics/analytics.db`.
+pub fn analytics_db(config: &Config) -> std::path::PathBuf {
+    dwaar_tls::storage::Storage::from_config(config.global.tls.storage.as_deref())
+        .path("analytics/analytics.db")
+}
+
+/// The labels of the config's sites with analytics on.
+pub fn analytics_sites(config: &Config) -> Vec<String> {
+    config
+        .sites
+        .iter()
+        .filter(|s| s.analytics.as_ref().is_some_and(|a| a.enabled))
+        .map(analytics_label)
+        .collect()
+}
+
+/// The name a site's numbers are kept under: its first address's host (`:port` for a
+/// catch-all).
+fn analytics_label(site: &dwaar_config::model::Site) -> String {
+    site.addresses
+        .first()
+        .map(|a| {
+            if a.host.is_empty() {
+                format!(":{}", a.port)
+            } else {
+                a.host.clone()
+            }
+        })
+        .unwrap_or_default()
 }
 
 impl RouteTable {
@@ -297,6 +383,7 @@ impl RouteTable {
             zones: &registries.rate_zones,
             basic_auth: false,
             health: Vec::new(),
+            upstreams: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
         if let Some(m) = &registries.tls {
@@ -306,6 +393,37 @@ impl RouteTable {
             // Validation only: plan errors still fail the config.
             dwaar_tls::plan::Plan::new(config)?;
         }
+        let wants_analytics = config
+            .sites
+            .iter()
+            .any(|s| s.analytics.as_ref().is_some_and(|a| a.enabled));
+        let collector = if wants_analytics {
+            let g = &config.global.analytics;
+            let geoip = match &g.geoip {
+                Some(p) => Some(Arc::new(
+                    dwaar_analytics::geo::GeoDb::load(std::path::Path::new(p))
+                        .map_err(|e| format!("analytics geoip: {e}"))?,
+                )),
+                None => None,
+            };
+            let db = analytics_db(config);
+            let c = registries.collector(
+                &db,
+                dwaar_analytics::Settings {
+                    retention_days: g.retention_days,
+                    flush: std::time::Duration::from_millis(g.flush_interval_ms),
+                    geoip,
+                },
+            )?;
+            table.analytics = Some(AnalyticsInfo {
+                db,
+                sites: Vec::new(),
+                collector: c.clone(),
+            });
+            c
+        } else {
+            None
+        };
         table.client_auth = config
             .sites
             .iter()
@@ -335,12 +453,28 @@ impl RouteTable {
                 (Some(c), Some(logs)) => Some(logs.logger(c)?),
                 _ => None,
             };
+            let analytics = match (&site.analytics, &mut table.analytics) {
+                (Some(a), Some(info)) if a.enabled => {
+                    let label = analytics_label(site);
+                    info.sites.push(label.clone());
+                    Some(Arc::new(crate::analytics::SiteAnalytics::new(
+                        &label,
+                        a,
+                        info.db.clone(),
+                        collector.clone(),
+                    )))
+                }
+                _ => None,
+            };
+            let metrics = crate::metrics::SiteMetrics::for_label(&analytics_label(site));
             let compiled = Arc::new(SiteRoutes {
                 name,
                 path,
                 routes,
                 error_routes,
                 log,
+                analytics,
+                metrics,
             });
             for a in &site.addresses {
                 let port = table.ports.entry(a.port).or_default();
@@ -420,6 +554,7 @@ impl RouteTable {
             .filter(|l| l.addr.is_empty() || !wildcard_ports.contains(&l.port))
             .collect();
         table.health_targets = cx.health;
+        table.upstreams = cx.upstreams;
         table.basic_auth = cx.basic_auth;
         Ok(table)
     }
@@ -488,6 +623,8 @@ fn https_redirects(
             routes,
             error_routes: Vec::new(),
             log: None,
+            analytics: None,
+            metrics: crate::metrics::SiteMetrics::for_label(&format!("{host} (redirect)")),
         });
         match host.strip_prefix('*') {
             Some(suffix) => port.wildcard.push((suffix.to_string(), site)),
@@ -525,6 +662,7 @@ struct Cx<'a> {
     /// A `basic_auth` was compiled.
     basic_auth: bool,
     health: Vec<HealthTarget>,
+    upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
 }
 
 fn compile_routes(
@@ -628,6 +766,11 @@ fn compile_handler(
                     cx.health.push(t);
                 }
             }
+            for u in &handler.upstreams {
+                if !cx.upstreams.iter().any(|x| Arc::ptr_eq(x, u)) {
+                    cx.upstreams.push(u.clone());
+                }
+            }
             HandlerRule::Proxy(handler)
         }
         Handler::StaticResponse {
@@ -680,6 +823,7 @@ fn compile_handler(
             message: message.clone(),
         },
         Handler::Abort => HandlerRule::Abort,
+        Handler::Metrics => HandlerRule::Metrics,
         Handler::LogSkip => HandlerRule::LogSkip,
         Handler::Vars { values } => HandlerRule::Vars(
             values

@@ -47,6 +47,10 @@ impl Counts {
 }
 
 /// One rate-limit zone.
+/// Decisions of every zone of this process, for metrics.
+pub static ALLOWED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+pub static LIMITED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 pub struct Zone {
     pub events: u32,
     pub burst: u32,
@@ -158,7 +162,12 @@ impl Zone {
     }
 
     pub fn check(&self, key: &str) -> Result<(), Limited> {
-        self.check_at(key, now_ms())
+        let r = self.check_at(key, now_ms());
+        match r {
+            Ok(()) => ALLOWED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            Err(_) => LIMITED.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        };
+        r
     }
 }
 

@@ -45,6 +45,7 @@ pub const SUPPORTED: &[&str] = &[
     "basic_auth",
     "basicauth",
     "forward_auth",
+    "metrics",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -54,7 +55,6 @@ pub const NOT_YET: &[&str] = &[
     "tracing",
     "method",
     "push",
-    "metrics",
     "acme_server",
     "copy_response",
     "copy_response_headers",
@@ -63,12 +63,18 @@ pub const NOT_YET: &[&str] = &[
     "fs",
     "log_append",
     "log_name",
-    "analytics",
     "cache",
 ];
 
 /// Site-level directives handled by the site compiler, not here.
-pub const SITE_LEVEL: &[&str] = &["bind", "handle_errors", "log", "tls", "security_headers"];
+pub const SITE_LEVEL: &[&str] = &[
+    "bind",
+    "handle_errors",
+    "log",
+    "tls",
+    "security_headers",
+    "analytics",
+];
 
 fn to_compiled(r: Option<Route>) -> Compiled {
     r.map_or(Compiled::Nothing, Compiled::Route)
@@ -115,6 +121,19 @@ pub fn compile_directive(
             route(m, vec![Handler::Rewrite { uri }])
         }
         "uri" => uri(d, named, diags),
+        "metrics" => {
+            // `metrics [<matcher>] { disable_openmetrics }`: Prometheus text here.
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 0, 0, "metrics [<matcher>]") {
+                return Compiled::Nothing;
+            }
+            for line in block_lines(&d.block) {
+                if line.name.text != "disable_openmetrics" {
+                    diags.unknown_sub("metrics", &line.name, &["disable_openmetrics"]);
+                }
+            }
+            route(m, vec![Handler::Metrics])
+        }
         "root" => to_compiled(super::files::root(d, named, diags)),
         "ip_filter" => to_compiled(super::security::ip_filter(d, named, diags)),
         "rate_limit" => to_compiled(super::security::rate_limit(d, named, diags)),

@@ -4,6 +4,7 @@
 //! directives live in `handlers`, `reverse_proxy` in its own module, matchers in
 //! `matchers`, and directive ordering in `routes`.
 
+mod analytics;
 mod args;
 mod files;
 mod handlers;
@@ -45,6 +46,8 @@ const GLOBAL_SUPPORTED: &[&str] = &[
     "acme_ca_root",
     "local_certs",
     "storage",
+    "analytics",
+    "metrics",
 ];
 const GLOBAL_NOT_YET: &[&str] = &[
     "default_sni",
@@ -59,7 +62,6 @@ const GLOBAL_NOT_YET: &[&str] = &[
     "persist_config",
     "storage_clean_interval",
     "default_bind",
-    "metrics",
     "preferred_chains",
     "renew_interval",
     "events",
@@ -112,6 +114,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut site_tls: Option<crate::model::SiteTls> = None;
         let mut seen_tls = false;
         let mut security: Option<security::SecurityHeaders> = None;
+        let mut site_analytics: Option<crate::model::SiteAnalytics> = None;
         let mut error_blocks: Vec<&Directive> = Vec::new();
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
@@ -149,6 +152,13 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                     } else {
                         seen_log = true;
                         site_log = log::log_config(d, diags, log::Scope::Site);
+                    }
+                }
+                "analytics" if !d.name.quoted() => {
+                    if site_analytics.is_some() {
+                        diags.push(d.name.error("a site has one 'analytics' directive"));
+                    } else {
+                        site_analytics = analytics::site(d, diags);
                     }
                 }
                 "security_headers" if !d.name.quoted() => {
@@ -248,6 +258,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             error_routes,
             log: site_log,
             tls: site_tls,
+            analytics: site_analytics,
         });
     }
     check_port_schemes(doc, &sites, diags);
@@ -538,6 +549,15 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             }
             "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" => {
                 tls::global_option(d, &mut g.tls, diags);
+            }
+            "analytics" => analytics::global(d, &mut g.analytics, diags),
+            // Caddy's switch for its metrics; Dwaar always keeps them (per host too).
+            "metrics" => {
+                for line in block_lines(&d.block) {
+                    if line.name.text != "per_host" {
+                        diags.unknown_sub("metrics", &line.name, &["per_host"]);
+                    }
+                }
             }
             n if GLOBAL_NOT_YET.contains(&n) => {
                 diags.push(

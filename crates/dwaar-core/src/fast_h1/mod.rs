@@ -350,7 +350,33 @@ async fn serve_one(
     ctx.table = Some(table);
     let close = wants_close(&req) || inflight::draining();
     match outcome {
-        Outcome::Reply(r) => {
+        Outcome::Internal(i) => {
+            if body_len > i.body_limit() as u64 {
+                let _ = write_reply(tcp, &req, &ctx, Reply::status(413), true).await;
+                finish_log(&req, &ctx, 413, 0, 0);
+                linger(tcp).await;
+                return Next::Drop;
+            }
+            let body_timeout = timeouts.read_body.unwrap_or(BODY_TIMEOUT);
+            let Ok(body) = read_small_body(tcp, buf, body_len as usize, body_timeout).await else {
+                return Next::Drop;
+            };
+            let r = crate::analytics::answer(i, body).await;
+            let close = close || r.close;
+            match write_reply(tcp, &req, &ctx, r, close).await {
+                Ok((status, sent)) => {
+                    finish_log(&req, &ctx, status, body_len, sent);
+                    if close {
+                        Next::Close
+                    } else {
+                        Next::KeepAlive
+                    }
+                }
+                Err(_) => Next::Drop,
+            }
+        }
+        Outcome::Reply(mut r) => {
+            crate::analytics::inject_reply(&mut ctx, &mut r);
             ctx.inflight = inflight::enter();
             // A small body is read and dropped so the connection stays in step. A large
             // or refused one (413) is not read: the answer goes out at once, the
@@ -397,8 +423,10 @@ async fn serve_one(
             Next::Drop
         }
         Outcome::Proxy => {
-            let eligible =
-                ctx.max_body.is_none() && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
+            // Pages that may get the analytics script are rewritten on Pingora's path.
+            let eligible = ctx.max_body.is_none()
+                && ctx.page.is_none()
+                && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
             if !eligible {
                 return hand_back(buf, head);
             }
@@ -459,6 +487,24 @@ async fn linger(tcp: &mut TcpStream) {
             _ => return,
         }
     }
+}
+
+/// Reads a body of `len` bytes (already known to be small) that follows the head.
+async fn read_small_body(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    len: usize,
+    timeout: std::time::Duration,
+) -> std::io::Result<Bytes> {
+    while buf.len() < len {
+        let n = tokio::time::timeout(timeout, tcp.read_buf(buf))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(buf.split_to(len).freeze())
 }
 
 async fn discard_body(
@@ -621,6 +667,8 @@ async fn send_file(
 }
 
 fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {
+    crate::metrics::observe(ctx, req.method(), status, read, written);
+    crate::analytics::record(ctx, status, written);
     if !crate::proxy::is_logged(ctx) {
         return;
     }

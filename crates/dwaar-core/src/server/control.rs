@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// Live numbers of the serving processes, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     pub inflight_requests: u64,
     pub open_connections: u64,
@@ -22,6 +22,9 @@ pub struct Stats {
     pub log_dropped: u64,
     #[serde(default)]
     pub log_written: u64,
+    /// Request, analytics and rate-limit counters (summed over workers).
+    #[serde(default)]
+    pub requests: crate::metrics::Snapshot,
 }
 
 type UpgradeReply = tokio::sync::oneshot::Sender<Result<u32, String>>;
@@ -149,6 +152,9 @@ impl Control {
             st.log_written,
             st.log_dropped,
         );
+        st.requests.write(&mut out);
+        crate::metrics::write_upstreams(&self.reloader.table(), &mut out);
+        crate::metrics::write_process(&mut out);
         self.reloader.tls_metrics(&mut out);
         out
     }

@@ -150,6 +150,7 @@ impl Server {
             &opts.sources,
         ));
         let stats_conns = conns.clone();
+        let stats_store = store.clone();
         let (control, upgrades) = Control::new(
             reloader,
             Box::new(move || Stats {
@@ -159,6 +160,13 @@ impl Server {
                 worker_restarts: 0,
                 log_dropped: dwaar_log::dropped_total(),
                 log_written: dwaar_log::written_total(),
+                requests: crate::metrics::Snapshot::take(
+                    stats_store
+                        .load()
+                        .analytics
+                        .as_ref()
+                        .and_then(|a| a.collector.as_deref()),
+                ),
             }),
         );
         tracing::info!(threads, "dwaar started");
@@ -213,6 +221,7 @@ impl Server {
             );
         }
         self.control.reloader.flush_logs(Duration::from_secs(2));
+        self.control.reloader.flush_analytics();
         tracing::info!(connections = self.conns.get(), "stopped");
     }
 }

@@ -170,6 +170,16 @@ impl Reloader {
         self.registry.flush_logs(timeout);
     }
 
+    /// Writes the analytics counts still held in memory and stops collecting (shutdown).
+    pub fn flush_analytics(&self) {
+        self.registry.flush_analytics();
+    }
+
+    /// The route table serving now.
+    pub fn table(&self) -> Arc<crate::route_table::RouteTable> {
+        self.store.load()
+    }
+
     /// Drops every listening socket this process holds (shutdown).
     pub(crate) fn release_sockets(&self) {
         self.sockets.send_replace(Arc::new(Vec::new()));

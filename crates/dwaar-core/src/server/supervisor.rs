@@ -246,6 +246,7 @@ impl Shared {
                 if w.conn.is_some() {
                     total.workers += 1;
                     if let Ok(s) = w.stats.lock() {
+                        total.requests.add(&s.requests);
                         total.inflight_requests += s.inflight_requests;
                         total.open_connections += s.open_connections;
                         total.log_dropped += s.log_dropped;

@@ -1,0 +1,370 @@
+//! Request metrics of this process, for Prometheus (`/metrics` on the admin API and
+//! the `metrics` directive).
+//!
+//! Each site has one [`SiteMetrics`] of plain atomics, found by its label when a route
+//! table is compiled (so counters survive reloads); a request adds to its site's
+//! counters once, when it is finished. Labels are bounded: methods fold into eight
+//! values, statuses into classes, and sites beyond [`MAX_SITES`] share `_other`.
+//! Worker processes send [`Snapshot`]s to the supervisor, which adds them up.
+
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Distinct site labels kept; more share one series.
+pub const MAX_SITES: usize = 1000;
+pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+/// Status classes: no response, then 1xx..5xx.
+pub const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Latency histogram bounds in seconds.
+pub const BUCKETS: [f64; 13] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+#[derive(Debug, Default)]
+pub struct SiteMetrics {
+    pub label: String,
+    requests: [[AtomicU64; 6]; 8],
+    /// Cumulative counts per bucket are computed when rendering; these are per bucket,
+    /// the last one for slower requests.
+    latency: [AtomicU64; 14],
+    latency_sum_us: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+static SITES: Mutex<Vec<Arc<SiteMetrics>>> = Mutex::new(Vec::new());
+
+fn method_index(m: &str) -> usize {
+    METHODS[..7].iter().position(|x| *x == m).unwrap_or(7)
+}
+
+impl SiteMetrics {
+    /// The counters of `label`, shared by every table that has that site.
+    pub fn for_label(label: &str) -> Arc<SiteMetrics> {
+        let mut g = SITES.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = g.iter().find(|s| s.label == label) {
+            return s.clone();
+        }
+        let label = if g.len() >= MAX_SITES { "_other" } else { label };
+        if let Some(s) = g.iter().find(|s| s.label == label) {
+            return s.clone();
+        }
+        let s = Arc::new(SiteMetrics {
+            label: label.to_string(),
+            ..Default::default()
+        });
+        g.push(s.clone());
+        s
+    }
+
+    /// Adds one finished request.
+    pub fn observe(&self, method: &str, status: u16, secs: f64, read: u64, written: u64) {
+        let class = if (100..600).contains(&status) {
+            (status / 100) as usize
+        } else {
+            0
+        };
+        self.requests[method_index(method)][class].fetch_add(1, Relaxed);
+        let b = BUCKETS.iter().position(|le| secs <= *le).unwrap_or(BUCKETS.len());
+        self.latency[b].fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add((secs * 1e6) as u64, Relaxed);
+        self.bytes_in.fetch_add(read, Relaxed);
+        self.bytes_out.fetch_add(written, Relaxed);
+    }
+
+    fn snapshot(&self) -> SiteSnapshot {
+        SiteSnapshot {
+            label: self.label.clone(),
+            requests: self
+                .requests
+                .iter()
+                .flat_map(|r| r.iter().map(|c| c.load(Relaxed)))
+                .collect(),
+            latency: self.latency.iter().map(|c| c.load(Relaxed)).collect(),
+            latency_sum_us: self.latency_sum_us.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+}
+
+/// The counters of requests that matched no site.
+fn unmatched() -> &'static Arc<SiteMetrics> {
+    static U: std::sync::OnceLock<Arc<SiteMetrics>> = std::sync::OnceLock::new();
+    U.get_or_init(|| SiteMetrics::for_label("_unmatched"))
+}
+
+/// Records a finished request under its site.
+pub fn observe(ctx: &crate::context::RequestContext, method: &str, status: u16, read: u64, written: u64) {
+    let secs = ctx.start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let m = match ctx.site.as_ref() {
+        Some(s) => &s.metrics,
+        None => unmatched(),
+    };
+    m.observe(method, status, secs, read, written);
+}
+
+/// One site's counters, as sent from a worker to the supervisor.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SiteSnapshot {
+    pub label: String,
+    pub requests: Vec<u64>,
+    pub latency: Vec<u64>,
+    pub latency_sum_us: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Everything this process counts, in a form that adds up across processes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub sites: Vec<SiteSnapshot>,
+    pub analytics_accepted: u64,
+    pub analytics_dropped: u64,
+    pub beacons_refused: u64,
+    pub rate_limited: u64,
+    pub rate_allowed: u64,
+}
+
+impl Snapshot {
+    /// This process's counters.
+    pub fn take(analytics: Option<&dwaar_analytics::Collector>) -> Snapshot {
+        let sites = SITES
+            .lock()
+            .map(|g| g.iter().map(|s| s.snapshot()).collect())
+            .unwrap_or_default();
+        let (a, d, r) = analytics.map_or((0, 0, 0), |c| {
+            (
+                c.accepted.load(Relaxed),
+                c.dropped.load(Relaxed),
+                c.beacons_refused.load(Relaxed),
+            )
+        });
+        Snapshot {
+            sites,
+            analytics_accepted: a,
+            analytics_dropped: d,
+            beacons_refused: r,
+            rate_limited: crate::security::LIMITED.load(Relaxed),
+            rate_allowed: crate::security::ALLOWED.load(Relaxed),
+        }
+    }
+
+    /// Adds another process's counters to these.
+    pub fn add(&mut self, o: &Snapshot) {
+        for s in &o.sites {
+            match self.sites.iter_mut().find(|x| x.label == s.label) {
+                Some(x) => {
+                    for (a, b) in x.requests.iter_mut().zip(&s.requests) {
+                        *a += b;
+                    }
+                    for (a, b) in x.latency.iter_mut().zip(&s.latency) {
+                        *a += b;
+                    }
+                    x.latency_sum_us += s.latency_sum_us;
+                    x.bytes_in += s.bytes_in;
+                    x.bytes_out += s.bytes_out;
+                }
+                None => self.sites.push(s.clone()),
+            }
+        }
+        self.analytics_accepted += o.analytics_accepted;
+        self.analytics_dropped += o.analytics_dropped;
+        self.beacons_refused += o.beacons_refused;
+        self.rate_limited += o.rate_limited;
+        self.rate_allowed += o.rate_allowed;
+    }
+
+    /// Prometheus text for these counters.
+    pub fn write(&self, out: &mut String) {
+        out.push_str(
+            "# HELP dwaar_requests_total Requests finished, by site, method and status class.\n\
+             # TYPE dwaar_requests_total counter\n",
+        );
+        for s in &self.sites {
+            let site = escape(&s.label);
+            for (mi, m) in METHODS.iter().enumerate() {
+                for (ci, c) in CLASSES.iter().enumerate() {
+                    let n = s.requests.get(mi * 6 + ci).copied().unwrap_or(0);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "dwaar_requests_total{{site=\"{site}\",method=\"{m}\",code=\"{c}\"}} {n}"
+                        );
+                    }
+                }
+            }
+        }
+        out.push_str(
+            "# HELP dwaar_request_duration_seconds Time from request head to the end of the response.\n\
+             # TYPE dwaar_request_duration_seconds histogram\n",
+        );
+        for s in &self.sites {
+            let site = escape(&s.label);
+            let mut cum = 0;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cum += s.latency.get(i).copied().unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "dwaar_request_duration_seconds_bucket{{site=\"{site}\",le=\"{le}\"}} {cum}"
+                );
+            }
+            cum += s.latency.get(BUCKETS.len()).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "dwaar_request_duration_seconds_bucket{{site=\"{site}\",le=\"+Inf\"}} {cum}\n\
+                 dwaar_request_duration_seconds_sum{{site=\"{site}\"}} {}\n\
+                 dwaar_request_duration_seconds_count{{site=\"{site}\"}} {cum}",
+                s.latency_sum_us as f64 / 1e6
+            );
+        }
+        out.push_str(
+            "# HELP dwaar_request_bytes_total Body bytes read from clients.\n\
+             # TYPE dwaar_request_bytes_total counter\n",
+        );
+        for s in &self.sites {
+            let _ = writeln!(out, "dwaar_request_bytes_total{{site=\"{}\"}} {}", escape(&s.label), s.bytes_in);
+        }
+        out.push_str(
+            "# HELP dwaar_response_bytes_total Body bytes sent to clients.\n\
+             # TYPE dwaar_response_bytes_total counter\n",
+        );
+        for s in &self.sites {
+            let _ = writeln!(out, "dwaar_response_bytes_total{{site=\"{}\"}} {}", escape(&s.label), s.bytes_out);
+        }
+        let _ = write!(
+            out,
+            "# HELP dwaar_rate_limit_decisions_total rate_limit decisions.\n\
+             # TYPE dwaar_rate_limit_decisions_total counter\n\
+             dwaar_rate_limit_decisions_total{{decision=\"allowed\"}} {}\n\
+             dwaar_rate_limit_decisions_total{{decision=\"limited\"}} {}\n\
+             # HELP dwaar_analytics_events_total Analytics events by outcome.\n\
+             # TYPE dwaar_analytics_events_total counter\n\
+             dwaar_analytics_events_total{{result=\"accepted\"}} {}\n\
+             dwaar_analytics_events_total{{result=\"dropped\"}} {}\n\
+             # HELP dwaar_analytics_beacons_refused_total Beacons refused (forged, oversized, foreign, limited).\n\
+             # TYPE dwaar_analytics_beacons_refused_total counter\n\
+             dwaar_analytics_beacons_refused_total {}\n",
+            self.rate_allowed,
+            self.rate_limited,
+            self.analytics_accepted,
+            self.analytics_dropped,
+            self.beacons_refused,
+        );
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped (Prometheus text format).
+pub fn escape(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '"' => s.push_str("\\\""),
+            '\n' => s.push_str("\\n"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+/// Upstream health, load and connect times of the table's reverse proxies.
+pub fn write_upstreams(table: &crate::route_table::RouteTable, out: &mut String) {
+    let mut seen = std::collections::HashSet::new();
+    let mut lines = String::new();
+    for u in &table.upstreams {
+        if !seen.insert(u.dial.clone()) {
+            continue;
+        }
+        let d = escape(&u.dial);
+        let _ = writeln!(
+            lines,
+            "dwaar_upstream_healthy{{upstream=\"{d}\"}} {}\n\
+             dwaar_upstream_active_requests{{upstream=\"{d}\"}} {}",
+            u.healthy() as u8,
+            u.active.load(Relaxed),
+        );
+    }
+    out.push_str(
+        "# HELP dwaar_upstream_healthy Whether the upstream is considered up (1) or down (0).\n\
+         # TYPE dwaar_upstream_healthy gauge\n\
+         # HELP dwaar_upstream_active_requests Requests in flight to the upstream.\n\
+         # TYPE dwaar_upstream_active_requests gauge\n",
+    );
+    out.push_str(&lines);
+}
+
+/// Process facts from `/proc/self` (resident memory, CPU time, open files, start time).
+pub fn write_process(out: &mut String) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r.split(' ').collect())
+        .unwrap_or_default();
+    // /proc reports CPU time in USER_HZ ticks, 100 a second on Linux.
+    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
+    let cpu = (num(11) + num(12)) / 100.0;
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|st| {
+            st.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        * 1024.0;
+    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let _ = write!(
+        out,
+        "# HELP process_cpu_seconds_total User and system CPU time of this process.\n\
+         # TYPE process_cpu_seconds_total counter\n\
+         process_cpu_seconds_total {cpu}\n\
+         # HELP process_resident_memory_bytes Resident memory of this process.\n\
+         # TYPE process_resident_memory_bytes gauge\n\
+         process_resident_memory_bytes {rss}\n\
+         # HELP process_open_fds Open file descriptors of this process.\n\
+         # TYPE process_open_fds gauge\n\
+         process_open_fds {fds}\n"
+    );
+}
+
+/// The `metrics` directive's answer: this process's request metrics.
+pub fn render(table: Option<&crate::route_table::RouteTable>) -> String {
+    let mut out = String::with_capacity(4096);
+    let collector = table
+        .and_then(|t| t.analytics.as_ref())
+        .and_then(|a| a.collector.clone());
+    Snapshot::take(collector.as_deref()).write(&mut out);
+    if let Some(t) = table {
+        write_upstreams(t, &mut out);
+    }
+    write_process(&mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_render_and_add_up() {
+        let m = SiteMetrics::for_label("metrics-test.example");
+        m.observe("GET", 200, 0.003, 0, 100);
+        m.observe("BREW", 503, 20.0, 5, 0);
+        let mut a = Snapshot::take(None);
+        let b = a.clone();
+        a.add(&b);
+        let mut out = String::new();
+        a.write(&mut out);
+        assert!(out.contains("dwaar_requests_total{site=\"metrics-test.example\",method=\"GET\",code=\"2xx\"} 2"), "{out}");
+        assert!(out.contains("method=\"OTHER\",code=\"5xx\"} 2"));
+        assert!(out.contains("dwaar_request_duration_seconds_bucket{site=\"metrics-test.example\",le=\"0.005\"} 2"));
+        assert!(out.contains("dwaar_request_duration_seconds_count{site=\"metrics-test.example\"} 4"));
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+    }
+}
