@@ -23,3 +23,6 @@ mod hardening {
 mod security {
     include!("security.rs");
 }
+mod analytics {
+    include!("analytics.rs");
+}

@@ -52,7 +52,11 @@ impl SiteAnalytics {
     ) -> SiteAnalytics {
         SiteAnalytics {
             site: Arc::from(site),
-            exclude: cfg.exclude_paths.iter().map(|p| PathPattern::new(p)).collect(),
+            exclude: cfg
+                .exclude_paths
+                .iter()
+                .map(|p| PathPattern::new(p))
+                .collect(),
             respect_dnt: cfg.respect_dnt,
             sample_permille: cfg.sample_permille.clamp(1, 1000),
             dashboard: cfg.dashboard.clone(),
@@ -144,14 +148,16 @@ pub(crate) fn early(
             .or_else(|| req.header("referer"))
             .and_then(dwaar_analytics::beacon::url_host)
             .map(str::to_ascii_lowercase);
-        return Some(Outcome::Internal(Internal::Beacon(Box::new(BeaconRequest {
-            analytics: a.clone(),
-            content_type: req.header("content-type").map(str::to_string),
-            origin_host,
-            host: ctx.host.to_string(),
-            user_agent: CompactString::new(req.header("user-agent").unwrap_or("")),
-            ip: ctx.client_ip(),
-        }))));
+        return Some(Outcome::Internal(Internal::Beacon(Box::new(
+            BeaconRequest {
+                analytics: a.clone(),
+                content_type: req.header("content-type").map(str::to_string),
+                origin_host,
+                host: ctx.host.to_string(),
+                user_agent: CompactString::new(req.header("user-agent").unwrap_or("")),
+                ip: ctx.client_ip(),
+            },
+        ))));
     }
     // A page view is a GET of an HTML page; the response decides the rest.
     let ua = req.header("user-agent");
@@ -196,7 +202,10 @@ fn script_reply(req: &dyn HttpRequest) -> Reply {
     let etag = script::script_etag();
     let mut r = Reply::status(200);
     r.headers.extend([
-        ("content-type".into(), "text/javascript; charset=utf-8".into()),
+        (
+            "content-type".into(),
+            "text/javascript; charset=utf-8".into(),
+        ),
         ("cache-control".into(), "public, max-age=86400".into()),
         ("etag".into(), etag.to_string()),
         ("x-content-type-options".into(), "nosniff".into()),
@@ -502,7 +511,10 @@ pub fn begin_page(
         Some(c) => (Some(Decoder::new(c).ok()?), Some(Encoder::new(c).ok()?)),
         None => (None, None),
     };
-    match (coding, head.get("content-length").map(|v| v.trim().parse::<u64>())) {
+    match (
+        coding,
+        head.get("content-length").map(|v| v.trim().parse::<u64>()),
+    ) {
         (None, Some(Ok(n))) => head.set("content-length", &(n + added).to_string()),
         (_, Some(_)) => head.remove("content-length"),
         _ => {}
@@ -530,7 +542,9 @@ pub fn inject_reply(ctx: &mut RequestContext, r: &mut Reply) {
     let mut headers = std::mem::take(&mut r.headers);
     if too_big {
         // Counted as a page view, sent as it is.
-        let html = headers.get("content-type").is_some_and(|ct| ct.starts_with("text/html"));
+        let html = headers
+            .get("content-type")
+            .is_some_and(|ct| ct.starts_with("text/html"));
         if let (Some(p), true, true) = (ctx.page.as_mut(), html, (200..300).contains(&status)) {
             p.counted = true;
         }

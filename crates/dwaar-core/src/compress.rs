@@ -114,7 +114,12 @@ impl Encoder {
         Ok(Encoder(Some(match c {
             Coding::Gzip => Enc::Gzip(flate2::write::GzEncoder::new(Vec::new(), fast)),
             Coding::Deflate => Enc::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), fast)),
-            Coding::Br => Enc::Br(Box::new(brotli::CompressorWriter::new(Vec::new(), 8192, 4, 22))),
+            Coding::Br => Enc::Br(Box::new(brotli::CompressorWriter::new(
+                Vec::new(),
+                8192,
+                4,
+                22,
+            ))),
             Coding::Zstd => Enc::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
         })))
     }
@@ -191,7 +196,10 @@ mod tests {
     fn names_and_garbage() {
         assert_eq!(Coding::from_content_encoding(None), Ok(None));
         assert_eq!(Coding::from_content_encoding(Some("identity")), Ok(None));
-        assert_eq!(Coding::from_content_encoding(Some("GZIP")), Ok(Some(Coding::Gzip)));
+        assert_eq!(
+            Coding::from_content_encoding(Some("GZIP")),
+            Ok(Some(Coding::Gzip))
+        );
         assert!(Coding::from_content_encoding(Some("gzip, br")).is_err());
         assert!(Coding::from_content_encoding(Some("compress")).is_err());
         let mut d = Decoder::new(Coding::Gzip).unwrap();

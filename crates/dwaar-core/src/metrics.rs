@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex};
 
 /// Distinct site labels kept; more share one series.
 pub const MAX_SITES: usize = 1000;
-pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER"];
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
 /// Status classes: no response, then 1xx..5xx.
 pub const CLASSES: [&str; 6] = ["none", "1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Latency histogram bounds in seconds.
@@ -47,7 +49,11 @@ impl SiteMetrics {
         if let Some(s) = g.iter().find(|s| s.label == label) {
             return s.clone();
         }
-        let label = if g.len() >= MAX_SITES { "_other" } else { label };
+        let label = if g.len() >= MAX_SITES {
+            "_other"
+        } else {
+            label
+        };
         if let Some(s) = g.iter().find(|s| s.label == label) {
             return s.clone();
         }
@@ -67,10 +73,12 @@ impl SiteMetrics {
             0
         };
         self.requests[method_index(method)][class].fetch_add(1, Relaxed);
-        let b = BUCKETS.iter().position(|le| secs <= *le).unwrap_or(BUCKETS.len());
+        let b = BUCKETS
+            .iter()
+            .position(|le| secs <= *le)
+            .unwrap_or(BUCKETS.len());
         self.latency[b].fetch_add(1, Relaxed);
-        self.latency_sum_us
-            .fetch_add((secs * 1e6) as u64, Relaxed);
+        self.latency_sum_us.fetch_add((secs * 1e6) as u64, Relaxed);
         self.bytes_in.fetch_add(read, Relaxed);
         self.bytes_out.fetch_add(written, Relaxed);
     }
@@ -98,7 +106,13 @@ fn unmatched() -> &'static Arc<SiteMetrics> {
 }
 
 /// Records a finished request under its site.
-pub fn observe(ctx: &crate::context::RequestContext, method: &str, status: u16, read: u64, written: u64) {
+pub fn observe(
+    ctx: &crate::context::RequestContext,
+    method: &str,
+    status: u16,
+    read: u64,
+    written: u64,
+) {
     let secs = ctx.start.map(|s| s.elapsed().as_secs_f64()).unwrap_or(0.0);
     let m = match ctx.site.as_ref() {
         Some(s) => &s.metrics,
@@ -226,14 +240,24 @@ impl Snapshot {
              # TYPE dwaar_request_bytes_total counter\n",
         );
         for s in &self.sites {
-            let _ = writeln!(out, "dwaar_request_bytes_total{{site=\"{}\"}} {}", escape(&s.label), s.bytes_in);
+            let _ = writeln!(
+                out,
+                "dwaar_request_bytes_total{{site=\"{}\"}} {}",
+                escape(&s.label),
+                s.bytes_in
+            );
         }
         out.push_str(
             "# HELP dwaar_response_bytes_total Body bytes sent to clients.\n\
              # TYPE dwaar_response_bytes_total counter\n",
         );
         for s in &self.sites {
-            let _ = writeln!(out, "dwaar_response_bytes_total{{site=\"{}\"}} {}", escape(&s.label), s.bytes_out);
+            let _ = writeln!(
+                out,
+                "dwaar_response_bytes_total{{site=\"{}\"}} {}",
+                escape(&s.label),
+                s.bytes_out
+            );
         }
         let _ = write!(
             out,
@@ -306,7 +330,12 @@ pub fn write_process(out: &mut String) {
         .map(|(_, r)| r.split(' ').collect())
         .unwrap_or_default();
     // /proc reports CPU time in USER_HZ ticks, 100 a second on Linux.
-    let num = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime: fields 14 and 15 of stat, 11 and 12 after the name.
     let cpu = (num(11) + num(12)) / 100.0;
     let rss = std::fs::read_to_string("/proc/self/status")
@@ -318,7 +347,9 @@ pub fn write_process(out: &mut String) {
         })
         .unwrap_or(0.0)
         * 1024.0;
-    let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0);
+    let fds = std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0);
     let _ = write!(
         out,
         "# HELP process_cpu_seconds_total User and system CPU time of this process.\n\
@@ -361,10 +392,19 @@ mod tests {
         a.add(&b);
         let mut out = String::new();
         a.write(&mut out);
-        assert!(out.contains("dwaar_requests_total{site=\"metrics-test.example\",method=\"GET\",code=\"2xx\"} 2"), "{out}");
+        assert!(
+            out.contains(
+                "dwaar_requests_total{site=\"metrics-test.example\",method=\"GET\",code=\"2xx\"} 2"
+            ),
+            "{out}"
+        );
         assert!(out.contains("method=\"OTHER\",code=\"5xx\"} 2"));
-        assert!(out.contains("dwaar_request_duration_seconds_bucket{site=\"metrics-test.example\",le=\"0.005\"} 2"));
-        assert!(out.contains("dwaar_request_duration_seconds_count{site=\"metrics-test.example\"} 4"));
+        assert!(out.contains(
+            "dwaar_request_duration_seconds_bucket{site=\"metrics-test.example\",le=\"0.005\"} 2"
+        ));
+        assert!(
+            out.contains("dwaar_request_duration_seconds_count{site=\"metrics-test.example\"} 4")
+        );
         assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
 }

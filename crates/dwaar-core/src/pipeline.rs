@@ -354,7 +354,10 @@ pub fn handle_request(
     let flow = run_routes(&site.routes, req, ctx, trusted);
     // A site's own analytics dashboard, once its middleware let the request through.
     if let Some(a) = &site.analytics {
-        if !matches!(flow, Flow::Done(Terminal::Check(_)) | Flow::Done(Terminal::Abort)) {
+        if !matches!(
+            flow,
+            Flow::Done(Terminal::Check(_)) | Flow::Done(Terminal::Abort)
+        ) {
             if let Some(o) = crate::analytics::dashboard(a, req, ctx) {
                 return match o {
                     Outcome::Reply(r) => Outcome::Reply(finish_reply(r, ctx)),

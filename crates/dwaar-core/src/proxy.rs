@@ -705,7 +705,11 @@ impl ProxyHttp for DwaarProxy {
     ) -> Result<Option<std::time::Duration>> {
         if let Some(inj) = ctx.injection.as_mut() {
             let out = inj.feed(body.take(), end_of_stream).map_err(|e| {
-                Error::because(ErrorType::InternalError, "rewriting the page for analytics", e)
+                Error::because(
+                    ErrorType::InternalError,
+                    "rewriting the page for analytics",
+                    e,
+                )
             })?;
             *body = Some(out);
         }

@@ -198,7 +198,9 @@ impl Registries {
         let Some(slot) = &self.analytics else {
             return Ok(None);
         };
-        let mut g = slot.lock().map_err(|_| "analytics state poisoned".to_string())?;
+        let mut g = slot
+            .lock()
+            .map_err(|_| "analytics state poisoned".to_string())?;
         if let Some(c) = g.as_ref() {
             if c.db_path() != db {
                 tracing::warn!(

@@ -96,7 +96,8 @@ pub fn site(d: &Directive, diags: &mut Diags) -> Option<SiteAnalytics> {
                 if diags.arity(line, 0, 1, 1, "dashboard <path>") {
                     let p = &line.args[0];
                     let path = p.text.trim_end_matches('/');
-                    if !p.text.starts_with('/') || path.is_empty() || path.contains(['*', '?', ' ']) {
+                    if !p.text.starts_with('/') || path.is_empty() || path.contains(['*', '?', ' '])
+                    {
                         diags.push(
                             p.error(format!("invalid dashboard path '{}'", p.text))
                                 .with_help("a plain path such as /stats"),
@@ -141,7 +142,9 @@ pub fn global(d: &Directive, g: &mut GlobalAnalytics, diags: &mut Diags) {
                 if diags.arity(line, 0, 1, 1, "flush_interval <duration>") {
                     if let Some(ms) = diags.duration(&line.args[0]) {
                         if !(100..=600_000).contains(&ms) {
-                            diags.push(line.args[0].error("flush_interval must be between 100ms and 10m"));
+                            diags.push(
+                                line.args[0].error("flush_interval must be between 100ms and 10m"),
+                            );
                         } else {
                             g.flush_interval_ms = ms;
                         }
