@@ -18,7 +18,7 @@ fn ingest(c: &mut Criterion) {
             b.visitors.insert(mix64(i));
             b.digest(Metric::LatencyMs).insert((i % 1000) as f64);
             b.list(List::Pages)
-                .add(if i % 3 == 0 { "/" } else { "/about" }, 1);
+                .add(if i.is_multiple_of(3) { "/" } else { "/about" }, 1);
             b.list(List::Browsers).add("Firefox", 1);
         })
     });

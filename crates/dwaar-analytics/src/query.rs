@@ -247,8 +247,10 @@ mod tests {
         // The same 1000 visitors in each of three hours, 10 new ones in the last.
         let mut deltas = Vec::new();
         for h in 0..3 {
-            let mut b = Bucket::default();
-            b.views = 1000;
+            let mut b = Bucket {
+                views: 1000,
+                ..Default::default()
+            };
             for i in 0..1000u64 {
                 b.visitors.insert(mix64(i));
             }

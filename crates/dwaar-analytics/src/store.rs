@@ -213,8 +213,10 @@ mod tests {
         let t0 = 1_700_000_000 - 1_700_000_000 % DAY;
         {
             let mut s = Store::open(&path).unwrap();
-            let mut b = Bucket::default();
-            b.views = 2;
+            let mut b = Bucket {
+                views: 2,
+                ..Default::default()
+            };
             b.visitors.insert(1);
             s.add(&[("x.test", t0, &b), ("x.test", t0 + 120, &b)])
                 .unwrap();

@@ -16,23 +16,23 @@ fn compress(coding: &str, data: &[u8]) -> Vec<u8> {
     match coding {
         "gzip" => {
             let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
+            e.write_all(data).expect("analytics test step");
+            e.finish().expect("analytics test step")
         }
         "deflate" => {
             let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-            e.write_all(data).unwrap();
-            e.finish().unwrap()
+            e.write_all(data).expect("analytics test step");
+            e.finish().expect("analytics test step")
         }
         "br" => {
             let mut out = Vec::new();
             {
                 let mut w = brotli::CompressorWriter::new(&mut out, 4096, 5, 22);
-                w.write_all(data).unwrap();
+                w.write_all(data).expect("analytics test step");
             }
             out
         }
-        "zstd" => zstd::encode_all(data, 3).unwrap(),
+        "zstd" => zstd::encode_all(data, 3).expect("analytics test step"),
         _ => data.to_vec(),
     }
 }
@@ -43,19 +43,19 @@ fn decompress(coding: Option<&str>, data: &[u8]) -> Vec<u8> {
         Some("gzip") => {
             flate2::read::GzDecoder::new(data)
                 .read_to_end(&mut out)
-                .unwrap();
+                .expect("analytics test step");
         }
         Some("deflate") => {
             flate2::read::ZlibDecoder::new(data)
                 .read_to_end(&mut out)
-                .unwrap();
+                .expect("analytics test step");
         }
         Some("br") => {
             brotli::Decompressor::new(data, 4096)
                 .read_to_end(&mut out)
-                .unwrap();
+                .expect("analytics test step");
         }
-        Some("zstd") => out = zstd::decode_all(data).unwrap(),
+        Some("zstd") => out = zstd::decode_all(data).expect("analytics test step"),
         _ => out = data.to_vec(),
     }
     out
@@ -64,8 +64,8 @@ fn decompress(coding: Option<&str>, data: &[u8]) -> Vec<u8> {
 /// An origin that answers each path with a fixed HTML (or other) response; `/stream`
 /// sends its page in chunks with a pause before `</body>` is split across two of them.
 fn html_origin() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
+    let l = TcpListener::bind("127.0.0.1:0").expect("analytics test step");
+    let port = l.local_addr().expect("analytics test step").port();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
@@ -134,11 +134,11 @@ struct Site {
 }
 
 fn site(extra_site: &str, origin: u16) -> Site {
-    let store = tempfile::tempdir().unwrap();
+    let store = tempfile::tempdir().expect("analytics test step");
     let www = store.path().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    std::fs::write(www.join("index.html"), PAGE).unwrap();
-    std::fs::write(www.join("plain.txt"), "not html").unwrap();
+    std::fs::create_dir_all(&www).expect("analytics test step");
+    std::fs::write(www.join("index.html"), PAGE).expect("analytics test step");
+    std::fs::write(www.join("plain.txt"), "not html").expect("analytics test step");
     let port = free_port();
     let conf = site_config(port, origin, store.path(), extra_site);
     let d = Dwaar::start(&bin(), &conf, &[port]);
@@ -207,13 +207,13 @@ fn the_script_goes_before_body_in_every_coding_and_stream() {
     }
     // Streamed: `</body>` split across chunks, and the first chunk is not held back
     // while the origin pauses.
-    let mut c = Conn::open(s.port).unwrap();
+    let mut c = Conn::open(s.port).expect("analytics test step");
     let started = Instant::now();
-    c.send_raw(format!("GET /stream HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {BROWSER}\r\nConnection: close\r\n\r\n").as_bytes()).unwrap();
+    c.send_raw(format!("GET /stream HTTP/1.1\r\nHost: localhost\r\nUser-Agent: {BROWSER}\r\nConnection: close\r\n\r\n").as_bytes()).expect("analytics test step");
     let mut seen = Vec::new();
     let mut tmp = [0u8; 4096];
     let first_at = loop {
-        let n = c.stream().read(&mut tmp).unwrap();
+        let n = c.stream().read(&mut tmp).expect("analytics test step");
         assert!(n > 0, "closed early");
         seen.extend_from_slice(&tmp[..n]);
         if String::from_utf8_lossy(&seen).contains("<p>first</p>") {
@@ -224,7 +224,9 @@ fn the_script_goes_before_body_in_every_coding_and_stream() {
         first_at < Duration::from_millis(1200),
         "first chunk after {first_at:?}"
     );
-    c.stream().read_to_end(&mut seen).unwrap();
+    c.stream()
+        .read_to_end(&mut seen)
+        .expect("analytics test step");
     let all = String::from_utf8_lossy(&seen);
     assert_eq!(all.matches("/_dwaar/a.js").count(), 1, "{all}");
     // Files and `respond` pages Dwaar builds itself.
@@ -262,7 +264,7 @@ fn no_script_where_it_does_not_belong() {
         &[("User-Agent", "curl/8.0")],
         b"",
     )
-    .unwrap();
+    .expect("analytics test step");
     none(&bot, "bot");
     let post = request(
         s.port,
@@ -272,7 +274,7 @@ fn no_script_where_it_does_not_belong() {
         &[("User-Agent", BROWSER)],
         b"x",
     )
-    .unwrap();
+    .expect("analytics test step");
     none(&post, "POST");
     let head = request(
         s.port,
@@ -282,7 +284,7 @@ fn no_script_where_it_does_not_belong() {
         &[("User-Agent", BROWSER)],
         b"",
     )
-    .unwrap();
+    .expect("analytics test step");
     assert_eq!(
         head.header("content-length"),
         Some(PAGE.len().to_string().as_str())
@@ -332,7 +334,10 @@ fn a_page_csp_lets_the_script_run() {
     let again = browse(
         s.port,
         "/_dwaar/a.js",
-        &[("If-None-Match", js.header("etag").unwrap())],
+        &[(
+            "If-None-Match",
+            js.header("etag").expect("analytics test step"),
+        )],
     );
     assert_eq!(again.status, 304);
 }
@@ -349,7 +354,7 @@ fn dwaar_hash() -> String {
             "openssl dgst -sha256 -binary {src} | openssl base64 -A"
         ))
         .output()
-        .unwrap();
+        .expect("analytics test step");
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -380,7 +385,7 @@ fn report(admin: &str, site: &str, query: &str) -> serde_json::Value {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 200, "{}", r.body);
-    serde_json::from_str(&r.body).unwrap()
+    serde_json::from_str(&r.body).expect("analytics test step")
 }
 
 #[test]
@@ -448,13 +453,13 @@ fn beacons_are_checked_counted_and_survive_a_restart() {
         None,
         &[],
     )
-    .unwrap();
+    .expect("analytics test step");
     let text = csv.body.clone();
     assert!(text.starts_with("start,views,js_views,visitors"), "{text}");
     assert_eq!(text.lines().count(), 2, "{text}");
-    let sites =
-        dwaar_admin::client::request(&d2.admin, "GET", "/analytics/sites", None, &[]).unwrap();
-    let sites: serde_json::Value = serde_json::from_str(&sites.body).unwrap();
+    let sites = dwaar_admin::client::request(&d2.admin, "GET", "/analytics/sites", None, &[])
+        .expect("analytics test step");
+    let sites: serde_json::Value = serde_json::from_str(&sites.body).expect("analytics test step");
     assert_eq!(sites["sites"][0]["site"], "localhost");
     let bad = dwaar_admin::client::request(
         &d2.admin,
@@ -463,7 +468,7 @@ fn beacons_are_checked_counted_and_survive_a_restart() {
         None,
         &[],
     )
-    .unwrap();
+    .expect("analytics test step");
     assert_eq!(bad.status, 400);
     drop(s);
 }
@@ -488,11 +493,13 @@ fn dashboards_and_metrics() {
     let other = browse(s.port, "/stats/api/elsewhere.example", &auth);
     assert_eq!(other.status, 404);
     // The admin dashboard.
-    let d = dwaar_admin::client::request(&s.d.admin, "GET", "/dashboard", None, &[]).unwrap();
+    let d = dwaar_admin::client::request(&s.d.admin, "GET", "/dashboard", None, &[])
+        .expect("analytics test step");
     assert_eq!(d.status, 200);
     assert!(d.body.contains("data-api=\"/analytics\""));
     // Prometheus, on the admin API and through `metrics`.
-    let m = dwaar_admin::client::request(&s.d.admin, "GET", "/metrics", None, &[]).unwrap();
+    let m = dwaar_admin::client::request(&s.d.admin, "GET", "/metrics", None, &[])
+        .expect("analytics test step");
     let m = m.body;
     for want in [
         "dwaar_requests_total{site=\"localhost\",method=\"GET\",code=\"2xx\"}",
@@ -565,8 +572,8 @@ fn a_browser_runs_the_script_and_sees_itself_on_the_dashboard() {
          <script>addEventListener('load', function () { setTimeout(function () { dispatchEvent(new Event('pagehide')); document.body.dataset.left = '1'; }, 300); });</script>\
          </body></html>",
     )
-    .unwrap();
-    let profile = tempfile::tempdir().unwrap();
+    .expect("analytics test step");
+    let profile = tempfile::tempdir().expect("analytics test step");
     let dom = headless(
         chrome,
         profile.path(),

@@ -41,7 +41,16 @@ fn quickstart_serves_page_and_proxies_api() {
     let text = text
         .replace("8081", &api.to_string())
         .replace(":8080", &format!(":{front}"));
-    let _d = Dwaar::start(&bin(), &text, &[front, api]);
+    // Analytics data goes to the user's data directory: a temporary one here.
+    let data = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let data_dir = data.path().to_string_lossy().into_owned();
+    let _d = Dwaar::start_env(
+        &bin(),
+        &text,
+        &[front, api],
+        &["--threads", "1"],
+        &[("XDG_DATA_HOME", &data_dir)],
+    );
     let page = ok_get(front, "localhost", "/");
     assert_eq!(page.status, 200);
     assert_eq!(
@@ -62,4 +71,8 @@ fn quickstart_serves_page_and_proxies_api() {
         "request id forwarded upstream"
     );
     assert_eq!(ok_get(front, "localhost", "/api/nope").status, 404);
+    let stats = ok_get(front, "localhost", "/stats");
+    assert_eq!(stats.status, 200);
+    assert!(stats.text().contains("Dwaar Analytics"));
+    assert!(data.path().join("dwaar/analytics/analytics.db").exists());
 }

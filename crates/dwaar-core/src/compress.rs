@@ -14,15 +14,19 @@ pub enum Coding {
     Zstd,
 }
 
+/// A `Content-Encoding` Dwaar cannot decode (or several codings stacked).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownCoding;
+
 impl Coding {
     /// The coding named by a `Content-Encoding` value: `Ok(None)` for none or
     /// `identity`, `Err` for one Dwaar does not know (or several stacked).
-    pub fn from_content_encoding(v: Option<&str>) -> Result<Option<Coding>, ()> {
+    pub fn from_content_encoding(v: Option<&str>) -> Result<Option<Coding>, UnknownCoding> {
         let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
             return Ok(None);
         };
         if v.contains(',') {
-            return Err(());
+            return Err(UnknownCoding);
         }
         match v.to_ascii_lowercase().as_str() {
             "identity" => Ok(None),
@@ -30,7 +34,7 @@ impl Coding {
             "deflate" => Ok(Some(Coding::Deflate)),
             "br" => Ok(Some(Coding::Br)),
             "zstd" => Ok(Some(Coding::Zstd)),
-            _ => Err(()),
+            _ => Err(UnknownCoding),
         }
     }
 }
