@@ -508,6 +508,8 @@ fn dashboards_and_metrics() {
         &format!("dwaar_upstream_healthy{{upstream=\"127.0.0.1:{origin}\"}} 1"),
         "dwaar_analytics_events_total{result=\"accepted\"}",
         "process_resident_memory_bytes",
+        &format!("dwaar_upstream_connects_total{{upstream=\"127.0.0.1:{origin}\"}} 1"),
+        "dwaar_tls_handshakes_total{result=\"ok\"} 0",
         "dwaar_open_connections",
     ] {
         assert!(m.contains(want), "missing {want} in\n{m}");

@@ -159,9 +159,11 @@ pub(crate) fn early(
             },
         ))));
     }
-    // A page view is a GET of an HTML page; the response decides the rest.
+    // A page view is a GET of an HTML page; the response decides the rest. Paths that
+    // name a static asset are never pages (they stay on the lean path).
     let ua = req.header("user-agent");
     let candidate = req.method() == "GET"
+        && !is_asset(path)
         && a.collector.is_some()
         && !(a.respect_dnt && (header_is_one(req, "dnt") || header_is_one(req, "sec-gpc")))
         && !crate::security::is_bot(ua)
@@ -181,6 +183,18 @@ pub(crate) fn early(
         }));
     }
     None
+}
+
+/// Whether the path ends in an extension that is never an HTML page.
+fn is_asset(path: &str) -> bool {
+    const EXT: &[&str] = &[
+        "css", "js", "mjs", "map", "json", "png", "jpg", "jpeg", "gif", "webp", "avif", "svg",
+        "ico", "woff", "woff2", "ttf", "otf", "mp4", "webm", "mp3", "wasm", "txt", "xml", "pdf",
+        "zip", "gz",
+    ];
+    let last = path.rsplit('/').next().unwrap_or("");
+    last.rsplit_once('.')
+        .is_some_and(|(_, ext)| EXT.iter().any(|e| ext.eq_ignore_ascii_case(e)))
 }
 
 fn beacon_zone() -> &'static crate::security::Zone {

@@ -24,6 +24,16 @@ pub const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// TLS handshakes of this process by result.
+pub static TLS_HANDSHAKES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+
+#[derive(Debug, Clone, Copy)]
+pub enum Handshake {
+    Ok = 0,
+    Failed,
+    TimedOut,
+}
+
 #[derive(Debug, Default)]
 pub struct SiteMetrics {
     pub label: String,
@@ -141,6 +151,8 @@ pub struct Snapshot {
     pub beacons_refused: u64,
     pub rate_limited: u64,
     pub rate_allowed: u64,
+    #[serde(default)]
+    pub tls_handshakes: [u64; 3],
 }
 
 impl Snapshot {
@@ -164,6 +176,7 @@ impl Snapshot {
             beacons_refused: r,
             rate_limited: crate::security::LIMITED.load(Relaxed),
             rate_allowed: crate::security::ALLOWED.load(Relaxed),
+            tls_handshakes: [0, 1, 2].map(|i| TLS_HANDSHAKES[i].load(Relaxed)),
         }
     }
 
@@ -190,6 +203,9 @@ impl Snapshot {
         self.beacons_refused += o.beacons_refused;
         self.rate_limited += o.rate_limited;
         self.rate_allowed += o.rate_allowed;
+        for (a, b) in self.tls_handshakes.iter_mut().zip(o.tls_handshakes) {
+            *a += b;
+        }
     }
 
     /// Prometheus text for these counters.
@@ -271,12 +287,20 @@ impl Snapshot {
              dwaar_analytics_events_total{{result=\"dropped\"}} {}\n\
              # HELP dwaar_analytics_beacons_refused_total Beacons refused (forged, oversized, foreign, limited).\n\
              # TYPE dwaar_analytics_beacons_refused_total counter\n\
-             dwaar_analytics_beacons_refused_total {}\n",
+             dwaar_analytics_beacons_refused_total {}\n\
+             # HELP dwaar_tls_handshakes_total TLS handshakes on HTTPS listeners by result.\n\
+             # TYPE dwaar_tls_handshakes_total counter\n\
+             dwaar_tls_handshakes_total{{result=\"ok\"}} {}\n\
+             dwaar_tls_handshakes_total{{result=\"failed\"}} {}\n\
+             dwaar_tls_handshakes_total{{result=\"timeout\"}} {}\n",
             self.rate_allowed,
             self.rate_limited,
             self.analytics_accepted,
             self.analytics_dropped,
             self.beacons_refused,
+            self.tls_handshakes[0],
+            self.tls_handshakes[1],
+            self.tls_handshakes[2],
         );
     }
 }
@@ -307,16 +331,24 @@ pub fn write_upstreams(table: &crate::route_table::RouteTable, out: &mut String)
         let _ = writeln!(
             lines,
             "dwaar_upstream_healthy{{upstream=\"{d}\"}} {}\n\
-             dwaar_upstream_active_requests{{upstream=\"{d}\"}} {}",
+             dwaar_upstream_active_requests{{upstream=\"{d}\"}} {}\n\
+             dwaar_upstream_connects_total{{upstream=\"{d}\"}} {}\n\
+             dwaar_upstream_connect_seconds_total{{upstream=\"{d}\"}} {}",
             u.healthy() as u8,
             u.active.load(Relaxed),
+            u.connects.load(Relaxed),
+            u.connect_us.load(Relaxed) as f64 / 1e6,
         );
     }
     out.push_str(
         "# HELP dwaar_upstream_healthy Whether the upstream is considered up (1) or down (0).\n\
          # TYPE dwaar_upstream_healthy gauge\n\
          # HELP dwaar_upstream_active_requests Requests in flight to the upstream.\n\
-         # TYPE dwaar_upstream_active_requests gauge\n",
+         # TYPE dwaar_upstream_active_requests gauge\n\
+         # HELP dwaar_upstream_connects_total New connections opened to the upstream.\n\
+         # TYPE dwaar_upstream_connects_total counter\n\
+         # HELP dwaar_upstream_connect_seconds_total Time spent opening them (divide by the count for the mean).\n\
+         # TYPE dwaar_upstream_connect_seconds_total counter\n",
     );
     out.push_str(&lines);
 }

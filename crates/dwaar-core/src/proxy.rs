@@ -658,6 +658,23 @@ impl ProxyHttp for DwaarProxy {
         Ok(())
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestContext,
+    ) -> Result<()> {
+        if !reused {
+            if let (Some(u), Some(t)) = (&ctx.upstream, ctx.upstream_start) {
+                u.record_connect(t.elapsed());
+            }
+        }
+        Ok(())
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,

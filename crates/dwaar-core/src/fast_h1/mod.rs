@@ -760,8 +760,16 @@ async fn proxy(
     let mut attempt = 0;
     let (mut upc, resp_head_len) = loop {
         attempt += 1;
+        let dial_start = Instant::now();
         let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
-            Ok(c) => c,
+            Ok(c) => {
+                if !c.1 {
+                    if let Some(u) = &ctx.upstream {
+                        u.record_connect(dial_start.elapsed());
+                    }
+                }
+                c
+            }
             Err(_) if !consumed => {
                 // Nothing was sent: Pingora retries, marks health and answers.
                 release_upstream(ctx);

@@ -138,14 +138,21 @@ async fn serve_tls(
     let ip = local
         .map(|a| crate::net::canonical(a.ip()))
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
+    use crate::metrics::{Handshake, TLS_HANDSHAKES};
+    let count = |h: Handshake| TLS_HANDSHAKES[h as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream, ip)).await {
-        Ok(Ok(Some(h))) => h,
+        Ok(Ok(Some(h))) => {
+            count(Handshake::Ok);
+            h
+        }
         Ok(Ok(None)) => return, // an ACME TLS-ALPN-01 validation, answered
         Ok(Err(e)) => {
+            count(Handshake::Failed);
             tracing::debug!("TLS handshake failed: {e}");
             return;
         }
         Err(_) => {
+            count(Handshake::TimedOut);
             tracing::debug!("TLS handshake timed out");
             return;
         }

@@ -44,10 +44,20 @@ pub struct UpstreamState {
     pub active_healthy: AtomicBool,
     /// Passive health: unhealthy until this instant (ms since start).
     pub down_until_ms: AtomicU64,
+    /// New connections opened to this upstream, and the time they took (metrics).
+    pub connects: AtomicU64,
+    pub connect_us: AtomicU64,
     failures: Mutex<VecDeque<u64>>,
 }
 
 impl UpstreamState {
+    /// Counts a new connection that took `took` to open.
+    pub fn record_connect(&self, took: std::time::Duration) {
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        self.connect_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
     fn new(dial: &str, unix: bool, scheme: &str) -> UpstreamState {
         let addr = if unix {
             None
@@ -62,6 +72,8 @@ impl UpstreamState {
             active: AtomicUsize::new(0),
             active_healthy: AtomicBool::new(true),
             down_until_ms: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            connect_us: AtomicU64::new(0),
             failures: Mutex::new(VecDeque::new()),
         }
     }
