@@ -14,6 +14,11 @@
 #      BENCH_ACCESS_LOG (0; 1 = dwaar, nginx and caddy write a JSON/combined access log
 #      to a file, buffered alike: dwaar batches, nginx buffer=64k flush=100ms; haproxy
 #      only logs to syslog, so it runs without)
+#      BENCH_ANALYTICS (0; 1 = dwaar's sites have `analytics` on, storage under the work
+#      directory; with the default plain-text backend this measures the per-request cost
+#      of counting, and the hand-over of browser-like GETs to the Pingora path)
+#      BENCH_UA (unset; a User-Agent for wrk to send, e.g. a browser's: with analytics on,
+#      browser GETs are page-view candidates and take the Pingora path)
 #      BENCH_H2 (1; 0 skips the HTTP/2-over-TLS run: every proxy also listens with TLS on
 #      the same self-signed certificate and h2load drives it with BENCH_H2_CONNS (100)
 #      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
@@ -25,6 +30,7 @@ THREADS=${BENCH_THREADS:-2}
 CONNS=${BENCH_CONNECTIONS:-"100 500 1000"}
 ROUNDS=${BENCH_ROUNDS:-3}
 ACCESS_LOG=${BENCH_ACCESS_LOG:-0}
+ANALYTICS=${BENCH_ANALYTICS:-0}
 TARGETS=${BENCH_TARGETS:-"direct dwaar nginx haproxy caddy"}
 LAYOUT=${LAYOUT:-split}
 WORK=$(mktemp -d /tmp/dwaar-bench.XXXXXX)
@@ -80,19 +86,24 @@ start_dwaar() {
 			roll_disabled
 		}
 	}"
+  local analytics=""
+  [ "$ANALYTICS" = 1 ] && analytics="analytics"
   cat > "$WORK/Dwaarfile" <<DW
 {
 	admin off
 	grace_period 1s
 	auto_https disable_redirects
+	storage file_system $WORK/storage
 }
 :6188 {
 	$log
+	$analytics
 	reverse_proxy 127.0.0.1:9090
 }
 https://:6443 {
 	tls $CERT $KEY
 	$log
+	$analytics
 	reverse_proxy 127.0.0.1:9090
 }
 DW
@@ -190,7 +201,7 @@ for round in $(seq 1 "$ROUNDS"); do
   for c in $CONNS; do
     for t in $TARGETS; do
       before=$( [ "$t" = direct ] && echo 0 || cpu_ticks "$t")
-      out=$(taskset -c $LOAD_CPUS wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency "http://127.0.0.1:${PORT[$t]}/" 2>&1)
+      out=$(taskset -c $LOAD_CPUS wrk -t"$THREADS" -c"$c" -d"$DURATION" --latency ${BENCH_UA:+-H "User-Agent: $BENCH_UA"} "http://127.0.0.1:${PORT[$t]}/" 2>&1)
       after=$( [ "$t" = direct ] && echo 0 || cpu_ticks "$t")
       rps=$(echo "$out" | awk '/Requests\/sec/{print $2}')
       reqs=$(echo "$out" | awk '/requests in/{print $1}')

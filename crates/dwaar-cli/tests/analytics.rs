@@ -627,3 +627,46 @@ fn a_browser_runs_the_script_and_sees_itself_on_the_dashboard() {
         "top pages lack the visit"
     );
 }
+
+#[test]
+fn worker_processes_share_the_store_and_their_metrics_add_up() {
+    let origin = html_origin();
+    let store = tempfile::tempdir().expect("analytics test step");
+    let port = free_port();
+    let conf = site_config(port, origin, store.path(), "");
+    let d = Dwaar::start_with(
+        &bin(),
+        &conf,
+        &[port],
+        &["--workers", "2", "--threads", "1"],
+    );
+    // Separate connections: the kernel spreads them over both workers.
+    for i in 0..20 {
+        let ua = format!("{BROWSER} visitor/{i}");
+        let r = request(
+            port,
+            "GET",
+            "localhost",
+            "/page",
+            &[("User-Agent", &ua)],
+            b"",
+        )
+        .expect("analytics test step");
+        assert_eq!(tags(&r.body), 1);
+    }
+    let admin = d.admin.clone();
+    let all = wait_until(Duration::from_secs(15), || {
+        report(&admin, "localhost", "from=-1h")["totals"]["views"] == 20
+    });
+    let v = report(&admin, "localhost", "from=-1h");
+    assert!(all, "{v}");
+    let visitors = v["totals"]["visitors"].as_u64().unwrap_or(0);
+    assert!((19..=21).contains(&visitors), "{v}");
+    let summed = wait_until(Duration::from_secs(10), || {
+        dwaar_admin::client::request(&admin, "GET", "/metrics", None, &[]).is_ok_and(|m| {
+            m.body
+                .contains("dwaar_requests_total{site=\"localhost\",method=\"GET\",code=\"2xx\"} 20")
+        })
+    });
+    assert!(summed, "metrics of both workers not summed");
+}

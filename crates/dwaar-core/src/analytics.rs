@@ -162,7 +162,9 @@ pub(crate) fn early(
     // A page view is a GET of an HTML page; the response decides the rest. Paths that
     // name a static asset are never pages (they stay on the lean path).
     let ua = req.header("user-agent");
+    // A page view needs a browser: no User-Agent is a tool, not a visitor.
     let candidate = req.method() == "GET"
+        && ua.is_some_and(|u| !u.is_empty())
         && !is_asset(path)
         && a.collector.is_some()
         && !(a.respect_dnt && (header_is_one(req, "dnt") || header_is_one(req, "sec-gpc")))
@@ -404,14 +406,14 @@ fn beacon(b: BeaconRequest, body: &[u8]) -> Reply {
     if !c.check_token(&a.site, &parsed.token, now) {
         return refuse(403);
     }
-    c.send(Event::Beacon(BeaconEvent {
+    c.send(Event::Beacon(Box::new(BeaconEvent {
         site: a.site.clone(),
         ts: now,
         ip: b.ip,
         user_agent: b.user_agent,
         beacon: parsed,
         weight: (1000 / a.sample_permille as u64).max(1),
-    }));
+    })));
     Reply::status(204)
 }
 

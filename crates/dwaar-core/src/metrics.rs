@@ -25,7 +25,8 @@ pub const BUCKETS: [f64; 13] = [
 ];
 
 /// TLS handshakes of this process by result.
-pub static TLS_HANDSHAKES: [AtomicU64; 3] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
+pub static TLS_HANDSHAKES: [AtomicU64; 3] =
+    [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
 
 #[derive(Debug, Clone, Copy)]
 pub enum Handshake {

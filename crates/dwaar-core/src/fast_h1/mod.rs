@@ -423,10 +423,8 @@ async fn serve_one(
             Next::Drop
         }
         Outcome::Proxy => {
-            // Pages that may get the analytics script are rewritten on Pingora's path.
-            let eligible = ctx.max_body.is_none()
-                && ctx.page.is_none()
-                && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
+            let eligible =
+                ctx.max_body.is_none() && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
             if !eligible {
                 return hand_back(buf, head);
             }
@@ -825,13 +823,18 @@ async fn proxy(
         upstream_keepalive,
         close,
         mut out,
+        injection,
     }) = response_head(&rhead, req, ctx, &p, client_close)
     else {
         return upstream_failed(tcp, req, ctx, 502).await;
     };
 
     // Body: whatever came with the head first, then streamed.
-    let sent = match relay_body(tcp, &mut upc, framing, &mut out).await {
+    let relayed = match injection {
+        Some((inj, chunked)) => relay_rewritten(tcp, &mut upc, framing, out, inj, chunked).await,
+        None => relay_body(tcp, &mut upc, framing, &mut out).await,
+    };
+    let sent = match relayed {
         Ok(n) => n,
         Err(Failure::Client) => {
             finish_log(req, ctx, status, body_len, 0);
@@ -862,6 +865,8 @@ struct ResponseHead {
     upstream_keepalive: bool,
     close: bool,
     out: Vec<u8>,
+    /// The body is rewritten (analytics); `chunked`: sent to the client chunked.
+    injection: Option<(crate::analytics::Injection, bool)>,
 }
 
 /// Parses the upstream response head and builds the client's, with the same header
@@ -941,10 +946,14 @@ fn response_head(
     // The response head for the client, with the same edits as the Pingora path.
     let mut out = Vec::with_capacity(rhead.len() + 128);
     status_line(&mut out, status);
+    // A page-view candidate's head is examined (and maybe edited) by analytics.
+    let page = ctx.page.is_some() && !head_request;
     let edits = !p.header_down.is_empty()
         || !ctx.resp_immediate.is_empty()
         || !ctx.resp_deferred.is_empty()
-        || ctx.set_cookie.is_some();
+        || ctx.set_cookie.is_some()
+        || page;
+    let mut injection = None;
     let keep_te = matches!(framing, Framing::Chunked);
     // With chunked framing a Content-Length is meaningless and a smuggling hazard
     // (RFC 9112 §6.3): it never reaches the client.
@@ -970,6 +979,18 @@ fn response_head(
         crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
         if let Some(c) = ctx.set_cookie.take() {
             fields.push(("set-cookie".into(), c));
+        }
+        if page && !matches!(framing, Framing::None) {
+            let had_length = matches!(framing, Framing::Length(_));
+            if let Some(inj) = crate::analytics::begin(ctx, status, &mut fields) {
+                // A length that could not be kept: the client gets chunked framing.
+                let chunked = had_length
+                    && crate::pipeline::ResponseHead::get(&fields, "content-length").is_none();
+                if chunked {
+                    fields.push(("transfer-encoding".into(), "chunked".into()));
+                }
+                injection = Some((inj, chunked || matches!(framing, Framing::Chunked)));
+            }
         }
         for (k, v) in &fields {
             out.extend_from_slice(k.as_bytes());
@@ -998,12 +1019,104 @@ fn response_head(
         upstream_keepalive,
         close,
         out,
+        injection,
     })
 }
 
 enum Failure {
     Client,
     Upstream,
+}
+
+/// Writes a piece of a rewritten body, as a chunk when the client's framing is chunked.
+async fn write_piece(
+    tcp: &mut TcpStream,
+    out: &mut Vec<u8>,
+    piece: &[u8],
+    chunked: bool,
+) -> Result<(), Failure> {
+    if chunked && !piece.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.extend_from_slice(piece);
+    }
+    if !out.is_empty() {
+        tcp.write_all(out).await.map_err(|_| Failure::Client)?;
+        out.clear();
+    }
+    Ok(())
+}
+
+/// Streams a response body that analytics rewrites: the upstream's framing is read
+/// (chunks decoded), each piece goes through the injection, and the client gets the
+/// result with a corrected length or chunked framing.
+async fn relay_rewritten(
+    tcp: &mut TcpStream,
+    upc: &mut UpstreamConn,
+    framing: Framing,
+    head_out: Vec<u8>,
+    mut inj: crate::analytics::Injection,
+    chunked: bool,
+) -> Result<u64, Failure> {
+    let mut out = head_out;
+    let mut sent: u64 = 0;
+    let mut data = Vec::with_capacity(16 * 1024);
+    let mut dec = ChunkScanner::default();
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    loop {
+        if upc.buf.is_empty() && left > 0 {
+            let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+            if n == 0 {
+                if matches!(framing, Framing::UntilClose) {
+                    break;
+                }
+                return Err(Failure::Upstream);
+            }
+        }
+        data.clear();
+        let done = match framing {
+            Framing::Chunked => {
+                let (used, done) = dec
+                    .scan_data(&upc.buf, Some(&mut data))
+                    .map_err(|_| Failure::Upstream)?;
+                upc.buf.advance(used);
+                done
+            }
+            Framing::Length(_) | Framing::UntilClose => {
+                let take = (upc.buf.len() as u64).min(left) as usize;
+                data.extend_from_slice(&upc.buf[..take]);
+                upc.buf.advance(take);
+                if let Framing::Length(_) = framing {
+                    left -= take as u64;
+                }
+                left == 0
+            }
+            Framing::None => true,
+        };
+        let piece = inj
+            .feed(Some(Bytes::copy_from_slice(&data)), false)
+            .map_err(|_| Failure::Upstream)?;
+        sent += piece.len() as u64;
+        write_piece(tcp, &mut out, &piece, chunked).await?;
+        if done {
+            break;
+        }
+    }
+    let last = inj.feed(None, true).map_err(|_| Failure::Upstream)?;
+    sent += last.len() as u64;
+    write_piece(tcp, &mut out, &last, chunked).await?;
+    if chunked {
+        tcp.write_all(b"0\r\n\r\n")
+            .await
+            .map_err(|_| Failure::Client)?;
+    }
+    upc.reusable = !matches!(framing, Framing::UntilClose) && upc.buf.is_empty();
+    Ok(sent)
 }
 
 /// Streams the response body after `head_out` (the head bytes for the client).
@@ -1120,6 +1233,11 @@ fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, ()> {
 impl ChunkScanner {
     /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
     fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+        self.scan_data(b, None)
+    }
+
+    /// Like [`scan`](Self::scan), appending the chunks' data (the decoded body) to `data`.
+    fn scan_data(&mut self, b: &[u8], mut data: Option<&mut Vec<u8>>) -> Result<(usize, bool), ()> {
         let mut i = 0;
         while i < b.len() {
             let c = b[i];
@@ -1154,6 +1272,9 @@ impl ChunkScanner {
                 }
                 ChunkState::Data => {
                     let take = ((b.len() - i) as u64).min(self.size) as usize;
+                    if let Some(d) = data.as_deref_mut() {
+                        d.extend_from_slice(&b[i..i + take]);
+                    }
                     self.size -= take as u64;
                     i += take;
                     if self.size == 0 {

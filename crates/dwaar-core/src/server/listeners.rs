@@ -139,7 +139,9 @@ async fn serve_tls(
         .map(|a| crate::net::canonical(a.ip()))
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into());
     use crate::metrics::{Handshake, TLS_HANDSHAKES};
-    let count = |h: Handshake| TLS_HANDSHAKES[h as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let count = |h: Handshake| {
+        TLS_HANDSHAKES[h as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    };
     let done = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream, ip)).await {
         Ok(Ok(Some(h))) => {
             count(Handshake::Ok);
