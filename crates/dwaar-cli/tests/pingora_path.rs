@@ -26,3 +26,6 @@ mod security {
 mod analytics {
     include!("analytics.rs");
 }
+mod encode {
+    include!("encode.rs");
+}

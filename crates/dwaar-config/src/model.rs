@@ -213,6 +213,47 @@ pub struct Site {
     pub analytics: Option<SiteAnalytics>,
 }
 
+/// The `encode` directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Encode {
+    /// Formats in preference order, with an optional level.
+    pub formats: Vec<EncodeFormatLevel>,
+    /// Responses with a known length below this are sent as they are.
+    pub minimum_length: u64,
+    /// Content types to compress (`text/*`); empty: the default list.
+    pub match_types: Vec<String>,
+    /// Statuses (`200`, `2xx`) to compress; empty: any.
+    pub match_status: Vec<String>,
+}
+
+impl Default for Encode {
+    fn default() -> Self {
+        Encode {
+            formats: Vec::new(),
+            minimum_length: 512,
+            match_types: Vec::new(),
+            match_status: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodeFormat {
+    Gzip,
+    Zstd,
+    Br,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncodeFormatLevel {
+    pub format: EncodeFormat,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<u32>,
+}
+
 /// A site's `analytics` directive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -476,6 +517,8 @@ pub struct FieldMatch {
 #[serde(tag = "handler", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Handler {
     ReverseProxy(Box<ReverseProxy>),
+    /// `encode`: compress responses the client accepts compressed.
+    Encode(Box<Encode>),
     /// `metrics`: the process's Prometheus metrics.
     Metrics,
     /// `log_skip` / `skip_log`: the request is left out of the access log.

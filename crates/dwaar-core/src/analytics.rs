@@ -5,16 +5,18 @@
 //!   its routes' middleware (so the site's `basic_auth` and `ip_filter` protect it).
 //! - Responses: [`begin`] decides whether a response is a page view and whether the
 //!   script goes in; [`Injection`] then rewrites the body as it streams (decoding and
-//!   re-encoding gzip, deflate, br or zstd as the origin sent it). Replies built by
-//!   Dwaar itself (files, `respond`) go through [`inject_reply`].
+//!   re-encoding gzip, deflate, br or zstd as the origin sent it), through the same
+//!   [`Rewrite`](crate::rewrite::Rewrite) as `encode`, for proxied responses and for
+//!   replies Dwaar builds itself (files, `respond`).
 //! - Every finished request of such a site becomes one event ([`record`]), handed to the
 //!   process's collector over its bounded channel (never blocking).
 
-use crate::compress::{Coding, Decoder, Encoder};
+use crate::compress::Coding;
 use crate::context::RequestContext;
 use crate::matcher::PathPattern;
 use crate::pipeline::{Outcome, Reply, ResponseHead};
 use crate::request::HttpRequest;
+use crate::rewrite::Rewrite;
 use bytes::Bytes;
 use compact_str::CompactString;
 use dwaar_analytics::collector::{now_unix, BeaconEvent, PageView, RequestEvent};
@@ -25,8 +27,6 @@ use std::sync::Arc;
 
 pub const SCRIPT_PATH: &str = "/_dwaar/a.js";
 pub const COLLECT_PATH: &str = "/_dwaar/collect";
-/// Pages (from files Dwaar serves) larger than this are not rewritten.
-const MAX_REPLY_INJECT: u64 = 4 * 1024 * 1024;
 
 /// A site's compiled `analytics` settings.
 #[derive(Debug)]
@@ -417,73 +417,15 @@ fn beacon(b: BeaconRequest, body: &[u8]) -> Reply {
     Reply::status(204)
 }
 
-/// A response body being rewritten: decoded if needed, the tag injected, re-encoded.
-pub struct Injection {
-    injector: inject::Injector,
-    decoder: Option<Decoder>,
-    encoder: Option<Encoder>,
-}
-
-impl std::fmt::Debug for Injection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Injection")
-    }
-}
-
-impl Injection {
-    /// The next piece of the body to send for `chunk` (and the end of it when `end`).
-    pub fn feed(&mut self, chunk: Option<Bytes>, end: bool) -> std::io::Result<Bytes> {
-        let mut plain = match (chunk, self.decoder.as_mut()) {
-            (Some(c), Some(d)) => self.injector.feed(Bytes::from(d.feed(&c)?)),
-            (Some(c), None) => self.injector.feed(c),
-            (None, _) => Bytes::new(),
-        };
-        if end {
-            let tail = self.injector.finish();
-            if !tail.is_empty() {
-                let mut all = Vec::with_capacity(plain.len() + tail.len());
-                all.extend_from_slice(&plain);
-                all.extend_from_slice(&tail);
-                plain = all.into();
-            }
-        }
-        match self.encoder.as_mut() {
-            None => Ok(plain),
-            Some(e) => {
-                let mut out = if plain.is_empty() {
-                    Vec::new()
-                } else {
-                    e.feed(&plain)?
-                };
-                if end {
-                    out.extend(e.finish()?);
-                }
-                Ok(out.into())
-            }
-        }
-    }
-}
-
 /// At the response head: counts a page view and, when the page gets the script, edits
 /// the head (Content-Length, ETag, Content-Security-Policy) and returns the body
-/// rewriter. `head_only`: a HEAD request (counted as nothing, never rewritten).
-pub fn begin(
-    ctx: &mut RequestContext,
-    status: u16,
-    head: &mut dyn ResponseHead,
-) -> Option<Injection> {
-    let a = ctx.site.as_ref()?.analytics.clone()?;
-    let page = ctx.page.as_mut()?;
-    begin_page(&a, page, status, head)
-}
-
-/// [`begin`] with the site's settings and the page facts taken out of the context.
+/// rewriter.
 pub fn begin_page(
     a: &SiteAnalytics,
     page: &mut PageFacts,
     status: u16,
     head: &mut dyn ResponseHead,
-) -> Option<Injection> {
+) -> Option<Rewrite> {
     let collector = a.collector.as_ref()?;
     let html = head.get("content-type").is_some_and(|ct| {
         ct.split(';')
@@ -523,10 +465,7 @@ pub fn begin_page(
         a.respect_dnt,
     );
     let added = tag.len() as u64;
-    let (decoder, encoder) = match coding {
-        Some(c) => (Some(Decoder::new(c).ok()?), Some(Encoder::new(c).ok()?)),
-        None => (None, None),
-    };
+    let rewrite = Rewrite::inject(inject::Injector::new(tag), coding).ok()?;
     match (
         coding,
         head.get("content-length").map(|v| v.trim().parse::<u64>()),
@@ -541,56 +480,7 @@ pub fn begin_page(
             head.set("etag", &format!("W/{etag}"));
         }
     }
-    Some(Injection {
-        injector: inject::Injector::new(tag),
-        decoder,
-        encoder,
-    })
-}
-
-/// Injects into a reply Dwaar built itself (a file, `respond`), body in memory.
-pub fn inject_reply(ctx: &mut RequestContext, r: &mut Reply) {
-    if ctx.page.is_none() {
-        return;
-    }
-    let too_big = r.body_len() > MAX_REPLY_INJECT;
-    let status = r.status;
-    let mut headers = std::mem::take(&mut r.headers);
-    if too_big {
-        // Counted as a page view, sent as it is.
-        let html = headers
-            .get("content-type")
-            .is_some_and(|ct| ct.starts_with("text/html"));
-        if let (Some(p), true, true) = (ctx.page.as_mut(), html, (200..300).contains(&status)) {
-            p.counted = true;
-        }
-        r.headers = headers;
-        return;
-    }
-    let inj = begin(ctx, status, &mut headers);
-    r.headers = headers;
-    let Some(mut inj) = inj else { return };
-    // Files stream from disk; a page small enough to rewrite is read whole.
-    let mut body = std::mem::take(&mut r.body).to_vec();
-    if let Some(mut s) = r.stream.take() {
-        loop {
-            match s.next_chunk() {
-                Ok(Some(c)) => body.extend_from_slice(&c),
-                Ok(None) => break,
-                Err(_) => {
-                    *r = Reply::status(500);
-                    return;
-                }
-            }
-        }
-    }
-    match inj.feed(Some(Bytes::from(body)), true) {
-        Ok(b) => {
-            r.body = b;
-            ResponseHead::remove(&mut r.headers, "content-length");
-        }
-        Err(_) => *r = Reply::status(502),
-    }
+    Some(rewrite)
 }
 
 /// Hands a finished request of an analytics site to the collector.

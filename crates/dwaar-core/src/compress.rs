@@ -1,7 +1,7 @@
 //! Streaming content codings (gzip, deflate, br, zstd): decoders and encoders that take
 //! a body chunk by chunk and give back what can be sent now, flushed so a streamed
-//! response is never held back. Used where a response body is rewritten (the analytics
-//! injector decodes, edits and re-encodes in the coding the origin chose).
+//! response is never held back. Used where a response body is rewritten (`encode`, and
+//! the analytics injector, which decodes, edits and re-encodes in the origin's coding).
 
 use std::io::Write;
 
@@ -112,19 +112,27 @@ impl std::fmt::Debug for Encoder {
 }
 
 impl Encoder {
-    /// A fast level for each coding (streamed text compresses well at these).
+    /// A fast default level for each coding (streamed text compresses well at these).
     pub fn new(c: Coding) -> std::io::Result<Encoder> {
-        let fast = flate2::Compression::new(5);
+        Self::with_level(c, None)
+    }
+
+    /// `level`: gzip/deflate 1-9 (default 5), br 0-11 (default 4), zstd 1-22 (default 3).
+    pub fn with_level(c: Coding, level: Option<u32>) -> std::io::Result<Encoder> {
+        let flate = || flate2::Compression::new(level.unwrap_or(5).clamp(1, 9));
         Ok(Encoder(Some(match c {
-            Coding::Gzip => Enc::Gzip(flate2::write::GzEncoder::new(Vec::new(), fast)),
-            Coding::Deflate => Enc::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), fast)),
+            Coding::Gzip => Enc::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate())),
+            Coding::Deflate => Enc::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), flate())),
             Coding::Br => Enc::Br(Box::new(brotli::CompressorWriter::new(
                 Vec::new(),
                 8192,
-                4,
+                level.unwrap_or(4).min(11),
                 22,
             ))),
-            Coding::Zstd => Enc::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 3)?),
+            Coding::Zstd => Enc::Zstd(zstd::stream::write::Encoder::new(
+                Vec::new(),
+                level.unwrap_or(3).clamp(1, 22) as i32,
+            )?),
         })))
     }
 

@@ -107,8 +107,10 @@ pub struct RequestContext {
     pub upstream_error: Option<CompactString>,
     /// A GET to an analytics site: what its page view would record.
     pub page: Option<Box<crate::analytics::PageFacts>>,
-    /// The response body is being rewritten (analytics script injection).
-    pub injection: Option<Box<crate::analytics::Injection>>,
+    /// `encode` ran: what the client accepts.
+    pub encode: Option<crate::encode::Negotiated>,
+    /// The response body is being rewritten (analytics injection, `encode`).
+    pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
 }
 
 impl RequestContext {

@@ -26,6 +26,8 @@ pub struct Reply {
     pub close: bool,
     /// Sent after `body`, in bounded chunks (files).
     pub stream: Option<crate::files::FileBody>,
+    /// The body (and stream) go through this on the way out (chunked framing).
+    pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
 }
 
 impl Reply {
@@ -460,6 +462,7 @@ fn bad_request(why: &str) -> Reply {
         body: Bytes::from(format!("400 Bad Request: {why}\n")),
         close: true,
         stream: None,
+        rewrite: None,
     }
 }
 
@@ -496,6 +499,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                 body: Bytes::from(body.into_owned()),
                 close,
                 stream: None,
+                rewrite: None,
             }
         }
         Terminal::Redirect { to, status, html } => {
@@ -511,6 +515,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                     body: Bytes::from(body),
                     close: false,
                     stream: None,
+                    rewrite: None,
                 }
             } else {
                 ResponseHead::set(&mut headers, "location", &to);
@@ -520,6 +525,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
                     body: Bytes::new(),
                     close: false,
                     stream: None,
+                    rewrite: None,
                 }
             }
         }
@@ -647,6 +653,14 @@ fn run_handler<'t>(
             message: render(message, req, ctx).into_owned(),
         }),
         HandlerRule::Metrics => Flow::Done(Terminal::Metrics),
+        HandlerRule::Encode(rule) => {
+            ctx.encode = Some(crate::encode::Negotiated {
+                coding: crate::encode::choose(rule, req.header("accept-encoding")),
+                rule: rule.clone(),
+                ranged: req.header("range").is_some(),
+            });
+            Flow::Continue
+        }
         HandlerRule::Abort => {
             ctx.rejected_by = Some("abort");
             Flow::Done(Terminal::Abort)

@@ -112,7 +112,8 @@ async fn serve_fastcgi(
             request_id: ctx.request_id,
             analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
             page: ctx.page.take(),
-            injection: None,
+            encode: ctx.encode.clone(),
+            rewrite: None,
         };
         let r = crate::fastcgi::run(p, opts, &req, ctx, &mut down).await;
         ctx.page = down.page.take();
@@ -147,10 +148,12 @@ struct PingoraDownstream<'s> {
     /// `header_down`, then the site's immediate and deferred `header` edits.
     edits: [Vec<crate::context::HeaderEdit>; 3],
     request_id: Option<uuid::Uuid>,
-    /// Analytics: the site's settings, the page-view facts and the body rewriter.
+    /// Analytics and `encode`: the site's settings, the page-view facts, the
+    /// negotiated coding and the body's rewrite.
     analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
     page: Option<Box<crate::analytics::PageFacts>>,
-    injection: Option<crate::analytics::Injection>,
+    encode: Option<crate::encode::Negotiated>,
+    rewrite: Option<crate::rewrite::Rewrite>,
 }
 
 #[async_trait]
@@ -182,13 +185,16 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
                 .map_err(io)?;
         }
         let mut length = length;
-        if let (Some(a), Some(page)) = (&self.analytics, self.page.as_mut()) {
-            if let Some(l) = length {
-                resp.insert_header(http::header::CONTENT_LENGTH, l.to_string())
-                    .map_err(io)?;
-            }
-            self.injection = crate::analytics::begin_page(a, page, status, &mut resp);
-            if self.injection.is_some() {
+        // The responder's Content-Length is among `headers`; a rewrite may change it.
+        if self.page.is_some() || self.encode.is_some() {
+            self.rewrite = crate::rewrite::begin_parts(
+                self.analytics.as_deref(),
+                self.page.as_deref_mut(),
+                self.encode.as_ref(),
+                status,
+                &mut resp,
+            );
+            if self.rewrite.is_some() {
                 length = resp
                     .headers
                     .get(http::header::CONTENT_LENGTH)
@@ -211,7 +217,7 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        let chunk = match self.injection.as_mut() {
+        let chunk = match self.rewrite.as_mut() {
             Some(inj) => inj.feed(Some(chunk), false)?,
             None => chunk,
         };
@@ -225,7 +231,7 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
-        let last = match self.injection.as_mut() {
+        let last = match self.rewrite.as_mut() {
             Some(inj) => Some(inj.feed(None, true)?).filter(|b| !b.is_empty()),
             None => None,
         };
@@ -265,17 +271,25 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) 
     }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
     let len = r.body_len();
+    let rewrite = r.rewrite.take();
     if !no_body_status {
-        resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        if rewrite.is_none() {
+            resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
+        } else if session.req_header().version < http::Version::HTTP_2 {
+            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+        }
     }
     if r.close || ctx.close {
         resp.insert_header(http::header::CONNECTION, "close")?;
         session.set_keepalive(None);
     }
-    let end = head_only || no_body_status || len == 0;
+    let end = head_only || no_body_status || (len == 0 && rewrite.is_none());
     session.write_response_header(Box::new(resp), end).await?;
     if end {
         return Ok(());
+    }
+    if let Some(mut rw) = rewrite {
+        return write_rewritten(session, r, &mut rw).await;
     }
     let mut stream = r.stream.take();
     let body = std::mem::take(&mut r.body);
@@ -300,6 +314,39 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) 
         }
     }
     Ok(())
+}
+
+/// Sends a reply's body through its rewrite (compression, analytics), chunk by chunk.
+async fn write_rewritten(
+    session: &mut Session,
+    mut r: Reply,
+    rw: &mut crate::rewrite::Rewrite,
+) -> Result<()> {
+    let fail = |e: std::io::Error| {
+        pingora_error::Error::because(
+            pingora_error::ErrorType::InternalError,
+            "rewriting a reply",
+            e,
+        )
+    };
+    let first = rw
+        .feed(Some(std::mem::take(&mut r.body)), false)
+        .map_err(fail)?;
+    if !first.is_empty() {
+        session.write_response_body(Some(first), false).await?;
+    }
+    if let Some(s) = r.stream.as_mut() {
+        while let Some(c) = s.next_chunk().map_err(|e| {
+            pingora_error::Error::because(pingora_error::ErrorType::ReadError, "file body", e)
+        })? {
+            let out = rw.feed(Some(c), false).map_err(fail)?;
+            if !out.is_empty() {
+                session.write_response_body(Some(out), false).await?;
+            }
+        }
+    }
+    let last = rw.feed(None, true).map_err(fail)?;
+    session.write_response_body(Some(last), true).await
 }
 
 /// `X-Forwarded-For`/`-Proto`/`-Host` (kept from trusted proxies only) and
@@ -457,7 +504,7 @@ impl ProxyHttp for DwaarProxy {
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(mut r) => {
-                crate::analytics::inject_reply(ctx, &mut r);
+                crate::rewrite::reply(ctx, &mut r);
                 write_reply(session, ctx, r).await?;
                 Ok(true)
             }
@@ -699,13 +746,20 @@ impl ProxyHttp for DwaarProxy {
             let mut buf = [0u8; 36];
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
         }
-        if ctx.page.is_some() && session.req_header().method == http::Method::GET {
+        if ctx.page.is_some() || ctx.encode.is_some() {
             let status = resp.status.as_u16();
             let had_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
-            if let Some(inj) = crate::analytics::begin(ctx, status, resp) {
-                ctx.injection = Some(Box::new(inj));
+            if let Some(rw) = crate::rewrite::begin(ctx, status, resp) {
+                let head_only = session.req_header().method == http::Method::HEAD;
+                if !head_only {
+                    ctx.rewrite = Some(Box::new(rw));
+                }
                 let h1 = session.req_header().version < http::Version::HTTP_2;
-                if had_length && !resp.headers.contains_key(http::header::CONTENT_LENGTH) && h1 {
+                if had_length
+                    && !resp.headers.contains_key(http::header::CONTENT_LENGTH)
+                    && h1
+                    && !head_only
+                {
                     resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
                 }
             }
@@ -720,13 +774,9 @@ impl ProxyHttp for DwaarProxy {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<std::time::Duration>> {
-        if let Some(inj) = ctx.injection.as_mut() {
-            let out = inj.feed(body.take(), end_of_stream).map_err(|e| {
-                Error::because(
-                    ErrorType::InternalError,
-                    "rewriting the page for analytics",
-                    e,
-                )
+        if let Some(rw) = ctx.rewrite.as_mut() {
+            let out = rw.feed(body.take(), end_of_stream).map_err(|e| {
+                Error::because(ErrorType::InternalError, "rewriting the response body", e)
             })?;
             *body = Some(out);
         }

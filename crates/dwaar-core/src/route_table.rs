@@ -59,6 +59,8 @@ pub struct MapRule {
 #[derive(Debug)]
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
+    /// `encode`: negotiate a coding for the response.
+    Encode(Arc<crate::encode::EncodeRule>),
     /// `metrics`: this process's Prometheus text.
     Metrics,
     LogSkip,
@@ -826,6 +828,7 @@ fn compile_handler(
         },
         Handler::Abort => HandlerRule::Abort,
         Handler::Metrics => HandlerRule::Metrics,
+        Handler::Encode(e) => HandlerRule::Encode(Arc::new(crate::encode::EncodeRule::compile(e))),
         Handler::LogSkip => HandlerRule::LogSkip,
         Handler::Vars { values } => HandlerRule::Vars(
             values

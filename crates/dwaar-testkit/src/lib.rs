@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod origin;
+pub mod pages;
 pub mod pebble;
 pub mod php;
 pub mod proxy;

@@ -46,11 +46,11 @@ pub const SUPPORTED: &[&str] = &[
     "basicauth",
     "forward_auth",
     "metrics",
+    "encode",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
 pub const NOT_YET: &[&str] = &[
-    "encode",
     "templates",
     "tracing",
     "method",
@@ -121,6 +121,7 @@ pub fn compile_directive(
             route(m, vec![Handler::Rewrite { uri }])
         }
         "uri" => uri(d, named, diags),
+        "encode" => super::encode::encode(d, named, diags),
         "metrics" => {
             // `metrics [<matcher>] { disable_openmetrics }`: Prometheus text here.
             let (m, skip) = inline_matcher(d, named, diags);

@@ -376,7 +376,7 @@ async fn serve_one(
             }
         }
         Outcome::Reply(mut r) => {
-            crate::analytics::inject_reply(&mut ctx, &mut r);
+            crate::rewrite::reply(&mut ctx, &mut r);
             ctx.inflight = inflight::enter();
             // A small body is read and dropped so the connection stays in step. A large
             // or refused one (413) is not read: the answer goes out at once, the
@@ -604,10 +604,15 @@ async fn write_reply(
         push_date(&mut out);
     }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
+    let rewrite = r.rewrite.take();
     if !no_body_status {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(r.body_len()).as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if rewrite.is_some() {
+            out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+        } else {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(r.body_len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -615,6 +620,33 @@ async fn write_reply(
     out.extend_from_slice(b"\r\n");
     let mut sent = 0;
     let with_body = !head_only && !no_body_status;
+    if let (Some(mut rw), true) = (rewrite, with_body) {
+        // Compressed or edited: chunked pieces as the rewrite gives them.
+        let fail = |_| std::io::Error::other("rewriting the reply failed");
+        let first = rw
+            .feed(Some(std::mem::take(&mut r.body)), false)
+            .map_err(fail)?;
+        sent += first.len() as u64;
+        let mut piece_out = Vec::new();
+        chunk_into(&mut out, &first);
+        tcp.write_all(&out).await?;
+        if let Some(stream) = r.stream.as_mut() {
+            while let Some(c) = stream.next_chunk()? {
+                let piece = rw.feed(Some(c), false).map_err(fail)?;
+                sent += piece.len() as u64;
+                piece_out.clear();
+                chunk_into(&mut piece_out, &piece);
+                tcp.write_all(&piece_out).await?;
+            }
+        }
+        let last = rw.feed(None, true).map_err(fail)?;
+        sent += last.len() as u64;
+        piece_out.clear();
+        chunk_into(&mut piece_out, &last);
+        piece_out.extend_from_slice(b"0\r\n\r\n");
+        tcp.write_all(&piece_out).await?;
+        return Ok((r.status, sent));
+    }
     if with_body {
         out.extend_from_slice(&r.body);
         sent = r.body.len() as u64;
@@ -865,8 +897,8 @@ struct ResponseHead {
     upstream_keepalive: bool,
     close: bool,
     out: Vec<u8>,
-    /// The body is rewritten (analytics); `chunked`: sent to the client chunked.
-    injection: Option<(crate::analytics::Injection, bool)>,
+    /// The body is rewritten (analytics, `encode`); `chunked`: sent to the client chunked.
+    injection: Option<(crate::rewrite::Rewrite, bool)>,
 }
 
 /// Parses the upstream response head and builds the client's, with the same header
@@ -946,8 +978,9 @@ fn response_head(
     // The response head for the client, with the same edits as the Pingora path.
     let mut out = Vec::with_capacity(rhead.len() + 128);
     status_line(&mut out, status);
-    // A page-view candidate's head is examined (and maybe edited) by analytics.
-    let page = ctx.page.is_some() && !head_request;
+    // A page-view candidate's head is examined (and maybe edited) by analytics, and
+    // `encode` looks at every response of its routes.
+    let page = (ctx.page.is_some() || ctx.encode.is_some()) && !head_request;
     let edits = !p.header_down.is_empty()
         || !ctx.resp_immediate.is_empty()
         || !ctx.resp_deferred.is_empty()
@@ -982,7 +1015,7 @@ fn response_head(
         }
         if page && !matches!(framing, Framing::None) {
             let had_length = matches!(framing, Framing::Length(_));
-            if let Some(inj) = crate::analytics::begin(ctx, status, &mut fields) {
+            if let Some(inj) = crate::rewrite::begin(ctx, status, &mut fields) {
                 // A length that could not be kept: the client gets chunked framing.
                 let chunked = had_length
                     && crate::pipeline::ResponseHead::get(&fields, "content-length").is_none();
@@ -1028,6 +1061,15 @@ enum Failure {
     Upstream,
 }
 
+/// Appends `piece` as one chunk of chunked framing (nothing for an empty piece).
+fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
+    if !piece.is_empty() {
+        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 /// Writes a piece of a rewritten body, as a chunk when the client's framing is chunked.
 async fn write_piece(
     tcp: &mut TcpStream,
@@ -1035,10 +1077,8 @@ async fn write_piece(
     piece: &[u8],
     chunked: bool,
 ) -> Result<(), Failure> {
-    if chunked && !piece.is_empty() {
-        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        out.extend_from_slice(piece);
-        out.extend_from_slice(b"\r\n");
+    if chunked {
+        chunk_into(out, piece);
     } else {
         out.extend_from_slice(piece);
     }
@@ -1057,7 +1097,7 @@ async fn relay_rewritten(
     upc: &mut UpstreamConn,
     framing: Framing,
     head_out: Vec<u8>,
-    mut inj: crate::analytics::Injection,
+    mut inj: crate::rewrite::Rewrite,
     chunked: bool,
 ) -> Result<u64, Failure> {
     let mut out = head_out;
