@@ -4,6 +4,7 @@
 //! supervisor when there are worker processes), so what it reports and changes is the
 //! whole server. Endpoints: `GET /health`, `GET /config`, `GET /routes`, `GET /metrics`,
 //! `GET /dashboard`, `GET /analytics/sites`, `GET /analytics/{site}[/export.csv]`,
+//! `GET /cache/stats`, `DELETE /cache[?host=&path=|prefix=]`,
 //! `POST /load`, `POST /reload`, `POST /stop`, `POST /upgrade`. Access rules live in
 //! [`access`]; the listener (TCP or unix socket) in [`listener`]; the CLI side in
 //! [`client`].
@@ -90,6 +91,47 @@ async fn handle(
         (_, p) if p.starts_with("/analytics/") || p == "/dashboard" => {
             Response::error(405, &format!("{} is not allowed on {path}", req.method))
                 .with_header("Allow", "GET, HEAD")
+        }
+        ("GET" | "HEAD", "/cache/stats") => {
+            let c = control.stats().requests.cache;
+            Response::json(
+                200,
+                &json!({"hits": c[0], "misses": c[1], "stale": c[2], "bypass": c[3],
+                        "revalidated": c[4], "entries": c[5], "bytes": c[6]}),
+            )
+        }
+        ("DELETE", "/cache") => {
+            let query = req.path.split_once('?').map_or("", |(_, q)| q);
+            let mut purge = dwaar_core::server::control::Purge::default();
+            for kv in query.split('&').filter(|s| !s.is_empty()) {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                let v = Some(dwaar_core::analytics::percent_decode(v)).filter(|v| !v.is_empty());
+                match k {
+                    "host" => purge.host = v,
+                    "path" => purge.path = v,
+                    "prefix" => purge.prefix = v,
+                    _ => {
+                        return Response::error(
+                            400,
+                            &format!("unknown parameter '{k}': use host, path or prefix"),
+                        )
+                    }
+                }
+            }
+            if purge.path.is_some() && purge.prefix.is_some() {
+                return Response::error(400, "give path or prefix, not both");
+            }
+            let n = control.purge_cache(&purge);
+            Response::json(200, &json!({"status": "purged", "removed": n}))
+        }
+        (_, "/cache" | "/cache/stats") => {
+            let allow = if path == "/cache" {
+                "DELETE"
+            } else {
+                "GET, HEAD"
+            };
+            Response::error(405, &format!("{} is not allowed on {path}", req.method))
+                .with_header("Allow", allow)
         }
         ("POST", "/load") => load(req, control).await,
         ("POST", "/reload") => {

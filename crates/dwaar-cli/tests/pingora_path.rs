@@ -29,3 +29,6 @@ mod analytics {
 mod encode {
     include!("encode.rs");
 }
+mod cache {
+    include!("cache.rs");
+}

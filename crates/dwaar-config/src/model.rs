@@ -213,6 +213,49 @@ pub struct Site {
     pub analytics: Option<SiteAnalytics>,
 }
 
+/// The `cache` directive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Memory for entries (bodies, headers, keys and bookkeeping) in bytes.
+    pub max_size: u64,
+    /// Freshness for cacheable responses that state none.
+    pub ttl_ms: u64,
+    /// Largest single response stored.
+    pub max_item_size: u64,
+    /// Paths (with `*`) to cache; empty: all.
+    pub match_path: Vec<String>,
+    pub stale_while_revalidate_ms: u64,
+    pub stale_if_error_ms: u64,
+    /// Extra key parts (placeholders); scheme, host and port are always in the key.
+    pub key: Vec<Template>,
+    pub methods: Vec<String>,
+    /// Requests with any of these headers skip the cache.
+    pub bypass_headers: Vec<String>,
+    /// The response header naming the outcome (`X-Cache`); `None`: off.
+    pub status_header: Option<String>,
+    /// How long a request waits for another one fetching the same key.
+    pub lock_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_size: 256 * 1024 * 1024,
+            ttl_ms: 0,
+            max_item_size: 8 * 1024 * 1024,
+            match_path: Vec::new(),
+            stale_while_revalidate_ms: 0,
+            stale_if_error_ms: 0,
+            key: Vec::new(),
+            methods: vec!["GET".into(), "HEAD".into()],
+            bypass_headers: Vec::new(),
+            status_header: Some("X-Cache".into()),
+            lock_timeout_ms: 5000,
+        }
+    }
+}
+
 /// The `encode` directive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -519,6 +562,8 @@ pub enum Handler {
     ReverseProxy(Box<ReverseProxy>),
     /// `encode`: compress responses the client accepts compressed.
     Encode(Box<Encode>),
+    /// `cache`: answer from memory what the origin allows to be reused.
+    Cache(Box<CacheConfig>),
     /// `metrics`: the process's Prometheus metrics.
     Metrics,
     /// `log_skip` / `skip_log`: the request is left out of the access log.

@@ -147,7 +147,12 @@ pub struct AuthCall {
 pub enum Check {
     Password(PasswordCheck),
     Forward(AuthCall),
+    /// Another request is fetching this `cache` key: wait for it, then look again.
+    CacheWait(crate::cache::Wait, std::time::Duration),
 }
+
+/// Marks a request that already waited for a `cache` fetch (it does not wait twice).
+pub const CACHE_WAITED: &str = "x-dwaar-cache-waited";
 
 /// How a check ended.
 pub enum Checked {
@@ -164,6 +169,10 @@ pub async fn run(check: Check) -> Checked {
         Check::Password(p) => {
             verify(p).await;
             Checked::Resume(Vec::new())
+        }
+        Check::CacheWait(w, timeout) => {
+            w.wait(timeout).await;
+            Checked::Resume(vec![(CACHE_WAITED.to_string(), Some(marker(u64::MAX)))])
         }
         Check::Forward(call) => match ask(&call).await {
             Err(e) => {

@@ -107,6 +107,8 @@ pub struct RequestContext {
     pub upstream_error: Option<CompactString>,
     /// A GET to an analytics site: what its page view would record.
     pub page: Option<Box<crate::analytics::PageFacts>>,
+    /// `cache` looked at the request: its key, lock and what to store.
+    pub cache: Option<Box<crate::cache::CacheCtx>>,
     /// `encode` ran: what the client accepts.
     pub encode: Option<crate::encode::Negotiated>,
     /// The response body is being rewritten (analytics injection, `encode`).

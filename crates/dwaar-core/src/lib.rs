@@ -7,6 +7,7 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod cache;
 pub mod compress;
 pub mod context;
 pub mod encode;

@@ -154,11 +154,33 @@ pub struct Snapshot {
     pub rate_allowed: u64,
     #[serde(default)]
     pub tls_handshakes: [u64; 3],
+    /// `cache`: hit, miss, stale, bypass, revalidated; then entries and bytes held.
+    #[serde(default)]
+    pub cache: [u64; 7],
 }
 
 impl Snapshot {
-    /// This process's counters.
-    pub fn take(analytics: Option<&dwaar_analytics::Collector>) -> Snapshot {
+    /// This process's counters (the table's analytics collector and cache stores).
+    pub fn take(table: Option<&crate::route_table::RouteTable>) -> Snapshot {
+        let analytics = table
+            .and_then(|t| t.analytics.as_ref())
+            .and_then(|a| a.collector.as_deref());
+        let mut cache = [0u64; 7];
+        for st in table.map(|t| t.cache_stores.as_slice()).unwrap_or(&[]) {
+            let c = &st.counts;
+            let (n, b) = st.size();
+            for (slot, v) in cache.iter_mut().zip([
+                c.hits.load(Relaxed),
+                c.misses.load(Relaxed),
+                c.stale.load(Relaxed),
+                c.bypass.load(Relaxed),
+                c.revalidated.load(Relaxed),
+                n,
+                b,
+            ]) {
+                *slot += v;
+            }
+        }
         let sites = SITES
             .lock()
             .map(|g| g.iter().map(|s| s.snapshot()).collect())
@@ -178,6 +200,7 @@ impl Snapshot {
             rate_limited: crate::security::LIMITED.load(Relaxed),
             rate_allowed: crate::security::ALLOWED.load(Relaxed),
             tls_handshakes: [0, 1, 2].map(|i| TLS_HANDSHAKES[i].load(Relaxed)),
+            cache,
         }
     }
 
@@ -205,6 +228,9 @@ impl Snapshot {
         self.rate_limited += o.rate_limited;
         self.rate_allowed += o.rate_allowed;
         for (a, b) in self.tls_handshakes.iter_mut().zip(o.tls_handshakes) {
+            *a += b;
+        }
+        for (a, b) in self.cache.iter_mut().zip(o.cache) {
             *a += b;
         }
     }
@@ -303,6 +329,30 @@ impl Snapshot {
             self.tls_handshakes[1],
             self.tls_handshakes[2],
         );
+        out.push_str(
+            "# HELP dwaar_cache_requests_total Requests the cache looked at, by result.\n\
+             # TYPE dwaar_cache_requests_total counter\n",
+        );
+        for (i, r) in ["hit", "miss", "stale", "bypass", "revalidated"]
+            .iter()
+            .enumerate()
+        {
+            let _ = writeln!(
+                out,
+                "dwaar_cache_requests_total{{result=\"{r}\"}} {}",
+                self.cache[i]
+            );
+        }
+        let _ = write!(
+            out,
+            "# HELP dwaar_cache_entries Responses held by the caches.\n\
+             # TYPE dwaar_cache_entries gauge\n\
+             dwaar_cache_entries {}\n\
+             # HELP dwaar_cache_bytes Memory the cached responses are counted at.\n\
+             # TYPE dwaar_cache_bytes gauge\n\
+             dwaar_cache_bytes {}\n",
+            self.cache[5], self.cache[6]
+        );
     }
 }
 
@@ -400,10 +450,7 @@ pub fn write_process(out: &mut String) {
 /// The `metrics` directive's answer: this process's request metrics.
 pub fn render(table: Option<&crate::route_table::RouteTable>) -> String {
     let mut out = String::with_capacity(4096);
-    let collector = table
-        .and_then(|t| t.analytics.as_ref())
-        .and_then(|a| a.collector.clone());
-    Snapshot::take(collector.as_deref()).write(&mut out);
+    Snapshot::take(table).write(&mut out);
     if let Some(t) = table {
         write_upstreams(t, &mut out);
     }

@@ -69,6 +69,8 @@ pub trait ResponseHead {
     fn add(&mut self, name: &str, value: &str);
     fn remove(&mut self, name: &str);
     fn replace_all(&mut self, name: &str, re: &regex::Regex, with: &str);
+    /// Every field, in order.
+    fn fields(&self) -> Vec<(CompactString, String)>;
 }
 
 impl ResponseHead for Vec<(CompactString, String)> {
@@ -89,6 +91,9 @@ impl ResponseHead for Vec<(CompactString, String)> {
     }
     fn remove(&mut self, name: &str) {
         self.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+    }
+    fn fields(&self) -> Vec<(CompactString, String)> {
+        self.clone()
     }
     fn replace_all(&mut self, name: &str, re: &regex::Regex, with: &str) {
         for (k, v) in self.iter_mut() {
@@ -653,6 +658,18 @@ fn run_handler<'t>(
             message: render(message, req, ctx).into_owned(),
         }),
         HandlerRule::Metrics => Flow::Done(Terminal::Metrics),
+        HandlerRule::Cache(rule) => {
+            let waited = req.header(crate::auth::CACHE_WAITED)
+                == Some(crate::auth::marker(u64::MAX).as_str());
+            req.remove_header(crate::auth::CACHE_WAITED);
+            match crate::cache::on_request(rule, req, ctx, waited) {
+                crate::cache::Decision::Reply(r) => Flow::Done(Terminal::Ready(r)),
+                crate::cache::Decision::Wait(w, t) => {
+                    Flow::Done(Terminal::Check(crate::auth::Check::CacheWait(w, t)))
+                }
+                crate::cache::Decision::Continue => Flow::Continue,
+            }
+        }
         HandlerRule::Encode(rule) => {
             ctx.encode = Some(crate::encode::Negotiated {
                 coding: crate::encode::choose(rule, req.header("accept-encoding")),

@@ -30,6 +30,17 @@ pub struct DwaarProxy {
 }
 
 impl ResponseHead for ResponseHeader {
+    fn fields(&self) -> Vec<(CompactString, String)> {
+        self.headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    CompactString::new(k.as_str()),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect()
+    }
     fn get(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
@@ -466,7 +477,7 @@ impl ProxyHttp for DwaarProxy {
         ctx.is_upgrade = session.is_upgrade_req();
         // basic_auth and forward_auth answer off the request path; then the pipeline
         // runs again from the request as it arrived.
-        let original = table.basic_auth.then(|| session.req_header().clone());
+        let original = table.rerun_checks.then(|| session.req_header().clone());
         let mut outcome = handle_request(&table, session.req_header_mut(), ctx);
         let mut rounds = 0;
         while let (Outcome::Check(check), Some(original)) = (&outcome, &original) {
@@ -672,6 +683,12 @@ impl ProxyHttp for DwaarProxy {
             }
             apply_request_rules(&p.header_up, up, ctx);
         }
+        // Revalidating a stored response: ask the origin whether it changed.
+        if let Some(c) = ctx.cache.as_ref() {
+            for (k, v) in &c.conditional {
+                up.insert_header(*k, v.as_str())?;
+            }
+        }
         ctx.upstream_sent = Some(Instant::now());
         Ok(())
     }
@@ -735,6 +752,19 @@ impl ProxyHttp for DwaarProxy {
                 apply_edits(&edits, resp);
             }
         }
+        // The cache sees the proxy's answer before the site's own `header` edits.
+        if ctx.cache.is_some() {
+            let status = resp.status.as_u16();
+            let head_request = session.req_header().method == http::Method::HEAD;
+            if crate::cache::on_response(ctx, status, resp, head_request) {
+                // A 304 to our revalidation: the stored response is sent as a reply
+                // (from `fail_to_proxy`, before anything of the 304 went out).
+                return Err(Error::explain(
+                    ErrorType::Custom("cache-revalidated"),
+                    "answered from the revalidated cache entry",
+                ));
+            }
+        }
         // Immediate edits were made before the upstream answered: its fields are added
         // next to them (Caddy's semantics); deferred edits act on the final response.
         crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, resp);
@@ -774,6 +804,14 @@ impl ProxyHttp for DwaarProxy {
         end_of_stream: bool,
         ctx: &mut RequestContext,
     ) -> Result<Option<std::time::Duration>> {
+        if let Some(c) = ctx.cache.as_mut() {
+            if let (Some(fill), Some(b)) = (c.fill.as_mut(), body.as_ref()) {
+                fill.push(b);
+            }
+        }
+        if end_of_stream && ctx.cache.is_some() {
+            crate::cache::finish(ctx, true);
+        }
         if let Some(rw) = ctx.rewrite.as_mut() {
             let out = rw.feed(body.take(), end_of_stream).map_err(|e| {
                 Error::because(ErrorType::InternalError, "rewriting the response body", e)
@@ -790,6 +828,13 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> FailToProxy {
         release_upstream(ctx);
+        if let Some(r) = crate::cache::revalidated_reply(ctx) {
+            let _ = write_reply(session, ctx, r).await;
+            return FailToProxy {
+                error_code: 200,
+                can_reuse_downstream: true,
+            };
+        }
         if ctx.abort {
             return FailToProxy {
                 error_code: 0,
@@ -829,6 +874,15 @@ impl ProxyHttp for DwaarProxy {
             ctx.upstream_error = Some(short_error(e));
         }
         // The response may already have started; then nothing more can be sent.
+        if session.response_written().is_none() && code >= 500 {
+            if let Some(r) = crate::cache::stale_for_error(ctx) {
+                let _ = write_reply(session, ctx, r).await;
+                return FailToProxy {
+                    error_code: 200,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         if session.response_written().is_some() {
             return FailToProxy {
                 error_code: code,
@@ -852,6 +906,8 @@ impl ProxyHttp for DwaarProxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
+        // An unfinished fill is dropped; requests waiting for it look again.
+        crate::cache::finish(ctx, false);
         access_log(session, ctx);
         release_upstream(ctx);
         if std::mem::take(&mut ctx.inflight) {

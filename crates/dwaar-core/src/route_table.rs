@@ -59,6 +59,8 @@ pub struct MapRule {
 #[derive(Debug)]
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
+    /// `cache`: answer from memory, or note how to fill it.
+    Cache(Arc<crate::cache::CacheRule>),
     /// `encode`: negotiate a coding for the response.
     Encode(Arc<crate::encode::EncodeRule>),
     /// `metrics`: this process's Prometheus text.
@@ -172,6 +174,8 @@ pub struct Registries {
     pub tls: Option<Arc<dwaar_tls::TlsManager>>,
     /// Rate-limit zones by name.
     pub rate_zones: std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
+    /// `cache` stores by site and position.
+    pub caches: std::sync::Mutex<HashMap<String, Arc<crate::cache::Store>>>,
     /// The analytics collector, started by the first table with an `analytics` site;
     /// `None` where nothing is served.
     pub analytics: Option<std::sync::Mutex<Option<Arc<dwaar_analytics::Collector>>>>,
@@ -187,6 +191,7 @@ impl Registries {
             logs: Some(dwaar_log::LogRegistry::default()),
             tls: Some(dwaar_tls::TlsManager::new(leader)),
             rate_zones: Default::default(),
+            caches: Default::default(),
             analytics: Some(Default::default()),
         }
     }
@@ -234,6 +239,14 @@ impl Registries {
                 None => m.activate(&Arc::new(dwaar_tls::manager::Wanted::default())),
             }
         }
+    }
+
+    /// Every `cache` store of this process.
+    pub fn cache_stores(&self) -> Vec<Arc<crate::cache::Store>> {
+        self.caches
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Flushes pending log records (shutdown).
@@ -321,13 +334,16 @@ pub struct RouteTable {
     /// Some site requires client certificates: requests check that the connection's
     /// TLS policy is the one of the site they address.
     pub client_auth: bool,
-    /// Some route uses `basic_auth` or `forward_auth` (front-ends keep the original
-    /// request for a second pipeline run after the check).
-    pub basic_auth: bool,
+    /// Some route may ask for a check off the request path (`basic_auth`,
+    /// `forward_auth`, a `cache` wait): front-ends keep the original request for a
+    /// second pipeline run after it.
+    pub rerun_checks: bool,
     /// Sites with analytics and where their numbers are stored (for the admin API).
     pub analytics: Option<AnalyticsInfo>,
     /// Every upstream the table's reverse proxies use (for metrics).
     pub upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
+    /// Every `cache` store the table uses (stats, purges, metrics).
+    pub cache_stores: Vec<Arc<crate::cache::Store>>,
 }
 
 /// What the admin API needs to answer analytics queries.
@@ -385,7 +401,11 @@ impl RouteTable {
         let mut cx = Cx {
             registry,
             zones: &registries.rate_zones,
-            basic_auth: false,
+            rerun_checks: false,
+            caches: &registries.caches,
+            cache_site: String::new(),
+            cache_count: 0,
+            stores: Vec::new(),
             health: Vec::new(),
             upstreams: Vec::new(),
         };
@@ -440,6 +460,8 @@ impl RouteTable {
                 .collect::<Vec<_>>()
                 .join(", ");
             let mut groups = HashMap::new();
+            cx.cache_site = analytics_label(site);
+            cx.cache_count = 0;
             let routes = compile_routes(&site.routes, &mut cx, &mut groups)?;
             let error_routes = compile_routes(&site.error_routes, &mut cx, &mut groups)?;
             let path = site
@@ -559,7 +581,8 @@ impl RouteTable {
             .collect();
         table.health_targets = cx.health;
         table.upstreams = cx.upstreams;
-        table.basic_auth = cx.basic_auth;
+        table.cache_stores = cx.stores;
+        table.rerun_checks = cx.rerun_checks;
         Ok(table)
     }
 }
@@ -663,8 +686,13 @@ fn https_redirects(
 struct Cx<'a> {
     registry: &'a UpstreamRegistry,
     zones: &'a std::sync::Mutex<HashMap<String, Arc<crate::security::Zone>>>,
-    /// A `basic_auth` was compiled.
-    basic_auth: bool,
+    /// A handler that may ask for a check off the request path was compiled.
+    rerun_checks: bool,
+    caches: &'a std::sync::Mutex<HashMap<String, Arc<crate::cache::Store>>>,
+    /// The site being compiled and its `cache` directives so far (cache store names).
+    cache_site: String,
+    cache_count: usize,
+    stores: Vec<Arc<crate::cache::Store>>,
     health: Vec<HealthTarget>,
     upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
 }
@@ -828,6 +856,23 @@ fn compile_handler(
         },
         Handler::Abort => HandlerRule::Abort,
         Handler::Metrics => HandlerRule::Metrics,
+        Handler::Cache(c) => {
+            cx.rerun_checks = true;
+            cx.cache_count += 1;
+            // Stores outlive reloads: the same site's n-th `cache` of the same size.
+            let name = format!("{}#{}#{}", cx.cache_site, cx.cache_count, c.max_size);
+            let store = cx
+                .caches
+                .lock()
+                .map_err(|_| "cache state poisoned".to_string())?
+                .entry(name)
+                .or_insert_with(|| Arc::new(crate::cache::Store::new(c.max_size)))
+                .clone();
+            if !cx.stores.iter().any(|s| Arc::ptr_eq(s, &store)) {
+                cx.stores.push(store.clone());
+            }
+            HandlerRule::Cache(Arc::new(crate::cache::CacheRule::compile(c, store)))
+        }
         Handler::Encode(e) => HandlerRule::Encode(Arc::new(crate::encode::EncodeRule::compile(e))),
         Handler::LogSkip => HandlerRule::LogSkip,
         Handler::Vars { values } => HandlerRule::Vars(
@@ -863,7 +908,7 @@ fn compile_handler(
         Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
         Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),
         Handler::ForwardAuth(f) => {
-            cx.basic_auth = true;
+            cx.rerun_checks = true;
             static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
             HandlerRule::ForwardAuth(Arc::new(ForwardAuthRule {
                 id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -874,7 +919,7 @@ fn compile_handler(
             }))
         }
         Handler::BasicAuth(b) => {
-            cx.basic_auth = true;
+            cx.rerun_checks = true;
             HandlerRule::BasicAuth(Arc::new(BasicAuthRule {
                 realm: b.realm.clone(),
                 challenge: format!("Basic realm=\"{}\", charset=\"UTF-8\"", b.realm),

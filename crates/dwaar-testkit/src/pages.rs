@@ -62,11 +62,22 @@ pub fn decompress(coding: Option<&str>, data: &[u8]) -> Vec<u8> {
 /// An origin that answers each path with a fixed HTML (or other) response; `/stream`
 /// sends its page in chunks with a pause before `</body>` is split across two of them.
 pub fn html_origin() -> u16 {
+    counting_origin().0
+}
+
+/// [`html_origin`] with a count of the requests it answered (for cache tests), and
+/// cache-related paths: `/cc/<Cache-Control value, %20 for spaces>` (with a fixed
+/// ETag and `304` to a matching `If-None-Match`), `/vary` (varies on
+/// Accept-Language), `/cookie` (sets one), `/slow` (answers after 500 ms).
+pub fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("pages origin");
     let port = l.local_addr().expect("pages origin").port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = count.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
+            let counter = counter.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut tmp = [0u8; 4096];
@@ -78,6 +89,15 @@ pub fn html_origin() -> u16 {
                 }
                 let head = String::from_utf8_lossy(&buf).to_string();
                 let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                let n = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                let field = |name: &str| {
+                    head.lines().find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.trim()
+                            .eq_ignore_ascii_case(name)
+                            .then(|| v.trim().to_string())
+                    })
+                };
                 let page = PAGE.as_bytes();
                 let reply = |s: &mut std::net::TcpStream, extra: &str, body: &[u8]| {
                     let _ = write!(
@@ -87,6 +107,37 @@ pub fn html_origin() -> u16 {
                     );
                     let _ = s.write_all(body);
                 };
+                if let Some(cc) = path.strip_prefix("/cc/") {
+                    let cc = cc.replace("%20", " ");
+                    if field("if-none-match").as_deref() == Some("\"e1\"") {
+                        let _ = write!(s, "HTTP/1.1 304 Not Modified\r\nCache-Control: {cc}\r\nETag: \"e1\"\r\nConnection: close\r\n\r\n");
+                        return;
+                    }
+                    let body = format!("answer {n}");
+                    reply(
+                        &mut s,
+                        &format!(
+                            "Content-Type: text/plain\r\nCache-Control: {cc}\r\nETag: \"e1\"\r\n"
+                        ),
+                        body.as_bytes(),
+                    );
+                    return;
+                }
+                match path.as_str() {
+                    "/vary" => {
+                        let lang = field("accept-language").unwrap_or_default();
+                        reply(&mut s, "Content-Type: text/plain\r\nCache-Control: max-age=60\r\nVary: Accept-Language\r\n", format!("lang {lang} {n}").as_bytes());
+                    }
+                    "/cookie" => reply(&mut s, "Content-Type: text/plain\r\nCache-Control: max-age=60\r\nSet-Cookie: a=b\r\n", format!("cookie {n}").as_bytes()),
+                    "/slow" => {
+                        std::thread::sleep(Duration::from_millis(500));
+                        reply(&mut s, "Content-Type: text/plain\r\nCache-Control: max-age=60\r\n", format!("slow {n}").as_bytes());
+                    }
+                    _ => {}
+                }
+                if matches!(path.as_str(), "/vary" | "/cookie" | "/slow") {
+                    return;
+                }
                 match path.as_str() {
                     "/page" => reply(&mut s, "Content-Type: text/html; charset=utf-8\r\nETag: \"v1\"\r\n", page),
                     "/stream" => {
@@ -139,5 +190,5 @@ pub fn html_origin() -> u16 {
             });
         }
     });
-    port
+    (port, count)
 }

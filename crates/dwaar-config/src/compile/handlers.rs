@@ -47,6 +47,7 @@ pub const SUPPORTED: &[&str] = &[
     "forward_auth",
     "metrics",
     "encode",
+    "cache",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -63,7 +64,6 @@ pub const NOT_YET: &[&str] = &[
     "fs",
     "log_append",
     "log_name",
-    "cache",
 ];
 
 /// Site-level directives handled by the site compiler, not here.
@@ -122,6 +122,7 @@ pub fn compile_directive(
         }
         "uri" => uri(d, named, diags),
         "encode" => super::encode::encode(d, named, diags),
+        "cache" => super::cache::cache(d, named, diags),
         "metrics" => {
             // `metrics [<matcher>] { disable_openmetrics }`: Prometheus text here.
             let (m, skip) = inline_matcher(d, named, diags);

@@ -6,6 +6,7 @@
 
 mod analytics;
 mod args;
+mod cache;
 mod encode;
 mod files;
 mod handlers;

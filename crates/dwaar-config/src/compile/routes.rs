@@ -35,6 +35,7 @@ pub const DEFAULT_ORDER: &[&str] = &[
     "forward_auth",
     "request_header",
     "encode",
+    "cache",
     "push",
     "intercept",
     "templates",

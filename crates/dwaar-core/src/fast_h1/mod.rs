@@ -423,8 +423,11 @@ async fn serve_one(
             Next::Drop
         }
         Outcome::Proxy => {
-            let eligible =
-                ctx.max_body.is_none() && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
+            // Cache fills, revalidations and bypass marks run on Pingora's path (hits
+            // were answered above, here).
+            let eligible = ctx.max_body.is_none()
+                && ctx.cache.is_none()
+                && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
             if !eligible {
                 return hand_back(buf, head);
             }

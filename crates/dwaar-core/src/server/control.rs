@@ -42,7 +42,19 @@ pub struct Control {
     relaunch: Option<Relaunch>,
     /// The admin socket, handed to a successor next to the proxy listeners.
     admin_socket: Mutex<Option<(OwnedFd, Option<PathBuf>)>>,
+    /// Where cache purges also go (the supervisor sends them to its workers).
+    purge_forward: Mutex<Option<PurgeForward>>,
 }
+
+/// What `DELETE /cache` removes: everything, or by host, exact path or path prefix.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Purge {
+    pub host: Option<String>,
+    pub path: Option<String>,
+    pub prefix: Option<String>,
+}
+
+type PurgeForward = Box<dyn Fn(&Purge) + Send + Sync>;
 
 impl Control {
     pub fn new(
@@ -58,6 +70,7 @@ impl Control {
             upgrades: tx,
             relaunch: Relaunch::current(),
             admin_socket: Mutex::new(None),
+            purge_forward: Mutex::new(None),
         };
         (Arc::new(c), rx)
     }
@@ -90,6 +103,29 @@ impl Control {
             &self.reloader.current(),
             extra,
         )
+    }
+
+    /// Purges this process's caches and, in worker mode, the workers'. Returns the
+    /// responses removed here.
+    pub fn purge_cache(&self, p: &Purge) -> u64 {
+        if let Ok(f) = self.purge_forward.lock() {
+            if let Some(f) = f.as_ref() {
+                f(p);
+            }
+        }
+        self.reloader
+            .table()
+            .cache_stores
+            .iter()
+            .map(|s| s.purge(p.host.as_deref(), p.path.as_deref(), p.prefix.as_deref()))
+            .sum()
+    }
+
+    /// Sends purges on to other processes as well (the supervisor's workers).
+    pub fn set_purge_forward(&self, f: PurgeForward) {
+        if let Ok(mut g) = self.purge_forward.lock() {
+            *g = Some(f);
+        }
     }
 
     /// Asks the server to shut down gracefully.

@@ -160,13 +160,7 @@ impl Server {
                 worker_restarts: 0,
                 log_dropped: dwaar_log::dropped_total(),
                 log_written: dwaar_log::written_total(),
-                requests: crate::metrics::Snapshot::take(
-                    stats_store
-                        .load()
-                        .analytics
-                        .as_ref()
-                        .and_then(|a| a.collector.as_deref()),
-                ),
+                requests: crate::metrics::Snapshot::take(Some(&stats_store.load())),
             }),
         );
         tracing::info!(threads, "dwaar started");

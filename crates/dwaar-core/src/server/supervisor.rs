@@ -49,6 +49,10 @@ pub(crate) enum ToWorker {
         specs: Vec<SharedSpec>,
     },
     Stop,
+    /// Purge the worker's caches.
+    Purge {
+        purge: super::control::Purge,
+    },
 }
 
 /// Messages from a worker to the supervisor.
@@ -188,6 +192,8 @@ impl Supervisor {
         reloader.set_follower(shared.clone());
         let stats_shared = shared.clone();
         let (control, upgrades) = Control::new(reloader, Box::new(move || stats_shared.stats()));
+        let purger = shared.clone();
+        control.set_purge_forward(Box::new(move |p| purger.purge_all(p)));
         let monitor = shared.clone();
         std::thread::Builder::new()
             .name("dwaar-supervisor".into())
@@ -431,6 +437,21 @@ impl Shared {
         }
     }
 
+    /// Sends a cache purge to every running worker.
+    fn purge_all(&self, purge: &super::control::Purge) {
+        let msg = serde_json::to_vec(&ToWorker::Purge {
+            purge: purge.clone(),
+        })
+        .unwrap_or_default();
+        for w in &self.workers {
+            if let Ok(mut w) = w.lock() {
+                if let Some(c) = w.conn.as_mut() {
+                    let _ = fdpass::send(c, &msg, &[]);
+                }
+            }
+        }
+    }
+
     /// Tells every worker to stop, waits up to `wait`, then kills what is left.
     fn stop_all(&self, wait: Duration) {
         self.stopping.store(true, Ordering::Release);
@@ -596,15 +617,23 @@ pub mod worker {
             .name("dwaar-worker-channel".into())
             .spawn(move || {
                 // A stop, the supervisor going away or a broken channel all end it.
-                while let Ok(Some((ToWorker::Config { config, specs }, fds))) = next(&mut conn) {
-                    let r = sockets::import(specs, fds).and_then(|s| {
-                        control
-                            .reloader
-                            .load_with_sockets(*config, s)
-                            .map(|_| ())
-                            .map_err(|e| e.message)
-                    });
-                    let _ = reply(&reader_writer, r.err());
+                loop {
+                    match next(&mut conn) {
+                        Ok(Some((ToWorker::Config { config, specs }, fds))) => {
+                            let r = sockets::import(specs, fds).and_then(|s| {
+                                control
+                                    .reloader
+                                    .load_with_sockets(*config, s)
+                                    .map(|_| ())
+                                    .map_err(|e| e.message)
+                            });
+                            let _ = reply(&reader_writer, r.err());
+                        }
+                        Ok(Some((ToWorker::Purge { purge }, _))) => {
+                            control.purge_cache(&purge);
+                        }
+                        _ => break,
+                    }
                 }
                 let _ = tx.send(());
             })
