@@ -200,3 +200,25 @@ fn purges_and_stats_through_the_admin_api() {
         "{m}"
     );
 }
+
+#[test]
+fn the_access_log_names_the_cache_outcome_and_the_coding() {
+    let (origin, _count) = counting_origin();
+    let dir = tempfile::tempdir().expect("cache test");
+    let log = dir.path().join("access.log");
+    let port = free_port();
+    let conf = format!(
+        "http://localhost:{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\tencode gzip {{\n\t\tminimum_length 1\n\t}}\n\tcache\n\treverse_proxy 127.0.0.1:{origin}\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start(&bin(), &conf, &[port]);
+    get_h(port, "/cc/max-age=60", &[("Accept-Encoding", "gzip")]);
+    let hit = get_h(port, "/cc/max-age=60", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(hit.header("x-cache"), Some("HIT"));
+    assert_eq!(hit.header("content-encoding"), Some("gzip"));
+    let logged = wait_until(Duration::from_secs(10), || {
+        let t = std::fs::read_to_string(&log).unwrap_or_default();
+        t.contains("\"cache\":\"MISS\"") && t.contains("\"cache\":\"HIT\"") && t.contains("\"encoding\":\"gzip\"")
+    });
+    assert!(logged, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+}

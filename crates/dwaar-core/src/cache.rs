@@ -496,6 +496,7 @@ pub fn on_request(
         match e.state(now) {
             Freshness::Fresh => {
                 rule.store.counts.hits.fetch_add(1, Relaxed);
+                ctx.cache_served = Some(Status::Hit);
                 return Decision::Reply(hit_reply(&e, rule, Status::Hit, now));
             }
             Freshness::StaleUsable => {
@@ -503,6 +504,7 @@ pub fn on_request(
                 match rule.store.claim(key) {
                     Claim::Wait(_) => {
                         rule.store.counts.stale.fetch_add(1, Relaxed);
+                        ctx.cache_served = Some(Status::Stale);
                         return Decision::Reply(hit_reply(&e, rule, Status::Stale, now));
                     }
                     Claim::Leader(g) => c.guard = g,

@@ -107,10 +107,14 @@ pub struct RequestContext {
     pub upstream_error: Option<CompactString>,
     /// A GET to an analytics site: what its page view would record.
     pub page: Option<Box<crate::analytics::PageFacts>>,
+    /// `cache` answered from memory (the access log's `cache` field).
+    pub cache_served: Option<crate::cache::Status>,
     /// `cache` looked at the request: its key, lock and what to store.
     pub cache: Option<Box<crate::cache::CacheCtx>>,
     /// `encode` ran: what the client accepts.
     pub encode: Option<crate::encode::Negotiated>,
+    /// The coding `encode` compressed the response with (access log).
+    pub encoded: Option<&'static str>,
     /// The response body is being rewritten (analytics injection, `encode`).
     pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
 }

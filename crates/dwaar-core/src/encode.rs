@@ -174,12 +174,13 @@ pub struct Negotiated {
 }
 
 /// At the response head: whether to compress this response; edits the head when so
-/// (Content-Encoding, no Content-Length, a weak ETag, Vary). Returns the encoder.
+/// (Content-Encoding, no Content-Length, a weak ETag, Vary). Returns the encoder and
+/// the coding's name.
 pub fn begin(
     n: &Negotiated,
     status: u16,
     head: &mut dyn ResponseHead,
-) -> Option<crate::compress::Encoder> {
+) -> Option<(crate::compress::Encoder, &'static str)> {
     let rule = &n.rule;
     if !(200..300).contains(&status) || status == 204 || status == 206 {
         return None;
@@ -224,7 +225,7 @@ pub fn begin(
             head.set("etag", &format!("W/{etag}"));
         }
     }
-    Some(enc)
+    Some((enc, coding_name(coding)))
 }
 
 fn add_vary(head: &mut dyn ResponseHead) {

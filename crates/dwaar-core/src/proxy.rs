@@ -1047,6 +1047,11 @@ pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         bytes_read: p.bytes_read,
         bytes_written: p.bytes_written,
         rejected_by: ctx.rejected_by,
+        cache: ctx
+            .cache_served
+            .or(ctx.cache.as_ref().map(|c| c.status))
+            .map(|s| s.as_str()),
+        encoding: ctx.encoded,
         error: ctx.upstream_error.clone(),
         ..Default::default()
     };

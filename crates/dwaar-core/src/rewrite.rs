@@ -17,6 +17,8 @@ pub struct Rewrite {
     decoder: Option<Decoder>,
     injector: Option<Injector>,
     encoder: Option<Encoder>,
+    /// The coding `encode` chose for this response (for the access log).
+    pub encoded: Option<&'static str>,
 }
 
 impl std::fmt::Debug for Rewrite {
@@ -40,21 +42,24 @@ impl Rewrite {
                 decoder: Some(Decoder::new(c)?),
                 injector: Some(injector),
                 encoder: Some(Encoder::new(c)?),
+                encoded: None,
             },
             None => Rewrite {
                 decoder: None,
                 injector: Some(injector),
                 encoder: None,
+                encoded: None,
             },
         })
     }
 
     /// Compression only.
-    pub fn encode(encoder: Encoder) -> Rewrite {
+    pub fn encode(encoder: Encoder, name: &'static str) -> Rewrite {
         Rewrite {
             decoder: None,
             injector: None,
             encoder: Some(encoder),
+            encoded: Some(name),
         }
     }
 
@@ -62,8 +67,9 @@ impl Rewrite {
         self.encoder.is_some()
     }
 
-    pub fn set_encoder(&mut self, e: Encoder) {
+    pub fn set_encoder(&mut self, e: Encoder, name: &'static str) {
         self.encoder = Some(e);
+        self.encoded = Some(name);
     }
 
     /// The next piece of the body to send for `chunk` (and the end of it when `end`).
@@ -111,13 +117,15 @@ pub fn begin(
 ) -> Option<Rewrite> {
     let analytics = ctx.site.as_ref().and_then(|s| s.analytics.clone());
     let encode = ctx.encode.clone();
-    begin_parts(
+    let rw = begin_parts(
         analytics.as_deref(),
         ctx.page.as_deref_mut(),
         encode.as_ref(),
         status,
         head,
-    )
+    );
+    ctx.encoded = rw.as_ref().and_then(|r| r.encoded);
+    rw
 }
 
 /// [`begin`] with its inputs taken out of the context (a front-end that lent the
@@ -135,10 +143,10 @@ pub fn begin_parts(
     };
     if let Some(n) = encode {
         if rw.as_ref().is_none_or(|r| !r.has_encoder()) {
-            if let Some(enc) = crate::encode::begin(n, status, head) {
+            if let Some((enc, name)) = crate::encode::begin(n, status, head) {
                 match rw.as_mut() {
-                    Some(r) => r.set_encoder(enc),
-                    None => rw = Some(Rewrite::encode(enc)),
+                    Some(r) => r.set_encoder(enc, name),
+                    None => rw = Some(Rewrite::encode(enc, name)),
                 }
             }
         }
@@ -179,7 +187,7 @@ mod tests {
     #[test]
     fn inject_then_compress_streams() {
         let mut rw = Rewrite::inject(Injector::new(b"<S>".to_vec()), None).unwrap();
-        rw.set_encoder(Encoder::new(Coding::Gzip).unwrap());
+        rw.set_encoder(Encoder::new(Coding::Gzip).unwrap(), "gzip");
         let mut wire = Vec::new();
         for part in ["<html><body>hi</bo", "dy></html>"] {
             let out = rw.feed(Some(Bytes::from(part)), false).unwrap();
