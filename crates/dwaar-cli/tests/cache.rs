@@ -218,7 +218,37 @@ fn the_access_log_names_the_cache_outcome_and_the_coding() {
     assert_eq!(hit.header("content-encoding"), Some("gzip"));
     let logged = wait_until(Duration::from_secs(10), || {
         let t = std::fs::read_to_string(&log).unwrap_or_default();
-        t.contains("\"cache\":\"MISS\"") && t.contains("\"cache\":\"HIT\"") && t.contains("\"encoding\":\"gzip\"")
+        t.contains("\"cache\":\"MISS\"")
+            && t.contains("\"cache\":\"HIT\"")
+            && t.contains("\"encoding\":\"gzip\"")
     });
-    assert!(logged, "{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(
+        logged,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn the_key_keeps_ports_apart() {
+    let (origin, count) = counting_origin();
+    let (a, b) = (free_port(), free_port());
+    let conf = format!(
+        "http://localhost:{a}, http://localhost:{b} {{\n\tcache\n\treverse_proxy 127.0.0.1:{origin}\n}}\n"
+    );
+    let _d = Dwaar::start(&bin(), &conf, &[a, b]);
+    assert_eq!(
+        get_h(a, "/cc/max-age=60", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get_h(a, "/cc/max-age=60", &[]).header("x-cache"),
+        Some("HIT")
+    );
+    // The same site and path on another port is another key.
+    assert_eq!(
+        get_h(b, "/cc/max-age=60", &[]).header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(count.load(SeqCst), 2);
 }
