@@ -252,3 +252,42 @@ fn the_key_keeps_ports_apart() {
     );
     assert_eq!(count.load(SeqCst), 2);
 }
+
+#[test]
+fn purges_reach_every_worker_process() {
+    let (origin, _count) = counting_origin();
+    let port = free_port();
+    let conf =
+        format!("http://localhost:{port} {{\n\tcache\n\treverse_proxy 127.0.0.1:{origin}\n}}\n");
+    let d = Dwaar::start_with(
+        &bin(),
+        &conf,
+        &[port],
+        &["--workers", "2", "--threads", "1"],
+    );
+    // Separate connections spread over both workers; each fills its own store.
+    for i in 0..20 {
+        get_h(port, &format!("/cc/max-age=60,%20x={}", i % 5), &[]);
+    }
+    let admin = d.admin.clone();
+    let stats = || -> serde_json::Value {
+        dwaar_admin::client::request(&admin, "GET", "/cache/stats", None, &[])
+            .ok()
+            .and_then(|r| serde_json::from_str(&r.body).ok())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || stats()["entries"].as_u64()
+            >= Some(5)),
+        "{}",
+        stats()
+    );
+    let r =
+        dwaar_admin::client::request(&admin, "DELETE", "/cache", None, &[]).expect("cache test");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        wait_until(Duration::from_secs(10), || stats()["entries"] == 0),
+        "a worker kept its entries: {}",
+        stats()
+    );
+}

@@ -521,7 +521,8 @@ pub fn on_request(
             Claim::Wait(w) => return Decision::Wait(w, rule.lock_timeout),
         }
     }
-    rule.store.counts.misses.fetch_add(1, Relaxed);
+    // Misses are counted when the origin answers (a request the lean path hands to
+    // Pingora runs the pipeline twice).
     c.req_fields = req_fields(req);
     ctx.cache = Some(Box::new(c));
     Decision::Continue
@@ -661,6 +662,7 @@ pub fn on_response(
     };
     let rule = c.rule.clone();
     if c.status == Status::Bypass {
+        rule.store.counts.bypass.fetch_add(1, Relaxed);
         if let Some(h) = &rule.status_header {
             head.set(h, Status::Bypass.as_str());
         }
@@ -706,6 +708,7 @@ pub fn on_response(
             return true;
         }
     }
+    rule.store.counts.misses.fetch_add(1, Relaxed);
     if let Some(h) = &rule.status_header {
         head.set(h, c.status.as_str());
     }
