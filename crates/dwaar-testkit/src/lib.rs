@@ -9,6 +9,7 @@
 //! Synchronisation is by polling with a deadline, never by fixed sleeps.
 
 pub mod client;
+pub mod grpc;
 pub mod origin;
 pub mod pages;
 pub mod pebble;
