@@ -17,15 +17,28 @@ fn serve_grpc() -> (Dwaar, u16) {
 #[test]
 fn unary_calls_keep_trailers_and_status() {
     let (_d, port) = serve_grpc();
-    let c = grpc::call(port, "/echo.Echo/Say", &[b"hello"], false).unwrap_or_else(|e| panic!("{e}"));
+    let c =
+        grpc::call(port, "/echo.Echo/Say", &[b"hello"], false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(c.status, 200);
-    assert_eq!(c.headers.get("content-type").map(|v| v.as_bytes()), Some(&b"application/grpc"[..]));
-    assert!(c.headers.get("content-encoding").is_none(), "gRPC is never compressed");
-    assert_eq!(c.headers.get("x-saw-te-trailers").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert_eq!(
+        c.headers.get("content-type").map(|v| v.as_bytes()),
+        Some(&b"application/grpc"[..])
+    );
+    assert!(
+        c.headers.get("content-encoding").is_none(),
+        "gRPC is never compressed"
+    );
+    assert_eq!(
+        c.headers.get("x-saw-te-trailers").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
     assert_eq!(c.messages, vec![b"echo: hello".to_vec()]);
     let t = c.trailers.unwrap_or_else(|| panic!("no trailers"));
     assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
-    assert_eq!(t.get("grpc-message").map(|v| v.as_bytes()), Some(&b"done"[..]));
+    assert_eq!(
+        t.get("grpc-message").map(|v| v.as_bytes()),
+        Some(&b"done"[..])
+    );
 }
 
 #[test]
@@ -34,7 +47,10 @@ fn bidirectional_streams_are_not_buffered() {
     let msgs: Vec<Vec<u8>> = (0..5).map(|i| format!("m{i}").into_bytes()).collect();
     let refs: Vec<&[u8]> = msgs.iter().map(|m| m.as_slice()).collect();
     let c = grpc::call(port, "/echo.Echo/Chat", &refs, true).unwrap_or_else(|e| panic!("{e}"));
-    assert!(c.interleaved, "a reply did not arrive before the next message was sent");
+    assert!(
+        c.interleaved,
+        "a reply did not arrive before the next message was sent"
+    );
     assert_eq!(c.messages.len(), 5, "{:?}", c.messages);
     assert_eq!(c.messages[4], b"echo: m4".to_vec());
     let t = c.trailers.unwrap_or_else(|| panic!("no trailers"));

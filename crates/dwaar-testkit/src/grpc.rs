@@ -114,7 +114,9 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
-        let (client, conn) = h2::client::handshake(tcp).await.map_err(|e| e.to_string())?;
+        let (client, conn) = h2::client::handshake(tcp)
+            .await
+            .map_err(|e| e.to_string())?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -133,7 +135,8 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
         let deadline = Duration::from_secs(10);
         if stream {
             // The first message, then the response head, then one reply per message.
-            send.send_data(frame(messages[0]), false).map_err(|e| e.to_string())?;
+            send.send_data(frame(messages[0]), false)
+                .map_err(|e| e.to_string())?;
             let resp = tokio::time::timeout(deadline, resp)
                 .await
                 .map_err(|_| "no response head".to_string())?
@@ -156,10 +159,12 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
                     }
                 }
                 if let Some(next) = messages.get(i + 1) {
-                    send.send_data(frame(next), false).map_err(|e| e.to_string())?;
+                    send.send_data(frame(next), false)
+                        .map_err(|e| e.to_string())?;
                 }
             }
-            send.send_data(Bytes::new(), true).map_err(|e| e.to_string())?;
+            send.send_data(Bytes::new(), true)
+                .map_err(|e| e.to_string())?;
             while let Ok(Some(Ok(c))) = tokio::time::timeout(deadline, body.data()).await {
                 buf.extend_from_slice(&c);
                 messages_out.extend(unframe(&mut buf));

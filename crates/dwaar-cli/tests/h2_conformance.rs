@@ -1,0 +1,72 @@
+// HTTP/2 conformance: malformed requests and frame floods from a Python `h2` client
+// (RFC 9113 §8.2, §8.1.1; the CONTINUATION and rapid-reset floods). `.ci/run` puts the
+// `h2` package in `target/pyenv`; `DWAAR_PYTHON` may name another interpreter.
+
+mod common;
+use common::*;
+
+fn python_with_h2() -> Option<String> {
+    let candidates = [
+        std::env::var("DWAAR_PYTHON").ok(),
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_string()),
+    ];
+    for p in candidates.into_iter().flatten() {
+        let ok = std::process::Command::new(&p)
+            .args(["-c", "import h2"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+        "a Python with the `h2` package is required (python3 -m venv target/pyenv && target/pyenv/bin/pip install h2)"
+    );
+    eprintln!("skipping: no Python with h2");
+    None
+}
+
+#[test]
+fn malformed_requests_and_floods_are_refused() {
+    let Some(py) = python_with_h2() else { return };
+    let port = free_port();
+    let conf = format!(
+        "{{\n\tservers :{port} {{\n\t\tprotocols h1 h2c\n\t}}\n}}\n:{port} {{\n\trespond \"ok\"\n}}\n"
+    );
+    let mut d = Dwaar::start(&bin(), &conf, &[port]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/conformance.py");
+    let out = std::process::Command::new(py)
+        .args([script, &port.to_string()])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let get = |k: &str| v[k].as_str().unwrap_or("").to_string();
+    assert_eq!(get("valid request"), "status:200", "{v}");
+    for case in [
+        "uppercase field name",
+        "connection-specific field",
+        "transfer-encoding field",
+        "te other than trailers",
+        "missing :path",
+        "pseudo field after regular",
+        "content-length mismatch",
+    ] {
+        let r = get(case);
+        assert!(
+            r.starts_with("reset:PROTOCOL_ERROR") || r.starts_with("goaway:PROTOCOL_ERROR"),
+            "{case}: {r}"
+        );
+    }
+    for case in ["continuation flood", "rapid reset"] {
+        let r = get(case);
+        assert!(
+            r.starts_with("goaway:") || r.starts_with("closed"),
+            "{case}: {r}"
+        );
+    }
+    assert_eq!(get("valid request after the floods"), "status:200", "{v}");
+    assert!(d.alive(), "dwaar exited: {}", d.log_text());
+}
