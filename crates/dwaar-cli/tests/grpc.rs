@@ -56,3 +56,33 @@ fn bidirectional_streams_are_not_buffered() {
     let t = c.trailers.unwrap_or_else(|| panic!("no trailers"));
     assert_eq!(t.get("x-count").map(|v| v.as_bytes()), Some(&b"5"[..]));
 }
+
+#[test]
+fn a_burst_to_an_h2c_upstream_shares_its_connection() {
+    let o = origin::h2c("mux");
+    let port = free_port();
+    let conf = format!(
+        ":{port} {{\n\treverse_proxy h2c://127.0.0.1:{}\n}}\n",
+        o.port
+    );
+    let _d = Dwaar::start(&bin(), &conf, &[port]);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(100));
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                b.wait();
+                ok_get(port, "x", "/burst").status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap_or(0), 200);
+    }
+    assert_eq!(o.hits(), 100);
+    assert!(
+        o.connections() <= 2,
+        "{} upstream connections for 100 concurrent requests",
+        o.connections()
+    );
+}

@@ -107,6 +107,8 @@ pub struct RequestContext {
     pub upstream_error: Option<CompactString>,
     /// A GET to an analytics site: what its page view would record.
     pub page: Option<Box<crate::analytics::PageFacts>>,
+    /// The turn of the request opening an upstream's first HTTP/2 connection.
+    pub h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// `cache` answered from memory (the access log's `cache` field).
     pub cache_served: Option<crate::cache::Status>,
     /// `cache` looked at the request: its key, lock and what to store.

@@ -611,6 +611,14 @@ impl ProxyHttp for DwaarProxy {
             ));
         };
         let up = proxy.upstreams[i].clone();
+        // The first HTTP/2 connection to an upstream: one request opens it while the
+        // others of a burst wait, then they share it as streams.
+        if proxy.transport.multiplexed() && !up.h2_open.load(Ordering::Acquire) {
+            let turn = up.h2_first.clone().lock_owned().await;
+            if !up.h2_open.load(Ordering::Acquire) {
+                ctx.h2_first = Some(turn);
+            }
+        }
         up.active.fetch_add(1, Ordering::Relaxed);
         ctx.active_counted = true;
         ctx.upstream = Some(up);
@@ -636,6 +644,8 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        // The next waiting request tries to open the connection.
+        ctx.h2_first = None;
         ctx.upstream_failure = if matches!(e.etype(), ErrorType::ConnectTimedout) {
             UpstreamFailure::Timeout
         } else {
@@ -735,6 +745,9 @@ impl ProxyHttp for DwaarProxy {
             if let (Some(u), Some(t)) = (&ctx.upstream, ctx.upstream_start) {
                 u.record_connect(t.elapsed());
             }
+        }
+        if let (Some(_), Some(u)) = (ctx.h2_first.take(), &ctx.upstream) {
+            u.h2_open.store(true, Ordering::Release);
         }
         Ok(())
     }

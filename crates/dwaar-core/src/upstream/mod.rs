@@ -47,8 +47,16 @@ pub struct UpstreamState {
     /// New connections opened to this upstream, and the time they took (metrics).
     pub connects: AtomicU64,
     pub connect_us: AtomicU64,
+    /// HTTP/2 upstreams: a multiplexed connection has been opened. Until then requests
+    /// take turns (`h2_first`) so a burst opens one connection, not one per request.
+    pub h2_open: AtomicBool,
+    pub h2_first: Arc<tokio::sync::Mutex<()>>,
     failures: Mutex<VecDeque<u64>>,
 }
+
+/// Concurrent streams Dwaar opens on one HTTP/2 upstream connection before it opens
+/// another (servers usually allow 100 or more).
+pub const H2_STREAMS: usize = 100;
 
 impl UpstreamState {
     /// Counts a new connection that took `took` to open.
@@ -74,6 +82,8 @@ impl UpstreamState {
             down_until_ms: AtomicU64::new(0),
             connects: AtomicU64::new(0),
             connect_us: AtomicU64::new(0),
+            h2_open: AtomicBool::new(false),
+            h2_first: Arc::new(tokio::sync::Mutex::new(())),
             failures: Mutex::new(VecDeque::new()),
         }
     }
@@ -150,6 +160,13 @@ pub struct TransportOpts {
     pub h2: bool,
     /// Trusted roots replacing the system store (`tls_trusted_ca_certs`).
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+}
+
+impl TransportOpts {
+    /// HTTP/2 to the upstream (h2c, or h2 over TLS): requests share connections.
+    pub fn multiplexed(&self) -> bool {
+        (self.h2c && !self.tls) || (self.h2 && self.tls)
+    }
 }
 
 /// Reads PEM files of trusted upstream CAs; every certificate must parse.
@@ -327,8 +344,10 @@ impl ProxyHandler {
         }
         if t.h2c && !t.tls {
             o.set_http_version(2, 2);
+            o.max_h2_streams = H2_STREAMS;
         } else if t.h2 && t.tls {
             o.set_http_version(2, 1);
+            o.max_h2_streams = H2_STREAMS;
         } else {
             o.set_http_version(1, 1);
         }
