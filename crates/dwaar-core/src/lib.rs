@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod proxy;
+pub mod quic;
 pub mod request;
 pub mod rewrite;
 pub mod route_table;

@@ -280,6 +280,9 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) 
         let mut buf = [0u8; 36];
         resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
     }
+    if let Some(v) = crate::quic::alt_svc(ctx) {
+        resp.insert_header("alt-svc", v)?;
+    }
     let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
     let len = r.body_len();
     let rewrite = r.rewrite.take();
@@ -788,6 +791,9 @@ impl ProxyHttp for DwaarProxy {
         if let Some(id) = ctx.request_id {
             let mut buf = [0u8; 36];
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
+        }
+        if let Some(v) = crate::quic::alt_svc(ctx) {
+            resp.insert_header("alt-svc", v)?;
         }
         if ctx.page.is_some() || ctx.encode.is_some() {
             let status = resp.status.as_u16();

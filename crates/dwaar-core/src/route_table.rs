@@ -344,6 +344,8 @@ pub struct RouteTable {
     pub upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
     /// Every `cache` store the table uses (stats, purges, metrics).
     pub cache_stores: Vec<Arc<crate::cache::Store>>,
+    /// HTTPS ports that also serve HTTP/3 (`servers { protocols ... h3 }`): (address, port).
+    pub h3: Vec<(String, u16)>,
 }
 
 /// What the admin API needs to answer analytics queries.
@@ -530,6 +532,18 @@ impl RouteTable {
                     && server
                         .map(|s| s.protocols.iter().any(|p| p == "h2c"))
                         .unwrap_or(false);
+                if tls && server.is_some_and(|s| s.protocols.iter().any(|p| p == "h3")) {
+                    let addrs: Vec<String> = if site.bind.is_empty() {
+                        vec![String::new()]
+                    } else {
+                        site.bind.clone()
+                    };
+                    for addr in addrs {
+                        if !table.h3.iter().any(|h| h.0 == addr && h.1 == a.port) {
+                            table.h3.push((addr, a.port));
+                        }
+                    }
+                }
                 if let Some(s) = server {
                     port.trusted_proxies = s
                         .trusted_proxies

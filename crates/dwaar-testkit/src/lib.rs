@@ -10,6 +10,7 @@
 
 pub mod client;
 pub mod grpc;
+pub mod h3;
 pub mod origin;
 pub mod pages;
 pub mod pebble;

@@ -220,6 +220,12 @@ impl TlsState {
         })
     }
 
+    /// The certificate resolver every policy of this state shares (HTTP/3 handshakes,
+    /// which have one TLS 1.3 configuration for all sites, use it directly).
+    pub fn resolver(&self) -> Arc<SniResolver> {
+        self.fallback.resolver.clone()
+    }
+
     /// The policy for a server name (exact, then wildcard, then the fallback).
     pub fn policy(&self, sni: Option<&str>) -> &Arc<Policy> {
         let Some(n) = sni else {

@@ -680,8 +680,7 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
             "protocols" => {
                 for a in &line.args {
                     match a.text.as_str() {
-                        "h1" | "h2" | "h2c" => s.protocols.push(a.text.clone()),
-                        "h3" => diags.push(a.error("protocol 'h3' is not supported yet")),
+                        "h1" | "h2" | "h2c" | "h3" => s.protocols.push(a.text.clone()),
                         _ => diags.unknown_sub("protocols", a, &["h1", "h2", "h2c", "h3"]),
                     }
                 }

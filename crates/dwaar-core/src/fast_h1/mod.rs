@@ -722,7 +722,7 @@ fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, w
 }
 
 /// How the upstream's response body is framed.
-enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -1244,7 +1244,7 @@ async fn relay_body(
 
 /// Tracks chunked framing while the raw bytes are forwarded unchanged.
 #[derive(Default)]
-struct ChunkScanner {
+pub(crate) struct ChunkScanner {
     state: ChunkState,
     size: u64,
 }
@@ -1280,7 +1280,11 @@ impl ChunkScanner {
     }
 
     /// Like [`scan`](Self::scan), appending the chunks' data (the decoded body) to `data`.
-    fn scan_data(&mut self, b: &[u8], mut data: Option<&mut Vec<u8>>) -> Result<(usize, bool), ()> {
+    pub(crate) fn scan_data(
+        &mut self,
+        b: &[u8],
+        mut data: Option<&mut Vec<u8>>,
+    ) -> Result<(usize, bool), ()> {
         let mut i = 0;
         while i < b.len() {
             let c = b[i];

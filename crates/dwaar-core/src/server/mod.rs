@@ -87,6 +87,7 @@ impl Server {
         let store = Arc::new(RouteStore::new(table));
         registry.activate_tls(&store.load());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        crate::quic::start(store.clone(), shutdown_rx.clone());
 
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: 1024,

@@ -1,0 +1,143 @@
+// HTTP/3 end to end: a quinn/h3 client (and aioquic, an independent implementation)
+// against an HTTPS port that lists h3, every kind of handler answered over QUIC, the
+// Alt-Svc announcement on HTTP/1.1, logs, and 100 concurrent streams on one connection.
+
+mod common;
+use common::*;
+use dwaar_testkit::h3 as h3c;
+use std::time::Duration;
+
+const HASH: &str = "$2b$04$n9w8gA5QbBkpl3san02ecOAEjvhB1O5XG4fRBeeAoDTNwSY6piqEm";
+
+struct H3Site {
+    _d: Dwaar,
+    https: u16,
+    root: Vec<u8>,
+    store: tempfile::TempDir,
+    origin: origin::Origin,
+}
+
+fn site() -> H3Site {
+    let store = tempfile::tempdir().expect("h3 test");
+    let www = store.path().join("www");
+    std::fs::create_dir_all(&www).expect("h3 test");
+    std::fs::write(www.join("note.txt"), "a file over QUIC").expect("h3 test");
+    let origin = origin::http("h3-origin");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n         https://localhost:{https} {{\n\ttls internal\n\theader X-Site h3\n         \tlog {{\n\t\toutput file {st}/access.log\n\t}}\n         \thandle /hello {{\n\t\trespond \"hello\"\n\t}}\n         \thandle /redir {{\n\t\tredir * /hello 302\n\t}}\n         \thandle /secret {{\n\t\tbasic_auth {{\n\t\t\towner {HASH}\n\t\t}}\n\t\trespond \"secret\"\n\t}}\n         \thandle /limited {{\n\t\trate_limit 2/m\n\t\trespond \"ok\"\n\t}}\n         \thandle /files/* {{\n\t\turi strip_prefix /files\n\t\troot * {st}/www\n\t\tfile_server\n\t}}\n         \thandle /squeezed {{\n\t\tencode gzip {{\n\t\t\tminimum_length 1\n\t\t}}\n\t\theader Content-Type text/plain\n\t\trespond \"{long}\"\n\t}}\n         \treverse_proxy 127.0.0.1:{o}\n}}\n",
+        long = "squeeze me ".repeat(50),
+        o = origin.port,
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    // The UDP endpoint comes up with the server; wait until QUIC answers.
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/hello").is_ok_and(|r| r.status == 200)
+    });
+    assert!(up, "no HTTP/3 answer: {}", d.log_text());
+    H3Site {
+        _d: d,
+        https,
+        root,
+        store,
+        origin,
+    }
+}
+
+#[test]
+fn every_handler_answers_over_http3() {
+    let s = site();
+    let get = |path: &str, headers: Vec<(String, String)>| {
+        h3c::requests(
+            s.https,
+            "localhost",
+            &s.root,
+            vec![("GET", path.to_string(), headers, Vec::new())],
+        )
+        .map(|mut v| v.remove(0))
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    };
+    let r = get("/hello", vec![]);
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    assert_eq!(r.header("x-site"), Some("h3"));
+    assert!(r.header("x-request-id").is_some());
+    let r = get("/redir", vec![]);
+    assert_eq!((r.status, r.header("location")), (302, Some("/hello")));
+    assert_eq!(get("/secret", vec![]).status, 401);
+    let auth = vec![(
+        "authorization".to_string(),
+        "Basic b3duZXI6aHVudGVyMg==".to_string(),
+    )];
+    let r = get("/secret", auth);
+    assert_eq!((r.status, r.text().as_str()), (200, "secret"));
+    assert_eq!(get("/limited", vec![]).status, 200);
+    assert_eq!(get("/limited", vec![]).status, 200);
+    assert_eq!(get("/limited", vec![]).status, 429);
+    let r = get("/files/note.txt", vec![]);
+    assert_eq!((r.status, r.text().as_str()), (200, "a file over QUIC"));
+    let r = get("/squeezed", vec![("accept-encoding".into(), "gzip".into())]);
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+    let plain = dwaar_testkit::pages::decompress(Some("gzip"), &r.body);
+    assert_eq!(String::from_utf8_lossy(&plain), "squeeze me ".repeat(50));
+    // Proxied, with a request body streamed to the upstream.
+    let r = get("/api/thing?x=1", vec![]);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("uri: /api/thing?x=1"), "{}", r.text());
+    assert!(
+        r.text().contains("h:x-forwarded-proto: https"),
+        "{}",
+        r.text()
+    );
+    let post = h3c::requests(
+        s.https,
+        "localhost",
+        &s.root,
+        vec![("POST", "/upload".to_string(), vec![], vec![b'z'; 100_000])],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    assert!(post.text().contains("method: POST"), "{}", post.text());
+    assert!(post.text().contains("body: 100000"), "{}", post.text());
+    assert!(s.origin.hits() >= 2);
+    // The access log says HTTP/3.
+    let log = s.store.path().join("access.log");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.contains("HTTP/3.0"))),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn http1_over_tls_announces_http3() {
+    let s = site();
+    let r = dwaar_testkit::tls::get(
+        s.https,
+        "localhost",
+        "localhost",
+        "/hello",
+        &dwaar_testkit::tls::TlsOpts::trusting(&s.root),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.header("alt-svc"),
+        Some(format!("h3=\":{}\"; ma=86400", s.https).as_str())
+    );
+}
+
+#[test]
+fn a_hundred_concurrent_streams_on_one_connection() {
+    let s = site();
+    let reqs = (0..100)
+        .map(|i| ("GET", format!("/api/{i}"), Vec::new(), Vec::new()))
+        .collect();
+    let out = h3c::requests(s.https, "localhost", &s.root, reqs).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.len(), 100);
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains(&format!("uri: /api/{i}")));
+    }
+}

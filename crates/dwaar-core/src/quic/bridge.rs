@@ -1,0 +1,599 @@
+//! One HTTP/3 connection: each request stream becomes a protocol-neutral request for
+//! the pipeline, and its outcome goes back out as HTTP/3 frames.
+
+use super::{BODY_PAUSE, MAX_HEAD};
+use crate::context::{ConnInfo, RequestContext};
+use crate::fast_h1::pool;
+use crate::fast_h1::{ChunkScanner, Framing};
+use crate::pipeline::{handle_request, normalize_host, Outcome, Reply, ResponseHead};
+use crate::proxy::{forwarded_headers, log_request, passive_check, release_upstream, LogParts};
+use crate::request::HttpRequest;
+use crate::route_table::RouteStore;
+use bytes::{Buf, Bytes, BytesMut};
+use compact_str::CompactString;
+use h3::server::RequestStream;
+use pingora_http::RequestHeader;
+use std::sync::Arc;
+use std::time::Instant;
+
+type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+pub(super) async fn serve_connection(conn: quinn::Connection, port: u16, store: Arc<RouteStore>) {
+    let info = ConnInfo {
+        remote: std::net::SocketAddr::new(
+            crate::net::canonical(conn.remote_address().ip()),
+            conn.remote_address().port(),
+        ),
+        local_port: port,
+        tls: true,
+        tls_policy: 0,
+    };
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(MAX_HEAD)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("HTTP/3 setup failed: {e}");
+            return;
+        }
+    };
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => serve_request(req, stream, info, &store).await,
+                        Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
+                    }
+                });
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("HTTP/3 connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The request as the pipeline sees it (Pingora's header type implements `HttpRequest`).
+fn to_request_header(req: &http::Request<()>) -> Option<RequestHeader> {
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut h = RequestHeader::build(
+        req.method().clone(),
+        pq.as_bytes(),
+        Some(req.headers().len() + 1),
+    )
+    .ok()?;
+    h.set_version(http::Version::HTTP_3);
+    if let Some(a) = req.uri().authority() {
+        if !req.headers().contains_key(http::header::HOST) {
+            h.insert_header(http::header::HOST, a.as_str()).ok()?;
+        }
+    }
+    for (k, v) in req.headers() {
+        h.append_header(k.clone(), v.clone()).ok()?;
+    }
+    Some(h)
+}
+
+async fn serve_request(
+    req: http::Request<()>,
+    mut stream: Stream,
+    conn: ConnInfo,
+    store: &RouteStore,
+) {
+    let start = Instant::now();
+    let Some(original) = to_request_header(&req) else {
+        let _ = send_reply(
+            &mut stream,
+            Reply::status(400),
+            &RequestContext::default(),
+            false,
+        )
+        .await;
+        return;
+    };
+    let head_only = original.method == http::Method::HEAD;
+    let host = original
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(normalize_host)
+        .unwrap_or(Some(CompactString::default()));
+    let Some(host) = host else {
+        let _ = send_reply(
+            &mut stream,
+            Reply::status(400),
+            &RequestContext::default(),
+            head_only,
+        )
+        .await;
+        return;
+    };
+    let table = store.load();
+    let mut header = original.clone();
+    let mut ctx = RequestContext {
+        start: Some(start),
+        conn,
+        host: host.clone(),
+        ..RequestContext::default()
+    };
+    let mut outcome = handle_request(&table, &mut header, &mut ctx);
+    // Checks off the request path, then the pipeline again on the request as it came.
+    let mut rounds = 0;
+    while let Outcome::Check(check) = outcome {
+        rounds += 1;
+        match crate::auth::run(check).await {
+            crate::auth::Checked::Answer(r) => {
+                outcome = Outcome::Reply(r);
+                break;
+            }
+            crate::auth::Checked::Resume(edits) => {
+                header = original.clone();
+                for (k, v) in &edits {
+                    match v {
+                        Some(v) => HttpRequest::set_header(&mut header, k, v),
+                        None => HttpRequest::remove_header(&mut header, k),
+                    }
+                }
+                ctx = RequestContext {
+                    start: Some(start),
+                    conn,
+                    host: host.clone(),
+                    ..RequestContext::default()
+                };
+                outcome = handle_request(&table, &mut header, &mut ctx);
+                if rounds >= 4 {
+                    if let Outcome::Check(_) = outcome {
+                        outcome = Outcome::Reply(Reply::status(503));
+                    }
+                }
+            }
+        }
+    }
+    ctx.table = Some(table);
+    let (status, read, written) = match outcome {
+        Outcome::Reply(mut r) => {
+            crate::rewrite::reply(&mut ctx, &mut r);
+            let status = r.status;
+            let sent = send_reply(&mut stream, r, &ctx, head_only)
+                .await
+                .unwrap_or(0);
+            (status, 0, sent)
+        }
+        Outcome::Internal(i) => {
+            let limit = i.body_limit();
+            match read_body(&mut stream, limit).await {
+                Some(body) => {
+                    let n = body.len() as u64;
+                    let r = crate::analytics::answer(i, body).await;
+                    let status = r.status;
+                    let sent = send_reply(&mut stream, r, &ctx, head_only)
+                        .await
+                        .unwrap_or(0);
+                    (status, n, sent)
+                }
+                None => {
+                    let sent = send_reply(&mut stream, Reply::status(413), &ctx, head_only)
+                        .await
+                        .unwrap_or(0);
+                    (413, 0, sent)
+                }
+            }
+        }
+        Outcome::Abort | Outcome::Check(_) => {
+            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+            (0, 0, 0)
+        }
+        Outcome::Proxy => proxy(&mut stream, &mut header, &mut ctx, head_only).await,
+    };
+    release_upstream(&mut ctx);
+    crate::metrics::observe(&ctx, header.method.as_str(), status, read, written);
+    crate::analytics::record(&ctx, status, written);
+    if crate::proxy::is_logged(&ctx) {
+        log_request(
+            &ctx,
+            LogParts {
+                method: header.method.as_str(),
+                path: header.uri.path(),
+                query: header.uri.query().unwrap_or(""),
+                version: http::Version::HTTP_3,
+                user_agent: header.headers.get(http::header::USER_AGENT).cloned(),
+                referer: header.headers.get(http::header::REFERER).cloned(),
+                status,
+                bytes_read: read,
+                bytes_written: written,
+            },
+        );
+    }
+}
+
+/// Reads a request body of at most `limit` bytes (`None`: longer, or the client stalled).
+async fn read_body(stream: &mut Stream, limit: usize) -> Option<Bytes> {
+    let mut body = BytesMut::new();
+    loop {
+        match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
+            Ok(Ok(Some(mut chunk))) => {
+                if body.len() + chunk.remaining() > limit {
+                    return None;
+                }
+                while chunk.has_remaining() {
+                    let c = chunk.chunk();
+                    body.extend_from_slice(c);
+                    let n = c.len();
+                    chunk.advance(n);
+                }
+            }
+            Ok(Ok(None)) => return Some(body.freeze()),
+            _ => return None,
+        }
+    }
+}
+
+/// Fields that belong to one HTTP/1 hop and never appear in HTTP/3.
+fn connection_specific(name: &str) -> bool {
+    crate::request::hop_by_hop(name.as_bytes()) || name.eq_ignore_ascii_case("host")
+}
+
+fn response_head(
+    status: u16,
+    fields: &[(CompactString, String)],
+    ctx: &RequestContext,
+) -> http::Response<()> {
+    let mut b = http::Response::builder().status(status);
+    for (k, v) in fields {
+        if connection_specific(k) || k.eq_ignore_ascii_case("x-request-id") {
+            continue;
+        }
+        b = b.header(k.as_str(), v.as_str());
+    }
+    if let Some(id) = ctx.request_id {
+        let mut buf = [0u8; 36];
+        b = b.header("x-request-id", &*id.hyphenated().encode_lower(&mut buf));
+    }
+    b.body(()).unwrap_or_else(|_| http::Response::new(()))
+}
+
+/// Sends a reply Dwaar built; returns the body bytes sent.
+async fn send_reply(
+    stream: &mut Stream,
+    mut r: Reply,
+    ctx: &RequestContext,
+    head_only: bool,
+) -> Result<u64, ()> {
+    let no_body = r.status == 204 || r.status == 304 || r.status < 200;
+    let rewrite = r.rewrite.take();
+    if !no_body && rewrite.is_none() {
+        let len = r.body_len().to_string();
+        ResponseHead::set(&mut r.headers, "content-length", &len);
+    }
+    stream
+        .send_response(response_head(r.status, &r.headers, ctx))
+        .await
+        .map_err(|_| ())?;
+    let mut sent = 0u64;
+    if !head_only && !no_body {
+        let mut rewrite = rewrite;
+        let out = |b: Bytes,
+                   end: bool,
+                   rw: &mut Option<Box<crate::rewrite::Rewrite>>|
+         -> Result<Bytes, ()> {
+            match rw.as_mut() {
+                Some(rw) => rw.feed(Some(b), end).map_err(|_| ()),
+                None => Ok(b),
+            }
+        };
+        let first = out(std::mem::take(&mut r.body), false, &mut rewrite)?;
+        if !first.is_empty() {
+            sent += first.len() as u64;
+            stream.send_data(first).await.map_err(|_| ())?;
+        }
+        if let Some(s) = r.stream.as_mut() {
+            while let Some(c) = s.next_chunk().map_err(|_| ())? {
+                let piece = out(c, false, &mut rewrite)?;
+                if !piece.is_empty() {
+                    sent += piece.len() as u64;
+                    stream.send_data(piece).await.map_err(|_| ())?;
+                }
+            }
+        }
+        if let Some(rw) = rewrite.as_mut() {
+            let last = rw.feed(None, true).map_err(|_| ())?;
+            if !last.is_empty() {
+                sent += last.len() as u64;
+                stream.send_data(last).await.map_err(|_| ())?;
+            }
+        }
+    }
+    stream.finish().await.map_err(|_| ())?;
+    Ok(sent)
+}
+
+/// Answers a proxying failure with an empty `code` reply.
+async fn fail(
+    stream: &mut Stream,
+    ctx: &RequestContext,
+    head_only: bool,
+    code: u16,
+) -> (u16, u64, u64) {
+    let _ = send_reply(stream, Reply::status(code), ctx, head_only).await;
+    (code, 0, 0)
+}
+
+/// Proxies to a plain HTTP/1.1 upstream over the keep-alive pool; returns
+/// (status, request body bytes, response body bytes).
+async fn proxy(
+    stream: &mut Stream,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    head_only: bool,
+) -> (u16, u64, u64) {
+    let Some(p) = ctx.proxy.clone() else {
+        return fail(stream, ctx, head_only, 502).await;
+    };
+    if !pool::eligible(&p) {
+        tracing::warn!("HTTP/3: this upstream transport is not supported yet (502)");
+        return fail(stream, ctx, head_only, 502).await;
+    }
+    let Some(i) = p.select(&*req, ctx) else {
+        return fail(stream, ctx, head_only, 503).await;
+    };
+    let up = p.upstreams[i].clone();
+    let Some(addr) = up.addr else {
+        return fail(stream, ctx, head_only, 502).await;
+    };
+    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.active_counted = true;
+    ctx.upstream = Some(up.clone());
+    ctx.attempts = 1;
+    ctx.upstream_start = Some(Instant::now());
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    forwarded_headers(ctx, req, &host);
+    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    // The HTTP/1.1 request head; a body of unknown length goes chunked.
+    let length = req
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let may_have_body =
+        !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") || length.is_some();
+    let chunked = may_have_body && length.is_none();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        req.uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (k, v) in req.headers.iter() {
+        if crate::request::hop_by_hop(k.as_str().as_bytes()) {
+            continue;
+        }
+        out.extend_from_slice(k.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    if !p.transport.keepalive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    let dial_start = Instant::now();
+    let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
+        Ok(c) => c,
+        Err(_) => {
+            if let (Some(passive), Some(u)) = (&p.passive, &ctx.upstream) {
+                u.record_failure(passive);
+            }
+            return fail(stream, ctx, head_only, 502).await;
+        }
+    };
+    if !reused {
+        up.record_connect(dial_start.elapsed());
+    }
+    use tokio::io::AsyncWriteExt;
+    if upc.stream.write_all(&out).await.is_err() {
+        return fail(stream, ctx, head_only, 502).await;
+    }
+    ctx.upstream_sent = Some(Instant::now());
+    // The request body, streamed.
+    let mut read = 0u64;
+    if may_have_body {
+        loop {
+            match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
+                Ok(Ok(Some(mut chunk))) => {
+                    let n = chunk.remaining();
+                    read += n as u64;
+                    let mut piece = Vec::with_capacity(n + 16);
+                    if chunked {
+                        piece.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    }
+                    while chunk.has_remaining() {
+                        let c = chunk.chunk();
+                        piece.extend_from_slice(c);
+                        let l = c.len();
+                        chunk.advance(l);
+                    }
+                    if chunked {
+                        piece.extend_from_slice(b"\r\n");
+                    }
+                    if upc.stream.write_all(&piece).await.is_err() {
+                        return fail(stream, ctx, head_only, 502).await;
+                    }
+                }
+                Ok(Ok(None)) => break,
+                _ => return (0, read, 0),
+            }
+        }
+        if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
+            return fail(stream, ctx, head_only, 502).await;
+        }
+    }
+    let head_len = match pool::read_response_head(&mut upc, &p.transport).await {
+        Ok(Some(n)) => n,
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            return fail(stream, ctx, head_only, 504).await
+        }
+        _ => return fail(stream, ctx, head_only, 502).await,
+    };
+    let rhead = upc.buf.split_to(head_len).freeze();
+    let mut hs = [httparse::EMPTY_HEADER; 100];
+    let mut resp = httparse::Response::new(&mut hs);
+    if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
+        return fail(stream, ctx, head_only, 502).await;
+    }
+    let status = resp.code.unwrap_or(502);
+    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
+    passive_check(ctx, status);
+    let field = |name: &str| {
+        resp.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+            .collect::<Vec<_>>()
+    };
+    let framing = if head_only || status == 204 || status == 304 || status < 200 {
+        Framing::None
+    } else if !field("transfer-encoding").is_empty() {
+        Framing::Chunked
+    } else {
+        match field("content-length").as_slice() {
+            [] => Framing::UntilClose,
+            [one] => match std::str::from_utf8(one)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+            {
+                Some(n) => Framing::Length(n),
+                None => return fail(stream, ctx, head_only, 502).await,
+            },
+            _ => return fail(stream, ctx, head_only, 502).await,
+        }
+    };
+    let keepalive = resp.version == Some(1)
+        && !field("connection").iter().any(|v| {
+            std::str::from_utf8(v)
+                .unwrap_or("")
+                .to_ascii_lowercase()
+                .contains("close")
+        });
+    let mut fields: Vec<(CompactString, String)> = resp
+        .headers
+        .iter()
+        .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
+        .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    if !p.header_down.is_empty() {
+        let mut e = Vec::with_capacity(p.header_down.len());
+        crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
+        crate::pipeline::apply_edits(&e, &mut fields);
+    }
+    crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
+    crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
+    if let Some(c) = ctx.set_cookie.take() {
+        fields.push(("set-cookie".into(), c));
+    }
+    let mut rewrite = if head_only {
+        None
+    } else {
+        crate::rewrite::begin(ctx, status, &mut fields)
+    };
+    if stream
+        .send_response(response_head(status, &fields, ctx))
+        .await
+        .is_err()
+    {
+        return (status, read, 0);
+    }
+    // The body: decoded from the upstream's framing, rewritten if needed.
+    let mut sent = 0u64;
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        _ => u64::MAX,
+    };
+    let mut dec = ChunkScanner::default();
+    let mut data = Vec::with_capacity(16 * 1024);
+    let mut complete = matches!(framing, Framing::None);
+    while !complete {
+        if upc.buf.is_empty() && left > 0 {
+            match upc.read_more().await {
+                Ok(0) if matches!(framing, Framing::UntilClose) => complete = true,
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        data.clear();
+        match framing {
+            Framing::Chunked => match dec.scan_data(&upc.buf, Some(&mut data)) {
+                Ok((used, done)) => {
+                    upc.buf.advance(used);
+                    complete |= done;
+                }
+                Err(()) => break,
+            },
+            _ => {
+                let take = (upc.buf.len() as u64).min(left) as usize;
+                data.extend_from_slice(&upc.buf[..take]);
+                upc.buf.advance(take);
+                if let Framing::Length(_) = framing {
+                    left -= take as u64;
+                    complete |= left == 0;
+                }
+            }
+        }
+        let piece = match rewrite.as_mut() {
+            Some(rw) => match rw.feed(Some(Bytes::copy_from_slice(&data)), false) {
+                Ok(b) => b,
+                Err(_) => break,
+            },
+            None => Bytes::copy_from_slice(&data),
+        };
+        if !piece.is_empty() {
+            sent += piece.len() as u64;
+            if stream.send_data(piece).await.is_err() {
+                return (status, read, sent);
+            }
+        }
+    }
+    if let Some(rw) = rewrite.as_mut() {
+        if let Ok(last) = rw.feed(None, true) {
+            if !last.is_empty() {
+                sent += last.len() as u64;
+                let _ = stream.send_data(last).await;
+            }
+        }
+    }
+    if complete {
+        let _ = stream.finish().await;
+        if keepalive
+            && p.transport.keepalive
+            && upc.buf.is_empty()
+            && !matches!(framing, Framing::UntilClose)
+        {
+            pool::checkin(addr, upc);
+        }
+    } else {
+        ctx.upstream_error = Some("upstream closed mid-response".into());
+        stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+    (status, read, sent)
+}

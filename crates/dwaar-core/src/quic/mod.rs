@@ -1,0 +1,199 @@
+//! The HTTP/3 front-end: QUIC endpoints (quinn) on the UDP side of HTTPS ports that list
+//! `h3` in `servers { protocols }`, HTTP/3 (h3) on them, and every request run through
+//! the same pipeline as the other front-ends (`respond`, `redir`, files, headers, auth,
+//! rate limits, analytics, `encode`, `cache` hits, logs and metrics).
+//!
+//! Certificates come from the route table current at each handshake (the same store of
+//! ACME, internal and manual certificates, chosen by SNI). Proxied requests go to
+//! plain HTTP/1.1 upstreams over the lean path's per-thread keep-alive pool, with
+//! bodies streamed both ways; other upstream transports answer 502 for now.
+//!
+//! Limits: at most [`MAX_STREAMS`] concurrent requests per connection, request heads up
+//! to 64 KiB, [`IDLE`] without traffic closes a connection, a request body pausing longer
+//! than [`BODY_PAUSE`] is abandoned; 0-RTT is not accepted (so nothing can be replayed).
+
+mod bridge;
+
+use crate::route_table::RouteStore;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Concurrent request streams a client may open on one connection.
+pub const MAX_STREAMS: u32 = 100;
+/// A connection with no traffic for this long is closed.
+pub const IDLE: Duration = Duration::from_secs(60);
+/// How long a request body may pause.
+pub const BODY_PAUSE: Duration = Duration::from_secs(60);
+/// Largest request head accepted.
+pub const MAX_HEAD: u64 = 64 * 1024;
+
+/// The `Alt-Svc` value announcing HTTP/3 on this connection's port, for responses
+/// over TLS on a port that serves it.
+pub fn alt_svc(ctx: &crate::context::RequestContext) -> Option<String> {
+    let port = ctx.conn.local_port;
+    (ctx.conn.tls && ctx.table.as_ref()?.h3.iter().any(|(_, p)| *p == port))
+        .then(|| format!("h3=\":{port}\"; ma=86400"))
+}
+
+/// Certificates for QUIC handshakes, from the route table current at each handshake.
+struct CurrentCerts(Arc<RouteStore>);
+
+impl std::fmt::Debug for CurrentCerts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CurrentCerts")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for CurrentCerts {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let table = self.0.load();
+        let state = &table.tls.as_ref()?.state;
+        let sni = hello.server_name().map(|s| s.to_ascii_lowercase());
+        state.resolver().find(sni.as_deref())
+    }
+}
+
+fn server_config(store: Arc<RouteStore>) -> Result<quinn::ServerConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(CurrentCerts(store)));
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.max_early_data_size = 0;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| format!("QUIC TLS: {e}"))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(MAX_STREAMS.into())
+        .max_concurrent_uni_streams(8u32.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(IDLE).map_err(|e| e.to_string())?,
+        ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+/// A UDP socket for `addr`, shared by processes and threads (`SO_REUSEPORT`).
+fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let domain = if addr.is_ipv6() {
+        socket2::Domain::IPV6
+    } else {
+        socket2::Domain::IPV4
+    };
+    let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = s.set_only_v6(false);
+    }
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+/// Starts QUIC endpoints for the table's HTTP/3 ports on a thread of their own.
+/// Errors (a port that cannot be bound) are logged; HTTPS over TCP is unaffected.
+pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let ports = store.load().h3.clone();
+    if ports.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("dwaar-h3".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!("HTTP/3: no runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(run(store, ports, shutdown));
+        });
+    if let Err(e) = spawned {
+        tracing::error!("HTTP/3: cannot start its thread: {e}");
+    }
+}
+
+async fn run(
+    store: Arc<RouteStore>,
+    ports: Vec<(String, u16)>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let config = match server_config(store.clone()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("HTTP/3 disabled: {e}");
+            return;
+        }
+    };
+    let v6 = crate::server::sockets::ipv6_available();
+    let mut endpoints = Vec::new();
+    for (addr, port) in ports {
+        let ip = if addr.is_empty() {
+            if v6 {
+                "::".to_string()
+            } else {
+                "0.0.0.0".to_string()
+            }
+        } else {
+            addr.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        };
+        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+            tracing::error!("HTTP/3: bad address {addr}");
+            continue;
+        };
+        let sa = SocketAddr::new(ip, port);
+        let socket = match udp_socket(sa) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("HTTP/3: cannot bind UDP {sa}: {e}");
+                continue;
+            }
+        };
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        match quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(config.clone()),
+            socket,
+            runtime,
+        ) {
+            Ok(ep) => {
+                tracing::info!(address = %sa, "HTTP/3 listening");
+                endpoints.push((ep, port));
+            }
+            Err(e) => tracing::error!("HTTP/3 on {sa}: {e}"),
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ep, port) in endpoints.iter().cloned() {
+        let store = store.clone();
+        tasks.spawn(async move {
+            while let Some(incoming) = ep.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => bridge::serve_connection(conn, port, store).await,
+                        Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                    }
+                });
+            }
+        });
+    }
+    let _ = shutdown.changed().await;
+    for (ep, _) in &endpoints {
+        ep.close(quinn::VarInt::from_u32(0), b"shutting down");
+    }
+    tasks.abort_all();
+}

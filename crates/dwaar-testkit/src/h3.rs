@@ -1,0 +1,147 @@
+//! A small HTTP/3 client on quinn + h3, trusting given PEM roots (tests only).
+
+use bytes::{Buf, Bytes};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct H3Response {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl H3Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn client_config(roots_pem: &[u8]) -> Result<quinn::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut &roots_pem[..]) {
+        roots
+            .add(c.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+    Ok(quinn::ClientConfig::new(Arc::new(crypto)))
+}
+
+/// One request: method, path (with query), extra fields, body.
+pub type H3Request<'a> = (&'a str, String, Vec<(String, String)>, Vec<u8>);
+type Owned = (String, String, Vec<(String, String)>, Vec<u8>);
+
+/// Sends `requests` (method, path, headers, body) on one HTTP/3 connection to
+/// `127.0.0.1:port` for `host`, concurrently; answers in order.
+pub fn requests(
+    port: u16,
+    host: &str,
+    roots_pem: &[u8],
+    requests: Vec<H3Request<'_>>,
+) -> Result<Vec<H3Response>, String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let host = host.to_string();
+    let requests: Vec<Owned> = requests
+        .into_iter()
+        .map(|(m, p, h, b)| (m.to_string(), p, h, b))
+        .collect();
+    rt.block_on(async move {
+        let mut ep = quinn::Endpoint::client(
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|e: std::net::AddrParseError| e.to_string())?,
+        )
+        .map_err(|e| e.to_string())?;
+        ep.set_default_client_config(client_config(roots_pem)?);
+        let conn = tokio::time::timeout(
+            Duration::from_secs(10),
+            ep.connect(([127, 0, 0, 1], port).into(), &host)
+                .map_err(|e| e.to_string())?,
+        )
+        .await
+        .map_err(|_| "QUIC handshake timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+            .await
+            .map_err(|e| e.to_string())?;
+        let drive = tokio::spawn(async move {
+            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        let mut tasks = Vec::new();
+        for (method, path, headers, body) in requests {
+            let mut send = send.clone();
+            let authority = host.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = http::Request::builder()
+                    .method(method.as_str())
+                    .uri(format!("https://{authority}:{port}{path}"));
+                for (k, v) in &headers {
+                    b = b.header(k.as_str(), v.as_str());
+                }
+                let req = b.body(()).map_err(|e| e.to_string())?;
+                let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+                if !body.is_empty() {
+                    stream
+                        .send_data(Bytes::from(body))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                stream.finish().await.map_err(|e| e.to_string())?;
+                let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+                let mut out = Vec::new();
+                while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+                    while chunk.has_remaining() {
+                        let c = chunk.chunk();
+                        out.extend_from_slice(c);
+                        let n = c.len();
+                        chunk.advance(n);
+                    }
+                }
+                Ok::<_, String>(H3Response {
+                    status: resp.status().as_u16(),
+                    headers: resp.headers().clone(),
+                    body: out,
+                })
+            }));
+        }
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(
+                tokio::time::timeout(Duration::from_secs(20), t)
+                    .await
+                    .map_err(|_| "request timed out".to_string())?
+                    .map_err(|e| e.to_string())??,
+            );
+        }
+        drop(send);
+        drive.abort();
+        ep.close(0u32.into(), b"done");
+        Ok(out)
+    })
+}
+
+/// One GET.
+pub fn get(port: u16, host: &str, roots_pem: &[u8], path: &str) -> Result<H3Response, String> {
+    requests(
+        port,
+        host,
+        roots_pem,
+        vec![("GET", path.to_string(), Vec::new(), Vec::new())],
+    )
+    .map(|mut v| v.remove(0))
+}
