@@ -141,3 +141,55 @@ fn a_hundred_concurrent_streams_on_one_connection() {
         assert!(r.text().contains(&format!("uri: /api/{i}")));
     }
 }
+
+/// A Python with aioquic (`scripts/bootstrap` installs it in `target/pyenv`).
+fn aioquic_python() -> Option<String> {
+    let candidates = [
+        std::env::var("DWAAR_PYTHON").ok(),
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_string()),
+    ];
+    for p in candidates.into_iter().flatten() {
+        if std::process::Command::new(&p)
+            .args(["-c", "import aioquic"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+        "a Python with aioquic is required (target/pyenv/bin/pip install aioquic)"
+    );
+    eprintln!("skipping: no Python with aioquic");
+    None
+}
+
+#[test]
+fn an_independent_client_aioquic_agrees() {
+    let Some(py) = aioquic_python() else { return };
+    let s = site();
+    let ca = s.store.path().join("pki/local/root.crt");
+    let out = std::process::Command::new(py)
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h3/client.py"))
+        .arg(s.https.to_string())
+        .arg("localhost")
+        .arg(&ca)
+        .args(["/hello", "/files/note.txt", "/api/from-aioquic", "/redir"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(v[0]["status"], 200);
+    assert_eq!(v[0]["body"], "hello");
+    assert_eq!(v[1]["body"], "a file over QUIC");
+    assert!(
+        v[2]["body"]
+            .as_str()
+            .unwrap_or("")
+            .contains("uri: /api/from-aioquic"),
+        "{v}"
+    );
+    assert_eq!(v[3]["status"], 302);
+}
