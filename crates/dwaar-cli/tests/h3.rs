@@ -193,3 +193,95 @@ fn an_independent_client_aioquic_agrees() {
     );
     assert_eq!(v[3]["status"], 302);
 }
+
+/// An HTTP/3 site whose routes go to an h2c upstream (and a gRPC service).
+fn h2c_site(upstream: u16, grpc: u16) -> (Dwaar, u16, Vec<u8>, tempfile::TempDir) {
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n\thandle /echo.Echo/* {{\n\t\treverse_proxy h2c://127.0.0.1:{grpc}\n\t}}\n\
+         \treverse_proxy h2c://127.0.0.1:{upstream}\n}}\n"
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/warm").is_ok_and(|r| r.status == 200)
+    });
+    assert!(up, "no HTTP/3 answer: {}", d.log_text());
+    (d, https, root, store)
+}
+
+#[test]
+fn a_hundred_streams_share_two_upstream_h2_connections() {
+    let o = origin::h2c("h2-upstream");
+    let grpc = dwaar_testkit::grpc::echo_server();
+    let (_d, https, root, _store) = h2c_site(o.port, grpc);
+    let reqs = (0..100)
+        .map(|i| ("GET", format!("/s/{i}"), Vec::new(), Vec::new()))
+        .collect();
+    let out = h3c::requests(https, "localhost", &root, reqs).unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.iter().all(|r| r.status == 200));
+    assert!(out[7].text().contains("uri: /s/7"), "{}", out[7].text());
+    assert!(
+        o.connections() <= 2,
+        "{} upstream connections",
+        o.connections()
+    );
+}
+
+#[test]
+fn grpc_over_http3_keeps_trailers() {
+    let o = origin::h2c("unused");
+    let grpc = dwaar_testkit::grpc::echo_server();
+    let (_d, https, root, _store) = h2c_site(o.port, grpc);
+    let headers = vec![
+        ("content-type".to_string(), "application/grpc".to_string()),
+        ("te".to_string(), "trailers".to_string()),
+    ];
+    let body = dwaar_testkit::grpc::frame(b"over quic").to_vec();
+    let r = h3c::requests(
+        https,
+        "localhost",
+        &root,
+        vec![("POST", "/echo.Echo/Say".into(), headers, body)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    assert_eq!(r.status, 200);
+    let mut buf = bytes::BytesMut::from(&r.body[..]);
+    assert_eq!(
+        dwaar_testkit::grpc::unframe(&mut buf),
+        vec![b"echo: over quic".to_vec()]
+    );
+    let t = r.trailers.unwrap_or_else(|| panic!("no trailers"));
+    assert_eq!(t.get("grpc-status").map(|v| v.as_bytes()), Some(&b"0"[..]));
+}
+
+#[test]
+fn a_100_mb_upload_streams_with_bounded_memory() {
+    let s = site();
+    let body = vec![b'u'; 100 * 1024 * 1024];
+    let r = h3c::requests(
+        s.https,
+        "localhost",
+        &s.root,
+        vec![("PUT", "/big".into(), vec![], body)],
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .remove(0);
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("body: 104857600"), "{}", r.text());
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", s._d.pid())).unwrap_or_default();
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        peak_kb > 0 && peak_kb < 64 * 1024,
+        "dwaar peaked at {peak_kb} kB for a 100 MB body"
+    );
+}

@@ -9,6 +9,7 @@ pub struct H3Response {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: Vec<u8>,
+    pub trailers: Option<http::HeaderMap>,
 }
 
 impl H3Response {
@@ -112,10 +113,12 @@ pub fn requests(
                         chunk.advance(n);
                     }
                 }
+                let trailers = stream.recv_trailers().await.map_err(|e| e.to_string())?;
                 Ok::<_, String>(H3Response {
                     status: resp.status().as_u16(),
                     headers: resp.headers().clone(),
                     body: out,
+                    trailers,
                 })
             }));
         }

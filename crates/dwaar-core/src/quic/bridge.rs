@@ -339,6 +339,9 @@ async fn proxy(
     let Some(p) = ctx.proxy.clone() else {
         return fail(stream, ctx, head_only, 502).await;
     };
+    if p.transport.multiplexed() && !p.transport.tls && p.fastcgi.is_none() {
+        return proxy_h2(stream, req, ctx, &p, head_only).await;
+    }
     if !pool::eligible(&p) {
         tracing::warn!("HTTP/3: this upstream transport is not supported yet (502)");
         return fail(stream, ctx, head_only, 502).await;
@@ -594,6 +597,198 @@ async fn proxy(
     } else {
         ctx.upstream_error = Some("upstream closed mid-response".into());
         stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+    }
+    (status, read, sent)
+}
+
+/// Proxies to an h2c upstream over the shared [`H2ConnPool`](super::h2_pool::H2ConnPool):
+/// bodies stream both ways within HTTP/2 flow control, trailers pass through (gRPC).
+async fn proxy_h2(
+    stream: &mut Stream,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    p: &Arc<crate::upstream::ProxyHandler>,
+    head_only: bool,
+) -> (u16, u64, u64) {
+    let Some(i) = p.select(&*req, ctx) else {
+        return fail(stream, ctx, head_only, 503).await;
+    };
+    let up = p.upstreams[i].clone();
+    let Some(addr) = up.addr else {
+        return fail(stream, ctx, head_only, 502).await;
+    };
+    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    ctx.active_counted = true;
+    ctx.upstream = Some(up.clone());
+    ctx.attempts = 1;
+    ctx.upstream_start = Some(Instant::now());
+    let host = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    forwarded_headers(ctx, req, &host);
+    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    let authority = if host.is_empty() {
+        up.dial.clone()
+    } else {
+        host
+    };
+    let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut b = http::Request::builder()
+        .method(req.method.clone())
+        .uri(format!("http://{authority}{pq}"))
+        .version(http::Version::HTTP_2);
+    for (k, v) in req.headers.iter() {
+        let name = k.as_str();
+        if crate::request::hop_by_hop(name.as_bytes()) && !(name == "te" && v == "trailers") {
+            continue;
+        }
+        if name == "host" {
+            continue;
+        }
+        b = b.header(k, v);
+    }
+    let Ok(up_req) = b.body(()) else {
+        return fail(stream, ctx, head_only, 502).await;
+    };
+    let bodyless = matches!(req.method.as_str(), "GET" | "HEAD")
+        && req.headers.get(http::header::CONTENT_LENGTH).is_none();
+    let idempotent = matches!(
+        req.method.as_str(),
+        "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
+    );
+    let dial = if p.transport.dial.is_zero() {
+        std::time::Duration::from_secs(10)
+    } else {
+        p.transport.dial
+    };
+    let (resp, mut send, _slot) = match super::h2_pool::H2ConnPool::global()
+        .start(addr, dial, up_req, bodyless, idempotent && bodyless)
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.upstream_error = Some(CompactString::new(&e));
+            if let Some(passive) = &p.passive {
+                up.record_failure(passive);
+            }
+            return fail(stream, ctx, head_only, 502).await;
+        }
+    };
+    ctx.upstream_sent = Some(Instant::now());
+    // The request body, as it arrives, within the upstream's flow-control window.
+    let mut read = 0u64;
+    if !bodyless {
+        loop {
+            match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
+                Ok(Ok(Some(mut chunk))) => {
+                    let n = chunk.remaining();
+                    read += n as u64;
+                    let data = chunk.copy_to_bytes(n);
+                    if super::h2_pool::send_all(&mut send, data, false)
+                        .await
+                        .is_err()
+                    {
+                        return fail(stream, ctx, head_only, 502).await;
+                    }
+                }
+                Ok(Ok(None)) => {
+                    let _ = super::h2_pool::send_all(&mut send, Bytes::new(), true).await;
+                    break;
+                }
+                _ => {
+                    send.send_reset(h2::Reason::CANCEL);
+                    return (0, read, 0);
+                }
+            }
+        }
+    }
+    let resp = match p.transport.read {
+        Some(t) => match tokio::time::timeout(t, resp).await {
+            Ok(r) => r,
+            Err(_) => return fail(stream, ctx, head_only, 504).await,
+        },
+        None => resp.await,
+    };
+    let Ok(resp) = resp else {
+        return fail(stream, ctx, head_only, 502).await;
+    };
+    let status = resp.status().as_u16();
+    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
+    passive_check(ctx, status);
+    let (parts, mut body) = resp.into_parts();
+    let mut fields: Vec<(CompactString, String)> = parts
+        .headers
+        .iter()
+        .filter(|(k, _)| !crate::request::hop_by_hop(k.as_str().as_bytes()))
+        .map(|(k, v)| {
+            (
+                CompactString::new(k.as_str()),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    if !p.header_down.is_empty() {
+        let mut e = Vec::with_capacity(p.header_down.len());
+        crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
+        crate::pipeline::apply_edits(&e, &mut fields);
+    }
+    crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
+    crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
+    if let Some(c) = ctx.set_cookie.take() {
+        fields.push(("set-cookie".into(), c));
+    }
+    let mut rewrite = if head_only {
+        None
+    } else {
+        crate::rewrite::begin(ctx, status, &mut fields)
+    };
+    if stream
+        .send_response(response_head(status, &fields, ctx))
+        .await
+        .is_err()
+    {
+        return (status, read, 0);
+    }
+    let mut sent = 0u64;
+    while let Some(chunk) = body.data().await {
+        let Ok(chunk) = chunk else {
+            ctx.upstream_error = Some("upstream stream failed mid-response".into());
+            stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            return (status, read, sent);
+        };
+        let _ = body.flow_control().release_capacity(chunk.len());
+        let piece = match rewrite.as_mut() {
+            Some(rw) => match rw.feed(Some(chunk), false) {
+                Ok(b) => b,
+                Err(_) => return (status, read, sent),
+            },
+            None => chunk,
+        };
+        if !piece.is_empty() {
+            sent += piece.len() as u64;
+            if stream.send_data(piece).await.is_err() {
+                return (status, read, sent);
+            }
+        }
+    }
+    if let Some(rw) = rewrite.as_mut() {
+        if let Ok(last) = rw.feed(None, true) {
+            if !last.is_empty() {
+                sent += last.len() as u64;
+                let _ = stream.send_data(last).await;
+            }
+        }
+    }
+    match body.trailers().await {
+        Ok(Some(t)) => {
+            let _ = stream.send_trailers(t).await;
+        }
+        _ => {
+            let _ = stream.finish().await;
+        }
     }
     (status, read, sent)
 }

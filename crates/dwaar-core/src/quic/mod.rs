@@ -13,6 +13,7 @@
 //! than [`BODY_PAUSE`] is abandoned; 0-RTT is not accepted (so nothing can be replayed).
 
 mod bridge;
+pub mod h2_pool;
 
 use crate::route_table::RouteStore;
 use std::net::SocketAddr;
