@@ -285,3 +285,24 @@ fn a_100_mb_upload_streams_with_bounded_memory() {
         "dwaar peaked at {peak_kb} kB for a 100 MB body"
     );
 }
+
+#[test]
+fn goaway_mid_burst_loses_no_idempotent_request() {
+    let (upstream, conns) = dwaar_testkit::grpc::h2c_draining(60);
+    let grpc = dwaar_testkit::grpc::echo_server();
+    let (_d, https, root, _store) = h2c_site(upstream, grpc);
+    // 100 concurrent requests; the upstream takes 60 on a connection, then says GOAWAY
+    // and refuses the rest, which must be sent again on a new connection.
+    let reqs = (0..100)
+        .map(|i| ("GET", format!("/g/{i}"), Vec::new(), Vec::new()))
+        .collect();
+    let out = h3c::requests(https, "localhost", &root, reqs).unwrap_or_else(|e| panic!("{e}"));
+    for (i, r) in out.iter().enumerate() {
+        assert_eq!(r.status, 200, "request {i}");
+        assert_eq!(r.text(), format!("ok /g/{i}"));
+    }
+    assert!(
+        conns.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+        "no GOAWAY happened"
+    );
+}

@@ -205,3 +205,57 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
         })
     })
 }
+
+/// An h2c origin that says GOAWAY on each connection after taking `after` requests and
+/// refuses (REFUSED_STREAM) the streams that still arrive; answers take 20 ms. Returns the port and
+/// the number of connections it accepted.
+pub fn h2c_draining(after: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("h2 origin");
+    let port = std_listener.local_addr().expect("h2 origin").port();
+    std_listener.set_nonblocking(true).expect("h2 origin");
+    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = conns.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("h2 origin");
+        rt.block_on(async move {
+            let listener = TcpListener::from_std(std_listener).expect("h2 origin");
+            while let Ok((s, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(s).await else {
+                        return;
+                    };
+                    let mut n = 0;
+                    while let Some(Ok((req, mut respond))) = conn.accept().await {
+                        n += 1;
+                        if n > after {
+                            respond.send_reset(h2::Reason::REFUSED_STREAM);
+                            continue;
+                        }
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let resp = http::Response::builder()
+                                .status(200)
+                                .body(())
+                                .expect("response");
+                            if let Ok(mut send) = respond.send_response(resp, false) {
+                                let _ = send.send_data(
+                                    Bytes::from(format!("ok {}", req.uri().path())),
+                                    true,
+                                );
+                            }
+                        });
+                        if n == after {
+                            conn.graceful_shutdown();
+                        }
+                    }
+                });
+            }
+        });
+    });
+    (port, conns)
+}

@@ -664,10 +664,11 @@ async fn proxy_h2(
     } else {
         p.transport.dial
     };
-    let (resp, mut send, _slot) = match super::h2_pool::H2ConnPool::global()
-        .start(addr, dial, up_req, bodyless, idempotent && bodyless)
-        .await
-    {
+    let retryable = idempotent && bodyless;
+    let mut resp_ready: Option<http::Response<h2::RecvStream>> = None;
+    let pool = super::h2_pool::H2ConnPool::global();
+    let start = |req: http::Request<()>| pool.start(addr, dial, req, bodyless, retryable);
+    let (mut resp, mut send, mut slot) = match start(up_req.clone()).await {
         Ok(s) => s,
         Err(e) => {
             ctx.upstream_error = Some(CompactString::new(&e));
@@ -677,6 +678,35 @@ async fn proxy_h2(
             return fail(stream, ctx, head_only, 502).await;
         }
     };
+    if retryable {
+        // A stream the upstream refused (GOAWAY while it was in flight) was not
+        // processed: an idempotent request without a body is sent again.
+        let mut tries = 0;
+        loop {
+            match (&mut resp).await {
+                Ok(r) => {
+                    resp_ready = Some(r);
+                    break;
+                }
+                Err(e)
+                    if tries < 2
+                        && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)) =>
+                {
+                    tries += 1;
+                    match start(up_req.clone()).await {
+                        Ok((r, s2, sl)) => {
+                            resp = r;
+                            send = s2;
+                            slot = sl;
+                        }
+                        Err(_) => return fail(stream, ctx, head_only, 502).await,
+                    }
+                }
+                Err(_) => return fail(stream, ctx, head_only, 502).await,
+            }
+        }
+    }
+    let _slot = slot;
     ctx.upstream_sent = Some(Instant::now());
     // The request body, as it arrives, within the upstream's flow-control window.
     let mut read = 0u64;
@@ -705,12 +735,15 @@ async fn proxy_h2(
             }
         }
     }
-    let resp = match p.transport.read {
-        Some(t) => match tokio::time::timeout(t, resp).await {
-            Ok(r) => r,
-            Err(_) => return fail(stream, ctx, head_only, 504).await,
+    let resp = match resp_ready.take() {
+        Some(r) => Ok(r),
+        None => match p.transport.read {
+            Some(t) => match tokio::time::timeout(t, resp).await {
+                Ok(r) => r,
+                Err(_) => return fail(stream, ctx, head_only, 504).await,
+            },
+            None => resp.await,
         },
-        None => resp.await,
     };
     let Ok(resp) = resp else {
         return fail(stream, ctx, head_only, 502).await;
