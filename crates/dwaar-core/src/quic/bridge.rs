@@ -219,21 +219,17 @@ async fn serve_request(
 /// Reads a request body of at most `limit` bytes (`None`: longer, or the client stalled).
 async fn read_body(stream: &mut Stream, limit: usize) -> Option<Bytes> {
     let mut body = BytesMut::new();
+    let deadline = body_deadline();
     loop {
-        match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
-            Ok(Ok(Some(mut chunk))) => {
-                if body.len() + chunk.remaining() > limit {
+        match recv_chunk(stream, deadline).await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
                     return None;
                 }
-                while chunk.has_remaining() {
-                    let c = chunk.chunk();
-                    body.extend_from_slice(c);
-                    let n = c.len();
-                    chunk.advance(n);
-                }
+                body.extend_from_slice(&chunk);
             }
-            Ok(Ok(None)) => return Some(body.freeze()),
-            _ => return None,
+            Ok(None) => return Some(body.freeze()),
+            Err(()) => return None,
         }
     }
 }
@@ -294,14 +290,14 @@ async fn send_reply(
         let first = out(std::mem::take(&mut r.body), false, &mut rewrite)?;
         if !first.is_empty() {
             sent += first.len() as u64;
-            stream.send_data(first).await.map_err(|_| ())?;
+            send_body(stream, first).await?;
         }
         if let Some(s) = r.stream.as_mut() {
             while let Some(c) = s.next_chunk().map_err(|_| ())? {
                 let piece = out(c, false, &mut rewrite)?;
                 if !piece.is_empty() {
                     sent += piece.len() as u64;
-                    stream.send_data(piece).await.map_err(|_| ())?;
+                    send_body(stream, piece).await?;
                 }
             }
         }
@@ -309,12 +305,39 @@ async fn send_reply(
             let last = rw.feed(None, true).map_err(|_| ())?;
             if !last.is_empty() {
                 sent += last.len() as u64;
-                stream.send_data(last).await.map_err(|_| ())?;
+                send_body(stream, last).await?;
             }
         }
     }
     stream.finish().await.map_err(|_| ())?;
     Ok(sent)
+}
+
+/// The next piece of the request body: `Ok(None)` at its end, `Err` when the client
+/// paused longer than [`BODY_PAUSE`], passed `deadline`, or the stream failed.
+async fn recv_chunk(stream: &mut Stream, deadline: tokio::time::Instant) -> Result<Option<Bytes>, ()> {
+    let until = deadline.min(tokio::time::Instant::now() + BODY_PAUSE);
+    match tokio::time::timeout_at(until, stream.recv_data()).await {
+        Ok(Ok(Some(mut chunk))) => {
+            let n = chunk.remaining();
+            Ok(Some(chunk.copy_to_bytes(n)))
+        }
+        Ok(Ok(None)) => Ok(None),
+        _ => Err(()),
+    }
+}
+
+fn body_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + super::BODY_DEADLINE
+}
+
+/// Sends body bytes, waiting at most [`SEND_WAIT`](super::SEND_WAIT) for the client's
+/// flow control to let them through.
+async fn send_body(stream: &mut Stream, b: Bytes) -> Result<(), ()> {
+    match tokio::time::timeout(super::SEND_WAIT, stream.send_data(b)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
 }
 
 /// Answers a proxying failure with an empty `code` reply.
@@ -422,30 +445,29 @@ async fn proxy(
     // The request body, streamed.
     let mut read = 0u64;
     if may_have_body {
+        let deadline = body_deadline();
         loop {
-            match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
-                Ok(Ok(Some(mut chunk))) => {
-                    let n = chunk.remaining();
+            match recv_chunk(stream, deadline).await {
+                Ok(Some(chunk)) => {
+                    let n = chunk.len();
                     read += n as u64;
-                    let mut piece = Vec::with_capacity(n + 16);
-                    if chunked {
-                        piece.extend_from_slice(format!("{n:x}\r\n").as_bytes());
+                    if chunked
+                        && upc
+                            .stream
+                            .write_all(format!("{n:x}\r\n").as_bytes())
+                            .await
+                            .is_err()
+                    {
+                        return fail(stream, ctx, head_only, 502).await;
                     }
-                    while chunk.has_remaining() {
-                        let c = chunk.chunk();
-                        piece.extend_from_slice(c);
-                        let l = c.len();
-                        chunk.advance(l);
-                    }
-                    if chunked {
-                        piece.extend_from_slice(b"\r\n");
-                    }
-                    if upc.stream.write_all(&piece).await.is_err() {
+                    if upc.stream.write_all(&chunk).await.is_err()
+                        || (chunked && upc.stream.write_all(b"\r\n").await.is_err())
+                    {
                         return fail(stream, ctx, head_only, 502).await;
                     }
                 }
-                Ok(Ok(None)) => break,
-                _ => return (0, read, 0),
+                Ok(None) => break,
+                Err(()) => return (0, read, 0),
             }
         }
         if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
@@ -544,35 +566,39 @@ async fn proxy(
                 _ => break,
             }
         }
-        data.clear();
-        match framing {
-            Framing::Chunked => match dec.scan_data(&upc.buf, Some(&mut data)) {
-                Ok((used, done)) => {
-                    upc.buf.advance(used);
-                    complete |= done;
+        // Bodies leave the connection's buffer as `Bytes` (no copy) unless chunk
+        // framing has to be taken off.
+        let chunk = match framing {
+            Framing::Chunked => {
+                data.clear();
+                match dec.scan_data(&upc.buf, Some(&mut data)) {
+                    Ok((used, done)) => {
+                        upc.buf.advance(used);
+                        complete |= done;
+                    }
+                    Err(()) => break,
                 }
-                Err(()) => break,
-            },
+                Bytes::copy_from_slice(&data)
+            }
             _ => {
                 let take = (upc.buf.len() as u64).min(left) as usize;
-                data.extend_from_slice(&upc.buf[..take]);
-                upc.buf.advance(take);
                 if let Framing::Length(_) = framing {
                     left -= take as u64;
                     complete |= left == 0;
                 }
+                upc.buf.split_to(take).freeze()
             }
-        }
+        };
         let piece = match rewrite.as_mut() {
-            Some(rw) => match rw.feed(Some(Bytes::copy_from_slice(&data)), false) {
+            Some(rw) => match rw.feed(Some(chunk), false) {
                 Ok(b) => b,
                 Err(_) => break,
             },
-            None => Bytes::copy_from_slice(&data),
+            None => chunk,
         };
         if !piece.is_empty() {
             sent += piece.len() as u64;
-            if stream.send_data(piece).await.is_err() {
+            if send_body(stream, piece).await.is_err() {
                 return (status, read, sent);
             }
         }
@@ -581,7 +607,7 @@ async fn proxy(
         if let Ok(last) = rw.feed(None, true) {
             if !last.is_empty() {
                 sent += last.len() as u64;
-                let _ = stream.send_data(last).await;
+                let _ = send_body(stream, last).await;
             }
         }
     }
@@ -711,12 +737,11 @@ async fn proxy_h2(
     // The request body, as it arrives, within the upstream's flow-control window.
     let mut read = 0u64;
     if !bodyless {
+        let deadline = body_deadline();
         loop {
-            match tokio::time::timeout(BODY_PAUSE, stream.recv_data()).await {
-                Ok(Ok(Some(mut chunk))) => {
-                    let n = chunk.remaining();
-                    read += n as u64;
-                    let data = chunk.copy_to_bytes(n);
+            match recv_chunk(stream, deadline).await {
+                Ok(Some(data)) => {
+                    read += data.len() as u64;
                     if super::h2_pool::send_all(&mut send, data, false)
                         .await
                         .is_err()
@@ -724,11 +749,11 @@ async fn proxy_h2(
                         return fail(stream, ctx, head_only, 502).await;
                     }
                 }
-                Ok(Ok(None)) => {
+                Ok(None) => {
                     let _ = super::h2_pool::send_all(&mut send, Bytes::new(), true).await;
                     break;
                 }
-                _ => {
+                Err(()) => {
                     send.send_reset(h2::Reason::CANCEL);
                     return (0, read, 0);
                 }
@@ -802,7 +827,7 @@ async fn proxy_h2(
         };
         if !piece.is_empty() {
             sent += piece.len() as u64;
-            if stream.send_data(piece).await.is_err() {
+            if send_body(stream, piece).await.is_err() {
                 return (status, read, sent);
             }
         }
@@ -811,7 +836,7 @@ async fn proxy_h2(
         if let Ok(last) = rw.feed(None, true) {
             if !last.is_empty() {
                 sent += last.len() as u64;
-                let _ = stream.send_data(last).await;
+                let _ = send_body(stream, last).await;
             }
         }
     }

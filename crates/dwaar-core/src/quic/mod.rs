@@ -10,7 +10,9 @@
 //!
 //! Limits: at most [`MAX_STREAMS`] concurrent requests per connection, request heads up
 //! to 64 KiB, [`IDLE`] without traffic closes a connection, a request body pausing longer
-//! than [`BODY_PAUSE`] is abandoned; 0-RTT is not accepted (so nothing can be replayed).
+//! than [`BODY_PAUSE`] or lasting longer than [`BODY_DEADLINE`] is abandoned, a client
+//! whose flow control stays shut for [`SEND_WAIT`] loses the response; 0-RTT is not
+//! accepted (so nothing can be replayed).
 
 mod bridge;
 pub mod h2_pool;
@@ -26,6 +28,10 @@ pub const MAX_STREAMS: u32 = 100;
 pub const IDLE: Duration = Duration::from_secs(60);
 /// How long a request body may pause.
 pub const BODY_PAUSE: Duration = Duration::from_secs(60);
+/// How long sending may wait for the client's flow control to open.
+pub const SEND_WAIT: Duration = Duration::from_secs(60);
+/// The longest a request body may take as a whole.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(600);
 /// Largest request head accepted.
 pub const MAX_HEAD: u64 = 64 * 1024;
 
