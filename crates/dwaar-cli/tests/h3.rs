@@ -306,3 +306,21 @@ fn goaway_mid_burst_loses_no_idempotent_request() {
         "no GOAWAY happened"
     );
 }
+
+#[test]
+fn zero_rtt_serves_safe_methods_and_answers_425_to_the_rest() {
+    let s = site();
+    let (early, out) = h3c::zero_rtt(
+        s.https,
+        "localhost",
+        &s.root,
+        vec![
+            ("GET", "/hello".into(), vec![], vec![]),
+            ("POST", "/api/replayable".into(), vec![], b"x".to_vec()),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(early, "the server did not take 0-RTT");
+    assert_eq!((out[0].status, out[0].text().as_str()), (200, "hello"));
+    assert_eq!(out[1].status, 425, "{}", out[1].text());
+}

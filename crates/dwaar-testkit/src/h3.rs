@@ -22,6 +22,10 @@ impl H3Response {
 }
 
 fn client_config(roots_pem: &[u8]) -> Result<quinn::ClientConfig, String> {
+    client_config_with(roots_pem, false)
+}
+
+fn client_config_with(roots_pem: &[u8], early_data: bool) -> Result<quinn::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &roots_pem[..]) {
         roots
@@ -35,6 +39,7 @@ fn client_config(roots_pem: &[u8]) -> Result<quinn::ClientConfig, String> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![b"h3".to_vec()];
+    tls.enable_early_data = early_data;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
     Ok(quinn::ClientConfig::new(Arc::new(crypto)))
@@ -77,64 +82,123 @@ pub fn requests(
         .await
         .map_err(|_| "QUIC handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
-        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
-            .await
-            .map_err(|e| e.to_string())?;
-        let drive = tokio::spawn(async move {
-            let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
-        });
-        let mut tasks = Vec::new();
-        for (method, path, headers, body) in requests {
-            let mut send = send.clone();
-            let authority = host.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut b = http::Request::builder()
-                    .method(method.as_str())
-                    .uri(format!("https://{authority}:{port}{path}"));
-                for (k, v) in &headers {
-                    b = b.header(k.as_str(), v.as_str());
-                }
-                let req = b.body(()).map_err(|e| e.to_string())?;
-                let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
-                if !body.is_empty() {
-                    stream
-                        .send_data(Bytes::from(body))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
-                stream.finish().await.map_err(|e| e.to_string())?;
-                let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
-                let mut out = Vec::new();
-                while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
-                    while chunk.has_remaining() {
-                        let c = chunk.chunk();
-                        out.extend_from_slice(c);
-                        let n = c.len();
-                        chunk.advance(n);
-                    }
-                }
-                let trailers = stream.recv_trailers().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(H3Response {
-                    status: resp.status().as_u16(),
-                    headers: resp.headers().clone(),
-                    body: out,
-                    trailers,
-                })
-            }));
-        }
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(
-                tokio::time::timeout(Duration::from_secs(20), t)
-                    .await
-                    .map_err(|_| "request timed out".to_string())?
-                    .map_err(|e| e.to_string())??,
-            );
-        }
-        drop(send);
-        drive.abort();
+        let out = on_connection(conn, &host, port, requests).await?;
         ep.close(0u32.into(), b"done");
         Ok(out)
+    })
+}
+
+/// Sends the requests concurrently on an established (or 0-RTT) connection.
+async fn on_connection(
+    conn: quinn::Connection,
+    host: &str,
+    port: u16,
+    requests: Vec<Owned>,
+) -> Result<Vec<H3Response>, String> {
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn))
+        .await
+        .map_err(|e| e.to_string())?;
+    let drive = tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+    });
+    let mut tasks = Vec::new();
+    for (method, path, headers, body) in requests {
+        let mut send = send.clone();
+        let authority = host.to_string();
+        tasks.push(tokio::spawn(async move {
+            let mut b = http::Request::builder()
+                .method(method.as_str())
+                .uri(format!("https://{authority}:{port}{path}"));
+            for (k, v) in &headers {
+                b = b.header(k.as_str(), v.as_str());
+            }
+            let req = b.body(()).map_err(|e| e.to_string())?;
+            let mut stream = send.send_request(req).await.map_err(|e| e.to_string())?;
+            if !body.is_empty() {
+                stream
+                    .send_data(Bytes::from(body))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            stream.finish().await.map_err(|e| e.to_string())?;
+            let resp = stream.recv_response().await.map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            while let Some(mut chunk) = stream.recv_data().await.map_err(|e| e.to_string())? {
+                while chunk.has_remaining() {
+                    let c = chunk.chunk();
+                    out.extend_from_slice(c);
+                    let n = c.len();
+                    chunk.advance(n);
+                }
+            }
+            let trailers = stream.recv_trailers().await.map_err(|e| e.to_string())?;
+            Ok::<_, String>(H3Response {
+                status: resp.status().as_u16(),
+                headers: resp.headers().clone(),
+                body: out,
+                trailers,
+            })
+        }));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(
+            tokio::time::timeout(Duration::from_secs(20), t)
+                .await
+                .map_err(|_| "request timed out".to_string())?
+                .map_err(|e| e.to_string())??,
+        );
+    }
+    drop(send);
+    drive.abort();
+    Ok(out)
+}
+
+/// Connects once to get a session ticket, then again with 0-RTT and sends `requests`
+/// as early data. Returns whether the server took 0-RTT, and the answers.
+pub fn zero_rtt(
+    port: u16,
+    host: &str,
+    roots_pem: &[u8],
+    requests: Vec<H3Request<'_>>,
+) -> Result<(bool, Vec<H3Response>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let host = host.to_string();
+    let requests: Vec<Owned> = requests
+        .into_iter()
+        .map(|(m, p, h, b)| (m.to_string(), p, h, b))
+        .collect();
+    rt.block_on(async move {
+        let mut ep =
+            quinn::Endpoint::client(([0, 0, 0, 0], 0).into()).map_err(|e| e.to_string())?;
+        ep.set_default_client_config(client_config_with(roots_pem, true)?);
+        let addr = ([127, 0, 0, 1], port).into();
+        // A full handshake and one request: the server sends its session tickets.
+        let first = ep
+            .connect(addr, &host)
+            .map_err(|e| e.to_string())?
+            .await
+            .map_err(|e| e.to_string())?;
+        on_connection(
+            first.clone(),
+            &host,
+            port,
+            vec![("GET".into(), "/".into(), Vec::new(), Vec::new())],
+        )
+        .await?;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.close(0u32.into(), b"again");
+        let connecting = ep.connect(addr, &host).map_err(|e| e.to_string())?;
+        let (conn, early) = match connecting.into_0rtt() {
+            Ok((conn, _accepted)) => (conn, true),
+            Err(connecting) => (connecting.await.map_err(|e| e.to_string())?, false),
+        };
+        let out = on_connection(conn, &host, port, requests).await?;
+        ep.close(0u32.into(), b"done");
+        Ok((early, out))
     })
 }
 

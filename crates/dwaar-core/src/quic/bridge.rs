@@ -18,7 +18,13 @@ use std::time::Instant;
 
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-pub(super) async fn serve_connection(conn: quinn::Connection, port: u16, store: Arc<RouteStore>) {
+/// `early`: the connection accepted 0-RTT; the flag turns true when its handshake ends.
+pub(super) async fn serve_connection(
+    conn: quinn::Connection,
+    port: u16,
+    store: Arc<RouteStore>,
+    early: Option<Arc<std::sync::atomic::AtomicBool>>,
+) {
     let info = ConnInfo {
         remote: std::net::SocketAddr::new(
             crate::net::canonical(conn.remote_address().ip()),
@@ -43,9 +49,26 @@ pub(super) async fn serve_connection(conn: quinn::Connection, port: u16, store: 
         match h3.accept().await {
             Ok(Some(resolver)) => {
                 let store = store.clone();
+                let early = early.clone();
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
-                        Ok((req, stream)) => serve_request(req, stream, info, &store).await,
+                        Ok((req, mut stream)) => {
+                            let replayable = early
+                                .as_ref()
+                                .is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire));
+                            let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+                            if replayable && !safe {
+                                let _ = send_reply(
+                                    &mut stream,
+                                    Reply::status(425),
+                                    &RequestContext::default(),
+                                    false,
+                                )
+                                .await;
+                                return;
+                            }
+                            serve_request(req, stream, info, &store).await
+                        }
                         Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
                     }
                 });
@@ -315,7 +338,10 @@ async fn send_reply(
 
 /// The next piece of the request body: `Ok(None)` at its end, `Err` when the client
 /// paused longer than [`BODY_PAUSE`], passed `deadline`, or the stream failed.
-async fn recv_chunk(stream: &mut Stream, deadline: tokio::time::Instant) -> Result<Option<Bytes>, ()> {
+async fn recv_chunk(
+    stream: &mut Stream,
+    deadline: tokio::time::Instant,
+) -> Result<Option<Bytes>, ()> {
     let until = deadline.min(tokio::time::Instant::now() + BODY_PAUSE);
     match tokio::time::timeout_at(until, stream.recv_data()).await {
         Ok(Ok(Some(mut chunk))) => {

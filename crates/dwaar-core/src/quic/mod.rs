@@ -11,8 +11,10 @@
 //! Limits: at most [`MAX_STREAMS`] concurrent requests per connection, request heads up
 //! to 64 KiB, [`IDLE`] without traffic closes a connection, a request body pausing longer
 //! than [`BODY_PAUSE`] or lasting longer than [`BODY_DEADLINE`] is abandoned, a client
-//! whose flow control stays shut for [`SEND_WAIT`] loses the response; 0-RTT is not
-//! accepted (so nothing can be replayed).
+//! whose flow control stays shut for [`SEND_WAIT`] loses the response. Resumed clients
+//! may send 0-RTT requests: before the handshake completes only GET, HEAD and OPTIONS
+//! are served, anything else gets `425 Too Early` (RFC 8470) and is retried by the
+//! client after the handshake.
 
 mod bridge;
 pub mod h2_pool;
@@ -72,7 +74,9 @@ fn server_config(store: Arc<RouteStore>) -> Result<quinn::ServerConfig, String> 
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(CurrentCerts(store)));
     tls.alpn_protocols = vec![b"h3".to_vec()];
-    tls.max_early_data_size = 0;
+    // 0-RTT: resumed clients may send requests before the handshake ends; those are
+    // replayable, so only safe methods are served before it ends (others get 425).
+    tls.max_early_data_size = u32::MAX;
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
         .map_err(|e| format!("QUIC TLS: {e}"))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -190,9 +194,28 @@ async fn run(
             while let Some(incoming) = ep.accept().await {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => bridge::serve_connection(conn, port, store).await,
-                        Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                    let connecting = match incoming.accept() {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::debug!("QUIC connection refused: {e}");
+                            return;
+                        }
+                    };
+                    match connecting.into_0rtt() {
+                        Ok((conn, accepted)) => {
+                            // Until the handshake completes, requests may be replays.
+                            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                            let flag = done.clone();
+                            tokio::spawn(async move {
+                                accepted.await;
+                                flag.store(true, std::sync::atomic::Ordering::Release);
+                            });
+                            bridge::serve_connection(conn, port, store, Some(done)).await
+                        }
+                        Err(connecting) => match connecting.await {
+                            Ok(conn) => bridge::serve_connection(conn, port, store, None).await,
+                            Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                        },
                     }
                 });
             }
