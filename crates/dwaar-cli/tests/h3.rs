@@ -324,3 +324,32 @@ fn zero_rtt_serves_safe_methods_and_answers_425_to_the_rest() {
     assert_eq!((out[0].status, out[0].text().as_str()), (200, "hello"));
     assert_eq!(out[1].status, 425, "{}", out[1].text());
 }
+
+#[test]
+fn a_reload_that_adds_h3_opens_the_udp_port() {
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = |protocols: &str| {
+        format!(
+            "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols {protocols}\n\t}}\n}}\n\
+             https://localhost:{https} {{\n\ttls internal\n\trespond \"hi\"\n}}\n"
+        )
+    };
+    let d = Dwaar::start(&bin(), &conf("h1 h2"), &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    assert!(
+        h3c::get(https, "localhost", &root, "/").is_err(),
+        "HTTP/3 answered before it was on"
+    );
+    d.write_config(&conf("h1 h2 h3"));
+    d.signal("USR1");
+    let up = wait_until(Duration::from_secs(15), || {
+        h3c::get(https, "localhost", &root, "/").is_ok_and(|r| r.status == 200)
+    });
+    assert!(
+        up,
+        "HTTP/3 did not start after the reload: {}",
+        d.log_text()
+    );
+}

@@ -108,13 +108,11 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// Starts QUIC endpoints for the table's HTTP/3 ports on a thread of their own.
-/// Errors (a port that cannot be bound) are logged; HTTPS over TCP is unaffected.
+/// Starts the HTTP/3 service on a thread of its own. It binds the table's HTTP/3 ports
+/// and follows later tables (a reload that adds or removes `h3` ports binds or closes
+/// their endpoints within a second). Errors (a port that cannot be bound) are logged;
+/// HTTPS over TCP is unaffected.
 pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    let ports = store.load().h3.clone();
-    if ports.is_empty() {
-        return;
-    }
     let spawned = std::thread::Builder::new()
         .name("dwaar-h3".into())
         .spawn(move || {
@@ -128,18 +126,90 @@ pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool
                     return;
                 }
             };
-            rt.block_on(run(store, ports, shutdown));
+            rt.block_on(run(store, shutdown));
         });
     if let Err(e) = spawned {
         tracing::error!("HTTP/3: cannot start its thread: {e}");
     }
 }
 
-async fn run(
-    store: Arc<RouteStore>,
-    ports: Vec<(String, u16)>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) {
+/// Binds one endpoint.
+fn endpoint(
+    addr: &str,
+    port: u16,
+    v6: bool,
+    config: &quinn::ServerConfig,
+) -> Option<quinn::Endpoint> {
+    let ip = if addr.is_empty() {
+        if v6 { "::" } else { "0.0.0.0" }.to_string()
+    } else {
+        addr.trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string()
+    };
+    let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+        tracing::error!("HTTP/3: bad address {addr}");
+        return None;
+    };
+    let sa = SocketAddr::new(ip, port);
+    let socket = match udp_socket(sa) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("HTTP/3: cannot bind UDP {sa}: {e}");
+            return None;
+        }
+    };
+    let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+    match quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config.clone()),
+        socket,
+        runtime,
+    ) {
+        Ok(ep) => {
+            tracing::info!(address = %sa, "HTTP/3 listening");
+            Some(ep)
+        }
+        Err(e) => {
+            tracing::error!("HTTP/3 on {sa}: {e}");
+            None
+        }
+    }
+}
+
+/// Accepts connections on `ep` until it is closed.
+async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
+    while let Some(incoming) = ep.accept().await {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!("QUIC connection refused: {e}");
+                    return;
+                }
+            };
+            match connecting.into_0rtt() {
+                Ok((conn, accepted)) => {
+                    // Until the handshake completes, requests may be replays.
+                    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let flag = done.clone();
+                    tokio::spawn(async move {
+                        accepted.await;
+                        flag.store(true, std::sync::atomic::Ordering::Release);
+                    });
+                    bridge::serve_connection(conn, port, store, Some(done)).await
+                }
+                Err(connecting) => match connecting.await {
+                    Ok(conn) => bridge::serve_connection(conn, port, store, None).await,
+                    Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                },
+            }
+        });
+    }
+}
+
+async fn run(store: Arc<RouteStore>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
     let config = match server_config(store.clone()) {
         Ok(c) => c,
         Err(e) => {
@@ -148,82 +218,43 @@ async fn run(
         }
     };
     let v6 = crate::server::sockets::ipv6_available();
-    let mut endpoints = Vec::new();
-    for (addr, port) in ports {
-        let ip = if addr.is_empty() {
-            if v6 {
-                "::".to_string()
-            } else {
-                "0.0.0.0".to_string()
+    let mut bound: std::collections::HashMap<(String, u16), quinn::Endpoint> =
+        std::collections::HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last: Option<Vec<(String, u16)>> = None;
+    loop {
+        // The current table's HTTP/3 ports: bind the new ones, close the dropped ones
+        // (a port that failed to bind is tried again when the ports change).
+        let wanted = store.load().h3.clone();
+        if last.as_ref() == Some(&wanted) {
+            tokio::select! {
+                _ = tick.tick() => continue,
+                _ = shutdown.changed() => break,
             }
-        } else {
-            addr.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string()
-        };
-        let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
-            tracing::error!("HTTP/3: bad address {addr}");
-            continue;
-        };
-        let sa = SocketAddr::new(ip, port);
-        let socket = match udp_socket(sa) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("HTTP/3: cannot bind UDP {sa}: {e}");
+        }
+        last = Some(wanted.clone());
+        bound.retain(|k, ep| {
+            let keep = wanted.contains(k);
+            if !keep {
+                ep.close(quinn::VarInt::from_u32(0), b"port removed");
+            }
+            keep
+        });
+        for (addr, port) in wanted {
+            if bound.contains_key(&(addr.clone(), port)) {
                 continue;
             }
-        };
-        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
-        match quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(config.clone()),
-            socket,
-            runtime,
-        ) {
-            Ok(ep) => {
-                tracing::info!(address = %sa, "HTTP/3 listening");
-                endpoints.push((ep, port));
+            if let Some(ep) = endpoint(&addr, port, v6, &config) {
+                tokio::spawn(accept_loop(ep.clone(), port, store.clone()));
+                bound.insert((addr, port), ep);
             }
-            Err(e) => tracing::error!("HTTP/3 on {sa}: {e}"),
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => break,
         }
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (ep, port) in endpoints.iter().cloned() {
-        let store = store.clone();
-        tasks.spawn(async move {
-            while let Some(incoming) = ep.accept().await {
-                let store = store.clone();
-                tokio::spawn(async move {
-                    let connecting = match incoming.accept() {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::debug!("QUIC connection refused: {e}");
-                            return;
-                        }
-                    };
-                    match connecting.into_0rtt() {
-                        Ok((conn, accepted)) => {
-                            // Until the handshake completes, requests may be replays.
-                            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-                            let flag = done.clone();
-                            tokio::spawn(async move {
-                                accepted.await;
-                                flag.store(true, std::sync::atomic::Ordering::Release);
-                            });
-                            bridge::serve_connection(conn, port, store, Some(done)).await
-                        }
-                        Err(connecting) => match connecting.await {
-                            Ok(conn) => bridge::serve_connection(conn, port, store, None).await,
-                            Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
-                        },
-                    }
-                });
-            }
-        });
-    }
-    let _ = shutdown.changed().await;
-    for (ep, _) in &endpoints {
+    for ep in bound.values() {
         ep.close(quinn::VarInt::from_u32(0), b"shutting down");
     }
-    tasks.abort_all();
 }
