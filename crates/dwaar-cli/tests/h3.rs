@@ -353,3 +353,57 @@ fn a_reload_that_adds_h3_opens_the_udp_port() {
         d.log_text()
     );
 }
+
+#[test]
+fn php_over_http3() {
+    let Some(php_bin) = dwaar_testkit::php::binary() else {
+        assert!(
+            std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+            "php-fpm is required"
+        );
+        return;
+    };
+    let fpm = dwaar_testkit::php::PhpFpm::start(&php_bin);
+    let app = tempfile::tempdir().expect("h3 test");
+    std::fs::write(
+        app.path().join("index.php"),
+        "<?php header('X-From: php'); echo 'php says ', $_SERVER['REQUEST_METHOD'], ' ', strlen(file_get_contents('php://input'));",
+    )
+    .expect("h3 test");
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n\troot * {}\n\tphp_fastcgi 127.0.0.1:{}\n}}\n",
+        app.path().display(),
+        fpm.port
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/").is_ok()
+    });
+    assert!(up, "{}", d.log_text());
+    let out = h3c::requests(
+        https,
+        "localhost",
+        &root,
+        vec![
+            ("GET", "/".into(), vec![], vec![]),
+            (
+                "POST",
+                "/index.php".into(),
+                vec![("content-length".into(), "5000".into())],
+                vec![b'p'; 5000],
+            ),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (out[0].status, out[0].text().as_str()),
+        (200, "php says GET 0")
+    );
+    assert_eq!(out[0].header("x-from"), Some("php"));
+    assert_eq!(out[1].text(), "php says POST 5000");
+}

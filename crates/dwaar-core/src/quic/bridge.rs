@@ -388,7 +388,10 @@ async fn proxy(
     let Some(p) = ctx.proxy.clone() else {
         return fail(stream, ctx, head_only, 502).await;
     };
-    if p.transport.multiplexed() && !p.transport.tls && p.fastcgi.is_none() {
+    if let Some(opts) = p.fastcgi.clone() {
+        return fastcgi(stream, req, ctx, &p, &opts, head_only).await;
+    }
+    if p.transport.multiplexed() && !p.transport.tls {
         return proxy_h2(stream, req, ctx, &p, head_only).await;
     }
     if !pool::eligible(&p) {
@@ -875,4 +878,133 @@ async fn proxy_h2(
         }
     }
     (status, read, sent)
+}
+
+/// The HTTP/3 side of a FastCGI exchange (`php_fastcgi`, `transport fastcgi`).
+struct H3Downstream<'s> {
+    stream: &'s mut Stream,
+    /// `header_down`, then the site's immediate and deferred `header` edits.
+    edits: [Vec<crate::context::HeaderEdit>; 3],
+    request_id: Option<uuid::Uuid>,
+    analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
+    page: Option<Box<crate::analytics::PageFacts>>,
+    encode: Option<crate::encode::Negotiated>,
+    rewrite: Option<crate::rewrite::Rewrite>,
+    deadline: tokio::time::Instant,
+    head_only: bool,
+    sent: u64,
+    read: u64,
+}
+
+#[async_trait::async_trait]
+impl crate::fastcgi::Downstream for H3Downstream<'_> {
+    async fn read_body(&mut self) -> std::io::Result<Option<Bytes>> {
+        match recv_chunk(self.stream, self.deadline).await {
+            Ok(Some(b)) => {
+                self.read += b.len() as u64;
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(()) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    async fn write_head(
+        &mut self,
+        status: u16,
+        mut headers: Vec<(CompactString, String)>,
+        _length: Option<u64>,
+    ) -> std::io::Result<()> {
+        crate::pipeline::apply_edits(&self.edits[0], &mut headers);
+        crate::pipeline::apply_immediate_to_proxied(&self.edits[1], &mut headers);
+        crate::pipeline::apply_edits(&self.edits[2], &mut headers);
+        if !self.head_only && (self.page.is_some() || self.encode.is_some()) {
+            self.rewrite = crate::rewrite::begin_parts(
+                self.analytics.as_deref(),
+                self.page.as_deref_mut(),
+                self.encode.as_ref(),
+                status,
+                &mut headers,
+            );
+        }
+        let ctx = RequestContext {
+            request_id: self.request_id,
+            ..RequestContext::default()
+        };
+        self.stream
+            .send_response(response_head(status, &headers, &ctx))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+
+    async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
+        if self.head_only {
+            return Ok(());
+        }
+        let chunk = match self.rewrite.as_mut() {
+            Some(rw) => rw.feed(Some(chunk), false)?,
+            None => chunk,
+        };
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.sent += chunk.len() as u64;
+        send_body(self.stream, chunk)
+            .await
+            .map_err(|_| std::io::Error::other("the client stopped reading"))
+    }
+
+    async fn finish(&mut self) -> std::io::Result<()> {
+        if let Some(rw) = self.rewrite.as_mut() {
+            let last = rw.feed(None, true)?;
+            if !last.is_empty() && !self.head_only {
+                self.sent += last.len() as u64;
+                let _ = send_body(self.stream, last).await;
+            }
+        }
+        self.stream
+            .finish()
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }
+}
+
+async fn fastcgi(
+    stream: &mut Stream,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    p: &Arc<crate::upstream::ProxyHandler>,
+    opts: &crate::fastcgi::FastCgiOpts,
+    head_only: bool,
+) -> (u16, u64, u64) {
+    let mut down_edits = Vec::with_capacity(p.header_down.len());
+    crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut down_edits);
+    let mut down = H3Downstream {
+        stream: &mut *stream,
+        edits: [
+            down_edits,
+            ctx.resp_immediate.clone(),
+            ctx.resp_deferred.clone(),
+        ],
+        request_id: ctx.request_id,
+        analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
+        page: ctx.page.take(),
+        encode: ctx.encode.clone(),
+        rewrite: None,
+        deadline: body_deadline(),
+        head_only,
+        sent: 0,
+        read: 0,
+    };
+    let req_ref: &RequestHeader = req;
+    let result = crate::fastcgi::run(p, opts, req_ref, ctx, &mut down).await;
+    let (sent, read) = (down.sent, down.read);
+    ctx.page = down.page.take();
+    match result {
+        Ok(x) => (x.status, read, sent),
+        Err(code) => {
+            let (st, _, s) = fail(stream, ctx, head_only, code).await;
+            (st, read, s)
+        }
+    }
 }
