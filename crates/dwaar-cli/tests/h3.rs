@@ -407,3 +407,88 @@ fn php_over_http3() {
     assert_eq!(out[0].header("x-from"), Some("php"));
     assert_eq!(out[1].text(), "php says POST 5000");
 }
+
+#[test]
+fn http3_to_tls_and_unix_socket_upstreams() {
+    let ca = origin::TestCa::new();
+    let secure = origin::https("secure", &ca);
+    // A unix-socket upstream: php-fpm is not needed, a tiny HTTP/1.1 responder will do.
+    let sock_dir = tempfile::tempdir().expect("h3 test");
+    let sock = sock_dir.path().join("up.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).expect("h3 test");
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nfrom a unix",
+            );
+        }
+    });
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n\
+         \thandle /unix/* {{\n\t\treverse_proxy unix/{}\n\t}}\n\
+         \treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}\n",
+        sock.display(),
+        secure.port,
+        ca.ca_pem.display(),
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/unix/x").is_ok()
+    });
+    assert!(up, "{}", d.log_text());
+    let out = h3c::requests(
+        https,
+        "localhost",
+        &root,
+        vec![
+            ("GET", "/over-tls".into(), vec![], vec![]),
+            ("GET", "/unix/x".into(), vec![], vec![]),
+        ],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out[0].status, 200, "{}", d.log_text());
+    assert!(
+        out[0].text().contains("origin: secure"),
+        "{}",
+        out[0].text()
+    );
+    assert_eq!(
+        (out[1].status, out[1].text().as_str()),
+        (200, "from a unix")
+    );
+}
+
+#[test]
+fn http3_to_an_h2_over_tls_upstream() {
+    let ca = origin::TestCa::new();
+    let o = origin::https_h2("secure-h2", &ca);
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let st = store.path().display();
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n\
+         \treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tversions 2\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}\n",
+        o.port,
+        ca.ca_pem.display(),
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/warm").is_ok()
+    });
+    assert!(up, "{}", d.log_text());
+    let r = h3c::get(https, "localhost", &root, "/via-h2").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 200, "{}", d.log_text());
+    assert!(r.text().contains("proto: HTTP/2.0"), "{}", r.text());
+    assert!(r.text().contains("uri: /via-h2"), "{}", r.text());
+}

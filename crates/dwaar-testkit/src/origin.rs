@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 /// A running mock origin.
 pub struct Origin {
@@ -79,6 +79,7 @@ enum Kind {
     H1,
     H2c,
     Tls(tokio_rustls::TlsAcceptor),
+    TlsH2(tokio_rustls::TlsAcceptor),
 }
 
 fn start(name: &str, h2: bool) -> Origin {
@@ -122,6 +123,14 @@ fn start_with(name: &str, kind: Kind) -> Origin {
                                 tasks.spawn(async move {
                                     if let Ok(tls) = acc.accept(stream).await {
                                         serve_h1(tls, s).await;
+                                    }
+                                });
+                            }
+                            Kind::TlsH2(acc) => {
+                                let acc = acc.clone();
+                                tasks.spawn(async move {
+                                    if let Ok(tls) = acc.accept(stream).await {
+                                        serve_h2(tls, s).await;
                                     }
                                 });
                             }
@@ -393,6 +402,10 @@ impl TestCa {
     }
 
     fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        self.acceptor_alpn(&[])
+    }
+
+    fn acceptor_alpn(&self, alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
         let read = |p: &std::path::Path| std::fs::read(p).unwrap_or_else(|e| panic!("{e}"));
         let certs = rustls_pemfile::certs(&mut read(&self.cert_pem).as_slice())
             .collect::<Result<Vec<_>, _>>()
@@ -408,6 +421,8 @@ impl TestCa {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap_or_else(|e| panic!("{e}"));
+        let mut cfg = cfg;
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(cfg))
     }
 }
@@ -421,6 +436,11 @@ impl Default for TestCa {
 /// Starts an HTTPS (HTTP/1.1 over TLS) origin with a certificate from `ca`.
 pub fn https(name: &str, ca: &TestCa) -> Origin {
     start_with(name, Kind::Tls(ca.acceptor()))
+}
+
+/// Starts an HTTP/2-over-TLS origin (ALPN h2) with a certificate from `ca`.
+pub fn https_h2(name: &str, ca: &TestCa) -> Origin {
+    start_with(name, Kind::TlsH2(ca.acceptor_alpn(&[b"h2"])))
 }
 
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {}
@@ -527,7 +547,7 @@ async fn serve_h1<S: Io>(mut stream: S, s: Shared) {
     }
 }
 
-async fn serve_h2(stream: TcpStream, s: Shared) {
+async fn serve_h2<S: Io>(stream: S, s: Shared) {
     let Ok(mut conn) = h2::server::handshake(stream).await else {
         return;
     };

@@ -1,8 +1,11 @@
-//! Per-thread keep-alive pools of plain-TCP upstream connections for the fast path.
+//! Upstream HTTP/1.1 connections that own their read buffers: per-thread keep-alive
+//! pools of plain-TCP connections for the fast path and HTTP/3, and one-off TLS and
+//! unix-socket connections ([`connect_direct`]) for HTTP/3.
 //!
 //! Each worker thread keeps its own idle connections (no locks); a connection is taken
 //! LIFO, checked for a close or stray bytes from the upstream before reuse, and returned
-//! only when its response ended cleanly.
+//! only when its response ended cleanly. A connection's buffer is reused across the
+//! requests it carries; bodies leave it as `Bytes` split off it.
 
 use crate::upstream::{ProxyHandler, TransportOpts};
 use bytes::BytesMut;
@@ -18,9 +21,64 @@ const MAX_IDLE: usize = 1024;
 /// Idle connections older than this are not reused unless the transport says otherwise.
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
+/// The transport under an upstream connection.
+pub enum UpStream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    Unix(tokio::net::UnixStream),
+}
+
+impl tokio::io::AsyncRead for UpStream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpStream::Unix(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpStream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpStream::Unix(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+            UpStream::Unix(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tcp(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpStream::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpStream::Unix(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An upstream connection and its read buffer (reused across requests).
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    pub stream: UpStream,
     pub buf: BytesMut,
     /// The last response ended exactly at the end of what was read.
     pub reusable: bool,
@@ -69,7 +127,10 @@ pub async fn checkout(
         }
         // A readable idle connection was closed by the upstream (or sent junk).
         let mut probe = [0u8; 1];
-        match c.stream.try_read(&mut probe) {
+        let UpStream::Tcp(tcp) = &c.stream else {
+            continue;
+        };
+        match tcp.try_read(&mut probe) {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((c, true)),
             _ => continue,
         }
@@ -85,7 +146,7 @@ pub async fn checkout(
     let _ = stream.set_nodelay(true);
     Ok((
         UpstreamConn {
-            stream,
+            stream: UpStream::Tcp(stream),
             buf: BytesMut::with_capacity(4 * 1024),
             reusable: false,
         },
@@ -99,9 +160,9 @@ pub fn clear() {
     IDLE.with_borrow_mut(|m| m.clear());
 }
 
-/// Returns a connection whose response ended cleanly.
+/// Returns a connection whose response ended cleanly (plain TCP ones are kept).
 pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
-    if crate::server::inflight::draining() {
+    if crate::server::inflight::draining() || !matches!(c.stream, UpStream::Tcp(_)) {
         return;
     }
     c.buf.clear();
@@ -145,4 +206,57 @@ pub async fn read_response_head(
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?,
         _ => read.await,
     }
+}
+
+/// A new, unpooled connection to `u` over TLS (with the transport's roots, SNI and
+/// verification settings) or a unix socket, or plain TCP: for the HTTP/3 bridge.
+pub async fn connect_direct(
+    u: &crate::upstream::UpstreamState,
+    t: &TransportOpts,
+    host: &str,
+) -> std::io::Result<UpstreamConn> {
+    let dial = if t.dial.is_zero() {
+        Duration::from_secs(10)
+    } else {
+        t.dial
+    };
+    let timed = |e: tokio::time::error::Elapsed| {
+        let _ = e;
+        std::io::Error::from(std::io::ErrorKind::TimedOut)
+    };
+    let stream = if u.unix {
+        UpStream::Unix(
+            tokio::time::timeout(dial, tokio::net::UnixStream::connect(&u.dial))
+                .await
+                .map_err(timed)??,
+        )
+    } else {
+        let addr = u
+            .addr
+            .ok_or_else(|| std::io::Error::other("the upstream address did not resolve"))?;
+        let tcp = tokio::time::timeout(dial, TcpStream::connect(addr))
+            .await
+            .map_err(timed)??;
+        let _ = tcp.set_nodelay(true);
+        if t.tls {
+            let cfg = t.client_tls().map_err(std::io::Error::other)?;
+            let server_name = t
+                .server_name(&u.dial, host)
+                .map_err(std::io::Error::other)?;
+            let tls = tokio::time::timeout(
+                dial,
+                tokio_rustls::TlsConnector::from(cfg).connect(server_name, tcp),
+            )
+            .await
+            .map_err(timed)??;
+            UpStream::Tls(Box::new(tls))
+        } else {
+            UpStream::Tcp(tcp)
+        }
+    };
+    Ok(UpstreamConn {
+        stream,
+        buf: BytesMut::with_capacity(8 * 1024),
+        reusable: false,
+    })
 }

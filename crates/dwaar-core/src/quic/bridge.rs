@@ -391,20 +391,19 @@ async fn proxy(
     if let Some(opts) = p.fastcgi.clone() {
         return fastcgi(stream, req, ctx, &p, &opts, head_only).await;
     }
-    if p.transport.multiplexed() && !p.transport.tls {
+    if p.transport.multiplexed() {
         return proxy_h2(stream, req, ctx, &p, head_only).await;
-    }
-    if !pool::eligible(&p) {
-        tracing::warn!("HTTP/3: this upstream transport is not supported yet (502)");
-        return fail(stream, ctx, head_only, 502).await;
     }
     let Some(i) = p.select(&*req, ctx) else {
         return fail(stream, ctx, head_only, 503).await;
     };
     let up = p.upstreams[i].clone();
-    let Some(addr) = up.addr else {
+    // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
+    let pooled = !p.transport.tls && !up.unix;
+    let addr = up.addr;
+    if pooled && addr.is_none() {
         return fail(stream, ctx, head_only, 502).await;
-    };
+    }
     up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     ctx.active_counted = true;
     ctx.upstream = Some(up.clone());
@@ -454,7 +453,13 @@ async fn proxy(
     }
     out.extend_from_slice(b"\r\n");
     let dial_start = Instant::now();
-    let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
+    let connected = match addr.filter(|_| pooled) {
+        Some(a) => pool::checkout(a, &p.transport).await,
+        None => pool::connect_direct(&up, &p.transport, &host)
+            .await
+            .map(|c| (c, false)),
+    };
+    let (mut upc, reused) = match connected {
         Ok(c) => c,
         Err(_) => {
             if let (Some(passive), Some(u)) = (&p.passive, &ctx.upstream) {
@@ -647,7 +652,9 @@ async fn proxy(
             && upc.buf.is_empty()
             && !matches!(framing, Framing::UntilClose)
         {
-            pool::checkin(addr, upc);
+            if let Some(a) = addr.filter(|_| pooled) {
+                pool::checkin(a, upc);
+            }
         }
     } else {
         ctx.upstream_error = Some("upstream closed mid-response".into());
@@ -693,7 +700,10 @@ async fn proxy_h2(
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut b = http::Request::builder()
         .method(req.method.clone())
-        .uri(format!("http://{authority}{pq}"))
+        .uri(format!(
+            "{}://{authority}{pq}",
+            if p.transport.tls { "https" } else { "http" }
+        ))
         .version(http::Version::HTTP_2);
     for (k, v) in req.headers.iter() {
         let name = k.as_str();
@@ -719,10 +729,26 @@ async fn proxy_h2(
     } else {
         p.transport.dial
     };
+    let tls = if p.transport.tls {
+        match p
+            .transport
+            .client_tls_h2()
+            .and_then(|c| Ok((c, p.transport.server_name(&up.dial, &authority)?)))
+        {
+            Ok(t) => Some(t),
+            Err(e) => {
+                ctx.upstream_error = Some(CompactString::new(&e));
+                return fail(stream, ctx, head_only, 502).await;
+            }
+        }
+    } else {
+        None
+    };
     let retryable = idempotent && bodyless;
     let mut resp_ready: Option<http::Response<h2::RecvStream>> = None;
     let pool = super::h2_pool::H2ConnPool::global();
-    let start = |req: http::Request<()>| pool.start(addr, dial, req, bodyless, retryable);
+    let start =
+        |req: http::Request<()>| pool.start(addr, dial, tls.as_ref(), req, bodyless, retryable);
     let (mut resp, mut send, mut slot) = match start(up_req.clone()).await {
         Ok(s) => s,
         Err(e) => {

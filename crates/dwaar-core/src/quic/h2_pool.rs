@@ -1,4 +1,5 @@
-//! `H2ConnPool`: HTTP/2 (h2c) upstream connections shared by the HTTP/3 front-end.
+//! `H2ConnPool`: HTTP/2 upstream connections (h2c, or h2 over TLS) shared by the
+//! HTTP/3 front-end.
 //!
 //! Requests to one upstream address multiplex as streams onto at most
 //! [`MAX_CONNS`] connections, each carrying up to [`MAX_STREAMS`] at once. Opening a
@@ -52,6 +53,12 @@ impl std::fmt::Debug for H2ConnPool {
     }
 }
 
+/// TLS to the upstream: client settings (ALPN h2) and the name to verify.
+pub type Tls = (
+    Arc<rustls::ClientConfig>,
+    rustls::pki_types::ServerName<'static>,
+);
+
 /// A started request: the response to await, the body to send, and its slot.
 pub type Started = (
     h2::client::ResponseFuture,
@@ -88,6 +95,7 @@ impl H2ConnPool {
         &self,
         addr: SocketAddr,
         dial: std::time::Duration,
+        tls: Option<&Tls>,
     ) -> Result<Conn, String> {
         if let Some(c) = self.pick(addr) {
             return Ok(c);
@@ -119,17 +127,41 @@ impl H2ConnPool {
             .map_err(|_| "upstream connect timed out".to_string())?
             .map_err(|e| format!("upstream connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
-        let (send, driver) = h2::client::Builder::new()
-            .max_concurrent_streams(MAX_STREAMS as u32)
-            .handshake::<_, Bytes>(tcp)
-            .await
-            .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
         let alive = Arc::new(AtomicBool::new(true));
         let flag = alive.clone();
-        tokio::spawn(async move {
-            let _ = driver.await;
-            flag.store(false, Ordering::Release);
-        });
+        let mut builder = h2::client::Builder::new();
+        builder.max_concurrent_streams(MAX_STREAMS as u32);
+        let send = match tls {
+            Some((cfg, name)) => {
+                let stream = tokio::time::timeout(
+                    dial,
+                    tokio_rustls::TlsConnector::from(cfg.clone()).connect(name.clone(), tcp),
+                )
+                .await
+                .map_err(|_| "upstream TLS handshake timed out".to_string())?
+                .map_err(|e| format!("upstream TLS: {e}"))?;
+                let (send, driver) = builder
+                    .handshake::<_, Bytes>(stream)
+                    .await
+                    .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = driver.await;
+                    flag.store(false, Ordering::Release);
+                });
+                send
+            }
+            None => {
+                let (send, driver) = builder
+                    .handshake::<_, Bytes>(tcp)
+                    .await
+                    .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
+                tokio::spawn(async move {
+                    let _ = driver.await;
+                    flag.store(false, Ordering::Release);
+                });
+                send
+            }
+        };
         let c = Conn {
             send,
             alive,
@@ -148,6 +180,7 @@ impl H2ConnPool {
         &self,
         addr: SocketAddr,
         dial: std::time::Duration,
+        tls: Option<&Tls>,
         req: http::Request<()>,
         end: bool,
         idempotent: bool,
@@ -155,7 +188,7 @@ impl H2ConnPool {
         let mut tries = if idempotent { 2 } else { 1 };
         loop {
             tries -= 1;
-            let c = self.connection(addr, dial).await?;
+            let c = self.connection(addr, dial, tls).await?;
             c.streams.fetch_add(1, Ordering::AcqRel);
             let slot = StreamSlot(c.streams.clone());
             let attempt = async {

@@ -160,19 +160,144 @@ pub struct TransportOpts {
     pub h2: bool,
     /// Trusted roots replacing the system store (`tls_trusted_ca_certs`).
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
+    /// The same roots as DER, for connections Dwaar makes itself (HTTP/3 bridge).
+    pub ca_der: Arc<Vec<Vec<u8>>>,
+    /// The TLS client settings for those connections (HTTP/1.1 and HTTP/2 ALPN),
+    /// built on first use.
+    pub client_tls: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
+    pub client_tls_h2: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl TransportOpts {
+    /// TLS client settings for upstream connections Dwaar opens itself: the configured
+    /// roots or the system's, no verification with `tls_insecure_skip_verify`, ALPN
+    /// `http/1.1`.
+    pub fn client_tls(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.client_tls
+            .get_or_init(|| self.build_client_tls(b"http/1.1"))
+            .clone()
+    }
+
+    /// [`client_tls`](Self::client_tls) offering `h2` (HTTP/2 over TLS upstreams).
+    pub fn client_tls_h2(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        self.client_tls_h2
+            .get_or_init(|| self.build_client_tls(b"h2"))
+            .clone()
+    }
+
+    fn build_client_tls(&self, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+        {
+            {
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| e.to_string())?;
+                let mut cfg = if self.insecure {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+                        .with_no_client_auth()
+                } else {
+                    let mut roots = rustls::RootCertStore::empty();
+                    if self.ca_der.is_empty() {
+                        for c in rustls_native_certs::load_native_certs().certs {
+                            let _ = roots.add(c);
+                        }
+                    } else {
+                        for der in self.ca_der.iter() {
+                            roots
+                                .add(rustls::pki_types::CertificateDer::from(der.clone()))
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    builder.with_root_certificates(roots).with_no_client_auth()
+                };
+                cfg.alpn_protocols = vec![alpn.to_vec()];
+                Ok(Arc::new(cfg))
+            }
+        }
+    }
+
+    /// The name to verify an upstream's certificate for: `tls_server_name`, else the
+    /// upstream's host, else the request's.
+    pub fn server_name(
+        &self,
+        dial: &str,
+        host: &str,
+    ) -> Result<rustls::pki_types::ServerName<'static>, String> {
+        let from_dial = dial.rsplit_once(':').map_or(dial, |(h, _)| h);
+        let name =
+            self.sni
+                .as_deref()
+                .filter(|s| !s.is_empty())
+                .unwrap_or(if from_dial.is_empty() {
+                    host
+                } else {
+                    from_dial
+                });
+        rustls::pki_types::ServerName::try_from(name.trim_matches(['[', ']']).to_string())
+            .map_err(|e| e.to_string())
+    }
+
     /// HTTP/2 to the upstream (h2c, or h2 over TLS): requests share connections.
     pub fn multiplexed(&self) -> bool {
         (self.h2c && !self.tls) || (self.h2 && self.tls)
     }
 }
 
+/// `tls_insecure_skip_verify`: any certificate is accepted (signatures still checked).
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Reads PEM files of trusted upstream CAs; every certificate must parse.
-fn load_trusted_cas(files: &[String]) -> Result<Arc<pingora_core::protocols::tls::CaType>, String> {
+fn load_trusted_cas(
+    files: &[String],
+) -> Result<(Arc<pingora_core::protocols::tls::CaType>, Vec<Vec<u8>>), String> {
     use pingora_core::utils::tls::{parse_x509, WrappedX509};
     let mut certs = Vec::new();
+    let mut ders = Vec::new();
     for f in files {
         let data =
             std::fs::read(f).map_err(|e| format!("tls_trusted_ca_certs: cannot read {f}: {e}"))?;
@@ -185,6 +310,7 @@ fn load_trusted_cas(files: &[String]) -> Result<Arc<pingora_core::protocols::tls
                     "tls_trusted_ca_certs: {f} holds a certificate that does not parse"
                 ));
             }
+            ders.push(der.to_vec());
             certs.push(WrappedX509::new(der.to_vec(), parse_x509));
             found += 1;
         }
@@ -194,7 +320,7 @@ fn load_trusted_cas(files: &[String]) -> Result<Arc<pingora_core::protocols::tls
             ));
         }
     }
-    Ok(Arc::from(certs.into_boxed_slice()))
+    Ok((Arc::from(certs.into_boxed_slice()), ders))
 }
 
 /// A compiled `reverse_proxy`.
@@ -219,10 +345,11 @@ pub struct ProxyHandler {
 impl ProxyHandler {
     pub fn compile(rp: &ReverseProxy, registry: &UpstreamRegistry) -> Result<ProxyHandler, String> {
         let t = &rp.transport;
-        let ca = if t.tls_trusted_ca_certs.is_empty() {
-            None
+        let (ca, ca_der) = if t.tls_trusted_ca_certs.is_empty() {
+            (None, Vec::new())
         } else {
-            Some(load_trusted_cas(&t.tls_trusted_ca_certs)?)
+            let (ca, der) = load_trusted_cas(&t.tls_trusted_ca_certs)?;
+            (Some(ca), der)
         };
         let upstreams = rp
             .upstreams
@@ -259,6 +386,9 @@ impl ProxyHandler {
                     || t.versions.iter().any(|v| v == "h2c"),
                 h2: t.versions.iter().any(|v| v == "2"),
                 ca,
+                ca_der: Arc::new(ca_der),
+                client_tls: Default::default(),
+                client_tls_h2: Default::default(),
             },
         })
     }
