@@ -5,31 +5,9 @@
 mod common;
 use common::*;
 
-fn python_with_h2() -> Option<String> {
-    let candidates = [
-        std::env::var("DWAAR_PYTHON").ok(),
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_string()),
-    ];
-    for p in candidates.into_iter().flatten() {
-        let ok = std::process::Command::new(&p)
-            .args(["-c", "import h2"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if ok {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "a Python with the `h2` package is required (python3 -m venv target/pyenv && target/pyenv/bin/pip install h2)"
-    );
-    eprintln!("skipping: no Python with h2");
-    None
-}
-
 #[test]
 fn malformed_requests_and_floods_are_refused() {
-    let Some(py) = python_with_h2() else { return };
+    let Some(py) = python_with("h2") else { return };
     let port = free_port();
     let conf = format!(
         "{{\n\tservers :{port} {{\n\t\tprotocols h1 h2c\n\t}}\n}}\n:{port} {{\n\trespond \"ok\"\n}}\n"

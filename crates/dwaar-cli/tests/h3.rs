@@ -142,32 +142,11 @@ fn a_hundred_concurrent_streams_on_one_connection() {
     }
 }
 
-/// A Python with aioquic (`scripts/bootstrap` installs it in `target/pyenv`).
-fn aioquic_python() -> Option<String> {
-    let candidates = [
-        std::env::var("DWAAR_PYTHON").ok(),
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_string()),
-    ];
-    for p in candidates.into_iter().flatten() {
-        if std::process::Command::new(&p)
-            .args(["-c", "import aioquic"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return Some(p);
-        }
-    }
-    assert!(
-        std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "a Python with aioquic is required (target/pyenv/bin/pip install aioquic)"
-    );
-    eprintln!("skipping: no Python with aioquic");
-    None
-}
-
 #[test]
 fn an_independent_client_aioquic_agrees() {
-    let Some(py) = aioquic_python() else { return };
+    let Some(py) = python_with("aioquic") else {
+        return;
+    };
     let s = site();
     let ca = s.store.path().join("pki/local/root.crt");
     let out = std::process::Command::new(py)

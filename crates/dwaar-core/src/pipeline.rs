@@ -104,6 +104,27 @@ impl ResponseHead for Vec<(CompactString, String)> {
     }
 }
 
+/// The edits every front-end makes to a proxied response's fields: the handler's
+/// `header_down`, then the site's immediate and deferred `header` edits, then the
+/// sticky-session cookie.
+pub fn edit_proxied_fields(
+    p: &ProxyHandler,
+    req: &dyn HttpRequest,
+    ctx: &mut RequestContext,
+    fields: &mut Vec<(CompactString, String)>,
+) {
+    if !p.header_down.is_empty() {
+        let mut e = Vec::with_capacity(p.header_down.len());
+        render_rules(&p.header_down, req, ctx, &mut e);
+        apply_edits(&e, fields);
+    }
+    apply_immediate_to_proxied(&ctx.resp_immediate, fields);
+    apply_edits(&ctx.resp_deferred, fields);
+    if let Some(c) = ctx.set_cookie.take() {
+        fields.push((CompactString::const_new("set-cookie"), c));
+    }
+}
+
 /// Applies rendered edits to a response head.
 pub fn apply_edits(edits: &[HeaderEdit], head: &mut dyn ResponseHead) {
     for e in edits {

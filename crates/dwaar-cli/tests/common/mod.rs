@@ -36,3 +36,28 @@ pub fn dwaar_cmd(args: &[&str], dir: &std::path::Path) -> (i32, String, String) 
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A Python that can import `module` (`scripts/bootstrap` puts h2 and aioquic in
+/// `target/pyenv`; `DWAAR_PYTHON` may name another). With `DWAAR_REQUIRE_E2E=1` a
+/// missing one fails the test; otherwise it is skipped.
+pub fn python_with(module: &str) -> Option<String> {
+    let candidates = [
+        std::env::var("DWAAR_PYTHON").ok(),
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/pyenv/bin/python").to_string()),
+    ];
+    for p in candidates.into_iter().flatten() {
+        if std::process::Command::new(&p)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
+            return Some(p);
+        }
+    }
+    assert!(
+        std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+        "a Python with `{module}` is required (scripts/bootstrap installs it in target/pyenv)"
+    );
+    eprintln!("skipping: no Python with {module}");
+    None
+}

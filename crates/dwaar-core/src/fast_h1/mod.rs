@@ -1006,16 +1006,7 @@ fn response_head(
             .filter(|h| forward(h.name))
             .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
             .collect();
-        if !p.header_down.is_empty() {
-            let mut e = Vec::with_capacity(p.header_down.len());
-            crate::pipeline::render_rules(&p.header_down, req, ctx, &mut e);
-            crate::pipeline::apply_edits(&e, &mut fields);
-        }
-        crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
-        crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
-        if let Some(c) = ctx.set_cookie.take() {
-            fields.push(("set-cookie".into(), c));
-        }
+        crate::pipeline::edit_proxied_fields(p, req, ctx, &mut fields);
         if page && !matches!(framing, Framing::None) {
             let had_length = matches!(framing, Framing::Length(_));
             if let Some(inj) = crate::rewrite::begin(ctx, status, &mut fields) {

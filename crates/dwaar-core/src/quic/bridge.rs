@@ -366,6 +366,30 @@ async fn send_body(stream: &mut Stream, b: Bytes) -> Result<(), ()> {
     }
 }
 
+/// Sends a proxied response's head after the shared edits; returns the body's rewrite
+/// (`None` when the client went away).
+async fn send_proxied_head(
+    stream: &mut Stream,
+    req: &RequestHeader,
+    ctx: &mut RequestContext,
+    p: &crate::upstream::ProxyHandler,
+    status: u16,
+    mut fields: Vec<(CompactString, String)>,
+    head_only: bool,
+) -> Option<Option<crate::rewrite::Rewrite>> {
+    crate::pipeline::edit_proxied_fields(p, req, ctx, &mut fields);
+    let rewrite = if head_only {
+        None
+    } else {
+        crate::rewrite::begin(ctx, status, &mut fields)
+    };
+    stream
+        .send_response(response_head(status, &fields, ctx))
+        .await
+        .ok()
+        .map(|_| rewrite)
+}
+
 /// Answers a proxying failure with an empty `code` reply.
 async fn fail(
     stream: &mut Stream,
@@ -555,34 +579,17 @@ async fn proxy(
                 .to_ascii_lowercase()
                 .contains("close")
         });
-    let mut fields: Vec<(CompactString, String)> = resp
+    let fields: Vec<(CompactString, String)> = resp
         .headers
         .iter()
         .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
         .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
         .collect();
-    if !p.header_down.is_empty() {
-        let mut e = Vec::with_capacity(p.header_down.len());
-        crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
-        crate::pipeline::apply_edits(&e, &mut fields);
-    }
-    crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
-    crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
-    if let Some(c) = ctx.set_cookie.take() {
-        fields.push(("set-cookie".into(), c));
-    }
-    let mut rewrite = if head_only {
-        None
-    } else {
-        crate::rewrite::begin(ctx, status, &mut fields)
-    };
-    if stream
-        .send_response(response_head(status, &fields, ctx))
-        .await
-        .is_err()
-    {
+    let Some(mut rewrite) =
+        send_proxied_head(stream, req, ctx, &p, status, fields, head_only).await
+    else {
         return (status, read, 0);
-    }
+    };
     // The body: decoded from the upstream's framing, rewritten if needed.
     let mut sent = 0u64;
     let mut left = match framing {
@@ -832,7 +839,7 @@ async fn proxy_h2(
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
     passive_check(ctx, status);
     let (parts, mut body) = resp.into_parts();
-    let mut fields: Vec<(CompactString, String)> = parts
+    let fields: Vec<(CompactString, String)> = parts
         .headers
         .iter()
         .filter(|(k, _)| !crate::request::hop_by_hop(k.as_str().as_bytes()))
@@ -843,28 +850,10 @@ async fn proxy_h2(
             )
         })
         .collect();
-    if !p.header_down.is_empty() {
-        let mut e = Vec::with_capacity(p.header_down.len());
-        crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut e);
-        crate::pipeline::apply_edits(&e, &mut fields);
-    }
-    crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, &mut fields);
-    crate::pipeline::apply_edits(&ctx.resp_deferred, &mut fields);
-    if let Some(c) = ctx.set_cookie.take() {
-        fields.push(("set-cookie".into(), c));
-    }
-    let mut rewrite = if head_only {
-        None
-    } else {
-        crate::rewrite::begin(ctx, status, &mut fields)
-    };
-    if stream
-        .send_response(response_head(status, &fields, ctx))
-        .await
-        .is_err()
-    {
+    let Some(mut rewrite) = send_proxied_head(stream, req, ctx, p, status, fields, head_only).await
+    else {
         return (status, read, 0);
-    }
+    };
     let mut sent = 0u64;
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else {

@@ -128,9 +128,6 @@ impl H2ConnPool {
             .map_err(|e| format!("upstream connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
         let alive = Arc::new(AtomicBool::new(true));
-        let flag = alive.clone();
-        let mut builder = h2::client::Builder::new();
-        builder.max_concurrent_streams(MAX_STREAMS as u32);
         let send = match tls {
             Some((cfg, name)) => {
                 let stream = tokio::time::timeout(
@@ -140,27 +137,9 @@ impl H2ConnPool {
                 .await
                 .map_err(|_| "upstream TLS handshake timed out".to_string())?
                 .map_err(|e| format!("upstream TLS: {e}"))?;
-                let (send, driver) = builder
-                    .handshake::<_, Bytes>(stream)
-                    .await
-                    .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
-                tokio::spawn(async move {
-                    let _ = driver.await;
-                    flag.store(false, Ordering::Release);
-                });
-                send
+                handshake(stream, alive.clone()).await?
             }
-            None => {
-                let (send, driver) = builder
-                    .handshake::<_, Bytes>(tcp)
-                    .await
-                    .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
-                tokio::spawn(async move {
-                    let _ = driver.await;
-                    flag.store(false, Ordering::Release);
-                });
-                send
-            }
+            None => handshake(tcp, alive.clone()).await?,
         };
         let c = Conn {
             send,
@@ -219,6 +198,27 @@ impl H2ConnPool {
             })
             .unwrap_or(0)
     }
+}
+
+/// The HTTP/2 handshake on `io`; the connection is driven by a task that clears
+/// `alive` when it ends.
+async fn handshake<T>(
+    io: T,
+    alive: Arc<AtomicBool>,
+) -> Result<h2::client::SendRequest<Bytes>, String>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, driver) = h2::client::Builder::new()
+        .max_concurrent_streams(MAX_STREAMS as u32)
+        .handshake::<_, Bytes>(io)
+        .await
+        .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = driver.await;
+        alive.store(false, Ordering::Release);
+    });
+    Ok(send)
 }
 
 /// Sends `data` on an HTTP/2 stream within its flow-control window, waiting for the
