@@ -136,7 +136,10 @@ pub(crate) fn early(
         if req.method() != "POST" {
             return Some(Outcome::Reply(method_not_allowed("POST")));
         }
-        if beacon_zone().check(&ctx.client_ip().to_string()).is_err() {
+        if beacon_zone()
+            .check_uncounted(&ctx.client_ip().to_string())
+            .is_err()
+        {
             if let Some(c) = &a.collector {
                 c.beacons_refused
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

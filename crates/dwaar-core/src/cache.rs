@@ -140,6 +140,9 @@ impl Slot {
 struct Shard {
     lru: lru::LruCache<u64, Slot>,
     bytes: usize,
+    /// Responses held (variants of every slot), kept as they change: stats never walk
+    /// the list.
+    entries: usize,
 }
 
 /// A bounded in-memory store, shared by the tables that have the same `cache`.
@@ -173,6 +176,7 @@ impl Store {
                     Mutex::new(Shard {
                         lru: lru::LruCache::unbounded(),
                         bytes: 0,
+                        entries: 0,
                     })
                 })
                 .collect(),
@@ -214,9 +218,11 @@ impl Store {
                     s.bytes = s.bytes.saturating_sub(old.weight);
                 } else {
                     slot.variants.push(entry);
+                    s.entries += 1;
                 }
             }
             None => {
+                s.entries += 1;
                 s.lru.put(
                     key,
                     Slot {
@@ -233,6 +239,7 @@ impl Store {
             match s.lru.pop_lru() {
                 Some((_, slot)) => {
                     s.bytes = s.bytes.saturating_sub(slot.weight());
+                    s.entries = s.entries.saturating_sub(slot.variants.len());
                     self.counts.evicted.fetch_add(1, Relaxed);
                 }
                 None => break,
@@ -246,11 +253,7 @@ impl Store {
         let mut b = 0;
         for s in &self.shards {
             if let Ok(s) = s.lock() {
-                n += s
-                    .lru
-                    .iter()
-                    .map(|(_, v)| v.variants.len() as u64)
-                    .sum::<u64>();
+                n += s.entries as u64;
                 b += s.bytes as u64;
             }
         }
@@ -277,6 +280,7 @@ impl Store {
                 if let Some(slot) = s.lru.pop(&k) {
                     s.bytes = s.bytes.saturating_sub(slot.weight());
                     removed += slot.variants.len() as u64;
+                    s.entries = s.entries.saturating_sub(slot.variants.len());
                 }
             }
         }

@@ -161,6 +161,12 @@ impl Zone {
         Ok(())
     }
 
+    /// [`check`](Self::check) without counting the decision in the `rate_limit`
+    /// metrics (Dwaar's own limits, like the analytics beacon's).
+    pub fn check_uncounted(&self, key: &str) -> Result<(), Limited> {
+        self.check_at(key, now_ms())
+    }
+
     pub fn check(&self, key: &str) -> Result<(), Limited> {
         let r = self.check_at(key, now_ms());
         match r {
