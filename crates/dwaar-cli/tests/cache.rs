@@ -291,3 +291,16 @@ fn purges_reach_every_worker_process() {
         stats()
     );
 }
+
+#[test]
+fn stale_if_error_when_the_origin_answers_5xx() {
+    let (origin, _count) = counting_origin();
+    let (_d, port) = site("", origin);
+    let a = get_h(port, "/flaky", &[]);
+    assert_eq!((a.status, a.text().as_str()), (200, "good answer"));
+    std::thread::sleep(Duration::from_millis(1100));
+    let s = get_h(port, "/flaky", &[]);
+    assert_eq!(s.status, 200, "{:?}", s.headers);
+    assert_eq!(s.header("x-cache"), Some("STALE"));
+    assert_eq!(s.text(), "good answer");
+}

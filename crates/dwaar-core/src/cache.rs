@@ -605,16 +605,27 @@ pub fn revalidated_reply(ctx: &mut RequestContext) -> Option<Reply> {
     ))
 }
 
-/// A `stale-if-error` answer for a request whose origin failed, if the entry allows.
+/// Whether a stored entry may stand in for a failed origin (`stale-if-error`).
+pub fn stale_usable_for_error(ctx: &RequestContext) -> bool {
+    let Some(c) = ctx.cache.as_ref() else {
+        return false;
+    };
+    let Some(e) = c.stale.as_ref() else {
+        return false;
+    };
+    let age = Duration::from_secs(e.age(SystemTime::now()));
+    !e.strict && age < e.fresh + e.sie.max(c.rule.sie)
+}
+
+/// A `stale-if-error` answer for a request whose origin failed (could not be reached,
+/// or answered 5xx), if the entry allows.
 pub fn stale_for_error(ctx: &mut RequestContext) -> Option<Reply> {
+    if !stale_usable_for_error(ctx) {
+        return None;
+    }
     let c = ctx.cache.as_mut()?;
     let e = c.stale.clone()?;
     let now = SystemTime::now();
-    let age = Duration::from_secs(e.age(now));
-    let sie = e.sie.max(c.rule.sie);
-    if e.strict || age >= e.fresh + sie {
-        return None;
-    }
     c.rule.store.counts.stale.fetch_add(1, Relaxed);
     c.status = Status::Stale;
     c.guard.take();

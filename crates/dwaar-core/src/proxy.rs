@@ -771,6 +771,13 @@ impl ProxyHttp for DwaarProxy {
         // The cache sees the proxy's answer before the site's own `header` edits.
         if ctx.cache.is_some() {
             let status = resp.status.as_u16();
+            if status >= 500 && crate::cache::stale_usable_for_error(ctx) {
+                // The stored response stands in (from `fail_to_proxy`).
+                return Err(Error::explain(
+                    ErrorType::Custom("cache-stale-if-error"),
+                    "the origin failed; answered from the cache",
+                ));
+            }
             let head_request = session.req_header().method == http::Method::HEAD;
             if crate::cache::on_response(ctx, status, resp, head_request) {
                 // A 304 to our revalidation: the stored response is sent as a reply

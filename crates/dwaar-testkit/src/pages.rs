@@ -68,16 +68,19 @@ pub fn html_origin() -> u16 {
 /// [`html_origin`] with a count of the requests it answered (for cache tests), and
 /// cache-related paths: `/cc/<Cache-Control value, %20 for spaces>` (with a fixed
 /// ETag and `304` to a matching `If-None-Match`), `/vary` (varies on
-/// Accept-Language), `/cookie` (sets one), `/slow` (answers after 500 ms).
+/// Accept-Language), `/cookie` (sets one), `/slow` (answers after 500 ms), `/flaky`
+/// (cacheable for a second with `stale-if-error=60`, then 503s).
 pub fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").expect("pages origin");
     let port = l.local_addr().expect("pages origin").port();
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = count.clone();
+    let flaky = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut s) = s else { continue };
             let counter = counter.clone();
+            let flaky = flaky.clone();
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
                 let mut tmp = [0u8; 4096];
@@ -124,6 +127,15 @@ pub fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>
                     return;
                 }
                 match path.as_str() {
+                    "/flaky" => {
+                        // Cacheable the first time, a 503 afterwards.
+                        if !flaky.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                            reply(&mut s, "Content-Type: text/plain\r\nCache-Control: max-age=1, stale-if-error=60\r\n", b"good answer");
+                        } else {
+                            let _ = write!(s, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\nConnection: close\r\n\r\ndown");
+                        }
+                        return;
+                    }
                     "/vary" => {
                         let lang = field("accept-language").unwrap_or_default();
                         reply(&mut s, "Content-Type: text/plain\r\nCache-Control: max-age=60\r\nVary: Accept-Language\r\n", format!("lang {lang} {n}").as_bytes());
