@@ -289,19 +289,33 @@ fn goaway_mid_burst_loses_no_idempotent_request() {
 #[test]
 fn zero_rtt_serves_safe_methods_and_answers_425_to_the_rest() {
     let s = site();
-    let (early, out) = h3c::zero_rtt(
-        s.https,
-        "localhost",
-        &s.root,
-        vec![
-            ("GET", "/hello".into(), vec![], vec![]),
-            ("POST", "/api/replayable".into(), vec![], b"x".to_vec()),
-        ],
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(early, "the server did not take 0-RTT");
-    assert_eq!((out[0].status, out[0].text().as_str()), (200, "hello"));
-    assert_eq!(out[1].status, 425, "{}", out[1].text());
+    // A request read before the handshake completes is answered 425 unless it is safe;
+    // on loopback the handshake may finish first now and then, so a few tries are
+    // allowed for the early POST, and any other answer than 425 or the origin's is wrong.
+    let mut saw_425 = false;
+    for _ in 0..5 {
+        let (early, out) = h3c::zero_rtt(
+            s.https,
+            "localhost",
+            &s.root,
+            vec![
+                ("GET", "/hello".into(), vec![], vec![]),
+                ("POST", "/api/replayable".into(), vec![], b"x".to_vec()),
+            ],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(early, "the server did not take 0-RTT");
+        assert_eq!((out[0].status, out[0].text().as_str()), (200, "hello"));
+        match out[1].status {
+            425 => {
+                saw_425 = true;
+                break;
+            }
+            200 => assert!(out[1].text().contains("method: POST"), "{}", out[1].text()),
+            other => panic!("early POST answered {other}"),
+        }
+    }
+    assert!(saw_425, "no early POST was answered 425 Too Early");
 }
 
 #[test]
