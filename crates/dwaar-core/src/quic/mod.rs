@@ -108,11 +108,31 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// Starts the HTTP/3 service on a thread of its own. It binds the table's HTTP/3 ports
-/// and follows later tables (a reload that adds or removes `h3` ports binds or closes
-/// their endpoints within a second). Errors (a port that cannot be bound) are logged;
-/// HTTPS over TCP is unaffected.
+/// The route store and shutdown signal of this process, for [`ensure_started`].
+type Service = (Arc<RouteStore>, tokio::sync::watch::Receiver<bool>);
+static SERVICE: std::sync::OnceLock<Service> = std::sync::OnceLock::new();
+static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Registers the process's route store; the HTTP/3 service starts now if the table has
+/// an `h3` port, or with the first reload that adds one ([`ensure_started`]).
 pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let _ = SERVICE.set((store, shutdown));
+    ensure_started();
+}
+
+/// Starts the HTTP/3 service on a thread of its own once some table has an `h3` port
+/// (a process without HTTP/3 keeps no thread for it). The service binds the table's
+/// ports and follows later tables: a reload that adds or removes `h3` ports binds or
+/// closes their endpoints within a second. Errors (a port that cannot be bound) are
+/// logged; HTTPS over TCP is unaffected.
+pub fn ensure_started() {
+    let Some((store, shutdown)) = SERVICE.get() else {
+        return;
+    };
+    if store.load().h3.is_empty() || STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        return;
+    }
+    let (store, shutdown) = (store.clone(), shutdown.clone());
     let spawned = std::thread::Builder::new()
         .name("dwaar-h3".into())
         .spawn(move || {
