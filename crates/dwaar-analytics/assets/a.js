@@ -7,7 +7,7 @@
   if (respect && (navigator.doNotTrack === "1" || window.doNotTrack === "1" || navigator.globalPrivacyControl === true)) return;
   var token = s.getAttribute("data-t") || "";
   var visible = 0, since = document.visibilityState === "visible" ? Date.now() : 0;
-  var lcp = null, cls = 0, inp = null, sent = false;
+  var lcp = null, cls = 0, inp = null, sent = false, path = location.pathname, soft = false;
   function watch(type, fn, opts) {
     try {
       var o = new PerformanceObserver(function (l) { l.getEntries().forEach(fn); });
@@ -19,13 +19,13 @@
   watch("largest-contentful-paint", function (e) { lcp = e.startTime; });
   watch("layout-shift", function (e) { if (!e.hadRecentInput) cls += e.value; });
   watch("event", function (e) { if (e.interactionId && (inp === null || e.duration > inp)) inp = e.duration; }, { durationThreshold: 40 });
-  function send() {
-    if (sent) return;
-    sent = true;
+  // One beacon for the view that is ending: the page, or a route of a single-page app.
+  function beacon() {
     if (since) { visible += Date.now() - since; since = 0; }
     var body = JSON.stringify({
       t: token,
-      p: location.pathname,
+      p: path,
+      n: soft ? 1 : 0,
       r: document.referrer,
       w: window.innerWidth || 0,
       l: navigator.language || "",
@@ -36,6 +36,24 @@
     });
     navigator.sendBeacon("/_dwaar/collect", new Blob([body], { type: "text/plain" }));
   }
+  function send() {
+    if (sent) return;
+    sent = true;
+    beacon();
+  }
+  // Single-page apps: a new route (pushState, back/forward) ends the previous view.
+  function route() {
+    if (sent || location.pathname === path) return;
+    beacon();
+    path = location.pathname;
+    soft = true;
+    visible = 0;
+    since = document.visibilityState === "visible" ? Date.now() : 0;
+    lcp = null; cls = 0; inp = null;
+  }
+  var push = history.pushState;
+  history.pushState = function () { var r = push.apply(this, arguments); route(); return r; };
+  window.addEventListener("popstate", route);
   document.addEventListener("visibilitychange", function () {
     if (document.visibilityState === "hidden") send();
     else if (!since) since = Date.now();

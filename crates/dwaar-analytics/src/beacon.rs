@@ -20,6 +20,8 @@ pub struct Beacon {
     pub lcp: Option<f64>,
     pub cls: Option<f64>,
     pub inp: Option<f64>,
+    /// A route change inside a single-page app (not a full page load).
+    pub soft: bool,
 }
 
 #[derive(serde::Deserialize)]
@@ -37,6 +39,8 @@ struct Wire {
     lcp: Option<f64>,
     cls: Option<f64>,
     inp: Option<f64>,
+    #[serde(default)]
+    n: u8,
 }
 
 /// Why a beacon was refused, with the status the endpoint answers.
@@ -112,6 +116,7 @@ pub fn parse(
         lcp: bounded(w.lcp, 120_000.0),
         cls: bounded(w.cls, 100.0),
         inp: bounded(w.inp, 120_000.0),
+        soft: w.n == 1,
     })
 }
 

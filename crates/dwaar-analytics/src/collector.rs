@@ -362,6 +362,10 @@ fn fold(
                     .insert(visitor_hash(&s, &bc.site, Some(bc.ip), &bc.user_agent));
             }
             let d = &bc.beacon;
+            // A single-page app's route change is a page view the server never saw.
+            if d.soft && !d.path.is_empty() {
+                b.list(List::Pages).add(&d.path, bc.weight);
+            }
             b.list(List::Screens)
                 .add(agent::screen_class(d.width), bc.weight);
             if !d.language.is_empty() {

@@ -509,6 +509,37 @@ fn a_browser_runs_the_script_and_sees_itself_on_the_dashboard() {
         dom.contains("/files/visit.html"),
         "top pages lack the visit"
     );
+    // A single-page app: a pushState route change ends the first view and starts another;
+    // both are reported, the route change as a page of its own.
+    std::fs::write(
+        www.join("spa.html"),
+        "<!doctype html><html><head><title>spa</title></head><body><h1>App</h1>\
+         <script>addEventListener('load', function () { setTimeout(function () { history.pushState({}, '', '/files/spa/route-two'); \
+         setTimeout(function () { dispatchEvent(new Event('pagehide')); document.body.dataset.left = '1'; }, 100); }, 200); });</script>\
+         </body></html>",
+    )
+    .expect("analytics test step");
+    let dom = headless(
+        chrome,
+        profile.path(),
+        &format!("http://localhost:{}/files/spa.html", s.port),
+    );
+    assert!(
+        dom.contains("data-left=\"1\""),
+        "the SPA page did not run: {dom}"
+    );
+    let routed = wait_until(Duration::from_secs(15), || {
+        let v = report(&admin, "localhost", "from=-1h");
+        v["totals"]["js_views"].as_u64() >= Some(3)
+            && v["top"]["pages"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|e| e["key"] == "/files/spa/route-two"))
+    });
+    assert!(
+        routed,
+        "the route change was not counted: {}",
+        report(&admin, "localhost", "from=-1h")
+    );
 }
 
 #[test]
