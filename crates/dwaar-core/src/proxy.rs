@@ -403,6 +403,29 @@ pub(crate) fn passive_check(ctx: &RequestContext, code: u16) {
     }
 }
 
+/// A request is on its way to `up`: counted in the upstream's active requests (until
+/// [`release_upstream`]), one more attempt, timed from now. Every front-end calls it.
+pub(crate) fn count_upstream(ctx: &mut RequestContext, up: Arc<crate::upstream::UpstreamState>) {
+    up.active.fetch_add(1, Ordering::Relaxed);
+    ctx.active_counted = true;
+    ctx.upstream = Some(up);
+    ctx.attempts += 1;
+    ctx.upstream_start = Some(Instant::now());
+}
+
+/// The edits a request gets on its way upstream on the lean path and over HTTP/3:
+/// forwarding fields, then `header_up`. Returns the client's `Host`.
+pub(crate) fn edit_upstream_request(
+    ctx: &RequestContext,
+    req: &mut dyn HttpRequest,
+    p: &crate::upstream::ProxyHandler,
+) -> String {
+    let host = req.header("host").unwrap_or("").to_string();
+    forwarded_headers(ctx, req, &host);
+    apply_request_rules(&p.header_up, req, ctx);
+    host
+}
+
 pub(crate) fn release_upstream(ctx: &mut RequestContext) {
     if ctx.active_counted {
         if let Some(u) = &ctx.upstream {
@@ -622,12 +645,8 @@ impl ProxyHttp for DwaarProxy {
                 ctx.h2_first = Some(turn);
             }
         }
-        up.active.fetch_add(1, Ordering::Relaxed);
-        ctx.active_counted = true;
-        ctx.upstream = Some(up);
+        count_upstream(ctx, up);
         ctx.tried.push(i);
-        ctx.attempts += 1;
-        ctx.upstream_start = Some(Instant::now());
         match proxy.peer(i, &ctx.host) {
             Some(p) => Ok(Box::new(p)),
             None => {

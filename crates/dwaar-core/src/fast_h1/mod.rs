@@ -24,7 +24,9 @@ pub mod request;
 
 use crate::context::{ConnInfo, RequestContext};
 use crate::pipeline::{handle_request, normalize_host, Outcome, Reply};
-use crate::proxy::{forwarded_headers, log_request, passive_check, release_upstream, LogParts};
+use crate::proxy::{
+    count_upstream, edit_upstream_request, log_request, passive_check, release_upstream, LogParts,
+};
 use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
 use crate::server::inflight;
@@ -748,16 +750,10 @@ async fn proxy(
     let Some(addr) = up.addr else {
         return hand_back(buf, head.clone());
     };
-    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ctx.active_counted = true;
-    ctx.upstream = Some(up);
-    ctx.attempts = 1;
-    ctx.upstream_start = Some(Instant::now());
+    count_upstream(ctx, up);
 
     // The upstream request head, edited like the Pingora path edits it.
-    let host = req.header("host").unwrap_or("").to_string();
-    forwarded_headers(ctx, req, &host);
-    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    edit_upstream_request(ctx, req, &p);
     let mut out = Vec::with_capacity(req.head.len() + 256);
     out.extend_from_slice(req.method().as_bytes());
     out.push(b' ');

@@ -6,7 +6,9 @@ use crate::context::{ConnInfo, RequestContext};
 use crate::fast_h1::pool;
 use crate::fast_h1::{ChunkScanner, Framing};
 use crate::pipeline::{handle_request, normalize_host, Outcome, Reply, ResponseHead};
-use crate::proxy::{forwarded_headers, log_request, passive_check, release_upstream, LogParts};
+use crate::proxy::{
+    count_upstream, edit_upstream_request, log_request, passive_check, release_upstream, LogParts,
+};
 use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
 use bytes::{Buf, Bytes, BytesMut};
@@ -428,19 +430,8 @@ async fn proxy(
     if pooled && addr.is_none() {
         return fail(stream, ctx, head_only, 502).await;
     }
-    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ctx.active_counted = true;
-    ctx.upstream = Some(up.clone());
-    ctx.attempts = 1;
-    ctx.upstream_start = Some(Instant::now());
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    forwarded_headers(ctx, req, &host);
-    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    count_upstream(ctx, up.clone());
+    let host = edit_upstream_request(ctx, req, &p);
     // The HTTP/1.1 request head; a body of unknown length goes chunked.
     let length = req
         .headers
@@ -686,19 +677,8 @@ async fn proxy_h2(
     let Some(addr) = up.addr else {
         return fail(stream, ctx, head_only, 502).await;
     };
-    up.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    ctx.active_counted = true;
-    ctx.upstream = Some(up.clone());
-    ctx.attempts = 1;
-    ctx.upstream_start = Some(Instant::now());
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    forwarded_headers(ctx, req, &host);
-    crate::pipeline::apply_request_rules(&p.header_up, req, ctx);
+    count_upstream(ctx, up.clone());
+    let host = edit_upstream_request(ctx, req, p);
     let authority = if host.is_empty() {
         up.dial.clone()
     } else {
