@@ -110,24 +110,14 @@ async fn serve_fastcgi(
 ) -> Result<()> {
     ctx.inflight = crate::server::inflight::enter();
     let req = session.req_header().clone();
-    let mut down_edits = Vec::with_capacity(p.header_down.len());
-    render_rules(&p.header_down, &req, ctx, &mut down_edits);
     let result = {
         let mut down = PingoraDownstream {
             session: &mut *session,
-            edits: [
-                down_edits,
-                ctx.resp_immediate.clone(),
-                ctx.resp_deferred.clone(),
-            ],
             request_id: ctx.request_id,
-            analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
-            page: ctx.page.take(),
-            encode: ctx.encode.clone(),
-            rewrite: None,
+            shape: crate::fastcgi::Shaping::take(p, &req, ctx),
         };
         let r = crate::fastcgi::run(p, opts, &req, ctx, &mut down).await;
-        ctx.page = down.page.take();
+        down.shape.give_back(ctx);
         r
     };
     if std::mem::take(&mut ctx.inflight) {
@@ -156,15 +146,8 @@ async fn serve_fastcgi(
 /// The client side of a FastCGI exchange on Pingora's H1/H2 sessions.
 struct PingoraDownstream<'s> {
     session: &'s mut Session,
-    /// `header_down`, then the site's immediate and deferred `header` edits.
-    edits: [Vec<crate::context::HeaderEdit>; 3],
     request_id: Option<uuid::Uuid>,
-    /// Analytics and `encode`: the site's settings, the page-view facts, the
-    /// negotiated coding and the body's rewrite.
-    analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
-    page: Option<Box<crate::analytics::PageFacts>>,
-    encode: Option<crate::encode::Negotiated>,
-    rewrite: Option<crate::rewrite::Rewrite>,
+    shape: crate::fastcgi::Shaping,
 }
 
 #[async_trait]
@@ -179,43 +162,23 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     async fn write_head(
         &mut self,
         status: u16,
-        headers: Vec<(CompactString, String)>,
-        length: Option<u64>,
+        mut headers: Vec<(CompactString, String)>,
+        _length: Option<u64>,
     ) -> std::io::Result<()> {
         let io = |e: Box<Error>| std::io::Error::other(e.to_string());
+        let head_only = self.session.req_header().method == http::Method::HEAD;
+        // The responder's Content-Length is among `headers`; a rewrite may change it.
+        let length = self.shape.head(status, &mut headers, head_only);
         let mut resp = ResponseHeader::build(status, Some(headers.len() + 4)).map_err(io)?;
         for (k, v) in headers {
             resp.append_header(k.to_string(), v).map_err(io)?;
         }
-        apply_edits(&self.edits[0], &mut resp);
-        crate::pipeline::apply_immediate_to_proxied(&self.edits[1], &mut resp);
-        apply_edits(&self.edits[2], &mut resp);
         if let Some(id) = self.request_id {
             let mut buf = [0u8; 36];
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))
                 .map_err(io)?;
         }
-        let mut length = length;
-        // The responder's Content-Length is among `headers`; a rewrite may change it.
-        if self.page.is_some() || self.encode.is_some() {
-            self.rewrite = crate::rewrite::begin_parts(
-                self.analytics.as_deref(),
-                self.page.as_deref_mut(),
-                self.encode.as_ref(),
-                status,
-                &mut resp,
-            );
-            if self.rewrite.is_some() {
-                length = resp
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok()?.parse().ok());
-            }
-        }
-        let no_body = status == 204
-            || status == 304
-            || status < 200
-            || self.session.req_header().method == http::Method::HEAD;
+        let no_body = status == 204 || status == 304 || status < 200 || head_only;
         if length.is_none() && !no_body && self.session.req_header().version < http::Version::HTTP_2
         {
             resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
@@ -228,10 +191,7 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        let chunk = match self.rewrite.as_mut() {
-            Some(inj) => inj.feed(Some(chunk), false)?,
-            None => chunk,
-        };
+        let chunk = self.shape.body(chunk)?;
         if chunk.is_empty() {
             return Ok(());
         }
@@ -242,10 +202,7 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
-        let last = match self.rewrite.as_mut() {
-            Some(inj) => Some(inj.feed(None, true)?).filter(|b| !b.is_empty()),
-            None => None,
-        };
+        let last = Some(self.shape.end()?).filter(|b| !b.is_empty());
         self.session
             .write_response_body(last, true)
             .await

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use compact_str::CompactString;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -46,6 +47,85 @@ impl FastCgiOpts {
                 .collect(),
             resolve_root_symlink: f.resolve_root_symlink,
             capture_stderr: f.capture_stderr,
+        }
+    }
+}
+
+/// What happens to a FastCGI response on its way to the client, whatever the
+/// front-end: `header_down` and the site's `header` edits, then analytics injection
+/// and `encode` through a [`Rewrite`](crate::rewrite::Rewrite). Taken from the context
+/// before the exchange (the client lends it to the FastCGI client), given back after.
+pub struct Shaping {
+    /// `header_down`, then the site's immediate and deferred `header` edits.
+    edits: [Vec<crate::context::HeaderEdit>; 3],
+    analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
+    page: Option<Box<crate::analytics::PageFacts>>,
+    encode: Option<crate::encode::Negotiated>,
+    rewrite: Option<crate::rewrite::Rewrite>,
+}
+
+impl std::fmt::Debug for Shaping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Shaping")
+    }
+}
+
+impl Shaping {
+    pub fn take(p: &ProxyHandler, req: &dyn HttpRequest, ctx: &mut RequestContext) -> Shaping {
+        let mut down = Vec::with_capacity(p.header_down.len());
+        crate::pipeline::render_rules(&p.header_down, req, ctx, &mut down);
+        Shaping {
+            edits: [down, ctx.resp_immediate.clone(), ctx.resp_deferred.clone()],
+            analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
+            page: ctx.page.take(),
+            encode: ctx.encode.clone(),
+            rewrite: None,
+        }
+    }
+
+    /// Returns the page-view facts (whether the response counted as a page view).
+    pub fn give_back(&mut self, ctx: &mut RequestContext) {
+        ctx.page = self.page.take();
+    }
+
+    /// Edits the response fields and decides on a rewrite (a HEAD answer gets the same
+    /// fields and no body); returns the body length to announce (`None`: not known).
+    pub fn head(
+        &mut self,
+        status: u16,
+        fields: &mut Vec<(CompactString, String)>,
+        head_only: bool,
+    ) -> Option<u64> {
+        crate::pipeline::apply_edits(&self.edits[0], fields);
+        crate::pipeline::apply_immediate_to_proxied(&self.edits[1], fields);
+        crate::pipeline::apply_edits(&self.edits[2], fields);
+        if self.page.is_some() || self.encode.is_some() {
+            self.rewrite = crate::rewrite::begin_parts(
+                self.analytics.as_deref(),
+                self.page.as_deref_mut(),
+                self.encode.as_ref(),
+                status,
+                fields,
+            )
+            .filter(|_| !head_only);
+        }
+        crate::pipeline::ResponseHead::get(fields, "content-length")
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// A piece of the body as it goes out (empty: nothing to send yet).
+    pub fn body(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
+        match self.rewrite.as_mut() {
+            Some(rw) => rw.feed(Some(chunk), false),
+            None => Ok(chunk),
+        }
+    }
+
+    /// What is left to send at the end of the body.
+    pub fn end(&mut self) -> std::io::Result<Bytes> {
+        match self.rewrite.as_mut() {
+            Some(rw) => rw.feed(None, true),
+            None => Ok(Bytes::new()),
         }
     }
 }

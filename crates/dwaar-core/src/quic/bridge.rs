@@ -878,13 +878,8 @@ async fn proxy_h2(
 /// The HTTP/3 side of a FastCGI exchange (`php_fastcgi`, `transport fastcgi`).
 struct H3Downstream<'s> {
     stream: &'s mut Stream,
-    /// `header_down`, then the site's immediate and deferred `header` edits.
-    edits: [Vec<crate::context::HeaderEdit>; 3],
     request_id: Option<uuid::Uuid>,
-    analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
-    page: Option<Box<crate::analytics::PageFacts>>,
-    encode: Option<crate::encode::Negotiated>,
-    rewrite: Option<crate::rewrite::Rewrite>,
+    shape: crate::fastcgi::Shaping,
     deadline: tokio::time::Instant,
     head_only: bool,
     sent: u64,
@@ -910,18 +905,7 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
         mut headers: Vec<(CompactString, String)>,
         _length: Option<u64>,
     ) -> std::io::Result<()> {
-        crate::pipeline::apply_edits(&self.edits[0], &mut headers);
-        crate::pipeline::apply_immediate_to_proxied(&self.edits[1], &mut headers);
-        crate::pipeline::apply_edits(&self.edits[2], &mut headers);
-        if !self.head_only && (self.page.is_some() || self.encode.is_some()) {
-            self.rewrite = crate::rewrite::begin_parts(
-                self.analytics.as_deref(),
-                self.page.as_deref_mut(),
-                self.encode.as_ref(),
-                status,
-                &mut headers,
-            );
-        }
+        self.shape.head(status, &mut headers, self.head_only);
         let ctx = RequestContext {
             request_id: self.request_id,
             ..RequestContext::default()
@@ -936,10 +920,7 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
         if self.head_only {
             return Ok(());
         }
-        let chunk = match self.rewrite.as_mut() {
-            Some(rw) => rw.feed(Some(chunk), false)?,
-            None => chunk,
-        };
+        let chunk = self.shape.body(chunk)?;
         if chunk.is_empty() {
             return Ok(());
         }
@@ -950,12 +931,10 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
     }
 
     async fn finish(&mut self) -> std::io::Result<()> {
-        if let Some(rw) = self.rewrite.as_mut() {
-            let last = rw.feed(None, true)?;
-            if !last.is_empty() && !self.head_only {
-                self.sent += last.len() as u64;
-                let _ = send_body(self.stream, last).await;
-            }
+        let last = self.shape.end()?;
+        if !last.is_empty() && !self.head_only {
+            self.sent += last.len() as u64;
+            let _ = send_body(self.stream, last).await;
         }
         self.stream
             .finish()
@@ -972,20 +951,10 @@ async fn fastcgi(
     opts: &crate::fastcgi::FastCgiOpts,
     head_only: bool,
 ) -> (u16, u64, u64) {
-    let mut down_edits = Vec::with_capacity(p.header_down.len());
-    crate::pipeline::render_rules(&p.header_down, &*req, ctx, &mut down_edits);
     let mut down = H3Downstream {
         stream: &mut *stream,
-        edits: [
-            down_edits,
-            ctx.resp_immediate.clone(),
-            ctx.resp_deferred.clone(),
-        ],
         request_id: ctx.request_id,
-        analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
-        page: ctx.page.take(),
-        encode: ctx.encode.clone(),
-        rewrite: None,
+        shape: crate::fastcgi::Shaping::take(p, &*req, ctx),
         deadline: body_deadline(),
         head_only,
         sent: 0,
@@ -994,7 +963,7 @@ async fn fastcgi(
     let req_ref: &RequestHeader = req;
     let result = crate::fastcgi::run(p, opts, req_ref, ctx, &mut down).await;
     let (sent, read) = (down.sent, down.read);
-    ctx.page = down.page.take();
+    down.shape.give_back(ctx);
     match result {
         Ok(x) => (x.status, read, sent),
         Err(code) => {
