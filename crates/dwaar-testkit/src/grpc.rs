@@ -29,67 +29,78 @@ pub fn unframe(buf: &mut BytesMut) -> Vec<Vec<u8>> {
     out
 }
 
-/// Starts the echo service on 127.0.0.1; returns its port. Each message is answered
-/// as soon as it arrives ("echo: " + message); the stream ends with `grpc-status: 0`
-/// and the number of messages in `x-count`.
-pub fn echo_server() -> u16 {
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("grpc origin");
-    let port = std_listener.local_addr().expect("grpc origin").port();
-    std_listener.set_nonblocking(true).expect("grpc origin");
+/// Accepts TCP connections on 127.0.0.1 on a thread of its own and hands each to
+/// `serve` (as a task of that thread's runtime); returns the port.
+fn listen<F, Fut>(what: &'static str, serve: F) -> u16
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect(what);
+    let port = std_listener.local_addr().expect(what).port();
+    std_listener.set_nonblocking(true).expect(what);
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .expect("grpc origin");
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).expect("grpc origin");
+            .expect(what);
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async move {
+            let listener = TcpListener::from_std(std_listener).expect(what);
             while let Ok((s, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(s).await else {
-                        return;
-                    };
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        tokio::spawn(async move {
-                            let grpc = req
-                                .headers()
-                                .get("content-type")
-                                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-                            let te = req.headers().get("te").is_some_and(|v| v == "trailers");
-                            let resp = http::Response::builder()
-                                .status(200)
-                                .header("content-type", "application/grpc")
-                                .header("x-saw-te-trailers", if te { "1" } else { "0" })
-                                .body(())
-                                .expect("response");
-                            let Ok(mut send) = respond.send_response(resp, false) else {
-                                return;
-                            };
-                            let mut body = req.into_body();
-                            let mut buf = BytesMut::new();
-                            let mut n = 0;
-                            while let Some(Ok(chunk)) = body.data().await {
-                                let _ = body.flow_control().release_capacity(chunk.len());
-                                buf.extend_from_slice(&chunk);
-                                for m in unframe(&mut buf) {
-                                    n += 1;
-                                    let mut reply = b"echo: ".to_vec();
-                                    reply.extend_from_slice(&m);
-                                    let _ = send.send_data(frame(&reply), false);
-                                }
-                            }
-                            let mut trailers = http::HeaderMap::new();
-                            let status = if grpc { "0" } else { "3" };
-                            trailers.insert("grpc-status", status.parse().expect("value"));
-                            trailers.insert("grpc-message", "done".parse().expect("value"));
-                            trailers.insert("x-count", n.to_string().parse().expect("value"));
-                            let _ = send.send_trailers(trailers);
-                        });
-                    }
-                });
+                tokio::task::spawn_local(serve(s));
             }
         });
     });
     port
+}
+
+/// Starts the echo service on 127.0.0.1; returns its port. Each message is answered
+/// as soon as it arrives ("echo: " + message); the stream ends with `grpc-status: 0`
+/// and the number of messages in `x-count`.
+pub fn echo_server() -> u16 {
+    listen("grpc origin", |s| async move {
+        let Ok(mut conn) = h2::server::handshake(s).await else {
+            return;
+        };
+        while let Some(Ok((req, mut respond))) = conn.accept().await {
+            tokio::spawn(async move {
+                let grpc = req
+                    .headers()
+                    .get("content-type")
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                let te = req.headers().get("te").is_some_and(|v| v == "trailers");
+                let resp = http::Response::builder()
+                    .status(200)
+                    .header("content-type", "application/grpc")
+                    .header("x-saw-te-trailers", if te { "1" } else { "0" })
+                    .body(())
+                    .expect("response");
+                let Ok(mut send) = respond.send_response(resp, false) else {
+                    return;
+                };
+                let mut body = req.into_body();
+                let mut buf = BytesMut::new();
+                let mut n = 0;
+                while let Some(Ok(chunk)) = body.data().await {
+                    let _ = body.flow_control().release_capacity(chunk.len());
+                    buf.extend_from_slice(&chunk);
+                    for m in unframe(&mut buf) {
+                        n += 1;
+                        let mut reply = b"echo: ".to_vec();
+                        reply.extend_from_slice(&m);
+                        let _ = send.send_data(frame(&reply), false);
+                    }
+                }
+                let mut trailers = http::HeaderMap::new();
+                let status = if grpc { "0" } else { "3" };
+                trailers.insert("grpc-status", status.parse().expect("value"));
+                trailers.insert("grpc-message", "done".parse().expect("value"));
+                trailers.insert("x-count", n.to_string().parse().expect("value"));
+                let _ = send.send_trailers(trailers);
+            });
+        }
+    })
 }
 
 /// What a call came back with.
@@ -211,51 +222,37 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
 /// the number of connections it accepted.
 pub fn h2c_draining(after: usize) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::Ordering;
-    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("h2 origin");
-    let port = std_listener.local_addr().expect("h2 origin").port();
-    std_listener.set_nonblocking(true).expect("h2 origin");
     let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = conns.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("h2 origin");
-        rt.block_on(async move {
-            let listener = TcpListener::from_std(std_listener).expect("h2 origin");
-            while let Ok((s, _)) = listener.accept().await {
-                counter.fetch_add(1, Ordering::SeqCst);
+    let port = listen("h2 origin", move |s| {
+        counter.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let Ok(mut conn) = h2::server::handshake(s).await else {
+                return;
+            };
+            let mut n = 0;
+            while let Some(Ok((req, mut respond))) = conn.accept().await {
+                n += 1;
+                if n > after {
+                    respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    continue;
+                }
                 tokio::spawn(async move {
-                    let Ok(mut conn) = h2::server::handshake(s).await else {
-                        return;
-                    };
-                    let mut n = 0;
-                    while let Some(Ok((req, mut respond))) = conn.accept().await {
-                        n += 1;
-                        if n > after {
-                            respond.send_reset(h2::Reason::REFUSED_STREAM);
-                            continue;
-                        }
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            let resp = http::Response::builder()
-                                .status(200)
-                                .body(())
-                                .expect("response");
-                            if let Ok(mut send) = respond.send_response(resp, false) {
-                                let _ = send.send_data(
-                                    Bytes::from(format!("ok {}", req.uri().path())),
-                                    true,
-                                );
-                            }
-                        });
-                        if n == after {
-                            conn.graceful_shutdown();
-                        }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let resp = http::Response::builder()
+                        .status(200)
+                        .body(())
+                        .expect("response");
+                    if let Ok(mut send) = respond.send_response(resp, false) {
+                        let _ =
+                            send.send_data(Bytes::from(format!("ok {}", req.uri().path())), true);
                     }
                 });
+                if n == after {
+                    conn.graceful_shutdown();
+                }
             }
-        });
+        }
     });
     (port, conns)
 }

@@ -21,10 +21,6 @@ impl H3Response {
     }
 }
 
-fn client_config(roots_pem: &[u8]) -> Result<quinn::ClientConfig, String> {
-    client_config_with(roots_pem, false)
-}
-
 fn client_config_with(roots_pem: &[u8], early_data: bool) -> Result<quinn::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut &roots_pem[..]) {
@@ -49,6 +45,30 @@ fn client_config_with(roots_pem: &[u8], early_data: bool) -> Result<quinn::Clien
 pub type H3Request<'a> = (&'a str, String, Vec<(String, String)>, Vec<u8>);
 type Owned = (String, String, Vec<(String, String)>, Vec<u8>);
 
+/// A runtime for one client call, and the call's inputs owned.
+fn prepare(
+    host: &str,
+    requests: Vec<H3Request<'_>>,
+) -> Result<(tokio::runtime::Runtime, String, Vec<Owned>), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let owned = requests
+        .into_iter()
+        .map(|(m, p, h, b)| (m.to_string(), p, h, b))
+        .collect();
+    Ok((rt, host.to_string(), owned))
+}
+
+/// A client endpoint trusting `roots_pem`, offering early data when `early_data`
+/// (call it inside the runtime).
+fn endpoint(roots_pem: &[u8], early_data: bool) -> Result<quinn::Endpoint, String> {
+    let mut ep = quinn::Endpoint::client(([0, 0, 0, 0], 0).into()).map_err(|e| e.to_string())?;
+    ep.set_default_client_config(client_config_with(roots_pem, early_data)?);
+    Ok(ep)
+}
+
 /// Sends `requests` (method, path, headers, body) on one HTTP/3 connection to
 /// `127.0.0.1:port` for `host`, concurrently; answers in order.
 pub fn requests(
@@ -57,23 +77,9 @@ pub fn requests(
     roots_pem: &[u8],
     requests: Vec<H3Request<'_>>,
 ) -> Result<Vec<H3Response>, String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let host = host.to_string();
-    let requests: Vec<Owned> = requests
-        .into_iter()
-        .map(|(m, p, h, b)| (m.to_string(), p, h, b))
-        .collect();
+    let (rt, host, requests) = prepare(host, requests)?;
     rt.block_on(async move {
-        let mut ep = quinn::Endpoint::client(
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|e: std::net::AddrParseError| e.to_string())?,
-        )
-        .map_err(|e| e.to_string())?;
-        ep.set_default_client_config(client_config(roots_pem)?);
+        let ep = endpoint(roots_pem, false)?;
         let conn = tokio::time::timeout(
             Duration::from_secs(10),
             ep.connect(([127, 0, 0, 1], port).into(), &host)
@@ -162,19 +168,9 @@ pub fn zero_rtt(
     roots_pem: &[u8],
     requests: Vec<H3Request<'_>>,
 ) -> Result<(bool, Vec<H3Response>), String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    let host = host.to_string();
-    let requests: Vec<Owned> = requests
-        .into_iter()
-        .map(|(m, p, h, b)| (m.to_string(), p, h, b))
-        .collect();
+    let (rt, host, requests) = prepare(host, requests)?;
     rt.block_on(async move {
-        let mut ep =
-            quinn::Endpoint::client(([0, 0, 0, 0], 0).into()).map_err(|e| e.to_string())?;
-        ep.set_default_client_config(client_config_with(roots_pem, true)?);
+        let ep = endpoint(roots_pem, true)?;
         let addr = ([127, 0, 0, 1], port).into();
         // A full handshake and one request: the server sends its session tickets.
         let first = ep
