@@ -278,29 +278,22 @@ impl Snapshot {
                 s.latency_sum_us as f64 / 1e6
             );
         }
-        out.push_str(
-            "# HELP dwaar_request_bytes_total Body bytes read from clients.\n\
-             # TYPE dwaar_request_bytes_total counter\n",
-        );
-        for s in &self.sites {
-            let _ = writeln!(
-                out,
-                "dwaar_request_bytes_total{{site=\"{}\"}} {}",
-                escape(&s.label),
-                s.bytes_in
-            );
-        }
-        out.push_str(
-            "# HELP dwaar_response_bytes_total Body bytes sent to clients.\n\
-             # TYPE dwaar_response_bytes_total counter\n",
-        );
-        for s in &self.sites {
-            let _ = writeln!(
-                out,
-                "dwaar_response_bytes_total{{site=\"{}\"}} {}",
-                escape(&s.label),
-                s.bytes_out
-            );
+        for (name, help, value) in [
+            (
+                "dwaar_request_bytes_total",
+                "Body bytes read from clients.",
+                (|s: &SiteSnapshot| s.bytes_in) as fn(&SiteSnapshot) -> u64,
+            ),
+            (
+                "dwaar_response_bytes_total",
+                "Body bytes sent to clients.",
+                |s: &SiteSnapshot| s.bytes_out,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for s in &self.sites {
+                let _ = writeln!(out, "{name}{{site=\"{}\"}} {}", escape(&s.label), value(s));
+            }
         }
         let _ = write!(
             out,

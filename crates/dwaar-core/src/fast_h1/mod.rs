@@ -363,19 +363,14 @@ async fn serve_one(
             let Ok(body) = read_small_body(tcp, buf, body_len as usize, body_timeout).await else {
                 return Next::Drop;
             };
+            ctx.inflight = inflight::enter();
             let r = crate::analytics::answer(i, body).await;
             let close = close || r.close;
-            match write_reply(tcp, &req, &ctx, r, close).await {
-                Ok((status, sent)) => {
-                    finish_log(&req, &ctx, status, body_len, sent);
-                    if close {
-                        Next::Close
-                    } else {
-                        Next::KeepAlive
-                    }
-                }
-                Err(_) => Next::Drop,
+            let next = send_reply(tcp, &req, &ctx, r, close, body_len).await;
+            if std::mem::take(&mut ctx.inflight) {
+                inflight::exit();
             }
+            next
         }
         Outcome::Reply(mut r) => {
             crate::rewrite::reply(&mut ctx, &mut r);
@@ -399,17 +394,7 @@ async fn serve_one(
                 match discard_body(tcp, buf, body_len, body_timeout).await {
                     Ok(()) => {
                         let close = close || r.close || ctx.close;
-                        match write_reply(tcp, &req, &ctx, r, close).await {
-                            Ok((status, sent)) => {
-                                finish_log(&req, &ctx, status, body_len, sent);
-                                if close {
-                                    Next::Close
-                                } else {
-                                    Next::KeepAlive
-                                }
-                            }
-                            Err(_) => Next::Drop,
-                        }
+                        send_reply(tcp, &req, &ctx, r, close, body_len).await
                     }
                     Err(_) => Next::Drop,
                 }
@@ -578,6 +563,28 @@ fn status_line(out: &mut Vec<u8>, status: u16) {
             .as_bytes(),
     );
     out.extend_from_slice(b"\r\n");
+}
+
+/// Writes a reply, logs the request, and says whether the connection stays open.
+async fn send_reply(
+    tcp: &mut TcpStream,
+    req: &FastRequest,
+    ctx: &RequestContext,
+    r: Reply,
+    close: bool,
+    read: u64,
+) -> Next {
+    match write_reply(tcp, req, ctx, r, close).await {
+        Ok((status, sent)) => {
+            finish_log(req, ctx, status, read, sent);
+            if close {
+                Next::Close
+            } else {
+                Next::KeepAlive
+            }
+        }
+        Err(_) => Next::Drop,
+    }
 }
 
 /// Writes a `Reply` the way the Pingora front-end does; returns (status, body bytes sent).
