@@ -29,8 +29,14 @@ fn site(extra_site: &str, origin: u16) -> Site {
 }
 
 fn site_config(port: u16, origin: u16, store: &std::path::Path, extra_site: &str) -> String {
+    // Loopback is "ZZ" in the test's country ranges.
+    std::fs::write(
+        store.join("geo.csv"),
+        "127.0.0.0,127.255.255.255,ZZ\n::1,::1,ZZ\n",
+    )
+    .expect("analytics test step");
     format!(
-        "{{\n\tstorage file_system {st}\n\tanalytics {{\n\t\tflush_interval 100ms\n\t}}\n}}\n\
+        "{{\n\tstorage file_system {st}\n\tanalytics {{\n\t\tflush_interval 100ms\n\t\tgeoip {st}/geo.csv\n\t}}\n}}\n\
          http://localhost:{port} {{\n\tanalytics {{\n\t\texclude_paths /private/*\n\t\tdashboard /stats\n\t}}\n{extra_site}\
          \thandle /files/* {{\n\t\turi strip_prefix /files\n\t\troot * {st}/www\n\t\tfile_server\n\t}}\n\
          \thandle /hello {{\n\t\theader Content-Type text/html\n\t\trespond \"<html><body>hi</body></html>\" 200 {{\n\t\t\tclose\n\t\t}}\n\t}}\n\
@@ -318,6 +324,7 @@ fn beacons_are_checked_counted_and_survive_a_restart() {
     assert_eq!(v["top"]["pages"][0]["key"], "/page");
     assert_eq!(v["top"]["languages"][0]["key"], "de-DE");
     assert_eq!(v["top"]["browsers"][0]["key"], "Chrome");
+    assert_eq!(v["top"]["countries"][0]["key"], "ZZ", "{v}");
     assert_eq!(v["live_visitors"], 1);
     // Stop (the collector writes what it holds) and start again on the same storage.
     s.d.signal("TERM");
@@ -583,4 +590,31 @@ fn worker_processes_share_the_store_and_their_metrics_add_up() {
         })
     });
     assert!(summed, "metrics of both workers not summed");
+}
+
+#[test]
+fn sampling_and_do_not_track_settings_apply() {
+    let origin = html_origin();
+    let store = tempfile::tempdir().expect("analytics test step");
+    let port = free_port();
+    let conf = format!(
+        "{{\n\tstorage file_system {st}\n\tanalytics {{\n\t\tflush_interval 100ms\n\t}}\n}}\n\
+         http://localhost:{port} {{\n\tanalytics {{\n\t\tsample 0.1%\n\t\trespect_dnt off\n\t}}\n\treverse_proxy 127.0.0.1:{origin}\n}}\n",
+        st = store.path().display()
+    );
+    let d = Dwaar::start(&bin(), &conf, &[port]);
+    // With respect_dnt off, DNT requests are page views; with a 0.1% sample almost
+    // none of the 30 pages get the script (the chance of 4 or more is about 3e-8).
+    let mut tagged = 0;
+    for _ in 0..30 {
+        tagged += tags(&browse(port, "/page", &[("DNT", "1")]).body);
+    }
+    assert!(
+        tagged <= 3,
+        "{tagged} of 30 pages got the script at a 0.1% sample"
+    );
+    let counted = wait_until(Duration::from_secs(10), || {
+        report(&d.admin, "localhost", "from=-1h")["totals"]["views"] == 30
+    });
+    assert!(counted, "{}", report(&d.admin, "localhost", "from=-1h"));
 }
