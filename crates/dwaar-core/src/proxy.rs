@@ -163,7 +163,6 @@ impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
         &mut self,
         status: u16,
         mut headers: Vec<(CompactString, String)>,
-        _length: Option<u64>,
     ) -> std::io::Result<()> {
         let io = |e: Box<Error>| std::io::Error::other(e.to_string());
         let head_only = self.session.req_header().method == http::Method::HEAD;

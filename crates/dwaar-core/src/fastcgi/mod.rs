@@ -135,12 +135,12 @@ impl Shaping {
 pub trait Downstream: Send {
     /// The next piece of the request body; `None` at its end.
     async fn read_body(&mut self) -> std::io::Result<Option<Bytes>>;
-    /// Sends the response head. `length`: the body length when the responder gave one.
+    /// Sends the response head (a `Content-Length` from the responder is among the
+    /// fields).
     async fn write_head(
         &mut self,
         status: u16,
         headers: Vec<(CompactString, String)>,
-        length: Option<u64>,
     ) -> std::io::Result<()>;
     async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()>;
     async fn finish(&mut self) -> std::io::Result<()>;
@@ -408,10 +408,9 @@ async fn exchange(
             proto::STDOUT if !head_sent => {
                 head.extend_from_slice(data);
                 if let Some((end, body_start)) = head_end(&head) {
-                    let (st, headers, length) =
-                        parse_cgi_head(&head[..end]).map_err(Failure::Before)?;
+                    let (st, headers, _) = parse_cgi_head(&head[..end]).map_err(Failure::Before)?;
                     status = st;
-                    down.write_head(status, headers, length)
+                    down.write_head(status, headers)
                         .await
                         .map_err(|e| Failure::After(e.to_string()))?;
                     head_sent = true;
@@ -448,9 +447,10 @@ async fn exchange(
     };
     if !head_sent {
         // No blank line: whatever came is the head of an empty response.
-        let (st, headers, _) = parse_cgi_head(&head).map_err(Failure::Before)?;
+        let (st, mut headers, _) = parse_cgi_head(&head).map_err(Failure::Before)?;
         status = st;
-        down.write_head(status, headers, Some(0))
+        crate::pipeline::ResponseHead::set(&mut headers, "content-length", "0");
+        down.write_head(status, headers)
             .await
             .map_err(|e| Failure::After(e.to_string()))?;
     }

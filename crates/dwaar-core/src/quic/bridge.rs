@@ -903,7 +903,6 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
         &mut self,
         status: u16,
         mut headers: Vec<(CompactString, String)>,
-        _length: Option<u64>,
     ) -> std::io::Result<()> {
         self.shape.head(status, &mut headers, self.head_only);
         let ctx = RequestContext {
