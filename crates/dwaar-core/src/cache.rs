@@ -398,14 +398,6 @@ pub struct CacheCtx {
     revalidated: Option<Arc<Entry>>,
 }
 
-fn hash_key(parts: &[&str]) -> u64 {
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    for p in parts {
-        p.hash(&mut h);
-    }
-    h.finish()
-}
-
 fn cc_has(v: Option<&str>, directive: &str) -> bool {
     v.is_some_and(|v| {
         v.split(',').any(|t| {
@@ -455,38 +447,25 @@ pub fn on_request(
     {
         return Decision::Continue;
     }
-    let bypass = |status| {
-        rule.store.counts.bypass.fetch_add(1, Relaxed);
-        status
-    };
     if rule.bypass.iter().any(|h| req.header(h).is_some()) {
-        ctx.cache = Some(Box::new(CacheCtx::new(
-            rule,
-            0,
-            "",
-            "",
-            bypass(Status::Bypass),
-        )));
+        // Counted when the origin answers, like misses.
+        ctx.cache = Some(Box::new(CacheCtx::new(rule, 0, "", "", Status::Bypass)));
         return Decision::Continue;
     }
     let rcc = req.header("cache-control");
-    let port = ctx.conn.local_port.to_string();
-    let query = req.query().unwrap_or("");
-    let rendered: Vec<String> = rule
-        .key
-        .iter()
-        .map(|t| crate::template::render(t, req, ctx).into_owned())
-        .collect();
-    let mut parts: Vec<&str> = vec![ctx.scheme(), &ctx.host, &port];
-    if rendered.is_empty() {
-        parts.extend([path, "?", query]);
-    } else {
-        parts.extend(rendered.iter().map(String::as_str));
-    }
-    let key = hash_key(&parts);
-    let mut c = CacheCtx::new(rule, key, &ctx.host, path, Status::Miss);
-    c.authorized = req.header("authorization").is_some();
-    c.no_store = cc_has(rcc, "no-store");
+    // Scheme, host and port always; then the path and query, or the configured parts.
+    let key = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (ctx.scheme(), ctx.host.as_str(), ctx.conn.local_port).hash(&mut h);
+        if rule.key.is_empty() {
+            (path, req.query().unwrap_or("")).hash(&mut h);
+        } else {
+            for t in &rule.key {
+                crate::template::render(t, req, ctx).hash(&mut h);
+            }
+        }
+        h.finish()
+    };
     // The client insists on a fresh answer: no stored one is used (it may be replaced).
     let client_no_cache = cc_has(rcc, "no-cache")
         || (rcc.is_none() && req.header("pragma").is_some_and(|p| p.contains("no-cache")));
@@ -496,6 +475,8 @@ pub fn on_request(
     } else {
         rule.store.find(key, req)
     };
+    let mut guard = None;
+    let mut stale = None;
     if let Some(e) = found {
         match e.state(now) {
             Freshness::Fresh => {
@@ -511,22 +492,30 @@ pub fn on_request(
                         ctx.cache_served = Some(Status::Stale);
                         return Decision::Reply(hit_reply(&e, rule, Status::Stale, now));
                     }
-                    Claim::Leader(g) => c.guard = g,
+                    Claim::Leader(g) => guard = g,
                 }
             }
             Freshness::MustValidate => {}
         }
-        c.conditional = validators(&e, req);
-        c.stale = Some(e);
+        stale = Some(e);
     }
-    if c.guard.is_none() && !waited {
+    if guard.is_none() && !waited {
         match rule.store.claim(key) {
-            Claim::Leader(g) => c.guard = g,
+            Claim::Leader(g) => guard = g,
             Claim::Wait(w) => return Decision::Wait(w, rule.lock_timeout),
         }
     }
-    // Misses are counted when the origin answers (a request the lean path hands to
-    // Pingora runs the pipeline twice).
+    // Going to the origin. Misses are counted when it answers (a request the lean path
+    // hands to Pingora runs the pipeline twice).
+    let mut c = CacheCtx::new(rule, key, &ctx.host, path, Status::Miss);
+    c.authorized = req.header("authorization").is_some();
+    c.no_store = cc_has(rcc, "no-store");
+    c.conditional = stale
+        .as_ref()
+        .map(|e| validators(e, req))
+        .unwrap_or_default();
+    c.stale = stale;
+    c.guard = guard;
     c.req_fields = req_fields(req);
     ctx.cache = Some(Box::new(c));
     Decision::Continue
@@ -903,7 +892,7 @@ mod tests {
     fn memory_stays_bounded_with_a_million_keys() {
         let store = Store::new(4 * 1024 * 1024);
         for i in 0..1_000_000u64 {
-            store.insert(hash_key(&[&i.to_string()]), "h", "/p", entry(100));
+            store.insert(dwaar_analytics::hll::mix64(i), "h", "/p", entry(100));
         }
         let (n, bytes) = store.size();
         assert!(bytes <= 4 * 1024 * 1024, "{bytes}");

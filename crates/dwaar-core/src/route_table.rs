@@ -346,6 +346,8 @@ pub struct RouteTable {
     pub cache_stores: Vec<Arc<crate::cache::Store>>,
     /// HTTPS ports that also serve HTTP/3 (`servers { protocols ... h3 }`): (address, port).
     pub h3: Vec<(String, u16)>,
+    /// The `Alt-Svc` value announcing HTTP/3, by port (made once per table).
+    pub alt_svc: Vec<(u16, http::HeaderValue)>,
 }
 
 /// What the admin API needs to answer analytics queries.
@@ -597,6 +599,13 @@ impl RouteTable {
         table.upstreams = cx.upstreams;
         table.cache_stores = cx.stores;
         table.rerun_checks = cx.rerun_checks;
+        for (_, port) in &table.h3 {
+            if !table.alt_svc.iter().any(|(p, _)| p == port) {
+                if let Ok(v) = http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")) {
+                    table.alt_svc.push((*port, v));
+                }
+            }
+        }
         Ok(table)
     }
 }
