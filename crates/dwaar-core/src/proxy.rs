@@ -359,6 +359,49 @@ pub(crate) fn passive_check(ctx: &RequestContext, code: u16) {
     }
 }
 
+/// Runs the checks the pipeline asked for (`basic_auth`, `forward_auth`, a `cache`
+/// wait) off the request path, each time running the pipeline again on `original`, the
+/// request as it arrived, with the check's edits. Without `original` (the table has no
+/// such handler) a check cannot be settled. Shared by Pingora and HTTP/3.
+pub(crate) async fn settle_checks(
+    table: &crate::route_table::RouteTable,
+    mut outcome: Outcome,
+    original: Option<&RequestHeader>,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    let mut rounds = 0;
+    while let (Outcome::Check(check), Some(original)) = (&outcome, original) {
+        rounds += 1;
+        match crate::auth::run(check.clone()).await {
+            crate::auth::Checked::Answer(r) => return Outcome::Reply(r),
+            crate::auth::Checked::Resume(edits) => {
+                *req = original.clone();
+                for (k, v) in &edits {
+                    match v {
+                        Some(v) => HttpRequest::set_header(req, k, v),
+                        None => HttpRequest::remove_header(req, k),
+                    }
+                }
+                *ctx = RequestContext {
+                    start: ctx.start,
+                    conn: ctx.conn,
+                    host: std::mem::take(&mut ctx.host),
+                    is_upgrade: ctx.is_upgrade,
+                    ..RequestContext::default()
+                };
+                outcome = handle_request(table, req, ctx);
+                if rounds >= 4 {
+                    if let Outcome::Check(_) = outcome {
+                        outcome = Outcome::Reply(Reply::status(503));
+                    }
+                }
+            }
+        }
+    }
+    outcome
+}
+
 /// A request is on its way to `up`: counted in the upstream's active requests (until
 /// [`release_upstream`]), one more attempt, timed from now. Every front-end calls it.
 pub(crate) fn count_upstream(ctx: &mut RequestContext, up: Arc<crate::upstream::UpstreamState>) {
@@ -460,40 +503,15 @@ impl ProxyHttp for DwaarProxy {
         // basic_auth and forward_auth answer off the request path; then the pipeline
         // runs again from the request as it arrived.
         let original = table.rerun_checks.then(|| session.req_header().clone());
-        let mut outcome = handle_request(&table, session.req_header_mut(), ctx);
-        let mut rounds = 0;
-        while let (Outcome::Check(check), Some(original)) = (&outcome, &original) {
-            rounds += 1;
-            match crate::auth::run(check.clone()).await {
-                crate::auth::Checked::Answer(r) => {
-                    outcome = Outcome::Reply(r);
-                    break;
-                }
-                crate::auth::Checked::Resume(edits) => {
-                    *session.req_header_mut() = original.clone();
-                    for (k, v) in &edits {
-                        match v {
-                            Some(v) => HttpRequest::set_header(session.req_header_mut(), k, v),
-                            None => HttpRequest::remove_header(session.req_header_mut(), k),
-                        }
-                    }
-                    let fresh = RequestContext {
-                        start: ctx.start,
-                        conn: ctx.conn,
-                        host: std::mem::take(&mut ctx.host),
-                        is_upgrade: ctx.is_upgrade,
-                        ..RequestContext::default()
-                    };
-                    *ctx = fresh;
-                    outcome = handle_request(&table, session.req_header_mut(), ctx);
-                    if rounds >= 4 {
-                        if let Outcome::Check(_) = outcome {
-                            outcome = Outcome::Reply(Reply::status(503));
-                        }
-                    }
-                }
-            }
-        }
+        let outcome = handle_request(&table, session.req_header_mut(), ctx);
+        let outcome = settle_checks(
+            &table,
+            outcome,
+            original.as_ref(),
+            session.req_header_mut(),
+            ctx,
+        )
+        .await;
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(mut r) => {

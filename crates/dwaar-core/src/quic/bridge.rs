@@ -9,7 +9,6 @@ use crate::pipeline::{handle_request, normalize_host, Outcome, Reply, ResponseHe
 use crate::proxy::{
     count_upstream, edit_upstream_request, log_request, passive_check, release_upstream, LogParts,
 };
-use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
 use bytes::{Buf, Bytes, BytesMut};
 use compact_str::CompactString;
@@ -144,46 +143,18 @@ async fn serve_request(
         return;
     };
     let table = store.load();
-    let mut header = original.clone();
+    // Kept only when some handler may ask to run the pipeline again.
+    let rerun = table.rerun_checks.then(|| original.clone());
+    let mut header = original;
     let mut ctx = RequestContext {
         start: Some(start),
         conn,
-        host: host.clone(),
+        host,
         ..RequestContext::default()
     };
-    let mut outcome = handle_request(&table, &mut header, &mut ctx);
-    // Checks off the request path, then the pipeline again on the request as it came.
-    let mut rounds = 0;
-    while let Outcome::Check(check) = outcome {
-        rounds += 1;
-        match crate::auth::run(check).await {
-            crate::auth::Checked::Answer(r) => {
-                outcome = Outcome::Reply(r);
-                break;
-            }
-            crate::auth::Checked::Resume(edits) => {
-                header = original.clone();
-                for (k, v) in &edits {
-                    match v {
-                        Some(v) => HttpRequest::set_header(&mut header, k, v),
-                        None => HttpRequest::remove_header(&mut header, k),
-                    }
-                }
-                ctx = RequestContext {
-                    start: Some(start),
-                    conn,
-                    host: host.clone(),
-                    ..RequestContext::default()
-                };
-                outcome = handle_request(&table, &mut header, &mut ctx);
-                if rounds >= 4 {
-                    if let Outcome::Check(_) = outcome {
-                        outcome = Outcome::Reply(Reply::status(503));
-                    }
-                }
-            }
-        }
-    }
+    let outcome = handle_request(&table, &mut header, &mut ctx);
+    let outcome =
+        crate::proxy::settle_checks(&table, outcome, rerun.as_ref(), &mut header, &mut ctx).await;
     ctx.table = Some(table);
     let (status, read, written) = match outcome {
         Outcome::Reply(mut r) => {
