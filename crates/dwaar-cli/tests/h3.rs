@@ -17,26 +17,45 @@ struct H3Site {
     origin: origin::Origin,
 }
 
+/// Starts Dwaar serving `https://localhost` with the local CA on a port that lists h3,
+/// with `body` in the site block and `store` as its storage, and waits until `probe`
+/// answers over HTTP/3. Returns the process, the port and the CA root.
+fn start_h3(store: &std::path::Path, body: &str, probe: &str) -> (Dwaar, u16, Vec<u8>) {
+    let (http, https) = (free_port(), free_port());
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n{body}}}\n",
+        store.display()
+    );
+    let d = Dwaar::start(&bin(), &conf, &[https]);
+    let root = std::fs::read(store.join("pki/local/root.crt")).expect("local CA root");
+    let up = wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, probe).is_ok()
+    });
+    assert!(up, "no HTTP/3 answer: {}", d.log_text());
+    (d, https, root)
+}
+
 fn site() -> H3Site {
     let store = tempfile::tempdir().expect("h3 test");
     let www = store.path().join("www");
     std::fs::create_dir_all(&www).expect("h3 test");
     std::fs::write(www.join("note.txt"), "a file over QUIC").expect("h3 test");
     let origin = origin::http("h3-origin");
-    let (http, https) = (free_port(), free_port());
     let st = store.path().display();
-    let conf = format!(
-        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n         https://localhost:{https} {{\n\ttls internal\n\theader X-Site h3\n         \tlog {{\n\t\toutput file {st}/access.log\n\t}}\n         \thandle /hello {{\n\t\trespond \"hello\"\n\t}}\n         \thandle /redir {{\n\t\tredir * /hello 302\n\t}}\n         \thandle /secret {{\n\t\tbasic_auth {{\n\t\t\towner {HASH}\n\t\t}}\n\t\trespond \"secret\"\n\t}}\n         \thandle /limited {{\n\t\trate_limit 2/m\n\t\trespond \"ok\"\n\t}}\n         \thandle /files/* {{\n\t\turi strip_prefix /files\n\t\troot * {st}/www\n\t\tfile_server\n\t}}\n         \thandle /squeezed {{\n\t\tencode gzip {{\n\t\t\tminimum_length 1\n\t\t}}\n\t\theader Content-Type text/plain\n\t\trespond \"{long}\"\n\t}}\n         \treverse_proxy 127.0.0.1:{o}\n}}\n",
+    let body = format!(
+        "\theader X-Site h3\n\tlog {{\n\t\toutput file {st}/access.log\n\t}}\n\
+         \thandle /hello {{\n\t\trespond \"hello\"\n\t}}\n\
+         \thandle /redir {{\n\t\tredir * /hello 302\n\t}}\n\
+         \thandle /secret {{\n\t\tbasic_auth {{\n\t\t\towner {HASH}\n\t\t}}\n\t\trespond \"secret\"\n\t}}\n\
+         \thandle /limited {{\n\t\trate_limit 2/m\n\t\trespond \"ok\"\n\t}}\n\
+         \thandle /files/* {{\n\t\turi strip_prefix /files\n\t\troot * {st}/www\n\t\tfile_server\n\t}}\n\
+         \thandle /squeezed {{\n\t\tencode gzip {{\n\t\t\tminimum_length 1\n\t\t}}\n\t\theader Content-Type text/plain\n\t\trespond \"{long}\"\n\t}}\n\
+         \treverse_proxy 127.0.0.1:{o}\n",
         long = "squeeze me ".repeat(50),
         o = origin.port,
     );
-    let d = Dwaar::start(&bin(), &conf, &[https]);
-    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
-    // The UDP endpoint comes up with the server; wait until QUIC answers.
-    let up = wait_until(Duration::from_secs(10), || {
-        h3c::get(https, "localhost", &root, "/hello").is_ok_and(|r| r.status == 200)
-    });
-    assert!(up, "no HTTP/3 answer: {}", d.log_text());
+    let (d, https, root) = start_h3(store.path(), &body, "/hello");
     H3Site {
         _d: d,
         https,
@@ -176,19 +195,11 @@ fn an_independent_client_aioquic_agrees() {
 /// An HTTP/3 site whose routes go to an h2c upstream (and a gRPC service).
 fn h2c_site(upstream: u16, grpc: u16) -> (Dwaar, u16, Vec<u8>, tempfile::TempDir) {
     let store = tempfile::tempdir().expect("h3 test");
-    let (http, https) = (free_port(), free_port());
-    let st = store.path().display();
-    let conf = format!(
-        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
-         https://localhost:{https} {{\n\ttls internal\n\thandle /echo.Echo/* {{\n\t\treverse_proxy h2c://127.0.0.1:{grpc}\n\t}}\n\
-         \treverse_proxy h2c://127.0.0.1:{upstream}\n}}\n"
+    let body = format!(
+        "\thandle /echo.Echo/* {{\n\t\treverse_proxy h2c://127.0.0.1:{grpc}\n\t}}\n\
+         \treverse_proxy h2c://127.0.0.1:{upstream}\n"
     );
-    let d = Dwaar::start(&bin(), &conf, &[https]);
-    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
-    let up = wait_until(Duration::from_secs(10), || {
-        h3c::get(https, "localhost", &root, "/warm").is_ok_and(|r| r.status == 200)
-    });
-    assert!(up, "no HTTP/3 answer: {}", d.log_text());
+    let (d, https, root) = start_h3(store.path(), &body, "/warm");
     (d, https, root, store)
 }
 
@@ -364,20 +375,12 @@ fn php_over_http3() {
     )
     .expect("h3 test");
     let store = tempfile::tempdir().expect("h3 test");
-    let (http, https) = (free_port(), free_port());
-    let st = store.path().display();
-    let conf = format!(
-        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
-         https://localhost:{https} {{\n\ttls internal\n\troot * {}\n\tphp_fastcgi 127.0.0.1:{}\n}}\n",
+    let body = format!(
+        "\troot * {}\n\tphp_fastcgi 127.0.0.1:{}\n",
         app.path().display(),
         fpm.port
     );
-    let d = Dwaar::start(&bin(), &conf, &[https]);
-    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
-    let up = wait_until(Duration::from_secs(10), || {
-        h3c::get(https, "localhost", &root, "/").is_ok()
-    });
-    assert!(up, "{}", d.log_text());
+    let (_d, https, root) = start_h3(store.path(), &body, "/");
     let out = h3c::requests(
         https,
         "localhost",
@@ -421,23 +424,14 @@ fn http3_to_tls_and_unix_socket_upstreams() {
         }
     });
     let store = tempfile::tempdir().expect("h3 test");
-    let (http, https) = (free_port(), free_port());
-    let st = store.path().display();
-    let conf = format!(
-        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
-         https://localhost:{https} {{\n\ttls internal\n\
-         \thandle /unix/* {{\n\t\treverse_proxy unix/{}\n\t}}\n\
-         \treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}\n",
+    let body = format!(
+        "\thandle /unix/* {{\n\t\treverse_proxy unix/{}\n\t}}\n\
+         \treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n",
         sock.display(),
         secure.port,
         ca.ca_pem.display(),
     );
-    let d = Dwaar::start(&bin(), &conf, &[https]);
-    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
-    let up = wait_until(Duration::from_secs(10), || {
-        h3c::get(https, "localhost", &root, "/unix/x").is_ok()
-    });
-    assert!(up, "{}", d.log_text());
+    let (d, https, root) = start_h3(store.path(), &body, "/unix/x");
     let out = h3c::requests(
         https,
         "localhost",
@@ -465,21 +459,12 @@ fn http3_to_an_h2_over_tls_upstream() {
     let ca = origin::TestCa::new();
     let o = origin::https_h2("secure-h2", &ca);
     let store = tempfile::tempdir().expect("h3 test");
-    let (http, https) = (free_port(), free_port());
-    let st = store.path().display();
-    let conf = format!(
-        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
-         https://localhost:{https} {{\n\ttls internal\n\
-         \treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tversions 2\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}\n",
+    let body = format!(
+        "\treverse_proxy https://127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tversions 2\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n",
         o.port,
         ca.ca_pem.display(),
     );
-    let d = Dwaar::start(&bin(), &conf, &[https]);
-    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
-    let up = wait_until(Duration::from_secs(10), || {
-        h3c::get(https, "localhost", &root, "/warm").is_ok()
-    });
-    assert!(up, "{}", d.log_text());
+    let (d, https, root) = start_h3(store.path(), &body, "/warm");
     let r = h3c::get(https, "localhost", &root, "/via-h2").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 200, "{}", d.log_text());
     assert!(r.text().contains("proto: HTTP/2.0"), "{}", r.text());
