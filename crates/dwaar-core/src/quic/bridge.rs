@@ -363,6 +363,38 @@ async fn send_proxied_head(
         .map(|_| rewrite)
 }
 
+/// Sends one piece of a proxied body through its rewrite, counting what went out.
+async fn relay_piece(
+    stream: &mut Stream,
+    rewrite: &mut Option<crate::rewrite::Rewrite>,
+    chunk: Bytes,
+    sent: &mut u64,
+) -> Result<(), ()> {
+    let piece = match rewrite.as_mut() {
+        Some(rw) => rw.feed(Some(chunk), false).map_err(|_| ())?,
+        None => chunk,
+    };
+    if piece.is_empty() {
+        return Ok(());
+    }
+    *sent += piece.len() as u64;
+    send_body(stream, piece).await
+}
+
+/// Sends what the rewrite still holds at the end of a proxied body.
+async fn relay_end(
+    stream: &mut Stream,
+    rewrite: &mut Option<crate::rewrite::Rewrite>,
+    sent: &mut u64,
+) {
+    if let Some(Ok(last)) = rewrite.as_mut().map(|rw| rw.feed(None, true)) {
+        if !last.is_empty() {
+            *sent += last.len() as u64;
+            let _ = send_body(stream, last).await;
+        }
+    }
+}
+
 /// Answers a proxying failure with an empty `code` reply.
 async fn fail(
     stream: &mut Stream,
@@ -592,28 +624,14 @@ async fn proxy(
                 upc.buf.split_to(take).freeze()
             }
         };
-        let piece = match rewrite.as_mut() {
-            Some(rw) => match rw.feed(Some(chunk), false) {
-                Ok(b) => b,
-                Err(_) => break,
-            },
-            None => chunk,
-        };
-        if !piece.is_empty() {
-            sent += piece.len() as u64;
-            if send_body(stream, piece).await.is_err() {
-                return (status, read, sent);
-            }
+        if relay_piece(stream, &mut rewrite, chunk, &mut sent)
+            .await
+            .is_err()
+        {
+            return (status, read, sent);
         }
     }
-    if let Some(rw) = rewrite.as_mut() {
-        if let Ok(last) = rw.feed(None, true) {
-            if !last.is_empty() {
-                sent += last.len() as u64;
-                let _ = send_body(stream, last).await;
-            }
-        }
-    }
+    relay_end(stream, &mut rewrite, &mut sent).await;
     if complete {
         let _ = stream.finish().await;
         if keepalive
@@ -813,28 +831,14 @@ async fn proxy_h2(
             return (status, read, sent);
         };
         let _ = body.flow_control().release_capacity(chunk.len());
-        let piece = match rewrite.as_mut() {
-            Some(rw) => match rw.feed(Some(chunk), false) {
-                Ok(b) => b,
-                Err(_) => return (status, read, sent),
-            },
-            None => chunk,
-        };
-        if !piece.is_empty() {
-            sent += piece.len() as u64;
-            if send_body(stream, piece).await.is_err() {
-                return (status, read, sent);
-            }
+        if relay_piece(stream, &mut rewrite, chunk, &mut sent)
+            .await
+            .is_err()
+        {
+            return (status, read, sent);
         }
     }
-    if let Some(rw) = rewrite.as_mut() {
-        if let Ok(last) = rw.feed(None, true) {
-            if !last.is_empty() {
-                sent += last.len() as u64;
-                let _ = send_body(stream, last).await;
-            }
-        }
-    }
+    relay_end(stream, &mut rewrite, &mut sent).await;
     match body.trailers().await {
         Ok(Some(t)) => {
             let _ = stream.send_trailers(t).await;
