@@ -223,7 +223,7 @@ pub async fn run(check: Check) -> Checked {
 
 /// Sends the authentication request; returns status, headers and body (at most 1 MiB).
 async fn ask(call: &AuthCall) -> Result<(u16, Vec<(String, String)>, bytes::Bytes), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let io = async {
         let mut s = tokio::net::TcpStream::connect(&call.addr)
             .await
@@ -231,25 +231,7 @@ async fn ask(call: &AuthCall) -> Result<(u16, Vec<(String, String)>, bytes::Byte
         s.write_all(&call.request)
             .await
             .map_err(|e| e.to_string())?;
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > (1 << 20) + 65536 {
-                return Err("the authentication response is too large".to_string());
-            }
-            if let Some(total) = complete(&buf) {
-                if buf.len() >= total {
-                    buf.truncate(total);
-                    break;
-                }
-            }
-        }
-        Ok::<_, String>(buf)
+        dwaar_tls::http1::read_response(&mut s, (1 << 20) + 65536, "authentication").await
     };
     let raw = tokio::time::timeout(std::time::Duration::from_secs(10), io)
         .await
@@ -276,25 +258,4 @@ async fn ask(call: &AuthCall) -> Result<(u16, Vec<(String, String)>, bytes::Byte
         headers,
         bytes::Bytes::copy_from_slice(&raw[n..]),
     ))
-}
-
-/// Head length plus Content-Length once the head is complete (and has one).
-fn complete(raw: &[u8]) -> Option<usize> {
-    let mut hs = [httparse::EMPTY_HEADER; 64];
-    let mut resp = httparse::Response::new(&mut hs);
-    let n = match resp.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
-    };
-    let field = |name: &str| {
-        resp.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    if let Some(len) = field("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
-        return Some(n + len);
-    }
-    // A chunked body is not relayed (the head decides); otherwise read until close.
-    field("transfer-encoding").map(|_| n)
 }

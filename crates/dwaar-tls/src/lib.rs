@@ -17,6 +17,7 @@ pub mod acme;
 pub mod ca;
 pub mod certs;
 pub mod challenge;
+pub mod http1;
 pub mod manager;
 pub mod ocsp;
 pub mod plan;

@@ -12,7 +12,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const OID_OCSP: &str = "1.3.6.1.5.5.7.48.1";
 /// Largest response accepted.
@@ -286,26 +286,7 @@ pub async fn fetch(url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
             .await
             .map_err(|e| e.to_string())?;
         s.write_all(request).await.map_err(|e| e.to_string())?;
-        // Read until the body announced by Content-Length is complete (responders
-        // may keep the connection open) or the peer closes.
-        let mut buf = Vec::with_capacity(4096);
-        let mut chunk = [0u8; 4096];
-        loop {
-            let n = s.read(&mut chunk).await.map_err(|e| e.to_string())?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-            if buf.len() > MAX_RESPONSE + 4096 {
-                return Err("the OCSP response is too large".into());
-            }
-            if let Some(total) = complete_length(&buf) {
-                if buf.len() >= total {
-                    break;
-                }
-            }
-        }
-        Ok::<_, String>(buf)
+        crate::http1::read_response(&mut s, MAX_RESPONSE + 4096, "OCSP").await
     };
     let raw = tokio::time::timeout(Duration::from_secs(10), io)
         .await
@@ -319,31 +300,12 @@ pub async fn fetch(url: &str, request: &[u8]) -> Result<Vec<u8>, String> {
     if resp.code != Some(200) {
         return Err(format!("the OCSP responder answered HTTP {:?}", resp.code));
     }
-    let body = match complete_length(&raw) {
-        Some(total) if raw.len() >= total => &raw[n..total],
-        _ => &raw[n..],
-    };
+    // `read_response` stopped at the end of the announced body.
+    let body = &raw[n..];
     if body.len() > MAX_RESPONSE {
         return Err("the OCSP response is too large".into());
     }
     Ok(body.to_vec())
-}
-
-/// Head length plus Content-Length, once the head is complete and has one.
-fn complete_length(raw: &[u8]) -> Option<usize> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut resp = httparse::Response::new(&mut headers);
-    let n = match resp.parse(raw) {
-        Ok(httparse::Status::Complete(n)) => n,
-        _ => return None,
-    };
-    let len = resp
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.trim().parse::<usize>().ok())?;
-    n.checked_add(len)
 }
 
 #[cfg(test)]
