@@ -322,9 +322,10 @@ async fn write_rewritten(
 /// `X-Forwarded-For`/`-Proto`/`-Host` (kept from trusted proxies only) and
 /// `X-Request-Id` on an upstream request; shared by both front-ends.
 pub(crate) fn forwarded_headers(ctx: &RequestContext, up: &mut dyn HttpRequest, host: &str) {
-    let peer_ip = ctx.conn.remote.ip().to_string();
+    use compact_str::ToCompactString;
+    let peer_ip = ctx.conn.remote.ip().to_compact_string();
     let xff = match (ctx.peer_trusted, up.header("x-forwarded-for")) {
-        (true, Some(prev)) if !prev.is_empty() => format!("{prev}, {peer_ip}"),
+        (true, Some(prev)) if !prev.is_empty() => compact_str::format_compact!("{prev}, {peer_ip}"),
         _ => peer_ip,
     };
     up.set_header("x-forwarded-for", &xff);
@@ -418,8 +419,8 @@ pub(crate) fn edit_upstream_request(
     ctx: &RequestContext,
     req: &mut dyn HttpRequest,
     p: &crate::upstream::ProxyHandler,
-) -> String {
-    let host = req.header("host").unwrap_or("").to_string();
+) -> compact_str::CompactString {
+    let host = compact_str::CompactString::new(req.header("host").unwrap_or(""));
     forwarded_headers(ctx, req, &host);
     apply_request_rules(&p.header_up, req, ctx);
     host

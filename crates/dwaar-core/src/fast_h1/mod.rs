@@ -45,6 +45,19 @@ use tokio::net::TcpStream;
 /// Longest request or response head this path reads before handing over.
 const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
+/// A client connection's read buffer: most request heads fit in it.
+const CLIENT_BUF: usize = 2 * 1024;
+
+/// Makes room to read more into `buf` when less than `chunk / 2` is free. A buffer that
+/// nothing else points into any more is rewound and reused, so a keep-alive
+/// connection's buffer keeps its size across requests (`reserve` alone would double it
+/// whenever the space left after the last request ran low); otherwise `chunk` more
+/// bytes are allocated.
+pub(crate) fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 2 && !buf.try_reclaim(chunk) {
+        buf.reserve(chunk);
+    }
+}
 
 /// Whether the fast path is on (`DWAAR_FAST_PATH=0` turns it off, for comparisons).
 pub fn enabled() -> bool {
@@ -68,8 +81,8 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
         tls: false,
         tls_policy: 0,
     };
-    // Most request heads fit in 2 KiB; the buffer grows only for larger ones.
-    let mut buf = BytesMut::with_capacity(2 * 1024);
+    // Most request heads fit; the buffer grows only for larger ones.
+    let mut buf = BytesMut::with_capacity(CLIENT_BUF);
     // One shutdown receiver per connection, not a clone per request.
     let mut shutdown = cx.shutdown.clone();
     // The port's timeouts, read once per connection.
@@ -149,14 +162,13 @@ async fn read_head(
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match httparse::Request::new(&mut headers).parse(buf) {
                 Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
-                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {}
+                Ok(httparse::Status::Partial)
+                    if buf.len() < MAX_HEAD && !request_line_too_long(buf) => {}
                 // Malformed, too many headers or too large: let the caller decide.
                 _ => return Ok(None),
             }
         }
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4 * 1024);
-        }
+        make_room(buf, CLIENT_BUF);
         let until = deadline.unwrap_or(idle_until);
         let draining_idle = deadline.is_none() && !*shutdown.borrow();
         tokio::select! {
@@ -183,6 +195,27 @@ pub fn set_write_timeout(tcp: &TcpStream, write: Option<std::time::Duration>) {
     if let Some(w) = write {
         let _ = socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(w));
     }
+}
+
+/// Answers a request this path will not read any further with an empty `status`
+/// response, and closes (after draining what the client still sends, so the answer is
+/// not lost to a reset).
+async fn refuse(tcp: &mut TcpStream, status: u16) -> Next {
+    let mut out = Vec::with_capacity(128);
+    status_line(&mut out, status);
+    push_date(&mut out);
+    out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
+    if tcp.write_all(&out).await.is_ok() {
+        linger(tcp).await;
+    }
+    Next::Drop
+}
+
+/// Whether the request line (complete or not) is already longer than any target the
+/// pipeline accepts (`MAX_URI`, plus room for the method and version).
+fn request_line_too_long(buf: &[u8]) -> bool {
+    let line = buf.iter().position(|b| *b == b'\n').unwrap_or(buf.len());
+    line > crate::pipeline::MAX_URI + 32
 }
 
 /// Whether the request line is well formed but names a version other than HTTP/1.x
@@ -251,19 +284,10 @@ async fn serve_one(
     let head_len = match read_head(tcp, buf, shutdown, timeouts).await {
         Ok(Some(n)) => n,
         // A request line naming an HTTP version this port does not speak: 505.
-        Ok(None) if unsupported_version(buf) => {
-            let r = Reply {
-                status: 505,
-                close: true,
-                ..Default::default()
-            };
-            let mut out = Vec::with_capacity(128);
-            status_line(&mut out, r.status);
-            push_date(&mut out);
-            out.extend_from_slice(b"content-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = tcp.write_all(&out).await;
-            return Next::Drop;
-        }
+        Ok(None) if unsupported_version(buf) => return refuse(tcp, 505).await,
+        // A request target longer than the pipeline's limit, whatever the head's size
+        // (it is refused without reading up to the 64 KiB head limit).
+        Ok(None) if request_line_too_long(buf) => return refuse(tcp, 414).await,
         // A malformed or oversized head: Pingora gives the precise 400/431.
         Ok(None) if !buf.is_empty() => return Next::HandOver,
         _ => return Next::Drop,
@@ -957,15 +981,14 @@ fn response_head(
         }
         Framing::Chunked
     } else {
-        let lens: Vec<&[u8]> = resp
+        let mut lens = resp
             .headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| h.value)
-            .collect();
-        match lens.as_slice() {
-            [] => Framing::UntilClose,
-            [one] => match std::str::from_utf8(one)
+            .map(|h| h.value);
+        match (lens.next(), lens.next()) {
+            (None, _) => Framing::UntilClose,
+            (Some(one), None) => match std::str::from_utf8(one)
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
             {
@@ -1107,7 +1130,7 @@ async fn relay_rewritten(
     };
     loop {
         if upc.buf.is_empty() && left > 0 {
-            let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+            let n = upc.read_more_bulk().await.map_err(|_| Failure::Upstream)?;
             if n == 0 {
                 if matches!(framing, Framing::UntilClose) {
                     break;
@@ -1179,7 +1202,12 @@ async fn relay_body(
             tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
             while left > 0 {
                 upc.buf.clear();
-                let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                let read = if left > 4096 {
+                    upc.read_more_bulk().await
+                } else {
+                    upc.read_more().await
+                };
+                let n = read.map_err(|_| Failure::Upstream)?;
                 if n == 0 {
                     return Err(Failure::Upstream);
                 }
@@ -1198,7 +1226,7 @@ async fn relay_body(
             let mut dec = ChunkScanner::default();
             loop {
                 if upc.buf.is_empty() {
-                    let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                    let n = upc.read_more_bulk().await.map_err(|_| Failure::Upstream)?;
                     if n == 0 {
                         return Err(Failure::Upstream);
                     }
@@ -1222,7 +1250,7 @@ async fn relay_body(
             sent += first as u64;
             tcp.write_all(head_out).await.map_err(|_| Failure::Client)?;
             loop {
-                let n = upc.read_more().await.map_err(|_| Failure::Upstream)?;
+                let n = upc.read_more_bulk().await.map_err(|_| Failure::Upstream)?;
                 if n == 0 {
                     break;
                 }
@@ -1387,6 +1415,41 @@ async fn upstream_failed(
 #[cfg(test)]
 mod tests {
     use super::ChunkScanner;
+
+    /// A keep-alive connection's buffer keeps its size over thousands of requests: each
+    /// head is split off and frozen, then dropped, and the space is reused. (With plain
+    /// `reserve` the buffers doubled once the space left ran low, which made peak memory
+    /// under 1,000 connections 39 MB instead of 23 MB.)
+    #[test]
+    fn buffers_keep_their_size_across_requests() {
+        for (start, chunk, message) in [
+            (super::CLIENT_BUF, super::CLIENT_BUF, 40),
+            (super::CLIENT_BUF, super::CLIENT_BUF, 700),
+            (4096, 4096, 150),
+        ] {
+            let mut buf = bytes::BytesMut::with_capacity(start);
+            for _ in 0..10_000 {
+                super::make_room(&mut buf, chunk);
+                assert!(buf.capacity() - buf.len() >= chunk / 2);
+                buf.extend_from_slice(&vec![b'x'; message]);
+                let head = buf.split_to(message).freeze();
+                drop(head);
+                assert!(
+                    buf.capacity() <= start,
+                    "buffer of {start} grew to {} with {message}-byte messages",
+                    buf.capacity()
+                );
+            }
+        }
+        // A head still referenced (or a partial one) makes the buffer grow instead.
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[b'x'; 60]);
+        let kept = buf.split_to(10).freeze();
+        super::make_room(&mut buf, 64);
+        assert!(buf.capacity() - buf.len() >= 32);
+        assert_eq!(&buf[..], &[b'x'; 50][..]);
+        assert_eq!(kept.len(), 10);
+    }
 
     #[test]
     fn chunk_scanner_finds_the_end_across_reads() {

@@ -18,6 +18,10 @@ use tokio::net::TcpStream;
 
 /// Idle connections kept per upstream and thread.
 const MAX_IDLE: usize = 1024;
+/// An upstream connection's read buffer: a typical response head and small body fit.
+const UPSTREAM_BUF: usize = 4 * 1024;
+/// Read size while a body streams through.
+const BULK_READ: usize = 16 * 1024;
 /// Idle connections older than this are not reused unless the transport says otherwise.
 const DEFAULT_IDLE: Duration = Duration::from_secs(60);
 
@@ -85,11 +89,15 @@ pub struct UpstreamConn {
 }
 
 impl UpstreamConn {
-    /// Reads more bytes into `buf`; 0 at end of stream.
+    /// Reads more bytes into `buf` (a response head or a small body); 0 at end of stream.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 2048 {
-            self.buf.reserve(8 * 1024);
-        }
+        super::make_room(&mut self.buf, UPSTREAM_BUF);
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Like [`read_more`](Self::read_more), in larger reads: for streaming a body through.
+    pub async fn read_more_bulk(&mut self) -> std::io::Result<usize> {
+        super::make_room(&mut self.buf, BULK_READ);
         self.stream.read_buf(&mut self.buf).await
     }
 }
@@ -147,7 +155,7 @@ pub async fn checkout(
     Ok((
         UpstreamConn {
             stream: UpStream::Tcp(stream),
-            buf: BytesMut::with_capacity(4 * 1024),
+            buf: BytesMut::with_capacity(UPSTREAM_BUF),
             reusable: false,
         },
         false,
@@ -166,9 +174,9 @@ pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
         return;
     }
     c.buf.clear();
-    // Keep the buffer modest between requests.
-    if c.buf.capacity() > 16 * 1024 {
-        c.buf = BytesMut::with_capacity(4 * 1024);
+    // A buffer that grew for a large head or body goes back to the usual size.
+    if c.buf.capacity() > 2 * UPSTREAM_BUF {
+        c.buf = BytesMut::with_capacity(UPSTREAM_BUF);
     }
     c.reusable = false;
     IDLE.with_borrow_mut(|m| {
@@ -256,7 +264,7 @@ pub async fn connect_direct(
     };
     Ok(UpstreamConn {
         stream,
-        buf: BytesMut::with_capacity(8 * 1024),
+        buf: BytesMut::with_capacity(UPSTREAM_BUF),
         reusable: false,
     })
 }

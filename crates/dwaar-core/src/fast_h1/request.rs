@@ -6,12 +6,14 @@
 
 use crate::request::{sanitize_header_value, HttpRequest};
 use bytes::Bytes;
+use compact_str::CompactString;
 
-/// A piece of text: a range of the head, or owned after an edit.
+/// A piece of text: a range of the head, or owned after an edit (inline up to 24
+/// bytes, so the usual edits such as `x-forwarded-for: 203.0.113.9` allocate nothing).
 #[derive(Debug, Clone)]
 pub enum Text {
     Raw(u32, u32),
-    Owned(String),
+    Owned(CompactString),
 }
 
 impl Text {
@@ -59,14 +61,12 @@ impl FastRequest {
             0 => http::Version::HTTP_10,
             _ => http::Version::HTTP_11,
         };
-        let headers = req
-            .headers
-            .iter()
-            .map(|x| Header {
-                name: range(h, x.name.as_bytes()),
-                value: range(h, x.value),
-            })
-            .collect();
+        // Room for the forwarding fields the proxy adds, so they do not reallocate.
+        let mut headers = Vec::with_capacity(req.headers.len() + 4);
+        headers.extend(req.headers.iter().map(|x| Header {
+            name: range(h, x.name.as_bytes()),
+            value: range(h, x.value),
+        }));
         Some(FastRequest {
             head,
             method,
@@ -167,8 +167,8 @@ impl HttpRequest for FastRequest {
             return;
         }
         self.headers.push(Header {
-            name: Text::Owned(name.to_string()),
-            value: Text::Owned(sanitize_header_value(value).into_owned()),
+            name: Text::Owned(CompactString::new(name)),
+            value: Text::Owned(CompactString::new(sanitize_header_value(value))),
         });
     }
     fn remove_header(&mut self, name: &str) {
@@ -181,8 +181,8 @@ impl HttpRequest for FastRequest {
         if http::Uri::try_from(crate::request::join_path_query(path, query)).is_err() {
             return false;
         }
-        self.path = Text::Owned(path.to_string());
-        self.query = query.map(|q| Text::Owned(q.to_string()));
+        self.path = Text::Owned(CompactString::new(path));
+        self.query = query.map(|q| Text::Owned(CompactString::new(q)));
         true
     }
 }

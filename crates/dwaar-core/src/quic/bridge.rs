@@ -595,7 +595,7 @@ async fn proxy(
     let mut complete = matches!(framing, Framing::None);
     while !complete {
         if upc.buf.is_empty() && left > 0 {
-            match upc.read_more().await {
+            match upc.read_more_bulk().await {
                 Ok(0) if matches!(framing, Framing::UntilClose) => complete = true,
                 Ok(n) if n > 0 => {}
                 _ => break,
@@ -669,9 +669,9 @@ async fn proxy_h2(
     count_upstream(ctx, up.clone());
     let host = edit_upstream_request(ctx, req, p);
     let authority = if host.is_empty() {
-        up.dial.clone()
+        up.dial.as_str()
     } else {
-        host
+        host.as_str()
     };
     let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut b = http::Request::builder()
@@ -709,7 +709,7 @@ async fn proxy_h2(
         match p
             .transport
             .client_tls_h2()
-            .and_then(|c| Ok((c, p.transport.server_name(&up.dial, &authority)?)))
+            .and_then(|c| Ok((c, p.transport.server_name(&up.dial, authority)?)))
         {
             Ok(t) => Some(t),
             Err(e) => {
