@@ -1,6 +1,7 @@
 // HTTP/2 conformance: malformed requests and frame floods from a Python `h2` client
-// (RFC 9113 §8.2, §8.1.1; the CONTINUATION and rapid-reset floods). `.ci/run` puts the
-// `h2` package in `target/pyenv`; `DWAAR_PYTHON` may name another interpreter.
+// (RFC 9113 §8.2, §8.1.1; the CONTINUATION and rapid-reset floods), against both HTTP/2
+// front-ends: h2c (handed to Pingora) and HTTPS with ALPN `h2` (Dwaar's own). `.ci/run`
+// puts the `h2` package in `target/pyenv`; `DWAAR_PYTHON` may name another interpreter.
 
 mod common;
 use common::*;
@@ -8,21 +9,40 @@ use common::*;
 #[test]
 fn malformed_requests_and_floods_are_refused() {
     let Some(py) = python_with("h2") else { return };
-    let port = free_port();
+    let (port, tls_port) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let conf = format!(
-        "{{\n\tservers :{port} {{\n\t\tprotocols h1 h2c\n\t}}\n}}\n:{port} {{\n\trespond \"ok\"\n}}\n"
+        "{{\n\thttps_port {tls_port}\n\tstorage file_system {}\n\tservers :{port} {{\n\t\tprotocols h1 h2c\n\t}}\n}}\n\
+         :{port} {{\n\trespond \"ok\"\n}}\n\
+         https://localhost:{tls_port} {{\n\ttls internal\n\trespond \"ok\"\n}}\n",
+        store.path().display()
     );
-    let mut d = Dwaar::start(&bin(), &conf, &[port]);
+    let mut d = Dwaar::start(&bin(), &conf, &[port, tls_port]);
+    for (front, args) in [
+        ("h2c", vec![port.to_string()]),
+        ("h2 over TLS", vec![tls_port.to_string(), "tls".into()]),
+    ] {
+        check_front(&py, front, &args);
+    }
+    assert!(d.alive(), "dwaar exited: {}", d.log_text());
+}
+
+fn check_front(py: &str, front: &str, args: &[String]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2/conformance.py");
     let out = std::process::Command::new(py)
-        .args([script, &port.to_string()])
+        .arg(script)
+        .args(args)
         .output()
         .unwrap_or_else(|e| panic!("{e}"));
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{e}: {text} {}", String::from_utf8_lossy(&out.stderr)));
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "{front}: {e}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     let get = |k: &str| v[k].as_str().unwrap_or("").to_string();
-    assert_eq!(get("valid request"), "status:200", "{v}");
+    assert_eq!(get("valid request"), "status:200", "{front}: {v}");
     for case in [
         "uppercase field name",
         "connection-specific field",
@@ -35,16 +55,19 @@ fn malformed_requests_and_floods_are_refused() {
         let r = get(case);
         assert!(
             r.starts_with("reset:PROTOCOL_ERROR") || r.starts_with("goaway:PROTOCOL_ERROR"),
-            "{case}: {r}"
+            "{front}: {case}: {r}"
         );
     }
     for case in ["continuation flood", "rapid reset"] {
         let r = get(case);
         assert!(
             r.starts_with("goaway:") || r.starts_with("closed"),
-            "{case}: {r}"
+            "{front}: {case}: {r}"
         );
     }
-    assert_eq!(get("valid request after the floods"), "status:200", "{v}");
-    assert!(d.alive(), "dwaar exited: {}", d.log_text());
+    assert_eq!(
+        get("valid request after the floods"),
+        "status:200",
+        "{front}: {v}"
+    );
 }

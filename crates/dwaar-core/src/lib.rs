@@ -25,5 +25,6 @@ pub mod rewrite;
 pub mod route_table;
 pub mod security;
 pub mod server;
+pub mod streams;
 pub mod template;
 pub mod upstream;

@@ -1,12 +1,14 @@
-"""HTTP/2 malformed-request cases against an h2c (prior knowledge) port.
+"""HTTP/2 malformed-request cases against an h2c (prior knowledge) port, or an HTTPS
+port where `h2` is negotiated with ALPN.
 
-Usage: conformance.py PORT. Prints one JSON object: case -> what the server did
+Usage: conformance.py PORT [tls]. Prints one JSON object: case -> what the server did
 ("reset:<code>", "goaway:<code>", "closed", "status:<n>", "timeout"). Cases follow
 RFC 9113 section 8.2 (field validity), 8.1.1 (content-length) and the CONTINUATION and
 rapid-reset floods of 2023-2024.
 """
 import json
 import socket
+import ssl
 import struct
 import sys
 import time
@@ -16,10 +18,18 @@ import h2.connection
 import h2.events
 
 PORT = int(sys.argv[1])
+TLS = len(sys.argv) > 2 and sys.argv[2] == "tls"
 
 
 def connect():
     s = socket.create_connection(("127.0.0.1", PORT), timeout=5)
+    if TLS:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        ctx.set_alpn_protocols(["h2"])
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+        assert s.selected_alpn_protocol() == "h2", s.selected_alpn_protocol()
     cfg = h2.config.H2Configuration(
         client_side=True,
         validate_outbound_headers=False,
@@ -68,8 +78,11 @@ def outcome(s, c, stream_id, wait=3.0):
     return "status:%s" % status if status else "timeout"
 
 
+SCHEME = "https" if TLS else "http"
+
+
 def base_headers(path="/"):
-    return [(":method", "GET"), (":scheme", "http"), (":authority", "localhost"), (":path", path)]
+    return [(":method", "GET"), (":scheme", SCHEME), (":authority", "localhost"), (":path", path)]
 
 
 def case_headers(headers, end_stream=True, body=None):
@@ -128,10 +141,10 @@ results = {
     "connection-specific field": case_headers(base_headers() + [("connection", "keep-alive")]),
     "transfer-encoding field": case_headers(base_headers() + [("transfer-encoding", "chunked")]),
     "te other than trailers": case_headers(base_headers() + [("te", "gzip")]),
-    "missing :path": case_headers([(":method", "GET"), (":scheme", "http"), (":authority", "localhost")]),
-    "pseudo field after regular": case_headers([(":method", "GET"), ("x-a", "1"), (":scheme", "http"), (":authority", "localhost"), (":path", "/")]),
+    "missing :path": case_headers([(":method", "GET"), (":scheme", SCHEME), (":authority", "localhost")]),
+    "pseudo field after regular": case_headers([(":method", "GET"), ("x-a", "1"), (":scheme", SCHEME), (":authority", "localhost"), (":path", "/")]),
     "content-length mismatch": case_headers(
-        [(":method", "POST"), (":scheme", "http"), (":authority", "localhost"), (":path", "/"), ("content-length", "10")],
+        [(":method", "POST"), (":scheme", SCHEME), (":authority", "localhost"), (":path", "/"), ("content-length", "10")],
         body=b"12345",
     ),
     "continuation flood": continuation_flood(),

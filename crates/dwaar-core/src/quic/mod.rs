@@ -9,15 +9,13 @@
 //! bodies streamed both ways; other upstream transports answer 502 for now.
 //!
 //! Limits: at most [`MAX_STREAMS`] concurrent requests per connection, request heads up
-//! to 64 KiB, [`IDLE`] without traffic closes a connection, a request body pausing longer
-//! than [`BODY_PAUSE`] or lasting longer than [`BODY_DEADLINE`] is abandoned, a client
-//! whose flow control stays shut for [`SEND_WAIT`] loses the response. Resumed clients
+//! to 64 KiB, [`IDLE`] without traffic closes a connection, plus the body and flow-control
+//! limits of [`crate::streams`] (shared with HTTP/2). Resumed clients
 //! may send 0-RTT requests: before the handshake completes only GET, HEAD and OPTIONS
 //! are served, anything else gets `425 Too Early` (RFC 8470) and is retried by the
 //! client after the handshake.
 
-mod bridge;
-pub mod h2_pool;
+mod connection;
 
 use crate::route_table::RouteStore;
 use std::net::SocketAddr;
@@ -28,12 +26,6 @@ use std::time::Duration;
 pub const MAX_STREAMS: u32 = 100;
 /// A connection with no traffic for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(60);
-/// How long a request body may pause.
-pub const BODY_PAUSE: Duration = Duration::from_secs(60);
-/// How long sending may wait for the client's flow control to open.
-pub const SEND_WAIT: Duration = Duration::from_secs(60);
-/// The longest a request body may take as a whole.
-pub const BODY_DEADLINE: Duration = Duration::from_secs(600);
 /// Largest request head accepted.
 pub const MAX_HEAD: u64 = 64 * 1024;
 
@@ -225,10 +217,10 @@ async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
                         accepted.await;
                         flag.store(true, std::sync::atomic::Ordering::Release);
                     });
-                    bridge::serve_connection(conn, port, store, Some(done)).await
+                    connection::serve_connection(conn, port, store, Some(done)).await
                 }
                 Err(connecting) => match connecting.await {
-                    Ok(conn) => bridge::serve_connection(conn, port, store, None).await,
+                    Ok(conn) => connection::serve_connection(conn, port, store, None).await,
                     Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
                 },
             }

@@ -128,10 +128,21 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 /// Handshake, then Pingora. `tls` and `head_timeout` come from the route table
 /// loaded once at accept time.
+/// What serves a TLS connection once the handshake is done: Dwaar's HTTP/2 front-end
+/// for `h2`, Pingora for HTTP/1.1.
+struct TlsFronts {
+    app: Arc<ProxyApp>,
+    store: Arc<crate::route_table::RouteStore>,
+    /// The port's idle timeout, if set.
+    idle: Option<std::time::Duration>,
+    /// `h2` connections are served by [`crate::streams::h2`] (else by Pingora).
+    own_h2: bool,
+}
+
 async fn serve_tls(
     stream: Stream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
-    app: Arc<ProxyApp>,
+    fronts: TlsFronts,
     (tls, head_timeout): (Arc<dwaar_tls::TlsState>, std::time::Duration),
     shutdown: ShutdownWatch,
 ) {
@@ -159,13 +170,38 @@ async fn serve_tls(
             return;
         }
     };
+    if fronts.own_h2 && done.stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        let conn = crate::context::ConnInfo {
+            remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
+            local_port: local.map(|l| l.port()).unwrap_or(0),
+            tls: true,
+            tls_policy: done.policy,
+        };
+        crate::streams::h2::serve_connection(
+            done.stream,
+            conn,
+            fronts.store,
+            shutdown,
+            fronts.idle,
+        )
+        .await;
+        return;
+    }
     let addrs = local.map(|l| (peer, l));
     let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs)
         .with_head_timeout(head_timeout);
+    let app = fronts.app;
     let mut next = app.process_new(Box::new(conn), &shutdown).await;
     while let Some(s) = next {
         next = app.process_new(s, &shutdown).await;
     }
+}
+
+/// Whether HTTP/2 over TLS is served by Dwaar's own front-end (`DWAAR_H2_FRONT=0` hands
+/// it to Pingora's HTTP/2 session instead, to compare the two).
+fn h2_front_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("DWAAR_H2_FRONT").map_or(true, |v| v != "0"))
 }
 
 /// Wraps an accepted TCP connection for Pingora, with the addresses already known
@@ -226,13 +262,22 @@ async fn accept_loop(
                 let timeouts = local
                     .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
                     .unwrap_or_default();
+                // Cache fills run on Pingora's path: with a `cache` route anywhere, HTTP/2
+                // stays with Pingora's session, where misses are stored.
+                let own_h2 = table.cache_stores.is_empty() && h2_front_enabled();
                 drop(table);
                 crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
                 let head_timeout = timeouts.read_header.unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
                 let stream = to_pingora(tcp, peer, local);
-                let (app, shutdown) = (app.clone(), shutdown.clone());
+                let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    serve_tls(stream, (peer, local), app, (tls, head_timeout), shutdown).await;
+                    let fronts = TlsFronts {
+                        app,
+                        store,
+                        idle: timeouts.idle,
+                        own_h2,
+                    };
+                    serve_tls(stream, (peer, local), fronts, (tls, head_timeout), shutdown).await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }

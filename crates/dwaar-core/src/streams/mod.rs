@@ -1,7 +1,17 @@
-//! One HTTP/3 connection: each request stream becomes a protocol-neutral request for
-//! the pipeline, and its outcome goes back out as HTTP/3 frames.
+//! Requests that arrive as streams of a multiplexed connection: HTTP/2 (our own
+//! front-end over TLS, [`h2`]) and HTTP/3 ([`crate::quic`]). Each stream becomes a
+//! protocol-neutral request for the pipeline, and its outcome goes back out through the
+//! [`Exchange`] trait, which is all that differs between the two protocols: proxying to
+//! HTTP/1.1 (pooled), h2c/h2 (multiplexed, [`h2_pool`]) and FastCGI upstreams, replies,
+//! body rewrites, logs and metrics are shared.
+//!
+//! Limits: a request body pausing longer than [`BODY_PAUSE`] or lasting longer than
+//! [`BODY_DEADLINE`] is abandoned; a client whose flow control stays shut for
+//! [`SEND_WAIT`] loses the response.
 
-use super::{BODY_PAUSE, MAX_HEAD};
+pub mod h2;
+pub mod h2_pool;
+
 use crate::context::{ConnInfo, RequestContext};
 use crate::fast_h1::pool;
 use crate::fast_h1::{ChunkScanner, Framing};
@@ -12,79 +22,46 @@ use crate::proxy::{
 use crate::route_table::RouteStore;
 use bytes::{Buf, Bytes, BytesMut};
 use compact_str::CompactString;
-use h3::server::RequestStream;
 use pingora_http::RequestHeader;
+use std::future::Future;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+/// How long a request body may pause.
+pub const BODY_PAUSE: Duration = Duration::from_secs(60);
+/// How long sending may wait for the client's flow control to open.
+pub const SEND_WAIT: Duration = Duration::from_secs(60);
+/// The longest a request body may take as a whole.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(600);
 
-/// `early`: the connection accepted 0-RTT; the flag turns true when its handshake ends.
-pub(super) async fn serve_connection(
-    conn: quinn::Connection,
-    port: u16,
-    store: Arc<RouteStore>,
-    early: Option<Arc<std::sync::atomic::AtomicBool>>,
-) {
-    let info = ConnInfo {
-        remote: std::net::SocketAddr::new(
-            crate::net::canonical(conn.remote_address().ip()),
-            conn.remote_address().port(),
-        ),
-        local_port: port,
-        tls: true,
-        tls_policy: 0,
-    };
-    let mut h3 = match h3::server::builder()
-        .max_field_section_size(MAX_HEAD)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!("HTTP/3 setup failed: {e}");
-            return;
-        }
-    };
-    loop {
-        match h3.accept().await {
-            Ok(Some(resolver)) => {
-                let store = store.clone();
-                let early = early.clone();
-                tokio::spawn(async move {
-                    match resolver.resolve_request().await {
-                        Ok((req, mut stream)) => {
-                            let replayable = early
-                                .as_ref()
-                                .is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire));
-                            let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
-                            if replayable && !safe {
-                                let _ = send_reply(
-                                    &mut stream,
-                                    Reply::status(425),
-                                    &RequestContext::default(),
-                                    false,
-                                )
-                                .await;
-                                return;
-                            }
-                            serve_request(req, stream, info, &store).await
-                        }
-                        Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
-                    }
-                });
-            }
-            Ok(None) => return,
-            Err(e) => {
-                tracing::debug!("HTTP/3 connection ended: {e}");
-                return;
-            }
-        }
-    }
+/// One request stream of a multiplexed connection, as the shared serving code uses it.
+pub trait Exchange: Send {
+    /// The protocol version of its requests (access logs, the pipeline's request).
+    const VERSION: http::Version;
+    /// The next piece of the request body; `Ok(None)` at its end.
+    fn recv_data(&mut self) -> impl Future<Output = Result<Option<Bytes>, ()>> + Send;
+    /// Sends the response head; the body follows with `send_data`, then `finish` or
+    /// `send_trailers`.
+    fn send_response(
+        &mut self,
+        head: http::Response<()>,
+    ) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Sends body bytes, waiting for the client's flow control.
+    fn send_data(&mut self, data: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Ends the response with trailers.
+    fn send_trailers(
+        &mut self,
+        trailers: http::HeaderMap,
+    ) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Ends the response.
+    fn finish(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Abandons the stream: `refused` when nothing of the request was processed (the
+    /// client may retry it), otherwise as an internal error (a truncated response).
+    fn abort(&mut self, refused: bool);
 }
 
 /// The request as the pipeline sees it (Pingora's header type implements `HttpRequest`).
-fn to_request_header(req: &http::Request<()>) -> Option<RequestHeader> {
+fn to_request_header(req: &http::Request<()>, version: http::Version) -> Option<RequestHeader> {
     let pq = req
         .uri()
         .path_and_query()
@@ -96,7 +73,7 @@ fn to_request_header(req: &http::Request<()>) -> Option<RequestHeader> {
         Some(req.headers().len() + 1),
     )
     .ok()?;
-    h.set_version(http::Version::HTTP_3);
+    h.set_version(version);
     if let Some(a) = req.uri().authority() {
         if !req.headers().contains_key(http::header::HOST) {
             h.insert_header(http::header::HOST, a.as_str()).ok()?;
@@ -108,16 +85,31 @@ fn to_request_header(req: &http::Request<()>) -> Option<RequestHeader> {
     Some(h)
 }
 
-async fn serve_request(
+/// Serves one request of a multiplexed connection through the pipeline.
+pub async fn serve_request<S: Exchange>(
     req: http::Request<()>,
-    mut stream: Stream,
+    mut stream: S,
+    conn: ConnInfo,
+    store: &RouteStore,
+) {
+    // Counted for graceful shutdown like the other front-ends' requests.
+    let counted = crate::server::inflight::enter();
+    serve_counted(req, &mut stream, conn, store).await;
+    if counted {
+        crate::server::inflight::exit();
+    }
+}
+
+async fn serve_counted<S: Exchange>(
+    req: http::Request<()>,
+    stream: &mut S,
     conn: ConnInfo,
     store: &RouteStore,
 ) {
     let start = Instant::now();
-    let Some(original) = to_request_header(&req) else {
+    let Some(original) = to_request_header(&req, S::VERSION) else {
         let _ = send_reply(
-            &mut stream,
+            stream,
             Reply::status(400),
             &RequestContext::default(),
             false,
@@ -134,7 +126,7 @@ async fn serve_request(
         .unwrap_or(Some(CompactString::default()));
     let Some(host) = host else {
         let _ = send_reply(
-            &mut stream,
+            stream,
             Reply::status(400),
             &RequestContext::default(),
             head_only,
@@ -160,25 +152,21 @@ async fn serve_request(
         Outcome::Reply(mut r) => {
             crate::rewrite::reply(&mut ctx, &mut r);
             let status = r.status;
-            let sent = send_reply(&mut stream, r, &ctx, head_only)
-                .await
-                .unwrap_or(0);
+            let sent = send_reply(stream, r, &ctx, head_only).await.unwrap_or(0);
             (status, 0, sent)
         }
         Outcome::Internal(i) => {
             let limit = i.body_limit();
-            match read_body(&mut stream, limit).await {
+            match read_body(stream, limit).await {
                 Some(body) => {
                     let n = body.len() as u64;
                     let r = crate::analytics::answer(i, body).await;
                     let status = r.status;
-                    let sent = send_reply(&mut stream, r, &ctx, head_only)
-                        .await
-                        .unwrap_or(0);
+                    let sent = send_reply(stream, r, &ctx, head_only).await.unwrap_or(0);
                     (status, n, sent)
                 }
                 None => {
-                    let sent = send_reply(&mut stream, Reply::status(413), &ctx, head_only)
+                    let sent = send_reply(stream, Reply::status(413), &ctx, head_only)
                         .await
                         .unwrap_or(0);
                     (413, 0, sent)
@@ -186,10 +174,22 @@ async fn serve_request(
             }
         }
         Outcome::Abort | Outcome::Check(_) => {
-            stream.stop_stream(h3::error::Code::H3_REQUEST_REJECTED);
+            stream.abort(true);
             (0, 0, 0)
         }
-        Outcome::Proxy => proxy(&mut stream, &mut header, &mut ctx, head_only).await,
+        Outcome::Proxy => {
+            // `request_body { max_size }`: a declared length over it is refused before
+            // anything is sent; a body that grows past it is cut off while streaming.
+            let declared = header
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+            if ctx.max_body.zip(declared).is_some_and(|(max, n)| n > max) {
+                fail(stream, &mut header, &mut ctx, head_only, 413).await
+            } else {
+                proxy(stream, &mut header, &mut ctx, head_only).await
+            }
+        }
     };
     release_upstream(&mut ctx);
     crate::metrics::observe(&ctx, header.method.as_str(), status, read, written);
@@ -201,7 +201,7 @@ async fn serve_request(
                 method: header.method.as_str(),
                 path: header.uri.path(),
                 query: header.uri.query().unwrap_or(""),
-                version: http::Version::HTTP_3,
+                version: S::VERSION,
                 user_agent: header.headers.get(http::header::USER_AGENT).cloned(),
                 referer: header.headers.get(http::header::REFERER).cloned(),
                 status,
@@ -213,7 +213,7 @@ async fn serve_request(
 }
 
 /// Reads a request body of at most `limit` bytes (`None`: longer, or the client stalled).
-async fn read_body(stream: &mut Stream, limit: usize) -> Option<Bytes> {
+async fn read_body<S: Exchange>(stream: &mut S, limit: usize) -> Option<Bytes> {
     let mut body = BytesMut::new();
     let deadline = body_deadline();
     loop {
@@ -230,15 +230,17 @@ async fn read_body(stream: &mut Stream, limit: usize) -> Option<Bytes> {
     }
 }
 
-/// Fields that belong to one HTTP/1 hop and never appear in HTTP/3.
+/// Fields that belong to one HTTP/1 hop and never appear in HTTP/2 or HTTP/3.
 fn connection_specific(name: &str) -> bool {
     crate::request::hop_by_hop(name.as_bytes()) || name.eq_ignore_ascii_case("host")
 }
 
+/// `alt_svc`: the response announces HTTP/3 when the port serves it (HTTP/2 responses).
 fn response_head(
     status: u16,
     fields: &[(CompactString, String)],
     ctx: &RequestContext,
+    alt_svc: bool,
 ) -> http::Response<()> {
     let mut b = http::Response::builder().status(status);
     for (k, v) in fields {
@@ -251,12 +253,28 @@ fn response_head(
         let mut buf = [0u8; 36];
         b = b.header("x-request-id", &*id.hyphenated().encode_lower(&mut buf));
     }
+    if alt_svc {
+        if let Some(v) = crate::quic::alt_svc(ctx) {
+            b = b.header(http::header::ALT_SVC, v);
+        }
+    }
     b.body(()).unwrap_or_else(|_| http::Response::new(()))
 }
 
+/// Answers with an empty `status` response (e.g. 425 for a replayable request).
+pub async fn reply_status<S: Exchange>(stream: &mut S, status: u16) {
+    let _ = send_reply(
+        stream,
+        Reply::status(status),
+        &RequestContext::default(),
+        false,
+    )
+    .await;
+}
+
 /// Sends a reply Dwaar built; returns the body bytes sent.
-async fn send_reply(
-    stream: &mut Stream,
+async fn send_reply<S: Exchange>(
+    stream: &mut S,
     mut r: Reply,
     ctx: &RequestContext,
     head_only: bool,
@@ -268,9 +286,13 @@ async fn send_reply(
         ResponseHead::set(&mut r.headers, "content-length", &len);
     }
     stream
-        .send_response(response_head(r.status, &r.headers, ctx))
-        .await
-        .map_err(|_| ())?;
+        .send_response(response_head(
+            r.status,
+            &r.headers,
+            ctx,
+            S::VERSION != http::Version::HTTP_3,
+        ))
+        .await?;
     let mut sent = 0u64;
     if !head_only && !no_body {
         let mut rewrite = rewrite;
@@ -305,35 +327,31 @@ async fn send_reply(
             }
         }
     }
-    stream.finish().await.map_err(|_| ())?;
+    stream.finish().await?;
     Ok(sent)
 }
 
 /// The next piece of the request body: `Ok(None)` at its end, `Err` when the client
 /// paused longer than [`BODY_PAUSE`], passed `deadline`, or the stream failed.
-async fn recv_chunk(
-    stream: &mut Stream,
+async fn recv_chunk<S: Exchange>(
+    stream: &mut S,
     deadline: tokio::time::Instant,
 ) -> Result<Option<Bytes>, ()> {
     let until = deadline.min(tokio::time::Instant::now() + BODY_PAUSE);
     match tokio::time::timeout_at(until, stream.recv_data()).await {
-        Ok(Ok(Some(mut chunk))) => {
-            let n = chunk.remaining();
-            Ok(Some(chunk.copy_to_bytes(n)))
-        }
-        Ok(Ok(None)) => Ok(None),
-        _ => Err(()),
+        Ok(r) => r,
+        Err(_) => Err(()),
     }
 }
 
 fn body_deadline() -> tokio::time::Instant {
-    tokio::time::Instant::now() + super::BODY_DEADLINE
+    tokio::time::Instant::now() + BODY_DEADLINE
 }
 
-/// Sends body bytes, waiting at most [`SEND_WAIT`](super::SEND_WAIT) for the client's
-/// flow control to let them through.
-async fn send_body(stream: &mut Stream, b: Bytes) -> Result<(), ()> {
-    match tokio::time::timeout(super::SEND_WAIT, stream.send_data(b)).await {
+/// Sends body bytes, waiting at most [`SEND_WAIT`] for the client's flow control to let
+/// them through.
+async fn send_body<S: Exchange>(stream: &mut S, b: Bytes) -> Result<(), ()> {
+    match tokio::time::timeout(SEND_WAIT, stream.send_data(b)).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
@@ -341,8 +359,8 @@ async fn send_body(stream: &mut Stream, b: Bytes) -> Result<(), ()> {
 
 /// Sends a proxied response's head after the shared edits; returns the body's rewrite
 /// (`None` when the client went away).
-async fn send_proxied_head(
-    stream: &mut Stream,
+async fn send_proxied_head<S: Exchange>(
+    stream: &mut S,
     req: &RequestHeader,
     ctx: &mut RequestContext,
     p: &crate::upstream::ProxyHandler,
@@ -357,15 +375,20 @@ async fn send_proxied_head(
         crate::rewrite::begin(ctx, status, &mut fields)
     };
     stream
-        .send_response(response_head(status, &fields, ctx))
+        .send_response(response_head(
+            status,
+            &fields,
+            ctx,
+            S::VERSION != http::Version::HTTP_3,
+        ))
         .await
         .ok()
         .map(|_| rewrite)
 }
 
 /// Sends one piece of a proxied body through its rewrite, counting what went out.
-async fn relay_piece(
-    stream: &mut Stream,
+async fn relay_piece<S: Exchange>(
+    stream: &mut S,
     rewrite: &mut Option<crate::rewrite::Rewrite>,
     chunk: Bytes,
     sent: &mut u64,
@@ -382,8 +405,8 @@ async fn relay_piece(
 }
 
 /// Sends what the rewrite still holds at the end of a proxied body.
-async fn relay_end(
-    stream: &mut Stream,
+async fn relay_end<S: Exchange>(
+    stream: &mut S,
     rewrite: &mut Option<crate::rewrite::Rewrite>,
     sent: &mut u64,
 ) {
@@ -395,27 +418,45 @@ async fn relay_end(
     }
 }
 
-/// Answers a proxying failure with an empty `code` reply.
-async fn fail(
-    stream: &mut Stream,
-    ctx: &RequestContext,
+/// Answers a proxying failure (`handle_errors` when the site has it, else an empty
+/// `code` reply).
+async fn fail<S: Exchange>(
+    stream: &mut S,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
     head_only: bool,
     code: u16,
 ) -> (u16, u64, u64) {
-    let _ = send_reply(stream, Reply::status(code), ctx, head_only).await;
-    (code, 0, 0)
+    let message = match code {
+        413 => "request body too large",
+        503 => "no upstream available",
+        504 => "upstream timed out",
+        _ => "bad gateway",
+    };
+    if code >= 502 && ctx.upstream_error.is_none() {
+        ctx.upstream_error = Some(message.into());
+    }
+    // `handle_errors` routes answer as they do on the other front-ends.
+    let Some(mut r) = crate::pipeline::proxy_error_reply(code, message.into(), req, ctx) else {
+        stream.abort(false);
+        return (code, 0, 0);
+    };
+    crate::rewrite::reply(ctx, &mut r);
+    let status = r.status;
+    let sent = send_reply(stream, r, ctx, head_only).await.unwrap_or(0);
+    (status, 0, sent)
 }
 
 /// Proxies to a plain HTTP/1.1 upstream over the keep-alive pool; returns
 /// (status, request body bytes, response body bytes).
-async fn proxy(
-    stream: &mut Stream,
+async fn proxy<S: Exchange>(
+    stream: &mut S,
     req: &mut RequestHeader,
     ctx: &mut RequestContext,
     head_only: bool,
 ) -> (u16, u64, u64) {
     let Some(p) = ctx.proxy.clone() else {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     };
     if let Some(opts) = p.fastcgi.clone() {
         return fastcgi(stream, req, ctx, &p, &opts, head_only).await;
@@ -423,17 +464,6 @@ async fn proxy(
     if p.transport.multiplexed() {
         return proxy_h2(stream, req, ctx, &p, head_only).await;
     }
-    let Some(i) = p.select(&*req, ctx) else {
-        return fail(stream, ctx, head_only, 503).await;
-    };
-    let up = p.upstreams[i].clone();
-    // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
-    let pooled = !p.transport.tls && !up.unix;
-    let addr = up.addr;
-    if pooled && addr.is_none() {
-        return fail(stream, ctx, head_only, 502).await;
-    }
-    count_upstream(ctx, up.clone());
     let host = edit_upstream_request(ctx, req, &p);
     // The HTTP/1.1 request head; a body of unknown length goes chunked.
     let length = req
@@ -470,28 +500,63 @@ async fn proxy(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    let dial_start = Instant::now();
-    let connected = match addr.filter(|_| pooled) {
-        Some(a) => pool::checkout(a, &p.transport).await,
-        None => pool::connect_direct(&up, &p.transport, &host)
-            .await
-            .map(|c| (c, false)),
-    };
-    let (mut upc, reused) = match connected {
-        Ok(c) => c,
-        Err(_) => {
-            if let (Some(passive), Some(u)) = (&p.passive, &ctx.upstream) {
-                u.record_failure(passive);
+    // An upstream, and a connection to it: a connection that never opened carried no
+    // request, so another upstream (or the same one, within `lb_try_duration`) is tried
+    // as the other front-ends do (`retries`, `lb_try_duration`, `lb_try_interval`).
+    let start = ctx.start.unwrap_or_else(Instant::now);
+    let (addr, pooled, mut upc) = loop {
+        let Some(i) = p.select(&*req, ctx) else {
+            if !p.try_duration.is_zero() && start.elapsed() + p.try_interval < p.try_duration {
+                ctx.tried.clear();
+                tokio::time::sleep(p.try_interval.max(Duration::from_millis(10))).await;
+                continue;
             }
-            return fail(stream, ctx, head_only, 502).await;
+            return fail(stream, req, ctx, head_only, 503).await;
+        };
+        ctx.tried.push(i);
+        let up = p.upstreams[i].clone();
+        // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
+        let pooled = !p.transport.tls && !up.unix;
+        let addr = up.addr;
+        count_upstream(ctx, up.clone());
+        let dial_start = Instant::now();
+        let connected = match addr.filter(|_| pooled) {
+            Some(a) => pool::checkout(a, &p.transport).await,
+            None if pooled => Err(std::io::Error::other("unresolved upstream address")),
+            None => pool::connect_direct(&up, &p.transport, &host)
+                .await
+                .map(|c| (c, false)),
+        };
+        match connected {
+            Ok((upc, reused)) => {
+                if !reused {
+                    up.record_connect(dial_start.elapsed());
+                }
+                break (addr, pooled, upc);
+            }
+            Err(_) => {
+                if let Some(passive) = &p.passive {
+                    up.record_failure(passive);
+                }
+                release_upstream(ctx);
+                if p.may_retry(ctx.attempts, start) {
+                    if ctx.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
+                        ctx.tried.clear();
+                    }
+                    if ctx.tried.len() < p.upstreams.len() {
+                        if !p.try_interval.is_zero() && !p.try_duration.is_zero() {
+                            tokio::time::sleep(p.try_interval).await;
+                        }
+                        continue;
+                    }
+                }
+                return fail(stream, req, ctx, head_only, 502).await;
+            }
         }
     };
-    if !reused {
-        up.record_connect(dial_start.elapsed());
-    }
     use tokio::io::AsyncWriteExt;
     if upc.stream.write_all(&out).await.is_err() {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     }
     ctx.upstream_sent = Some(Instant::now());
     // The request body, streamed.
@@ -503,6 +568,9 @@ async fn proxy(
                 Ok(Some(chunk)) => {
                     let n = chunk.len();
                     read += n as u64;
+                    if ctx.max_body.is_some_and(|max| read > max) {
+                        return fail(stream, req, ctx, head_only, 413).await;
+                    }
                     if chunked
                         && upc
                             .stream
@@ -510,12 +578,12 @@ async fn proxy(
                             .await
                             .is_err()
                     {
-                        return fail(stream, ctx, head_only, 502).await;
+                        return fail(stream, req, ctx, head_only, 502).await;
                     }
                     if upc.stream.write_all(&chunk).await.is_err()
                         || (chunked && upc.stream.write_all(b"\r\n").await.is_err())
                     {
-                        return fail(stream, ctx, head_only, 502).await;
+                        return fail(stream, req, ctx, head_only, 502).await;
                     }
                 }
                 Ok(None) => break,
@@ -523,21 +591,21 @@ async fn proxy(
             }
         }
         if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
-            return fail(stream, ctx, head_only, 502).await;
+            return fail(stream, req, ctx, head_only, 502).await;
         }
     }
     let head_len = match pool::read_response_head(&mut upc, &p.transport).await {
         Ok(Some(n)) => n,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            return fail(stream, ctx, head_only, 504).await
+            return fail(stream, req, ctx, head_only, 504).await
         }
-        _ => return fail(stream, ctx, head_only, 502).await,
+        _ => return fail(stream, req, ctx, head_only, 502).await,
     };
     let rhead = upc.buf.split_to(head_len).freeze();
     let mut hs = [httparse::EMPTY_HEADER; 100];
     let mut resp = httparse::Response::new(&mut hs);
     if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     }
     let status = resp.code.unwrap_or(502);
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
@@ -561,9 +629,9 @@ async fn proxy(
                 .and_then(|v| v.trim().parse().ok())
             {
                 Some(n) => Framing::Length(n),
-                None => return fail(stream, ctx, head_only, 502).await,
+                None => return fail(stream, req, ctx, head_only, 502).await,
             },
-            _ => return fail(stream, ctx, head_only, 502).await,
+            _ => return fail(stream, req, ctx, head_only, 502).await,
         }
     };
     let keepalive = resp.version == Some(1)
@@ -645,26 +713,26 @@ async fn proxy(
         }
     } else {
         ctx.upstream_error = Some("upstream closed mid-response".into());
-        stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+        stream.abort(false);
     }
     (status, read, sent)
 }
 
-/// Proxies to an h2c upstream over the shared [`H2ConnPool`](super::h2_pool::H2ConnPool):
+/// Proxies to an h2c upstream over the shared [`H2ConnPool`](h2_pool::H2ConnPool):
 /// bodies stream both ways within HTTP/2 flow control, trailers pass through (gRPC).
-async fn proxy_h2(
-    stream: &mut Stream,
+async fn proxy_h2<S: Exchange>(
+    stream: &mut S,
     req: &mut RequestHeader,
     ctx: &mut RequestContext,
     p: &Arc<crate::upstream::ProxyHandler>,
     head_only: bool,
 ) -> (u16, u64, u64) {
     let Some(i) = p.select(&*req, ctx) else {
-        return fail(stream, ctx, head_only, 503).await;
+        return fail(stream, req, ctx, head_only, 503).await;
     };
     let up = p.upstreams[i].clone();
     let Some(addr) = up.addr else {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     };
     count_upstream(ctx, up.clone());
     let host = edit_upstream_request(ctx, req, p);
@@ -692,7 +760,7 @@ async fn proxy_h2(
         b = b.header(k, v);
     }
     let Ok(up_req) = b.body(()) else {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     };
     let bodyless = matches!(req.method.as_str(), "GET" | "HEAD")
         && req.headers.get(http::header::CONTENT_LENGTH).is_none();
@@ -714,15 +782,15 @@ async fn proxy_h2(
             Ok(t) => Some(t),
             Err(e) => {
                 ctx.upstream_error = Some(CompactString::new(&e));
-                return fail(stream, ctx, head_only, 502).await;
+                return fail(stream, req, ctx, head_only, 502).await;
             }
         }
     } else {
         None
     };
     let retryable = idempotent && bodyless;
-    let mut resp_ready: Option<http::Response<h2::RecvStream>> = None;
-    let pool = super::h2_pool::H2ConnPool::global();
+    let mut resp_ready: Option<http::Response<::h2::RecvStream>> = None;
+    let pool = h2_pool::H2ConnPool::global();
     let start =
         |req: http::Request<()>| pool.start(addr, dial, tls.as_ref(), req, bodyless, retryable);
     let (mut resp, mut send, mut slot) = match start(up_req.clone()).await {
@@ -732,7 +800,7 @@ async fn proxy_h2(
             if let Some(passive) = &p.passive {
                 up.record_failure(passive);
             }
-            return fail(stream, ctx, head_only, 502).await;
+            return fail(stream, req, ctx, head_only, 502).await;
         }
     };
     if retryable {
@@ -747,7 +815,7 @@ async fn proxy_h2(
                 }
                 Err(e)
                     if tries < 2
-                        && (e.is_go_away() || e.reason() == Some(h2::Reason::REFUSED_STREAM)) =>
+                        && (e.is_go_away() || e.reason() == Some(::h2::Reason::REFUSED_STREAM)) =>
                 {
                     tries += 1;
                     match start(up_req.clone()).await {
@@ -756,10 +824,10 @@ async fn proxy_h2(
                             send = s2;
                             slot = sl;
                         }
-                        Err(_) => return fail(stream, ctx, head_only, 502).await,
+                        Err(_) => return fail(stream, req, ctx, head_only, 502).await,
                     }
                 }
-                Err(_) => return fail(stream, ctx, head_only, 502).await,
+                Err(_) => return fail(stream, req, ctx, head_only, 502).await,
             }
         }
     }
@@ -773,19 +841,20 @@ async fn proxy_h2(
             match recv_chunk(stream, deadline).await {
                 Ok(Some(data)) => {
                     read += data.len() as u64;
-                    if super::h2_pool::send_all(&mut send, data, false)
-                        .await
-                        .is_err()
-                    {
-                        return fail(stream, ctx, head_only, 502).await;
+                    if ctx.max_body.is_some_and(|max| read > max) {
+                        send.send_reset(::h2::Reason::CANCEL);
+                        return fail(stream, req, ctx, head_only, 413).await;
+                    }
+                    if h2_pool::send_all(&mut send, data, false).await.is_err() {
+                        return fail(stream, req, ctx, head_only, 502).await;
                     }
                 }
                 Ok(None) => {
-                    let _ = super::h2_pool::send_all(&mut send, Bytes::new(), true).await;
+                    let _ = h2_pool::send_all(&mut send, Bytes::new(), true).await;
                     break;
                 }
                 Err(()) => {
-                    send.send_reset(h2::Reason::CANCEL);
+                    send.send_reset(::h2::Reason::CANCEL);
                     return (0, read, 0);
                 }
             }
@@ -796,13 +865,13 @@ async fn proxy_h2(
         None => match p.transport.read {
             Some(t) => match tokio::time::timeout(t, resp).await {
                 Ok(r) => r,
-                Err(_) => return fail(stream, ctx, head_only, 504).await,
+                Err(_) => return fail(stream, req, ctx, head_only, 504).await,
             },
             None => resp.await,
         },
     };
     let Ok(resp) = resp else {
-        return fail(stream, ctx, head_only, 502).await;
+        return fail(stream, req, ctx, head_only, 502).await;
     };
     let status = resp.status().as_u16();
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
@@ -827,7 +896,7 @@ async fn proxy_h2(
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else {
             ctx.upstream_error = Some("upstream stream failed mid-response".into());
-            stream.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+            stream.abort(false);
             return (status, read, sent);
         };
         let _ = body.flow_control().release_capacity(chunk.len());
@@ -850,9 +919,9 @@ async fn proxy_h2(
     (status, read, sent)
 }
 
-/// The HTTP/3 side of a FastCGI exchange (`php_fastcgi`, `transport fastcgi`).
-struct H3Downstream<'s> {
-    stream: &'s mut Stream,
+/// The client side of a FastCGI exchange (`php_fastcgi`, `transport fastcgi`).
+struct StreamDownstream<'s, S: Exchange> {
+    stream: &'s mut S,
     request_id: Option<uuid::Uuid>,
     shape: crate::fastcgi::Shaping,
     deadline: tokio::time::Instant,
@@ -862,7 +931,7 @@ struct H3Downstream<'s> {
 }
 
 #[async_trait::async_trait]
-impl crate::fastcgi::Downstream for H3Downstream<'_> {
+impl<S: Exchange> crate::fastcgi::Downstream for StreamDownstream<'_, S> {
     async fn read_body(&mut self) -> std::io::Result<Option<Bytes>> {
         match recv_chunk(self.stream, self.deadline).await {
             Ok(Some(b)) => {
@@ -885,9 +954,14 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
             ..RequestContext::default()
         };
         self.stream
-            .send_response(response_head(status, &headers, &ctx))
+            .send_response(response_head(
+                status,
+                &headers,
+                &ctx,
+                S::VERSION != http::Version::HTTP_3,
+            ))
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|_| std::io::Error::other("the client went away"))
     }
 
     async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
@@ -913,19 +987,19 @@ impl crate::fastcgi::Downstream for H3Downstream<'_> {
         self.stream
             .finish()
             .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+            .map_err(|_| std::io::Error::other("the client went away"))
     }
 }
 
-async fn fastcgi(
-    stream: &mut Stream,
+async fn fastcgi<S: Exchange>(
+    stream: &mut S,
     req: &mut RequestHeader,
     ctx: &mut RequestContext,
     p: &Arc<crate::upstream::ProxyHandler>,
     opts: &crate::fastcgi::FastCgiOpts,
     head_only: bool,
 ) -> (u16, u64, u64) {
-    let mut down = H3Downstream {
+    let mut down = StreamDownstream {
         stream: &mut *stream,
         request_id: ctx.request_id,
         shape: crate::fastcgi::Shaping::take(p, &*req, ctx),
@@ -941,7 +1015,7 @@ async fn fastcgi(
     match result {
         Ok(x) => (x.status, read, sent),
         Err(code) => {
-            let (st, _, s) = fail(stream, ctx, head_only, code).await;
+            let (st, _, s) = fail(stream, req, ctx, head_only, code).await;
             (st, read, s)
         }
     }

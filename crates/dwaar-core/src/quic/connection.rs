@@ -1,0 +1,113 @@
+//! One HTTP/3 connection: its request streams, served through the shared
+//! [`crate::streams`] code, with 0-RTT requests limited to safe methods.
+
+use super::MAX_HEAD;
+use crate::context::ConnInfo;
+use crate::route_table::RouteStore;
+use crate::streams::{serve_request, Exchange};
+use bytes::{Buf, Bytes};
+use h3::server::RequestStream;
+use std::sync::Arc;
+
+type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// An HTTP/3 request stream as [`Exchange`].
+struct H3Exchange(Stream);
+
+impl Exchange for H3Exchange {
+    const VERSION: http::Version = http::Version::HTTP_3;
+
+    async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
+        match self.0.recv_data().await {
+            Ok(Some(mut chunk)) => {
+                let n = chunk.remaining();
+                Ok(Some(chunk.copy_to_bytes(n)))
+            }
+            Ok(None) => Ok(None),
+            Err(_) => Err(()),
+        }
+    }
+
+    async fn send_response(&mut self, head: http::Response<()>) -> Result<(), ()> {
+        self.0.send_response(head).await.map_err(|_| ())
+    }
+
+    async fn send_data(&mut self, data: Bytes) -> Result<(), ()> {
+        self.0.send_data(data).await.map_err(|_| ())
+    }
+
+    async fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), ()> {
+        self.0.send_trailers(trailers).await.map_err(|_| ())
+    }
+
+    async fn finish(&mut self) -> Result<(), ()> {
+        self.0.finish().await.map_err(|_| ())
+    }
+
+    fn abort(&mut self, refused: bool) {
+        self.0.stop_stream(if refused {
+            h3::error::Code::H3_REQUEST_REJECTED
+        } else {
+            h3::error::Code::H3_INTERNAL_ERROR
+        });
+    }
+}
+
+/// `early`: the connection accepted 0-RTT; the flag turns true when its handshake ends.
+pub(super) async fn serve_connection(
+    conn: quinn::Connection,
+    port: u16,
+    store: Arc<RouteStore>,
+    early: Option<Arc<std::sync::atomic::AtomicBool>>,
+) {
+    let info = ConnInfo {
+        remote: std::net::SocketAddr::new(
+            crate::net::canonical(conn.remote_address().ip()),
+            conn.remote_address().port(),
+        ),
+        local_port: port,
+        tls: true,
+        tls_policy: 0,
+    };
+    let mut h3 = match h3::server::builder()
+        .max_field_section_size(MAX_HEAD)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("HTTP/3 setup failed: {e}");
+            return;
+        }
+    };
+    loop {
+        match h3.accept().await {
+            Ok(Some(resolver)) => {
+                let store = store.clone();
+                let early = early.clone();
+                tokio::spawn(async move {
+                    match resolver.resolve_request().await {
+                        Ok((req, stream)) => {
+                            let mut stream = H3Exchange(stream);
+                            let replayable = early
+                                .as_ref()
+                                .is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire));
+                            let safe = matches!(req.method().as_str(), "GET" | "HEAD" | "OPTIONS");
+                            if replayable && !safe {
+                                crate::streams::reply_status(&mut stream, 425).await;
+                                return;
+                            }
+                            serve_request(req, stream, info, &store).await
+                        }
+                        Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
+                    }
+                });
+            }
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!("HTTP/3 connection ended: {e}");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! Dwaar's HTTP/2 front-end for TLS connections that negotiated `h2`: the `h2` crate's
+//! server connection, with every request stream served by [`super::serve_request`]
+//! (the code HTTP/3 uses), instead of Pingora's HTTP/2 session and `HttpProxy`.
+//!
+//! Settings match what Pingora's server used: at most [`MAX_STREAMS`] concurrent
+//! streams and [`MAX_HEADER_LIST`] bytes of decoded fields per request; the `h2` crate's
+//! defaults for flow control and its protections against reset and CONTINUATION floods
+//! (GOAWAY `ENHANCE_YOUR_CALM`). A connection without open streams for the port's idle
+//! timeout (60 s by default) is closed with GOAWAY; on shutdown every connection sends
+//! GOAWAY and finishes the streams it has.
+
+use super::{h2_pool, serve_request, Exchange};
+use crate::context::ConnInfo;
+use crate::route_table::RouteStore;
+use bytes::Bytes;
+use pingora_core::server::ShutdownWatch;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// Concurrent request streams a client may open on one connection.
+pub const MAX_STREAMS: u32 = 100;
+/// Largest decoded request head (fields) accepted.
+pub const MAX_HEADER_LIST: u32 = 64 * 1024;
+/// How long the client may take to send its connection preface and settings.
+const PREFACE_WAIT: Duration = Duration::from_secs(10);
+/// Request body bytes read and dropped after a response that did not need them.
+const DRAIN_MAX: usize = 64 * 1024;
+/// How long that may take.
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+/// A connection with no open streams for this long is closed (unless the port says).
+const IDLE: Duration = Duration::from_secs(60);
+
+/// An HTTP/2 request stream as [`Exchange`].
+struct H2Exchange {
+    body: h2::RecvStream,
+    respond: h2::server::SendResponse<Bytes>,
+    send: Option<h2::SendStream<Bytes>>,
+}
+
+impl Exchange for H2Exchange {
+    const VERSION: http::Version = http::Version::HTTP_2;
+
+    async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
+        match self.body.data().await {
+            Some(Ok(chunk)) => {
+                // The window opens again as the body is consumed.
+                let _ = self.body.flow_control().release_capacity(chunk.len());
+                Ok(Some(chunk))
+            }
+            Some(Err(_)) => Err(()),
+            None => Ok(None),
+        }
+    }
+
+    async fn send_response(&mut self, head: http::Response<()>) -> Result<(), ()> {
+        let send = self.respond.send_response(head, false).map_err(|_| ())?;
+        self.send = Some(send);
+        Ok(())
+    }
+
+    async fn send_data(&mut self, data: Bytes) -> Result<(), ()> {
+        let send = self.send.as_mut().ok_or(())?;
+        h2_pool::send_all(send, data, false).await.map_err(|_| ())
+    }
+
+    async fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), ()> {
+        let send = self.send.as_mut().ok_or(())?;
+        send.send_trailers(trailers).map_err(|_| ())
+    }
+
+    async fn finish(&mut self) -> Result<(), ()> {
+        let send = self.send.as_mut().ok_or(())?;
+        send.send_data(Bytes::new(), true).map_err(|_| ())?;
+        // The answer did not need (all of) the request body (a 413, a reply): read and
+        // drop a little of what the client still sends, so its stream ends normally
+        // instead of being reset under a client still uploading (curl then reports the
+        // response as failed). Larger bodies are cut off with RST_STREAM(NO_ERROR).
+        let mut left = DRAIN_MAX;
+        let until = tokio::time::Instant::now() + DRAIN_WAIT;
+        while left > 0 && !self.body.is_end_stream() {
+            match tokio::time::timeout_at(until, self.body.data()).await {
+                Ok(Some(Ok(chunk))) => {
+                    let _ = self.body.flow_control().release_capacity(chunk.len());
+                    left = left.saturating_sub(chunk.len());
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    fn abort(&mut self, refused: bool) {
+        let reason = if refused {
+            h2::Reason::REFUSED_STREAM
+        } else {
+            h2::Reason::INTERNAL_ERROR
+        };
+        match self.send.as_mut() {
+            Some(send) => send.send_reset(reason),
+            None => self.respond.send_reset(reason),
+        }
+    }
+}
+
+/// Serves one HTTP/2 connection (the TLS handshake is done) until the client closes
+/// it, it errs, it sits idle, or the server shuts down.
+pub async fn serve_connection<T>(
+    io: T,
+    conn: ConnInfo,
+    store: Arc<RouteStore>,
+    mut shutdown: ShutdownWatch,
+    idle: Option<Duration>,
+) where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = h2::server::Builder::new();
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST);
+    let mut h2 = match tokio::time::timeout(PREFACE_WAIT, builder.handshake::<_, Bytes>(io)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!("HTTP/2 handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("HTTP/2 preface timed out");
+            return;
+        }
+    };
+    let idle = idle.unwrap_or(IDLE);
+    let mut streams = tokio::task::JoinSet::new();
+    let mut closing = *shutdown.borrow();
+    if closing {
+        h2.graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            accepted = h2.accept() => match accepted {
+                Some(Ok((req, respond))) => {
+                    let (parts, body) = req.into_parts();
+                    let exchange = H2Exchange { body, respond, send: None };
+                    let store = store.clone();
+                    streams.spawn(async move {
+                        serve_request(http::Request::from_parts(parts, ()), exchange, conn, &store)
+                            .await;
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!("HTTP/2 connection ended: {e}");
+                    break;
+                }
+                None => break,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+            _ = tokio::time::sleep(idle), if streams.is_empty() && !closing => {
+                h2.graceful_shutdown();
+                closing = true;
+            }
+            _ = shutdown.changed(), if !closing => {
+                h2.graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+    // Streams still running finish on their own (their sends fail if the client left).
+    while streams.join_next().await.is_some() {}
+}
