@@ -1,8 +1,8 @@
 //! The protocol-neutral view of a request head that the pipeline reads and edits.
 //!
-//! Every front-end (Pingora's H1/H2 proxy, the H3 bridge, the lean H1 path) implements
-//! [`HttpRequest`] for its own request type, so routing, matchers and middleware are
-//! written once. Header names are ASCII case-insensitive everywhere.
+//! Every front-end (Pingora's H1/H2 proxy, the HTTP/2 and HTTP/3 stream front-ends, the
+//! lean H1 path) implements [`HttpRequest`] for its own request type, so routing,
+//! matchers and middleware are written once. Header names are ASCII case-insensitive everywhere.
 
 use http::header::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;

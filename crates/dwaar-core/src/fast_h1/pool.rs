@@ -217,7 +217,7 @@ pub async fn read_response_head(
 }
 
 /// A new, unpooled connection to `u` over TLS (with the transport's roots, SNI and
-/// verification settings) or a unix socket, or plain TCP: for the HTTP/3 bridge.
+/// verification settings) or a unix socket, or plain TCP: for the HTTP/2 and HTTP/3 front-ends.
 pub async fn connect_direct(
     u: &crate::upstream::UpstreamState,
     t: &TransportOpts,

@@ -135,6 +135,9 @@ pub async fn serve_connection<T>(
     if closing {
         h2.graceful_shutdown();
     }
+    // Re-armed only when the last stream ends (not on every frame or request).
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
         tokio::select! {
             accepted = h2.accept() => match accepted {
@@ -153,8 +156,12 @@ pub async fn serve_connection<T>(
                 }
                 None => break,
             },
-            Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            _ = tokio::time::sleep(idle), if streams.is_empty() && !closing => {
+            Some(_) = streams.join_next(), if !streams.is_empty() => {
+                if streams.is_empty() {
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+            _ = &mut idle_timer, if streams.is_empty() && !closing => {
                 h2.graceful_shutdown();
                 closing = true;
             }

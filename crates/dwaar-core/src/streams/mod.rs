@@ -251,7 +251,12 @@ fn response_head(
     }
     if let Some(id) = ctx.request_id {
         let mut buf = [0u8; 36];
-        b = b.header("x-request-id", &*id.hyphenated().encode_lower(&mut buf));
+        // Unique per response: never indexed in the HPACK/QPACK table, where each new
+        // value would only push out fields that do repeat.
+        if let Ok(mut v) = http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
+            v.set_sensitive(true);
+            b = b.header("x-request-id", v);
+        }
     }
     if alt_svc {
         if let Some(v) = crate::quic::alt_svc(ctx) {

@@ -160,7 +160,7 @@ pub struct TransportOpts {
     pub h2: bool,
     /// Trusted roots replacing the system store (`tls_trusted_ca_certs`).
     pub ca: Option<Arc<pingora_core::protocols::tls::CaType>>,
-    /// The same roots as DER, for connections Dwaar makes itself (HTTP/3 bridge).
+    /// The same roots as DER, for connections Dwaar makes itself (HTTP/2 and HTTP/3 front-ends).
     pub ca_der: Arc<Vec<Vec<u8>>>,
     /// The TLS client settings for those connections (HTTP/1.1 and HTTP/2 ALPN),
     /// built on first use.
