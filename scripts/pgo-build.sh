@@ -7,7 +7,8 @@
 #      PGO_WORKLOAD (unset)           a script to run instead of the default workload; it
 #                                     gets STRESS_TARGET=127.0.0.1:PORT of the running dwaar
 #      DWAAR_CONFIG (unset)           the Dwaarfile to profile with; by default a site that
-#                                     proxies to a local nginx and answers one path itself
+#                                     proxies to a local nginx and answers one path itself,
+#                                     plus the same proxy over TLS, driven with HTTP/2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PROFILE_DIR=${PROFILE_DIR:-/tmp/dwaar-pgo}
@@ -38,15 +39,24 @@ http { access_log off; keepalive_requests 1000000;
 NGX
 nginx -c "$WORK/backend.conf" -g 'daemon off;' & PIDS+=($!)
 CONFIG=${DWAAR_CONFIG:-$WORK/Dwaarfile}
+TLS_PORT=16198
 if [ -z "${DWAAR_CONFIG:-}" ]; then
+  # HTTP/2 over TLS is profiled too: a self-signed certificate for the TLS site.
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -keyout "$WORK/key.pem" -out "$WORK/cert.pem" -subj /CN=localhost 2>/dev/null
   cat > "$CONFIG" <<DW
 {
 	admin off
 	grace_period 1s
+	auto_https disable_redirects
 }
 :$PORT {
 	header X-Profiled yes
 	respond /local "local answer"
+	reverse_proxy 127.0.0.1:19199
+}
+https://:$TLS_PORT {
+	tls $WORK/cert.pem $WORK/key.pem
 	reverse_proxy 127.0.0.1:19199
 }
 DW
@@ -58,6 +68,7 @@ if [ -n "${PGO_WORKLOAD:-}" ]; then
 else
   wrk -t2 -c100 -d"$DURATION" "http://127.0.0.1:$PORT/" >/dev/null
   wrk -t1 -c20 -d5s "http://127.0.0.1:$PORT/local" >/dev/null
+  h2load -D 5 -c 20 -m 10 -t 1 "https://127.0.0.1:$TLS_PORT/" >/dev/null
 fi
 # A graceful stop writes the profile.
 kill -TERM "$DWAAR_PID"; wait "$DWAAR_PID" || true
