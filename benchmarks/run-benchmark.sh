@@ -22,6 +22,9 @@
 #      BENCH_H2 (1; 0 skips the HTTP/2-over-TLS run: every proxy also listens with TLS on
 #      the same self-signed certificate and h2load drives it with BENCH_H2_CONNS (100)
 #      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
+# Output: the tables on stdout and in benchmarks/results/latest.txt, raw rows in
+# benchmarks/results/raw-*.tsv, and the run's record in benchmarks/results/<date>-<host>.md
+# (machine, command, tables) and .json (medians).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -292,3 +295,42 @@ for t in targets:
     print(f"{t:<10} {med([r['rps'] for r in rs]):>10.0f} {cpu:>8.1f}us {ratio:>9} {sum(int(float(r['failed'] or 0)) for r in rs):>7}")
 PY
 fi
+
+# --- the run's record: <date>-<host>.md (machine, command, tables) and .json (medians) --
+STAMP=$RESULTS/$(date +%F)-$(hostname -s)
+{
+  echo "# Benchmark run $(date -u '+%F %H:%M UTC') on $(hostname -s)"
+  echo
+  echo "- machine: $(nproc) CPUs ($(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/{printf "%.0f GB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
+  echo "- dwaar: $DWAAR"
+  echo "- command: BENCH_DURATION=$DURATION BENCH_THREADS=$THREADS BENCH_CONNECTIONS=\"$CONNS\" BENCH_ROUNDS=$ROUNDS BENCH_TARGETS=\"$TARGETS\" LAYOUT=$LAYOUT BENCH_ACCESS_LOG=$ACCESS_LOG BENCH_ANALYTICS=$ANALYTICS BENCH_H2=$H2 benchmarks/run-benchmark.sh"
+  echo "- layout: proxy on CPU(s) $PROXY_CPUS, backend and load generator on CPU(s) $LOAD_CPUS"
+  echo
+  echo '```'
+  cat "$RESULTS/latest.txt"
+  echo '```'
+} > "$STAMP.md"
+python3 - "$RAW" "${H2RAW:-}" > "$STAMP.json" <<'PY'
+import csv, json, statistics, sys
+def med(v):
+    v = [float(x) for x in v if x not in ('-', '')]
+    return statistics.median(v) if v else None
+def table(path, keys):
+    rows = list(csv.DictReader(open(path), delimiter='\t'))
+    groups = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        entry = dict(zip(keys, key))
+        for f in rs[0]:
+            if f not in keys and f not in ('round', 'errors', 'transfer', 'failed'):
+                entry[f] = med([r[f] for r in rs])
+        out.append(entry)
+    return out
+result = {"http1": table(sys.argv[1], ["target", "conns"])}
+if sys.argv[2]:
+    result["h2_tls"] = table(sys.argv[2], ["target"])
+print(json.dumps(result, indent=1))
+PY
+echo "run record: $STAMP.md, $STAMP.json"
