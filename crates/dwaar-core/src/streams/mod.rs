@@ -108,13 +108,7 @@ async fn serve_counted<S: Exchange>(
 ) {
     let start = Instant::now();
     let Some(original) = to_request_header(&req, S::VERSION) else {
-        let _ = send_reply(
-            stream,
-            Reply::status(400),
-            &RequestContext::default(),
-            false,
-        )
-        .await;
+        reply_status(stream, 400).await;
         return;
     };
     let head_only = original.method == http::Method::HEAD;
@@ -125,13 +119,7 @@ async fn serve_counted<S: Exchange>(
         .map(normalize_host)
         .unwrap_or(Some(CompactString::default()));
     let Some(host) = host else {
-        let _ = send_reply(
-            stream,
-            Reply::status(400),
-            &RequestContext::default(),
-            head_only,
-        )
-        .await;
+        reply_status(stream, 400).await;
         return;
     };
     let table = store.load();
@@ -266,7 +254,8 @@ fn response_head(
     b.body(()).unwrap_or_else(|_| http::Response::new(()))
 }
 
-/// Answers with an empty `status` response (e.g. 425 for a replayable request).
+/// Answers with an empty `status` response (400 for a request that cannot be read, 425
+/// for a replayable one).
 pub async fn reply_status<S: Exchange>(stream: &mut S, status: u16) {
     let _ = send_reply(
         stream,
