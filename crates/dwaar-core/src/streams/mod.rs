@@ -133,8 +133,19 @@ async fn serve_counted<S: Exchange>(
         ..RequestContext::default()
     };
     let outcome = handle_request(&table, &mut header, &mut ctx);
-    let outcome =
-        crate::proxy::settle_checks(&table, outcome, rerun.as_ref(), &mut header, &mut ctx).await;
+    // Checks (auth, a cache wait) run boxed, only when the pipeline asked for one.
+    let outcome = if matches!(outcome, Outcome::Check(_)) {
+        Box::pin(crate::proxy::settle_checks(
+            &table,
+            outcome,
+            rerun.as_ref(),
+            &mut header,
+            &mut ctx,
+        ))
+        .await
+    } else {
+        outcome
+    };
     ctx.table = Some(table);
     let (status, read, written) = match outcome {
         Outcome::Reply(mut r) => {
@@ -441,6 +452,62 @@ async fn fail<S: Exchange>(
     (status, 0, sent)
 }
 
+/// An HTTP/1.1 upstream's response head, as the stream front-ends forward it.
+struct UpstreamHead {
+    status: u16,
+    framing: Framing,
+    keepalive: bool,
+    fields: Vec<(CompactString, String)>,
+}
+
+/// Parses an HTTP/1.1 upstream's response head; `None` when it is not one to forward.
+/// (Synchronous, so the parser's header array stays out of the request's future.)
+fn parse_upstream_head(rhead: &[u8], head_only: bool) -> Option<UpstreamHead> {
+    let mut hs = [httparse::EMPTY_HEADER; 100];
+    let mut resp = httparse::Response::new(&mut hs);
+    if !matches!(resp.parse(rhead), Ok(httparse::Status::Complete(_))) {
+        return None;
+    }
+    let status = resp.code.unwrap_or(502);
+    let named = |name: &'static str| {
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let framing = if head_only || status == 204 || status == 304 || status < 200 {
+        Framing::None
+    } else if named("transfer-encoding").next().is_some() {
+        Framing::Chunked
+    } else {
+        let mut lens = named("content-length");
+        match (lens.next(), lens.next()) {
+            (None, _) => Framing::UntilClose,
+            (Some(one), None) => {
+                Framing::Length(std::str::from_utf8(one).ok()?.trim().parse().ok()?)
+            }
+            _ => return None,
+        }
+    };
+    let keepalive = resp.version == Some(1)
+        && !named("connection").any(|v| {
+            v.split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        });
+    let fields = resp
+        .headers
+        .iter()
+        .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
+        .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
+        .collect();
+    Some(UpstreamHead {
+        status,
+        framing,
+        keepalive,
+        fields,
+    })
+}
+
 /// Proxies to a plain HTTP/1.1 upstream over the keep-alive pool; returns
 /// (status, request body bytes, response body bytes).
 async fn proxy<S: Exchange>(
@@ -452,11 +519,13 @@ async fn proxy<S: Exchange>(
     let Some(p) = ctx.proxy.clone() else {
         return fail(stream, req, ctx, head_only, 502).await;
     };
+    // Boxed: their states stay out of every request's future (most upstreams are
+    // plain HTTP/1.1).
     if let Some(opts) = p.fastcgi.clone() {
-        return fastcgi(stream, req, ctx, &p, &opts, head_only).await;
+        return Box::pin(fastcgi(stream, req, ctx, &p, &opts, head_only)).await;
     }
     if p.transport.multiplexed() {
-        return proxy_h2(stream, req, ctx, &p, head_only).await;
+        return Box::pin(proxy_h2(stream, req, ctx, &p, head_only)).await;
     }
     let host = edit_upstream_request(ctx, req, &p);
     // The HTTP/1.1 request head; a body of unknown length goes chunked.
@@ -596,51 +665,17 @@ async fn proxy<S: Exchange>(
         _ => return fail(stream, req, ctx, head_only, 502).await,
     };
     let rhead = upc.buf.split_to(head_len).freeze();
-    let mut hs = [httparse::EMPTY_HEADER; 100];
-    let mut resp = httparse::Response::new(&mut hs);
-    if !matches!(resp.parse(&rhead), Ok(httparse::Status::Complete(_))) {
+    let Some(UpstreamHead {
+        status,
+        framing,
+        keepalive,
+        fields,
+    }) = parse_upstream_head(&rhead, head_only)
+    else {
         return fail(stream, req, ctx, head_only, 502).await;
-    }
-    let status = resp.code.unwrap_or(502);
+    };
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
     passive_check(ctx, status);
-    let field = |name: &str| {
-        resp.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-            .collect::<Vec<_>>()
-    };
-    let framing = if head_only || status == 204 || status == 304 || status < 200 {
-        Framing::None
-    } else if !field("transfer-encoding").is_empty() {
-        Framing::Chunked
-    } else {
-        match field("content-length").as_slice() {
-            [] => Framing::UntilClose,
-            [one] => match std::str::from_utf8(one)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
-                Some(n) => Framing::Length(n),
-                None => return fail(stream, req, ctx, head_only, 502).await,
-            },
-            _ => return fail(stream, req, ctx, head_only, 502).await,
-        }
-    };
-    let keepalive = resp.version == Some(1)
-        && !field("connection").iter().any(|v| {
-            std::str::from_utf8(v)
-                .unwrap_or("")
-                .to_ascii_lowercase()
-                .contains("close")
-        });
-    let fields: Vec<(CompactString, String)> = resp
-        .headers
-        .iter()
-        .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
-        .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
-        .collect();
     let Some(mut rewrite) =
         send_proxied_head(stream, req, ctx, &p, status, fields, head_only).await
     else {
@@ -1012,5 +1047,43 @@ async fn fastcgi<S: Exchange>(
             let (st, _, s) = fail(stream, req, ctx, head_only, code).await;
             (st, read, s)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Null;
+
+    impl Exchange for Null {
+        const VERSION: http::Version = http::Version::HTTP_2;
+        async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
+            Ok(None)
+        }
+        async fn send_response(&mut self, _: http::Response<()>) -> Result<(), ()> {
+            Ok(())
+        }
+        async fn send_data(&mut self, _: Bytes) -> Result<(), ()> {
+            Ok(())
+        }
+        async fn send_trailers(&mut self, _: http::HeaderMap) -> Result<(), ()> {
+            Ok(())
+        }
+        async fn finish(&mut self) -> Result<(), ()> {
+            Ok(())
+        }
+        fn abort(&mut self, _: bool) {}
+    }
+
+    /// Every request stream is a task holding this future (moved into the task when it is
+    /// spawned): rare, large states (h2 and FastCGI upstreams, auth checks) are boxed.
+    #[test]
+    fn request_future_stays_small() {
+        let store = RouteStore::new(crate::route_table::RouteTable::default());
+        let f = serve_request(http::Request::new(()), Null, ConnInfo::default(), &store);
+        let size = std::mem::size_of_val(&f);
+        // 14,112 bytes in a debug build before the boxing.
+        assert!(size < 6 * 1024, "serve_request future is {size} bytes");
     }
 }
