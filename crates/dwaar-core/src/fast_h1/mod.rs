@@ -935,6 +935,50 @@ struct ResponseHead {
     injection: Option<(Box<crate::rewrite::Rewrite>, bool)>,
 }
 
+/// Whether an HTTP/1.1 upstream keeps its connection after this response (no
+/// `Connection: close`, not HTTP/1.0).
+pub(crate) fn upstream_keepalive(resp: &httparse::Response<'_, '_>) -> bool {
+    resp.version == Some(1)
+        && !resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && h.value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
+}
+
+/// How an HTTP/1.1 upstream's response body is framed (RFC 9112 §6.3); `None` for
+/// framing Dwaar refuses to forward: a coding other than one `chunked`, several or
+/// malformed `Content-Length`s.
+pub(crate) fn upstream_framing(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head_request: bool,
+) -> Option<Framing> {
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(Framing::None);
+    }
+    let named = |name: &'static str| {
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if named("transfer-encoding").next().is_some() {
+        let chunked =
+            named("transfer-encoding").all(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return chunked.then_some(Framing::Chunked);
+    }
+    let mut lens = named("content-length");
+    match (lens.next(), lens.next()) {
+        (None, _) => Some(Framing::UntilClose),
+        (Some(one), None) => Some(Framing::Length(
+            std::str::from_utf8(one).ok()?.trim().parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
 /// Parses the upstream response head and builds the client's, with the same header
 /// edits as the Pingora path; `None` when the upstream sent something unusable.
 fn response_head(
@@ -952,56 +996,9 @@ fn response_head(
     let status = resp.code.unwrap_or(502);
     ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
     passive_check(ctx, status);
-    let upstream_keepalive = resp.version == Some(1)
-        && !resp.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("connection")
-                && std::str::from_utf8(h.value)
-                    .unwrap_or("")
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-        });
+    let upstream_keepalive = upstream_keepalive(&resp);
     let head_request = req.method() == "HEAD";
-    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
-    {
-        Framing::None
-    } else if resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-    {
-        let chunked = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
-            .all(|h| {
-                std::str::from_utf8(h.value)
-                    .unwrap_or("")
-                    .trim()
-                    .eq_ignore_ascii_case("chunked")
-            });
-        if !chunked {
-            // A coding Dwaar cannot frame (or several): refused as broken framing.
-            return None;
-        }
-        Framing::Chunked
-    } else {
-        let mut lens = resp
-            .headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .map(|h| h.value);
-        match (lens.next(), lens.next()) {
-            (None, _) => Framing::UntilClose,
-            (Some(one), None) => match std::str::from_utf8(one)
-                .ok()
-                .and_then(|v| v.trim().parse().ok())
-            {
-                Some(n) => Framing::Length(n),
-                None => return None,
-            },
-            _ => return None,
-        }
-    };
+    let framing = upstream_framing(&resp, status, head_request)?;
     if (100..200).contains(&status) {
         // Interim responses are rare from plain upstreams; treated as a failure here.
         return None;

@@ -469,31 +469,8 @@ fn parse_upstream_head(rhead: &[u8], head_only: bool) -> Option<UpstreamHead> {
         return None;
     }
     let status = resp.code.unwrap_or(502);
-    let named = |name: &'static str| {
-        resp.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    let framing = if head_only || status == 204 || status == 304 || status < 200 {
-        Framing::None
-    } else if named("transfer-encoding").next().is_some() {
-        Framing::Chunked
-    } else {
-        let mut lens = named("content-length");
-        match (lens.next(), lens.next()) {
-            (None, _) => Framing::UntilClose,
-            (Some(one), None) => {
-                Framing::Length(std::str::from_utf8(one).ok()?.trim().parse().ok()?)
-            }
-            _ => return None,
-        }
-    };
-    let keepalive = resp.version == Some(1)
-        && !named("connection").any(|v| {
-            v.split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+    let framing = crate::fast_h1::upstream_framing(&resp, status, head_only)?;
+    let keepalive = crate::fast_h1::upstream_keepalive(&resp);
     let fields = resp
         .headers
         .iter()
