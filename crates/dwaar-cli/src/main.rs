@@ -7,7 +7,9 @@ mod runtime_log;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
-#[cfg(not(target_env = "msvc"))]
+// `--features system-alloc` builds with the C library's allocator instead, for heap
+// profilers that intercept malloc (heaptrack, valgrind); see docs/performance.md.
+#[cfg(all(not(target_env = "msvc"), not(feature = "system-alloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
