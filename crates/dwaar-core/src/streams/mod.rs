@@ -234,19 +234,31 @@ fn connection_specific(name: &str) -> bool {
     crate::request::hop_by_hop(name.as_bytes()) || name.eq_ignore_ascii_case("host")
 }
 
-/// `alt_svc`: the response announces HTTP/3 when the port serves it (HTTP/2 responses).
+/// The response head for the client, from the fields the pipeline settled on (taken,
+/// not copied: each value's text becomes the field's bytes). A field that is not valid
+/// in HTTP/2 or HTTP/3 is left out rather than failing the response. `alt_svc`: the
+/// response announces HTTP/3 when the port serves it (HTTP/2 responses).
 fn response_head(
     status: u16,
-    fields: &[(CompactString, String)],
+    fields: Vec<(CompactString, String)>,
     ctx: &RequestContext,
     alt_svc: bool,
 ) -> http::Response<()> {
-    let mut b = http::Response::builder().status(status);
+    let mut head = http::Response::new(());
+    *head.status_mut() =
+        http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let map = head.headers_mut();
+    map.reserve(fields.len() + 2);
     for (k, v) in fields {
-        if connection_specific(k) || k.eq_ignore_ascii_case("x-request-id") {
+        if connection_specific(&k) || k.eq_ignore_ascii_case("x-request-id") {
             continue;
         }
-        b = b.header(k.as_str(), v.as_str());
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(k.as_bytes()),
+            http::HeaderValue::from_maybe_shared(Bytes::from(v)),
+        ) {
+            map.append(name, value);
+        }
     }
     if let Some(id) = ctx.request_id {
         let mut buf = [0u8; 36];
@@ -254,15 +266,15 @@ fn response_head(
         // value would only push out fields that do repeat.
         if let Ok(mut v) = http::HeaderValue::from_str(id.hyphenated().encode_lower(&mut buf)) {
             v.set_sensitive(true);
-            b = b.header("x-request-id", v);
+            map.insert(http::header::HeaderName::from_static("x-request-id"), v);
         }
     }
     if alt_svc {
         if let Some(v) = crate::quic::alt_svc(ctx) {
-            b = b.header(http::header::ALT_SVC, v);
+            map.insert(http::header::ALT_SVC, v);
         }
     }
-    b.body(()).unwrap_or_else(|_| http::Response::new(()))
+    head
 }
 
 /// Answers with an empty `status` response (400 for a request that cannot be read, 425
@@ -293,7 +305,7 @@ async fn send_reply<S: Exchange>(
     stream
         .send_response(response_head(
             r.status,
-            &r.headers,
+            std::mem::take(&mut r.headers),
             ctx,
             S::VERSION != http::Version::HTTP_3,
         ))
@@ -382,7 +394,7 @@ async fn send_proxied_head<S: Exchange>(
     stream
         .send_response(response_head(
             status,
-            &fields,
+            fields,
             ctx,
             S::VERSION != http::Version::HTTP_3,
         ))
@@ -962,7 +974,7 @@ impl<S: Exchange> crate::fastcgi::Downstream for StreamDownstream<'_, S> {
         self.stream
             .send_response(response_head(
                 status,
-                &headers,
+                headers,
                 &ctx,
                 S::VERSION != http::Version::HTTP_3,
             ))
@@ -1051,6 +1063,22 @@ mod tests {
             Ok(())
         }
         fn abort(&mut self, _: bool) {}
+    }
+
+    /// A field HTTP/2 and HTTP/3 cannot carry is left out; the rest of the head stands.
+    #[test]
+    fn response_head_drops_only_the_unusable_fields() {
+        let fields = vec![
+            ("content-type".into(), "text/plain".to_string()),
+            ("bad name".into(), "x".to_string()),
+            ("x-bad-value".into(), "a\nb".to_string()),
+            ("connection".into(), "keep-alive".to_string()),
+            ("x-ok".into(), "yes".to_string()),
+        ];
+        let head = response_head(201, fields, &RequestContext::default(), false);
+        assert_eq!(head.status(), 201);
+        let names: Vec<&str> = head.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["content-type", "x-ok"]);
     }
 
     /// Every request stream is a task holding this future (moved into the task when it is
