@@ -176,21 +176,7 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
             }
             send.send_data(Bytes::new(), true)
                 .map_err(|e| e.to_string())?;
-            while let Ok(Some(Ok(c))) = tokio::time::timeout(deadline, body.data()).await {
-                buf.extend_from_slice(&c);
-                messages_out.extend(unframe(&mut buf));
-            }
-            let trailers = tokio::time::timeout(deadline, body.trailers())
-                .await
-                .map_err(|_| "no trailers".to_string())?
-                .map_err(|e| e.to_string())?;
-            return Ok(Call {
-                status: parts.status.as_u16(),
-                headers: parts.headers,
-                messages: messages_out,
-                trailers,
-                interleaved,
-            });
+            return finish_call(parts, body, buf, messages_out, interleaved).await;
         }
         for (i, m) in messages.iter().enumerate() {
             send.send_data(frame(m), i + 1 == messages.len())
@@ -200,20 +186,35 @@ pub fn call(port: u16, path: &str, messages: &[&[u8]], stream: bool) -> Result<C
             .await
             .map_err(|_| "no response head".to_string())?
             .map_err(|e| e.to_string())?;
-        let (parts, mut body) = resp.into_parts();
-        let mut buf = BytesMut::new();
-        while let Ok(Some(Ok(c))) = tokio::time::timeout(deadline, body.data()).await {
-            let _ = body.flow_control().release_capacity(c.len());
-            buf.extend_from_slice(&c);
-        }
-        let trailers = body.trailers().await.map_err(|e| e.to_string())?;
-        Ok(Call {
-            status: parts.status.as_u16(),
-            headers: parts.headers,
-            messages: unframe(&mut buf),
-            trailers,
-            interleaved: false,
-        })
+        let (parts, body) = resp.into_parts();
+        finish_call(parts, body, BytesMut::new(), Vec::new(), false).await
+    })
+}
+
+/// Reads the rest of a call's response (messages, then trailers) and assembles it.
+async fn finish_call(
+    parts: http::response::Parts,
+    mut body: h2::RecvStream,
+    mut buf: BytesMut,
+    mut messages: Vec<Vec<u8>>,
+    interleaved: bool,
+) -> Result<Call, String> {
+    let deadline = Duration::from_secs(10);
+    while let Ok(Some(Ok(c))) = tokio::time::timeout(deadline, body.data()).await {
+        let _ = body.flow_control().release_capacity(c.len());
+        buf.extend_from_slice(&c);
+        messages.extend(unframe(&mut buf));
+    }
+    let trailers = tokio::time::timeout(deadline, body.trailers())
+        .await
+        .map_err(|_| "no trailers".to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(Call {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        messages,
+        trailers,
+        interleaved,
     })
 }
 
