@@ -25,17 +25,16 @@ wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/n
 
 # Origin: 1 KiB cacheable answers for any path.
 BODY=$(head -c 1024 /dev/zero | tr '\0' 'x')
-cat > "$WORK/origin.conf" <<NGX
-worker_processes 1;
-pid $WORK/origin.pid;
-error_log $WORK/origin-error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+# nginx_conf NAME: one-worker nginx config with logs off; the http block's body on stdin.
+nginx_conf() {
+  { printf 'worker_processes 1;\npid %s/%s.pid;\nerror_log %s/%s-error.log;\n' "$WORK" "$1" "$WORK" "$1"
+    printf 'events { worker_connections 10000; }\nhttp {\n  access_log off;\n  keepalive_requests 1000000;\n'
+    cat
+    printf '}\n'; } > "$WORK/$1.conf"
+}
+nginx_conf origin <<NGX
   server { listen 127.0.0.1:19400 backlog=4096;
     location / { add_header Cache-Control "max-age=600"; return 200 "$BODY"; } }
-}
 NGX
 taskset -c 0 nginx -c "$WORK/origin.conf" -g 'daemon off;' & PIDS+=($!)
 wait_port 19400
@@ -84,21 +83,13 @@ echo "  cache stats: $stats"
 mkdir -p "$WORK/nginx-cache"
 chmod 755 "$WORK"
 chmod 777 "$WORK/nginx-cache"
-cat > "$WORK/proxy.conf" <<NGX
-worker_processes 1;
-pid $WORK/proxy.pid;
-error_log $WORK/proxy-error.log;
-events { worker_connections 10000; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
+nginx_conf proxy <<NGX
   proxy_cache_path $WORK/nginx-cache keys_zone=c:64m max_size=64m;
   proxy_cache_valid 200 10m;
   upstream o { server 127.0.0.1:19400; keepalive 64; }
   server { listen 127.0.0.1:19403 backlog=4096;
     location / { proxy_cache c; proxy_http_version 1.1; proxy_set_header Connection "";
       add_header X-Cache \$upstream_cache_status; proxy_pass http://o; } }
-}
 NGX
 taskset -c 1 nginx -c "$WORK/proxy.conf" -g 'daemon off;' & NPID=$!; PIDS+=($NPID)
 wait_port 19403
