@@ -137,7 +137,9 @@ pub(crate) fn early(
             return Some(Outcome::Reply(method_not_allowed("POST")));
         }
         if beacon_zone()
-            .check_uncounted(&ctx.client_ip().to_string())
+            .check_uncounted(&compact_str::ToCompactString::to_compact_string(
+                &ctx.client_ip(),
+            ))
             .is_err()
         {
             if let Some(c) = &a.collector {

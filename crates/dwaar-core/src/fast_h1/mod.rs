@@ -1086,9 +1086,11 @@ enum Failure {
 }
 
 /// Appends `piece` as one chunk of chunked framing (nothing for an empty piece).
-fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
+pub(crate) fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
     if !piece.is_empty() {
-        out.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        use std::io::Write;
+        // Writing into a Vec cannot fail; the size goes in without a String.
+        let _ = write!(out, "{:x}\r\n", piece.len());
         out.extend_from_slice(piece);
         out.extend_from_slice(b"\r\n");
     }

@@ -615,26 +615,24 @@ async fn proxy<S: Exchange>(
     let mut read = 0u64;
     if may_have_body {
         let deadline = body_deadline();
+        let mut framed = Vec::new();
         loop {
             match recv_chunk(stream, deadline).await {
                 Ok(Some(chunk)) => {
-                    let n = chunk.len();
-                    read += n as u64;
+                    read += chunk.len() as u64;
                     if ctx.max_body.is_some_and(|max| read > max) {
                         return fail(stream, req, ctx, head_only, 413).await;
                     }
-                    if chunked
-                        && upc
-                            .stream
-                            .write_all(format!("{n:x}\r\n").as_bytes())
-                            .await
-                            .is_err()
-                    {
-                        return fail(stream, req, ctx, head_only, 502).await;
-                    }
-                    if upc.stream.write_all(&chunk).await.is_err()
-                        || (chunked && upc.stream.write_all(b"\r\n").await.is_err())
-                    {
+                    // A body of unknown length goes chunked: size, data and CRLF in
+                    // one write.
+                    let piece: &[u8] = if chunked {
+                        framed.clear();
+                        crate::fast_h1::chunk_into(&mut framed, &chunk);
+                        &framed
+                    } else {
+                        &chunk
+                    };
+                    if upc.stream.write_all(piece).await.is_err() {
                         return fail(stream, req, ctx, head_only, 502).await;
                     }
                 }
