@@ -82,7 +82,11 @@ pub struct RequestContext {
     pub upstream: Option<Arc<UpstreamState>>,
     pub tried: Vec<usize>,
     pub attempts: u32,
-    pub active_counted: bool,
+    /// The upstream this request is in flight to (released when dropped).
+    pub claim: Option<crate::lifecycle::attempt::UpstreamClaim>,
+    /// Rate-limit zones (by address) already charged for this request, so a rerun of
+    /// the pipeline after an off-path check does not charge them again.
+    pub charged: Vec<usize>,
     pub upstream_failure: UpstreamFailure,
     pub set_cookie: Option<String>,
     pub max_body: Option<u64>,
@@ -92,8 +96,8 @@ pub struct RequestContext {
     pub close: bool,
     pub is_upgrade: bool,
     pub start: Option<Instant>,
-    /// Counted in the worker's in-flight requests (for graceful shutdown).
-    pub inflight: bool,
+    /// Counted in the worker's in-flight requests (for graceful shutdown) while held.
+    pub inflight: Option<crate::lifecycle::inflight::Guard>,
     pub upstream_start: Option<Instant>,
     /// When the upstream request head was handed to the connection.
     pub upstream_sent: Option<Instant>,

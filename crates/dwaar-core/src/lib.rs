@@ -1,9 +1,18 @@
 //! `dwaar-core`: the request path.
 //!
-//! [`route_table`] compiles a config once; [`pipeline`] runs one request through it,
-//! independent of protocol, using the [`request::HttpRequest`] view and the
-//! [`context::RequestContext`]; [`proxy`] is the Pingora front-end; [`upstream`] holds
-//! backend state, load balancing and health checks; [`server`] wires the process.
+//! Layers, each importing only the ones below it:
+//!
+//! - front-ends: [`fast_h1`] (lean HTTP/1), [`proxy`] (Pingora's `HttpProxy`),
+//!   [`streams`] (HTTP/2 and HTTP/3 streams; [`quic`] accepts HTTP/3 connections);
+//!   [`server`] wires them to listeners and processes;
+//! - [`lifecycle`]: what happens around the pipeline for every request (start, checks,
+//!   answers, upstream attempts, failure answers, logs and metrics);
+//! - [`pipeline`]: site lookup, routes, matchers, handlers, over the protocol-neutral
+//!   [`request::HttpRequest`] and the [`context::RequestContext`], compiled once into a
+//!   [`route_table`];
+//! - handlers and upstreams: files, cache, fastcgi, auth, security, encode, analytics,
+//!   [`upstream`] (backend state, load balancing, health, connection pools);
+//! - primitives: the HTTP/1 codec [`http1`], placeholders, [`net`].
 
 pub mod analytics;
 pub mod auth;
@@ -14,6 +23,8 @@ pub mod encode;
 pub mod fast_h1;
 pub mod fastcgi;
 pub mod files;
+pub mod http1;
+pub mod lifecycle;
 pub mod matcher;
 pub mod metrics;
 pub mod net;

@@ -24,6 +24,10 @@ pub const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Requests of this process whose task panicked (each failed alone; the process kept
+/// serving).
+pub static PANICS: AtomicU64 = AtomicU64::new(0);
+
 /// TLS handshakes of this process by result.
 pub static TLS_HANDSHAKES: [AtomicU64; 3] =
     [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
@@ -154,6 +158,7 @@ pub struct Snapshot {
     pub rate_allowed: u64,
     #[serde(default)]
     pub tls_handshakes: [u64; 3],
+    pub panics: u64,
     /// `cache`: hit, miss, stale, bypass, revalidated; then entries and bytes held.
     #[serde(default)]
     pub cache: [u64; 7],
@@ -200,6 +205,7 @@ impl Snapshot {
             rate_limited: crate::security::LIMITED.load(Relaxed),
             rate_allowed: crate::security::ALLOWED.load(Relaxed),
             tls_handshakes: [0, 1, 2].map(|i| TLS_HANDSHAKES[i].load(Relaxed)),
+            panics: PANICS.load(Relaxed),
             cache,
         }
     }
@@ -227,6 +233,7 @@ impl Snapshot {
         self.beacons_refused += o.beacons_refused;
         self.rate_limited += o.rate_limited;
         self.rate_allowed += o.rate_allowed;
+        self.panics += o.panics;
         for (a, b) in self.tls_handshakes.iter_mut().zip(o.tls_handshakes) {
             *a += b;
         }
@@ -312,7 +319,10 @@ impl Snapshot {
              # TYPE dwaar_tls_handshakes_total counter\n\
              dwaar_tls_handshakes_total{{result=\"ok\"}} {}\n\
              dwaar_tls_handshakes_total{{result=\"failed\"}} {}\n\
-             dwaar_tls_handshakes_total{{result=\"timeout\"}} {}\n",
+             dwaar_tls_handshakes_total{{result=\"timeout\"}} {}\n\
+             # HELP dwaar_panics_total Requests that failed because their task panicked.\n\
+             # TYPE dwaar_panics_total counter\n\
+             dwaar_panics_total {}\n",
             self.rate_allowed,
             self.rate_limited,
             self.analytics_accepted,
@@ -321,6 +331,7 @@ impl Snapshot {
             self.tls_handshakes[0],
             self.tls_handshakes[1],
             self.tls_handshakes[2],
+            self.panics,
         );
         out.push_str(
             "# HELP dwaar_cache_requests_total Requests the cache looked at, by result.\n\

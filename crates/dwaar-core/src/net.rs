@@ -123,3 +123,23 @@ mod tests {
         );
     }
 }
+
+/// Wraps an accepted TCP connection for Pingora, with the addresses already known
+/// from `accept()` (no `getpeername`/`getsockname` later).
+pub fn to_pingora(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+) -> pingora_core::protocols::l4::stream::Stream {
+    use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+    use pingora_core::protocols::l4::stream::Stream;
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let mut stream: Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
+    let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
+    stream.set_socket_digest(digest);
+    stream
+}

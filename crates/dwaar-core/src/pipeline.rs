@@ -105,19 +105,37 @@ impl ResponseHead for Vec<(CompactString, String)> {
 }
 
 /// The edits every front-end makes to a proxied response's fields: the handler's
-/// `header_down`, then the site's immediate and deferred `header` edits, then the
-/// sticky-session cookie.
+/// `header_down`, then the site's edits ([`edit_proxied_site_fields`]).
 pub fn edit_proxied_fields(
     p: &ProxyHandler,
     req: &dyn HttpRequest,
     ctx: &mut RequestContext,
     fields: &mut Vec<(CompactString, String)>,
 ) {
+    apply_header_down(p, req, ctx, fields);
+    edit_proxied_site_fields(ctx, fields);
+}
+
+/// The handler's `header_down` on a proxied response (what the cache sees).
+pub fn apply_header_down(
+    p: &ProxyHandler,
+    req: &dyn HttpRequest,
+    ctx: &RequestContext,
+    fields: &mut dyn ResponseHead,
+) {
     if !p.header_down.is_empty() {
         let mut e = Vec::with_capacity(p.header_down.len());
         render_rules(&p.header_down, req, ctx, &mut e);
         apply_edits(&e, fields);
     }
+}
+
+/// The site's immediate and deferred `header` edits on a proxied response, then the
+/// sticky-session cookie.
+pub fn edit_proxied_site_fields(
+    ctx: &mut RequestContext,
+    fields: &mut Vec<(CompactString, String)>,
+) {
     apply_immediate_to_proxied(&ctx.resp_immediate, fields);
     apply_edits(&ctx.resp_deferred, fields);
     if let Some(c) = ctx.set_cookie.take() {
@@ -308,6 +326,12 @@ pub fn handle_request(
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Outcome {
+    // Debug builds only: lets the end-to-end tests check that a panicking request fails
+    // alone (`lifecycle::isolate`). Release builds have no such trigger.
+    #[cfg(debug_assertions)]
+    if req.header("x-dwaar-test-panic").is_some() {
+        panic!("x-dwaar-test-panic");
+    }
     if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
         if let Some(r) = framing_check(req, req.header_count("content-length") > 0) {
             return Outcome::Reply(r);
@@ -835,8 +859,17 @@ fn run_handler<'t>(
             refuse(ctx, "ip_filter", 403, None)
         }
         HandlerRule::RateLimit(r) => {
+            // A rerun after an off-path check (auth) has already been counted here.
+            let zone = Arc::as_ptr(&r.zone) as usize;
+            if ctx.charged.contains(&zone) {
+                return Flow::Continue;
+            }
             let key = render(&r.key, req, ctx);
-            match r.zone.check(&key) {
+            let verdict = r.zone.check(&key);
+            if verdict.is_ok() {
+                ctx.charged.push(zone);
+            }
+            match verdict {
                 Ok(()) => Flow::Continue,
                 Err(l) => refuse(
                     ctx,
@@ -1000,16 +1033,18 @@ fn refuse<'t>(
 
 fn run_map(m: &MapRule, req: &dyn HttpRequest, ctx: &mut RequestContext) {
     let input = render(&m.source, req, ctx).into_owned();
+    let mut captures = None;
     let outputs: Option<&Vec<Template>> = m
         .exact
         .iter()
         .find(|(k, _)| *k == input)
         .map(|(_, o)| o)
         .or_else(|| {
-            m.regex
-                .iter()
-                .find(|(re, _)| re.is_match(&input))
-                .map(|(_, o)| o)
+            m.regex.iter().find_map(|(re, o)| {
+                let c = re.captures(&input)?;
+                captures = Some(c);
+                Some(o)
+            })
         });
     let outs = match outputs {
         Some(o) => o,
@@ -1020,7 +1055,13 @@ fn run_map(m: &MapRule, req: &dyn HttpRequest, ctx: &mut RequestContext) {
         if t.raw() == "-" {
             continue;
         }
-        let v = render(t, req, ctx).into_owned();
+        let mut v = render(t, req, ctx).into_owned();
+        // A regex key's output may name its capture groups (`${1}`, `$name`), as in Caddy.
+        if let Some(c) = captures.as_ref().filter(|_| v.contains('$')) {
+            let mut expanded = String::with_capacity(v.len());
+            c.expand(&v, &mut expanded);
+            v = expanded;
+        }
         ctx.set_var(dest, v);
     }
 }

@@ -7,11 +7,11 @@
 //! and runs `handle_errors`.
 
 use crate::context::{ConnInfo, RequestContext, UpstreamFailure};
+use crate::lifecycle::downstream::{answer_failure, Downstream};
+use crate::lifecycle::{attempt, inflight, LogParts};
 use crate::pipeline::{
-    apply_edits, apply_request_rules, handle_request, normalize_host, render_rules, Outcome, Reply,
-    ResponseHead,
+    apply_edits, apply_request_rules, normalize_host, render_rules, Outcome, Reply, ResponseHead,
 };
-use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -108,105 +108,103 @@ async fn serve_fastcgi(
     p: &Arc<crate::upstream::ProxyHandler>,
     opts: &crate::fastcgi::FastCgiOpts,
 ) -> Result<()> {
-    ctx.inflight = crate::server::inflight::enter();
-    let req = session.req_header().clone();
-    let result = {
-        let mut down = PingoraDownstream {
-            session: &mut *session,
-            request_id: ctx.request_id,
-            shape: crate::fastcgi::Shaping::take(p, &req, ctx),
-        };
-        let r = crate::fastcgi::run(p, opts, &req, ctx, &mut down).await;
-        down.shape.give_back(ctx);
-        r
-    };
-    if std::mem::take(&mut ctx.inflight) {
-        crate::server::inflight::exit();
+    let mut req = session.req_header().clone();
+    let head_only = req.method == http::Method::HEAD;
+    let mut down = PingoraDownstream { session };
+    let result = crate::fastcgi::run(p, opts, &req, ctx, &mut down, head_only).await;
+    if let Err((code, _)) = result {
+        let (_, _) = answer_failure(&mut down, &mut req, ctx, head_only, code).await;
     }
-    match result {
-        Ok(_) => Ok(()),
-        Err(code) => {
-            let message = ctx
-                .upstream_error
-                .as_deref()
-                .unwrap_or("fastcgi upstream failed")
-                .to_string();
-            let mut req = req;
-            match crate::pipeline::proxy_error_reply(code, message, &mut req, ctx) {
-                Some(r) => write_reply(session, ctx, r).await,
-                None => Err(Error::explain(
-                    ErrorType::ConnectionClosed,
-                    "aborted by config",
-                )),
-            }
-        }
-    }
+    Ok(())
 }
 
-/// The client side of a FastCGI exchange on Pingora's H1/H2 sessions.
+/// A Pingora session (HTTP/1 or HTTP/2) as the lifecycle's client side.
 struct PingoraDownstream<'s> {
     session: &'s mut Session,
-    request_id: Option<uuid::Uuid>,
-    shape: crate::fastcgi::Shaping,
 }
 
-#[async_trait]
-impl crate::fastcgi::Downstream for PingoraDownstream<'_> {
-    async fn read_body(&mut self) -> std::io::Result<Option<Bytes>> {
-        self.session
-            .read_request_body()
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+impl Downstream for PingoraDownstream<'_> {
+    fn version(&self) -> http::Version {
+        self.session.req_header().version
     }
 
-    async fn write_head(
+    async fn recv_data(&mut self) -> std::result::Result<Option<Bytes>, ()> {
+        self.session.read_request_body().await.map_err(|_| ())
+    }
+
+    async fn send_head(
         &mut self,
         status: u16,
-        mut headers: Vec<(CompactString, String)>,
-    ) -> std::io::Result<()> {
-        let io = |e: Box<Error>| std::io::Error::other(e.to_string());
-        let head_only = self.session.req_header().method == http::Method::HEAD;
-        // The responder's Content-Length is among `headers`; a rewrite may change it.
-        let length = self.shape.head(status, &mut headers, head_only);
-        let mut resp = ResponseHeader::build(status, Some(headers.len() + 4)).map_err(io)?;
-        for (k, v) in headers {
-            resp.append_header(k.to_string(), v).map_err(io)?;
-        }
-        if let Some(id) = self.request_id {
-            let mut buf = [0u8; 36];
-            resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))
-                .map_err(io)?;
-        }
-        let no_body = status == 204 || status == 304 || status < 200 || head_only;
-        if length.is_none() && !no_body && self.session.req_header().version < http::Version::HTTP_2
-        {
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .map_err(io)?;
-        }
+        fields: Vec<(CompactString, String)>,
+        ctx: &RequestContext,
+        close: bool,
+    ) -> std::result::Result<(), ()> {
+        let resp = pingora_head(self.session, status, fields, ctx, close).map_err(|_| ())?;
         self.session
             .write_response_header(Box::new(resp), false)
             .await
-            .map_err(io)
+            .map_err(|_| ())
     }
 
-    async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()> {
-        let chunk = self.shape.body(chunk)?;
-        if chunk.is_empty() {
-            return Ok(());
+    async fn send_data(&mut self, data: Bytes) -> std::result::Result<(), ()> {
+        self.session
+            .write_response_body(Some(data), false)
+            .await
+            .map_err(|_| ())
+    }
+
+    async fn send_trailers(&mut self, _: http::HeaderMap) -> std::result::Result<(), ()> {
+        self.finish().await
+    }
+
+    async fn finish(&mut self) -> std::result::Result<(), ()> {
+        self.session
+            .write_response_body(None, true)
+            .await
+            .map_err(|_| ())
+    }
+
+    fn abort(&mut self, _refused: bool) {
+        self.session.set_keepalive(None);
+    }
+}
+
+/// The response head for a Pingora session: the fields, `X-Request-Id`, `Alt-Svc`, and
+/// the framing (chunked on HTTP/1 when no length is known; `Connection: close`).
+fn pingora_head(
+    session: &mut Session,
+    status: u16,
+    fields: Vec<(CompactString, String)>,
+    ctx: &RequestContext,
+    close: bool,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(fields.len() + 4))?;
+    let mut has_length = false;
+    for (k, v) in fields {
+        if k.eq_ignore_ascii_case("x-request-id") && ctx.request_id.is_some() {
+            continue;
         }
-        self.session
-            .write_response_body(Some(chunk), false)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+        has_length |= k.eq_ignore_ascii_case("content-length");
+        resp.append_header(k.to_string(), v)?;
     }
-
-    async fn finish(&mut self) -> std::io::Result<()> {
-        let last = Some(self.shape.end()?).filter(|b| !b.is_empty());
-        self.session
-            .write_response_body(last, true)
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))
+    if let Some(id) = ctx.request_id {
+        let mut buf = [0u8; 36];
+        resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
     }
+    if let Some(v) = crate::lifecycle::alt_svc(ctx) {
+        resp.insert_header("alt-svc", v)?;
+    }
+    let req = session.req_header();
+    let no_body =
+        status == 204 || status == 304 || status < 200 || req.method == http::Method::HEAD;
+    if !has_length && !no_body && req.version < http::Version::HTTP_2 {
+        resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
+    }
+    if close {
+        resp.insert_header(http::header::CONNECTION, "close")?;
+        session.set_keepalive(None);
+    }
+    Ok(resp)
 }
 
 /// Whether a raw HTTP/1 head has a field named `name` (ASCII case-insensitive).
@@ -226,213 +224,12 @@ fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
-async fn write_reply(session: &mut Session, ctx: &RequestContext, mut r: Reply) -> Result<()> {
+async fn write_reply(session: &mut Session, ctx: &RequestContext, r: Reply) -> Result<()> {
     let head_only = session.req_header().method == http::Method::HEAD;
-    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 3))?;
-    for (k, v) in r.headers.drain(..) {
-        resp.append_header(k.to_string(), v)?;
-    }
-    if let Some(id) = ctx.request_id {
-        let mut buf = [0u8; 36];
-        resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
-    }
-    if let Some(v) = crate::quic::alt_svc(ctx) {
-        resp.insert_header("alt-svc", v)?;
-    }
-    let no_body_status = r.status == 204 || r.status == 304 || r.status < 200;
-    let len = r.body_len();
-    let rewrite = r.rewrite.take();
-    if !no_body_status {
-        if rewrite.is_none() {
-            resp.insert_header(http::header::CONTENT_LENGTH, len.to_string())?;
-        } else if session.req_header().version < http::Version::HTTP_2 {
-            resp.insert_header(http::header::TRANSFER_ENCODING, "chunked")?;
-        }
-    }
-    if r.close || ctx.close {
-        resp.insert_header(http::header::CONNECTION, "close")?;
-        session.set_keepalive(None);
-    }
-    let end = head_only || no_body_status || (len == 0 && rewrite.is_none());
-    session.write_response_header(Box::new(resp), end).await?;
-    if end {
-        return Ok(());
-    }
-    if let Some(mut rw) = rewrite {
-        return write_rewritten(session, r, &mut rw).await;
-    }
-    let mut stream = r.stream.take();
-    let body = std::mem::take(&mut r.body);
-    if !body.is_empty() {
-        session
-            .write_response_body(Some(body), stream.is_none())
-            .await?;
-    }
-    if let Some(s) = stream.as_mut() {
-        loop {
-            let chunk = s.next_chunk().map_err(|e| {
-                pingora_error::Error::because(pingora_error::ErrorType::ReadError, "file body", e)
-            })?;
-            let last = s.is_empty();
-            match chunk {
-                Some(c) => session.write_response_body(Some(c), last).await?,
-                None => break,
-            }
-            if last {
-                break;
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Sends a reply's body through its rewrite (compression, analytics), chunk by chunk.
-async fn write_rewritten(
-    session: &mut Session,
-    mut r: Reply,
-    rw: &mut crate::rewrite::Rewrite,
-) -> Result<()> {
-    let fail = |e: std::io::Error| {
-        pingora_error::Error::because(
-            pingora_error::ErrorType::InternalError,
-            "rewriting a reply",
-            e,
-        )
-    };
-    let first = rw
-        .feed(Some(std::mem::take(&mut r.body)), false)
-        .map_err(fail)?;
-    if !first.is_empty() {
-        session.write_response_body(Some(first), false).await?;
-    }
-    if let Some(s) = r.stream.as_mut() {
-        while let Some(c) = s.next_chunk().map_err(|e| {
-            pingora_error::Error::because(pingora_error::ErrorType::ReadError, "file body", e)
-        })? {
-            let out = rw.feed(Some(c), false).map_err(fail)?;
-            if !out.is_empty() {
-                session.write_response_body(Some(out), false).await?;
-            }
-        }
-    }
-    let last = rw.feed(None, true).map_err(fail)?;
-    session.write_response_body(Some(last), true).await
-}
-
-/// `X-Forwarded-For`/`-Proto`/`-Host` (kept from trusted proxies only) and
-/// `X-Request-Id` on an upstream request; shared by both front-ends.
-pub(crate) fn forwarded_headers(ctx: &RequestContext, up: &mut dyn HttpRequest, host: &str) {
-    use compact_str::ToCompactString;
-    let peer_ip = ctx.conn.remote.ip().to_compact_string();
-    let xff = match (ctx.peer_trusted, up.header("x-forwarded-for")) {
-        (true, Some(prev)) if !prev.is_empty() => compact_str::format_compact!("{prev}, {peer_ip}"),
-        _ => peer_ip,
-    };
-    up.set_header("x-forwarded-for", &xff);
-    if !(ctx.peer_trusted && up.header_count("x-forwarded-proto") > 0) {
-        up.set_header("x-forwarded-proto", ctx.scheme());
-    }
-    if !(ctx.peer_trusted && up.header_count("x-forwarded-host") > 0) {
-        up.set_header("x-forwarded-host", host);
-    }
-    if let Some(id) = ctx.request_id {
-        let mut buf = [0u8; 36];
-        up.set_header("x-request-id", id.hyphenated().encode_lower(&mut buf));
-    }
-}
-
-/// Passive health: a response status or latency that counts as a failure.
-pub(crate) fn passive_check(ctx: &RequestContext, code: u16) {
-    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
-        if let Some(passive) = &p.passive {
-            let bad_status = passive
-                .unhealthy_status
-                .iter()
-                .any(|s| status_matches(s, code));
-            let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
-                (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
-                _ => false,
-            };
-            if bad_status || slow {
-                u.record_failure(passive);
-            }
-        }
-    }
-}
-
-/// Runs the checks the pipeline asked for (`basic_auth`, `forward_auth`, a `cache`
-/// wait) off the request path, each time running the pipeline again on `original`, the
-/// request as it arrived, with the check's edits. Without `original` (the table has no
-/// such handler) a check cannot be settled. Shared by Pingora and HTTP/3.
-pub(crate) async fn settle_checks(
-    table: &crate::route_table::RouteTable,
-    mut outcome: Outcome,
-    original: Option<&RequestHeader>,
-    req: &mut RequestHeader,
-    ctx: &mut RequestContext,
-) -> Outcome {
-    let mut rounds = 0;
-    while let (Outcome::Check(check), Some(original)) = (&outcome, original) {
-        rounds += 1;
-        match crate::auth::run(check.clone()).await {
-            crate::auth::Checked::Answer(r) => return Outcome::Reply(r),
-            crate::auth::Checked::Resume(edits) => {
-                *req = original.clone();
-                for (k, v) in &edits {
-                    match v {
-                        Some(v) => HttpRequest::set_header(req, k, v),
-                        None => HttpRequest::remove_header(req, k),
-                    }
-                }
-                *ctx = RequestContext {
-                    start: ctx.start,
-                    conn: ctx.conn,
-                    host: std::mem::take(&mut ctx.host),
-                    is_upgrade: ctx.is_upgrade,
-                    ..RequestContext::default()
-                };
-                outcome = handle_request(table, req, ctx);
-                if rounds >= 4 {
-                    if let Outcome::Check(_) = outcome {
-                        outcome = Outcome::Reply(Reply::status(503));
-                    }
-                }
-            }
-        }
-    }
-    outcome
-}
-
-/// A request is on its way to `up`: counted in the upstream's active requests (until
-/// [`release_upstream`]), one more attempt, timed from now. Every front-end calls it.
-pub(crate) fn count_upstream(ctx: &mut RequestContext, up: Arc<crate::upstream::UpstreamState>) {
-    up.active.fetch_add(1, Ordering::Relaxed);
-    ctx.active_counted = true;
-    ctx.upstream = Some(up);
-    ctx.attempts += 1;
-    ctx.upstream_start = Some(Instant::now());
-}
-
-/// The edits a request gets on its way upstream on the lean path and over HTTP/3:
-/// forwarding fields, then `header_up`. Returns the client's `Host`.
-pub(crate) fn edit_upstream_request(
-    ctx: &RequestContext,
-    req: &mut dyn HttpRequest,
-    p: &crate::upstream::ProxyHandler,
-) -> compact_str::CompactString {
-    let host = compact_str::CompactString::new(req.header("host").unwrap_or(""));
-    forwarded_headers(ctx, req, &host);
-    apply_request_rules(&p.header_up, req, ctx);
-    host
-}
-
-pub(crate) fn release_upstream(ctx: &mut RequestContext) {
-    if ctx.active_counted {
-        if let Some(u) = &ctx.upstream {
-            u.active.fetch_sub(1, Ordering::Relaxed);
-        }
-        ctx.active_counted = false;
-    }
+    crate::lifecycle::downstream::write_reply(&mut PingoraDownstream { session }, r, ctx, head_only)
+        .await
+        .map(|_| ())
+        .map_err(|()| Error::explain(ErrorType::WriteError, "writing a reply"))
 }
 
 #[async_trait]
@@ -449,7 +246,8 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<bool> {
         ctx.start = Some(Instant::now());
-        if crate::server::inflight::draining() {
+        ctx.inflight = inflight::Guard::enter();
+        if inflight::draining() {
             session.set_keepalive(None);
         }
         ctx.conn = conn_info(session);
@@ -504,15 +302,9 @@ impl ProxyHttp for DwaarProxy {
         // basic_auth and forward_auth answer off the request path; then the pipeline
         // runs again from the request as it arrived.
         let original = table.rerun_checks.then(|| session.req_header().clone());
-        let outcome = handle_request(&table, session.req_header_mut(), ctx);
-        let outcome = settle_checks(
-            &table,
-            outcome,
-            original.as_ref(),
-            session.req_header_mut(),
-            ctx,
-        )
-        .await;
+        let outcome =
+            crate::lifecycle::decide(&table, original.as_ref(), session.req_header_mut(), ctx)
+                .await;
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(mut r) => {
@@ -587,25 +379,8 @@ impl ProxyHttp for DwaarProxy {
         let Some(proxy) = ctx.proxy.clone() else {
             return Err(Error::explain(ErrorType::InternalError, "no proxy handler"));
         };
-        release_upstream(ctx);
-        if ctx.attempts > 0 && !proxy.try_interval.is_zero() && !proxy.try_duration.is_zero() {
-            tokio::time::sleep(proxy.try_interval).await;
-        }
-        let start = ctx.start.unwrap_or_else(Instant::now);
-        let i = loop {
-            if let Some(i) = proxy.select(session.req_header(), ctx) {
-                break i;
-            }
-            // With lb_try_duration, keep looking (any upstream, again) until it runs out.
-            if !proxy.try_duration.is_zero()
-                && start.elapsed() + proxy.try_interval < proxy.try_duration
-            {
-                ctx.tried.clear();
-                tokio::time::sleep(proxy.try_interval.max(std::time::Duration::from_millis(10)))
-                    .await;
-                continue;
-            }
-            ctx.upstream_failure = UpstreamFailure::NoneAvailable;
+        attempt::release(ctx);
+        let Some(i) = attempt::pick(&proxy, session.req_header(), ctx).await else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no upstream available",
@@ -620,8 +395,6 @@ impl ProxyHttp for DwaarProxy {
                 ctx.h2_first = Some(turn);
             }
         }
-        count_upstream(ctx, up);
-        ctx.tried.push(i);
         match proxy.peer(i, &ctx.host) {
             Some(p) => Ok(Box::new(p)),
             None => {
@@ -643,28 +416,13 @@ impl ProxyHttp for DwaarProxy {
     ) -> Box<Error> {
         // The next waiting request tries to open the connection.
         ctx.h2_first = None;
-        ctx.upstream_failure = if matches!(e.etype(), ErrorType::ConnectTimedout) {
-            UpstreamFailure::Timeout
-        } else {
-            UpstreamFailure::Connect
-        };
-        if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
-            if let Some(passive) = &p.passive {
-                u.record_failure(passive);
-            }
-            let start = ctx.start.unwrap_or_else(Instant::now);
+        if let Some(p) = ctx.proxy.clone() {
             // A connection that never opened carried no request: retrying is always safe.
-            if p.may_retry(ctx.attempts, start) {
-                if ctx.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
-                    // Every upstream failed once; within lb_try_duration they may be retried.
-                    ctx.tried.clear();
-                }
-                if ctx.tried.len() < p.upstreams.len() {
-                    e.set_retry(true);
-                }
+            let timed_out = matches!(e.etype(), ErrorType::ConnectTimedout);
+            if attempt::connect_failed(&p, ctx, timed_out) {
+                e.set_retry(true);
             }
         }
-        release_upstream(ctx);
         e
     }
 
@@ -677,7 +435,7 @@ impl ProxyHttp for DwaarProxy {
         let host = request_host(session.req_header())
             .map(str::to_string)
             .unwrap_or_default();
-        forwarded_headers(ctx, up, &host);
+        crate::lifecycle::forwarded_headers(ctx, up, &host);
         if up.headers.get(http::header::HOST).is_none() {
             // HTTP/2 clients send :authority; HTTP/1 upstreams need a Host header.
             if let Some(a) = up.uri.authority().map(|a| a.as_str().to_string()) {
@@ -707,7 +465,7 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut RequestContext,
     ) -> Result<()> {
         ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
-        passive_check(ctx, resp.status.as_u16());
+        attempt::passive_check(ctx, resp.status.as_u16());
         // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
         let codings: Vec<&http::HeaderValue> = resp
             .headers
@@ -793,7 +551,7 @@ impl ProxyHttp for DwaarProxy {
             let mut buf = [0u8; 36];
             resp.insert_header("x-request-id", &*id.hyphenated().encode_lower(&mut buf))?;
         }
-        if let Some(v) = crate::quic::alt_svc(ctx) {
+        if let Some(v) = crate::lifecycle::alt_svc(ctx) {
             resp.insert_header("alt-svc", v)?;
         }
         if ctx.page.is_some() || ctx.encode.is_some() {
@@ -847,7 +605,7 @@ impl ProxyHttp for DwaarProxy {
         e: &Error,
         ctx: &mut RequestContext,
     ) -> FailToProxy {
-        release_upstream(ctx);
+        attempt::release(ctx);
         if let Some(r) = crate::cache::revalidated_reply(ctx) {
             let _ = write_reply(session, ctx, r).await;
             return FailToProxy {
@@ -929,10 +687,8 @@ impl ProxyHttp for DwaarProxy {
         // An unfinished fill is dropped; requests waiting for it look again.
         crate::cache::finish(ctx, false);
         access_log(session, ctx);
-        release_upstream(ctx);
-        if std::mem::take(&mut ctx.inflight) {
-            crate::server::inflight::exit();
-        }
+        attempt::release(ctx);
+        ctx.inflight = None;
     }
 }
 
@@ -971,19 +727,8 @@ fn access_log(session: &Session, ctx: &RequestContext) {
         .response_written()
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
-    crate::metrics::observe(
-        ctx,
-        req.method.as_str(),
-        status,
-        down.body_bytes_read() as u64,
-        down.body_bytes_sent() as u64,
-    );
-    crate::analytics::record(ctx, status, down.body_bytes_sent() as u64);
-    if !is_logged(ctx) {
-        return;
-    }
-    log_request(
-        ctx,
+    let (read, written) = (down.body_bytes_read() as u64, down.body_bytes_sent() as u64);
+    crate::lifecycle::finish(ctx, req.method.as_str(), (status, read, written), || {
         LogParts {
             method: req.method.as_str(),
             path: req.uri.path(),
@@ -991,100 +736,9 @@ fn access_log(session: &Session, ctx: &RequestContext) {
             version: req.version,
             user_agent: req.headers.get(http::header::USER_AGENT).cloned(),
             referer: req.headers.get(http::header::REFERER).cloned(),
-            status: session
-                .response_written()
-                .map(|r| r.status.as_u16())
-                .unwrap_or(0),
-            bytes_read: down.body_bytes_read() as u64,
-            bytes_written: down.body_bytes_sent() as u64,
-        },
-    );
-}
-
-/// What a front-end knows about a finished request, for its log record.
-pub(crate) struct LogParts<'a> {
-    pub method: &'a str,
-    pub path: &'a str,
-    pub query: &'a str,
-    pub version: http::Version,
-    pub user_agent: Option<http::HeaderValue>,
-    pub referer: Option<http::HeaderValue>,
-    pub status: u16,
-    pub bytes_read: u64,
-    pub bytes_written: u64,
-}
-
-/// When the request started, in Unix milliseconds: read from the clock only for requests
-/// that are logged, not on every request.
-fn start_unix_ms(ctx: &RequestContext) -> u64 {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
-    now.saturating_sub(elapsed).as_millis() as u64
-}
-
-/// Whether the request goes to an access log (its site has `log`, no `log_skip` matched);
-/// front-ends check it before gathering the record's parts.
-pub(crate) fn is_logged(ctx: &RequestContext) -> bool {
-    !ctx.skip_log && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
-}
-
-/// Builds the access-log record from the context and a front-end's parts.
-pub(crate) fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
-    let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
-        return;
-    };
-    if ctx.skip_log {
-        return;
-    }
-    // The request as the client sent it, before any rewrite.
-    let (path, query) = match ctx.orig_uri.as_deref() {
-        Some(orig) => orig.split_once('?').unwrap_or((orig, "")),
-        None => (p.path, p.query),
-    };
-    let record = dwaar_log::RequestLog {
-        ts_ms: start_unix_ms(ctx),
-        request_id: ctx.request_id,
-        method: CompactString::new(p.method),
-        host: ctx.host.clone(),
-        path: CompactString::new(path),
-        query: CompactString::new(query),
-        proto: dwaar_log::record::proto_name(p.version),
-        status: p.status,
-        duration_us: ctx
-            .start
-            .map(|s| s.elapsed().as_micros() as u64)
-            .unwrap_or(0),
-        upstream_duration_us: ctx.upstream_duration.map(|d| d.as_micros() as u64),
-        upstream_addr: ctx.upstream.as_ref().map(|u| CompactString::new(&u.dial)),
-        remote_ip: ctx.conn.remote.ip(),
-        remote_port: ctx.conn.remote.port(),
-        client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
-        is_bot: crate::security::is_bot(p.user_agent.as_ref().and_then(|v| v.to_str().ok())),
-        user_agent: p.user_agent,
-        referer: p.referer,
-        bytes_read: p.bytes_read,
-        bytes_written: p.bytes_written,
-        rejected_by: ctx.rejected_by,
-        cache: ctx
-            .cache_served
-            .or(ctx.cache.as_ref().map(|c| c.status))
-            .map(|s| s.as_str()),
-        encoding: ctx.encoded,
-        error: ctx.upstream_error.clone(),
-        ..Default::default()
-    };
-    logger.log(record);
-}
-
-fn status_matches(pattern: &str, code: u16) -> bool {
-    if let Some(class) = pattern.strip_suffix("xx") {
-        class
-            .parse::<u16>()
-            .map(|c| c == code / 100)
-            .unwrap_or(false)
-    } else {
-        pattern.parse::<u16>().map(|c| c == code).unwrap_or(false)
-    }
+            status,
+            bytes_read: read,
+            bytes_written: written,
+        }
+    });
 }

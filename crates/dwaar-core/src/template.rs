@@ -21,10 +21,22 @@ pub fn render<'t>(t: &'t Template, req: &dyn HttpRequest, ctx: &RequestContext) 
     Cow::Owned(out)
 }
 
+/// The host part of a `Host` value as sent: no port, no IPv6 brackets.
+fn host_as_sent(raw: &str) -> &str {
+    if let Some(rest) = raw.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match raw.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    }
+}
+
 fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &RequestContext) {
     use Placeholder as P;
     match ph {
-        P::Host => out.push_str(&ctx.host),
+        // As the client wrote it (Caddy keeps its case), without the port.
+        P::Host => out.push_str(req.header("host").map_or(&ctx.host, host_as_sent)),
         P::Hostport => {
             out.push_str(req.header("host").unwrap_or(&ctx.host));
         }

@@ -19,20 +19,20 @@
 //! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
 //! the end-to-end tests run against both (`DWAAR_FAST_PATH=0` turns this one off).
 
-pub(crate) mod pool;
 pub mod request;
 
 use crate::context::{ConnInfo, RequestContext};
-use crate::pipeline::{handle_request, normalize_host, Outcome, Reply};
-use crate::proxy::{
-    count_upstream, edit_upstream_request, log_request, passive_check, release_upstream, LogParts,
+use crate::http1::{
+    chunk_into, make_room, push_date, push_request_id, status_line, upstream_framing,
+    upstream_keepalive, ChunkScanner, Framing, MAX_HEAD, MAX_HEADERS,
 };
+use crate::lifecycle::{attempt, edit_upstream_request, inflight, LogParts};
+use crate::net::to_pingora;
+use crate::pipeline::{Outcome, Reply};
 use crate::request::HttpRequest;
 use crate::route_table::RouteStore;
-use crate::server::inflight;
-use crate::server::listeners::{to_pingora, ProxyApp};
+use crate::upstream::h1_pool as pool;
 use bytes::{Buf, Bytes, BytesMut};
-use pingora_core::apps::ServerApp;
 use pingora_core::server::ShutdownWatch;
 use pool::UpstreamConn;
 use request::FastRequest;
@@ -42,22 +42,8 @@ use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Longest request or response head this path reads before handing over.
-const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
 /// A client connection's read buffer: most request heads fit in it.
 const CLIENT_BUF: usize = 2 * 1024;
-
-/// Makes room to read more into `buf` when less than `chunk / 2` is free. A buffer that
-/// nothing else points into any more is rewound and reused, so a keep-alive
-/// connection's buffer keeps its size across requests (`reserve` alone would double it
-/// whenever the space left after the last request ran low); otherwise `chunk` more
-/// bytes are allocated.
-pub(crate) fn make_room(buf: &mut BytesMut, chunk: usize) {
-    if buf.capacity() - buf.len() < chunk / 2 && !buf.try_reclaim(chunk) {
-        buf.reserve(chunk);
-    }
-}
 
 /// Whether the fast path is on (`DWAAR_FAST_PATH=0` turns it off, for comparisons).
 pub fn enabled() -> bool {
@@ -65,11 +51,20 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DWAAR_FAST_PATH").map_or(true, |v| v != "0"))
 }
 
+/// Serves a connection this path hands over, with the bytes it read pushed back.
+pub type HandOver = dyn Fn(
+        pingora_core::protocols::l4::stream::Stream,
+        ShutdownWatch,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    + Send
+    + Sync;
+
 /// What a connection needs from the server.
 #[derive(Clone)]
 pub struct FastCx {
     pub store: Arc<RouteStore>,
-    pub fallback: Arc<ProxyApp>,
+    /// Serves the connections this path hands over (Pingora's `HttpProxy`).
+    pub fallback: Arc<HandOver>,
     pub shutdown: ShutdownWatch,
 }
 
@@ -106,13 +101,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
                 if !buf.is_empty() {
                     stream.rewind(&buf);
                 }
-                let mut next = cx
-                    .fallback
-                    .process_new(Box::new(stream), &cx.shutdown)
-                    .await;
-                while let Some(s) = next {
-                    next = cx.fallback.process_new(s, &cx.shutdown).await;
-                }
+                (cx.fallback)(stream, cx.shutdown.clone()).await;
                 return;
             }
         }
@@ -320,59 +309,14 @@ async fn serve_one(
         return hand_back(buf, head);
     };
 
-    let mut ctx = RequestContext {
-        start: Some(Instant::now()),
-        conn,
-        ..RequestContext::default()
-    };
-    let Some(host) = req
-        .header("host")
-        .map(normalize_host)
-        .unwrap_or(Some(Default::default()))
+    let Some((table, mut ctx)) = crate::lifecycle::start(&cx.store, conn, req.header("host"))
     else {
         return hand_back(buf, head);
     };
-    ctx.host = host;
-    let table = cx.store.load();
-    let mut outcome = handle_request(&table, &mut req, &mut ctx);
     // basic_auth and forward_auth answer off the request path; then the pipeline runs
-    // again from the request as it arrived (at most once per check on the route).
-    let mut rounds = 0;
-    while let Outcome::Check(check) = outcome {
-        rounds += 1;
-        // Boxed: the check's future (buffers, a client) stays out of every
-        // connection's future.
-        match Box::pin(crate::auth::run(check)).await {
-            crate::auth::Checked::Answer(r) => {
-                outcome = Outcome::Reply(r);
-                break;
-            }
-            crate::auth::Checked::Resume(edits) => {
-                let Some(fresh) = parse_request(&head) else {
-                    return Next::Drop;
-                };
-                req = fresh;
-                for (k, v) in &edits {
-                    match v {
-                        Some(v) => req.set_header(k, v),
-                        None => req.remove_header(k),
-                    }
-                }
-                ctx = RequestContext {
-                    start: ctx.start,
-                    conn,
-                    host: std::mem::take(&mut ctx.host),
-                    ..RequestContext::default()
-                };
-                outcome = handle_request(&table, &mut req, &mut ctx);
-                if rounds >= 4 {
-                    if let Outcome::Check(_) = outcome {
-                        outcome = Outcome::Reply(Reply::status(503));
-                    }
-                }
-            }
-        }
-    }
+    // again from the request as it arrived.
+    let original = table.rerun_checks.then(|| req.clone());
+    let outcome = crate::lifecycle::decide(&table, original.as_ref(), &mut req, &mut ctx).await;
     ctx.table = Some(table);
     let close = wants_close(&req) || inflight::draining();
     match outcome {
@@ -387,18 +331,14 @@ async fn serve_one(
             let Ok(body) = read_small_body(tcp, buf, body_len as usize, body_timeout).await else {
                 return Next::Drop;
             };
-            ctx.inflight = inflight::enter();
+            ctx.inflight = inflight::Guard::enter();
             let r = crate::analytics::answer(i, body).await;
             let close = close || r.close;
-            let next = send_reply(tcp, &req, &ctx, r, close, body_len).await;
-            if std::mem::take(&mut ctx.inflight) {
-                inflight::exit();
-            }
-            next
+            send_reply(tcp, &req, &ctx, r, close, body_len).await
         }
         Outcome::Reply(mut r) => {
             crate::rewrite::reply(&mut ctx, &mut r);
-            ctx.inflight = inflight::enter();
+            ctx.inflight = inflight::Guard::enter();
             // A small body is read and dropped so the connection stays in step. A large
             // or refused one (413) is not read: the answer goes out at once, the
             // connection closes, and what the client still sends is drained briefly so
@@ -423,12 +363,10 @@ async fn serve_one(
                     Err(_) => Next::Drop,
                 }
             };
-            if std::mem::take(&mut ctx.inflight) {
-                inflight::exit();
-            }
             next
         }
-        Outcome::Check(_) => Next::Drop,
+        // `decide` settles every check; kept for exhaustiveness.
+        Outcome::Check(_) => send_reply(tcp, &req, &ctx, Reply::status(503), true, 0).await,
         Outcome::Abort => {
             finish_log(&req, &ctx, 0, 0, 0);
             Next::Drop
@@ -442,7 +380,7 @@ async fn serve_one(
             if !eligible {
                 return hand_back(buf, head);
             }
-            ctx.inflight = inflight::enter();
+            ctx.inflight = inflight::Guard::enter();
             let body_timeout = timeouts.read_body.unwrap_or(BODY_TIMEOUT);
             let next = proxy(
                 tcp,
@@ -453,10 +391,7 @@ async fn serve_one(
                 body_timeout,
             )
             .await;
-            release_upstream(&mut ctx);
-            if std::mem::take(&mut ctx.inflight) {
-                inflight::exit();
-            }
+            attempt::release(&mut ctx);
             next
         }
     }
@@ -540,53 +475,6 @@ async fn discard_body(
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
     }
-}
-
-thread_local! {
-    /// `date: <HTTP-date>\r\n` for the current second, formatted once per second.
-    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
-}
-
-/// The `Date` header an origin response must carry (RFC 9110 §6.6.1).
-fn push_date(out: &mut Vec<u8>) {
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    DATE.with_borrow_mut(|(at, line)| {
-        if *at != secs || line.is_empty() {
-            line.clear();
-            line.extend_from_slice(b"date: ");
-            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
-            line.extend_from_slice(b"\r\n");
-            *at = secs;
-        }
-        out.extend_from_slice(line);
-    });
-}
-
-fn push_request_id(out: &mut Vec<u8>, ctx: &RequestContext) {
-    if let Some(id) = ctx.request_id {
-        let mut b = [0u8; 36];
-        out.extend_from_slice(b"x-request-id: ");
-        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-}
-
-fn status_line(out: &mut Vec<u8>, status: u16) {
-    out.extend_from_slice(b"HTTP/1.1 ");
-    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(
-        http::StatusCode::from_u16(status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("")
-            .as_bytes(),
-    );
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Writes a reply, logs the request, and says whether the connection stays open.
@@ -733,33 +621,17 @@ async fn send_file(
 }
 
 fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {
-    crate::metrics::observe(ctx, req.method(), status, read, written);
-    crate::analytics::record(ctx, status, written);
-    if !crate::proxy::is_logged(ctx) {
-        return;
-    }
-    log_request(
-        ctx,
-        LogParts {
-            method: req.method(),
-            path: req.path(),
-            query: req.query().unwrap_or(""),
-            version: req.version,
-            user_agent: req.header_value("user-agent"),
-            referer: req.header_value("referer"),
-            status,
-            bytes_read: read,
-            bytes_written: written,
-        },
-    );
-}
-
-/// How the upstream's response body is framed.
-pub(crate) enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
+    crate::lifecycle::finish(ctx, req.method(), (status, read, written), || LogParts {
+        method: req.method(),
+        path: req.path(),
+        query: req.query().unwrap_or(""),
+        version: req.version,
+        user_agent: req.header_value("user-agent"),
+        referer: req.header_value("referer"),
+        status,
+        bytes_read: read,
+        bytes_written: written,
+    });
 }
 
 async fn proxy(
@@ -781,7 +653,7 @@ async fn proxy(
     let Some(addr) = up.addr else {
         return hand_back(buf, head.clone());
     };
-    count_upstream(ctx, up);
+    attempt::claim(ctx, up);
 
     // The upstream request head, edited like the Pingora path edits it.
     edit_upstream_request(ctx, req, &p);
@@ -832,7 +704,7 @@ async fn proxy(
             }
             Err(_) if !consumed => {
                 // Nothing was sent: Pingora retries, marks health and answers.
-                release_upstream(ctx);
+                attempt::release(ctx);
                 return hand_back(buf, head.clone());
             }
             Err(_) => return Box::pin(upstream_failed(tcp, req, ctx, 502)).await,
@@ -935,50 +807,6 @@ struct ResponseHead {
     injection: Option<(Box<crate::rewrite::Rewrite>, bool)>,
 }
 
-/// Whether an HTTP/1.1 upstream keeps its connection after this response (no
-/// `Connection: close`, not HTTP/1.0).
-pub(crate) fn upstream_keepalive(resp: &httparse::Response<'_, '_>) -> bool {
-    resp.version == Some(1)
-        && !resp.headers.iter().any(|h| {
-            h.name.eq_ignore_ascii_case("connection")
-                && h.value
-                    .split(|b| *b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        })
-}
-
-/// How an HTTP/1.1 upstream's response body is framed (RFC 9112 §6.3); `None` for
-/// framing Dwaar refuses to forward: a coding other than one `chunked`, several or
-/// malformed `Content-Length`s.
-pub(crate) fn upstream_framing(
-    resp: &httparse::Response<'_, '_>,
-    status: u16,
-    head_request: bool,
-) -> Option<Framing> {
-    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        return Some(Framing::None);
-    }
-    let named = |name: &'static str| {
-        resp.headers
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
-    };
-    if named("transfer-encoding").next().is_some() {
-        let chunked =
-            named("transfer-encoding").all(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        return chunked.then_some(Framing::Chunked);
-    }
-    let mut lens = named("content-length");
-    match (lens.next(), lens.next()) {
-        (None, _) => Some(Framing::UntilClose),
-        (Some(one), None) => Some(Framing::Length(
-            std::str::from_utf8(one).ok()?.trim().parse().ok()?,
-        )),
-        _ => None,
-    }
-}
-
 /// Parses the upstream response head and builds the client's, with the same header
 /// edits as the Pingora path; `None` when the upstream sent something unusable.
 fn response_head(
@@ -994,8 +822,7 @@ fn response_head(
         return None;
     }
     let status = resp.code.unwrap_or(502);
-    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
-    passive_check(ctx, status);
+    attempt::passive_check(ctx, status);
     let upstream_keepalive = upstream_keepalive(&resp);
     let head_request = req.method() == "HEAD";
     let framing = upstream_framing(&resp, status, head_request)?;
@@ -1083,17 +910,6 @@ fn response_head(
 enum Failure {
     Client,
     Upstream,
-}
-
-/// Appends `piece` as one chunk of chunked framing (nothing for an empty piece).
-pub(crate) fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
-    if !piece.is_empty() {
-        use std::io::Write;
-        // Writing into a Vec cannot fail; the size goes in without a String.
-        let _ = write!(out, "{:x}\r\n", piece.len());
-        out.extend_from_slice(piece);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 /// Writes a piece of a rewritten body, as a chunk when the client's framing is chunked.
@@ -1270,119 +1086,6 @@ async fn relay_body(
     Ok(sent)
 }
 
-/// Tracks chunked framing while the raw bytes are forwarded unchanged.
-#[derive(Default)]
-pub(crate) struct ChunkScanner {
-    state: ChunkState,
-    size: u64,
-}
-
-#[derive(Default, Clone, Copy, PartialEq)]
-enum ChunkState {
-    #[default]
-    Size,
-    SizeExt,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    Trailer,
-    TrailerLine,
-    TrailerLf,
-    EndLf,
-}
-
-/// The next state when `c` is the byte the framing requires here.
-fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, ()> {
-    if c == want {
-        Ok(next)
-    } else {
-        Err(())
-    }
-}
-
-impl ChunkScanner {
-    /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
-    fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
-        self.scan_data(b, None)
-    }
-
-    /// Like [`scan`](Self::scan), appending the chunks' data (the decoded body) to `data`.
-    pub(crate) fn scan_data(
-        &mut self,
-        b: &[u8],
-        mut data: Option<&mut Vec<u8>>,
-    ) -> Result<(usize, bool), ()> {
-        let mut i = 0;
-        while i < b.len() {
-            let c = b[i];
-            match self.state {
-                ChunkState::Size => match c {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (c as char).to_digit(16).ok_or(())? as u64;
-                        self.size = self
-                            .size
-                            .checked_mul(16)
-                            .and_then(|s| s.checked_add(d))
-                            .ok_or(())?;
-                    }
-                    b';' | b' ' | b'\t' => self.state = ChunkState::SizeExt,
-                    b'\r' => self.state = ChunkState::SizeLf,
-                    _ => return Err(()),
-                },
-                ChunkState::SizeExt => {
-                    if c == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else if c == b'\n' {
-                        return Err(());
-                    }
-                }
-                ChunkState::SizeLf => {
-                    let next = if self.size == 0 {
-                        ChunkState::Trailer
-                    } else {
-                        ChunkState::Data
-                    };
-                    self.state = expect(c, b'\n', next)?;
-                }
-                ChunkState::Data => {
-                    let take = ((b.len() - i) as u64).min(self.size) as usize;
-                    if let Some(d) = data.as_deref_mut() {
-                        d.extend_from_slice(&b[i..i + take]);
-                    }
-                    self.size -= take as u64;
-                    i += take;
-                    if self.size == 0 {
-                        self.state = ChunkState::DataCr;
-                    }
-                    continue;
-                }
-                ChunkState::DataCr => self.state = expect(c, b'\r', ChunkState::DataLf)?,
-                ChunkState::DataLf => self.state = expect(c, b'\n', ChunkState::Size)?,
-                ChunkState::Trailer => {
-                    self.state = if c == b'\r' {
-                        ChunkState::EndLf
-                    } else {
-                        ChunkState::TrailerLine
-                    };
-                }
-                ChunkState::TrailerLine => {
-                    if c == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    }
-                }
-                ChunkState::TrailerLf => self.state = expect(c, b'\n', ChunkState::Trailer)?,
-                ChunkState::EndLf => {
-                    expect(c, b'\n', ChunkState::EndLf)?;
-                    return Ok((i + 1, true));
-                }
-            }
-            i += 1;
-        }
-        Ok((i, false))
-    }
-}
-
 /// The upstream failed after the request was sent: 502, or 504 for a timeout (through
 /// `handle_errors` when the site has it), like the Pingora path.
 async fn upstream_failed(
@@ -1391,22 +1094,13 @@ async fn upstream_failed(
     ctx: &mut RequestContext,
     code: u16,
 ) -> Next {
-    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
-        if let Some(passive) = &p.passive {
-            u.record_failure(passive);
-        }
-    }
+    attempt::upstream_failed(ctx);
     ctx.upstream_error = Some(if code == 504 {
         "upstream response timed out".into()
     } else {
         "upstream failed before a complete response head".into()
     });
-    let message = if code == 504 {
-        "upstream timed out"
-    } else {
-        "bad gateway"
-    };
-    let Some(reply) = crate::pipeline::proxy_error_reply(code, message.into(), req, ctx) else {
+    let Some(reply) = crate::lifecycle::failure_reply(code, req, ctx) else {
         return Next::Drop;
     };
     match write_reply(tcp, req, ctx, reply, true).await {
@@ -1415,65 +1109,6 @@ async fn upstream_failed(
             Next::Close
         }
         Err(_) => Next::Drop,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::ChunkScanner;
-
-    /// A keep-alive connection's buffer keeps its size over thousands of requests: each
-    /// head is split off and frozen, then dropped, and the space is reused. (With plain
-    /// `reserve` the buffers doubled once the space left ran low, which made peak memory
-    /// under 1,000 connections 39 MB instead of 23 MB.)
-    #[test]
-    fn buffers_keep_their_size_across_requests() {
-        for (start, chunk, message) in [
-            (super::CLIENT_BUF, super::CLIENT_BUF, 40),
-            (super::CLIENT_BUF, super::CLIENT_BUF, 700),
-            (4096, 4096, 150),
-        ] {
-            let mut buf = bytes::BytesMut::with_capacity(start);
-            for _ in 0..10_000 {
-                super::make_room(&mut buf, chunk);
-                assert!(buf.capacity() - buf.len() >= chunk / 2);
-                buf.extend_from_slice(&vec![b'x'; message]);
-                let head = buf.split_to(message).freeze();
-                drop(head);
-                assert!(
-                    buf.capacity() <= start,
-                    "buffer of {start} grew to {} with {message}-byte messages",
-                    buf.capacity()
-                );
-            }
-        }
-        // A head still referenced (or a partial one) makes the buffer grow instead.
-        let mut buf = bytes::BytesMut::with_capacity(64);
-        buf.extend_from_slice(&[b'x'; 60]);
-        let kept = buf.split_to(10).freeze();
-        super::make_room(&mut buf, 64);
-        assert!(buf.capacity() - buf.len() >= 32);
-        assert_eq!(&buf[..], &[b'x'; 50][..]);
-        assert_eq!(kept.len(), 10);
-    }
-
-    #[test]
-    fn chunk_scanner_finds_the_end_across_reads() {
-        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
-        for split in 1..body.len() {
-            let mut s = ChunkScanner::default();
-            let (a, done_a) = s.scan(&body[..split]).expect("valid");
-            let total = if done_a {
-                a
-            } else {
-                let (b, done_b) = s.scan(&body[split..]).expect("valid");
-                assert!(done_b, "split at {split}");
-                split + b
-            };
-            assert_eq!(&body[total..], b"NEXT", "split at {split}");
-        }
-        assert!(ChunkScanner::default().scan(b"zz\r\n").is_err());
-        assert!(ChunkScanner::default().scan(b"4\r\nWikiXX").is_err());
     }
 }
 
@@ -1497,19 +1132,7 @@ mod size_tests {
                 store: std::sync::Arc::new(crate::route_table::RouteStore::new(
                     crate::route_table::RouteTable::default(),
                 )),
-                fallback: {
-                    let conf = std::sync::Arc::new(
-                        pingora_core::server::configuration::ServerConf::default(),
-                    );
-                    std::sync::Arc::new(pingora_proxy::http_proxy(
-                        &conf,
-                        crate::proxy::DwaarProxy {
-                            store: std::sync::Arc::new(crate::route_table::RouteStore::new(
-                                crate::route_table::RouteTable::default(),
-                            )),
-                        },
-                    ))
-                },
+                fallback: std::sync::Arc::new(|_, _| Box::pin(async {})),
                 shutdown: tokio::sync::watch::channel(false).1,
             };
             let mut tcp = client;

@@ -32,7 +32,7 @@ pub struct Header {
 }
 
 /// One parsed request head.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct FastRequest {
     pub head: Bytes,
     pub method: Text,

@@ -8,12 +8,18 @@
 //! `reverse_proxy`, connection failures count for passive health and are retried on
 //! another upstream within `lb_retries`.
 //!
-//! The exchange is written against [`Downstream`], the client side of one request,
-//! so any front-end can drive it.
+//! The exchange is written against the lifecycle's
+//! [`Downstream`](crate::lifecycle::downstream::Downstream), the client side of one
+//! request, so every front-end drives the same code: upstream attempts go through
+//! [`crate::lifecycle::attempt`] (`lb_retries`, `lb_try_duration`, `lb_try_interval`,
+//! in-flight counts for `least_conn`), and the request body is held to
+//! `request_body { max_size }`.
 
 pub mod proto;
 
 use crate::context::RequestContext;
+use crate::lifecycle::attempt;
+use crate::lifecycle::downstream::{body_deadline, recv_chunk, send_body, Downstream};
 use crate::request::HttpRequest;
 use crate::template::render;
 use crate::upstream::{ProxyHandler, UpstreamState};
@@ -54,8 +60,8 @@ impl FastCgiOpts {
 /// What happens to a FastCGI response on its way to the client, whatever the
 /// front-end: `header_down` and the site's `header` edits, then analytics injection
 /// and `encode` through a [`Rewrite`](crate::rewrite::Rewrite). Taken from the context
-/// before the exchange (the client lends it to the FastCGI client), given back after.
-pub struct Shaping {
+/// before the exchange, given back after.
+struct Shaping {
     /// `header_down`, then the site's immediate and deferred `header` edits.
     edits: [Vec<crate::context::HeaderEdit>; 3],
     analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
@@ -71,7 +77,7 @@ impl std::fmt::Debug for Shaping {
 }
 
 impl Shaping {
-    pub fn take(p: &ProxyHandler, req: &dyn HttpRequest, ctx: &mut RequestContext) -> Shaping {
+    fn take(p: &ProxyHandler, req: &dyn HttpRequest, ctx: &mut RequestContext) -> Shaping {
         let mut down = Vec::with_capacity(p.header_down.len());
         crate::pipeline::render_rules(&p.header_down, req, ctx, &mut down);
         Shaping {
@@ -84,13 +90,13 @@ impl Shaping {
     }
 
     /// Returns the page-view facts (whether the response counted as a page view).
-    pub fn give_back(&mut self, ctx: &mut RequestContext) {
+    fn give_back(&mut self, ctx: &mut RequestContext) {
         ctx.page = self.page.take();
     }
 
     /// Edits the response fields and decides on a rewrite (a HEAD answer gets the same
     /// fields and no body); returns the body length to announce (`None`: not known).
-    pub fn head(
+    fn head(
         &mut self,
         status: u16,
         fields: &mut Vec<(CompactString, String)>,
@@ -114,7 +120,7 @@ impl Shaping {
     }
 
     /// A piece of the body as it goes out (empty: nothing to send yet).
-    pub fn body(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
+    fn body(&mut self, chunk: Bytes) -> std::io::Result<Bytes> {
         match self.rewrite.as_mut() {
             Some(rw) => rw.feed(Some(chunk), false),
             None => Ok(chunk),
@@ -122,28 +128,12 @@ impl Shaping {
     }
 
     /// What is left to send at the end of the body.
-    pub fn end(&mut self) -> std::io::Result<Bytes> {
+    fn end(&mut self) -> std::io::Result<Bytes> {
         match self.rewrite.as_mut() {
             Some(rw) => rw.feed(None, true),
             None => Ok(Bytes::new()),
         }
     }
-}
-
-/// The client side of one request, as a FastCGI exchange needs it.
-#[async_trait::async_trait]
-pub trait Downstream: Send {
-    /// The next piece of the request body; `None` at its end.
-    async fn read_body(&mut self) -> std::io::Result<Option<Bytes>>;
-    /// Sends the response head (a `Content-Length` from the responder is among the
-    /// fields).
-    async fn write_head(
-        &mut self,
-        status: u16,
-        headers: Vec<(CompactString, String)>,
-    ) -> std::io::Result<()>;
-    async fn write_body(&mut self, chunk: Bytes) -> std::io::Result<()>;
-    async fn finish(&mut self) -> std::io::Result<()>;
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -221,27 +211,125 @@ pub struct Exchanged {
     pub request_bytes: u64,
 }
 
-/// Runs the request through `proxy`'s FastCGI upstreams. Errors before the response
-/// head was sent are returned as a status for the caller to answer (502, 503, 504).
-pub async fn run(
+/// The client side of an exchange: the front-end's downstream, the response shaping,
+/// and what went through.
+struct Client<'d, D: Downstream> {
+    down: &'d mut D,
+    shape: Shaping,
+    head_only: bool,
+    max_body: Option<u64>,
+    request_bytes: u64,
+    body_bytes: u64,
+    deadline: tokio::time::Instant,
+}
+
+impl<D: Downstream> Client<'_, D> {
+    async fn read_body(&mut self) -> Result<Option<Bytes>, Failure> {
+        match recv_chunk(self.down, self.deadline).await {
+            Ok(Some(b)) => {
+                self.request_bytes += b.len() as u64;
+                if self.max_body.is_some_and(|max| self.request_bytes > max) {
+                    return Err(Failure::TooLarge);
+                }
+                Ok(Some(b))
+            }
+            Ok(None) => Ok(None),
+            Err(()) => Err(Failure::Client),
+        }
+    }
+
+    async fn write_head(
+        &mut self,
+        status: u16,
+        mut fields: Vec<(CompactString, String)>,
+        ctx: &RequestContext,
+    ) -> Result<(), Failure> {
+        self.shape.head(status, &mut fields, self.head_only);
+        self.down
+            .send_head(status, fields, ctx, false)
+            .await
+            .map_err(|_| Failure::After("the client went away".into()))
+    }
+
+    async fn write_body(&mut self, chunk: Bytes) -> Result<(), Failure> {
+        if self.head_only {
+            return Ok(());
+        }
+        let fail = |e: String| Failure::After(e);
+        let chunk = self.shape.body(chunk).map_err(|e| fail(e.to_string()))?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.body_bytes += chunk.len() as u64;
+        send_body(self.down, chunk)
+            .await
+            .map_err(|_| fail("the client stopped reading".into()))
+    }
+
+    async fn finish(&mut self) -> Result<(), Failure> {
+        let fail = |e: String| Failure::After(e);
+        let last = self.shape.end().map_err(|e| fail(e.to_string()))?;
+        if !last.is_empty() && !self.head_only {
+            self.body_bytes += last.len() as u64;
+            let _ = send_body(self.down, last).await;
+        }
+        self.down
+            .finish()
+            .await
+            .map_err(|_| fail("the client went away".into()))
+    }
+}
+
+/// Runs the request through `proxy`'s FastCGI upstreams, writing the answer to `down`.
+/// Errors before the response head was sent are returned as a status for the caller to
+/// answer (413, 502, 503, 504) with the request body bytes read so far.
+pub async fn run<D: Downstream>(
     proxy: &ProxyHandler,
     opts: &FastCgiOpts,
     req: &(dyn HttpRequest + Sync),
     ctx: &mut RequestContext,
-    down: &mut dyn Downstream,
-) -> Result<Exchanged, u16> {
+    down: &mut D,
+    head_only: bool,
+) -> Result<Exchanged, (u16, u64)> {
     let params = params(opts, req, ctx);
     let encoded = proto::pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let mut attempts = 0u32;
+    let mut client = Client {
+        down,
+        shape: Shaping::take(proxy, req, ctx),
+        head_only,
+        max_body: ctx.max_body,
+        request_bytes: 0,
+        body_bytes: 0,
+        deadline: body_deadline(),
+    };
+    let result = attempts(proxy, &encoded, opts, req, ctx, &mut client).await;
+    client.shape.give_back(ctx);
+    attempt::release(ctx);
+    match result {
+        Ok(status) => Ok(Exchanged {
+            status,
+            body_bytes: client.body_bytes,
+            request_bytes: client.request_bytes,
+        }),
+        Err(code) => Err((code, client.request_bytes)),
+    }
+}
+
+/// The attempt loop: an upstream by the load balancer, a kept or new connection, the
+/// exchange; connection failures are retried like every other transport's.
+async fn attempts<D: Downstream>(
+    proxy: &ProxyHandler,
+    encoded: &[u8],
+    opts: &FastCgiOpts,
+    req: &(dyn HttpRequest + Sync),
+    ctx: &mut RequestContext,
+    client: &mut Client<'_, D>,
+) -> Result<u16, u16> {
     loop {
-        let Some(i) = proxy.select(req, ctx) else {
-            ctx.upstream_failure = crate::context::UpstreamFailure::NoneAvailable;
+        let Some(i) = attempt::pick(proxy, req, ctx).await else {
             return Err(503);
         };
         let up = proxy.upstreams[i].clone();
-        ctx.tried.push(i);
-        ctx.upstream = Some(up.clone());
-        ctx.upstream_start = Some(Instant::now());
         let key = up.dial.clone();
         let idle = proxy.transport.idle.unwrap_or(Duration::from_secs(120));
         let reused = if proxy.transport.keepalive {
@@ -252,55 +340,60 @@ pub async fn run(
         let fresh = reused.is_none();
         let io = match reused {
             Some(io) => io,
-            None => match dial(&up, proxy.transport.dial).await {
-                Ok(io) => io,
-                Err(e) => {
-                    if let Some(passive) = &proxy.passive {
-                        up.record_failure(passive);
+            None => {
+                let dial_start = Instant::now();
+                match dial(&up, proxy.transport.dial).await {
+                    Ok(io) => {
+                        up.record_connect(dial_start.elapsed());
+                        io
                     }
-                    ctx.upstream_error = Some(CompactString::new(e.to_string()));
-                    attempts += 1;
-                    if attempts <= proxy.retries && ctx.tried.len() < proxy.upstreams.len() {
-                        continue;
+                    Err(e) => {
+                        let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                        ctx.upstream_error = Some(CompactString::new(e.to_string()));
+                        if attempt::connect_failed(proxy, ctx, timed_out) {
+                            continue;
+                        }
+                        return Err(if timed_out { 504 } else { 502 });
                     }
-                    ctx.upstream_failure = if e.kind() == std::io::ErrorKind::TimedOut {
-                        crate::context::UpstreamFailure::Timeout
-                    } else {
-                        crate::context::UpstreamFailure::Connect
-                    };
-                    return Err(if e.kind() == std::io::ErrorKind::TimedOut {
-                        504
-                    } else {
-                        502
-                    });
                 }
-            },
+            }
         };
-        match exchange(io, &encoded, proxy, opts, ctx, down).await {
-            Ok((done, io)) => {
+        ctx.upstream_sent = Some(Instant::now());
+        match exchange(io, encoded, proxy, opts, ctx, client).await {
+            Ok((status, io)) => {
                 if let Some(io) = io.filter(|_| proxy.transport.keepalive) {
                     checkin(&key, io);
                 }
-                return Ok(done);
+                return Ok(status);
             }
-            // A kept connection the responder had closed: try once more on a new one.
-            Err(Failure::Stale) if !fresh => continue,
-            Err(Failure::Stale) => return Err(502),
+            // A kept connection the responder had closed: try once more on a new one
+            // (it never saw the request, so this is not an attempt of its own).
+            Err(Failure::Stale) if !fresh && client.request_bytes == 0 => {
+                ctx.attempts -= 1;
+                ctx.tried.pop();
+                attempt::release(ctx);
+                continue;
+            }
+            Err(Failure::Stale) => {
+                attempt::upstream_failed(ctx);
+                return Err(502);
+            }
             Err(Failure::Before(e)) => {
+                attempt::upstream_failed(ctx);
                 ctx.upstream_error = Some(CompactString::new(e));
                 return Err(502);
             }
+            Err(Failure::TooLarge) => return Err(413),
+            Err(Failure::Client) => return Ok(0),
             Err(Failure::Timeout) => {
+                attempt::upstream_failed(ctx);
                 ctx.upstream_failure = crate::context::UpstreamFailure::Timeout;
                 return Err(504);
             }
             // The head was sent: nothing can be answered any more.
             Err(Failure::After(e)) => {
                 ctx.upstream_error = Some(CompactString::new(e));
-                return Ok(Exchanged {
-                    status: 0,
-                    ..Default::default()
-                });
+                return Ok(0);
             }
         }
     }
@@ -314,6 +407,10 @@ enum Failure {
     Timeout,
     /// Failed after the head went out.
     After(String),
+    /// The request body outgrew `request_body { max_size }`.
+    TooLarge,
+    /// The client stopped sending its body (or left).
+    Client,
 }
 
 async fn with_timeout<T>(
@@ -328,28 +425,24 @@ async fn with_timeout<T>(
     }
 }
 
-async fn exchange(
+async fn exchange<D: Downstream>(
     mut io: Box<dyn Io>,
     params: &[u8],
     proxy: &ProxyHandler,
     opts: &FastCgiOpts,
     ctx: &mut RequestContext,
-    down: &mut dyn Downstream,
-) -> Result<(Exchanged, Option<Box<dyn Io>>), Failure> {
+    down: &mut Client<'_, D>,
+) -> Result<(u16, Option<Box<dyn Io>>), Failure> {
     let (read_t, write_t) = (proxy.transport.read, proxy.transport.write);
     let mut out = Vec::with_capacity(params.len() + 64);
     proto::begin_request(&mut out);
     proto::stream(&mut out, proto::PARAMS, params);
     proto::record(&mut out, proto::PARAMS, &[]);
-    let mut request_bytes = 0u64;
     // The body: read from the client, written as STDIN records.
     loop {
-        let chunk = down
-            .read_body()
-            .await
-            .map_err(|e| Failure::Before(format!("reading the request body: {e}")))?;
-        let Some(chunk) = chunk else { break };
-        request_bytes += chunk.len() as u64;
+        let Some(chunk) = down.read_body().await? else {
+            break;
+        };
         proto::stream(&mut out, proto::STDIN, &chunk);
         if out.len() >= 64 * 1024 {
             with_timeout(write_t, io.write_all(&out))
@@ -366,7 +459,6 @@ async fn exchange(
     let mut head: Vec<u8> = Vec::new();
     let mut head_sent = false;
     let mut status = 0u16;
-    let mut body_bytes = 0u64;
     let mut stderr: Vec<u8> = Vec::new();
     let mut got_any = false;
     let mut content = vec![0u8; 8192];
@@ -410,17 +502,12 @@ async fn exchange(
                 if let Some((end, body_start)) = head_end(&head) {
                     let (st, headers, _) = parse_cgi_head(&head[..end]).map_err(Failure::Before)?;
                     status = st;
-                    down.write_head(status, headers)
-                        .await
-                        .map_err(|e| Failure::After(e.to_string()))?;
+                    down.write_head(status, headers, ctx).await?;
                     head_sent = true;
                     let rest = Bytes::copy_from_slice(&head[body_start..]);
                     head = Vec::new();
                     if !rest.is_empty() {
-                        body_bytes += rest.len() as u64;
-                        down.write_body(rest)
-                            .await
-                            .map_err(|e| Failure::After(e.to_string()))?;
+                        down.write_body(rest).await?;
                     }
                 } else if head.len() > MAX_HEAD {
                     return Err(Failure::Before(
@@ -429,10 +516,7 @@ async fn exchange(
                 }
             }
             proto::STDOUT if !data.is_empty() => {
-                body_bytes += data.len() as u64;
-                down.write_body(Bytes::copy_from_slice(data))
-                    .await
-                    .map_err(|e| Failure::After(e.to_string()))?;
+                down.write_body(Bytes::copy_from_slice(data)).await?;
             }
             proto::STDERR => {
                 let room = MAX_STDERR.saturating_sub(stderr.len());
@@ -450,13 +534,9 @@ async fn exchange(
         let (st, mut headers, _) = parse_cgi_head(&head).map_err(Failure::Before)?;
         status = st;
         crate::pipeline::ResponseHead::set(&mut headers, "content-length", "0");
-        down.write_head(status, headers)
-            .await
-            .map_err(|e| Failure::After(e.to_string()))?;
+        down.write_head(status, headers, ctx).await?;
     }
-    down.finish()
-        .await
-        .map_err(|e| Failure::After(e.to_string()))?;
+    down.finish().await?;
     if !stderr.is_empty() && opts.capture_stderr {
         let text = String::from_utf8_lossy(&stderr);
         if status >= 400 {
@@ -465,14 +545,7 @@ async fn exchange(
             tracing::warn!(upstream = %ctx.upstream.as_ref().map(|u| u.dial.as_str()).unwrap_or(""), "fastcgi stderr: {}", text.trim_end());
         }
     }
-    Ok((
-        Exchanged {
-            status,
-            body_bytes,
-            request_bytes,
-        },
-        keep.then_some(io),
-    ))
+    Ok((status, keep.then_some(io)))
 }
 
 /// Where the CGI head ends: (end of headers, start of body).

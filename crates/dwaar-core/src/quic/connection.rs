@@ -3,19 +3,23 @@
 
 use super::MAX_HEAD;
 use crate::context::ConnInfo;
+use crate::lifecycle::downstream::Downstream;
+use crate::lifecycle::{DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
-use crate::streams::{serve_request, Exchange};
+use crate::streams::serve_request;
 use bytes::{Buf, Bytes};
 use h3::server::RequestStream;
 use std::sync::Arc;
 
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
-/// An HTTP/3 request stream as [`Exchange`].
+/// An HTTP/3 request stream as a [`Downstream`].
 struct H3Exchange(Stream);
 
-impl Exchange for H3Exchange {
-    const VERSION: http::Version = http::Version::HTTP_3;
+impl Downstream for H3Exchange {
+    fn version(&self) -> http::Version {
+        http::Version::HTTP_3
+    }
 
     async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
         match self.0.recv_data().await {
@@ -28,7 +32,14 @@ impl Exchange for H3Exchange {
         }
     }
 
-    async fn send_response(&mut self, head: http::Response<()>) -> Result<(), ()> {
+    async fn send_head(
+        &mut self,
+        status: u16,
+        fields: Vec<(compact_str::CompactString, String)>,
+        ctx: &crate::context::RequestContext,
+        _close: bool,
+    ) -> Result<(), ()> {
+        let head = crate::streams::response_head(status, fields, ctx, false);
         self.0.send_response(head).await.map_err(|_| ())
     }
 
@@ -41,7 +52,22 @@ impl Exchange for H3Exchange {
     }
 
     async fn finish(&mut self) -> Result<(), ()> {
-        self.0.finish().await.map_err(|_| ())
+        self.0.finish().await.map_err(|_| ())?;
+        // A request body the answer did not need is read and dropped within a bound,
+        // so the client's upload ends normally instead of being stopped under it.
+        let mut left = DISCARD_MAX;
+        let until = tokio::time::Instant::now() + DISCARD_WAIT;
+        while left > 0 {
+            match tokio::time::timeout_at(until, self.0.recv_data()).await {
+                Ok(Ok(Some(mut chunk))) => {
+                    let n = chunk.remaining();
+                    chunk.advance(n);
+                    left = left.saturating_sub(n);
+                }
+                _ => break,
+            }
+        }
+        Ok(())
     }
 
     fn abort(&mut self, refused: bool) {
@@ -85,7 +111,7 @@ pub(super) async fn serve_connection(
             Ok(Some(resolver)) => {
                 let store = store.clone();
                 let early = early.clone();
-                tokio::spawn(async move {
+                tokio::spawn(crate::lifecycle::isolate("an HTTP/3 stream", async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => {
                             let mut stream = H3Exchange(stream);
@@ -101,7 +127,7 @@ pub(super) async fn serve_connection(
                         }
                         Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
                     }
-                });
+                }));
             }
             Ok(None) => return,
             Err(e) => {

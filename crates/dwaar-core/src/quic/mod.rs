@@ -29,21 +29,6 @@ pub const IDLE: Duration = Duration::from_secs(60);
 /// Largest request head accepted.
 pub const MAX_HEAD: u64 = 64 * 1024;
 
-/// The `Alt-Svc` value announcing HTTP/3 on this connection's port, for responses
-/// over TLS on a port that serves it.
-pub fn alt_svc(ctx: &crate::context::RequestContext) -> Option<http::HeaderValue> {
-    if !ctx.conn.tls {
-        return None;
-    }
-    let port = ctx.conn.local_port;
-    ctx.table
-        .as_ref()?
-        .alt_svc
-        .iter()
-        .find(|(p, _)| *p == port)
-        .map(|(_, v)| v.clone())
-}
-
 /// Certificates for QUIC handshakes, from the route table current at each handshake.
 struct CurrentCerts(Arc<RouteStore>);
 

@@ -5,15 +5,13 @@
 //! and stops those of removed ones, leaving the others (and their connections) untouched.
 
 use super::sockets::{share, Snapshot};
+use crate::net::to_pingora;
 use crate::route_table::ListenSpec;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::protocols::l4::stream::Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest};
 use pingora_core::server::ShutdownWatch;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -87,7 +85,7 @@ pub async fn worker(
             } else if crate::fast_h1::enabled() {
                 Front::Fast(crate::fast_h1::FastCx {
                     store: apps.store.clone(),
-                    fallback: apps.h1.clone(),
+                    fallback: pingora_hand_over(apps.h1.clone()),
                     shutdown: shutdown.clone(),
                 })
             } else {
@@ -111,7 +109,20 @@ pub async fn worker(
     for (_, task) in running {
         task.abort();
     }
-    crate::fast_h1::pool::clear();
+    crate::upstream::h1_pool::clear();
+}
+
+/// Pingora's `HttpProxy` serving the connections the lean path hands over.
+fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
+    Arc::new(move |stream: Stream, shutdown: ShutdownWatch| {
+        let app = app.clone();
+        Box::pin(async move {
+            let mut next = app.process_new(Box::new(stream), &shutdown).await;
+            while let Some(s) = next {
+                next = app.process_new(s, &shutdown).await;
+            }
+        })
+    })
 }
 
 /// Who serves a listener's connections.
@@ -204,22 +215,6 @@ fn h2_front_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DWAAR_H2_FRONT").map_or(true, |v| v != "0"))
 }
 
-/// Wraps an accepted TCP connection for Pingora, with the addresses already known
-/// from `accept()` (no `getpeername`/`getsockname` later).
-pub fn to_pingora(
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    local: Option<SocketAddr>,
-) -> Stream {
-    let fd = tcp.as_raw_fd();
-    let mut stream: Stream = tcp.into();
-    let digest = SocketDigest::from_raw_fd(fd);
-    let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
-    let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
-    stream.set_socket_digest(digest);
-    stream
-}
-
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     front: Front,
@@ -244,7 +239,10 @@ async fn accept_loop(
             Front::Fast(cx) => {
                 let cx = cx.clone();
                 tokio::spawn(async move {
-                    crate::fast_h1::serve(tcp, peer, local, cx).await;
+                    crate::lifecycle::isolate("an HTTP/1 connection", async move {
+                        crate::fast_h1::serve(tcp, peer, local, cx).await;
+                    })
+                    .await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
@@ -262,9 +260,7 @@ async fn accept_loop(
                 let timeouts = local
                     .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
                     .unwrap_or_default();
-                // Cache fills run on Pingora's path: with a `cache` route anywhere, HTTP/2
-                // stays with Pingora's session, where misses are stored.
-                let own_h2 = table.cache_stores.is_empty() && h2_front_enabled();
+                let own_h2 = h2_front_enabled();
                 drop(table);
                 crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
                 let head_timeout = timeouts.read_header.unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
@@ -277,7 +273,11 @@ async fn accept_loop(
                         idle: timeouts.idle,
                         own_h2,
                     };
-                    serve_tls(stream, (peer, local), fronts, (tls, head_timeout), shutdown).await;
+                    crate::lifecycle::isolate(
+                        "a TLS connection",
+                        serve_tls(stream, (peer, local), fronts, (tls, head_timeout), shutdown),
+                    )
+                    .await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
@@ -289,10 +289,13 @@ async fn accept_loop(
                 let app = app.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    let mut next = app.process_new(Box::new(stream), &shutdown).await;
-                    while let Some(s) = next {
-                        next = app.process_new(s, &shutdown).await;
-                    }
+                    crate::lifecycle::isolate("an HTTP/1 connection", async move {
+                        let mut next = app.process_new(Box::new(stream), &shutdown).await;
+                        while let Some(s) = next {
+                            next = app.process_new(s, &shutdown).await;
+                        }
+                    })
+                    .await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }

@@ -9,7 +9,6 @@
 
 pub mod control;
 pub mod fdpass;
-pub mod inflight;
 pub mod listeners;
 pub mod reload;
 pub mod sockets;
@@ -131,7 +130,7 @@ impl Server {
             std::thread::Builder::new()
                 .name(format!("dwaar-worker-{i}"))
                 .spawn(move || {
-                    inflight::register_thread();
+                    crate::lifecycle::inflight::register_thread();
                     rt.block_on(async move {
                         listeners::worker(sockets, shutdown, apps, conns, (i, threads)).await;
                         // Keep serving accepted connections until the process exits.
@@ -155,7 +154,7 @@ impl Server {
         let (control, upgrades) = Control::new(
             reloader,
             Box::new(move || Stats {
-                inflight_requests: inflight::total() as u64,
+                inflight_requests: crate::lifecycle::inflight::total() as u64,
                 open_connections: stats_conns.get() as u64,
                 workers: 1,
                 worker_restarts: 0,
@@ -194,7 +193,7 @@ impl Server {
     /// Stops accepting, waits for in-flight requests (up to the grace period) and returns.
     pub fn shutdown(self) {
         tracing::info!("shutting down: no new connections, draining in-flight requests");
-        inflight::start_draining();
+        crate::lifecycle::inflight::start_draining();
         let _ = self.shutdown.send(true);
         // Close our copies of the listening sockets: new connections are refused now
         // (or, after an upgrade, accepted by the successor that holds the same sockets).
@@ -205,10 +204,12 @@ impl Server {
         // Wait for requests to finish and for keep-alive clients to take their
         // `Connection: close` and leave; idle connections hold the exit at most until
         // the grace period ends.
-        while (inflight::total() > 0 || self.conns.get() > 0) && Instant::now() < deadline {
+        while (crate::lifecycle::inflight::total() > 0 || self.conns.get() > 0)
+            && Instant::now() < deadline
+        {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = inflight::total();
+        let left = crate::lifecycle::inflight::total();
         if left > 0 {
             tracing::warn!(
                 requests = left,

@@ -9,9 +9,12 @@
 //! timeout (60 s by default) is closed with GOAWAY; on shutdown every connection sends
 //! GOAWAY and finishes the streams it has.
 
-use super::{h2_pool, serve_request, Exchange};
+use super::serve_request;
 use crate::context::ConnInfo;
+use crate::lifecycle::downstream::Downstream;
+use crate::lifecycle::{DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
+use crate::upstream::h2_pool;
 use bytes::Bytes;
 use pingora_core::server::ShutdownWatch;
 use std::sync::Arc;
@@ -24,22 +27,20 @@ pub const MAX_STREAMS: u32 = 100;
 pub const MAX_HEADER_LIST: u32 = 64 * 1024;
 /// How long the client may take to send its connection preface and settings.
 const PREFACE_WAIT: Duration = Duration::from_secs(10);
-/// Request body bytes read and dropped after a response that did not need them.
-const DRAIN_MAX: usize = 64 * 1024;
-/// How long that may take.
-const DRAIN_WAIT: Duration = Duration::from_secs(1);
 /// A connection with no open streams for this long is closed (unless the port says).
 const IDLE: Duration = Duration::from_secs(60);
 
-/// An HTTP/2 request stream as [`Exchange`].
+/// An HTTP/2 request stream as a [`Downstream`].
 struct H2Exchange {
     body: h2::RecvStream,
     respond: h2::server::SendResponse<Bytes>,
     send: Option<h2::SendStream<Bytes>>,
 }
 
-impl Exchange for H2Exchange {
-    const VERSION: http::Version = http::Version::HTTP_2;
+impl Downstream for H2Exchange {
+    fn version(&self) -> http::Version {
+        http::Version::HTTP_2
+    }
 
     async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
         match self.body.data().await {
@@ -53,7 +54,14 @@ impl Exchange for H2Exchange {
         }
     }
 
-    async fn send_response(&mut self, head: http::Response<()>) -> Result<(), ()> {
+    async fn send_head(
+        &mut self,
+        status: u16,
+        fields: Vec<(compact_str::CompactString, String)>,
+        ctx: &crate::context::RequestContext,
+        _close: bool,
+    ) -> Result<(), ()> {
+        let head = super::response_head(status, fields, ctx, true);
         let send = self.respond.send_response(head, false).map_err(|_| ())?;
         self.send = Some(send);
         Ok(())
@@ -73,11 +81,11 @@ impl Exchange for H2Exchange {
         let send = self.send.as_mut().ok_or(())?;
         send.send_data(Bytes::new(), true).map_err(|_| ())?;
         // The answer did not need (all of) the request body (a 413, a reply): read and
-        // drop a little of what the client still sends, so its stream ends normally
-        // instead of being reset under a client still uploading (curl then reports the
-        // response as failed). Larger bodies are cut off with RST_STREAM(NO_ERROR).
-        let mut left = DRAIN_MAX;
-        let until = tokio::time::Instant::now() + DRAIN_WAIT;
+        // drop what the client still sends, within a bound, so its stream ends normally
+        // instead of being reset under a client still uploading (curl 7.88 then spins
+        // forever). Larger bodies are cut off with RST_STREAM(NO_ERROR).
+        let mut left = DISCARD_MAX;
+        let until = tokio::time::Instant::now() + DISCARD_WAIT;
         while left > 0 && !self.body.is_end_stream() {
             match tokio::time::timeout_at(until, self.body.data()).await {
                 Ok(Some(Ok(chunk))) => {
@@ -145,10 +153,10 @@ pub async fn serve_connection<T>(
                     let (parts, body) = req.into_parts();
                     let exchange = H2Exchange { body, respond, send: None };
                     let store = store.clone();
-                    streams.spawn(async move {
+                    streams.spawn(crate::lifecycle::isolate("an HTTP/2 stream", async move {
                         serve_request(http::Request::from_parts(parts, ()), exchange, conn, &store)
                             .await;
-                    });
+                    }));
                 }
                 Some(Err(e)) => {
                     tracing::debug!("HTTP/2 connection ended: {e}");

@@ -1,9 +1,13 @@
 //! Upstreams: per-backend state (health, in-flight requests), the compiled
-//! `reverse_proxy` handler, load-balancing selection and peer construction.
+//! `reverse_proxy` handler, load-balancing selection, peer construction, and the
+//! connection pools Dwaar keeps itself: [`h1_pool`] (HTTP/1.1, per thread) and
+//! [`h2_pool`] (HTTP/2, shared).
 //!
 //! `UpstreamState` is shared across route-table generations through the
 //! [`UpstreamRegistry`], so a reload keeps health verdicts and connection counts.
 
+pub mod h1_pool;
+pub mod h2_pool;
 mod health;
 mod lb;
 

@@ -1,4 +1,4 @@
-//! In-flight request counting for graceful shutdown.
+//! In-flight request counting for graceful shutdown: a [`Guard`] per request.
 //!
 //! Each worker thread owns a counter (tasks never leave their current-thread runtime, so
 //! increments are uncontended); shutdown sums them all.
@@ -36,7 +36,7 @@ pub fn register_thread() {
 }
 
 /// A request started; returns whether it was counted (false off worker threads).
-pub fn enter() -> bool {
+fn enter() -> bool {
     LOCAL.with_borrow(|l| match l {
         Some(c) => {
             c.fetch_add(1, Ordering::Relaxed);
@@ -47,7 +47,7 @@ pub fn enter() -> bool {
 }
 
 /// A counted request finished.
-pub fn exit() {
+fn exit() {
     LOCAL.with_borrow(|l| {
         if let Some(c) = l {
             c.fetch_sub(1, Ordering::Relaxed);
@@ -60,4 +60,22 @@ pub fn total() -> usize {
     ALL.lock()
         .map(|all| all.iter().map(|c| c.load(Ordering::Relaxed)).sum())
         .unwrap_or(0)
+}
+
+/// A request counted in its worker's in-flight requests until dropped (on every way
+/// out, a panic's unwinding included).
+#[derive(Debug)]
+pub struct Guard(());
+
+impl Guard {
+    /// Counts a request that starts now; `None` off worker threads (nothing to count).
+    pub fn enter() -> Option<Guard> {
+        enter().then_some(Guard(()))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        exit();
+    }
 }

@@ -1,5 +1,5 @@
 //! `H2ConnPool`: HTTP/2 upstream connections (h2c, or h2 over TLS) shared by the
-//! HTTP/3 front-end.
+//! HTTP/2 and HTTP/3 front-ends.
 //!
 //! Requests to one upstream address multiplex as streams onto at most
 //! [`MAX_CONNS`] connections, each carrying up to [`MAX_STREAMS`] at once. Opening a

@@ -1,6 +1,6 @@
 //! Upstream HTTP/1.1 connections that own their read buffers: per-thread keep-alive
-//! pools of plain-TCP connections for the fast path and HTTP/3, and one-off TLS and
-//! unix-socket connections ([`connect_direct`]) for HTTP/3.
+//! pools of plain-TCP connections for the lean path and the stream front-ends, and
+//! one-off TLS and unix-socket connections ([`connect_direct`]).
 //!
 //! Each worker thread keeps its own idle connections (no locks); a connection is taken
 //! LIFO, checked for a close or stray bytes from the upstream before reuse, and returned
@@ -91,13 +91,13 @@ pub struct UpstreamConn {
 impl UpstreamConn {
     /// Reads more bytes into `buf` (a response head or a small body); 0 at end of stream.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
-        super::make_room(&mut self.buf, UPSTREAM_BUF);
+        crate::http1::make_room(&mut self.buf, UPSTREAM_BUF);
         self.stream.read_buf(&mut self.buf).await
     }
 
     /// Like [`read_more`](Self::read_more), in larger reads: for streaming a body through.
     pub async fn read_more_bulk(&mut self) -> std::io::Result<usize> {
-        super::make_room(&mut self.buf, BULK_READ);
+        crate::http1::make_room(&mut self.buf, BULK_READ);
         self.stream.read_buf(&mut self.buf).await
     }
 }
@@ -170,7 +170,7 @@ pub fn clear() {
 
 /// Returns a connection whose response ended cleanly (plain TCP ones are kept).
 pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
-    if crate::server::inflight::draining() || !matches!(c.stream, UpStream::Tcp(_)) {
+    if crate::lifecycle::inflight::draining() || !matches!(c.stream, UpStream::Tcp(_)) {
         return;
     }
     c.buf.clear();
@@ -196,10 +196,10 @@ pub async fn read_response_head(
     let read = async {
         loop {
             if !c.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; super::MAX_HEADERS];
+                let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
                 match httparse::Response::new(&mut headers).parse(&c.buf) {
                     Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
-                    Ok(httparse::Status::Partial) if c.buf.len() < super::MAX_HEAD => {}
+                    Ok(httparse::Status::Partial) if c.buf.len() < crate::http1::MAX_HEAD => {}
                     _ => return Ok(None),
                 }
             }

@@ -1,0 +1,322 @@
+//! The HTTP/1.1 codec every front-end and upstream connection shares: read-buffer
+//! management, the status line, `Date` and `X-Request-Id` fields, chunked framing (the
+//! [`ChunkScanner`] that follows it byte by byte and [`chunk_into`] that writes it), and
+//! how an upstream's response body is framed ([`upstream_framing`]) and whether its
+//! connection can be kept ([`upstream_keepalive`]).
+//!
+//! Everything here is synchronous and allocation-free on the common path; the async
+//! parts of HTTP/1 live with the front-end (`fast_h1`) and the pools (`upstream`).
+
+use crate::context::RequestContext;
+use bytes::BytesMut;
+
+/// Longest request or response head read (a longer one is refused).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most fields a request or response head may have.
+pub const MAX_HEADERS: usize = 100;
+
+/// Makes room to read more into `buf` when less than `chunk / 2` is free. A buffer that
+/// nothing else points into any more is rewound and reused, so a keep-alive
+/// connection's buffer keeps its size across requests (`reserve` alone would double it
+/// whenever the space left after the last request ran low); otherwise `chunk` more
+/// bytes are allocated.
+pub fn make_room(buf: &mut BytesMut, chunk: usize) {
+    if buf.capacity() - buf.len() < chunk / 2 && !buf.try_reclaim(chunk) {
+        buf.reserve(chunk);
+    }
+}
+
+thread_local! {
+    /// `date: <HTTP-date>\r\n` for the current second, formatted once per second.
+    static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
+}
+
+/// The `Date` header an origin response must carry (RFC 9110 §6.6.1).
+pub fn push_date(out: &mut Vec<u8>) {
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    DATE.with_borrow_mut(|(at, line)| {
+        if *at != secs || line.is_empty() {
+            line.clear();
+            line.extend_from_slice(b"date: ");
+            line.extend_from_slice(httpdate::fmt_http_date(now).as_bytes());
+            line.extend_from_slice(b"\r\n");
+            *at = secs;
+        }
+        out.extend_from_slice(line);
+    });
+}
+
+pub fn push_request_id(out: &mut Vec<u8>, ctx: &RequestContext) {
+    if let Some(id) = ctx.request_id {
+        let mut b = [0u8; 36];
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+pub fn status_line(out: &mut Vec<u8>, status: u16) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa::Buffer::new().format(status).as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(
+        http::StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("")
+            .as_bytes(),
+    );
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The current `Date` value (RFC 9110 §6.6.1) for HTTP/2 and HTTP/3 heads, formatted
+/// at most once per second per thread.
+pub fn date_value() -> http::HeaderValue {
+    let mut line = Vec::with_capacity(40);
+    push_date(&mut line);
+    // `date: ` in front, CRLF behind.
+    let v = line
+        .get(6..line.len().saturating_sub(2))
+        .unwrap_or_default();
+    http::HeaderValue::from_bytes(v).unwrap_or(http::HeaderValue::from_static(""))
+}
+
+/// How the upstream's response body is framed.
+pub enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+/// Whether an HTTP/1.1 upstream keeps its connection after this response (no
+/// `Connection: close`, not HTTP/1.0).
+pub fn upstream_keepalive(resp: &httparse::Response<'_, '_>) -> bool {
+    resp.version == Some(1)
+        && !resp.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("connection")
+                && h.value
+                    .split(|b| *b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        })
+}
+
+/// How an HTTP/1.1 upstream's response body is framed (RFC 9112 §6.3); `None` for
+/// framing Dwaar refuses to forward: a coding other than one `chunked`, several or
+/// malformed `Content-Length`s.
+pub fn upstream_framing(
+    resp: &httparse::Response<'_, '_>,
+    status: u16,
+    head_request: bool,
+) -> Option<Framing> {
+    if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        return Some(Framing::None);
+    }
+    let named = |name: &'static str| {
+        resp.headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    if named("transfer-encoding").next().is_some() {
+        let chunked =
+            named("transfer-encoding").all(|v| v.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        return chunked.then_some(Framing::Chunked);
+    }
+    let mut lens = named("content-length");
+    match (lens.next(), lens.next()) {
+        (None, _) => Some(Framing::UntilClose),
+        (Some(one), None) => Some(Framing::Length(
+            std::str::from_utf8(one).ok()?.trim().parse().ok()?,
+        )),
+        _ => None,
+    }
+}
+
+/// Appends `piece` as one chunk of chunked framing (nothing for an empty piece).
+pub fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
+    if !piece.is_empty() {
+        use std::io::Write;
+        // Writing into a Vec cannot fail; the size goes in without a String.
+        let _ = write!(out, "{:x}\r\n", piece.len());
+        out.extend_from_slice(piece);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// Tracks chunked framing while the raw bytes are forwarded unchanged.
+#[derive(Default)]
+pub struct ChunkScanner {
+    state: ChunkState,
+    size: u64,
+}
+
+#[derive(Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    SizeExt,
+    SizeLf,
+    Data,
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLine,
+    TrailerLf,
+    EndLf,
+}
+
+/// The next state when `c` is the byte the framing requires here.
+fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, ()> {
+    if c == want {
+        Ok(next)
+    } else {
+        Err(())
+    }
+}
+
+impl ChunkScanner {
+    /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
+    pub fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+        self.scan_data(b, None)
+    }
+
+    /// Like [`scan`](Self::scan), appending the chunks' data (the decoded body) to `data`.
+    pub fn scan_data(
+        &mut self,
+        b: &[u8],
+        mut data: Option<&mut Vec<u8>>,
+    ) -> Result<(usize, bool), ()> {
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            match self.state {
+                ChunkState::Size => match c {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        let d = (c as char).to_digit(16).ok_or(())? as u64;
+                        self.size = self
+                            .size
+                            .checked_mul(16)
+                            .and_then(|s| s.checked_add(d))
+                            .ok_or(())?;
+                    }
+                    b';' | b' ' | b'\t' => self.state = ChunkState::SizeExt,
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    _ => return Err(()),
+                },
+                ChunkState::SizeExt => {
+                    if c == b'\r' {
+                        self.state = ChunkState::SizeLf;
+                    } else if c == b'\n' {
+                        return Err(());
+                    }
+                }
+                ChunkState::SizeLf => {
+                    let next = if self.size == 0 {
+                        ChunkState::Trailer
+                    } else {
+                        ChunkState::Data
+                    };
+                    self.state = expect(c, b'\n', next)?;
+                }
+                ChunkState::Data => {
+                    let take = ((b.len() - i) as u64).min(self.size) as usize;
+                    if let Some(d) = data.as_deref_mut() {
+                        d.extend_from_slice(&b[i..i + take]);
+                    }
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataCr;
+                    }
+                    continue;
+                }
+                ChunkState::DataCr => self.state = expect(c, b'\r', ChunkState::DataLf)?,
+                ChunkState::DataLf => self.state = expect(c, b'\n', ChunkState::Size)?,
+                ChunkState::Trailer => {
+                    self.state = if c == b'\r' {
+                        ChunkState::EndLf
+                    } else {
+                        ChunkState::TrailerLine
+                    };
+                }
+                ChunkState::TrailerLine => {
+                    if c == b'\r' {
+                        self.state = ChunkState::TrailerLf;
+                    }
+                }
+                ChunkState::TrailerLf => self.state = expect(c, b'\n', ChunkState::Trailer)?,
+                ChunkState::EndLf => {
+                    expect(c, b'\n', ChunkState::EndLf)?;
+                    return Ok((i + 1, true));
+                }
+            }
+            i += 1;
+        }
+        Ok((i, false))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkScanner;
+    const CLIENT_BUF: usize = 2 * 1024;
+
+    /// A keep-alive connection's buffer keeps its size over thousands of requests: each
+    /// head is split off and frozen, then dropped, and the space is reused. (With plain
+    /// `reserve` the buffers doubled once the space left ran low, which made peak memory
+    /// under 1,000 connections 39 MB instead of 23 MB.)
+    #[test]
+    fn buffers_keep_their_size_across_requests() {
+        for (start, chunk, message) in [
+            (CLIENT_BUF, CLIENT_BUF, 40),
+            (CLIENT_BUF, CLIENT_BUF, 700),
+            (4096, 4096, 150),
+        ] {
+            let mut buf = bytes::BytesMut::with_capacity(start);
+            for _ in 0..10_000 {
+                super::make_room(&mut buf, chunk);
+                assert!(buf.capacity() - buf.len() >= chunk / 2);
+                buf.extend_from_slice(&vec![b'x'; message]);
+                let head = buf.split_to(message).freeze();
+                drop(head);
+                assert!(
+                    buf.capacity() <= start,
+                    "buffer of {start} grew to {} with {message}-byte messages",
+                    buf.capacity()
+                );
+            }
+        }
+        // A head still referenced (or a partial one) makes the buffer grow instead.
+        let mut buf = bytes::BytesMut::with_capacity(64);
+        buf.extend_from_slice(&[b'x'; 60]);
+        let kept = buf.split_to(10).freeze();
+        super::make_room(&mut buf, 64);
+        assert!(buf.capacity() - buf.len() >= 32);
+        assert_eq!(&buf[..], &[b'x'; 50][..]);
+        assert_eq!(kept.len(), 10);
+    }
+
+    #[test]
+    fn chunk_scanner_finds_the_end_across_reads() {
+        let body = b"4\r\nWiki\r\n5;ext=1\r\npedia\r\n0\r\nX-Trailer: 1\r\n\r\nNEXT";
+        for split in 1..body.len() {
+            let mut s = ChunkScanner::default();
+            let (a, done_a) = s.scan(&body[..split]).expect("valid");
+            let total = if done_a {
+                a
+            } else {
+                let (b, done_b) = s.scan(&body[split..]).expect("valid");
+                assert!(done_b, "split at {split}");
+                split + b
+            };
+            assert_eq!(&body[total..], b"NEXT", "split at {split}");
+        }
+        assert!(ChunkScanner::default().scan(b"zz\r\n").is_err());
+        assert!(ChunkScanner::default().scan(b"4\r\nWikiXX").is_err());
+    }
+}

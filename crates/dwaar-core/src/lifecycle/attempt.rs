@@ -1,0 +1,162 @@
+//! Upstream attempts: one loop for every kind of upstream (HTTP/1 pooled or direct,
+//! HTTP/2, FastCGI) and every front-end.
+//!
+//! [`pick`] chooses an upstream by the handler's load-balancing policy, skipping those
+//! already tried and unhealthy ones, and waits within `lb_try_duration` when none is
+//! available. The chosen upstream is claimed: an [`UpstreamClaim`] in the context counts
+//! the request in the upstream's in-flight requests (what `least_conn` and
+//! `unhealthy_request_count` read) until it is dropped, so no path can forget to release
+//! it. [`connect_failed`] records a failure that happened before the request reached
+//! the upstream and says whether another attempt is allowed; [`passive_check`] judges a
+//! response by the handler's passive health rules.
+
+use crate::context::{RequestContext, UpstreamFailure};
+use crate::request::HttpRequest;
+use crate::upstream::{ProxyHandler, UpstreamState};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A request in flight to an upstream: counted in its `active` requests until dropped.
+#[derive(Debug)]
+pub struct UpstreamClaim(Arc<UpstreamState>);
+
+impl UpstreamClaim {
+    fn new(up: Arc<UpstreamState>) -> UpstreamClaim {
+        up.active.fetch_add(1, Ordering::Relaxed);
+        UpstreamClaim(up)
+    }
+}
+
+impl Drop for UpstreamClaim {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request is on its way to `up`: claimed (in-flight) until [`release`] or the
+/// context is dropped, one more attempt, timed from now.
+pub fn claim(ctx: &mut RequestContext, up: Arc<UpstreamState>) {
+    ctx.claim = Some(UpstreamClaim::new(up.clone()));
+    ctx.upstream = Some(up);
+    ctx.attempts += 1;
+    ctx.upstream_start = Some(Instant::now());
+}
+
+/// The request no longer occupies its upstream (its exchange ended or failed).
+pub fn release(ctx: &mut RequestContext) {
+    ctx.claim = None;
+}
+
+/// The shortest pause between two looks for an available upstream.
+const MIN_WAIT: Duration = Duration::from_millis(10);
+
+/// Picks and claims the next upstream for this request; `None` when none is available
+/// (every one tried, unhealthy or at its request limit) even after waiting up to
+/// `lb_try_duration` for one. Before a retry, waits `lb_try_interval` when
+/// `lb_try_duration` is set.
+pub async fn pick(
+    p: &ProxyHandler,
+    req: &(dyn HttpRequest + Sync),
+    ctx: &mut RequestContext,
+) -> Option<usize> {
+    if ctx.attempts > 0 && !p.try_interval.is_zero() && !p.try_duration.is_zero() {
+        tokio::time::sleep(p.try_interval).await;
+    }
+    let start = ctx.start.unwrap_or_else(Instant::now);
+    loop {
+        if let Some(i) = p.select(req, ctx) {
+            ctx.tried.push(i);
+            claim(ctx, p.upstreams[i].clone());
+            return Some(i);
+        }
+        // With lb_try_duration, keep looking (any upstream, again) until it runs out.
+        if !p.try_duration.is_zero() && start.elapsed() + p.try_interval < p.try_duration {
+            ctx.tried.clear();
+            tokio::time::sleep(p.try_interval.max(MIN_WAIT)).await;
+            continue;
+        }
+        ctx.upstream_failure = UpstreamFailure::NoneAvailable;
+        return None;
+    }
+}
+
+/// The connection to the claimed upstream failed before the request reached it
+/// (nothing was processed, so a retry is always safe): passive health counts it, the
+/// claim is released, and the answer says whether another attempt is allowed by
+/// `lb_retries` / `lb_try_duration`.
+pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: bool) -> bool {
+    ctx.upstream_failure = if timed_out {
+        UpstreamFailure::Timeout
+    } else {
+        UpstreamFailure::Connect
+    };
+    if let (Some(passive), Some(u)) = (&p.passive, &ctx.upstream) {
+        u.record_failure(passive);
+    }
+    release(ctx);
+    let start = ctx.start.unwrap_or_else(Instant::now);
+    if !p.may_retry(ctx.attempts, start) {
+        return false;
+    }
+    if ctx.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
+        // Every upstream failed once; within lb_try_duration they may be tried again.
+        ctx.tried.clear();
+    }
+    ctx.tried.len() < p.upstreams.len()
+}
+
+/// The upstream failed after it had the request: passive health counts it.
+pub fn upstream_failed(ctx: &RequestContext) {
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+        if let Some(passive) = &p.passive {
+            u.record_failure(passive);
+        }
+    }
+}
+
+/// Passive health: a response status or latency that counts as a failure. Also marks
+/// the moment the response head arrived (`upstream_duration`).
+pub fn passive_check(ctx: &mut RequestContext, code: u16) {
+    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+        if let Some(passive) = &p.passive {
+            let bad_status = passive
+                .unhealthy_status
+                .iter()
+                .any(|s| status_matches(s, code));
+            let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
+                (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
+                _ => false,
+            };
+            if bad_status || slow {
+                u.record_failure(passive);
+            }
+        }
+    }
+}
+
+/// `502`, `5xx`: whether a status matches a passive-health pattern.
+fn status_matches(pattern: &str, code: u16) -> bool {
+    if let Some(class) = pattern.strip_suffix("xx") {
+        class
+            .parse::<u16>()
+            .map(|c| c == code / 100)
+            .unwrap_or(false)
+    } else {
+        pattern.parse::<u16>().map(|c| c == code).unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_patterns() {
+        assert!(status_matches("5xx", 503));
+        assert!(!status_matches("5xx", 404));
+        assert!(status_matches("404", 404));
+        assert!(!status_matches("x", 404));
+    }
+}

@@ -1,0 +1,320 @@
+//! The request lifecycle: everything that happens around the pipeline, written once and
+//! driven by every front-end (the lean HTTP/1 path, Pingora's `HttpProxy`, HTTP/2 and
+//! HTTP/3 streams).
+//!
+//! A front-end only translates its protocol. For each request it
+//!
+//! 1. calls [`start`] with the connection's facts and the request's host, which makes
+//!    the one route-table load of the request,
+//! 2. runs [`crate::pipeline::handle_request`], then [`settle_checks`] when the pipeline
+//!    asked for work off the request path (`basic_auth`, `forward_auth`, a `cache` wait),
+//! 3. answers a [`Reply`](crate::pipeline::Reply), or proxies: [`attempt`] picks
+//!    upstreams, retries within `lb_retries`/`lb_try_duration`/`lb_try_interval`,
+//!    records passive health and counts in-flight requests with guards that cannot be
+//!    forgotten, and [`failure_reply`] turns an upstream failure into the same answer
+//!    (`handle_errors` included) on every path,
+//! 4. and ends with [`finish`]: metrics, analytics and the access log.
+//!
+//! [`downstream`] is the client side of one request as the shared answer-writing code
+//! and the FastCGI and HTTP/2-upstream exchanges see it; [`inflight`] counts requests for
+//! graceful shutdown.
+
+pub mod attempt;
+pub mod downstream;
+pub mod inflight;
+
+use crate::context::{ConnInfo, RequestContext};
+use crate::pipeline::{apply_request_rules, handle_request, normalize_host, Outcome, Reply};
+use crate::request::HttpRequest;
+use crate::route_table::{RouteStore, RouteTable};
+use compact_str::CompactString;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A request body a handler did not read is read and dropped up to this many bytes so
+/// the client sees its answer instead of a reset (curl, browsers and h2load all cope
+/// badly with a reset while they are still uploading); past it the stream is reset or
+/// the connection closed.
+pub const DISCARD_MAX: usize = 8 * 1024 * 1024;
+/// How long that discarding may take.
+pub const DISCARD_WAIT: Duration = Duration::from_secs(5);
+
+/// Rounds of off-path checks one request may go through before it is answered 503.
+const MAX_CHECK_ROUNDS: u32 = 4;
+
+/// Starts a request: the context with the connection's facts and the request's host
+/// (`raw_host`: the `Host` field or `:authority`, `None` when the request has neither),
+/// and the route table this request will use from now on. `None`: the host is not a
+/// valid one (the front-end answers 400).
+pub fn start(
+    store: &RouteStore,
+    conn: ConnInfo,
+    raw_host: Option<&str>,
+) -> Option<(Arc<RouteTable>, RequestContext)> {
+    let host = match raw_host {
+        Some(h) => normalize_host(h)?,
+        None => CompactString::default(),
+    };
+    let ctx = RequestContext {
+        start: Some(Instant::now()),
+        conn,
+        host,
+        ..RequestContext::default()
+    };
+    Some((store.load(), ctx))
+}
+
+/// Runs the pipeline, then settles any checks it asked for. `original`: the request as
+/// it arrived, kept by the front-end when the table has handlers that may ask for a
+/// rerun ([`RouteTable::rerun_checks`]).
+pub async fn decide<R: HttpRequest + Clone>(
+    table: &RouteTable,
+    original: Option<&R>,
+    req: &mut R,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    let outcome = handle_request(table, req, ctx);
+    if matches!(outcome, Outcome::Check(_)) {
+        // Boxed: a check's future (buffers, a client) stays out of every request's.
+        Box::pin(settle_checks(table, outcome, original, req, ctx)).await
+    } else {
+        outcome
+    }
+}
+
+/// Runs the checks the pipeline asked for (`basic_auth`, `forward_auth`, a `cache`
+/// wait) off the request path, each time running the pipeline again on `original` with
+/// the check's edits. Rate-limit zones already charged for this request are not charged
+/// again on a rerun. Never returns [`Outcome::Check`]: a check that cannot be settled
+/// (no `original`, or too many rounds) is answered 503 on every front-end.
+pub async fn settle_checks<R: HttpRequest + Clone>(
+    table: &RouteTable,
+    mut outcome: Outcome,
+    original: Option<&R>,
+    req: &mut R,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    let mut rounds = 0;
+    while let (Outcome::Check(check), Some(original)) = (&outcome, original) {
+        rounds += 1;
+        if rounds > MAX_CHECK_ROUNDS {
+            break;
+        }
+        match crate::auth::run(check.clone()).await {
+            crate::auth::Checked::Answer(r) => return Outcome::Reply(r),
+            crate::auth::Checked::Resume(edits) => {
+                *req = original.clone();
+                for (k, v) in &edits {
+                    match v {
+                        Some(v) => req.set_header(k, v),
+                        None => req.remove_header(k),
+                    }
+                }
+                *ctx = RequestContext {
+                    start: ctx.start,
+                    conn: ctx.conn,
+                    host: std::mem::take(&mut ctx.host),
+                    is_upgrade: ctx.is_upgrade,
+                    inflight: ctx.inflight.take(),
+                    charged: std::mem::take(&mut ctx.charged),
+                    ..RequestContext::default()
+                };
+                outcome = handle_request(table, req, ctx);
+            }
+        }
+    }
+    if let Outcome::Check(_) = outcome {
+        ctx.rejected_by = Some("check");
+        outcome = Outcome::Reply(Reply::status(503));
+    }
+    outcome
+}
+
+/// `X-Forwarded-For`/`-Proto`/`-Host` (kept from trusted proxies only) and
+/// `X-Request-Id` on an upstream request.
+pub fn forwarded_headers(ctx: &RequestContext, up: &mut dyn HttpRequest, host: &str) {
+    use compact_str::ToCompactString;
+    let peer_ip = ctx.conn.remote.ip().to_compact_string();
+    let xff = match (ctx.peer_trusted, up.header("x-forwarded-for")) {
+        (true, Some(prev)) if !prev.is_empty() => compact_str::format_compact!("{prev}, {peer_ip}"),
+        _ => peer_ip,
+    };
+    up.set_header("x-forwarded-for", &xff);
+    if !(ctx.peer_trusted && up.header_count("x-forwarded-proto") > 0) {
+        up.set_header("x-forwarded-proto", ctx.scheme());
+    }
+    if !(ctx.peer_trusted && up.header_count("x-forwarded-host") > 0) {
+        up.set_header("x-forwarded-host", host);
+    }
+    if let Some(id) = ctx.request_id {
+        let mut buf = [0u8; 36];
+        up.set_header("x-request-id", id.hyphenated().encode_lower(&mut buf));
+    }
+}
+
+/// The edits a request gets on its way upstream: forwarding fields, then `header_up`.
+/// Returns the client's `Host`.
+pub fn edit_upstream_request(
+    ctx: &RequestContext,
+    req: &mut dyn HttpRequest,
+    p: &crate::upstream::ProxyHandler,
+) -> CompactString {
+    let host = CompactString::new(req.header("host").unwrap_or(""));
+    forwarded_headers(ctx, req, &host);
+    apply_request_rules(&p.header_up, req, ctx);
+    host
+}
+
+/// The `Alt-Svc` value announcing HTTP/3 on this connection's port, for responses
+/// over TLS on a port that serves it.
+pub fn alt_svc(ctx: &RequestContext) -> Option<http::HeaderValue> {
+    if !ctx.conn.tls {
+        return None;
+    }
+    let port = ctx.conn.local_port;
+    ctx.table
+        .as_ref()?
+        .alt_svc
+        .iter()
+        .find(|(p, _)| *p == port)
+        .map(|(_, v)| v.clone())
+}
+
+/// The answer to a proxying failure with `code` (413, 502, 503, 504): the site's
+/// `handle_errors` routes when it has them, else an empty response with the status.
+/// `None`: the error routes abort the connection. Records the failure for the log.
+pub fn failure_reply(
+    code: u16,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Option<Reply> {
+    let message = failure_message(code);
+    if code >= 502 && ctx.upstream_error.is_none() {
+        ctx.upstream_error = Some(message.into());
+    }
+    if code == 413 {
+        ctx.rejected_by = Some("request_body");
+    }
+    let mut r = crate::pipeline::proxy_error_reply(code, message.into(), req, ctx)?;
+    crate::rewrite::reply(ctx, &mut r);
+    Some(r)
+}
+
+/// The text of a proxying failure (`{http.error.message}`, the access log).
+pub fn failure_message(code: u16) -> &'static str {
+    match code {
+        413 => "request body too large",
+        503 => "no upstream available",
+        504 => "upstream timed out",
+        _ => "bad gateway",
+    }
+}
+
+/// What a front-end knows about a finished request, for metrics and its log record.
+pub struct LogParts<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub version: http::Version,
+    pub user_agent: Option<http::HeaderValue>,
+    pub referer: Option<http::HeaderValue>,
+    pub status: u16,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+/// Ends a request: metrics, the analytics event and the access-log record (never
+/// blocks). `parts` is only called for requests that are logged.
+pub fn finish<'a>(
+    ctx: &RequestContext,
+    method: &str,
+    (status, read, written): (u16, u64, u64),
+    parts: impl FnOnce() -> LogParts<'a>,
+) {
+    crate::metrics::observe(ctx, method, status, read, written);
+    crate::analytics::record(ctx, status, written);
+    if is_logged(ctx) {
+        log_request(ctx, parts());
+    }
+}
+
+/// When the request started, in Unix milliseconds: read from the clock only for requests
+/// that are logged, not on every request.
+fn start_unix_ms(ctx: &RequestContext) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let elapsed = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+    now.saturating_sub(elapsed).as_millis() as u64
+}
+
+/// Whether the request goes to an access log (its site has `log`, no `log_skip` matched).
+pub fn is_logged(ctx: &RequestContext) -> bool {
+    !ctx.skip_log && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
+}
+
+/// Builds the access-log record from the context and a front-end's parts.
+fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
+    let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
+        return;
+    };
+    // The request as the client sent it, before any rewrite.
+    let (path, query) = match ctx.orig_uri.as_deref() {
+        Some(orig) => orig.split_once('?').unwrap_or((orig, "")),
+        None => (p.path, p.query),
+    };
+    let record = dwaar_log::RequestLog {
+        ts_ms: start_unix_ms(ctx),
+        request_id: ctx.request_id,
+        method: CompactString::new(p.method),
+        host: ctx.host.clone(),
+        path: CompactString::new(path),
+        query: CompactString::new(query),
+        proto: dwaar_log::record::proto_name(p.version),
+        status: p.status,
+        duration_us: ctx
+            .start
+            .map(|s| s.elapsed().as_micros() as u64)
+            .unwrap_or(0),
+        upstream_duration_us: ctx.upstream_duration.map(|d| d.as_micros() as u64),
+        upstream_addr: ctx.upstream.as_ref().map(|u| CompactString::new(&u.dial)),
+        remote_ip: ctx.conn.remote.ip(),
+        remote_port: ctx.conn.remote.port(),
+        client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
+        is_bot: crate::security::is_bot(p.user_agent.as_ref().and_then(|v| v.to_str().ok())),
+        user_agent: p.user_agent,
+        referer: p.referer,
+        bytes_read: p.bytes_read,
+        bytes_written: p.bytes_written,
+        rejected_by: ctx.rejected_by,
+        cache: ctx
+            .cache_served
+            .or(ctx.cache.as_ref().map(|c| c.status))
+            .map(|s| s.as_str()),
+        encoding: ctx.encoded,
+        error: ctx.upstream_error.clone(),
+        ..Default::default()
+    };
+    logger.log(record);
+}
+
+/// A request's task panicked: logged and counted; the front-end then fails that
+/// request alone (its stream is reset or its connection closed) and keeps serving.
+pub fn record_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    crate::metrics::PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::error!("a request panicked on {what}: {msg}");
+}
+
+/// Runs `fut` (one connection's or one stream's work); a panic inside it is recorded
+/// with [`record_panic`] instead of taking the thread's other connections down.
+pub async fn isolate<F: std::future::Future<Output = ()>>(what: &'static str, fut: F) {
+    use futures_util::FutureExt;
+    if let Err(payload) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
+        record_panic(what, &*payload);
+    }
+}
