@@ -148,6 +148,10 @@ pub fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
     }
 }
 
+/// Chunked framing that breaks the rules (a bad size, a missing CRLF).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadChunk;
+
 /// Tracks chunked framing while the raw bytes are forwarded unchanged.
 #[derive(Default)]
 pub struct ChunkScanner {
@@ -171,17 +175,17 @@ enum ChunkState {
 }
 
 /// The next state when `c` is the byte the framing requires here.
-fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, ()> {
+fn expect(c: u8, want: u8, next: ChunkState) -> Result<ChunkState, BadChunk> {
     if c == want {
         Ok(next)
     } else {
-        Err(())
+        Err(BadChunk)
     }
 }
 
 impl ChunkScanner {
     /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
-    pub fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), ()> {
+    pub fn scan(&mut self, b: &[u8]) -> Result<(usize, bool), BadChunk> {
         self.scan_data(b, None)
     }
 
@@ -190,29 +194,29 @@ impl ChunkScanner {
         &mut self,
         b: &[u8],
         mut data: Option<&mut Vec<u8>>,
-    ) -> Result<(usize, bool), ()> {
+    ) -> Result<(usize, bool), BadChunk> {
         let mut i = 0;
         while i < b.len() {
             let c = b[i];
             match self.state {
                 ChunkState::Size => match c {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        let d = (c as char).to_digit(16).ok_or(())? as u64;
+                        let d = (c as char).to_digit(16).ok_or(BadChunk)? as u64;
                         self.size = self
                             .size
                             .checked_mul(16)
                             .and_then(|s| s.checked_add(d))
-                            .ok_or(())?;
+                            .ok_or(BadChunk)?;
                     }
                     b';' | b' ' | b'\t' => self.state = ChunkState::SizeExt,
                     b'\r' => self.state = ChunkState::SizeLf,
-                    _ => return Err(()),
+                    _ => return Err(BadChunk),
                 },
                 ChunkState::SizeExt => {
                     if c == b'\r' {
                         self.state = ChunkState::SizeLf;
                     } else if c == b'\n' {
-                        return Err(());
+                        return Err(BadChunk);
                     }
                 }
                 ChunkState::SizeLf => {

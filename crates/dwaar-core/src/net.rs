@@ -1,5 +1,6 @@
 //! IP ranges and the client address: CIDR matching with IPv4-mapped IPv6 folded to IPv4,
-//! and `X-Forwarded-For` trusted only from configured proxies.
+//! and `X-Forwarded-For` trusted only from configured proxies; accepted connections
+//! wrapped for Pingora ([`to_pingora`]).
 
 use std::net::IpAddr;
 
@@ -91,6 +92,26 @@ fn parse_ip_lenient(s: &str) -> Option<IpAddr> {
         .and_then(|r| r.parse().ok())
 }
 
+/// Wraps an accepted TCP connection for Pingora, with the addresses already known
+/// from `accept()` (no `getpeername`/`getsockname` later).
+pub fn to_pingora(
+    tcp: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    local: Option<std::net::SocketAddr>,
+) -> pingora_core::protocols::l4::stream::Stream {
+    use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+    use pingora_core::protocols::l4::stream::Stream;
+    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
+    use std::os::fd::AsRawFd;
+    let fd = tcp.as_raw_fd();
+    let mut stream: Stream = tcp.into();
+    let digest = SocketDigest::from_raw_fd(fd);
+    let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
+    let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
+    stream.set_socket_digest(digest);
+    stream
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,24 +143,4 @@ mod tests {
             "127.0.0.1"
         );
     }
-}
-
-/// Wraps an accepted TCP connection for Pingora, with the addresses already known
-/// from `accept()` (no `getpeername`/`getsockname` later).
-pub fn to_pingora(
-    tcp: tokio::net::TcpStream,
-    peer: std::net::SocketAddr,
-    local: Option<std::net::SocketAddr>,
-) -> pingora_core::protocols::l4::stream::Stream {
-    use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
-    use pingora_core::protocols::l4::stream::Stream;
-    use pingora_core::protocols::{GetSocketDigest, SocketDigest};
-    use std::os::fd::AsRawFd;
-    let fd = tcp.as_raw_fd();
-    let mut stream: Stream = tcp.into();
-    let digest = SocketDigest::from_raw_fd(fd);
-    let _ = digest.peer_addr.set(Some(PSocketAddr::Inet(peer)));
-    let _ = digest.local_addr.set(local.map(PSocketAddr::Inet));
-    stream.set_socket_digest(digest);
-    stream
 }

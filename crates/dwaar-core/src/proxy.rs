@@ -282,6 +282,19 @@ impl ProxyHttp for DwaarProxy {
             return Ok(true);
         };
         ctx.host = host;
+        // HTTP/2 clients send `:authority`; the pipeline (and `{host}`) read `Host`.
+        if session
+            .req_header()
+            .headers
+            .get(http::header::HOST)
+            .is_none()
+        {
+            if let Some(a) = session.req_header().uri.authority().map(|a| a.to_string()) {
+                session
+                    .req_header_mut()
+                    .insert_header(http::header::HOST, a)?;
+            }
+        }
         // Pingora drops `Content-Length` when `Transfer-Encoding` is present; the raw
         // head still shows whether the client sent both.
         if session

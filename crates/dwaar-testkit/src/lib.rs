@@ -13,6 +13,7 @@ pub mod grpc;
 pub mod h3;
 pub mod origin;
 pub mod pages;
+pub mod paths;
 pub mod pebble;
 pub mod php;
 pub mod proxy;

@@ -51,13 +51,18 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("DWAAR_FAST_PATH").map_or(true, |v| v != "0"))
 }
 
-/// Serves a connection this path hands over, with the bytes it read pushed back.
+/// Serves a connection this path hands over (to Pingora, or to the HTTP/2 front-end
+/// for h2c), with the bytes it read pushed back.
 pub type HandOver = dyn Fn(
         pingora_core::protocols::l4::stream::Stream,
+        ConnInfo,
         ShutdownWatch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
     + Send
     + Sync;
+
+/// The HTTP/2 connection preface a client with prior knowledge starts with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// What a connection needs from the server.
 #[derive(Clone)]
@@ -65,6 +70,8 @@ pub struct FastCx {
     pub store: Arc<RouteStore>,
     /// Serves the connections this path hands over (Pingora's `HttpProxy`).
     pub fallback: Arc<HandOver>,
+    /// On an h2c port: serves connections that open with the HTTP/2 preface.
+    pub h2c: Option<Arc<HandOver>>,
     pub shutdown: ShutdownWatch,
 }
 
@@ -88,6 +95,19 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
         .map(|p| p.timeouts)
         .unwrap_or_default();
     set_write_timeout(&tcp, timeouts.write);
+    if let Some(h2c) = &cx.h2c {
+        let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
+        match read_preface(&mut tcp, &mut buf, head_timeout).await {
+            Some(true) => {
+                let mut stream = to_pingora(tcp, peer, local);
+                stream.rewind(&buf);
+                h2c(stream, conn, cx.shutdown.clone()).await;
+                return;
+            }
+            Some(false) => {}
+            None => return,
+        }
+    }
     loop {
         match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
             Next::KeepAlive => continue,
@@ -101,9 +121,33 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
                 if !buf.is_empty() {
                     stream.rewind(&buf);
                 }
-                (cx.fallback)(stream, cx.shutdown.clone()).await;
+                (cx.fallback)(stream, conn, cx.shutdown.clone()).await;
                 return;
             }
+        }
+    }
+}
+
+/// Reads until `buf` shows whether the connection opens with the HTTP/2 preface:
+/// `Some(true)` it does, `Some(false)` it is something else (HTTP/1), `None` the client
+/// left or stalled.
+async fn read_preface(
+    tcp: &mut TcpStream,
+    buf: &mut BytesMut,
+    timeout: std::time::Duration,
+) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let n = buf.len().min(H2_PREFACE.len());
+        if buf[..n] != H2_PREFACE[..n] {
+            return Some(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Some(true);
+        }
+        match tokio::time::timeout_at(deadline, tcp.read_buf(buf)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            _ => return None,
         }
     }
 }
@@ -1132,7 +1176,8 @@ mod size_tests {
                 store: std::sync::Arc::new(crate::route_table::RouteStore::new(
                     crate::route_table::RouteTable::default(),
                 )),
-                fallback: std::sync::Arc::new(|_, _| Box::pin(async {})),
+                fallback: std::sync::Arc::new(|_, _, _| Box::pin(async {})),
+                h2c: None,
                 shutdown: tokio::sync::watch::channel(false).1,
             };
             let mut tcp = client;

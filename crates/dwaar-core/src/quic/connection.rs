@@ -52,9 +52,10 @@ impl Downstream for H3Exchange {
     }
 
     async fn finish(&mut self) -> Result<(), ()> {
-        self.0.finish().await.map_err(|_| ())?;
-        // A request body the answer did not need is read and dropped within a bound,
-        // so the client's upload ends normally instead of being stopped under it.
+        self.0.finish().await.map_err(|_| ())
+    }
+
+    async fn discard_body(&mut self) {
         let mut left = DISCARD_MAX;
         let until = tokio::time::Instant::now() + DISCARD_WAIT;
         while left > 0 {
@@ -67,7 +68,6 @@ impl Downstream for H3Exchange {
                 _ => break,
             }
         }
-        Ok(())
     }
 
     fn abort(&mut self, refused: bool) {

@@ -80,12 +80,14 @@ pub async fn worker(
             };
             let front = if key.0.tls {
                 Front::Tls(apps.h1.clone(), apps.store.clone())
-            } else if key.0.h2c {
+            } else if key.0.h2c && !crate::fast_h1::enabled() {
                 Front::Pingora(apps.h2c.clone(), apps.store.clone())
             } else if crate::fast_h1::enabled() {
                 Front::Fast(crate::fast_h1::FastCx {
                     store: apps.store.clone(),
                     fallback: pingora_hand_over(apps.h1.clone()),
+                    // h2c connections go to Dwaar's own HTTP/2 front-end.
+                    h2c: key.0.h2c.then(|| h2_hand_over(apps.store.clone())),
                     shutdown: shutdown.clone(),
                 })
             } else {
@@ -114,7 +116,7 @@ pub async fn worker(
 
 /// Pingora's `HttpProxy` serving the connections the lean path hands over.
 fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
-    Arc::new(move |stream: Stream, shutdown: ShutdownWatch| {
+    Arc::new(move |stream: Stream, _conn, shutdown: ShutdownWatch| {
         let app = app.clone();
         Box::pin(async move {
             let mut next = app.process_new(Box::new(stream), &shutdown).await;
@@ -123,6 +125,23 @@ fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
             }
         })
     })
+}
+
+/// Dwaar's HTTP/2 front-end serving h2c connections (prior knowledge) that the lean
+/// path recognised by their preface.
+fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h1::HandOver> {
+    Arc::new(
+        move |stream: Stream, conn: crate::context::ConnInfo, shutdown: ShutdownWatch| {
+            let store = store.clone();
+            Box::pin(async move {
+                let idle = store
+                    .load()
+                    .port(conn.local_port)
+                    .and_then(|p| p.timeouts.idle);
+                crate::streams::h2::serve_connection(stream, conn, store, shutdown, idle).await;
+            })
+        },
+    )
 }
 
 /// Who serves a listener's connections.

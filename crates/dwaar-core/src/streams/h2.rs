@@ -79,11 +79,10 @@ impl Downstream for H2Exchange {
 
     async fn finish(&mut self) -> Result<(), ()> {
         let send = self.send.as_mut().ok_or(())?;
-        send.send_data(Bytes::new(), true).map_err(|_| ())?;
-        // The answer did not need (all of) the request body (a 413, a reply): read and
-        // drop what the client still sends, within a bound, so its stream ends normally
-        // instead of being reset under a client still uploading (curl 7.88 then spins
-        // forever). Larger bodies are cut off with RST_STREAM(NO_ERROR).
+        send.send_data(Bytes::new(), true).map_err(|_| ())
+    }
+
+    async fn discard_body(&mut self) {
         let mut left = DISCARD_MAX;
         let until = tokio::time::Instant::now() + DISCARD_WAIT;
         while left > 0 && !self.body.is_end_stream() {
@@ -95,7 +94,6 @@ impl Downstream for H2Exchange {
                 _ => break,
             }
         }
-        Ok(())
     }
 
     fn abort(&mut self, refused: bool) {

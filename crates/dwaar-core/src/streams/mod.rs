@@ -212,7 +212,7 @@ pub fn response_head(
 /// What became of a proxied response's head.
 enum Head {
     /// Sent; the body follows through this rewrite.
-    Sent(Option<crate::rewrite::Rewrite>),
+    Sent(Option<Box<crate::rewrite::Rewrite>>),
     /// The cache answered instead (a revalidated or stale entry): status, bytes sent.
     Answered(u16, u64),
     /// The client went away.
@@ -250,7 +250,7 @@ async fn send_proxied_head<D: Downstream>(
     let rewrite = if head_only {
         None
     } else {
-        crate::rewrite::begin(ctx, status, &mut fields)
+        crate::rewrite::begin(ctx, status, &mut fields).map(Box::new)
     };
     match stream.send_head(status, fields, ctx, false).await {
         Ok(()) => Head::Sent(rewrite),
@@ -263,14 +263,14 @@ async fn send_proxied_head<D: Downstream>(
 async fn relay_proxied<D: Downstream>(
     stream: &mut D,
     ctx: &mut RequestContext,
-    rewrite: &mut Option<crate::rewrite::Rewrite>,
+    rewrite: &mut Option<Box<crate::rewrite::Rewrite>>,
     chunk: Bytes,
     sent: &mut u64,
 ) -> Result<(), ()> {
     if let Some(fill) = ctx.cache.as_mut().and_then(|c| c.fill.as_mut()) {
         fill.push(&chunk);
     }
-    relay_piece(stream, rewrite.as_mut(), chunk, sent).await
+    relay_piece(stream, rewrite.as_deref_mut(), chunk, sent).await
 }
 
 /// Fields that belong to one HTTP/1 hop and never appear in HTTP/2 or HTTP/3.
@@ -451,7 +451,7 @@ async fn proxy<D: Downstream>(
                         upc.buf.advance(used);
                         complete |= done;
                     }
-                    Err(()) => break,
+                    Err(_) => break,
                 }
                 Bytes::copy_from_slice(&data)
             }
@@ -473,7 +473,7 @@ async fn proxy<D: Downstream>(
         }
     }
     crate::cache::finish(ctx, complete);
-    let _ = relay_end(stream, rewrite.as_mut(), &mut sent).await;
+    let _ = relay_end(stream, rewrite.as_deref_mut(), &mut sent).await;
     if complete {
         let _ = stream.finish().await;
         if keepalive
@@ -697,54 +697,47 @@ async fn proxy_h2<D: Downstream>(
     }
     let _slot = slot;
     ctx.upstream_sent = Some(Instant::now());
-    // The request body, as it arrives, within the upstream's flow-control window.
-    let mut read = 0u64;
-    if !bodyless {
-        let deadline = body_deadline();
-        loop {
-            match recv_chunk(stream, deadline).await {
-                Ok(Some(data)) => {
-                    read += data.len() as u64;
-                    if ctx.max_body.is_some_and(|max| read > max) {
-                        send.send_reset(::h2::Reason::CANCEL);
-                        let (st, sent) = answer_failure(stream, req, ctx, head_only, 413).await;
-                        return (st, read, sent);
-                    }
-                    if h2_pool::send_all(&mut send, data, false).await.is_err() {
-                        attempt::upstream_failed(ctx);
-                        let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-                        return (st, read, sent);
-                    }
+    // The request body streams up as it arrives while the response is awaited and then
+    // relayed: both directions at once (gRPC bidirectional streams).
+    let mut up = Upload {
+        done: bodyless,
+        deadline: body_deadline(),
+        read: 0,
+    };
+    let resp = match resp_ready.take() {
+        Some(r) => Ok(r),
+        None => {
+            let timeout = p.transport.read;
+            let wait = async {
+                match timeout {
+                    Some(t) => tokio::time::timeout(t, &mut resp).await.ok(),
+                    None => Some((&mut resp).await),
                 }
-                Ok(None) => {
-                    let _ = h2_pool::send_all(&mut send, Bytes::new(), true).await;
-                    break;
-                }
-                Err(()) => {
-                    send.send_reset(::h2::Reason::CANCEL);
-                    return (0, read, 0);
+            };
+            tokio::pin!(wait);
+            loop {
+                tokio::select! {
+                    r = &mut wait => match r {
+                        Some(r) => break r,
+                        None => {
+                            attempt::upstream_failed(ctx);
+                            let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
+                            return (st, up.read, sent);
+                        }
+                    },
+                    chunk = recv_chunk(stream, up.deadline), if !up.done => {
+                        if let Err(code) = up.forward(chunk, &mut send, ctx).await {
+                            return upload_failed(stream, req, ctx, head_only, code, up.read).await;
+                        }
+                    }
                 }
             }
         }
-    }
-    let resp = match resp_ready.take() {
-        Some(r) => Ok(r),
-        None => match p.transport.read {
-            Some(t) => match tokio::time::timeout(t, resp).await {
-                Ok(r) => r,
-                Err(_) => {
-                    attempt::upstream_failed(ctx);
-                    let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
-                    return (st, read, sent);
-                }
-            },
-            None => resp.await,
-        },
     };
     let Ok(resp) = resp else {
         attempt::upstream_failed(ctx);
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-        return (st, read, sent);
+        return (st, up.read, sent);
     };
     let status = resp.status().as_u16();
     attempt::passive_check(ctx, status);
@@ -763,16 +756,29 @@ async fn proxy_h2<D: Downstream>(
     let mut rewrite = match send_proxied_head(stream, req, ctx, p, status, fields, head_only).await
     {
         Head::Sent(rw) => rw,
-        Head::Answered(st, sent) => return (st, read, sent),
-        Head::Gone => return (status, read, 0),
+        Head::Answered(st, sent) => return (st, up.read, sent),
+        Head::Gone => return (status, up.read, 0),
     };
     let mut sent = 0u64;
-    while let Some(chunk) = body.data().await {
+    loop {
+        let chunk = tokio::select! {
+            d = body.data() => d,
+            chunk = recv_chunk(stream, up.deadline), if !up.done => {
+                if up.forward(chunk, &mut send, ctx).await.is_err() {
+                    // The response is under way: it can only be cut off.
+                    crate::cache::finish(ctx, false);
+                    stream.abort(false);
+                    return (status, up.read, sent);
+                }
+                continue;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else {
             ctx.upstream_error = Some("upstream stream failed mid-response".into());
             crate::cache::finish(ctx, false);
             stream.abort(false);
-            return (status, read, sent);
+            return (status, up.read, sent);
         };
         let _ = body.flow_control().release_capacity(chunk.len());
         if relay_proxied(stream, ctx, &mut rewrite, chunk, &mut sent)
@@ -780,11 +786,11 @@ async fn proxy_h2<D: Downstream>(
             .is_err()
         {
             crate::cache::finish(ctx, false);
-            return (status, read, sent);
+            return (status, up.read, sent);
         }
     }
     crate::cache::finish(ctx, true);
-    let _ = relay_end(stream, rewrite.as_mut(), &mut sent).await;
+    let _ = relay_end(stream, rewrite.as_deref_mut(), &mut sent).await;
     match body.trailers().await {
         Ok(Some(t)) => {
             let _ = stream.send_trailers(t).await;
@@ -793,7 +799,66 @@ async fn proxy_h2<D: Downstream>(
             let _ = stream.finish().await;
         }
     }
-    (status, read, sent)
+    (status, up.read, sent)
+}
+
+/// A request body on its way to an HTTP/2 upstream.
+struct Upload {
+    done: bool,
+    deadline: tokio::time::Instant,
+    read: u64,
+}
+
+impl Upload {
+    /// Sends a piece of the client's body (or its end) upstream. `Err(status)`: the
+    /// request fails with that status (413 over `request_body`, 502 when the upstream
+    /// stream broke), or `Err(0)` when the client stalled or left.
+    async fn forward(
+        &mut self,
+        chunk: Result<Option<Bytes>, ()>,
+        send: &mut ::h2::SendStream<Bytes>,
+        ctx: &mut RequestContext,
+    ) -> Result<(), u16> {
+        match chunk {
+            Ok(Some(data)) => {
+                self.read += data.len() as u64;
+                if ctx.max_body.is_some_and(|max| self.read > max) {
+                    send.send_reset(::h2::Reason::CANCEL);
+                    return Err(413);
+                }
+                if h2_pool::send_all(send, data, false).await.is_err() {
+                    attempt::upstream_failed(ctx);
+                    return Err(502);
+                }
+            }
+            Ok(None) => {
+                self.done = true;
+                let _ = h2_pool::send_all(send, Bytes::new(), true).await;
+            }
+            Err(()) => {
+                send.send_reset(::h2::Reason::CANCEL);
+                return Err(0);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The request body could not be sent up before the response head: answered with the
+/// status, or dropped when the client went away.
+async fn upload_failed<D: Downstream>(
+    stream: &mut D,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    head_only: bool,
+    code: u16,
+    read: u64,
+) -> (u16, u64, u64) {
+    if code == 0 {
+        return (0, read, 0);
+    }
+    let (st, sent) = answer_failure(stream, req, ctx, head_only, code).await;
+    (st, read, sent)
 }
 
 /// The request as an HTTP/2 upstream gets it (`te: trailers` kept for gRPC).

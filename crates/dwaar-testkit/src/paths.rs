@@ -1,0 +1,300 @@
+//! Every protocol path of one site: the end-to-end suites take the protocol as an
+//! explicit parameter ([`Proto`]) and send the same request over each.
+//!
+//! [`Paths::start`] runs one site body (directives) behind every front-end at once: a
+//! Dwaar process serving it on a plain port (the lean HTTP/1 path), an h2c port
+//! (`protocols h1 h2c`) and an HTTPS port with the local CA (`protocols h1 h2 h3`), and
+//! a second process with the lean path off (HTTP/1.1 through Pingora). Requests go out
+//! through real clients: curl for HTTP/1.1 (plain and TLS), HTTP/2 and h2c, and the
+//! testkit's quinn + h3 client for HTTP/3.
+
+use crate::client::Response;
+use crate::proxy::Dwaar;
+use crate::{free_port, wait_until};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+/// One protocol path through Dwaar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proto {
+    /// HTTP/1.1 on a plain port, served by the lean path.
+    H1Lean,
+    /// HTTP/1.1 on a plain port, served by Pingora's `HttpProxy`.
+    H1Pingora,
+    /// HTTP/1.1 over TLS.
+    H1Tls,
+    /// HTTP/2 over TLS.
+    H2Tls,
+    /// HTTP/2 with prior knowledge on a plain port.
+    H2c,
+    /// HTTP/3 over QUIC.
+    H3,
+}
+
+/// Every path, in the order the suites run them.
+pub const ALL: [Proto; 6] = [
+    Proto::H1Lean,
+    Proto::H1Pingora,
+    Proto::H1Tls,
+    Proto::H2Tls,
+    Proto::H2c,
+    Proto::H3,
+];
+
+/// A request to send over a path.
+#[derive(Debug, Clone, Default)]
+pub struct Req<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// The `Host` (`:authority`) to send; `localhost` when empty.
+    pub host: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: Vec<u8>,
+}
+
+impl<'a> Req<'a> {
+    pub fn get(path: &'a str) -> Req<'a> {
+        Req {
+            method: "GET",
+            path,
+            ..Req::default()
+        }
+    }
+
+    pub fn post(path: &'a str, body: Vec<u8>) -> Req<'a> {
+        Req {
+            method: "POST",
+            path,
+            body,
+            ..Req::default()
+        }
+    }
+
+    pub fn header(mut self, name: &'a str, value: &'a str) -> Req<'a> {
+        self.headers.push((name, value));
+        self
+    }
+
+    pub fn host(mut self, host: &'a str) -> Req<'a> {
+        self.host = host;
+        self
+    }
+}
+
+/// What a failed exchange looked like from the client (`curl`'s exit code and message,
+/// or the HTTP/3 client's error).
+#[derive(Debug)]
+pub struct Failed {
+    pub code: i32,
+    pub message: String,
+}
+
+/// One site served over every path.
+pub struct Paths {
+    pub main: Dwaar,
+    pub pingora: Dwaar,
+    pub plain: u16,
+    pub plain_pingora: u16,
+    pub h2c: u16,
+    pub https: u16,
+    /// The local CA's root, trusted by the clients.
+    pub root: Vec<u8>,
+    pub store: tempfile::TempDir,
+}
+
+impl Paths {
+    /// Starts `body` (site directives, tab-indented) behind every path. `SCRATCH` in it
+    /// names a directory of the test's own (logs, files); `INSTANCE` becomes `main` or
+    /// `pingora`, so each process can write files of its own.
+    pub fn start(bin: &Path, body: &str) -> Paths {
+        let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let scratch = store.path().join("scratch");
+        std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("scratch: {e}"));
+        let body = body.replace("SCRATCH", &scratch.display().to_string());
+        let (http, https, plain, h2c, plain_pingora) = (
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+            free_port(),
+        );
+        let main_body = body.replace("INSTANCE", "main");
+        let conf = format!(
+            "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n\
+             \tservers :{h2c} {{\n\t\tprotocols h1 h2c\n\t}}\n\
+             \tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+             :{plain} {{\n{main_body}\n}}\n\
+             :{h2c} {{\n{main_body}\n}}\n\
+             https://localhost:{https} {{\n\ttls internal\n{main_body}\n}}\n",
+            store.path().display()
+        );
+        let main = Dwaar::start(bin, &conf, &[plain, h2c, https]);
+        let root = std::fs::read(store.path().join("pki/local/root.crt"))
+            .unwrap_or_else(|e| panic!("local CA root: {e}"));
+        let pingora_conf = format!(
+            ":{plain_pingora} {{\n{}\n}}\n",
+            body.replace("INSTANCE", "pingora")
+        );
+        let pingora = Dwaar::start_env(
+            bin,
+            &pingora_conf,
+            &[plain_pingora],
+            &["--threads", "1"],
+            &[("DWAAR_FAST_PATH", "0")],
+        );
+        let paths = Paths {
+            main,
+            pingora,
+            plain,
+            plain_pingora,
+            h2c,
+            https,
+            root,
+            store,
+        };
+        // QUIC is ready a moment after the TCP ports.
+        let up = wait_until(Duration::from_secs(10), || {
+            crate::h3::get(https, "localhost", &paths.root, "/").is_ok()
+        });
+        assert!(up, "no HTTP/3 answer: {}", paths.main.log_text());
+        paths
+    }
+
+    /// The scratch directory (`SCRATCH` in the body).
+    pub fn scratch(&self) -> std::path::PathBuf {
+        self.store.path().join("scratch")
+    }
+
+    /// Sends `req` over `proto`; `Err` when the exchange failed (no complete response).
+    pub fn send(&self, proto: Proto, req: &Req<'_>) -> Result<Response, Failed> {
+        if proto == Proto::H3 {
+            return self.send_h3(req);
+        }
+        let host = if req.host.is_empty() {
+            "localhost"
+        } else {
+            req.host
+        };
+        let (scheme, port, flag) = match proto {
+            Proto::H1Lean => ("http", self.plain, "--http1.1"),
+            Proto::H1Pingora => ("http", self.plain_pingora, "--http1.1"),
+            Proto::H1Tls => ("https", self.https, "--http1.1"),
+            Proto::H2Tls => ("https", self.https, "--http2"),
+            Proto::H2c => ("http", self.h2c, "--http2-prior-knowledge"),
+            Proto::H3 => unreachable!("handled above"),
+        };
+        let dir = tempfile::tempdir().map_err(|e| failed(-1, e))?;
+        let (head, out, data, ca) = (
+            dir.path().join("head"),
+            dir.path().join("body"),
+            dir.path().join("data"),
+            dir.path().join("ca.pem"),
+        );
+        std::fs::write(&ca, &self.root).map_err(|e| failed(-1, e))?;
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", flag, "--max-time", "30", "--cacert"])
+            .arg(&ca)
+            .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .arg("--dump-header")
+            .arg(&head)
+            .arg("--output")
+            .arg(&out);
+        if req.method == "HEAD" {
+            cmd.arg("--head");
+        } else {
+            cmd.args(["-X", req.method]);
+        }
+        if host != "localhost" {
+            cmd.args(["-H", &format!("Host: {host}")]);
+        }
+        for (k, v) in &req.headers {
+            cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if !req.body.is_empty() || matches!(req.method, "POST" | "PUT") {
+            std::fs::write(&data, &req.body).map_err(|e| failed(-1, e))?;
+            cmd.arg("--data-binary").arg(format!("@{}", data.display()));
+        }
+        cmd.arg(format!("{scheme}://localhost:{port}{}", req.path));
+        let done = cmd.output().map_err(|e| failed(-1, e))?;
+        if !done.status.success() {
+            return Err(Failed {
+                code: done.status.code().unwrap_or(-1),
+                message: String::from_utf8_lossy(&done.stderr).into_owned(),
+            });
+        }
+        let head = std::fs::read_to_string(&head).map_err(|e| failed(-1, e))?;
+        let body = std::fs::read(&out).unwrap_or_default();
+        parse_head(&head, body).ok_or(Failed {
+            code: -1,
+            message: format!("unreadable response head: {head:?}"),
+        })
+    }
+
+    fn send_h3(&self, req: &Req<'_>) -> Result<Response, Failed> {
+        let host = if req.host.is_empty() {
+            "localhost"
+        } else {
+            req.host
+        };
+        let headers = req
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let r = crate::h3::requests(
+            self.https,
+            host,
+            &self.root,
+            vec![(req.method, req.path.to_string(), headers, req.body.clone())],
+        )
+        .map_err(|message| Failed { code: -1, message })?
+        .remove(0);
+        Ok(Response {
+            status: r.status,
+            headers: r
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: r.body,
+        })
+    }
+
+    /// Sends `req` over `proto` and expects a response.
+    pub fn ok(&self, proto: Proto, req: &Req<'_>) -> Response {
+        self.send(proto, req)
+            .unwrap_or_else(|e| panic!("{proto:?} {} {}: {e:?}", req.method, req.path))
+    }
+}
+
+fn failed(code: i32, e: impl std::fmt::Display) -> Failed {
+    Failed {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// The last response head curl dumped (after any interim `100 Continue`).
+fn parse_head(dump: &str, body: Vec<u8>) -> Option<Response> {
+    let block = dump
+        .split("\r\n\r\n")
+        .filter(|b| !b.trim().is_empty())
+        .last()?;
+    let mut lines = block.lines();
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body,
+    })
+}
