@@ -109,6 +109,7 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             threads,
             sockets,
             worker_process: false,
+            fronts: fronts(),
         })
         .map(Running::Server)
     };
@@ -217,12 +218,23 @@ fn remove_pidfile(path: Option<&Path>) {
     }
 }
 
+/// Which front-ends serve which connections: `DWAAR_FAST_PATH=0` sends plain HTTP/1.1
+/// (and h2c) straight to Pingora's `HttpProxy`, `DWAAR_H2_FRONT=0` sends HTTP/2 over
+/// TLS to Pingora's HTTP/2 session (both for comparisons and the test suites).
+fn fronts() -> dwaar_core::server::Fronts {
+    let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
+    dwaar_core::server::Fronts {
+        lean_h1: on("DWAAR_FAST_PATH"),
+        own_h2: on("DWAAR_H2_FRONT"),
+    }
+}
+
 /// A worker process of `dwaar run --workers N` (started by the supervisor).
 pub fn worker(channel: &Path, index: usize, threads: Option<usize>) -> i32 {
     // The supervisor's own log settings reach workers with the config; until then
     // (and for startup errors) they log to stderr like the supervisor's default.
     crate::runtime_log::init(None, false);
-    match supervisor::worker::run(channel, index, threads.unwrap_or(1)) {
+    match supervisor::worker::run(channel, index, threads.unwrap_or(1), fronts()) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: worker {index}: {e}");

@@ -177,3 +177,46 @@ fn a_panicking_request_fails_alone() {
     // Five of the six paths run in the main process.
     assert!(panics >= 5, "dwaar_panics_total {panics}\n{m}");
 }
+
+/// FastCGI on every path: upstream attempts go through the shared loop (a dead first
+/// upstream is skipped within `lb_try_duration`), and a request body is held to
+/// `request_body { max_size }` while it streams (a chunked body declares no length).
+#[test]
+fn php_retries_and_body_limits_on_every_path() {
+    let Some(bin_fpm) = dwaar_testkit::php::binary() else {
+        eprintln!("skipping: php-fpm is not installed");
+        return;
+    };
+    let fpm = dwaar_testkit::php::PhpFpm::start(&bin_fpm);
+    let app = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        app.path().join("echo.php"),
+        "<?php echo 'got ' . strlen(file_get_contents('php://input'));",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dead = free_port();
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\troot * {}\n\trequest_body {{\n\t\tmax_size 1KB\n\t}}\n\
+             \tphp_fastcgi 127.0.0.1:{dead} 127.0.0.1:{} {{\n\t\tlb_policy first\n\t\tlb_try_duration 2s\n\t}}\n",
+            app.path().display(),
+            fpm.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::post("/echo.php", b"small".to_vec()));
+        assert_eq!((r.status, r.text().as_str()), (200, "got 5"), "{proto:?}");
+        let h1 = matches!(proto, Proto::H1Lean | Proto::H1Pingora | Proto::H1Tls);
+        let mut big = Req::post("/echo.php", vec![b'x'; 64 * 1024]);
+        if h1 {
+            big = big.header("Transfer-Encoding", "chunked");
+        }
+        let r = p.send(proto, &big);
+        assert_eq!(
+            r.as_ref().map(|r| r.status).ok(),
+            Some(413),
+            "{proto:?}: {r:?}"
+        );
+    }
+}

@@ -164,6 +164,23 @@ impl Downstream for PingoraDownstream<'_> {
             .map_err(|_| ())
     }
 
+    async fn discard_body(&mut self) {
+        use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
+        let declared = crate::lifecycle::declared_length(&self.session.req_header().headers);
+        if !worth_discarding(declared) {
+            return;
+        }
+        let mut left = DISCARD_MAX;
+        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
+        while left > 0 && !self.session.is_body_done() {
+            let until = discard_until(overall);
+            match tokio::time::timeout_at(until, self.session.read_request_body()).await {
+                Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len()),
+                _ => break,
+            }
+        }
+    }
+
     fn abort(&mut self, _refused: bool) {
         self.session.set_keepalive(None);
     }

@@ -38,7 +38,7 @@ impl PhpFpm {
         let d = dir.path().display();
         let conf = format!(
             "[global]\npid = {d}/fpm.pid\nerror_log = {d}/fpm.log\ndaemonize = no\n\n\
-             [tcp]\nlisten = 127.0.0.1:{port}\npm = static\npm.max_children = 2\n\
+             [tcp]\nlisten = 127.0.0.1:{port}\npm = static\npm.max_children = 8\n\
              pm.status_path = /fpm-status\nclear_env = no\ncatch_workers_output = yes\n\n\
              [unix]\nlisten = {}\nlisten.mode = 0666\npm = static\npm.max_children = 1\n\
              clear_env = no\n",

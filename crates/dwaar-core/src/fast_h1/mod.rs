@@ -17,7 +17,8 @@
 //! 30 s of its first byte (slow clients are dropped). Once a connection is handed over it
 //! stays with Pingora. Both paths share routing,
 //! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
-//! the end-to-end tests run against both (`DWAAR_FAST_PATH=0` turns this one off).
+//! the end-to-end tests run against both (`server::Fronts::lean_h1` turns this one off;
+//! the CLI sets it from `DWAAR_FAST_PATH=0`).
 
 pub mod request;
 
@@ -44,12 +45,6 @@ use tokio::net::TcpStream;
 
 /// A client connection's read buffer: most request heads fit in it.
 const CLIENT_BUF: usize = 2 * 1024;
-
-/// Whether the fast path is on (`DWAAR_FAST_PATH=0` turns it off, for comparisons).
-pub fn enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DWAAR_FAST_PATH").map_or(true, |v| v != "0"))
-}
 
 /// Serves a connection this path hands over (to Pingora, or to the HTTP/2 front-end
 /// for h2c), with the bytes it read pushed back.

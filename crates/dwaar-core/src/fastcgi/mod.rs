@@ -151,6 +151,10 @@ thread_local! {
 const POOL_MAX_PER_UPSTREAM: usize = 32;
 /// Largest CGI response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
+/// The largest request body of unknown length (HTTP/1 chunked, HTTP/2 or HTTP/3
+/// without `Content-Length`) read ahead to learn its length: CGI needs `CONTENT_LENGTH`
+/// before the body. Larger ones are refused (413) unless `request_body` says less.
+const MAX_UNSIZED_BODY: u64 = 10 * 1024 * 1024;
 /// STDERR kept for the log.
 const MAX_STDERR: usize = 16 * 1024;
 
@@ -215,6 +219,8 @@ pub struct Exchanged {
 /// and what went through.
 struct Client<'d, D: Downstream> {
     down: &'d mut D,
+    /// A body of unknown length, read ahead; handed out by `read_body`.
+    ahead: Option<Bytes>,
     shape: Shaping,
     head_only: bool,
     max_body: Option<u64>,
@@ -225,6 +231,9 @@ struct Client<'d, D: Downstream> {
 
 impl<D: Downstream> Client<'_, D> {
     async fn read_body(&mut self) -> Result<Option<Bytes>, Failure> {
+        if self.ahead.is_some() {
+            return Ok(self.ahead.take().filter(|b| !b.is_empty()));
+        }
         match recv_chunk(self.down, self.deadline).await {
             Ok(Some(b)) => {
                 self.request_bytes += b.len() as u64;
@@ -236,6 +245,25 @@ impl<D: Downstream> Client<'_, D> {
             Ok(None) => Ok(None),
             Err(()) => Err(Failure::Client),
         }
+    }
+
+    /// Reads a body of unknown length ahead (within `max_body` or [`MAX_UNSIZED_BODY`]);
+    /// returns its length.
+    async fn read_ahead(&mut self) -> Result<u64, Failure> {
+        let limit = self
+            .max_body
+            .unwrap_or(MAX_UNSIZED_BODY)
+            .min(MAX_UNSIZED_BODY);
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = self.read_body().await? {
+            if (body.len() + chunk.len()) as u64 > limit {
+                return Err(Failure::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let len = body.len() as u64;
+        self.ahead = Some(body.freeze());
+        Ok(len)
     }
 
     async fn write_head(
@@ -291,10 +319,9 @@ pub async fn run<D: Downstream>(
     down: &mut D,
     head_only: bool,
 ) -> Result<Exchanged, (u16, u64)> {
-    let params = params(opts, req, ctx);
-    let encoded = proto::pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let mut client = Client {
         down,
+        ahead: None,
         shape: Shaping::take(proxy, req, ctx),
         head_only,
         max_body: ctx.max_body,
@@ -302,6 +329,23 @@ pub async fn run<D: Downstream>(
         body_bytes: 0,
         deadline: body_deadline(),
     };
+    let length = match req.header("content-length") {
+        Some(_) => None,
+        None => match client.read_ahead().await {
+            Ok(n) => Some(n),
+            Err(f) => {
+                client.shape.give_back(ctx);
+                let code = if matches!(f, Failure::TooLarge) {
+                    413
+                } else {
+                    400
+                };
+                return Err((code, client.request_bytes));
+            }
+        },
+    };
+    let params = params(opts, req, ctx, length);
+    let encoded = proto::pairs(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let result = attempts(proxy, &encoded, opts, req, ctx, &mut client).await;
     client.shape.give_back(ctx);
     attempt::release(ctx);
@@ -602,11 +646,13 @@ fn parse_cgi_head(head: &[u8]) -> Result<Head, String> {
     Ok((status, headers, length))
 }
 
-/// The CGI parameters for a request (Caddy's set).
+/// The CGI parameters for a request (Caddy's set). `body_len`: the length of a body
+/// that came without `Content-Length` (read ahead).
 pub fn params(
     opts: &FastCgiOpts,
     req: &dyn HttpRequest,
     ctx: &RequestContext,
+    body_len: Option<u64>,
 ) -> Vec<(String, String)> {
     let root = crate::files::root_for(opts.root.as_ref(), req, ctx);
     let root = if opts.resolve_root_symlink {
@@ -661,7 +707,11 @@ pub fn params(
         ),
     };
     let method = req.method();
-    let content_length = req.header("content-length").unwrap_or("").to_string();
+    let content_length = match (req.header("content-length"), body_len) {
+        (Some(v), _) => v.to_string(),
+        (None, Some(n)) => n.to_string(),
+        (None, None) => String::new(),
+    };
     let content_length = match method {
         "HEAD" | "OPTIONS" => "0".to_string(),
         _ if content_length.is_empty() && method == "GET" => "0".to_string(),

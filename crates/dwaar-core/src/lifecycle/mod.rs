@@ -38,6 +38,29 @@ use std::time::{Duration, Instant};
 pub const DISCARD_MAX: usize = 8 * 1024 * 1024;
 /// How long that discarding may take.
 pub const DISCARD_WAIT: Duration = Duration::from_secs(5);
+/// How long the client may pause while it is discarded (a body announced but never
+/// sent does not hold the answer up).
+pub const DISCARD_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether a request body of `declared` length (from `Content-Length`) is worth
+/// discarding before an answer that does not need it: not when it is announced larger
+/// than [`DISCARD_MAX`] (the answer goes out at once and the rest is cut off).
+pub fn worth_discarding(declared: Option<u64>) -> bool {
+    declared.is_none_or(|n| n <= DISCARD_MAX as u64)
+}
+
+/// A request's declared body length (`Content-Length`).
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok())
+}
+
+/// The instant discarding a body that starts now must stop at, given its last chunk
+/// arrived just now: the earlier of the overall and the pause bound.
+pub fn discard_until(overall: tokio::time::Instant) -> tokio::time::Instant {
+    overall.min(tokio::time::Instant::now() + DISCARD_PAUSE)
+}
 
 /// Rounds of off-path checks one request may go through before it is answered 503.
 const MAX_CHECK_ROUNDS: u32 = 4;

@@ -4,7 +4,7 @@
 use super::MAX_HEAD;
 use crate::context::ConnInfo;
 use crate::lifecycle::downstream::Downstream;
-use crate::lifecycle::{DISCARD_MAX, DISCARD_WAIT};
+use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
 use crate::streams::serve_request;
 use bytes::{Buf, Bytes};
@@ -14,7 +14,8 @@ use std::sync::Arc;
 type Stream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// An HTTP/3 request stream as a [`Downstream`].
-struct H3Exchange(Stream);
+/// The stream, and the request's declared body length.
+struct H3Exchange(Stream, Option<u64>);
 
 impl Downstream for H3Exchange {
     fn version(&self) -> http::Version {
@@ -56,10 +57,13 @@ impl Downstream for H3Exchange {
     }
 
     async fn discard_body(&mut self) {
+        if !worth_discarding(self.1) {
+            return;
+        }
         let mut left = DISCARD_MAX;
-        let until = tokio::time::Instant::now() + DISCARD_WAIT;
+        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
         while left > 0 {
-            match tokio::time::timeout_at(until, self.0.recv_data()).await {
+            match tokio::time::timeout_at(discard_until(overall), self.0.recv_data()).await {
                 Ok(Ok(Some(mut chunk))) => {
                     let n = chunk.remaining();
                     chunk.advance(n);
@@ -114,7 +118,8 @@ pub(super) async fn serve_connection(
                 tokio::spawn(crate::lifecycle::isolate("an HTTP/3 stream", async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => {
-                            let mut stream = H3Exchange(stream);
+                            let declared = crate::lifecycle::declared_length(req.headers());
+                            let mut stream = H3Exchange(stream, declared);
                             let replayable = early
                                 .as_ref()
                                 .is_some_and(|d| !d.load(std::sync::atomic::Ordering::Acquire));

@@ -26,6 +26,7 @@ pub struct Apps {
     pub h1: Arc<ProxyApp>,
     pub h2c: Arc<ProxyApp>,
     pub store: Arc<crate::route_table::RouteStore>,
+    pub fronts: super::Fronts,
 }
 
 /// Counts live connections so shutdown can wait for them.
@@ -79,10 +80,10 @@ pub async fn worker(
                 }
             };
             let front = if key.0.tls {
-                Front::Tls(apps.h1.clone(), apps.store.clone())
-            } else if key.0.h2c && !crate::fast_h1::enabled() {
+                Front::Tls(apps.h1.clone(), apps.store.clone(), apps.fronts.own_h2)
+            } else if key.0.h2c && !apps.fronts.lean_h1 {
                 Front::Pingora(apps.h2c.clone(), apps.store.clone())
-            } else if crate::fast_h1::enabled() {
+            } else if apps.fronts.lean_h1 {
                 Front::Fast(crate::fast_h1::FastCx {
                     store: apps.store.clone(),
                     fallback: pingora_hand_over(apps.h1.clone()),
@@ -148,9 +149,9 @@ fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h
 enum Front {
     Pingora(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>),
     Fast(crate::fast_h1::FastCx),
-    /// An HTTPS port: the handshake (with the current config's TLS state), then
-    /// Pingora's HTTP/1 or HTTP/2 server by ALPN.
-    Tls(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>),
+    /// An HTTPS port: the handshake (with the current config's TLS state), then by
+    /// ALPN Dwaar's HTTP/2 front-end (when the flag says so) or Pingora's HTTP/1/2.
+    Tls(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>, bool),
 }
 
 /// How long a client may take to complete the TLS handshake.
@@ -227,13 +228,6 @@ async fn serve_tls(
     }
 }
 
-/// Whether HTTP/2 over TLS is served by Dwaar's own front-end (`DWAAR_H2_FRONT=0` hands
-/// it to Pingora's HTTP/2 session instead, to compare the two).
-fn h2_front_enabled() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("DWAAR_H2_FRONT").map_or(true, |v| v != "0"))
-}
-
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     front: Front,
@@ -265,7 +259,7 @@ async fn accept_loop(
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
-            Front::Tls(app, store) => {
+            Front::Tls(app, store, own_h2) => {
                 // The connection's own address (not the listener's wildcard one): a
                 // client that sends no SNI gets the certificate of the IP it dialled.
                 // One getsockname is nothing next to a handshake.
@@ -279,7 +273,7 @@ async fn accept_loop(
                 let timeouts = local
                     .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
                     .unwrap_or_default();
-                let own_h2 = h2_front_enabled();
+                let own_h2 = *own_h2;
                 drop(table);
                 crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
                 let head_timeout = timeouts.read_header.unwrap_or(crate::fast_h1::HEAD_TIMEOUT);

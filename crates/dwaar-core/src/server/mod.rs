@@ -45,6 +45,28 @@ pub struct StartOptions {
     pub sockets: Option<Snapshot>,
     /// A worker process: new sockets only ever come from the supervisor.
     pub worker_process: bool,
+    /// Which front-ends serve which connections.
+    pub fronts: Fronts,
+}
+
+/// Which front-end serves which connections, chosen once when the server starts (the
+/// CLI sets these; the library reads no environment for them).
+#[derive(Debug, Clone, Copy)]
+pub struct Fronts {
+    /// Plain HTTP/1.1 and h2c connections go to the lean path first (else straight to
+    /// Pingora's `HttpProxy`, Pingora's h2c session included).
+    pub lean_h1: bool,
+    /// HTTP/2 over TLS goes to Dwaar's own HTTP/2 front-end (else to Pingora's).
+    pub own_h2: bool,
+}
+
+impl Default for Fronts {
+    fn default() -> Self {
+        Fronts {
+            lean_h1: true,
+            own_h2: true,
+        }
+    }
 }
 
 /// The default number of accepting threads: one per CPU.
@@ -113,6 +135,7 @@ impl Server {
             h1: Arc::new(h1),
             h2c: Arc::new(h2c),
             store: store.clone(),
+            fronts: opts.fronts,
         };
 
         let conns = Arc::new(ConnCount::default());

@@ -578,7 +578,12 @@ pub mod worker {
     use crate::server::{Server, StartOptions};
 
     /// Runs a worker process until the supervisor says stop, goes away, or SIGTERM.
-    pub fn run(channel: &std::path::Path, index: usize, threads: usize) -> Result<(), String> {
+    pub fn run(
+        channel: &std::path::Path,
+        index: usize,
+        threads: usize,
+        fronts: crate::server::Fronts,
+    ) -> Result<(), String> {
         let token =
             std::env::var(WORKER_TOKEN_ENV).map_err(|_| "not started by a dwaar supervisor")?;
         let mut conn = UnixStream::connect(channel)
@@ -599,6 +604,7 @@ pub mod worker {
             threads: Some(threads),
             sockets: Some(snapshot),
             worker_process: true,
+            fronts,
         });
         let writer = Arc::new(Mutex::new(conn.try_clone().map_err(|e| e.to_string())?));
         let server = match server {

@@ -12,7 +12,7 @@
 use super::serve_request;
 use crate::context::ConnInfo;
 use crate::lifecycle::downstream::Downstream;
-use crate::lifecycle::{DISCARD_MAX, DISCARD_WAIT};
+use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
 use crate::upstream::h2_pool;
 use bytes::Bytes;
@@ -35,6 +35,8 @@ struct H2Exchange {
     body: h2::RecvStream,
     respond: h2::server::SendResponse<Bytes>,
     send: Option<h2::SendStream<Bytes>>,
+    /// The request's `Content-Length`, if it declared one.
+    declared: Option<u64>,
 }
 
 impl Downstream for H2Exchange {
@@ -83,10 +85,13 @@ impl Downstream for H2Exchange {
     }
 
     async fn discard_body(&mut self) {
+        if !worth_discarding(self.declared) {
+            return;
+        }
         let mut left = DISCARD_MAX;
-        let until = tokio::time::Instant::now() + DISCARD_WAIT;
+        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
         while left > 0 && !self.body.is_end_stream() {
-            match tokio::time::timeout_at(until, self.body.data()).await {
+            match tokio::time::timeout_at(discard_until(overall), self.body.data()).await {
                 Ok(Some(Ok(chunk))) => {
                     let _ = self.body.flow_control().release_capacity(chunk.len());
                     left = left.saturating_sub(chunk.len());
@@ -149,7 +154,8 @@ pub async fn serve_connection<T>(
             accepted = h2.accept() => match accepted {
                 Some(Ok((req, respond))) => {
                     let (parts, body) = req.into_parts();
-                    let exchange = H2Exchange { body, respond, send: None };
+                    let declared = crate::lifecycle::declared_length(&parts.headers);
+                    let exchange = H2Exchange { body, respond, send: None, declared };
                     let store = store.clone();
                     streams.spawn(crate::lifecycle::isolate("an HTTP/2 stream", async move {
                         serve_request(http::Request::from_parts(parts, ()), exchange, conn, &store)
