@@ -207,16 +207,217 @@ fn php_retries_and_body_limits_on_every_path() {
     for proto in ALL {
         let r = p.ok(proto, &Req::post("/echo.php", b"small".to_vec()));
         assert_eq!((r.status, r.text().as_str()), (200, "got 5"), "{proto:?}");
-        let h1 = matches!(proto, Proto::H1Lean | Proto::H1Pingora | Proto::H1Tls);
-        let mut big = Req::post("/echo.php", vec![b'x'; 64 * 1024]);
-        if h1 {
-            big = big.header("Transfer-Encoding", "chunked");
-        }
+        // A body of unknown length reaches PHP whole (CGI needs its length first).
+        let r = p.ok(
+            proto,
+            &Req::post("/echo.php", b"sized later".to_vec()).unsized_body(),
+        );
+        assert_eq!((r.status, r.text().as_str()), (200, "got 11"), "{proto:?}");
+        // No length up front (chunked over HTTP/1.1): held to max_size as it streams.
+        let big = Req::post("/echo.php", vec![b'x'; 64 * 1024]).unsized_body();
         let r = p.send(proto, &big);
         assert_eq!(
             r.as_ref().map(|r| r.status).ok(),
             Some(413),
             "{proto:?}: {r:?}"
         );
+    }
+}
+
+/// `owner:hunter2`, bcrypt cost 4.
+const HASH: &str = "$2b$04$n9w8gA5QbBkpl3san02ecOAEjvhB1O5XG4fRBeeAoDTNwSY6piqEm";
+
+/// Files: whole, ranged, conditional and HEAD requests, and a missing file through
+/// `handle_errors`.
+#[test]
+fn files_ranges_validators_and_errors_on_every_path() {
+    let www = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(www.path().join("abc.txt"), "abcdefghij").unwrap_or_else(|e| panic!("{e}"));
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\troot * {}\n\tfile_server\n\thandle_errors {{\n\t\trespond \"missing {{err.status_code}}\"\n\t}}\n",
+            www.path().display()
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/abc.txt"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "abcdefghij"),
+            "{proto:?}"
+        );
+        let etag = r
+            .header("etag")
+            .unwrap_or_else(|| panic!("{proto:?}: no etag"))
+            .to_string();
+        let r = p.ok(proto, &Req::get("/abc.txt").header("Range", "bytes=2-4"));
+        assert_eq!((r.status, r.text().as_str()), (206, "cde"), "{proto:?}");
+        assert_eq!(r.header("content-range"), Some("bytes 2-4/10"), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/abc.txt").header("If-None-Match", &etag));
+        assert_eq!((r.status, r.body.len()), (304, 0), "{proto:?}");
+        let head = Req {
+            method: "HEAD",
+            ..Req::get("/abc.txt")
+        };
+        let r = p.ok(proto, &head);
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(r.header("content-length"), Some("10"), "{proto:?}");
+        assert!(r.body.is_empty(), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/nope.txt"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (404, "missing 404"),
+            "{proto:?}"
+        );
+    }
+}
+
+/// `encode`: a compressed body that decodes to the original, on every path.
+#[test]
+fn encode_compresses_on_every_path() {
+    use std::io::Read;
+    let text = "compress me please ".repeat(200);
+    let p = Paths::start(
+        &bin(),
+        &format!("\tencode gzip\n\theader Content-Type text/plain\n\trespond \"{text}\"\n"),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/").header("Accept-Encoding", "gzip"));
+        assert_eq!(r.header("content-encoding"), Some("gzip"), "{proto:?}");
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(&r.body[..])
+            .read_to_string(&mut out)
+            .unwrap_or_else(|e| panic!("{proto:?}: {e}"));
+        assert_eq!(out, text, "{proto:?}");
+        let plain = p.ok(proto, &Req::get("/"));
+        assert_eq!(plain.header("content-encoding"), None, "{proto:?}");
+        assert_eq!(plain.text(), text, "{proto:?}");
+    }
+}
+
+/// Security middleware answers alike: `basic_auth`, `ip_filter`, `request_body`.
+#[test]
+fn security_middleware_on_every_path() {
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /secret {{\n\t\tbasic_auth {{\n\t\t\towner {HASH}\n\t\t}}\n\t\trespond \"secret {{http.auth.user.id}}\"\n\t}}\n\
+             \thandle /blocked {{\n\t\tip_filter {{\n\t\t\tdeny 127.0.0.1/32\n\t\t}}\n\t\trespond \"open\"\n\t}}\n\
+             \thandle /small {{\n\t\trequest_body {{\n\t\t\tmax_size 8B\n\t\t}}\n\t\trespond \"fits\"\n\t}}\n\
+             \trespond ok\n"
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/secret"));
+        assert_eq!(r.status, 401, "{proto:?}");
+        assert!(r.header("www-authenticate").is_some(), "{proto:?}");
+        let r = p.ok(
+            proto,
+            &Req::get("/secret").header("Authorization", "Basic b3duZXI6aHVudGVyMg=="),
+        );
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "secret owner"),
+            "{proto:?}"
+        );
+        assert_eq!(p.ok(proto, &Req::get("/blocked")).status, 403, "{proto:?}");
+        let r = p.ok(proto, &Req::post("/small", b"0123456789abcdef".to_vec()));
+        assert_eq!(r.status, 413, "{proto:?}");
+        let r = p.ok(proto, &Req::post("/small", b"tiny".to_vec()));
+        assert_eq!((r.status, r.text().as_str()), (200, "fits"), "{proto:?}");
+    }
+}
+
+/// Proxying: forwarding headers by scheme, `header_up`/`header_down`, a request body
+/// streamed up, and upstream failures through `handle_errors`.
+#[test]
+fn proxying_on_every_path() {
+    let o = origin::http("app");
+    let dead = free_port();
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /dead/* {{\n\t\treverse_proxy 127.0.0.1:{dead}\n\t}}\n\
+             \thandle_errors {{\n\t\trespond \"upstream said {{err.status_code}}\"\n\t}}\n\
+             \treverse_proxy 127.0.0.1:{} {{\n\t\theader_up X-Up yes\n\t\theader_down -X-Backend-Secret\n\t\theader_down X-Down added\n\t}}\n",
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let tls = matches!(proto, Proto::H1Tls | Proto::H2Tls | Proto::H3);
+        let r = p.ok(proto, &Req::get("/echo?q=1"));
+        assert_eq!(r.status, 200, "{proto:?}");
+        let text = r.text().to_ascii_lowercase();
+        let scheme = if tls { "https" } else { "http" };
+        assert!(
+            text.contains(&format!("x-forwarded-proto: {scheme}")),
+            "{proto:?}: {text}"
+        );
+        assert!(
+            text.contains("x-forwarded-for: 127.0.0.1"),
+            "{proto:?}: {text}"
+        );
+        assert!(text.contains("x-up: yes"), "{proto:?}: {text}");
+        assert!(text.contains("uri: /echo?q=1"), "{proto:?}: {text}");
+        assert_eq!(r.header("x-down"), Some("added"), "{proto:?}");
+        assert_eq!(r.header("x-backend-secret"), None, "{proto:?}");
+        assert!(r.header("x-request-id").is_some(), "{proto:?}");
+        let r = p.ok(proto, &Req::post("/upload", vec![b'b'; 300_000]));
+        assert!(r.text().contains("body: 300000"), "{proto:?}: {}", r.text());
+        let r = p.ok(proto, &Req::get("/dead/x"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (502, "upstream said 502"),
+            "{proto:?}"
+        );
+    }
+}
+
+/// The access log has one record per request with the protocol it came over.
+#[test]
+fn access_logs_name_the_protocol_on_every_path() {
+    let p = Paths::start(
+        &bin(),
+        "\tlog {\n\t\toutput file SCRATCH/INSTANCE.log\n\t}\n\trespond \"logged\" 202\n",
+    );
+    let want = [
+        (Proto::H1Lean, "HTTP/1.1"),
+        (Proto::H1Pingora, "HTTP/1.1"),
+        (Proto::H1Tls, "HTTP/1.1"),
+        (Proto::H2Tls, "HTTP/2.0"),
+        (Proto::H2c, "HTTP/2.0"),
+        (Proto::H3, "HTTP/3.0"),
+    ];
+    for (proto, name) in want {
+        let path = format!("/log-{proto:?}");
+        assert_eq!(p.ok(proto, &Req::get(&path)).status, 202, "{proto:?}");
+        let instance = if proto == Proto::H1Pingora {
+            "pingora"
+        } else {
+            "main"
+        };
+        let file = p.scratch().join(format!("{instance}.log"));
+        let found = wait_until(std::time::Duration::from_secs(5), || {
+            std::fs::read_to_string(&file)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.contains(&format!("\"{path}\"")))
+        });
+        assert!(found, "{proto:?}: no record");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"{path}\"")))
+            .unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{proto:?}: {e}: {line}"));
+        let proto_field = v
+            .pointer("/request/proto")
+            .or_else(|| v.get("proto"))
+            .and_then(|p| p.as_str());
+        assert_eq!(proto_field, Some(name), "{proto:?}: {line}");
+        let status = v.get("status").and_then(|s| s.as_u64());
+        assert_eq!(status, Some(202), "{proto:?}: {line}");
     }
 }

@@ -51,6 +51,9 @@ pub struct Req<'a> {
     pub host: &'a str,
     pub headers: Vec<(&'a str, &'a str)>,
     pub body: Vec<u8>,
+    /// Send the body without announcing its length: chunked over HTTP/1.1, without
+    /// `content-length` over HTTP/3 (curl announces it over HTTP/2 regardless).
+    pub unsized_body: bool,
 }
 
 impl<'a> Req<'a> {
@@ -73,6 +76,11 @@ impl<'a> Req<'a> {
 
     pub fn header(mut self, name: &'a str, value: &'a str) -> Req<'a> {
         self.headers.push((name, value));
+        self
+    }
+
+    pub fn unsized_body(mut self) -> Req<'a> {
+        self.unsized_body = true;
         self
     }
 
@@ -211,6 +219,9 @@ impl Paths {
         for (k, v) in &req.headers {
             cmd.args(["-H", &format!("{k}: {v}")]);
         }
+        if req.unsized_body && flag == "--http1.1" {
+            cmd.args(["-H", "Transfer-Encoding: chunked"]);
+        }
         if !req.body.is_empty() || matches!(req.method, "POST" | "PUT") {
             std::fs::write(&data, &req.body).map_err(|e| failed(-1, e))?;
             cmd.arg("--data-binary").arg(format!("@{}", data.display()));
@@ -224,7 +235,12 @@ impl Paths {
             });
         }
         let head = std::fs::read_to_string(&head).map_err(|e| failed(-1, e))?;
-        let body = std::fs::read(&out).unwrap_or_default();
+        // With `--head` curl writes the head where the body would go.
+        let body = if req.method == "HEAD" {
+            Vec::new()
+        } else {
+            std::fs::read(&out).unwrap_or_default()
+        };
         parse_head(&head, body).ok_or(Failed {
             code: -1,
             message: format!("unreadable response head: {head:?}"),
@@ -237,11 +253,15 @@ impl Paths {
         } else {
             req.host
         };
-        let headers = req
+        let mut headers: Vec<(String, String)> = req
             .headers
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        // Like curl, announce a known length (unless asked not to).
+        if !req.body.is_empty() && !req.unsized_body {
+            headers.push(("content-length".into(), req.body.len().to_string()));
+        }
         let r = crate::h3::requests(
             self.https,
             host,
