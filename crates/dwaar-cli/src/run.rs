@@ -218,13 +218,14 @@ fn remove_pidfile(path: Option<&Path>) {
     }
 }
 
-/// Which front-ends serve which connections: `DWAAR_FAST_PATH=0` sends plain HTTP/1.1
-/// (and h2c) straight to Pingora's `HttpProxy`, `DWAAR_H2_FRONT=0` sends HTTP/2 over
-/// TLS to Pingora's HTTP/2 session (both for comparisons and the test suites).
+/// Which front-ends serve which requests: `DWAAR_FAST_PATH=0` hands every HTTP/1.1
+/// request to Pingora's `HttpProxy` once its head is read, `DWAAR_H2_FRONT=0` sends
+/// HTTP/2 over TLS to Pingora's HTTP/2 session (both for comparisons and the test
+/// suites).
 fn fronts() -> dwaar_core::server::Fronts {
     let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
     dwaar_core::server::Fronts {
-        lean_h1: on("DWAAR_FAST_PATH"),
+        pingora_h1: !on("DWAAR_FAST_PATH"),
         own_h2: on("DWAAR_H2_FRONT"),
     }
 }

@@ -421,3 +421,74 @@ fn access_logs_name_the_protocol_on_every_path() {
         assert_eq!(status, Some(202), "{proto:?}: {line}");
     }
 }
+
+/// The HTTP/1.1 paths read requests alike (the lean path is the front door of plain and
+/// TLS connections, whoever serves the request): pipelined requests are answered in
+/// order, an HTTP version other than 1.x is 505, an over-long target 414, and a client
+/// trickling its head is cut off at `read_header`.
+#[test]
+fn http1_paths_read_requests_alike() {
+    use std::time::Duration;
+    let p = Paths::start_with(
+        &bin(),
+        "\t\ttimeouts {\n\t\t\tread_header 1s\n\t\t}",
+        "\trespond \"at {path}\"\n",
+    );
+    for proto in [Proto::H1Lean, Proto::H1Pingora, Proto::H1Tls] {
+        let (text, _) = p.raw_h1(
+            proto,
+            &[b"GET /one HTTP/1.1\r\nHost: localhost\r\n\r\nGET /two HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"],
+            Duration::ZERO,
+            Duration::from_secs(5),
+        );
+        let one = text.find("at /one");
+        let two = text.find("at /two");
+        assert!(
+            one.is_some() && two.is_some() && one < two,
+            "{proto:?}: pipelined answers: {text:?}"
+        );
+        assert_eq!(
+            text.matches("HTTP/1.1 200").count(),
+            2,
+            "{proto:?}: {text:?}"
+        );
+
+        let (text, _) = p.raw_h1(
+            proto,
+            &[b"GET / HTTP/2.0\r\nHost: localhost\r\n\r\n"],
+            Duration::ZERO,
+            Duration::from_secs(5),
+        );
+        assert!(text.starts_with("HTTP/1.1 505"), "{proto:?}: {text:?}");
+
+        let long = format!(
+            "GET /{} HTTP/1.1\r\nHost: localhost\r\n\r\n",
+            "a".repeat(64 * 1024)
+        );
+        let (text, _) = p.raw_h1(
+            proto,
+            &[long.as_bytes()],
+            Duration::ZERO,
+            Duration::from_secs(5),
+        );
+        assert!(text.starts_with("HTTP/1.1 414"), "{proto:?}: {text:?}");
+
+        // A header line every 300 ms: the head is never complete within 1 s.
+        let trickle: Vec<&[u8]> = std::iter::once(&b"GET / HTTP/1.1\r\nHost: localhost\r\n"[..])
+            .chain(std::iter::repeat_n(&b"X-Slow: 1\r\n"[..], 12))
+            .collect();
+        let started = std::time::Instant::now();
+        let (text, closed) = p.raw_h1(
+            proto,
+            &trickle,
+            Duration::from_millis(300),
+            Duration::from_secs(3),
+        );
+        assert!(
+            closed,
+            "{proto:?}: a trickling client still connected: {text:?}"
+        );
+        assert!(!text.contains("200"), "{proto:?}: {text:?}");
+        assert!(started.elapsed() < Duration::from_secs(8), "{proto:?}");
+    }
+}

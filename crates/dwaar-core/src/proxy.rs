@@ -264,6 +264,11 @@ impl ProxyHttp for DwaarProxy {
     ) -> Result<bool> {
         ctx.start = Some(Instant::now());
         ctx.inflight = inflight::Guard::enter();
+        // Pipelined requests are answered in order (RFC 9112 §9.3.2), as on the lean
+        // path, instead of being dropped with the connection.
+        if let pingora_core::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.set_pipelining_enabled(true);
+        }
         if inflight::draining() {
             session.set_keepalive(None);
         }

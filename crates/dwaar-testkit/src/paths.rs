@@ -116,6 +116,12 @@ impl Paths {
     /// names a directory of the test's own (logs, files); `INSTANCE` becomes `main` or
     /// `pingora`, so each process can write files of its own.
     pub fn start(bin: &Path, body: &str) -> Paths {
+        Self::start_with(bin, "", body)
+    }
+
+    /// Like [`Paths::start`], with `servers` settings (lines such as
+    /// `timeouts {\n read_header 1s\n }`) for every listener of both processes.
+    pub fn start_with(bin: &Path, servers: &str, body: &str) -> Paths {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let scratch = store.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("scratch: {e}"));
@@ -130,8 +136,9 @@ impl Paths {
         let main_body = body.replace("INSTANCE", "main");
         let conf = format!(
             "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n\
-             \tservers :{h2c} {{\n\t\tprotocols h1 h2c\n\t}}\n\
-             \tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+             \tservers :{plain} {{\n{servers}\n\t}}\n\
+             \tservers :{h2c} {{\n\t\tprotocols h1 h2c\n{servers}\n\t}}\n\
+             \tservers :{https} {{\n\t\tprotocols h1 h2 h3\n{servers}\n\t}}\n}}\n\
              :{plain} {{\n{main_body}\n}}\n\
              :{h2c} {{\n{main_body}\n}}\n\
              https://localhost:{https} {{\n\ttls internal\n{main_body}\n}}\n",
@@ -141,7 +148,7 @@ impl Paths {
         let root = std::fs::read(store.path().join("pki/local/root.crt"))
             .unwrap_or_else(|e| panic!("local CA root: {e}"));
         let pingora_conf = format!(
-            ":{plain_pingora} {{\n{}\n}}\n",
+            "{{\n\tservers :{plain_pingora} {{\n{servers}\n\t}}\n}}\n:{plain_pingora} {{\n{}\n}}\n",
             body.replace("INSTANCE", "pingora")
         );
         let pingora = Dwaar::start_env(
@@ -286,6 +293,64 @@ impl Paths {
         })
     }
 
+    /// Writes `raw` on a new HTTP/1.1 connection of `proto` (plain or TLS) and returns
+    /// everything read until the server closes it or `wait` passes, and whether it
+    /// closed. (HTTP/1.1 paths only.)
+    pub fn raw_h1(
+        &self,
+        proto: Proto,
+        raw: &[&[u8]],
+        pause: Duration,
+        wait: Duration,
+    ) -> (String, bool) {
+        use std::io::{Read, Write};
+        let port = match proto {
+            Proto::H1Lean => self.plain,
+            Proto::H1Pingora => self.plain_pingora,
+            Proto::H1Tls => self.https,
+            other => panic!("raw HTTP/1.1 over {other:?}"),
+        };
+        let mut io: Box<dyn ReadWrite> = if proto == Proto::H1Tls {
+            let opts = crate::tls::TlsOpts::trusting(&self.root);
+            Box::new(
+                crate::tls::connect(port, "localhost", &opts)
+                    .unwrap_or_else(|e| panic!("TLS connect: {e}")),
+            )
+        } else {
+            Box::new(
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .unwrap_or_else(|e| panic!("connect: {e}")),
+            )
+        };
+        for (i, piece) in raw.iter().enumerate() {
+            if i > 0 {
+                std::thread::sleep(pause);
+            }
+            if io.write_all(piece).and_then(|_| io.flush()).is_err() {
+                break;
+            }
+        }
+        io.set_timeout(wait);
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 16384];
+        let closed = loop {
+            match io.read(&mut chunk) {
+                Ok(0) => break true,
+                Ok(n) => out.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break false
+                }
+                Err(_) => break true,
+            }
+        };
+        (String::from_utf8_lossy(&out).into_owned(), closed)
+    }
+
     /// Sends `req` over `proto` and expects a response.
     pub fn ok(&self, proto: Proto, req: &Req<'_>) -> Response {
         self.send(proto, req)
@@ -317,4 +382,21 @@ fn parse_head(dump: &str, body: Vec<u8>) -> Option<Response> {
         headers,
         body,
     })
+}
+
+/// A blocking byte stream with a read timeout (plain TCP or TLS).
+trait ReadWrite: std::io::Read + std::io::Write {
+    fn set_timeout(&mut self, t: Duration);
+}
+
+impl ReadWrite for std::net::TcpStream {
+    fn set_timeout(&mut self, t: Duration) {
+        let _ = self.set_read_timeout(Some(t));
+    }
+}
+
+impl ReadWrite for rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    fn set_timeout(&mut self, t: Duration) {
+        let _ = self.sock.set_read_timeout(Some(t));
+    }
 }

@@ -40,7 +40,7 @@ use request::FastRequest;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// A client connection's read buffer: most request heads fit in it.
@@ -49,7 +49,7 @@ const CLIENT_BUF: usize = 2 * 1024;
 /// Serves a connection this path hands over (to Pingora, or to the HTTP/2 front-end
 /// for h2c), with the bytes it read pushed back.
 pub type HandOver = dyn Fn(
-        pingora_core::protocols::l4::stream::Stream,
+        pingora_core::protocols::Stream,
         ConnInfo,
         ShutdownWatch,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
@@ -67,10 +67,46 @@ pub struct FastCx {
     pub fallback: Arc<HandOver>,
     /// On an h2c port: serves connections that open with the HTTP/2 preface.
     pub h2c: Option<Arc<HandOver>>,
+    /// Every request goes to `fallback` once its head is read (`server::Fronts`).
+    pub hand_over_all: bool,
     pub shutdown: ShutdownWatch,
 }
 
-/// Serves one client connection until it closes or is handed to Pingora.
+/// A client connection the lean path serves: plain TCP, or TLS after the handshake.
+pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The TCP socket the bytes go to unchanged (`sendfile`), if any.
+    fn tcp(&self) -> Option<&TcpStream>;
+    /// The connection for Pingora, with `read` (bytes this path read and did not use)
+    /// pushed back in front of what comes next.
+    fn into_pingora(
+        self,
+        read: &[u8],
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> pingora_core::protocols::Stream;
+}
+
+impl LeanIo for TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+
+    fn into_pingora(
+        self,
+        read: &[u8],
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> pingora_core::protocols::Stream {
+        let mut stream = to_pingora(self, peer, local);
+        if !read.is_empty() {
+            stream.rewind(read);
+        }
+        Box::new(stream)
+    }
+}
+
+/// Serves one plain-text client connection until it closes or is handed over (to
+/// Pingora, or on an h2c port to the HTTP/2 front-end).
 pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, cx: FastCx) {
     let conn = ConnInfo {
         remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
@@ -80,22 +116,14 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
     };
     // Most request heads fit; the buffer grows only for larger ones.
     let mut buf = BytesMut::with_capacity(CLIENT_BUF);
-    // One shutdown receiver per connection, not a clone per request.
-    let mut shutdown = cx.shutdown.clone();
     // The port's timeouts, read once per connection.
-    let timeouts = cx
-        .store
-        .load()
-        .port(conn.local_port)
-        .map(|p| p.timeouts)
-        .unwrap_or_default();
+    let timeouts = port_timeouts(&cx, conn);
     set_write_timeout(&tcp, timeouts.write);
     if let Some(h2c) = &cx.h2c {
         let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
         match read_preface(&mut tcp, &mut buf, head_timeout).await {
             Some(true) => {
-                let mut stream = to_pingora(tcp, peer, local);
-                stream.rewind(&buf);
+                let stream = tcp.into_pingora(&buf, peer, local);
                 h2c(stream, conn, cx.shutdown.clone()).await;
                 return;
             }
@@ -103,8 +131,43 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
             None => return,
         }
     }
+    serve_conn(tcp, buf, (peer, local), conn, &cx, timeouts).await;
+}
+
+/// Serves an HTTP/1.1 connection over TLS (the handshake is done; `conn` says under
+/// which policy) until it closes or is handed to Pingora.
+pub async fn serve_tls<S: LeanIo>(
+    io: S,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    conn: ConnInfo,
+    cx: FastCx,
+) {
+    let timeouts = port_timeouts(&cx, conn);
+    let buf = BytesMut::with_capacity(CLIENT_BUF);
+    serve_conn(io, buf, (peer, local), conn, &cx, timeouts).await;
+}
+
+fn port_timeouts(cx: &FastCx, conn: ConnInfo) -> crate::route_table::PortTimeouts {
+    cx.store
+        .load()
+        .port(conn.local_port)
+        .map(|p| p.timeouts)
+        .unwrap_or_default()
+}
+
+/// The request loop of one connection.
+async fn serve_conn<S: LeanIo>(
+    mut tcp: S,
+    mut buf: BytesMut,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    conn: ConnInfo,
+    cx: &FastCx,
+    timeouts: crate::route_table::PortTimeouts,
+) {
+    // One shutdown receiver per connection, not a clone per request.
+    let mut shutdown = cx.shutdown.clone();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
+        match serve_one(&mut tcp, &mut buf, conn, cx, &mut shutdown, &timeouts).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
@@ -112,10 +175,7 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
             }
             Next::Drop => return,
             Next::HandOver => {
-                let mut stream = to_pingora(tcp, peer, local);
-                if !buf.is_empty() {
-                    stream.rewind(&buf);
-                }
+                let stream = tcp.into_pingora(&buf, peer, local);
                 (cx.fallback)(stream, conn, cx.shutdown.clone()).await;
                 return;
             }
@@ -126,8 +186,8 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
 /// Reads until `buf` shows whether the connection opens with the HTTP/2 preface:
 /// `Some(true)` it does, `Some(false)` it is something else (HTTP/1), `None` the client
 /// left or stalled.
-async fn read_preface(
-    tcp: &mut TcpStream,
+async fn read_preface<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     timeout: std::time::Duration,
 ) -> Option<bool> {
@@ -171,8 +231,8 @@ const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Reads until `buf` holds a complete request head; returns its length, or `None` on EOF
 /// or a head this path does not take (malformed, too many headers, too large). Idle and
 /// slow clients get `TimedOut`.
-async fn read_head(
-    tcp: &mut TcpStream,
+async fn read_head<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     shutdown: &mut ShutdownWatch,
     timeouts: &crate::route_table::PortTimeouts,
@@ -228,7 +288,7 @@ pub fn set_write_timeout(tcp: &TcpStream, write: Option<std::time::Duration>) {
 /// Answers a request this path will not read any further with an empty `status`
 /// response, and closes (after draining what the client still sends, so the answer is
 /// not lost to a reset).
-async fn refuse(tcp: &mut TcpStream, status: u16) -> Next {
+async fn refuse<S: LeanIo>(tcp: &mut S, status: u16) -> Next {
     let mut out = Vec::with_capacity(128);
     status_line(&mut out, status);
     push_date(&mut out);
@@ -237,6 +297,15 @@ async fn refuse(tcp: &mut TcpStream, status: u16) -> Next {
         linger(tcp).await;
     }
     Next::Drop
+}
+
+/// `Alt-Svc` announcing HTTP/3, on TLS connections to ports that serve it.
+fn push_alt_svc(out: &mut Vec<u8>, ctx: &RequestContext) {
+    if let Some(v) = crate::lifecycle::alt_svc(ctx) {
+        out.extend_from_slice(b"alt-svc: ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Whether the request line (complete or not) is already longer than any target the
@@ -301,8 +370,8 @@ fn wants_close(req: &FastRequest) -> bool {
     })
 }
 
-async fn serve_one(
-    tcp: &mut TcpStream,
+async fn serve_one<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     conn: ConnInfo,
     cx: &FastCx,
@@ -333,6 +402,9 @@ async fn serve_one(
         let ctx = RequestContext::default();
         let _ = write_reply(tcp, &req, &ctx, r, true).await;
         return Next::Drop;
+    }
+    if cx.hand_over_all {
+        return hand_back(buf, head);
     }
     // Requests this path leaves to Pingora, decided before anything is consumed.
     let body_len = request_body_len(&req);
@@ -461,7 +533,7 @@ const MAX_DISCARD: u64 = 64 * 1024;
 /// After answering without reading the body: stop writing, then read and drop what the
 /// client still sends for a short while (at most 1 MiB or 2 s), so closing the socket
 /// with unread data does not reset the connection before the client read the answer.
-async fn linger(tcp: &mut TcpStream) {
+async fn linger<S: LeanIo>(tcp: &mut S) {
     let _ = tcp.shutdown().await;
     // On the heap: an array here would sit in every connection's future.
     let mut sink = vec![0u8; 16 * 1024];
@@ -476,8 +548,8 @@ async fn linger(tcp: &mut TcpStream) {
 }
 
 /// Reads a body of `len` bytes (already known to be small) that follows the head.
-async fn read_small_body(
-    tcp: &mut TcpStream,
+async fn read_small_body<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     len: usize,
     timeout: std::time::Duration,
@@ -493,8 +565,8 @@ async fn read_small_body(
     Ok(buf.split_to(len).freeze())
 }
 
-async fn discard_body(
-    tcp: &mut TcpStream,
+async fn discard_body<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     len: u64,
     timeout: std::time::Duration,
@@ -517,8 +589,8 @@ async fn discard_body(
 }
 
 /// Writes a reply, logs the request, and says whether the connection stays open.
-async fn send_reply(
-    tcp: &mut TcpStream,
+async fn send_reply<S: LeanIo>(
+    tcp: &mut S,
     req: &FastRequest,
     ctx: &RequestContext,
     r: Reply,
@@ -539,8 +611,8 @@ async fn send_reply(
 }
 
 /// Writes a `Reply` the way the Pingora front-end does; returns (status, body bytes sent).
-async fn write_reply(
-    tcp: &mut TcpStream,
+async fn write_reply<S: LeanIo>(
+    tcp: &mut S,
     req: &FastRequest,
     ctx: &RequestContext,
     mut r: Reply,
@@ -559,6 +631,7 @@ async fn write_reply(
         out.extend_from_slice(b"\r\n");
     }
     push_request_id(&mut out, ctx);
+    push_alt_svc(&mut out, ctx);
     if !r
         .headers
         .iter()
@@ -616,8 +689,8 @@ async fn write_reply(
     }
     tcp.write_all(&out).await?;
     if let (true, Some(stream)) = (with_body, r.stream.as_mut()) {
-        if let Some((file, offset, len)) = stream.as_single_file() {
-            sent += send_file(tcp, file, offset, len).await?;
+        if let (Some((file, offset, len)), Some(sock)) = (stream.as_single_file(), tcp.tcp()) {
+            sent += send_file(sock, file, offset, len).await?;
         } else {
             while let Some(chunk) = stream.next_chunk()? {
                 tcp.write_all(&chunk).await?;
@@ -673,8 +746,8 @@ fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, w
     });
 }
 
-async fn proxy(
-    tcp: &mut TcpStream,
+async fn proxy<S: LeanIo>(
+    tcp: &mut S,
     buf: &mut BytesMut,
     (head, req, ctx): (&Bytes, &mut FastRequest, &mut RequestContext),
     body_len: u64,
@@ -932,6 +1005,7 @@ fn response_head(
         }
     }
     push_request_id(&mut out, ctx);
+    push_alt_svc(&mut out, ctx);
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
@@ -952,8 +1026,8 @@ enum Failure {
 }
 
 /// Writes a piece of a rewritten body, as a chunk when the client's framing is chunked.
-async fn write_piece(
-    tcp: &mut TcpStream,
+async fn write_piece<S: LeanIo>(
+    tcp: &mut S,
     out: &mut Vec<u8>,
     piece: &[u8],
     chunked: bool,
@@ -973,8 +1047,8 @@ async fn write_piece(
 /// Streams a response body that analytics rewrites: the upstream's framing is read
 /// (chunks decoded), each piece goes through the injection, and the client gets the
 /// result with a corrected length or chunked framing.
-async fn relay_rewritten(
-    tcp: &mut TcpStream,
+async fn relay_rewritten<S: LeanIo>(
+    tcp: &mut S,
     upc: &mut UpstreamConn,
     framing: Framing,
     head_out: Vec<u8>,
@@ -1041,8 +1115,8 @@ async fn relay_rewritten(
 }
 
 /// Streams the response body after `head_out` (the head bytes for the client).
-async fn relay_body(
-    tcp: &mut TcpStream,
+async fn relay_body<S: LeanIo>(
+    tcp: &mut S,
     upc: &mut UpstreamConn,
     framing: Framing,
     head_out: &mut Vec<u8>,
@@ -1127,8 +1201,8 @@ async fn relay_body(
 
 /// The upstream failed after the request was sent: 502, or 504 for a timeout (through
 /// `handle_errors` when the site has it), like the Pingora path.
-async fn upstream_failed(
-    tcp: &mut TcpStream,
+async fn upstream_failed<S: LeanIo>(
+    tcp: &mut S,
     req: &mut FastRequest,
     ctx: &mut RequestContext,
     code: u16,
@@ -1173,6 +1247,7 @@ mod size_tests {
                 )),
                 fallback: std::sync::Arc::new(|_, _, _| Box::pin(async {})),
                 h2c: None,
+                hand_over_all: false,
                 shutdown: tokio::sync::watch::channel(false).1,
             };
             let mut tcp = client;

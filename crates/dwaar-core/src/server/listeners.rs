@@ -9,6 +9,7 @@ use crate::net::to_pingora;
 use crate::route_table::ListenSpec;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream;
+use pingora_core::protocols::Stream as PStream;
 use pingora_core::server::ShutdownWatch;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -19,12 +20,11 @@ use tokio::sync::watch;
 /// The application that serves a connection.
 pub type ProxyApp = pingora_proxy::HttpProxy<crate::proxy::DwaarProxy>;
 
-/// The front-ends: Pingora's proxy for HTTP/1 only and for HTTP/1 + h2c prior
-/// knowledge, and the route store the lean HTTP/1 path reads.
+/// The front-ends: Pingora's proxy (for what the lean path hands over), the route store
+/// every front-end reads, and which front-end serves what.
 #[derive(Clone)]
 pub struct Apps {
     pub h1: Arc<ProxyApp>,
-    pub h2c: Arc<ProxyApp>,
     pub store: Arc<crate::route_table::RouteStore>,
     pub fronts: super::Fronts,
 }
@@ -79,20 +79,23 @@ pub async fn worker(
                     continue;
                 }
             };
+            let lean = crate::fast_h1::FastCx {
+                store: apps.store.clone(),
+                fallback: pingora_hand_over(apps.h1.clone()),
+                // h2c connections go to Dwaar's own HTTP/2 front-end.
+                h2c: (key.0.h2c && !key.0.tls).then(|| h2_hand_over(apps.store.clone())),
+                hand_over_all: apps.fronts.pingora_h1,
+                shutdown: shutdown.clone(),
+            };
             let front = if key.0.tls {
-                Front::Tls(apps.h1.clone(), apps.store.clone(), apps.fronts.own_h2)
-            } else if key.0.h2c && !apps.fronts.lean_h1 {
-                Front::Pingora(apps.h2c.clone(), apps.store.clone())
-            } else if apps.fronts.lean_h1 {
-                Front::Fast(crate::fast_h1::FastCx {
-                    store: apps.store.clone(),
-                    fallback: pingora_hand_over(apps.h1.clone()),
-                    // h2c connections go to Dwaar's own HTTP/2 front-end.
-                    h2c: key.0.h2c.then(|| h2_hand_over(apps.store.clone())),
-                    shutdown: shutdown.clone(),
-                })
+                Front::Tls(
+                    apps.h1.clone(),
+                    apps.store.clone(),
+                    apps.fronts.own_h2,
+                    lean,
+                )
             } else {
-                Front::Pingora(apps.h1.clone(), apps.store.clone())
+                Front::Fast(lean)
             };
             let task = tokio::spawn(accept_loop(
                 listener,
@@ -117,10 +120,10 @@ pub async fn worker(
 
 /// Pingora's `HttpProxy` serving the connections the lean path hands over.
 fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
-    Arc::new(move |stream: Stream, _conn, shutdown: ShutdownWatch| {
+    Arc::new(move |stream: PStream, _conn, shutdown: ShutdownWatch| {
         let app = app.clone();
         Box::pin(async move {
-            let mut next = app.process_new(Box::new(stream), &shutdown).await;
+            let mut next = app.process_new(stream, &shutdown).await;
             while let Some(s) = next {
                 next = app.process_new(s, &shutdown).await;
             }
@@ -132,7 +135,7 @@ fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
 /// path recognised by their preface.
 fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h1::HandOver> {
     Arc::new(
-        move |stream: Stream, conn: crate::context::ConnInfo, shutdown: ShutdownWatch| {
+        move |stream: PStream, conn: crate::context::ConnInfo, shutdown: ShutdownWatch| {
             let store = store.clone();
             Box::pin(async move {
                 let idle = store
@@ -147,18 +150,21 @@ fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h
 
 /// Who serves a listener's connections.
 enum Front {
-    Pingora(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>),
     Fast(crate::fast_h1::FastCx),
     /// An HTTPS port: the handshake (with the current config's TLS state), then by
-    /// ALPN Dwaar's HTTP/2 front-end (when the flag says so) or Pingora's HTTP/1/2.
-    Tls(Arc<ProxyApp>, Arc<crate::route_table::RouteStore>, bool),
+    /// ALPN Dwaar's HTTP/2 front-end (when the flag says so) or Pingora's, and for
+    /// HTTP/1.1 the lean path.
+    Tls(
+        Arc<ProxyApp>,
+        Arc<crate::route_table::RouteStore>,
+        bool,
+        crate::fast_h1::FastCx,
+    ),
 }
 
 /// How long a client may take to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Handshake, then Pingora. `tls` and `head_timeout` come from the route table
-/// loaded once at accept time.
 /// What serves a TLS connection once the handshake is done: Dwaar's HTTP/2 front-end
 /// for `h2`, Pingora for HTTP/1.1.
 struct TlsFronts {
@@ -168,13 +174,15 @@ struct TlsFronts {
     idle: Option<std::time::Duration>,
     /// `h2` connections are served by [`crate::streams::h2`] (else by Pingora).
     own_h2: bool,
+    /// Serves HTTP/1.1 connections.
+    lean: crate::fast_h1::FastCx,
 }
 
 async fn serve_tls(
     stream: Stream,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     fronts: TlsFronts,
-    (tls, head_timeout): (Arc<dwaar_tls::TlsState>, std::time::Duration),
+    tls: Arc<dwaar_tls::TlsState>,
     shutdown: ShutdownWatch,
 ) {
     let ip = local
@@ -201,7 +209,8 @@ async fn serve_tls(
             return;
         }
     };
-    if fronts.own_h2 && done.stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+    let done_h2 = done.stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    if fronts.own_h2 && done_h2 {
         let conn = crate::context::ConnInfo {
             remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
             local_port: local.map(|l| l.port()).unwrap_or(0),
@@ -219,13 +228,23 @@ async fn serve_tls(
         return;
     }
     let addrs = local.map(|l| (peer, l));
-    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs)
-        .with_head_timeout(head_timeout);
-    let app = fronts.app;
-    let mut next = app.process_new(Box::new(conn), &shutdown).await;
-    while let Some(s) = next {
-        next = app.process_new(s, &shutdown).await;
+    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs);
+    let info = crate::context::ConnInfo {
+        remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
+        local_port: local.map(|l| l.port()).unwrap_or(0),
+        tls: true,
+        tls_policy: done.policy,
+    };
+    if done_h2 {
+        // Pingora's HTTP/2 session (`own_h2` off).
+        let app = fronts.app;
+        let mut next = app.process_new(Box::new(conn), &shutdown).await;
+        while let Some(s) = next {
+            next = app.process_new(s, &shutdown).await;
+        }
+        return;
     }
+    crate::fast_h1::serve_tls(conn, (peer, local), info, fronts.lean).await;
 }
 
 async fn accept_loop(
@@ -259,7 +278,7 @@ async fn accept_loop(
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });
             }
-            Front::Tls(app, store, own_h2) => {
+            Front::Tls(app, store, own_h2, lean) => {
                 // The connection's own address (not the listener's wildcard one): a
                 // client that sends no SNI gets the certificate of the IP it dialled.
                 // One getsockname is nothing next to a handshake.
@@ -276,38 +295,21 @@ async fn accept_loop(
                 let own_h2 = *own_h2;
                 drop(table);
                 crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
-                let head_timeout = timeouts.read_header.unwrap_or(crate::fast_h1::HEAD_TIMEOUT);
                 let stream = to_pingora(tcp, peer, local);
                 let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
+                let lean = lean.clone();
                 tokio::spawn(async move {
                     let fronts = TlsFronts {
                         app,
                         store,
                         idle: timeouts.idle,
                         own_h2,
+                        lean,
                     };
                     crate::lifecycle::isolate(
                         "a TLS connection",
-                        serve_tls(stream, (peer, local), fronts, (tls, head_timeout), shutdown),
+                        serve_tls(stream, (peer, local), fronts, tls, shutdown),
                     )
-                    .await;
-                    conns.0.fetch_sub(1, Ordering::AcqRel);
-                });
-            }
-            Front::Pingora(app, store) => {
-                let write =
-                    local.and_then(|l| store.load().port(l.port()).and_then(|p| p.timeouts.write));
-                crate::fast_h1::set_write_timeout(&tcp, write);
-                let stream = to_pingora(tcp, peer, local);
-                let app = app.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    crate::lifecycle::isolate("an HTTP/1 connection", async move {
-                        let mut next = app.process_new(Box::new(stream), &shutdown).await;
-                        while let Some(s) = next {
-                            next = app.process_new(s, &shutdown).await;
-                        }
-                    })
                     .await;
                     conns.0.fetch_sub(1, Ordering::AcqRel);
                 });

@@ -24,7 +24,6 @@ pub use control::{Control, Stats};
 use dwaar_config::model::Config;
 use dwaar_config::source::SourceMap;
 use listeners::{Apps, ConnCount};
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::server::configuration::ServerConf;
 use reload::{Reloader, SocketSource};
 use sockets::Snapshot;
@@ -49,13 +48,16 @@ pub struct StartOptions {
     pub fronts: Fronts,
 }
 
-/// Which front-end serves which connections, chosen once when the server starts (the
-/// CLI sets these; the library reads no environment for them).
+/// Which front-end serves which requests, chosen once when the server starts (the CLI
+/// sets these; the library reads no environment for them). Every HTTP/1.1 connection,
+/// plain or TLS, is read by the lean path first (its head limits, timeouts and version
+/// checks are the front door), and h2c connections are recognised there.
 #[derive(Debug, Clone, Copy)]
 pub struct Fronts {
-    /// Plain HTTP/1.1 and h2c connections go to the lean path first (else straight to
-    /// Pingora's `HttpProxy`, Pingora's h2c session included).
-    pub lean_h1: bool,
+    /// Every HTTP/1.1 request is handed to Pingora's `HttpProxy` once its head is read
+    /// (instead of only those the lean path does not serve itself): the end-to-end
+    /// suites run through both, and benchmarks compare them.
+    pub pingora_h1: bool,
     /// HTTP/2 over TLS goes to Dwaar's own HTTP/2 front-end (else to Pingora's).
     pub own_h2: bool,
 }
@@ -63,7 +65,7 @@ pub struct Fronts {
 impl Default for Fronts {
     fn default() -> Self {
         Fronts {
-            lean_h1: true,
+            pingora_h1: false,
             own_h2: true,
         }
     }
@@ -122,18 +124,8 @@ impl Server {
                 store: store.clone(),
             },
         );
-        let mut h2c = pingora_proxy::http_proxy(
-            &conf,
-            DwaarProxy {
-                store: store.clone(),
-            },
-        );
-        let mut h2c_opts = HttpServerOptions::default();
-        h2c_opts.h2c = true;
-        h2c.server_options = Some(h2c_opts);
         let apps = Apps {
             h1: Arc::new(h1),
-            h2c: Arc::new(h2c),
             store: store.clone(),
             fronts: opts.fronts,
         };

@@ -21,7 +21,6 @@ use pingora_core::protocols::{
 };
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -46,11 +45,9 @@ pub struct TlsConn {
     alpn: Option<ALPN>,
     id: UniqueIDType,
     key: Option<ConnKey>,
-    /// Until the first HTTP/1 request head is complete: when it must be (Pingora
-    /// times each read, not the whole head, so a trickling client is cut off here).
-    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// How much of the head's closing CRLF CRLF has been seen (0 to 3).
-    head_end: u8,
+    /// Bytes read from the connection before it was handed over (the lean path read a
+    /// request head), served before anything more is read.
+    prefix: bytes::Bytes,
 }
 
 impl TlsConn {
@@ -96,17 +93,8 @@ impl TlsConn {
             alpn,
             id,
             key: addrs,
-            head_deadline: None,
-            head_end: 0,
+            prefix: bytes::Bytes::new(),
         }
-    }
-
-    /// Bounds the time to the end of the first request head (HTTP/1 only).
-    pub fn with_head_timeout(mut self, t: std::time::Duration) -> TlsConn {
-        if !matches!(self.alpn, Some(ALPN::H2)) {
-            self.head_deadline = Some(Box::pin(tokio::time::sleep(t)));
-        }
-        self
     }
 }
 
@@ -153,31 +141,12 @@ impl AsyncRead for TlsConn {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = &mut *self;
-        if let Some(d) = this.head_deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request head not complete within read_header",
-                )));
-            }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return Poll::Ready(Ok(()));
         }
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if this.head_deadline.is_some() {
-            for &b in &buf.filled()[before..] {
-                this.head_end = match (this.head_end, b) {
-                    (2, b'\r') => 3,
-                    (_, b'\r') => 1,
-                    (1, b'\n') => 2,
-                    (3, b'\n') => {
-                        this.head_deadline = None;
-                        break;
-                    }
-                    _ => 0,
-                };
-            }
-        }
-        r
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -252,3 +221,24 @@ impl GetSocketDigest for TlsConn {
 
 #[async_trait]
 impl Peek for TlsConn {}
+
+impl crate::fast_h1::LeanIo for TlsConn {
+    fn tcp(&self) -> Option<&tokio::net::TcpStream> {
+        None
+    }
+
+    fn into_pingora(
+        mut self,
+        read: &[u8],
+        _peer: SocketAddr,
+        _local: Option<SocketAddr>,
+    ) -> pingora_core::protocols::Stream {
+        if !read.is_empty() {
+            let mut prefix = bytes::BytesMut::with_capacity(read.len() + self.prefix.len());
+            prefix.extend_from_slice(read);
+            prefix.extend_from_slice(&self.prefix);
+            self.prefix = prefix.freeze();
+        }
+        Box::new(self)
+    }
+}
