@@ -55,7 +55,34 @@ pub enum UpstreamFailure {
     NoneAvailable,
 }
 
-/// Per-request state shared by all phases.
+/// A request's attempts at its upstreams (`crate::lifecycle::attempt`).
+#[derive(Debug, Default)]
+pub struct UpstreamAttempt {
+    /// The upstream of the latest attempt (logs, passive health).
+    pub upstream: Option<Arc<UpstreamState>>,
+    /// Upstreams (by index) already tried.
+    pub tried: Vec<usize>,
+    /// Attempts made.
+    pub count: u32,
+    /// The upstream this request is in flight to (released when dropped).
+    pub claim: Option<crate::lifecycle::attempt::UpstreamClaim>,
+    /// Why the last attempt failed, if it did.
+    pub failure: UpstreamFailure,
+    /// When the latest attempt started.
+    pub started: Option<Instant>,
+    /// When the upstream request head was handed to the connection.
+    pub sent: Option<Instant>,
+    /// From `sent` to the upstream response head.
+    pub duration: Option<std::time::Duration>,
+    /// Short upstream error text when proxying failed (access log).
+    pub error: Option<CompactString>,
+}
+
+/// Per-request state shared by all phases: the route (table, site, handler, variables),
+/// the connection facts, the upstream [`attempt`](Self::attempt), what the response
+/// gets on its way out (header edits, cache, encode, analytics page, rewrite) and the
+/// facts the access log records. Pingora's own phases keep what only they need in
+/// `proxy::PingoraCtx`.
 #[derive(Default)]
 pub struct RequestContext {
     /// The route table this request started with (the one `RouteStore` load).
@@ -79,40 +106,24 @@ pub struct RequestContext {
     /// Groups (by id) in which a route already ran.
     pub groups_done: u64,
     pub proxy: Option<Arc<ProxyHandler>>,
-    pub upstream: Option<Arc<UpstreamState>>,
-    pub tried: Vec<usize>,
-    pub attempts: u32,
-    /// The upstream this request is in flight to (released when dropped).
-    pub claim: Option<crate::lifecycle::attempt::UpstreamClaim>,
+    /// The upstream attempts made for `proxy`.
+    pub attempt: UpstreamAttempt,
     /// Rate-limit zones (by address) already charged for this request, so a rerun of
     /// the pipeline after an off-path check does not charge them again.
     pub charged: Vec<usize>,
-    pub upstream_failure: UpstreamFailure,
     pub set_cookie: Option<String>,
     pub max_body: Option<u64>,
-    pub body_seen: u64,
     pub error: Option<(u16, String)>,
-    pub abort: bool,
     pub close: bool,
-    pub is_upgrade: bool,
     pub start: Option<Instant>,
     /// Counted in the worker's in-flight requests (for graceful shutdown) while held.
     pub inflight: Option<crate::lifecycle::inflight::Guard>,
-    pub upstream_start: Option<Instant>,
-    /// When the upstream request head was handed to the connection.
-    pub upstream_sent: Option<Instant>,
-    /// From `upstream_sent` to the upstream response head.
-    pub upstream_duration: Option<std::time::Duration>,
     /// `log_skip` matched: leave this request out of the access log.
     pub skip_log: bool,
     /// The middleware that refused the request, for the access log.
     pub rejected_by: Option<&'static str>,
-    /// Short upstream error text when proxying failed.
-    pub upstream_error: Option<CompactString>,
     /// A GET to an analytics site: what its page view would record.
     pub page: Option<Box<crate::analytics::PageFacts>>,
-    /// The turn of the request opening an upstream's first HTTP/2 connection.
-    pub h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// `cache` answered from memory (the access log's `cache` field).
     pub cache_served: Option<crate::cache::Status>,
     /// `cache` looked at the request: its key, lock and what to store.

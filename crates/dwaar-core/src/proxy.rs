@@ -24,6 +24,34 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// A request's context on Pingora's path: the lifecycle's [`RequestContext`] (reached
+/// through `Deref`) and what only Pingora's phases need.
+#[derive(Default)]
+pub struct PingoraCtx {
+    req: RequestContext,
+    /// `abort` ran: the connection closes without an answer.
+    abort: bool,
+    /// Request body bytes seen so far (`request_body { max_size }` while proxying).
+    body_seen: u64,
+    /// The request upgrades its connection (WebSocket): never `Connection: close`.
+    is_upgrade: bool,
+    /// The turn of the request opening an upstream's first HTTP/2 connection.
+    h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for PingoraCtx {
+    type Target = RequestContext;
+    fn deref(&self) -> &RequestContext {
+        &self.req
+    }
+}
+
+impl std::ops::DerefMut for PingoraCtx {
+    fn deref_mut(&mut self) -> &mut RequestContext {
+        &mut self.req
+    }
+}
+
 /// The proxy service; cheap to share, holds only the route store.
 pub struct DwaarProxy {
     pub store: Arc<RouteStore>,
@@ -251,17 +279,13 @@ async fn write_reply(session: &mut Session, ctx: &RequestContext, r: Reply) -> R
 
 #[async_trait]
 impl ProxyHttp for DwaarProxy {
-    type CTX = RequestContext;
+    type CTX = PingoraCtx;
 
-    fn new_ctx(&self) -> RequestContext {
-        RequestContext::default()
+    fn new_ctx(&self) -> PingoraCtx {
+        PingoraCtx::default()
     }
 
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestContext,
-    ) -> Result<bool> {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut PingoraCtx) -> Result<bool> {
         ctx.start = Some(Instant::now());
         ctx.inflight = inflight::Guard::enter();
         // Pipelined requests are answered in order (RFC 9112 §9.3.2), as on the lean
@@ -391,7 +415,7 @@ impl ProxyHttp for DwaarProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         _end: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<()> {
         if let (Some(max), Some(b)) = (ctx.max_body, body.as_ref()) {
             ctx.body_seen += b.len() as u64;
@@ -409,7 +433,7 @@ impl ProxyHttp for DwaarProxy {
     async fn upstream_peer(
         &self,
         session: &mut Session,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(proxy) = ctx.proxy.clone() else {
             return Err(Error::explain(ErrorType::InternalError, "no proxy handler"));
@@ -433,7 +457,7 @@ impl ProxyHttp for DwaarProxy {
         match proxy.peer(i, &ctx.host) {
             Some(p) => Ok(Box::new(p)),
             None => {
-                ctx.upstream_failure = UpstreamFailure::Connect;
+                ctx.attempt.failure = UpstreamFailure::Connect;
                 Err(Error::explain(
                     ErrorType::ConnectError,
                     "cannot resolve upstream address",
@@ -446,7 +470,7 @@ impl ProxyHttp for DwaarProxy {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
         // The next waiting request tries to open the connection.
@@ -465,7 +489,7 @@ impl ProxyHttp for DwaarProxy {
         &self,
         session: &mut Session,
         up: &mut RequestHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<()> {
         let host = request_host(session.req_header())
             .map(str::to_string)
@@ -489,7 +513,7 @@ impl ProxyHttp for DwaarProxy {
                 up.insert_header(*k, v.as_str())?;
             }
         }
-        ctx.upstream_sent = Some(Instant::now());
+        ctx.attempt.sent = Some(Instant::now());
         Ok(())
     }
 
@@ -497,9 +521,9 @@ impl ProxyHttp for DwaarProxy {
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<()> {
-        ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
+        ctx.attempt.duration = ctx.attempt.sent.map(|t| t.elapsed());
         attempt::passive_check(ctx, resp.status.as_u16());
         // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
         let codings: Vec<&http::HeaderValue> = resp
@@ -513,7 +537,7 @@ impl ProxyHttp for DwaarProxy {
                     .to_str()
                     .is_ok_and(|v| v.trim().eq_ignore_ascii_case("chunked")));
         if !chunked_only {
-            ctx.upstream_error = Some(CompactString::const_new("unsupported transfer coding"));
+            ctx.attempt.error = Some(CompactString::const_new("unsupported transfer coding"));
             return Err(Error::explain(
                 ErrorType::InvalidHTTPHeader,
                 "upstream response with an unsupported Transfer-Encoding",
@@ -529,14 +553,14 @@ impl ProxyHttp for DwaarProxy {
         _peer: &HttpPeer,
         _fd: std::os::unix::io::RawFd,
         _digest: Option<&pingora_core::protocols::Digest>,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<()> {
         if !reused {
-            if let (Some(u), Some(t)) = (&ctx.upstream, ctx.upstream_start) {
+            if let (Some(u), Some(t)) = (&ctx.attempt.upstream, ctx.attempt.started) {
                 u.record_connect(t.elapsed());
             }
         }
-        if let (Some(_), Some(u)) = (ctx.h2_first.take(), &ctx.upstream) {
+        if let (Some(_), Some(u)) = (ctx.h2_first.take(), &ctx.attempt.upstream) {
             u.h2_open.store(true, Ordering::Release);
         }
         Ok(())
@@ -546,7 +570,7 @@ impl ProxyHttp for DwaarProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<()> {
         if let Some(p) = ctx.proxy.clone() {
             if !p.header_down.is_empty() {
@@ -615,7 +639,7 @@ impl ProxyHttp for DwaarProxy {
         _session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> Result<Option<std::time::Duration>> {
         if let Some(c) = ctx.cache.as_mut() {
             if let (Some(fill), Some(b)) = (c.fill.as_mut(), body.as_ref()) {
@@ -638,7 +662,7 @@ impl ProxyHttp for DwaarProxy {
         &self,
         session: &mut Session,
         e: &Error,
-        ctx: &mut RequestContext,
+        ctx: &mut PingoraCtx,
     ) -> FailToProxy {
         attempt::release(ctx);
         if let Some(r) = crate::cache::revalidated_reply(ctx) {
@@ -661,7 +685,7 @@ impl ProxyHttp for DwaarProxy {
             {
                 504
             }
-            _ if ctx.upstream_failure == UpstreamFailure::Timeout => 504,
+            _ if ctx.attempt.failure == UpstreamFailure::Timeout => 504,
             _ => match e.esource() {
                 ErrorSource::Upstream => 502,
                 ErrorSource::Downstream => match e.etype() {
@@ -669,7 +693,7 @@ impl ProxyHttp for DwaarProxy {
                     _ => 400,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => {
-                    if ctx.upstream.is_some() || ctx.proxy.is_some() {
+                    if ctx.attempt.upstream.is_some() || ctx.proxy.is_some() {
                         502
                     } else {
                         500
@@ -684,7 +708,7 @@ impl ProxyHttp for DwaarProxy {
             };
         }
         if code >= 500 {
-            ctx.upstream_error = Some(short_error(e));
+            ctx.attempt.error = Some(short_error(e));
         }
         // The response may already have started; then nothing more can be sent.
         if session.response_written().is_none() && code >= 500 {
@@ -718,7 +742,7 @@ impl ProxyHttp for DwaarProxy {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestContext) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut PingoraCtx) {
         // An unfinished fill is dropped; requests waiting for it look again.
         crate::cache::finish(ctx, false);
         access_log(session, ctx);

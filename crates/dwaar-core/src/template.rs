@@ -149,7 +149,7 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
             }
         }
         P::UpstreamHostport => {
-            if let Some(u) = &ctx.upstream {
+            if let Some(u) = &ctx.attempt.upstream {
                 out.push_str(&u.dial);
             }
         }

@@ -487,7 +487,7 @@ async fn serve_one<S: LeanIo>(
             // were answered above, here).
             let eligible = ctx.max_body.is_none()
                 && ctx.cache.is_none()
-                && ctx.proxy.as_ref().is_some_and(|p| pool::eligible(p));
+                && ctx.proxy.as_ref().is_some_and(|p| p.lean);
             if !eligible {
                 return hand_back(buf, head);
             }
@@ -808,7 +808,7 @@ async fn proxy<S: LeanIo>(
         let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
             Ok(c) => {
                 if !c.1 {
-                    if let Some(u) = &ctx.upstream {
+                    if let Some(u) = &ctx.attempt.upstream {
                         u.record_connect(dial_start.elapsed());
                     }
                 }
@@ -826,7 +826,7 @@ async fn proxy<S: LeanIo>(
             consumed = true;
         }
         let sent = upc.stream.write_all(&out).await;
-        ctx.upstream_sent = Some(Instant::now());
+        ctx.attempt.sent = Some(Instant::now());
         let retry = reused && attempt == 1 && left == 0;
         if sent.is_ok() {
             // The rest of the body goes before the answer is awaited: the upstream
@@ -891,7 +891,7 @@ async fn proxy<S: LeanIo>(
         }
         Err(Failure::Upstream) => {
             // Headers may already be out: the client sees a truncated response.
-            ctx.upstream_error = Some("upstream closed mid-response".into());
+            ctx.attempt.error = Some("upstream closed mid-response".into());
             finish_log(req, ctx, status, body_len, 0);
             return Next::Drop;
         }
@@ -1208,7 +1208,7 @@ async fn upstream_failed<S: LeanIo>(
     code: u16,
 ) -> Next {
     attempt::upstream_failed(ctx);
-    ctx.upstream_error = Some(if code == 504 {
+    ctx.attempt.error = Some(if code == 504 {
         "upstream response timed out".into()
     } else {
         "upstream failed before a complete response head".into()

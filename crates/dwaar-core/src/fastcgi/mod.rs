@@ -393,7 +393,7 @@ async fn attempts<D: Downstream>(
                     }
                     Err(e) => {
                         let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                        ctx.upstream_error = Some(CompactString::new(e.to_string()));
+                        ctx.attempt.error = Some(CompactString::new(e.to_string()));
                         if attempt::connect_failed(proxy, ctx, timed_out) {
                             continue;
                         }
@@ -402,7 +402,7 @@ async fn attempts<D: Downstream>(
                 }
             }
         };
-        ctx.upstream_sent = Some(Instant::now());
+        ctx.attempt.sent = Some(Instant::now());
         match exchange(io, encoded, proxy, opts, ctx, client).await {
             Ok((status, io)) => {
                 if let Some(io) = io.filter(|_| proxy.transport.keepalive) {
@@ -413,8 +413,8 @@ async fn attempts<D: Downstream>(
             // A kept connection the responder had closed: try once more on a new one
             // (it never saw the request, so this is not an attempt of its own).
             Err(Failure::Stale) if !fresh && client.request_bytes == 0 => {
-                ctx.attempts -= 1;
-                ctx.tried.pop();
+                ctx.attempt.count -= 1;
+                ctx.attempt.tried.pop();
                 attempt::release(ctx);
                 continue;
             }
@@ -424,19 +424,19 @@ async fn attempts<D: Downstream>(
             }
             Err(Failure::Before(e)) => {
                 attempt::upstream_failed(ctx);
-                ctx.upstream_error = Some(CompactString::new(e));
+                ctx.attempt.error = Some(CompactString::new(e));
                 return Err(502);
             }
             Err(Failure::TooLarge) => return Err(413),
             Err(Failure::Client) => return Ok(0),
             Err(Failure::Timeout) => {
                 attempt::upstream_failed(ctx);
-                ctx.upstream_failure = crate::context::UpstreamFailure::Timeout;
+                ctx.attempt.failure = crate::context::UpstreamFailure::Timeout;
                 return Err(504);
             }
             // The head was sent: nothing can be answered any more.
             Err(Failure::After(e)) => {
-                ctx.upstream_error = Some(CompactString::new(e));
+                ctx.attempt.error = Some(CompactString::new(e));
                 return Ok(0);
             }
         }
@@ -584,9 +584,9 @@ async fn exchange<D: Downstream>(
     if !stderr.is_empty() && opts.capture_stderr {
         let text = String::from_utf8_lossy(&stderr);
         if status >= 400 {
-            tracing::error!(upstream = %ctx.upstream.as_ref().map(|u| u.dial.as_str()).unwrap_or(""), "fastcgi stderr: {}", text.trim_end());
+            tracing::error!(upstream = %ctx.attempt.upstream.as_ref().map(|u| u.dial.as_str()).unwrap_or(""), "fastcgi stderr: {}", text.trim_end());
         } else {
-            tracing::warn!(upstream = %ctx.upstream.as_ref().map(|u| u.dial.as_str()).unwrap_or(""), "fastcgi stderr: {}", text.trim_end());
+            tracing::warn!(upstream = %ctx.attempt.upstream.as_ref().map(|u| u.dial.as_str()).unwrap_or(""), "fastcgi stderr: {}", text.trim_end());
         }
     }
     Ok((status, keep.then_some(io)))

@@ -37,15 +37,15 @@ impl Drop for UpstreamClaim {
 /// A request is on its way to `up`: claimed (in-flight) until [`release`] or the
 /// context is dropped, one more attempt, timed from now.
 pub fn claim(ctx: &mut RequestContext, up: Arc<UpstreamState>) {
-    ctx.claim = Some(UpstreamClaim::new(up.clone()));
-    ctx.upstream = Some(up);
-    ctx.attempts += 1;
-    ctx.upstream_start = Some(Instant::now());
+    ctx.attempt.claim = Some(UpstreamClaim::new(up.clone()));
+    ctx.attempt.upstream = Some(up);
+    ctx.attempt.count += 1;
+    ctx.attempt.started = Some(Instant::now());
 }
 
 /// The request no longer occupies its upstream (its exchange ended or failed).
 pub fn release(ctx: &mut RequestContext) {
-    ctx.claim = None;
+    ctx.attempt.claim = None;
 }
 
 /// The shortest pause between two looks for an available upstream.
@@ -60,23 +60,23 @@ pub async fn pick(
     req: &(dyn HttpRequest + Sync),
     ctx: &mut RequestContext,
 ) -> Option<usize> {
-    if ctx.attempts > 0 && !p.try_interval.is_zero() && !p.try_duration.is_zero() {
+    if ctx.attempt.count > 0 && !p.try_interval.is_zero() && !p.try_duration.is_zero() {
         tokio::time::sleep(p.try_interval).await;
     }
     let start = ctx.start.unwrap_or_else(Instant::now);
     loop {
         if let Some(i) = p.select(req, ctx) {
-            ctx.tried.push(i);
+            ctx.attempt.tried.push(i);
             claim(ctx, p.upstreams[i].clone());
             return Some(i);
         }
         // With lb_try_duration, keep looking (any upstream, again) until it runs out.
         if !p.try_duration.is_zero() && start.elapsed() + p.try_interval < p.try_duration {
-            ctx.tried.clear();
+            ctx.attempt.tried.clear();
             tokio::time::sleep(p.try_interval.max(MIN_WAIT)).await;
             continue;
         }
-        ctx.upstream_failure = UpstreamFailure::NoneAvailable;
+        ctx.attempt.failure = UpstreamFailure::NoneAvailable;
         return None;
     }
 }
@@ -86,29 +86,29 @@ pub async fn pick(
 /// claim is released, and the answer says whether another attempt is allowed by
 /// `lb_retries` / `lb_try_duration`.
 pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: bool) -> bool {
-    ctx.upstream_failure = if timed_out {
+    ctx.attempt.failure = if timed_out {
         UpstreamFailure::Timeout
     } else {
         UpstreamFailure::Connect
     };
-    if let (Some(passive), Some(u)) = (&p.passive, &ctx.upstream) {
+    if let (Some(passive), Some(u)) = (&p.passive, &ctx.attempt.upstream) {
         u.record_failure(passive);
     }
     release(ctx);
     let start = ctx.start.unwrap_or_else(Instant::now);
-    if !p.may_retry(ctx.attempts, start) {
+    if !p.may_retry(ctx.attempt.count, start) {
         return false;
     }
-    if ctx.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
+    if ctx.attempt.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
         // Every upstream failed once; within lb_try_duration they may be tried again.
-        ctx.tried.clear();
+        ctx.attempt.tried.clear();
     }
-    ctx.tried.len() < p.upstreams.len()
+    ctx.attempt.tried.len() < p.upstreams.len()
 }
 
 /// The upstream failed after it had the request: passive health counts it.
 pub fn upstream_failed(ctx: &RequestContext) {
-    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.attempt.upstream) {
         if let Some(passive) = &p.passive {
             u.record_failure(passive);
         }
@@ -118,14 +118,14 @@ pub fn upstream_failed(ctx: &RequestContext) {
 /// Passive health: a response status or latency that counts as a failure. Also marks
 /// the moment the response head arrived (`upstream_duration`).
 pub fn passive_check(ctx: &mut RequestContext, code: u16) {
-    ctx.upstream_duration = ctx.upstream_sent.map(|t| t.elapsed());
-    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.upstream) {
+    ctx.attempt.duration = ctx.attempt.sent.map(|t| t.elapsed());
+    if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.attempt.upstream) {
         if let Some(passive) = &p.passive {
             let bad_status = passive
                 .unhealthy_status
                 .iter()
                 .any(|s| status_matches(s, code));
-            let slow = match (passive.unhealthy_latency_ms, ctx.upstream_start) {
+            let slow = match (passive.unhealthy_latency_ms, ctx.attempt.started) {
                 (Some(limit), Some(t)) => t.elapsed().as_millis() as u64 >= limit,
                 _ => false,
             };

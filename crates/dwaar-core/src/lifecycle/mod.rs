@@ -137,7 +137,6 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
                     start: ctx.start,
                     conn: ctx.conn,
                     host: std::mem::take(&mut ctx.host),
-                    is_upgrade: ctx.is_upgrade,
                     inflight: ctx.inflight.take(),
                     charged: std::mem::take(&mut ctx.charged),
                     ..RequestContext::default()
@@ -212,8 +211,8 @@ pub fn failure_reply(
     ctx: &mut RequestContext,
 ) -> Option<Reply> {
     let message = failure_message(code);
-    if code >= 502 && ctx.upstream_error.is_none() {
-        ctx.upstream_error = Some(message.into());
+    if code >= 502 && ctx.attempt.error.is_none() {
+        ctx.attempt.error = Some(message.into());
     }
     if code == 413 {
         ctx.rejected_by = Some("request_body");
@@ -299,8 +298,12 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .start
             .map(|s| s.elapsed().as_micros() as u64)
             .unwrap_or(0),
-        upstream_duration_us: ctx.upstream_duration.map(|d| d.as_micros() as u64),
-        upstream_addr: ctx.upstream.as_ref().map(|u| CompactString::new(&u.dial)),
+        upstream_duration_us: ctx.attempt.duration.map(|d| d.as_micros() as u64),
+        upstream_addr: ctx
+            .attempt
+            .upstream
+            .as_ref()
+            .map(|u| CompactString::new(&u.dial)),
         remote_ip: ctx.conn.remote.ip(),
         remote_port: ctx.conn.remote.port(),
         client_ip: ctx.client_ip.unwrap_or(ctx.conn.remote.ip()),
@@ -315,7 +318,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .or(ctx.cache.as_ref().map(|c| c.status))
             .map(|s| s.as_str()),
         encoding: ctx.encoded,
-        error: ctx.upstream_error.clone(),
+        error: ctx.attempt.error.clone(),
         ..Default::default()
     };
     logger.log(record);

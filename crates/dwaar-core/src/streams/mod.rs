@@ -339,7 +339,7 @@ async fn proxy<D: Downstream>(
                 if attempt::connect_failed(&p, ctx, timed_out) {
                     continue;
                 }
-                ctx.upstream_error = Some(CompactString::new(e.to_string()));
+                ctx.attempt.error = Some(CompactString::new(e.to_string()));
                 let code = if timed_out { 504 } else { 502 };
                 let (st, sent) = answer_failure(stream, req, ctx, head_only, code).await;
                 return (st, 0, sent);
@@ -353,7 +353,7 @@ async fn proxy<D: Downstream>(
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
         return (st, 0, sent);
     }
-    ctx.upstream_sent = Some(Instant::now());
+    ctx.attempt.sent = Some(Instant::now());
     // The request body, streamed.
     let mut read = 0u64;
     if may_have_body {
@@ -413,7 +413,7 @@ async fn proxy<D: Downstream>(
         fields,
     }) = parse_upstream_head(&rhead, head_only)
     else {
-        ctx.upstream_error = Some("unusable response head".into());
+        ctx.attempt.error = Some("unusable response head".into());
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
         return (st, read, sent);
     };
@@ -486,7 +486,7 @@ async fn proxy<D: Downstream>(
             }
         }
     } else {
-        ctx.upstream_error = Some("upstream closed mid-response".into());
+        ctx.attempt.error = Some("upstream closed mid-response".into());
         stream.abort(false);
     }
     (status, read, sent)
@@ -613,7 +613,7 @@ async fn proxy_h2<D: Downstream>(
             {
                 Ok(t) => Some(t),
                 Err(e) => {
-                    ctx.upstream_error = Some(CompactString::new(&e));
+                    ctx.attempt.error = Some(CompactString::new(&e));
                     let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
                     return (st, 0, sent);
                 }
@@ -635,7 +635,7 @@ async fn proxy_h2<D: Downstream>(
             Ok((resp, send, slot)) => break (up_req, resp, send, slot),
             Err(e) => {
                 // The stream was never opened: nothing reached the upstream.
-                ctx.upstream_error = Some(CompactString::new(&e));
+                ctx.attempt.error = Some(CompactString::new(&e));
                 if attempt::connect_failed(p, ctx, false) {
                     continue;
                 }
@@ -650,7 +650,7 @@ async fn proxy_h2<D: Downstream>(
         // A stream the upstream refused (GOAWAY while it was in flight) was not
         // processed: an idempotent request without a body is sent again.
         let mut tries = 0;
-        let addr = ctx.upstream.as_ref().and_then(|u| u.addr);
+        let addr = ctx.attempt.upstream.as_ref().and_then(|u| u.addr);
         loop {
             match (&mut resp).await {
                 Ok(r) => {
@@ -665,7 +665,7 @@ async fn proxy_h2<D: Downstream>(
                     tries += 1;
                     let tls = match p.transport.tls {
                         true => p.transport.client_tls_h2().ok().and_then(|c| {
-                            let dialed = ctx.upstream.as_ref().map(|u| u.dial.clone())?;
+                            let dialed = ctx.attempt.upstream.as_ref().map(|u| u.dial.clone())?;
                             Some((c, p.transport.server_name(&dialed, &host).ok()?))
                         }),
                         false => None,
@@ -696,7 +696,7 @@ async fn proxy_h2<D: Downstream>(
         }
     }
     let _slot = slot;
-    ctx.upstream_sent = Some(Instant::now());
+    ctx.attempt.sent = Some(Instant::now());
     // The request body streams up as it arrives while the response is awaited and then
     // relayed: both directions at once (gRPC bidirectional streams).
     let mut up = Upload {
@@ -775,7 +775,7 @@ async fn proxy_h2<D: Downstream>(
         };
         let Some(chunk) = chunk else { break };
         let Ok(chunk) = chunk else {
-            ctx.upstream_error = Some("upstream stream failed mid-response".into());
+            ctx.attempt.error = Some("upstream stream failed mid-response".into());
             crate::cache::finish(ctx, false);
             stream.abort(false);
             return (status, up.read, sent);

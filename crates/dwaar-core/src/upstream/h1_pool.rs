@@ -7,7 +7,7 @@
 //! only when its response ended cleanly. A connection's buffer is reused across the
 //! requests it carries; bodies leave it as `Bytes` split off it.
 
-use crate::upstream::{ProxyHandler, TransportOpts};
+use crate::upstream::TransportOpts;
 use bytes::BytesMut;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -104,21 +104,6 @@ impl UpstreamConn {
 
 thread_local! {
     static IDLE: RefCell<HashMap<SocketAddr, Vec<(UpstreamConn, Instant)>>> = RefCell::new(HashMap::new());
-}
-
-/// Whether the fast path can proxy for this handler: plain HTTP/1.1 over TCP to
-/// resolved addresses, no retries (Pingora's path does those).
-pub fn eligible(p: &ProxyHandler) -> bool {
-    let t = &p.transport;
-    p.fastcgi.is_none()
-        && !t.tls
-        && !t.h2c
-        && !t.h2
-        && p.retries == 0
-        && p.try_duration.is_zero()
-        && p.upstreams
-            .iter()
-            .all(|u| !u.unix && u.addr.is_some() && (u.scheme.is_empty() || u.scheme == "http"))
 }
 
 /// An idle connection to `addr`, or a new one. The flag says whether it was reused.

@@ -344,6 +344,10 @@ pub struct ProxyHandler {
     pub transport: TransportOpts,
     /// Speak FastCGI to the upstreams (`transport fastcgi`).
     pub fastcgi: Option<Arc<crate::fastcgi::FastCgiOpts>>,
+    /// Decided when the route table is compiled: the lean HTTP/1 path proxies for this
+    /// handler itself (plain HTTP/1.1 over TCP to resolved addresses, no retries);
+    /// otherwise it hands the request to Pingora, which does the rest.
+    pub lean: bool,
 }
 
 impl ProxyHandler {
@@ -361,7 +365,7 @@ impl ProxyHandler {
             .map(|u| registry.get(&u.dial, u.unix, &u.scheme))
             .collect();
         let ms = |v: u64| Duration::from_millis(v);
-        Ok(ProxyHandler {
+        let mut handler = ProxyHandler {
             upstreams,
             policy: rp.load_balancing.policy.clone(),
             rr: AtomicUsize::new(0),
@@ -394,7 +398,24 @@ impl ProxyHandler {
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
             },
-        })
+            lean: false,
+        };
+        handler.lean = handler.lean_eligible();
+        Ok(handler)
+    }
+
+    fn lean_eligible(&self) -> bool {
+        let t = &self.transport;
+        self.fastcgi.is_none()
+            && !t.tls
+            && !t.h2c
+            && !t.h2
+            && self.retries == 0
+            && self.try_duration.is_zero()
+            && self
+                .upstreams
+                .iter()
+                .all(|u| !u.unix && u.addr.is_some() && (u.scheme.is_empty() || u.scheme == "http"))
     }
 
     pub fn health_targets(&self) -> Vec<HealthTarget> {
@@ -410,7 +431,7 @@ impl ProxyHandler {
 
     fn available(&self, i: usize, ctx: &RequestContext) -> bool {
         let u = &self.upstreams[i];
-        if ctx.tried.contains(&i) || !u.healthy() {
+        if ctx.attempt.tried.contains(&i) || !u.healthy() {
             return false;
         }
         match self
