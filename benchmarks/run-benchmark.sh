@@ -22,6 +22,8 @@
 #      BENCH_H2 (1; 0 skips the HTTP/2-over-TLS run: every proxy also listens with TLS on
 #      the same self-signed certificate and h2load drives it with BENCH_H2_CONNS (100)
 #      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
+#      BENCH_TLS_H1 (1; 0 skips the HTTP/1.1-over-TLS run: wrk keep-alive connections,
+#      BENCH_TLS_H1_CONNS ("100 1000"), to the same TLS listeners)
 # Output: the tables on stdout and in benchmarks/results/latest.txt, raw rows in
 # benchmarks/results/raw-*.tsv, and the run's record in benchmarks/results/<date>-<host>.md
 # (machine, command, tables) and .json (medians).
@@ -293,6 +295,45 @@ for t in targets:
     cpu = med([r['cpu_us_per_req'] for r in rs])
     ratio = f"{cpu/base:.2f}x" if base == base else "-"
     print(f"{t:<10} {med([r['rps'] for r in rs]):>10.0f} {cpu:>8.1f}us {ratio:>9} {sum(int(float(r['failed'] or 0)) for r in rs):>7}")
+PY
+fi
+
+# --- HTTP/1.1 over TLS, keep-alive (wrk) ------------------------------------------------
+TLS_H1=${BENCH_TLS_H1:-1}
+TLS_H1_CONNS=${BENCH_TLS_H1_CONNS:-"100 1000"}
+if [ "$TLS_H1" = 1 ]; then
+  declare -A TLS_PORT=([dwaar]=6443 [nginx]=8443 [haproxy]=8444 [caddy]=8445)
+  T1RAW=$RESULTS/raw-tls-h1-$(date +%Y%m%d-%H%M%S).tsv
+  echo -e "round\ttarget\tconns\trps\tcpu_us_per_req\terrors" > "$T1RAW"
+  for round in $(seq 1 "$ROUNDS"); do
+    for c in $TLS_H1_CONNS; do
+      for t in $TARGETS; do
+        [ "$t" = direct ] && continue
+        before=$(cpu_ticks "$t")
+        out=$(taskset -c $LOAD_CPUS wrk -t"$THREADS" -c"$c" -d"$DURATION" "https://127.0.0.1:${TLS_PORT[$t]}/" 2>&1)
+        after=$(cpu_ticks "$t")
+        rps=$(echo "$out" | awk '/^Requests\/sec/{print $2}')
+        n=$(echo "$out" | awk '/requests in/{print $1}')
+        errs=$(echo "$out" | awk '/Socket errors|Non-2xx/{s=s $0 ";"} END{print s==""?"0":s}')
+        cpu=$(echo "scale=2; ($after-$before)*1000000/$CLK/${n:-1}" | bc)
+        echo -e "$round\t$t\t$c\t$rps\t$cpu\t$errs" | tee -a "$T1RAW"
+      done
+    done
+  done
+  python3 - "$T1RAW" $TARGETS <<'PY' | tee -a "$RESULTS/latest.txt"
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter='\t'))
+targets = [t for t in sys.argv[2:] if t != 'direct']
+med = lambda v: statistics.median([float(x) for x in v if x]) if v else float('nan')
+print("\nHTTP/1.1 over TLS, keep-alive (wrk)")
+print(f"{'Proxy':<10} {'Conns':>6} {'RPS':>10} {'CPU/req':>9} {'vs nginx':>9}")
+for c in sorted({int(r['conns']) for r in rows}):
+    base = med([r['cpu_us_per_req'] for r in rows if r['target'] == 'nginx' and int(r['conns']) == c])
+    for t in targets:
+        rs = [r for r in rows if r['target'] == t and int(r['conns']) == c]
+        cpu = med([r['cpu_us_per_req'] for r in rs])
+        ratio = f"{cpu/base:.2f}x" if base == base else "-"
+        print(f"{t:<10} {c:>6} {med([r['rps'] for r in rs]):>10.0f} {cpu:>8.1f}us {ratio:>9}")
 PY
 fi
 

@@ -152,6 +152,30 @@ fn connect_failures_are_retried_on_every_path() {
     }
 }
 
+/// The same for HTTP/2 upstreams (h2c): the stream front-ends used to give them a
+/// single attempt.
+#[test]
+fn h2_upstream_connect_failures_are_retried_on_every_path() {
+    let o = origin::h2c("alive-h2");
+    let dead = free_port();
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\treverse_proxy h2c://127.0.0.1:{dead} h2c://127.0.0.1:{} {{\n\t\tlb_policy first\n\t\tlb_retries 2\n\t}}\n",
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/h2"));
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        assert!(
+            r.text().contains("origin: alive-h2"),
+            "{proto:?}: {}",
+            r.text()
+        );
+    }
+}
+
 /// A request whose task panics fails alone: the process keeps serving every path, and
 /// the panic is counted. (The trigger exists in debug builds only.)
 #[test]

@@ -181,7 +181,7 @@ pub(crate) fn early(
             .and_then(dwaar_analytics::beacon::url_host)
             .filter(|h| !h.eq_ignore_ascii_case(&ctx.host))
             .map(CompactString::new);
-        ctx.page = Some(Box::new(PageFacts {
+        ctx.resp.page = Some(Box::new(PageFacts {
             path: CompactString::new(req.path()),
             query: CompactString::new(req.query().unwrap_or("")),
             referrer,
@@ -250,7 +250,7 @@ pub(crate) fn dashboard(
     ctx: &RequestContext,
 ) -> Option<Outcome> {
     let base = a.dashboard.as_deref()?;
-    if ctx.rejected_by.is_some() {
+    if ctx.log.rejected_by.is_some() {
         return None;
     }
     let path = req.path();
@@ -494,7 +494,7 @@ pub fn record(ctx: &RequestContext, status: u16, bytes_written: u64) {
         return;
     };
     let Some(c) = &a.collector else { return };
-    let page = ctx.page.as_ref().filter(|p| p.counted).map(|p| {
+    let page = ctx.resp.page.as_ref().filter(|p| p.counted).map(|p| {
         Box::new(PageView {
             path: p.path.clone(),
             query: p.query.clone(),

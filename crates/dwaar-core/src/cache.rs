@@ -481,7 +481,7 @@ pub fn on_request(
         match e.state(now) {
             Freshness::Fresh => {
                 rule.store.counts.hits.fetch_add(1, Relaxed);
-                ctx.cache_served = Some(Status::Hit);
+                ctx.log.cache_served = Some(Status::Hit);
                 return Decision::Reply(hit_reply(&e, rule, Status::Hit, now));
             }
             Freshness::StaleUsable => {
@@ -489,7 +489,7 @@ pub fn on_request(
                 match rule.store.claim(key) {
                     Claim::Wait(_) => {
                         rule.store.counts.stale.fetch_add(1, Relaxed);
-                        ctx.cache_served = Some(Status::Stale);
+                        ctx.log.cache_served = Some(Status::Stale);
                         return Decision::Reply(hit_reply(&e, rule, Status::Stale, now));
                     }
                     Claim::Leader(g) => guard = g,

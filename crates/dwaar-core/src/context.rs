@@ -78,6 +78,37 @@ pub struct UpstreamAttempt {
     pub error: Option<CompactString>,
 }
 
+/// What a request's response gets on its way out: header edits, the sticky-session
+/// cookie, `encode`'s negotiation, analytics' page view, and the body's rewrite.
+#[derive(Default)]
+pub struct ResponseShaping {
+    /// Header edits applied before the response's own headers are merged.
+    pub immediate: Vec<HeaderEdit>,
+    /// Header edits applied to the final response.
+    pub deferred: Vec<HeaderEdit>,
+    /// The sticky-session cookie to set.
+    pub set_cookie: Option<String>,
+    /// `encode` ran: what the client accepts.
+    pub encode: Option<crate::encode::Negotiated>,
+    /// A GET to an analytics site: what its page view would record.
+    pub page: Option<Box<crate::analytics::PageFacts>>,
+    /// The response body is being rewritten (analytics injection, `encode`).
+    pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
+}
+
+/// Facts only the access log records.
+#[derive(Debug, Default)]
+pub struct LogFacts {
+    /// `log_skip` matched: leave this request out of the access log.
+    pub skip: bool,
+    /// The middleware that refused the request.
+    pub rejected_by: Option<&'static str>,
+    /// `cache` answered from memory (the `cache` field).
+    pub cache_served: Option<crate::cache::Status>,
+    /// The coding `encode` compressed the response with.
+    pub encoded: Option<&'static str>,
+}
+
 /// Per-request state shared by all phases: the route (table, site, handler, variables),
 /// the connection facts, the upstream [`attempt`](Self::attempt), what the response
 /// gets on its way out (header edits, cache, encode, analytics page, rewrite) and the
@@ -99,41 +130,26 @@ pub struct RequestContext {
     pub orig_uri: Option<String>,
     pub vars: Vec<(CompactString, String)>,
     pub captures: Vec<(CompactString, Vec<Option<String>>)>,
-    /// Header edits applied before the response's own headers are merged.
-    pub resp_immediate: Vec<HeaderEdit>,
-    /// Header edits applied to the final response.
-    pub resp_deferred: Vec<HeaderEdit>,
     /// Groups (by id) in which a route already ran.
     pub groups_done: u64,
     pub proxy: Option<Arc<ProxyHandler>>,
     /// The upstream attempts made for `proxy`.
     pub attempt: UpstreamAttempt,
+    /// What the response gets on its way out.
+    pub resp: ResponseShaping,
+    /// Facts only the access log records.
+    pub log: LogFacts,
     /// Rate-limit zones (by address) already charged for this request, so a rerun of
     /// the pipeline after an off-path check does not charge them again.
     pub charged: Vec<usize>,
-    pub set_cookie: Option<String>,
     pub max_body: Option<u64>,
     pub error: Option<(u16, String)>,
     pub close: bool,
     pub start: Option<Instant>,
     /// Counted in the worker's in-flight requests (for graceful shutdown) while held.
     pub inflight: Option<crate::lifecycle::inflight::Guard>,
-    /// `log_skip` matched: leave this request out of the access log.
-    pub skip_log: bool,
-    /// The middleware that refused the request, for the access log.
-    pub rejected_by: Option<&'static str>,
-    /// A GET to an analytics site: what its page view would record.
-    pub page: Option<Box<crate::analytics::PageFacts>>,
-    /// `cache` answered from memory (the access log's `cache` field).
-    pub cache_served: Option<crate::cache::Status>,
     /// `cache` looked at the request: its key, lock and what to store.
     pub cache: Option<Box<crate::cache::CacheCtx>>,
-    /// `encode` ran: what the client accepts.
-    pub encode: Option<crate::encode::Negotiated>,
-    /// The coding `encode` compressed the response with (access log).
-    pub encoded: Option<&'static str>,
-    /// The response body is being rewritten (analytics injection, `encode`).
-    pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
 }
 
 impl RequestContext {

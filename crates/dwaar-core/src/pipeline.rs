@@ -136,9 +136,9 @@ pub fn edit_proxied_site_fields(
     ctx: &mut RequestContext,
     fields: &mut Vec<(CompactString, String)>,
 ) {
-    apply_immediate_to_proxied(&ctx.resp_immediate, fields);
-    apply_edits(&ctx.resp_deferred, fields);
-    if let Some(c) = ctx.set_cookie.take() {
+    apply_immediate_to_proxied(&ctx.resp.immediate, fields);
+    apply_edits(&ctx.resp.deferred, fields);
+    if let Some(c) = ctx.resp.set_cookie.take() {
         fields.push((CompactString::const_new("set-cookie"), c));
     }
 }
@@ -483,7 +483,7 @@ pub fn error_outcome(
     ctx.error = Some((status, message));
     ctx.groups_done = 0;
     // Headers set immediately stay (as in Caddy); deferred edits belonged to the failed response.
-    ctx.resp_deferred.clear();
+    ctx.resp.deferred.clear();
     match run_routes(routes, req, ctx, trusted) {
         Flow::Done(Terminal::Abort) => Outcome::Abort,
         Flow::Done(Terminal::Proxy(_)) | Flow::Continue | Flow::Done(Terminal::Error { .. }) => {
@@ -518,14 +518,14 @@ fn bad_request(why: &str) -> Reply {
 
 /// Applies the collected header edits to a reply.
 fn finish_reply(mut r: Reply, ctx: &RequestContext) -> Reply {
-    apply_edits(&ctx.resp_immediate, &mut r.headers);
-    apply_edits(&ctx.resp_deferred, &mut r.headers);
+    apply_edits(&ctx.resp.immediate, &mut r.headers);
+    apply_edits(&ctx.resp.deferred, &mut r.headers);
     r
 }
 
 fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Reply {
     let mut headers: Vec<(CompactString, String)> = Vec::new();
-    apply_edits(&ctx.resp_immediate, &mut headers);
+    apply_edits(&ctx.resp.immediate, &mut headers);
     let mut r = match t {
         Terminal::Respond {
             status,
@@ -595,11 +595,11 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             ..Default::default()
         },
         Terminal::Ready(mut r) => {
-            apply_edits(&ctx.resp_immediate, &mut r.headers);
+            apply_edits(&ctx.resp.immediate, &mut r.headers);
             r
         }
     };
-    apply_edits(&ctx.resp_deferred, &mut r.headers);
+    apply_edits(&ctx.resp.deferred, &mut r.headers);
     r
 }
 
@@ -716,7 +716,7 @@ fn run_handler<'t>(
             }
         }
         HandlerRule::Encode(rule) => {
-            ctx.encode = Some(crate::encode::Negotiated {
+            ctx.resp.encode = Some(crate::encode::Negotiated {
                 coding: crate::encode::choose(rule, req.header("accept-encoding")),
                 rule: rule.clone(),
                 ranged: req.header("range").is_some(),
@@ -724,11 +724,11 @@ fn run_handler<'t>(
             Flow::Continue
         }
         HandlerRule::Abort => {
-            ctx.rejected_by = Some("abort");
+            ctx.log.rejected_by = Some("abort");
             Flow::Done(Terminal::Abort)
         }
         HandlerRule::LogSkip => {
-            ctx.skip_log = true;
+            ctx.log.skip = true;
             Flow::Continue
         }
         HandlerRule::Rewrite(t) => {
@@ -777,9 +777,9 @@ fn run_handler<'t>(
             let mut out = Vec::with_capacity(rules.len());
             render_rules(rules, req, ctx, &mut out);
             if *deferred {
-                ctx.resp_deferred.extend(out);
+                ctx.resp.deferred.extend(out);
             } else {
-                ctx.resp_immediate.extend(out);
+                ctx.resp.immediate.extend(out);
             }
             Flow::Continue
         }
@@ -926,7 +926,7 @@ fn run_handler<'t>(
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .is_some_and(|n| n > *max);
             if too_big {
-                ctx.rejected_by = Some("request_body");
+                ctx.log.rejected_by = Some("request_body");
                 return Flow::Done(Terminal::Error {
                     status: 413,
                     message: "request body too large".into(),
@@ -1020,9 +1020,10 @@ fn refuse<'t>(
     status: u16,
     field: Option<(&'static str, String)>,
 ) -> Flow<'t> {
-    ctx.rejected_by = Some(by);
+    ctx.log.rejected_by = Some(by);
     if let Some((name, value)) = field {
-        ctx.resp_immediate
+        ctx.resp
+            .immediate
             .push(HeaderEdit::Set(CompactString::const_new(name), value));
     }
     Flow::Done(Terminal::Error {

@@ -314,7 +314,7 @@ impl ProxyHttp for DwaarProxy {
             None => Some(Default::default()),
         };
         let Some(host) = host else {
-            ctx.rejected_by = Some("host");
+            ctx.log.rejected_by = Some("host");
             write_reply(
                 session,
                 ctx,
@@ -352,7 +352,7 @@ impl ProxyHttp for DwaarProxy {
                 .as_http1()
                 .is_some_and(|h1| raw_has_field(&h1.get_headers_raw_bytes(), b"content-length"));
             if let Some(r) = crate::pipeline::framing_check(session.req_header(), both) {
-                ctx.rejected_by = Some("framing");
+                ctx.log.rejected_by = Some("framing");
                 write_reply(session, ctx, r).await?;
                 return Ok(true);
             }
@@ -420,7 +420,7 @@ impl ProxyHttp for DwaarProxy {
         if let (Some(max), Some(b)) = (ctx.max_body, body.as_ref()) {
             ctx.body_seen += b.len() as u64;
             if ctx.body_seen > max {
-                ctx.rejected_by = Some("request_body");
+                ctx.log.rejected_by = Some("request_body");
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body too large",
@@ -601,9 +601,9 @@ impl ProxyHttp for DwaarProxy {
         }
         // Immediate edits were made before the upstream answered: its fields are added
         // next to them (Caddy's semantics); deferred edits act on the final response.
-        crate::pipeline::apply_immediate_to_proxied(&ctx.resp_immediate, resp);
-        apply_edits(&ctx.resp_deferred, resp);
-        if let Some(c) = ctx.set_cookie.take() {
+        crate::pipeline::apply_immediate_to_proxied(&ctx.resp.immediate, resp);
+        apply_edits(&ctx.resp.deferred, resp);
+        if let Some(c) = ctx.resp.set_cookie.take() {
             resp.append_header(http::header::SET_COOKIE, c)?;
         }
         if let Some(id) = ctx.request_id {
@@ -613,13 +613,13 @@ impl ProxyHttp for DwaarProxy {
         if let Some(v) = crate::lifecycle::alt_svc(ctx) {
             resp.insert_header("alt-svc", v)?;
         }
-        if ctx.page.is_some() || ctx.encode.is_some() {
+        if ctx.resp.page.is_some() || ctx.resp.encode.is_some() {
             let status = resp.status.as_u16();
             let had_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
             if let Some(rw) = crate::rewrite::begin(ctx, status, resp) {
                 let head_only = session.req_header().method == http::Method::HEAD;
                 if !head_only {
-                    ctx.rewrite = Some(Box::new(rw));
+                    ctx.resp.rewrite = Some(Box::new(rw));
                 }
                 let h1 = session.req_header().version < http::Version::HTTP_2;
                 if had_length
@@ -649,7 +649,7 @@ impl ProxyHttp for DwaarProxy {
         if end_of_stream && ctx.cache.is_some() {
             crate::cache::finish(ctx, true);
         }
-        if let Some(rw) = ctx.rewrite.as_mut() {
+        if let Some(rw) = ctx.resp.rewrite.as_mut() {
             let out = rw.feed(body.take(), end_of_stream).map_err(|e| {
                 Error::because(ErrorType::InternalError, "rewriting the response body", e)
             })?;

@@ -116,15 +116,15 @@ pub fn begin(
     head: &mut dyn ResponseHead,
 ) -> Option<Rewrite> {
     let analytics = ctx.site.as_ref().and_then(|s| s.analytics.clone());
-    let encode = ctx.encode.clone();
+    let encode = ctx.resp.encode.clone();
     let rw = begin_parts(
         analytics.as_deref(),
-        ctx.page.as_deref_mut(),
+        ctx.resp.page.as_deref_mut(),
         encode.as_ref(),
         status,
         head,
     );
-    ctx.encoded = rw.as_ref().and_then(|r| r.encoded);
+    ctx.log.encoded = rw.as_ref().and_then(|r| r.encoded);
     rw
 }
 
@@ -158,7 +158,7 @@ pub fn begin_parts(
 /// body. A body in memory is rewritten at once (its length stays exact); a streamed one
 /// keeps the rewrite in `r.rewrite` for the front-end, which sends it chunked.
 pub fn reply(ctx: &mut RequestContext, r: &mut crate::pipeline::Reply) {
-    if ctx.page.is_none() && ctx.encode.is_none() {
+    if ctx.resp.page.is_none() && ctx.resp.encode.is_none() {
         return;
     }
     let mut headers = std::mem::take(&mut r.headers);

@@ -454,7 +454,7 @@ async fn serve_one<S: LeanIo>(
             // or refused one (413) is not read: the answer goes out at once, the
             // connection closes, and what the client still sends is drained briefly so
             // the close does not reset the answer away.
-            let skip_body = body_len > MAX_DISCARD || ctx.rejected_by.is_some();
+            let skip_body = body_len > MAX_DISCARD || ctx.log.rejected_by.is_some();
             let next = if skip_body {
                 match write_reply(tcp, &req, &ctx, r, true).await {
                     Ok((status, sent)) => {
@@ -949,11 +949,11 @@ fn response_head(
     status_line(&mut out, status);
     // A page-view candidate's head is examined (and maybe edited) by analytics, and
     // `encode` looks at every response of its routes.
-    let page = (ctx.page.is_some() || ctx.encode.is_some()) && !head_request;
+    let page = (ctx.resp.page.is_some() || ctx.resp.encode.is_some()) && !head_request;
     let edits = !p.header_down.is_empty()
-        || !ctx.resp_immediate.is_empty()
-        || !ctx.resp_deferred.is_empty()
-        || ctx.set_cookie.is_some()
+        || !ctx.resp.immediate.is_empty()
+        || !ctx.resp.deferred.is_empty()
+        || ctx.resp.set_cookie.is_some()
         || page;
     let mut injection = None;
     let keep_te = matches!(framing, Framing::Chunked);

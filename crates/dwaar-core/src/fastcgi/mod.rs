@@ -81,17 +81,17 @@ impl Shaping {
         let mut down = Vec::with_capacity(p.header_down.len());
         crate::pipeline::render_rules(&p.header_down, req, ctx, &mut down);
         Shaping {
-            edits: [down, ctx.resp_immediate.clone(), ctx.resp_deferred.clone()],
+            edits: [down, ctx.resp.immediate.clone(), ctx.resp.deferred.clone()],
             analytics: ctx.site.as_ref().and_then(|s| s.analytics.clone()),
-            page: ctx.page.take(),
-            encode: ctx.encode.clone(),
+            page: ctx.resp.page.take(),
+            encode: ctx.resp.encode.clone(),
             rewrite: None,
         }
     }
 
     /// Returns the page-view facts (whether the response counted as a page view).
     fn give_back(&mut self, ctx: &mut RequestContext) {
-        ctx.page = self.page.take();
+        ctx.resp.page = self.page.take();
     }
 
     /// Edits the response fields and decides on a rewrite (a HEAD answer gets the same

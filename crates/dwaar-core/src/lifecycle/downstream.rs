@@ -180,20 +180,24 @@ pub async fn relay_end<D: Downstream>(
     Ok(())
 }
 
-/// Answers a proxying failure with `code` (see [`super::failure_reply`]); returns
+/// Answers a proxying failure with `code` (see [`super::failure_reply`]); resolves to
 /// (status, body bytes sent). When the error routes abort, the response is abandoned.
-pub async fn answer_failure<D: Downstream>(
-    d: &mut D,
-    req: &mut (dyn HttpRequest + Send),
-    ctx: &mut RequestContext,
+/// Boxed: failures are rare, and their state would otherwise sit in (and be copied
+/// with) every proxied request's future.
+pub fn answer_failure<'a, D: Downstream>(
+    d: &'a mut D,
+    req: &'a mut (dyn HttpRequest + Send),
+    ctx: &'a mut RequestContext,
     head_only: bool,
     code: u16,
-) -> (u16, u64) {
-    let Some(r) = super::failure_reply(code, req, ctx) else {
-        d.abort(false);
-        return (code, 0);
-    };
-    let status = r.status;
-    let sent = write_reply(d, r, ctx, head_only).await.unwrap_or(0);
-    (status, sent)
+) -> std::pin::Pin<Box<dyn Future<Output = (u16, u64)> + Send + 'a>> {
+    Box::pin(async move {
+        let Some(r) = super::failure_reply(code, req, ctx) else {
+            d.abort(false);
+            return (code, 0);
+        };
+        let status = r.status;
+        let sent = write_reply(d, r, ctx, head_only).await.unwrap_or(0);
+        (status, sent)
+    })
 }

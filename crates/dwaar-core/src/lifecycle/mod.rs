@@ -146,7 +146,7 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
         }
     }
     if let Outcome::Check(_) = outcome {
-        ctx.rejected_by = Some("check");
+        ctx.log.rejected_by = Some("check");
         outcome = Outcome::Reply(Reply::status(503));
     }
     outcome
@@ -215,7 +215,7 @@ pub fn failure_reply(
         ctx.attempt.error = Some(message.into());
     }
     if code == 413 {
-        ctx.rejected_by = Some("request_body");
+        ctx.log.rejected_by = Some("request_body");
     }
     let mut r = crate::pipeline::proxy_error_reply(code, message.into(), req, ctx)?;
     crate::rewrite::reply(ctx, &mut r);
@@ -272,7 +272,7 @@ fn start_unix_ms(ctx: &RequestContext) -> u64 {
 
 /// Whether the request goes to an access log (its site has `log`, no `log_skip` matched).
 pub fn is_logged(ctx: &RequestContext) -> bool {
-    !ctx.skip_log && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
+    !ctx.log.skip && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
 }
 
 /// Builds the access-log record from the context and a front-end's parts.
@@ -312,12 +312,13 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         referer: p.referer,
         bytes_read: p.bytes_read,
         bytes_written: p.bytes_written,
-        rejected_by: ctx.rejected_by,
+        rejected_by: ctx.log.rejected_by,
         cache: ctx
+            .log
             .cache_served
             .or(ctx.cache.as_ref().map(|c| c.status))
             .map(|s| s.as_str()),
-        encoding: ctx.encoded,
+        encoding: ctx.log.encoded,
         error: ctx.attempt.error.clone(),
         ..Default::default()
     };
@@ -337,10 +338,54 @@ pub fn record_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
 }
 
 /// Runs `fut` (one connection's or one stream's work); a panic inside it is recorded
-/// with [`record_panic`] instead of taking the thread's other connections down.
-pub async fn isolate<F: std::future::Future<Output = ()>>(what: &'static str, fut: F) {
+/// with [`record_panic`] instead of taking the thread's other connections down. (A
+/// plain combinator, not an `async fn`: the wrapped future is not moved once more.)
+pub fn isolate<F: std::future::Future<Output = ()>>(
+    what: &'static str,
+    fut: F,
+) -> impl std::future::Future<Output = ()> {
     use futures_util::FutureExt;
-    if let Err(payload) = std::panic::AssertUnwindSafe(fut).catch_unwind().await {
-        record_panic(what, &*payload);
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .map(move |r| {
+            if let Err(payload) = r {
+                record_panic(what, &*payload);
+            }
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A check that cannot be settled (no copy of the request to rerun) is answered 503,
+    /// whatever the front-end (it used to be a reset on HTTP/2 and HTTP/3 and a dropped
+    /// connection on the lean path).
+    #[test]
+    fn an_unsettled_check_is_a_503() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let table = RouteTable::default();
+        let check = crate::auth::Check::Password(crate::auth::PasswordCheck {
+            key: [0; 32],
+            password: "pw".into(),
+            hash: crate::auth::UNKNOWN_USER.into(),
+        });
+        let mut req = pingora_http::RequestHeader::build("GET", b"/", None).expect("request");
+        let mut ctx = RequestContext::default();
+        let outcome = rt.block_on(settle_checks(
+            &table,
+            Outcome::Check(check),
+            None,
+            &mut req,
+            &mut ctx,
+        ));
+        assert!(
+            matches!(outcome, Outcome::Reply(ref r) if r.status == 503),
+            "{outcome:?}"
+        );
+        assert_eq!(ctx.log.rejected_by, Some("check"));
     }
 }

@@ -127,7 +127,7 @@ pub(super) fn select(
                 Some(i) => i,
                 None => {
                     let i = random(&avail);
-                    ctx.set_cookie = Some(format!(
+                    ctx.resp.set_cookie = Some(format!(
                         "{name}={}; Path=/",
                         cookie_value(&h.upstreams[i].dial, secret.as_deref())
                     ));
