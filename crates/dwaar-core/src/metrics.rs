@@ -24,7 +24,7 @@ pub const BUCKETS: [f64; 13] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Requests of this process whose task panicked (each failed alone; the process kept
+/// Panics in this process (each failed the task it happened in; the process kept
 /// serving).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
@@ -320,7 +320,7 @@ impl Snapshot {
              dwaar_tls_handshakes_total{{result=\"ok\"}} {}\n\
              dwaar_tls_handshakes_total{{result=\"failed\"}} {}\n\
              dwaar_tls_handshakes_total{{result=\"timeout\"}} {}\n\
-             # HELP dwaar_panics_total Requests that failed because their task panicked.\n\
+             # HELP dwaar_panics_total Panics caught; each failed only the task (connection or stream) it happened in.\n\
              # TYPE dwaar_panics_total counter\n\
              dwaar_panics_total {}\n",
             self.rate_allowed,

@@ -327,7 +327,7 @@ pub fn handle_request(
     ctx: &mut RequestContext,
 ) -> Outcome {
     // Debug builds only: lets the end-to-end tests check that a panicking request fails
-    // alone (`lifecycle::isolate`). Release builds have no such trigger.
+    // alone (`lifecycle::install_panic_hook`). Release builds have no such trigger.
     #[cfg(debug_assertions)]
     if req.header("x-dwaar-test-panic").is_some() {
         panic!("x-dwaar-test-panic");

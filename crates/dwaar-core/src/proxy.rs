@@ -361,9 +361,15 @@ impl ProxyHttp for DwaarProxy {
         // basic_auth and forward_auth answer off the request path; then the pipeline
         // runs again from the request as it arrived.
         let original = table.rerun_checks.then(|| session.req_header().clone());
-        let outcome =
-            crate::lifecycle::decide(&table, original.as_ref(), session.req_header_mut(), ctx)
-                .await;
+        let outcome = match crate::lifecycle::decide(
+            &table,
+            original.as_ref(),
+            session.req_header_mut(),
+            ctx,
+        ) {
+            crate::lifecycle::Decided::Ready(o) => o,
+            crate::lifecycle::Decided::Checking(checks) => checks.await,
+        };
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(mut r) => {

@@ -27,7 +27,7 @@ use crate::http1::{
     chunk_into, make_room, push_date, push_request_id, status_line, upstream_framing,
     upstream_keepalive, ChunkScanner, Framing, MAX_HEAD, MAX_HEADERS,
 };
-use crate::lifecycle::{attempt, edit_upstream_request, inflight, LogParts};
+use crate::lifecycle::{attempt, edit_upstream_request, inflight, Decided, LogParts};
 use crate::net::to_pingora;
 use crate::pipeline::{Outcome, Reply};
 use crate::request::HttpRequest;
@@ -420,14 +420,17 @@ async fn serve_one<S: LeanIo>(
         return hand_back(buf, head);
     };
 
-    let Some((table, mut ctx)) = crate::lifecycle::start(&cx.store, conn, req.header("host"))
-    else {
+    let mut ctx = RequestContext::default();
+    let Some(table) = crate::lifecycle::start(&cx.store, conn, req.header("host"), &mut ctx) else {
         return hand_back(buf, head);
     };
     // basic_auth and forward_auth answer off the request path; then the pipeline runs
     // again from the request as it arrived.
     let original = table.rerun_checks.then(|| req.clone());
-    let outcome = crate::lifecycle::decide(&table, original.as_ref(), &mut req, &mut ctx).await;
+    let outcome = match crate::lifecycle::decide(&table, original.as_ref(), &mut req, &mut ctx) {
+        Decided::Ready(o) => o,
+        Decided::Checking(checks) => checks.await,
+    };
     ctx.table = Some(table);
     let close = wants_close(&req) || inflight::draining();
     match outcome {

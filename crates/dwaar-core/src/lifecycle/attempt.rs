@@ -36,6 +36,7 @@ impl Drop for UpstreamClaim {
 
 /// A request is on its way to `up`: claimed (in-flight) until [`release`] or the
 /// context is dropped, one more attempt, timed from now.
+#[inline]
 pub fn claim(ctx: &mut RequestContext, up: Arc<UpstreamState>) {
     ctx.attempt.claim = Some(UpstreamClaim::new(up.clone()));
     ctx.attempt.upstream = Some(up);
@@ -44,6 +45,7 @@ pub fn claim(ctx: &mut RequestContext, up: Arc<UpstreamState>) {
 }
 
 /// The request no longer occupies its upstream (its exchange ended or failed).
+#[inline]
 pub fn release(ctx: &mut RequestContext) {
     ctx.attempt.claim = None;
 }
@@ -117,6 +119,7 @@ pub fn upstream_failed(ctx: &RequestContext) {
 
 /// Passive health: a response status or latency that counts as a failure. Also marks
 /// the moment the response head arrived (`upstream_duration`).
+#[inline]
 pub fn passive_check(ctx: &mut RequestContext, code: u16) {
     ctx.attempt.duration = ctx.attempt.sent.map(|t| t.elapsed());
     if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.attempt.upstream) {

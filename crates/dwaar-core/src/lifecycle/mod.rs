@@ -65,43 +65,51 @@ pub fn discard_until(overall: tokio::time::Instant) -> tokio::time::Instant {
 /// Rounds of off-path checks one request may go through before it is answered 503.
 const MAX_CHECK_ROUNDS: u32 = 4;
 
-/// Starts a request: the context with the connection's facts and the request's host
-/// (`raw_host`: the `Host` field or `:authority`, `None` when the request has neither),
-/// and the route table this request will use from now on. `None`: the host is not a
-/// valid one (the front-end answers 400).
+/// Starts a request: fills `ctx` (fresh) with the connection's facts, the start time
+/// and the request's host (`raw_host`: the `Host` field or `:authority`, `None` when
+/// the request has neither), and returns the route table this request uses from now on
+/// (its one load). `None`: the host is not a valid one (the front-end answers 400).
+/// The context is filled in place: it is large, and moving it costs a copy per request.
+#[inline]
 pub fn start(
     store: &RouteStore,
     conn: ConnInfo,
     raw_host: Option<&str>,
-) -> Option<(Arc<RouteTable>, RequestContext)> {
-    let host = match raw_host {
-        Some(h) => normalize_host(h)?,
-        None => CompactString::default(),
-    };
-    let ctx = RequestContext {
-        start: Some(Instant::now()),
-        conn,
-        host,
-        ..RequestContext::default()
-    };
-    Some((store.load(), ctx))
+    ctx: &mut RequestContext,
+) -> Option<Arc<RouteTable>> {
+    if let Some(h) = raw_host {
+        ctx.host = normalize_host(h)?;
+    }
+    ctx.start = Some(Instant::now());
+    ctx.conn = conn;
+    Some(store.load())
 }
 
-/// Runs the pipeline, then settles any checks it asked for. `original`: the request as
-/// it arrived, kept by the front-end when the table has handlers that may ask for a
-/// rerun ([`RouteTable::rerun_checks`]).
-pub async fn decide<R: HttpRequest + Clone>(
-    table: &RouteTable,
-    original: Option<&R>,
-    req: &mut R,
-    ctx: &mut RequestContext,
-) -> Outcome {
+/// What the pipeline decided: at once, or after checks off the request path.
+pub enum Decided<'a> {
+    Ready(Outcome),
+    /// Settling checks ([`settle_checks`]); boxed, so their state stays out of every
+    /// request's future.
+    Checking(std::pin::Pin<Box<dyn std::future::Future<Output = Outcome> + Send + 'a>>),
+}
+
+/// Runs the pipeline; when it asks for checks (`basic_auth`, `forward_auth`, a `cache`
+/// wait) the answer is [`Decided::Checking`], which the front-end awaits. `original`:
+/// the request as it arrived, kept by the front-end when the table has handlers that
+/// may ask for a rerun ([`RouteTable::rerun_checks`]). Synchronous for the common
+/// case: no future is built unless a check is needed.
+#[inline]
+pub fn decide<'a, R: HttpRequest + Clone + Send + Sync>(
+    table: &'a RouteTable,
+    original: Option<&'a R>,
+    req: &'a mut R,
+    ctx: &'a mut RequestContext,
+) -> Decided<'a> {
     let outcome = handle_request(table, req, ctx);
     if matches!(outcome, Outcome::Check(_)) {
-        // Boxed: a check's future (buffers, a client) stays out of every request's.
-        Box::pin(settle_checks(table, outcome, original, req, ctx)).await
+        Decided::Checking(Box::pin(settle_checks(table, outcome, original, req, ctx)))
     } else {
-        outcome
+        Decided::Ready(outcome)
     }
 }
 
@@ -325,33 +333,33 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
     logger.log(record);
 }
 
-/// A request's task panicked: logged and counted; the front-end then fails that
-/// request alone (its stream is reset or its connection closed) and keeps serving.
-pub fn record_panic(what: &str, payload: &(dyn std::any::Any + Send)) {
-    let msg = payload
-        .downcast_ref::<&str>()
-        .copied()
-        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
-        .unwrap_or("(no message)");
-    crate::metrics::PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tracing::error!("a request panicked on {what}: {msg}");
-}
-
-/// Runs `fut` (one connection's or one stream's work); a panic inside it is recorded
-/// with [`record_panic`] instead of taking the thread's other connections down. (A
-/// plain combinator, not an `async fn`: the wrapped future is not moved once more.)
-pub fn isolate<F: std::future::Future<Output = ()>>(
-    what: &'static str,
-    fut: F,
-) -> impl std::future::Future<Output = ()> {
-    use futures_util::FutureExt;
-    std::panic::AssertUnwindSafe(fut)
-        .catch_unwind()
-        .map(move |r| {
-            if let Err(payload) = r {
-                record_panic(what, &*payload);
-            }
-        })
+/// Makes a panic fail only the task it happens in, logged and counted: every
+/// connection and stream is a task of its own, release builds unwind (`panic =
+/// "unwind"`), and tokio catches a task's panic at its poll, so the task's connection
+/// or stream is dropped (the client sees a reset or a close) and its guards are
+/// released while the worker keeps serving its other connections. This hook records
+/// each panic (`dwaar_panics_total`, an error line) and then reports it as before.
+/// Installed once per process when a server starts.
+pub fn install_panic_hook() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            crate::metrics::PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let msg = info
+                .payload()
+                .downcast_ref::<&str>()
+                .copied()
+                .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+                .unwrap_or("(no message)");
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(location = %at, "a task panicked: {msg}");
+            previous(info);
+        }));
+    });
 }
 
 #[cfg(test)]

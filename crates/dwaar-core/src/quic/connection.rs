@@ -115,7 +115,7 @@ pub(super) async fn serve_connection(
             Ok(Some(resolver)) => {
                 let store = store.clone();
                 let early = early.clone();
-                tokio::spawn(crate::lifecycle::isolate("an HTTP/3 stream", async move {
+                tokio::spawn(async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => {
                             let declared = crate::lifecycle::declared_length(req.headers());
@@ -132,7 +132,7 @@ pub(super) async fn serve_connection(
                         }
                         Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
                     }
-                }));
+                });
             }
             Ok(None) => return,
             Err(e) => {

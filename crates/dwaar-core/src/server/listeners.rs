@@ -29,6 +29,15 @@ pub struct Apps {
     pub fronts: super::Fronts,
 }
 
+/// One live connection, counted out when dropped (a panicking task included).
+struct Live(Arc<ConnCount>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Counts live connections so shutdown can wait for them.
 #[derive(Default)]
 pub struct ConnCount(AtomicUsize);
@@ -271,11 +280,9 @@ async fn accept_loop(
             Front::Fast(cx) => {
                 let cx = cx.clone();
                 tokio::spawn(async move {
-                    crate::lifecycle::isolate("an HTTP/1 connection", async move {
-                        crate::fast_h1::serve(tcp, peer, local, cx).await;
-                    })
-                    .await;
-                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                    // Counted out even when the connection's task panics.
+                    let _live = Live(conns);
+                    crate::fast_h1::serve(tcp, peer, local, cx).await;
                 });
             }
             Front::Tls(app, store, own_h2, lean) => {
@@ -306,12 +313,8 @@ async fn accept_loop(
                         own_h2,
                         lean,
                     };
-                    crate::lifecycle::isolate(
-                        "a TLS connection",
-                        serve_tls(stream, (peer, local), fronts, tls, shutdown),
-                    )
-                    .await;
-                    conns.0.fetch_sub(1, Ordering::AcqRel);
+                    let _live = Live(conns);
+                    serve_tls(stream, (peer, local), fronts, tls, shutdown).await;
                 });
             }
         }

@@ -90,6 +90,7 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: StartOptions) -> Result<Server, String> {
+        crate::lifecycle::install_panic_hook();
         let v6 = sockets::ipv6_available();
         let registry = Arc::new(Registries::serving(!opts.worker_process));
         let table = RouteTable::compile(&opts.config, &registry)?;

@@ -157,10 +157,10 @@ pub async fn serve_connection<T>(
                     let declared = crate::lifecycle::declared_length(&parts.headers);
                     let exchange = H2Exchange { body, respond, send: None, declared };
                     let store = store.clone();
-                    streams.spawn(crate::lifecycle::isolate("an HTTP/2 stream", async move {
+                    streams.spawn(async move {
                         serve_request(http::Request::from_parts(parts, ()), exchange, conn, &store)
                             .await;
-                    }));
+                    });
                 }
                 Some(Err(e)) => {
                     tracing::debug!("HTTP/2 connection ended: {e}");

@@ -15,7 +15,7 @@ use crate::lifecycle::downstream::{
     answer_failure, body_deadline, read_body, recv_chunk, relay_end, relay_piece, write_reply,
     Downstream,
 };
-use crate::lifecycle::{inflight, LogParts};
+use crate::lifecycle::{inflight, Decided, LogParts};
 use crate::pipeline::{Outcome, Reply};
 use crate::route_table::RouteStore;
 use crate::upstream::{h1_pool as pool, h2_pool};
@@ -67,7 +67,8 @@ pub async fn serve_request<D: Downstream>(
         .headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok());
-    let Some((table, mut ctx)) = crate::lifecycle::start(store, conn, raw_host) else {
+    let mut ctx = RequestContext::default();
+    let Some(table) = crate::lifecycle::start(store, conn, raw_host, &mut ctx) else {
         reply_status(&mut stream, 400).await;
         return;
     };
@@ -76,7 +77,10 @@ pub async fn serve_request<D: Downstream>(
     // Kept only when some handler may ask to run the pipeline again.
     let rerun = table.rerun_checks.then(|| original.clone());
     let mut header = original;
-    let outcome = crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx).await;
+    let outcome = match crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx) {
+        Decided::Ready(o) => o,
+        Decided::Checking(checks) => checks.await,
+    };
     ctx.table = Some(table);
     let (status, read, written) = match outcome {
         Outcome::Reply(mut r) => {
