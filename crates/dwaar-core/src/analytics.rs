@@ -3,10 +3,10 @@
 //! - Requests: a site with `analytics` answers `/_dwaar/a.js` (the script, from memory)
 //!   and `/_dwaar/collect` (beacons) before its routes, and its `dashboard` path after
 //!   its routes' middleware (so the site's `basic_auth` and `ip_filter` protect it).
-//! - Responses: [`begin`] decides whether a response is a page view and whether the
-//!   script goes in; [`Injection`] then rewrites the body as it streams (decoding and
-//!   re-encoding gzip, deflate, br or zstd as the origin sent it), through the same
-//!   [`Rewrite`](crate::rewrite::Rewrite) as `encode`, for proxied responses and for
+//! - Responses: [`begin_page`] decides whether a response is a page view and whether
+//!   the script goes in; `dwaar-analytics`' injector then rewrites the body as it
+//!   streams (decoding and re-encoding gzip, deflate, br or zstd as the origin sent it),
+//!   through the same [`crate::rewrite::Rewrite`] as `encode`, for proxied responses and for
 //!   replies Dwaar builds itself (files, `respond`).
 //! - Every finished request of such a site becomes one event ([`record`]), handed to the
 //!   process's collector over its bounded channel (never blocking).

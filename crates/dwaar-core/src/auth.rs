@@ -3,7 +3,7 @@
 //!
 //! bcrypt is slow on purpose (its work doubles with each step of the cost), so it never runs on a worker
 //! thread: the pipeline looks the credentials up in a small cache of verdicts; on a
-//! miss it returns [`Outcome::Verify`](crate::pipeline::Outcome::Verify), the front-end
+//! miss it returns [`Outcome::Check`](crate::pipeline::Outcome::Check), the lifecycle
 //! runs [`verify`] on Tokio's blocking pool, records the verdict and runs the pipeline
 //! again. The cache key is a SHA-256 of the realm, user, password and stored hash, so
 //! a changed password or hash never matches an old verdict, and passwords are not kept.

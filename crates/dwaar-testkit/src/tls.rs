@@ -236,7 +236,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServer {
 }
 
 /// The serial number of a DER certificate, hex (by walking the DER: SEQUENCE {
-/// SEQUENCE { [0] version, INTEGER serial ... } }).
+/// SEQUENCE { \[0\] version, INTEGER serial ... } }).
 pub fn serial_hex(der: &[u8]) -> String {
     fn header(b: &[u8]) -> Option<(u8, usize, usize)> {
         let tag = *b.first()?;

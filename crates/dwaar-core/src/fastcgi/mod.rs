@@ -9,7 +9,7 @@
 //! another upstream within `lb_retries`.
 //!
 //! The exchange is written against the lifecycle's
-//! [`Downstream`](crate::lifecycle::downstream::Downstream), the client side of one
+//! [`crate::lifecycle::downstream::Downstream`], the client side of one
 //! request, so every front-end drives the same code: upstream attempts go through
 //! [`crate::lifecycle::attempt`] (`lb_retries`, `lb_try_duration`, `lb_try_interval`,
 //! in-flight counts for `least_conn`), and the request body is held to

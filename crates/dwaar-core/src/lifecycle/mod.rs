@@ -8,7 +8,7 @@
 //!    the one route-table load of the request,
 //! 2. runs [`crate::pipeline::handle_request`], then [`settle_checks`] when the pipeline
 //!    asked for work off the request path (`basic_auth`, `forward_auth`, a `cache` wait),
-//! 3. answers a [`Reply`](crate::pipeline::Reply), or proxies: [`attempt`] picks
+//! 3. answers a [`crate::pipeline::Reply`], or proxies: [`attempt`] picks
 //!    upstreams, retries within `lb_retries`/`lb_try_duration`/`lb_try_interval`,
 //!    records passive health and counts in-flight requests with guards that cannot be
 //!    forgotten, and [`failure_reply`] turns an upstream failure into the same answer

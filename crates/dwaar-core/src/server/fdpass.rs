@@ -5,7 +5,7 @@
 //! socket (and its accept queue) survives, so no connection is refused or reset.
 //!
 //! Framing: `u32` payload length, `u32` descriptor count, the payload, then the
-//! descriptors in packets of at most [`FDS_PER_PACKET`], each carried by one byte.
+//! descriptors in packets of at most `FDS_PER_PACKET`, each carried by one byte.
 
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use std::io::{IoSlice, IoSliceMut, Read, Write};
