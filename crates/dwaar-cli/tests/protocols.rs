@@ -516,3 +516,53 @@ fn http1_paths_read_requests_alike() {
         assert!(started.elapsed() < Duration::from_secs(8), "{proto:?}");
     }
 }
+
+/// First-party analytics on every path: the script is served, and HTML pages (replies
+/// Dwaar makes and proxied ones, compressed by the origin or not) get its tag once.
+#[test]
+fn analytics_injects_on_every_path() {
+    let origin = dwaar_testkit::pages::html_origin();
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\tanalytics\n\
+             \thandle /hello {{\n\t\theader Content-Type text/html\n\t\trespond \"<html><body>hi</body></html>\"\n\t}}\n\
+             \treverse_proxy 127.0.0.1:{origin}\n"
+        ),
+    );
+    const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+    for proto in ALL {
+        let js = p.ok(proto, &Req::get("/_dwaar/a.js"));
+        assert_eq!(js.status, 200, "{proto:?}");
+        assert!(
+            js.header("content-type")
+                .is_some_and(|t| t.contains("javascript")),
+            "{proto:?}: {:?}",
+            js.headers
+        );
+        for path in ["/hello", "/page"] {
+            let r = p.ok(proto, &Req::get(path).header("User-Agent", BROWSER));
+            assert_eq!(r.status, 200, "{proto:?} {path}");
+            assert_eq!(
+                r.text().matches("/_dwaar/a.js").count(),
+                1,
+                "{proto:?} {path}: {}",
+                r.text()
+            );
+        }
+        let gz = p.ok(
+            proto,
+            &Req::get("/page")
+                .header("User-Agent", BROWSER)
+                .header("Accept-Encoding", "gzip"),
+        );
+        let body = dwaar_testkit::pages::decompress(gz.header("content-encoding"), &gz.body);
+        assert_eq!(
+            String::from_utf8_lossy(&body)
+                .matches("/_dwaar/a.js")
+                .count(),
+            1,
+            "{proto:?}: compressed page"
+        );
+    }
+}
