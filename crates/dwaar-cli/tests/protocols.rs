@@ -566,3 +566,41 @@ fn analytics_injects_on_every_path() {
         );
     }
 }
+
+/// A kept FastCGI connection holds one of the responder's workers: two Dwaar processes
+/// sharing a php-fpm pool of one worker both get answers (idle connections are closed
+/// after a short while instead of after the 2-minute keep-alive).
+#[test]
+fn kept_fastcgi_connections_do_not_starve_other_processes() {
+    let Some(bin_fpm) = dwaar_testkit::php::binary() else {
+        eprintln!("skipping: php-fpm is not installed");
+        return;
+    };
+    let fpm = dwaar_testkit::php::PhpFpm::start(&bin_fpm);
+    let app = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(app.path().join("index.php"), "<?php echo 'php ok';")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\troot * {}\n\tphp_fastcgi unix/{}\n",
+            app.path().display(),
+            fpm.socket.display()
+        ),
+    );
+    // The main process keeps its connection (the pool's one worker) ...
+    let r = p.ok(Proto::H1Lean, &Req::get("/index.php"));
+    assert_eq!(r.text(), "php ok");
+    // ... and the other process is answered once it is let go.
+    let started = std::time::Instant::now();
+    let r = p.ok(Proto::H1Pingora, &Req::get("/index.php"));
+    assert_eq!(r.text(), "php ok");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    for proto in ALL {
+        assert_eq!(
+            p.ok(proto, &Req::get("/index.php")).text(),
+            "php ok",
+            "{proto:?}"
+        );
+    }
+}

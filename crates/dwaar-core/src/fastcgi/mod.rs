@@ -146,9 +146,17 @@ struct Conn {
 
 thread_local! {
     static POOL: RefCell<HashMap<String, Vec<Conn>>> = RefCell::new(HashMap::new());
+    /// This thread's sweeper of idle connections is running.
+    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 const POOL_MAX_PER_UPSTREAM: usize = 32;
+/// A kept FastCGI connection occupies one of the responder's workers (a php-fpm child)
+/// for as long as it is open, and responders usually have few (Debian's php-fpm pool:
+/// 5). So idle connections are closed after this long (or the transport's keep-alive,
+/// if shorter): busy sites reuse them, and idle threads and processes do not starve the
+/// others of workers.
+const IDLE_CLOSE: Duration = Duration::from_secs(2);
 /// Largest CGI response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
 /// The largest request body of unknown length (HTTP/1 chunked, HTTP/2 or HTTP/3
@@ -159,6 +167,7 @@ const MAX_UNSIZED_BODY: u64 = 10 * 1024 * 1024;
 const MAX_STDERR: usize = 16 * 1024;
 
 fn checkout(key: &str, idle: Duration) -> Option<Box<dyn Io>> {
+    let idle = idle.min(IDLE_CLOSE);
     POOL.with(|p| {
         let mut p = p.borrow_mut();
         let list = p.get_mut(key)?;
@@ -171,6 +180,35 @@ fn checkout(key: &str, idle: Duration) -> Option<Box<dyn Io>> {
     })
 }
 
+/// Closes this thread's connections idle for [`IDLE_CLOSE`], every half of it, until
+/// the pool is empty (one task per thread, started by the first connection kept).
+fn sweep_idle() {
+    if SWEEPING.with(|s| s.replace(true)) {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_err() {
+        SWEEPING.with(|s| s.set(false));
+        return;
+    }
+    tokio::spawn(async {
+        loop {
+            tokio::time::sleep(IDLE_CLOSE / 2).await;
+            let empty = POOL.with(|p| {
+                let mut p = p.borrow_mut();
+                p.retain(|_, list| {
+                    list.retain(|c| c.idle_since.elapsed() < IDLE_CLOSE);
+                    !list.is_empty()
+                });
+                p.is_empty()
+            });
+            if empty {
+                SWEEPING.with(|s| s.set(false));
+                return;
+            }
+        }
+    });
+}
+
 fn checkin(key: &str, io: Box<dyn Io>) {
     POOL.with(|p| {
         let mut p = p.borrow_mut();
@@ -181,7 +219,8 @@ fn checkin(key: &str, io: Box<dyn Io>) {
                 idle_since: Instant::now(),
             });
         }
-    })
+    });
+    sweep_idle();
 }
 
 async fn dial(up: &UpstreamState, timeout: Duration) -> std::io::Result<Box<dyn Io>> {
