@@ -128,7 +128,8 @@ pub(super) async fn serve_connection(
                                 crate::streams::reply_status(&mut stream, 425).await;
                                 return;
                             }
-                            serve_request(req, stream, info, &store).await
+                            // Built on the heap when the task runs (see the HTTP/2 front-end).
+                            Box::pin(serve_request(req, stream, info, &store)).await
                         }
                         Err(e) => tracing::debug!("HTTP/3 request refused: {e}"),
                     }

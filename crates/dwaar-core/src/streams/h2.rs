@@ -157,9 +157,12 @@ pub async fn serve_connection<T>(
                     let declared = crate::lifecycle::declared_length(&parts.headers);
                     let exchange = H2Exchange { body, respond, send: None, declared };
                     let store = store.clone();
+                    // The task holds only the request's parts and a box: the request's
+                    // (large) future is built on the heap when the task first runs, not
+                    // copied around while the task is spawned.
                     streams.spawn(async move {
-                        serve_request(http::Request::from_parts(parts, ()), exchange, conn, &store)
-                            .await;
+                        let req = http::Request::from_parts(parts, ());
+                        Box::pin(serve_request(req, exchange, conn, &store)).await;
                     });
                 }
                 Some(Err(e)) => {
