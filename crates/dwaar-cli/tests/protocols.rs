@@ -604,3 +604,30 @@ fn kept_fastcgi_connections_do_not_starve_other_processes() {
         );
     }
 }
+
+/// WebSocket upgrades tunnel both ways on the three HTTP/1.1 paths (over TLS the lean
+/// path hands the connection, with the bytes it read, to Pingora).
+#[test]
+fn websocket_upgrades_on_http1_paths() {
+    use std::time::Duration;
+    let o = origin::http("ws");
+    let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{}\n", o.port));
+    // A masked text frame "hello" (mask 1,2,3,4).
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 5];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    for proto in [Proto::H1Lean, Proto::H1Pingora, Proto::H1Tls] {
+        let (text, _) = p.raw_h1(
+            proto,
+            &[
+                b"GET /chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                &frame,
+            ],
+            Duration::from_millis(300),
+            Duration::from_secs(2),
+        );
+        assert!(text.starts_with("HTTP/1.1 101"), "{proto:?}: {text:?}");
+        assert!(text.contains("hello"), "{proto:?}: no echo in {text:?}");
+    }
+}
