@@ -106,19 +106,57 @@ impl LeanIo for TcpStream {
 }
 
 /// Serves one plain-text client connection until it closes or is handed over (to
-/// Pingora, or on an h2c port to the HTTP/2 front-end).
-pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAddr>, cx: FastCx) {
+/// Pingora, or on an h2c port to the HTTP/2 front-end). Not an `async fn`: the set-up is
+/// done now and the connection's future is [`serve_conn`]'s own (one layer fewer to poll
+/// for every read and write of the connection).
+pub fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    cx: FastCx,
+) -> impl std::future::Future<Output = ()> {
     let conn = ConnInfo {
         remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
         local_port: local.map(|a| a.port()).unwrap_or(0),
         tls: false,
         tls_policy: 0,
     };
-    // Most request heads fit; the buffer grows only for larger ones.
-    let mut buf = BytesMut::with_capacity(CLIENT_BUF);
     // The port's timeouts, read once per connection.
     let timeouts = port_timeouts(&cx, conn);
     set_write_timeout(&tcp, timeouts.write);
+    serve_conn(tcp, (peer, local), conn, cx, timeouts)
+}
+
+/// Serves an HTTP/1.1 connection over TLS (the handshake is done; `conn` says under
+/// which policy) until it closes or is handed to Pingora.
+pub fn serve_tls<S: LeanIo>(
+    io: S,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    conn: ConnInfo,
+    cx: FastCx,
+) -> impl std::future::Future<Output = ()> {
+    let timeouts = port_timeouts(&cx, conn);
+    serve_conn(io, (peer, local), conn, cx, timeouts)
+}
+
+fn port_timeouts(cx: &FastCx, conn: ConnInfo) -> crate::route_table::PortTimeouts {
+    cx.store
+        .load()
+        .port(conn.local_port)
+        .map(|p| p.timeouts)
+        .unwrap_or_default()
+}
+
+/// The request loop of one connection (after the h2c preface check on h2c ports).
+async fn serve_conn<S: LeanIo>(
+    mut tcp: S,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    conn: ConnInfo,
+    cx: FastCx,
+    timeouts: crate::route_table::PortTimeouts,
+) {
+    // Most request heads fit; the buffer grows only for larger ones.
+    let mut buf = BytesMut::with_capacity(CLIENT_BUF);
     if let Some(h2c) = &cx.h2c {
         let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
         match read_preface(&mut tcp, &mut buf, head_timeout).await {
@@ -131,43 +169,10 @@ pub async fn serve(mut tcp: TcpStream, peer: SocketAddr, local: Option<SocketAdd
             None => return,
         }
     }
-    serve_conn(tcp, buf, (peer, local), conn, &cx, timeouts).await;
-}
-
-/// Serves an HTTP/1.1 connection over TLS (the handshake is done; `conn` says under
-/// which policy) until it closes or is handed to Pingora.
-pub async fn serve_tls<S: LeanIo>(
-    io: S,
-    (peer, local): (SocketAddr, Option<SocketAddr>),
-    conn: ConnInfo,
-    cx: FastCx,
-) {
-    let timeouts = port_timeouts(&cx, conn);
-    let buf = BytesMut::with_capacity(CLIENT_BUF);
-    serve_conn(io, buf, (peer, local), conn, &cx, timeouts).await;
-}
-
-fn port_timeouts(cx: &FastCx, conn: ConnInfo) -> crate::route_table::PortTimeouts {
-    cx.store
-        .load()
-        .port(conn.local_port)
-        .map(|p| p.timeouts)
-        .unwrap_or_default()
-}
-
-/// The request loop of one connection.
-async fn serve_conn<S: LeanIo>(
-    mut tcp: S,
-    mut buf: BytesMut,
-    (peer, local): (SocketAddr, Option<SocketAddr>),
-    conn: ConnInfo,
-    cx: &FastCx,
-    timeouts: crate::route_table::PortTimeouts,
-) {
     // One shutdown receiver per connection, not a clone per request.
     let mut shutdown = cx.shutdown.clone();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, cx, &mut shutdown, &timeouts).await {
+        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
