@@ -73,16 +73,27 @@ pub fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The current `Date` value (RFC 9110 §6.6.1) for HTTP/2 and HTTP/3 heads, formatted
-/// at most once per second per thread.
+/// The current `Date` value (RFC 9110 §6.6.1) for HTTP/2 and HTTP/3 heads: made once
+/// per second per thread, then shared (a clone is a reference count, no allocation).
 pub fn date_value() -> http::HeaderValue {
-    let mut line = Vec::with_capacity(40);
-    push_date(&mut line);
-    // `date: ` in front, CRLF behind.
-    let v = line
-        .get(6..line.len().saturating_sub(2))
-        .unwrap_or_default();
-    http::HeaderValue::from_bytes(v).unwrap_or(http::HeaderValue::from_static(""))
+    thread_local! {
+        static VALUE: std::cell::RefCell<(u64, http::HeaderValue)> =
+            const { std::cell::RefCell::new((0, http::HeaderValue::from_static(""))) };
+    }
+    let now = std::time::SystemTime::now();
+    let secs = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    VALUE.with_borrow_mut(|(at, value)| {
+        if *at != secs || value.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
+                *value = v;
+                *at = secs;
+            }
+        }
+        value.clone()
+    })
 }
 
 /// How the upstream's response body is framed.
