@@ -78,6 +78,30 @@ pub struct UpstreamAttempt {
     pub error: Option<CompactString>,
 }
 
+/// The rate-limit zones (by address) a request was counted in: up to
+/// [`ChargedZones::MAX`] kept inline (no allocation on the request path); a request
+/// passing more zones than that is counted again in the extra ones if it reruns.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChargedZones {
+    zones: [usize; ChargedZones::MAX],
+    len: u8,
+}
+
+impl ChargedZones {
+    pub const MAX: usize = 4;
+
+    pub fn contains(&self, zone: usize) -> bool {
+        self.zones[..self.len as usize].contains(&zone)
+    }
+
+    pub fn add(&mut self, zone: usize) {
+        if (self.len as usize) < Self::MAX {
+            self.zones[self.len as usize] = zone;
+            self.len += 1;
+        }
+    }
+}
+
 /// What a request's response gets on its way out: header edits, the sticky-session
 /// cookie, `encode`'s negotiation, analytics' page view, and the body's rewrite.
 #[derive(Default)]
@@ -139,9 +163,9 @@ pub struct RequestContext {
     pub resp: ResponseShaping,
     /// Facts only the access log records.
     pub log: LogFacts,
-    /// Rate-limit zones (by address) already charged for this request, so a rerun of
-    /// the pipeline after an off-path check does not charge them again.
-    pub charged: Vec<usize>,
+    /// Rate-limit zones already charged for this request, so a rerun of the pipeline
+    /// after an off-path check does not charge them again.
+    pub charged: ChargedZones,
     pub max_body: Option<u64>,
     pub error: Option<(u16, String)>,
     pub close: bool,

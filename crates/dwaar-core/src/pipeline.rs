@@ -861,13 +861,13 @@ fn run_handler<'t>(
         HandlerRule::RateLimit(r) => {
             // A rerun after an off-path check (auth) has already been counted here.
             let zone = Arc::as_ptr(&r.zone) as usize;
-            if ctx.charged.contains(&zone) {
+            if ctx.charged.contains(zone) {
                 return Flow::Continue;
             }
             let key = render(&r.key, req, ctx);
             let verdict = r.zone.check(&key);
             if verdict.is_ok() {
-                ctx.charged.push(zone);
+                ctx.charged.add(zone);
             }
             match verdict {
                 Ok(()) => Flow::Continue,
