@@ -10,7 +10,7 @@ use crate::context::{ConnInfo, RequestContext, UpstreamFailure};
 use crate::lifecycle::downstream::{answer_failure, Downstream};
 use crate::lifecycle::{attempt, inflight, LogParts};
 use crate::pipeline::{
-    apply_edits, apply_request_rules, normalize_host, render_rules, Outcome, Reply, ResponseHead,
+    apply_edits, apply_request_rules, render_rules, Outcome, Reply, ResponseHead,
 };
 use crate::route_table::RouteStore;
 use async_trait::async_trait;
@@ -181,7 +181,18 @@ impl Downstream for PingoraDownstream<'_> {
             .map_err(|_| ())
     }
 
-    async fn send_trailers(&mut self, _: http::HeaderMap) -> std::result::Result<(), ()> {
+    async fn send_trailers(&mut self, trailers: http::HeaderMap) -> std::result::Result<(), ()> {
+        // HTTP/2 ends the stream with them; Pingora's HTTP/1 writer has no trailers
+        // (they are dropped), so the body is ended there as usual.
+        let h2 = self.session.as_downstream().as_http2().is_some();
+        self.session
+            .as_downstream_mut()
+            .write_response_trailers(trailers)
+            .await
+            .map_err(|_| ())?;
+        if h2 {
+            return Ok(());
+        }
         self.finish().await
     }
 
@@ -192,21 +203,8 @@ impl Downstream for PingoraDownstream<'_> {
             .map_err(|_| ())
     }
 
-    async fn discard_body(&mut self) {
-        use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
-        let declared = crate::lifecycle::declared_length(&self.session.req_header().headers);
-        if !worth_discarding(declared) {
-            return;
-        }
-        let mut left = DISCARD_MAX;
-        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
-        while left > 0 && !self.session.is_body_done() {
-            let until = discard_until(overall);
-            match tokio::time::timeout_at(until, self.session.read_request_body()).await {
-                Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len()),
-                _ => break,
-            }
-        }
+    fn declared_length(&self) -> Option<u64> {
+        crate::lifecycle::declared_length(&self.session.req_header().headers)
     }
 
     fn abort(&mut self, _refused: bool) {
@@ -286,7 +284,6 @@ impl ProxyHttp for DwaarProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut PingoraCtx) -> Result<bool> {
-        ctx.start = Some(Instant::now());
         ctx.inflight = inflight::Guard::enter();
         // Pipelined requests are answered in order (RFC 9112 §9.3.2), as on the lean
         // path, instead of being dropped with the connection.
@@ -296,24 +293,10 @@ impl ProxyHttp for DwaarProxy {
         if inflight::draining() {
             session.set_keepalive(None);
         }
-        ctx.conn = conn_info(session);
-        let table = self.store.load();
-        if let Some(t) = table.port(ctx.conn.local_port).map(|p| p.timeouts) {
-            if t.read_body.is_some() {
-                session.set_read_timeout(t.read_body);
-            }
-            if t.write.is_some() {
-                session.set_write_timeout(t.write);
-            }
-            if let Some(idle) = t.idle {
-                session.set_keepalive(Some(idle.as_secs().max(1)));
-            }
-        }
-        let host = match request_host(session.req_header()) {
-            Some(h) => normalize_host(h),
-            None => Some(Default::default()),
-        };
-        let Some(host) = host else {
+        let conn = conn_info(session);
+        let started =
+            crate::lifecycle::start(&self.store, conn, request_host(session.req_header()), ctx);
+        let Some(table) = started else {
             ctx.log.rejected_by = Some("host");
             write_reply(
                 session,
@@ -327,7 +310,17 @@ impl ProxyHttp for DwaarProxy {
             .await?;
             return Ok(true);
         };
-        ctx.host = host;
+        if let Some(t) = table.port(ctx.conn.local_port).map(|p| p.timeouts) {
+            if t.read_body.is_some() {
+                session.set_read_timeout(t.read_body);
+            }
+            if t.write.is_some() {
+                session.set_write_timeout(t.write);
+            }
+            if let Some(idle) = t.idle {
+                session.set_keepalive(Some(idle.as_secs().max(1)));
+            }
+        }
         // HTTP/2 clients send `:authority`; the pipeline (and `{host}`) read `Host`.
         if session
             .req_header()

@@ -49,13 +49,33 @@ pub trait Downstream: Send {
     ) -> impl Future<Output = Result<(), ()>> + Send;
     /// Ends the response.
     fn finish(&mut self) -> impl Future<Output = Result<(), ()>> + Send;
+    /// The request's declared body length (`Content-Length`), if any.
+    fn declared_length(&self) -> Option<u64>;
     /// Reads and drops, within [`DISCARD_MAX`](super::DISCARD_MAX) and
-    /// [`DISCARD_WAIT`](super::DISCARD_WAIT), what is left of a request body the answer
+    /// [`DISCARD_WAIT`](super::DISCARD_WAIT) (pausing at most
+    /// [`DISCARD_PAUSE`](super::DISCARD_PAUSE)), what is left of a request body the answer
     /// does not need, before the answer starts: a client still uploading when its
     /// response arrives may never finish the upload (curl 7.88 over HTTP/2 spins at
-    /// 100% CPU). Past the bound the answer goes out and the rest is cut off.
+    /// 100% CPU). Past the bound the answer goes out and the rest is cut off. A body
+    /// announced larger than the bound is not read at all.
     fn discard_body(&mut self) -> impl Future<Output = ()> + Send {
-        async {}
+        async move {
+            if self
+                .declared_length()
+                .is_some_and(|n| n > super::DISCARD_MAX as u64)
+            {
+                return;
+            }
+            let mut left = super::DISCARD_MAX;
+            let overall = tokio::time::Instant::now() + super::DISCARD_WAIT;
+            while left > 0 {
+                let until = overall.min(tokio::time::Instant::now() + super::DISCARD_PAUSE);
+                match tokio::time::timeout_at(until, self.recv_data()).await {
+                    Ok(Ok(Some(chunk))) => left = left.saturating_sub(chunk.len()),
+                    _ => return,
+                }
+            }
+        }
     }
     /// Abandons the response: `refused` when nothing of the request was processed (the
     /// client may retry it), otherwise as a failure (a truncated response, `abort`).

@@ -42,24 +42,11 @@ pub const DISCARD_WAIT: Duration = Duration::from_secs(5);
 /// sent does not hold the answer up).
 pub const DISCARD_PAUSE: Duration = Duration::from_secs(1);
 
-/// Whether a request body of `declared` length (from `Content-Length`) is worth
-/// discarding before an answer that does not need it: not when it is announced larger
-/// than [`DISCARD_MAX`] (the answer goes out at once and the rest is cut off).
-pub fn worth_discarding(declared: Option<u64>) -> bool {
-    declared.is_none_or(|n| n <= DISCARD_MAX as u64)
-}
-
 /// A request's declared body length (`Content-Length`).
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
     headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
-}
-
-/// The instant discarding a body that starts now must stop at, given its last chunk
-/// arrived just now: the earlier of the overall and the pause bound.
-pub fn discard_until(overall: tokio::time::Instant) -> tokio::time::Instant {
-    overall.min(tokio::time::Instant::now() + DISCARD_PAUSE)
 }
 
 /// Rounds of off-path checks one request may go through before it is answered 503.
@@ -77,11 +64,11 @@ pub fn start(
     raw_host: Option<&str>,
     ctx: &mut RequestContext,
 ) -> Option<Arc<RouteTable>> {
+    ctx.start = Some(Instant::now());
+    ctx.conn = conn;
     if let Some(h) = raw_host {
         ctx.host = normalize_host(h)?;
     }
-    ctx.start = Some(Instant::now());
-    ctx.conn = conn;
     Some(store.load())
 }
 
@@ -146,7 +133,7 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
                     conn: ctx.conn,
                     host: std::mem::take(&mut ctx.host),
                     inflight: ctx.inflight.take(),
-                    charged: std::mem::take(&mut ctx.charged),
+                    charged: ctx.charged,
                     ..RequestContext::default()
                 };
                 outcome = handle_request(table, req, ctx);

@@ -4,7 +4,6 @@
 use super::MAX_HEAD;
 use crate::context::ConnInfo;
 use crate::lifecycle::downstream::Downstream;
-use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
 use crate::streams::serve_request;
 use bytes::{Buf, Bytes};
@@ -56,22 +55,8 @@ impl Downstream for H3Exchange {
         self.0.finish().await.map_err(|_| ())
     }
 
-    async fn discard_body(&mut self) {
-        if !worth_discarding(self.1) {
-            return;
-        }
-        let mut left = DISCARD_MAX;
-        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
-        while left > 0 {
-            match tokio::time::timeout_at(discard_until(overall), self.0.recv_data()).await {
-                Ok(Ok(Some(mut chunk))) => {
-                    let n = chunk.remaining();
-                    chunk.advance(n);
-                    left = left.saturating_sub(n);
-                }
-                _ => break,
-            }
-        }
+    fn declared_length(&self) -> Option<u64> {
+        self.1
     }
 
     fn abort(&mut self, refused: bool) {

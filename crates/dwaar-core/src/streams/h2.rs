@@ -12,7 +12,6 @@
 use super::serve_request;
 use crate::context::ConnInfo;
 use crate::lifecycle::downstream::Downstream;
-use crate::lifecycle::{discard_until, worth_discarding, DISCARD_MAX, DISCARD_WAIT};
 use crate::route_table::RouteStore;
 use crate::upstream::h2_pool;
 use bytes::Bytes;
@@ -84,21 +83,8 @@ impl Downstream for H2Exchange {
         send.send_data(Bytes::new(), true).map_err(|_| ())
     }
 
-    async fn discard_body(&mut self) {
-        if !worth_discarding(self.declared) {
-            return;
-        }
-        let mut left = DISCARD_MAX;
-        let overall = tokio::time::Instant::now() + DISCARD_WAIT;
-        while left > 0 && !self.body.is_end_stream() {
-            match tokio::time::timeout_at(discard_until(overall), self.body.data()).await {
-                Ok(Some(Ok(chunk))) => {
-                    let _ = self.body.flow_control().release_capacity(chunk.len());
-                    left = left.saturating_sub(chunk.len());
-                }
-                _ => break,
-            }
-        }
+    fn declared_length(&self) -> Option<u64> {
+        self.declared
     }
 
     fn abort(&mut self, refused: bool) {
