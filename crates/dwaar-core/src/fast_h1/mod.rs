@@ -1215,7 +1215,7 @@ async fn upstream_failed<S: LeanIo>(
     ctx: &mut RequestContext,
     code: u16,
 ) -> Next {
-    attempt::upstream_failed(ctx);
+    attempt::count_failure(ctx);
     ctx.attempt.error = Some(if code == 504 {
         "upstream response timed out".into()
     } else {

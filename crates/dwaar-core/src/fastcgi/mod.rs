@@ -95,13 +95,8 @@ impl Shaping {
     }
 
     /// Edits the response fields and decides on a rewrite (a HEAD answer gets the same
-    /// fields and no body); returns the body length to announce (`None`: not known).
-    fn head(
-        &mut self,
-        status: u16,
-        fields: &mut Vec<(CompactString, String)>,
-        head_only: bool,
-    ) -> Option<u64> {
+    /// fields and no body).
+    fn head(&mut self, status: u16, fields: &mut Vec<(CompactString, String)>, head_only: bool) {
         crate::pipeline::apply_edits(&self.edits[0], fields);
         crate::pipeline::apply_immediate_to_proxied(&self.edits[1], fields);
         crate::pipeline::apply_edits(&self.edits[2], fields);
@@ -115,8 +110,6 @@ impl Shaping {
             )
             .filter(|_| !head_only);
         }
-        crate::pipeline::ResponseHead::get(fields, "content-length")
-            .and_then(|v| v.trim().parse().ok())
     }
 
     /// A piece of the body as it goes out (empty: nothing to send yet).
@@ -458,18 +451,18 @@ async fn attempts<D: Downstream>(
                 continue;
             }
             Err(Failure::Stale) => {
-                attempt::upstream_failed(ctx);
+                attempt::count_failure(ctx);
                 return Err(502);
             }
             Err(Failure::Before(e)) => {
-                attempt::upstream_failed(ctx);
+                attempt::count_failure(ctx);
                 ctx.attempt.error = Some(CompactString::new(e));
                 return Err(502);
             }
             Err(Failure::TooLarge) => return Err(413),
             Err(Failure::Client) => return Ok(0),
             Err(Failure::Timeout) => {
-                attempt::upstream_failed(ctx);
+                attempt::count_failure(ctx);
                 ctx.attempt.failure = crate::context::UpstreamFailure::Timeout;
                 return Err(504);
             }

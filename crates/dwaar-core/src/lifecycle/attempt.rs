@@ -109,7 +109,7 @@ pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: boo
 }
 
 /// The upstream failed after it had the request: passive health counts it.
-pub fn upstream_failed(ctx: &RequestContext) {
+pub fn count_failure(ctx: &RequestContext) {
     if let (Some(p), Some(u)) = (&ctx.proxy, &ctx.attempt.upstream) {
         if let Some(passive) = &p.passive {
             u.record_failure(passive);

@@ -361,10 +361,9 @@ async fn proxy<D: Downstream>(
             }
         }
     };
-    let failed = |ctx: &mut RequestContext| attempt::upstream_failed(ctx);
     use tokio::io::AsyncWriteExt;
     if upc.stream.write_all(&out).await.is_err() {
-        failed(ctx);
+        attempt::count_failure(ctx);
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
         return (st, 0, sent);
     }
@@ -392,7 +391,7 @@ async fn proxy<D: Downstream>(
                         &chunk
                     };
                     if upc.stream.write_all(piece).await.is_err() {
-                        failed(ctx);
+                        attempt::count_failure(ctx);
                         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
                         return (st, read, sent);
                     }
@@ -402,7 +401,7 @@ async fn proxy<D: Downstream>(
             }
         }
         if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
-            failed(ctx);
+            attempt::count_failure(ctx);
             let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
             return (st, read, sent);
         }
@@ -410,12 +409,12 @@ async fn proxy<D: Downstream>(
     let head_len = match pool::read_response_head(&mut upc, &p.transport).await {
         Ok(Some(n)) => n,
         Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            failed(ctx);
+            attempt::count_failure(ctx);
             let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
             return (st, read, sent);
         }
         _ => {
-            failed(ctx);
+            attempt::count_failure(ctx);
             let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
             return (st, read, sent);
         }
@@ -696,14 +695,14 @@ async fn proxy_h2<D: Downstream>(
                             slot = sl;
                         }
                         Err(_) => {
-                            attempt::upstream_failed(ctx);
+                            attempt::count_failure(ctx);
                             let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
                             return (st, 0, sent);
                         }
                     }
                 }
                 Err(_) => {
-                    attempt::upstream_failed(ctx);
+                    attempt::count_failure(ctx);
                     let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
                     return (st, 0, sent);
                 }
@@ -735,7 +734,7 @@ async fn proxy_h2<D: Downstream>(
                     r = &mut wait => match r {
                         Some(r) => break r,
                         None => {
-                            attempt::upstream_failed(ctx);
+                            attempt::count_failure(ctx);
                             let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
                             return (st, up.read, sent);
                         }
@@ -750,7 +749,7 @@ async fn proxy_h2<D: Downstream>(
         }
     };
     let Ok(resp) = resp else {
-        attempt::upstream_failed(ctx);
+        attempt::count_failure(ctx);
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
         return (st, up.read, sent);
     };
@@ -842,7 +841,7 @@ impl Upload {
                     return Err(413);
                 }
                 if h2_pool::send_all(send, data, false).await.is_err() {
-                    attempt::upstream_failed(ctx);
+                    attempt::count_failure(ctx);
                     return Err(502);
                 }
             }
@@ -954,6 +953,9 @@ mod tests {
         }
         async fn finish(&mut self) -> Result<(), ()> {
             Ok(())
+        }
+        fn declared_length(&self) -> Option<u64> {
+            None
         }
         fn abort(&mut self, _: bool) {}
     }
