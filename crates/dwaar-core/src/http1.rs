@@ -31,13 +31,19 @@ thread_local! {
     static DATE: std::cell::RefCell<(u64, Vec<u8>)> = const { std::cell::RefCell::new((0, Vec::new())) };
 }
 
-/// The `Date` header an origin response must carry (RFC 9110 §6.6.1).
-pub fn push_date(out: &mut Vec<u8>) {
+/// The time now, and its Unix second (the key of the per-second `Date` caches).
+fn now_and_second() -> (std::time::SystemTime, u64) {
     let now = std::time::SystemTime::now();
     let secs = now
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
+    (now, secs)
+}
+
+/// The `Date` header an origin response must carry (RFC 9110 §6.6.1).
+pub fn push_date(out: &mut Vec<u8>) {
+    let (now, secs) = now_and_second();
     DATE.with_borrow_mut(|(at, line)| {
         if *at != secs || line.is_empty() {
             line.clear();
@@ -80,11 +86,7 @@ pub fn date_value() -> http::HeaderValue {
         static VALUE: std::cell::RefCell<(u64, http::HeaderValue)> =
             const { std::cell::RefCell::new((0, http::HeaderValue::from_static(""))) };
     }
-    let now = std::time::SystemTime::now();
-    let secs = now
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let (now, secs) = now_and_second();
     VALUE.with_borrow_mut(|(at, value)| {
         if *at != secs || value.is_empty() {
             if let Ok(v) = http::HeaderValue::from_str(&httpdate::fmt_http_date(now)) {
