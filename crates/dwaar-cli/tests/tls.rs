@@ -856,3 +856,66 @@ fn servers_protocols_for_the_https_port_decide_alpn() {
     assert_eq!(r.alpn.as_deref(), Some("http/1.1"));
     assert_eq!(r.body, "hi");
 }
+
+/// Session tickets: keys live in storage, so a client resumes its session whichever
+/// worker process takes the connection, and after the server restarts; TLS 1.3 and 1.2.
+#[test]
+fn sessions_resume_across_worker_processes_and_restarts() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "") + "localhost {\n\trespond hi\n}\n";
+    let mut workers =
+        Dwaar::start_with(bin(), &cfg, &[https], &["--workers", "2", "--threads", "1"]);
+    let root = local_root(store.path());
+    let mut clients = Vec::new();
+    for version in [13, 12] {
+        let mut opts = TlsOpts::trusting(&root);
+        opts.version = Some(version);
+        let client = tls::Client::new(&opts).unwrap();
+        let first = tls::get_with(&client, https, "localhost", "localhost", "/").unwrap();
+        assert_eq!(first.status, 200);
+        assert!(
+            !first.resumed,
+            "TLS 1.{}: a first visit is a full handshake",
+            version % 10
+        );
+        // Ten connections: the kernel spreads them over both workers.
+        for i in 0..10 {
+            let r = tls::get_with(&client, https, "localhost", "localhost", "/").unwrap();
+            assert_eq!(r.status, 200);
+            assert!(
+                r.resumed,
+                "TLS 1.{} connection {i} was not resumed; log:\n{}",
+                version % 10,
+                workers.log_text()
+            );
+        }
+        clients.push(client);
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let keys = store.path().join("tickets/keys.json");
+    assert_eq!(
+        std::fs::metadata(&keys).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    workers.signal("TERM");
+    assert!(workers.wait_exit(Duration::from_secs(20)).is_some());
+    drop(workers);
+
+    // A fresh single-process server on the same storage accepts the old tickets.
+    let d = Dwaar::start(bin(), &cfg, &[https]);
+    for client in &clients {
+        let r = tls::get_with(client, https, "localhost", "localhost", "/").unwrap();
+        assert!(
+            r.resumed,
+            "not resumed after a restart; log:\n{}",
+            d.log_text()
+        );
+    }
+    let admin: u16 = d.admin.rsplit(':').next().unwrap().parse().unwrap();
+    let metrics = client::get(admin, &d.admin, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("dwaar_tls_handshakes_total{kind=\"resumed\"} 2"),
+        "{metrics}"
+    );
+}

@@ -42,6 +42,8 @@ pub struct TlsResponse {
     pub cipher: String,
     /// The server's chain, leaf first (DER).
     pub chain: Vec<Vec<u8>>,
+    /// The handshake resumed an earlier session (a ticket or a cached session id).
+    pub resumed: bool,
 }
 
 impl TlsResponse {
@@ -87,14 +89,41 @@ pub fn get(
     path: &str,
     opts: &TlsOpts,
 ) -> std::io::Result<TlsResponse> {
-    let config = client_config(opts)?;
-    let name = if opts.no_sni {
+    get_with(&Client::new(opts)?, port, sni, host, path)
+}
+
+/// A client configuration kept across connections: it remembers the sessions servers
+/// offer (tickets), so later connections to the same name try to resume them.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<rustls::ClientConfig>,
+    no_sni: bool,
+}
+
+impl Client {
+    pub fn new(opts: &TlsOpts) -> std::io::Result<Client> {
+        Ok(Client {
+            config: Arc::new(client_config(opts)?),
+            no_sni: opts.no_sni,
+        })
+    }
+}
+
+/// [`get`] with a kept [`Client`].
+pub fn get_with(
+    client: &Client,
+    port: u16,
+    sni: &str,
+    host: &str,
+    path: &str,
+) -> std::io::Result<TlsResponse> {
+    let config = client.config.clone();
+    let name = if client.no_sni {
         ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into())
     } else {
         ServerName::try_from(sni.to_string()).map_err(std::io::Error::other)?
     };
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(std::io::Error::other)?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(std::io::Error::other)?;
     let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     // Complete the handshake first, so handshake failures are reported as such.
@@ -115,6 +144,7 @@ pub fn get(
         Err(e) => return Err(e),
     }
     let conn = &tls.conn;
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let alpn = conn
         .alpn_protocol()
         .map(|a| String::from_utf8_lossy(a).into_owned());
@@ -155,6 +185,7 @@ pub fn get(
         version,
         cipher,
         chain,
+        resumed,
     })
 }
 

@@ -8,6 +8,7 @@
 //!   storage, issues from the local CA or ACME, renews, and swaps them in atomically.
 //! - [`acme`]: the RFC 8555 client flow (HTTP-01 and TLS-ALPN-01) on `instant-acme`.
 //! - [`ocsp`]: stapling OCSP responses fetched in the background.
+//! - [`tickets`]: session-ticket keys shared by all processes of a server, rotated.
 //! - [`ca`], [`storage`], [`challenge`], [`certs`], [`verify`]: the pieces.
 //!
 //! The crate knows nothing of Pingora or HTTP: `dwaar-core` hands it sockets and gets
@@ -23,6 +24,7 @@ pub mod ocsp;
 pub mod plan;
 pub mod state;
 pub mod storage;
+pub mod tickets;
 pub mod trust;
 pub mod verify;
 

@@ -20,6 +20,7 @@ use crate::challenge::ChallengeBoard;
 use crate::plan::{AcmeSpec, IssuerSpec, ManagedName, Plan};
 use crate::state::{Shared, StateInput, TlsState};
 use crate::storage::Storage;
+use crate::tickets::TicketKeys;
 use arc_swap::ArcSwap;
 use dwaar_config::model::Config;
 use std::collections::HashMap;
@@ -59,6 +60,8 @@ pub struct TlsManager {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Certificates obtained or renewed since start (for metrics and tests).
     pub issued: std::sync::atomic::AtomicU64,
+    /// Session ticket keys (`None` only if the system has no randomness).
+    ticket_keys: Option<Arc<TicketKeys>>,
 }
 
 impl std::fmt::Debug for TlsManager {
@@ -74,11 +77,11 @@ impl TlsManager {
     /// what the leader stores.
     pub fn new(leader: bool) -> Arc<TlsManager> {
         crate::install_provider();
-        let tickets: Arc<dyn rustls::server::ProducesTickets> =
-            match rustls::crypto::ring::Ticketer::new() {
-                Ok(t) => t,
-                Err(_) => Arc::new(NoTickets),
-            };
+        let keys = TicketKeys::new().ok();
+        let tickets: Arc<dyn rustls::server::ProducesTickets> = match &keys {
+            Some(k) => k.clone(),
+            None => Arc::new(NoTickets),
+        };
         Arc::new(TlsManager {
             shared: Shared {
                 managed: Arc::new(ArcSwap::from_pointee(CertMap::default())),
@@ -86,7 +89,9 @@ impl TlsManager {
                 challenges: Arc::new(ChallengeBoard::default()),
                 tickets,
                 sessions: rustls::server::ServerSessionMemoryCache::new(4096),
+                handshakes: Arc::default(),
             },
+            ticket_keys: keys,
             leader,
             cas: Mutex::new(HashMap::new()),
             wanted: watch::channel(Arc::new(Wanted::default())).0,
@@ -119,11 +124,17 @@ impl TlsManager {
              # HELP dwaar_tls_ocsp_staples Certificates with an OCSP response stapled.\n\
              # TYPE dwaar_tls_ocsp_staples gauge\n\
              dwaar_tls_ocsp_staples {}\n\
+             # HELP dwaar_tls_handshakes_total Completed TLS handshakes (TCP), full or resumed from a session ticket or cache.\n\
+             # TYPE dwaar_tls_handshakes_total counter\n\
+             dwaar_tls_handshakes_total{{kind=\"full\"}} {}\n\
+             dwaar_tls_handshakes_total{{kind=\"resumed\"}} {}\n\
              # HELP dwaar_tls_certificate_expiry_timestamp_seconds When each managed certificate expires.\n\
              # TYPE dwaar_tls_certificate_expiry_timestamp_seconds gauge\n",
             managed.len(),
             self.issued.load(std::sync::atomic::Ordering::Relaxed),
             self.shared.staples.load().len(),
+            self.shared.handshakes.full.load(std::sync::atomic::Ordering::Relaxed),
+            self.shared.handshakes.resumed.load(std::sync::atomic::Ordering::Relaxed),
         );
         let mut names: Vec<(String, u64)> = managed
             .iter()
@@ -158,6 +169,9 @@ impl TlsManager {
         }
         let storage = Storage::from_config(config.global.tls.storage.as_deref());
         self.shared.challenges.set_storage(storage.clone());
+        if let Some(k) = &self.ticket_keys {
+            k.use_storage(storage.clone(), self.leader);
+        }
         let mut manual = CertMap::default();
         let mut manual_list = Vec::new();
         let mut fallback_cert = None;

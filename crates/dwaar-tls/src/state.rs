@@ -139,6 +139,14 @@ pub struct Shared {
     pub challenges: Arc<ChallengeBoard>,
     pub tickets: Arc<dyn rustls::server::ProducesTickets>,
     pub sessions: Arc<dyn rustls::server::StoresServerSessions>,
+    pub handshakes: Arc<HandshakeCounts>,
+}
+
+/// Completed handshakes since start, by kind (for metrics).
+#[derive(Debug, Default)]
+pub struct HandshakeCounts {
+    pub full: std::sync::atomic::AtomicU64,
+    pub resumed: std::sync::atomic::AtomicU64,
 }
 
 /// The TLS state of one compiled config.
@@ -148,6 +156,7 @@ pub struct TlsState {
     wildcard: HashMap<String, Arc<Policy>>,
     fallback: Arc<Policy>,
     challenges: Arc<ChallengeBoard>,
+    handshakes: Arc<HandshakeCounts>,
     /// Variants of policies for clients that send no SNI, by local address.
     no_sni: Mutex<HashMap<(u64, IpAddr), Arc<ServerConfig>>>,
 }
@@ -216,6 +225,7 @@ impl TlsState {
             wildcard,
             fallback,
             challenges: shared.challenges.clone(),
+            handshakes: shared.handshakes.clone(),
             no_sni: Mutex::new(HashMap::new()),
         })
     }
@@ -282,6 +292,12 @@ impl TlsState {
             None => self.no_sni_config(policy, local_ip),
         };
         let stream = start.into_stream(config).await?;
+        let kind = stream.get_ref().1.handshake_kind();
+        let counter = match kind {
+            Some(rustls::HandshakeKind::Resumed) => &self.handshakes.resumed,
+            _ => &self.handshakes.full,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Some(Handshaken {
             stream,
             sni,
