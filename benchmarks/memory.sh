@@ -1,18 +1,26 @@
 #!/usr/bin/env bash
 # Memory table: resident memory of one dwaar process (one thread) when idle with 1, 100
-# and 1000 sites, and what each idle client connection and each pooled upstream
-# connection adds. Prints a Markdown table. Needs nginx (the upstream) and python3.
-# Env: DWAAR_BIN (unset: build and use target/release/dwaar), MEM_CONNECTIONS (1000).
+# and 1000 sites, and what each idle client connection (plain HTTP/1.1, HTTP/1.1 over TLS,
+# HTTP/2 over TLS, HTTP/3) and each pooled upstream connection adds. Prints a Markdown
+# table. Needs nginx (the upstream), openssl and python3; builds benchmarks/loadgen.
+# Env: DWAAR_BIN (unset: build and use target/release/dwaar), MEM_CONNECTIONS (1000),
+#      MEM_QUIC_CONNECTIONS (300: each QUIC client connection has a UDP socket of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # DWAAR_BIN measures another build (e.g. target/pgo/release/dwaar from scripts/pgo-build.sh).
 if [ -n "${DWAAR_BIN:-}" ]; then DWAAR=$DWAAR_BIN; else cargo build --release -q -p dwaar-cli; DWAAR=$PWD/target/release/dwaar; fi
+cargo build --release -q -p dwaar-loadgen
+LOADGEN=$PWD/target/release/dwaar-loadgen
 WORK=$(mktemp -d /tmp/dwaar-mem.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
 ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 N=${MEM_CONNECTIONS:-1000}
+NQ=${MEM_QUIC_CONNECTIONS:-300}
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=localhost -addext subjectAltName=DNS:localhost \
+  -keyout "$WORK/key.pem" -out "$WORK/cert.pem" 2>/dev/null
 
 cat > "$WORK/backend.conf" <<NGX
 worker_processes 1;
@@ -38,6 +46,20 @@ sites() { # n [analytics] -> Dwaarfile with n respond sites and one proxy site o
     for i in $(seq 1 "$1"); do printf 'http://site%s.example:16299 {\n%s\trespond "%s"\n}\n' "$i" "$extra" "$i"; done
     printf ':16299 {\n\treverse_proxy 127.0.0.1:19299\n}\n'; } > "$f"
   echo "$f"
+}
+tls_site() { # -> Dwaarfile with one HTTPS site (HTTP/1.1, HTTP/2, HTTP/3) on :16443
+  local f="$WORK/Dwaarfile.tls"
+  printf '{\n\tadmin off\n\tauto_https disable_redirects\n\tstorage file_system %s/storage\n\tservers :16443 {\n\t\tprotocols h1 h2 h3\n\t}\n}\n:16299 {\n\trespond ok\n}\nhttps://localhost:16443 {\n\ttls %s %s\n\trespond ok\n}\n' \
+    "$WORK" "$WORK/cert.pem" "$WORK/key.pem" > "$f"
+  echo "$f"
+}
+per_conn() { # proto count -> bytes per held connection (one dwaar, loadgen holds them 4 s)
+  local p b w h
+  p=$(start "$(tls_site)"); sleep 0.3; b=$(rss_kb "$p")
+  "$LOADGEN" hold --proto "$1" --connect 127.0.0.1:16443 -c "$2" -d 4 >/dev/null 2>"$WORK/hold.log" & h=$!
+  for _ in $(seq 200); do grep -q held "$WORK/hold.log" 2>/dev/null && break; sleep 0.1; done
+  sleep 0.5; w=$(rss_kb "$p"); wait $h || true; stop "$p"
+  echo $(( (w - b) * 1024 / $2 ))
 }
 hold() { # path -> opens N keep-alive connections, one request each, holds them 3 s
   python3 - "$N" "$1" <<'PY'
@@ -69,6 +91,9 @@ pooled=$(ss -Htn state established '( dport = :19299 )' | wc -l)
 wait $h; stop "$p"
 
 per_client=$(( (with_clients - base) * 1024 / N ))
+per_tls=$(per_conn tls "$N")
+per_h2=$(per_conn h2 "$N")
+per_h3=$(per_conn h3 "$NQ")
 # The proxied run holds N client connections plus however many upstream connections the
 # pool ended up with (requests that did not overlap share one).
 pool_bytes=$(( (with_pool - base2) * 1024 - per_client * N ))
@@ -80,4 +105,7 @@ echo "| idle, 1000 sites | $((idle[1000] / 1024)).$(( (idle[1000] % 1024) * 10 /
 echo "| idle, 100 sites with analytics | $((idle_analytics / 1024)).$(( (idle_analytics % 1024) * 10 / 1024 )) MB |"
 echo "| per site (1 -> 1000) | $(( (idle[1000] - idle[1]) * 1024 / 999 )) bytes |"
 echo "| per idle client connection | $per_client bytes |"
+echo "| per idle HTTP/1.1 over TLS connection | $per_tls bytes |"
+echo "| per idle HTTP/2 over TLS connection | $per_h2 bytes |"
+echo "| per idle HTTP/3 (QUIC) connection | $per_h3 bytes |"
 echo "| per pooled upstream connection ($pooled pooled) | $(( pooled > 0 ? pool_bytes / pooled : 0 )) bytes |"

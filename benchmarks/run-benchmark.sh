@@ -24,6 +24,15 @@
 #      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
 #      BENCH_TLS_H1 (1; 0 skips the HTTP/1.1-over-TLS run: wrk keep-alive connections,
 #      BENCH_TLS_H1_CONNS ("100 1000"), to the same TLS listeners)
+#      BENCH_HANDSHAKE (1; 0 skips the handshake run: one TLS handshake per request,
+#      `Connection: close`, BENCH_HANDSHAKE_CONNS (50) at a time, by dwaar-loadgen; once
+#      with every handshake full and once resuming sessions from tickets)
+#      BENCH_H3 (1; 0 skips HTTP/3: dwaar-loadgen h3 with BENCH_H3_CONNS (20) connections x
+#      BENCH_H3_STREAMS (10) streams against Dwaar and Caddy, the only targets with QUIC
+#      here; Dwaar is also run with DWAAR_QUIC_GSO=0 to show what segmentation offload gives)
+#      BENCH_BODIES (1; 0 skips big bodies: a 10 MB download and a 10 MB upload proxied
+#      over HTTP/1.1, HTTP/1.1 over TLS and HTTP/2, BENCH_BODY_CONNS (10) connections;
+#      CPU per MB and MB/s)
 # Output: the tables on stdout and in benchmarks/results/latest.txt, raw rows in
 # benchmarks/results/raw-*.tsv, and the run's record in benchmarks/results/<date>-<host>.md
 # (machine, command, tables) and .json (medians).
@@ -50,6 +59,10 @@ ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # DWAAR_BIN benchmarks another build (e.g. target/pgo/release/dwaar from scripts/pgo-build.sh).
 if [ -n "${DWAAR_BIN:-}" ]; then DWAAR=$DWAAR_BIN; else cargo build --release -q -p dwaar-cli; DWAAR=$ROOT/target/release/dwaar; fi
 
+# The HTTP/3 and handshake load comes from our own generator (benchmarks/loadgen).
+cargo build --release -q -p dwaar-loadgen
+LOADGEN=$ROOT/target/release/dwaar-loadgen
+
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
@@ -66,9 +79,15 @@ events { worker_connections 10000; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:9090 backlog=4096; location / { return 200 "OK\n"; } }
+  server { listen 127.0.0.1:9090 backlog=4096; location / { return 200 "OK\n"; }
+    location /big/ { root $WORK/backend/www; }
+    location = /upload { client_max_body_size 0; return 200 "OK\n"; } }
 }
 NGX
+mkdir -p "$WORK/backend/www/big"
+head -c $((10 * 1024 * 1024)) /dev/urandom > "$WORK/backend/www/big/10m"
+head -c $((10 * 1024 * 1024)) /dev/urandom > "$WORK/upload.bin"
+chmod -R a+rX "$WORK"
 taskset -c $LOAD_CPUS nginx -c "$WORK/backend/nginx.conf" -g 'daemon off;' & PIDS+=($!)
 wait_port 9090
 
@@ -99,6 +118,9 @@ start_dwaar() {
 	grace_period 1s
 	auto_https disable_redirects
 	storage file_system $WORK/storage
+	servers :6443 {
+		protocols h1 h2 h3
+	}
 }
 :6188 {
 	$log
@@ -112,7 +134,7 @@ https://:6443 {
 	reverse_proxy 127.0.0.1:9090
 }
 DW
-  taskset -c $PROXY_CPUS "$DWAAR" run --config "$WORK/Dwaarfile" --threads "$(echo $PROXY_CPUS | tr ',' '\n' | wc -l)" >"$WORK/dwaar.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/dwaar.pid"
+  DWAAR_QUIC_GSO=${DWAAR_QUIC_GSO:-1} taskset -c $PROXY_CPUS "$DWAAR" run --config "$WORK/Dwaarfile" --threads "$(echo $PROXY_CPUS | tr ',' '\n' | wc -l)" >"$WORK/dwaar.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/dwaar.pid"
   wait_port 6188
 }
 start_nginx() {
@@ -123,6 +145,8 @@ pid $WORK/nginx/nginx.pid;
 error_log $WORK/nginx/error.log;
 events { worker_connections 10000; }
 http {
+  client_max_body_size 0;
+  ssl_session_cache shared:SSL:10m;
   $( [ "$ACCESS_LOG" = 1 ] && echo "access_log $WORK/nginx/access.log combined buffer=64k flush=100ms;" || echo "access_log off;" )
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:9090; keepalive 1024; }
@@ -335,6 +359,126 @@ for c in sorted({int(r['conns']) for r in rows}):
         ratio = f"{cpu/base:.2f}x" if base == base else "-"
         print(f"{t:<10} {c:>6} {med([r['rps'] for r in rs]):>10.0f} {cpu:>8.1f}us {ratio:>9}")
 PY
+fi
+
+# --- rows measured by a (target, mode) -> (rate, CPU per unit) table ------------------
+# Raw rows: round target mode rate cpu_us extra. The summary prints medians per
+# (mode, target) and CPU relative to $3 (the base target) in the same mode.
+summarize() {
+  python3 - "$1" "$2" "$3" "$4" "$5" <<'PY' | tee -a "$RESULTS/latest.txt"
+import csv, statistics, sys
+raw, title, base_t, rate_name, unit = sys.argv[1:6]
+rows = list(csv.DictReader(open(raw), delimiter='\t'))
+med = lambda v: statistics.median([float(x) for x in v if x not in ('', '-')]) if v else float('nan')
+print(f"\n{title}")
+print(f"{'Mode':<22} {'Target':<10} {rate_name:>12} {'CPU/' + unit:>12} {'vs ' + base_t:>9}  notes")
+modes = list(dict.fromkeys(r['mode'] for r in rows))
+for m in modes:
+    base = med([r['cpu_us'] for r in rows if r['mode'] == m and r['target'] == base_t])
+    for t in dict.fromkeys(r['target'] for r in rows if r['mode'] == m):
+        rs = [r for r in rows if r['mode'] == m and r['target'] == t]
+        cpu = med([r['cpu_us'] for r in rs])
+        ratio = f"{cpu/base:.2f}x" if base == base and base > 0 else "-"
+        notes = "; ".join(sorted({r['extra'] for r in rs if r['extra'] not in ('', '0')}))
+        print(f"{m:<22} {t:<10} {med([r['rate'] for r in rs]):>12.1f} {cpu:>10.1f}us {ratio:>9}  {notes}")
+PY
+}
+secs=$(echo "$DURATION" | tr -dc '0-9')
+declare -A TLS_PORT=([dwaar]=6443 [nginx]=8443 [haproxy]=8444 [caddy]=8445)
+kv() { echo "$1" | awk -v k="$2" '$1==k{print $2}'; }
+
+# --- TLS handshakes: full and resumed (dwaar-loadgen tls) -------------------------------
+if [ "${BENCH_HANDSHAKE:-1}" = 1 ]; then
+  HSRAW=$RESULTS/raw-handshake-$(date +%Y%m%d-%H%M%S).tsv
+  echo -e "round\ttarget\tmode\trate\tcpu_us\textra" > "$HSRAW"
+  for round in $(seq 1 "$ROUNDS"); do
+    for kind in full resumed; do
+      for t in $TARGETS; do
+        [ "$t" = direct ] && continue
+        before=$(cpu_ticks "$t")
+        out=$(taskset -c $LOAD_CPUS "$LOADGEN" tls --connect "127.0.0.1:${TLS_PORT[$t]}" --host localhost \
+          -c "${BENCH_HANDSHAKE_CONNS:-50}" -d "$secs" $( [ $kind = resumed ] && echo --resume ) 2>&1)
+        after=$(cpu_ticks "$t")
+        n=$(kv "$out" requests); resumed=$(kv "$out" resumed); failed=$(kv "$out" failed)
+        cpu=$(echo "scale=2; ($after-$before)*1000000/$CLK/${n:-1}" | bc)
+        echo -e "$round\t$t\thandshake-$kind\t$(kv "$out" rps)\t$cpu\tresumed $((100 * ${resumed:-0} / (${n:-0} > 0 ? n : 1)))%, failed ${failed:-?}" | tee -a "$HSRAW"
+      done
+    done
+  done
+  summarize "$HSRAW" "TLS handshake per request (dwaar-loadgen tls -c ${BENCH_HANDSHAKE_CONNS:-50})" nginx "handshakes/s" handshake
+fi
+
+# --- HTTP/3 (dwaar-loadgen h3): Dwaar (with and without GSO) and Caddy ------------------
+if [ "${BENCH_H3:-1}" = 1 ]; then
+  H3RAW=$RESULTS/raw-h3-$(date +%Y%m%d-%H%M%S).tsv
+  echo -e "round\ttarget\tmode\trate\tcpu_us\textra" > "$H3RAW"
+  h3_run() { # target port label
+    before=$(cpu_ticks "$1")
+    out=$(taskset -c $LOAD_CPUS "$LOADGEN" h3 --connect "127.0.0.1:$2" --host localhost \
+      -c "${BENCH_H3_CONNS:-20}" -m "${BENCH_H3_STREAMS:-10}" -d "$secs" 2>&1)
+    after=$(cpu_ticks "$1")
+    n=$(kv "$out" requests)
+    cpu=$(echo "scale=2; ($after-$before)*1000000/$CLK/${n:-1}" | bc)
+    echo -e "$round\t$3\thttp3\t$(kv "$out" rps)\t$cpu\tfailed $(kv "$out" failed)" | tee -a "$H3RAW"
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    for t in $TARGETS; do
+      case $t in dwaar|caddy) h3_run "$t" "${TLS_PORT[$t]}" "$t" ;; esac
+    done
+    if [[ " $TARGETS " == *" dwaar "* ]]; then
+      # The same Dwaar restarted without UDP segmentation offload.
+      kill "$(cat "$WORK/dwaar.pid")"; while [ -d "/proc/$(cat "$WORK/dwaar.pid")" ]; do sleep 0.05; done
+      DWAAR_QUIC_GSO=0 start_dwaar; sleep 0.5
+      h3_run dwaar 6443 dwaar-no-gso
+      kill "$(cat "$WORK/dwaar.pid")"; while [ -d "/proc/$(cat "$WORK/dwaar.pid")" ]; do sleep 0.05; done
+      start_dwaar; sleep 0.5
+    fi
+  done
+  summarize "$H3RAW" "HTTP/3 (dwaar-loadgen h3 -c ${BENCH_H3_CONNS:-20} -m ${BENCH_H3_STREAMS:-10})" dwaar "RPS" req
+fi
+
+# --- big bodies: 10 MB down and up over HTTP/1.1, TLS and HTTP/2 ------------------------
+if [ "${BENCH_BODIES:-1}" = 1 ]; then
+  BRAW=$RESULTS/raw-bodies-$(date +%Y%m%d-%H%M%S).tsv
+  echo -e "round\ttarget\tmode\trate\tcpu_us\textra" > "$BRAW"
+  BC=${BENCH_BODY_CONNS:-10}
+  cat > "$WORK/upload.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/octet-stream"
+local f = io.open("$WORK/upload.bin", "rb"); wrk.body = f:read("*a"); f:close()
+LUA
+  body_run() { # target mode url
+    local t=$1 mode=$2 url=$3 n out
+    before=$(cpu_ticks "$t")
+    case $mode in
+      *h2*) out=$(taskset -c $LOAD_CPUS h2load -D "$secs" -c "$BC" -m 1 -t 1 \
+              $( [[ $mode == up* ]] && echo "-d $WORK/upload.bin" ) "$url" 2>&1)
+            n=$(echo "$out" | awk '/^requests:/{print $8}') ;;
+      *)    out=$(taskset -c $LOAD_CPUS wrk -t1 -c"$BC" -d"$DURATION" \
+              $( [[ $mode == up* ]] && echo "-s $WORK/upload.lua" ) "$url" 2>&1)
+            n=$(echo "$out" | awk '/requests in/{print $1}') ;;
+    esac
+    after=$(cpu_ticks "$t")
+    local mb=$(( ${n:-0} * 10 ))
+    local cpu=$(echo "scale=2; ($after-$before)*1000000/$CLK/(${mb}+0.0001)" | bc)
+    local rate=$(echo "scale=1; $mb/$secs" | bc)
+    local errs=$(echo "$out" | awk '/Socket errors|Non-2xx|^requests:/{s=s $0 ";"} END{print s}' | grep -oE 'Non-2xx[^;]*|Socket errors[^;]*|[0-9]+ failed|[0-9]+ errored' | tr '\n' ' ')
+    echo -e "$round\t$t\t$mode\t$rate\t$cpu\t$errs" | tee -a "$BRAW"
+  }
+  for round in $(seq 1 "$ROUNDS"); do
+    for mode in down-h1 down-tls-h1 down-h2 up-h1 up-tls-h1 up-h2; do
+      for t in $TARGETS; do
+        [ "$t" = direct ] && continue
+        path=$( [[ $mode == up* ]] && echo /upload || echo /big/10m )
+        case $mode in
+          *-h1) [[ $mode == *tls* ]] && url="https://127.0.0.1:${TLS_PORT[$t]}$path" || url="http://127.0.0.1:${PORT[$t]}$path" ;;
+          *) url="https://127.0.0.1:${TLS_PORT[$t]}$path" ;;
+        esac
+        body_run "$t" "$mode" "$url"
+      done
+    done
+  done
+  summarize "$BRAW" "10 MB bodies (c=$BC): rate in MB/s, CPU per MB" nginx "MB/s" MB
 fi
 
 # --- the run's record: <date>-<host>.md (machine, command, tables) and .json (medians) --

@@ -221,12 +221,14 @@ fn remove_pidfile(path: Option<&Path>) {
 /// Which front-ends serve which requests: `DWAAR_FAST_PATH=0` hands every HTTP/1.1
 /// request to Pingora's `HttpProxy` once its head is read, `DWAAR_H2_FRONT=0` sends
 /// HTTP/2 over TLS to Pingora's HTTP/2 session (both for comparisons and the test
-/// suites).
+/// suites), `DWAAR_QUIC_GSO=0` sends HTTP/3 without UDP segmentation offload (to
+/// measure what it gives).
 fn fronts() -> dwaar_core::server::Fronts {
     let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
     dwaar_core::server::Fronts {
         pingora_h1: !on("DWAAR_FAST_PATH"),
         own_h2: on("DWAAR_H2_FRONT"),
+        quic_gso: on("DWAAR_QUIC_GSO"),
     }
 }
 

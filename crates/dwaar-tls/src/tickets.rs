@@ -83,7 +83,7 @@ impl KeyRing {
                 from: k.from,
             });
         }
-        keys.sort_by(|a, b| b.from.cmp(&a.from));
+        keys.sort_by_key(|k| std::cmp::Reverse(k.from));
         Some(KeyRing {
             keys,
             stored: Some(file.clone()),
@@ -276,7 +276,7 @@ fn plan(
     mut fresh: impl FnMut() -> Result<StoredKey, String>,
 ) -> Result<KeyFile, String> {
     let mut keys = old.keys.clone();
-    keys.sort_by(|a, b| b.from.cmp(&a.from));
+    keys.sort_by_key(|k| std::cmp::Reverse(k.from));
     match keys.first() {
         None => {
             let mut k = fresh()?;
@@ -340,7 +340,7 @@ fn to_hex(bytes: &[u8]) -> String {
 }
 
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

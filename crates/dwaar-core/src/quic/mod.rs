@@ -50,7 +50,7 @@ impl rustls::server::ResolvesServerCert for CurrentCerts {
     }
 }
 
-fn server_config(store: Arc<RouteStore>) -> Result<quinn::ServerConfig, String> {
+fn server_config(store: Arc<RouteStore>, gso: bool) -> Result<quinn::ServerConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -66,6 +66,7 @@ fn server_config(store: Arc<RouteStore>) -> Result<quinn::ServerConfig, String> 
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
     transport
+        .enable_segmentation_offload(gso)
         .max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(8u32.into())
         .max_idle_timeout(Some(
@@ -92,15 +93,17 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// The route store and shutdown signal of this process, for [`ensure_started`].
-type Service = (Arc<RouteStore>, tokio::sync::watch::Receiver<bool>);
+/// The route store and shutdown signal of this process, and whether to use GSO, for
+/// [`ensure_started`].
+type Service = (Arc<RouteStore>, tokio::sync::watch::Receiver<bool>, bool);
 static SERVICE: std::sync::OnceLock<Service> = std::sync::OnceLock::new();
 static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Registers the process's route store; the HTTP/3 service starts now if the table has
 /// an `h3` port, or with the first reload that adds one ([`ensure_started`]).
-pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    let _ = SERVICE.set((store, shutdown));
+/// `gso`: send with UDP segmentation offload where the kernel has it.
+pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>, gso: bool) {
+    let _ = SERVICE.set((store, shutdown, gso));
     ensure_started();
 }
 
@@ -110,13 +113,13 @@ pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool
 /// closes their endpoints within a second. Errors (a port that cannot be bound) are
 /// logged; HTTPS over TCP is unaffected.
 pub fn ensure_started() {
-    let Some((store, shutdown)) = SERVICE.get() else {
+    let Some((store, shutdown, gso)) = SERVICE.get() else {
         return;
     };
     if store.load().h3.is_empty() || STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
-    let (store, shutdown) = (store.clone(), shutdown.clone());
+    let (store, shutdown, gso) = (store.clone(), shutdown.clone(), *gso);
     let spawned = std::thread::Builder::new()
         .name("dwaar-h3".into())
         .spawn(move || {
@@ -130,7 +133,7 @@ pub fn ensure_started() {
                     return;
                 }
             };
-            rt.block_on(run(store, shutdown));
+            rt.block_on(run(store, shutdown, gso));
         });
     if let Err(e) = spawned {
         tracing::error!("HTTP/3: cannot start its thread: {e}");
@@ -213,8 +216,8 @@ async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
     }
 }
 
-async fn run(store: Arc<RouteStore>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let config = match server_config(store.clone()) {
+async fn run(store: Arc<RouteStore>, mut shutdown: tokio::sync::watch::Receiver<bool>, gso: bool) {
+    let config = match server_config(store.clone(), gso) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("HTTP/3 disabled: {e}");

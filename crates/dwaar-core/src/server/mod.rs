@@ -9,6 +9,7 @@
 
 pub mod control;
 pub mod fdpass;
+pub mod footprint;
 pub mod listeners;
 pub mod reload;
 pub mod sockets;
@@ -60,6 +61,9 @@ pub struct Fronts {
     pub pingora_h1: bool,
     /// HTTP/2 over TLS goes to Dwaar's own HTTP/2 front-end (else to Pingora's).
     pub own_h2: bool,
+    /// HTTP/3 sends with UDP segmentation offload (GSO) where the kernel has it (off
+    /// only to measure what it gives).
+    pub quic_gso: bool,
 }
 
 impl Default for Fronts {
@@ -67,6 +71,7 @@ impl Default for Fronts {
         Fronts {
             pingora_h1: false,
             own_h2: true,
+            quic_gso: true,
         }
     }
 }
@@ -111,7 +116,7 @@ impl Server {
         let store = Arc::new(RouteStore::new(table));
         registry.activate_tls(&store.load());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        crate::quic::start(store.clone(), shutdown_rx.clone());
+        crate::quic::start(store.clone(), shutdown_rx.clone(), opts.fronts.quic_gso);
 
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: 1024,
@@ -180,6 +185,7 @@ impl Server {
             }),
         );
         tracing::info!(threads, "dwaar started");
+        footprint::release_after_start();
         Ok(Server {
             control,
             upgrades: std::sync::Mutex::new(Some(upgrades)),

@@ -270,6 +270,8 @@ impl Reloader {
             Ok(s) => {
                 self.ok_count.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sites = s.sites, "config reloaded");
+                // Parsing and compiling touched start-up code again.
+                super::footprint::release_code_pages();
             }
             Err(e) => {
                 self.fail_count.fetch_add(1, Ordering::Relaxed);

@@ -204,6 +204,7 @@ impl Supervisor {
             threads_per_worker = threads,
             "dwaar supervisor started"
         );
+        super::footprint::release_after_start();
         Ok(Supervisor {
             control,
             upgrades: Mutex::new(Some(upgrades)),
