@@ -5,7 +5,10 @@
 #
 # Usage: benchmarks/instructions.sh BIN [BIN...]
 # Env: MODES ("plain tls1 h2"): plain HTTP/1.1 keep-alive, HTTP/1.1 over TLS, HTTP/2 over
-#      TLS (h2load, 10 connections, 10 streams each for h2); N (20000) requests per count.
+#      TLS (h2load, 10 connections, 10 streams each for h2); also hs-full and hs-resumed:
+#      one TLS handshake per request (`Connection: close`, benchmarks/loadgen), every one
+#      full or resumed from a session ticket. N (20000) requests per count.
+#      CALLGRIND_KEEP=DIR keeps each count's callgrind output there (for callgrind_annotate).
 # Only the work done in tokio task polls is counted (connections, streams, requests),
 # not start-up; each count is taken as (N+2000 requests) - (2000 requests), so fixed
 # costs cancel.
@@ -16,6 +19,8 @@ WORK=$(mktemp -d /tmp/dwaar-instr.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
+LOADGEN=$(cd "$(dirname "$0")/.." && pwd)/target/release/dwaar-loadgen
+[[ " $MODES " == *" hs-"* ]] && (cd "$(dirname "$0")/.." && cargo build --release -q -p dwaar-loadgen)
 command -v valgrind >/dev/null && command -v h2load >/dev/null && command -v nginx >/dev/null || {
 	echo "needs valgrind, h2load (nghttp2-client) and nginx" >&2; exit 1; }
 wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; return 1; }
@@ -61,9 +66,13 @@ count() {
 		plain) h2load --h1 -n "$3" -c 10 http://127.0.0.1:6388/ >/dev/null 2>&1 ;;
 		tls1) h2load --h1 -n "$3" -c 10 https://127.0.0.1:6643/ >/dev/null 2>&1 ;;
 		h2) h2load -n "$3" -c 10 -m 10 https://127.0.0.1:6643/ >/dev/null 2>&1 ;;
+		hs-full) "$LOADGEN" tls --connect 127.0.0.1:6643 -c 10 -n "$3" >/dev/null 2>&1 ;;
+		hs-resumed) "$LOADGEN" tls --connect 127.0.0.1:6643 -c 10 -n "$3" --resume >/dev/null 2>&1 ;;
 	esac
 	kill -INT "$p"; sleep 3; kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
-	grep -E "^(summary|totals):" "$(ls "$WORK"/cg.out.* | head -1)" | head -1 | awk '{print $2}'
+	local out; out=$(ls "$WORK"/cg.out.* | head -1)
+	[ -n "${CALLGRIND_KEEP:-}" ] && mkdir -p "$CALLGRIND_KEEP" && cp "$out" "$CALLGRIND_KEEP/$(basename "$1").$2.$3"
+	grep -E "^(summary|totals):" "$out" | head -1 | awk '{print $2}'
 }
 
 printf "%-28s %-6s %14s\n" binary mode instr/request

@@ -77,8 +77,23 @@ PY
 }
 
 declare -A idle
+# Measured after start-up code pages are released (server/footprint.rs, 2 s after start).
 for n in 1 100 1000; do
-  p=$(start "$(sites $n)"); idle[$n]=$(rss_kb "$p"); stop "$p"
+  p=$(start "$(sites $n)"); sleep 2.5; idle[$n]=$(rss_kb "$p")
+  if [ "$n" = 1 ]; then
+    # The same server idle again after serving: the pages requests use are back.
+    python3 - <<'PY'
+import socket
+for path in ("/", "/local"):
+    s = socket.create_connection(("127.0.0.1", 16299))
+    for i in range(1000):
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: {'site1.example' if path == '/local' else 'x'}\r\n\r\n".encode())
+        s.recv(65536)
+    s.close()
+PY
+    sleep 1; idle_served=$(rss_kb "$p")
+  fi
+  stop "$p"
 done
 p=$(start "$(sites 100 analytics)"); idle_analytics=$(rss_kb "$p"); stop "$p"
 # Idle client connections (answered by dwaar itself).
@@ -90,6 +105,26 @@ hold / & h=$!; sleep 2.5; with_pool=$(rss_kb "$p")
 pooled=$(ss -Htn state established '( dport = :19299 )' | wc -l)
 wait $h; stop "$p"
 
+# Against nginx (one worker, same certificate): peak RSS of all its processes while it
+# holds the same N idle HTTP/1.1-over-TLS connections, and Dwaar's in the same setup.
+cat > "$WORK/nginx-tls.conf" <<NGX
+worker_processes 1;
+pid $WORK/nginx-tls.pid;
+error_log $WORK/nginx-tls-error.log;
+events { worker_connections 10000; }
+http { access_log off; keepalive_timeout 300s; ssl_session_cache shared:SSL:10m;
+  server { listen 127.0.0.1:16444 ssl http2 backlog=4096; ssl_certificate $WORK/cert.pem;
+    ssl_certificate_key $WORK/key.pem; location / { return 200 "ok"; } } }
+NGX
+peak_tree_kb() { local s=0 q; for q in $1 $(pgrep -P "$1"); do s=$((s + $(awk '/VmHWM/{print $2}' "/proc/$q/status"))); done; echo $s; }
+nginx -c "$WORK/nginx-tls.conf" -g 'daemon off;' & ng=$!; PIDS+=($ng)
+for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/16444) 2>/dev/null && break; sleep 0.05; done
+"$LOADGEN" hold --proto tls --connect 127.0.0.1:16444 -c "$N" -d 2 >/dev/null 2>&1
+nginx_tls_peak=$(peak_tree_kb "$ng"); stop "$ng"
+p=$(start "$(tls_site)")
+"$LOADGEN" hold --proto tls --connect 127.0.0.1:16443 -c "$N" -d 2 >/dev/null 2>&1
+dwaar_tls_peak=$(peak_tree_kb "$p"); stop "$p"
+
 per_client=$(( (with_clients - base) * 1024 / N ))
 per_tls=$(per_conn tls "$N")
 per_h2=$(per_conn h2 "$N")
@@ -100,6 +135,7 @@ pool_bytes=$(( (with_pool - base2) * 1024 - per_client * N ))
 echo "| what | resident memory |"
 echo "|---|---|"
 echo "| idle, 1 site | $((idle[1] / 1024)).$(( (idle[1] % 1024) * 10 / 1024 )) MB |"
+echo "| idle, 1 site, after serving 2000 requests | $((idle_served / 1024)).$(( (idle_served % 1024) * 10 / 1024 )) MB |"
 echo "| idle, 100 sites | $((idle[100] / 1024)).$(( (idle[100] % 1024) * 10 / 1024 )) MB |"
 echo "| idle, 1000 sites | $((idle[1000] / 1024)).$(( (idle[1000] % 1024) * 10 / 1024 )) MB |"
 echo "| idle, 100 sites with analytics | $((idle_analytics / 1024)).$(( (idle_analytics % 1024) * 10 / 1024 )) MB |"
@@ -108,4 +144,5 @@ echo "| per idle client connection | $per_client bytes |"
 echo "| per idle HTTP/1.1 over TLS connection | $per_tls bytes |"
 echo "| per idle HTTP/2 over TLS connection | $per_h2 bytes |"
 echo "| per idle HTTP/3 (QUIC) connection | $per_h3 bytes |"
+echo "| peak, $N idle HTTP/1.1 over TLS connections: Dwaar / nginx (1 worker) | $((dwaar_tls_peak / 1024)).$(( (dwaar_tls_peak % 1024) * 10 / 1024 )) MB / $((nginx_tls_peak / 1024)).$(( (nginx_tls_peak % 1024) * 10 / 1024 )) MB |"
 echo "| per pooled upstream connection ($pooled pooled) | $(( pooled > 0 ? pool_bytes / pooled : 0 )) bytes |"

@@ -24,6 +24,7 @@
 #      connections x BENCH_H2_STREAMS (10) concurrent streams for BENCH_DURATION)
 #      BENCH_TLS_H1 (1; 0 skips the HTTP/1.1-over-TLS run: wrk keep-alive connections,
 #      BENCH_TLS_H1_CONNS ("100 1000"), to the same TLS listeners)
+#      BENCH_HTTP1 (1; 0 skips the plain HTTP/1.1 run)
 #      BENCH_HANDSHAKE (1; 0 skips the handshake run: one TLS handshake per request,
 #      `Connection: close`, BENCH_HANDSHAKE_CONNS (50) at a time, by dwaar-loadgen; once
 #      with every handshake full and once resuming sessions from tickets)
@@ -81,9 +82,13 @@ http {
   keepalive_requests 1000000;
   server { listen 127.0.0.1:9090 backlog=4096; location / { return 200 "OK\n"; }
     location /big/ { root $WORK/backend/www; }
-    location = /upload { client_max_body_size 0; return 200 "OK\n"; } }
+  }
 }
 NGX
+# Uploads go to an origin that reads each body to its end before answering (nginx's
+# `return 200` may answer first, letting a proxy skip the rest of the upload).
+taskset -c $LOAD_CPUS "$LOADGEN" sink --listen 127.0.0.1:9092 & PIDS+=($!)
+wait_port 9092
 mkdir -p "$WORK/backend/www/big"
 head -c $((10 * 1024 * 1024)) /dev/urandom > "$WORK/backend/www/big/10m"
 head -c $((10 * 1024 * 1024)) /dev/urandom > "$WORK/upload.bin"
@@ -125,12 +130,14 @@ start_dwaar() {
 :6188 {
 	$log
 	$analytics
+	reverse_proxy /upload 127.0.0.1:9092
 	reverse_proxy 127.0.0.1:9090
 }
 https://:6443 {
 	tls $CERT $KEY
 	$log
 	$analytics
+	reverse_proxy /upload 127.0.0.1:9092
 	reverse_proxy 127.0.0.1:9090
 }
 DW
@@ -150,11 +157,14 @@ http {
   $( [ "$ACCESS_LOG" = 1 ] && echo "access_log $WORK/nginx/access.log combined buffer=64k flush=100ms;" || echo "access_log off;" )
   keepalive_requests 1000000;
   upstream backend { server 127.0.0.1:9090; keepalive 1024; }
+  upstream sink { server 127.0.0.1:9092; keepalive 1024; }
   server { listen 127.0.0.1:8080 backlog=4096;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /upload { proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection ""; } }
   server { listen 127.0.0.1:8443 ssl http2 backlog=4096;
     ssl_certificate $CERT; ssl_certificate_key $KEY;
-    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; } }
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    location = /upload { proxy_pass http://sink; proxy_http_version 1.1; proxy_set_header Connection ""; } }
 }
 NGX
   taskset -c $PROXY_CPUS nginx -c "$WORK/nginx/nginx.conf" -g 'daemon off;' & PIDS+=($!); echo $! > "$WORK/nginx.pid"
@@ -174,12 +184,16 @@ defaults
   http-reuse always
 frontend fe
   bind 127.0.0.1:8081
+  use_backend sink if { path /upload }
   default_backend be
 frontend fe_tls
   bind 127.0.0.1:8444 ssl crt $WORK/tls/combined.pem alpn h2,http/1.1
+  use_backend sink if { path /upload }
   default_backend be
 backend be
   server s1 127.0.0.1:9090 pool-max-conn 1024
+backend sink
+  server s2 127.0.0.1:9092 pool-max-conn 1024
 HAP
   taskset -c $PROXY_CPUS haproxy -f "$WORK/haproxy.cfg" -db >"$WORK/haproxy.log" 2>&1 & PIDS+=($!); echo $! > "$WORK/haproxy.pid"
   wait_port 8081
@@ -193,6 +207,11 @@ start_caddy() {
 }
 :8082 {
 	$( [ "$ACCESS_LOG" = 1 ] && printf 'log {\n\t\toutput file %s/caddy-access.log\n\t}' "$WORK" )
+	reverse_proxy /upload 127.0.0.1:9092 {
+		transport http {
+			keepalive_idle_conns 1024
+		}
+	}
 	reverse_proxy 127.0.0.1:9090 {
 		transport http {
 			keepalive_idle_conns 1024
@@ -201,6 +220,11 @@ start_caddy() {
 }
 https://:8445 {
 	tls $CERT $KEY
+	reverse_proxy /upload 127.0.0.1:9092 {
+		transport http {
+			keepalive_idle_conns 1024
+		}
+	}
 	reverse_proxy 127.0.0.1:9090 {
 		transport http {
 			keepalive_idle_conns 1024
@@ -224,9 +248,11 @@ to_ms() { # wrk latency like 1.23ms / 850.00us / 1.02s -> ms
   awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us$/,"",v); print v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v); print v+0} else if (v ~ /s$/) {sub(/s$/,"",v); print v*1000} else print v }'
 }
 
+HTTP1=${BENCH_HTTP1:-1}
 RAW=$RESULTS/raw-$(date +%Y%m%d-%H%M%S).tsv
 echo -e "round\ttarget\tconns\trps\tp50_ms\tp99_ms\tavg_ms\ttransfer\tcpu_us_per_req\terrors" > "$RAW"
 for round in $(seq 1 "$ROUNDS"); do
+  [ "$HTTP1" = 1 ] || break
   for c in $CONNS; do
     for t in $TARGETS; do
       before=$( [ "$t" = direct ] && echo 0 || cpu_ticks "$t")

@@ -11,6 +11,11 @@
 //!   keeps them all open for `-d` seconds (for the memory table: what each idle
 //!   connection costs the server).
 //!
+//! - `sink`: an HTTP/1.1 origin on `--listen ADDR:PORT` that reads every request body
+//!   to its end (Content-Length or chunked) before answering `200 OK`, for upload runs
+//!   (nginx's `return 200` may answer before the body has arrived, which lets a proxy
+//!   skip most of the upload).
+//!
 //! It only makes load: certificates are not verified, and it prints counts for the
 //! harness to divide (`requests`, `failed`, `resumed`, `bytes`, `seconds`, `rps`).
 
@@ -34,16 +39,18 @@ struct Opts {
     resume: bool,
     gso: bool,
     proto: String,
+    /// Stop after this many requests (tls mode) instead of after `-d`.
+    total: Option<u64>,
 }
 
 const USAGE: &str =
-    "usage: dwaar-loadgen h3|tls|hold --connect ADDR:PORT [--host NAME] [--path P] \
-[-c CONNS] [-m STREAMS] [-d SECONDS] [-t THREADS] [--resume] [--no-gso] [--proto tls|h2|h3]";
+    "usage: dwaar-loadgen sink --listen ADDR:PORT | dwaar-loadgen h3|tls|hold --connect ADDR:PORT [--host NAME] [--path P] \
+[-c CONNS] [-m STREAMS] [-d SECONDS] [-n REQUESTS] [-t THREADS] [--resume] [--no-gso] [--proto tls|h2|h3]";
 
 fn parse() -> Result<Opts, String> {
     let mut args = std::env::args().skip(1);
     let mode = args.next().ok_or(USAGE)?;
-    if !matches!(mode.as_str(), "h3" | "tls" | "hold") {
+    if !matches!(mode.as_str(), "h3" | "tls" | "hold" | "sink") {
         return Err(format!("unknown mode '{mode}'\n{USAGE}"));
     }
     let mut o = Opts {
@@ -58,11 +65,14 @@ fn parse() -> Result<Opts, String> {
         resume: false,
         gso: true,
         proto: "tls".into(),
+        total: None,
     };
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--connect" => o.connect = value()?.parse().map_err(|e| format!("--connect: {e}"))?,
+            "--connect" | "--listen" => {
+                o.connect = value()?.parse().map_err(|e| format!("--connect: {e}"))?
+            }
             "--host" => o.host = value()?,
             "--path" => o.path = value()?,
             "-c" => o.conns = value()?.parse().map_err(|e| format!("-c: {e}"))?,
@@ -77,6 +87,7 @@ fn parse() -> Result<Opts, String> {
             "--resume" => o.resume = true,
             "--no-gso" => o.gso = false,
             "--proto" => o.proto = value()?,
+            "-n" => o.total = Some(value()?.parse().map_err(|e| format!("-n: {e}"))?),
             _ => return Err(format!("unknown argument '{a}'\n{USAGE}")),
         }
     }
@@ -121,6 +132,7 @@ fn main() {
         match opts.mode.as_str() {
             "h3" => h3_load(&opts, &counts).await,
             "hold" => hold(&opts, &counts).await,
+            "sink" => sink(&opts).await,
             _ => tls_load(&opts, &counts).await,
         }
     });
@@ -267,14 +279,26 @@ async fn tls_load(o: &Opts, counts: &Arc<Counts>) -> Result<(), String> {
         o.path, o.host
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(o.seconds);
+    let total = o.total.unwrap_or(u64::MAX);
+    let started = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..o.conns {
         let connector = tokio_rustls::TlsConnector::from(config.clone());
-        let (name, request, counts, addr) =
-            (name.clone(), request.clone(), counts.clone(), o.connect);
+        let (name, request, counts, addr, started) = (
+            name.clone(),
+            request.clone(),
+            counts.clone(),
+            o.connect,
+            started.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 16 * 1024];
-            while tokio::time::Instant::now() < deadline {
+            // With `-n`, requests are shared out until the total is reached; else time.
+            let more = || match total {
+                u64::MAX => tokio::time::Instant::now() < deadline,
+                n => started.fetch_add(1, Ordering::Relaxed) < n,
+            };
+            while more() {
                 let one = tokio::time::timeout(
                     Duration::from_secs(10),
                     one_tls_request(&connector, addr, &name, &request, &mut buf),
@@ -341,6 +365,91 @@ async fn one_tls_request(
         return Err("not a 200".into());
     }
     Ok((resumed, total))
+}
+
+// --- an origin that reads whole bodies ----------------------------------------------
+
+async fn sink(o: &Opts) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(o.connect)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", o.connect))?;
+    loop {
+        let (s, _) = listener.accept().await.map_err(|e| e.to_string())?;
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let _ = sink_connection(s).await;
+        });
+    }
+}
+
+/// Serves requests on one connection until it closes: each body read (and dropped)
+/// to its end, then `200 OK`.
+async fn sink_connection(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
+    let mut buf = bytes::BytesMut::with_capacity(64 * 1024);
+    loop {
+        // The head.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 64 * 1024 || s.read_buf(&mut buf).await? == 0 {
+                return Ok(());
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        let _ = buf.split_to(head_end);
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let chunked = head
+            .lines()
+            .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+        if let Some(mut left) = length {
+            while left > 0 {
+                if buf.is_empty() && s.read_buf(&mut buf).await? == 0 {
+                    return Ok(());
+                }
+                let n = left.min(buf.len());
+                let _ = buf.split_to(n);
+                left -= n;
+            }
+        } else if chunked {
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    if s.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                };
+                let size_text = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+                let size =
+                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+                        .map_err(|_| std::io::Error::other("bad chunk size"))?;
+                let _ = buf.split_to(line_end + 2);
+                // The chunk and its CRLF; the last chunk's trailer section ends with CRLF.
+                let mut left = size + 2;
+                while left > 0 {
+                    if buf.is_empty() && s.read_buf(&mut buf).await? == 0 {
+                        return Ok(());
+                    }
+                    let n = left.min(buf.len());
+                    let _ = buf.split_to(n);
+                    left -= n;
+                }
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nOK\n")
+            .await?;
+        if buf.capacity() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+    }
 }
 
 // --- idle connections held open -----------------------------------------------------

@@ -631,3 +631,39 @@ fn websocket_upgrades_on_http1_paths() {
         assert!(text.contains("hello"), "{proto:?}: no echo in {text:?}");
     }
 }
+
+/// A large upload reaches the origin whole on every path, and on the HTTP/1.1 paths a
+/// request pipelined right behind its body is still answered (the lean path streams
+/// bodies in bulk reads through the upstream connection's buffer and must hand back
+/// what follows the body).
+#[test]
+fn large_uploads_arrive_whole_and_what_follows_them_is_served() {
+    use std::time::Duration;
+    let o = origin::http("sink");
+    let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{}\n", o.port));
+    let body: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    for proto in ALL {
+        let r = p.ok(proto, &Req::post("/up", body.clone()));
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert!(
+            r.text().contains(&format!("body: {}\n", body.len())),
+            "{proto:?}: {}",
+            r.text()
+        );
+    }
+    let mut raw = format!(
+        "POST /first HTTP/1.1\r\nHost: localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    raw.extend_from_slice(b"GET /second HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    for proto in [Proto::H1Lean, Proto::H1Pingora, Proto::H1Tls] {
+        let (text, _) = p.raw_h1(proto, &[&raw], Duration::ZERO, Duration::from_secs(10));
+        assert!(
+            text.contains("uri: /first") && text.contains(&format!("body: {}\n", body.len())),
+            "{proto:?}: {text:?}"
+        );
+        assert!(text.contains("uri: /second"), "{proto:?}: {text:?}");
+    }
+}

@@ -839,19 +839,29 @@ async fn proxy<S: LeanIo>(
         if sent.is_ok() {
             // The rest of the body goes before the answer is awaited: the upstream
             // may well want all of it first.
-            while left > 0 {
-                if buf.is_empty() {
-                    // A client that stops sending its body is dropped after `read_body`.
-                    let read = tokio::time::timeout(body_timeout, tcp.read_buf(buf)).await;
-                    if !matches!(read, Ok(Ok(n)) if n > 0) {
-                        return Next::Drop;
-                    }
-                }
+            while left > 0 && !buf.is_empty() {
                 let take = (buf.len() as u64).min(left) as usize;
                 if upc.stream.write_all(&buf[..take]).await.is_err() {
                     return Box::pin(upstream_failed(tcp, req, ctx, 502)).await;
                 }
                 buf.advance(take);
+                left -= take as u64;
+            }
+            // The rest in bulk reads through the upstream connection's buffer.
+            while left > 0 {
+                let scratch = upc.bulk_scratch();
+                // A client that stops sending its body is dropped after `read_body`.
+                let read = tokio::time::timeout(body_timeout, tcp.read_buf(scratch)).await;
+                if !matches!(read, Ok(Ok(n)) if n > 0) {
+                    return Next::Drop;
+                }
+                let take = (scratch.len() as u64).min(left) as usize;
+                // What follows the body (a pipelined request) stays the client's.
+                buf.extend_from_slice(&scratch[take..]);
+                if upc.stream.write_all(&upc.buf[..take]).await.is_err() {
+                    return Box::pin(upstream_failed(tcp, req, ctx, 502)).await;
+                }
+                upc.buf.clear();
                 left -= take as u64;
             }
             match pool::read_response_head(&mut upc, &p.transport).await {

@@ -95,6 +95,16 @@ impl UpstreamConn {
         self.stream.read_buf(&mut self.buf).await
     }
 
+    /// The connection's (empty) buffer with room for a bulk read, lent out while a
+    /// request body streams through to the upstream: nothing is read from the upstream
+    /// before the body has been sent, and the buffer is already sized for bodies, so a
+    /// client connection's small buffer need not grow for an upload.
+    pub fn bulk_scratch(&mut self) -> &mut BytesMut {
+        self.buf.clear();
+        crate::http1::make_room(&mut self.buf, BULK_READ);
+        &mut self.buf
+    }
+
     /// Like [`read_more`](Self::read_more), in larger reads: for streaming a body through.
     pub async fn read_more_bulk(&mut self) -> std::io::Result<usize> {
         crate::http1::make_room(&mut self.buf, BULK_READ);
