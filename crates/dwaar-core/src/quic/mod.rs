@@ -51,7 +51,7 @@ impl rustls::server::ResolvesServerCert for CurrentCerts {
 }
 
 fn server_config(store: Arc<RouteStore>, gso: bool) -> Result<quinn::ServerConfig, String> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(dwaar_tls::provider());
     let mut tls = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| e.to_string())?
