@@ -37,7 +37,8 @@ stop() { kill "$1" 2>/dev/null || true; while [ -d "/proc/$1" ]; do sleep 0.05; 
 start() { # config -> pid (waits for the port)
   "$DWAAR" run --config "$1" --threads 1 >"$WORK/dwaar.log" 2>&1 & local p=$!; PIDS+=($p)
   for _ in $(seq 100); do (echo > /dev/tcp/127.0.0.1/16299) 2>/dev/null && break; sleep 0.05; done
-  sleep 0.5; echo "$p"
+  # Measured after start-up code pages are released (server/footprint.rs, 2 s after start).
+  sleep 2.5; echo "$p"
 }
 sites() { # n [analytics] -> Dwaarfile with n respond sites and one proxy site on :16299
   local extra="" f="$WORK/Dwaarfile.$1${2:-}"
@@ -55,7 +56,10 @@ tls_site() { # -> Dwaarfile with one HTTPS site (HTTP/1.1, HTTP/2, HTTP/3) on :1
 }
 per_conn() { # proto count -> bytes per held connection (one dwaar, loadgen holds them 4 s)
   local p b w h
-  p=$(start "$(tls_site)"); sleep 0.3; b=$(rss_kb "$p")
+  # Warm up first: the code the connections run is paged back in before the baseline.
+  p=$(start "$(tls_site)")
+  "$LOADGEN" hold --proto "$1" --connect 127.0.0.1:16443 -c 20 -d 0.2 >/dev/null 2>&1 || true
+  sleep 0.5; b=$(rss_kb "$p")
   "$LOADGEN" hold --proto "$1" --connect 127.0.0.1:16443 -c "$2" -d 4 >/dev/null 2>"$WORK/hold.log" & h=$!
   for _ in $(seq 200); do grep -q held "$WORK/hold.log" 2>/dev/null && break; sleep 0.1; done
   sleep 0.5; w=$(rss_kb "$p"); wait $h || true; stop "$p"
@@ -77,9 +81,8 @@ PY
 }
 
 declare -A idle
-# Measured after start-up code pages are released (server/footprint.rs, 2 s after start).
 for n in 1 100 1000; do
-  p=$(start "$(sites $n)"); sleep 2.5; idle[$n]=$(rss_kb "$p")
+  p=$(start "$(sites $n)"); idle[$n]=$(rss_kb "$p")
   if [ "$n" = 1 ]; then
     # The same server idle again after serving: the pages requests use are back.
     python3 - <<'PY'
@@ -97,10 +100,11 @@ PY
 done
 p=$(start "$(sites 100 analytics)"); idle_analytics=$(rss_kb "$p"); stop "$p"
 # Idle client connections (answered by dwaar itself).
-p=$(start "$(sites 1)"); base=$(rss_kb "$p")
+warm() { for _ in $(seq 20); do curl -s -o /dev/null -H "Host: $1" http://127.0.0.1:16299/"$2" || true; done; sleep 0.3; }
+p=$(start "$(sites 1)"); warm site1.example local; base=$(rss_kb "$p")
 hold /local & h=$!; sleep 2.5; with_clients=$(rss_kb "$p"); wait $h; stop "$p"
 # Client connections that were proxied: each leaves a pooled upstream connection too.
-p=$(start "$(sites 1)"); base2=$(rss_kb "$p")
+p=$(start "$(sites 1)"); warm x ""; base2=$(rss_kb "$p")
 hold / & h=$!; sleep 2.5; with_pool=$(rss_kb "$p")
 pooled=$(ss -Htn state established '( dport = :19299 )' | wc -l)
 wait $h; stop "$p"

@@ -33,7 +33,8 @@
 #      here; Dwaar is also run with DWAAR_QUIC_GSO=0 to show what segmentation offload gives)
 #      BENCH_BODIES (1; 0 skips big bodies: a 10 MB download and a 10 MB upload proxied
 #      over HTTP/1.1, HTTP/1.1 over TLS and HTTP/2, BENCH_BODY_CONNS (10) connections;
-#      CPU per MB and MB/s)
+#      CPU per MB and MB/s; BENCH_BODY_MODES picks some of down-h1 down-tls-h1 down-h2
+#      up-h1 up-tls-h1 up-h2)
 # Output: the tables on stdout and in benchmarks/results/latest.txt, raw rows in
 # benchmarks/results/raw-*.tsv, and the run's record in benchmarks/results/<date>-<host>.md
 # (machine, command, tables) and .json (medians).
@@ -492,7 +493,7 @@ LUA
     echo -e "$round\t$t\t$mode\t$rate\t$cpu\t$errs" | tee -a "$BRAW"
   }
   for round in $(seq 1 "$ROUNDS"); do
-    for mode in down-h1 down-tls-h1 down-h2 up-h1 up-tls-h1 up-h2; do
+    for mode in ${BENCH_BODY_MODES:-down-h1 down-tls-h1 down-h2 up-h1 up-tls-h1 up-h2}; do
       for t in $TARGETS; do
         [ "$t" = direct ] && continue
         path=$( [[ $mode == up* ]] && echo /upload || echo /big/10m )
