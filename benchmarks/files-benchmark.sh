@@ -2,7 +2,7 @@
 # Static-file benchmark: Dwaar's file_server against nginx and Caddy serving the same
 # directory on the same core.
 #
-# Files: small.html (1 KiB, the typical hot asset) and big.bin (10 MB). Each server has
+# Files: small.html (1 KiB, the typical hot asset), medium.bin (1 MB) and big.bin (10 MB). Each server has
 # one worker on core 1 (LAYOUT=split, default) with access logs off; wrk runs on core 0.
 # Small file: wrk with BENCH_CONNECTIONS (100) connections; big file: BENCH_BIG_CONNECTIONS
 # (10). Targets are interleaved for BENCH_ROUNDS rounds and the median is reported, with
@@ -36,6 +36,7 @@ wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/n
 SITE=$WORK/site
 mkdir -p "$SITE"
 head -c 1024 /dev/urandom | base64 -w0 | head -c 1024 > "$SITE/small.html"
+head -c $((1024 * 1024)) /dev/urandom > "$SITE/medium.bin"
 head -c $((10 * 1024 * 1024)) /dev/urandom > "$SITE/big.bin"
 # nginx workers run as an unprivileged user: the tree must be world-readable.
 chmod 755 "$WORK" "$SITE"; chmod 644 "$SITE"/*
@@ -84,7 +85,7 @@ GOMAXPROCS=1 taskset -c $SRV_CPUS caddy run --config "$WORK/Caddyfile" --adapter
 for p in 8190 8191 8192; do wait_port $p; done
 # Every server must really serve the files (a 403 would benchmark nothing).
 for p in 8190 8191 8192; do
-	for f in small.html big.bin; do
+	for f in small.html medium.bin big.bin; do
 		code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$p/$f")
 		[ "$code" = 200 ] || { echo "port $p /$f answered $code" >&2; exit 1; }
 	done
@@ -121,8 +122,9 @@ for round in $(seq 1 "$ROUNDS"); do
 	for t in dwaar nginx caddy; do
 		case $t in dwaar) port=8190 ;; nginx) port=8191 ;; caddy) port=8192 ;; esac
 		R[$t,small,$round]=$(run_one $t $port small.html "$CONNS")
+		R[$t,medium,$round]=$(run_one $t $port medium.bin "$BIG_CONNS")
 		R[$t,big,$round]=$(run_one $t $port big.bin "$BIG_CONNS")
-		echo "round $round $t small: ${R[$t,small,$round]} big: ${R[$t,big,$round]}" >&2
+		echo "round $round $t small: ${R[$t,small,$round]} medium: ${R[$t,medium,$round]} big: ${R[$t,big,$round]}" >&2
 	done
 done
 
@@ -132,13 +134,15 @@ OUT=$RESULTS/$DATE-$HOST-files.md
 {
 	echo "# Static files, $DATE on $HOST ($(nproc) cores, layout $LAYOUT, $ROUNDS rounds of $DURATION, medians)"
 	echo
-	echo "| Server | small.html RPS (c=$CONNS) | CPU µs/req | big.bin MB/s (c=$BIG_CONNS) | CPU µs/req |"
-	echo "|---|---|---|---|---|"
+	echo "| Server | small.html RPS (c=$CONNS) | CPU µs/req | medium.bin (1 MB) RPS (c=$BIG_CONNS) | CPU µs/req | big.bin MB/s (c=$BIG_CONNS) | CPU µs/req |"
+	echo "|---|---|---|---|---|---|---|"
 	for t in dwaar nginx caddy; do
 		sr=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,small,$r]}" | awk '{print $1}'; done | median)
 		sc=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,small,$r]}" | awk '{print $3}'; done | median)
+		mr=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,medium,$r]}" | awk '{print $1}'; done | median)
+		mc=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,medium,$r]}" | awk '{print $3}'; done | median)
 		bm=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,big,$r]}" | awk '{print $2}'; done | median)
 		bc=$(for r in $(seq 1 "$ROUNDS"); do echo "${R[$t,big,$r]}" | awk '{print $3}'; done | median)
-		echo "| $t | $sr | $sc | $bm | $bc |"
+		echo "| $t | $sr | $sc | $mr | $mc | $bm | $bc |"
 	done
 } | tee "$OUT"

@@ -25,6 +25,9 @@
 #      BENCH_TLS_H1 (1; 0 skips the HTTP/1.1-over-TLS run: wrk keep-alive connections,
 #      BENCH_TLS_H1_CONNS ("100 1000"), to the same TLS listeners)
 #      BENCH_HTTP1 (1; 0 skips the plain HTTP/1.1 run)
+#      BENCH_FILES (1; 0 skips benchmarks/files-benchmark.sh: file_server against nginx
+#      sendfile and Caddy for 1 KB, 1 MB and 10 MB files) BENCH_MEMORY (1; 0 skips
+#      benchmarks/memory.sh: the memory table); both run after the proxies are stopped
 #      BENCH_HANDSHAKE (1; 0 skips the handshake run: one TLS handshake per request,
 #      `Connection: close`, BENCH_HANDSHAKE_CONNS (50) at a time, by dwaar-loadgen; once
 #      with every handshake full and once resuming sessions from tickets)
@@ -506,6 +509,21 @@ LUA
     done
   done
   summarize "$BRAW" "10 MB bodies (c=$BC): rate in MB/s, CPU per MB" nginx "MB/s" MB
+fi
+
+# --- static files and the memory table (their own scripts, after the proxies stop) -------
+if [ "${BENCH_FILES:-1}" = 1 ] || [ "${BENCH_MEMORY:-1}" = 1 ]; then
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  sleep 1
+  export DWAAR_BIN="$DWAAR"
+  if [ "${BENCH_FILES:-1}" = 1 ]; then
+    echo -e "\nStatic files (benchmarks/files-benchmark.sh)" | tee -a "$RESULTS/latest.txt"
+    BENCH_DURATION=$DURATION BENCH_ROUNDS=$ROUNDS benchmarks/files-benchmark.sh 2>/dev/null | tee -a "$RESULTS/latest.txt"
+  fi
+  if [ "${BENCH_MEMORY:-1}" = 1 ]; then
+    echo -e "\nMemory (benchmarks/memory.sh)" | tee -a "$RESULTS/latest.txt"
+    benchmarks/memory.sh 2>/dev/null | tee -a "$RESULTS/latest.txt"
+  fi
 fi
 
 # --- the run's record: <date>-<host>.md (machine, command, tables) and .json (medians) --
