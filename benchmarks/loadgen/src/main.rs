@@ -151,49 +151,13 @@ fn main() {
     println!("rps {:.1}", ok as f64 / secs);
 }
 
-/// Accepts any server certificate: the generator measures the server, not the chain.
-#[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn verify_tls13_signature(
-        &self,
-        m: &[u8],
-        c: &rustls::pki_types::CertificateDer<'_>,
-        d: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(m, c, d, &self.0.signature_verification_algorithms)
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 fn client_tls(alpn: &[u8], resume: bool) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyServer(provider)))
+        .with_custom_certificate_verifier(Arc::new(dwaar_testkit::tls::AnyServer(provider)))
         .with_no_client_auth();
     c.alpn_protocols = vec![alpn.to_vec()];
     c.resumption = if resume {
@@ -325,6 +289,22 @@ async fn tls_load(o: &Opts, counts: &Arc<Counts>) -> Result<(), String> {
     Ok(())
 }
 
+/// A TCP connection to `addr` with a completed TLS handshake.
+async fn tls_connect(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    name: &rustls::pki_types::ServerName<'static>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    connector
+        .connect(name.clone(), tcp)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One connection, one handshake, one request read to its end: (resumed, bytes).
 async fn one_tls_request(
     connector: &tokio_rustls::TlsConnector,
@@ -333,14 +313,7 @@ async fn one_tls_request(
     request: &str,
     buf: &mut [u8],
 ) -> Result<(bool, u64), String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
-    let mut tls = connector
-        .connect(name.clone(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut tls = tls_connect(connector, addr, name).await?;
     let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     tls.write_all(request.as_bytes())
         .await
@@ -462,24 +435,17 @@ async fn hold(o: &Opts, counts: &Arc<Counts>) -> Result<(), String> {
     let name = rustls::pki_types::ServerName::try_from(o.host.clone())
         .map_err(|e| format!("--host: {e}"))?;
     let h3_client = quic_client(o)?;
-    let tls_config = Arc::new(client_tls(
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_tls(
         if o.proto == "h2" { b"h2" } else { b"http/1.1" },
         false,
-    )?);
+    )?));
     let uri: http::Uri = format!("https://{}:{}{}", o.host, o.connect.port(), o.path)
         .parse()
         .map_err(|e| format!("bad URL: {e}"))?;
     for _ in 0..o.conns {
         let one: Result<Held, String> = match o.proto.as_str() {
             "tls" => {
-                let tcp = tokio::net::TcpStream::connect(o.connect)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
-                let mut tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut tls = tls_connect(&connector, o.connect, &name).await?;
                 let req = format!("GET {} HTTP/1.1\r\nHost: {}\r\n\r\n", o.path, o.host);
                 tls.write_all(req.as_bytes())
                     .await
@@ -492,14 +458,7 @@ async fn hold(o: &Opts, counts: &Arc<Counts>) -> Result<(), String> {
                 Ok(Box::new(tls))
             }
             "h2" => {
-                let tcp = tokio::net::TcpStream::connect(o.connect)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let connector = tokio_rustls::TlsConnector::from(tls_config.clone());
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let tls = tls_connect(&connector, o.connect, &name).await?;
                 let (mut send, conn) = h2::client::handshake(tls)
                     .await
                     .map_err(|e| e.to_string())?;

@@ -230,9 +230,10 @@ fn client_config(opts: &TlsOpts) -> std::io::Result<rustls::ClientConfig> {
     Ok(config)
 }
 
-/// Accepts any server certificate (for tests that look at what was served).
+/// Accepts any server certificate (for tests that look at what was served, and for
+/// `benchmarks/loadgen`, which measures the server rather than its chain).
 #[derive(Debug)]
-struct AnyServer(Arc<rustls::crypto::CryptoProvider>);
+pub struct AnyServer(pub Arc<rustls::crypto::CryptoProvider>);
 
 impl rustls::client::danger::ServerCertVerifier for AnyServer {
     fn verify_server_cert(
