@@ -919,3 +919,21 @@ fn sessions_resume_across_worker_processes_and_restarts() {
         "{metrics}"
     );
 }
+
+/// The server's cipher order decides, not the client's (rustls clients list AES-256-GCM
+/// first): AES-128-GCM by default, the `ciphers` order when a site gives one.
+#[test]
+fn the_servers_cipher_order_decides() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "")
+        + "localhost {\n\trespond hi\n}\n\
+           a.localhost {\n\ttls {\n\t\tciphers TLS_AES_256_GCM_SHA384 TLS_AES_128_GCM_SHA256\n\t}\n\trespond a\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[https]);
+    let mut opts = TlsOpts::trusting(local_root(store.path()));
+    opts.version = Some(13);
+    let r = tls::get(https, "localhost", "localhost", "/", &opts).unwrap();
+    assert_eq!(r.cipher, "TLS13_AES_128_GCM_SHA256");
+    let r = tls::get(https, "a.localhost", "a.localhost", "/", &opts).unwrap();
+    assert_eq!(r.cipher, "TLS13_AES_256_GCM_SHA384");
+}

@@ -31,9 +31,9 @@ pub mod verify;
 pub use manager::TlsManager;
 pub use state::TlsState;
 
-/// The crypto provider every TLS config uses: aws-lc-rs. Its X25519 and SHA-2 are
-/// assembly (ring's X25519 is portable C), which roughly halves the CPU of a resumed
-/// handshake, where key exchange and key derivation are nearly all the work.
+/// The crypto provider every TLS config uses: aws-lc-rs, whose X25519 and SHA-2 are
+/// assembly (ring's X25519 is portable C). Measured end to end the change was within
+/// run noise (BENCHMARKS.md, 2026-12-04): a handshake's CPU is mostly elsewhere.
 pub fn provider() -> rustls::crypto::CryptoProvider {
     rustls::crypto::aws_lc_rs::default_provider()
 }

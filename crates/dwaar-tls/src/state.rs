@@ -478,7 +478,7 @@ fn client_verifier(
 /// AES-128-GCM, AES-256-GCM, then ChaCha20-Poly1305 (the sort is stable, so each TLS
 /// version's suites keep the provider's order otherwise).
 fn suite_rank(s: rustls::CipherSuite) -> u8 {
-    let name = format!("{s:?}");
+    let name = suite_name(s);
     if name.contains("AES_128_GCM") {
         0
     } else if name.contains("AES_256_GCM") {
@@ -507,6 +507,25 @@ fn curve_name(g: rustls::NamedGroup) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_order_prefers_aes_128_then_aes_256_then_chacha() {
+        let mut suites = crate::provider().cipher_suites;
+        suites.sort_by_key(|s| suite_rank(s.suite()));
+        let tls13: Vec<String> = suites
+            .iter()
+            .filter(|s| s.version() == &rustls::version::TLS13)
+            .map(|s| suite_name(s.suite()))
+            .collect();
+        assert_eq!(
+            tls13,
+            [
+                "TLS_AES_128_GCM_SHA256",
+                "TLS_AES_256_GCM_SHA384",
+                "TLS_CHACHA20_POLY1305_SHA256"
+            ]
+        );
+    }
 
     #[test]
     fn every_configurable_cipher_exists() {

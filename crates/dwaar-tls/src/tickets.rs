@@ -109,7 +109,8 @@ struct Source {
 pub struct TicketKeys {
     ring: ArcSwap<KeyRing>,
     source: Mutex<Option<Source>>,
-    thread: Mutex<bool>,
+    /// Whether the thread that re-reads the keys ([`keep_fresh`]) runs.
+    keeper_started: Mutex<bool>,
     random: SystemRandom,
 }
 
@@ -133,7 +134,7 @@ impl TicketKeys {
         Ok(Arc::new(TicketKeys {
             ring: ArcSwap::from_pointee(ring),
             source: Mutex::new(None),
-            thread: Mutex::new(false),
+            keeper_started: Mutex::new(false),
             random,
         }))
     }
@@ -145,7 +146,7 @@ impl TicketKeys {
             *s = Some(Source { storage, leader });
         }
         self.refresh(unix_now());
-        let Ok(mut started) = self.thread.lock() else {
+        let Ok(mut started) = self.keeper_started.lock() else {
             return;
         };
         if !*started {
@@ -213,19 +214,20 @@ impl TicketKeys {
         let key = ring.sealing(now)?;
         let mut nonce = [0u8; NONCE_LEN];
         self.random.fill(&mut nonce).ok()?;
+        // name | nonce | sealed state | tag, built in one buffer.
         let mut out = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + TAG_LEN);
         out.extend_from_slice(&key.name);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
-        let mut body = out.split_off(NAME_LEN + NONCE_LEN);
-        key.aead
-            .seal_in_place_append_tag(
+        let tag = key
+            .aead
+            .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&key.name),
-                &mut body,
+                &mut out[NAME_LEN + NONCE_LEN..],
             )
             .ok()?;
-        out.extend_from_slice(&body);
+        out.extend_from_slice(tag.as_ref());
         Some(out)
     }
 
