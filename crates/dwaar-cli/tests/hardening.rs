@@ -7,15 +7,6 @@ use common::*;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-/// Whether this binary runs the suites with the fast path off (Pingora answers
-/// malformed heads itself there, with a plain 400 for some of them).
-fn pingora_only() -> bool {
-    std::env::current_exe()
-        .ok()
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .is_some_and(|n| n.starts_with("pingora_path"))
-}
-
 /// Sends `raw`, returns (status, connection closed afterwards).
 fn send(port: u16, raw: &[u8]) -> (u16, bool) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
@@ -74,11 +65,17 @@ fn malformed_and_ambiguous_requests_are_refused_and_never_forwarded() {
         ("NUL in value", b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n".to_vec(), &[400]),
         ("invalid field name", b"GET / HTTP/1.1\r\nHost: x\r\nX(A): b\r\n\r\n".to_vec(), &[400]),
         ("missing Host", b"GET / HTTP/1.1\r\n\r\n".to_vec(), &[400]),
+        ("CL list", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\nab".to_vec(), &[400]),
+        ("identical CLs", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nab".to_vec(), &[400]),
+        ("space in target", b"GET /a b HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), &[400]),
+        ("tab in target", b"GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), &[400]),
+        ("head over 32 KiB", big_field(64 * 1024), &[431]),
+        ("over 100 fields", format!("GET / HTTP/1.1\r\nHost: x\r\n{}\r\n", "X-F: 1\r\n".repeat(101)).into_bytes(), &[431]),
         ("repeated Host", b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n".to_vec(), &[400]),
         // Over Pingora's own head limit, Pingora refuses it before Dwaar sees it.
-        ("URI too long", long.into_bytes(), if pingora_only() { &[400, 414] } else { &[414] }),
+        ("URI too long", long.into_bytes(), &[414]),
         ("URI over 8 KiB", format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "b".repeat(9000)).into_bytes(), &[414]),
-        ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), if pingora_only() { &[400, 505] } else { &[505] }),
+        ("HTTP/2.0 request line", b"GET / HTTP/2.0\r\nHost: x\r\n\r\n".to_vec(), &[505]),
     ];
     for (name, raw, want) in &cases {
         let (status, closed) = send(port, raw);
@@ -96,14 +93,104 @@ fn malformed_and_ambiguous_requests_are_refused_and_never_forwarded() {
     assert_eq!(ok_get(port, "x", "/").status, 200);
 }
 
+/// A request whose one header field makes the head `size` bytes long.
+fn big_field(size: usize) -> Vec<u8> {
+    format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(size)
+    )
+    .into_bytes()
+}
+
+/// Chunked framing that a lenient parser reads differently (bare LF or CR line ends,
+/// a size without digits, whitespace that leads nowhere) is a 400 and a close on both
+/// HTTP/1 paths, including after earlier requests on the same connection.
+#[test]
+fn chunked_framing_is_read_strictly() {
+    let origin = origin::http("chunks");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}\n",
+        origin.port
+    ));
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (name, body) in [
+        ("extension ended by LF", "2;a\nab\n0\n\n"),
+        ("size ended by LF", "2\nab\r\n0\r\n\r\n"),
+        ("data ended by LF", "2\r\nab\n0\r\n\r\n"),
+        ("bare CR", "2;a\rab\r\n0\r\n\r\n"),
+        ("no size", ";a\r\nab\r\n0\r\n\r\n"),
+        ("whitespace, no extension", "2 x\r\nab\r\n0\r\n\r\n"),
+        ("trailer ended by LF", "2\r\nab\r\n0\r\nX: 1\n\r\n"),
+    ] {
+        let (status, closed) = send(port, format!("{head}{body}").as_bytes());
+        assert_eq!(status, 400, "{name}");
+        assert!(closed, "{name}: connection left open");
+        // The same after a good request on the connection.
+        let (status, closed) = send(
+            port,
+            format!("{head}2\r\nok\r\n0\r\n\r\n{head}{body}").as_bytes(),
+        );
+        assert!(status == 200 && closed, "{name} second: {status} {closed}");
+    }
+    // Well-formed chunked bodies still arrive whole, extensions and trailers included.
+    let (status, _) = send(
+        port,
+        format!("{head}2;x=y\r\nab\r\n1\r\nc\r\n0\r\nX-T: 1\r\n\r\n").as_bytes(),
+    );
+    assert_eq!(status, 200);
+}
+
+/// Every head on a connection is judged by the same strict reader, also after a
+/// request Pingora served (a chunked upload here): a pipelined request with a space in
+/// its target is refused, and well-formed pipelined requests are answered in order.
+#[test]
+fn heads_after_a_lent_request_are_read_strictly() {
+    let origin = origin::http("lent");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{}\n}}\n",
+        origin.port
+    ));
+    let chunked =
+        "POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let all = format!(
+        "{chunked}GET /b HTTP/1.1\r\nHost: x\r\n\r\nPOST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nxyz{chunked}GET /a b HTTP/1.1\r\nHost: x\r\n\r\n"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.write_all(all.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("HTTP/1.1 "))
+        .map(|l| &l[9..12])
+        .collect();
+    assert_eq!(statuses, ["200", "200", "200", "200", "400"], "{text}");
+}
+
+/// The request head limit: 32 KiB of fields by default (431 above, like nginx's
+/// defaults), `servers { max_header_size }` raises or lowers it on both paths.
+#[test]
+fn request_heads_are_bounded_by_max_header_size() {
+    let (_d, port) = serve(":PORT {\n\trespond ok\n}\n");
+    assert_eq!(send(port, &big_field(20 * 1024)).0, 200);
+    assert_eq!(send(port, &big_field(40 * 1024)).0, 431);
+    let (_d2, port2) =
+        serve("{\n\tservers {\n\t\tmax_header_size 1MB\n\t}\n}\n:PORT {\n\trespond ok\n}\n");
+    assert_eq!(send(port2, &big_field(200 * 1024)).0, 200);
+    let (_d3, port3) =
+        serve("{\n\tservers {\n\t\tmax_header_size 4KB\n\t}\n}\n:PORT {\n\trespond ok\n}\n");
+    assert_eq!(send(port3, &big_field(3 * 1024)).0, 200);
+    assert_eq!(send(port3, &big_field(6 * 1024)).0, 431);
+}
+
 #[test]
 fn slowloris_is_cut_off_by_the_header_timeout() {
-    if pingora_only() {
-        // Pingora's HTTP/1 server times out each read (60 s), not the whole head: a
-        // byte every few seconds keeps it waiting. Plain-text ports are served by the
-        // fast path, which enforces `read_header` on the whole head.
-        return;
-    }
+    // Every head is read by the lean path, which bounds the whole head by
+    // `read_header`, also when Pingora serves the requests.
     let (_d, port) = serve(
         "{\n\tservers {\n\t\ttimeouts {\n\t\t\tread_header 1s\n\t\t\tidle 2s\n\t\t}\n\t}\n}\n:PORT {\n\trespond ok\n}\n",
     );

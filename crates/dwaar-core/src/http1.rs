@@ -10,9 +10,10 @@
 use crate::context::RequestContext;
 use bytes::BytesMut;
 
-/// Longest request or response head read (a longer one is refused).
+/// Longest response head read from an upstream (a longer one is a 502). Request heads
+/// are bounded by the port's `max_header_size` instead.
 pub const MAX_HEAD: usize = 64 * 1024;
-/// Most fields a request or response head may have.
+/// Most fields a request or response head may have (a request with more is a 431).
 pub const MAX_HEADERS: usize = 100;
 
 /// Makes room to read more into `buf` when less than `chunk / 2` is free. A buffer that
@@ -165,17 +166,31 @@ pub fn chunk_into(out: &mut Vec<u8>, piece: &[u8]) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BadChunk;
 
-/// Tracks chunked framing while the raw bytes are forwarded unchanged.
-#[derive(Default)]
+impl std::fmt::Display for BadChunk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("malformed chunked body")
+    }
+}
+
+impl std::error::Error for BadChunk {}
+
+/// Tracks chunked framing (RFC 9112 §7.1) while the raw bytes are forwarded unchanged.
+/// Strict where a lenient reader would disagree with a strict one about where the body
+/// ends: every line ends in CRLF (a bare LF or CR anywhere is refused), a size has 1 to
+/// 16 hex digits, extensions and trailers carry no control characters but HTAB.
+#[derive(Debug, Default)]
 pub struct ChunkScanner {
     state: ChunkState,
     size: u64,
+    /// Hex digits of the current size read so far.
+    digits: u8,
 }
 
-#[derive(Default, Clone, Copy, PartialEq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 enum ChunkState {
     #[default]
     Size,
+    SizeBws,
     SizeExt,
     SizeLf,
     Data,
@@ -215,24 +230,35 @@ impl ChunkScanner {
                 ChunkState::Size => match c {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
                         let d = (c as char).to_digit(16).ok_or(BadChunk)? as u64;
+                        self.digits += 1;
+                        if self.digits > 16 {
+                            return Err(BadChunk);
+                        }
                         self.size = self
                             .size
                             .checked_mul(16)
                             .and_then(|s| s.checked_add(d))
                             .ok_or(BadChunk)?;
                     }
-                    b';' | b' ' | b'\t' => self.state = ChunkState::SizeExt,
-                    b'\r' => self.state = ChunkState::SizeLf,
+                    b';' if self.digits > 0 => self.state = ChunkState::SizeExt,
+                    b' ' | b'\t' if self.digits > 0 => self.state = ChunkState::SizeBws,
+                    b'\r' if self.digits > 0 => self.state = ChunkState::SizeLf,
                     _ => return Err(BadChunk),
                 },
-                ChunkState::SizeExt => {
-                    if c == b'\r' {
-                        self.state = ChunkState::SizeLf;
-                    } else if c == b'\n' {
-                        return Err(BadChunk);
-                    }
-                }
+                // Whitespace after the size may only lead to an extension.
+                ChunkState::SizeBws => match c {
+                    b' ' | b'\t' => {}
+                    b';' => self.state = ChunkState::SizeExt,
+                    _ => return Err(BadChunk),
+                },
+                ChunkState::SizeExt => match c {
+                    b'\r' => self.state = ChunkState::SizeLf,
+                    b'\t' => {}
+                    0..=0x1f | 0x7f => return Err(BadChunk),
+                    _ => {}
+                },
                 ChunkState::SizeLf => {
+                    self.digits = 0;
                     let next = if self.size == 0 {
                         ChunkState::Trailer
                     } else {
@@ -255,17 +281,18 @@ impl ChunkScanner {
                 ChunkState::DataCr => self.state = expect(c, b'\r', ChunkState::DataLf)?,
                 ChunkState::DataLf => self.state = expect(c, b'\n', ChunkState::Size)?,
                 ChunkState::Trailer => {
-                    self.state = if c == b'\r' {
-                        ChunkState::EndLf
-                    } else {
-                        ChunkState::TrailerLine
+                    self.state = match c {
+                        b'\r' => ChunkState::EndLf,
+                        0..=0x1f | 0x7f => return Err(BadChunk),
+                        _ => ChunkState::TrailerLine,
                     };
                 }
-                ChunkState::TrailerLine => {
-                    if c == b'\r' {
-                        self.state = ChunkState::TrailerLf;
-                    }
-                }
+                ChunkState::TrailerLine => match c {
+                    b'\r' => self.state = ChunkState::TrailerLf,
+                    b'\t' => {}
+                    0..=0x1f | 0x7f => return Err(BadChunk),
+                    _ => {}
+                },
                 ChunkState::TrailerLf => self.state = expect(c, b'\n', ChunkState::Trailer)?,
                 ChunkState::EndLf => {
                     expect(c, b'\n', ChunkState::EndLf)?;
@@ -335,5 +362,43 @@ mod tests {
         }
         assert!(ChunkScanner::default().scan(b"zz\r\n").is_err());
         assert!(ChunkScanner::default().scan(b"4\r\nWikiXX").is_err());
+    }
+
+    /// Framing a lenient parser would read differently is refused at the first byte that
+    /// breaks the rules.
+    #[test]
+    fn chunk_scanner_refuses_what_lenient_parsers_accept() {
+        for bad in [
+            &b"2;a\nab\r\n0\r\n\r\n"[..],   // extension ended by a bare LF
+            b"2\nab\r\n0\r\n\r\n",          // size line ended by a bare LF
+            b"2\r\nab\n0\r\n\r\n",          // data ended by a bare LF
+            b"2;a\rab\r\n0\r\n\r\n",        // bare CR in an extension
+            b"\r\nab\r\n",                  // no size at all
+            b";x\r\n",                      // extension without a size
+            b"2 x\r\nab\r\n",               // whitespace, then no extension
+            b"00000000000000002\r\nab\r\n", // 17 digits
+            b"2;a\x00b\r\nab\r\n",          // control character in an extension
+            b"0\r\nX: a\nb\r\n\r\n",        // bare LF in a trailer
+            b"0\r\n\n",                     // bare LF ending the trailers
+        ] {
+            assert!(
+                ChunkScanner::default().scan(bad).is_err(),
+                "accepted {}",
+                bad.escape_ascii()
+            );
+        }
+        for good in [
+            &b"2;a=b\r\nab\r\n0\r\n\r\n"[..],
+            b"2 ;a\r\nab\r\n0\r\n\r\n",
+            b"0000000000000002\r\nab\r\n0\r\n\r\n",
+            b"0\r\nX-T: a\tb\r\n\r\n",
+        ] {
+            assert_eq!(
+                ChunkScanner::default().scan(good),
+                Ok((good.len(), true)),
+                "{}",
+                good.escape_ascii()
+            );
+        }
     }
 }

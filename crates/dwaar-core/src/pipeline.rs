@@ -299,10 +299,25 @@ pub fn normalize_host(raw: &str) -> Option<CompactString> {
 /// The longest request target accepted (path and query).
 pub const MAX_URI: usize = 8 * 1024;
 
-/// Request smuggling defences for HTTP/1: never both `Content-Length` and
-/// `Transfer-Encoding` (`had_length`: the front-end saw a `Content-Length`, even if its
-/// parser dropped it), and no coding but a single `chunked` (none in HTTP/1.0).
+/// Request smuggling defences for HTTP/1 (RFC 9112 §6), decided here for every HTTP/1
+/// path: at most one `Content-Length`, and it is 1 to 18 digits (a list such as `2, 2`
+/// or a repeated field is refused even when the values agree); never both
+/// `Content-Length` and `Transfer-Encoding` (`had_length`: the front-end saw a
+/// `Content-Length`, even if its parser dropped it); and no coding but a single
+/// `chunked` (none in HTTP/1.0).
 pub fn framing_check(req: &dyn HttpRequest, had_length: bool) -> Option<Reply> {
+    match req.header_count("content-length") {
+        0 => {}
+        1 => {
+            let valid = req.header("content-length").is_some_and(|v| {
+                !v.is_empty() && v.len() <= 18 && v.bytes().all(|b| b.is_ascii_digit())
+            });
+            if !valid {
+                return Some(bad_request("malformed Content-Length"));
+            }
+        }
+        _ => return Some(bad_request("repeated Content-Length")),
+    }
     let te = req.header_count("transfer-encoding");
     if te == 0 {
         return None;
@@ -356,10 +371,10 @@ pub fn handle_request(
     let Some(port) = table.port(ctx.conn.local_port) else {
         return Outcome::Reply(Reply::status(404));
     };
-    if let Some(max) = port.max_header_size {
-        if req.header_bytes() > max {
-            return Outcome::Reply(Reply::status(431));
-        }
+    if req.header_bytes() > port.max_header_size() {
+        let mut r = Reply::status(431);
+        r.close = true;
+        return Outcome::Reply(r);
     }
     let trusted: &[IpNet] = &port.trusted_proxies;
     let peer = ctx.conn.remote.ip();

@@ -679,6 +679,8 @@ impl ProxyHttp for DwaarProxy {
         }
         let code = match e.etype() {
             ErrorType::HTTPStatus(c) => *c,
+            // A chunked body whose framing Dwaar's scanner refused (`fast_h1::handed`).
+            _ if crate::fast_h1::handed::is_bad_chunk(e) => 400,
             ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 if e.esource() == &ErrorSource::Upstream =>
             {

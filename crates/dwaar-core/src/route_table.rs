@@ -265,9 +265,15 @@ pub struct PortSites {
     pub wildcard: Vec<(String, Arc<SiteRoutes>)>,
     pub catch_all: Vec<Arc<SiteRoutes>>,
     pub trusted_proxies: Vec<IpNet>,
+    /// `servers { max_header_size }`; see [`PortSites::max_header_size`].
     pub max_header_size: Option<usize>,
     pub timeouts: PortTimeouts,
 }
+
+/// The request header limit when `max_header_size` is not set: 32 KiB of fields, in
+/// line with nginx's defaults (four 8 KiB buffers) rather than Go's 1 MB, so an
+/// over-long head is refused (431) instead of forwarded to a backend with smaller limits.
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
 
 /// `servers { timeouts { ... } }` for one port; `None` keeps the front-end's default.
 #[derive(Debug, Default, Clone, Copy)]
@@ -283,6 +289,11 @@ pub struct PortTimeouts {
 }
 
 impl PortSites {
+    /// The most bytes of header fields a request on this port may carry.
+    pub fn max_header_size(&self) -> usize {
+        self.max_header_size.unwrap_or(DEFAULT_MAX_HEADER_SIZE)
+    }
+
     /// Finds the site for `host` (lowercase, no port) and a decoded lowercase path.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<SiteRoutes>> {
         let pick = |list: &'_ [Arc<SiteRoutes>]| -> Option<usize> {

@@ -14,18 +14,21 @@
 //!   the upstream (Pingora then applies retries, passive health and `handle_errors`).
 //!
 //! Idle keep-alive connections close after 60 s, and a request head must arrive within
-//! 30 s of its first byte (slow clients are dropped). Once a connection is handed over it
-//! stays with Pingora. Both paths share routing,
+//! 30 s of its first byte (slow clients are dropped). Every request head is read and
+//! judged here, strictly (400 for what `httparse` refuses, 431 over `max_header_size`,
+//! the framing rules of `pipeline::framing_check`); Pingora is lent the connection for
+//! one request at a time and gives it back (`handed`). Both paths share routing,
 //! header rules, forwarding headers, request IDs, logging and in-flight accounting, and
 //! the end-to-end tests run against both (`server::Fronts::lean_h1` turns this one off;
 //! the CLI sets it from `DWAAR_FAST_PATH=0`).
 
+pub mod handed;
 pub mod request;
 
 use crate::context::{ConnInfo, RequestContext};
 use crate::http1::{
     chunk_into, make_room, push_date, push_request_id, status_line, upstream_framing,
-    upstream_keepalive, ChunkScanner, Framing, MAX_HEAD, MAX_HEADERS,
+    upstream_keepalive, ChunkScanner, Framing, MAX_HEADERS,
 };
 use crate::lifecycle::{attempt, edit_upstream_request, inflight, Decided, LogParts};
 use crate::net::to_pingora;
@@ -47,13 +50,15 @@ use tokio::net::TcpStream;
 const CLIENT_BUF: usize = 2 * 1024;
 
 /// Serves a connection this path hands over (to Pingora, or to the HTTP/2 front-end
-/// for h2c), with the bytes it read pushed back.
+/// for h2c), with the bytes it read pushed back. Pingora serves one request and gives
+/// the connection back when it stays open (`handed`).
 pub type HandOver = dyn Fn(
         pingora_core::protocols::Stream,
         ConnInfo,
         ShutdownWatch,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
-    + Send
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<pingora_core::protocols::Stream>> + Send>,
+    > + Send
     + Sync;
 
 /// The HTTP/2 connection preface a client with prior knowledge starts with.
@@ -72,36 +77,38 @@ pub struct FastCx {
     pub shutdown: ShutdownWatch,
 }
 
-/// A client connection the lean path serves: plain TCP, or TLS after the handshake.
+/// A client connection the lean path serves: plain TCP, TLS after the handshake, or a
+/// plain connection Pingora gave back (`handed`).
 pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// What Pingora is given when a request is handed over.
+    type Handed: pingora_core::protocols::IO + 'static;
     /// The TCP socket the bytes go to unchanged (`sendfile`), if any.
     fn tcp(&self) -> Option<&TcpStream>;
     /// The connection for Pingora, with `read` (bytes this path read and did not use)
     /// pushed back in front of what comes next.
-    fn into_pingora(
-        self,
-        read: &[u8],
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-    ) -> pingora_core::protocols::Stream;
+    fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed;
+    /// The connection back from Pingora as this type, or as it is when this type cannot
+    /// hold it (a `TcpStream` comes back as Pingora's stream).
+    fn resume(handed: Self::Handed) -> Result<Self, Self::Handed>
+    where
+        Self: Sized;
 }
 
 impl LeanIo for TcpStream {
+    type Handed = pingora_core::protocols::l4::stream::Stream;
+
     fn tcp(&self) -> Option<&TcpStream> {
         Some(self)
     }
 
-    fn into_pingora(
-        self,
-        read: &[u8],
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-    ) -> pingora_core::protocols::Stream {
+    fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed {
         let mut stream = to_pingora(self, peer, local);
-        if !read.is_empty() {
-            stream.rewind(read);
-        }
-        Box::new(stream)
+        stream.rewind(read);
+        stream
+    }
+
+    fn resume(handed: Self::Handed) -> Result<Self, Self::Handed> {
+        Err(handed)
     }
 }
 
@@ -121,10 +128,19 @@ pub fn serve(
         tls: false,
         tls_policy: 0,
     };
-    // The port's timeouts, read once per connection.
-    let timeouts = port_timeouts(&cx, conn);
-    set_write_timeout(&tcp, timeouts.write);
-    serve_conn(tcp, (peer, local), conn, cx, timeouts)
+    // The port's settings, read once per connection.
+    let settings = port_settings(&cx, conn);
+    set_write_timeout(&tcp, settings.timeouts.write);
+    // Most request heads fit; the buffer grows only for larger ones.
+    let buf = BytesMut::with_capacity(CLIENT_BUF);
+    let first = serve_conn(tcp, (peer, local), conn, cx, settings, buf);
+    async move {
+        if let Some((back, cx, buf)) = first.await {
+            // Back from Pingora as its own stream type; boxed, since few connections
+            // are ever handed over.
+            let _ = Box::pin(serve_conn(back, (peer, local), conn, cx, settings, buf)).await;
+        }
+    }
 }
 
 /// Serves an HTTP/1.1 connection over TLS (the handshake is done; `conn` says under
@@ -135,54 +151,80 @@ pub fn serve_tls<S: LeanIo>(
     conn: ConnInfo,
     cx: FastCx,
 ) -> impl std::future::Future<Output = ()> {
-    let timeouts = port_timeouts(&cx, conn);
-    serve_conn(io, (peer, local), conn, cx, timeouts)
+    let settings = port_settings(&cx, conn);
+    let buf = BytesMut::with_capacity(CLIENT_BUF);
+    let served = serve_conn(io, (peer, local), conn, cx, settings, buf);
+    async move {
+        // A TLS connection comes back from Pingora as itself: nothing is returned.
+        let _ = served.await;
+    }
 }
 
-fn port_timeouts(cx: &FastCx, conn: ConnInfo) -> crate::route_table::PortTimeouts {
-    cx.store
-        .load()
-        .port(conn.local_port)
-        .map(|p| p.timeouts)
-        .unwrap_or_default()
+/// What a connection takes from its port's settings, read once when it starts.
+#[derive(Debug, Clone, Copy)]
+struct ConnSettings {
+    timeouts: crate::route_table::PortTimeouts,
+    /// Longest request head read (`max_header_size`, plus room for the request line).
+    max_head: usize,
+}
+
+fn port_settings(cx: &FastCx, conn: ConnInfo) -> ConnSettings {
+    let table = cx.store.load();
+    let port = table.port(conn.local_port);
+    ConnSettings {
+        timeouts: port.map(|p| p.timeouts).unwrap_or_default(),
+        max_head: port.map_or(crate::route_table::DEFAULT_MAX_HEADER_SIZE, |p| {
+            p.max_header_size()
+        }) + crate::pipeline::MAX_URI
+            + 32,
+    }
 }
 
 /// The request loop of one connection (after the h2c preface check on h2c ports).
+/// Returns the connection (and `cx`) when Pingora gave it back as a type `S` cannot
+/// hold, for the caller to go on serving it ([`serve`]).
 async fn serve_conn<S: LeanIo>(
     mut tcp: S,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     conn: ConnInfo,
     cx: FastCx,
-    timeouts: crate::route_table::PortTimeouts,
-) {
-    // Most request heads fit; the buffer grows only for larger ones.
-    let mut buf = BytesMut::with_capacity(CLIENT_BUF);
+    settings: ConnSettings,
+    mut buf: BytesMut,
+) -> Option<(S::Handed, FastCx, BytesMut)> {
     if let Some(h2c) = &cx.h2c {
-        let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
+        let head_timeout = settings.timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
         match read_preface(&mut tcp, &mut buf, head_timeout).await {
             Some(true) => {
-                let stream = tcp.into_pingora(&buf, peer, local);
+                let stream = Box::new(tcp.hand(&buf, peer, local));
                 h2c(stream, conn, cx.shutdown.clone()).await;
-                return;
+                return None;
             }
             Some(false) => {}
-            None => return,
+            None => return None,
         }
     }
     // One shutdown receiver per connection, not a clone per request.
     let mut shutdown = cx.shutdown.clone();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &timeouts).await {
+        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &settings).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
-                return;
+                return None;
             }
-            Next::Drop => return,
-            Next::HandOver => {
-                let stream = tcp.into_pingora(&buf, peer, local);
-                (cx.fallback)(stream, conn, cx.shutdown.clone()).await;
-                return;
+            Next::Drop => return None,
+            Next::HandOver { head_len, body } => {
+                // Pingora serves this one request, then the connection comes back with
+                // what was read past it.
+                let lent = handed::Lent::new(tcp.hand(&[], peer, local), &buf, head_len, body);
+                buf.clear();
+                let back = (cx.fallback)(Box::new(lent), conn, cx.shutdown.clone()).await?;
+                let (handed, held) = handed::take_back::<S::Handed>(back)?;
+                buf.extend_from_slice(&held);
+                match S::resume(handed) {
+                    Ok(same) => tcp = same,
+                    Err(other) => return Some((other, cx, buf)),
+                }
             }
         }
     }
@@ -218,8 +260,12 @@ enum Next {
     Close,
     /// The connection is broken or the client left.
     Drop,
-    /// Give the connection, with `buf` pushed back, to Pingora.
-    HandOver,
+    /// Lend the connection, with `buf` (starting with a head of `head_len` bytes), to
+    /// Pingora for that one request (`handed`).
+    HandOver {
+        head_len: usize,
+        body: handed::BodyEnd,
+    },
 }
 
 /// How long a keep-alive connection may sit idle between requests (Pingora's default).
@@ -233,15 +279,27 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// `Connection: close`), one that went quiet does not hold the shutdown up.
 const DRAIN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Reads until `buf` holds a complete request head; returns its length, or `None` on EOF
-/// or a head this path does not take (malformed, too many headers, too large). Idle and
-/// slow clients get `TimedOut`.
+/// How reading a request head ended.
+enum Head {
+    /// A complete head of this many bytes is at the start of the buffer.
+    Complete(usize),
+    /// The client closed the connection (or left nothing to answer).
+    Closed,
+    /// Bytes no HTTP/1.1 request head may contain (400).
+    Malformed,
+    /// Longer than the port's `max_header_size`, or more than `MAX_HEADERS` fields (431).
+    TooLarge,
+}
+
+/// Reads until `buf` holds a complete request head. Idle and slow clients get
+/// `TimedOut`.
 async fn read_head<S: LeanIo>(
     tcp: &mut S,
     buf: &mut BytesMut,
     shutdown: &mut ShutdownWatch,
-    timeouts: &crate::route_table::PortTimeouts,
-) -> Result<Option<usize>, std::io::Error> {
+    settings: &ConnSettings,
+) -> Result<Head, std::io::Error> {
+    let timeouts = &settings.timeouts;
     let head_timeout = timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
     let mut deadline = (!buf.is_empty()).then(|| tokio::time::Instant::now() + head_timeout);
     let mut idle_until = tokio::time::Instant::now()
@@ -254,11 +312,15 @@ async fn read_head<S: LeanIo>(
         if !buf.is_empty() {
             let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
             match httparse::Request::new(&mut headers).parse(buf) {
-                Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
+                Ok(httparse::Status::Complete(n)) if n <= settings.max_head => {
+                    return Ok(Head::Complete(n))
+                }
+                Ok(httparse::Status::Complete(_)) => return Ok(Head::TooLarge),
                 Ok(httparse::Status::Partial)
-                    if buf.len() < MAX_HEAD && !request_line_too_long(buf) => {}
-                // Malformed, too many headers or too large: let the caller decide.
-                _ => return Ok(None),
+                    if buf.len() <= settings.max_head && !request_line_too_long(buf) => {}
+                Ok(httparse::Status::Partial) => return Ok(Head::TooLarge),
+                Err(httparse::Error::TooManyHeaders) => return Ok(Head::TooLarge),
+                Err(_) => return Ok(Head::Malformed),
             }
         }
         make_room(buf, CLIENT_BUF);
@@ -266,7 +328,7 @@ async fn read_head<S: LeanIo>(
         let draining_idle = deadline.is_none() && !*shutdown.borrow();
         tokio::select! {
             r = tokio::time::timeout_at(until, tcp.read_buf(buf)) => match r {
-                Ok(Ok(0)) => return Ok(None),
+                Ok(Ok(0)) => return Ok(Head::Closed),
                 Ok(Ok(_)) => {
                     deadline.get_or_insert_with(|| tokio::time::Instant::now() + head_timeout);
                 }
@@ -381,25 +443,28 @@ async fn serve_one<S: LeanIo>(
     conn: ConnInfo,
     cx: &FastCx,
     shutdown: &mut ShutdownWatch,
-    timeouts: &crate::route_table::PortTimeouts,
+    settings: &ConnSettings,
 ) -> Next {
-    let head_len = match read_head(tcp, buf, shutdown, timeouts).await {
-        Ok(Some(n)) => n,
+    let timeouts = &settings.timeouts;
+    let head_len = match read_head(tcp, buf, shutdown, settings).await {
+        Ok(Head::Complete(n)) => n,
+        Ok(Head::Closed) | Err(_) => return Next::Drop,
         // A request line naming an HTTP version this port does not speak: 505.
-        Ok(None) if unsupported_version(buf) => return refuse(tcp, 505).await,
+        Ok(_) if unsupported_version(buf) => return refuse(tcp, 505).await,
         // A request target longer than the pipeline's limit, whatever the head's size
-        // (it is refused without reading up to the 64 KiB head limit).
-        Ok(None) if request_line_too_long(buf) => return refuse(tcp, 414).await,
-        // A malformed or oversized head: Pingora gives the precise 400/431.
-        Ok(None) if !buf.is_empty() => return Next::HandOver,
-        _ => return Next::Drop,
+        // (it is refused without reading up to the head limit).
+        Ok(_) if request_line_too_long(buf) => return refuse(tcp, 414).await,
+        Ok(Head::TooLarge) => return refuse(tcp, 431).await,
+        // Anything else httparse refuses (a space in the target, obs-fold, bare CR, a
+        // bad name): every HTTP/1 head is judged here, never by a more lenient parser.
+        Ok(Head::Malformed) => return refuse(tcp, 400).await,
     };
     // Parse again into owned ranges over the frozen head.
     let head = buf.split_to(head_len).freeze();
     // The parser's header array stays in this synchronous helper, out of the
     // connection's future (which lives as long as the connection).
     let Some(mut req) = parse_request(&head) else {
-        return hand_back(buf, head);
+        return refuse(tcp, 400).await;
     };
     // Smuggling defences need the head as sent (Pingora drops Content-Length when
     // Transfer-Encoding is present).
@@ -409,7 +474,7 @@ async fn serve_one<S: LeanIo>(
         return Next::Drop;
     }
     if cx.hand_over_all {
-        return hand_back(buf, head);
+        return hand_back(buf, head, &req);
     }
     // Requests this path leaves to Pingora, decided before anything is consumed.
     let body_len = request_body_len(&req);
@@ -422,12 +487,12 @@ async fn serve_one<S: LeanIo>(
         && !req.path().is_empty()
         && req.path().starts_with('/');
     let Some(body_len) = body_len.filter(|_| simple) else {
-        return hand_back(buf, head);
+        return hand_back(buf, head, &req);
     };
 
     let mut ctx = RequestContext::default();
     let Some(table) = crate::lifecycle::start(&cx.store, conn, req.header("host"), &mut ctx) else {
-        return hand_back(buf, head);
+        return hand_back(buf, head, &req);
     };
     // basic_auth and forward_auth answer off the request path; then the pipeline runs
     // again from the request as it arrived.
@@ -497,7 +562,7 @@ async fn serve_one<S: LeanIo>(
                 && ctx.cache.is_none()
                 && ctx.proxy.as_ref().is_some_and(|p| p.lean);
             if !eligible {
-                return hand_back(buf, head);
+                return hand_back(buf, head, &req);
             }
             ctx.inflight = inflight::Guard::enter();
             let body_timeout = timeouts.read_body.unwrap_or(BODY_TIMEOUT);
@@ -525,13 +590,24 @@ fn parse_request(head: &Bytes) -> Option<FastRequest> {
     FastRequest::from_parsed(head.clone(), &parsed)
 }
 
-/// Puts the head back in front of whatever else was read, for Pingora.
-fn hand_back(buf: &mut BytesMut, head: Bytes) -> Next {
+/// Puts the head back in front of whatever else was read, to lend the connection to
+/// Pingora for `req` (`handed`).
+fn hand_back(buf: &mut BytesMut, head: Bytes, req: &FastRequest) -> Next {
     let mut all = BytesMut::with_capacity(head.len() + buf.len());
     all.extend_from_slice(&head);
     all.extend_from_slice(buf);
     *buf = all;
-    Next::HandOver
+    let body = if req.header_count("upgrade") > 0 || req.method() == "CONNECT" {
+        handed::BodyEnd::Open
+    } else if req.header_count("transfer-encoding") > 0 {
+        handed::BodyEnd::Chunked(ChunkScanner::default())
+    } else {
+        handed::BodyEnd::Length(request_body_len(req).unwrap_or(0))
+    };
+    Next::HandOver {
+        head_len: head.len(),
+        body,
+    }
 }
 
 /// Request bodies up to this size are read and dropped to keep a connection after a
@@ -763,15 +839,15 @@ async fn proxy<S: LeanIo>(
     body_timeout: std::time::Duration,
 ) -> Next {
     let Some(p) = ctx.proxy.clone() else {
-        return hand_back(buf, head.clone());
+        return hand_back(buf, head.clone(), req);
     };
     let Some(i) = p.select(&*req, ctx) else {
         // Nothing available: Pingora's path answers (503, lb_try_duration, handle_errors).
-        return hand_back(buf, head.clone());
+        return hand_back(buf, head.clone(), req);
     };
     let up = p.upstreams[i].clone();
     let Some(addr) = up.addr else {
-        return hand_back(buf, head.clone());
+        return hand_back(buf, head.clone(), req);
     };
     attempt::claim(ctx, up);
 
@@ -825,7 +901,7 @@ async fn proxy<S: LeanIo>(
             Err(_) if !consumed => {
                 // Nothing was sent: Pingora retries, marks health and answers.
                 attempt::release(ctx);
-                return hand_back(buf, head.clone());
+                return hand_back(buf, head.clone(), req);
             }
             Err(_) => return Box::pin(upstream_failed(tcp, req, ctx, 502)).await,
         };
@@ -1263,21 +1339,24 @@ mod size_tests {
                 store: std::sync::Arc::new(crate::route_table::RouteStore::new(
                     crate::route_table::RouteTable::default(),
                 )),
-                fallback: std::sync::Arc::new(|_, _, _| Box::pin(async {})),
+                fallback: std::sync::Arc::new(|_, _, _| Box::pin(async { None })),
                 h2c: None,
                 hand_over_all: false,
                 shutdown: tokio::sync::watch::channel(false).1,
             };
             let mut tcp = client;
             let mut shutdown = cx.shutdown.clone();
-            let timeouts = crate::route_table::PortTimeouts::default();
+            let settings = super::ConnSettings {
+                timeouts: crate::route_table::PortTimeouts::default(),
+                max_head: 64 * 1024,
+            };
             let f = super::serve_one(
                 &mut tcp,
                 &mut buf,
                 crate::context::ConnInfo::default(),
                 &cx,
                 &mut shutdown,
-                &timeouts,
+                &settings,
             );
             let size = std::mem::size_of_val(&f);
             eprintln!("serve_one future: {size} bytes");

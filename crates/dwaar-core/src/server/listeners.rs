@@ -127,15 +127,18 @@ pub async fn worker(
     crate::upstream::h1_pool::clear();
 }
 
-/// Pingora's `HttpProxy` serving the connections the lean path hands over.
+/// Pingora's `HttpProxy` serving one request the lean path hands over; the connection
+/// goes back to the lean path when it stays open (`fast_h1::handed`).
 fn pingora_hand_over(app: Arc<ProxyApp>) -> Arc<crate::fast_h1::HandOver> {
+    use pingora_core::apps::HttpServerApp;
     Arc::new(move |stream: PStream, _conn, shutdown: ShutdownWatch| {
         let app = app.clone();
         Box::pin(async move {
-            let mut next = app.process_new(stream, &shutdown).await;
-            while let Some(s) = next {
-                next = app.process_new(s, &shutdown).await;
-            }
+            let mut session = pingora_core::protocols::http::ServerSession::new_http1(stream);
+            // As Pingora's own HTTP/1 loop: no keep-alive once shutdown began.
+            session.set_keepalive((!*shutdown.borrow()).then_some(60));
+            let reused = app.process_new_http(session, &shutdown).await?;
+            Some(reused.consume().0)
         })
     })
 }
@@ -152,6 +155,7 @@ fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h
                     .port(conn.local_port)
                     .and_then(|p| p.timeouts.idle);
                 crate::streams::h2::serve_connection(stream, conn, store, shutdown, idle).await;
+                None
             })
         },
     )

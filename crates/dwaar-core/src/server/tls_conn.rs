@@ -223,22 +223,23 @@ impl GetSocketDigest for TlsConn {
 impl Peek for TlsConn {}
 
 impl crate::fast_h1::LeanIo for TlsConn {
+    type Handed = TlsConn;
+
     fn tcp(&self) -> Option<&tokio::net::TcpStream> {
         None
     }
 
-    fn into_pingora(
-        mut self,
-        read: &[u8],
-        _peer: SocketAddr,
-        _local: Option<SocketAddr>,
-    ) -> pingora_core::protocols::Stream {
+    fn hand(mut self, read: &[u8], _peer: SocketAddr, _local: Option<SocketAddr>) -> TlsConn {
         if !read.is_empty() {
             let mut prefix = bytes::BytesMut::with_capacity(read.len() + self.prefix.len());
             prefix.extend_from_slice(read);
             prefix.extend_from_slice(&self.prefix);
             self.prefix = prefix.freeze();
         }
-        Box::new(self)
+        self
+    }
+
+    fn resume(handed: TlsConn) -> Result<TlsConn, TlsConn> {
+        Ok(handed)
     }
 }
