@@ -177,3 +177,73 @@ fn run_reports_a_port_in_use() {
     assert_eq!(code, 1);
     assert!(err.contains("address already in use"), "{err}");
 }
+
+/// A site whose response sits inside `depth` nested `route` blocks.
+fn nested_routes(port: &str, depth: usize) -> String {
+    let mut s = format!("{port} {{\n");
+    for i in 1..=depth {
+        s += &format!("{}route {{\n", "\t".repeat(i));
+    }
+    s += &format!("{}respond deep\n", "\t".repeat(depth + 1));
+    for i in (1..=depth).rev() {
+        s += &format!("{}}}\n", "\t".repeat(i));
+    }
+    s + "}\n"
+}
+
+/// Nesting is bounded: 64 levels of blocks (the site's included) are fine, a 65th is
+/// refused at its `{`, whatever the depth (a config thousands deep once crashed
+/// `validate`, `run` and a reload).
+#[test]
+fn deeply_nested_blocks_are_refused_at_their_line() {
+    let d = tmp();
+    let f = d.path().join("Dwaarfile");
+    std::fs::write(&f, nested_routes(":8080", 63)).unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = dwaar_cmd(&["validate"], d.path());
+    assert_eq!(code, 0, "{out}{err}");
+    for depth in [64, 750, 5000] {
+        std::fs::write(&f, nested_routes(":8080", depth)).unwrap_or_else(|e| panic!("{e}"));
+        for cmd in ["validate", "adapt"] {
+            let (code, _, err) = dwaar_cmd(&[cmd], d.path());
+            assert_eq!(code, 1, "{cmd} {depth}: {err}");
+            assert!(err.contains("blocks nested more than 64 deep"), "{err}");
+            assert!(err.contains("--> Dwaarfile:65:"), "{err}");
+        }
+    }
+}
+
+/// A file that is not text names the line and column of its first bad byte.
+#[test]
+fn binary_configs_name_the_first_bad_byte() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        b":8080 {\n\trespond ok\n}\n\x7fELF\x02\x01\x01\x00\x00\xff",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = dwaar_cmd(&["validate"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("not UTF-8 text: byte 0xff at line 4, column 10"),
+        "{err}"
+    );
+}
+
+/// A reload to a config nested too deep fails with the diagnostic, and the running
+/// server keeps serving the old config (a reload once overflowed a worker's stack).
+#[test]
+fn a_reload_to_a_deeply_nested_config_keeps_the_old_one_serving() {
+    let (d, port) = serve(&nested_routes(":PORT", 63));
+    assert_eq!(ok_get(port, "x", "/").text(), "deep");
+    d.write_config(&nested_routes(&format!(":{port}"), 3000));
+    d.signal("USR1");
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || d
+            .log_text()
+            .contains("blocks nested more than 64 deep")),
+        "{}",
+        d.log_text()
+    );
+    let r = ok_get(port, "x", "/");
+    assert_eq!((r.status, r.text().as_str()), (200, "deep"));
+}

@@ -58,7 +58,7 @@ impl std::error::Error for LoadError {}
 
 /// Reads and loads the Dwaarfile at `path` using the process environment.
 pub fn load_file(path: &Path) -> Result<Loaded, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError {
+    let text = source::read_text(path).map_err(|e| LoadError {
         diagnostics: vec![Diagnostic::global(format!(
             "cannot read {}: {e}",
             path.display()

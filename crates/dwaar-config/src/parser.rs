@@ -17,6 +17,12 @@ use std::sync::Arc;
 /// Deepest import nesting allowed before we call it a runaway.
 pub const MAX_IMPORT_DEPTH: usize = 16;
 
+/// Deepest `{ ... }` nesting allowed. Real configs nest a handful of levels; the limit
+/// keeps every recursive walk over the tree (compiling, route tables, matching a
+/// request, dropping it) far from the end of a thread's stack, so no config can crash
+/// `validate`, a start or a reload.
+pub const MAX_NESTING: usize = 64;
+
 /// A `{ ... }` block and the directives inside it.
 #[derive(Debug, Clone, Default)]
 pub struct Block {
@@ -80,6 +86,7 @@ pub fn parse(
         snippets: HashMap::new(),
         diags,
         env,
+        depth: 0,
     };
     let doc = p.document();
     (doc, p.diags)
@@ -92,6 +99,8 @@ struct Parser<'a, 'e> {
     snippets: HashMap<String, Vec<Token>>,
     diags: Vec<Diagnostic>,
     env: EnvLookup<'e>,
+    /// Blocks open around the current token.
+    depth: usize,
 }
 
 impl Parser<'_, '_> {
@@ -305,6 +314,27 @@ impl Parser<'_, '_> {
 
     /// Parses directives until the matching `}` (the `{` is already consumed).
     fn block(&mut self, open: Token) -> Block {
+        if self.depth >= MAX_NESTING {
+            self.diags.push(
+                open.error(format!("blocks nested more than {MAX_NESTING} deep"))
+                    .with_help(
+                        "flatten the config: use named matchers, snippets or `route` at one level",
+                    ),
+            );
+            self.skip_block_tail();
+            return Block {
+                open: open.span,
+                directives: Vec::new(),
+                close: open.span,
+            };
+        }
+        self.depth += 1;
+        let block = self.block_body(open);
+        self.depth -= 1;
+        block
+    }
+
+    fn block_body(&mut self, open: Token) -> Block {
         self.check_brace_ends_line(&open);
         let mut directives = Vec::new();
         loop {
@@ -631,7 +661,7 @@ impl Parser<'_, '_> {
                 );
                 continue;
             }
-            let text = match std::fs::read_to_string(&path) {
+            let text = match crate::source::read_text(&path) {
                 Ok(t) => t,
                 Err(e) => {
                     self.diags

@@ -142,9 +142,40 @@ impl SourceMap {
     }
 }
 
+/// Reads a config file as text. A file that is not UTF-8 (a binary by mistake, a
+/// Latin-1 export) is refused with the position of its first bad byte.
+pub fn read_text(path: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let valid = &e.as_bytes()[..at];
+        let line = valid.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let col = String::from_utf8_lossy(&valid[line_start..])
+            .chars()
+            .count()
+            + 1;
+        format!(
+            "not UTF-8 text: byte 0x{:02x} at line {line}, column {col} (offset {at})",
+            e.as_bytes()[at]
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn binary_files_are_refused_at_their_first_bad_byte() {
+        let dir = std::env::temp_dir().join(format!("dwaar-utf8-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&dir);
+        let f = dir.join("Dwaarfile");
+        let _ = std::fs::write(&f, b":80 {\n\trespond \"h\xe9\"\n}\n");
+        let e = super::read_text(&f).err().unwrap_or_default();
+        assert!(e.contains("line 2, column 11") && e.contains("0xe9"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn line_col_counts_from_one() {
