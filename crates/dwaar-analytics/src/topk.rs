@@ -103,24 +103,28 @@ impl TopK {
 mod tests {
     use super::*;
 
+    /// A million distinct keys (long ones too) in, a fixed amount of memory kept.
     #[test]
     fn frequent_keys_survive_a_long_tail() {
         let mut t = TopK::default();
-        for i in 0..100_000u64 {
+        let pad = "x".repeat(300);
+        for i in 0..1_000_000u64 {
             if i % 10 == 0 {
                 t.add("/popular", 1);
             } else if i % 20 == 5 {
                 t.add("/second", 1);
             } else {
-                t.add(&format!("/tail/{i}"), 1);
+                t.add(&format!("/tail/{i}/{pad}"), 1);
             }
         }
         let top = t.top(2);
         assert_eq!(top[0].0, "/popular");
-        assert!(top[0].1 >= 10_000);
-        // Space-Saving keeps every key above N / CAPACITY (here 3125); "/second" has 5000.
+        assert!(top[0].1 >= 100_000);
+        // Space-Saving keeps every key above N / CAPACITY (here 31,250); "/second" has
+        // 50,000.
         assert_eq!(top[1].0, "/second");
         assert!(t.entries.len() <= CAPACITY);
+        assert!(t.entries.iter().all(|(k, _)| k.len() <= MAX_KEY));
     }
 
     #[test]

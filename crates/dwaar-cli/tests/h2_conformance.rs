@@ -18,12 +18,25 @@ fn malformed_requests_and_floods_are_refused() {
         store.path().display()
     );
     let mut d = Dwaar::start(&bin(), &conf, &[port, tls_port]);
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
     for (front, args) in [
         ("h2c", vec![port.to_string()]),
         ("h2 over TLS", vec![tls_port.to_string(), "tls".into()]),
     ] {
         check_front(&py, front, &args);
     }
+    // The floods leave no queue behind: memory stays near where it was.
+    let after = rss();
+    eprintln!("RSS before the floods {before} kB, after {after} kB");
+    assert!(after < before + 64 * 1024, "RSS {before} kB -> {after} kB");
     assert!(d.alive(), "dwaar exited: {}", d.log_text());
 }
 
@@ -62,6 +75,15 @@ fn check_front(py: &str, front: &str, args: &[String]) {
         let r = get(case);
         assert!(
             r.starts_with("goaway:") || r.starts_with("closed"),
+            "{front}: {case}: {r}"
+        );
+    }
+    // SETTINGS and PING must each be answered; the `h2` crate keeps one pending answer
+    // of each kind instead of a queue, so a flood is absorbed (or refused), never stored.
+    for case in ["settings flood", "ping flood"] {
+        let r = get(case);
+        assert!(
+            r.starts_with("goaway:") || r.starts_with("closed") || r.starts_with("timeout"),
             "{front}: {case}: {r}"
         );
     }

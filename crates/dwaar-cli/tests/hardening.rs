@@ -366,3 +366,129 @@ fn a_client_that_stalls_its_body_is_cut_off_after_read_body() {
     // Whatever was answered, it was not a success.
     assert!(!String::from_utf8_lossy(&all).starts_with("HTTP/1.1 200"));
 }
+
+/// An origin that fails in the middle of a response, by path: `/reset` sends 1 KiB of
+/// a 100 KiB body and resets the connection; `/truncated` sends one chunk of a chunked
+/// body and closes; `/trickle` sends a 100-byte body one byte every 1.5 s; `/silent`
+/// never answers.
+fn failing_origin() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut s = s;
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&got).to_string();
+                if head.starts_with("GET /reset ") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 102400\r\n\r\n");
+                    let _ = s.write_all(&[b'r'; 1024]);
+                    std::thread::sleep(Duration::from_millis(100));
+                    // Linger 0: the close is a reset.
+                    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                } else if head.starts_with("GET /truncated ") {
+                    let _ = s.write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                } else if head.starts_with("GET /trickle ") {
+                    let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n");
+                    for _ in 0..100 {
+                        if s.write_all(b"t").is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(1500));
+                    }
+                } else if head.starts_with("GET /silent ") {
+                    std::thread::sleep(Duration::from_secs(30));
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads a whole response on a fresh connection: (status line, body bytes, time taken).
+fn fetch_broken(port: u16, path: &str) -> (String, usize, Duration) {
+    let start = Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(got.len(), |i| i + 4);
+    let status = String::from_utf8_lossy(&got[..head_end])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    (status, got.len() - head_end, start.elapsed())
+}
+
+/// An upstream that resets mid-body, ends a chunked body early, trickles slower than
+/// `read_timeout` or never answers: the client gets a clean end (a 502/504 before anything was sent, else the
+/// connection closed short of the promised length, never a hang or a body completed
+/// with made-up bytes), and every client connection is closed afterwards.
+#[test]
+fn upstream_failures_mid_response_end_cleanly() {
+    let origin = failing_origin();
+    let (d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{origin} {{\n\t\ttransport http {{\n\t\t\tread_timeout 1s\n\t\t}}\n\t}}\n}}\n"
+    ));
+    let (status, body, took) = fetch_broken(port, "/reset");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body < 102_400, "reset body completed: {body}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let (status, body, took) = fetch_broken(port, "/truncated");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert!(body < 64, "{body}");
+    // Ended early, the relayed chunked body never gets its last chunk.
+    let (status, body, took) = fetch_broken(port, "/trickle");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(body < 100, "trickle completed: {body}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
+    let (status, _, took) = fetch_broken(port, "/silent");
+    assert!(status.contains(" 504 "), "{status}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // Nothing is left open behind the failures.
+    let admin_port: u16 = d
+        .admin
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let open = || {
+        get(admin_port, &d.admin, "/metrics")
+            .ok()
+            .and_then(|m| {
+                m.text()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("dwaar_open_connections "))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(99)
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || open() == 0),
+        "connections left open: {}",
+        open()
+    );
+}

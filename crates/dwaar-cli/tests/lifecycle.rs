@@ -351,8 +351,12 @@ fn workers_follow_reloads_and_survive_a_worker_kill() {
         "{}",
         m.body
     );
-    // A crash (SIGKILL) is also repaired.
+    // A crash (SIGKILL) under traffic is also repaired. Only requests on connections
+    // the killed worker held can fail: at most one per client (its request in flight,
+    // or the next one on its kept connection); every other request is answered.
     let now = worker_pids(d.pid());
+    let traffic = Traffic::start(port, 'B');
+    std::thread::sleep(Duration::from_millis(400));
     kill(now[1], "KILL");
     assert!(
         wait_until(Duration::from_secs(15), || {
@@ -361,6 +365,17 @@ fn workers_follow_reloads_and_survive_a_worker_kill() {
         }),
         "crashed worker was not replaced"
     );
+    std::thread::sleep(Duration::from_millis(500));
+    let report = traffic.finish();
+    eprintln!(
+        "worker killed: {} answered, {} failed: {:?}",
+        report.ok,
+        report.failures.len(),
+        report.failures
+    );
+    assert!(report.ok > 100, "{report:?}");
+    assert!(report.failures.len() <= 4, "{:?}", report.failures);
+    assert!(report.wrong_config.is_empty(), "{:?}", report.wrong_config);
     for _ in 0..20 {
         assert_eq!(ok_get(port, "t", "/").text(), "B");
     }

@@ -18,6 +18,14 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
     let mut out = String::with_capacity(text.len());
     let mut depth = 0usize;
     let mut first = true;
+    // A word ending in `\` never had a line break right after it (that would have been
+    // an escaped newline); one must not be made by ending the line there.
+    let end_line = |out: &mut String| {
+        if out.ends_with('\\') {
+            out.push(' ');
+        }
+        out.push('\n');
+    };
     for t in &tokens {
         let raw = text
             .get(t.span.start as usize..t.span.end as usize)
@@ -26,7 +34,7 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
         let starts_line = first || t.line_start || t.breaks_before > 0 || is_close;
         if starts_line {
             if !first {
-                out.push('\n');
+                end_line(&mut out);
                 if t.breaks_before >= 2 && !is_close {
                     out.push('\n');
                 }
@@ -47,7 +55,12 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
         first = false;
     }
     if !out.is_empty() {
-        out.push('\n');
+        end_line(&mut out);
+    }
+    // A byte-order mark that starts the output would be dropped when the file is read
+    // again; one that was a token (not the file's first character) stays a token.
+    if out.starts_with('\u{feff}') {
+        out.insert(0, '\n');
     }
     Ok(out)
 }
@@ -65,5 +78,27 @@ mod tests {
             "# top\nexample.com {\n\trespond \"hi there\" # say hi\n\n\thandle /api/* {\n\t\treverse_proxy a:1\n\t}\n}\n"
         );
         assert_eq!(format(&out).unwrap_or_default(), out);
+    }
+
+    /// Found by `fuzz/config`: a byte-order mark after indentation is a token; moved to
+    /// the start of the file by formatting it became a mark and vanished. And a word
+    /// ending in `\` at the end of a line became an escaped newline.
+    #[test]
+    fn a_byte_order_mark_inside_the_text_stays_a_token() {
+        let load = |t: &str| crate::load_str("Dwaarfile", None, t, &|_| None).is_ok();
+        for src in [
+            "\t\u{feff}",
+            "\u{feff}\u{feff}x",
+            ":80 {\n\trespond ok\n}\n",
+            "\\",
+            ":80 {\n\trespond a\\ b\\\n}\n",
+            ":80 {\n\trespond \\ \n\tb\n}\n",
+        ] {
+            let out = format(src).unwrap_or_default();
+            assert_eq!(load(&out), load(src), "{src:?} -> {out:?}");
+            assert_eq!(format(&out).unwrap_or_default(), out);
+        }
+        // A real mark at the start is dropped (it is not part of the config).
+        assert_eq!(format("\u{feff}:80\n").unwrap_or_default(), ":80\n");
     }
 }

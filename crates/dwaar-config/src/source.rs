@@ -173,7 +173,7 @@ mod tests {
         let f = dir.join("Dwaarfile");
         let _ = std::fs::write(&f, b":80 {\n\trespond \"h\xe9\"\n}\n");
         let e = super::read_text(&f).err().unwrap_or_default();
-        assert!(e.contains("line 2, column 11") && e.contains("0xe9"), "{e}");
+        assert!(e.contains("line 2, column 12") && e.contains("0xe9"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

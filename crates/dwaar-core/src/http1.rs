@@ -283,7 +283,8 @@ impl ChunkScanner {
                 ChunkState::Trailer => {
                     self.state = match c {
                         b'\r' => ChunkState::EndLf,
-                        0..=0x1f | 0x7f => return Err(BadChunk),
+                        // A trailer line starting with whitespace is obs-fold.
+                        b' ' | b'\t' | 0..=0x1f | 0x7f => return Err(BadChunk),
                         _ => ChunkState::TrailerLine,
                     };
                 }
@@ -380,6 +381,7 @@ mod tests {
             b"2;a\x00b\r\nab\r\n",          // control character in an extension
             b"0\r\nX: a\nb\r\n\r\n",        // bare LF in a trailer
             b"0\r\n\n",                     // bare LF ending the trailers
+            b"0\r\nX: a\r\n b\r\n\r\n",     // obs-fold in a trailer
         ] {
             assert!(
                 ChunkScanner::default().scan(bad).is_err(),

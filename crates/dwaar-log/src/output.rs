@@ -203,8 +203,18 @@ impl RollingFile {
 impl Output for RollingFile {
     fn write_batch(&mut self, b: &[u8]) -> std::io::Result<()> {
         self.roll_if_needed(b.len() as u64)?;
-        let r = self.current()?.write_all(b);
+        let f = self.current()?;
+        let before = f.metadata()?.len();
+        let r = f.write_all(b);
         if r.is_err() {
+            // A full disk takes part of a batch: cut the file back so no half record
+            // is left for the next batch to be glued to. (Only when the growth is all
+            // ours: another process appending meanwhile would make it larger.)
+            if let Ok(m) = f.metadata() {
+                if m.len() > before && m.len() - before < b.len() as u64 {
+                    let _ = f.set_len(before);
+                }
+            }
             self.file = None;
         }
         r

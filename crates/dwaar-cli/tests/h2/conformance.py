@@ -135,6 +135,24 @@ def rapid_reset():
     return "%s after %d streams" % (r, streams)
 
 
+def control_flood(name, one_frame, count=100000):
+    """Frames the server must answer (SETTINGS, PING) sent in bulk without reading the
+    answers: the server may close or refuse, but must not queue answers without bound."""
+    s, c = connect()
+    sent = 0
+    batch = one_frame * 1000
+    try:
+        s.settimeout(10)
+        for _ in range(count // 1000):
+            s.sendall(batch)
+            sent += 1000
+    except OSError:
+        pass
+    r = outcome(s, c, -1, wait=2.0)
+    s.close()
+    return "%s after %d %s frames" % (r, sent, name)
+
+
 results = {
     "valid request": case_headers(base_headers()),
     "uppercase field name": case_headers(base_headers() + [("X-Upper", "1")]),
@@ -149,6 +167,8 @@ results = {
     ),
     "continuation flood": continuation_flood(),
     "rapid reset": rapid_reset(),
+    "settings flood": control_flood("SETTINGS", frame(0x4, 0x0, 0, b"")),
+    "ping flood": control_flood("PING", frame(0x6, 0x0, 0, b"12345678")),
 }
 # The server must still answer afterwards.
 results["valid request after the floods"] = case_headers(base_headers())

@@ -625,17 +625,18 @@ async fn exchange<D: Downstream>(
 }
 
 /// Where the CGI head ends: (end of headers, start of body).
-fn head_end(b: &[u8]) -> Option<(usize, usize)> {
+pub fn head_end(b: &[u8]) -> Option<(usize, usize)> {
     if let Some(i) = b.windows(4).position(|w| w == b"\r\n\r\n") {
         return Some((i, i + 4));
     }
     b.windows(2).position(|w| w == b"\n\n").map(|i| (i, i + 2))
 }
 
-type Head = (u16, Vec<(CompactString, String)>, Option<u64>);
+/// A CGI response head: status, fields, `Content-Length`.
+pub type Head = (u16, Vec<(CompactString, String)>, Option<u64>);
 
 /// Parses CGI response headers (RFC 3875 §6): `Status`, `Location`, the rest as HTTP.
-fn parse_cgi_head(head: &[u8]) -> Result<Head, String> {
+pub fn parse_cgi_head(head: &[u8]) -> Result<Head, String> {
     let text = String::from_utf8_lossy(head);
     let mut status = None;
     let mut headers: Vec<(CompactString, String)> = Vec::new();

@@ -86,13 +86,28 @@ pub struct UpstreamConn {
     pub buf: BytesMut,
     /// The last response ended exactly at the end of what was read.
     pub reusable: bool,
+    /// `transport http { read_timeout }` of the request using it: the longest wait for
+    /// each read (the head as a whole is bounded by `read_response_head`); `None` waits
+    /// as long as the upstream takes.
+    pub read_timeout: Option<Duration>,
 }
 
 impl UpstreamConn {
     /// Reads more bytes into `buf` (a response head or a small body); 0 at end of stream.
     pub async fn read_more(&mut self) -> std::io::Result<usize> {
         crate::http1::make_room(&mut self.buf, UPSTREAM_BUF);
-        self.stream.read_buf(&mut self.buf).await
+        self.timed_read().await
+    }
+
+    /// One read into `buf`, bounded by `read_timeout` (a trickling or silent upstream
+    /// is cut off, mid-body too).
+    async fn timed_read(&mut self) -> std::io::Result<usize> {
+        match self.read_timeout {
+            Some(d) if !d.is_zero() => tokio::time::timeout(d, self.stream.read_buf(&mut self.buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))?,
+            _ => self.stream.read_buf(&mut self.buf).await,
+        }
     }
 
     /// The connection's (empty) buffer with room for a bulk read, lent out while a
@@ -108,7 +123,7 @@ impl UpstreamConn {
     /// Like [`read_more`](Self::read_more), in larger reads: for streaming a body through.
     pub async fn read_more_bulk(&mut self) -> std::io::Result<usize> {
         crate::http1::make_room(&mut self.buf, BULK_READ);
-        self.stream.read_buf(&mut self.buf).await
+        self.timed_read().await
     }
 }
 
@@ -134,7 +149,11 @@ pub async fn checkout(
             continue;
         };
         match tcp.try_read(&mut probe) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok((c, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let mut c = c;
+                c.read_timeout = t.read_body;
+                return Ok((c, true));
+            }
             _ => continue,
         }
     }
@@ -152,6 +171,7 @@ pub async fn checkout(
             stream: UpStream::Tcp(stream),
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
             reusable: false,
+            read_timeout: t.read_body,
         },
         false,
     ))
@@ -261,5 +281,6 @@ pub async fn connect_direct(
         stream,
         buf: BytesMut::with_capacity(UPSTREAM_BUF),
         reusable: false,
+        read_timeout: t.read_body,
     })
 }

@@ -153,7 +153,10 @@ impl UpstreamRegistry {
 #[derive(Debug, Clone)]
 pub struct TransportOpts {
     pub dial: Duration,
+    /// Waiting for the response head (`read_timeout`, else `response_header_timeout`).
     pub read: Option<Duration>,
+    /// Each read of the response body (`read_timeout` only).
+    pub read_body: Option<Duration>,
     pub write: Option<Duration>,
     pub idle: Option<Duration>,
     pub keepalive: bool,
@@ -384,6 +387,7 @@ impl ProxyHandler {
             transport: TransportOpts {
                 dial: ms(t.dial_timeout_ms.max(1)),
                 read: t.read_timeout_ms.or(t.response_header_timeout_ms).map(ms),
+                read_body: t.read_timeout_ms.map(ms),
                 write: t.write_timeout_ms.map(ms),
                 idle: t.keepalive_ms.map(ms),
                 keepalive: t.keepalive_ms.is_some(),
