@@ -470,3 +470,65 @@ fn http3_to_an_h2_over_tls_upstream() {
     assert!(r.text().contains("proto: HTTP/2.0"), "{}", r.text());
     assert!(r.text().contains("uri: /via-h2"), "{}", r.text());
 }
+
+/// A QUIC connection flood is bounded: with the per-process cap at 40
+/// (`DWAAR_QUIC_MAX_CONNECTIONS`), 120 simultaneous connections get 40 through and the
+/// rest refused, memory stays bounded, and once they are gone HTTP/3 serves again.
+#[test]
+fn a_quic_connection_flood_is_capped() {
+    let store = tempfile::tempdir().expect("h3 test");
+    let (http, https) = (free_port(), free_port());
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n\tservers :{https} {{\n\t\tprotocols h1 h2 h3\n\t}}\n}}\n\
+         https://localhost:{https} {{\n\ttls internal\n\trespond \"up\"\n}}\n",
+        store.path().display()
+    );
+    let d = Dwaar::start_env(
+        &bin(),
+        &conf,
+        &[https],
+        &["--threads", "1"],
+        &[("DWAAR_QUIC_MAX_CONNECTIONS", "40")],
+    );
+    let root = std::fs::read(store.path().join("pki/local/root.crt")).expect("local CA root");
+    assert!(wait_until(Duration::from_secs(10), || {
+        h3c::get(https, "localhost", &root, "/").is_ok()
+    }));
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = rss();
+    let (established, failed, (during, rss_held)) =
+        h3c::hold_many(https, "localhost", &root, 120, || {
+            (h3c::get(https, "localhost", &root, "/"), rss())
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("flood: {established} established, {failed} refused; RSS {before} -> {rss_held} kB");
+    assert!(
+        established <= 40,
+        "{established} connections past a cap of 40"
+    );
+    assert!(established >= 30, "only {established} established");
+    assert_eq!(established + failed, 120);
+    assert!(during.is_err(), "a connection past the cap was served");
+    assert!(
+        rss_held < before + 32 * 1024,
+        "RSS {before} -> {rss_held} kB"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || h3c::get(
+            https,
+            "localhost",
+            &root,
+            "/"
+        )
+        .is_ok_and(|r| r.text() == "up")),
+        "HTTP/3 did not come back: {}",
+        d.log_text()
+    );
+}

@@ -18,14 +18,8 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
     let mut out = String::with_capacity(text.len());
     let mut depth = 0usize;
     let mut first = true;
-    // A word ending in `\` never had a line break right after it (that would have been
-    // an escaped newline); one must not be made by ending the line there.
-    let end_line = |out: &mut String| {
-        if out.ends_with('\\') {
-            out.push(' ');
-        }
-        out.push('\n');
-    };
+    // The last token written would mean something else at the end of a line.
+    let mut risky = false;
     for t in &tokens {
         let raw = text
             .get(t.span.start as usize..t.span.end as usize)
@@ -34,7 +28,7 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
         let starts_line = first || t.line_start || t.breaks_before > 0 || is_close;
         if starts_line {
             if !first {
-                end_line(&mut out);
+                end_line(&mut out, risky);
                 if t.breaks_before >= 2 && !is_close {
                     out.push('\n');
                 }
@@ -49,13 +43,14 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
             out.push(' ');
         }
         out.push_str(raw);
+        risky = t.kind == TokenKind::Word && changes_at_line_end(raw);
         if t.kind == TokenKind::Word && t.text == "{" {
             depth += 1;
         }
         first = false;
     }
     if !out.is_empty() {
-        end_line(&mut out);
+        end_line(&mut out, risky);
     }
     // A byte-order mark that starts the output would be dropped when the file is read
     // again; one that was a token (not the file's first character) stays a token.
@@ -63,6 +58,27 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
         out.insert(0, '\n');
     }
     Ok(out)
+}
+
+/// Whether a word, written last on a line, would be read back as something else: one
+/// ending in `\\` becomes an escaped newline, one like `<<END` opens a heredoc. (A word
+/// the lexer read as such was never last on its line.)
+fn changes_at_line_end(word: &str) -> bool {
+    word.ends_with('\\')
+        || word.strip_prefix("<<").is_some_and(|m| {
+            !m.is_empty()
+                && m.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        })
+}
+
+/// Ends the current output line; after a word for which [`changes_at_line_end`] holds,
+/// a space first keeps it a plain word.
+fn end_line(out: &mut String, risky: bool) {
+    if risky {
+        out.push(' ');
+    }
+    out.push('\n');
 }
 
 #[cfg(test)]
@@ -81,8 +97,9 @@ mod tests {
     }
 
     /// Found by `fuzz/config`: a byte-order mark after indentation is a token; moved to
-    /// the start of the file by formatting it became a mark and vanished. And a word
-    /// ending in `\` at the end of a line became an escaped newline.
+    /// the start of the file by formatting it became a mark and vanished. And words that
+    /// formatting put at the end of a line changed meaning: one ending in `\` became an
+    /// escaped newline, `<<HTML` (followed by a form feed) opened a heredoc.
     #[test]
     fn a_byte_order_mark_inside_the_text_stays_a_token() {
         let load = |t: &str| crate::load_str("Dwaarfile", None, t, &|_| None).is_ok();
@@ -93,6 +110,8 @@ mod tests {
             "\\",
             ":80 {\n\trespond a\\ b\\\n}\n",
             ":80 {\n\trespond \\ \n\tb\n}\n",
+            ":80 {\n\trespond <<HTML\x0c\n\t<p>x</p>\n}\n",
+            ":80 {\n\trespond <<HTML\n\t<p>x</p>\n\tHTML 200\n}\n",
         ] {
             let out = format(src).unwrap_or_default();
             assert_eq!(load(&out), load(src), "{src:?} -> {out:?}");

@@ -208,3 +208,52 @@ pub fn get(port: u16, host: &str, roots_pem: &[u8], path: &str) -> Result<H3Resp
     )
     .map(|mut v| v.remove(0))
 }
+
+/// Opens `n` QUIC connections to `127.0.0.1:port` at once (a connection flood), keeps
+/// those that were established until `while_held` returns, then closes them. Returns
+/// how many were established and how many failed (refused or timed out), and what
+/// `while_held` returned.
+pub fn hold_many<T>(
+    port: u16,
+    host: &str,
+    roots_pem: &[u8],
+    n: usize,
+    while_held: impl FnOnce() -> T,
+) -> Result<(usize, usize, T), String> {
+    // A worker thread keeps the connections driven while `while_held` runs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let host = host.to_string();
+    let (conns, failed) = rt.block_on(async {
+        let ep = endpoint(roots_pem, false)?;
+        let attempts = (0..n).map(|_| {
+            let connecting = ep.connect(([127, 0, 0, 1], port).into(), &host);
+            async move {
+                let c = connecting.map_err(|e| e.to_string())?;
+                tokio::time::timeout(Duration::from_secs(5), c)
+                    .await
+                    .map_err(|_| "timed out".to_string())?
+                    .map_err(|e| e.to_string())
+            }
+        });
+        let results = futures_util::future::join_all(attempts).await;
+        let failed = results.iter().filter(|r| r.is_err()).count();
+        let conns: Vec<quinn::Connection> = results.into_iter().flatten().collect();
+        Ok::<_, String>(((ep, conns), failed))
+    })?;
+    let (ep, conns) = conns;
+    let out = while_held();
+    let established = conns.len();
+    for c in &conns {
+        c.close(0u32.into(), b"done");
+    }
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(2), ep.wait_idle())
+            .await
+            .ok()
+    });
+    Ok((established, failed, out))
+}

@@ -14,6 +14,12 @@
 //! may send 0-RTT requests: before the handshake completes only GET, HEAD and OPTIONS
 //! are served, anything else gets `425 Too Early` (RFC 8470) and is retried by the
 //! client after the handshake.
+//!
+//! Connection floods: a process keeps at most [`max_connections`] QUIC connections
+//! (default 4,096, about 50 KB each when idle; `DWAAR_QUIC_MAX_CONNECTIONS` sets it),
+//! refusing more; and once [`RETRY_ABOVE`] handshakes are in progress, a client must
+//! first prove its address with a stateless Retry, so Initial packets from spoofed
+//! addresses cost no connection state.
 
 mod connection;
 
@@ -28,6 +34,43 @@ pub const MAX_STREAMS: u32 = 100;
 pub const IDLE: Duration = Duration::from_secs(60);
 /// Largest request head accepted.
 pub const MAX_HEAD: u64 = 64 * 1024;
+/// Handshakes in progress above which new clients must validate their address (Retry).
+pub const RETRY_ABOVE: usize = 64;
+/// Default for [`max_connections`].
+const MAX_CONNECTIONS: usize = 4096;
+
+/// QUIC connections this process holds (handshaking or established), and of them the
+/// handshakes in progress.
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static HANDSHAKING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The most QUIC connections one process keeps: `DWAAR_QUIC_MAX_CONNECTIONS`, else 4,096.
+pub fn max_connections() -> usize {
+    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("DWAAR_QUIC_MAX_CONNECTIONS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or(MAX_CONNECTIONS)
+    })
+}
+
+/// Counts one unit in `counter` for as long as it lives.
+struct Counted(&'static std::sync::atomic::AtomicUsize);
+
+impl Counted {
+    fn new(counter: &'static std::sync::atomic::AtomicUsize) -> Counted {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Counted(counter)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// Certificates for QUIC handshakes, from the route table current at each handshake.
 struct CurrentCerts(Arc<RouteStore>);
@@ -186,9 +229,24 @@ fn endpoint(
 
 /// Accepts connections on `ep` until it is closed.
 async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
+    use std::sync::atomic::Ordering::Relaxed;
     while let Some(incoming) = ep.accept().await {
+        if LIVE.load(Relaxed) >= max_connections() {
+            incoming.refuse();
+            continue;
+        }
+        if HANDSHAKING.load(Relaxed) >= RETRY_ABOVE
+            && !incoming.remote_address_validated()
+            && incoming.may_retry()
+        {
+            let _ = incoming.retry();
+            continue;
+        }
+        let live = Counted::new(&LIVE);
+        let handshaking = Counted::new(&HANDSHAKING);
         let store = store.clone();
         tokio::spawn(async move {
+            let _live = live;
             let connecting = match incoming.accept() {
                 Ok(c) => c,
                 Err(e) => {
@@ -203,14 +261,19 @@ async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
                     let flag = done.clone();
                     tokio::spawn(async move {
                         accepted.await;
+                        drop(handshaking);
                         flag.store(true, std::sync::atomic::Ordering::Release);
                     });
                     connection::serve_connection(conn, port, store, Some(done)).await
                 }
-                Err(connecting) => match connecting.await {
-                    Ok(conn) => connection::serve_connection(conn, port, store, None).await,
-                    Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
-                },
+                Err(connecting) => {
+                    let done = connecting.await;
+                    drop(handshaking);
+                    match done {
+                        Ok(conn) => connection::serve_connection(conn, port, store, None).await,
+                        Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                    }
+                }
             }
         });
     }
