@@ -192,3 +192,84 @@ fn a_full_disk_loses_records_not_requests() {
     );
     assert_eq!(page("/last"), 200);
 }
+
+/// Certificate storage that turns read-only while a certificate is due for renewal
+/// (Pebble issuing 30-second certificates, renewed at 20 s of age): the renewal fails
+/// and is retried with back-off, the old certificate keeps serving, and once storage is
+/// writable again the renewed certificate is stored and served.
+#[test]
+fn unwritable_certificate_storage_keeps_the_old_certificate_serving() {
+    use dwaar_testkit::pebble::{self, Pebble};
+    use dwaar_testkit::tls::{self, TlsOpts};
+    if !pebble::available() {
+        assert!(
+            std::env::var("DWAAR_REQUIRE_E2E").is_err(),
+            "pebble is not installed"
+        );
+        eprintln!("skipping: pebble is not installed");
+        return;
+    }
+    let Some(disk) = SmallDisk::mount("16m") else {
+        return;
+    };
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, Some(Duration::from_secs(30)), &[]);
+    let conf = format!(
+        "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {st}\n\temail ops@example.test\n\tacme_ca {dir}\n\tacme_ca_root {root}\n}}\n\
+         web.example.test {{\n\trespond \"web\"\n}}\n",
+        st = disk.path().display(),
+        dir = pebble.directory,
+        root = pebble.https_ca.ca_pem.display()
+    );
+    let d = Dwaar::start(&bin(), &conf, &[http, https]);
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let serial = || {
+        tls::get(https, "web.example.test", "web.example.test", "/", &opts)
+            .ok()
+            .filter(|r| r.status == 200)
+            .map(|r| r.leaf_serial())
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || serial().is_some()),
+        "no certificate: {}",
+        d.log_text()
+    );
+    let first = serial();
+    let remount = |mode: &str| {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{mode}")])
+            .arg(disk.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {mode}");
+    };
+    remount("ro");
+    let failures = || {
+        d.log_text()
+            .matches("could not obtain a certificate")
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(40), || failures() >= 1),
+        "the renewal never failed: {}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("Read-only file system"),
+        "{}",
+        d.log_text()
+    );
+    // The old certificate still serves (it is valid for a few seconds more).
+    assert_eq!(serial(), first, "{}", d.log_text());
+    remount("rw");
+    assert!(
+        wait_until(Duration::from_secs(40), || serial()
+            .is_some_and(|s| Some(s) != first)),
+        "not renewed once storage was writable: {}",
+        d.log_text()
+    );
+    let stored = std::fs::read_dir(disk.path().join("certificates"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(stored > 0, "nothing stored");
+}
