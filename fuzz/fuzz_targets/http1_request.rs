@@ -42,6 +42,6 @@ fuzz_target!(|data: &[u8]| {
         assert!(!p.value.iter().any(|b| matches!(b, b'\r' | b'\n' | 0)));
     }
     // The framing decision is total: it answers or lets the request through.
-    let _ = dwaar_core::pipeline::framing_check(&req, req.header_count("content-length") > 0);
+    let _ = dwaar_core::pipeline::framing_check(&req, req.header_count("content-length"));
     let _ = req.header_bytes();
 });

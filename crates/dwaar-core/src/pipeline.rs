@@ -302,11 +302,11 @@ pub const MAX_URI: usize = 8 * 1024;
 /// Request smuggling defences for HTTP/1 (RFC 9112 §6), decided here for every HTTP/1
 /// path: at most one `Content-Length`, and it is 1 to 18 digits (a list such as `2, 2`
 /// or a repeated field is refused even when the values agree); never both
-/// `Content-Length` and `Transfer-Encoding` (`had_length`: the front-end saw a
-/// `Content-Length`, even if its parser dropped it); and no coding but a single
-/// `chunked` (none in HTTP/1.0).
-pub fn framing_check(req: &dyn HttpRequest, had_length: bool) -> Option<Reply> {
-    match req.header_count("content-length") {
+/// `Content-Length` and `Transfer-Encoding`; and no coding but a single `chunked` (none
+/// in HTTP/1.0). `lengths`: how many `Content-Length` fields the front-end saw (counted
+/// once by the caller, and counted even where a parser dropped them).
+pub fn framing_check(req: &dyn HttpRequest, lengths: usize) -> Option<Reply> {
+    match lengths {
         0 => {}
         1 => {
             let valid = req.header("content-length").is_some_and(|v| {
@@ -322,7 +322,7 @@ pub fn framing_check(req: &dyn HttpRequest, had_length: bool) -> Option<Reply> {
     if te == 0 {
         return None;
     }
-    if had_length {
+    if lengths > 0 {
         return Some(bad_request("both Content-Length and Transfer-Encoding"));
     }
     let chunked_only = te == 1
@@ -347,11 +347,8 @@ pub fn handle_request(
     if req.header("x-dwaar-test-panic").is_some() {
         panic!("x-dwaar-test-panic");
     }
-    if req.version() == http::Version::HTTP_11 || req.version() == http::Version::HTTP_10 {
-        if let Some(r) = framing_check(req, req.header_count("content-length") > 0) {
-            return Outcome::Reply(r);
-        }
-    }
+    // HTTP/1 framing (`framing_check`) was judged by the front door every HTTP/1 head
+    // passes (`fast_h1`), before any front-end serves the request.
     // nginx's limit for a request line (8 KiB): longer targets are 414.
     if req.path().len() + req.query().map_or(0, |q| q.len() + 1) > MAX_URI {
         let mut r = Reply::status(414);

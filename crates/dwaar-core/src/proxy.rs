@@ -344,7 +344,10 @@ impl ProxyHttp for DwaarProxy {
             let both = session
                 .as_http1()
                 .is_some_and(|h1| raw_has_field(&h1.get_headers_raw_bytes(), b"content-length"));
-            if let Some(r) = crate::pipeline::framing_check(session.req_header(), both) {
+            let lengths =
+                crate::request::HttpRequest::header_count(session.req_header(), "content-length")
+                    .max(both as usize);
+            if let Some(r) = crate::pipeline::framing_check(session.req_header(), lengths) {
                 ctx.log.rejected_by = Some("framing");
                 write_reply(session, ctx, r).await?;
                 return Ok(true);

@@ -20,7 +20,8 @@ pub trait HttpRequest {
     fn header_count(&self, name: &str) -> usize;
     /// Every header name once, in order of first appearance (CGI variables, logs).
     fn header_names(&self) -> Vec<String>;
-    /// Total size of the header section in bytes (names + values).
+    /// Size of the header fields in bytes, as received where the front-end kept the
+    /// head (HTTP/1), else names + values + 4 per field; `max_header_size` bounds it.
     fn header_bytes(&self) -> usize;
     fn set_header(&mut self, name: &str, value: &str);
     fn append_header(&mut self, name: &str, value: &str);

@@ -298,6 +298,19 @@ impl super::LeanIo for L4Stream {
     }
 }
 
+/// Serves on a plain connection Pingora gave back as its own stream type. Boxed: few
+/// connections are ever lent, and the loop it runs may lend this one again.
+pub(super) fn resume_plain(
+    stream: L4Stream,
+    addrs: (SocketAddr, Option<SocketAddr>),
+    conn: crate::context::ConnInfo,
+    cx: super::FastCx,
+    settings: super::ConnSettings,
+    buf: BytesMut,
+) -> Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(super::serve_conn(stream, addrs, conn, cx, settings, buf))
+}
+
 /// Takes back the connection Pingora returned after serving one request: the type the
 /// lean path lent, and the bytes read past the request.
 pub fn take_back<H: IO + 'static>(back: pingora_core::protocols::Stream) -> Option<(H, BytesMut)> {

@@ -87,9 +87,9 @@ pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The connection for Pingora, with `read` (bytes this path read and did not use)
     /// pushed back in front of what comes next.
     fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed;
-    /// The connection back from Pingora as this type, or as it is when this type cannot
-    /// hold it (a `TcpStream` comes back as Pingora's stream).
-    fn resume(handed: Self::Handed) -> Result<Self, Self::Handed>
+    /// The connection back from Pingora as this type, or as Pingora's plain stream when
+    /// this type cannot hold it (a `TcpStream`).
+    fn resume(handed: Self::Handed) -> Result<Self, pingora_core::protocols::l4::stream::Stream>
     where
         Self: Sized;
 }
@@ -108,6 +108,7 @@ impl LeanIo for TcpStream {
     }
 
     fn resume(handed: Self::Handed) -> Result<Self, Self::Handed> {
+        // `Handed` is Pingora's plain stream here.
         Err(handed)
     }
 }
@@ -133,14 +134,7 @@ pub fn serve(
     set_write_timeout(&tcp, settings.timeouts.write);
     // Most request heads fit; the buffer grows only for larger ones.
     let buf = BytesMut::with_capacity(CLIENT_BUF);
-    let first = serve_conn(tcp, (peer, local), conn, cx, settings, buf);
-    async move {
-        if let Some((back, cx, buf)) = first.await {
-            // Back from Pingora as its own stream type; boxed, since few connections
-            // are ever handed over.
-            let _ = Box::pin(serve_conn(back, (peer, local), conn, cx, settings, buf)).await;
-        }
-    }
+    serve_conn(tcp, (peer, local), conn, cx, settings, buf)
 }
 
 /// Serves an HTTP/1.1 connection over TLS (the handshake is done; `conn` says under
@@ -153,16 +147,12 @@ pub fn serve_tls<S: LeanIo>(
 ) -> impl std::future::Future<Output = ()> {
     let settings = port_settings(&cx, conn);
     let buf = BytesMut::with_capacity(CLIENT_BUF);
-    let served = serve_conn(io, (peer, local), conn, cx, settings, buf);
-    async move {
-        // A TLS connection comes back from Pingora as itself: nothing is returned.
-        let _ = served.await;
-    }
+    serve_conn(io, (peer, local), conn, cx, settings, buf)
 }
 
 /// What a connection takes from its port's settings, read once when it starts.
 #[derive(Debug, Clone, Copy)]
-struct ConnSettings {
+pub(crate) struct ConnSettings {
     timeouts: crate::route_table::PortTimeouts,
     /// Longest request head read (`max_header_size`, plus room for the request line).
     max_head: usize,
@@ -181,26 +171,24 @@ fn port_settings(cx: &FastCx, conn: ConnInfo) -> ConnSettings {
 }
 
 /// The request loop of one connection (after the h2c preface check on h2c ports).
-/// Returns the connection (and `cx`) when Pingora gave it back as a type `S` cannot
-/// hold, for the caller to go on serving it ([`serve`]).
-async fn serve_conn<S: LeanIo>(
+pub(crate) async fn serve_conn<S: LeanIo>(
     mut tcp: S,
     (peer, local): (SocketAddr, Option<SocketAddr>),
     conn: ConnInfo,
     cx: FastCx,
     settings: ConnSettings,
     mut buf: BytesMut,
-) -> Option<(S::Handed, FastCx, BytesMut)> {
+) {
     if let Some(h2c) = &cx.h2c {
         let head_timeout = settings.timeouts.read_header.unwrap_or(HEAD_TIMEOUT);
         match read_preface(&mut tcp, &mut buf, head_timeout).await {
             Some(true) => {
                 let stream = Box::new(tcp.hand(&buf, peer, local));
                 h2c(stream, conn, cx.shutdown.clone()).await;
-                return None;
+                return;
             }
             Some(false) => {}
-            None => return None,
+            None => return,
         }
     }
     // One shutdown receiver per connection, not a clone per request.
@@ -210,20 +198,29 @@ async fn serve_conn<S: LeanIo>(
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
-                return None;
+                return;
             }
-            Next::Drop => return None,
+            Next::Drop => return,
             Next::HandOver { head_len, body } => {
                 // Pingora serves this one request, then the connection comes back with
                 // what was read past it.
                 let lent = handed::Lent::new(tcp.hand(&[], peer, local), &buf, head_len, body);
                 buf.clear();
-                let back = (cx.fallback)(Box::new(lent), conn, cx.shutdown.clone()).await?;
-                let (handed, held) = handed::take_back::<S::Handed>(back)?;
+                let Some(back) = (cx.fallback)(Box::new(lent), conn, cx.shutdown.clone()).await
+                else {
+                    return;
+                };
+                let Some((handed, held)) = handed::take_back::<S::Handed>(back) else {
+                    return;
+                };
                 buf.extend_from_slice(&held);
                 match S::resume(handed) {
                     Ok(same) => tcp = same,
-                    Err(other) => return Some((other, cx, buf)),
+                    Err(other) => {
+                        // Back as Pingora's stream type: served on by a loop of that type.
+                        return handed::resume_plain(other, (peer, local), conn, cx, settings, buf)
+                            .await;
+                    }
                 }
             }
         }
@@ -468,7 +465,7 @@ async fn serve_one<S: LeanIo>(
     };
     // Smuggling defences need the head as sent (Pingora drops Content-Length when
     // Transfer-Encoding is present).
-    if let Some(r) = crate::pipeline::framing_check(&req, req.header_count("content-length") > 0) {
+    if let Some(r) = crate::pipeline::framing_check(&req, req.header_count("content-length")) {
         let ctx = RequestContext::default();
         let _ = write_reply(tcp, &req, &ctx, r, true).await;
         return Next::Drop;

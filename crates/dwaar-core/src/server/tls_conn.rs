@@ -239,7 +239,7 @@ impl crate::fast_h1::LeanIo for TlsConn {
         self
     }
 
-    fn resume(handed: TlsConn) -> Result<TlsConn, TlsConn> {
+    fn resume(handed: TlsConn) -> Result<TlsConn, pingora_core::protocols::l4::stream::Stream> {
         Ok(handed)
     }
 }
