@@ -293,7 +293,7 @@ impl super::LeanIo for L4Stream {
         self
     }
 
-    fn resume(handed: L4Stream) -> Result<Self, L4Stream> {
+    fn resume(handed: L4Stream) -> Result<Self, Box<L4Stream>> {
         Ok(handed)
     }
 }

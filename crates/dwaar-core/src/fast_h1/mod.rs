@@ -89,7 +89,9 @@ pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed;
     /// The connection back from Pingora as this type, or as Pingora's plain stream when
     /// this type cannot hold it (a `TcpStream`).
-    fn resume(handed: Self::Handed) -> Result<Self, pingora_core::protocols::l4::stream::Stream>
+    fn resume(
+        handed: Self::Handed,
+    ) -> Result<Self, Box<pingora_core::protocols::l4::stream::Stream>>
     where
         Self: Sized;
 }
@@ -107,9 +109,9 @@ impl LeanIo for TcpStream {
         stream
     }
 
-    fn resume(handed: Self::Handed) -> Result<Self, Self::Handed> {
+    fn resume(handed: Self::Handed) -> Result<Self, Box<Self::Handed>> {
         // `Handed` is Pingora's plain stream here.
-        Err(handed)
+        Err(Box::new(handed))
     }
 }
 
@@ -218,8 +220,15 @@ pub(crate) async fn serve_conn<S: LeanIo>(
                     Ok(same) => tcp = same,
                     Err(other) => {
                         // Back as Pingora's stream type: served on by a loop of that type.
-                        return handed::resume_plain(other, (peer, local), conn, cx, settings, buf)
-                            .await;
+                        return handed::resume_plain(
+                            *other,
+                            (peer, local),
+                            conn,
+                            cx,
+                            settings,
+                            buf,
+                        )
+                        .await;
                     }
                 }
             }

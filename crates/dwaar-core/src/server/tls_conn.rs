@@ -239,7 +239,9 @@ impl crate::fast_h1::LeanIo for TlsConn {
         self
     }
 
-    fn resume(handed: TlsConn) -> Result<TlsConn, pingora_core::protocols::l4::stream::Stream> {
+    fn resume(
+        handed: TlsConn,
+    ) -> Result<TlsConn, Box<pingora_core::protocols::l4::stream::Stream>> {
         Ok(handed)
     }
 }
