@@ -312,12 +312,16 @@ pub(super) fn resume_plain(
 }
 
 /// Takes back the connection Pingora returned after serving one request: the type the
-/// lean path lent, and the bytes read past the request.
+/// lean path lent, and the bytes read past the request. `None` (the connection is
+/// closed) unless Pingora read exactly the whole request: a body left partly unread
+/// would be taken for the next head, and an upgrade that did not happen may have let
+/// Pingora read past the request.
 pub fn take_back<H: IO + 'static>(back: pingora_core::protocols::Stream) -> Option<(H, BytesMut)> {
-    back.into_any()
-        .downcast::<Lent<H>>()
-        .ok()
-        .map(|lent| lent.into_parts())
+    let lent = back.into_any().downcast::<Lent<H>>().ok()?;
+    if !lent.ended || lent.failed || matches!(lent.body, BodyEnd::Open) {
+        return None;
+    }
+    Some(lent.into_parts())
 }
 
 #[cfg(test)]
@@ -381,5 +385,41 @@ mod tests {
         .await;
         let e = got.err();
         assert!(e.is_some_and(|e| e.get_ref().is_some_and(|i| i.is::<BadChunk>())));
+    }
+
+    /// Pingora gives a connection back only after reading its request whole: one lent
+    /// for a request it left unread, or for an upgrade, is closed instead of taken back.
+    #[tokio::test]
+    async fn only_a_request_read_whole_is_taken_back() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let mut streams = Vec::new();
+        for _ in 0..3 {
+            let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = l.accept().await.expect("accept");
+            streams.push((L4Stream::from(server), _client));
+        }
+        let head: &[u8] = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut it = streams.into_iter();
+        // Read whole: taken back with what followed.
+        let (s, _c1) = it.next().expect("stream");
+        let mut lent = Lent::new(s, &[head, b"NEXT"].concat(), head.len(), BodyEnd::Length(0));
+        let mut buf = [0u8; 64];
+        let n = lent.read(&mut buf).await.expect("read");
+        assert_eq!(&buf[..n], head);
+        let back = take_back::<L4Stream>(Box::new(lent));
+        assert_eq!(back.map(|(_, held)| held.to_vec()), Some(b"NEXT".to_vec()));
+        // Its body never read: closed.
+        let (s, _c2) = it.next().expect("stream");
+        let mut lent = Lent::new(s, head, head.len(), BodyEnd::Length(10));
+        let _ = lent.read(&mut buf).await.expect("read");
+        assert!(take_back::<L4Stream>(Box::new(lent)).is_none());
+        // An upgrade: closed.
+        let (s, _c3) = it.next().expect("stream");
+        let mut lent = Lent::new(s, head, head.len(), BodyEnd::Open);
+        let _ = lent.read(&mut buf).await.expect("read");
+        assert!(take_back::<L4Stream>(Box::new(lent)).is_none());
     }
 }
