@@ -42,9 +42,9 @@ impl SmallDisk {
         use std::io::Write;
         let mut f =
             std::fs::File::create(self.path().join("filler")).unwrap_or_else(|e| panic!("{e}"));
+        // Large writes until one fails, then single bytes for the last partial block.
         let block = vec![0u8; 64 * 1024];
         while f.write_all(&block).is_ok() {}
-        let _ = f.write_all(&[0u8; 1]);
         while f.write(&[0u8; 1]).is_ok_and(|n| n > 0) {}
     }
 
@@ -60,14 +60,6 @@ impl Drop for SmallDisk {
             .arg(self.dir.path())
             .status();
     }
-}
-
-fn metric(admin: &str, name: &str) -> Option<u64> {
-    let r = dwaar_admin::client::request(admin, "GET", "/metrics", None, &[]).ok()?;
-    r.body
-        .lines()
-        .find_map(|l| l.strip_prefix(name))
-        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The access log and the analytics database share a disk that fills up: requests keep
@@ -126,8 +118,9 @@ fn a_full_disk_loses_records_not_requests() {
     ));
 
     disk.fill();
-    let dropped_before =
-        metric(&d.admin, "dwaar_log_records_total{result=\"dropped\"} ").unwrap_or(0);
+    let dropped_before = d
+        .metric("dwaar_log_records_total{result=\"dropped\"}")
+        .unwrap_or(0);
     for i in 0..300 {
         assert_eq!(
             page(&format!("/full/{i}-{}", "x".repeat(200))),
@@ -136,11 +129,9 @@ fn a_full_disk_loses_records_not_requests() {
         );
     }
     assert!(
-        wait_until(Duration::from_secs(5), || metric(
-            &d.admin,
-            "dwaar_log_records_total{result=\"dropped\"} "
-        )
-        .unwrap_or(0)
+        wait_until(Duration::from_secs(5), || d
+            .metric("dwaar_log_records_total{result=\"dropped\"}")
+            .unwrap_or(0)
             > dropped_before),
         "no log records counted as dropped"
     );
@@ -157,7 +148,8 @@ fn a_full_disk_loses_records_not_requests() {
     );
     eprintln!(
         "log: {} dropped while full; analytics views {}",
-        metric(&d.admin, "dwaar_log_records_total{result=\"dropped\"} ").unwrap_or(0)
+        d.metric("dwaar_log_records_total{result=\"dropped\"}")
+            .unwrap_or(0)
             - dropped_before,
         views()
     );

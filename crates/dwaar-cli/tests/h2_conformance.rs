@@ -18,14 +18,7 @@ fn malformed_requests_and_floods_are_refused() {
         store.path().display()
     );
     let mut d = Dwaar::start(&bin(), &conf, &[port, tls_port]);
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let rss = || d.rss_kb();
     let before = rss();
     for (front, args) in [
         ("h2c", vec![port.to_string()]),

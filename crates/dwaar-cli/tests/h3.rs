@@ -494,14 +494,7 @@ fn a_quic_connection_flood_is_capped() {
     assert!(wait_until(Duration::from_secs(10), || {
         h3c::get(https, "localhost", &root, "/").is_ok()
     }));
-    let rss = || {
-        std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let rss = || d.rss_kb();
     let before = rss();
     let (established, failed, (during, rss_held)) =
         h3c::hold_many(https, "localhost", &root, 120, || {

@@ -117,6 +117,28 @@ impl Dwaar {
         self.child.id()
     }
 
+    /// The value of `series` (a metric name with its labels, as written in `/metrics`)
+    /// from the admin API; `None` when it is missing or the API does not answer.
+    pub fn metric(&self, series: &str) -> Option<u64> {
+        let port: u16 = self.admin.rsplit(':').next()?.parse().ok()?;
+        let page = crate::client::get(port, &self.admin, "/metrics").ok()?;
+        page.text().lines().find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// The process's resident memory in KiB (0 when it cannot be read).
+    pub fn rss_kb(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
