@@ -222,13 +222,27 @@ fn remove_pidfile(path: Option<&Path>) {
 /// request to Pingora's `HttpProxy` once its head is read, `DWAAR_H2_FRONT=0` sends
 /// HTTP/2 over TLS to Pingora's HTTP/2 session (both for comparisons and the test
 /// suites), `DWAAR_QUIC_GSO=0` sends HTTP/3 without UDP segmentation offload (to
-/// measure what it gives).
+/// measure what it gives), `DWAAR_QUIC_MAX_CONNECTIONS=N` caps the QUIC connections of
+/// each process (default 4,096).
 fn fronts() -> dwaar_core::server::Fronts {
     let on = |name: &str| std::env::var(name).map_or(true, |v| v != "0");
+    let default_quic = dwaar_core::quic::QuicOptions::default();
     dwaar_core::server::Fronts {
         pingora_h1: !on("DWAAR_FAST_PATH"),
         own_h2: on("DWAAR_H2_FRONT"),
-        quic_gso: on("DWAAR_QUIC_GSO"),
+        quic: dwaar_core::quic::QuicOptions {
+            gso: on("DWAAR_QUIC_GSO"),
+            max_connections: match std::env::var("DWAAR_QUIC_MAX_CONNECTIONS") {
+                Err(_) => default_quic.max_connections,
+                Ok(v) => v.trim().parse().ok().filter(|n| *n > 0).unwrap_or_else(|| {
+                    eprintln!(
+                        "warning: DWAAR_QUIC_MAX_CONNECTIONS={v:?} is not a positive number; using {}",
+                        default_quic.max_connections
+                    );
+                    default_quic.max_connections
+                }),
+            },
+        },
     }
 }
 

@@ -15,9 +15,8 @@
 //! are served, anything else gets `425 Too Early` (RFC 8470) and is retried by the
 //! client after the handshake.
 //!
-//! Connection floods: a process keeps at most [`max_connections`] QUIC connections
-//! (default 4,096, about 50 KB each when idle; `DWAAR_QUIC_MAX_CONNECTIONS` sets it),
-//! refusing more; and once [`RETRY_ABOVE`] handshakes are in progress, a client must
+//! Connection floods: a process keeps at most [`QuicOptions::max_connections`] QUIC
+//! connections (default 4,096, about 50 KB each when idle), refusing more; and once [`RETRY_ABOVE`] handshakes are in progress, a client must
 //! first prove its address with a stateless Retry, so Initial packets from spoofed
 //! addresses cost no connection state.
 
@@ -36,25 +35,29 @@ pub const IDLE: Duration = Duration::from_secs(60);
 pub const MAX_HEAD: u64 = 64 * 1024;
 /// Handshakes in progress above which new clients must validate their address (Retry).
 pub const RETRY_ABOVE: usize = 64;
-/// Default for [`max_connections`].
-const MAX_CONNECTIONS: usize = 4096;
+/// How this process runs HTTP/3 (`server::Fronts`; the CLI sets it from the environment).
+#[derive(Debug, Clone, Copy)]
+pub struct QuicOptions {
+    /// Send with UDP segmentation offload where the kernel has it (off only to measure
+    /// what it gives).
+    pub gso: bool,
+    /// The most QUIC connections (handshaking or established) kept; more are refused.
+    pub max_connections: usize,
+}
+
+impl Default for QuicOptions {
+    fn default() -> Self {
+        QuicOptions {
+            gso: true,
+            max_connections: 4096,
+        }
+    }
+}
 
 /// QUIC connections this process holds (handshaking or established), and of them the
 /// handshakes in progress.
 static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static HANDSHAKING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// The most QUIC connections one process keeps: `DWAAR_QUIC_MAX_CONNECTIONS`, else 4,096.
-pub fn max_connections() -> usize {
-    static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MAX.get_or_init(|| {
-        std::env::var("DWAAR_QUIC_MAX_CONNECTIONS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|n| *n > 0)
-            .unwrap_or(MAX_CONNECTIONS)
-    })
-}
 
 /// Counts one unit in `counter` for as long as it lives.
 struct Counted(&'static std::sync::atomic::AtomicUsize);
@@ -136,17 +139,23 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(s.into())
 }
 
-/// The route store and shutdown signal of this process, and whether to use GSO, for
-/// [`ensure_started`].
-type Service = (Arc<RouteStore>, tokio::sync::watch::Receiver<bool>, bool);
+/// The route store, shutdown signal and options of this process, for [`ensure_started`].
+type Service = (
+    Arc<RouteStore>,
+    tokio::sync::watch::Receiver<bool>,
+    QuicOptions,
+);
 static SERVICE: std::sync::OnceLock<Service> = std::sync::OnceLock::new();
 static STARTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Registers the process's route store; the HTTP/3 service starts now if the table has
 /// an `h3` port, or with the first reload that adds one ([`ensure_started`]).
-/// `gso`: send with UDP segmentation offload where the kernel has it.
-pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool>, gso: bool) {
-    let _ = SERVICE.set((store, shutdown, gso));
+pub fn start(
+    store: Arc<RouteStore>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    opts: QuicOptions,
+) {
+    let _ = SERVICE.set((store, shutdown, opts));
     ensure_started();
 }
 
@@ -156,13 +165,13 @@ pub fn start(store: Arc<RouteStore>, shutdown: tokio::sync::watch::Receiver<bool
 /// closes their endpoints within a second. Errors (a port that cannot be bound) are
 /// logged; HTTPS over TCP is unaffected.
 pub fn ensure_started() {
-    let Some((store, shutdown, gso)) = SERVICE.get() else {
+    let Some((store, shutdown, opts)) = SERVICE.get() else {
         return;
     };
     if store.load().h3.is_empty() || STARTED.swap(true, std::sync::atomic::Ordering::AcqRel) {
         return;
     }
-    let (store, shutdown, gso) = (store.clone(), shutdown.clone(), *gso);
+    let (store, shutdown, opts) = (store.clone(), shutdown.clone(), *opts);
     let spawned = std::thread::Builder::new()
         .name("dwaar-h3".into())
         .spawn(move || {
@@ -176,7 +185,7 @@ pub fn ensure_started() {
                     return;
                 }
             };
-            rt.block_on(run(store, shutdown, gso));
+            rt.block_on(run(store, shutdown, opts));
         });
     if let Err(e) = spawned {
         tracing::error!("HTTP/3: cannot start its thread: {e}");
@@ -228,10 +237,15 @@ fn endpoint(
 }
 
 /// Accepts connections on `ep` until it is closed.
-async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
+async fn accept_loop(
+    ep: quinn::Endpoint,
+    port: u16,
+    store: Arc<RouteStore>,
+    max_connections: usize,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Some(incoming) = ep.accept().await {
-        if LIVE.load(Relaxed) >= max_connections() {
+        if LIVE.load(Relaxed) >= max_connections {
             incoming.refuse();
             continue;
         }
@@ -279,8 +293,12 @@ async fn accept_loop(ep: quinn::Endpoint, port: u16, store: Arc<RouteStore>) {
     }
 }
 
-async fn run(store: Arc<RouteStore>, mut shutdown: tokio::sync::watch::Receiver<bool>, gso: bool) {
-    let config = match server_config(store.clone(), gso) {
+async fn run(
+    store: Arc<RouteStore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    opts: QuicOptions,
+) {
+    let config = match server_config(store.clone(), opts.gso) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("HTTP/3 disabled: {e}");
@@ -315,7 +333,12 @@ async fn run(store: Arc<RouteStore>, mut shutdown: tokio::sync::watch::Receiver<
                 continue;
             }
             if let Some(ep) = endpoint(&addr, port, v6, &config) {
-                tokio::spawn(accept_loop(ep.clone(), port, store.clone()));
+                tokio::spawn(accept_loop(
+                    ep.clone(),
+                    port,
+                    store.clone(),
+                    opts.max_connections,
+                ));
                 bound.insert((addr, port), ep);
             }
         }

@@ -61,9 +61,8 @@ pub struct Fronts {
     pub pingora_h1: bool,
     /// HTTP/2 over TLS goes to Dwaar's own HTTP/2 front-end (else to Pingora's).
     pub own_h2: bool,
-    /// HTTP/3 sends with UDP segmentation offload (GSO) where the kernel has it (off
-    /// only to measure what it gives).
-    pub quic_gso: bool,
+    /// How HTTP/3 runs: UDP segmentation offload, the cap on QUIC connections.
+    pub quic: crate::quic::QuicOptions,
 }
 
 impl Default for Fronts {
@@ -71,7 +70,7 @@ impl Default for Fronts {
         Fronts {
             pingora_h1: false,
             own_h2: true,
-            quic_gso: true,
+            quic: crate::quic::QuicOptions::default(),
         }
     }
 }
@@ -116,7 +115,7 @@ impl Server {
         let store = Arc::new(RouteStore::new(table));
         registry.activate_tls(&store.load());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        crate::quic::start(store.clone(), shutdown_rx.clone(), opts.fronts.quic_gso);
+        crate::quic::start(store.clone(), shutdown_rx.clone(), opts.fronts.quic);
 
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: 1024,
