@@ -250,15 +250,6 @@ fn pingora_head(
     Ok(resp)
 }
 
-/// Whether a raw HTTP/1 head has a field named `name` (ASCII case-insensitive).
-fn raw_has_field(head: &[u8], name: &[u8]) -> bool {
-    head.split(|b| *b == b'\n').skip(1).any(|line| {
-        line.len() > name.len()
-            && line[..name.len()].eq_ignore_ascii_case(name)
-            && line[name.len()] == b':'
-    })
-}
-
 /// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
 fn request_host(req: &RequestHeader) -> Option<&str> {
     req.headers
@@ -285,11 +276,9 @@ impl ProxyHttp for DwaarProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut PingoraCtx) -> Result<bool> {
         ctx.inflight = inflight::Guard::enter();
-        // Pipelined requests are answered in order (RFC 9112 §9.3.2), as on the lean
-        // path, instead of being dropped with the connection.
-        if let pingora_core::protocols::http::ServerSession::H1(h1) = session.as_downstream_mut() {
-            h1.set_pipelining_enabled(true);
-        }
+        // HTTP/1 requests come lent by the lean front door (`fast_h1::handed`), which
+        // judged the head (framing included) and gives Pingora exactly one request:
+        // Pingora never parses a head itself, nor reads past the request.
         if inflight::draining() {
             session.set_keepalive(None);
         }
@@ -332,25 +321,6 @@ impl ProxyHttp for DwaarProxy {
                 session
                     .req_header_mut()
                     .insert_header(http::header::HOST, a)?;
-            }
-        }
-        // Pingora drops `Content-Length` when `Transfer-Encoding` is present; the raw
-        // head still shows whether the client sent both.
-        if session
-            .req_header()
-            .headers
-            .contains_key(http::header::TRANSFER_ENCODING)
-        {
-            let both = session
-                .as_http1()
-                .is_some_and(|h1| raw_has_field(&h1.get_headers_raw_bytes(), b"content-length"));
-            let lengths =
-                crate::request::HttpRequest::header_count(session.req_header(), "content-length")
-                    .max(both as usize);
-            if let Some(r) = crate::pipeline::framing_check(session.req_header(), lengths) {
-                ctx.log.rejected_by = Some("framing");
-                write_reply(session, ctx, r).await?;
-                return Ok(true);
             }
         }
         ctx.is_upgrade = session.is_upgrade_req();
