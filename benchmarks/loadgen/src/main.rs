@@ -378,14 +378,9 @@ async fn sink_connection(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
         let chunked = head
             .lines()
             .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
-        if let Some(mut left) = length {
-            while left > 0 {
-                if buf.is_empty() && s.read_buf(&mut buf).await? == 0 {
-                    return Ok(());
-                }
-                let n = left.min(buf.len());
-                let _ = buf.split_to(n);
-                left -= n;
+        if let Some(left) = length {
+            if !skip(&mut s, &mut buf, left).await? {
+                return Ok(());
             }
         } else if chunked {
             loop {
@@ -403,14 +398,8 @@ async fn sink_connection(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
                         .map_err(|_| std::io::Error::other("bad chunk size"))?;
                 let _ = buf.split_to(line_end + 2);
                 // The chunk and its CRLF; the last chunk's trailer section ends with CRLF.
-                let mut left = size + 2;
-                while left > 0 {
-                    if buf.is_empty() && s.read_buf(&mut buf).await? == 0 {
-                        return Ok(());
-                    }
-                    let n = left.min(buf.len());
-                    let _ = buf.split_to(n);
-                    left -= n;
+                if !skip(&mut s, &mut buf, size + 2).await? {
+                    return Ok(());
                 }
                 if size == 0 {
                     break;
@@ -423,6 +412,24 @@ async fn sink_connection(mut s: tokio::net::TcpStream) -> std::io::Result<()> {
             buf.reserve(64 * 1024);
         }
     }
+}
+
+/// Drops the next `left` bytes of the connection (buffered first); false when it closed
+/// before they came.
+async fn skip(
+    s: &mut tokio::net::TcpStream,
+    buf: &mut bytes::BytesMut,
+    mut left: usize,
+) -> std::io::Result<bool> {
+    while left > 0 {
+        if buf.is_empty() && s.read_buf(buf).await? == 0 {
+            return Ok(false);
+        }
+        let n = left.min(buf.len());
+        let _ = buf.split_to(n);
+        left -= n;
+    }
+    Ok(true)
 }
 
 // --- idle connections held open -----------------------------------------------------
