@@ -667,3 +667,69 @@ fn large_uploads_arrive_whole_and_what_follows_them_is_served() {
         assert!(text.contains("uri: /second"), "{proto:?}: {text:?}");
     }
 }
+
+/// The strict HTTP/1 reader judges every head on every HTTP/1.1 path, TLS included:
+/// `Content-Length` lists and repeats, a space in the target and a chunk line ended by
+/// a bare LF are 400 and close the connection; a chunked request served by Pingora
+/// (lent the connection) is followed by heads judged the same way. (Proxied: a
+/// `respond` answers without reading the body and closes.)
+#[test]
+fn http1_paths_refuse_ambiguous_requests_alike() {
+    use std::time::Duration;
+    let origin = origin::http("strict");
+    let p = Paths::start(
+        &bin(),
+        &format!("\treverse_proxy 127.0.0.1:{}\n", origin.port),
+    );
+    let h = "Host: localhost\r\n";
+    let chunked = format!("POST / HTTP/1.1\r\n{h}Transfer-Encoding: chunked\r\n\r\n");
+    for proto in [Proto::H1Lean, Proto::H1Pingora, Proto::H1Tls] {
+        for (name, raw) in [
+            (
+                "CL list",
+                format!("POST / HTTP/1.1\r\n{h}Content-Length: 2, 2\r\n\r\nab"),
+            ),
+            (
+                "repeated CL",
+                format!("POST / HTTP/1.1\r\n{h}Content-Length: 2\r\nContent-Length: 2\r\n\r\nab"),
+            ),
+            ("space in target", format!("GET /a b HTTP/1.1\r\n{h}\r\n")),
+            ("chunk line ended by LF", format!("{chunked}2;a\nab\n0\n\n")),
+            (
+                "after a lent chunked request",
+                format!("{chunked}2\r\nok\r\n0\r\n\r\nGET /a b HTTP/1.1\r\n{h}\r\n"),
+            ),
+        ] {
+            let (text, closed) = p.raw_h1(
+                proto,
+                &[raw.as_bytes()],
+                Duration::ZERO,
+                Duration::from_secs(5),
+            );
+            let last = text.rfind("HTTP/1.1 ").map(|i| &text[i..]).unwrap_or("");
+            assert!(
+                last.starts_with("HTTP/1.1 400"),
+                "{proto:?} {name}: {text:?}"
+            );
+            assert!(closed, "{proto:?} {name}: left open");
+        }
+    }
+}
+
+/// `max_header_size` (32 KiB of fields by default) holds on every path: 431 above it.
+#[test]
+fn oversized_request_heads_are_431_on_every_path() {
+    let p = Paths::start(&bin(), "\trespond \"ok\"\n");
+    let small = "a".repeat(20 * 1024);
+    let big = "a".repeat(40 * 1024);
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/").header("X-Big", &small));
+        assert_eq!(r.status, 200, "{proto:?}");
+        let r = p.send(proto, &Req::get("/").header("X-Big", &big));
+        assert!(
+            r.as_ref().is_ok_and(|r| r.status == 431),
+            "{proto:?}: {:?}",
+            r.map(|r| r.status)
+        );
+    }
+}
