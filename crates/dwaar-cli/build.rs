@@ -1,12 +1,30 @@
-//! Link options for the `dwaar` binary.
+//! Link options and build facts for the `dwaar` binary.
 //!
-//! On Linux with GNU ld 2.38+ and glibc 2.36+ the binary is linked with
+//! Linking: on Linux with GNU ld 2.38+ and glibc 2.36+ the binary is linked with
 //! `-z pack-relative-relocs` (DT_RELR): the position-independent executable keeps its
 //! address-space randomisation, but its ~27,000 relative relocations shrink from a
 //! 640 KB table that the loader reads at every start to a few kilobytes, which is
 //! resident memory saved in every process (see docs/performance.md, "Memory").
+//!
+//! Facts for `dwaar build-info`: the commit, the compiler, the target and profile, and
+//! the versions of the libraries that decide behaviour (from the workspace's
+//! `Cargo.lock`).
 
+use std::path::Path;
 use std::process::Command;
+
+/// The dependencies `build-info` names, in the order it prints them.
+const NOTABLE: &[&str] = &[
+    "pingora-core",
+    "rustls",
+    "aws-lc-rs",
+    "tokio",
+    "h2",
+    "quinn",
+    "h3",
+    "rusqlite",
+    "tikv-jemallocator",
+];
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
@@ -15,6 +33,7 @@ fn main() {
     if os == "linux" && env == "gnu" && linker_packs_relocations() {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+    build_facts();
 }
 
 /// True when the system linker knows the option (and so, on Debian 12 and later, the C
@@ -25,4 +44,71 @@ fn linker_packs_relocations() -> bool {
         .output()
         .map(|out| String::from_utf8_lossy(&out.stdout).contains("pack-relative-relocs"))
         .unwrap_or(false)
+}
+
+fn build_facts() {
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let root = Path::new(&manifest).join("../..");
+
+    // The commit when building from a git checkout; rebuilt when HEAD moves (not on
+    // every change of the work tree, which would relink on each `git status`).
+    let commit =
+        git(&root, &["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=DWAAR_BUILD_COMMIT={commit}");
+    let head_ref = git(&root, &["symbolic-ref", "-q", "HEAD"]);
+    for f in [Some("HEAD".to_string()), head_ref].into_iter().flatten() {
+        let p = root.join(".git").join(f);
+        if p.exists() {
+            println!("cargo:rerun-if-changed={}", p.display());
+        }
+    }
+
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = Command::new(rustc)
+        .arg("-V")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=DWAAR_BUILD_RUSTC={version}");
+    for key in ["TARGET", "PROFILE", "OPT_LEVEL"] {
+        println!(
+            "cargo:rustc-env=DWAAR_BUILD_{key}={}",
+            std::env::var(key).unwrap_or_default()
+        );
+    }
+
+    let lock = root.join("Cargo.lock");
+    println!("cargo:rerun-if-changed={}", lock.display());
+    let text = std::fs::read_to_string(&lock).unwrap_or_default();
+    let deps: Vec<String> = NOTABLE
+        .iter()
+        .filter_map(|name| locked_version(&text, name).map(|v| format!("{name} {v}")))
+        .collect();
+    println!("cargo:rustc-env=DWAAR_BUILD_DEPS={}", deps.join(";"));
+}
+
+fn git(root: &Path, args: &[&str]) -> Option<String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(args)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The version of the first `[[package]]` called `name` in a Cargo.lock.
+fn locked_version(lock: &str, name: &str) -> Option<String> {
+    let wanted = format!("name = \"{name}\"");
+    let mut lines = lock.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == wanted {
+            let v = lines.next()?.trim().strip_prefix("version = \"")?;
+            return Some(v.trim_end_matches('"').to_string());
+        }
+    }
+    None
 }

@@ -4,19 +4,30 @@
 use crate::commands::load;
 use dwaar_admin::listener::BoundAdmin;
 use dwaar_core::server::control::{self, Control};
+use dwaar_core::server::notify;
 use dwaar_core::server::upgrade::Inherited;
 use dwaar_core::server::{supervisor, Server, StartOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// Where `dwaar run` gets its config.
+pub enum ConfigSource<'a> {
+    /// A file: `--config`, else the default lookup.
+    File(Option<&'a Path>),
+    /// Text made by a quick command (`reverse-proxy`, `file-server`, `respond`).
+    Generated(String),
+}
+
 /// Options of `dwaar run`.
 pub struct RunOptions<'a> {
-    pub config: Option<&'a Path>,
+    pub source: ConfigSource<'a>,
     pub threads: Option<usize>,
     pub workers: Option<u16>,
     pub watch: bool,
     pub pidfile: Option<PathBuf>,
     pub environ: bool,
+    /// Lines printed once the server serves (the quick commands' summary).
+    pub announce: Vec<String>,
 }
 
 pub fn run(o: RunOptions<'_>) -> i32 {
@@ -32,13 +43,21 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             return 1;
         }
     };
+    install_notifier();
     let (path, loaded) = match inherited.as_mut().and_then(|i| i.config.take()) {
         // An upgrade serves exactly what its predecessor served (which may have come
         // from the admin API); the file stays the source of later reloads.
         Some(config) => {
-            let path = dwaar_config::resolve_config_path(o.config)
-                .unwrap_or_else(|_| PathBuf::from("Dwaarfile"));
-            let sources = dwaar_config::load_file(&path)
+            let path = match &o.source {
+                ConfigSource::File(flag) => Some(
+                    dwaar_config::resolve_config_path(*flag)
+                        .unwrap_or_else(|_| PathBuf::from("Dwaarfile")),
+                ),
+                ConfigSource::Generated(_) => None,
+            };
+            let sources = path
+                .as_deref()
+                .and_then(|p| dwaar_config::load_file(p).ok())
                 .map(|l| l.sources)
                 .unwrap_or_default();
             let loaded = dwaar_config::Loaded {
@@ -48,7 +67,7 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             };
             (path, loaded)
         }
-        None => match load(o.config) {
+        None => match load_source(&o.source) {
             Ok(v) => v,
             Err(c) => {
                 if let Some(i) = inherited {
@@ -62,7 +81,8 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         loaded.config.global.log.as_ref(),
         loaded.config.global.debug,
     );
-    let abs = std::path::absolute(&path).unwrap_or(path);
+    let abs = path.map(|p| std::path::absolute(&p).unwrap_or(p));
+    let sites = loaded.config.sites.len();
     let workers = o.workers.unwrap_or(loaded.config.global.workers).max(1);
     let fail = |inherited: Option<Inherited>, e: String| {
         eprintln!("error: {e}");
@@ -95,7 +115,7 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         supervisor::Supervisor::start(supervisor::SupervisorOptions {
             config: loaded.config,
             sources: loaded.sources,
-            path: Some(abs),
+            path: abs,
             workers: usize::from(workers),
             threads,
             sockets,
@@ -105,7 +125,7 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         Server::start(StartOptions {
             config: loaded.config,
             sources: loaded.sources,
-            path: Some(abs),
+            path: abs,
             threads,
             sockets,
             worker_process: false,
@@ -132,21 +152,77 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             }
         }
         write_pidfile(o.pidfile.as_deref());
-        if let Some(i) = inherited {
-            i.ready();
+        let status = dwaar_core::server::reload::serving_status(sites);
+        match inherited {
+            // The successor of an upgrade becomes the service's main process before
+            // its predecessor is told to drain and exit.
+            Some(i) => {
+                notify::ready_as_main(&status);
+                i.ready();
+            }
+            None => notify::ready(&status),
         }
-        match &running {
+        for line in &o.announce {
+            println!("{line}");
+        }
+        if let Some(every) = watchdog_interval() {
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tick.tick().await;
+                    notify::watchdog();
+                }
+            });
+        }
+        let ended = match &running {
             Running::Server(s) => s.run_control(o.watch).await,
             Running::Supervisor(s) => {
                 let upgrades = s.take_upgrades();
                 control::run(&control, upgrades, o.watch).await
             }
+        };
+        // After an upgrade the successor is the main process: it is not stopping.
+        if ended == control::Ended::Stopped {
+            notify::stopping();
         }
         0
     });
     running.shutdown();
     remove_pidfile(o.pidfile.as_deref());
     code
+}
+
+/// The config of a run: from a file (with its path, for reloads) or generated.
+fn load_source(source: &ConfigSource<'_>) -> Result<(Option<PathBuf>, dwaar_config::Loaded), i32> {
+    match source {
+        ConfigSource::File(flag) => load(*flag).map(|(p, l)| (Some(p), l)),
+        ConfigSource::Generated(text) => {
+            match dwaar_config::load_str("command line", None, text, &|k| std::env::var(k).ok()) {
+                Ok(l) => Ok((None, l)),
+                Err(e) => {
+                    eprint!("{e}");
+                    Err(1)
+                }
+            }
+        }
+    }
+}
+
+/// Reports to the service manager when there is one (`$NOTIFY_SOCKET`, set by systemd
+/// for `Type=notify` units and by `dwaar start`).
+fn install_notifier() {
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        if let Err(e) = notify::install(&socket) {
+            eprintln!("warning: {e}; not reporting readiness");
+        }
+    }
+}
+
+fn watchdog_interval() -> Option<std::time::Duration> {
+    notify::watchdog_interval(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+    )
 }
 
 enum Running {

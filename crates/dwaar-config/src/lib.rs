@@ -110,8 +110,9 @@ fn sort_diagnostics(diags: &mut Vec<Diagnostic>) {
     diags.dedup();
 }
 
-/// The config file to use: `--config`, then `$DWAAR_CONFIG`, then `./Dwaarfile`.
-/// On failure, the message names every path tried.
+/// The config file to use: `--config`, then `$DWAAR_CONFIG`, then `./Dwaarfile`, then
+/// `./Caddyfile` (so a directory set up for Caddy runs as it is). On failure, the
+/// message names every path tried.
 pub fn resolve_config_path(flag: Option<&Path>) -> Result<PathBuf, String> {
     let mut tried = Vec::new();
     if let Some(p) = flag {
@@ -132,10 +133,12 @@ pub fn resolve_config_path(flag: Option<&Path>) -> Result<PathBuf, String> {
             tried.push(format!("{} (from $DWAAR_CONFIG)", p.display()));
         }
     }
-    let default = PathBuf::from("Dwaarfile");
-    if default.exists() {
-        return Ok(default);
+    for default in ["Dwaarfile", "Caddyfile"] {
+        let p = PathBuf::from(default);
+        if p.is_file() {
+            return Ok(p);
+        }
+        tried.push(format!("./{default}"));
     }
-    tried.push("./Dwaarfile".into());
     Err(format!("no config file found; tried: {}", tried.join(", ")))
 }

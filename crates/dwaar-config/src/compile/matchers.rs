@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 pub type NamedMatchers = HashMap<String, MatcherSet>;
 
-const MATCHER_KINDS: &[&str] = &[
+pub(crate) const MATCHER_KINDS: &[&str] = &[
     "path",
     "path_regexp",
     "host",

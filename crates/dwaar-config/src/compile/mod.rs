@@ -31,7 +31,8 @@ use matchers::{check_cidr, NamedMatchers, PRIVATE_RANGES};
 use routes::{compile_block, directive_order, RouteCx};
 use std::collections::HashMap;
 
-const GLOBAL_SUPPORTED: &[&str] = &[
+/// Global options that work today.
+pub const GLOBAL_SUPPORTED: &[&str] = &[
     "debug",
     "http_port",
     "https_port",
@@ -51,7 +52,8 @@ const GLOBAL_SUPPORTED: &[&str] = &[
     "analytics",
     "metrics",
 ];
-const GLOBAL_NOT_YET: &[&str] = &[
+/// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
+pub const GLOBAL_NOT_YET: &[&str] = &[
     "default_sni",
     "on_demand_tls",
     "key_type",
@@ -71,6 +73,35 @@ const GLOBAL_NOT_YET: &[&str] = &[
     "ocsp_interval",
     "fallback_sni",
 ];
+
+/// Every name the config language knows, sorted: what `dwaar list-directives` prints and
+/// what the docs site must have a page for.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Vocabulary {
+    /// Site directives that work (handlers and site-level ones, aliases included).
+    pub directives: Vec<&'static str>,
+    pub global_options: Vec<&'static str>,
+    pub matchers: Vec<&'static str>,
+    /// Known from Caddy, refused with an error at their line for now.
+    pub directives_not_yet: Vec<&'static str>,
+    pub global_options_not_yet: Vec<&'static str>,
+}
+
+pub fn vocabulary() -> Vocabulary {
+    let sorted = |parts: &[&[&'static str]]| {
+        let mut v: Vec<&'static str> = parts.iter().flat_map(|p| p.iter().copied()).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    };
+    Vocabulary {
+        directives: sorted(&[SUPPORTED_DIRECTIVES, handlers::SITE_LEVEL]),
+        global_options: sorted(&[GLOBAL_SUPPORTED]),
+        matchers: sorted(&[matchers::MATCHER_KINDS]),
+        directives_not_yet: sorted(&[NOT_YET_DIRECTIVES]),
+        global_options_not_yet: sorted(&[GLOBAL_NOT_YET]),
+    }
+}
 
 /// Whether `name` is a directive Dwaar knows (supported or not yet).
 pub fn is_known_directive(name: &str) -> bool {

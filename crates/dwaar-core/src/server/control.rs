@@ -196,10 +196,23 @@ impl Control {
     }
 }
 
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A stop was asked for (signal or `/stop`): this server goes away.
+    Stopped,
+    /// A successor took over the sockets and serves; this process only drains.
+    Upgraded,
+}
+
 /// Reacts to signals, `--watch` and upgrade requests until the server should stop:
 /// SIGTERM/SIGINT/SIGQUIT or `/stop`, or a successful upgrade (the successor serves).
 /// SIGUSR1 and SIGHUP re-read the config file; SIGUSR2 upgrades.
-pub async fn run(control: &Arc<Control>, upgrades: Option<UpgradeRequests>, watch_files: bool) {
+pub async fn run(
+    control: &Arc<Control>,
+    upgrades: Option<UpgradeRequests>,
+    watch_files: bool,
+) -> Ended {
     if watch_files {
         let reloader = control.reloader.clone();
         tokio::spawn(async move {
@@ -220,7 +233,7 @@ pub async fn run(control: &Arc<Control>, upgrades: Option<UpgradeRequests>, watc
     loop {
         let request = tokio::select! {
             s = signals.next(control) => match s {
-                SignalAction::Stop => return,
+                SignalAction::Stop => return Ended::Stopped,
                 SignalAction::Reload => {
                     let r = control.reloader.clone();
                     let _ = tokio::task::spawn_blocking(move || r.reload_file()).await;
@@ -253,7 +266,7 @@ pub async fn run(control: &Arc<Control>, upgrades: Option<UpgradeRequests>, watc
         if done {
             // Let the admin API deliver its answer before this runtime stops.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            return;
+            return Ended::Upgraded;
         }
     }
 }

@@ -197,6 +197,7 @@ impl Reloader {
 
     /// Re-reads the config file.
     pub fn reload_file(&self) -> Result<ReloadSummary, ReloadError> {
+        super::notify::reloading();
         let Some(path) = self.config_path() else {
             return self.count(Err(ReloadError::plain(
                 "the server was not started from a config file",
@@ -215,6 +216,7 @@ impl Reloader {
         text: &str,
         path: Option<PathBuf>,
     ) -> Result<ReloadSummary, ReloadError> {
+        super::notify::reloading();
         let name = path
             .as_deref()
             .and_then(Path::file_name)
@@ -233,6 +235,7 @@ impl Reloader {
 
     /// Loads a config model (JSON from `dwaar adapt`).
     pub fn load_config(&self, config: Config) -> Result<ReloadSummary, ReloadError> {
+        super::notify::reloading();
         let path = self.config_path();
         let r = self.apply(config, path, &SourceMap::new(), None);
         self.count(r)
@@ -270,12 +273,14 @@ impl Reloader {
             Ok(s) => {
                 self.ok_count.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sites = s.sites, "config reloaded");
+                super::notify::ready(&serving_status(s.sites));
                 // Parsing and compiling touched start-up code again.
                 super::footprint::release_code_pages();
             }
             Err(e) => {
                 self.fail_count.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("config reload failed, the previous config keeps serving:\n{e}");
+                super::notify::ready("the last reload failed; the previous config keeps serving");
             }
         }
         r
@@ -333,6 +338,11 @@ impl Reloader {
         }
         Ok(summary)
     }
+}
+
+/// The service manager's one-line status for a server serving `sites` sites.
+pub fn serving_status(sites: usize) -> String {
+    format!("serving {sites} site{}", if sites == 1 { "" } else { "s" })
 }
 
 fn mtime(p: &Path) -> Option<SystemTime> {
