@@ -188,7 +188,29 @@ pub struct ServerOptions {
     pub write_timeout_ms: Option<u64>,
     pub idle_timeout_ms: Option<u64>,
     pub trusted_proxies: Vec<String>,
+    /// `trusted_proxies_strict`: read client IP headers right to left, skipping trusted
+    /// proxies, instead of taking the leftmost address.
+    pub trusted_proxies_strict: bool,
+    /// `client_ip_headers`: where a trusted proxy puts the client address, in order;
+    /// empty means `X-Forwarded-For`.
+    pub client_ip_headers: Vec<String>,
     pub max_header_size: Option<u64>,
+    /// `listener_wrappers { proxy_protocol { ... } }`.
+    pub proxy_protocol: Option<ProxyProtocol>,
+}
+
+/// The PROXY protocol listener wrapper: who may send a header and what the others get.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyProtocol {
+    /// How long the header may take; `None` = 5 s, `Some(0)` = no limit.
+    pub timeout_ms: Option<u64>,
+    /// CIDR ranges whose headers are used.
+    pub allow: Vec<String>,
+    /// CIDR ranges that may not send a header.
+    pub deny: Vec<String>,
+    /// `ignore` (default), `use`, `reject`, `require` or `skip` for the other peers.
+    pub fallback_policy: Option<String>,
 }
 
 /// One site block.

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod net;
 pub mod pipeline;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod quic;
 pub mod request;
 pub mod rewrite;

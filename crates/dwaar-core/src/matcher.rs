@@ -6,7 +6,7 @@
 //! (substring) or elsewhere (a glob that does not cross `/`).
 
 use crate::context::RequestContext;
-use crate::net::{client_ip, IpNet};
+use crate::net::IpNet;
 use crate::request::HttpRequest;
 use crate::template::{percent_decode, query_param};
 use compact_str::CompactString;
@@ -295,30 +295,17 @@ pub fn any_set_matches(
     sets: &[CompiledSet],
     req: &dyn HttpRequest,
     ctx: &mut RequestContext,
-    trusted: &[IpNet],
 ) -> bool {
-    sets.is_empty() || sets.iter().any(|s| s.matches(req, ctx, trusted))
+    sets.is_empty() || sets.iter().any(|s| s.matches(req, ctx))
 }
 
 impl CompiledSet {
-    pub fn matches(
-        &self,
-        req: &dyn HttpRequest,
-        ctx: &mut RequestContext,
-        trusted: &[IpNet],
-    ) -> bool {
-        self.matchers
-            .iter()
-            .all(|m| matches_one(m, req, ctx, trusted))
+    pub fn matches(&self, req: &dyn HttpRequest, ctx: &mut RequestContext) -> bool {
+        self.matchers.iter().all(|m| matches_one(m, req, ctx))
     }
 }
 
-fn matches_one(
-    m: &Compiled,
-    req: &dyn HttpRequest,
-    ctx: &mut RequestContext,
-    trusted: &[IpNet],
-) -> bool {
+fn matches_one(m: &Compiled, req: &dyn HttpRequest, ctx: &mut RequestContext) -> bool {
     match m {
         Compiled::Path(pats) => {
             let p = match_path(req);
@@ -404,13 +391,9 @@ fn matches_one(
             }
         }
         Compiled::RemoteIp(nets) => nets.iter().any(|n| n.contains(ctx.conn.remote.ip())),
-        Compiled::ClientIp(nets) => {
-            let ip = ctx.client_ip.unwrap_or_else(|| {
-                client_ip(ctx.conn.remote.ip(), trusted, req.header("x-forwarded-for"))
-            });
-            nets.iter().any(|n| n.contains(ip))
-        }
-        Compiled::Not(inner) => !inner.matches(req, ctx, trusted),
+        // The pipeline settles the client address before any route runs.
+        Compiled::ClientIp(nets) => nets.iter().any(|n| n.contains(ctx.client_ip())),
+        Compiled::Not(inner) => !inner.matches(req, ctx),
         Compiled::ErrorStatus(codes) => match ctx.error {
             Some((s, _)) => codes
                 .iter()

@@ -28,6 +28,10 @@ pub const BUCKETS: [f64; 13] = [
 /// serving).
 pub static PANICS: AtomicU64 = AtomicU64::new(0);
 
+/// Connections closed by the PROXY protocol policy (a header where none may be, none
+/// where one must be, a malformed or late one).
+pub static PROXY_PROTOCOL_REFUSED: AtomicU64 = AtomicU64::new(0);
+
 /// TLS handshakes of this process by result.
 pub static TLS_HANDSHAKES: [AtomicU64; 3] =
     [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
@@ -159,6 +163,8 @@ pub struct Snapshot {
     #[serde(default)]
     pub tls_handshakes: [u64; 3],
     pub panics: u64,
+    #[serde(default)]
+    pub proxy_protocol_refused: u64,
     /// `cache`: hit, miss, stale, bypass, revalidated; then entries and bytes held.
     #[serde(default)]
     pub cache: [u64; 7],
@@ -206,6 +212,7 @@ impl Snapshot {
             rate_allowed: crate::security::ALLOWED.load(Relaxed),
             tls_handshakes: [0, 1, 2].map(|i| TLS_HANDSHAKES[i].load(Relaxed)),
             panics: PANICS.load(Relaxed),
+            proxy_protocol_refused: PROXY_PROTOCOL_REFUSED.load(Relaxed),
             cache,
         }
     }
@@ -234,6 +241,7 @@ impl Snapshot {
         self.rate_limited += o.rate_limited;
         self.rate_allowed += o.rate_allowed;
         self.panics += o.panics;
+        self.proxy_protocol_refused += o.proxy_protocol_refused;
         for (a, b) in self.tls_handshakes.iter_mut().zip(o.tls_handshakes) {
             *a += b;
         }
@@ -322,7 +330,10 @@ impl Snapshot {
              dwaar_tls_handshakes_total{{result=\"timeout\"}} {}\n\
              # HELP dwaar_panics_total Panics caught; each failed only the task (connection or stream) it happened in.\n\
              # TYPE dwaar_panics_total counter\n\
-             dwaar_panics_total {}\n",
+             dwaar_panics_total {}\n\
+             # HELP dwaar_proxy_protocol_refused_total Connections closed by the PROXY protocol policy.\n\
+             # TYPE dwaar_proxy_protocol_refused_total counter\n\
+             dwaar_proxy_protocol_refused_total {}\n",
             self.rate_allowed,
             self.rate_limited,
             self.analytics_accepted,
@@ -332,6 +343,7 @@ impl Snapshot {
             self.tls_handshakes[1],
             self.tls_handshakes[2],
             self.panics,
+            self.proxy_protocol_refused,
         );
         out.push_str(
             "# HELP dwaar_cache_requests_total Requests the cache looked at, by result.\n\

@@ -7,7 +7,7 @@
 
 use crate::context::{HeaderEdit, RequestContext};
 use crate::matcher::{any_set_matches, match_path};
-use crate::net::{any_contains, client_ip, IpNet};
+use crate::net::{any_contains, client_ip};
 use crate::request::{sanitize_header_value, HttpRequest};
 use crate::route_table::{HandlerRule, HeaderRule, MapRule, RouteRule, RouteTable, UriRule};
 use crate::template::render;
@@ -373,10 +373,9 @@ pub fn handle_request(
         r.close = true;
         return Outcome::Reply(r);
     }
-    let trusted: &[IpNet] = &port.trusted_proxies;
     let peer = ctx.conn.remote.ip();
-    ctx.peer_trusted = any_contains(trusted, peer);
-    ctx.client_ip = Some(client_ip(peer, trusted, req.header("x-forwarded-for")));
+    ctx.peer_trusted = port.client_ip.trusts(peer);
+    ctx.client_ip = Some(client_ip(peer, &port.client_ip, req));
     ctx.request_id = Some(request_id(req, ctx.peer_trusted));
     if !ctx.conn.tls {
         if let Some(token) = req.path().strip_prefix(dwaar_tls::challenge::HTTP01_PREFIX) {
@@ -415,7 +414,7 @@ pub fn handle_request(
             return o;
         }
     }
-    let flow = run_routes(&site.routes, req, ctx, trusted);
+    let flow = run_routes(&site.routes, req, ctx);
     // A site's own analytics dashboard, once its middleware let the request through.
     if let Some(a) = &site.analytics {
         if !matches!(
@@ -451,7 +450,7 @@ pub fn handle_request(
             Outcome::Reply(finish_reply(r, ctx))
         }
         Terminal::Error { status, message } => {
-            error_outcome(&site.error_routes, status, message, req, ctx, trusted)
+            error_outcome(&site.error_routes, status, message, req, ctx)
         }
         other => Outcome::Reply(reply_for(other, req, ctx)),
     }
@@ -465,17 +464,13 @@ pub fn proxy_error_reply(
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Option<Reply> {
-    let (Some(table), Some(site)) = (ctx.table.clone(), ctx.site.clone()) else {
+    let Some(site) = ctx.site.clone() else {
         return Some(Reply::status(code));
     };
     if site.error_routes.is_empty() {
         return Some(Reply::status(code));
     }
-    let trusted = table
-        .port(ctx.conn.local_port)
-        .map(|p| p.trusted_proxies.clone())
-        .unwrap_or_default();
-    match error_outcome(&site.error_routes, code, message, req, ctx, &trusted) {
+    match error_outcome(&site.error_routes, code, message, req, ctx) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
         Outcome::Proxy | Outcome::Check(_) | Outcome::Internal(_) => Some(Reply::status(code)),
@@ -490,13 +485,12 @@ pub fn error_outcome(
     message: String,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-    trusted: &[IpNet],
 ) -> Outcome {
     ctx.error = Some((status, message));
     ctx.groups_done = 0;
     // Headers set immediately stay (as in Caddy); deferred edits belonged to the failed response.
     ctx.resp.deferred.clear();
-    match run_routes(routes, req, ctx, trusted) {
+    match run_routes(routes, req, ctx) {
         Flow::Done(Terminal::Abort) => Outcome::Abort,
         Flow::Done(Terminal::Proxy(_)) | Flow::Continue | Flow::Done(Terminal::Error { .. }) => {
             Outcome::Reply(finish_reply(Reply::status(status), ctx))
@@ -641,7 +635,6 @@ fn run_routes<'t>(
     routes: &'t [RouteRule],
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-    trusted: &[IpNet],
 ) -> Flow<'t> {
     for route in routes {
         if let Some(bit) = route.group_bit {
@@ -649,14 +642,14 @@ fn run_routes<'t>(
                 continue;
             }
         }
-        if !any_set_matches(&route.matchers, req, ctx, trusted) {
+        if !any_set_matches(&route.matchers, req, ctx) {
             continue;
         }
         if let Some(bit) = route.group_bit {
             ctx.groups_done |= bit;
         }
         for h in &route.handlers {
-            if let Flow::Done(t) = run_handler(h, req, ctx, trusted) {
+            if let Flow::Done(t) = run_handler(h, req, ctx) {
                 return Flow::Done(t);
             }
         }
@@ -690,7 +683,6 @@ fn run_handler<'t>(
     h: &'t HandlerRule,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-    trusted: &[IpNet],
 ) -> Flow<'t> {
     match h {
         HandlerRule::Proxy(p) => Flow::Done(Terminal::Proxy(p.clone())),
@@ -799,7 +791,7 @@ fn run_handler<'t>(
             apply_request_rules(rules, req, ctx);
             Flow::Continue
         }
-        HandlerRule::Subroute(routes) => run_routes(routes, req, ctx, trusted),
+        HandlerRule::Subroute(routes) => run_routes(routes, req, ctx),
         HandlerRule::Vars(vars) => {
             for (k, t) in vars {
                 let v = render(t, req, ctx).into_owned();

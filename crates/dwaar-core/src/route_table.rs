@@ -264,7 +264,11 @@ pub struct PortSites {
     /// `(".example.com", site)` for `*.example.com`.
     pub wildcard: Vec<(String, Arc<SiteRoutes>)>,
     pub catch_all: Vec<Arc<SiteRoutes>>,
-    pub trusted_proxies: Vec<IpNet>,
+    /// Who may say who the client is (`trusted_proxies`, `client_ip_headers`,
+    /// `trusted_proxies_strict`).
+    pub client_ip: crate::net::ClientIpRule,
+    /// `listener_wrappers { proxy_protocol }`: read on this port's TCP listeners.
+    pub proxy_protocol: Option<Arc<crate::proxy_protocol::Inbound>>,
     /// `servers { max_header_size }`; see [`PortSites::max_header_size`].
     pub max_header_size: Option<usize>,
     pub timeouts: PortTimeouts,
@@ -329,6 +333,9 @@ pub struct ListenSpec {
     /// An HTTPS port: connections start with a TLS handshake.
     #[serde(default)]
     pub tls: bool,
+    /// Connections may start with a PROXY protocol header (the port's policy decides).
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 /// The compiled configuration.
@@ -529,17 +536,7 @@ impl RouteTable {
                         .or_default()
                         .push(compiled.clone());
                 }
-                let server = config
-                    .global
-                    .servers
-                    .iter()
-                    .find(|s| {
-                        s.listener
-                            .as_deref()
-                            .map(|l| l.trim_start_matches(':') == a.port.to_string())
-                            .unwrap_or(false)
-                    })
-                    .or_else(|| config.global.servers.iter().find(|s| s.listener.is_none()));
+                let server = server_options(config, a.port);
                 let tls = a.scheme.as_deref() == Some("https");
                 let h2c = !tls
                     && server
@@ -557,27 +554,13 @@ impl RouteTable {
                         }
                     }
                 }
-                if let Some(s) = server {
-                    port.trusted_proxies = s
-                        .trusted_proxies
-                        .iter()
-                        .map(|c| IpNet::parse(c))
-                        .collect::<Result<_, _>>()?;
-                    port.max_header_size = s.max_header_size.map(|v| v as usize);
-                    let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
-                    port.timeouts = PortTimeouts {
-                        read_header: ms(s.read_header_timeout_ms),
-                        read_body: ms(s.read_body_timeout_ms),
-                        write: ms(s.write_timeout_ms),
-                        idle: ms(s.idle_timeout_ms),
-                    };
-                }
                 if site.bind.is_empty() {
                     listeners.insert(ListenSpec {
                         addr: String::new(),
                         port: a.port,
                         h2c,
                         tls,
+                        proxy_protocol: false,
                     });
                 } else {
                     for b in &site.bind {
@@ -586,12 +569,29 @@ impl RouteTable {
                             port: a.port,
                             h2c,
                             tls,
+                            proxy_protocol: false,
                         });
                     }
                 }
             }
         }
         https_redirects(config, &mut table, &mut listeners, &mut cx)?;
+        // `servers` options, for every port (the redirect port included).
+        for (number, port) in table.ports.iter_mut() {
+            if let Some(s) = server_options(config, *number) {
+                apply_server_options(port, s)?;
+            }
+        }
+        let listeners: std::collections::BTreeSet<ListenSpec> = listeners
+            .into_iter()
+            .map(|mut l| {
+                l.proxy_protocol = table
+                    .ports
+                    .get(&l.port)
+                    .is_some_and(|p| p.proxy_protocol.is_some());
+                l
+            })
+            .collect();
         // Specific hosts before catch-alls; longer wildcard suffixes first.
         for p in table.ports.values_mut() {
             p.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
@@ -619,6 +619,65 @@ impl RouteTable {
         }
         Ok(table)
     }
+}
+
+/// The `servers` block for `port`: the one naming it (`servers :443`), else the one
+/// without a listener address.
+fn server_options(config: &Config, port: u16) -> Option<&dwaar_config::model::ServerOptions> {
+    let servers = &config.global.servers;
+    servers
+        .iter()
+        .find(|s| {
+            s.listener
+                .as_deref()
+                .is_some_and(|l| l.trim_start_matches(':') == port.to_string())
+        })
+        .or_else(|| servers.iter().find(|s| s.listener.is_none()))
+}
+
+fn apply_server_options(
+    port: &mut PortSites,
+    s: &dwaar_config::model::ServerOptions,
+) -> Result<(), String> {
+    let nets = |list: &[String]| -> Result<Vec<IpNet>, String> {
+        list.iter().map(|c| IpNet::parse(c)).collect()
+    };
+    port.client_ip = crate::net::ClientIpRule {
+        trusted: nets(&s.trusted_proxies)?,
+        headers: s
+            .client_ip_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        strict: s.trusted_proxies_strict,
+    };
+    port.max_header_size = s.max_header_size.map(|v| v as usize);
+    let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
+    port.timeouts = PortTimeouts {
+        read_header: ms(s.read_header_timeout_ms),
+        read_body: ms(s.read_body_timeout_ms),
+        write: ms(s.write_timeout_ms),
+        idle: ms(s.idle_timeout_ms),
+    };
+    if let Some(pp) = &s.proxy_protocol {
+        use crate::proxy_protocol::{Inbound, Policy, DEFAULT_TIMEOUT};
+        port.proxy_protocol = Some(Arc::new(Inbound {
+            timeout: match pp.timeout_ms {
+                None => Some(DEFAULT_TIMEOUT),
+                Some(0) => None,
+                Some(ms) => Some(std::time::Duration::from_millis(ms)),
+            },
+            allow: nets(&pp.allow)?,
+            deny: nets(&pp.deny)?,
+            fallback: match pp.fallback_policy.as_deref() {
+                None => Policy::Ignore,
+                Some(p) => {
+                    Policy::parse(p).ok_or_else(|| format!("unknown fallback_policy '{p}'"))?
+                }
+            },
+        }));
+    }
+    Ok(())
 }
 
 /// Caddy's automatic redirects: each HTTPS host also answers on the HTTP port with a
@@ -703,6 +762,7 @@ fn https_redirects(
             port: g.http_port,
             h2c: false,
             tls: false,
+            proxy_protocol: false,
         });
     } else {
         for b in binds.iter().flatten() {
@@ -711,6 +771,7 @@ fn https_redirects(
                 port: g.http_port,
                 h2c: false,
                 tls: false,
+                proxy_protocol: false,
             });
         }
     }

@@ -74,6 +74,104 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "fallback_sni",
 ];
 
+/// `listener_wrappers { proxy_protocol { ... } tls }`: the PROXY protocol is read before
+/// the TLS handshake, so `tls` (implied when absent) must come after it.
+fn listener_wrappers(line: &Directive, s: &mut ServerOptions, diags: &mut Diags) {
+    if !diags.arity(line, 0, 0, 0, "listener_wrappers { ... }") {
+        return;
+    }
+    let mut seen_tls = false;
+    for w in block_lines(&line.block) {
+        match w.name.text.as_str() {
+            "tls" => {
+                if diags.arity(w, 0, 0, 0, "tls") {
+                    seen_tls = true;
+                }
+            }
+            "proxy_protocol" => {
+                if seen_tls {
+                    diags.push(
+                        w.name
+                            .error("proxy_protocol must come before tls")
+                            .with_help("the PROXY header precedes the TLS handshake: list proxy_protocol first"),
+                    );
+                    continue;
+                }
+                if s.proxy_protocol.is_some() {
+                    diags.push(
+                        w.name
+                            .error("proxy_protocol is already set for this server"),
+                    );
+                    continue;
+                }
+                if diags.arity(w, 0, 0, 0, "proxy_protocol { ... }") {
+                    s.proxy_protocol = Some(proxy_protocol(w, diags));
+                }
+            }
+            "http_redirect" | "layer4" => diags.push(w.name.error(format!(
+                "listener wrapper '{}' is not supported yet",
+                w.name.text
+            ))),
+            _ => diags.unknown_sub("listener_wrappers", &w.name, &["proxy_protocol", "tls"]),
+        }
+    }
+}
+
+fn proxy_protocol(d: &Directive, diags: &mut Diags) -> crate::model::ProxyProtocol {
+    let mut p = crate::model::ProxyProtocol::default();
+    for l in block_lines(&d.block) {
+        match l.name.text.as_str() {
+            "timeout" => {
+                if diags.arity(l, 0, 1, 1, "timeout <duration>") {
+                    p.timeout_ms = diags.duration(&l.args[0]);
+                }
+            }
+            "allow" | "deny" => {
+                if diags.arity(l, 0, 1, usize::MAX, &format!("{} <cidr>...", l.name.text)) {
+                    for a in &l.args {
+                        let list = if l.name.text == "allow" {
+                            &mut p.allow
+                        } else {
+                            &mut p.deny
+                        };
+                        if a.text == "private_ranges" {
+                            list.extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
+                        } else if let Err(e) = check_cidr(&a.text) {
+                            diags.push(a.error(e));
+                        } else {
+                            list.push(a.text.clone());
+                        }
+                    }
+                }
+            }
+            "fallback_policy" => {
+                const POLICIES: &[&str] = &["ignore", "use", "reject", "require", "skip"];
+                if diags.arity(l, 0, 1, 1, "fallback_policy ignore|use|reject|require|skip") {
+                    let v = l.args[0].text.to_ascii_lowercase();
+                    if POLICIES.contains(&v.as_str()) {
+                        p.fallback_policy = Some(v);
+                    } else {
+                        diags.unknown_sub("fallback_policy", &l.args[0], POLICIES);
+                    }
+                }
+            }
+            _ => diags.unknown_sub(
+                "proxy_protocol",
+                &l.name,
+                &["timeout", "allow", "deny", "fallback_policy"],
+            ),
+        }
+    }
+    p
+}
+
+/// An RFC 9110 field name (a token).
+fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// Every name the config language knows, sorted: what `dwaar list-directives` prints and
 /// what the docs site must have a page for.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -699,9 +797,11 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
         "protocols",
         "timeouts",
         "trusted_proxies",
+        "trusted_proxies_strict",
+        "client_ip_headers",
         "max_header_size",
-        "name",
         "listener_wrappers",
+        "name",
         "strict_sni_host",
         "log_credentials",
         "metrics",
@@ -772,7 +872,24 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
                     }
                 }
             }
-            "name" | "listener_wrappers" | "strict_sni_host" | "log_credentials" | "metrics" => {
+            "trusted_proxies_strict" => {
+                if diags.arity(line, 0, 0, 0, "trusted_proxies_strict") {
+                    s.trusted_proxies_strict = true;
+                }
+            }
+            "client_ip_headers" => {
+                if diags.arity(line, 0, 1, usize::MAX, "client_ip_headers <field>...") {
+                    for a in &line.args {
+                        if http_token(&a.text) {
+                            s.client_ip_headers.push(a.text.clone());
+                        } else {
+                            diags.push(a.error(format!("'{}' is not a header name", a.text)));
+                        }
+                    }
+                }
+            }
+            "listener_wrappers" => listener_wrappers(line, &mut s, diags),
+            "name" | "strict_sni_host" | "log_credentials" | "metrics" => {
                 diags.push(line.name.error(format!(
                     "servers option '{}' is not supported yet",
                     line.name.text

@@ -108,7 +108,7 @@ pub async fn worker(
             };
             let task = tokio::spawn(accept_loop(
                 listener,
-                front,
+                (front, key.0.proxy_protocol),
                 shutdown.clone(),
                 conns.clone(),
             ));
@@ -262,13 +262,13 @@ async fn serve_tls(
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    front: Front,
+    (front, read_proxy_header): (Front, bool),
     shutdown: ShutdownWatch,
     conns: Arc<ConnCount>,
 ) {
     let local = listener.local_addr().ok();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let (mut tcp, mut peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -286,6 +286,12 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     // Counted out even when the connection's task panics.
                     let _live = Live(conns);
+                    if read_proxy_header {
+                        match proxy_header(&mut tcp, peer, local, &cx.store).await {
+                            Some(client) => peer = client,
+                            None => return,
+                        }
+                    }
                     crate::fast_h1::serve(tcp, peer, local, cx).await;
                 });
             }
@@ -294,22 +300,27 @@ async fn accept_loop(
                 // client that sends no SNI gets the certificate of the IP it dialled.
                 // One getsockname is nothing next to a handshake.
                 let local = tcp.local_addr().ok().or(local);
-                // One route-table load per connection: TLS state and timeouts.
-                let table = store.load();
-                let Some(tls) = table.tls.as_ref().map(|c| c.state.clone()) else {
-                    conns.0.fetch_sub(1, Ordering::AcqRel);
-                    continue;
-                };
-                let timeouts = local
-                    .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
-                    .unwrap_or_default();
-                let own_h2 = *own_h2;
-                drop(table);
-                crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
-                let stream = to_pingora(tcp, peer, local);
                 let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
-                let lean = lean.clone();
+                let (own_h2, lean) = (*own_h2, lean.clone());
                 tokio::spawn(async move {
+                    let _live = Live(conns);
+                    if read_proxy_header {
+                        match proxy_header(&mut tcp, peer, local, &store).await {
+                            Some(client) => peer = client,
+                            None => return,
+                        }
+                    }
+                    // One route-table load per connection: TLS state and timeouts.
+                    let table = store.load();
+                    let Some(tls) = table.tls.as_ref().map(|c| c.state.clone()) else {
+                        return;
+                    };
+                    let timeouts = local
+                        .and_then(|l| table.port(l.port()).map(|p| p.timeouts))
+                        .unwrap_or_default();
+                    drop(table);
+                    crate::fast_h1::set_write_timeout(&tcp, timeouts.write);
+                    let stream = to_pingora(tcp, peer, local);
                     let fronts = TlsFronts {
                         app,
                         store,
@@ -317,10 +328,38 @@ async fn accept_loop(
                         own_h2,
                         lean,
                     };
-                    let _live = Live(conns);
                     serve_tls(stream, (peer, local), fronts, tls, shutdown).await;
                 });
             }
+        }
+    }
+}
+
+/// Reads the PROXY protocol header of a new connection as its port's policy says and
+/// returns the client address to use from now on (the one in the header when the peer
+/// may set it), or `None` when the connection must be closed.
+async fn proxy_header(
+    tcp: &mut tokio::net::TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    store: &crate::route_table::RouteStore,
+) -> Option<SocketAddr> {
+    let inbound = local.and_then(|l| {
+        store
+            .load()
+            .port(l.port())
+            .and_then(|p| p.proxy_protocol.clone())
+    });
+    // The port dropped the wrapper in a reload this loop has not seen yet.
+    let Some(inbound) = inbound else {
+        return Some(peer);
+    };
+    match crate::proxy_protocol::accept(tcp, peer, &inbound).await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            crate::metrics::PROXY_PROTOCOL_REFUSED.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("connection closed: {e}");
+            None
         }
     }
 }
