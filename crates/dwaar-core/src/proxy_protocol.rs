@@ -26,7 +26,8 @@ pub enum Policy {
     Use,
     /// Close connections that start with a header.
     Reject,
-    /// Close connections that do not start with a header.
+    /// Close connections that do not start with a header; take the client address
+    /// from it.
     Require,
     /// Do not look for a header.
     Skip,
@@ -263,7 +264,7 @@ pub async fn accept(
                 .await
                 .map_err(|e| e.to_string())?;
             match (header, policy) {
-                (Header::Proxied { source, .. }, Policy::Use) => Ok(source),
+                (Header::Proxied { source, .. }, Policy::Use | Policy::Require) => Ok(source),
                 _ => Ok(peer),
             }
         }

@@ -8,6 +8,7 @@
 //!
 //! Synchronisation is by polling with a deadline, never by fixed sleeps.
 
+pub mod balancer;
 pub mod client;
 pub mod grpc;
 pub mod h3;

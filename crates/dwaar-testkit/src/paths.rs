@@ -183,7 +183,30 @@ impl Paths {
 
     /// Sends `req` over `proto`; `Err` when the exchange failed (no complete response).
     pub fn send(&self, proto: Proto, req: &Req<'_>) -> Result<Response, Failed> {
+        self.send_via(proto, req, None)
+    }
+
+    /// The port `proto` reaches Dwaar on (HTTP/3: the HTTPS port, over UDP).
+    pub fn port(&self, proto: Proto) -> u16 {
+        match proto {
+            Proto::H1Lean => self.plain,
+            Proto::H1Pingora => self.plain_pingora,
+            Proto::H1Tls | Proto::H2Tls | Proto::H3 => self.https,
+            Proto::H2c => self.h2c,
+        }
+    }
+
+    /// Like [`Paths::send`], with the TCP connection made to `127.0.0.1:via` instead
+    /// (a [`crate::balancer::Balancer`] in front of [`Paths::port`]); host, SNI and
+    /// certificate checks stay those of the real port. Not for HTTP/3.
+    pub fn send_via(
+        &self,
+        proto: Proto,
+        req: &Req<'_>,
+        via: Option<u16>,
+    ) -> Result<Response, Failed> {
         if proto == Proto::H3 {
+            assert!(via.is_none(), "HTTP/3 cannot go through a TCP balancer");
             return self.send_h3(req);
         }
         let host = if req.host.is_empty() {
@@ -211,6 +234,15 @@ impl Paths {
         cmd.args(["-sS", flag, "--max-time", "30", "--cacert"])
             .arg(&ca)
             .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+            .args(
+                via.map(|v| {
+                    vec![
+                        "--connect-to".to_string(),
+                        format!("localhost:{port}:127.0.0.1:{v}"),
+                    ]
+                })
+                .unwrap_or_default(),
+            )
             .arg("--dump-header")
             .arg(&head)
             .arg("--output")
