@@ -389,3 +389,87 @@ fn haproxy_in_front_sends_the_client_address() {
     assert_eq!(h2, "remote=127.0.0.5", "through HAProxy, HTTP/2");
     assert_eq!(v1, "remote=127.0.0.1", "curl --haproxy-protocol");
 }
+
+/// `transport http { proxy_protocol v1|v2 }` on every path: a real HAProxy upstream
+/// that requires the header (`accept-proxy`) answers with the source it read, which is
+/// the client Dwaar settled on (here from `X-Forwarded-For` of a trusted peer); each
+/// request gets its own connection, so a second client is never announced as the first.
+#[test]
+fn proxy_protocol_to_upstreams_on_every_path() {
+    let have = std::process::Command::new("haproxy")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have {
+        assert!(
+            std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+            "haproxy is required (scripts/bootstrap installs it)"
+        );
+        return;
+    }
+    let (v1, v2) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n\tmaxconn 100\ndefaults\n\tmode http\n\ttimeout connect 5s\n\ttimeout client 30s\n\ttimeout server 30s\n\
+             frontend v1\n\tbind 127.0.0.1:{v1} accept-proxy\n\thttp-request return status 200 content-type text/plain lf-string \"v1 src=%[src]\"\n\
+             frontend v2\n\tbind 127.0.0.1:{v2} accept-proxy\n\thttp-request return status 200 content-type text/plain lf-string \"v2 src=%[src]\"\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut haproxy = std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("haproxy: {e}"));
+    let up = wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(("127.0.0.1", v2)).is_ok()
+    });
+    let body = format!(
+        "\thandle /one/* {{\n\t\treverse_proxy 127.0.0.1:{v1} {{\n\t\t\ttransport http {{\n\t\t\t\tproxy_protocol v1\n\t\t\t}}\n\t\t}}\n\t}}\n\
+         \thandle /two/* {{\n\t\treverse_proxy 127.0.0.1:{v2} {{\n\t\t\ttransport http {{\n\t\t\t\tproxy_protocol v2\n\t\t\t}}\n\t\t}}\n\t}}\n"
+    );
+    let p = Paths::start_with(&bin(), "\t\ttrusted_proxies static 127.0.0.1/32", &body);
+    let mut failures = Vec::new();
+    for proto in ALL {
+        for (n, client) in ["198.51.100.7", "198.51.100.8", "2001:db8::8"]
+            .iter()
+            .enumerate()
+        {
+            for (path, version) in [("/one/x", "v1"), ("/two/x", "v2")] {
+                let r = p.send(proto, &Req::get(path).header("X-Forwarded-For", client));
+                let text = r.map(|r| r.text()).unwrap_or_else(|e| format!("{e:?}"));
+                let want = format!("{version} src={client}");
+                if text != want {
+                    failures.push(format!(
+                        "{proto:?} request {n} {path}: {text:?}, want {want:?}"
+                    ));
+                }
+            }
+        }
+    }
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    assert!(up, "haproxy did not start");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    // Refused at their line.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (line, want) in [
+        ("proxy_protocol v3", "v3"),
+        ("versions 2\n\t\t\tproxy_protocol v2", "HTTP/2 upstreams"),
+    ] {
+        std::fs::write(
+            dir.path().join("Dwaarfile"),
+            format!(":1 {{\n\treverse_proxy 127.0.0.1:2 {{\n\t\ttransport http {{\n\t\t\t{line}\n\t\t}}\n\t}}\n}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+        assert_eq!(code, 1);
+        assert!(err.contains(want) && err.contains("Dwaarfile:"), "{err}");
+    }
+}

@@ -910,6 +910,9 @@ pub struct Transport {
     pub tls_insecure_skip_verify: bool,
     pub tls_trusted_ca_certs: Vec<String>,
     pub versions: Vec<String>,
+    /// `proxy_protocol v1|v2`: send a PROXY protocol header naming the client first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
     /// Speak FastCGI to the upstreams instead of HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastcgi: Option<FastCgi>,
@@ -929,6 +932,7 @@ impl Default for Transport {
             tls_insecure_skip_verify: false,
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
+            proxy_protocol: None,
             fastcgi: None,
         }
     }

@@ -206,6 +206,18 @@ impl RequestContext {
         self.client_ip.unwrap_or(self.conn.remote.ip())
     }
 
+    /// The client as a PROXY protocol header names it to an upstream: the client
+    /// address, with the connection's port when that address is the connection's own.
+    pub fn proxy_client(&self) -> std::net::SocketAddr {
+        let ip = self.client_ip();
+        let port = if ip == self.conn.remote.ip() {
+            self.conn.remote.port()
+        } else {
+            0
+        };
+        std::net::SocketAddr::new(ip, port)
+    }
+
     pub fn scheme(&self) -> &'static str {
         if self.conn.tls {
             "https"

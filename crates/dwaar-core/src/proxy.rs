@@ -426,7 +426,7 @@ impl ProxyHttp for DwaarProxy {
                 ctx.h2_first = Some(turn);
             }
         }
-        match proxy.peer(i, &ctx.host) {
+        match proxy.peer(i, &ctx.host, ctx.proxy_client()) {
             Some(p) => Ok(Box::new(p)),
             None => {
                 ctx.attempt.failure = UpstreamFailure::Connect;

@@ -47,6 +47,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "tls_insecure_skip_verify",
     "tls_trusted_ca_certs",
     "versions",
+    "proxy_protocol",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -277,6 +278,16 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     }
     if rp.upstreams.iter().any(|u| u.scheme == "https") {
         rp.transport.tls = true;
+    }
+    if rp.transport.proxy_protocol.is_some()
+        && (rp.upstreams.iter().any(|u| u.scheme == "h2c")
+            || rp.transport.versions.iter().any(|v| v != "1.1"))
+    {
+        diags.push(
+            d.name
+                .error("proxy_protocol with HTTP/2 upstreams is not supported yet")
+                .with_help("use HTTP/1.1 upstreams with proxy_protocol"),
+        );
     }
     let after = diags.list.iter().filter(|x| x.is_error()).count();
     (after == before).then_some(rp)
@@ -583,6 +594,20 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                     }
                 }
                 t.versions = v;
+            }
+            "proxy_protocol" if diags.arity(l, 0, 1, 1, "proxy_protocol v1|v2") => {
+                match l.args[0].text.as_str() {
+                    "v1" | "v2" => {
+                        if t.versions.iter().any(|v| v != "1.1") {
+                            diags.push(l.name.error(
+                                "proxy_protocol with HTTP/2 upstreams is not supported yet",
+                            ));
+                        } else {
+                            t.proxy_protocol = Some(l.args[0].text.clone());
+                        }
+                    }
+                    _ => diags.unknown_sub("proxy_protocol", &l.args[0], &["v1", "v2"]),
+                }
             }
             s if TRANSPORT_SUB.contains(&s) => {}
             _ => diags.unknown_sub("transport http", &l.name, TRANSPORT_SUB),

@@ -895,7 +895,7 @@ async fn proxy<S: LeanIo>(
     let (mut upc, resp_head_len) = loop {
         attempt += 1;
         let dial_start = Instant::now();
-        let (mut upc, reused) = match pool::checkout(addr, &p.transport).await {
+        let (mut upc, reused) = match pool::checkout(addr, &p.transport, ctx.proxy_client()).await {
             Ok(c) => {
                 if !c.1 {
                     if let Some(u) = &ctx.attempt.upstream {

@@ -336,9 +336,9 @@ async fn proxy<D: Downstream>(
         let addr = up.addr;
         let dial_start = Instant::now();
         let connected = match addr.filter(|_| pooled) {
-            Some(a) => pool::checkout(a, &p.transport).await,
+            Some(a) => pool::checkout(a, &p.transport, ctx.proxy_client()).await,
             None if pooled => Err(std::io::Error::other("unresolved upstream address")),
-            None => pool::connect_direct(&up, &p.transport, &host)
+            None => pool::connect_direct(&up, &p.transport, &host, ctx.proxy_client())
                 .await
                 .map(|c| (c, false)),
         };

@@ -90,6 +90,9 @@ pub struct UpstreamConn {
     /// each read (the head as a whole is bounded by `read_response_head`); `None` waits
     /// as long as the upstream takes.
     pub read_timeout: Option<Duration>,
+    /// It may serve another client later (not when it began with a PROXY protocol
+    /// header naming this one).
+    pub shareable: bool,
 }
 
 impl UpstreamConn {
@@ -132,12 +135,15 @@ thread_local! {
 }
 
 /// An idle connection to `addr`, or a new one. The flag says whether it was reused.
+/// With `transport http { proxy_protocol }` the connection is new, starts with a header
+/// naming `client`, and is never pooled (it speaks for that client only).
 pub async fn checkout(
     addr: SocketAddr,
     t: &TransportOpts,
+    client: SocketAddr,
 ) -> std::io::Result<(UpstreamConn, bool)> {
     let max_idle = t.idle.unwrap_or(DEFAULT_IDLE);
-    loop {
+    while t.proxy_protocol.is_none() {
         let candidate = IDLE.with_borrow_mut(|m| m.get_mut(&addr).and_then(Vec::pop));
         let Some((c, since)) = candidate else { break };
         if since.elapsed() > max_idle {
@@ -162,19 +168,39 @@ pub async fn checkout(
     } else {
         t.dial
     };
-    let stream = tokio::time::timeout(dial, TcpStream::connect(addr))
+    let mut stream = tokio::time::timeout(dial, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = stream.set_nodelay(true);
+    let shareable = send_proxy_header(&mut stream, t, client, addr).await?;
     Ok((
         UpstreamConn {
             stream: UpStream::Tcp(stream),
             buf: BytesMut::with_capacity(UPSTREAM_BUF),
             reusable: false,
             read_timeout: t.read_body,
+            shareable,
         },
         false,
     ))
+}
+
+/// Writes the PROXY protocol header `t` asks for (naming `client`, bound for
+/// `destination`) on a fresh connection; returns whether the connection may be shared
+/// by other clients (it may not once it carries a header).
+pub(crate) async fn send_proxy_header<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    t: &TransportOpts,
+    client: SocketAddr,
+    destination: SocketAddr,
+) -> std::io::Result<bool> {
+    use tokio::io::AsyncWriteExt;
+    let Some(version) = t.proxy_protocol else {
+        return Ok(true);
+    };
+    let header = crate::proxy_protocol::encode(version, client, destination);
+    stream.write_all(&header).await?;
+    Ok(false)
 }
 
 /// Closes this thread's idle upstream connections (shutdown: they may be connections to
@@ -185,7 +211,10 @@ pub fn clear() {
 
 /// Returns a connection whose response ended cleanly (plain TCP ones are kept).
 pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
-    if crate::lifecycle::inflight::draining() || !matches!(c.stream, UpStream::Tcp(_)) {
+    if crate::lifecycle::inflight::draining()
+        || !c.shareable
+        || !matches!(c.stream, UpStream::Tcp(_))
+    {
         return;
     }
     c.buf.clear();
@@ -237,6 +266,7 @@ pub async fn connect_direct(
     u: &crate::upstream::UpstreamState,
     t: &TransportOpts,
     host: &str,
+    client: SocketAddr,
 ) -> std::io::Result<UpstreamConn> {
     let dial = if t.dial.is_zero() {
         Duration::from_secs(10)
@@ -247,20 +277,25 @@ pub async fn connect_direct(
         let _ = e;
         std::io::Error::from(std::io::ErrorKind::TimedOut)
     };
+    let shareable;
     let stream = if u.unix {
-        UpStream::Unix(
-            tokio::time::timeout(dial, tokio::net::UnixStream::connect(&u.dial))
-                .await
-                .map_err(timed)??,
-        )
+        let mut unix = tokio::time::timeout(dial, tokio::net::UnixStream::connect(&u.dial))
+            .await
+            .map_err(timed)??;
+        // A unix socket has no IP destination: the header names the unspecified one.
+        let nowhere = SocketAddr::from(([0, 0, 0, 0], 0));
+        shareable = send_proxy_header(&mut unix, t, client, nowhere).await?;
+        UpStream::Unix(unix)
     } else {
         let addr = u
             .addr
             .ok_or_else(|| std::io::Error::other("the upstream address did not resolve"))?;
-        let tcp = tokio::time::timeout(dial, TcpStream::connect(addr))
+        let mut tcp = tokio::time::timeout(dial, TcpStream::connect(addr))
             .await
             .map_err(timed)??;
         let _ = tcp.set_nodelay(true);
+        // The header goes first, before any TLS.
+        shareable = send_proxy_header(&mut tcp, t, client, addr).await?;
         if t.tls {
             let cfg = t.client_tls().map_err(std::io::Error::other)?;
             let server_name = t
@@ -282,5 +317,6 @@ pub async fn connect_direct(
         buf: BytesMut::with_capacity(UPSTREAM_BUF),
         reusable: false,
         read_timeout: t.read_body,
+        shareable,
     })
 }

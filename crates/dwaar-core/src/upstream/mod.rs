@@ -173,6 +173,9 @@ pub struct TransportOpts {
     /// built on first use.
     pub client_tls: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
     pub client_tls_h2: Arc<std::sync::OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
+    /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
+    /// (and serves that client only).
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 impl TransportOpts {
@@ -401,6 +404,11 @@ impl ProxyHandler {
                 ca_der: Arc::new(ca_der),
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
+                proxy_protocol: match t.proxy_protocol.as_deref() {
+                    Some("v1") => Some(crate::proxy_protocol::Version::V1),
+                    Some("v2") => Some(crate::proxy_protocol::Version::V2),
+                    _ => None,
+                },
             },
             lean: false,
         };
@@ -462,8 +470,9 @@ impl ProxyHandler {
         !self.try_duration.is_zero() && start.elapsed() < self.try_duration
     }
 
-    /// Builds the Pingora peer for upstream `i`.
-    pub fn peer(&self, i: usize, host: &str) -> Option<HttpPeer> {
+    /// Builds the Pingora peer for upstream `i`; `client` is named in the PROXY protocol
+    /// header when the transport sends one.
+    pub fn peer(&self, i: usize, host: &str, client: std::net::SocketAddr) -> Option<HttpPeer> {
         let u = self.upstreams.get(i)?;
         let t = &self.transport;
         let sni = t.sni.clone().unwrap_or_else(|| {
@@ -501,6 +510,15 @@ impl ProxyHandler {
             o.verify_cert = false;
             o.verify_hostname = false;
         }
+        if let Some(version) = t.proxy_protocol {
+            // Dial with the header first; such a connection is never pooled.
+            o.custom_l4 = Some(Arc::new(ProxyHeaderDial {
+                version,
+                client,
+                timeout: t.dial,
+            }));
+            o.idle_timeout = Some(Duration::ZERO);
+        }
         if t.h2c && !t.tls {
             o.set_http_version(2, 2);
             o.max_h2_streams = H2_STREAMS;
@@ -511,5 +529,61 @@ impl ProxyHandler {
             o.set_http_version(1, 1);
         }
         Some(peer)
+    }
+}
+
+/// Pingora's dial for upstreams that want a PROXY protocol header: the connection, then
+/// the header naming the client, then (in Pingora) TLS and HTTP.
+#[derive(Debug)]
+struct ProxyHeaderDial {
+    version: crate::proxy_protocol::Version,
+    client: std::net::SocketAddr,
+    timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora_core::connectors::L4Connect for ProxyHeaderDial {
+    async fn connect(
+        &self,
+        addr: &pingora_core::protocols::l4::socket::SocketAddr,
+    ) -> pingora_error::Result<pingora_core::protocols::l4::stream::Stream> {
+        use pingora_core::protocols::l4::socket::SocketAddr as PAddr;
+        use pingora_error::{ErrorType, OrErr};
+        use tokio::io::AsyncWriteExt;
+        let timeout = if self.timeout.is_zero() {
+            Duration::from_secs(10)
+        } else {
+            self.timeout
+        };
+        let (stream, destination): (pingora_core::protocols::l4::stream::Stream, _) = match addr {
+            PAddr::Inet(a) => {
+                let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(a))
+                    .await
+                    .or_err(ErrorType::ConnectTimedout, "connecting to the upstream")?
+                    .or_err(ErrorType::ConnectError, "connecting to the upstream")?;
+                let _ = tcp.set_nodelay(true);
+                (tcp.into(), *a)
+            }
+            PAddr::Unix(path) => {
+                let Some(path) = path.as_pathname() else {
+                    return Err(pingora_error::Error::explain(
+                        ErrorType::ConnectError,
+                        "unnamed unix socket",
+                    ));
+                };
+                let unix = tokio::time::timeout(timeout, tokio::net::UnixStream::connect(path))
+                    .await
+                    .or_err(ErrorType::ConnectTimedout, "connecting to the upstream")?
+                    .or_err(ErrorType::ConnectError, "connecting to the upstream")?;
+                (unix.into(), std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+            }
+        };
+        let mut stream = stream;
+        let header = crate::proxy_protocol::encode(self.version, self.client, destination);
+        stream
+            .write_all(&header)
+            .await
+            .or_err(ErrorType::WriteError, "sending the PROXY protocol header")?;
+        Ok(stream)
     }
 }
