@@ -184,6 +184,15 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         // After an upgrade the successor is the main process: it is not stopping.
         if ended == control::Ended::Stopped {
             notify::stopping();
+            // `shutdown_delay`: keep serving as before for a while, so load balancers
+            // see the health check fail and move traffic away before connections drain.
+            if let Some(ms) = control.reloader.current().global.shutdown_delay_ms {
+                tracing::info!(
+                    delay_ms = ms,
+                    "stop requested: serving on for shutdown_delay"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
         }
         0
     });

@@ -705,3 +705,32 @@ fn a_taken_default_admin_port_does_not_stop_the_server() {
     let _ = child.wait();
     assert!(served, "dwaar did not serve with port 2019 taken");
 }
+
+/// `shutdown_delay`: after a stop signal the server keeps accepting and answering for
+/// the delay (so a load balancer can take it out of rotation), then drains and exits.
+#[test]
+fn shutdown_delay_keeps_serving_before_the_drain() {
+    let port = free_port();
+    let mut d = Dwaar::start(
+        &bin(),
+        &format!(
+            "{{\n\tshutdown_delay 1500ms\n\tgrace_period 1s\n}}\n:{port} {{\n\trespond ok\n}}\n"
+        ),
+        &[port],
+    );
+    let asked = std::time::Instant::now();
+    d.signal("TERM");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        ok_get(port, "x", "/").text(),
+        "ok",
+        "a new connection during the delay"
+    );
+    assert_eq!(d.wait_exit(Duration::from_secs(10)), Some(0));
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "exited before the delay: {:?}",
+        asked.elapsed()
+    );
+    assert!(d.log_text().contains("shutdown_delay"), "{}", d.log_text());
+}
