@@ -733,3 +733,42 @@ fn oversized_request_heads_are_431_on_every_path() {
         );
     }
 }
+
+/// Load-balancing policies run in the shared lifecycle: `weighted_round_robin 3 1` gives
+/// 6 and 2 of every 8 requests, and `query` sticks to one upstream, on every path.
+#[test]
+fn weighted_and_query_policies_on_every_path() {
+    let a = origin::http("a");
+    let b = origin::http("b");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /w/* {{\n\t\treverse_proxy 127.0.0.1:{0} 127.0.0.1:{1} {{\n\t\t\tlb_policy weighted_round_robin 3 1\n\t\t}}\n\t}}\n\
+             \thandle /q/* {{\n\t\treverse_proxy 127.0.0.1:{0} 127.0.0.1:{1} {{\n\t\t\tlb_policy query user\n\t\t}}\n\t}}\n",
+            a.port, b.port
+        ),
+    );
+    for proto in ALL {
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..8 {
+            let r = p.ok(proto, &Req::get("/w/x"));
+            *counts
+                .entry(r.header("x-origin").unwrap_or("?").to_string())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(
+            (counts.get("a"), counts.get("b")),
+            (Some(&6), Some(&2)),
+            "{proto:?}: {counts:?}"
+        );
+        let owners: std::collections::HashSet<String> = (0..5)
+            .map(|_| {
+                p.ok(proto, &Req::get("/q/x?user=alice"))
+                    .header("x-origin")
+                    .unwrap_or("?")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(owners.len(), 1, "{proto:?}: {owners:?}");
+    }
+}

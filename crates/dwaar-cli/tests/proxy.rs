@@ -50,6 +50,97 @@ fn round_robin_spreads_evenly() {
     assert!(m.values().all(|&c| c == 10), "{m:?}");
 }
 
+/// `weighted_round_robin 3 1 0`: over 1,000 requests exactly 750/250, and the weight-0
+/// upstream never; with the heavy one down its turns pass to the others.
+#[test]
+fn weighted_round_robin_follows_the_weights() {
+    let mut os = origins(3);
+    let (_d, port) = proxy_with("weighted_round_robin 3 1 0", &os);
+    let m = distribution(port, 1000, &[], "/");
+    assert_eq!(m.get("o0"), Some(&750), "{m:?}");
+    assert_eq!(m.get("o1"), Some(&250), "{m:?}");
+    assert_eq!(m.get("o2"), None, "{m:?}");
+    // Passive health takes the heavy upstream out once it refuses connections.
+    os[0].kill();
+    let (_d2, port2) = serve(&format!(
+        ":PORT {{
+	reverse_proxy {} {{
+		lb_policy weighted_round_robin 3 1 0
+		lb_retries 2
+		fail_duration 30s
+	}}
+}}",
+        upstream_list(&os)
+    ));
+    let m = distribution(port2, 20, &[], "/");
+    assert_eq!(m.get("o1"), Some(&20), "{m:?}");
+}
+
+/// `query`, `header` and `cookie` with a `fallback` block: a key sticks to one upstream,
+/// keys spread, and requests without a key follow the fallback (here `first`), not
+/// random; counted over 1,000 requests.
+#[test]
+fn query_header_and_cookie_policies_fall_back_as_configured() {
+    let os = origins(4);
+    let (_d, port) = proxy_with("query user {\n\t\t\tfallback first\n\t\t}", &os);
+    let mut owners = std::collections::HashSet::new();
+    for user in [
+        "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi",
+    ] {
+        let m = distribution(port, 25, &[], &format!("/?x=1&user={user}&y=2"));
+        assert_eq!(m.len(), 1, "{user} sticks to one upstream: {m:?}");
+        owners.extend(m.keys().cloned());
+    }
+    assert!(owners.len() >= 2, "keys spread over upstreams: {owners:?}");
+    let m = distribution(port, 800, &[], "/?other=1");
+    assert_eq!(
+        m.get("o0"),
+        Some(&800),
+        "no key: the fallback `first`: {m:?}"
+    );
+
+    let (_d, port) = proxy_with("header X-User {\n\t\t\tfallback round_robin\n\t\t}", &os);
+    let m = distribution(port, 40, &[], "/");
+    assert!(
+        m.len() == 4 && m.values().all(|c| *c == 10),
+        "round robin fallback: {m:?}"
+    );
+
+    let (_d, port) = proxy_with("cookie lb {\n\t\t\tfallback first\n\t\t}", &os);
+    let r = ok_get(port, "x", "/");
+    assert_eq!(r.header("x-origin"), Some("o0"), "cookie fallback first");
+    assert!(r.header("set-cookie").is_some_and(|c| c.starts_with("lb=")));
+}
+
+/// Misconfigured policies are refused at their line.
+#[test]
+fn load_balancing_config_errors() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (policy, want) in [
+        ("weighted_round_robin 3", "1 weight for 2 upstreams"),
+        ("weighted_round_robin 0 0", "every weight is 0"),
+        ("weighted_round_robin 1 x", "x"),
+        (
+            "round_robin {\n\t\t\tfallback first\n\t\t}",
+            "has no fallback",
+        ),
+        ("query", "needs a parameter name"),
+        ("header X {\n\t\t\tfallback nope\n\t\t}", "nope"),
+    ] {
+        std::fs::write(
+            dir.path().join("Dwaarfile"),
+            format!(":1 {{\n\treverse_proxy 127.0.0.1:2 127.0.0.1:3 {{\n\t\tlb_policy {policy}\n\t}}\n}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+        assert_eq!(code, 1, "{policy}");
+        assert!(
+            err.contains(want) && err.contains("Dwaarfile:"),
+            "{policy}: {err}"
+        );
+    }
+}
+
 #[test]
 fn random_uses_every_upstream() {
     let os = origins(2);

@@ -856,12 +856,29 @@ pub enum LbPolicy {
     IpHash,
     ClientIpHash,
     UriHash,
+    /// One weight per upstream, in order; a weight of 0 takes the upstream out.
+    WeightedRoundRobin {
+        weights: Vec<u32>,
+    },
+    /// By the value of a header; without it, the `fallback` (default random).
     Header {
         field: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Box<LbPolicy>>,
     },
+    /// Sticky by cookie; a request without the cookie gets the `fallback`'s choice
+    /// (default random) and the cookie.
     Cookie {
         name: String,
         secret: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Box<LbPolicy>>,
+    },
+    /// By the value of a query parameter; without it, the `fallback` (default random).
+    Query {
+        key: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fallback: Option<Box<LbPolicy>>,
     },
 }
 

@@ -279,6 +279,25 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     if rp.upstreams.iter().any(|u| u.scheme == "https") {
         rp.transport.tls = true;
     }
+    if let LbPolicy::WeightedRoundRobin { weights } = &rp.load_balancing.policy {
+        if weights.len() != rp.upstreams.len() {
+            let at = block_lines(&d.block)
+                .into_iter()
+                .find(|l| l.name.text == "lb_policy")
+                .map(|l| l.name.clone());
+            let msg = format!(
+                "lb_policy weighted_round_robin has {} weight{} for {} upstream{}",
+                weights.len(),
+                if weights.len() == 1 { "" } else { "s" },
+                rp.upstreams.len(),
+                if rp.upstreams.len() == 1 { "" } else { "s" },
+            );
+            diags.push(
+                at.map_or_else(|| d.name.error(msg.clone()), |t| t.error(msg.clone()))
+                    .with_help("give one weight per upstream, in the order they are listed"),
+            );
+        }
+    }
     if rp.transport.proxy_protocol.is_some()
         && (rp.upstreams.iter().any(|u| u.scheme == "h2c")
             || rp.transport.versions.iter().any(|v| v != "1.1"))
@@ -389,76 +408,129 @@ pub fn split_host_port(s: &str) -> (String, Option<&str>) {
     }
 }
 
+const LB_POLICIES: &[&str] = &[
+    "random",
+    "random_choose",
+    "round_robin",
+    "weighted_round_robin",
+    "least_conn",
+    "first",
+    "ip_hash",
+    "client_ip_hash",
+    "uri_hash",
+    "header",
+    "cookie",
+    "query",
+];
+
+/// `lb_policy <name> [<args>] [{ fallback <name> [<args>] }]`; the `fallback` line has
+/// the same shape (and may have its own block).
 fn lb_policy(line: &Directive, diags: &mut Diags) -> Option<LbPolicy> {
-    if !diags.arity(line, 0, 1, 3, "lb_policy <policy> [<args>]") {
+    if !diags.arity(line, 0, 1, usize::MAX, "lb_policy <policy> [<args>]") {
         return None;
     }
     let name = line.args[0].text.as_str();
+    let args = &line.args[1..];
+    let takes_fallback = matches!(name, "header" | "cookie" | "query");
+    let mut fallback = None;
+    for l in block_lines(&line.block) {
+        match l.name.text.as_str() {
+            "fallback" if takes_fallback => {
+                if fallback.is_some() {
+                    diags.push(l.name.error("lb_policy has one fallback"));
+                } else {
+                    fallback = lb_policy(l, diags).map(Box::new);
+                }
+            }
+            "fallback" => diags.push(
+                l.name
+                    .error(format!("lb_policy {name} has no fallback"))
+                    .with_help("only header, cookie and query fall back to another policy"),
+            ),
+            _ => diags.unknown_sub("lb_policy", &l.name, &["fallback"]),
+        }
+    }
+    let max_args = match name {
+        "random_choose" | "header" | "query" => 1,
+        "cookie" => 2,
+        "weighted_round_robin" => usize::MAX,
+        _ => 0,
+    };
+    if let Some(extra) = args.get(max_args) {
+        diags.push(extra.error(format!("unexpected argument for lb_policy {name}")));
+        return None;
+    }
+    let needs = |what: &str, example: &str| {
+        line.args[0]
+            .error(format!("lb_policy {name} needs {what}"))
+            .with_help(example.to_string())
+    };
     let p = match name {
         "random" => LbPolicy::Random,
         "random_choose" => {
-            let n = match line.args.get(1) {
+            let n = match args.first() {
                 Some(t) => diags.number(t, "choice count")?,
                 None => 2,
             };
             LbPolicy::RandomChoose { choose: n }
         }
         "round_robin" => LbPolicy::RoundRobin,
+        "weighted_round_robin" => {
+            if args.is_empty() {
+                diags.push(needs(
+                    "one weight per upstream",
+                    "lb_policy weighted_round_robin 3 1",
+                ));
+                return None;
+            }
+            let mut weights = Vec::new();
+            for a in args {
+                weights.push(diags.number::<u32>(a, "weight")?);
+            }
+            if weights.iter().all(|w| *w == 0) {
+                diags.push(args[0].error("every weight is 0: no upstream could be chosen"));
+                return None;
+            }
+            LbPolicy::WeightedRoundRobin { weights }
+        }
         "least_conn" => LbPolicy::LeastConn,
         "first" => LbPolicy::First,
         "ip_hash" => LbPolicy::IpHash,
         "client_ip_hash" => LbPolicy::ClientIpHash,
         "uri_hash" => LbPolicy::UriHash,
-        "header" => match line.args.get(1) {
+        "header" => match args.first() {
             Some(f) => LbPolicy::Header {
                 field: f.text.clone(),
+                fallback,
             },
             None => {
-                diags.push(
-                    line.args[0]
-                        .error("lb_policy header needs a field name")
-                        .with_help("lb_policy header X-User-Id"),
-                );
+                diags.push(needs("a field name", "lb_policy header X-User-Id"));
+                return None;
+            }
+        },
+        "query" => match args.first() {
+            Some(k) => LbPolicy::Query {
+                key: k.text.clone(),
+                fallback,
+            },
+            None => {
+                diags.push(needs("a parameter name", "lb_policy query user"));
                 return None;
             }
         },
         "cookie" => LbPolicy::Cookie {
-            name: line
-                .args
-                .get(1)
+            name: args
+                .first()
                 .map(|t| t.text.clone())
                 .unwrap_or_else(|| "lb".into()),
-            secret: line.args.get(2).map(|t| t.text.clone()),
+            secret: args.get(1).map(|t| t.text.clone()),
+            fallback,
         },
         _ => {
-            diags.unknown_sub(
-                "lb_policy",
-                &line.args[0],
-                &[
-                    "random",
-                    "random_choose",
-                    "round_robin",
-                    "least_conn",
-                    "first",
-                    "ip_hash",
-                    "client_ip_hash",
-                    "uri_hash",
-                    "header",
-                    "cookie",
-                ],
-            );
+            diags.unknown_sub("lb_policy", &line.args[0], LB_POLICIES);
             return None;
         }
     };
-    let max_args = match name {
-        "random_choose" | "header" => 2,
-        "cookie" => 3,
-        _ => 1,
-    };
-    if line.args.len() > max_args {
-        diags.push(line.args[max_args].error(format!("unexpected argument for lb_policy {name}")));
-        return None;
-    }
     Some(p)
 }
 

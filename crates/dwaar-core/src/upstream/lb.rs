@@ -1,5 +1,6 @@
 //! Load-balancing policies (Caddy's set): random, random_choose, round_robin,
-//! least_conn, first, ip_hash, client_ip_hash, uri_hash, header and cookie.
+//! weighted_round_robin, least_conn, first, ip_hash, client_ip_hash, uri_hash, header,
+//! cookie and query (the last three with a fallback policy).
 //! Hash policies use rendezvous hashing so a backend going down only moves its own keys.
 
 use super::ProxyHandler;
@@ -39,36 +40,59 @@ pub(super) fn select(
     if avail.is_empty() {
         return None;
     }
-    let random = |avail: &[usize]| avail[rand::thread_rng().gen_range(0..avail.len())];
-    let by_key = |key: &[u8], avail: &[usize]| -> usize {
-        *avail
-            .iter()
-            .max_by_key(|&&i| hash_of(&[key, h.upstreams[i].dial.as_bytes()]))
-            .unwrap_or(&avail[0])
+    choose(&h.policy, h, req, ctx, &avail)
+}
+
+fn random(avail: &[usize]) -> usize {
+    avail[rand::thread_rng().gen_range(0..avail.len())]
+}
+
+/// Rendezvous hashing: the available upstream whose hash with `key` is highest.
+fn by_key(h: &ProxyHandler, key: &[u8], avail: &[usize]) -> usize {
+    *avail
+        .iter()
+        .max_by_key(|&&i| hash_of(&[key, h.upstreams[i].dial.as_bytes()]))
+        .unwrap_or(&avail[0])
+}
+
+fn least(h: &ProxyHandler, cands: &[usize]) -> usize {
+    let min = cands
+        .iter()
+        .map(|&i| h.upstreams[i].active.load(Ordering::Relaxed))
+        .min()
+        .unwrap_or(0);
+    let ties: Vec<usize> = cands
+        .iter()
+        .copied()
+        .filter(|&i| h.upstreams[i].active.load(Ordering::Relaxed) == min)
+        .collect();
+    random(&ties)
+}
+
+/// The choice of `policy` among the available upstreams (a fallback policy is chosen
+/// the same way, among the same upstreams).
+fn choose(
+    policy: &LbPolicy,
+    h: &ProxyHandler,
+    req: &dyn HttpRequest,
+    ctx: &mut RequestContext,
+    avail: &[usize],
+) -> Option<usize> {
+    let n = h.upstreams.len();
+    let fall_back = |fallback: &Option<Box<LbPolicy>>, ctx: &mut RequestContext| match fallback {
+        Some(f) => choose(f, h, req, ctx, avail),
+        None => Some(random(avail)),
     };
-    let least = |cands: &[usize]| -> usize {
-        let min = cands
-            .iter()
-            .map(|&i| h.upstreams[i].active.load(Ordering::Relaxed))
-            .min()
-            .unwrap_or(0);
-        let ties: Vec<usize> = cands
-            .iter()
-            .copied()
-            .filter(|&i| h.upstreams[i].active.load(Ordering::Relaxed) == min)
-            .collect();
-        random(&ties)
-    };
-    Some(match &h.policy {
-        LbPolicy::Random => random(&avail),
+    Some(match policy {
+        LbPolicy::Random => random(avail),
         LbPolicy::RandomChoose { choose } => {
-            let mut pool = avail.clone();
+            let mut pool = avail.to_vec();
             let mut picked = Vec::new();
             let mut rng = rand::thread_rng();
             while picked.len() < (*choose as usize).max(1) && !pool.is_empty() {
                 picked.push(pool.swap_remove(rng.gen_range(0..pool.len())));
             }
-            least(&picked)
+            least(h, &picked)
         }
         LbPolicy::RoundRobin => {
             // Advance past unavailable upstreams so the rotation stays fair.
@@ -82,15 +106,41 @@ pub(super) fn select(
             }
             chosen
         }
-        LbPolicy::LeastConn => least(&avail),
+        LbPolicy::WeightedRoundRobin { weights } => {
+            // Each turn of the counter is one slot of a cycle of `total` slots, upstream
+            // i owning `weights[i]` consecutive ones; unavailable owners pass the turn on.
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let owner = |slot: u64| {
+                let mut left = slot;
+                weights.iter().position(|w| {
+                    let w = u64::from(*w);
+                    if left < w {
+                        true
+                    } else {
+                        left -= w;
+                        false
+                    }
+                })
+            };
+            let mut chosen = None;
+            for _ in 0..total {
+                let slot = h.rr.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
+                if let Some(i) = owner(slot).filter(|i| avail.contains(i)) {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            chosen?
+        }
+        LbPolicy::LeastConn => least(h, avail),
         LbPolicy::First => avail[0],
         LbPolicy::IpHash => {
             let ip = ctx.conn.remote.ip().to_string();
-            by_key(ip.as_bytes(), &avail)
+            by_key(h, ip.as_bytes(), avail)
         }
         LbPolicy::ClientIpHash => {
             let ip = ctx.client_ip().to_string();
-            by_key(ip.as_bytes(), &avail)
+            by_key(h, ip.as_bytes(), avail)
         }
         LbPolicy::UriHash => {
             let mut key = req.path().to_string();
@@ -98,13 +148,29 @@ pub(super) fn select(
                 key.push('?');
                 key.push_str(q);
             }
-            by_key(key.as_bytes(), &avail)
+            by_key(h, key.as_bytes(), avail)
         }
-        LbPolicy::Header { field } => match req.header(field) {
-            Some(v) => by_key(v.as_bytes(), &avail),
-            None => random(&avail),
+        LbPolicy::Header { field, fallback } => match req.header(field) {
+            Some(v) => by_key(h, v.as_bytes(), avail),
+            None => fall_back(fallback, ctx)?,
         },
-        LbPolicy::Cookie { name, secret } => {
+        LbPolicy::Query { key, fallback } => {
+            let value = req.query().and_then(|q| {
+                q.split('&').find_map(|pair| {
+                    let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                    (k == key).then_some(v)
+                })
+            });
+            match value {
+                Some(v) => by_key(h, v.as_bytes(), avail),
+                None => fall_back(fallback, ctx)?,
+            }
+        }
+        LbPolicy::Cookie {
+            name,
+            secret,
+            fallback,
+        } => {
             let mut wanted: Option<String> = None;
             req.any_header_value("cookie", &mut |v| {
                 for pair in v.split(';') {
@@ -126,7 +192,7 @@ pub(super) fn select(
             match hit {
                 Some(i) => i,
                 None => {
-                    let i = random(&avail);
+                    let i = fall_back(fallback, ctx)?;
                     ctx.resp.set_cookie = Some(format!(
                         "{name}={}; Path=/",
                         cookie_value(&h.upstreams[i].dial, secret.as_deref())
