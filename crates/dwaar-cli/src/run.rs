@@ -36,6 +36,22 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             println!("{}={}", k.to_string_lossy(), v.to_string_lossy());
         }
     }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the control runtime: {e}");
+            return 1;
+        }
+    };
+    // First of all (before the config loads and any listener opens): a SIGTERM or SIGHUP
+    // from then on is handled, never fatal.
+    let signals = {
+        let _in_runtime = rt.enter();
+        control::Signals::new()
+    };
     let mut inherited = match Inherited::take() {
         Ok(i) => i,
         Err(e) => {
@@ -103,13 +119,6 @@ pub fn run(o: RunOptions<'_>) -> i32 {
         ),
         None => (None, None),
     };
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(inherited, format!("cannot start the control runtime: {e}")),
-    };
     let threads = o.threads;
     let started = if workers > 1 {
         supervisor::Supervisor::start(supervisor::SupervisorOptions {
@@ -175,10 +184,10 @@ pub fn run(o: RunOptions<'_>) -> i32 {
             });
         }
         let ended = match &running {
-            Running::Server(s) => s.run_control(o.watch).await,
+            Running::Server(s) => s.run_control(o.watch, signals).await,
             Running::Supervisor(s) => {
                 let upgrades = s.take_upgrades();
-                control::run(&control, upgrades, o.watch).await
+                control::run(&control, upgrades, o.watch, signals).await
             }
         };
         // After an upgrade the successor is the main process: it is not stopping.

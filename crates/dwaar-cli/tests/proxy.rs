@@ -728,3 +728,130 @@ fn large_request_bodies_reach_an_origin_that_reads_them_first() {
     assert_eq!(r.status, 200);
     assert!(r.text().contains("body: 3000000"), "{}", r.text());
 }
+
+/// Which origin `n` requests reach, once the answers settle (health checks run in the
+/// background), within `wait`.
+fn settles_on(port: u16, want: &str, wait: Duration) -> bool {
+    wait_until(wait, || {
+        (0..4).all(|_| {
+            request(port, "GET", "x", "/", &[], b"")
+                .map(|r| {
+                    r.header("x-origin")
+                        .unwrap_or(r.text().as_str())
+                        .contains(want)
+                })
+                .unwrap_or(false)
+        })
+    })
+}
+
+/// A Dwaar that plays a picky backend: `/hc` is 200 only for a POST with a 5-byte
+/// body, `/moved` redirects to `/hc-ok`, everything else answers "from-backend".
+fn picky_backend() -> (Dwaar, u16) {
+    serve(
+        ":PORT {\n\t@good {\n\t\tmethod POST\n\t\theader Content-Length 5\n\t}\n\thandle /hc {\n\t\trespond @good \"ok\" 200\n\t\trespond \"bad\" 500\n\t}\n\thandle /moved {\n\t\tredir * /hc-ok 302\n\t}\n\thandle /hc-ok {\n\t\trespond \"fine\" 200\n\t}\n\thandle {\n\t\theader X-Origin backend\n\t\trespond \"from-backend\"\n\t}\n}\n",
+    )
+}
+
+/// `health_method`, `health_request_body`, `health_follow_redirects` and
+/// `health_upstream` shape the probe; a backend that fails its probe gets no traffic.
+#[test]
+fn health_probe_method_body_redirects_and_other_address() {
+    let (_b, backend) = picky_backend();
+    let spare = origin::http("spare");
+    let front = |health: &str| {
+        serve(&format!(
+            ":PORT {{\n\treverse_proxy 127.0.0.1:{backend} 127.0.0.1:{} {{\n\t\tlb_policy first\n\t\thealth_interval 100ms\n{health}\t}}\n}}\n",
+            spare.port
+        ))
+    };
+    // GET /hc is 500: the backend is out, the spare serves.
+    let (_f, port) = front("\t\thealth_uri /hc\n");
+    assert!(
+        settles_on(port, "spare", Duration::from_secs(5)),
+        "GET probe"
+    );
+    // POST with the body passes: the backend (first) serves.
+    let (_f, port) =
+        front("\t\thealth_uri /hc\n\t\thealth_method POST\n\t\thealth_request_body hello\n");
+    assert!(
+        settles_on(port, "backend", Duration::from_secs(5)),
+        "POST probe"
+    );
+    // A redirect is a failure unless followed.
+    let (_f, port) = front("\t\thealth_uri /moved\n");
+    assert!(
+        settles_on(port, "spare", Duration::from_secs(5)),
+        "302 not followed"
+    );
+    let (_f, port) = front("\t\thealth_uri /moved\n\t\thealth_follow_redirects\n");
+    assert!(
+        settles_on(port, "backend", Duration::from_secs(5)),
+        "302 followed"
+    );
+    // health_upstream probes another address: the spare's /anything is 200.
+    let (_f, port) = front(&format!(
+        "\t\thealth_uri /hc\n\t\thealth_upstream 127.0.0.1:{}\n",
+        spare.port
+    ));
+    assert!(
+        settles_on(port, "backend", Duration::from_secs(5)),
+        "health_upstream"
+    );
+}
+
+/// `health_fails 3` needs three failed probes in a row before an upstream is out, and
+/// `health_passes 2` two good ones before it is back.
+#[test]
+fn health_passes_and_fails_count_in_a_row() {
+    let os = origins(2);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{} 127.0.0.1:{} {{\n\t\tlb_policy first\n\t\thealth_uri /health\n\t\thealth_interval 400ms\n\t\thealth_fails 3\n\t\thealth_passes 2\n\t}}\n}}\n",
+        os[0].port, os[1].port
+    ));
+    assert!(settles_on(port, "o0", Duration::from_secs(5)));
+    os[0].set_healthy(false);
+    // At most two probes have failed half a second later: still in.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        ok_get(port, "x", "/").header("x-origin"),
+        Some("o0"),
+        "out after fewer than 3 failures"
+    );
+    assert!(
+        settles_on(port, "o1", Duration::from_secs(5)),
+        "out after 3 failures"
+    );
+    os[0].set_healthy(true);
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        ok_get(port, "x", "/").header("x-origin"),
+        Some("o1"),
+        "back after one pass"
+    );
+    assert!(
+        settles_on(port, "o0", Duration::from_secs(5)),
+        "back after 2 passes"
+    );
+}
+
+/// TLS upstreams get a real HTTP probe over TLS: a 503 `/health` takes one out (it was
+/// judged by the TCP connect alone before).
+#[test]
+fn health_checks_over_tls_judge_the_answer() {
+    let ca = origin::TestCa::new();
+    let secure = origin::https("secure", &ca);
+    let other = origin::https("other", &ca);
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy https://127.0.0.1:{} https://127.0.0.1:{} {{\n\t\tlb_policy first\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n\t\t}}\n\t}}\n}}\n",
+        secure.port,
+        other.port,
+        ca.ca_pem.display()
+    ));
+    assert!(settles_on(port, "secure", Duration::from_secs(5)));
+    secure.set_healthy(false);
+    assert!(
+        settles_on(port, "other", Duration::from_secs(5)),
+        "TLS probe saw the 503"
+    );
+}

@@ -900,6 +900,28 @@ pub struct ActiveHealth {
     pub expect_status: Option<String>,
     pub expect_body: Option<String>,
     pub headers: Vec<FieldMatch>,
+    /// `health_method` (default `GET`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// `health_request_body`, sent with its length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_body: Option<String>,
+    /// `health_passes`: consecutive passes before an unhealthy upstream is healthy again.
+    #[serde(default = "one")]
+    pub passes: u32,
+    /// `health_fails`: consecutive failures before a healthy upstream is unhealthy.
+    #[serde(default = "one")]
+    pub fails: u32,
+    /// `health_follow_redirects`: follow 3xx answers (up to 10) and judge the last one.
+    #[serde(default)]
+    pub follow_redirects: bool,
+    /// `health_upstream host:port`: probe this address instead of the upstream's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+}
+
+fn one() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -353,7 +353,7 @@ mod tests {
                     source: sa("203.0.113.7:51234"),
                     destination: sa("10.0.0.1:443")
                 },
-                44
+                43
             ))
         );
         let v6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n";

@@ -23,6 +23,12 @@ const SUBDIRECTIVES: &[&str] = &[
     "health_status",
     "health_body",
     "health_headers",
+    "health_method",
+    "health_request_body",
+    "health_passes",
+    "health_fails",
+    "health_follow_redirects",
+    "health_upstream",
     "fail_duration",
     "max_fails",
     "unhealthy_status",
@@ -77,6 +83,12 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
             expect_status: None,
             expect_body: None,
             headers: Vec::new(),
+            method: None,
+            request_body: None,
+            passes: 1,
+            fails: 1,
+            follow_redirects: false,
+            upstream: None,
         })
     }
     fn passive_mut(p: &mut Option<PassiveHealth>) -> &mut PassiveHealth {
@@ -178,6 +190,52 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
                 active_mut(&mut active).headers = headers;
             }
+            "health_method" if one(diags, "health_method <method>") => {
+                let m = &line.args[0].text;
+                if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                    active_mut(&mut active).method = Some(m.to_ascii_uppercase());
+                } else {
+                    diags.push(line.args[0].error(format!("'{m}' is not an HTTP method")));
+                }
+            }
+            "health_request_body" if one(diags, "health_request_body <body>") => {
+                active_mut(&mut active).request_body = Some(line.args[0].text.clone());
+            }
+            "health_passes" | "health_fails"
+                if one(diags, &format!("{} <count>", line.name.text)) =>
+            {
+                if let Some(n) = diags.number::<u32>(&line.args[0], "count") {
+                    if n == 0 {
+                        diags.push(
+                            line.args[0].error(format!("{} must be at least 1", line.name.text)),
+                        );
+                    }
+                    let a = active_mut(&mut active);
+                    if line.name.text == "health_passes" {
+                        a.passes = n.max(1);
+                    } else {
+                        a.fails = n.max(1);
+                    }
+                }
+            }
+            "health_follow_redirects" if diags.arity(line, 0, 0, 0, "health_follow_redirects") => {
+                active_mut(&mut active).follow_redirects = true;
+            }
+            "health_upstream" if one(diags, "health_upstream <host:port>") => {
+                let a = &line.args[0];
+                let port_ok = a
+                    .text
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+                if port_ok {
+                    active_mut(&mut active).upstream = Some(a.text.clone());
+                } else {
+                    diags.push(
+                        a.error(format!("health_upstream '{}' is not host:port", a.text))
+                            .with_help("health_upstream 127.0.0.1:9090"),
+                    );
+                }
+            }
             "fail_duration" if one(diags, "fail_duration <duration>") => {
                 if let Some(v) = diags.duration(&line.args[0]) {
                     passive_mut(&mut passive).fail_duration_ms = v;
@@ -256,10 +314,10 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         }
     }
     if let Some(a) = &active {
-        if a.uri.is_empty() && a.port.is_none() {
+        if a.uri.is_empty() && a.port.is_none() && a.upstream.is_none() {
             diags.push(
                 d.name
-                    .error("active health checks need health_uri or health_port"),
+                    .error("active health checks need health_uri, health_port or health_upstream"),
             );
         }
     }

@@ -208,10 +208,15 @@ pub enum Ended {
 /// Reacts to signals, `--watch` and upgrade requests until the server should stop:
 /// SIGTERM/SIGINT/SIGQUIT or `/stop`, or a successful upgrade (the successor serves).
 /// SIGUSR1 and SIGHUP re-read the config file; SIGUSR2 upgrades.
+///
+/// `signals` must have been created before the server started listening: a stop or
+/// reload signal that arrives in between is then waiting here instead of killing the
+/// process (the default action of SIGTERM and SIGHUP).
 pub async fn run(
     control: &Arc<Control>,
     upgrades: Option<UpgradeRequests>,
     watch_files: bool,
+    mut signals: Signals,
 ) -> Ended {
     if watch_files {
         let reloader = control.reloader.clone();
@@ -229,7 +234,6 @@ pub async fn run(
         });
     }
     let mut upgrades = upgrades;
-    let mut signals = Signals::new();
     loop {
         let request = tokio::select! {
             s = signals.next(control) => match s {
@@ -277,11 +281,19 @@ enum SignalAction {
     Upgrade,
 }
 
-/// The signal streams, created once so no signal is missed between waits.
-struct Signals([Option<tokio::signal::unix::Signal>; 6]);
+impl Default for Signals {
+    fn default() -> Self {
+        Signals::new()
+    }
+}
+
+/// The signal streams, created once so no signal is missed between waits (and early,
+/// before the listeners, so none is missed at start either).
+pub struct Signals([Option<tokio::signal::unix::Signal>; 6]);
 
 impl Signals {
-    fn new() -> Signals {
+    /// Registers the handlers; needs a Tokio runtime with I/O enabled.
+    pub fn new() -> Signals {
         use tokio::signal::unix::{signal, SignalKind};
         let mk = |k: SignalKind| signal(k).ok();
         Signals([

@@ -202,14 +202,18 @@ impl Server {
 
     /// Runs health checks and the control loop (signals, `--watch`, upgrades) until a
     /// stop signal, an admin `/stop` or a completed upgrade. Must run inside a Tokio runtime.
-    pub async fn run_control(&self, watch_files: bool) -> control::Ended {
+    pub async fn run_control(
+        &self,
+        watch_files: bool,
+        signals: control::Signals,
+    ) -> control::Ended {
         let checker = HealthChecker {
             store: self.store.clone(),
         };
         let shutdown_rx = self.shutdown.subscribe();
         tokio::spawn(async move { checker.run(shutdown_rx).await });
         let upgrades = self.upgrades.lock().ok().and_then(|mut u| u.take());
-        control::run(&self.control, upgrades, watch_files).await
+        control::run(&self.control, upgrades, watch_files, signals).await
     }
 
     /// Stops accepting, waits for in-flight requests (up to the grace period) and returns.

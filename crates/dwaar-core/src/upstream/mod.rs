@@ -435,7 +435,7 @@ impl ProxyHandler {
             Some(a) => self
                 .upstreams
                 .iter()
-                .map(|u| HealthTarget::new(u.clone(), a.clone(), self.transport.tls))
+                .map(|u| HealthTarget::new(u.clone(), a.clone(), self.transport.clone()))
                 .collect(),
             None => Vec::new(),
         }
