@@ -855,3 +855,40 @@ fn health_checks_over_tls_judge_the_answer() {
         "TLS probe saw the 503"
     );
 }
+
+/// `keepalive_idle_conns_per_host` bounds the idle connections kept to one upstream and
+/// `keepalive_idle_conns 0` keeps none (one worker thread, so one pool).
+#[test]
+fn idle_connection_limits_bound_what_is_kept() {
+    let burst = |port: u16| {
+        let threads: Vec<_> = (0..4)
+            .map(|_| std::thread::spawn(move || request(port, "GET", "x", "/slow/300", &[], b"")))
+            .collect();
+        for t in threads {
+            let r = t.join().unwrap_or_else(|_| panic!("join"));
+            assert_eq!(r.map(|r| r.status).unwrap_or(0), 200);
+        }
+    };
+    let run = |transport: &str| -> usize {
+        let o = origin::http("kept");
+        let (_d, port) = serve(&format!(
+            ":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n{transport}\t\t}}\n\t}}\n}}\n",
+            o.port
+        ));
+        burst(port);
+        burst(port);
+        o.connections()
+    };
+    assert_eq!(run(""), 4, "unbounded: the second burst reuses all four");
+    assert_eq!(
+        run("\t\t\tkeepalive_idle_conns_per_host 1\n"),
+        7,
+        "one kept: the second burst opens three"
+    );
+    assert_eq!(
+        run("\t\t\tkeepalive_idle_conns 2\n"),
+        6,
+        "two kept in all: the second burst opens two"
+    );
+    assert_eq!(run("\t\t\tkeepalive_idle_conns 0\n"), 8, "none kept");
+}

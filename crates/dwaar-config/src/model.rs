@@ -943,7 +943,12 @@ pub struct Transport {
     pub write_timeout_ms: Option<u64>,
     /// Idle keep-alive time; `None` = keep-alive off.
     pub keepalive_ms: Option<u64>,
-    pub keepalive_idle_conns: u32,
+    /// Most idle kept-alive connections over all upstreams of this proxy (per worker
+    /// thread); `None`: Dwaar's default bound.
+    pub keepalive_idle_conns: Option<u32>,
+    /// Most idle kept-alive connections to one upstream (per worker thread).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_idle_conns_per_host: Option<u32>,
     pub tls: bool,
     pub tls_server_name: Option<String>,
     pub tls_insecure_skip_verify: bool,
@@ -965,7 +970,8 @@ impl Default for Transport {
             read_timeout_ms: None,
             write_timeout_ms: None,
             keepalive_ms: Some(120_000),
-            keepalive_idle_conns: 128,
+            keepalive_idle_conns: None,
+            keepalive_idle_conns_per_host: None,
             tls: false,
             tls_server_name: None,
             tls_insecure_skip_verify: false,

@@ -693,7 +693,11 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
             }
             "keepalive_idle_conns" | "keepalive_idle_conns_per_host" if one(diags) => {
                 if let Some(n) = diags.number(&l.args[0], "connection count") {
-                    t.keepalive_idle_conns = n;
+                    if sub == "keepalive_idle_conns" {
+                        t.keepalive_idle_conns = Some(n);
+                    } else {
+                        t.keepalive_idle_conns_per_host = Some(n);
+                    }
                 }
             }
             "tls" if diags.arity(l, 0, 0, 0, "tls") => t.tls = true,

@@ -997,7 +997,7 @@ async fn proxy<S: LeanIo>(
         }
     };
     if upstream_keepalive && p.transport.keepalive && upc.reusable {
-        pool::checkin(addr, upc);
+        pool::checkin(addr, upc, &p.transport);
     }
     finish_log(req, ctx, status, body_len, sent);
     if close {

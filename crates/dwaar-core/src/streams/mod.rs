@@ -496,7 +496,7 @@ async fn proxy<D: Downstream>(
             && !matches!(framing, Framing::UntilClose)
         {
             if let Some(a) = addr.filter(|_| pooled) {
-                pool::checkin(a, upc);
+                pool::checkin(a, upc, &p.transport);
             }
         }
     } else {

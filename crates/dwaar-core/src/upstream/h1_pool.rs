@@ -130,8 +130,15 @@ impl UpstreamConn {
     }
 }
 
+/// This thread's idle connections by upstream, and how many there are in all.
+#[derive(Default)]
+struct Idle {
+    by_addr: HashMap<SocketAddr, Vec<(UpstreamConn, Instant)>>,
+    total: usize,
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<(UpstreamConn, Instant)>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<Idle> = RefCell::new(Idle::default());
 }
 
 /// An idle connection to `addr`, or a new one. The flag says whether it was reused.
@@ -144,7 +151,11 @@ pub async fn checkout(
 ) -> std::io::Result<(UpstreamConn, bool)> {
     let max_idle = t.idle.unwrap_or(DEFAULT_IDLE);
     while t.proxy_protocol.is_none() {
-        let candidate = IDLE.with_borrow_mut(|m| m.get_mut(&addr).and_then(Vec::pop));
+        let candidate = IDLE.with_borrow_mut(|m| {
+            let c = m.by_addr.get_mut(&addr).and_then(Vec::pop);
+            m.total -= usize::from(c.is_some());
+            c
+        });
         let Some((c, since)) = candidate else { break };
         if since.elapsed() > max_idle {
             continue;
@@ -206,11 +217,12 @@ pub(crate) async fn send_proxy_header<S: tokio::io::AsyncWrite + Unpin>(
 /// Closes this thread's idle upstream connections (shutdown: they may be connections to
 /// this very server, which would otherwise wait for them to go away).
 pub fn clear() {
-    IDLE.with_borrow_mut(|m| m.clear());
+    IDLE.with_borrow_mut(|m| *m = Idle::default());
 }
 
-/// Returns a connection whose response ended cleanly (plain TCP ones are kept).
-pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
+/// Returns a connection whose response ended cleanly (plain TCP ones are kept, within
+/// `keepalive_idle_conns` and `keepalive_idle_conns_per_host`).
+pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, t: &TransportOpts) {
     if crate::lifecycle::inflight::draining()
         || !c.shareable
         || !matches!(c.stream, UpStream::Tcp(_))
@@ -223,10 +235,16 @@ pub fn checkin(addr: SocketAddr, mut c: UpstreamConn) {
         c.buf = BytesMut::with_capacity(UPSTREAM_BUF);
     }
     c.reusable = false;
+    let per_host = t.idle_per_host.unwrap_or(MAX_IDLE).min(MAX_IDLE);
+    let total = t.idle_total.unwrap_or(usize::MAX);
     IDLE.with_borrow_mut(|m| {
-        let v = m.entry(addr).or_default();
-        if v.len() < MAX_IDLE {
+        if m.total >= total {
+            return;
+        }
+        let v = m.by_addr.entry(addr).or_default();
+        if v.len() < per_host {
             v.push((c, Instant::now()));
+            m.total += 1;
         }
     });
 }

@@ -176,6 +176,10 @@ pub struct TransportOpts {
     /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
     /// (and serves that client only).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `keepalive_idle_conns`: idle connections kept over all upstreams, per thread.
+    pub idle_total: Option<usize>,
+    /// `keepalive_idle_conns_per_host`: idle connections kept per upstream, per thread.
+    pub idle_per_host: Option<usize>,
 }
 
 impl TransportOpts {
@@ -404,6 +408,8 @@ impl ProxyHandler {
                 ca_der: Arc::new(ca_der),
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
+                idle_total: t.keepalive_idle_conns.map(|n| n as usize),
+                idle_per_host: t.keepalive_idle_conns_per_host.map(|n| n as usize),
                 proxy_protocol: match t.proxy_protocol.as_deref() {
                     Some("v1") => Some(crate::proxy_protocol::Version::V1),
                     Some("v2") => Some(crate::proxy_protocol::Version::V2),
@@ -498,7 +504,10 @@ impl ProxyHandler {
         o.connection_timeout = Some(t.dial);
         o.read_timeout = t.read;
         o.write_timeout = t.write;
-        o.idle_timeout = if t.keepalive {
+        // Pingora's own pool is shared by the process; a limit of 0 idle connections
+        // still means none are kept.
+        let no_idle = t.idle_total == Some(0) || t.idle_per_host == Some(0);
+        o.idle_timeout = if t.keepalive && !no_idle {
             t.idle
         } else {
             Some(Duration::ZERO)
