@@ -802,6 +802,32 @@ pub struct ReverseProxy {
     pub flush_interval_ms: Option<i64>,
     #[serde(default)]
     pub transport: Transport,
+    /// `dynamic a|srv`: upstreams looked up in DNS and refreshed while serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dynamic: Option<DynamicUpstreams>,
+}
+
+/// `dynamic a <name> <port>` or `dynamic srv <name>`: the upstream set comes from DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DynamicUpstreams {
+    /// `a` (A/AAAA records of `name`, each address with `port`) or `srv` (the SRV
+    /// records of `name`, each target's addresses with its port).
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// How often the records are looked up again.
+    pub refresh_ms: u64,
+    /// DNS servers to ask (`ip[:port]`); empty: the system's.
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    /// Overrides the transport's `dial_timeout` for these upstreams.
+    #[serde(default)]
+    pub dial_timeout_ms: Option<u64>,
+    /// `versions ipv4 ipv6` of `dynamic a` (default both).
+    #[serde(default)]
+    pub versions: Vec<String>,
 }
 
 /// One backend.
@@ -954,6 +980,9 @@ pub struct Transport {
     pub tls_insecure_skip_verify: bool,
     pub tls_trusted_ca_certs: Vec<String>,
     pub versions: Vec<String>,
+    /// `resolvers <ip>...`: DNS servers for upstream host names (default: the system's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
     /// `proxy_protocol v1|v2`: send a PROXY protocol header naming the client first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy_protocol: Option<String>,
@@ -977,6 +1006,7 @@ impl Default for Transport {
             tls_insecure_skip_verify: false,
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
+            resolvers: Vec::new(),
             proxy_protocol: None,
             fastcgi: None,
         }

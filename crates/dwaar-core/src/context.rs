@@ -60,7 +60,7 @@ pub enum UpstreamFailure {
 pub struct UpstreamAttempt {
     /// The upstream of the latest attempt (logs, passive health).
     pub upstream: Option<Arc<UpstreamState>>,
-    /// Upstreams (by index) already tried.
+    /// Upstreams already tried (by [`crate::upstream::tried_id`]).
     pub tried: Vec<usize>,
     /// Attempts made.
     pub count: u32,

@@ -411,13 +411,12 @@ impl ProxyHttp for DwaarProxy {
             return Err(Error::explain(ErrorType::InternalError, "no proxy handler"));
         };
         attempt::release(ctx);
-        let Some(i) = attempt::pick(&proxy, session.req_header(), ctx).await else {
+        let Some(up) = attempt::pick(&proxy, session.req_header(), ctx).await else {
             return Err(Error::explain(
                 ErrorType::HTTPStatus(503),
                 "no upstream available",
             ));
         };
-        let up = proxy.upstreams[i].clone();
         // The first HTTP/2 connection to an upstream: one request opens it while the
         // others of a burst wait, then they share it as streams.
         if proxy.transport.multiplexed() && !up.h2_open.load(Ordering::Acquire) {
@@ -426,7 +425,7 @@ impl ProxyHttp for DwaarProxy {
                 ctx.h2_first = Some(turn);
             }
         }
-        match proxy.peer(i, &ctx.host, ctx.proxy_client()) {
+        match proxy.peer(&up, &ctx.host, ctx.proxy_client()) {
             Some(p) => Ok(Box::new(p)),
             None => {
                 ctx.attempt.failure = UpstreamFailure::Connect;

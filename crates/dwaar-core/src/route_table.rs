@@ -344,6 +344,8 @@ pub struct RouteTable {
     pub ports: HashMap<u16, PortSites>,
     pub listeners: Vec<ListenSpec>,
     pub health_targets: Vec<HealthTarget>,
+    /// `dynamic` upstream sets, refreshed by the health-check service.
+    pub dynamic: Vec<Arc<crate::upstream::dynamic::Dynamic>>,
     pub grace_period_ms: Option<u64>,
     /// Handshake state of the HTTPS ports and the certificates to manage.
     pub tls: Option<dwaar_tls::manager::Compiled>,
@@ -429,6 +431,7 @@ impl RouteTable {
             cache_count: 0,
             stores: Vec::new(),
             health: Vec::new(),
+            dynamic: Vec::new(),
             upstreams: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
@@ -607,6 +610,7 @@ impl RouteTable {
             .filter(|l| l.addr.is_empty() || !wildcard_ports.contains(&l.port))
             .collect();
         table.health_targets = cx.health;
+        table.dynamic = cx.dynamic;
         table.upstreams = cx.upstreams;
         table.cache_stores = cx.stores;
         table.rerun_checks = cx.rerun_checks;
@@ -790,6 +794,7 @@ struct Cx<'a> {
     stores: Vec<Arc<crate::cache::Store>>,
     health: Vec<HealthTarget>,
     upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
+    dynamic: Vec<Arc<crate::upstream::dynamic::Dynamic>>,
 }
 
 fn compile_routes(
@@ -897,6 +902,9 @@ fn compile_handler(
                 if !cx.upstreams.iter().any(|x| Arc::ptr_eq(x, u)) {
                     cx.upstreams.push(u.clone());
                 }
+            }
+            if let Some(d) = &handler.dynamic {
+                cx.dynamic.push(d.clone());
             }
             HandlerRule::Proxy(handler)
         }

@@ -70,6 +70,12 @@ pub fn http(name: &str) -> Origin {
     start(name, false)
 }
 
+/// An HTTP/1.1 origin on a chosen address (`127.0.0.2:8080`; port 0 for any), for
+/// tests where upstreams differ by IP (DNS A records).
+pub fn http_on(name: &str, addr: &str) -> Origin {
+    start_on(name, Kind::H1, addr)
+}
+
 /// Starts an HTTP/2 prior-knowledge (h2c) origin named `name`.
 pub fn h2c(name: &str) -> Origin {
     start(name, true)
@@ -87,8 +93,12 @@ fn start(name: &str, h2: bool) -> Origin {
 }
 
 fn start_with(name: &str, kind: Kind) -> Origin {
+    start_on(name, kind, "127.0.0.1:0")
+}
+
+fn start_on(name: &str, kind: Kind, addr: &str) -> Origin {
     let std_listener =
-        std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind origin: {e}"));
+        std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind origin {addr}: {e}"));
     let port = std_listener.local_addr().map(|a| a.port()).unwrap_or(0);
     let _ = std_listener.set_nonblocking(true);
     let shared = Shared {

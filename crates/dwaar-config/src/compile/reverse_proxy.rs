@@ -38,6 +38,7 @@ const SUBDIRECTIVES: &[&str] = &[
     "header_down",
     "flush_interval",
     "transport",
+    "dynamic",
 ];
 
 const TRANSPORT_SUB: &[&str] = &[
@@ -54,6 +55,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "tls_trusted_ca_certs",
     "versions",
     "proxy_protocol",
+    "resolvers",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -66,9 +68,10 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         header_down: HeaderOps::default(),
         flush_interval_ms: None,
         transport: Transport::default(),
+        dynamic: None,
     };
     for t in &d.args[skip..] {
-        if let Some(u) = upstream(t, diags) {
+        for u in upstreams(t, diags) {
             rp.upstreams.push(u);
         }
     }
@@ -107,7 +110,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
             "to" => {
                 if diags.arity(line, 0, 1, usize::MAX, "to <upstream>...") {
                     for t in &line.args {
-                        if let Some(u) = upstream(t, diags) {
+                        for u in upstreams(t, diags) {
                             rp.upstreams.push(u);
                         }
                     }
@@ -295,6 +298,13 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
             }
             "transport" => transport(line, &mut rp.transport, diags),
+            "dynamic" => {
+                if rp.dynamic.is_some() {
+                    diags.push(line.name.error("reverse_proxy has one 'dynamic' source"));
+                } else {
+                    rp.dynamic = dynamic(line, diags);
+                }
+            }
             "lb_retries"
             | "lb_try_duration"
             | "lb_try_interval"
@@ -327,7 +337,30 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         || block_lines(&d.block)
             .iter()
             .any(|l| l.name.text == "to" && !l.args.is_empty());
-    if rp.upstreams.is_empty() && !named_any {
+    if let Some(dy) = &rp.dynamic {
+        if named_any || !rp.upstreams.is_empty() {
+            diags.push(
+                d.name
+                    .error("reverse_proxy takes either upstream addresses or 'dynamic', not both"),
+            );
+        }
+        if matches!(
+            rp.load_balancing.policy,
+            LbPolicy::WeightedRoundRobin { .. }
+        ) {
+            diags.push(d.name.error(format!(
+                "weighted_round_robin needs a fixed list of upstreams, not 'dynamic {}'",
+                dy.kind
+            )));
+        }
+        if rp.health.active.is_some() {
+            diags.push(
+                d.name
+                    .error("active health checks are not supported with 'dynamic' upstreams")
+                    .with_help("passive health checks (fail_duration, max_fails) work with them"),
+            );
+        }
+    } else if rp.upstreams.is_empty() && !named_any {
         diags.push(
             d.name
                 .error("'reverse_proxy' needs at least one upstream")
@@ -340,7 +373,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     if let LbPolicy::WeightedRoundRobin { weights } = &rp.load_balancing.policy {
         if weights.len() != rp.upstreams.len() {
             let at = block_lines(&d.block)
-                .into_iter()
+                .iter()
                 .find(|l| l.name.text == "lb_policy")
                 .map(|l| l.name.clone());
             let msg = format!(
@@ -389,7 +422,148 @@ fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
 
 /// Parses an upstream address: `host:port`, `:port`, `http://host[:port]`, `https://...`,
 /// `h2c://...`, `unix//path`.
-fn upstream(t: &Token, diags: &mut Diags) -> Option<Upstream> {
+/// `dynamic a [<name> <port>] { ... }` or `dynamic srv [<full_name>] { ... }`.
+fn dynamic(line: &Directive, diags: &mut Diags) -> Option<crate::model::DynamicUpstreams> {
+    if !diags.arity(line, 0, 1, 3, "dynamic a|srv ...") {
+        return None;
+    }
+    let kind = line.args[0].text.as_str();
+    if !matches!(kind, "a" | "srv") {
+        diags.unknown_sub("dynamic", &line.args[0], &["a", "srv"]);
+        return None;
+    }
+    let mut d = crate::model::DynamicUpstreams {
+        kind: kind.to_string(),
+        name: String::new(),
+        port: None,
+        refresh_ms: 60_000,
+        resolvers: Vec::new(),
+        dial_timeout_ms: None,
+        versions: Vec::new(),
+    };
+    let (mut service, mut proto) = (None, None);
+    match (kind, &line.args[1..]) {
+        (_, []) => {}
+        ("a", [name]) => d.name = name.text.clone(),
+        ("a", [name, port_t]) => {
+            d.name = name.text.clone();
+            d.port = port(port_t, diags);
+        }
+        ("srv", [name]) => d.name = name.text.clone(),
+        (_, [.., extra]) => {
+            diags.push(extra.error(format!("unexpected argument for dynamic {kind}")));
+            return None;
+        }
+    }
+    let subs: &[&str] = if kind == "a" {
+        &[
+            "name",
+            "port",
+            "refresh",
+            "resolvers",
+            "dial_timeout",
+            "dial_fallback_delay",
+            "versions",
+        ]
+    } else {
+        &[
+            "service",
+            "proto",
+            "name",
+            "refresh",
+            "resolvers",
+            "dial_timeout",
+            "dial_fallback_delay",
+        ]
+    };
+    for l in block_lines(&line.block) {
+        let sub = l.name.text.as_str();
+        let one = |diags: &mut Diags| diags.arity(l, 0, 1, 1, &format!("{sub} <value>"));
+        match sub {
+            "name" if one(diags) => d.name = l.args[0].text.clone(),
+            "port" if kind == "a" && one(diags) => d.port = port(&l.args[0], diags),
+            "service" if kind == "srv" && one(diags) => service = Some(l.args[0].text.clone()),
+            "proto" if kind == "srv" && one(diags) => {
+                let p = l.args[0].text.to_ascii_lowercase();
+                if p == "tcp" || p == "udp" {
+                    proto = Some(p);
+                } else {
+                    diags.unknown_sub("proto", &l.args[0], &["tcp", "udp"]);
+                }
+            }
+            "refresh" if one(diags) => {
+                if let Some(v) = diags.duration(&l.args[0]) {
+                    d.refresh_ms = v.max(100);
+                }
+            }
+            "resolvers" if diags.arity(l, 0, 1, usize::MAX, "resolvers <ip>...") => {
+                for a in &l.args {
+                    let ok = a.text.parse::<std::net::IpAddr>().is_ok()
+                        || a.text.parse::<std::net::SocketAddr>().is_ok();
+                    if ok {
+                        d.resolvers.push(a.text.clone());
+                    } else {
+                        diags.push(a.error(format!("resolver '{}' is not an IP address", a.text)));
+                    }
+                }
+            }
+            "dial_timeout" if one(diags) => d.dial_timeout_ms = diags.duration(&l.args[0]),
+            "dial_fallback_delay" if one(diags) => {
+                // Every resolved address is an upstream of its own, tried in turn by
+                // the load balancer, so there is no dual-stack race to delay; only
+                // turning it off (a negative value) says what Dwaar does.
+                if !l.args[0].text.starts_with('-') {
+                    diags.push(
+                        l.args[0]
+                            .error("dial_fallback_delay is not supported: each resolved address is its own upstream")
+                            .with_help("use lb_retries to move on to another address when one fails"),
+                    );
+                }
+            }
+            "versions" if kind == "a" && diags.arity(l, 0, 1, 2, "versions ipv4|ipv6") => {
+                for a in &l.args {
+                    match a.text.as_str() {
+                        "ipv4" | "ipv6" => d.versions.push(a.text.clone()),
+                        _ => diags.unknown_sub("versions", a, &["ipv4", "ipv6"]),
+                    }
+                }
+            }
+            s if subs.contains(&s) => {}
+            _ => diags.unknown_sub(&format!("dynamic {kind}"), &l.name, subs),
+        }
+    }
+    if kind == "srv" {
+        if let (Some(s), Some(p)) = (&service, &proto) {
+            d.name = format!("_{s}._{p}.{}", d.name);
+        } else if service.is_some() != proto.is_some() {
+            diags.push(
+                line.name
+                    .error("dynamic srv needs both service and proto (or a full name)"),
+            );
+            return None;
+        }
+    }
+    if d.name.is_empty() {
+        diags.push(line.name.error(format!("dynamic {kind} needs a name")));
+        return None;
+    }
+    if kind == "a" && d.port.is_none() {
+        diags.push(
+            line.name
+                .error("dynamic a needs a port")
+                .with_help("dynamic a backend.internal 8080"),
+        );
+        return None;
+    }
+    Some(d)
+}
+
+/// One upstream address, or several for a port range (`localhost:8001-8006`).
+fn upstreams(t: &Token, diags: &mut Diags) -> Vec<Upstream> {
+    upstream(t, diags).unwrap_or_default()
+}
+
+fn upstream(t: &Token, diags: &mut Diags) -> Option<Vec<Upstream>> {
     let text = t.text.as_str();
     if text.contains('{') {
         diags.push(t.error("dynamic upstream addresses (placeholders) are not supported yet"));
@@ -400,11 +574,11 @@ fn upstream(t: &Token, diags: &mut Diags) -> Option<Upstream> {
             diags.push(t.error("unix socket upstream needs a path: unix//run/app.sock"));
             return None;
         }
-        return Some(Upstream {
+        return Some(vec![Upstream {
             scheme: "http".into(),
             dial: path.to_string(),
             unix: true,
-        });
+        }]);
     }
     let (scheme, rest) = match text.split_once("://") {
         Some((s, r)) => (s.to_ascii_lowercase(), r),
@@ -431,26 +605,44 @@ fn upstream(t: &Token, diags: &mut Diags) -> Option<Upstream> {
     } else {
         host
     };
-    let port = match port_str {
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => {
-                diags.push(t.error(format!("invalid port in upstream '{text}'")));
-                return None;
-            }
+    let port_of = |p: &str| p.parse::<u16>().ok().filter(|p| *p > 0);
+    let (first, last) = match port_str {
+        None => (default_port, default_port),
+        Some(p) => match p.split_once('-') {
+            Some((a, b)) => match (port_of(a), port_of(b)) {
+                (Some(a), Some(b)) if a <= b && b - a < 1024 => (a, b),
+                _ => {
+                    diags.push(
+                        t.error(format!("invalid port range in upstream '{text}'"))
+                            .with_help(
+                                "a range goes up and spans at most 1024 ports: localhost:8001-8006",
+                            ),
+                    );
+                    return None;
+                }
+            },
+            None => match port_of(p) {
+                Some(p) => (p, p),
+                None => {
+                    diags.push(t.error(format!("invalid port in upstream '{text}'")));
+                    return None;
+                }
+            },
         },
-        None => default_port,
     };
-    let dial = if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    };
-    Some(Upstream {
-        scheme,
-        dial,
-        unix: false,
-    })
+    Some(
+        (first..=last)
+            .map(|port| Upstream {
+                scheme: scheme.clone(),
+                dial: if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                },
+                unix: false,
+            })
+            .collect(),
+    )
 }
 
 /// Splits `host:port`, `[v6]:port`, `:port` or `host`.
@@ -728,6 +920,17 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                     }
                 }
                 t.versions = v;
+            }
+            "resolvers" if diags.arity(l, 0, 1, usize::MAX, "resolvers <ip>...") => {
+                for a in &l.args {
+                    let ok = a.text.parse::<std::net::IpAddr>().is_ok()
+                        || a.text.parse::<std::net::SocketAddr>().is_ok();
+                    if ok {
+                        t.resolvers.push(a.text.clone());
+                    } else {
+                        diags.push(a.error(format!("resolver '{}' is not an IP address", a.text)));
+                    }
+                }
             }
             "proxy_protocol" if diags.arity(l, 0, 1, 1, "proxy_protocol v1|v2") => {
                 match l.args[0].text.as_str() {

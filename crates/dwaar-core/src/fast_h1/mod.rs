@@ -847,12 +847,11 @@ async fn proxy<S: LeanIo>(
     let Some(p) = ctx.proxy.clone() else {
         return hand_back(buf, head.clone(), req);
     };
-    let Some(i) = p.select(&*req, ctx) else {
+    let Some(up) = p.select(&*req, ctx) else {
         // Nothing available: Pingora's path answers (503, lb_try_duration, handle_errors).
         return hand_back(buf, head.clone(), req);
     };
-    let up = p.upstreams[i].clone();
-    let Some(addr) = up.addr else {
+    let Some(addr) = up.addr() else {
         return hand_back(buf, head.clone(), req);
     };
     attempt::claim(ctx, up);

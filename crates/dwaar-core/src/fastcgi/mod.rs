@@ -222,7 +222,7 @@ async fn dial(up: &UpstreamState, timeout: Duration) -> std::io::Result<Box<dyn 
             let s = tokio::net::UnixStream::connect(&up.dial).await?;
             Ok::<Box<dyn Io>, std::io::Error>(Box::new(s))
         } else {
-            let addr = match up.addr {
+            let addr = match up.addr() {
                 Some(a) => a,
                 None => tokio::net::lookup_host(&up.dial)
                     .await?
@@ -402,10 +402,9 @@ async fn attempts<D: Downstream>(
     client: &mut Client<'_, D>,
 ) -> Result<u16, u16> {
     loop {
-        let Some(i) = attempt::pick(proxy, req, ctx).await else {
+        let Some(up) = attempt::pick(proxy, req, ctx).await else {
             return Err(503);
         };
-        let up = proxy.upstreams[i].clone();
         let key = up.dial.clone();
         let idle = proxy.transport.idle.unwrap_or(Duration::from_secs(120));
         let reused = if proxy.transport.keepalive {

@@ -61,16 +61,16 @@ pub async fn pick(
     p: &ProxyHandler,
     req: &(dyn HttpRequest + Sync),
     ctx: &mut RequestContext,
-) -> Option<usize> {
+) -> Option<Arc<UpstreamState>> {
     if ctx.attempt.count > 0 && !p.try_interval.is_zero() && !p.try_duration.is_zero() {
         tokio::time::sleep(p.try_interval).await;
     }
     let start = ctx.start.unwrap_or_else(Instant::now);
     loop {
-        if let Some(i) = p.select(req, ctx) {
-            ctx.attempt.tried.push(i);
-            claim(ctx, p.upstreams[i].clone());
-            return Some(i);
+        if let Some(up) = p.select(req, ctx) {
+            ctx.attempt.tried.push(crate::upstream::tried_id(&up));
+            claim(ctx, up.clone());
+            return Some(up);
         }
         // With lb_try_duration, keep looking (any upstream, again) until it runs out.
         if !p.try_duration.is_zero() && start.elapsed() + p.try_interval < p.try_duration {
@@ -101,11 +101,12 @@ pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: boo
     if !p.may_retry(ctx.attempt.count, start) {
         return false;
     }
-    if ctx.attempt.tried.len() >= p.upstreams.len() && !p.try_duration.is_zero() {
+    let n = p.current().len();
+    if ctx.attempt.tried.len() >= n && !p.try_duration.is_zero() {
         // Every upstream failed once; within lb_try_duration they may be tried again.
         ctx.attempt.tried.clear();
     }
-    ctx.attempt.tried.len() < p.upstreams.len()
+    ctx.attempt.tried.len() < n
 }
 
 /// The upstream failed after it had the request: passive health counts it.

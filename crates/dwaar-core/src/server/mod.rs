@@ -200,6 +200,17 @@ impl Server {
         self.control.clone()
     }
 
+    /// Starts the background service of this process's route tables: active health
+    /// checks, `dynamic` upstream refreshes and host-name lookups. Must run inside a
+    /// Tokio runtime (a single server's control runtime, or a worker process's).
+    pub fn spawn_background(&self) {
+        let checker = HealthChecker {
+            store: self.store.clone(),
+        };
+        let shutdown_rx = self.shutdown.subscribe();
+        tokio::spawn(async move { checker.run(shutdown_rx).await });
+    }
+
     /// Runs health checks and the control loop (signals, `--watch`, upgrades) until a
     /// stop signal, an admin `/stop` or a completed upgrade. Must run inside a Tokio runtime.
     pub async fn run_control(
@@ -207,11 +218,7 @@ impl Server {
         watch_files: bool,
         signals: control::Signals,
     ) -> control::Ended {
-        let checker = HealthChecker {
-            store: self.store.clone(),
-        };
-        let shutdown_rx = self.shutdown.subscribe();
-        tokio::spawn(async move { checker.run(shutdown_rx).await });
+        self.spawn_background();
         let upgrades = self.upgrades.lock().ok().and_then(|mut u| u.take());
         control::run(&self.control, upgrades, watch_files, signals).await
     }

@@ -670,6 +670,8 @@ pub mod worker {
             .build()
             .map_err(|e| e.to_string())?;
         rt.block_on(async {
+            // Each worker's own upstream state: its health checks and DNS refreshes.
+            server.spawn_background();
             use tokio::signal::unix::{signal, SignalKind};
             // The supervisor decides about reloads and stops: a Ctrl-C that reaches
             // the whole process group, SIGHUP, SIGUSR1/2 are left to it.

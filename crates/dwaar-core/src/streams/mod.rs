@@ -326,14 +326,13 @@ async fn proxy<D: Downstream>(
     // An upstream, and a connection to it: a connection that never opened carried no
     // request, so another upstream (or the same one, within `lb_try_duration`) is tried.
     let (addr, pooled, mut upc) = loop {
-        let Some(i) = attempt::pick(&p, &*req, ctx).await else {
+        let Some(up) = attempt::pick(&p, &*req, ctx).await else {
             let (st, sent) = answer_failure(stream, req, ctx, head_only, 503).await;
             return (st, 0, sent);
         };
-        let up = p.upstreams[i].clone();
         // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
         let pooled = !p.transport.tls && !up.unix;
-        let addr = up.addr;
+        let addr = up.addr();
         let dial_start = Instant::now();
         let connected = match addr.filter(|_| pooled) {
             Some(a) => pool::checkout(a, &p.transport, ctx.proxy_client()).await,
@@ -598,12 +597,11 @@ async fn proxy_h2<D: Downstream>(
     };
     let pool = h2_pool::H2ConnPool::global();
     let (up_req, mut resp, mut send, slot) = loop {
-        let Some(i) = attempt::pick(p, &*req, ctx).await else {
+        let Some(up) = attempt::pick(p, &*req, ctx).await else {
             let (st, sent) = answer_failure(stream, req, ctx, head_only, 503).await;
             return (st, 0, sent);
         };
-        let up = p.upstreams[i].clone();
-        let Some(addr) = up.addr else {
+        let Some(addr) = up.addr() else {
             if attempt::connect_failed(p, ctx, false) {
                 continue;
             }
@@ -664,7 +662,7 @@ async fn proxy_h2<D: Downstream>(
         // A stream the upstream refused (GOAWAY while it was in flight) was not
         // processed: an idempotent request without a body is sent again.
         let mut tries = 0;
-        let addr = ctx.attempt.upstream.as_ref().and_then(|u| u.addr);
+        let addr = ctx.attempt.upstream.as_ref().and_then(|u| u.addr());
         loop {
             match (&mut resp).await {
                 Ok(r) => {

@@ -306,7 +306,7 @@ pub async fn connect_direct(
         UpStream::Unix(unix)
     } else {
         let addr = u
-            .addr
+            .addr()
             .ok_or_else(|| std::io::Error::other("the upstream address did not resolve"))?;
         let mut tcp = tokio::time::timeout(dial, TcpStream::connect(addr))
             .await

@@ -73,6 +73,9 @@ impl HealthChecker {
     /// Probes due targets until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        // Host-name upstreams are looked up with the system's DNS servers.
+        let resolver = super::dns::Resolver::new(&[]).ok().map(Arc::new);
+        let looking = Arc::new(AtomicBool::new(false));
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -80,6 +83,32 @@ impl HealthChecker {
             }
             let table = self.store.load();
             let now = now_ms();
+            for d in &table.dynamic {
+                d.refresh_if_due(now);
+            }
+            if let Some(resolver) = &resolver {
+                let due: Vec<Arc<UpstreamState>> = table
+                    .upstreams
+                    .iter()
+                    .filter(|u| {
+                        !u.unix
+                            && super::dynamic::host_name(&u.dial).is_some()
+                            && now >= u.next_lookup_ms.load(Ordering::Relaxed)
+                    })
+                    .cloned()
+                    .collect();
+                if !due.is_empty() && !looking.swap(true, Ordering::AcqRel) {
+                    let (resolver, looking) = (resolver.clone(), looking.clone());
+                    tokio::spawn(async move {
+                        for u in due {
+                            let own = u.resolver.lock().ok().and_then(|r| r.clone());
+                            super::dynamic::refresh_named(&u, own.as_deref().unwrap_or(&resolver))
+                                .await;
+                        }
+                        looking.store(false, Ordering::Release);
+                    });
+                }
+            }
             for t in &table.health_targets {
                 let s = &t.schedule;
                 if now < s.next_due_ms.load(Ordering::Relaxed)
@@ -158,7 +187,7 @@ async fn exchange(t: &HealthTarget, uri: &str) -> Option<Option<Vec<u8>>> {
         let addr = match &t.cfg.upstream {
             Some(other) => tokio::net::lookup_host(other.as_str()).await.ok()?.next()?,
             None => {
-                let mut addr = u.addr?;
+                let mut addr = u.addr()?;
                 if let Some(p) = t.cfg.port {
                     addr.set_port(p);
                 }

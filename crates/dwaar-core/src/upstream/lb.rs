@@ -3,13 +3,14 @@
 //! cookie and query (the last three with a fallback policy).
 //! Hash policies use rendezvous hashing so a backend going down only moves its own keys.
 
-use super::ProxyHandler;
+use super::{ProxyHandler, UpstreamState};
 use crate::context::RequestContext;
 use crate::request::HttpRequest;
 use dwaar_config::model::LbPolicy;
 use rand::Rng;
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 fn hash_of(parts: &[&[u8]]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -31,16 +32,16 @@ pub(super) fn select(
     h: &ProxyHandler,
     req: &dyn HttpRequest,
     ctx: &mut RequestContext,
-) -> Option<usize> {
-    let n = h.upstreams.len();
-    if n == 0 {
-        return None;
-    }
-    let avail: Vec<usize> = (0..n).filter(|&i| h.available(i, ctx)).collect();
+) -> Option<Arc<UpstreamState>> {
+    let list = h.current();
+    let avail: Vec<usize> = (0..list.len())
+        .filter(|&i| h.available(&list[i], ctx))
+        .collect();
     if avail.is_empty() {
         return None;
     }
-    choose(&h.policy, h, req, ctx, &avail)
+    let i = choose(&h.policy, h, &list, req, ctx, &avail)?;
+    list.get(i).cloned()
 }
 
 fn random(avail: &[usize]) -> usize {
@@ -48,23 +49,23 @@ fn random(avail: &[usize]) -> usize {
 }
 
 /// Rendezvous hashing: the available upstream whose hash with `key` is highest.
-fn by_key(h: &ProxyHandler, key: &[u8], avail: &[usize]) -> usize {
+fn by_key(list: &[Arc<UpstreamState>], key: &[u8], avail: &[usize]) -> usize {
     *avail
         .iter()
-        .max_by_key(|&&i| hash_of(&[key, h.upstreams[i].dial.as_bytes()]))
+        .max_by_key(|&&i| hash_of(&[key, list[i].dial.as_bytes()]))
         .unwrap_or(&avail[0])
 }
 
-fn least(h: &ProxyHandler, cands: &[usize]) -> usize {
+fn least(list: &[Arc<UpstreamState>], cands: &[usize]) -> usize {
     let min = cands
         .iter()
-        .map(|&i| h.upstreams[i].active.load(Ordering::Relaxed))
+        .map(|&i| list[i].active.load(Ordering::Relaxed))
         .min()
         .unwrap_or(0);
     let ties: Vec<usize> = cands
         .iter()
         .copied()
-        .filter(|&i| h.upstreams[i].active.load(Ordering::Relaxed) == min)
+        .filter(|&i| list[i].active.load(Ordering::Relaxed) == min)
         .collect();
     random(&ties)
 }
@@ -74,13 +75,14 @@ fn least(h: &ProxyHandler, cands: &[usize]) -> usize {
 fn choose(
     policy: &LbPolicy,
     h: &ProxyHandler,
+    list: &[Arc<UpstreamState>],
     req: &dyn HttpRequest,
     ctx: &mut RequestContext,
     avail: &[usize],
 ) -> Option<usize> {
-    let n = h.upstreams.len();
+    let n = list.len();
     let fall_back = |fallback: &Option<Box<LbPolicy>>, ctx: &mut RequestContext| match fallback {
-        Some(f) => choose(f, h, req, ctx, avail),
+        Some(f) => choose(f, h, list, req, ctx, avail),
         None => Some(random(avail)),
     };
     Some(match policy {
@@ -92,7 +94,7 @@ fn choose(
             while picked.len() < (*choose as usize).max(1) && !pool.is_empty() {
                 picked.push(pool.swap_remove(rng.gen_range(0..pool.len())));
             }
-            least(h, &picked)
+            least(list, &picked)
         }
         LbPolicy::RoundRobin => {
             // Advance past unavailable upstreams so the rotation stays fair.
@@ -132,15 +134,15 @@ fn choose(
             }
             chosen?
         }
-        LbPolicy::LeastConn => least(h, avail),
+        LbPolicy::LeastConn => least(list, avail),
         LbPolicy::First => avail[0],
         LbPolicy::IpHash => {
             let ip = ctx.conn.remote.ip().to_string();
-            by_key(h, ip.as_bytes(), avail)
+            by_key(list, ip.as_bytes(), avail)
         }
         LbPolicy::ClientIpHash => {
             let ip = ctx.client_ip().to_string();
-            by_key(h, ip.as_bytes(), avail)
+            by_key(list, ip.as_bytes(), avail)
         }
         LbPolicy::UriHash => {
             let mut key = req.path().to_string();
@@ -148,10 +150,10 @@ fn choose(
                 key.push('?');
                 key.push_str(q);
             }
-            by_key(h, key.as_bytes(), avail)
+            by_key(list, key.as_bytes(), avail)
         }
         LbPolicy::Header { field, fallback } => match req.header(field) {
-            Some(v) => by_key(h, v.as_bytes(), avail),
+            Some(v) => by_key(list, v.as_bytes(), avail),
             None => fall_back(fallback, ctx)?,
         },
         LbPolicy::Query { key, fallback } => {
@@ -162,7 +164,7 @@ fn choose(
                 })
             });
             match value {
-                Some(v) => by_key(h, v.as_bytes(), avail),
+                Some(v) => by_key(list, v.as_bytes(), avail),
                 None => fall_back(fallback, ctx)?,
             }
         }
@@ -187,7 +189,7 @@ fn choose(
                 avail
                     .iter()
                     .copied()
-                    .find(|&i| cookie_value(&h.upstreams[i].dial, secret.as_deref()) == w)
+                    .find(|&i| cookie_value(&list[i].dial, secret.as_deref()) == w)
             });
             match hit {
                 Some(i) => i,
@@ -195,7 +197,7 @@ fn choose(
                     let i = fall_back(fallback, ctx)?;
                     ctx.resp.set_cookie = Some(format!(
                         "{name}={}; Path=/",
-                        cookie_value(&h.upstreams[i].dial, secret.as_deref())
+                        cookie_value(&list[i].dial, secret.as_deref())
                     ));
                     i
                 }

@@ -6,6 +6,8 @@
 //! `UpstreamState` is shared across route-table generations through the
 //! [`UpstreamRegistry`], so a reload keeps health verdicts and connection counts.
 
+pub mod dns;
+pub mod dynamic;
 pub mod h1_pool;
 pub mod h2_pool;
 mod health;
@@ -39,7 +41,12 @@ pub fn now_ms() -> u64 {
 pub struct UpstreamState {
     /// `host:port` or socket path, as configured.
     pub dial: String,
-    pub addr: Option<SocketAddr>,
+    /// The address dialled; a host name's is looked up again when its TTL runs out.
+    addr: arc_swap::ArcSwapOption<SocketAddr>,
+    /// When a host name is due to be looked up again (ms, [`now_ms`]).
+    pub next_lookup_ms: AtomicU64,
+    /// DNS servers for the host name (`transport http { resolvers }`); else the system's.
+    pub resolver: Mutex<Option<Arc<dns::Resolver>>>,
     pub unix: bool,
     pub scheme: String,
     /// Requests currently in flight to this upstream.
@@ -78,7 +85,14 @@ impl UpstreamState {
         };
         UpstreamState {
             dial: dial.to_string(),
-            addr,
+            addr: arc_swap::ArcSwapOption::from(addr.map(Arc::new)),
+            // A name that did not resolve now is looked up again at once.
+            next_lookup_ms: AtomicU64::new(if addr.is_some() {
+                now_ms() + dynamic::MIN_TTL.as_millis() as u64
+            } else {
+                0
+            }),
+            resolver: Mutex::new(None),
             unix,
             scheme: scheme.to_string(),
             active: AtomicUsize::new(0),
@@ -89,6 +103,26 @@ impl UpstreamState {
             h2_open: AtomicBool::new(false),
             h2_first: Arc::new(tokio::sync::Mutex::new(())),
             failures: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// The address to dial (none for unix sockets, or a name that did not resolve).
+    #[inline]
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    pub fn set_addr(&self, addr: Option<SocketAddr>) {
+        self.addr.store(addr.map(Arc::new));
+    }
+
+    /// Looks a host name up again now (a reload: the new config sees current DNS).
+    pub fn resolve_again(&self) {
+        if self.unix || dynamic::host_name(&self.dial).is_none() {
+            return;
+        }
+        if let Some(a) = self.dial.to_socket_addrs().ok().and_then(|mut a| a.next()) {
+            self.set_addr(Some(a));
         }
     }
 
@@ -140,6 +174,8 @@ impl UpstreamRegistry {
             Err(p) => p.into_inner(),
         };
         if let Some(s) = map.get(&key).and_then(Weak::upgrade) {
+            // A reload looks host names up again instead of keeping the old address.
+            s.resolve_again();
             return s;
         }
         let s = Arc::new(UpstreamState::new(dial, unix, scheme));
@@ -337,10 +373,35 @@ fn load_trusted_cas(
     Ok((Arc::from(certs.into_boxed_slice()), ders))
 }
 
+/// How a request remembers an upstream it already tried (the state's address: stable
+/// while the request holds it, and independent of the set's order).
+pub fn tried_id(u: &Arc<UpstreamState>) -> usize {
+    Arc::as_ptr(u) as usize
+}
+
+/// The upstreams of a handler at one moment.
+pub enum Current<'a> {
+    Static(&'a [Arc<UpstreamState>]),
+    Dynamic(arc_swap::Guard<Arc<Vec<Arc<UpstreamState>>>>),
+}
+
+impl std::ops::Deref for Current<'_> {
+    type Target = [Arc<UpstreamState>];
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Current::Static(s) => s,
+            Current::Dynamic(d) => d.as_slice(),
+        }
+    }
+}
+
 /// A compiled `reverse_proxy`.
 #[derive(Debug)]
 pub struct ProxyHandler {
+    /// The upstreams written in the config (empty with `dynamic`).
     pub upstreams: Vec<Arc<UpstreamState>>,
+    /// `dynamic a|srv`: the set comes from DNS (see [`ProxyHandler::current`]).
+    pub dynamic: Option<Arc<dynamic::Dynamic>>,
     pub policy: LbPolicy,
     pub rr: AtomicUsize,
     pub retries: u32,
@@ -369,14 +430,38 @@ impl ProxyHandler {
             let (ca, der) = load_trusted_cas(&t.tls_trusted_ca_certs)?;
             (Some(ca), der)
         };
-        let upstreams = rp
+        let resolver = if t.resolvers.is_empty() {
+            None
+        } else {
+            Some(Arc::new(dns::Resolver::new(&t.resolvers)?))
+        };
+        let upstreams: Vec<Arc<UpstreamState>> = rp
             .upstreams
             .iter()
             .map(|u| registry.get(&u.dial, u.unix, &u.scheme))
             .collect();
+        for u in &upstreams {
+            if let Some(r) = &resolver {
+                if dynamic::host_name(&u.dial).is_some() {
+                    if let Ok(mut slot) = u.resolver.lock() {
+                        *slot = Some(r.clone());
+                    }
+                    u.next_lookup_ms.store(0, Ordering::Relaxed);
+                }
+            }
+        }
         let ms = |v: u64| Duration::from_millis(v);
+        let dynamic = match &rp.dynamic {
+            Some(d) => Some(dynamic::Dynamic::new(
+                d,
+                if t.tls { "https" } else { "http" },
+            )?),
+            None => None,
+        };
+        let dial_override = rp.dynamic.as_ref().and_then(|d| d.dial_timeout_ms);
         let mut handler = ProxyHandler {
             upstreams,
+            dynamic,
             policy: rp.load_balancing.policy.clone(),
             rr: AtomicUsize::new(0),
             retries: rp.load_balancing.retries,
@@ -392,7 +477,7 @@ impl ProxyHandler {
                 .as_ref()
                 .map(|f| Arc::new(crate::fastcgi::FastCgiOpts::compile(f))),
             transport: TransportOpts {
-                dial: ms(t.dial_timeout_ms.max(1)),
+                dial: ms(dial_override.unwrap_or(t.dial_timeout_ms).max(1)),
                 read: t.read_timeout_ms.or(t.response_header_timeout_ms).map(ms),
                 read_body: t.read_timeout_ms.map(ms),
                 write: t.write_timeout_ms.map(ms),
@@ -430,10 +515,12 @@ impl ProxyHandler {
             && !t.h2
             && self.retries == 0
             && self.try_duration.is_zero()
-            && self
-                .upstreams
-                .iter()
-                .all(|u| !u.unix && u.addr.is_some() && (u.scheme.is_empty() || u.scheme == "http"))
+            && (self.dynamic.is_some()
+                || self.upstreams.iter().all(|u| {
+                    !u.unix
+                        && (u.addr().is_some() || dynamic::host_name(&u.dial).is_some())
+                        && (u.scheme.is_empty() || u.scheme == "http")
+                }))
     }
 
     pub fn health_targets(&self) -> Vec<HealthTarget> {
@@ -447,9 +534,17 @@ impl ProxyHandler {
         }
     }
 
-    fn available(&self, i: usize, ctx: &RequestContext) -> bool {
-        let u = &self.upstreams[i];
-        if ctx.attempt.tried.contains(&i) || !u.healthy() {
+    /// The upstreams to choose from now: the configured list, or the `dynamic` set's
+    /// current members (one atomic load).
+    pub fn current(&self) -> Current<'_> {
+        match &self.dynamic {
+            Some(d) => Current::Dynamic(d.current()),
+            None => Current::Static(&self.upstreams),
+        }
+    }
+
+    fn available(&self, u: &Arc<UpstreamState>, ctx: &RequestContext) -> bool {
+        if ctx.attempt.tried.contains(&tried_id(u)) || !u.healthy() {
             return false;
         }
         match self
@@ -463,8 +558,12 @@ impl ProxyHandler {
     }
 
     /// Picks an upstream by the load-balancing policy, skipping unhealthy and already
-    /// tried ones. Returns its index.
-    pub fn select(&self, req: &dyn HttpRequest, ctx: &mut RequestContext) -> Option<usize> {
+    /// tried ones.
+    pub fn select(
+        &self,
+        req: &dyn HttpRequest,
+        ctx: &mut RequestContext,
+    ) -> Option<Arc<UpstreamState>> {
         lb::select(self, req, ctx)
     }
 
@@ -478,8 +577,12 @@ impl ProxyHandler {
 
     /// Builds the Pingora peer for upstream `i`; `client` is named in the PROXY protocol
     /// header when the transport sends one.
-    pub fn peer(&self, i: usize, host: &str, client: std::net::SocketAddr) -> Option<HttpPeer> {
-        let u = self.upstreams.get(i)?;
+    pub fn peer(
+        &self,
+        u: &UpstreamState,
+        host: &str,
+        client: std::net::SocketAddr,
+    ) -> Option<HttpPeer> {
         let t = &self.transport;
         let sni = t.sni.clone().unwrap_or_else(|| {
             if u.unix {
@@ -494,7 +597,7 @@ impl ProxyHandler {
         let mut peer = if u.unix {
             HttpPeer::new_uds(&u.dial, t.tls, sni).ok()?
         } else {
-            let addr = match u.addr {
+            let addr = match u.addr() {
                 Some(a) => a,
                 None => u.dial.to_socket_addrs().ok()?.next()?,
             };

@@ -1,0 +1,248 @@
+//! Backends that move: `dynamic a` and `dynamic srv` against a real DNS server
+//! (`dnsmasq`, started by the test on a local port, its records changed while Dwaar
+//! serves), host-name upstreams looked up again through `transport http { resolvers }`,
+//! and port ranges.
+
+mod common;
+use common::*;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A dnsmasq answering for `*.svc.test` from a hosts file (reloaded on SIGHUP) and the
+/// SRV records given; killed (by PID) when dropped.
+struct Dns {
+    child: Child,
+    port: u16,
+    hosts: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Dns {
+    fn start(hosts: &str, srv: &[String], port: Option<u16>) -> Option<Dns> {
+        let have = Command::new("dnsmasq")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !have {
+            assert!(
+                std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+                "dnsmasq is required (scripts/bootstrap installs dnsmasq-base)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, hosts).unwrap_or_else(|e| panic!("{e}"));
+        let port = port.unwrap_or_else(free_udp_port);
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--local-ttl=1",
+            "--user=root",
+            "--log-facility=-",
+        ])
+        .arg(format!("--port={port}"))
+        .arg(format!("--addn-hosts={}", file.display()))
+        .arg(format!("--pid-file={}", dir.path().join("pid").display()));
+        for s in srv {
+            cmd.arg(format!("--srv-host={s}"));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
+        let dns = Dns {
+            child,
+            port,
+            hosts: file,
+            _dir: dir,
+        };
+        std::thread::sleep(Duration::from_millis(300));
+        Some(dns)
+    }
+
+    /// Rewrites the hosts file and makes dnsmasq read it again.
+    fn set_hosts(&self, hosts: &str) {
+        std::fs::write(&self.hosts, hosts).unwrap_or_else(|e| panic!("{e}"));
+        let _ = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_udp_port() -> u16 {
+    loop {
+        let p = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+fn origin_of(port: u16, path: &str) -> String {
+    request(port, "GET", "x", path, &[], b"")
+        .map(|r| r.header("x-origin").unwrap_or("?").to_string())
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+/// `dynamic a` follows an A record that changes while a slow request is in flight to
+/// the old address: the request completes, new requests go to the new address within
+/// the refresh interval, and two records spread the load over both.
+#[test]
+fn dynamic_a_follows_the_record() {
+    let shared_port = free_port();
+    let two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
+    let three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
+    let Some(dns) = Dns::start("127.0.0.2 svc.test\n", &[], None) else {
+        return;
+    };
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {{\n\t\tdynamic a svc.test {shared_port} {{\n\t\t\tresolvers 127.0.0.1:{}\n\t\t\trefresh 300ms\n\t\t}}\n\t\tlb_policy round_robin\n\t}}\n}}\n",
+        dns.port
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || origin_of(port, "/") == "two"),
+        "first answer"
+    );
+    let slow = std::thread::spawn(move || request(port, "GET", "x", "/slow/1500", &[], b""));
+    std::thread::sleep(Duration::from_millis(200));
+    dns.set_hosts("127.0.0.3 svc.test\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || (0..4)
+            .all(|_| origin_of(port, "/") == "three")),
+        "the new address within the refresh interval"
+    );
+    let r = slow.join().unwrap_or_else(|_| panic!("join"));
+    assert_eq!(
+        r.map(|r| r.status).unwrap_or(0),
+        200,
+        "the request in flight finished"
+    );
+    dns.set_hosts("127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let seen: std::collections::HashSet<String> =
+                (0..6).map(|_| origin_of(port, "/")).collect();
+            seen.contains("two") && seen.contains("three")
+        }),
+        "both addresses used"
+    );
+    let _ = (two.port, three.port);
+}
+
+/// `dynamic srv` takes ports (and targets) from SRV records; a changed record moves the
+/// traffic. Host-name upstreams with `transport http { resolvers }` are looked up there
+/// and again when the record changes.
+#[test]
+fn dynamic_srv_and_host_names_follow_dns() {
+    let a = origin::http("a");
+    let b = origin::http("b");
+    let hosts = "127.0.0.1 target.svc.test\n127.0.0.1 app.svc.test\n";
+    let srv_a = format!("_http._tcp.svc.test,target.svc.test,{},0,1", a.port);
+    let Some(dns) = Dns::start(hosts, &[srv_a], None) else {
+        return;
+    };
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\thandle /srv/* {{\n\t\treverse_proxy {{\n\t\t\tdynamic srv {{\n\t\t\t\tservice http\n\t\t\t\tproto tcp\n\t\t\t\tname svc.test\n\t\t\t\tresolvers 127.0.0.1:{0}\n\t\t\t\trefresh 300ms\n\t\t\t}}\n\t\t}}\n\t}}\n\
+         \thandle /named/* {{\n\t\treverse_proxy app.svc.test:{1} {{\n\t\t\ttransport http {{\n\t\t\t\tresolvers 127.0.0.1:{0}\n\t\t\t}}\n\t\t}}\n\t}}\n}}\n",
+        dns.port, b.port
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || origin_of(port, "/srv/x") == "a"),
+        "SRV target and port"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || origin_of(port, "/named/x")
+            == "b"),
+        "a host name only the configured resolver knows"
+    );
+    // The SRV record now names b's port: dnsmasq restarted on the same port.
+    let dns_port = dns.port;
+    drop(dns);
+    let srv_b = format!("_http._tcp.svc.test,target.svc.test,{},0,1", b.port);
+    let Some(_dns2) = Dns::start(hosts, &[srv_b], Some(dns_port)) else {
+        return;
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || (0..3)
+            .all(|_| origin_of(port, "/srv/x") == "b")),
+        "the SRV change reached the upstream set"
+    );
+}
+
+/// `localhost:8001-8003` is three upstreams; `dynamic` config errors point at their line.
+#[test]
+fn port_ranges_and_dynamic_config_errors() {
+    let os: Vec<_> = (0..3).map(|i| origin::http(&format!("r{i}"))).collect();
+    // Three consecutive ports are needed; bind them as a range from the first free one.
+    let base = free_port();
+    let ranged: Vec<_> = (0..3)
+        .filter_map(|i| {
+            std::net::TcpListener::bind(("127.0.0.1", base + i))
+                .ok()
+                .map(|l| (i, l))
+        })
+        .collect();
+    if ranged.len() == 3 {
+        drop(ranged);
+        let on: Vec<_> = (0..3)
+            .map(|i| origin::http_on(&format!("p{i}"), &format!("127.0.0.1:{}", base + i)))
+            .collect();
+        let (_d, port) = serve(&format!(
+            ":PORT {{\n\treverse_proxy localhost:{}-{} {{\n\t\tlb_policy round_robin\n\t}}\n}}\n",
+            base,
+            base + 2
+        ));
+        let seen: std::collections::HashSet<String> =
+            (0..6).map(|_| origin_of(port, "/")).collect();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        drop(on);
+    }
+    drop(os);
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (body, want) in [
+        ("reverse_proxy localhost:9-1", "invalid port range"),
+        (
+            "reverse_proxy {\n\t\tdynamic a svc.test\n\t}",
+            "dynamic a needs a port",
+        ),
+        ("reverse_proxy {\n\t\tdynamic mx svc.test\n\t}", "mx"),
+        (
+            "reverse_proxy 127.0.0.1:1 {\n\t\tdynamic a svc.test 80\n\t}",
+            "not both",
+        ),
+        (
+            "reverse_proxy {\n\t\tdynamic a svc.test 80 {\n\t\t\tresolvers dns.example\n\t\t}\n\t}",
+            "not an IP address",
+        ),
+        (
+            "reverse_proxy {\n\t\tdynamic srv {\n\t\t\tservice http\n\t\t}\n\t}",
+            "both service and proto",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join("Dwaarfile"),
+            format!(":1 {{\n\t{body}\n}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+        assert_eq!(code, 1, "{body}");
+        assert!(
+            err.contains(want) && err.contains("Dwaarfile:"),
+            "{body}: {err}"
+        );
+    }
+}
