@@ -772,3 +772,48 @@ fn weighted_and_query_policies_on_every_path() {
         assert_eq!(owners.len(), 1, "{proto:?}: {owners:?}");
     }
 }
+
+/// An upstream that fails a request after receiving it: a GET goes to the next upstream
+/// (`lb_retries`) on every path; a DELETE only where `lb_retry_match` lets it.
+#[test]
+fn requests_failed_after_sending_are_retried_as_matched_on_every_path() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let bad = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut s = s;
+                let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(300)));
+                let _ = s.read(&mut [0u8; 4096]);
+            });
+        }
+    });
+    let good = origin::http("good");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\treverse_proxy 127.0.0.1:{bad} 127.0.0.1:{} {{\n\t\tlb_policy first\n\t\tlb_retries 1\n\t\tlb_retry_match {{\n\t\t\tmethod GET DELETE\n\t\t\tpath /again/*\n\t\t}}\n\t}}\n",
+            good.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/again/x"));
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (200, Some("good")),
+            "{proto:?}"
+        );
+        let del = Req {
+            method: "DELETE",
+            path: "/again/y",
+            ..Req::default()
+        };
+        assert_eq!(p.ok(proto, &del).status, 200, "{proto:?}: DELETE matches");
+        assert_eq!(
+            p.ok(proto, &Req::get("/other")).status,
+            502,
+            "{proto:?}: not matched"
+        );
+    }
+}

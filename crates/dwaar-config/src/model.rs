@@ -852,6 +852,10 @@ pub struct LoadBalancing {
     pub try_duration_ms: u64,
     #[serde(default = "default_try_interval")]
     pub try_interval_ms: u64,
+    /// `lb_retry_match`: requests that may be retried after an upstream received them
+    /// (any set matching); empty: `GET` only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry_match: Vec<MatcherSet>,
 }
 
 fn default_try_interval() -> u64 {
@@ -865,6 +869,7 @@ impl Default for LoadBalancing {
             retries: 0,
             try_duration_ms: 0,
             try_interval_ms: default_try_interval(),
+            retry_match: Vec::new(),
         }
     }
 }
@@ -980,6 +985,9 @@ pub struct Transport {
     pub tls_insecure_skip_verify: bool,
     pub tls_trusted_ca_certs: Vec<String>,
     pub versions: Vec<String>,
+    /// `max_conns_per_host`: most requests in flight to one upstream (0: no limit).
+    #[serde(default)]
+    pub max_conns_per_host: u32,
     /// `resolvers <ip>...`: DNS servers for upstream host names (default: the system's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolvers: Vec<String>,
@@ -1006,6 +1014,7 @@ impl Default for Transport {
             tls_insecure_skip_verify: false,
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
+            max_conns_per_host: 0,
             resolvers: Vec::new(),
             proxy_protocol: None,
             fastcgi: None,

@@ -456,6 +456,36 @@ impl ProxyHttp for DwaarProxy {
         e
     }
 
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut PingoraCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        // The request can go out again only if nothing of the answer reached the client
+        // and Pingora still holds the whole body.
+        let replayable =
+            session.response_written().is_none() && !session.as_ref().retry_buffer_truncated();
+        if let Some(p) = ctx.proxy.clone() {
+            if replayable && p.retries + u32::from(!p.try_duration.is_zero()) > 0 {
+                let retry = attempt::sent_failed(&p, session.req_header(), ctx);
+                e.set_retry(retry);
+                return e;
+            }
+        }
+        // Pingora's own rule: an idempotent request that met a stale kept-alive
+        // connection is sent again.
+        if !session.req_header().method.is_idempotent() || !replayable {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,

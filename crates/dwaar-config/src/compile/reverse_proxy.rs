@@ -15,6 +15,7 @@ const SUBDIRECTIVES: &[&str] = &[
     "lb_retries",
     "lb_try_duration",
     "lb_try_interval",
+    "lb_retry_match",
     "health_uri",
     "health_path",
     "health_port",
@@ -56,6 +57,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "versions",
     "proxy_protocol",
     "resolvers",
+    "max_conns_per_host",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -129,6 +131,19 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
             "lb_try_duration" if one(diags, "lb_try_duration <duration>") => {
                 if let Some(v) = diags.duration(&line.args[0]) {
                     rp.load_balancing.try_duration_ms = v;
+                }
+            }
+            "lb_retry_match" => {
+                // The same forms as a named matcher: one line, or a block of matchers.
+                let mut name = line.name.clone();
+                name.text = "@lb_retry_match".into();
+                let definition = Directive {
+                    name,
+                    args: line.args.clone(),
+                    block: line.block.clone(),
+                };
+                if let Some((_, set)) = super::matchers::named_definition(&definition, diags) {
+                    rp.load_balancing.retry_match.push(set);
                 }
             }
             "lb_try_interval" if one(diags, "lb_try_interval <duration>") => {
@@ -920,6 +935,11 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                     }
                 }
                 t.versions = v;
+            }
+            "max_conns_per_host" if one(diags) => {
+                if let Some(n) = diags.number(&l.args[0], "connection count") {
+                    t.max_conns_per_host = n;
+                }
             }
             "resolvers" if diags.arity(l, 0, 1, usize::MAX, "resolvers <ip>...") => {
                 for a in &l.args {

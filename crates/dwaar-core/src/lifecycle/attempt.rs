@@ -52,6 +52,8 @@ pub fn release(ctx: &mut RequestContext) {
 
 /// The shortest pause between two looks for an available upstream.
 const MIN_WAIT: Duration = Duration::from_millis(10);
+/// How long a request waits for an upstream below `max_conns_per_host` before 503.
+const MAX_CONNS_WAIT: Duration = Duration::from_secs(30);
 
 /// Picks and claims the next upstream for this request; `None` when none is available
 /// (every one tried, unhealthy or at its request limit) even after waiting up to
@@ -71,6 +73,12 @@ pub async fn pick(
             ctx.attempt.tried.push(crate::upstream::tried_id(&up));
             claim(ctx, up.clone());
             return Some(up);
+        }
+        // `max_conns_per_host`: an upstream that is only busy frees up soon; wait for it
+        // (as a client of Caddy's transport waits for a connection), within a bound.
+        if p.busy_only(ctx) && start.elapsed() < MAX_CONNS_WAIT {
+            tokio::time::sleep(MIN_WAIT).await;
+            continue;
         }
         // With lb_try_duration, keep looking (any upstream, again) until it runs out.
         if !p.try_duration.is_zero() && start.elapsed() + p.try_interval < p.try_duration {
@@ -104,6 +112,25 @@ pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: boo
     let n = p.current().len();
     if ctx.attempt.tried.len() >= n && !p.try_duration.is_zero() {
         // Every upstream failed once; within lb_try_duration they may be tried again.
+        ctx.attempt.tried.clear();
+    }
+    ctx.attempt.tried.len() < n
+}
+
+/// The upstream failed after it had the request, before any of the response reached the
+/// client: passive health counts it, the claim is released, and the answer says whether
+/// the request goes to another upstream (`lb_retries`/`lb_try_duration` allow it, it
+/// is a `GET` or matches `lb_retry_match`, and an untried upstream remains). The caller
+/// must be able to send the request again (its body kept, or none).
+pub fn sent_failed(p: &ProxyHandler, req: &dyn HttpRequest, ctx: &mut RequestContext) -> bool {
+    count_failure(ctx);
+    release(ctx);
+    let start = ctx.start.unwrap_or_else(Instant::now);
+    if !p.may_retry(ctx.attempt.count, start) || !p.retry_after_sent(req, ctx) {
+        return false;
+    }
+    let n = p.current().len();
+    if ctx.attempt.tried.len() >= n && !p.try_duration.is_zero() {
         ctx.attempt.tried.clear();
     }
     ctx.attempt.tried.len() < n

@@ -325,97 +325,113 @@ async fn proxy<D: Downstream>(
     let out = upstream_request_head(req, chunked, p.transport.keepalive);
     // An upstream, and a connection to it: a connection that never opened carried no
     // request, so another upstream (or the same one, within `lb_try_duration`) is tried.
-    let (addr, pooled, mut upc) = loop {
-        let Some(up) = attempt::pick(&p, &*req, ctx).await else {
-            let (st, sent) = answer_failure(stream, req, ctx, head_only, 503).await;
-            return (st, 0, sent);
-        };
-        // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
-        let pooled = !p.transport.tls && !up.unix;
-        let addr = up.addr();
-        let dial_start = Instant::now();
-        let connected = match addr.filter(|_| pooled) {
-            Some(a) => pool::checkout(a, &p.transport, ctx.proxy_client()).await,
-            None if pooled => Err(std::io::Error::other("unresolved upstream address")),
-            None => pool::connect_direct(&up, &p.transport, &host, ctx.proxy_client())
-                .await
-                .map(|c| (c, false)),
-        };
-        match connected {
-            Ok((upc, reused)) => {
-                if !reused {
-                    up.record_connect(dial_start.elapsed());
-                }
-                break (addr, pooled, upc);
-            }
-            Err(e) => {
-                let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
-                if attempt::connect_failed(&p, ctx, timed_out) {
-                    continue;
-                }
-                ctx.attempt.error = Some(CompactString::new(e.to_string()));
-                let code = if timed_out { 504 } else { 502 };
-                let (st, sent) = answer_failure(stream, req, ctx, head_only, code).await;
+    // A request without a body can be sent again when an upstream fails it
+    // (`lb_retry_match`, `GET` by default); a streamed body cannot.
+    let (addr, pooled, mut upc, head_len, read) = 'attempt: loop {
+        let (addr, pooled, mut upc) = loop {
+            let Some(up) = attempt::pick(&p, &*req, ctx).await else {
+                let (st, sent) = answer_failure(stream, req, ctx, head_only, 503).await;
                 return (st, 0, sent);
-            }
-        }
-    };
-    use tokio::io::AsyncWriteExt;
-    if upc.stream.write_all(&out).await.is_err() {
-        attempt::count_failure(ctx);
-        let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-        return (st, 0, sent);
-    }
-    ctx.attempt.sent = Some(Instant::now());
-    // The request body, streamed.
-    let mut read = 0u64;
-    if may_have_body {
-        let deadline = body_deadline();
-        let mut framed = Vec::new();
-        loop {
-            match recv_chunk(stream, deadline).await {
-                Ok(Some(chunk)) => {
-                    read += chunk.len() as u64;
-                    if ctx.max_body.is_some_and(|max| read > max) {
-                        let (st, sent) = answer_failure(stream, req, ctx, head_only, 413).await;
-                        return (st, read, sent);
+            };
+            // Plain TCP connections are pooled; TLS and unix-socket ones are opened per request.
+            let pooled = !p.transport.tls && !up.unix;
+            let addr = up.addr();
+            let dial_start = Instant::now();
+            let connected = match addr.filter(|_| pooled) {
+                Some(a) => pool::checkout(a, &p.transport, ctx.proxy_client()).await,
+                None if pooled => Err(std::io::Error::other("unresolved upstream address")),
+                None => pool::connect_direct(&up, &p.transport, &host, ctx.proxy_client())
+                    .await
+                    .map(|c| (c, false)),
+            };
+            match connected {
+                Ok((upc, reused)) => {
+                    if !reused {
+                        up.record_connect(dial_start.elapsed());
                     }
-                    // A body of unknown length goes chunked: size, data and CRLF in
-                    // one write.
-                    let piece: &[u8] = if chunked {
-                        framed.clear();
-                        crate::http1::chunk_into(&mut framed, &chunk);
-                        &framed
-                    } else {
-                        &chunk
-                    };
-                    if upc.stream.write_all(piece).await.is_err() {
-                        attempt::count_failure(ctx);
-                        let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-                        return (st, read, sent);
-                    }
+                    break (addr, pooled, upc);
                 }
-                Ok(None) => break,
-                Err(()) => return (0, read, 0),
+                Err(e) => {
+                    let timed_out = e.kind() == std::io::ErrorKind::TimedOut;
+                    if attempt::connect_failed(&p, ctx, timed_out) {
+                        continue;
+                    }
+                    ctx.attempt.error = Some(CompactString::new(e.to_string()));
+                    let code = if timed_out { 504 } else { 502 };
+                    let (st, sent) = answer_failure(stream, req, ctx, head_only, code).await;
+                    return (st, 0, sent);
+                }
+            }
+        };
+        use tokio::io::AsyncWriteExt;
+        if upc.stream.write_all(&out).await.is_err() {
+            if may_have_body {
+                attempt::count_failure(ctx);
+            } else if attempt::sent_failed(&p, &*req, ctx) {
+                continue 'attempt;
+            }
+            let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
+            return (st, 0, sent);
+        }
+        ctx.attempt.sent = Some(Instant::now());
+        // The request body, streamed.
+        let mut read = 0u64;
+        if may_have_body {
+            let deadline = body_deadline();
+            let mut framed = Vec::new();
+            loop {
+                match recv_chunk(stream, deadline).await {
+                    Ok(Some(chunk)) => {
+                        read += chunk.len() as u64;
+                        if ctx.max_body.is_some_and(|max| read > max) {
+                            let (st, sent) = answer_failure(stream, req, ctx, head_only, 413).await;
+                            return (st, read, sent);
+                        }
+                        // A body of unknown length goes chunked: size, data and CRLF in
+                        // one write.
+                        let piece: &[u8] = if chunked {
+                            framed.clear();
+                            crate::http1::chunk_into(&mut framed, &chunk);
+                            &framed
+                        } else {
+                            &chunk
+                        };
+                        if upc.stream.write_all(piece).await.is_err() {
+                            attempt::count_failure(ctx);
+                            let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
+                            return (st, read, sent);
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(()) => return (0, read, 0),
+                }
+            }
+            if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
+                attempt::count_failure(ctx);
+                let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
+                return (st, read, sent);
             }
         }
-        if chunked && upc.stream.write_all(b"0\r\n\r\n").await.is_err() {
-            attempt::count_failure(ctx);
-            let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-            return (st, read, sent);
-        }
-    }
-    let head_len = match pool::read_response_head(&mut upc, &p.transport).await {
-        Ok(Some(n)) => n,
-        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-            attempt::count_failure(ctx);
-            let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
-            return (st, read, sent);
-        }
-        _ => {
-            attempt::count_failure(ctx);
-            let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
-            return (st, read, sent);
+        match pool::read_response_head(&mut upc, &p.transport).await {
+            Ok(Some(n)) => break 'attempt (addr, pooled, upc, n, read),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                if may_have_body {
+                    attempt::count_failure(ctx);
+                } else if attempt::sent_failed(&p, &*req, ctx) {
+                    continue 'attempt;
+                }
+                let (st, sent) = answer_failure(stream, req, ctx, head_only, 504).await;
+                return (st, read, sent);
+            }
+            _ => {
+                if may_have_body {
+                    attempt::count_failure(ctx);
+                } else if attempt::sent_failed(&p, &*req, ctx) {
+                    continue 'attempt;
+                }
+                let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
+                return (st, read, sent);
+            }
         }
     };
     let rhead = upc.buf.split_to(head_len).freeze();

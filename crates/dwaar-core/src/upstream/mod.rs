@@ -212,6 +212,8 @@ pub struct TransportOpts {
     /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
     /// (and serves that client only).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `max_conns_per_host`: an upstream with this many requests in flight is skipped.
+    pub max_conns: Option<usize>,
     /// `keepalive_idle_conns`: idle connections kept over all upstreams, per thread.
     pub idle_total: Option<usize>,
     /// `keepalive_idle_conns_per_host`: idle connections kept per upstream, per thread.
@@ -405,6 +407,9 @@ pub struct ProxyHandler {
     pub policy: LbPolicy,
     pub rr: AtomicUsize,
     pub retries: u32,
+    /// `lb_retry_match`: which requests may be sent again after an upstream had them
+    /// (`None`: `GET` only).
+    pub retry_match: Option<Vec<crate::matcher::CompiledSet>>,
     pub try_duration: Duration,
     pub try_interval: Duration,
     pub passive: Option<PassiveHealth>,
@@ -465,6 +470,13 @@ impl ProxyHandler {
             policy: rp.load_balancing.policy.clone(),
             rr: AtomicUsize::new(0),
             retries: rp.load_balancing.retries,
+            retry_match: if rp.load_balancing.retry_match.is_empty() {
+                None
+            } else {
+                Some(crate::matcher::compile_sets(
+                    &rp.load_balancing.retry_match,
+                )?)
+            },
             try_duration: ms(rp.load_balancing.try_duration_ms),
             try_interval: ms(rp.load_balancing.try_interval_ms),
             passive: rp.health.passive.clone(),
@@ -493,6 +505,7 @@ impl ProxyHandler {
                 ca_der: Arc::new(ca_der),
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
+                max_conns: (t.max_conns_per_host > 0).then_some(t.max_conns_per_host as usize),
                 idle_total: t.keepalive_idle_conns.map(|n| n as usize),
                 idle_per_host: t.keepalive_idle_conns_per_host.map(|n| n as usize),
                 proxy_protocol: match t.proxy_protocol.as_deref() {
@@ -547,6 +560,11 @@ impl ProxyHandler {
         if ctx.attempt.tried.contains(&tried_id(u)) || !u.healthy() {
             return false;
         }
+        if let Some(max) = self.transport.max_conns {
+            if u.active.load(Ordering::Relaxed) >= max {
+                return false;
+            }
+        }
         match self
             .passive
             .as_ref()
@@ -555,6 +573,27 @@ impl ProxyHandler {
             Some(limit) => u.active.load(Ordering::Relaxed) < limit as usize,
             None => true,
         }
+    }
+
+    /// Whether `req` may go to another upstream after one received it and failed
+    /// (Caddy's rule: `GET`, or what `lb_retry_match` matches).
+    pub fn retry_after_sent(&self, req: &dyn HttpRequest, ctx: &mut RequestContext) -> bool {
+        match &self.retry_match {
+            None => req.method() == "GET",
+            Some(sets) => sets.iter().any(|s| s.matches(req, ctx)),
+        }
+    }
+
+    /// Whether some untried, healthy upstream is only at its `max_conns_per_host`.
+    pub fn busy_only(&self, ctx: &RequestContext) -> bool {
+        let Some(max) = self.transport.max_conns else {
+            return false;
+        };
+        self.current().iter().any(|u| {
+            !ctx.attempt.tried.contains(&tried_id(u))
+                && u.healthy()
+                && u.active.load(Ordering::Relaxed) >= max
+        })
     }
 
     /// Picks an upstream by the load-balancing policy, skipping unhealthy and already
