@@ -247,3 +247,35 @@ fn a_reload_to_a_deeply_nested_config_keeps_the_old_one_serving() {
     let r = ok_get(port, "x", "/");
     assert_eq!((r.status, r.text().as_str()), (200, "deep"));
 }
+
+/// `default_bind` gives sites without `bind` their addresses; `bind` keeps its own;
+/// network prefixes Dwaar cannot bind yet are refused at their line.
+#[test]
+fn default_bind_applies_to_sites_without_bind() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        "{\n\tdefault_bind 127.0.0.1\n}\n:8080 {\n\trespond a\n}\n:8081 {\n\tbind ::1\n\trespond b\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = dwaar_cmd(&["adapt"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["sites"][0]["bind"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(v["sites"][1]["bind"], serde_json::json!(["::1"]));
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        "{\n\tdefault_bind tcp4/0.0.0.0\n}\n:8080 {\n\tbind unix//run/x.sock\n\trespond a\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = dwaar_cmd(&["validate"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Dwaarfile:2:15") && err.contains("tcp4"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Dwaarfile:5:7") && err.contains("unix"),
+        "{err}"
+    );
+}

@@ -42,6 +42,9 @@ pub struct GlobalOptions {
     /// Analytics storage settings (`analytics { retention geoip }`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub analytics: GlobalAnalytics,
+    /// `default_bind`: the interfaces of sites without a `bind` of their own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_bind: Vec<String>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -163,6 +166,7 @@ impl Default for GlobalOptions {
             log: None,
             tls: GlobalTls::default(),
             analytics: GlobalAnalytics::default(),
+            default_bind: Vec::new(),
         }
     }
 }

@@ -51,6 +51,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "storage",
     "analytics",
     "metrics",
+    "default_bind",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
@@ -65,7 +66,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "pki",
     "persist_config",
     "storage_clean_interval",
-    "default_bind",
     "preferred_chains",
     "renew_interval",
     "events",
@@ -73,6 +73,40 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "ocsp_interval",
     "fallback_sni",
 ];
+
+/// The hosts of a `bind` (or `default_bind`) line: IP addresses or `localhost`, with an
+/// optional `tcp/` network prefix.
+fn bind_hosts(d: &Directive, diags: &mut Diags) -> Vec<String> {
+    let mut out = Vec::new();
+    if !diags.arity(d, 0, 1, usize::MAX, &format!("{} <host>...", d.name.text)) {
+        return out;
+    }
+    for a in &d.args {
+        if a.text.starts_with("unix/") || a.text.starts_with("tcp4/") || a.text.starts_with("tcp6/")
+        {
+            diags.push(a.error(format!(
+                "'{}': binding to {} addresses is not supported yet",
+                a.text,
+                a.text.split('/').next().unwrap_or_default()
+            )));
+            continue;
+        }
+        let host = a
+            .text
+            .trim_start_matches("tcp/")
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
+            diags.push(
+                a.error(format!("bind address '{}' is not an IP address", a.text))
+                    .with_help("bind 127.0.0.1 or bind ::1"),
+            );
+        } else {
+            out.push(host.to_string());
+        }
+    }
+    out
+}
 
 /// `listener_wrappers { proxy_protocol { ... } tls }`: the PROXY protocol is read before
 /// the TLS handshake, so `tls` (implied when absent) must come after it.
@@ -250,28 +284,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
             match d.name.text.as_str() {
-                "bind" if !d.name.quoted() => {
-                    if diags.arity(d, 0, 1, usize::MAX, "bind <host>...") {
-                        for a in &d.args {
-                            let host = a
-                                .text
-                                .trim_start_matches("tcp/")
-                                .trim_start_matches('[')
-                                .trim_end_matches(']');
-                            if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
-                                diags.push(
-                                    a.error(format!(
-                                        "bind address '{}' is not an IP address",
-                                        a.text
-                                    ))
-                                    .with_help("bind 127.0.0.1 or bind ::1"),
-                                );
-                            } else {
-                                bind.push(host.to_string());
-                            }
-                        }
-                    }
-                }
+                "bind" if !d.name.quoted() => bind.extend(bind_hosts(d, diags)),
                 "handle_errors" if !d.name.quoted() => error_blocks.push(d),
                 "log" if !d.name.quoted() => {
                     if seen_log {
@@ -381,6 +394,9 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                 group: None,
                 handlers: vec![crate::model::Handler::Subroute { routes: inner }],
             });
+        }
+        if bind.is_empty() {
+            bind = global.default_bind.clone();
         }
         sites.push(Site {
             addresses,
@@ -553,6 +569,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
     for d in dirs {
         let name = d.name.text.as_str();
         match name {
+            "default_bind" => g.default_bind = bind_hosts(d, diags),
             "debug" => {
                 if diags.arity(d, 0, 0, 0, "debug") {
                     g.debug = true;
