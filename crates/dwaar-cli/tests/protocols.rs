@@ -817,3 +817,47 @@ fn requests_failed_after_sending_are_retried_as_matched_on_every_path() {
         );
     }
 }
+
+/// `transport http { tls_client_auth }`: a TLS upstream that requires and verifies client
+/// certificates (a second Dwaar with `client_auth`) answers on every path; without the
+/// certificate it refuses the handshake (502).
+#[test]
+fn tls_client_auth_to_upstreams_on_every_path() {
+    let ca = origin::TestCa::new();
+    let (client_cert, client_key) = ca.issue("client", &["client.test"]);
+    let (http, backend) = (free_port(), free_port());
+    let _upstream = Dwaar::start(
+        &bin(),
+        &format!(
+            "{{\n\thttp_port {http}\n\thttps_port {backend}\n\tauto_https disable_redirects\n}}\n\
+             https://localhost:{backend} {{\n\ttls {} {} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {}\n\t\t}}\n\t}}\n\trespond \"mtls ok\"\n}}\n",
+            ca.cert_pem.display(),
+            ca.key_pem.display(),
+            ca.ca_pem.display()
+        ),
+        &[backend],
+    );
+    let front = |auth: &str| {
+        format!(
+            "\treverse_proxy https://127.0.0.1:{backend} {{\n\t\ttransport http {{\n\t\t\ttls_server_name localhost\n\t\t\ttls_trusted_ca_certs {}\n{auth}\t\t}}\n\t}}\n",
+            ca.ca_pem.display()
+        )
+    };
+    let p = Paths::start(
+        &bin(),
+        &front(&format!(
+            "\t\t\ttls_client_auth {} {}\n",
+            client_cert.display(),
+            client_key.display()
+        )),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/"));
+        assert_eq!((r.status, r.text().as_str()), (200, "mtls ok"), "{proto:?}");
+    }
+    drop(p);
+    let without = Paths::start(&bin(), &front(""));
+    for proto in ALL {
+        assert_eq!(without.ok(proto, &Req::get("/")).status, 502, "{proto:?}");
+    }
+}

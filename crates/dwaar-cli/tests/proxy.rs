@@ -1001,3 +1001,32 @@ fn lb_retry_match_decides_which_requests_are_sent_again() {
     let r = request(port, "POST", "x", "/other", &[], b"x").unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(r.status, 502, "a POST elsewhere does not match");
 }
+
+/// With worker processes, each worker runs the background service of its own route
+/// table: active health checks take a failing upstream out (they did not run in workers
+/// before), and `dynamic`/host-name lookups refresh there too.
+#[test]
+fn active_health_checks_run_in_worker_processes() {
+    let os = origins(2);
+    let port = free_port();
+    let d = Dwaar::start_with(
+        &bin(),
+        &format!(
+            ":{port} {{\n\treverse_proxy {} {{\n\t\tlb_policy first\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t}}\n}}\n",
+            upstream_list(&os)
+        ),
+        &[port],
+        &["--threads", "1", "--workers", "2"],
+    );
+    assert!(
+        settles_on(port, "o0", Duration::from_secs(10)),
+        "{}",
+        d.log_text()
+    );
+    os[0].set_healthy(false);
+    assert!(
+        settles_on(port, "o1", Duration::from_secs(10)),
+        "both workers took o0 out: {}",
+        d.log_text()
+    );
+}

@@ -989,6 +989,10 @@ pub struct Transport {
     pub tls_insecure_skip_verify: bool,
     pub tls_trusted_ca_certs: Vec<String>,
     pub versions: Vec<String>,
+    /// `tls_client_auth <cert_file> <key_file>`: the client certificate (PEM chain and
+    /// key) Dwaar presents to TLS upstreams.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_auth: Option<(String, String)>,
     /// `max_conns_per_host`: most requests in flight to one upstream (0: no limit).
     #[serde(default)]
     pub max_conns_per_host: u32,
@@ -1018,6 +1022,7 @@ impl Default for Transport {
             tls_insecure_skip_verify: false,
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
+            tls_client_auth: None,
             max_conns_per_host: 0,
             resolvers: Vec::new(),
             proxy_protocol: None,

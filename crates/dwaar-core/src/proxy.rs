@@ -503,7 +503,9 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         if let Some(p) = ctx.proxy.clone() {
-            if !p.transport.keepalive && !ctx.is_upgrade {
+            // No reuse (`keepalive off`, or no idle connection may be kept): the
+            // upstream closes after answering, whatever Pingora's pool would do.
+            if !p.transport.reuses_connections() && !ctx.is_upgrade {
                 up.insert_header(http::header::CONNECTION, "close")?;
             }
             apply_request_rules(&p.header_up, up, ctx);

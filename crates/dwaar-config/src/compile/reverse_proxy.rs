@@ -58,6 +58,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "proxy_protocol",
     "resolvers",
     "max_conns_per_host",
+    "tls_client_auth",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -935,6 +936,18 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                     }
                 }
                 t.versions = v;
+            }
+            "tls_client_auth" => {
+                if l.args.len() == 1 {
+                    diags.push(
+                        l.args[0]
+                            .error("tls_client_auth with an automated certificate is not supported yet")
+                            .with_help("tls_client_auth <cert_file> <key_file>"),
+                    );
+                } else if diags.arity(l, 0, 2, 2, "tls_client_auth <cert_file> <key_file>") {
+                    t.tls = true;
+                    t.tls_client_auth = Some((l.args[0].text.clone(), l.args[1].text.clone()));
+                }
             }
             "max_conns_per_host" if one(diags) => {
                 if let Some(n) = diags.number(&l.args[0], "connection count") {

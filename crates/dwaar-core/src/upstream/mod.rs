@@ -212,6 +212,8 @@ pub struct TransportOpts {
     /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
     /// (and serves that client only).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `tls_client_auth`: the certificate presented to TLS upstreams.
+    pub client_cert: Option<Arc<ClientCert>>,
     /// `max_conns_per_host`: an upstream with this many requests in flight is skipped.
     pub max_conns: Option<usize>,
     /// `keepalive_idle_conns`: idle connections kept over all upstreams, per thread.
@@ -245,10 +247,11 @@ impl TransportOpts {
                     .with_safe_default_protocol_versions()
                     .map_err(|e| e.to_string())?;
                 let mut cfg = if self.insecure {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-                        .with_no_client_auth()
+                    self.with_client_cert(
+                        builder
+                            .dangerous()
+                            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+                    )?
                 } else {
                     let mut roots = rustls::RootCertStore::empty();
                     if self.ca_der.is_empty() {
@@ -262,11 +265,30 @@ impl TransportOpts {
                                 .map_err(|e| e.to_string())?;
                         }
                     }
-                    builder.with_root_certificates(roots).with_no_client_auth()
+                    self.with_client_cert(builder.with_root_certificates(roots))?
                 };
                 cfg.alpn_protocols = vec![alpn.to_vec()];
                 Ok(Arc::new(cfg))
             }
+        }
+    }
+
+    /// Whether a connection may serve another request: keep-alive on and some idle
+    /// connection may be kept.
+    pub fn reuses_connections(&self) -> bool {
+        self.keepalive && self.idle_total != Some(0) && self.idle_per_host != Some(0)
+    }
+
+    /// Finishes a client config with the `tls_client_auth` certificate, if any.
+    fn with_client_cert(
+        &self,
+        builder: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    ) -> Result<rustls::ClientConfig, String> {
+        match &self.client_cert {
+            Some(c) => builder
+                .with_client_auth_cert(c.chain.clone(), c.key.clone_key())
+                .map_err(|e| format!("tls_client_auth: {e}")),
+            None => Ok(builder.with_no_client_auth()),
         }
     }
 
@@ -340,6 +362,53 @@ impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
     }
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client certificate for TLS upstreams (`tls_client_auth`), in the forms both the
+/// stream front-ends' rustls and Pingora take.
+pub struct ClientCert {
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    /// For Pingora's connector.
+    pingora: Arc<pingora_core::utils::tls::CertKey>,
+}
+
+impl std::fmt::Debug for ClientCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ClientCert({} certificates)", self.chain.len())
+    }
+}
+
+impl ClientCert {
+    /// Reads the PEM certificate chain and private key; both must be there and parse.
+    fn load(cert_file: &str, key_file: &str) -> Result<ClientCert, String> {
+        let read = |f: &str| {
+            std::fs::read(f).map_err(|e| format!("tls_client_auth: cannot read {f}: {e}"))
+        };
+        let cert_pem = read(cert_file)?;
+        let chain: Vec<rustls::pki_types::CertificateDer<'static>> =
+            rustls_pemfile::certs(&mut cert_pem.as_slice())
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("tls_client_auth: {cert_file}: {e}"))?;
+        if chain.is_empty() {
+            return Err(format!(
+                "tls_client_auth: {cert_file} holds no PEM certificate"
+            ));
+        }
+        let key_pem = read(key_file)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+            .map_err(|e| format!("tls_client_auth: {key_file}: {e}"))?
+            .ok_or_else(|| format!("tls_client_auth: {key_file} holds no PEM private key"))?;
+        let pingora = Arc::new(pingora_core::utils::tls::CertKey::new(
+            chain.iter().map(|c| c.to_vec()).collect(),
+            key.secret_der().to_vec(),
+        ));
+        Ok(ClientCert {
+            chain,
+            key,
+            pingora,
+        })
     }
 }
 
@@ -506,6 +575,10 @@ impl ProxyHandler {
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
                 max_conns: (t.max_conns_per_host > 0).then_some(t.max_conns_per_host as usize),
+                client_cert: match &t.tls_client_auth {
+                    Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key)?)),
+                    None => None,
+                },
                 idle_total: t.keepalive_idle_conns.map(|n| n as usize),
                 idle_per_host: t.keepalive_idle_conns_per_host.map(|n| n as usize),
                 proxy_protocol: match t.proxy_protocol.as_deref() {
@@ -648,14 +721,16 @@ impl ProxyHandler {
         o.write_timeout = t.write;
         // Pingora's own pool is shared by the process; a limit of 0 idle connections
         // still means none are kept.
-        let no_idle = t.idle_total == Some(0) || t.idle_per_host == Some(0);
-        o.idle_timeout = if t.keepalive && !no_idle {
+        o.idle_timeout = if t.reuses_connections() {
             t.idle
         } else {
             Some(Duration::ZERO)
         };
         if let Some(ca) = &t.ca {
             o.ca = Some(ca.clone());
+        }
+        if let Some(c) = &t.client_cert {
+            peer.client_cert_key = Some(c.pingora.clone());
         }
         if t.insecure {
             o.verify_cert = false;
