@@ -1030,3 +1030,34 @@ fn active_health_checks_run_in_worker_processes() {
         d.log_text()
     );
 }
+
+/// `keepalive_interval` turns on TCP keep-alive probes on upstream connections: the
+/// kernel shows a keepalive timer on Dwaar's kept connection to the origin (`ss -o`).
+#[test]
+fn keepalive_interval_sets_tcp_keepalive_on_upstream_connections() {
+    let have_ss = std::process::Command::new("ss")
+        .arg("-V")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_ss {
+        return;
+    }
+    let timers = |transport: &str| -> String {
+        let o = origin::http("ka");
+        let (_d, port) = serve(&format!(
+            ":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n{transport}\t\t}}\n\t}}\n}}\n",
+            o.port
+        ));
+        assert_eq!(ok_get(port, "x", "/").status, 200);
+        let out = std::process::Command::new("ss")
+            .args(["-tno", "state", "established"])
+            .arg(format!("( dport = :{} )", o.port))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let with = timers("\t\t\tkeepalive_interval 7s\n");
+    assert!(with.contains("timer:(keepalive"), "{with}");
+    let without = timers("");
+    assert!(!without.contains("timer:(keepalive"), "{without}");
+}

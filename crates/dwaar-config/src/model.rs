@@ -993,6 +993,9 @@ pub struct Transport {
     /// key) Dwaar presents to TLS upstreams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_auth: Option<(String, String)>,
+    /// `keepalive_interval`: TCP keep-alive probes on upstream connections this often.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval_ms: Option<u64>,
     /// `max_conns_per_host`: most requests in flight to one upstream (0: no limit).
     #[serde(default)]
     pub max_conns_per_host: u32,
@@ -1023,6 +1026,7 @@ impl Default for Transport {
             tls_trusted_ca_certs: Vec::new(),
             versions: vec!["1.1".into()],
             tls_client_auth: None,
+            keepalive_interval_ms: None,
             max_conns_per_host: 0,
             resolvers: Vec::new(),
             proxy_protocol: None,

@@ -59,6 +59,8 @@ const TRANSPORT_SUB: &[&str] = &[
     "resolvers",
     "max_conns_per_host",
     "tls_client_auth",
+    "keepalive_interval",
+    "compression",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -947,6 +949,25 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                 } else if diags.arity(l, 0, 2, 2, "tls_client_auth <cert_file> <key_file>") {
                     t.tls = true;
                     t.tls_client_auth = Some((l.args[0].text.clone(), l.args[1].text.clone()));
+                }
+            }
+            // Dwaar passes the client's Accept-Encoding on and never asks upstreams for
+            // compression of its own, which is what `compression off` asks of Caddy.
+            "compression" if one(diags) => {
+                if l.args[0].text != "off" {
+                    diags.push(
+                        l.args[0]
+                            .error("compression takes only 'off' (Dwaar never asks upstreams to compress on its own)"),
+                    );
+                }
+            }
+            "keepalive_interval" if one(diags) => {
+                if let Some(v) = diags.duration(&l.args[0]) {
+                    if v < 1000 {
+                        diags.push(l.args[0].error("keepalive_interval must be at least 1s"));
+                    } else {
+                        t.keepalive_interval_ms = Some(v);
+                    }
                 }
             }
             "max_conns_per_host" if one(diags) => {

@@ -606,10 +606,13 @@ async fn proxy_h2<D: Downstream>(
         "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE"
     );
     let retryable = idempotent && bodyless;
-    let dial = if p.transport.dial.is_zero() {
-        std::time::Duration::from_secs(10)
-    } else {
-        p.transport.dial
+    let dial = h2_pool::Dial {
+        timeout: if p.transport.dial.is_zero() {
+            std::time::Duration::from_secs(10)
+        } else {
+            p.transport.dial
+        },
+        keepalive: p.transport.keepalive_interval,
     };
     let pool = h2_pool::H2ConnPool::global();
     let (up_req, mut resp, mut send, slot) = loop {

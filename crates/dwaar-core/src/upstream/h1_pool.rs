@@ -183,6 +183,7 @@ pub async fn checkout(
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
     let _ = stream.set_nodelay(true);
+    super::tcp_keepalive(&stream, t.keepalive_interval);
     let shareable = send_proxy_header(&mut stream, t, client, addr).await?;
     Ok((
         UpstreamConn {
@@ -312,6 +313,7 @@ pub async fn connect_direct(
             .await
             .map_err(timed)??;
         let _ = tcp.set_nodelay(true);
+        super::tcp_keepalive(&tcp, t.keepalive_interval);
         // The header goes first, before any TLS.
         shareable = send_proxy_header(&mut tcp, t, client, addr).await?;
         if t.tls {

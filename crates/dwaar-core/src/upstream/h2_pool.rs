@@ -94,7 +94,7 @@ impl H2ConnPool {
     async fn connection(
         &self,
         addr: SocketAddr,
-        dial: std::time::Duration,
+        dial: Dial,
         tls: Option<&Tls>,
     ) -> Result<Conn, String> {
         if let Some(c) = self.pick(addr) {
@@ -122,16 +122,17 @@ impl H2ConnPool {
             }
             return Err("every upstream HTTP/2 connection is full".into());
         }
-        let tcp = tokio::time::timeout(dial, tokio::net::TcpStream::connect(addr))
+        let tcp = tokio::time::timeout(dial.timeout, tokio::net::TcpStream::connect(addr))
             .await
             .map_err(|_| "upstream connect timed out".to_string())?
             .map_err(|e| format!("upstream connect: {e}"))?;
         let _ = tcp.set_nodelay(true);
+        super::tcp_keepalive(&tcp, dial.keepalive);
         let alive = Arc::new(AtomicBool::new(true));
         let send = match tls {
             Some((cfg, name)) => {
                 let stream = tokio::time::timeout(
-                    dial,
+                    dial.timeout,
                     tokio_rustls::TlsConnector::from(cfg.clone()).connect(name.clone(), tcp),
                 )
                 .await
@@ -158,7 +159,7 @@ impl H2ConnPool {
     pub async fn start(
         &self,
         addr: SocketAddr,
-        dial: std::time::Duration,
+        dial: Dial,
         tls: Option<&Tls>,
         req: http::Request<()>,
         end: bool,
@@ -249,4 +250,11 @@ pub async fn send_all(
             .map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// How to open a connection: the dial timeout and TCP keep-alive probes.
+#[derive(Debug, Clone, Copy)]
+pub struct Dial {
+    pub timeout: std::time::Duration,
+    pub keepalive: Option<std::time::Duration>,
 }

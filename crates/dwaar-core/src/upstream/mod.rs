@@ -212,6 +212,8 @@ pub struct TransportOpts {
     /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
     /// (and serves that client only).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `keepalive_interval`: TCP keep-alive probes on upstream connections.
+    pub keepalive_interval: Option<Duration>,
     /// `tls_client_auth`: the certificate presented to TLS upstreams.
     pub client_cert: Option<Arc<ClientCert>>,
     /// `max_conns_per_host`: an upstream with this many requests in flight is skipped.
@@ -444,6 +446,14 @@ fn load_trusted_cas(
     Ok((Arc::from(certs.into_boxed_slice()), ders))
 }
 
+/// Turns on TCP keep-alive probes every `every` on an upstream connection.
+pub(crate) fn tcp_keepalive(tcp: &tokio::net::TcpStream, every: Option<Duration>) {
+    if let Some(d) = every {
+        let ka = socket2::TcpKeepalive::new().with_time(d).with_interval(d);
+        let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+    }
+}
+
 /// How a request remembers an upstream it already tried (the state's address: stable
 /// while the request holds it, and independent of the set's order).
 pub fn tried_id(u: &Arc<UpstreamState>) -> usize {
@@ -575,6 +585,7 @@ impl ProxyHandler {
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
                 max_conns: (t.max_conns_per_host > 0).then_some(t.max_conns_per_host as usize),
+                keepalive_interval: t.keepalive_interval_ms.map(ms),
                 client_cert: match &t.tls_client_auth {
                     Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key)?)),
                     None => None,
@@ -731,6 +742,15 @@ impl ProxyHandler {
         }
         if let Some(c) = &t.client_cert {
             peer.client_cert_key = Some(c.pingora.clone());
+        }
+        if let Some(every) = t.keepalive_interval {
+            o.tcp_keepalive = Some(pingora_core::protocols::l4::ext::TcpKeepalive {
+                idle: every,
+                interval: every,
+                count: 9,
+                #[cfg(target_os = "linux")]
+                user_timeout: Duration::ZERO,
+            });
         }
         if t.insecure {
             o.verify_cert = false;
