@@ -41,6 +41,18 @@ fn proxy_site(origin: u16) -> String {
     )
 }
 
+/// HAProxy in the foreground on `config`; the caller kills it (by its child handle).
+fn start_haproxy(config: &std::path::Path) -> std::process::Child {
+    std::process::Command::new("haproxy")
+        .arg("-db")
+        .arg("-f")
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("haproxy: {e}"))
+}
+
 /// PROXY v1 and v2 headers from an allowed balancer set the client address on every
 /// TCP path: placeholders, the `remote_ip` matcher, a rate-limit zone, the access log
 /// and `X-Forwarded-For` upstream. A denied peer's header closes the connection; a
@@ -292,15 +304,7 @@ fn client_ip_headers_and_strict_mode_on_every_path() {
 /// and curl's own `--haproxy-protocol` (v1).
 #[test]
 fn haproxy_in_front_sends_the_client_address() {
-    let have = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        assert!(
-            std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-            "haproxy is required (scripts/bootstrap installs it)"
-        );
+    if !have_tool("haproxy") {
         return;
     }
     let p = Paths::start_with(
@@ -323,14 +327,7 @@ fn haproxy_in_front_sends_the_client_address() {
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let mut haproxy = std::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("haproxy: {e}"));
+    let mut haproxy = start_haproxy(&cfg);
     let up = wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", front_tls)).is_ok()
     });
@@ -396,15 +393,7 @@ fn haproxy_in_front_sends_the_client_address() {
 /// request gets its own connection, so a second client is never announced as the first.
 #[test]
 fn proxy_protocol_to_upstreams_on_every_path() {
-    let have = std::process::Command::new("haproxy")
-        .arg("-v")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have {
-        assert!(
-            std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-            "haproxy is required (scripts/bootstrap installs it)"
-        );
+    if !have_tool("haproxy") {
         return;
     }
     let (v1, v2) = (free_port(), free_port());
@@ -419,14 +408,7 @@ fn proxy_protocol_to_upstreams_on_every_path() {
         ),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let mut haproxy = std::process::Command::new("haproxy")
-        .arg("-db")
-        .arg("-f")
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("haproxy: {e}"));
+    let mut haproxy = start_haproxy(&cfg);
     let up = wait_until(Duration::from_secs(10), || {
         std::net::TcpStream::connect(("127.0.0.1", v2)).is_ok()
     });

@@ -19,15 +19,7 @@ struct Dns {
 
 impl Dns {
     fn start(hosts: &str, srv: &[String], port: Option<u16>) -> Option<Dns> {
-        let have = Command::new("dnsmasq")
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !have {
-            assert!(
-                std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-                "dnsmasq is required (scripts/bootstrap installs dnsmasq-base)"
-            );
+        if !have_tool("dnsmasq") {
             return None;
         }
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

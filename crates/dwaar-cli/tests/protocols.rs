@@ -777,18 +777,7 @@ fn weighted_and_query_policies_on_every_path() {
 /// (`lb_retries`) on every path; a DELETE only where `lb_retry_match` lets it.
 #[test]
 fn requests_failed_after_sending_are_retried_as_matched_on_every_path() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let bad = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut s = s;
-                let _ = s.set_read_timeout(Some(std::time::Duration::from_millis(300)));
-                let _ = s.read(&mut [0u8; 4096]);
-            });
-        }
-    });
+    let bad = origin::dropping();
     let good = origin::http("good");
     let p = Paths::start(
         &bin(),

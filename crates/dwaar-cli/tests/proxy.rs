@@ -931,31 +931,12 @@ fn max_conns_per_host_queues_requests() {
     assert!(free < Duration::from_millis(1100), "in parallel: {free:?}");
 }
 
-/// An upstream that reads each request and closes without answering.
-fn dropping_origin() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::Read;
-                let mut s = s;
-                let mut buf = [0u8; 4096];
-                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
-                let _ = s.read(&mut buf);
-                // Dropped: no response.
-            });
-        }
-    });
-    port
-}
-
 /// After an upstream had the request and failed it, the request goes to another one
 /// only when it is a GET (by default) or matches `lb_retry_match`; a POST body is sent
 /// again whole.
 #[test]
 fn lb_retry_match_decides_which_requests_are_sent_again() {
-    let bad = dropping_origin();
+    let bad = origin::dropping();
     let good = origin::http("good");
     let site = |extra: &str| {
         serve(&format!(
@@ -1035,11 +1016,7 @@ fn active_health_checks_run_in_worker_processes() {
 /// kernel shows a keepalive timer on Dwaar's kept connection to the origin (`ss -o`).
 #[test]
 fn keepalive_interval_sets_tcp_keepalive_on_upstream_connections() {
-    let have_ss = std::process::Command::new("ss")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !have_ss {
+    if !have_tool("ss") {
         return;
     }
     let timers = |transport: &str| -> String {

@@ -10,20 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn require_e2e() -> bool {
-    std::env::var("DWAAR_REQUIRE_E2E").as_deref() == Ok("1")
-}
-
 fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || !require_e2e(),
-        "{name} is required (scripts/bootstrap installs it)"
-    );
-    found
+    have_tool(name)
 }
 
 /// The service manager's side of `$NOTIFY_SOCKET`.

@@ -70,6 +70,24 @@ pub fn http(name: &str) -> Origin {
     start(name, false)
 }
 
+/// An upstream that reads each request and closes the connection without answering
+/// (a backend that crashes on requests); its port.
+pub fn dropping() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("bind: {e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Read;
+                let mut s = s;
+                let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+                let _ = s.read(&mut [0u8; 4096]);
+            });
+        }
+    });
+    port
+}
+
 /// An HTTP/1.1 origin on a chosen address (`127.0.0.2:8080`; port 0 for any), for
 /// tests where upstreams differ by IP (DNS A records).
 pub fn http_on(name: &str, addr: &str) -> Origin {

@@ -414,6 +414,20 @@ pub const PRIVATE_RANGES: &[&str] = &[
 ];
 
 /// Checks an IP address or CIDR range.
+/// Adds the CIDR ranges of `args` to `list` (`private_ranges` expands to the private
+/// networks); a token that is not a range is an error at it.
+pub fn push_cidrs(args: &[crate::lexer::Token], list: &mut Vec<String>, diags: &mut super::Diags) {
+    for a in args {
+        if a.text == "private_ranges" {
+            list.extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
+        } else if let Err(e) = check_cidr(&a.text) {
+            diags.push(a.error(e));
+        } else {
+            list.push(a.text.clone());
+        }
+    }
+}
+
 pub fn check_cidr(s: &str) -> Result<(), String> {
     let (ip, bits) = match s.split_once('/') {
         Some((ip, b)) => (ip, Some(b)),

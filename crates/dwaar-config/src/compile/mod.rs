@@ -27,7 +27,7 @@ use crate::lexer::Token;
 use crate::model::{Config, GlobalOptions, OrderRule, ServerOptions, Site, SiteAddress};
 use crate::parser::{Directive, Document};
 use args::block_lines;
-use matchers::{check_cidr, NamedMatchers, PRIVATE_RANGES};
+use matchers::NamedMatchers;
 use routes::{compile_block, directive_order, RouteCx};
 use std::collections::HashMap;
 
@@ -162,20 +162,12 @@ fn proxy_protocol(d: &Directive, diags: &mut Diags) -> crate::model::ProxyProtoc
             }
             "allow" | "deny" => {
                 if diags.arity(l, 0, 1, usize::MAX, &format!("{} <cidr>...", l.name.text)) {
-                    for a in &l.args {
-                        let list = if l.name.text == "allow" {
-                            &mut p.allow
-                        } else {
-                            &mut p.deny
-                        };
-                        if a.text == "private_ranges" {
-                            list.extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
-                        } else if let Err(e) = check_cidr(&a.text) {
-                            diags.push(a.error(e));
-                        } else {
-                            list.push(a.text.clone());
-                        }
-                    }
+                    let list = if l.name.text == "allow" {
+                        &mut p.allow
+                    } else {
+                        &mut p.deny
+                    };
+                    matchers::push_cidrs(&l.args, list, diags);
                 }
             }
             "fallback_policy" => {
@@ -854,16 +846,7 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
                         continue;
                     }
                 }
-                for a in args {
-                    if a.text == "private_ranges" {
-                        s.trusted_proxies
-                            .extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
-                    } else if let Err(e) = check_cidr(&a.text) {
-                        diags.push(a.error(e));
-                    } else {
-                        s.trusted_proxies.push(a.text.clone());
-                    }
-                }
+                matchers::push_cidrs(&line.args[1..], &mut s.trusted_proxies, diags);
             }
             "max_header_size" => {
                 if diags.arity(line, 0, 1, 1, "max_header_size <size>") {

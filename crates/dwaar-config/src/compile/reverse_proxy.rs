@@ -440,6 +440,19 @@ fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
 
 /// Parses an upstream address: `host:port`, `:port`, `http://host[:port]`, `https://...`,
 /// `h2c://...`, `unix//path`.
+/// DNS servers (`ip` or `ip:port`) of a `resolvers` line.
+fn push_resolvers(args: &[Token], list: &mut Vec<String>, diags: &mut Diags) {
+    for a in args {
+        let ok = a.text.parse::<std::net::IpAddr>().is_ok()
+            || a.text.parse::<std::net::SocketAddr>().is_ok();
+        if ok {
+            list.push(a.text.clone());
+        } else {
+            diags.push(a.error(format!("resolver '{}' is not an IP address", a.text)));
+        }
+    }
+}
+
 /// `dynamic a [<name> <port>] { ... }` or `dynamic srv [<full_name>] { ... }`.
 fn dynamic(line: &Directive, diags: &mut Diags) -> Option<crate::model::DynamicUpstreams> {
     if !diags.arity(line, 0, 1, 3, "dynamic a|srv ...") {
@@ -515,15 +528,7 @@ fn dynamic(line: &Directive, diags: &mut Diags) -> Option<crate::model::DynamicU
                 }
             }
             "resolvers" if diags.arity(l, 0, 1, usize::MAX, "resolvers <ip>...") => {
-                for a in &l.args {
-                    let ok = a.text.parse::<std::net::IpAddr>().is_ok()
-                        || a.text.parse::<std::net::SocketAddr>().is_ok();
-                    if ok {
-                        d.resolvers.push(a.text.clone());
-                    } else {
-                        diags.push(a.error(format!("resolver '{}' is not an IP address", a.text)));
-                    }
-                }
+                push_resolvers(&l.args, &mut d.resolvers, diags);
             }
             "dial_timeout" if one(diags) => d.dial_timeout_ms = diags.duration(&l.args[0]),
             "dial_fallback_delay" if one(diags) => {
@@ -976,15 +981,7 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                 }
             }
             "resolvers" if diags.arity(l, 0, 1, usize::MAX, "resolvers <ip>...") => {
-                for a in &l.args {
-                    let ok = a.text.parse::<std::net::IpAddr>().is_ok()
-                        || a.text.parse::<std::net::SocketAddr>().is_ok();
-                    if ok {
-                        t.resolvers.push(a.text.clone());
-                    } else {
-                        diags.push(a.error(format!("resolver '{}' is not an IP address", a.text)));
-                    }
-                }
+                push_resolvers(&l.args, &mut t.resolvers, diags);
             }
             "proxy_protocol" if diags.arity(l, 0, 1, 1, "proxy_protocol v1|v2") => {
                 match l.args[0].text.as_str() {

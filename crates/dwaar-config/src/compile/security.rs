@@ -1,7 +1,7 @@
 //! Security middleware: `ip_filter`, `rate_limit` and `security_headers`.
 
 use super::args::{block_lines, Diags};
-use super::matchers::{check_cidr, inline_matcher, NamedMatchers, PRIVATE_RANGES};
+use super::matchers::{inline_matcher, NamedMatchers};
 use crate::model::{
     BasicAuth, BasicUser, ForwardAuth, Handler, HeaderOp, HeaderOps, IpFilter, MatcherSet,
     RateLimit, Route,
@@ -43,20 +43,12 @@ pub fn ip_filter(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Opt
                 if !diags.arity(line, 0, 1, usize::MAX, &format!("{name} <cidr>...")) {
                     continue;
                 }
-                for a in &line.args {
-                    let list = if name == "allow" {
-                        &mut f.allow
-                    } else {
-                        &mut f.deny
-                    };
-                    if a.text == "private_ranges" {
-                        list.extend(PRIVATE_RANGES.iter().map(|r| r.to_string()));
-                    } else if let Err(e) = check_cidr(&a.text) {
-                        diags.push(a.error(e));
-                    } else {
-                        list.push(a.text.clone());
-                    }
-                }
+                let list = if name == "allow" {
+                    &mut f.allow
+                } else {
+                    &mut f.deny
+                };
+                super::matchers::push_cidrs(&line.args, list, diags);
             }
             "default" => {
                 if diags.arity(line, 0, 1, 1, "default allow|deny") {
