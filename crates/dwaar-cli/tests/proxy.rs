@@ -1038,3 +1038,24 @@ fn keepalive_interval_sets_tcp_keepalive_on_upstream_connections() {
     let without = timers("");
     assert!(!without.contains("timer:(keepalive"), "{without}");
 }
+
+/// `max_response_header`: an upstream head larger than the limit is a 502; within the
+/// default limit (64 KiB) the same head passes.
+#[test]
+fn max_response_header_bounds_upstream_heads() {
+    let big = format!(
+        "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
+        "b".repeat(20 * 1024)
+    );
+    let origin = raw_origin(Box::leak(big.into_bytes().into_boxed_slice()));
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\thandle /small/* {{\n\t\treverse_proxy 127.0.0.1:{origin} {{\n\t\t\ttransport http {{\n\t\t\t\tmax_response_header 8KiB\n\t\t\t}}\n\t\t}}\n\t}}\n\treverse_proxy 127.0.0.1:{origin}\n}}\n"
+    ));
+    assert_eq!(ok_get(port, "x", "/small/x").status, 502, "over 8 KiB");
+    let r = ok_get(port, "x", "/any");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "ok"),
+        "20 KiB within the default"
+    );
+}

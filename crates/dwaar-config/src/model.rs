@@ -993,6 +993,9 @@ pub struct Transport {
     /// key) Dwaar presents to TLS upstreams.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_client_auth: Option<(String, String)>,
+    /// `max_response_header`: the largest upstream response head accepted (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_response_header: Option<u64>,
     /// `keepalive_interval`: TCP keep-alive probes on upstream connections this often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_interval_ms: Option<u64>,
@@ -1027,6 +1030,7 @@ impl Default for Transport {
             versions: vec!["1.1".into()],
             tls_client_auth: None,
             keepalive_interval_ms: None,
+            max_response_header: None,
             max_conns_per_host: 0,
             resolvers: Vec::new(),
             proxy_protocol: None,

@@ -527,6 +527,26 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut PingoraCtx,
     ) -> Result<()> {
         ctx.attempt.duration = ctx.attempt.sent.map(|t| t.elapsed());
+        // `max_response_header`: Pingora read the head within its own bound; a lower
+        // one set for this proxy is checked here (the same measure as HTTP/2's list size).
+        if let Some(limit) = ctx
+            .proxy
+            .as_ref()
+            .and_then(|p| p.transport.max_response_header)
+        {
+            let size: usize = resp
+                .headers
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 32)
+                .sum();
+            if size > limit {
+                ctx.attempt.error = Some(CompactString::const_new("response head too large"));
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "upstream response head over max_response_header",
+                ));
+            }
+        }
         attempt::passive_check(ctx, resp.status.as_u16());
         // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
         let codings: Vec<&http::HeaderValue> = resp

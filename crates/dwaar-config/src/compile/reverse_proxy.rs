@@ -61,6 +61,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "tls_client_auth",
     "keepalive_interval",
     "compression",
+    "max_response_header",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -964,6 +965,17 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                         l.args[0]
                             .error("compression takes only 'off' (Dwaar never asks upstreams to compress on its own)"),
                     );
+                }
+            }
+            "max_response_header" if one(diags) => {
+                if let Some(v) = diags.size(&l.args[0]) {
+                    if !(1024..=1 << 20).contains(&v) {
+                        diags.push(
+                            l.args[0].error("max_response_header must be between 1KiB and 1MiB"),
+                        );
+                    } else {
+                        t.max_response_header = Some(v);
+                    }
                 }
             }
             "keepalive_interval" if one(diags) => {

@@ -613,6 +613,7 @@ async fn proxy_h2<D: Downstream>(
             p.transport.dial
         },
         keepalive: p.transport.keepalive_interval,
+        max_header: p.transport.response_head_limit() as u32,
     };
     let pool = h2_pool::H2ConnPool::global();
     let (up_req, mut resp, mut send, slot) = loop {

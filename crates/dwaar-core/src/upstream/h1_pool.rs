@@ -256,13 +256,14 @@ pub async fn read_response_head(
     c: &mut UpstreamConn,
     t: &TransportOpts,
 ) -> std::io::Result<Option<usize>> {
+    let limit = t.response_head_limit();
     let read = async {
         loop {
             if !c.buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
                 match httparse::Response::new(&mut headers).parse(&c.buf) {
-                    Ok(httparse::Status::Complete(n)) => return Ok(Some(n)),
-                    Ok(httparse::Status::Partial) if c.buf.len() < crate::http1::MAX_HEAD => {}
+                    Ok(httparse::Status::Complete(n)) if n <= limit => return Ok(Some(n)),
+                    Ok(httparse::Status::Partial) if c.buf.len() < limit => {}
                     _ => return Ok(None),
                 }
             }

@@ -138,9 +138,9 @@ impl H2ConnPool {
                 .await
                 .map_err(|_| "upstream TLS handshake timed out".to_string())?
                 .map_err(|e| format!("upstream TLS: {e}"))?;
-                handshake(stream, alive.clone()).await?
+                handshake(stream, alive.clone(), dial.max_header).await?
             }
-            None => handshake(tcp, alive.clone()).await?,
+            None => handshake(tcp, alive.clone(), dial.max_header).await?,
         };
         let c = Conn {
             send,
@@ -206,12 +206,14 @@ impl H2ConnPool {
 async fn handshake<T>(
     io: T,
     alive: Arc<AtomicBool>,
+    max_header: u32,
 ) -> Result<h2::client::SendRequest<Bytes>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (send, driver) = h2::client::Builder::new()
         .max_concurrent_streams(MAX_STREAMS as u32)
+        .max_header_list_size(max_header)
         .handshake::<_, Bytes>(io)
         .await
         .map_err(|e| format!("upstream HTTP/2 handshake: {e}"))?;
@@ -257,4 +259,6 @@ pub async fn send_all(
 pub struct Dial {
     pub timeout: std::time::Duration,
     pub keepalive: Option<std::time::Duration>,
+    /// The largest response header list accepted (`max_response_header`).
+    pub max_header: u32,
 }

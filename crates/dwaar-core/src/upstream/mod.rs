@@ -212,6 +212,8 @@ pub struct TransportOpts {
     /// `proxy_protocol v1|v2`: every connection starts with a header naming the client
     /// (and serves that client only).
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
+    /// `max_response_header`: the largest response head accepted from an upstream.
+    pub max_response_header: Option<usize>,
     /// `keepalive_interval`: TCP keep-alive probes on upstream connections.
     pub keepalive_interval: Option<Duration>,
     /// `tls_client_auth`: the certificate presented to TLS upstreams.
@@ -273,6 +275,11 @@ impl TransportOpts {
                 Ok(Arc::new(cfg))
             }
         }
+    }
+
+    /// The largest upstream response head accepted (`max_response_header`, else 64 KiB).
+    pub fn response_head_limit(&self) -> usize {
+        self.max_response_header.unwrap_or(crate::http1::MAX_HEAD)
     }
 
     /// Whether a connection may serve another request: keep-alive on and some idle
@@ -586,6 +593,7 @@ impl ProxyHandler {
                 client_tls_h2: Default::default(),
                 max_conns: (t.max_conns_per_host > 0).then_some(t.max_conns_per_host as usize),
                 keepalive_interval: t.keepalive_interval_ms.map(ms),
+                max_response_header: t.max_response_header.map(|v| v as usize),
                 client_cert: match &t.tls_client_auth {
                     Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key)?)),
                     None => None,
