@@ -850,3 +850,26 @@ fn tls_client_auth_to_upstreams_on_every_path() {
         assert_eq!(without.ok(proto, &Req::get("/")).status, 502, "{proto:?}");
     }
 }
+
+/// `reverse_proxy {http.request.header.X-Backend}`: the upstream is filled in per request
+/// (an IP address or a host name, looked up without blocking) on every path; a request
+/// that names none gets 503.
+#[test]
+fn placeholder_upstreams_on_every_path() {
+    let a = origin::http("a");
+    let b = origin::http("b");
+    let p = Paths::start(&bin(), "\treverse_proxy {http.request.header.X-Backend}\n");
+    let to_a = format!("127.0.0.1:{}", a.port);
+    let to_b = format!("localhost:{}", b.port);
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/").header("X-Backend", &to_a));
+        assert_eq!(r.header("x-origin"), Some("a"), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/").header("X-Backend", &to_b));
+        assert_eq!(r.header("x-origin"), Some("b"), "{proto:?}: a host name");
+        assert_eq!(
+            p.ok(proto, &Req::get("/")).status,
+            503,
+            "{proto:?}: none named"
+        );
+    }
+}

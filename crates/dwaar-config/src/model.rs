@@ -844,6 +844,10 @@ pub struct Upstream {
     pub dial: String,
     #[serde(default)]
     pub unix: bool,
+    /// `dial` holds placeholders, filled in for each request
+    /// (`{http.request.header.X-Backend}`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub placeholder: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

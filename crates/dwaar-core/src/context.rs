@@ -76,6 +76,8 @@ pub struct UpstreamAttempt {
     pub duration: Option<std::time::Duration>,
     /// Short upstream error text when proxying failed (access log).
     pub error: Option<CompactString>,
+    /// The upstreams a `reverse_proxy {placeholder}` named for this request.
+    pub rendered: Vec<Arc<UpstreamState>>,
 }
 
 /// The rate-limit zones (by address) a request was counted in: up to

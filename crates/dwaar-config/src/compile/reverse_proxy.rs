@@ -590,8 +590,26 @@ fn upstreams(t: &Token, diags: &mut Diags) -> Vec<Upstream> {
 fn upstream(t: &Token, diags: &mut Diags) -> Option<Vec<Upstream>> {
     let text = t.text.as_str();
     if text.contains('{') {
-        diags.push(t.error("dynamic upstream addresses (placeholders) are not supported yet"));
-        return None;
+        // Filled in per request: `[scheme://]{placeholder}[:port]`.
+        let (scheme, rest) = match text.split_once("://") {
+            Some((s, r)) if !s.contains('{') => (s.to_ascii_lowercase(), r),
+            _ => ("http".to_string(), text),
+        };
+        if !["http", "https"].contains(&scheme.as_str()) {
+            diags.push(
+                t.error(format!(
+                    "unsupported scheme '{scheme}' for a placeholder upstream"
+                ))
+                .with_help("use http:// or https://"),
+            );
+            return None;
+        }
+        return Some(vec![Upstream {
+            scheme,
+            dial: rest.to_string(),
+            unix: false,
+            placeholder: true,
+        }]);
     }
     if let Some(path) = text.strip_prefix("unix/") {
         if path.is_empty() {
@@ -602,6 +620,7 @@ fn upstream(t: &Token, diags: &mut Diags) -> Option<Vec<Upstream>> {
             scheme: "http".into(),
             dial: path.to_string(),
             unix: true,
+            placeholder: false,
         }]);
     }
     let (scheme, rest) = match text.split_once("://") {
@@ -664,6 +683,7 @@ fn upstream(t: &Token, diags: &mut Diags) -> Option<Vec<Upstream>> {
                     format!("{host}:{port}")
                 },
                 unix: false,
+                placeholder: false,
             })
             .collect(),
     )

@@ -68,6 +68,7 @@ pub async fn pick(
         tokio::time::sleep(p.try_interval).await;
     }
     let start = ctx.start.unwrap_or_else(Instant::now);
+    p.render_upstreams(req, ctx).await;
     loop {
         if let Some(up) = p.select(req, ctx) {
             ctx.attempt.tried.push(crate::upstream::tried_id(&up));
@@ -109,7 +110,7 @@ pub fn connect_failed(p: &ProxyHandler, ctx: &mut RequestContext, timed_out: boo
     if !p.may_retry(ctx.attempt.count, start) {
         return false;
     }
-    let n = p.current().len();
+    let n = p.current(ctx).len();
     if ctx.attempt.tried.len() >= n && !p.try_duration.is_zero() {
         // Every upstream failed once; within lb_try_duration they may be tried again.
         ctx.attempt.tried.clear();
@@ -129,7 +130,7 @@ pub fn sent_failed(p: &ProxyHandler, req: &dyn HttpRequest, ctx: &mut RequestCon
     if !p.may_retry(ctx.attempt.count, start) || !p.retry_after_sent(req, ctx) {
         return false;
     }
-    let n = p.current().len();
+    let n = p.current(ctx).len();
     if ctx.attempt.tried.len() >= n && !p.try_duration.is_zero() {
         ctx.attempt.tried.clear();
     }

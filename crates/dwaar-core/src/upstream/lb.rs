@@ -33,7 +33,7 @@ pub(super) fn select(
     req: &dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Option<Arc<UpstreamState>> {
-    let list = h.current();
+    let list = h.current(ctx);
     let avail: Vec<usize> = (0..list.len())
         .filter(|&i| h.available(&list[i], ctx))
         .collect();

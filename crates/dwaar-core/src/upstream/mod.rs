@@ -106,6 +106,15 @@ impl UpstreamState {
         }
     }
 
+    /// A state for an address already looked up (placeholder upstreams).
+    fn resolved(dial: &str, scheme: &str, addr: SocketAddr) -> UpstreamState {
+        let s = UpstreamState::new(&addr.to_string(), false, scheme);
+        UpstreamState {
+            dial: dial.to_string(),
+            ..s
+        }
+    }
+
     /// The address to dial (none for unix sockets, or a name that did not resolve).
     #[inline]
     pub fn addr(&self) -> Option<SocketAddr> {
@@ -471,6 +480,18 @@ pub fn tried_id(u: &Arc<UpstreamState>) -> usize {
 pub enum Current<'a> {
     Static(&'a [Arc<UpstreamState>]),
     Dynamic(arc_swap::Guard<Arc<Vec<Arc<UpstreamState>>>>),
+    Rendered(Vec<Arc<UpstreamState>>),
+}
+
+/// Placeholder addresses remembered per handler before the memory is cleared.
+const MAX_RENDERED: usize = 1024;
+
+/// The address of `dial` (`host:port`): parsed, or looked up on the blocking pool.
+async fn lookup(dial: &str) -> Option<SocketAddr> {
+    if let Ok(a) = dial.parse::<SocketAddr>() {
+        return Some(a);
+    }
+    tokio::net::lookup_host(dial).await.ok()?.next()
 }
 
 impl std::ops::Deref for Current<'_> {
@@ -479,6 +500,7 @@ impl std::ops::Deref for Current<'_> {
         match self {
             Current::Static(s) => s,
             Current::Dynamic(d) => d.as_slice(),
+            Current::Rendered(v) => v.as_slice(),
         }
     }
 }
@@ -490,6 +512,11 @@ pub struct ProxyHandler {
     pub upstreams: Vec<Arc<UpstreamState>>,
     /// `dynamic a|srv`: the set comes from DNS (see [`ProxyHandler::current`]).
     pub dynamic: Option<Arc<dynamic::Dynamic>>,
+    /// Upstream addresses with placeholders, filled in per request (scheme, template).
+    pub templates: Vec<(String, dwaar_config::placeholder::Template)>,
+    /// The states of addresses filled in so far (passive health and in-flight counts
+    /// carry over between requests naming the same address); bounded.
+    rendered_states: Mutex<HashMap<String, Arc<UpstreamState>>>,
     pub policy: LbPolicy,
     pub rr: AtomicUsize,
     pub retries: u32,
@@ -529,7 +556,19 @@ impl ProxyHandler {
         let upstreams: Vec<Arc<UpstreamState>> = rp
             .upstreams
             .iter()
+            .filter(|u| !u.placeholder)
             .map(|u| registry.get(&u.dial, u.unix, &u.scheme))
+            .collect();
+        let templates = rp
+            .upstreams
+            .iter()
+            .filter(|u| u.placeholder)
+            .map(|u| {
+                (
+                    u.scheme.clone(),
+                    dwaar_config::placeholder::Template::parse(&u.dial),
+                )
+            })
             .collect();
         for u in &upstreams {
             if let Some(r) = &resolver {
@@ -553,6 +592,8 @@ impl ProxyHandler {
         let mut handler = ProxyHandler {
             upstreams,
             dynamic,
+            templates,
+            rendered_states: Mutex::new(HashMap::new()),
             policy: rp.load_balancing.policy.clone(),
             rr: AtomicUsize::new(0),
             retries: rp.load_balancing.retries,
@@ -615,6 +656,7 @@ impl ProxyHandler {
     fn lean_eligible(&self) -> bool {
         let t = &self.transport;
         self.fastcgi.is_none()
+            && self.templates.is_empty()
             && !t.tls
             && !t.h2c
             && !t.h2
@@ -639,13 +681,74 @@ impl ProxyHandler {
         }
     }
 
-    /// The upstreams to choose from now: the configured list, or the `dynamic` set's
-    /// current members (one atomic load).
-    pub fn current(&self) -> Current<'_> {
+    /// The upstreams to choose from for this request: the configured list, the
+    /// `dynamic` set's current members (one atomic load), or with placeholder
+    /// addresses the configured ones and those filled in for it.
+    pub fn current(&self, ctx: &RequestContext) -> Current<'_> {
+        if !self.templates.is_empty() {
+            let mut all = self.upstreams.clone();
+            all.extend(ctx.attempt.rendered.iter().cloned());
+            return Current::Rendered(all);
+        }
         match &self.dynamic {
             Some(d) => Current::Dynamic(d.current()),
             None => Current::Static(&self.upstreams),
         }
+    }
+
+    /// Fills in the placeholder addresses for this request (once): each rendered
+    /// `host[:port]` becomes an upstream, its name looked up without blocking. Empty
+    /// or unresolvable results are left out.
+    pub async fn render_upstreams(&self, req: &(dyn HttpRequest + Sync), ctx: &mut RequestContext) {
+        if self.templates.is_empty() || !ctx.attempt.rendered.is_empty() {
+            return;
+        }
+        let mut out = Vec::new();
+        for (scheme, t) in &self.templates {
+            let text = crate::template::render(t, req, ctx).trim().to_string();
+            if text.is_empty() || text.contains(['/', ' ', '{']) {
+                continue;
+            }
+            let default_port = if scheme == "https" { 443 } else { 80 };
+            let dial = if text.rsplit_once(':').is_some_and(|(h, p)| {
+                !h.is_empty() && !h.ends_with(':') && p.parse::<u16>().is_ok()
+            }) || text.starts_with('[') && text.contains("]:")
+            {
+                text
+            } else if text.contains(':') && !text.starts_with('[') {
+                format!("[{text}]:{default_port}")
+            } else {
+                format!("{text}:{default_port}")
+            };
+            let known = self
+                .rendered_states
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&dial).cloned());
+            let state = match known {
+                Some(s) => s,
+                None => {
+                    let Some(addr) = lookup(&dial).await else {
+                        continue;
+                    };
+                    let s = Arc::new(UpstreamState::resolved(&dial, scheme, addr));
+                    if let Ok(mut m) = self.rendered_states.lock() {
+                        if m.len() >= MAX_RENDERED {
+                            m.clear();
+                        }
+                        m.insert(dial, s.clone());
+                    }
+                    s
+                }
+            };
+            if !out
+                .iter()
+                .any(|u: &Arc<UpstreamState>| Arc::ptr_eq(u, &state))
+            {
+                out.push(state);
+            }
+        }
+        ctx.attempt.rendered = out;
     }
 
     fn available(&self, u: &Arc<UpstreamState>, ctx: &RequestContext) -> bool {
@@ -681,7 +784,7 @@ impl ProxyHandler {
         let Some(max) = self.transport.max_conns else {
             return false;
         };
-        self.current().iter().any(|u| {
+        self.current(ctx).iter().any(|u| {
             !ctx.attempt.tried.contains(&tried_id(u))
                 && u.healthy()
                 && u.active.load(Ordering::Relaxed) >= max
