@@ -873,3 +873,48 @@ fn placeholder_upstreams_on_every_path() {
         );
     }
 }
+
+/// `replace_status` with response matchers (`status`, `header`): the first matching rule
+/// sets the status the client sees, the body is the upstream's, on every path.
+#[test]
+fn replace_status_on_every_path() {
+    let o = origin::http("up");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\treverse_proxy 127.0.0.1:{} {{\n\t\t@bad status 5xx\n\t\treplace_status @bad 299\n\t\t@tagged {{\n\t\t\theader X-Origin u*\n\t\t}}\n\t\treplace_status @tagged 203\n\t}}\n",
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/status/503"));
+        assert_eq!(r.status, 299, "{proto:?}: 5xx replaced first");
+        let r = p.ok(proto, &Req::get("/hello"));
+        assert_eq!(r.status, 203, "{proto:?}: header matcher");
+        assert!(
+            r.text().contains("uri: /hello"),
+            "{proto:?}: the upstream's body"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (body, want) in [
+        ("replace_status @nope 200", "does not define"),
+        (
+            "@x status 7xx\n\t\treplace_status @x 200",
+            "invalid status '7xx'",
+        ),
+        (
+            "handle_response {\n\t\t\trespond x\n\t\t}",
+            "not supported yet",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join("Dwaarfile"),
+            format!(":1 {{\n\treverse_proxy 127.0.0.1:2 {{\n\t\t{body}\n\t}}\n}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+        assert_eq!(code, 1, "{body}");
+        assert!(err.contains(want), "{body}: {err}");
+    }
+}

@@ -575,7 +575,7 @@ pub struct FastCgi {
     pub capture_stderr: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FieldMatch {
     pub field: String,
@@ -809,6 +809,35 @@ pub struct ReverseProxy {
     /// `dynamic a|srv`: upstreams looked up in DNS and refreshed while serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<DynamicUpstreams>,
+    /// Named response matchers (`@name status 5xx`, `@name header X-Foo *`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_matchers: Vec<ResponseMatcher>,
+    /// `replace_status [@matcher] <code>`, first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace_status: Vec<ReplaceStatus>,
+}
+
+/// A response matcher of `reverse_proxy`: every condition must hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseMatcher {
+    pub name: String,
+    /// Codes (`404`) or classes (`5xx`); any of them.
+    #[serde(default)]
+    pub status: Vec<String>,
+    /// Fields that must be present (no values) or have one of the values (`*` at either
+    /// end is a wildcard).
+    #[serde(default)]
+    pub headers: Vec<FieldMatch>,
+}
+
+/// `replace_status`: the status the client sees for matching upstream responses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceStatus {
+    /// A response matcher's name; `None`: every response.
+    pub matcher: Option<String>,
+    pub status: u16,
 }
 
 /// `dynamic a <name> <port>` or `dynamic srv <name>`: the upstream set comes from DNS.

@@ -548,6 +548,23 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         attempt::passive_check(ctx, resp.status.as_u16());
+        if let Some(p) = ctx.proxy.clone() {
+            let upstream = resp.status.as_u16();
+            let shown = p.shown_status(upstream, &|| {
+                resp.headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().to_string(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect()
+            });
+            if shown != upstream {
+                resp.set_status(shown)?;
+            }
+        }
         // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
         let codings: Vec<&http::HeaderValue> = resp
             .headers

@@ -40,6 +40,7 @@ const SUBDIRECTIVES: &[&str] = &[
     "flush_interval",
     "transport",
     "dynamic",
+    "replace_status",
 ];
 
 const TRANSPORT_SUB: &[&str] = &[
@@ -75,6 +76,8 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         flush_interval_ms: None,
         transport: Transport::default(),
         dynamic: None,
+        response_matchers: Vec::new(),
+        replace_status: Vec::new(),
     };
     for t in &d.args[skip..] {
         for u in upstreams(t, diags) {
@@ -317,6 +320,53 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
             }
             "transport" => transport(line, &mut rp.transport, diags),
+            name if name.starts_with('@') => {
+                if let Some(m) = response_matcher(line, diags) {
+                    if rp.response_matchers.iter().any(|x| x.name == m.name) {
+                        diags.push(
+                            line.name
+                                .error(format!("response matcher '{name}' is defined twice")),
+                        );
+                    } else {
+                        rp.response_matchers.push(m);
+                    }
+                }
+            }
+            "replace_status" => {
+                if diags.arity(line, 0, 1, 2, "replace_status [@matcher] <code>") {
+                    let (matcher, code) = match line.args.as_slice() {
+                        [code] => (None, code),
+                        [m, code] => (Some(m), code),
+                        _ => continue,
+                    };
+                    let name = match matcher {
+                        Some(m) if m.text.starts_with('@') => Some(m.text[1..].to_string()),
+                        Some(m) => {
+                            diags.push(
+                                m.error("replace_status takes a response matcher (@name)")
+                                    .with_help("@error status 5xx\nreplace_status @error 503"),
+                            );
+                            continue;
+                        }
+                        None => None,
+                    };
+                    match code.text.parse::<u16>() {
+                        Ok(c) if (100..=999).contains(&c) => {
+                            rp.replace_status.push(crate::model::ReplaceStatus {
+                                matcher: name,
+                                status: c,
+                            })
+                        }
+                        _ => {
+                            diags.push(code.error(format!("'{}' is not a status code", code.text)))
+                        }
+                    }
+                }
+            }
+            "handle_response" | "copy_response" | "copy_response_headers" => diags.push(
+                line.name
+                    .error(format!("'{}' is not supported yet", line.name.text)),
+            ),
             "dynamic" => {
                 if rp.dynamic.is_some() {
                     diags.push(line.name.error("reverse_proxy has one 'dynamic' source"));
@@ -356,6 +406,15 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         || block_lines(&d.block)
             .iter()
             .any(|l| l.name.text == "to" && !l.args.is_empty());
+    for r in &rp.replace_status {
+        if let Some(m) = &r.matcher {
+            if !rp.response_matchers.iter().any(|x| &x.name == m) {
+                diags.push(d.name.error(format!(
+                    "replace_status names response matcher '@{m}', which this reverse_proxy does not define"
+                )));
+            }
+        }
+    }
     if let Some(dy) = &rp.dynamic {
         if named_any || !rp.upstreams.is_empty() {
             diags.push(
@@ -441,6 +500,59 @@ fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
 
 /// Parses an upstream address: `host:port`, `:port`, `http://host[:port]`, `https://...`,
 /// `h2c://...`, `unix//path`.
+/// `@name status <codes>` / `@name header <field> [<value>]`, or a block of such lines:
+/// a response matcher inside `reverse_proxy`.
+fn response_matcher(line: &Directive, diags: &mut Diags) -> Option<crate::model::ResponseMatcher> {
+    let name = line.name.text.trim_start_matches('@').to_string();
+    let mut m = crate::model::ResponseMatcher {
+        name,
+        status: Vec::new(),
+        headers: Vec::new(),
+    };
+    let mut conditions: Vec<(Token, Vec<Token>)> = Vec::new();
+    if let Some((first, rest)) = line.args.split_first() {
+        conditions.push((first.clone(), rest.to_vec()));
+    }
+    for l in block_lines(&line.block) {
+        conditions.push((l.name.clone(), l.args.clone()));
+    }
+    if conditions.is_empty() {
+        diags.push(line.name.error(format!(
+            "response matcher '{}' has no conditions",
+            line.name.text
+        )));
+        return None;
+    }
+    for (kind, args) in conditions {
+        match kind.text.as_str() {
+            "status" => {
+                if args.is_empty() {
+                    diags.push(kind.error("status needs at least one code"));
+                }
+                for a in args {
+                    if status_pattern_ok(&a.text) {
+                        m.status.push(a.text.clone());
+                    } else {
+                        diags.push(a.error(format!(
+                            "invalid status '{}': expected a code like 404 or a class like 5xx",
+                            a.text
+                        )));
+                    }
+                }
+            }
+            "header" => match args.split_first() {
+                Some((field, values)) => m.headers.push(FieldMatch {
+                    field: field.text.clone(),
+                    values: values.iter().map(|v| v.text.clone()).collect(),
+                }),
+                None => diags.push(kind.error("header needs a field name")),
+            },
+            _ => diags.unknown_sub("response matcher", &kind, &["status", "header"]),
+        }
+    }
+    Some(m)
+}
+
 /// DNS servers (`ip` or `ip:port`) of a `resolvers` line.
 fn push_resolvers(args: &[Token], list: &mut Vec<String>, diags: &mut Diags) {
     for a in args {

@@ -1042,6 +1042,18 @@ fn response_head(
         return None;
     }
     let close = client_close || matches!(framing, Framing::UntilClose);
+    // `replace_status`: what the client is told (the body's framing stays the upstream's).
+    let status = p.shown_status(status, &|| {
+        resp.headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_string(),
+                    String::from_utf8_lossy(h.value).into_owned(),
+                )
+            })
+            .collect()
+    });
 
     // The response head for the client, with the same edits as the Pingora path.
     let mut out = Vec::with_capacity(rhead.len() + 128);

@@ -169,7 +169,8 @@ pub fn passive_check(ctx: &mut RequestContext, code: u16) {
 }
 
 /// `502`, `5xx`: whether a status matches a passive-health pattern.
-fn status_matches(pattern: &str, code: u16) -> bool {
+/// Whether `code` is `pattern` (`404`) or in its class (`4xx`).
+pub fn status_matches(pattern: &str, code: u16) -> bool {
     if let Some(class) = pattern.strip_suffix("xx") {
         class
             .parse::<u16>()

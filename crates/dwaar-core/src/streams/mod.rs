@@ -243,6 +243,13 @@ async fn send_proxied_head<D: Downstream>(
     mut fields: Vec<(CompactString, String)>,
     head_only: bool,
 ) -> Head {
+    // `replace_status`, judged on the upstream's own answer.
+    let status = p.shown_status(status, &|| {
+        fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    });
     crate::pipeline::apply_header_down(p, req, ctx, &mut fields);
     if ctx.cache.is_some() {
         let stored = if status >= 500 && crate::cache::stale_usable_for_error(ctx) {
