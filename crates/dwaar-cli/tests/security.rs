@@ -379,3 +379,34 @@ fn path_tricks_do_not_bypass_protected_routes() {
     }
     assert_eq!(origin.hits(), 0);
 }
+
+/// An unknown user name costs as much bcrypt work as a known one with a wrong password
+/// (the dummy hash takes the accounts' cost), so timing does not tell which names
+/// exist. Each request uses a new password (verdicts are cached).
+#[test]
+fn unknown_users_cost_as_much_as_known_ones() {
+    let out = std::process::Command::new(bin())
+        .args(["hash-password", "--cost", "13", "--plaintext", "right"])
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let h = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\tbasic_auth {{\n\t\talice {h}\n\t}}\n\trespond ok\n}}\n"
+    ));
+    let time = |user: &str, n: usize| {
+        let started = std::time::Instant::now();
+        for i in 0..n {
+            let auth = basic(user, &format!("wrong-{i}"));
+            let r = request(port, "GET", "x", "/", &[("Authorization", &auth)], b"")
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.status, 401);
+        }
+        started.elapsed()
+    };
+    let known = time("alice", 3);
+    let unknown = time("mallory", 3);
+    assert!(
+        unknown * 2 > known,
+        "unknown users answered much faster: {unknown:?} vs {known:?}"
+    );
+}

@@ -7,8 +7,9 @@
 //! runs [`verify`] on Tokio's blocking pool, records the verdict and runs the pipeline
 //! again. The cache key is a SHA-256 of the realm, user, password and stored hash, so
 //! a changed password or hash never matches an old verdict, and passwords are not kept.
-//! Unknown users are checked against a dummy hash of the same cost, so they take as
-//! long as known ones.
+//! Unknown users are checked against a dummy hash of the same cost as the accounts'
+//! (the highest among them), so they take as long as known ones and a timing does not
+//! tell which user names exist.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -16,18 +17,42 @@ use std::sync::Mutex;
 /// Verdicts kept at most (then the cache starts over).
 const CACHE_MAX: usize = 4096;
 
-/// A bcrypt hash (cost 10) of a random string no client can know: what unknown users'
-/// passwords are checked against. Made once, on the blocking pool.
-pub fn dummy_hash() -> &'static str {
-    static H: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    H.get_or_init(|| {
-        let secret = format!("{:032x}", rand::random::<u128>());
-        bcrypt::hash(secret, 10).unwrap_or_default()
-    })
+/// The marker that stands for an unknown user's hash: checked against a dummy hash of
+/// this cost.
+const UNKNOWN_PREFIX: &str = "unknown-user:";
+
+/// The hash an unknown user is checked against for accounts with these hashes: a marker
+/// naming their highest bcrypt cost (10 when none can be read).
+pub fn unknown_user<'a>(hashes: impl Iterator<Item = &'a str>) -> String {
+    let cost = hashes.filter_map(bcrypt_cost).max().unwrap_or(10);
+    format!("{UNKNOWN_PREFIX}{cost}")
 }
 
-/// The stored hash for `user`, or the dummy one (checked the same way).
-pub const UNKNOWN_USER: &str = "";
+/// The cost of a `$2b$14$...` hash.
+fn bcrypt_cost(hash: &str) -> Option<u32> {
+    let mut parts = hash.split('$');
+    let (_, _, cost) = (parts.next()?, parts.next()?, parts.next()?);
+    cost.parse().ok().filter(|c| (4..=31).contains(c))
+}
+
+/// A bcrypt hash of `cost` over a random string no client can know, made once per cost
+/// (on the blocking pool, where checks run).
+fn dummy_hash(cost: u32) -> String {
+    static HASHES: Mutex<Option<HashMap<u32, String>>> = Mutex::new(None);
+    if let Some(h) = HASHES
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(&cost).cloned()))
+    {
+        return h;
+    }
+    let secret = format!("{:032x}", rand::random::<u128>());
+    let h = bcrypt::hash(secret, cost).unwrap_or_default();
+    if let Ok(mut m) = HASHES.lock() {
+        m.get_or_insert_with(HashMap::new).insert(cost, h.clone());
+    }
+    h
+}
 
 static VERDICTS: Mutex<Option<HashMap<[u8; 32], bool>>> = Mutex::new(None);
 
@@ -74,9 +99,10 @@ pub async fn verify(check: PasswordCheck) -> bool {
         hash,
     } = check;
     let ok = tokio::task::spawn_blocking(move || {
-        if hash == UNKNOWN_USER {
+        if let Some(cost) = hash.strip_prefix(UNKNOWN_PREFIX) {
             // Same work as a real check, and never a match.
-            let _ = bcrypt::verify(&password, dummy_hash());
+            let cost = cost.parse().unwrap_or(10);
+            let _ = bcrypt::verify(&password, &dummy_hash(cost));
             return false;
         }
         bcrypt::verify(password, &hash).unwrap_or(false)
@@ -115,8 +141,16 @@ mod tests {
     }
 
     #[test]
-    fn the_dummy_hash_is_a_real_bcrypt_hash() {
-        assert!(bcrypt::verify("anything", dummy_hash()).is_ok_and(|ok| !ok));
+    fn the_dummy_hash_is_a_real_bcrypt_hash_of_the_accounts_cost() {
+        assert!(bcrypt::verify("anything", &dummy_hash(4)).is_ok_and(|ok| !ok));
+        assert_eq!(bcrypt_cost(&dummy_hash(5)), Some(5));
+        let a = bcrypt::hash("x", 6).unwrap_or_default();
+        let b = bcrypt::hash("y", 5).unwrap_or_default();
+        assert_eq!(
+            unknown_user([a.as_str(), b.as_str()].into_iter()),
+            "unknown-user:6"
+        );
+        assert_eq!(unknown_user(["not a hash"].into_iter()), "unknown-user:10");
     }
 }
 

@@ -808,10 +808,7 @@ fn run_handler<'t>(
                 .header("authorization")
                 .and_then(crate::auth::parse_basic);
             let verdict = creds.as_ref().map(|(user, password)| {
-                let hash = a
-                    .users
-                    .get(user)
-                    .map_or(crate::auth::UNKNOWN_USER, |h| h.as_str());
+                let hash = a.users.get(user).map_or(a.unknown.as_str(), |h| h.as_str());
                 let key = crate::auth::key(&a.realm, user, password, hash);
                 (crate::auth::cached(&key), key, password, hash, user)
             });

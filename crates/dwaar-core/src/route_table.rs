@@ -121,6 +121,9 @@ pub struct BasicAuthRule {
     /// `WWW-Authenticate` value.
     pub challenge: String,
     pub users: HashMap<String, String>,
+    /// What an unknown user's password is checked against: a dummy hash of the
+    /// accounts' highest bcrypt cost ([`crate::auth::unknown_user`]).
+    pub unknown: String,
 }
 
 /// A compiled `ip_filter`.
@@ -1031,6 +1034,7 @@ fn compile_handler(
                     .iter()
                     .map(|u| (u.name.clone(), u.hash.clone()))
                     .collect(),
+                unknown: crate::auth::unknown_user(b.users.iter().map(|u| u.hash.as_str())),
             }))
         }
         Handler::IpFilter(f) => {

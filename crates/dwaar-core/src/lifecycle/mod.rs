@@ -366,7 +366,7 @@ mod tests {
         let check = crate::auth::Check::Password(crate::auth::PasswordCheck {
             key: [0; 32],
             password: "pw".into(),
-            hash: crate::auth::UNKNOWN_USER.into(),
+            hash: crate::auth::unknown_user(std::iter::empty()),
         });
         let mut req = pingora_http::RequestHeader::build("GET", b"/", None).expect("request");
         let mut ctx = RequestContext::default();
