@@ -238,3 +238,33 @@ fn port_ranges_and_dynamic_config_errors() {
         );
     }
 }
+
+/// Active health checks probe every member of a `dynamic a` set: a member whose
+/// `/health` fails gets no traffic while the other serves.
+#[test]
+fn active_health_checks_cover_dynamic_members() {
+    let shared_port = free_port();
+    let two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
+    let _three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
+    let Some(dns) = Dns::start("127.0.0.2 svc.test\n127.0.0.3 svc.test\n", &[], None) else {
+        return;
+    };
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy {{\n\t\tdynamic a svc.test {shared_port} {{\n\t\t\tresolvers 127.0.0.1:{}\n\t\t\trefresh 300ms\n\t\t}}\n\t\tlb_policy round_robin\n\t\thealth_uri /health\n\t\thealth_interval 100ms\n\t}}\n}}\n",
+        dns.port
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            let seen: std::collections::HashSet<String> =
+                (0..6).map(|_| origin_of(port, "/")).collect();
+            seen.contains("two") && seen.contains("three")
+        }),
+        "both members serve"
+    );
+    two.set_healthy(false);
+    assert!(
+        wait_until(Duration::from_secs(5), || (0..6)
+            .all(|_| origin_of(port, "/") == "three")),
+        "the failing member is out"
+    );
+}

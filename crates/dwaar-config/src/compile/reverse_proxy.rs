@@ -431,13 +431,6 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 dy.kind
             )));
         }
-        if rp.health.active.is_some() {
-            diags.push(
-                d.name
-                    .error("active health checks are not supported with 'dynamic' upstreams")
-                    .with_help("passive health checks (fail_duration, max_fails) work with them"),
-            );
-        }
     } else if rp.upstreams.is_empty() && !named_any {
         diags.push(
             d.name

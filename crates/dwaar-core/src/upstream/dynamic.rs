@@ -32,6 +32,15 @@ pub struct Dynamic {
     known: Mutex<HashMap<SocketAddr, Arc<UpstreamState>>>,
     next_due_ms: AtomicU64,
     in_flight: AtomicBool,
+    /// Active health checks of the set's members (`health_uri` etc.), one target per
+    /// address, kept while the address stays.
+    health: Mutex<Option<Health>>,
+}
+
+struct Health {
+    cfg: dwaar_config::model::ActiveHealth,
+    transport: super::TransportOpts,
+    targets: HashMap<SocketAddr, super::HealthTarget>,
 }
 
 impl std::fmt::Debug for Dynamic {
@@ -52,6 +61,7 @@ impl Dynamic {
             known: Mutex::new(HashMap::new()),
             next_due_ms: AtomicU64::new(0),
             in_flight: AtomicBool::new(false),
+            health: Mutex::new(None),
         });
         let first = d.clone();
         let _ = std::thread::spawn(move || {
@@ -69,6 +79,51 @@ impl Dynamic {
     /// The upstreams now.
     pub fn current(&self) -> arc_swap::Guard<Arc<Vec<Arc<UpstreamState>>>> {
         self.current.load()
+    }
+
+    /// Probes every member with these active health checks.
+    pub fn set_health(
+        &self,
+        cfg: dwaar_config::model::ActiveHealth,
+        transport: super::TransportOpts,
+    ) {
+        if let Ok(mut h) = self.health.lock() {
+            *h = Some(Health {
+                cfg,
+                transport,
+                targets: HashMap::new(),
+            });
+        }
+        let members = self.current.load_full();
+        self.sync_targets(&members);
+    }
+
+    /// The health targets of the current members (for the health-check service).
+    pub fn health_targets(&self) -> Vec<super::HealthTarget> {
+        self.health
+            .lock()
+            .ok()
+            .and_then(|h| h.as_ref().map(|h| h.targets.values().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    /// One target per member: new members get one, departed ones lose theirs.
+    fn sync_targets(&self, members: &[Arc<UpstreamState>]) {
+        let Ok(mut guard) = self.health.lock() else {
+            return;
+        };
+        let Some(h) = guard.as_mut() else {
+            return;
+        };
+        let mut keep = HashMap::new();
+        for u in members {
+            let Some(addr) = u.addr() else { continue };
+            let t = h.targets.remove(&addr).unwrap_or_else(|| {
+                super::HealthTarget::new(u.clone(), h.cfg.clone(), h.transport.clone())
+            });
+            keep.insert(addr, t);
+        }
+        h.targets = keep;
     }
 
     /// Starts a refresh when one is due and none is running.
@@ -177,6 +232,7 @@ impl Dynamic {
                     .join(", ")
             );
         }
+        self.sync_targets(&set);
         self.current.store(Arc::new(set));
     }
 }

@@ -83,8 +83,10 @@ impl HealthChecker {
             }
             let table = self.store.load();
             let now = now_ms();
+            let mut dynamic_targets = Vec::new();
             for d in &table.dynamic {
                 d.refresh_if_due(now);
+                dynamic_targets.extend(d.health_targets());
             }
             if let Some(resolver) = &resolver {
                 let due: Vec<Arc<UpstreamState>> = table
@@ -109,7 +111,7 @@ impl HealthChecker {
                     });
                 }
             }
-            for t in &table.health_targets {
+            for t in table.health_targets.iter().chain(&dynamic_targets) {
                 let s = &t.schedule;
                 if now < s.next_due_ms.load(Ordering::Relaxed)
                     || s.in_flight.swap(true, Ordering::AcqRel)

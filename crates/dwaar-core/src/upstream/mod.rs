@@ -712,6 +712,9 @@ impl ProxyHandler {
             lean: false,
         };
         handler.lean = handler.lean_eligible();
+        if let (Some(d), Some(a)) = (&handler.dynamic, &handler.active) {
+            d.set_health(a.clone(), handler.transport.clone());
+        }
         Ok(handler)
     }
 
