@@ -268,3 +268,30 @@ fn active_health_checks_cover_dynamic_members() {
         "the failing member is out"
     );
 }
+
+/// A host-name upstream follows its record after the record's TTL (1 s from dnsmasq),
+/// bounded below by `dns_min_ttl` (default 5 s): with `dns_min_ttl 1s` a change shows
+/// within a few seconds.
+#[test]
+fn host_names_follow_their_ttl_with_a_configurable_minimum() {
+    let shared_port = free_port();
+    let _two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
+    let _three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
+    let Some(dns) = Dns::start("127.0.0.2 app.svc.test\n", &[], None) else {
+        return;
+    };
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy app.svc.test:{shared_port} {{\n\t\ttransport http {{\n\t\t\tresolvers 127.0.0.1:{}\n\t\t\tdns_min_ttl 1s\n\t\t}}\n\t}}\n}}\n",
+        dns.port
+    ));
+    assert!(
+        wait_until(Duration::from_secs(5), || origin_of(port, "/") == "two"),
+        "first address"
+    );
+    dns.set_hosts("127.0.0.3 app.svc.test\n");
+    assert!(
+        wait_until(Duration::from_millis(3500), || origin_of(port, "/")
+            == "three"),
+        "the new address after about a second"
+    );
+}

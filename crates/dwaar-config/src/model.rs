@@ -1035,6 +1035,10 @@ pub struct Transport {
     /// `max_conns_per_host`: most requests in flight to one upstream (0: no limit).
     #[serde(default)]
     pub max_conns_per_host: u32,
+    /// `dns_min_ttl`: host-name upstreams are looked up again after their record's TTL,
+    /// but not sooner than this (default 5 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_min_ttl_ms: Option<u64>,
     /// `resolvers <ip>...`: DNS servers for upstream host names (default: the system's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resolvers: Vec<String>,
@@ -1065,6 +1069,7 @@ impl Default for Transport {
             keepalive_interval_ms: None,
             max_response_header: None,
             max_conns_per_host: 0,
+            dns_min_ttl_ms: None,
             resolvers: Vec::new(),
             proxy_protocol: None,
             fastcgi: None,

@@ -63,6 +63,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "keepalive_interval",
     "compression",
     "max_response_header",
+    "dns_min_ttl",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -1100,6 +1101,15 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                         );
                     } else {
                         t.max_response_header = Some(v);
+                    }
+                }
+            }
+            "dns_min_ttl" if one(diags) => {
+                if let Some(v) = diags.duration(&l.args[0]) {
+                    if v < 1000 {
+                        diags.push(l.args[0].error("dns_min_ttl must be at least 1s"));
+                    } else {
+                        t.dns_min_ttl_ms = Some(v);
                     }
                 }
             }

@@ -19,7 +19,8 @@ use std::time::Duration;
 
 /// Retry a failed lookup after this long (or the refresh interval, if shorter).
 const RETRY_FAILED: Duration = Duration::from_secs(5);
-/// Host-name upstreams are looked up again after their TTL, but not more often.
+/// Host-name upstreams are looked up again after their TTL, but not more often than
+/// this unless `dns_min_ttl` says otherwise.
 pub const MIN_TTL: Duration = Duration::from_secs(5);
 
 /// A `dynamic` upstream set.
@@ -279,7 +280,10 @@ pub async fn refresh_named(u: &UpstreamState, resolver: &Resolver) {
         u.set_addr(Some(a));
     }
     u.next_lookup_ms.store(
-        super::now_ms() + ttl.max(MIN_TTL).as_millis() as u64,
+        super::now_ms()
+            + ttl
+                .max(Duration::from_millis(u.min_ttl_ms.load(Ordering::Relaxed)))
+                .as_millis() as u64,
         Ordering::Relaxed,
     );
 }

@@ -47,6 +47,8 @@ pub struct UpstreamState {
     pub next_lookup_ms: AtomicU64,
     /// DNS servers for the host name (`transport http { resolvers }`); else the system's.
     pub resolver: Mutex<Option<Arc<dns::Resolver>>>,
+    /// The shortest time between two lookups of the host name (`dns_min_ttl`, ms).
+    pub min_ttl_ms: AtomicU64,
     pub unix: bool,
     pub scheme: String,
     /// Requests currently in flight to this upstream.
@@ -93,6 +95,7 @@ impl UpstreamState {
                 0
             }),
             resolver: Mutex::new(None),
+            min_ttl_ms: AtomicU64::new(dynamic::MIN_TTL.as_millis() as u64),
             unix,
             scheme: scheme.to_string(),
             active: AtomicUsize::new(0),
@@ -619,6 +622,9 @@ impl ProxyHandler {
             })
             .collect();
         for u in &upstreams {
+            if let Some(ms) = t.dns_min_ttl_ms {
+                u.min_ttl_ms.store(ms, Ordering::Relaxed);
+            }
             if let Some(r) = &resolver {
                 if dynamic::host_name(&u.dial).is_some() {
                     if let Ok(mut slot) = u.resolver.lock() {
