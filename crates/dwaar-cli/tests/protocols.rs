@@ -903,9 +903,10 @@ fn replace_status_on_every_path() {
             "@x status 7xx\n\t\treplace_status @x 200",
             "invalid status '7xx'",
         ),
+        ("copy_response", "not supported yet"),
         (
-            "handle_response {\n\t\t\trespond x\n\t\t}",
-            "not supported yet",
+            "handle_response @nope {\n\t\t\trespond x\n\t\t}",
+            "does not define",
         ),
     ] {
         std::fs::write(
@@ -916,5 +917,60 @@ fn replace_status_on_every_path() {
         let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
         assert_eq!(code, 1, "{body}");
         assert!(err.contains(want), "{body}: {err}");
+    }
+}
+
+/// `handle_response`: an upstream's `X-Accel-Redirect` is served by `file_server` from
+/// the proxy's own files (the upstream body is dropped), and an upstream 5xx is replaced
+/// by a page that names `{rp.status_code}`, on every path.
+#[test]
+fn handle_response_serves_files_and_replaces_errors_on_every_path() {
+    // An upstream that always answers with an X-Accel-Redirect to /secret.txt.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let accel = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = s;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let r = b"HTTP/1.1 200 OK\r\nX-Accel-Redirect: /secret.txt\r\nContent-Length: 15\r\n\r\nupstream's body";
+                    if s.write_all(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let echo = origin::http("echo");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /accel/* {{\n\t\treverse_proxy 127.0.0.1:{accel} {{\n\t\t\t@accel header X-Accel-Redirect *\n\t\t\thandle_response @accel {{\n\t\t\t\troot * SCRATCH\n\t\t\t\trewrite * {{rp.header.X-Accel-Redirect}}\n\t\t\t\tfile_server\n\t\t\t}}\n\t\t}}\n\t}}\n\
+             \thandle_path /err/* {{\n\t\treverse_proxy 127.0.0.1:{} {{\n\t\t\t@bad status 5xx\n\t\t\thandle_response @bad {{\n\t\t\t\trespond \"custom page for {{rp.status_code}}\" 503\n\t\t\t}}\n\t\t}}\n\t}}\n",
+            echo.port
+        ),
+    );
+    std::fs::write(p.scratch().join("secret.txt"), "top secret").unwrap_or_else(|e| panic!("{e}"));
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/accel/download"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "top secret"),
+            "{proto:?}"
+        );
+        let r = p.ok(proto, &Req::get("/err/status/502"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (503, "custom page for 502"),
+            "{proto:?}"
+        );
+        // Not matched: relayed as it is.
+        let r = p.ok(proto, &Req::get("/err/status/404"));
+        assert_eq!(r.status, 404, "{proto:?}");
     }
 }

@@ -815,6 +815,19 @@ pub struct ReverseProxy {
     /// `replace_status [@matcher] <code>`, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replace_status: Vec<ReplaceStatus>,
+    /// `handle_response [@matcher] { ... }`: routes run instead of relaying a matching
+    /// upstream response; first match wins.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handle_response: Vec<HandleResponse>,
+}
+
+/// One `handle_response` block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandleResponse {
+    /// A response matcher's name; `None`: every response.
+    pub matcher: Option<String>,
+    pub routes: Vec<Route>,
 }
 
 /// A response matcher of `reverse_proxy`: every condition must hold.

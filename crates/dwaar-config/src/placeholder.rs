@@ -43,6 +43,10 @@ pub enum Placeholder {
         index: usize,
     },
     UpstreamHostport,
+    /// The upstream's status, in `handle_response` (`{rp.status_code}`).
+    UpstreamStatus,
+    /// A header of the upstream's response, in `handle_response`; lowercase name.
+    UpstreamHeader(String),
     ErrorStatusCode,
     ErrorStatusText,
     ErrorMessage,
@@ -192,6 +196,7 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "remote_port" | "http.request.remote.port" => Some(P::RemotePort),
         "client_ip" | "http.vars.client_ip" => Some(P::ClientIp),
         "upstream_hostport" | "http.reverse_proxy.upstream.hostport" => Some(P::UpstreamHostport),
+        "rp.status_code" | "http.reverse_proxy.status_code" => Some(P::UpstreamStatus),
         "err.status_code" | "http.error.status_code" => Some(P::ErrorStatusCode),
         "err.status_text" | "http.error.status_text" => Some(P::ErrorStatusText),
         "err.message" | "http.error.message" => Some(P::ErrorMessage),
@@ -210,6 +215,9 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
     };
     if let Some(name) = prefixed(&["http.request.header.", "header."]) {
         return Some(P::Header(name.to_ascii_lowercase()));
+    }
+    if let Some(name) = prefixed(&["http.reverse_proxy.header.", "rp.header."]) {
+        return Some(P::UpstreamHeader(name.to_ascii_lowercase()));
     }
     if let Some(name) = prefixed(&["http.request.cookie.", "cookie."]) {
         return Some(P::Cookie(name.to_string()));

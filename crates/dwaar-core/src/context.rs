@@ -108,6 +108,8 @@ impl ChargedZones {
 /// cookie, `encode`'s negotiation, analytics' page view, and the body's rewrite.
 #[derive(Default)]
 pub struct ResponseShaping {
+    /// In `handle_response`: the upstream's status and header fields (`{rp.*}`).
+    pub upstream_answer: Option<(u16, Vec<(String, String)>)>,
     /// Header edits applied before the response's own headers are merged.
     pub immediate: Vec<HeaderEdit>,
     /// Header edits applied to the final response.

@@ -499,6 +499,30 @@ pub fn error_outcome(
     }
 }
 
+/// Runs a `handle_response` block for an upstream answer of `status` (whose body is
+/// dropped): the reply its routes make; `None` when they abort. Routes that answer
+/// nothing give an empty response with the upstream's status; an `error` in them is
+/// answered like Dwaar's own errors (`handle_errors`).
+pub fn response_reply(
+    routes: &[RouteRule],
+    status: u16,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Option<Reply> {
+    ctx.groups_done = 0;
+    ctx.resp.deferred.clear();
+    match run_routes(routes, req, ctx) {
+        Flow::Done(Terminal::Abort) => None,
+        Flow::Done(Terminal::Error { status, message }) => {
+            proxy_error_reply(status, message, req, ctx)
+        }
+        Flow::Done(Terminal::Proxy(_)) | Flow::Continue => {
+            Some(finish_reply(Reply::status(status), ctx))
+        }
+        Flow::Done(t) => Some(reply_for(t, req, ctx)),
+    }
+}
+
 fn request_id(req: &dyn HttpRequest, trusted: bool) -> uuid::Uuid {
     if trusted {
         if let Some(id) = req

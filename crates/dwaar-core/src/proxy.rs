@@ -37,6 +37,9 @@ pub struct PingoraCtx {
     is_upgrade: bool,
     /// The turn of the request opening an upstream's first HTTP/2 connection.
     h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
+    /// `handle_response` took the upstream's answer: what to send instead (`None`
+    /// inside: the routes aborted).
+    intercepted: Option<Option<Reply>>,
 }
 
 impl std::ops::Deref for PingoraCtx {
@@ -548,6 +551,33 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         attempt::passive_check(ctx, resp.status.as_u16());
+        if let Some(p) = ctx.proxy.clone().filter(|p| !p.handle_response.is_empty()) {
+            let fields: Vec<(String, String)> = resp
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect();
+            let status = resp.status.as_u16();
+            if let Some(handled) = crate::lifecycle::handled_response(
+                &p,
+                status,
+                fields,
+                _session.req_header_mut(),
+                ctx,
+            ) {
+                // Answered in `fail_to_proxy`: the upstream's body is not relayed.
+                ctx.intercepted = Some(handled);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "handled by handle_response",
+                ));
+            }
+        }
         if let Some(p) = ctx.proxy.clone() {
             let upstream = resp.status.as_u16();
             let shown = p.shown_status(upstream, &|| {
@@ -705,6 +735,22 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut PingoraCtx,
     ) -> FailToProxy {
         attempt::release(ctx);
+        if let Some(handled) = ctx.intercepted.take() {
+            return match handled {
+                Some(r) => {
+                    let code = r.status;
+                    let _ = write_reply(session, ctx, r).await;
+                    FailToProxy {
+                        error_code: code,
+                        can_reuse_downstream: false,
+                    }
+                }
+                None => FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                },
+            };
+        }
         if let Some(r) = crate::cache::revalidated_reply(ctx) {
             let _ = write_reply(session, ctx, r).await;
             return FailToProxy {

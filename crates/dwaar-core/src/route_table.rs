@@ -895,7 +895,19 @@ fn compile_handler(
 ) -> Result<HandlerRule, String> {
     Ok(match h {
         Handler::ReverseProxy(rp) => {
-            let handler = Arc::new(ProxyHandler::compile(rp, cx.registry)?);
+            let mut handler = ProxyHandler::compile(rp, cx.registry)?;
+            for h in &rp.handle_response {
+                let m = h.matcher.as_ref().and_then(|name| {
+                    rp.response_matchers
+                        .iter()
+                        .find(|m| &m.name == name)
+                        .map(crate::upstream::ResponseMatch::compile)
+                });
+                handler
+                    .handle_response
+                    .push((m, compile_routes(&h.routes, cx, groups)?));
+            }
+            let handler = Arc::new(handler);
             for t in handler.health_targets() {
                 if !cx.health.iter().any(|e| e.same_as(&t)) {
                     cx.health.push(t);

@@ -148,6 +148,18 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
                 out.push_str(v);
             }
         }
+        P::UpstreamStatus => {
+            if let Some((s, _)) = &ctx.resp.upstream_answer {
+                let _ = write!(out, "{s}");
+            }
+        }
+        P::UpstreamHeader(name) => {
+            if let Some((_, fields)) = &ctx.resp.upstream_answer {
+                if let Some((_, v)) = fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                    out.push_str(v);
+                }
+            }
+        }
         P::UpstreamHostport => {
             if let Some(u) = &ctx.attempt.upstream {
                 out.push_str(&u.dial);

@@ -106,7 +106,18 @@ pub fn compile_directive(
         "reverse_proxy" => {
             let (m, skip) = inline_matcher(d, named, diags);
             match reverse_proxy(d, skip, diags) {
-                Some(rp) => route(m, vec![Handler::ReverseProxy(Box::new(rp))]),
+                Some(mut rp) => {
+                    // `handle_response` blocks: routes like any block of the site.
+                    let blocks = super::args::block_lines(&d.block)
+                        .iter()
+                        .filter(|l| l.name.text == "handle_response")
+                        .filter_map(|l| l.block.as_ref());
+                    for (h, block) in rp.handle_response.iter_mut().zip(blocks) {
+                        h.routes =
+                            super::routes::compile_block(&block.directives, named, true, cx, diags);
+                    }
+                    route(m, vec![Handler::ReverseProxy(Box::new(rp))])
+                }
                 None => Compiled::Nothing,
             }
         }

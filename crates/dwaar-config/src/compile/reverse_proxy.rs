@@ -41,6 +41,7 @@ const SUBDIRECTIVES: &[&str] = &[
     "transport",
     "dynamic",
     "replace_status",
+    "handle_response",
 ];
 
 const TRANSPORT_SUB: &[&str] = &[
@@ -79,6 +80,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         dynamic: None,
         response_matchers: Vec::new(),
         replace_status: Vec::new(),
+        handle_response: Vec::new(),
     };
     for t in &d.args[skip..] {
         for u in upstreams(t, diags) {
@@ -364,7 +366,32 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                     }
                 }
             }
-            "handle_response" | "copy_response" | "copy_response_headers" => diags.push(
+            "handle_response" => {
+                // The routes inside are compiled by the caller, which knows the site's
+                // matchers (`handlers::compile_directive`).
+                if diags.arity(line, 0, 0, 1, "handle_response [@matcher] { ... }") {
+                    let matcher = match line.args.first() {
+                        Some(m) if m.text.starts_with('@') => Some(m.text[1..].to_string()),
+                        Some(m) => {
+                            diags.push(m.error("handle_response takes a response matcher (@name)"));
+                            continue;
+                        }
+                        None => None,
+                    };
+                    if line.block.is_none() {
+                        diags.push(
+                            line.name
+                                .error("handle_response needs a block of directives"),
+                        );
+                        continue;
+                    }
+                    rp.handle_response.push(crate::model::HandleResponse {
+                        matcher,
+                        routes: Vec::new(),
+                    });
+                }
+            }
+            "copy_response" | "copy_response_headers" => diags.push(
                 line.name
                     .error(format!("'{}' is not supported yet", line.name.text)),
             ),
@@ -407,13 +434,16 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         || block_lines(&d.block)
             .iter()
             .any(|l| l.name.text == "to" && !l.args.is_empty());
-    for r in &rp.replace_status {
-        if let Some(m) = &r.matcher {
-            if !rp.response_matchers.iter().any(|x| &x.name == m) {
-                diags.push(d.name.error(format!(
-                    "replace_status names response matcher '@{m}', which this reverse_proxy does not define"
-                )));
-            }
+    let used = rp
+        .replace_status
+        .iter()
+        .filter_map(|r| r.matcher.as_ref())
+        .chain(rp.handle_response.iter().filter_map(|h| h.matcher.as_ref()));
+    for m in used {
+        if !rp.response_matchers.iter().any(|x| &x.name == m) {
+            diags.push(d.name.error(format!(
+                "response matcher '@{m}' is used but this reverse_proxy does not define it"
+            )));
         }
     }
     if let Some(dy) = &rp.dynamic {

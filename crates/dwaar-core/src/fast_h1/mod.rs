@@ -962,6 +962,11 @@ async fn proxy<S: LeanIo>(
 
     // The response head.
     let rhead = upc.buf.split_to(resp_head_len).freeze();
+    if !p.handle_response.is_empty() {
+        if let Some(next) = Box::pin(handle_lean_response(tcp, &rhead, req, ctx, &p)).await {
+            return next;
+        }
+    }
     let Some(ResponseHead {
         status,
         framing,
@@ -1312,6 +1317,45 @@ async fn relay_body<S: LeanIo>(
 
 /// The upstream failed after the request was sent: 502, or 504 for a timeout (through
 /// `handle_errors` when the site has it), like the Pingora path.
+/// `handle_response` on the lean path: when a block matches the upstream's answer, its
+/// routes' reply is sent instead (the upstream connection, with its unread body, is
+/// closed); `None` when no block matches.
+async fn handle_lean_response<S: LeanIo>(
+    tcp: &mut S,
+    rhead: &Bytes,
+    req: &mut FastRequest,
+    ctx: &mut RequestContext,
+    p: &crate::upstream::ProxyHandler,
+) -> Option<Next> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    resp.parse(rhead).ok()?;
+    let status = resp.code?;
+    let fields: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    attempt::passive_check(ctx, status);
+    let handled = crate::lifecycle::handled_response(p, status, fields, req, ctx)?;
+    attempt::release(ctx);
+    let Some(reply) = handled else {
+        return Some(Next::Drop);
+    };
+    Some(match write_reply(tcp, req, ctx, reply, true).await {
+        Ok((status, sent)) => {
+            finish_log(req, ctx, status, 0, sent);
+            Next::Close
+        }
+        Err(_) => Next::Drop,
+    })
+}
+
 async fn upstream_failed<S: LeanIo>(
     tcp: &mut S,
     req: &mut FastRequest,

@@ -217,6 +217,26 @@ pub fn failure_reply(
     Some(r)
 }
 
+/// `handle_response`: when a block matches the upstream's answer (`status`, `fields`),
+/// its routes run on the request (the upstream body is dropped) and this is what the
+/// client gets: `Some(Some(reply))`, or `Some(None)` when the routes abort. `None`: no
+/// block matches, relay the upstream's response.
+pub fn handled_response(
+    p: &crate::upstream::ProxyHandler,
+    status: u16,
+    fields: Vec<(String, String)>,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Option<Option<Reply>> {
+    let routes = p.response_routes(status, &fields)?;
+    ctx.resp.upstream_answer = Some((status, fields));
+    let mut r = crate::pipeline::response_reply(routes, status, req, ctx);
+    if let Some(r) = r.as_mut() {
+        crate::rewrite::reply(ctx, r);
+    }
+    Some(r)
+}
+
 /// The text of a proxying failure (`{http.error.message}`, the access log).
 pub fn failure_message(code: u16) -> &'static str {
     match code {

@@ -243,6 +243,28 @@ async fn send_proxied_head<D: Downstream>(
     mut fields: Vec<(CompactString, String)>,
     head_only: bool,
 ) -> Head {
+    // `handle_response`: routes answer instead of the upstream's body.
+    if !p.handle_response.is_empty() {
+        let all: Vec<(String, String)> = fields
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        // The routes may rewrite the request (`rewrite` before `file_server`).
+        let mut own = req.clone();
+        if let Some(handled) = crate::lifecycle::handled_response(p, status, all, &mut own, ctx) {
+            attempt::release(ctx);
+            return match handled {
+                Some(r) => {
+                    let st = r.status;
+                    let sent = Box::pin(write_reply(stream, r, ctx, head_only))
+                        .await
+                        .unwrap_or(0);
+                    Head::Answered(st, sent)
+                }
+                None => Head::Gone,
+            };
+        }
+    }
     // `replace_status`, judged on the upstream's own answer.
     let status = p.shown_status(status, &|| {
         fields

@@ -495,7 +495,7 @@ pub struct ResponseMatch {
 }
 
 impl ResponseMatch {
-    fn compile(m: &dwaar_config::model::ResponseMatcher) -> ResponseMatch {
+    pub fn compile(m: &dwaar_config::model::ResponseMatcher) -> ResponseMatch {
         ResponseMatch {
             status: m.status.clone(),
             headers: m
@@ -563,6 +563,9 @@ pub struct ProxyHandler {
     pub dynamic: Option<Arc<dynamic::Dynamic>>,
     /// `replace_status`: the status clients see for matching upstream responses.
     pub replace_status: Vec<(Option<ResponseMatch>, u16)>,
+    /// `handle_response`: routes run instead of relaying a matching upstream response
+    /// (compiled with the site's routes, filled in by the route table).
+    pub handle_response: Vec<(Option<ResponseMatch>, Vec<crate::route_table::RouteRule>)>,
     /// Upstream addresses with placeholders, filled in per request (scheme, template).
     pub templates: Vec<(String, dwaar_config::placeholder::Template)>,
     /// The states of addresses filled in so far (passive health and in-flight counts
@@ -660,6 +663,7 @@ impl ProxyHandler {
             upstreams,
             dynamic,
             replace_status,
+            handle_response: Vec::new(),
             templates,
             rendered_states: Mutex::new(HashMap::new()),
             policy: rp.load_balancing.policy.clone(),
@@ -867,6 +871,23 @@ impl ProxyHandler {
             }
         }
         status
+    }
+
+    /// The `handle_response` routes for an upstream answer, if a block matches it (the
+    /// first that does); `fields` is read only when a block has a matcher.
+    pub fn response_routes(
+        &self,
+        status: u16,
+        fields: &[(String, String)],
+    ) -> Option<&[crate::route_table::RouteRule]> {
+        let view: Vec<(&str, &str)> = fields
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.handle_response
+            .iter()
+            .find(|(m, _)| m.as_ref().is_none_or(|m| m.matches(status, &view)))
+            .map(|(_, routes)| routes.as_slice())
     }
 
     /// Whether some untried, healthy upstream is only at its `max_conns_per_host`.
