@@ -1048,17 +1048,7 @@ fn response_head(
     }
     let close = client_close || matches!(framing, Framing::UntilClose);
     // `replace_status`: what the client is told (the body's framing stays the upstream's).
-    let status = p.shown_status(status, &|| {
-        resp.headers
-            .iter()
-            .map(|h| {
-                (
-                    h.name.to_string(),
-                    String::from_utf8_lossy(h.value).into_owned(),
-                )
-            })
-            .collect()
-    });
+    let status = p.shown_status(status, &|| owned_fields(resp.headers));
 
     // The response head for the client, with the same edits as the Pingora path.
     let mut out = Vec::with_capacity(rhead.len() + 128);
@@ -1317,6 +1307,19 @@ async fn relay_body<S: LeanIo>(
 
 /// The upstream failed after the request was sent: 502, or 504 for a timeout (through
 /// `handle_errors` when the site has it), like the Pingora path.
+/// An upstream head's fields as owned pairs (for response matchers).
+fn owned_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// `handle_response` on the lean path: when a block matches the upstream's answer, its
 /// routes' reply is sent instead (the upstream connection, with its unread body, is
 /// closed); `None` when no block matches.
@@ -1331,16 +1334,7 @@ async fn handle_lean_response<S: LeanIo>(
     let mut resp = httparse::Response::new(&mut headers);
     resp.parse(rhead).ok()?;
     let status = resp.code?;
-    let fields: Vec<(String, String)> = resp
-        .headers
-        .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
-        .collect();
+    let fields = owned_fields(resp.headers);
     attempt::passive_check(ctx, status);
     let handled = crate::lifecycle::handled_response(p, status, fields, req, ctx)?;
     attempt::release(ctx);
