@@ -89,9 +89,14 @@ fn readiness_protocol_follows_start_reload_upgrade_and_stop() {
             &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
         );
         let mut dogs = 0;
-        mgr.expect(&mut dogs, "READY=1 after start", |m| {
-            field(m, "READY") == Some("1") && field(m, "STATUS") == Some("serving 1 site")
-        });
+        let first = mgr.next(&mut dogs, Duration::from_secs(20));
+        assert!(
+            first.as_deref().is_some_and(|m| {
+                field(m, "READY") == Some("1") && field(m, "STATUS") == Some("serving 1 site")
+            }),
+            "expected READY=1 after start ({workers} workers), got {first:?}; log:\n{}",
+            d.log_text()
+        );
 
         // A good reload.
         let r = admin(
