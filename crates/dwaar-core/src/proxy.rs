@@ -37,9 +37,8 @@ pub struct PingoraCtx {
     is_upgrade: bool,
     /// The turn of the request opening an upstream's first HTTP/2 connection.
     h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
-    /// `handle_response` took the upstream's answer: what to send instead (`None`
-    /// inside: the routes aborted).
-    intercepted: Option<Option<Reply>>,
+    /// `handle_response` took the upstream's answer: what to do instead.
+    intercepted: Option<crate::lifecycle::ResponseHandled>,
 }
 
 impl std::ops::Deref for PingoraCtx {
@@ -551,47 +550,33 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         attempt::passive_check(ctx, resp.status.as_u16());
-        if let Some(p) = ctx.proxy.clone().filter(|p| !p.handle_response.is_empty()) {
-            let fields: Vec<(String, String)> = resp
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect();
+        // `handle_response` and `replace_status`: nothing to clone or collect unless
+        // this proxy has one.
+        let acts = ctx
+            .proxy
+            .as_ref()
+            .is_some_and(|p| !p.handle_response.is_empty() || !p.replace_status.is_empty());
+        if let Some(p) = ctx.proxy.clone().filter(|_| acts) {
             let status = resp.status.as_u16();
-            if let Some(handled) = crate::lifecycle::handled_response(
-                &p,
-                status,
-                fields,
-                _session.req_header_mut(),
-                ctx,
-            ) {
-                // Answered in `fail_to_proxy`: the upstream's body is not relayed.
-                ctx.intercepted = Some(handled);
-                return Err(Error::explain(
-                    ErrorType::HTTPStatus(status),
-                    "handled by handle_response",
-                ));
+            if !p.handle_response.is_empty() {
+                let fields = crate::lifecycle::owned_fields(&resp.headers);
+                if let Some(handled) = crate::lifecycle::handled_response(
+                    &p,
+                    status,
+                    fields,
+                    _session.req_header_mut(),
+                    ctx,
+                ) {
+                    // Answered in `fail_to_proxy`: the upstream's body is not relayed.
+                    ctx.intercepted = Some(handled);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(status),
+                        "handled by handle_response",
+                    ));
+                }
             }
-        }
-        if let Some(p) = ctx.proxy.clone() {
-            let upstream = resp.status.as_u16();
-            let shown = p.shown_status(upstream, &|| {
-                resp.headers
-                    .iter()
-                    .map(|(k, v)| {
-                        (
-                            k.as_str().to_string(),
-                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                        )
-                    })
-                    .collect()
-            });
-            if shown != upstream {
+            let shown = p.shown_status(status, &|| crate::lifecycle::owned_fields(&resp.headers));
+            if shown != status {
                 resp.set_status(shown)?;
             }
         }
@@ -737,7 +722,7 @@ impl ProxyHttp for DwaarProxy {
         attempt::release(ctx);
         if let Some(handled) = ctx.intercepted.take() {
             return match handled {
-                Some(r) => {
+                crate::lifecycle::ResponseHandled::Answer(r) => {
                     let code = r.status;
                     let _ = write_reply(session, ctx, r).await;
                     FailToProxy {
@@ -745,7 +730,7 @@ impl ProxyHttp for DwaarProxy {
                         can_reuse_downstream: false,
                     }
                 }
-                None => FailToProxy {
+                crate::lifecycle::ResponseHandled::Abort => FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
                 },

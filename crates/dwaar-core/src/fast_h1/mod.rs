@@ -1338,7 +1338,7 @@ async fn handle_lean_response<S: LeanIo>(
     attempt::passive_check(ctx, status);
     let handled = crate::lifecycle::handled_response(p, status, fields, req, ctx)?;
     attempt::release(ctx);
-    let Some(reply) = handled else {
+    let crate::lifecycle::ResponseHandled::Answer(reply) = handled else {
         return Some(Next::Drop);
     };
     Some(match write_reply(tcp, req, ctx, reply, true).await {

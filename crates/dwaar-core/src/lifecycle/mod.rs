@@ -217,24 +217,49 @@ pub fn failure_reply(
     Some(r)
 }
 
+/// What a `handle_response` block made of an upstream's answer.
+#[derive(Debug)]
+pub enum ResponseHandled {
+    /// Send this instead of the upstream's response.
+    Answer(Reply),
+    /// The routes aborted: close without an answer.
+    Abort,
+}
+
 /// `handle_response`: when a block matches the upstream's answer (`status`, `fields`),
-/// its routes run on the request (the upstream body is dropped) and this is what the
-/// client gets: `Some(Some(reply))`, or `Some(None)` when the routes abort. `None`: no
-/// block matches, relay the upstream's response.
+/// its routes run on the request (the upstream body is dropped); `None` when no block
+/// matches and the upstream's response is relayed.
 pub fn handled_response(
     p: &crate::upstream::ProxyHandler,
     status: u16,
     fields: Vec<(String, String)>,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-) -> Option<Option<Reply>> {
+) -> Option<ResponseHandled> {
     let routes = p.response_routes(status, &fields)?;
     ctx.resp.upstream_answer = Some((status, fields));
-    let mut r = crate::pipeline::response_reply(routes, status, req, ctx);
-    if let Some(r) = r.as_mut() {
-        crate::rewrite::reply(ctx, r);
-    }
-    Some(r)
+    Some(
+        match crate::pipeline::response_reply(routes, status, req, ctx) {
+            Some(mut r) => {
+                crate::rewrite::reply(ctx, &mut r);
+                ResponseHandled::Answer(r)
+            }
+            None => ResponseHandled::Abort,
+        },
+    )
+}
+
+/// An upstream response's header fields as owned pairs (for response matchers).
+pub fn owned_fields(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
 }
 
 /// The text of a proxying failure (`{http.error.message}`, the access log).

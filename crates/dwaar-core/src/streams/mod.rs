@@ -254,14 +254,14 @@ async fn send_proxied_head<D: Downstream>(
         if let Some(handled) = crate::lifecycle::handled_response(p, status, all, &mut own, ctx) {
             attempt::release(ctx);
             return match handled {
-                Some(r) => {
+                crate::lifecycle::ResponseHandled::Answer(r) => {
                     let st = r.status;
                     let sent = Box::pin(write_reply(stream, r, ctx, head_only))
                         .await
                         .unwrap_or(0);
                     Head::Answered(st, sent)
                 }
-                None => Head::Gone,
+                crate::lifecycle::ResponseHandled::Abort => Head::Gone,
             };
         }
     }
