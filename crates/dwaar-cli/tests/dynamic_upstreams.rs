@@ -1,7 +1,7 @@
-//! Backends that move: `dynamic a` and `dynamic srv` against a real DNS server
-//! (`dnsmasq`, started by the test on a local port, its records changed while Dwaar
-//! serves), host-name upstreams looked up again through `transport http { resolvers }`,
-//! and port ranges.
+// Backends that move: `dynamic a` and `dynamic srv` against a real DNS server
+// (`dnsmasq`, started by the test on a local port, its records changed while Dwaar
+// serves), host-name upstreams looked up again through `transport http { resolvers }`,
+// and port ranges.
 
 mod common;
 use common::*;

@@ -11,6 +11,9 @@ mod handlers {
 mod proxy {
     include!("proxy.rs");
 }
+mod dynamic_upstreams {
+    include!("dynamic_upstreams.rs");
+}
 mod logs {
     include!("logs.rs");
 }

@@ -10,10 +10,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tool(name: &str) -> bool {
-    have_tool(name)
-}
-
 /// The service manager's side of `$NOTIFY_SOCKET`.
 struct Manager {
     socket: UnixDatagram,
@@ -190,7 +186,7 @@ impl Drop for KillOnDrop {
 /// single warning.
 #[test]
 fn the_systemd_unit_verifies() {
-    if !tool("systemd-analyze") {
+    if !have_tool("systemd-analyze") {
         return;
     }
     let unit = std::fs::read_to_string(concat!(
@@ -366,7 +362,7 @@ impl Drop for Quick {
 
 #[test]
 fn quick_commands_answer_curl() {
-    if !tool("curl") {
+    if !have_tool("curl") {
         return;
     }
     let curl = |url: &str, extra: &[&str]| -> String {
@@ -536,7 +532,7 @@ fn completions_load_in_their_shells() {
         assert!(out.contains("reverse-proxy"), "{shell}: {out}");
         write(d.path(), &format!("dwaar.{shell}"), &out);
     }
-    if tool("bash") {
+    if have_tool("bash") {
         let script = format!(
             "source {}/dwaar.bash && complete -p dwaar",
             d.path().display()
@@ -582,7 +578,7 @@ fn manual_pages_render_with_man() {
         assert!(d.path().join(page).exists(), "{page}");
     }
     assert!(!d.path().join("dwaar-help.1").exists());
-    if !tool("man") {
+    if !have_tool("man") {
         return;
     }
     let out = Command::new("man")

@@ -577,6 +577,16 @@ fn response_matcher(line: &Directive, diags: &mut Diags) -> Option<crate::model:
     Some(m)
 }
 
+/// The duration of a one-argument line that must be at least one second (ms).
+fn at_least_a_second(l: &Directive, diags: &mut Diags) -> Option<u64> {
+    let v = diags.duration(&l.args[0])?;
+    if v < 1000 {
+        diags.push(l.args[0].error(format!("{} must be at least 1s", l.name.text)));
+        return None;
+    }
+    Some(v)
+}
+
 /// DNS servers (`ip` or `ip:port`) of a `resolvers` line.
 fn push_resolvers(args: &[Token], list: &mut Vec<String>, diags: &mut Diags) {
     for a in args {
@@ -1134,23 +1144,9 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                     }
                 }
             }
-            "dns_min_ttl" if one(diags) => {
-                if let Some(v) = diags.duration(&l.args[0]) {
-                    if v < 1000 {
-                        diags.push(l.args[0].error("dns_min_ttl must be at least 1s"));
-                    } else {
-                        t.dns_min_ttl_ms = Some(v);
-                    }
-                }
-            }
+            "dns_min_ttl" if one(diags) => t.dns_min_ttl_ms = at_least_a_second(l, diags),
             "keepalive_interval" if one(diags) => {
-                if let Some(v) = diags.duration(&l.args[0]) {
-                    if v < 1000 {
-                        diags.push(l.args[0].error("keepalive_interval must be at least 1s"));
-                    } else {
-                        t.keepalive_interval_ms = Some(v);
-                    }
-                }
+                t.keepalive_interval_ms = at_least_a_second(l, diags)
             }
             "max_conns_per_host" if one(diags) => {
                 if let Some(n) = diags.number(&l.args[0], "connection count") {
