@@ -20,12 +20,18 @@ pub fn format(text: &str) -> Result<String, Vec<Diagnostic>> {
     let mut first = true;
     // The last token written would mean something else at the end of a line.
     let mut risky = false;
+    // An `import` line runs to its end: a `}` on it is an argument, not a block's end.
+    let mut import_line = false;
     for t in &tokens {
         let raw = text
             .get(t.span.start as usize..t.span.end as usize)
             .unwrap_or(&t.text);
-        let is_close = t.kind == TokenKind::Word && t.text == "}";
-        let starts_line = first || t.line_start || t.breaks_before > 0 || is_close;
+        let new_line = first || t.line_start || t.breaks_before > 0;
+        let is_close = t.kind == TokenKind::Word && t.text == "}" && (new_line || !import_line);
+        let starts_line = new_line || is_close;
+        if starts_line {
+            import_line = t.kind == TokenKind::Word && t.text == "import";
+        }
         if starts_line {
             if !first {
                 end_line(&mut out, risky);
@@ -83,6 +89,17 @@ fn end_line(out: &mut String, risky: bool) {
 
 #[cfg(test)]
 mod tests {
+    /// Found by the `config` fuzz target: a `}` on an `import` line is an argument;
+    /// moving it to a line of its own made a config that loaded one that does not.
+    #[test]
+    fn a_close_brace_on_an_import_line_stays_there() {
+        let text = "import *res\0\0\0n; } ";
+        let formatted = format(text).unwrap_or_else(|_| panic!("format"));
+        assert_eq!(formatted, "import *res\0\0\0n; }\n");
+        let load = |t: &str| crate::load_str("Dwaarfile", None, t, &|_| None).is_ok();
+        assert_eq!(load(&formatted), load(text));
+    }
+
     use super::*;
 
     #[test]
