@@ -75,15 +75,23 @@ fn respond_config(port: u16, text: &str) -> String {
 fn readiness_protocol_follows_start_reload_upgrade_and_stop() {
     for workers in ["1", "2"] {
         let mgr = Manager::new();
-        let port = free_port();
         let sock = mgr.path.display().to_string();
-        let d = Dwaar::start_env(
-            &bin(),
-            &respond_config(port, "one"),
-            &[port],
-            &["--threads", "1", "--workers", workers],
-            &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
-        );
+        // A port another test took between `free_port` and the bind would be answered by
+        // that test's server: start again on a new port when this one's exited.
+        let (d, port) = loop {
+            let port = free_port();
+            let mut d = Dwaar::start_env(
+                &bin(),
+                &respond_config(port, "one"),
+                &[port],
+                &["--threads", "1", "--workers", workers],
+                &[("NOTIFY_SOCKET", &sock), ("WATCHDOG_USEC", "400000")],
+            );
+            std::thread::sleep(Duration::from_millis(100));
+            if d.alive() || !d.log_text().contains("address already in use") {
+                break (d, port);
+            }
+        };
         let mut dogs = 0;
         let first = mgr.next(&mut dogs, Duration::from_secs(20));
         assert!(
