@@ -248,6 +248,43 @@ fn a_reload_to_a_deeply_nested_config_keeps_the_old_one_serving() {
     assert_eq!((r.status, r.text().as_str()), (200, "deep"));
 }
 
+/// `bind tcp6/::` listens on IPv6 only, so an IPv4 socket can share its port; the IPv4
+/// loopback is refused there while IPv6 is served.
+#[test]
+fn tcp6_wildcard_binds_take_ipv6_only() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no IPv6 loopback");
+        return;
+    }
+    let other = free_port();
+    let (d, port) = serve(&format!(
+        ":PORT {{\n\trespond ready\n}}\nhttp://six.test:{other} {{\n\tbind tcp6/::\n\trespond six\n}}\nhttp://four.test:{other} {{\n\tbind tcp4/localhost\n\trespond four\n}}\n"
+    ));
+    assert_eq!(ok_get(port, "x", "/").text(), "ready");
+    let ask = |addr: &str, host: &str| -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr)?;
+        write!(
+            s,
+            "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let six = ask(&format!("[::1]:{other}"), "six.test").unwrap_or_else(|e| panic!("{e}"));
+    assert!(six.ends_with("six"), "{six}");
+    let four = ask(&format!("127.0.0.1:{other}"), "four.test").unwrap_or_else(|e| panic!("{e}"));
+    assert!(four.ends_with("four"), "{four}");
+    // Not a dual-stack socket: IPv4-mapped traffic does not reach it (only the IPv4
+    // socket bound to 127.0.0.1 answers IPv4, and 127.0.0.2 has none).
+    assert!(
+        std::net::TcpStream::connect(format!("127.0.0.2:{other}")).is_err(),
+        "{}",
+        d.log_text()
+    );
+}
+
 /// `default_bind` gives sites without `bind` their addresses; `bind` keeps its own;
 /// network prefixes Dwaar cannot bind yet are refused at their line.
 #[test]
@@ -265,13 +302,30 @@ fn default_bind_applies_to_sites_without_bind() {
     assert_eq!(v["sites"][1]["bind"], serde_json::json!(["::1"]));
     std::fs::write(
         d.path().join("Dwaarfile"),
-        "{\n\tdefault_bind tcp4/0.0.0.0\n}\n:8080 {\n\tbind unix//run/x.sock\n\trespond a\n}\n",
+        "{\n\tdefault_bind tcp4/localhost\n}\n:8080 {\n\trespond a\n}\n:8081 {\n\tbind tcp6/[::] tcp6/localhost tcp/::1\n\trespond b\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, out, err) = dwaar_cmd(&["adapt"], d.path());
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["sites"][0]["bind"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(
+        v["sites"][1]["bind"],
+        serde_json::json!(["tcp6/::", "::1", "::1"])
+    );
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        "{\n\tdefault_bind tcp4/::1\n}\n:8080 {\n\tbind unix//run/x.sock udp/1.2.3.4\n\trespond a\n}\n",
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let (code, _, err) = dwaar_cmd(&["validate"], d.path());
     assert_eq!(code, 1);
     assert!(
-        err.contains("Dwaarfile:2:15") && err.contains("tcp4"),
+        err.contains("Dwaarfile:2:15") && err.contains("'::1' is not an IPv4 address"),
+        "{err}"
+    );
+    assert!(
+        err.contains("Dwaarfile:5:24") && err.contains("'udp' is not a network"),
         "{err}"
     );
     assert!(

@@ -903,7 +903,11 @@ fn replace_status_on_every_path() {
             "@x status 7xx\n\t\treplace_status @x 200",
             "invalid status '7xx'",
         ),
-        ("copy_response", "not supported yet"),
+        ("copy_response", "goes inside a handle_response block"),
+        (
+            "handle_response {\n\t\t\tcopy_response_headers {\n\t\t\t\tinclude A\n\t\t\t\texclude B\n\t\t\t}\n\t\t}",
+            "either include or exclude",
+        ),
         (
             "handle_response @nope {\n\t\t\trespond x\n\t\t}",
             "does not define",
@@ -917,6 +921,127 @@ fn replace_status_on_every_path() {
         let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
         assert_eq!(code, 1, "{body}");
         assert!(err.contains(want), "{body}: {err}");
+    }
+}
+
+/// `copy_response` and `copy_response_*` outside a reverse_proxy's `handle_response`
+/// routes are refused at their line (with a hint under `intercept`).
+#[test]
+fn copy_response_needs_a_proxy_answer() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (body, want) in [
+        ("copy_response", "'copy_response' only works inside"),
+        (
+            "intercept {\n\t\thandle_response {\n\t\t\tcopy_response_headers\n\t\t}\n\t}",
+            "original response is written",
+        ),
+        ("intercept", "needs replace_status or handle_response"),
+        (
+            "intercept {\n\t\treplace_status @x 200\n\t}",
+            "does not define",
+        ),
+    ] {
+        std::fs::write(
+            dir.path().join("Dwaarfile"),
+            format!(":1 {{\n\t{body}\n}}\n"),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+        assert_eq!(code, 1, "{body}");
+        assert!(err.contains(want), "{body}: {err}");
+    }
+}
+
+/// `copy_response` relays the upstream's answer after all (its status replaced, the
+/// fields the routes set kept); `copy_response_headers` brings chosen upstream fields to
+/// the routes' own reply; `intercept` acts on what `respond` and `reverse_proxy` write
+/// (`{resp.*}`, `replace_status`, routes that only add fields): on every path.
+#[test]
+fn copy_response_and_intercept_on_every_path() {
+    let echo = origin::http("echo");
+    let port = echo.port;
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle_path /copy/* {{
+\t\treverse_proxy 127.0.0.1:{port} {{
+\t\t\t@missing status 404
+\t\t\thandle_response @missing {{
+\t\t\t\theader X-Handled yes
+\t\t\t\tcopy_response 410
+\t\t\t}}
+\t\t\t@teapot status 418
+\t\t\thandle_response @teapot {{
+\t\t\t\tcopy_response_headers {{
+\t\t\t\t\tinclude X-Origin
+\t\t\t\t}}
+\t\t\t\trespond \"teapot from {{rp.header.X-Origin}}\" 200
+\t\t\t}}
+\t\t}}
+\t}}
+\thandle_path /icpt/* {{
+\t\tintercept {{
+\t\t\t@missing status 404
+\t\t\thandle_response @missing {{
+\t\t\t\trespond \"intercepted {{resp.status_code}} from {{resp.header.X-Origin}}\" 200
+\t\t\t}}
+\t\t\t@created status 201
+\t\t\treplace_status @created 202
+\t\t\t@ok status 200
+\t\t\thandle_response @ok {{
+\t\t\t\theader X-Seen {{resp.status_code}}
+\t\t\t}}
+\t\t}}
+\t\t@made path /made
+\t\trespond @made \"made\" 201
+\t\treverse_proxy 127.0.0.1:{port}
+\t}}
+"
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/copy/status/404"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (410, "status 404 from echo"),
+            "{proto:?}: copied with a new status"
+        );
+        assert_eq!(r.header("x-handled"), Some("yes"), "{proto:?}");
+        assert_eq!(r.header("x-origin"), Some("echo"), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/copy/status/418"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "teapot from echo"),
+            "{proto:?}"
+        );
+        assert_eq!(
+            r.header("x-origin"),
+            Some("echo"),
+            "{proto:?}: copied field"
+        );
+        let r = p.ok(proto, &Req::get("/copy/status/200"));
+        assert_eq!(r.status, 200, "{proto:?}: not matched, relayed");
+        let r = p.ok(proto, &Req::get("/icpt/status/404"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "intercepted 404 from echo"),
+            "{proto:?}"
+        );
+        let r = p.ok(proto, &Req::get("/icpt/made"));
+        assert_eq!((r.status, r.text().as_str()), (202, "made"), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/icpt/status/201"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (202, "status 201 from echo"),
+            "{proto:?}: a proxied answer's status replaced"
+        );
+        let r = p.ok(proto, &Req::get("/icpt/status/200"));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "status 200 from echo"),
+            "{proto:?}: routes that write nothing let the original through"
+        );
+        assert_eq!(r.header("x-seen"), Some("200"), "{proto:?}");
     }
 }
 

@@ -646,6 +646,36 @@ pub enum Handler {
     RateLimit(RateLimit),
     BasicAuth(BasicAuth),
     ForwardAuth(ForwardAuth),
+    /// `copy_response [<status>]`, only in a `reverse_proxy`'s `handle_response` routes:
+    /// relay the upstream's answer after all (its status replaced when given).
+    CopyResponse {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        status: Option<u16>,
+    },
+    /// `copy_response_headers { include|exclude <fields> }`, only in a `reverse_proxy`'s
+    /// `handle_response` routes: the upstream's fields added to the response.
+    CopyResponseHeaders {
+        /// Only these fields (lowercase); empty: all but `exclude`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        include: Vec<String>,
+        /// Every field but these (lowercase).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        exclude: Vec<String>,
+    },
+    /// `intercept`: act on the responses the handlers after it write.
+    Intercept(Box<Intercept>),
+}
+
+/// `intercept { @name ...; replace_status ...; handle_response ... }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Intercept {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_matchers: Vec<ResponseMatcher>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replace_status: Vec<ReplaceStatus>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub handle_response: Vec<HandleResponse>,
 }
 
 /// `forward_auth`: ask an authentication service about each request.

@@ -43,9 +43,10 @@ pub enum Placeholder {
         index: usize,
     },
     UpstreamHostport,
-    /// The upstream's status, in `handle_response` (`{rp.status_code}`).
+    /// The status of the response being handled, in `handle_response`
+    /// (`{rp.status_code}`, or `{resp.status_code}` under `intercept`).
     UpstreamStatus,
-    /// A header of the upstream's response, in `handle_response`; lowercase name.
+    /// A header of the response being handled, in `handle_response`; lowercase name.
     UpstreamHeader(String),
     ErrorStatusCode,
     ErrorStatusText,
@@ -196,7 +197,10 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "remote_port" | "http.request.remote.port" => Some(P::RemotePort),
         "client_ip" | "http.vars.client_ip" => Some(P::ClientIp),
         "upstream_hostport" | "http.reverse_proxy.upstream.hostport" => Some(P::UpstreamHostport),
-        "rp.status_code" | "http.reverse_proxy.status_code" => Some(P::UpstreamStatus),
+        "rp.status_code"
+        | "http.reverse_proxy.status_code"
+        | "resp.status_code"
+        | "http.intercept.status_code" => Some(P::UpstreamStatus),
         "err.status_code" | "http.error.status_code" => Some(P::ErrorStatusCode),
         "err.status_text" | "http.error.status_text" => Some(P::ErrorStatusText),
         "err.message" | "http.error.message" => Some(P::ErrorMessage),
@@ -216,7 +220,12 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
     if let Some(name) = prefixed(&["http.request.header.", "header."]) {
         return Some(P::Header(name.to_ascii_lowercase()));
     }
-    if let Some(name) = prefixed(&["http.reverse_proxy.header.", "rp.header."]) {
+    if let Some(name) = prefixed(&[
+        "http.reverse_proxy.header.",
+        "rp.header.",
+        "http.intercept.header.",
+        "resp.header.",
+    ]) {
         return Some(P::UpstreamHeader(name.to_ascii_lowercase()));
     }
     if let Some(name) = prefixed(&["http.request.cookie.", "cookie."]) {

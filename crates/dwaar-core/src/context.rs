@@ -108,8 +108,11 @@ impl ChargedZones {
 /// cookie, `encode`'s negotiation, analytics' page view, and the body's rewrite.
 #[derive(Default)]
 pub struct ResponseShaping {
-    /// In `handle_response`: the upstream's status and header fields (`{rp.*}`).
+    /// In `handle_response`: the status and header fields of the response being handled
+    /// (`{rp.*}`, `{resp.*}`, `copy_response_headers`).
     pub upstream_answer: Option<(u16, Vec<(String, String)>)>,
+    /// An `intercept` ran: its rules for the response the handlers after it write.
+    pub intercept: Option<Arc<crate::response_rules::ResponseRules>>,
     /// Header edits applied before the response's own headers are merged.
     pub immediate: Vec<HeaderEdit>,
     /// Header edits applied to the final response.

@@ -33,6 +33,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod quic;
 pub mod request;
+pub mod response_rules;
 pub mod rewrite;
 pub mod route_table;
 pub mod security;

@@ -265,6 +265,8 @@ enum Terminal<'t> {
     /// `metrics`: built where the route table is at hand.
     Metrics,
     Check(crate::auth::Check),
+    /// `copy_response`: relay the upstream's answer after all (with this status).
+    CopyResponse(Option<u16>),
 }
 
 enum Flow<'t> {
@@ -447,13 +449,32 @@ pub fn handle_request(
                 "text/plain; version=0.0.4; charset=utf-8".into(),
             ));
             r.body = crate::metrics::render(Some(table)).into();
-            Outcome::Reply(finish_reply(r, ctx))
+            written(finish_reply(r, ctx), req, ctx)
         }
         Terminal::Error { status, message } => {
             error_outcome(&site.error_routes, status, message, req, ctx)
         }
-        other => Outcome::Reply(reply_for(other, req, ctx)),
+        // Outside `handle_response` routes (refused by the config compiler).
+        Terminal::CopyResponse(_) => error_outcome(
+            &site.error_routes,
+            500,
+            "copy_response outside handle_response".into(),
+            req,
+            ctx,
+        ),
+        other => {
+            let r = reply_for(other, req, ctx);
+            written(r, req, ctx)
+        }
     }
+}
+
+/// A reply the routes wrote, after an `intercept` had its say.
+fn written(r: Reply, req: &mut dyn HttpRequest, ctx: &mut RequestContext) -> Outcome {
+    if ctx.resp.intercept.is_none() {
+        return Outcome::Reply(r);
+    }
+    intercepted(r, req, ctx).map_or(Outcome::Abort, Outcome::Reply)
 }
 
 /// The reply for a proxying failure: the site's `handle_errors` routes when it has them,
@@ -499,27 +520,74 @@ pub fn error_outcome(
     }
 }
 
-/// Runs a `handle_response` block for an upstream answer of `status` (whose body is
-/// dropped): the reply its routes make; `None` when they abort. Routes that answer
-/// nothing give an empty response with the upstream's status; an `error` in them is
-/// answered like Dwaar's own errors (`handle_errors`).
+/// Runs `handle_response` routes for a response of `status` (`ctx.resp.upstream_answer`
+/// holds it for `{rp.*}` and `copy_response*`). Their own reply replaces the response
+/// (whose body is dropped); `copy_response` relays it after all; routes that write
+/// nothing get the original response under [`Scope::Intercept`] (as in Caddy) and an
+/// empty one with its status under [`Scope::Proxy`]. An `error` in them is answered like
+/// Dwaar's own errors (`handle_errors`).
 pub fn response_reply(
     routes: &[RouteRule],
     status: u16,
+    scope: Scope,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-) -> Option<Reply> {
+) -> crate::lifecycle::ResponseHandled {
+    use crate::lifecycle::ResponseHandled;
     ctx.groups_done = 0;
-    ctx.resp.deferred.clear();
+    let answer = |r: Option<Reply>| r.map_or(ResponseHandled::Abort, ResponseHandled::Answer);
     match run_routes(routes, req, ctx) {
-        Flow::Done(Terminal::Abort) => None,
+        Flow::Done(Terminal::Abort) => ResponseHandled::Abort,
         Flow::Done(Terminal::Error { status, message }) => {
-            proxy_error_reply(status, message, req, ctx)
+            answer(proxy_error_reply(status, message, req, ctx))
         }
-        Flow::Done(Terminal::Proxy(_)) | Flow::Continue => {
-            Some(finish_reply(Reply::status(status), ctx))
+        Flow::Done(Terminal::CopyResponse(to)) => ResponseHandled::Relay(to.unwrap_or(status)),
+        Flow::Done(Terminal::Proxy(_)) | Flow::Continue => match scope {
+            Scope::Intercept => ResponseHandled::Relay(status),
+            Scope::Proxy => ResponseHandled::Answer(finish_reply(Reply::status(status), ctx)),
+        },
+        Flow::Done(t) => ResponseHandled::Answer(reply_for(t, req, ctx)),
+    }
+}
+
+/// Whose response `handle_response` routes act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// A `reverse_proxy`'s upstream answer.
+    Proxy,
+    /// What the handlers after an `intercept` wrote.
+    Intercept,
+}
+
+/// An `intercept` on a reply Dwaar made itself (`respond`, `file_server`, `redir`...):
+/// `replace_status`, or `handle_response` routes (which answer instead, or let the
+/// reply through with the header edits they made). `None`: the routes aborted.
+fn intercepted(mut r: Reply, req: &mut dyn HttpRequest, ctx: &mut RequestContext) -> Option<Reply> {
+    let Some(rules) = ctx.resp.intercept.clone() else {
+        return Some(r);
+    };
+    let fields: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    let Some(routes) = rules.routes_for(r.status, &fields) else {
+        r.status = rules.shown_status(r.status, &fields);
+        return Some(r);
+    };
+    let (immediate, deferred) = (ctx.resp.immediate.len(), ctx.resp.deferred.len());
+    let status = r.status;
+    ctx.resp.upstream_answer = Some((status, fields));
+    match response_reply(routes, status, Scope::Intercept, req, ctx) {
+        crate::lifecycle::ResponseHandled::Answer(reply) => Some(reply),
+        crate::lifecycle::ResponseHandled::Relay(to) => {
+            // The original reply, with what the routes added to its head.
+            r.status = to;
+            apply_edits(&ctx.resp.immediate[immediate..], &mut r.headers);
+            apply_edits(&ctx.resp.deferred[deferred..], &mut r.headers);
+            Some(r)
         }
-        Flow::Done(t) => Some(reply_for(t, req, ctx)),
+        crate::lifecycle::ResponseHandled::Abort => None,
     }
 }
 
@@ -619,7 +687,7 @@ fn reply_for(t: Terminal<'_>, req: &dyn HttpRequest, ctx: &RequestContext) -> Re
             headers,
             ..Default::default()
         },
-        Terminal::Check(_) | Terminal::Metrics => Reply {
+        Terminal::Check(_) | Terminal::Metrics | Terminal::CopyResponse(_) => Reply {
             status: 503,
             headers,
             ..Default::default()
@@ -956,6 +1024,21 @@ fn run_handler<'t>(
                     status: 413,
                     message: "request body too large".into(),
                 });
+            }
+            Flow::Continue
+        }
+        HandlerRule::Intercept(rules) => {
+            ctx.resp.intercept = Some(rules.clone());
+            Flow::Continue
+        }
+        HandlerRule::CopyResponse(status) => Flow::Done(Terminal::CopyResponse(*status)),
+        HandlerRule::CopyResponseHeaders(copy) => {
+            if let Some((_, fields)) = &ctx.resp.upstream_answer {
+                for (k, v) in fields.iter().filter(|(k, _)| copy.copies(k)) {
+                    ctx.resp
+                        .immediate
+                        .push(HeaderEdit::Add(CompactString::new(k), v.clone()));
+                }
             }
             Flow::Continue
         }

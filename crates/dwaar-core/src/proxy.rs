@@ -550,23 +550,28 @@ impl ProxyHttp for DwaarProxy {
             }
         }
         attempt::passive_check(ctx, resp.status.as_u16());
-        // `handle_response` and `replace_status`: nothing to clone or collect unless
-        // this proxy has one.
-        let acts = ctx
+        // `replace_status`, `handle_response`, `intercept`: nothing to clone or collect
+        // unless one applies.
+        if let Some(p) = ctx
             .proxy
-            .as_ref()
-            .is_some_and(|p| !p.handle_response.is_empty() || !p.replace_status.is_empty());
-        if let Some(p) = ctx.proxy.clone().filter(|_| acts) {
+            .clone()
+            .filter(|p| crate::lifecycle::acts_on_response(p, ctx))
+        {
             let status = resp.status.as_u16();
-            if !p.handle_response.is_empty() {
-                let fields = crate::lifecycle::owned_fields(&resp.headers);
-                if let Some(handled) = crate::lifecycle::handled_response(
-                    &p,
-                    status,
-                    fields,
-                    _session.req_header_mut(),
-                    ctx,
-                ) {
+            let fields = crate::lifecycle::owned_fields(&resp.headers);
+            match crate::lifecycle::upstream_response(
+                &p,
+                status,
+                fields,
+                _session.req_header_mut(),
+                ctx,
+            ) {
+                crate::lifecycle::ResponseHandled::Relay(shown) => {
+                    if shown != status {
+                        resp.set_status(shown)?;
+                    }
+                }
+                handled => {
                     // Answered in `fail_to_proxy`: the upstream's body is not relayed.
                     ctx.intercepted = Some(handled);
                     return Err(Error::explain(
@@ -574,10 +579,6 @@ impl ProxyHttp for DwaarProxy {
                         "handled by handle_response",
                     ));
                 }
-            }
-            let shown = p.shown_status(status, &|| crate::lifecycle::owned_fields(&resp.headers));
-            if shown != status {
-                resp.set_status(shown)?;
             }
         }
         // Framing Dwaar cannot relay safely: 502, and the connection is not reused.
@@ -730,7 +731,8 @@ impl ProxyHttp for DwaarProxy {
                         can_reuse_downstream: false,
                     }
                 }
-                crate::lifecycle::ResponseHandled::Abort => FailToProxy {
+                crate::lifecycle::ResponseHandled::Abort
+                | crate::lifecycle::ResponseHandled::Relay(_) => FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,
                 },

@@ -8,6 +8,7 @@
 
 use crate::matcher::{build_regex, compile_sets, CompiledSet, PathPattern};
 use crate::net::IpNet;
+use crate::response_rules::ResponseRules;
 use crate::upstream::{HealthTarget, ProxyHandler, UpstreamRegistry};
 use arc_swap::ArcSwap;
 use compact_str::CompactString;
@@ -101,6 +102,34 @@ pub enum HandlerRule {
     RateLimit(Arc<RateLimitRule>),
     BasicAuth(Arc<BasicAuthRule>),
     ForwardAuth(Arc<ForwardAuthRule>),
+    /// `intercept`: the rules for responses the handlers after it write.
+    Intercept(Arc<ResponseRules>),
+    /// `copy_response`: relay the upstream's answer (with this status, if given).
+    CopyResponse(Option<u16>),
+    /// `copy_response_headers`: the upstream's fields added to the response.
+    CopyResponseHeaders(Arc<CopyHeaders>),
+}
+
+/// A compiled `copy_response_headers`: lowercase names, at most one list non-empty.
+#[derive(Debug)]
+pub struct CopyHeaders {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+}
+
+impl CopyHeaders {
+    /// Whether the upstream field `name` is copied. Framing and hop-by-hop fields
+    /// never are: the response they described is not the one sent.
+    pub fn copies(&self, name: &str) -> bool {
+        let lower = name.to_ascii_lowercase();
+        !crate::request::hop_by_hop(lower.as_bytes())
+            && lower != "content-length"
+            && if self.include.is_empty() {
+                !self.exclude.contains(&lower)
+            } else {
+                self.include.contains(&lower)
+            }
+    }
 }
 
 /// A compiled `forward_auth`.
@@ -896,17 +925,12 @@ fn compile_handler(
     Ok(match h {
         Handler::ReverseProxy(rp) => {
             let mut handler = ProxyHandler::compile(rp, cx.registry)?;
-            for h in &rp.handle_response {
-                let m = h.matcher.as_ref().and_then(|name| {
-                    rp.response_matchers
-                        .iter()
-                        .find(|m| &m.name == name)
-                        .map(crate::upstream::ResponseMatch::compile)
-                });
-                handler
-                    .handle_response
-                    .push((m, compile_routes(&h.routes, cx, groups)?));
-            }
+            handler.responses = ResponseRules::compile(
+                &rp.response_matchers,
+                &rp.replace_status,
+                &rp.handle_response,
+                &mut |routes| compile_routes(routes, cx, groups),
+            )?;
             let handler = Arc::new(handler);
             for t in handler.health_targets() {
                 if !cx.health.iter().any(|e| e.same_as(&t)) {
@@ -1022,6 +1046,19 @@ fn compile_handler(
             })
         }
         Handler::RequestBody { max_size } => HandlerRule::RequestBody(*max_size),
+        Handler::Intercept(ic) => HandlerRule::Intercept(Arc::new(ResponseRules::compile(
+            &ic.response_matchers,
+            &ic.replace_status,
+            &ic.handle_response,
+            &mut |routes| compile_routes(routes, cx, groups),
+        )?)),
+        Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
+        Handler::CopyResponseHeaders { include, exclude } => {
+            HandlerRule::CopyResponseHeaders(Arc::new(CopyHeaders {
+                include: include.clone(),
+                exclude: exclude.clone(),
+            }))
+        }
         Handler::Root { path } => HandlerRule::Root(path.clone()),
         Handler::FileServer(fs) => HandlerRule::FileServer(Arc::new((**fs).clone())),
         Handler::TryFiles(fm) => HandlerRule::TryFiles(Arc::new(fm.clone())),

@@ -48,6 +48,9 @@ pub const SUPPORTED: &[&str] = &[
     "metrics",
     "encode",
     "cache",
+    "intercept",
+    "copy_response",
+    "copy_response_headers",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -57,10 +60,7 @@ pub const NOT_YET: &[&str] = &[
     "method",
     "push",
     "acme_server",
-    "copy_response",
-    "copy_response_headers",
     "invoke",
-    "intercept",
     "fs",
     "log_append",
     "log_name",
@@ -108,14 +108,14 @@ pub fn compile_directive(
             match reverse_proxy(d, skip, diags) {
                 Some(mut rp) => {
                     // `handle_response` blocks: routes like any block of the site.
-                    let blocks = super::args::block_lines(&d.block)
-                        .iter()
-                        .filter(|l| l.name.text == "handle_response")
-                        .filter_map(|l| l.block.as_ref());
-                    for (h, block) in rp.handle_response.iter_mut().zip(blocks) {
-                        h.routes =
-                            super::routes::compile_block(&block.directives, named, true, cx, diags);
-                    }
+                    super::responses::compile_handle_response(
+                        d,
+                        &mut rp.handle_response,
+                        super::routes::ResponseScope::Proxy,
+                        named,
+                        cx,
+                        diags,
+                    );
                     route(m, vec![Handler::ReverseProxy(Box::new(rp))])
                 }
                 None => Compiled::Nothing,
@@ -156,6 +156,11 @@ pub fn compile_directive(
         "try_files" => to_compiled(super::files::try_files(d, diags)),
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),
         "header" | "request_header" => header(d, named, diags),
+        "intercept" => to_compiled(super::responses::intercept(d, named, cx, diags)),
+        "copy_response" => to_compiled(super::responses::copy_response(d, named, cx, diags)),
+        "copy_response_headers" => {
+            to_compiled(super::responses::copy_response_headers(d, named, cx, diags))
+        }
         "handle" | "route" => {
             let (m, skip) = inline_matcher(d, named, diags);
             if !diags.arity(

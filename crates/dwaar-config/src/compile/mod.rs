@@ -12,6 +12,7 @@ mod files;
 mod handlers;
 mod log;
 mod matchers;
+mod responses;
 mod reverse_proxy;
 mod routes;
 mod security;
@@ -75,34 +76,58 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
 ];
 
 /// The hosts of a `bind` (or `default_bind`) line: IP addresses or `localhost`, with an
-/// optional `tcp/` network prefix.
+/// optional network prefix: `tcp/` (either family), `tcp4/` (IPv4 only: `localhost` is
+/// 127.0.0.1) or `tcp6/` (IPv6 only: `localhost` is ::1, and the wildcard `::` becomes
+/// `tcp6/::`, a socket that does not also accept IPv4).
 fn bind_hosts(d: &Directive, diags: &mut Diags) -> Vec<String> {
     let mut out = Vec::new();
     if !diags.arity(d, 0, 1, usize::MAX, &format!("{} <host>...", d.name.text)) {
         return out;
     }
     for a in &d.args {
-        if a.text.starts_with("unix/") || a.text.starts_with("tcp4/") || a.text.starts_with("tcp6/")
-        {
+        if a.text.starts_with("unix/") {
             diags.push(a.error(format!(
-                "'{}': binding to {} addresses is not supported yet",
-                a.text,
-                a.text.split('/').next().unwrap_or_default()
+                "'{}': binding to unix sockets is not supported yet",
+                a.text
             )));
             continue;
         }
-        let host = a
-            .text
-            .trim_start_matches("tcp/")
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        if host.parse::<std::net::IpAddr>().is_err() && host != "localhost" {
-            diags.push(
+        let (network, rest) = match a.text.split_once('/') {
+            Some((n @ ("tcp" | "tcp4" | "tcp6"), rest)) => (n, rest),
+            Some((n, _)) => {
+                diags.push(
+                    a.error(format!("'{n}' is not a network Dwaar can bind"))
+                        .with_help("use tcp/, tcp4/ or tcp6/ (or no prefix)"),
+                );
+                continue;
+            }
+            None => ("tcp", a.text.as_str()),
+        };
+        let host = rest.trim_start_matches('[').trim_end_matches(']');
+        let ip = if host == "localhost" {
+            match network {
+                "tcp4" => Some("127.0.0.1".parse().ok()),
+                "tcp6" => Some("::1".parse().ok()),
+                _ => None,
+            }
+            .flatten()
+        } else {
+            host.parse::<std::net::IpAddr>().ok()
+        };
+        match (network, ip) {
+            ("tcp", None) if host == "localhost" => out.push(host.to_string()),
+            (_, None) => diags.push(
                 a.error(format!("bind address '{}' is not an IP address", a.text))
                     .with_help("bind 127.0.0.1 or bind ::1"),
-            );
-        } else {
-            out.push(host.to_string());
+            ),
+            ("tcp4", Some(std::net::IpAddr::V6(_))) | ("tcp6", Some(std::net::IpAddr::V4(_))) => {
+                diags.push(a.error(format!(
+                    "'{host}' is not an {} address",
+                    if network == "tcp4" { "IPv4" } else { "IPv6" }
+                )))
+            }
+            ("tcp6", Some(ip)) if ip.is_unspecified() => out.push("tcp6/::".to_string()),
+            (_, Some(ip)) => out.push(ip.to_string()),
         }
     }
     out
@@ -333,6 +358,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut cx = RouteCx {
             order: &order,
             group_counter: 0,
+            response_scope: None,
         };
         let named = NamedMatchers::new();
         let mut routes = compile_block(&handler_dirs, &named, false, &mut cx, diags);

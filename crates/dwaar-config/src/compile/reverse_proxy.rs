@@ -3,6 +3,7 @@
 
 use super::args::{block_lines, Diags};
 use super::handlers::header_line;
+use super::responses::{status_pattern_ok, ResponseLines};
 use crate::lexer::Token;
 use crate::model::{
     ActiveHealth, FieldMatch, HeaderOps, LbPolicy, PassiveHealth, ReverseProxy, Transport, Upstream,
@@ -116,6 +117,14 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         })
     }
     for line in block_lines(&d.block) {
+        let mut responses = ResponseLines {
+            matchers: &mut rp.response_matchers,
+            replace_status: &mut rp.replace_status,
+            handle_response: &mut rp.handle_response,
+        };
+        if responses.read(line, diags) {
+            continue;
+        }
         let sub = line.name.text.as_str();
         let one = |diags: &mut Diags, usage: &str| diags.arity(line, 0, 1, 1, usage);
         match sub {
@@ -323,77 +332,13 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
             }
             "transport" => transport(line, &mut rp.transport, diags),
-            name if name.starts_with('@') => {
-                if let Some(m) = response_matcher(line, diags) {
-                    if rp.response_matchers.iter().any(|x| x.name == m.name) {
-                        diags.push(
-                            line.name
-                                .error(format!("response matcher '{name}' is defined twice")),
-                        );
-                    } else {
-                        rp.response_matchers.push(m);
-                    }
-                }
-            }
-            "replace_status" => {
-                if diags.arity(line, 0, 1, 2, "replace_status [@matcher] <code>") {
-                    let (matcher, code) = match line.args.as_slice() {
-                        [code] => (None, code),
-                        [m, code] => (Some(m), code),
-                        _ => continue,
-                    };
-                    let name = match matcher {
-                        Some(m) if m.text.starts_with('@') => Some(m.text[1..].to_string()),
-                        Some(m) => {
-                            diags.push(
-                                m.error("replace_status takes a response matcher (@name)")
-                                    .with_help("@error status 5xx\nreplace_status @error 503"),
-                            );
-                            continue;
-                        }
-                        None => None,
-                    };
-                    match code.text.parse::<u16>() {
-                        Ok(c) if (100..=999).contains(&c) => {
-                            rp.replace_status.push(crate::model::ReplaceStatus {
-                                matcher: name,
-                                status: c,
-                            })
-                        }
-                        _ => {
-                            diags.push(code.error(format!("'{}' is not a status code", code.text)))
-                        }
-                    }
-                }
-            }
-            "handle_response" => {
-                // The routes inside are compiled by the caller, which knows the site's
-                // matchers (`handlers::compile_directive`).
-                if diags.arity(line, 0, 0, 1, "handle_response [@matcher] { ... }") {
-                    let matcher = match line.args.first() {
-                        Some(m) if m.text.starts_with('@') => Some(m.text[1..].to_string()),
-                        Some(m) => {
-                            diags.push(m.error("handle_response takes a response matcher (@name)"));
-                            continue;
-                        }
-                        None => None,
-                    };
-                    if line.block.is_none() {
-                        diags.push(
-                            line.name
-                                .error("handle_response needs a block of directives"),
-                        );
-                        continue;
-                    }
-                    rp.handle_response.push(crate::model::HandleResponse {
-                        matcher,
-                        routes: Vec::new(),
-                    });
-                }
-            }
             "copy_response" | "copy_response_headers" => diags.push(
                 line.name
-                    .error(format!("'{}' is not supported yet", line.name.text)),
+                    .error(format!(
+                        "'{}' goes inside a handle_response block",
+                        line.name.text
+                    ))
+                    .with_help("handle_response @matcher {\n    copy_response\n}"),
             ),
             "dynamic" => {
                 if rp.dynamic.is_some() {
@@ -434,18 +379,12 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         || block_lines(&d.block)
             .iter()
             .any(|l| l.name.text == "to" && !l.args.is_empty());
-    let used = rp
-        .replace_status
-        .iter()
-        .filter_map(|r| r.matcher.as_ref())
-        .chain(rp.handle_response.iter().filter_map(|h| h.matcher.as_ref()));
-    for m in used {
-        if !rp.response_matchers.iter().any(|x| &x.name == m) {
-            diags.push(d.name.error(format!(
-                "response matcher '@{m}' is used but this reverse_proxy does not define it"
-            )));
-        }
+    ResponseLines {
+        matchers: &mut rp.response_matchers,
+        replace_status: &mut rp.replace_status,
+        handle_response: &mut rp.handle_response,
     }
+    .check_used(d, diags);
     if let Some(dy) = &rp.dynamic {
         if named_any || !rp.upstreams.is_empty() {
             diags.push(
@@ -505,13 +444,6 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     (after == before).then_some(rp)
 }
 
-fn status_pattern_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.len() == 3
-        && (b'1'..=b'5').contains(&b[0])
-        && ((b[1..].iter().all(u8::is_ascii_digit)) || &s[1..] == "xx")
-}
-
 fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
     match t.text.parse::<u16>() {
         Ok(p) if p > 0 => Some(p),
@@ -524,59 +456,6 @@ fn port(t: &Token, diags: &mut Diags) -> Option<u16> {
 
 /// Parses an upstream address: `host:port`, `:port`, `http://host[:port]`, `https://...`,
 /// `h2c://...`, `unix//path`.
-/// `@name status <codes>` / `@name header <field> [<value>]`, or a block of such lines:
-/// a response matcher inside `reverse_proxy`.
-fn response_matcher(line: &Directive, diags: &mut Diags) -> Option<crate::model::ResponseMatcher> {
-    let name = line.name.text.trim_start_matches('@').to_string();
-    let mut m = crate::model::ResponseMatcher {
-        name,
-        status: Vec::new(),
-        headers: Vec::new(),
-    };
-    let mut conditions: Vec<(Token, Vec<Token>)> = Vec::new();
-    if let Some((first, rest)) = line.args.split_first() {
-        conditions.push((first.clone(), rest.to_vec()));
-    }
-    for l in block_lines(&line.block) {
-        conditions.push((l.name.clone(), l.args.clone()));
-    }
-    if conditions.is_empty() {
-        diags.push(line.name.error(format!(
-            "response matcher '{}' has no conditions",
-            line.name.text
-        )));
-        return None;
-    }
-    for (kind, args) in conditions {
-        match kind.text.as_str() {
-            "status" => {
-                if args.is_empty() {
-                    diags.push(kind.error("status needs at least one code"));
-                }
-                for a in args {
-                    if status_pattern_ok(&a.text) {
-                        m.status.push(a.text.clone());
-                    } else {
-                        diags.push(a.error(format!(
-                            "invalid status '{}': expected a code like 404 or a class like 5xx",
-                            a.text
-                        )));
-                    }
-                }
-            }
-            "header" => match args.split_first() {
-                Some((field, values)) => m.headers.push(FieldMatch {
-                    field: field.text.clone(),
-                    values: values.iter().map(|v| v.text.clone()).collect(),
-                }),
-                None => diags.push(kind.error("header needs a field name")),
-            },
-            _ => diags.unknown_sub("response matcher", &kind, &["status", "header"]),
-        }
-    }
-    Some(m)
-}
-
 /// The duration of a one-argument line that must be at least one second (ms).
 fn at_least_a_second(l: &Directive, diags: &mut Diags) -> Option<u64> {
     let v = diags.duration(&l.args[0])?;

@@ -79,6 +79,17 @@ pub fn directive_order(rules: &[OrderRule]) -> Vec<String> {
 pub struct RouteCx<'a> {
     pub order: &'a [String],
     pub group_counter: usize,
+    /// Inside `handle_response` routes: whose response they handle.
+    pub response_scope: Option<ResponseScope>,
+}
+
+/// Whose response a `handle_response` block handles (what `copy_response` may copy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseScope {
+    /// A `reverse_proxy`'s upstream answer.
+    Proxy,
+    /// The response the handlers after an `intercept` wrote.
+    Intercept,
 }
 
 /// Compiles `directives` (one block level) into routes.

@@ -962,9 +962,11 @@ async fn proxy<S: LeanIo>(
 
     // The response head.
     let rhead = upc.buf.split_to(resp_head_len).freeze();
-    if !p.handle_response.is_empty() {
-        if let Some(next) = Box::pin(handle_lean_response(tcp, &rhead, req, ctx, &p)).await {
-            return next;
+    let mut shown = None;
+    if crate::lifecycle::acts_on_response(&p, ctx) {
+        match Box::pin(handle_lean_response(tcp, &rhead, req, ctx, &p)).await {
+            Ok(status) => shown = status,
+            Err(next) => return next,
         }
     }
     let Some(ResponseHead {
@@ -974,7 +976,7 @@ async fn proxy<S: LeanIo>(
         close,
         mut out,
         injection,
-    }) = response_head(&rhead, req, ctx, &p, client_close)
+    }) = response_head(&rhead, req, ctx, &p, client_close, shown)
     else {
         return Box::pin(upstream_failed(tcp, req, ctx, 502)).await;
     };
@@ -1031,6 +1033,7 @@ fn response_head(
     ctx: &mut RequestContext,
     p: &crate::upstream::ProxyHandler,
     client_close: bool,
+    shown: Option<u16>,
 ) -> Option<ResponseHead> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
@@ -1047,8 +1050,9 @@ fn response_head(
         return None;
     }
     let close = client_close || matches!(framing, Framing::UntilClose);
-    // `replace_status`: what the client is told (the body's framing stays the upstream's).
-    let status = p.shown_status(status, &|| owned_fields(resp.headers));
+    // `replace_status`/`copy_response`: what the client is told (the body's framing stays
+    // the upstream's).
+    let status = shown.unwrap_or(status);
 
     // The response head for the client, with the same edits as the Pingora path.
     let mut out = Vec::with_capacity(rhead.len() + 128);
@@ -1305,8 +1309,6 @@ async fn relay_body<S: LeanIo>(
     Ok(sent)
 }
 
-/// The upstream failed after the request was sent: 502, or 504 for a timeout (through
-/// `handle_errors` when the site has it), like the Pingora path.
 /// An upstream head's fields as owned pairs (for response matchers).
 fn owned_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     headers
@@ -1320,28 +1322,35 @@ fn owned_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `handle_response` on the lean path: when a block matches the upstream's answer, its
-/// routes' reply is sent instead (the upstream connection, with its unread body, is
-/// closed); `None` when no block matches.
+/// `replace_status`, `handle_response` and `intercept` on the lean path. `Ok`: relay
+/// the upstream's response, with this status when one is given; `Err`: the routes
+/// answered (or aborted) instead, and the upstream connection, with its unread body, is
+/// closed.
 async fn handle_lean_response<S: LeanIo>(
     tcp: &mut S,
     rhead: &Bytes,
     req: &mut FastRequest,
     ctx: &mut RequestContext,
     p: &crate::upstream::ProxyHandler,
-) -> Option<Next> {
+) -> Result<Option<u16>, Next> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut headers);
-    resp.parse(rhead).ok()?;
-    let status = resp.code?;
-    let fields = owned_fields(resp.headers);
-    attempt::passive_check(ctx, status);
-    let handled = crate::lifecycle::handled_response(p, status, fields, req, ctx)?;
-    attempt::release(ctx);
-    let crate::lifecycle::ResponseHandled::Answer(reply) = handled else {
-        return Some(Next::Drop);
+    let (Ok(_), Some(status)) = (resp.parse(rhead), resp.code) else {
+        return Ok(None);
     };
-    Some(match write_reply(tcp, req, ctx, reply, true).await {
+    let fields = owned_fields(resp.headers);
+    let reply = match crate::lifecycle::upstream_response(p, status, fields, req, ctx) {
+        crate::lifecycle::ResponseHandled::Relay(to) => return Ok(Some(to)),
+        crate::lifecycle::ResponseHandled::Abort => {
+            attempt::passive_check(ctx, status);
+            attempt::release(ctx);
+            return Err(Next::Drop);
+        }
+        crate::lifecycle::ResponseHandled::Answer(reply) => reply,
+    };
+    attempt::passive_check(ctx, status);
+    attempt::release(ctx);
+    Err(match write_reply(tcp, req, ctx, reply, true).await {
         Ok((status, sent)) => {
             finish_log(req, ctx, status, 0, sent);
             Next::Close
@@ -1350,6 +1359,8 @@ async fn handle_lean_response<S: LeanIo>(
     })
 }
 
+/// The upstream failed after the request was sent: 502, or 504 for a timeout (through
+/// `handle_errors` when the site has it), like the Pingora path.
 async fn upstream_failed<S: LeanIo>(
     tcp: &mut S,
     req: &mut FastRequest,

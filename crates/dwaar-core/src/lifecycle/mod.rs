@@ -217,36 +217,65 @@ pub fn failure_reply(
     Some(r)
 }
 
-/// What a `handle_response` block made of an upstream's answer.
+/// What `replace_status`, `handle_response` (a proxy's or an `intercept`'s) made of a
+/// response.
 #[derive(Debug)]
 pub enum ResponseHandled {
-    /// Send this instead of the upstream's response.
+    /// Send this instead of the upstream's response (whose body is dropped).
     Answer(Reply),
+    /// Relay the upstream's response with this status (and the header edits the routes
+    /// left in the context).
+    Relay(u16),
     /// The routes aborted: close without an answer.
     Abort,
 }
 
-/// `handle_response`: when a block matches the upstream's answer (`status`, `fields`),
-/// its routes run on the request (the upstream body is dropped); `None` when no block
-/// matches and the upstream's response is relayed.
-pub fn handled_response(
+/// Whether anything acts on this proxy's upstream answers (else a front-end relays them
+/// without collecting their fields).
+pub fn acts_on_response(p: &crate::upstream::ProxyHandler, ctx: &RequestContext) -> bool {
+    !p.responses.is_empty() || ctx.resp.intercept.is_some()
+}
+
+/// An upstream's answer (`status`, `fields`) meets the proxy's `handle_response` and
+/// `replace_status`, then an enclosing `intercept`'s (which sees the status the proxy
+/// would send). Call only when [`acts_on_response`].
+pub fn upstream_response(
     p: &crate::upstream::ProxyHandler,
     status: u16,
     fields: Vec<(String, String)>,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
-) -> Option<ResponseHandled> {
-    let routes = p.response_routes(status, &fields)?;
+) -> ResponseHandled {
+    use crate::pipeline::Scope;
+    if let Some(routes) = p.responses.routes_for(status, &fields) {
+        return response_routes(routes, Scope::Proxy, status, fields, req, ctx);
+    }
+    let shown = p.responses.shown_status(status, &fields);
+    let Some(rules) = ctx.resp.intercept.clone() else {
+        return ResponseHandled::Relay(shown);
+    };
+    match rules.routes_for(shown, &fields) {
+        Some(routes) => response_routes(routes, Scope::Intercept, shown, fields, req, ctx),
+        None => ResponseHandled::Relay(rules.shown_status(shown, &fields)),
+    }
+}
+
+fn response_routes(
+    routes: &[crate::route_table::RouteRule],
+    scope: crate::pipeline::Scope,
+    status: u16,
+    fields: Vec<(String, String)>,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> ResponseHandled {
     ctx.resp.upstream_answer = Some((status, fields));
-    Some(
-        match crate::pipeline::response_reply(routes, status, req, ctx) {
-            Some(mut r) => {
-                crate::rewrite::reply(ctx, &mut r);
-                ResponseHandled::Answer(r)
-            }
-            None => ResponseHandled::Abort,
-        },
-    )
+    match crate::pipeline::response_reply(routes, status, scope, req, ctx) {
+        ResponseHandled::Answer(mut r) => {
+            crate::rewrite::reply(ctx, &mut r);
+            ResponseHandled::Answer(r)
+        }
+        other => other,
+    }
 }
 
 /// An upstream response's header fields as owned pairs (for response matchers).

@@ -122,8 +122,9 @@ fn server_config(store: Arc<RouteStore>, gso: bool) -> Result<quinn::ServerConfi
     Ok(cfg)
 }
 
-/// A UDP socket for `addr`, shared by processes and threads (`SO_REUSEPORT`).
-fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+/// A UDP socket for `addr`, shared by processes and threads (`SO_REUSEPORT`); an IPv6
+/// wildcard also takes IPv4 datagrams unless `only_v6`.
+fn udp_socket(addr: SocketAddr, only_v6: bool) -> std::io::Result<std::net::UdpSocket> {
     let domain = if addr.is_ipv6() {
         socket2::Domain::IPV6
     } else {
@@ -131,7 +132,7 @@ fn udp_socket(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     };
     let s = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
-        let _ = s.set_only_v6(false);
+        s.set_only_v6(only_v6)?;
     }
     s.set_reuse_port(true)?;
     s.set_nonblocking(true)?;
@@ -199,6 +200,10 @@ fn endpoint(
     v6: bool,
     config: &quinn::ServerConfig,
 ) -> Option<quinn::Endpoint> {
+    let only_v6 = crate::server::sockets::v6_only(addr);
+    let addr = addr
+        .strip_prefix(crate::server::sockets::V6_ONLY)
+        .unwrap_or(addr);
     let ip = if addr.is_empty() {
         if v6 { "::" } else { "0.0.0.0" }.to_string()
     } else {
@@ -211,7 +216,7 @@ fn endpoint(
         return None;
     };
     let sa = SocketAddr::new(ip, port);
-    let socket = match udp_socket(sa) {
+    let socket = match udp_socket(sa, only_v6) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!("HTTP/3: cannot bind UDP {sa}: {e}");

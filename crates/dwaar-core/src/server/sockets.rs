@@ -38,21 +38,31 @@ pub fn share(index: usize, count: usize, k: usize) -> Vec<usize> {
 
 /// The socket address a spec listens on (dual-stack `[::]` when the host allows it).
 pub fn socket_addr(spec: &ListenSpec, v6: bool) -> Result<SocketAddr, String> {
-    let text = if spec.addr.is_empty() {
+    let host = spec.addr.strip_prefix(V6_ONLY).unwrap_or(&spec.addr);
+    let text = if host.is_empty() {
         if v6 {
             format!("[::]:{}", spec.port)
         } else {
             format!("0.0.0.0:{}", spec.port)
         }
-    } else if spec.addr.contains(':') {
-        format!("[{}]:{}", spec.addr, spec.port)
-    } else if spec.addr == "localhost" {
+    } else if host.contains(':') {
+        format!("[{}]:{}", host, spec.port)
+    } else if host == "localhost" {
         format!("127.0.0.1:{}", spec.port)
     } else {
-        format!("{}:{}", spec.addr, spec.port)
+        format!("{}:{}", host, spec.port)
     };
     text.parse()
         .map_err(|_| format!("invalid listen address {text}"))
+}
+
+/// The prefix of a listen address bound IPv6-only (`bind tcp6/::`): an IPv6 wildcard
+/// socket that does not also take IPv4 connections.
+pub const V6_ONLY: &str = "tcp6/";
+
+/// Whether a listen address is bound IPv6-only.
+pub fn v6_only(addr: &str) -> bool {
+    addr.starts_with(V6_ONLY)
 }
 
 /// Whether this host can listen on IPv6 (dual-stack `[::]`).
@@ -60,8 +70,18 @@ pub fn ipv6_available() -> bool {
     TcpListener::bind("[::]:0").is_ok()
 }
 
-/// Binds one `SO_REUSEPORT` listening socket (non-blocking).
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// Binds one `SO_REUSEPORT` listening socket (non-blocking); an IPv6 wildcard also takes
+/// IPv4 connections unless `only_v6`.
+pub fn bind_reuseport(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
+    let s = new_listen_socket(addr, only_v6)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(4096)?;
+    Ok(s.into())
+}
+
+fn new_listen_socket(addr: SocketAddr, only_v6: bool) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let domain = if addr.is_ipv6() {
         Domain::IPV6
@@ -70,14 +90,10 @@ pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<TcpListener> {
     };
     let s = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     s.set_reuse_address(true)?;
-    s.set_reuse_port(true)?;
     if addr.is_ipv6() {
-        s.set_only_v6(false)?;
+        s.set_only_v6(only_v6)?;
     }
-    s.set_nonblocking(true)?;
-    s.bind(&addr.into())?;
-    s.listen(4096)?;
-    Ok(s.into())
+    Ok(s)
 }
 
 fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
@@ -95,9 +111,12 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
 /// by another program is reported instead of silently shared through `SO_REUSEPORT`.
 pub fn bind_spec(spec: &ListenSpec, k: usize, v6: bool) -> Result<Vec<TcpListener>, String> {
     let addr = socket_addr(spec, v6)?;
-    drop(TcpListener::bind(addr).map_err(|e| bind_error(addr, &e))?);
+    let only_v6 = v6_only(&spec.addr);
+    let probe = new_listen_socket(addr, only_v6)
+        .and_then(|s| s.bind(&addr.into()).and_then(|()| s.listen(1)));
+    probe.map_err(|e| bind_error(addr, &e))?;
     (0..k.max(1))
-        .map(|_| bind_reuseport(addr).map_err(|e| bind_error(addr, &e)))
+        .map(|_| bind_reuseport(addr, only_v6).map_err(|e| bind_error(addr, &e)))
         .collect()
 }
 

@@ -243,35 +243,32 @@ async fn send_proxied_head<D: Downstream>(
     mut fields: Vec<(CompactString, String)>,
     head_only: bool,
 ) -> Head {
-    // `handle_response`: routes answer instead of the upstream's body.
-    if !p.handle_response.is_empty() {
+    // `replace_status`, `handle_response`, `intercept`: routes may answer instead of the
+    // upstream's body, or change the status.
+    let mut status = status;
+    if crate::lifecycle::acts_on_response(p, ctx) {
         let all: Vec<(String, String)> = fields
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         // The routes may rewrite the request (`rewrite` before `file_server`).
         let mut own = req.clone();
-        if let Some(handled) = crate::lifecycle::handled_response(p, status, all, &mut own, ctx) {
-            attempt::release(ctx);
-            return match handled {
-                crate::lifecycle::ResponseHandled::Answer(r) => {
-                    let st = r.status;
-                    let sent = Box::pin(write_reply(stream, r, ctx, head_only))
-                        .await
-                        .unwrap_or(0);
-                    Head::Answered(st, sent)
-                }
-                crate::lifecycle::ResponseHandled::Abort => Head::Gone,
-            };
+        match crate::lifecycle::upstream_response(p, status, all, &mut own, ctx) {
+            crate::lifecycle::ResponseHandled::Relay(shown) => status = shown,
+            crate::lifecycle::ResponseHandled::Answer(r) => {
+                attempt::release(ctx);
+                let st = r.status;
+                let sent = Box::pin(write_reply(stream, r, ctx, head_only))
+                    .await
+                    .unwrap_or(0);
+                return Head::Answered(st, sent);
+            }
+            crate::lifecycle::ResponseHandled::Abort => {
+                attempt::release(ctx);
+                return Head::Gone;
+            }
         }
     }
-    // `replace_status`, judged on the upstream's own answer.
-    let status = p.shown_status(status, &|| {
-        fields
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect()
-    });
     crate::pipeline::apply_header_down(p, req, ctx, &mut fields);
     if ctx.cache.is_some() {
         let stored = if status >= 500 && crate::cache::stale_usable_for_error(ctx) {

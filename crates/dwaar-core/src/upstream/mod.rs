@@ -486,52 +486,6 @@ pub enum Current<'a> {
     Rendered(Vec<Arc<UpstreamState>>),
 }
 
-/// A response matcher of `reverse_proxy` (`status`, `header`), all conditions together.
-#[derive(Debug)]
-pub struct ResponseMatch {
-    status: Vec<String>,
-    /// Lowercase field names and the values one of which must match (none: present).
-    headers: Vec<(String, Vec<String>)>,
-}
-
-impl ResponseMatch {
-    pub fn compile(m: &dwaar_config::model::ResponseMatcher) -> ResponseMatch {
-        ResponseMatch {
-            status: m.status.clone(),
-            headers: m
-                .headers
-                .iter()
-                .map(|h| (h.field.to_ascii_lowercase(), h.values.clone()))
-                .collect(),
-        }
-    }
-
-    pub fn matches(&self, status: u16, fields: &[(&str, &str)]) -> bool {
-        let status_ok = self.status.is_empty()
-            || self
-                .status
-                .iter()
-                .any(|p| crate::lifecycle::attempt::status_matches(p, status));
-        status_ok
-            && self.headers.iter().all(|(name, values)| {
-                fields.iter().any(|(k, v)| {
-                    k.eq_ignore_ascii_case(name)
-                        && (values.is_empty() || values.iter().any(|want| wildcard_eq(want, v)))
-                })
-            })
-    }
-}
-
-/// `*` alone matches anything; a leading or trailing `*` matches a suffix or prefix.
-fn wildcard_eq(pattern: &str, value: &str) -> bool {
-    match (pattern.strip_prefix('*'), pattern.strip_suffix('*')) {
-        _ if pattern == "*" => true,
-        (Some(suffix), _) => value.ends_with(suffix),
-        (_, Some(prefix)) => value.starts_with(prefix),
-        _ => pattern == value,
-    }
-}
-
 /// Placeholder addresses remembered per handler before the memory is cleared.
 const MAX_RENDERED: usize = 1024;
 
@@ -561,11 +515,9 @@ pub struct ProxyHandler {
     pub upstreams: Vec<Arc<UpstreamState>>,
     /// `dynamic a|srv`: the set comes from DNS (see [`ProxyHandler::current`]).
     pub dynamic: Option<Arc<dynamic::Dynamic>>,
-    /// `replace_status`: the status clients see for matching upstream responses.
-    pub replace_status: Vec<(Option<ResponseMatch>, u16)>,
-    /// `handle_response`: routes run instead of relaying a matching upstream response
-    /// (compiled with the site's routes, filled in by the route table).
-    pub handle_response: Vec<(Option<ResponseMatch>, Vec<crate::route_table::RouteRule>)>,
+    /// `replace_status` and `handle_response` on the upstream's answers (the routes are
+    /// compiled with the site's, filled in by the route table).
+    pub responses: crate::response_rules::ResponseRules,
     /// Upstream addresses with placeholders, filled in per request (scheme, template).
     pub templates: Vec<(String, dwaar_config::placeholder::Template)>,
     /// The states of addresses filled in so far (passive health and in-flight counts
@@ -646,24 +598,10 @@ impl ProxyHandler {
             None => None,
         };
         let dial_override = rp.dynamic.as_ref().and_then(|d| d.dial_timeout_ms);
-        let replace_status = rp
-            .replace_status
-            .iter()
-            .map(|r| {
-                let m = r.matcher.as_ref().and_then(|name| {
-                    rp.response_matchers
-                        .iter()
-                        .find(|m| &m.name == name)
-                        .map(ResponseMatch::compile)
-                });
-                (m, r.status)
-            })
-            .collect();
         let mut handler = ProxyHandler {
             upstreams,
             dynamic,
-            replace_status,
-            handle_response: Vec::new(),
+            responses: crate::response_rules::ResponseRules::default(),
             templates,
             rendered_states: Mutex::new(HashMap::new()),
             policy: rp.load_balancing.policy.clone(),
@@ -852,42 +790,6 @@ impl ProxyHandler {
             None => req.method() == "GET",
             Some(sets) => sets.iter().any(|s| s.matches(req, ctx)),
         }
-    }
-
-    /// The status the client sees for an upstream's `status` (`replace_status`: the
-    /// first rule whose matcher matches). `fields` is only read when a rule has a matcher.
-    pub fn shown_status(&self, status: u16, fields: &dyn Fn() -> Vec<(String, String)>) -> u16 {
-        if self.replace_status.is_empty() {
-            return status;
-        }
-        let mut got: Option<Vec<(String, String)>> = None;
-        for (m, code) in &self.replace_status {
-            let Some(m) = m else { return *code };
-            let all = got.get_or_insert_with(fields);
-            let view: Vec<(&str, &str)> =
-                all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            if m.matches(status, &view) {
-                return *code;
-            }
-        }
-        status
-    }
-
-    /// The `handle_response` routes for an upstream answer, if a block matches it (the
-    /// first that does); `fields` is read only when a block has a matcher.
-    pub fn response_routes(
-        &self,
-        status: u16,
-        fields: &[(String, String)],
-    ) -> Option<&[crate::route_table::RouteRule]> {
-        let view: Vec<(&str, &str)> = fields
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.handle_response
-            .iter()
-            .find(|(m, _)| m.as_ref().is_none_or(|m| m.matches(status, &view)))
-            .map(|(_, routes)| routes.as_slice())
     }
 
     /// Whether some untried, healthy upstream is only at its `max_conns_per_host`.
