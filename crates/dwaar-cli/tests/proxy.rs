@@ -494,6 +494,112 @@ fn websocket_upgrade_tunnels_both_ways() {
     assert_eq!(&got, b"\x81\x05hello");
 }
 
+/// Opens a WebSocket to `path` through Dwaar on `port`.
+fn ws_open(port: u16, path: &str) -> Conn {
+    let mut c = Conn::open(port).unwrap_or_else(|e| panic!("{e}"));
+    c.send_raw(format!("GET {path} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n").as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = c.read_response(false).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 101);
+    c
+}
+
+/// Whether a text frame sent over the tunnel comes back from the echoing origin.
+fn ws_echoes(c: &mut Conn) -> bool {
+    use std::io::Read;
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | 2];
+    frame.extend_from_slice(&mask);
+    frame.extend(b"hi".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    if c.send_raw(&frame).is_err() {
+        return false;
+    }
+    let mut got = [0u8; 4];
+    let _ = c.stream().set_read_timeout(Some(Duration::from_secs(5)));
+    c.stream().read_exact(&mut got).is_ok() && &got == b"\x81\x02hi"
+}
+
+/// How long until the tunnel ends (the client reads the end of the stream), if it does
+/// within `within`.
+fn ws_ends_within(c: &mut Conn, within: Duration) -> Option<Duration> {
+    use std::io::Read;
+    let start = std::time::Instant::now();
+    let _ = c.stream().set_read_timeout(Some(within));
+    let mut buf = [0u8; 64];
+    loop {
+        match c.stream().read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(start.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// `stream_timeout` ends an upgraded connection that long after it opened, however
+/// busy it is; a proxy without it leaves its tunnels alone.
+#[test]
+fn stream_timeout_ends_tunnels() {
+    let o = origin::http("ws");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\thandle /limited/* {{\n\t\treverse_proxy 127.0.0.1:{0} {{\n\t\t\tstream_timeout 800ms\n\t\t}}\n\t}}\n\treverse_proxy 127.0.0.1:{0}\n}}",
+        o.port
+    ));
+    let mut limited = ws_open(port, "/limited/chat");
+    let mut free = ws_open(port, "/chat");
+    assert!(ws_echoes(&mut limited));
+    assert!(ws_echoes(&mut free));
+    let ended = ws_ends_within(&mut limited, Duration::from_secs(5));
+    assert!(
+        ended.is_some_and(|t| t < Duration::from_secs(3)),
+        "{ended:?}"
+    );
+    assert!(
+        ws_echoes(&mut free),
+        "the other proxy's tunnel is untouched"
+    );
+    assert_eq!(ws_ends_within(&mut free, Duration::from_millis(500)), None);
+}
+
+/// `stream_close_delay`: replacing the config closes the old config's tunnels after
+/// the delay; tunnels of a proxy without it run on across the reload.
+#[test]
+fn stream_close_delay_ends_tunnels_after_a_reload() {
+    let o = origin::http("ws");
+    let config = |port: u16, tag: &str| {
+        format!(
+            ":{port} {{\n\thandle /delayed/* {{\n\t\treverse_proxy 127.0.0.1:{0} {{\n\t\t\tstream_close_delay 300ms\n\t\t}}\n\t}}\n\treverse_proxy 127.0.0.1:{0}\n\theader X-Tag {tag}\n}}",
+            o.port
+        )
+    };
+    let (d, port) = serve(&config(0, "a").replace(":0 {", ":PORT {"));
+    let mut delayed = ws_open(port, "/delayed/chat");
+    let mut kept = ws_open(port, "/chat");
+    assert!(ws_echoes(&mut delayed));
+    assert!(ws_echoes(&mut kept));
+    d.write_config(&config(port, "b"));
+    d.signal("USR1");
+    assert!(
+        wait_until(Duration::from_secs(10), || d
+            .log_text()
+            .matches("config reloaded")
+            .count()
+            >= 1),
+        "{}",
+        d.log_text()
+    );
+    let ended = ws_ends_within(&mut delayed, Duration::from_secs(5));
+    assert!(ended.is_some(), "{}", d.log_text());
+    assert!(ws_echoes(&mut kept), "a tunnel without the option survives");
+    assert_eq!(
+        ok_get(port, "x", "/x").header("x-tag"),
+        Some("b"),
+        "the new config serves"
+    );
+}
+
 #[test]
 fn upgrade_answered_without_101_stays_http() {
     let o = origin::http("plain");

@@ -834,6 +834,14 @@ pub struct ReverseProxy {
     /// `-1` flushes every write immediately; `None` = default buffering.
     #[serde(default)]
     pub flush_interval_ms: Option<i64>,
+    /// `stream_timeout`: upgraded connections (WebSocket...) are closed this long after
+    /// they open.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout_ms: Option<u64>,
+    /// `stream_close_delay`: upgraded connections are closed this long after their config
+    /// is replaced or the server starts stopping; `None`: they run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_close_delay_ms: Option<u64>,
     #[serde(default)]
     pub transport: Transport,
     /// `dynamic a|srv`: upstreams looked up in DNS and refreshed while serving.

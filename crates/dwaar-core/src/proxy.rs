@@ -39,6 +39,10 @@ pub struct PingoraCtx {
     h2_first: Option<tokio::sync::OwnedMutexGuard<()>>,
     /// `handle_response` took the upstream's answer: what to do instead.
     intercepted: Option<crate::lifecycle::ResponseHandled>,
+    /// An upgrade to a proxy that watches its tunnels: the dial's socket duplicate.
+    tunnel_socket: Option<crate::upstream::tunnels::SocketSlot>,
+    /// The open tunnel, while it is watched (`stream_timeout`, `stream_close_delay`).
+    tunnel: Option<crate::upstream::tunnels::TunnelGuard>,
 }
 
 impl std::ops::Deref for PingoraCtx {
@@ -427,7 +431,12 @@ impl ProxyHttp for DwaarProxy {
                 ctx.h2_first = Some(turn);
             }
         }
-        match proxy.peer(&up, &ctx.host, ctx.proxy_client()) {
+        let keep = (ctx.is_upgrade && proxy.tunnels.is_some()).then(|| {
+            let slot = crate::upstream::tunnels::SocketSlot::default();
+            ctx.tunnel_socket = Some(slot.clone());
+            slot
+        });
+        match proxy.peer(&up, &ctx.host, ctx.proxy_client(), keep) {
             Some(p) => Ok(Box::new(p)),
             None => {
                 ctx.attempt.failure = UpstreamFailure::Connect;
@@ -529,6 +538,17 @@ impl ProxyHttp for DwaarProxy {
         ctx: &mut PingoraCtx,
     ) -> Result<()> {
         ctx.attempt.duration = ctx.attempt.sent.map(|t| t.elapsed());
+        if resp.status.as_u16() == 101 {
+            // A tunnel opens: watch it when the proxy has stream limits.
+            let tunnels = ctx.proxy.as_ref().and_then(|p| p.tunnels.clone());
+            let fd = ctx
+                .tunnel_socket
+                .take()
+                .and_then(|slot| slot.lock().ok().and_then(|mut s| s.take()));
+            if let (Some(tunnels), Some(fd)) = (tunnels, fd) {
+                ctx.tunnel = Some(tunnels.track(fd));
+            }
+        }
         // `max_response_header`: Pingora read the head within its own bound; a lower
         // one set for this proxy is checked here (the same measure as HTTP/2's list size).
         if let Some(limit) = ctx

@@ -394,6 +394,9 @@ pub struct RouteTable {
     pub analytics: Option<AnalyticsInfo>,
     /// Every upstream the table's reverse proxies use (for metrics).
     pub upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
+    /// The tunnel sets of proxies with a `stream_close_delay` (closed after it when this
+    /// config is replaced or the server stops).
+    pub tunnels: Vec<Arc<crate::upstream::tunnels::Tunnels>>,
     /// Every `cache` store the table uses (stats, purges, metrics).
     pub cache_stores: Vec<Arc<crate::cache::Store>>,
     /// HTTPS ports that also serve HTTP/3 (`servers { protocols ... h3 }`): (address, port).
@@ -465,6 +468,7 @@ impl RouteTable {
             health: Vec::new(),
             dynamic: Vec::new(),
             upstreams: Vec::new(),
+            tunnels: Vec::new(),
         };
         let mut listeners = std::collections::BTreeSet::new();
         if let Some(m) = &registries.tls {
@@ -644,6 +648,7 @@ impl RouteTable {
         table.health_targets = cx.health;
         table.dynamic = cx.dynamic;
         table.upstreams = cx.upstreams;
+        table.tunnels = cx.tunnels;
         table.cache_stores = cx.stores;
         table.rerun_checks = cx.rerun_checks;
         for (_, port) in &table.h3 {
@@ -827,6 +832,7 @@ struct Cx<'a> {
     health: Vec<HealthTarget>,
     upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
     dynamic: Vec<Arc<crate::upstream::dynamic::Dynamic>>,
+    tunnels: Vec<Arc<crate::upstream::tunnels::Tunnels>>,
 }
 
 fn compile_routes(
@@ -932,6 +938,9 @@ fn compile_handler(
                 &mut |routes| compile_routes(routes, cx, groups),
             )?;
             let handler = Arc::new(handler);
+            if let Some(t) = handler.tunnels.as_ref().filter(|t| t.close_delay.is_some()) {
+                cx.tunnels.push(t.clone());
+            }
             for t in handler.health_targets() {
                 if !cx.health.iter().any(|e| e.same_as(&t)) {
                     cx.health.push(t);
@@ -1137,7 +1146,10 @@ impl RouteStore {
         self.current.load_full()
     }
 
+    /// Serves `table` from now on; the tunnels of the config it replaces get their
+    /// `stream_close_delay`.
     pub fn swap(&self, table: RouteTable) {
-        self.current.store(Arc::new(table));
+        let old = self.current.swap(Arc::new(table));
+        crate::upstream::tunnels::unloaded(&old.tunnels);
     }
 }

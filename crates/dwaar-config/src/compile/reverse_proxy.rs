@@ -39,6 +39,8 @@ const SUBDIRECTIVES: &[&str] = &[
     "header_up",
     "header_down",
     "flush_interval",
+    "stream_timeout",
+    "stream_close_delay",
     "transport",
     "dynamic",
     "replace_status",
@@ -77,6 +79,8 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         header_up: HeaderOps::default(),
         header_down: HeaderOps::default(),
         flush_interval_ms: None,
+        stream_timeout_ms: None,
+        stream_close_delay_ms: None,
         transport: Transport::default(),
         dynamic: None,
         response_matchers: Vec::new(),
@@ -332,6 +336,27 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
             }
             "transport" => transport(line, &mut rp.transport, diags),
+            "stream_timeout" | "stream_close_delay" if one(diags, &format!("{sub} <duration>")) => {
+                if let Some(v) = diags.duration(&line.args[0]) {
+                    let slot = if sub == "stream_timeout" {
+                        &mut rp.stream_timeout_ms
+                    } else {
+                        &mut rp.stream_close_delay_ms
+                    };
+                    // Caddy: 0 means no limit (and no delay).
+                    *slot = (v > 0).then_some(v);
+                }
+            }
+            "stream_timeout" | "stream_close_delay" => {}
+            "buffer_requests" | "buffer_responses" => diags.push(
+                line.name
+                    .error(format!("'{}' was removed from Caddy", line.name.text))
+                    .with_help(if sub == "buffer_requests" {
+                        "request_buffers <size> buffers request bodies"
+                    } else {
+                        "response_buffers <size> buffers response bodies"
+                    }),
+            ),
             "copy_response" | "copy_response_headers" => diags.push(
                 line.name
                     .error(format!(

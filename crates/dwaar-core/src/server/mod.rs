@@ -227,6 +227,8 @@ impl Server {
     pub fn shutdown(self) {
         tracing::info!("shutting down: no new connections, draining in-flight requests");
         crate::lifecycle::inflight::start_draining();
+        // Tunnels with a `stream_close_delay` close after it, as on a config change.
+        crate::upstream::tunnels::unloaded(&self.store.load().tunnels);
         let _ = self.shutdown.send(true);
         // Close our copies of the listening sockets: new connections are refused now
         // (or, after an upgrade, accepted by the successor that holds the same sockets).

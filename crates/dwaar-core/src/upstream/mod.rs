@@ -12,6 +12,7 @@ pub mod h1_pool;
 pub mod h2_pool;
 mod health;
 mod lb;
+pub mod tunnels;
 
 pub use health::{HealthChecker, HealthTarget};
 
@@ -515,6 +516,8 @@ pub struct ProxyHandler {
     pub upstreams: Vec<Arc<UpstreamState>>,
     /// `dynamic a|srv`: the set comes from DNS (see [`ProxyHandler::current`]).
     pub dynamic: Option<Arc<dynamic::Dynamic>>,
+    /// `stream_timeout` / `stream_close_delay`: the upgraded connections to watch.
+    pub tunnels: Option<Arc<tunnels::Tunnels>>,
     /// `replace_status` and `handle_response` on the upstream's answers (the routes are
     /// compiled with the site's, filled in by the route table).
     pub responses: crate::response_rules::ResponseRules,
@@ -602,6 +605,10 @@ impl ProxyHandler {
             upstreams,
             dynamic,
             responses: crate::response_rules::ResponseRules::default(),
+            tunnels: tunnels::Tunnels::new(
+                rp.stream_timeout_ms.map(ms),
+                rp.stream_close_delay_ms.map(ms),
+            ),
             templates,
             rendered_states: Mutex::new(HashMap::new()),
             policy: rp.load_balancing.policy.clone(),
@@ -824,11 +831,14 @@ impl ProxyHandler {
 
     /// Builds the Pingora peer for upstream `i`; `client` is named in the PROXY protocol
     /// header when the transport sends one.
+    /// `keep`: an upgrade request of a proxy that watches its tunnels; the dial leaves a
+    /// duplicate of the new upstream socket there (and the connection is never pooled).
     pub fn peer(
         &self,
         u: &UpstreamState,
         host: &str,
         client: std::net::SocketAddr,
+        keep: Option<tunnels::SocketSlot>,
     ) -> Option<HttpPeer> {
         let t = &self.transport;
         let sni = t.sni.clone().unwrap_or_else(|| {
@@ -880,14 +890,17 @@ impl ProxyHandler {
             o.verify_cert = false;
             o.verify_hostname = false;
         }
-        if let Some(version) = t.proxy_protocol {
-            // Dial with the header first; such a connection is never pooled.
-            o.custom_l4 = Some(Arc::new(ProxyHeaderDial {
-                version,
-                client,
+        if t.proxy_protocol.is_some() || keep.is_some() {
+            // Dwaar's own dial: a PROXY header first, or a socket to watch. Such a
+            // connection is never pooled, nor taken from the pool.
+            o.custom_l4 = Some(Arc::new(Dial {
+                header: t.proxy_protocol.map(|v| (v, client)),
+                keep,
                 timeout: t.dial,
             }));
             o.idle_timeout = Some(Duration::ZERO);
+            static OWN: AtomicUsize = AtomicUsize::new(1);
+            peer.group_key = OWN.fetch_add(1, Ordering::Relaxed) as u64;
         }
         if t.h2c && !t.tls {
             o.set_http_version(2, 2);
@@ -902,17 +915,35 @@ impl ProxyHandler {
     }
 }
 
-/// Pingora's dial for upstreams that want a PROXY protocol header: the connection, then
-/// the header naming the client, then (in Pingora) TLS and HTTP.
+/// Dwaar's dial for Pingora: the connection, then the PROXY protocol header naming the
+/// client when the transport sends one, then (in Pingora) TLS and HTTP; a duplicate of
+/// the socket is left in `keep` for tunnels to watch.
 #[derive(Debug)]
-struct ProxyHeaderDial {
-    version: crate::proxy_protocol::Version,
-    client: std::net::SocketAddr,
+struct Dial {
+    header: Option<(crate::proxy_protocol::Version, std::net::SocketAddr)>,
+    keep: Option<tunnels::SocketSlot>,
     timeout: Duration,
 }
 
+impl Dial {
+    /// Leaves a duplicate of the new socket in `keep`, when asked to.
+    fn keep_duplicate(&self, socket: &impl std::os::fd::AsFd) -> pingora_error::Result<()> {
+        use pingora_error::{ErrorType, OrErr};
+        if let Some(slot) = &self.keep {
+            let dup = socket
+                .as_fd()
+                .try_clone_to_owned()
+                .or_err(ErrorType::ConnectError, "duplicating the upstream socket")?;
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(dup);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
-impl pingora_core::connectors::L4Connect for ProxyHeaderDial {
+impl pingora_core::connectors::L4Connect for Dial {
     async fn connect(
         &self,
         addr: &pingora_core::protocols::l4::socket::SocketAddr,
@@ -932,6 +963,7 @@ impl pingora_core::connectors::L4Connect for ProxyHeaderDial {
                     .or_err(ErrorType::ConnectTimedout, "connecting to the upstream")?
                     .or_err(ErrorType::ConnectError, "connecting to the upstream")?;
                 let _ = tcp.set_nodelay(true);
+                self.keep_duplicate(&tcp)?;
                 (tcp.into(), *a)
             }
             PAddr::Unix(path) => {
@@ -945,15 +977,18 @@ impl pingora_core::connectors::L4Connect for ProxyHeaderDial {
                     .await
                     .or_err(ErrorType::ConnectTimedout, "connecting to the upstream")?
                     .or_err(ErrorType::ConnectError, "connecting to the upstream")?;
+                self.keep_duplicate(&unix)?;
                 (unix.into(), std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
             }
         };
         let mut stream = stream;
-        let header = crate::proxy_protocol::encode(self.version, self.client, destination);
-        stream
-            .write_all(&header)
-            .await
-            .or_err(ErrorType::WriteError, "sending the PROXY protocol header")?;
+        if let Some((version, client)) = self.header {
+            let header = crate::proxy_protocol::encode(version, client, destination);
+            stream
+                .write_all(&header)
+                .await
+                .or_err(ErrorType::WriteError, "sending the PROXY protocol header")?;
+        }
         Ok(stream)
     }
 }
