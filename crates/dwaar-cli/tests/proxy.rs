@@ -1145,6 +1145,31 @@ fn keepalive_interval_sets_tcp_keepalive_on_upstream_connections() {
     assert!(!without.contains("timer:(keepalive"), "{without}");
 }
 
+/// `read_buffer` / `write_buffer` size the kernel buffers of upstream sockets (Linux
+/// reports twice the size asked for, its bookkeeping included).
+#[test]
+fn read_and_write_buffer_size_upstream_sockets() {
+    if !have_tool("ss") {
+        return;
+    }
+    let o = origin::http("buf");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\treverse_proxy 127.0.0.1:{} {{\n\t\ttransport http {{\n\t\t\tread_buffer 100000\n\t\t\twrite_buffer 50000\n\t\t}}\n\t}}\n}}\n",
+        o.port
+    ));
+    assert_eq!(ok_get(port, "x", "/").status, 200);
+    let out = std::process::Command::new("ss")
+        .args(["-tnm", "state", "established"])
+        .arg(format!("( dport = :{} )", o.port))
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rb200000") && text.contains("tb100000"),
+        "{text}"
+    );
+}
+
 /// `max_response_header`: an upstream head larger than the limit is a 502; within the
 /// default limit (64 KiB) the same head passes.
 #[test]

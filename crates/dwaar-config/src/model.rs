@@ -1083,6 +1083,12 @@ pub struct Transport {
     /// `keepalive_interval`: TCP keep-alive probes on upstream connections this often.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive_interval_ms: Option<u64>,
+    /// `read_buffer`: the receive buffer of upstream sockets (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_buffer: Option<u64>,
+    /// `write_buffer`: the send buffer of upstream sockets (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_buffer: Option<u64>,
     /// `max_conns_per_host`: most requests in flight to one upstream (0: no limit).
     #[serde(default)]
     pub max_conns_per_host: u32,
@@ -1118,6 +1124,8 @@ impl Default for Transport {
             versions: vec!["1.1".into()],
             tls_client_auth: None,
             keepalive_interval_ms: None,
+            read_buffer: None,
+            write_buffer: None,
             max_response_header: None,
             max_conns_per_host: 0,
             dns_min_ttl_ms: None,

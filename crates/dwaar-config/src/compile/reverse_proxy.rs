@@ -65,6 +65,8 @@ const TRANSPORT_SUB: &[&str] = &[
     "max_conns_per_host",
     "tls_client_auth",
     "keepalive_interval",
+    "read_buffer",
+    "write_buffer",
     "compression",
     "max_response_header",
     "dns_min_ttl",
@@ -1049,6 +1051,19 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
                 }
             }
             "dns_min_ttl" if one(diags) => t.dns_min_ttl_ms = at_least_a_second(l, diags),
+            "read_buffer" | "write_buffer" if one(diags) => {
+                if let Some(v) = diags.size(&l.args[0]) {
+                    // The kernel clamps to its own limits; these bounds catch typos.
+                    if !(1024..=64 << 20).contains(&v) {
+                        diags
+                            .push(l.args[0].error(format!("{sub} must be between 1KiB and 64MiB")));
+                    } else if sub == "read_buffer" {
+                        t.read_buffer = Some(v);
+                    } else {
+                        t.write_buffer = Some(v);
+                    }
+                }
+            }
             "keepalive_interval" if one(diags) => {
                 t.keepalive_interval_ms = at_least_a_second(l, diags)
             }

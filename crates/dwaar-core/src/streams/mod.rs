@@ -638,7 +638,7 @@ async fn proxy_h2<D: Downstream>(
         } else {
             p.transport.dial
         },
-        keepalive: p.transport.keepalive_interval,
+        socket: p.transport.socket,
         max_header: p.transport.response_head_limit() as u32,
     };
     let pool = h2_pool::H2ConnPool::global();

@@ -182,8 +182,7 @@ pub async fn checkout(
     let mut stream = tokio::time::timeout(dial, TcpStream::connect(addr))
         .await
         .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-    let _ = stream.set_nodelay(true);
-    super::tcp_keepalive(&stream, t.keepalive_interval);
+    t.socket.apply(&stream);
     let shareable = send_proxy_header(&mut stream, t, client, addr).await?;
     Ok((
         UpstreamConn {
@@ -313,8 +312,7 @@ pub async fn connect_direct(
         let mut tcp = tokio::time::timeout(dial, TcpStream::connect(addr))
             .await
             .map_err(timed)??;
-        let _ = tcp.set_nodelay(true);
-        super::tcp_keepalive(&tcp, t.keepalive_interval);
+        t.socket.apply(&tcp);
         // The header goes first, before any TLS.
         shareable = send_proxy_header(&mut tcp, t, client, addr).await?;
         if t.tls {

@@ -126,8 +126,7 @@ impl H2ConnPool {
             .await
             .map_err(|_| "upstream connect timed out".to_string())?
             .map_err(|e| format!("upstream connect: {e}"))?;
-        let _ = tcp.set_nodelay(true);
-        super::tcp_keepalive(&tcp, dial.keepalive);
+        dial.socket.apply(&tcp);
         let alive = Arc::new(AtomicBool::new(true));
         let send = match tls {
             Some((cfg, name)) => {
@@ -254,11 +253,11 @@ pub async fn send_all(
     Ok(())
 }
 
-/// How to open a connection: the dial timeout and TCP keep-alive probes.
+/// How to open a connection: the dial timeout and the socket's options.
 #[derive(Debug, Clone, Copy)]
 pub struct Dial {
     pub timeout: std::time::Duration,
-    pub keepalive: Option<std::time::Duration>,
+    pub socket: super::SocketOpts,
     /// The largest response header list accepted (`max_response_header`).
     pub max_header: u32,
 }

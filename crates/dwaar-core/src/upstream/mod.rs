@@ -227,8 +227,9 @@ pub struct TransportOpts {
     pub proxy_protocol: Option<crate::proxy_protocol::Version>,
     /// `max_response_header`: the largest response head accepted from an upstream.
     pub max_response_header: Option<usize>,
-    /// `keepalive_interval`: TCP keep-alive probes on upstream connections.
-    pub keepalive_interval: Option<Duration>,
+    /// Options of every upstream socket (`keepalive_interval`, `read_buffer`,
+    /// `write_buffer`).
+    pub socket: SocketOpts,
     /// `tls_client_auth`: the certificate presented to TLS upstreams.
     pub client_cert: Option<Arc<ClientCert>>,
     /// `max_conns_per_host`: an upstream with this many requests in flight is skipped.
@@ -466,11 +467,41 @@ fn load_trusted_cas(
     Ok((Arc::from(certs.into_boxed_slice()), ders))
 }
 
-/// Turns on TCP keep-alive probes every `every` on an upstream connection.
-pub(crate) fn tcp_keepalive(tcp: &tokio::net::TcpStream, every: Option<Duration>) {
-    if let Some(d) = every {
-        let ka = socket2::TcpKeepalive::new().with_time(d).with_interval(d);
-        let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka);
+/// Options of an upstream socket, set on every connection Dwaar or Pingora opens.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOpts {
+    /// `keepalive_interval`: TCP keep-alive probes this often.
+    pub keepalive: Option<Duration>,
+    /// `read_buffer`: the kernel's receive buffer (`SO_RCVBUF`).
+    pub recv_buf: Option<usize>,
+    /// `write_buffer`: the kernel's send buffer (`SO_SNDBUF`).
+    pub send_buf: Option<usize>,
+}
+
+impl SocketOpts {
+    /// Applies the options, and `TCP_NODELAY`, to a connected upstream socket.
+    pub fn apply(&self, tcp: &tokio::net::TcpStream) {
+        let _ = tcp.set_nodelay(true);
+        let sock = socket2::SockRef::from(tcp);
+        if let Some(d) = self.keepalive {
+            let ka = socket2::TcpKeepalive::new().with_time(d).with_interval(d);
+            let _ = sock.set_tcp_keepalive(&ka);
+        }
+        self.apply_buffers(&sock);
+    }
+
+    /// Sets the buffer sizes (before connecting, so the TCP window starts right).
+    pub fn apply_buffers(&self, sock: &socket2::SockRef<'_>) {
+        if let Some(n) = self.recv_buf {
+            let _ = sock.set_recv_buffer_size(n);
+        }
+        if let Some(n) = self.send_buf {
+            let _ = sock.set_send_buffer_size(n);
+        }
+    }
+
+    fn sets_buffers(&self) -> bool {
+        self.recv_buf.is_some() || self.send_buf.is_some()
     }
 }
 
@@ -650,7 +681,11 @@ impl ProxyHandler {
                 client_tls: Default::default(),
                 client_tls_h2: Default::default(),
                 max_conns: (t.max_conns_per_host > 0).then_some(t.max_conns_per_host as usize),
-                keepalive_interval: t.keepalive_interval_ms.map(ms),
+                socket: SocketOpts {
+                    keepalive: t.keepalive_interval_ms.map(ms),
+                    recv_buf: t.read_buffer.map(|n| n as usize),
+                    send_buf: t.write_buffer.map(|n| n as usize),
+                },
                 max_response_header: t.max_response_header.map(|v| v as usize),
                 client_cert: match &t.tls_client_auth {
                     Some((cert, key)) => Some(Arc::new(ClientCert::load(cert, key)?)),
@@ -877,7 +912,14 @@ impl ProxyHandler {
         if let Some(c) = &t.client_cert {
             peer.client_cert_key = Some(c.pingora.clone());
         }
-        if let Some(every) = t.keepalive_interval {
+        if t.socket.sets_buffers() {
+            let socket = t.socket;
+            o.upstream_tcp_sock_tweak_hook = Some(Arc::new(move |s: &tokio::net::TcpSocket| {
+                socket.apply_buffers(&socket2::SockRef::from(s));
+                Ok(())
+            }));
+        }
+        if let Some(every) = t.socket.keepalive {
             o.tcp_keepalive = Some(pingora_core::protocols::l4::ext::TcpKeepalive {
                 idle: every,
                 interval: every,
@@ -897,6 +939,7 @@ impl ProxyHandler {
                 header: t.proxy_protocol.map(|v| (v, client)),
                 keep,
                 timeout: t.dial,
+                socket: t.socket,
             }));
             o.idle_timeout = Some(Duration::ZERO);
             static OWN: AtomicUsize = AtomicUsize::new(1);
@@ -923,6 +966,7 @@ struct Dial {
     header: Option<(crate::proxy_protocol::Version, std::net::SocketAddr)>,
     keep: Option<tunnels::SocketSlot>,
     timeout: Duration,
+    socket: SocketOpts,
 }
 
 impl Dial {
@@ -962,7 +1006,7 @@ impl pingora_core::connectors::L4Connect for Dial {
                     .await
                     .or_err(ErrorType::ConnectTimedout, "connecting to the upstream")?
                     .or_err(ErrorType::ConnectError, "connecting to the upstream")?;
-                let _ = tcp.set_nodelay(true);
+                self.socket.apply(&tcp);
                 self.keep_duplicate(&tcp)?;
                 (tcp.into(), *a)
             }
