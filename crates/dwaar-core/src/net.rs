@@ -163,17 +163,19 @@ fn parse_ip_lenient(s: &str) -> Option<IpAddr> {
         .and_then(|r| r.parse().ok())
 }
 
-/// Wraps an accepted TCP connection for Pingora, with the addresses already known
-/// from `accept()` (no `getpeername`/`getsockname` later).
-pub fn to_pingora(
-    tcp: tokio::net::TcpStream,
+/// Wraps an accepted connection (TCP, or a unix socket's) for Pingora, with the
+/// addresses already known from `accept()` (no `getpeername`/`getsockname` later).
+pub fn to_pingora<S>(
+    tcp: S,
     peer: std::net::SocketAddr,
     local: Option<std::net::SocketAddr>,
-) -> pingora_core::protocols::l4::stream::Stream {
+) -> pingora_core::protocols::l4::stream::Stream
+where
+    S: Into<pingora_core::protocols::l4::stream::Stream> + std::os::fd::AsRawFd,
+{
     use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
     use pingora_core::protocols::l4::stream::Stream;
     use pingora_core::protocols::{GetSocketDigest, SocketDigest};
-    use std::os::fd::AsRawFd;
     let fd = tcp.as_raw_fd();
     let mut stream: Stream = tcp.into();
     let digest = SocketDigest::from_raw_fd(fd);

@@ -15,7 +15,42 @@
 use crate::net::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
+
+/// A connection whose first bytes can be looked at without consuming them.
+pub trait PeekStream: Send {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a;
+}
+
+impl PeekStream for TcpStream {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = std::io::Result<usize>> + Send + 'a {
+        TcpStream::peek(self, buf)
+    }
+}
+
+impl PeekStream for UnixStream {
+    async fn peek(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        loop {
+            self.readable().await?;
+            let fd = self.as_raw_fd();
+            let got = self.try_io(tokio::io::Interest::READABLE, || {
+                nix::sys::socket::recv(fd, buf, nix::sys::socket::MsgFlags::MSG_PEEK)
+                    .map_err(std::io::Error::from)
+            });
+            match got {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+}
 
 /// What to do with a peer's PROXY header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +254,8 @@ fn parse_v2(buf: &[u8]) -> Result<Parsed, &'static str> {
 /// Applies `inbound` to a new connection from `peer`: reads (and consumes) a PROXY
 /// header as the policy says and returns the client address to use, or why the
 /// connection must be closed.
-pub async fn accept(
-    tcp: &mut TcpStream,
+pub async fn accept<S: PeekStream + tokio::io::AsyncRead + Unpin>(
+    tcp: &mut S,
     peer: SocketAddr,
     inbound: &Inbound,
 ) -> Result<SocketAddr, String> {

@@ -354,6 +354,11 @@ impl PortSites {
     }
 }
 
+/// Whether a listen address is a unix socket (`unix/<path>|<mode>`).
+pub fn is_unix(addr: &str) -> bool {
+    addr.starts_with("unix/")
+}
+
 /// A socket the server must listen on.
 #[derive(
     Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -587,7 +592,7 @@ impl RouteTable {
                     } else {
                         site.bind.clone()
                     };
-                    for addr in addrs {
+                    for addr in addrs.into_iter().filter(|a| !is_unix(a)) {
                         if !table.h3.iter().any(|h| h.0 == addr && h.1 == a.port) {
                             table.h3.push((addr, a.port));
                         }
@@ -643,7 +648,7 @@ impl RouteTable {
             .collect();
         table.listeners = listeners
             .into_iter()
-            .filter(|l| l.addr.is_empty() || !wildcard_ports.contains(&l.port))
+            .filter(|l| l.addr.is_empty() || is_unix(&l.addr) || !wildcard_ports.contains(&l.port))
             .collect();
         table.health_targets = cx.health;
         table.dynamic = cx.dynamic;

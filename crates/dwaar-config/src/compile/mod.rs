@@ -85,11 +85,10 @@ fn bind_hosts(d: &Directive, diags: &mut Diags) -> Vec<String> {
         return out;
     }
     for a in &d.args {
-        if a.text.starts_with("unix/") {
-            diags.push(a.error(format!(
-                "'{}': binding to unix sockets is not supported yet",
-                a.text
-            )));
+        if let Some(rest) = a.text.strip_prefix("unix/") {
+            if let Some(u) = unix_bind(a, rest, diags) {
+                out.push(u);
+            }
             continue;
         }
         let (network, rest) = match a.text.split_once('/') {
@@ -131,6 +130,54 @@ fn bind_hosts(d: &Directive, diags: &mut Diags) -> Vec<String> {
         }
     }
     out
+}
+
+/// A site served on a unix socket speaks plain HTTP there (TLS and HTTP/3 need an IP
+/// listener): refuses HTTPS addresses, reported at `at`.
+fn unix_needs_plain_http(at: &Token, addresses: &[SiteAddress], diags: &mut Diags) {
+    if addresses
+        .iter()
+        .any(|a| a.scheme.as_deref() == Some("https"))
+    {
+        diags.push(
+            at.error("a site on a unix socket serves plain HTTP only")
+                .with_help("give the site http:// addresses (http://example.com:80)"),
+        );
+    }
+}
+
+/// `unix/<path>[|<mode>]`: a unix socket at `path` (absolute, or relative to the working
+/// directory) with the octal permission `mode` (default `0200`, as in Caddy: only the
+/// owner may connect), normalised to `unix/<path>|<mode>`.
+fn unix_bind(a: &Token, rest: &str, diags: &mut Diags) -> Option<String> {
+    let (path, mode) = match rest.rsplit_once('|') {
+        Some((p, m)) => (p, m),
+        None => (rest, "0200"),
+    };
+    if path.is_empty() || path.starts_with('@') {
+        diags.push(
+            a.error(format!("'{}': a unix socket needs a file path", a.text))
+                .with_help("bind unix//run/dwaar.sock|0660"),
+        );
+        return None;
+    }
+    let ok_mode = u32::from_str_radix(mode, 8)
+        .ok()
+        .filter(|m| mode.len() <= 4 && *m <= 0o777);
+    let Some(bits) = ok_mode else {
+        diags.push(
+            a.error(format!("'{mode}' is not an octal file mode"))
+                .with_help("bind unix//run/dwaar.sock|0660"),
+        );
+        return None;
+    };
+    if bits & 0o200 == 0 {
+        diags.push(a.error(format!(
+            "mode {mode} leaves the owner unable to connect to the socket"
+        )));
+        return None;
+    }
+    Some(format!("unix/{path}|{bits:04o}"))
 }
 
 /// `listener_wrappers { proxy_protocol { ... } tls }`: the PROXY protocol is read before
@@ -301,7 +348,13 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         let mut handler_dirs: Vec<Directive> = Vec::new();
         for d in &sb.block.directives {
             match d.name.text.as_str() {
-                "bind" if !d.name.quoted() => bind.extend(bind_hosts(d, diags)),
+                "bind" if !d.name.quoted() => {
+                    let hosts = bind_hosts(d, diags);
+                    if hosts.iter().any(|h| h.starts_with("unix/")) {
+                        unix_needs_plain_http(&d.name, &addresses, diags);
+                    }
+                    bind.extend(hosts);
+                }
                 "handle_errors" if !d.name.quoted() => error_blocks.push(d),
                 "log" if !d.name.quoted() => {
                     if seen_log {
@@ -415,6 +468,11 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         }
         if bind.is_empty() {
             bind = global.default_bind.clone();
+            if bind.iter().any(|h| h.starts_with("unix/")) {
+                if let Some(t) = sb.addresses.first() {
+                    unix_needs_plain_http(t, &addresses, diags);
+                }
+            }
         }
         sites.push(Site {
             addresses,

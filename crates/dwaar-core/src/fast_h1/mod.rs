@@ -115,12 +115,30 @@ impl LeanIo for TcpStream {
     }
 }
 
-/// Serves one plain-text client connection until it closes or is handed over (to
-/// Pingora, or on an h2c port to the HTTP/2 front-end). Not an `async fn`: the set-up is
-/// done now and the connection's future is [`serve_conn`]'s own (one layer fewer to poll
-/// for every read and write of the connection).
-pub fn serve(
-    tcp: TcpStream,
+impl LeanIo for tokio::net::UnixStream {
+    type Handed = pingora_core::protocols::l4::stream::Stream;
+
+    fn tcp(&self) -> Option<&TcpStream> {
+        None
+    }
+
+    fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed {
+        let mut stream = to_pingora(self, peer, local);
+        stream.rewind(read);
+        stream
+    }
+
+    fn resume(handed: Self::Handed) -> Result<Self, Box<Self::Handed>> {
+        Err(Box::new(handed))
+    }
+}
+
+/// Serves one plain-text client connection (TCP, or a unix socket's) until it closes
+/// or is handed over (to Pingora, or on an h2c port to the HTTP/2 front-end). Not an
+/// `async fn`: the set-up is done now and the connection's future is [`serve_conn`]'s
+/// own (one layer fewer to poll for every read and write of the connection).
+pub fn serve<S: LeanIo>(
+    tcp: S,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     cx: FastCx,
@@ -133,7 +151,9 @@ pub fn serve(
     };
     // The port's settings, read once per connection.
     let settings = port_settings(&cx, conn);
-    set_write_timeout(&tcp, settings.timeouts.write);
+    if let Some(sock) = tcp.tcp() {
+        set_write_timeout(sock, settings.timeouts.write);
+    }
     // Most request heads fit; the buffer grows only for larger ones.
     let buf = BytesMut::with_capacity(CLIENT_BUF);
     serve_conn(tcp, (peer, local), conn, cx, settings, buf)

@@ -4,7 +4,7 @@
 //! (see [`super::sockets`]). On a reload each thread starts accept loops for new sockets
 //! and stops those of removed ones, leaving the others (and their connections) untouched.
 
-use super::sockets::{share, Snapshot};
+use super::sockets::{share, Listener, Snapshot};
 use crate::net::to_pingora;
 use crate::route_table::ListenSpec;
 use pingora_core::apps::ServerApp;
@@ -78,10 +78,10 @@ pub async fn worker(
             if running.contains_key(&key) {
                 continue;
             }
-            let listener = match socket
-                .try_clone()
-                .and_then(tokio::net::TcpListener::from_std)
-            {
+            let listener = match socket.try_clone().and_then(|l| match l {
+                Listener::Tcp(l) => tokio::net::TcpListener::from_std(l).map(Accepting::Tcp),
+                Listener::Unix(l) => tokio::net::UnixListener::from_std(l).map(Accepting::Unix),
+            }) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::error!("cannot accept on {}:{}: {e}", key.0.addr, key.0.port);
@@ -95,6 +95,18 @@ pub async fn worker(
                 h2c: (key.0.h2c && !key.0.tls).then(|| h2_hand_over(apps.store.clone())),
                 hand_over_all: apps.fronts.pingora_h1,
                 shutdown: shutdown.clone(),
+            };
+            let listener = match listener {
+                Accepting::Tcp(l) => l,
+                Accepting::Unix(l) => {
+                    let task = tokio::spawn(accept_unix(
+                        l,
+                        (lean, key.0.port, key.0.proxy_protocol),
+                        conns.clone(),
+                    ));
+                    running.insert(key, task);
+                    continue;
+                }
             };
             let front = if key.0.tls {
                 Front::Tls(
@@ -159,6 +171,53 @@ fn h2_hand_over(store: Arc<crate::route_table::RouteStore>) -> Arc<crate::fast_h
             })
         },
     )
+}
+
+/// A listening socket being accepted on.
+enum Accepting {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// The address a connection over a unix socket has for matchers, limits and logs: the
+/// loopback address (port 0), and the site's port as its local address.
+fn unix_addresses(port: u16) -> (SocketAddr, SocketAddr) {
+    let lo = std::net::Ipv4Addr::LOCALHOST;
+    (SocketAddr::from((lo, 0)), SocketAddr::from((lo, port)))
+}
+
+/// Accepts on a unix socket; its connections speak plain HTTP (the lean path, Pingora
+/// for what it hands over, HTTP/2 with prior knowledge on h2c ports).
+async fn accept_unix(
+    listener: tokio::net::UnixListener,
+    (cx, port, read_proxy_header): (crate::fast_h1::FastCx, u16, bool),
+    conns: Arc<ConnCount>,
+) {
+    let (origin, local) = unix_addresses(port);
+    loop {
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conns = conns.clone();
+        conns.0.fetch_add(1, Ordering::AcqRel);
+        let cx = cx.clone();
+        tokio::spawn(async move {
+            let _live = Live(conns);
+            let mut peer = origin;
+            if read_proxy_header {
+                match proxy_header(&mut stream, peer, Some(local), &cx.store).await {
+                    Some(client) => peer = client,
+                    None => return,
+                }
+            }
+            crate::fast_h1::serve(stream, peer, Some(local), cx).await;
+        });
+    }
 }
 
 /// Who serves a listener's connections.
@@ -338,12 +397,15 @@ async fn accept_loop(
 /// Reads the PROXY protocol header of a new connection as its port's policy says and
 /// returns the client address to use from now on (the one in the header when the peer
 /// may set it), or `None` when the connection must be closed.
-async fn proxy_header(
-    tcp: &mut tokio::net::TcpStream,
+async fn proxy_header<S>(
+    tcp: &mut S,
     peer: SocketAddr,
     local: Option<SocketAddr>,
     store: &crate::route_table::RouteStore,
-) -> Option<SocketAddr> {
+) -> Option<SocketAddr>
+where
+    S: crate::proxy_protocol::PeekStream + tokio::io::AsyncRead + Unpin,
+{
     let inbound = local.and_then(|l| {
         store
             .load()

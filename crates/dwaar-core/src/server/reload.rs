@@ -315,8 +315,7 @@ impl Reloader {
             sites: config.sites.len(),
             listeners: snapshot
                 .iter()
-                .filter_map(|b| sockets::socket_addr(&b.spec, self.v6).ok())
-                .map(|a| a.to_string())
+                .map(|b| sockets::describe(&b.spec, self.v6))
                 .collect(),
         };
         self.store.swap(table);

@@ -11,13 +11,54 @@ use crate::route_table::ListenSpec;
 use serde::{Deserialize, Serialize};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::sync::Arc;
+
+/// A listening socket: TCP, or a unix socket (`bind unix/<path>`).
+#[derive(Debug)]
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Listener {
+    /// Another handle on the same kernel socket.
+    pub fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix(l) => Listener::Unix(l.try_clone()?),
+        })
+    }
+
+    /// A listener of `spec`'s kind around an inherited descriptor.
+    fn from_fd(spec: &ListenSpec, fd: OwnedFd) -> std::io::Result<Listener> {
+        let l = if unix_path(&spec.addr).is_some() {
+            let l = UnixListener::from(fd);
+            l.set_nonblocking(true)?;
+            Listener::Unix(l)
+        } else {
+            let l = TcpListener::from(fd);
+            l.set_nonblocking(true)?;
+            Listener::Tcp(l)
+        };
+        Ok(l)
+    }
+}
 
 /// One listen spec and its sockets.
 #[derive(Debug, Clone)]
 pub struct Bound {
     pub spec: ListenSpec,
-    pub sockets: Arc<Vec<TcpListener>>,
+    pub sockets: Arc<Vec<Listener>>,
 }
 
 /// Every listener of the server at one moment.
@@ -107,16 +148,63 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> String {
     format!("cannot listen on {addr}: {why}")
 }
 
-/// Binds `k` sockets for `spec`. A plain exclusive bind comes first so that a port held
-/// by another program is reported instead of silently shared through `SO_REUSEPORT`.
-pub fn bind_spec(spec: &ListenSpec, k: usize, v6: bool) -> Result<Vec<TcpListener>, String> {
+/// The path and permission bits of a unix listen address (`unix/<path>|<mode>`).
+pub fn unix_path(addr: &str) -> Option<(&std::path::Path, u32)> {
+    let rest = addr.strip_prefix("unix/")?;
+    let (path, mode) = rest.rsplit_once('|').unwrap_or((rest, "0200"));
+    Some((
+        std::path::Path::new(path),
+        u32::from_str_radix(mode, 8).unwrap_or(0o200),
+    ))
+}
+
+/// What a spec listens on, for people: `host:port`, or the unix socket's path.
+pub fn describe(spec: &ListenSpec, v6: bool) -> String {
+    match unix_path(&spec.addr) {
+        Some((path, _)) => format!("unix/{}", path.display()),
+        None => socket_addr(spec, v6).map_or_else(|e| e, |a| a.to_string()),
+    }
+}
+
+/// Binds a unix socket at `path` with permission bits `mode`. A socket file left by an
+/// earlier run is replaced; any other file at the path is an error.
+fn bind_unix(path: &std::path::Path, mode: u32) -> Result<UnixListener, String> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let why = |e: std::io::Error| format!("cannot listen on unix/{}: {e}", path.display());
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(why)?,
+        Ok(_) => {
+            return Err(format!(
+                "cannot listen on unix/{}: the path exists and is not a socket",
+                path.display()
+            ))
+        }
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path).map_err(why)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(why)?;
+    l.set_nonblocking(true).map_err(why)?;
+    Ok(l)
+}
+
+/// Binds `k` sockets for `spec` (one for a unix socket, which every accepting thread
+/// shares). A plain exclusive bind comes first so that a port held by another program
+/// is reported instead of silently shared through `SO_REUSEPORT`.
+pub fn bind_spec(spec: &ListenSpec, k: usize, v6: bool) -> Result<Vec<Listener>, String> {
+    if let Some((path, mode)) = unix_path(&spec.addr) {
+        return Ok(vec![Listener::Unix(bind_unix(path, mode)?)]);
+    }
     let addr = socket_addr(spec, v6)?;
     let only_v6 = v6_only(&spec.addr);
     let probe = new_listen_socket(addr, only_v6)
         .and_then(|s| s.bind(&addr.into()).and_then(|()| s.listen(1)));
     probe.map_err(|e| bind_error(addr, &e))?;
     (0..k.max(1))
-        .map(|_| bind_reuseport(addr, only_v6).map_err(|e| bind_error(addr, &e)))
+        .map(|_| {
+            bind_reuseport(addr, only_v6)
+                .map(Listener::Tcp)
+                .map_err(|e| bind_error(addr, &e))
+        })
         .collect()
 }
 
@@ -187,11 +275,12 @@ pub fn import(specs: Vec<SharedSpec>, fds: Vec<OwnedFd>) -> Result<Snapshot, Str
     let mut fds = fds.into_iter();
     let mut out = Vec::with_capacity(specs.len());
     for s in specs {
-        let sockets: Vec<TcpListener> = fds.by_ref().take(s.count).map(TcpListener::from).collect();
-        for l in &sockets {
-            l.set_nonblocking(true)
-                .map_err(|e| format!("inherited socket: {e}"))?;
-        }
+        let sockets = fds
+            .by_ref()
+            .take(s.count)
+            .map(|fd| Listener::from_fd(&s.spec, fd))
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| format!("inherited socket: {e}"))?;
         out.push(Bound {
             spec: s.spec,
             sockets: Arc::new(sockets),
