@@ -924,6 +924,59 @@ fn replace_status_on_every_path() {
     }
 }
 
+/// An upstream's interim answers (`102 Processing`, `103 Early Hints`) before its final
+/// response: the final response arrives on every path (the lean path once answered
+/// 502); HTTP/1.1 clients get the interim heads ahead of it, as the upstream sent them.
+#[test]
+fn early_hints_from_upstreams_pass_on_every_path() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = s;
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let r = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(r).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{port}\n"));
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/"));
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{proto:?}");
+    }
+    for proto in [Proto::H1Lean, Proto::H1Pingora] {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", p.port(proto)))
+            .unwrap_or_else(|e| panic!("{e}"));
+        s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let hints = out.find("HTTP/1.1 103").unwrap_or(usize::MAX);
+        let last = out.find("HTTP/1.1 200").unwrap_or(0);
+        assert!(hints < last, "{proto:?}: {out}");
+        assert!(
+            out.to_ascii_lowercase()
+                .contains("link: </app.css>; rel=preload"),
+            "{out}"
+        );
+        assert!(
+            out.find("HTTP/1.1 102").unwrap_or(usize::MAX) < hints,
+            "{proto:?}: {out}"
+        );
+    }
+}
+
 /// `copy_response` and `copy_response_*` outside a reverse_proxy's `handle_response`
 /// routes are refused at their line (with a hint under `intercept`).
 #[test]

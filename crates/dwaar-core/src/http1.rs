@@ -80,6 +80,44 @@ pub fn status_line(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The status and fields of an upstream's interim head (`103 Early Hints`...),
+/// hop-by-hop fields left out.
+pub fn interim_fields(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    if resp.parse(head).is_err() {
+        return (103, Vec::new());
+    }
+    let status = resp.code.unwrap_or(103);
+    let fields = resp
+        .headers
+        .iter()
+        .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    (status, fields)
+}
+
+/// An upstream's interim head (`103 Early Hints`...) as sent on to an HTTP/1.1 client.
+pub fn interim_head(head: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(head.len());
+    let (status, fields) = interim_fields(head);
+    status_line(&mut out, status);
+    for (k, v) in fields {
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
 /// The current `Date` value (RFC 9110 §6.6.1) for HTTP/2 and HTTP/3 heads: made once
 /// per second per thread, then shared (a clone is a reference count, no allocation).
 pub fn date_value() -> http::HeaderValue {

@@ -911,6 +911,7 @@ async fn proxy<S: LeanIo>(
     let mut left = body_len - in_buf as u64;
     let mut consumed = false;
     let mut attempt = 0;
+    let mut interim = Vec::new();
     let (mut upc, resp_head_len) = loop {
         attempt += 1;
         let dial_start = Instant::now();
@@ -965,7 +966,8 @@ async fn proxy<S: LeanIo>(
                 upc.buf.clear();
                 left -= take as u64;
             }
-            match pool::read_response_head(&mut upc, &p.transport).await {
+            interim.clear();
+            match pool::read_response_head(&mut upc, &p.transport, &mut interim).await {
                 Ok(Some(n)) => break (upc, n),
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                     return Box::pin(upstream_failed(tcp, req, ctx, 504)).await;
@@ -980,6 +982,12 @@ async fn proxy<S: LeanIo>(
         return Box::pin(upstream_failed(tcp, req, ctx, 502)).await;
     };
 
+    // Interim answers (`103 Early Hints`...) go ahead of the final one, as sent.
+    for h in &interim {
+        if tcp.write_all(&crate::http1::interim_head(h)).await.is_err() {
+            return Next::Drop;
+        }
+    }
     // The response head.
     let rhead = upc.buf.split_to(resp_head_len).freeze();
     let mut shown = None;

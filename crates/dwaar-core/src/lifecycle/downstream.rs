@@ -40,6 +40,11 @@ pub trait Downstream: Send {
         ctx: &RequestContext,
         close: bool,
     ) -> impl Future<Output = Result<(), ()>> + Send;
+    /// Sends an interim (`1xx`) response, such as `103 Early Hints`, where the protocol
+    /// can (dropped otherwise).
+    fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
+        let _ = (status, fields);
+    }
     /// Sends body bytes, waiting for the client's flow control.
     fn send_data(&mut self, data: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
     /// Ends the response with trailers.

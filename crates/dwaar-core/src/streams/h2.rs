@@ -43,6 +43,16 @@ impl Downstream for H2Exchange {
         http::Version::HTTP_2
     }
 
+    fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
+        let mut r = http::Response::builder().status(status);
+        for (k, v) in &fields {
+            r = r.header(k.as_str(), v.as_str());
+        }
+        if let Ok(r) = r.body(()) {
+            let _ = self.respond.send_informational(r);
+        }
+    }
+
     async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
         match self.body.data().await {
             Some(Ok(chunk)) => {

@@ -438,8 +438,15 @@ async fn proxy<D: Downstream>(
                 return (st, read, sent);
             }
         }
-        match pool::read_response_head(&mut upc, &p.transport).await {
-            Ok(Some(n)) => break 'attempt (addr, pooled, upc, n, read),
+        let mut interim = Vec::new();
+        match pool::read_response_head(&mut upc, &p.transport, &mut interim).await {
+            Ok(Some(n)) => {
+                for h in &interim {
+                    let (status, fields) = crate::http1::interim_fields(h);
+                    stream.send_interim(status, fields);
+                }
+                break 'attempt (addr, pooled, upc, n, read);
+            }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
                 if may_have_body {
                     attempt::count_failure(ctx);

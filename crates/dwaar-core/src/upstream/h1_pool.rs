@@ -251,16 +251,33 @@ pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, t: &TransportOpts) {
 
 /// Reads until `c.buf` starts with a complete response head; its length, or `None`
 /// when the upstream closed or sent something that is not a response.
+/// Interim responses (`1xx` but `101`: `103 Early Hints`, `102 Processing`...) are taken
+/// off the connection first and left in `interim` for the client. An upstream that sends
+/// more than [`MAX_INTERIM`] of them gets `Ok(None)`.
 pub async fn read_response_head(
     c: &mut UpstreamConn,
     t: &TransportOpts,
+    interim: &mut Vec<bytes::Bytes>,
 ) -> std::io::Result<Option<usize>> {
     let limit = t.response_head_limit();
     let read = async {
         loop {
             if !c.buf.is_empty() {
                 let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
-                match httparse::Response::new(&mut headers).parse(&c.buf) {
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(&c.buf) {
+                    Ok(httparse::Status::Complete(n))
+                        if n <= limit
+                            && resp
+                                .code
+                                .is_some_and(|s| (100..200).contains(&s) && s != 101) =>
+                    {
+                        if interim.len() == MAX_INTERIM {
+                            return Ok(None);
+                        }
+                        interim.push(c.buf.split_to(n).freeze());
+                        continue;
+                    }
                     Ok(httparse::Status::Complete(n)) if n <= limit => return Ok(Some(n)),
                     Ok(httparse::Status::Partial) if c.buf.len() < limit => {}
                     _ => return Ok(None),
@@ -278,6 +295,9 @@ pub async fn read_response_head(
         _ => read.await,
     }
 }
+
+/// The most interim (`1xx`) responses accepted before a final one.
+pub const MAX_INTERIM: usize = 16;
 
 /// A new, unpooled connection to `u` over TLS (with the transport's roots, SNI and
 /// verification settings) or a unix socket, or plain TCP: for the HTTP/2 and HTTP/3 front-ends.
