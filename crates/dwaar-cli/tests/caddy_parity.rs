@@ -278,3 +278,20 @@ fn same_proxy_header_semantics_as_caddy() {
         diffs.join("\n")
     );
 }
+
+/// Global and path placeholders Caddy 2.6 has, rendered the same by both.
+#[test]
+fn same_placeholders_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let site = "{\n\tadmin off\n\tauto_https off\n}\n\n:PORT {\n\trespond \"{system.os}|{system.arch}|{system.slash}|{time.now.year}|{env.PATH}|{file.base}|{file.ext}|{http.request.uri.path.file.base}|{http.request.uri.path.file.ext}|{http.shutting_down}\"\n}\n";
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    for path in ["/", "/a/b/c.tar.gz?x=1", "/dir/", "/noext", "/.hidden"] {
+        let a = request(cp, "GET", "localhost", path, &[], b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, "GET", "localhost", path, &[], b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        assert_eq!((a.status, a.text()), (b.status, b.text()), "{path}");
+    }
+}

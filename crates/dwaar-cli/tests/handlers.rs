@@ -32,6 +32,92 @@ fn respond_with_status_body_and_placeholders() {
     assert!(r.body.is_empty());
 }
 
+/// Caddy's global and request placeholders: the environment and machine, the clock,
+/// file contents, escaped and prefixed URI parts, the original request, the request's
+/// id (`{uuid}`), timings and the upstream's facts.
+#[test]
+fn global_and_request_placeholders() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("motd.txt");
+    std::fs::write(&file, "hello from a file\n").unwrap_or_else(|e| panic!("{e}"));
+    let o = origin::http("up");
+    let (_d, port) = serve(&format!(
+        r#":PORT {{
+	handle /env {{
+		respond "{{env.PATH}}|{{system.os}}|{{system.slash}}|{{file.{}}}|{{env.DWAAR_SURELY_UNSET}}."
+	}}
+	handle /clock {{
+		respond "{{time.now.unix}}|{{time.now.unix_ms}}|{{time.now.year}}|{{time.now.common_log}}|{{time.now.http}}|{{time.now}}"
+	}}
+	rewrite /uri/* /rewritten{{path}}?r=1
+	handle /rewritten/* {{
+		respond "{{?query}}|{{%path}}|{{%query}}|{{%uri}}|{{orig_method}}|{{orig_dir}}|{{orig_file}}|{{orig_query}}|{{orig_?query}}|{{file.base}}|{{file.ext}}|{{http.request.local.port}}|{{http.shutting_down}}"
+	}}
+	handle /id {{
+		respond "{{uuid}} {{http.request.duration_ms}}"
+	}}
+	handle /proxied {{
+		reverse_proxy 127.0.0.1:{} {{
+			header_up X-Upstream "{{http.reverse_proxy.upstream.address}} {{http.reverse_proxy.upstream.host}} {{http.reverse_proxy.upstream.port}}"
+		}}
+	}}
+}}"#,
+        file.display(),
+        o.port
+    ));
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert_eq!(
+        ok_get(port, "x", "/env").text(),
+        format!("{path}|linux|/|hello from a file|.")
+    );
+    let r = ok_get(port, "x", "/clock").text();
+    let parts: Vec<&str> = r.split('|').collect();
+    assert_eq!(parts.len(), 6, "{r}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let unix: u64 = parts[0].parse().unwrap_or(0);
+    assert!(now.abs_diff(unix) < 5, "{r}");
+    let ms: u64 = parts[1].parse().unwrap_or(0);
+    assert!(ms / 1000 >= unix && ms / 1000 <= unix + 1, "{r}");
+    assert!(
+        parts[2].len() == 4 && parts[3].contains(&format!("/{}:", parts[2])),
+        "{r}"
+    );
+    assert!(
+        parts[3].ends_with(" +0000") && parts[4].ends_with(" GMT"),
+        "{r}"
+    );
+    assert!(
+        parts[5].ends_with(" +0000 UTC") && parts[5].starts_with(parts[2]),
+        "{r}"
+    );
+    let r = ok_get(port, "x", "/uri/a%20b/c.tar.gz?x=1&y=a%20b").text();
+    assert_eq!(
+        r,
+        format!("?r=1|%2Frewritten%2Furi%2Fa+b%2Fc.tar.gz|r%3D1|%2Frewritten%2Furi%2Fa%2520b%2Fc.tar.gz%3Fr%3D1|GET|/uri/a%20b/|c.tar.gz|x=1&y=a%20b|?x=1&y=a%20b|c.tar|.gz|{port}|false")
+    );
+    let r = ok_get(port, "x", "/id");
+    let text = r.text();
+    let (id, ms) = text.split_once(' ').unwrap_or_default();
+    assert_eq!(
+        Some(id),
+        r.header("x-request-id"),
+        "{{uuid}} is the request's id"
+    );
+    assert!(ms.parse::<f64>().is_ok_and(|v| v >= 0.0), "{text}");
+    let r = ok_get(port, "x", "/proxied");
+    assert!(
+        r.text().to_ascii_lowercase().contains(&format!(
+            "x-upstream: tcp/127.0.0.1:{0} 127.0.0.1 {0}",
+            o.port
+        )),
+        "{}",
+        r.text()
+    );
+}
+
 #[test]
 fn redir_codes_and_html() {
     let (_d, port) = serve(

@@ -54,6 +54,82 @@ pub enum Placeholder {
     RequestId,
     /// A name no built-in placeholder has: a `map` output when one set it, else `{name}`.
     Named(String),
+    /// `{env.NAME}`: the process environment, read when rendered (empty when unset).
+    Env(String),
+    /// `{system.*}`: facts about the machine.
+    System(SystemFact),
+    /// `{time.now*}`: the time of rendering, in one of Caddy's formats.
+    Now(TimeFormat),
+    /// `{file./path}`: the first MiB of a file, one trailing newline removed.
+    FileContents(String),
+    /// `{http.request.uri.path.file.base}` (`{file.base}`): the last path element
+    /// without its extension.
+    FileBase,
+    /// `{http.request.uri.path.file.ext}` (`{file.ext}`): its extension, with the dot.
+    FileExt,
+    /// `{?query}`: `?` and the query, or nothing.
+    PrefixedQuery,
+    /// `{%path}`, `{%query}`, `{%uri}`: query-escaped forms.
+    PathEscaped,
+    QueryEscaped,
+    UriEscaped,
+    /// `{orig_method}`: the method before any rewrite.
+    OrigMethod,
+    /// `{orig_dir}`, `{orig_file}`, `{orig_query}`: parts of the original URI.
+    OrigDir,
+    OrigFile,
+    OrigQuery,
+    /// `{http.request.duration}` (Go's duration text) and `_ms` (milliseconds).
+    Duration,
+    DurationMs,
+    /// `{http.request.local.port}`: the port the request came in on.
+    LocalPort,
+    /// `{http.shutting_down}`: `true` once the server started stopping.
+    ShuttingDown,
+    /// `{http.error.id}`: a short identifier of the error being handled.
+    ErrorId,
+    /// `{http.reverse_proxy.upstream.*}`: the upstream of the latest attempt.
+    Upstream(UpstreamFact),
+}
+
+/// A `{system.*}` fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemFact {
+    Hostname,
+    Os,
+    Arch,
+    Slash,
+    Wd,
+}
+
+/// How `{time.now*}` renders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeFormat {
+    /// `2006-01-02 15:04:05.999999999 +0000 UTC`
+    Default,
+    /// `Mon, 02 Jan 2006 15:04:05 GMT`
+    Http,
+    /// `02/Jan/2006:15:04:05 +0000`
+    CommonLog,
+    Year,
+    Unix,
+    UnixMs,
+}
+
+/// A `{http.reverse_proxy.upstream.*}` fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFact {
+    /// `tcp/host:port`, or the socket path.
+    Address,
+    Host,
+    Port,
+    /// Requests in flight to it now.
+    Requests,
+    /// Its `max_conns_per_host` (0: none).
+    MaxRequests,
+    /// From sending the request to the response head (Go's duration text, or ms).
+    Latency,
+    LatencyMs,
 }
 
 /// One piece of a template.
@@ -163,11 +239,12 @@ impl<'de> Deserialize<'de> for Template {
 }
 
 fn looks_like_placeholder(key: &str) -> bool {
-    !key.is_empty()
-        && key
+    let body = key.strip_prefix(['?', '%']).unwrap_or(key);
+    !body.is_empty()
+        && body
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-        && key
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '?'))
+        && body
             .chars()
             .next()
             .map(|c| c.is_ascii_alphabetic())
@@ -204,8 +281,44 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "err.status_code" | "http.error.status_code" => Some(P::ErrorStatusCode),
         "err.status_text" | "http.error.status_text" => Some(P::ErrorStatusText),
         "err.message" | "http.error.message" => Some(P::ErrorMessage),
-        "http.request.uuid" | "http.request.id" => Some(P::RequestId),
+        "http.request.uuid" | "http.request.id" | "uuid" => Some(P::RequestId),
         "http.auth.user.id" => Some(P::Var("http.auth.user.id".into())),
+        "system.hostname" => Some(P::System(SystemFact::Hostname)),
+        "system.os" => Some(P::System(SystemFact::Os)),
+        "system.arch" => Some(P::System(SystemFact::Arch)),
+        "system.slash" => Some(P::System(SystemFact::Slash)),
+        "system.wd" => Some(P::System(SystemFact::Wd)),
+        "time.now" => Some(P::Now(TimeFormat::Default)),
+        "time.now.http" => Some(P::Now(TimeFormat::Http)),
+        "time.now.common_log" => Some(P::Now(TimeFormat::CommonLog)),
+        "time.now.year" => Some(P::Now(TimeFormat::Year)),
+        "time.now.unix" => Some(P::Now(TimeFormat::Unix)),
+        "time.now.unix_ms" => Some(P::Now(TimeFormat::UnixMs)),
+        "http.request.uri.path.file.base" | "file.base" => Some(P::FileBase),
+        "http.request.uri.path.file.ext" | "file.ext" => Some(P::FileExt),
+        "?query" | "http.request.uri.prefixed_query" => Some(P::PrefixedQuery),
+        "%path" | "http.request.uri.path_escaped" => Some(P::PathEscaped),
+        "%query" | "http.request.uri.query_escaped" => Some(P::QueryEscaped),
+        "%uri" | "http.request.uri_escaped" => Some(P::UriEscaped),
+        "orig_method" | "http.request.orig_method" => Some(P::OrigMethod),
+        "orig_uri" => Some(P::OrigUri),
+        "orig_path" => Some(P::OrigPath),
+        "orig_dir" | "http.request.orig_uri.path.dir" => Some(P::OrigDir),
+        "orig_file" | "http.request.orig_uri.path.file" => Some(P::OrigFile),
+        "orig_query" | "http.request.orig_uri.query" => Some(P::OrigQuery),
+        "orig_?query" => Some(P::OrigPrefixedQuery),
+        "http.request.duration" => Some(P::Duration),
+        "http.request.duration_ms" => Some(P::DurationMs),
+        "http.request.local.port" => Some(P::LocalPort),
+        "http.shutting_down" => Some(P::ShuttingDown),
+        "err.id" | "http.error.id" => Some(P::ErrorId),
+        "http.reverse_proxy.upstream.address" => Some(P::Upstream(UpstreamFact::Address)),
+        "http.reverse_proxy.upstream.host" => Some(P::Upstream(UpstreamFact::Host)),
+        "http.reverse_proxy.upstream.port" => Some(P::Upstream(UpstreamFact::Port)),
+        "http.reverse_proxy.upstream.requests" => Some(P::Upstream(UpstreamFact::Requests)),
+        "http.reverse_proxy.upstream.max_requests" => Some(P::Upstream(UpstreamFact::MaxRequests)),
+        "http.reverse_proxy.upstream.latency" => Some(P::Upstream(UpstreamFact::Latency)),
+        "http.reverse_proxy.upstream.latency_ms" => Some(P::Upstream(UpstreamFact::LatencyMs)),
         _ => None,
     };
     if simple.is_some() {
@@ -217,6 +330,17 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
             .find_map(|p| key.strip_prefix(p))
             .filter(|rest| !rest.is_empty())
     };
+    if let Some(name) = prefixed(&["env."]) {
+        return Some(P::Env(name.to_string()));
+    }
+    // `{file.X}` with a plain name is Caddy's shorthand for a part of the path's file
+    // (`base`, `ext` above); anything else, a path (`{file./etc/motd}`), is a file read.
+    if let Some(path) = prefixed(&["file."]) {
+        let shorthand = path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-'));
+        return (!shorthand).then(|| P::FileContents(path.to_string()));
+    }
     if let Some(name) = prefixed(&["http.request.header.", "header."]) {
         return Some(P::Header(name.to_ascii_lowercase()));
     }
@@ -283,6 +407,33 @@ mod tests {
         let t = Template::parse(r#"{"ok":true} \{host}"#);
         assert_eq!(t.as_literal(), Some(r#"{"ok":true} {host}"#));
         assert!(t.unknown_keys().is_empty());
+    }
+
+    #[test]
+    fn caddy_shorthands_and_global_values() {
+        for (key, want) in [
+            ("?query", Placeholder::PrefixedQuery),
+            ("%path", Placeholder::PathEscaped),
+            ("orig_?query", Placeholder::OrigPrefixedQuery),
+            ("file.base", Placeholder::FileBase),
+            (
+                "file./etc/motd",
+                Placeholder::FileContents("/etc/motd".into()),
+            ),
+            (
+                "file.notes.txt",
+                Placeholder::FileContents("notes.txt".into()),
+            ),
+            ("env.HOME", Placeholder::Env("HOME".into())),
+            ("uuid", Placeholder::RequestId),
+            ("time.now.unix_ms", Placeholder::Now(TimeFormat::UnixMs)),
+        ] {
+            assert_eq!(lookup(key), Some(want), "{key}");
+        }
+        // A plain `{file.X}` is a path-part shorthand Caddy does not have: unknown.
+        assert_eq!(lookup("file.secret"), None);
+        let t = Template::parse("{%nope}{?bad}");
+        assert_eq!(t.unknown_keys(), &["%nope".to_string(), "?bad".to_string()]);
     }
 
     #[test]

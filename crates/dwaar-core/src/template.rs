@@ -185,6 +185,81 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
                 out.push_str(m);
             }
         }
+        P::Env(name) => {
+            if let Ok(v) = std::env::var(name) {
+                out.push_str(&v);
+            }
+        }
+        P::System(fact) => push_system(out, *fact),
+        P::Now(format) => push_now(out, *format),
+        P::FileContents(path) => out.push_str(&file_contents(path)),
+        // Go's `path.Base` without `path.Ext`, and `path.Ext`, as Caddy computes them.
+        P::FileBase | P::FileExt => {
+            let p = req.path();
+            let last = &p[p.rfind('/').map(|i| i + 1).unwrap_or(0)..];
+            let ext = last.rfind('.').map_or("", |i| &last[i..]);
+            if *ph == P::FileExt {
+                out.push_str(ext);
+            } else {
+                let trimmed = p.trim_end_matches('/');
+                let base = match trimmed.rfind('/') {
+                    _ if trimmed.is_empty() => "/",
+                    Some(i) => &trimmed[i + 1..],
+                    None => trimmed,
+                };
+                out.push_str(base.strip_suffix(ext).unwrap_or(base));
+            }
+        }
+        P::PrefixedQuery => {
+            if let Some(q) = req.query().filter(|q| !q.is_empty()) {
+                out.push('?');
+                out.push_str(q);
+            }
+        }
+        // Of the decoded path, as Caddy escapes `r.URL.Path`.
+        P::PathEscaped => query_escape(out, &percent_decode(req.path())),
+        P::QueryEscaped => query_escape(out, req.query().unwrap_or("")),
+        P::UriEscaped => {
+            let mut uri = String::new();
+            push_value(&mut uri, &P::Uri, req, ctx);
+            query_escape(out, &uri);
+        }
+        // No directive changes the method yet: the original is the current one.
+        P::OrigMethod => out.push_str(req.method()),
+        P::OrigDir | P::OrigFile | P::OrigQuery => {
+            let (path, query) = match &ctx.orig_uri {
+                Some(u) => u.split_once('?').unwrap_or((u, "")),
+                None => (req.path(), req.query().unwrap_or("")),
+            };
+            let cut = path.rfind('/').map(|i| i + 1).unwrap_or(0);
+            out.push_str(match ph {
+                P::OrigDir => &path[..cut],
+                P::OrigFile => &path[cut..],
+                _ => query,
+            });
+        }
+        P::Duration | P::DurationMs => {
+            let d = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+            push_duration(out, d, *ph == P::DurationMs);
+        }
+        P::LocalPort => {
+            let _ = write!(out, "{}", ctx.conn.local_port);
+        }
+        P::ShuttingDown => out.push_str(if crate::lifecycle::inflight::draining() {
+            "true"
+        } else {
+            "false"
+        }),
+        P::ErrorId => {
+            if ctx.error.is_some() {
+                push_error_id(out, ctx);
+            }
+        }
+        P::Upstream(fact) => {
+            if let Some(u) = &ctx.attempt.upstream {
+                push_upstream(out, *fact, u, ctx);
+            }
+        }
         P::Named(name) => match ctx.var(name) {
             Some(v) => out.push_str(v),
             None => {
@@ -231,4 +306,243 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
         i += 1;
     }
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Go's `url.QueryEscape`: unreserved bytes kept, a space as `+`, the rest `%XX`.
+fn query_escape(out: &mut String, s: &str) {
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' => out.push('+'),
+            _ => {
+                let _ = write!(out, "%{b:02X}");
+            }
+        }
+    }
+}
+
+fn push_system(out: &mut String, fact: dwaar_config::placeholder::SystemFact) {
+    use dwaar_config::placeholder::SystemFact as F;
+    static HOSTNAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    match fact {
+        F::Hostname => out.push_str(HOSTNAME.get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_default()
+        })),
+        F::Os => out.push_str(std::env::consts::OS),
+        // Go's names, as Caddy reports them.
+        F::Arch => out.push_str(match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64",
+            "loongarch64" => "loong64",
+            other => other,
+        }),
+        F::Slash => out.push(std::path::MAIN_SEPARATOR),
+        F::Wd => {
+            if let Ok(d) = std::env::current_dir() {
+                out.push_str(&d.to_string_lossy());
+            }
+        }
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// The time of rendering in a `{time.now*}` format (UTC).
+fn push_now(out: &mut String, format: dwaar_config::placeholder::TimeFormat) {
+    use dwaar_config::placeholder::TimeFormat as F;
+    let now = std::time::SystemTime::now();
+    let since = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (y, m, d) = dwaar_log::encode::civil_date(secs);
+    let (hh, mm, ss) = (secs % 86_400 / 3600, secs % 3600 / 60, secs % 60);
+    let _ = match format {
+        F::Default => write!(
+            out,
+            "{y:04}-{m:02}-{d:02} {hh:02}:{mm:02}:{ss:02}.{:09} +0000 UTC",
+            since.subsec_nanos()
+        ),
+        F::Http => write!(out, "{}", httpdate::fmt_http_date(now)),
+        F::CommonLog => write!(
+            out,
+            "{d:02}/{}/{y:04}:{hh:02}:{mm:02}:{ss:02} +0000",
+            MONTHS[(m as usize).saturating_sub(1) % 12]
+        ),
+        F::Year => write!(out, "{y}"),
+        F::Unix => write!(out, "{secs}"),
+        F::UnixMs => write!(out, "{}", since.as_millis()),
+    };
+}
+
+/// A duration as Go prints one (`1.5ms`, `2m3.5s`), or as decimal milliseconds.
+fn push_duration(out: &mut String, d: std::time::Duration, ms: bool) {
+    if ms {
+        let _ = write!(out, "{}", d.as_nanos() as f64 / 1e6);
+        return;
+    }
+    let n = d.as_nanos();
+    let trim = |v: f64| {
+        let s = format!("{v:.9}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    let _ = match n {
+        0 => write!(out, "0s"),
+        1..=999 => write!(out, "{n}ns"),
+        1_000..=999_999 => write!(out, "{}µs", trim(n as f64 / 1e3)),
+        1_000_000..=999_999_999 => write!(out, "{}ms", trim(n as f64 / 1e6)),
+        _ => {
+            let secs = d.as_secs();
+            let frac = trim(f64::from(d.subsec_nanos()) / 1e9);
+            let frac = frac.trim_start_matches('0');
+            let (h, m, s) = (secs / 3600, secs % 3600 / 60, secs % 60);
+            if h > 0 {
+                write!(out, "{h}h{m}m{s}{frac}s")
+            } else if m > 0 {
+                write!(out, "{m}m{s}{frac}s")
+            } else {
+                write!(out, "{s}{frac}s")
+            }
+        }
+    };
+}
+
+/// Nine characters naming the error being handled, from Caddy's alphabet (no `l`, `o`),
+/// derived from the request's id so every placeholder and log line agrees on it.
+fn push_error_id(out: &mut String, ctx: &RequestContext) {
+    const ALPHABET: &[u8] = b"abcdefghijkmnpqrstuvwxyz0123456789";
+    let mut bits = ctx.request_id.map_or(0, |id| id.as_u128());
+    for _ in 0..9 {
+        out.push(ALPHABET[(bits % ALPHABET.len() as u128) as usize] as char);
+        bits /= ALPHABET.len() as u128;
+    }
+}
+
+fn push_upstream(
+    out: &mut String,
+    fact: dwaar_config::placeholder::UpstreamFact,
+    u: &crate::upstream::UpstreamState,
+    ctx: &RequestContext,
+) {
+    use dwaar_config::placeholder::UpstreamFact as F;
+    let (host, port) = match u.dial.rsplit_once(':') {
+        Some((h, p)) if !u.unix => (h.trim_matches(['[', ']']), p),
+        _ => (u.dial.as_str(), ""),
+    };
+    let _ = match fact {
+        F::Address if u.unix => write!(out, "{}", u.dial),
+        F::Address => write!(out, "tcp/{}", u.dial),
+        F::Host => write!(out, "{host}"),
+        F::Port => write!(out, "{port}"),
+        F::Requests => write!(
+            out,
+            "{}",
+            u.active.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        F::MaxRequests => write!(
+            out,
+            "{}",
+            ctx.proxy
+                .as_ref()
+                .and_then(|p| p.transport.max_conns)
+                .unwrap_or(0)
+        ),
+        F::Latency | F::LatencyMs => {
+            push_duration(
+                out,
+                ctx.attempt.duration.unwrap_or_default(),
+                fact == F::LatencyMs,
+            );
+            Ok(())
+        }
+    };
+}
+
+/// How long a `{file.*}` read is reused: the file is read at most once a second per
+/// path, not on every request.
+const FILE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+/// The most bytes a `{file.*}` placeholder takes from its file (as Caddy).
+const FILE_MAX: u64 = 1 << 20;
+
+/// The first MiB of the file at `path` with one trailing newline (`\n`, then `\r`)
+/// removed; empty when it cannot be read (logged).
+fn file_contents(path: &str) -> std::sync::Arc<str> {
+    use std::collections::HashMap;
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    type Cache = Mutex<HashMap<String, (std::time::Instant, Arc<str>)>>;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Ok(c) = cache.lock() {
+        if let Some((at, v)) = c.get(path) {
+            if at.elapsed() < FILE_FRESH {
+                return v.clone();
+            }
+        }
+    }
+    let mut text = String::new();
+    let read = std::fs::File::open(path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(FILE_MAX).read_to_end(&mut bytes)?;
+        text = String::from_utf8_lossy(&bytes).into_owned();
+        Ok(())
+    });
+    if let Err(e) = read {
+        tracing::warn!(path, "placeholder: cannot read the file: {e}");
+    }
+    if text.ends_with('\n') {
+        text.pop();
+    }
+    if text.ends_with('\r') {
+        text.pop();
+    }
+    let v: Arc<str> = text.into();
+    if let Ok(mut c) = cache.lock() {
+        if c.len() > 256 {
+            c.clear();
+        }
+        c.insert(path.to_string(), (std::time::Instant::now(), v.clone()));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn duration(d: Duration) -> String {
+        let mut s = String::new();
+        push_duration(&mut s, d, false);
+        s
+    }
+
+    #[test]
+    fn durations_print_as_go_does() {
+        assert_eq!(duration(Duration::ZERO), "0s");
+        assert_eq!(duration(Duration::from_nanos(999)), "999ns");
+        assert_eq!(duration(Duration::from_nanos(1_500)), "1.5µs");
+        assert_eq!(duration(Duration::from_micros(1_500)), "1.5ms");
+        assert_eq!(duration(Duration::from_millis(2_500)), "2.5s");
+        assert_eq!(duration(Duration::from_secs(61)), "1m1s");
+        assert_eq!(duration(Duration::from_millis(3_723_500)), "1h2m3.5s");
+        let mut ms = String::new();
+        push_duration(&mut ms, Duration::from_micros(1_250), true);
+        assert_eq!(ms, "1.25");
+    }
+
+    #[test]
+    fn query_escape_matches_go() {
+        let mut s = String::new();
+        query_escape(&mut s, "/a b/c~d.e_f-g?h=i&j");
+        assert_eq!(s, "%2Fa+b%2Fc~d.e_f-g%3Fh%3Di%26j");
+    }
 }

@@ -225,10 +225,9 @@ fn timestamp(ms: u64) -> Stack<24> {
     s
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` for a Unix time in seconds.
-fn date_time(secs: u64) -> Stack<24> {
+/// The UTC calendar date of a Unix time in seconds: (year, month 1-12, day 1-31).
+pub fn civil_date(secs: u64) -> (u64, u64, u64) {
     let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
@@ -239,12 +238,19 @@ fn date_time(secs: u64) -> Stack<24> {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
+    (y.max(0) as u64, m as u64, d as u64)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix time in seconds.
+fn date_time(secs: u64) -> Stack<24> {
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_date(secs);
     let mut s = Stack::new();
-    s.num(y.max(0) as u64, 4);
+    s.num(y, 4);
     s.push(b'-');
-    s.num(m as u64, 2);
+    s.num(m, 2);
     s.push(b'-');
-    s.num(d as u64, 2);
+    s.num(d, 2);
     s.push(b'T');
     s.num(rem / 3600, 2);
     s.push(b':');
