@@ -807,6 +807,40 @@ fn requests_failed_after_sending_are_retried_as_matched_on_every_path() {
     }
 }
 
+/// The TLS placeholders name what the handshake settled on every TLS path (version,
+/// suite, ALPN, SNI) and are empty on plain ones.
+#[test]
+fn tls_placeholders_on_every_path() {
+    let p = Paths::start(
+        &bin(),
+        "\trespond \"{tls_version}|{tls_cipher}|{http.request.tls.proto}|{http.request.tls.server_name}|{http.request.tls.resumed}\"\n",
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/"));
+        let text = r.text();
+        let parts: Vec<&str> = text.split('|').collect();
+        match proto {
+            Proto::H1Lean | Proto::H1Pingora | Proto::H2c => {
+                assert_eq!(text, "||||", "{proto:?}")
+            }
+            _ => {
+                assert_eq!(parts[0], "tls1.3", "{proto:?}: {text}");
+                let alpn = match proto {
+                    Proto::H1Tls => "http/1.1",
+                    Proto::H2Tls => "h2",
+                    _ => "h3",
+                };
+                assert_eq!(parts[2], alpn, "{proto:?}: {text}");
+                assert_eq!(parts[3], "localhost", "{proto:?}: {text}");
+                assert!(parts[4] == "false" || parts[4] == "true", "{text}");
+                if proto != Proto::H3 {
+                    assert!(parts[1].starts_with("TLS_"), "{proto:?}: {text}");
+                }
+            }
+        }
+    }
+}
+
 /// `transport http { tls_client_auth }`: a TLS upstream that requires and verifies client
 /// certificates (a second Dwaar with `client_auth`) answers on every path; without the
 /// certificate it refuses the handshake (502).
@@ -819,7 +853,7 @@ fn tls_client_auth_to_upstreams_on_every_path() {
         &bin(),
         &format!(
             "{{\n\thttp_port {http}\n\thttps_port {backend}\n\tauto_https disable_redirects\n}}\n\
-             https://localhost:{backend} {{\n\ttls {} {} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {}\n\t\t}}\n\t}}\n\trespond \"mtls ok\"\n}}\n",
+             https://localhost:{backend} {{\n\ttls {} {} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {}\n\t\t}}\n\t}}\n\theader X-Client \"{{tls_client_subject}}|{{tls_client_serial}}|{{tls_client_fingerprint}}|{{tls_client_issuer}}\"\n\trespond \"mtls ok\"\n}}\n",
             ca.cert_pem.display(),
             ca.key_pem.display(),
             ca.ca_pem.display()
@@ -840,9 +874,39 @@ fn tls_client_auth_to_upstreams_on_every_path() {
             client_key.display()
         )),
     );
+    // What the upstream learnt of the client certificate (`{tls_client_*}`), as
+    // openssl prints it.
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .arg("x509")
+            .args(["-noout", "-nameopt", "RFC2253", "-in"])
+            .arg(&client_cert)
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let subject = openssl(&["-subject"]).replacen("subject=", "", 1);
+    let issuer = openssl(&["-issuer"]).replacen("issuer=", "", 1);
+    let fingerprint = openssl(&["-fingerprint", "-sha256"])
+        .rsplit('=')
+        .next()
+        .unwrap_or_default()
+        .replace(':', "")
+        .to_ascii_lowercase();
     for proto in ALL {
         let r = p.ok(proto, &Req::get("/"));
         assert_eq!((r.status, r.text().as_str()), (200, "mtls ok"), "{proto:?}");
+        let client = r.header("x-client").unwrap_or_default().to_string();
+        let parts: Vec<&str> = client.split('|').collect();
+        assert_eq!(parts.len(), 4, "{client}");
+        assert_eq!(parts[0], subject.trim(), "{proto:?}");
+        assert!(
+            !parts[1].is_empty() && parts[1].bytes().all(|b| b.is_ascii_digit()),
+            "{client}"
+        );
+        assert_eq!(parts[2], fingerprint, "{proto:?}");
+        assert_eq!(parts[3], issuer.trim(), "{proto:?}");
     }
     drop(p);
     let without = Paths::start(&bin(), &front(""));

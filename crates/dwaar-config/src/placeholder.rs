@@ -90,6 +90,25 @@ pub enum Placeholder {
     ErrorId,
     /// `{http.reverse_proxy.upstream.*}`: the upstream of the latest attempt.
     Upstream(UpstreamFact),
+    /// `{http.request.tls.*}` (`{tls_*}`): the connection's TLS handshake.
+    Tls(TlsFact),
+}
+
+/// A `{http.request.tls.*}` fact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFact {
+    Version,
+    CipherSuite,
+    Resumed,
+    Proto,
+    ProtoMutual,
+    ServerName,
+    ClientFingerprint,
+    ClientIssuer,
+    ClientSubject,
+    ClientSerial,
+    ClientCertificatePem,
+    ClientCertificateDerBase64,
 }
 
 /// A `{system.*}` fact.
@@ -319,6 +338,14 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.reverse_proxy.upstream.max_requests" => Some(P::Upstream(UpstreamFact::MaxRequests)),
         "http.reverse_proxy.upstream.latency" => Some(P::Upstream(UpstreamFact::Latency)),
         "http.reverse_proxy.upstream.latency_ms" => Some(P::Upstream(UpstreamFact::LatencyMs)),
+        "tls_version" => Some(P::Tls(TlsFact::Version)),
+        "tls_cipher" => Some(P::Tls(TlsFact::CipherSuite)),
+        "tls_client_fingerprint" => Some(P::Tls(TlsFact::ClientFingerprint)),
+        "tls_client_issuer" => Some(P::Tls(TlsFact::ClientIssuer)),
+        "tls_client_subject" => Some(P::Tls(TlsFact::ClientSubject)),
+        "tls_client_serial" => Some(P::Tls(TlsFact::ClientSerial)),
+        "tls_client_certificate_pem" => Some(P::Tls(TlsFact::ClientCertificatePem)),
+        "tls_client_certificate_der_base64" => Some(P::Tls(TlsFact::ClientCertificateDerBase64)),
         _ => None,
     };
     if simple.is_some() {
@@ -330,6 +357,23 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
             .find_map(|p| key.strip_prefix(p))
             .filter(|rest| !rest.is_empty())
     };
+    if let Some(fact) = prefixed(&["http.request.tls."]) {
+        return Some(P::Tls(match fact.to_ascii_lowercase().as_str() {
+            "version" => TlsFact::Version,
+            "cipher_suite" => TlsFact::CipherSuite,
+            "resumed" => TlsFact::Resumed,
+            "proto" => TlsFact::Proto,
+            "proto_mutual" => TlsFact::ProtoMutual,
+            "server_name" => TlsFact::ServerName,
+            "client.fingerprint" => TlsFact::ClientFingerprint,
+            "client.issuer" => TlsFact::ClientIssuer,
+            "client.subject" => TlsFact::ClientSubject,
+            "client.serial" => TlsFact::ClientSerial,
+            "client.certificate_pem" => TlsFact::ClientCertificatePem,
+            "client.certificate_der_base64" => TlsFact::ClientCertificateDerBase64,
+            _ => return None,
+        }));
+    }
     if let Some(name) = prefixed(&["env."]) {
         return Some(P::Env(name.to_string()));
     }

@@ -26,13 +26,59 @@ pub enum HeaderEdit {
 }
 
 /// Facts about the connection, supplied by the front-end.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub local_port: u16,
     pub tls: bool,
     /// The TLS policy the connection was accepted under (0: none).
     pub tls_policy: u64,
+    /// What the TLS handshake settled (`{tls_*}` placeholders), on TLS connections.
+    pub tls_facts: Option<Arc<TlsFacts>>,
+}
+
+/// What a TLS (or QUIC) handshake settled, kept once per connection.
+#[derive(Debug, Default)]
+pub struct TlsFacts {
+    /// `tls1.2`, `tls1.3` (as Caddy writes them).
+    pub version: &'static str,
+    /// The IANA name of the cipher suite (`TLS_AES_128_GCM_SHA256`).
+    pub cipher: String,
+    /// The name the client asked for (SNI).
+    pub server_name: Option<String>,
+    /// The application protocol agreed on (ALPN).
+    pub alpn: Option<String>,
+    /// The session was resumed (no full handshake).
+    pub resumed: bool,
+    /// The client's certificate (DER), when it sent one.
+    pub client_cert: Option<Vec<u8>>,
+}
+
+impl TlsFacts {
+    /// The facts of a finished rustls server handshake.
+    pub fn of(conn: &rustls::ServerConnection) -> TlsFacts {
+        TlsFacts {
+            version: match conn.protocol_version() {
+                Some(rustls::ProtocolVersion::TLSv1_3) => "tls1.3",
+                Some(rustls::ProtocolVersion::TLSv1_2) => "tls1.2",
+                _ => "",
+            },
+            cipher: conn
+                .negotiated_cipher_suite()
+                .and_then(|s| s.suite().as_str())
+                .unwrap_or_default()
+                .to_string(),
+            server_name: conn.server_name().map(str::to_string),
+            alpn: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned()),
+            resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
+            client_cert: conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec()),
+        }
+    }
 }
 
 impl Default for ConnInfo {
@@ -42,6 +88,7 @@ impl Default for ConnInfo {
             local_port: 0,
             tls: false,
             tls_policy: 0,
+            tls_facts: None,
         }
     }
 }

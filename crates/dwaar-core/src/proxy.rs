@@ -127,8 +127,12 @@ fn conn_info(session: &Session) -> ConnInfo {
         .is_some();
     if c.tls {
         let local = session.server_addr().and_then(|a| a.as_inet()).copied();
-        if let (Some(r), Some(l)) = (remote, local) {
-            c.tls_policy = crate::server::tls_conn::policy_of(r, l).unwrap_or(0);
+        if let Some((policy, facts)) = remote
+            .zip(local)
+            .and_then(|(r, l)| crate::server::tls_conn::known(r, l))
+        {
+            c.tls_policy = policy;
+            c.tls_facts = Some(facts);
         }
     }
     c

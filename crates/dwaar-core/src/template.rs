@@ -260,6 +260,11 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
                 push_upstream(out, *fact, u, ctx);
             }
         }
+        P::Tls(fact) => {
+            if let Some(facts) = &ctx.conn.tls_facts {
+                push_tls(out, *fact, facts);
+            }
+        }
         P::Named(name) => match ctx.var(name) {
             Some(v) => out.push_str(v),
             None => {
@@ -464,6 +469,114 @@ fn push_upstream(
             Ok(())
         }
     };
+}
+
+/// A `{http.request.tls.*}` fact of the connection, formatted as Caddy does (client
+/// facts are empty without a client certificate).
+fn push_tls(
+    out: &mut String,
+    fact: dwaar_config::placeholder::TlsFact,
+    t: &crate::context::TlsFacts,
+) {
+    use dwaar_config::placeholder::TlsFact as F;
+    match fact {
+        F::Version => out.push_str(t.version),
+        // rustls names the TLS 1.3 suites `TLS13_...`; Go (and Caddy) `TLS_...`.
+        F::CipherSuite => match t.cipher.strip_prefix("TLS13_") {
+            Some(rest) => {
+                out.push_str("TLS_");
+                out.push_str(rest);
+            }
+            None => out.push_str(&t.cipher),
+        },
+        F::Resumed => out.push_str(if t.resumed { "true" } else { "false" }),
+        F::Proto => out.push_str(t.alpn.as_deref().unwrap_or("")),
+        F::ProtoMutual => out.push_str("true"),
+        F::ServerName => out.push_str(t.server_name.as_deref().unwrap_or("")),
+        _ => {
+            if let Some(der) = &t.client_cert {
+                push_client_cert(out, fact, der);
+            }
+        }
+    }
+}
+
+fn push_client_cert(out: &mut String, fact: dwaar_config::placeholder::TlsFact, der: &[u8]) {
+    use dwaar_config::placeholder::TlsFact as F;
+    match fact {
+        F::ClientFingerprint => {
+            for b in ring::digest::digest(&ring::digest::SHA256, der).as_ref() {
+                let _ = write!(out, "{b:02x}");
+            }
+        }
+        F::ClientCertificateDerBase64 => {
+            out.push_str(&dwaar_config::units::base64_encode(der));
+        }
+        F::ClientCertificatePem => {
+            out.push_str("-----BEGIN CERTIFICATE-----\n");
+            let b64 = dwaar_config::units::base64_encode(der);
+            for line in b64.as_bytes().chunks(64) {
+                out.push_str(&String::from_utf8_lossy(line));
+                out.push('\n');
+            }
+            out.push_str("-----END CERTIFICATE-----\n");
+        }
+        F::ClientSubject | F::ClientIssuer | F::ClientSerial => {
+            let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+                return;
+            };
+            match fact {
+                F::ClientSerial => {
+                    let _ = write!(out, "{}", cert.tbs_certificate.serial);
+                }
+                F::ClientSubject => push_name(out, cert.subject()),
+                _ => push_name(out, cert.issuer()),
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A distinguished name as Go's `pkix.Name.String` writes it (RFC 2253: the last RDN
+/// first, `,` between RDNs, `+` within one, special characters escaped).
+fn push_name(out: &mut String, name: &x509_parser::x509::X509Name<'_>) {
+    let rdns: Vec<_> = name.iter().collect();
+    for (i, rdn) in rdns.iter().rev().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        for (j, attr) in rdn.iter().enumerate() {
+            if j > 0 {
+                out.push('+');
+            }
+            let oid = attr.attr_type().to_id_string();
+            let short = match oid.as_str() {
+                "2.5.4.3" => "CN",
+                "2.5.4.6" => "C",
+                "2.5.4.7" => "L",
+                "2.5.4.8" => "ST",
+                "2.5.4.9" => "STREET",
+                "2.5.4.10" => "O",
+                "2.5.4.11" => "OU",
+                "2.5.4.17" => "POSTALCODE",
+                "2.5.4.5" => "SERIALNUMBER",
+                _ => oid.as_str(),
+            };
+            out.push_str(short);
+            out.push('=');
+            let value = attr.as_str().unwrap_or_default();
+            let last = value.chars().count().saturating_sub(1);
+            for (k, c) in value.chars().enumerate() {
+                let escape = matches!(c, ',' | '+' | '"' | '\\' | '<' | '>' | ';')
+                    || (k == 0 && matches!(c, ' ' | '#'))
+                    || (k == last && c == ' ');
+                if escape {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        }
+    }
 }
 
 /// How long a `{file.*}` read is reused: the file is read at most once a second per

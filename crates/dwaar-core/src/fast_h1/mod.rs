@@ -148,9 +148,10 @@ pub fn serve<S: LeanIo>(
         local_port: local.map(|a| a.port()).unwrap_or(0),
         tls: false,
         tls_policy: 0,
+        tls_facts: None,
     };
     // The port's settings, read once per connection.
-    let settings = port_settings(&cx, conn);
+    let settings = port_settings(&cx, &conn);
     if let Some(sock) = tcp.tcp() {
         set_write_timeout(sock, settings.timeouts.write);
     }
@@ -167,7 +168,7 @@ pub fn serve_tls<S: LeanIo>(
     conn: ConnInfo,
     cx: FastCx,
 ) -> impl std::future::Future<Output = ()> {
-    let settings = port_settings(&cx, conn);
+    let settings = port_settings(&cx, &conn);
     let buf = BytesMut::with_capacity(CLIENT_BUF);
     serve_conn(io, (peer, local), conn, cx, settings, buf)
 }
@@ -180,7 +181,7 @@ pub(crate) struct ConnSettings {
     max_head: usize,
 }
 
-fn port_settings(cx: &FastCx, conn: ConnInfo) -> ConnSettings {
+fn port_settings(cx: &FastCx, conn: &ConnInfo) -> ConnSettings {
     let table = cx.store.load();
     let port = table.port(conn.local_port);
     ConnSettings {
@@ -206,7 +207,7 @@ pub(crate) async fn serve_conn<S: LeanIo>(
         match read_preface(&mut tcp, &mut buf, head_timeout).await {
             Some(true) => {
                 let stream = Box::new(tcp.hand(&buf, peer, local));
-                h2c(stream, conn, cx.shutdown.clone()).await;
+                h2c(stream, conn.clone(), cx.shutdown.clone()).await;
                 return;
             }
             Some(false) => {}
@@ -216,7 +217,7 @@ pub(crate) async fn serve_conn<S: LeanIo>(
     // One shutdown receiver per connection, not a clone per request.
     let mut shutdown = cx.shutdown.clone();
     loop {
-        match serve_one(&mut tcp, &mut buf, conn, &cx, &mut shutdown, &settings).await {
+        match serve_one(&mut tcp, &mut buf, &conn, &cx, &mut shutdown, &settings).await {
             Next::KeepAlive => continue,
             Next::Close => {
                 let _ = tcp.shutdown().await;
@@ -228,7 +229,8 @@ pub(crate) async fn serve_conn<S: LeanIo>(
                 // what was read past it.
                 let lent = handed::Lent::new(tcp.hand(&[], peer, local), &buf, head_len, body);
                 buf.clear();
-                let Some(back) = (cx.fallback)(Box::new(lent), conn, cx.shutdown.clone()).await
+                let Some(back) =
+                    (cx.fallback)(Box::new(lent), conn.clone(), cx.shutdown.clone()).await
                 else {
                     return;
                 };
@@ -466,7 +468,7 @@ fn wants_close(req: &FastRequest) -> bool {
 async fn serve_one<S: LeanIo>(
     tcp: &mut S,
     buf: &mut BytesMut,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     cx: &FastCx,
     shutdown: &mut ShutdownWatch,
     settings: &ConnSettings,
@@ -517,7 +519,9 @@ async fn serve_one<S: LeanIo>(
     };
 
     let mut ctx = RequestContext::default();
-    let Some(table) = crate::lifecycle::start(&cx.store, conn, req.header("host"), &mut ctx) else {
+    let Some(table) =
+        crate::lifecycle::start(&cx.store, conn.clone(), req.header("host"), &mut ctx)
+    else {
         return hand_back(buf, head, &req);
     };
     // basic_auth and forward_auth answer off the request path; then the pipeline runs
@@ -1444,10 +1448,11 @@ mod size_tests {
                 timeouts: crate::route_table::PortTimeouts::default(),
                 max_head: 64 * 1024,
             };
+            let conn = crate::context::ConnInfo::default();
             let f = super::serve_one(
                 &mut tcp,
                 &mut buf,
-                crate::context::ConnInfo::default(),
+                &conn,
                 &cx,
                 &mut shutdown,
                 &settings,

@@ -130,7 +130,7 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
                 }
                 *ctx = RequestContext {
                     start: ctx.start,
-                    conn: ctx.conn,
+                    conn: std::mem::take(&mut ctx.conn),
                     host: std::mem::take(&mut ctx.host),
                     inflight: ctx.inflight.take(),
                     charged: ctx.charged,

@@ -68,6 +68,31 @@ impl Downstream for H3Exchange {
     }
 }
 
+/// What a QUIC handshake settled (always TLS 1.3; quinn does not name the suite).
+fn quic_facts(conn: &quinn::Connection) -> crate::context::TlsFacts {
+    let hs = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
+    let client_cert = conn
+        .peer_identity()
+        .and_then(|p| {
+            p.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().map(|c| c.as_ref().to_vec()));
+    crate::context::TlsFacts {
+        version: "tls1.3",
+        cipher: String::new(),
+        server_name: hs.as_ref().and_then(|h| h.server_name.clone()),
+        alpn: hs
+            .as_ref()
+            .and_then(|h| h.protocol.as_ref())
+            .map(|p| String::from_utf8_lossy(p).into_owned()),
+        resumed: false,
+        client_cert,
+    }
+}
+
 /// `early`: the connection accepted 0-RTT; the flag turns true when its handshake ends.
 pub(super) async fn serve_connection(
     conn: quinn::Connection,
@@ -83,6 +108,7 @@ pub(super) async fn serve_connection(
         local_port: port,
         tls: true,
         tls_policy: 0,
+        tls_facts: Some(Arc::new(quic_facts(&conn))),
     };
     let mut h3 = match h3::server::builder()
         .max_field_section_size(MAX_HEAD)
@@ -100,6 +126,7 @@ pub(super) async fn serve_connection(
             Ok(Some(resolver)) => {
                 let store = store.clone();
                 let early = early.clone();
+                let info = info.clone();
                 tokio::spawn(async move {
                     match resolver.resolve_request().await {
                         Ok((req, stream)) => {

@@ -282,12 +282,14 @@ async fn serve_tls(
         }
     };
     let done_h2 = done.stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let facts = Arc::new(crate::context::TlsFacts::of(done.stream.get_ref().1));
     if fronts.own_h2 && done_h2 {
         let conn = crate::context::ConnInfo {
             remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
             local_port: local.map(|l| l.port()).unwrap_or(0),
             tls: true,
             tls_policy: done.policy,
+            tls_facts: Some(facts),
         };
         crate::streams::h2::serve_connection(
             done.stream,
@@ -300,12 +302,13 @@ async fn serve_tls(
         return;
     }
     let addrs = local.map(|l| (peer, l));
-    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, addrs);
+    let conn = super::tls_conn::TlsConn::new(done.stream, done.policy, facts.clone(), addrs);
     let info = crate::context::ConnInfo {
         remote: SocketAddr::new(crate::net::canonical(peer.ip()), peer.port()),
         local_port: local.map(|l| l.port()).unwrap_or(0),
         tls: true,
         tls_policy: done.policy,
+        tls_facts: Some(facts),
     };
     if done_h2 {
         // Pingora's HTTP/2 session (`own_h2` off).

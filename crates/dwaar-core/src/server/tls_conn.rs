@@ -30,13 +30,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// A live TCP connection: (peer, local) addresses.
 type ConnKey = (SocketAddr, SocketAddr);
 
+/// What Pingora's phases cannot read from its own digest: the connection's TLS policy
+/// and handshake facts.
+type Known = (u64, Arc<crate::context::TlsFacts>);
+
 thread_local! {
-    static POLICIES: RefCell<HashMap<ConnKey, u64>> = RefCell::new(HashMap::new());
+    static POLICIES: RefCell<HashMap<ConnKey, Known>> = RefCell::new(HashMap::new());
 }
 
-/// The TLS policy of the live connection between `peer` and `local` on this thread.
-pub fn policy_of(peer: SocketAddr, local: SocketAddr) -> Option<u64> {
-    POLICIES.with(|p| p.borrow().get(&(peer, local)).copied())
+/// The TLS policy and handshake facts of the live connection between `peer` and
+/// `local` on this thread.
+pub fn known(peer: SocketAddr, local: SocketAddr) -> Option<Known> {
+    POLICIES.with(|p| p.borrow().get(&(peer, local)).cloned())
 }
 
 pub struct TlsConn {
@@ -54,6 +59,7 @@ impl TlsConn {
     pub fn new(
         inner: tokio_rustls::server::TlsStream<Stream>,
         policy: u64,
+        facts: Arc<crate::context::TlsFacts>,
         addrs: Option<ConnKey>,
     ) -> TlsConn {
         let (tcp, conn) = inner.get_ref();
@@ -85,7 +91,7 @@ impl TlsConn {
             _ => None,
         };
         if let Some(k) = addrs {
-            POLICIES.with(|p| p.borrow_mut().insert(k, policy));
+            POLICIES.with(|p| p.borrow_mut().insert(k, (policy, facts)));
         }
         TlsConn {
             inner,

@@ -153,6 +153,7 @@ pub async fn serve_connection<T>(
                     let declared = crate::lifecycle::declared_length(&parts.headers);
                     let exchange = H2Exchange { body, respond, send: None, declared };
                     let store = store.clone();
+                    let conn = conn.clone();
                     // The task holds only the request's parts and a box: the request's
                     // (large) future is built on the heap when the task first runs, not
                     // copied around while the task is spawned.
