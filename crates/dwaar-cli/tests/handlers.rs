@@ -51,14 +51,14 @@ fn global_and_request_placeholders() {
 	}}
 	rewrite /uri/* /rewritten{{path}}?r=1
 	handle /rewritten/* {{
-		respond "{{?query}}|{{%path}}|{{%query}}|{{%uri}}|{{orig_method}}|{{orig_dir}}|{{orig_file}}|{{orig_query}}|{{orig_?query}}|{{file.base}}|{{file.ext}}|{{http.request.local.port}}|{{http.shutting_down}}"
+		respond "{{?query}}|{{%path}}|{{%query}}|{{%uri}}|{{orig_method}}|{{orig_dir}}|{{orig_file}}|{{orig_query}}|{{orig_?query}}|{{file.base}}|{{file.ext}}|{{http.request.local.port}}|{{http.shutting_down}}|{{http.request.local}}|{{http.time_until_shutdown}}"
 	}}
 	handle /id {{
 		respond "{{uuid}} {{http.request.duration_ms}}"
 	}}
 	handle /proxied {{
 		reverse_proxy 127.0.0.1:{} {{
-			header_up X-Upstream "{{http.reverse_proxy.upstream.address}} {{http.reverse_proxy.upstream.host}} {{http.reverse_proxy.upstream.port}}"
+			header_up X-Upstream "{{http.reverse_proxy.upstream.address}} {{http.reverse_proxy.upstream.host}} {{http.reverse_proxy.upstream.port}} {{http.reverse_proxy.retries}}"
 		}}
 	}}
 }}"#,
@@ -96,7 +96,7 @@ fn global_and_request_placeholders() {
     let r = ok_get(port, "x", "/uri/a%20b/c.tar.gz?x=1&y=a%20b").text();
     assert_eq!(
         r,
-        format!("?r=1|%2Frewritten%2Furi%2Fa+b%2Fc.tar.gz|r%3D1|%2Frewritten%2Furi%2Fa%2520b%2Fc.tar.gz%3Fr%3D1|GET|/uri/a%20b/|c.tar.gz|x=1&y=a%20b|?x=1&y=a%20b|c.tar|.gz|{port}|false")
+        format!("?r=1|%2Frewritten%2Furi%2Fa+b%2Fc.tar.gz|r%3D1|%2Frewritten%2Furi%2Fa%2520b%2Fc.tar.gz%3Fr%3D1|GET|/uri/a%20b/|c.tar.gz|x=1&y=a%20b|?x=1&y=a%20b|c.tar|.gz|{port}|false|127.0.0.1:{port}|")
     );
     let r = ok_get(port, "x", "/id");
     let text = r.text();
@@ -110,7 +110,7 @@ fn global_and_request_placeholders() {
     let r = ok_get(port, "x", "/proxied");
     assert!(
         r.text().to_ascii_lowercase().contains(&format!(
-            "x-upstream: tcp/127.0.0.1:{0} 127.0.0.1 {0}",
+            "x-upstream: tcp/127.0.0.1:{0} 127.0.0.1 {0} 0",
             o.port
         )),
         "{}",

@@ -84,6 +84,13 @@ pub enum Placeholder {
     DurationMs,
     /// `{http.request.local.port}`: the port the request came in on.
     LocalPort,
+    /// `{http.request.local.host}`: the address it came in on; `.local`: both.
+    LocalHost,
+    Local,
+    /// `{http.time_until_shutdown}`: while stopping, the time left.
+    TimeUntilShutdown,
+    /// `{http.reverse_proxy.retries}`: attempts after the first.
+    Retries,
     /// `{http.shutting_down}`: `true` once the server started stopping.
     ShuttingDown,
     /// `{http.error.id}`: a short identifier of the error being handled.
@@ -329,6 +336,10 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.request.duration" => Some(P::Duration),
         "http.request.duration_ms" => Some(P::DurationMs),
         "http.request.local.port" => Some(P::LocalPort),
+        "http.request.local.host" => Some(P::LocalHost),
+        "http.request.local" => Some(P::Local),
+        "http.time_until_shutdown" => Some(P::TimeUntilShutdown),
+        "http.reverse_proxy.retries" => Some(P::Retries),
         "http.shutting_down" => Some(P::ShuttingDown),
         "err.id" | "http.error.id" => Some(P::ErrorId),
         "http.reverse_proxy.upstream.address" => Some(P::Upstream(UpstreamFact::Address)),

@@ -33,6 +33,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The TLS policy the connection was accepted under (0: none).
     pub tls_policy: u64,
+    /// The address the connection was accepted on (`{http.request.local.host}`).
+    pub local_ip: Option<IpAddr>,
     /// What the TLS handshake settled (`{tls_*}` placeholders), on TLS connections.
     pub tls_facts: Option<Arc<TlsFacts>>,
 }
@@ -88,6 +90,7 @@ impl Default for ConnInfo {
             local_port: 0,
             tls: false,
             tls_policy: 0,
+            local_ip: None,
             tls_facts: None,
         }
     }

@@ -116,6 +116,10 @@ fn conn_info(session: &Session) -> ConnInfo {
         .unwrap_or(0);
     let mut c = ConnInfo {
         local_port,
+        local_ip: session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip()),
         ..ConnInfo::default()
     };
     if let Some(r) = remote {

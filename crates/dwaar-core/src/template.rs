@@ -245,6 +245,24 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
         P::LocalPort => {
             let _ = write!(out, "{}", ctx.conn.local_port);
         }
+        P::LocalHost | P::Local => {
+            if let Some(ip) = ctx.conn.local_ip {
+                let ip = crate::net::canonical(ip);
+                let _ = match (ph, ip) {
+                    (P::LocalHost, _) => write!(out, "{ip}"),
+                    (_, std::net::IpAddr::V6(v6)) => write!(out, "[{v6}]:{}", ctx.conn.local_port),
+                    (_, v4) => write!(out, "{v4}:{}", ctx.conn.local_port),
+                };
+            }
+        }
+        P::TimeUntilShutdown => {
+            if let Some(left) = crate::lifecycle::inflight::time_until_shutdown() {
+                push_duration(out, left, false);
+            }
+        }
+        P::Retries => {
+            let _ = write!(out, "{}", ctx.attempt.count.saturating_sub(1));
+        }
         P::ShuttingDown => out.push_str(if crate::lifecycle::inflight::draining() {
             "true"
         } else {

@@ -148,6 +148,7 @@ pub fn serve<S: LeanIo>(
         local_port: local.map(|a| a.port()).unwrap_or(0),
         tls: false,
         tls_policy: 0,
+        local_ip: local.map(|a| a.ip()),
         tls_facts: None,
     };
     // The port's settings, read once per connection.
@@ -1449,14 +1450,7 @@ mod size_tests {
                 max_head: 64 * 1024,
             };
             let conn = crate::context::ConnInfo::default();
-            let f = super::serve_one(
-                &mut tcp,
-                &mut buf,
-                &conn,
-                &cx,
-                &mut shutdown,
-                &settings,
-            );
+            let f = super::serve_one(&mut tcp, &mut buf, &conn, &cx, &mut shutdown, &settings);
             let size = std::mem::size_of_val(&f);
             eprintln!("serve_one future: {size} bytes");
             // 3.6 KiB before the rewriting relay and failure answers were boxed.

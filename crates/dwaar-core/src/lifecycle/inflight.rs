@@ -14,10 +14,26 @@ thread_local! {
 static ALL: Mutex<Vec<Arc<AtomicUsize>>> = Mutex::new(Vec::new());
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// The process is shutting down: responses close their connections so clients move on
-/// to the successor or a sibling instead of reusing a connection about to go away.
-pub fn start_draining() {
+/// When draining ends (the grace period's end), for `{http.time_until_shutdown}`.
+static DEADLINE: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+
+/// The process is shutting down (until `deadline`): responses close their connections so
+/// clients move on to the successor or a sibling instead of reusing a connection about
+/// to go away.
+pub fn start_draining(deadline: std::time::Instant) {
+    if let Ok(mut d) = DEADLINE.lock() {
+        *d = Some(deadline);
+    }
     DRAINING.store(true, Ordering::Release);
+}
+
+/// How long until the process stops, once it is draining.
+pub fn time_until_shutdown() -> Option<std::time::Duration> {
+    if !draining() {
+        return None;
+    }
+    let deadline = (*DEADLINE.lock().ok()?)?;
+    Some(deadline.saturating_duration_since(std::time::Instant::now()))
 }
 
 /// Whether the process is shutting down (one relaxed load per request).

@@ -108,6 +108,7 @@ pub(super) async fn serve_connection(
         local_port: port,
         tls: true,
         tls_policy: 0,
+        local_ip: conn.local_ip(),
         tls_facts: Some(Arc::new(quic_facts(&conn))),
     };
     let mut h3 = match h3::server::builder()

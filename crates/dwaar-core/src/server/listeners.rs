@@ -289,6 +289,7 @@ async fn serve_tls(
             local_port: local.map(|l| l.port()).unwrap_or(0),
             tls: true,
             tls_policy: done.policy,
+            local_ip: local.map(|l| l.ip()),
             tls_facts: Some(facts),
         };
         crate::streams::h2::serve_connection(
@@ -308,6 +309,7 @@ async fn serve_tls(
         local_port: local.map(|l| l.port()).unwrap_or(0),
         tls: true,
         tls_policy: done.policy,
+        local_ip: local.map(|l| l.ip()),
         tls_facts: Some(facts),
     };
     if done_h2 {
@@ -345,6 +347,12 @@ async fn accept_loop(
         match &front {
             Front::Fast(cx) => {
                 let cx = cx.clone();
+                // The connection's own address when the listener is a wildcard one
+                // (`{http.request.local}`): one getsockname per connection.
+                let local = match local {
+                    Some(l) if l.ip().is_unspecified() => tcp.local_addr().ok().or(local),
+                    other => other,
+                };
                 tokio::spawn(async move {
                     // Counted out even when the connection's task panics.
                     let _live = Live(conns);

@@ -226,14 +226,13 @@ impl Server {
     /// Stops accepting, waits for in-flight requests (up to the grace period) and returns.
     pub fn shutdown(self) {
         tracing::info!("shutting down: no new connections, draining in-flight requests");
-        crate::lifecycle::inflight::start_draining();
+        let deadline = Instant::now() + self.grace;
+        crate::lifecycle::inflight::start_draining(deadline);
         // Tunnels with a `stream_close_delay` close after it, as on a config change.
         crate::upstream::tunnels::unloaded(&self.store.load().tunnels);
         let _ = self.shutdown.send(true);
         // Close our copies of the listening sockets: new connections are refused now
         // (or, after an upgrade, accepted by the successor that holds the same sockets).
-        self.control.reloader.release_sockets();
-        let deadline = Instant::now() + self.grace;
         // A request already on the wire may not have been counted yet: a short settle time.
         std::thread::sleep(Duration::from_millis(50));
         // Wait for requests to finish and for keep-alive clients to take their
