@@ -295,3 +295,73 @@ fn same_placeholders_as_caddy() {
         assert_eq!((a.status, a.text()), (b.status, b.text()), "{path}");
     }
 }
+
+/// The `method` directive and the `vars` / `vars_regexp` matchers answer as Caddy's do.
+#[test]
+fn same_method_and_vars_matching_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let site = r#"{
+	admin off
+	auto_https off
+}
+
+:PORT {
+	vars tier gold
+	map {path} {section} {
+		/maps/a alpha
+		default other
+	}
+	@gold vars tier gold silver
+	@ph vars {query.x} yes maybe
+	@mapped vars section alpha
+	@re vars_regexp ver {header.X-Ver} ^v(\d+)$
+	@two {
+		vars tier gold
+		vars {method} POST
+	}
+	method /m PUT
+	handle /m {
+		respond "{method} {http.request.orig_method}"
+	}
+	handle @re {
+		respond "version {re.ver.1}"
+	}
+	handle @two {
+		respond "gold post"
+	}
+	handle @ph {
+		respond "query {query.x}"
+	}
+	handle @mapped {
+		respond "mapped"
+	}
+	handle @gold {
+		respond "gold tier"
+	}
+}
+"#;
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    let cases: &[Case<'_>] = &[
+        ("GET", "/m", &[]),
+        ("GET", "/x?x=yes", &[]),
+        ("GET", "/x?x=maybe", &[]),
+        ("GET", "/x?x=no", &[]),
+        ("GET", "/maps/a", &[]),
+        ("POST", "/p", &[]),
+        ("GET", "/v", &[("X-Ver", "v42")]),
+        ("GET", "/v", &[("X-Ver", "x42")]),
+    ];
+    for (method, path, headers) in cases {
+        let a = request(cp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        assert_eq!(
+            (a.status, a.text()),
+            (b.status, b.text()),
+            "{method} {path} {headers:?}"
+        );
+    }
+}

@@ -118,6 +118,41 @@ fn global_and_request_placeholders() {
     );
 }
 
+/// `method` changes what the upstream is asked (and `{orig_method}` keeps the original);
+/// the `vars` and `vars_regexp` matchers choose routes by variables and placeholders.
+#[test]
+fn method_directive_and_vars_matchers() {
+    let o = origin::http("up");
+    let (_d, port) = serve(&format!(
+        r#":PORT {{
+	vars tier gold
+	@gold vars tier gold
+	@ver vars_regexp v {{header.X-Ver}} ^v(\d+)$
+	method /put/* PUT
+	handle /put/* {{
+		reverse_proxy 127.0.0.1:{} {{
+			header_up X-Was {{orig_method}}
+		}}
+	}}
+	handle @ver {{
+		respond "version {{re.v.1}}"
+	}}
+	handle @gold {{
+		respond "gold"
+	}}
+}}"#,
+        o.port
+    ));
+    let r = ok_get(port, "x", "/put/thing");
+    let text = r.text().to_ascii_lowercase();
+    assert!(text.contains("method: put"), "{text}");
+    assert!(text.contains("x-was: get"), "{text}");
+    let r =
+        request(port, "GET", "x", "/v", &[("X-Ver", "v7")], b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.text(), "version 7");
+    assert_eq!(ok_get(port, "x", "/other").text(), "gold");
+}
+
 #[test]
 fn redir_codes_and_html() {
     let (_d, port) = serve(

@@ -506,6 +506,26 @@ pub enum Matcher {
     File(FileMatch),
     /// `bot`: the User-Agent looks like a crawler, scanner or script.
     Bot,
+    /// `vars`: matches when some key (a variable name, or a placeholder in braces) has
+    /// one of its values (placeholders allowed in the values, never expanded in what a
+    /// variable holds). Several keys in one matcher are alternatives, as in Caddy.
+    Vars(Vec<VarsMatch>),
+    /// `vars_regexp [name] <key> <regexp>`: the key's value matches; captures go to
+    /// `{re.name.N}`.
+    VarsRegexp {
+        name: Option<String>,
+        key: String,
+        pattern: String,
+    },
+}
+
+/// One key of a `vars` matcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VarsMatch {
+    /// A variable name (`vars`, `map` outputs) or a placeholder such as `{path}`.
+    pub key: String,
+    pub values: Vec<Template>,
 }
 
 /// The `file` matcher (and `try_files`).
@@ -664,6 +684,10 @@ pub enum Handler {
     },
     /// `intercept`: act on the responses the handlers after it write.
     Intercept(Box<Intercept>),
+    /// `method`: the request's method from here on (uppercase).
+    Method {
+        method: String,
+    },
 }
 
 /// `intercept { @name ...; replace_status ...; handle_response ... }`.

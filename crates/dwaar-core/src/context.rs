@@ -209,6 +209,8 @@ pub struct RequestContext {
     pub request_id: Option<uuid::Uuid>,
     /// Path and query before the first rewrite (`{http.request.orig_uri}`).
     pub orig_uri: Option<String>,
+    /// The method before `method` changed it (`{http.request.orig_method}`).
+    pub orig_method: Option<CompactString>,
     pub vars: Vec<(CompactString, String)>,
     pub captures: Vec<(CompactString, Vec<Option<String>>)>,
     /// Groups (by id) in which a route already ran.

@@ -164,6 +164,42 @@ enum Compiled {
     ErrorStatus(Vec<(u16, bool)>),
     File(Box<dwaar_config::model::FileMatch>),
     Bot,
+    /// Some key's value equals one of its values (any key, as in Caddy).
+    Vars(Vec<(VarKey, Vec<dwaar_config::placeholder::Template>)>),
+    VarsRegexp {
+        name: CompactString,
+        key: VarKey,
+        re: Arc<Regex>,
+    },
+}
+
+/// What a `vars` matcher looks at: a variable, or a placeholder.
+#[derive(Debug)]
+pub enum VarKey {
+    Var(CompactString),
+    Placeholder(dwaar_config::placeholder::Template),
+}
+
+impl VarKey {
+    fn new(key: &str) -> VarKey {
+        if key.starts_with('{') && key.ends_with('}') && key.matches('{').count() == 1 {
+            VarKey::Placeholder(dwaar_config::placeholder::Template::parse(key))
+        } else {
+            VarKey::Var(CompactString::new(key))
+        }
+    }
+
+    /// The key's value for this request (empty when unset).
+    fn value<'a>(
+        &'a self,
+        req: &dyn HttpRequest,
+        ctx: &'a RequestContext,
+    ) -> std::borrow::Cow<'a, str> {
+        match self {
+            VarKey::Var(name) => std::borrow::Cow::Borrowed(ctx.var(name).unwrap_or("")),
+            VarKey::Placeholder(t) => crate::template::render(t, req, ctx),
+        }
+    }
 }
 
 /// A compiled matcher set (AND of its matchers).
@@ -229,6 +265,16 @@ fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
             Matcher::Not(inner) => Compiled::Not(Box::new(compile_set(inner)?)),
             Matcher::File(f) => Compiled::File(Box::new(f.clone())),
             Matcher::Bot => Compiled::Bot,
+            Matcher::Vars(list) => Compiled::Vars(
+                list.iter()
+                    .map(|v| (VarKey::new(&v.key), v.values.clone()))
+                    .collect(),
+            ),
+            Matcher::VarsRegexp { name, key, pattern } => Compiled::VarsRegexp {
+                name: CompactString::new(name.as_deref().unwrap_or(&default_name)),
+                key: VarKey::new(key),
+                re: Arc::new(build_regex(pattern)?),
+            },
             Matcher::ErrorStatus(codes) => Compiled::ErrorStatus(
                 codes
                     .iter()
@@ -343,6 +389,29 @@ fn matches_one(m: &Compiled, req: &dyn HttpRequest, ctx: &mut RequestContext) ->
             }
             req.any_header_value(&f.field, &mut |v| f.values.iter().any(|p| p.matches(v)))
         }),
+        Compiled::Vars(keys) => keys.iter().any(|(key, values)| {
+            let have = key.value(req, ctx);
+            values
+                .iter()
+                .any(|v| crate::template::render(v, req, ctx) == have)
+        }),
+        Compiled::VarsRegexp { name, key, re } => {
+            let caps: Option<Vec<Option<String>>> = {
+                let have = key.value(req, ctx);
+                re.captures(&have).map(|c| {
+                    c.iter()
+                        .map(|m| m.map(|m| m.as_str().to_string()))
+                        .collect()
+                })
+            };
+            match caps {
+                Some(c) => {
+                    ctx.captures.push((name.clone(), c));
+                    true
+                }
+                None => false,
+            }
+        }
         Compiled::HeaderRegexp { name, field, re } => {
             let mut caps: Option<Vec<Option<String>>> = None;
             req.any_header_value(field, &mut |v| match re.captures(v) {

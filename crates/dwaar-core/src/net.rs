@@ -238,6 +238,9 @@ mod tests {
         fn header_bytes(&self) -> usize {
             0
         }
+        fn set_method(&mut self, _: &str) -> bool {
+            false
+        }
         fn set_header(&mut self, _: &str, _: &str) {}
         fn append_header(&mut self, _: &str, _: &str) {}
         fn remove_header(&mut self, _: &str) {}

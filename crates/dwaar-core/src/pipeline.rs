@@ -1032,6 +1032,13 @@ fn run_handler<'t>(
             Flow::Continue
         }
         HandlerRule::CopyResponse(status) => Flow::Done(Terminal::CopyResponse(*status)),
+        HandlerRule::Method(m) => {
+            if ctx.orig_method.is_none() {
+                ctx.orig_method = Some(CompactString::new(req.method()));
+            }
+            req.set_method(m);
+            Flow::Continue
+        }
         HandlerRule::CopyResponseHeaders(copy) => {
             if let Some((_, fields)) = &ctx.resp.upstream_answer {
                 for (k, v) in fields.iter().filter(|(k, _)| copy.copies(k)) {

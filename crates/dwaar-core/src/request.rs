@@ -28,6 +28,8 @@ pub trait HttpRequest {
     fn remove_header(&mut self, name: &str);
     /// Replaces path and query; returns false when the result is not a valid URI.
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool;
+    /// Changes the method (`method` directive); `false` when it is not a valid one.
+    fn set_method(&mut self, method: &str) -> bool;
 }
 
 /// Headers that describe one connection, never forwarded to another hop.
@@ -70,6 +72,15 @@ pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
 }
 
 impl HttpRequest for RequestHeader {
+    fn set_method(&mut self, method: &str) -> bool {
+        match http::Method::from_bytes(method.as_bytes()) {
+            Ok(m) => {
+                self.set_method(m);
+                true
+            }
+            Err(_) => false,
+        }
+    }
     fn header_names(&self) -> Vec<String> {
         self.headers
             .keys()

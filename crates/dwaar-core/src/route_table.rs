@@ -108,6 +108,8 @@ pub enum HandlerRule {
     CopyResponse(Option<u16>),
     /// `copy_response_headers`: the upstream's fields added to the response.
     CopyResponseHeaders(Arc<CopyHeaders>),
+    /// `method`: the request's method from here on.
+    Method(CompactString),
 }
 
 /// A compiled `copy_response_headers`: lowercase names, at most one list non-empty.
@@ -1067,6 +1069,7 @@ fn compile_handler(
             &mut |routes| compile_routes(routes, cx, groups),
         )?)),
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
+        Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
         Handler::CopyResponseHeaders { include, exclude } => {
             HandlerRule::CopyResponseHeaders(Arc::new(CopyHeaders {
                 include: include.clone(),

@@ -224,8 +224,7 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
             push_value(&mut uri, &P::Uri, req, ctx);
             query_escape(out, &uri);
         }
-        // No directive changes the method yet: the original is the current one.
-        P::OrigMethod => out.push_str(req.method()),
+        P::OrigMethod => out.push_str(ctx.orig_method.as_deref().unwrap_or(req.method())),
         P::OrigDir | P::OrigFile | P::OrigQuery => {
             let (path, query) = match &ctx.orig_uri {
                 Some(u) => u.split_once('?').unwrap_or((u, "")),

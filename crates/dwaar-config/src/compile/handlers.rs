@@ -51,13 +51,13 @@ pub const SUPPORTED: &[&str] = &[
     "intercept",
     "copy_response",
     "copy_response_headers",
+    "method",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
 pub const NOT_YET: &[&str] = &[
     "templates",
     "tracing",
-    "method",
     "push",
     "acme_server",
     "invoke",
@@ -157,6 +157,28 @@ pub fn compile_directive(
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),
         "header" | "request_header" => header(d, named, diags),
         "intercept" => to_compiled(super::responses::intercept(d, named, cx, diags)),
+        "method" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 1, 1, "method [<matcher>] <method>") || !diags.no_block(d) {
+                return Compiled::Nothing;
+            }
+            let t = &d.args[skip];
+            // A method is an HTTP token (RFC 9110 §9.1).
+            let token = !t.text.is_empty()
+                && t.text
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token {
+                diags.push(t.error(format!("'{}' is not an HTTP method", t.text)));
+                return Compiled::Nothing;
+            }
+            route(
+                m,
+                vec![Handler::Method {
+                    method: t.text.to_ascii_uppercase(),
+                }],
+            )
+        }
         "copy_response" => to_compiled(super::responses::copy_response(d, named, cx, diags)),
         "copy_response_headers" => {
             to_compiled(super::responses::copy_response_headers(d, named, cx, diags))

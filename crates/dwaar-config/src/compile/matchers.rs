@@ -8,7 +8,7 @@
 use super::args::{block_lines, Diags};
 use crate::diag::did_you_mean;
 use crate::lexer::Token;
-use crate::model::{FieldMatch, Matcher, MatcherSet};
+use crate::model::{FieldMatch, Matcher, MatcherSet, VarsMatch};
 use crate::parser::Directive;
 use std::collections::HashMap;
 
@@ -28,8 +28,10 @@ pub(crate) const MATCHER_KINDS: &[&str] = &[
     "not",
     "file",
     "bot",
+    "vars",
+    "vars_regexp",
 ];
-const NOT_YET_MATCHERS: &[&str] = &["expression", "vars", "vars_regexp"];
+const NOT_YET_MATCHERS: &[&str] = &["expression"];
 
 /// Whether a token in matcher position is a matcher (`*`, `/...`, `@name`).
 pub fn is_matcher_token(t: &Token) -> bool {
@@ -275,6 +277,38 @@ fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
                 return;
             }
             set.matchers.push(Matcher::Protocol(p));
+        }
+        "vars" => {
+            if !diags.arity(line, 0, 2, usize::MAX, "vars <variable> <values...>") {
+                return;
+            }
+            let key = line.args[0].text.clone();
+            let values = line.args[1..].iter().map(|v| diags.template(v)).collect();
+            match set.matchers.iter_mut().find_map(|m| match m {
+                Matcher::Vars(list) => Some(list),
+                _ => None,
+            }) {
+                Some(list) => list.push(VarsMatch { key, values }),
+                None => set
+                    .matchers
+                    .push(Matcher::Vars(vec![VarsMatch { key, values }])),
+            }
+        }
+        "vars_regexp" => {
+            if !diags.arity(line, 0, 2, 3, "vars_regexp [name] <variable> <regexp>") {
+                return;
+            }
+            let named = line.args.len() == 3;
+            let Some(pattern) = diags.regex(&line.args[line.args.len() - 1]) else {
+                return;
+            };
+            set.matchers.push(Matcher::VarsRegexp {
+                name: named
+                    .then(|| line.args[0].text.clone())
+                    .or_else(|| set.name.clone()),
+                key: line.args[usize::from(named)].text.clone(),
+                pattern,
+            });
         }
         "path_regexp" | "header_regexp" => {
             let (min, usage) = if kind == "path_regexp" {

@@ -180,6 +180,10 @@ impl HttpRequest for FastRequest {
         self.headers
             .retain(|h| !h.name.get(head).eq_ignore_ascii_case(name.as_bytes()));
     }
+    fn set_method(&mut self, method: &str) -> bool {
+        self.method = Text::Owned(CompactString::new(method));
+        true
+    }
     fn set_path_query(&mut self, path: &str, query: Option<&str>) -> bool {
         // The same validity rule as the Pingora front-end: it must form a URI.
         if http::Uri::try_from(crate::request::join_path_query(path, query)).is_err() {
