@@ -153,6 +153,63 @@ fn method_directive_and_vars_matchers() {
     assert_eq!(ok_get(port, "x", "/other").text(), "gold");
 }
 
+/// Named routes (`&(name) { ... }`) run where `invoke` says, with their own matchers, and
+/// fall through like `route` when they answer nothing; what is wrong in one is reported
+/// once at its line, invoked or not.
+#[test]
+fn named_routes_run_where_invoked() {
+    let o = origin::http("up");
+    let (_d, port) = serve(&format!(
+        r#"&(app) {{
+	@admin path /admin/*
+	respond @admin "no admin here" 403
+	reverse_proxy 127.0.0.1:{}
+}}
+&(tag) {{
+	header X-Tagged yes
+}}
+:PORT {{
+	invoke tag
+	invoke /app/* app
+	respond "site {{path}}"
+}}"#,
+        o.port
+    ));
+    // Like any directive, `invoke`s with a path matcher sort before those without: the
+    // proxied answer ends the request before `tag` runs (as in Caddy).
+    let r = ok_get(port, "x", "/app/hello");
+    assert!(r.text().contains("uri: /app/hello"), "{}", r.text());
+    assert_eq!(r.header("x-tagged"), None);
+    let r = ok_get(port, "x", "/admin/x");
+    assert_eq!((r.status, r.text().as_str()), (200, "site /admin/x"));
+    assert_eq!(r.header("x-tagged"), Some("yes"));
+    // The route's own `@admin` looks at the whole path.
+    let r = ok_get(port, "x", "/app/admin/x");
+    assert!(r.text().contains("uri: /app/admin/x"), "{}", r.text());
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(
+        dir.path().join("Dwaarfile"),
+        "&(loop) {\n\tinvoke loop\n}\n&(bad) {\n\trespnd x\n}\n:1 {\n\tinvoke bad\n\tinvoke nope\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = dwaar_cmd(&["validate"], dir.path());
+    assert_eq!(code, 1);
+    for want in [
+        "Dwaarfile:2:9",
+        "invokes itself",
+        "Dwaarfile:5:2",
+        "Dwaarfile:9:9",
+        "no named route 'nope'",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert_eq!(
+        err.matches("respnd").count(),
+        2,
+        "reported once (line and caret): {err}"
+    );
+}
+
 #[test]
 fn redir_codes_and_html() {
     let (_d, port) = serve(

@@ -52,6 +52,7 @@ pub const SUPPORTED: &[&str] = &[
     "copy_response",
     "copy_response_headers",
     "method",
+    "invoke",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -60,7 +61,6 @@ pub const NOT_YET: &[&str] = &[
     "tracing",
     "push",
     "acme_server",
-    "invoke",
     "fs",
     "log_append",
     "log_name",
@@ -157,6 +157,47 @@ pub fn compile_directive(
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),
         "header" | "request_header" => header(d, named, diags),
         "intercept" => to_compiled(super::responses::intercept(d, named, cx, diags)),
+        "invoke" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 1, 1, "invoke [<matcher>] <route-name>") || !diags.no_block(d)
+            {
+                return Compiled::Nothing;
+            }
+            let t = &d.args[skip];
+            let Some(directives) = cx.named_routes.get(&t.text).copied() else {
+                let mut e = t.error(format!("there is no named route '{}'", t.text));
+                e = match crate::diag::did_you_mean(
+                    &t.text,
+                    cx.named_routes.keys().map(String::as_str),
+                ) {
+                    Some(s) => e.with_help(format!("did you mean '{s}'?")),
+                    None => e.with_help(format!(
+                        "define it at the top level: &({}) {{ ... }}",
+                        t.text
+                    )),
+                };
+                diags.push(e);
+                return Compiled::Nothing;
+            };
+            if cx.invoking.contains(&t.text) {
+                diags.push(t.error(format!(
+                    "named route '{}' invokes itself (through {})",
+                    t.text,
+                    cx.invoking.join(" -> ")
+                )));
+                return Compiled::Nothing;
+            }
+            // Its own matchers: a named route does not see the site's. What is wrong in
+            // it was reported once, where it is defined (`compile::check_named_routes`).
+            cx.invoking.push(t.text.clone());
+            let mut scratch = Diags {
+                map_outputs: diags.map_outputs.clone(),
+                ..Diags::default()
+            };
+            let routes = compile_block(directives, &NamedMatchers::new(), false, cx, &mut scratch);
+            cx.invoking.pop();
+            route(m, vec![Handler::Subroute { routes }])
+        }
         "method" => {
             let (m, skip) = inline_matcher(d, named, diags);
             if !diags.arity(d, skip, 1, 1, "method [<matcher>] <method>") || !diags.no_block(d) {

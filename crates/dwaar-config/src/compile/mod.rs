@@ -270,6 +270,48 @@ fn http_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
+/// `&(name) { ... }` at the top level: a named route, run where `invoke name` says.
+fn named_route_name(sb: &crate::parser::SiteBlock) -> Option<&str> {
+    match sb.addresses.as_slice() {
+        [t] => t
+            .text
+            .strip_prefix("&(")
+            .and_then(|r| r.strip_suffix(')'))
+            .filter(|n| !n.is_empty()),
+        _ => None,
+    }
+}
+
+/// The named routes of the document, by name (defined twice: reported).
+fn named_routes<'d>(doc: &'d Document, diags: &mut Diags) -> HashMap<String, &'d [Directive]> {
+    let mut out: HashMap<String, &'d [Directive]> = HashMap::new();
+    for sb in &doc.sites {
+        if let Some(name) = named_route_name(sb) {
+            if out.insert(name.to_string(), &sb.block.directives).is_some() {
+                diags.push(sb.addresses[0].error(format!("named route '{name}' is defined twice")));
+            }
+        }
+    }
+    out
+}
+
+/// Compiles every named route once on its own, so what is wrong in one is reported at
+/// its line once, invoked or not (each `invoke` compiles it again, quietly).
+fn check_named_routes(routes: &HashMap<String, &[Directive]>, order: &[String], diags: &mut Diags) {
+    let mut names: Vec<&String> = routes.keys().collect();
+    names.sort();
+    for name in names {
+        let mut cx = RouteCx {
+            order,
+            group_counter: 0,
+            response_scope: None,
+            named_routes: routes,
+            invoking: vec![name.clone()],
+        };
+        compile_block(routes[name], &NamedMatchers::new(), false, &mut cx, diags);
+    }
+}
+
 /// Every name the config language knows, sorted: what `dwaar list-directives` prints and
 /// what the docs site must have a page for.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -316,9 +358,14 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         diags,
     );
     let order = directive_order(&global.order);
+    let named_routes = named_routes(doc, diags);
+    check_named_routes(&named_routes, &order, diags);
     let mut sites = Vec::new();
     let mut seen: HashMap<(String, u16, Option<String>), Token> = HashMap::new();
     for sb in &doc.sites {
+        if named_route_name(sb).is_some() {
+            continue;
+        }
         let mut addresses = Vec::new();
         for t in &sb.addresses {
             if let Some(a) = site_address(t, &global, diags) {
@@ -412,6 +459,8 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             order: &order,
             group_counter: 0,
             response_scope: None,
+            named_routes: &named_routes,
+            invoking: Vec::new(),
         };
         let named = NamedMatchers::new();
         let mut routes = compile_block(&handler_dirs, &named, false, &mut cx, diags);

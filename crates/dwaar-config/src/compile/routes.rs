@@ -81,6 +81,10 @@ pub struct RouteCx<'a> {
     pub group_counter: usize,
     /// Inside `handle_response` routes: whose response they handle.
     pub response_scope: Option<ResponseScope>,
+    /// The document's named routes (`&(name) { ... }`), for `invoke`.
+    pub named_routes: &'a std::collections::HashMap<String, &'a [Directive]>,
+    /// The named routes being compiled, innermost last (an `invoke` cycle is an error).
+    pub invoking: Vec<String>,
 }
 
 /// Whose response a `handle_response` block handles (what `copy_response` may copy).
