@@ -210,6 +210,32 @@ fn named_routes_run_where_invoked() {
     );
 }
 
+/// `header -X-*` / `-*-Secret` and `request_header -X-Drop-*` delete every matching field
+/// (they once deleted only a field literally named `X-*`).
+#[test]
+fn header_deletions_take_wildcards() {
+    let o = origin::http("app");
+    let (_d, port) = serve(&format!(
+        ":PORT {{\n\theader -X-Origin*\n\theader -*-secret\n\trequest_header -X-Drop-*\n\treverse_proxy 127.0.0.1:{}\n}}",
+        o.port
+    ));
+    let r = request(
+        port,
+        "GET",
+        "x",
+        "/",
+        &[("X-Drop-A", "1"), ("X-Drop-B", "2"), ("X-Keep", "3")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let body = r.text();
+    assert!(!body.contains("h:x-drop-"), "{body}");
+    assert!(body.contains("h:x-keep: 3"), "{body}");
+    assert_eq!(r.header("x-origin"), None);
+    assert_eq!(r.header("x-backend-secret"), None);
+    assert_eq!(r.header("server"), Some("mock-origin"));
+}
+
 #[test]
 fn redir_codes_and_html() {
     let (_d, port) = serve(

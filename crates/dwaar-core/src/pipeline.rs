@@ -179,8 +179,31 @@ pub fn apply_immediate_to_proxied(edits: &[HeaderEdit], head: &mut dyn ResponseH
 }
 
 fn delete_matching(head: &mut dyn ResponseHead, name: &str) {
-    // `-X-*` style prefixes are not supported by every head type; exact names are.
-    head.remove(name);
+    if !name.contains('*') {
+        head.remove(name);
+        return;
+    }
+    let doomed: Vec<CompactString> = head
+        .fields()
+        .into_iter()
+        .map(|(k, _)| k)
+        .filter(|k| field_pattern_matches(name, k))
+        .collect();
+    for k in doomed {
+        head.remove(&k);
+    }
+}
+
+/// Whether a field name matches a `header -<pattern>` deletion: `X-*` (a prefix), `*-Id`
+/// (a suffix), `*Debug*` (anywhere), or the exact name; case-insensitive, as in Caddy.
+pub fn field_pattern_matches(pattern: &str, field: &str) -> bool {
+    let (p, f) = (pattern.to_ascii_lowercase(), field.to_ascii_lowercase());
+    match (p.strip_prefix('*'), p.strip_suffix('*')) {
+        (Some(rest), _) if rest.ends_with('*') => f.contains(rest.trim_end_matches('*')),
+        (Some(suffix), _) => f.ends_with(suffix),
+        (_, Some(prefix)) => f.starts_with(prefix),
+        _ => p == f,
+    }
 }
 
 /// Renders header rules against the request.
@@ -218,6 +241,13 @@ pub fn apply_request_rules(rules: &[HeaderRule], req: &mut dyn HttpRequest, ctx:
             HeaderRule::Add(n, t) => {
                 let v = render(t, req, ctx).into_owned();
                 req.append_header(n, &v);
+            }
+            HeaderRule::Delete(n) if n.contains('*') => {
+                for name in req.header_names() {
+                    if field_pattern_matches(n, &name) {
+                        req.remove_header(&name);
+                    }
+                }
             }
             HeaderRule::Delete(n) => req.remove_header(n),
             HeaderRule::Default(n, t) => {

@@ -587,6 +587,16 @@ fn header(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled {
             ops.deferred = true;
             continue;
         }
+        if response && line.name.text == "match" && line.block.is_some() {
+            diags.push(
+                line.name
+                    .error("'match' (edits only for matching responses) is not supported yet")
+                    .with_help(
+                        "use intercept with a response matcher and header inside handle_response",
+                    ),
+            );
+            continue;
+        }
         let mut toks = vec![line.name.clone()];
         toks.extend(line.args.iter().cloned());
         header_line(&line.name, &toks, response, &mut ops, diags);
