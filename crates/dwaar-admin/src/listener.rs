@@ -61,7 +61,15 @@ impl BoundAdmin {
                 .map_err(|e| format!("cannot restrict admin socket {}: {e}", path.display()))?;
             return Ok(BoundAdmin::Unix(l, path));
         }
-        let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        // `tcp/` is accepted as in Caddy; `:port` (no host) means every interface, where
+        // remote clients still need the admin token.
+        let given = addr.strip_prefix("tcp/").unwrap_or(addr);
+        let resolved = match given.strip_prefix(':') {
+            Some(port) => std::net::ToSocketAddrs::to_socket_addrs(&format!("[::]:{port}"))
+                .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(&format!("0.0.0.0:{port}"))),
+            None => std::net::ToSocketAddrs::to_socket_addrs(given),
+        };
+        let addrs: Vec<SocketAddr> = resolved
             .map_err(|e| format!("invalid admin address '{addr}': {e}"))?
             .collect();
         // `localhost` resolves to both families; prefer IPv4 like most clients try first.

@@ -376,6 +376,28 @@ fn bad_unix_binds_are_refused() {
     );
 }
 
+/// `admin :PORT` (no host) listens on every interface, as in Caddy (it once failed at
+/// start); `admin tcp/127.0.0.1:PORT` takes Caddy's network prefix.
+#[test]
+fn admin_takes_a_port_alone_and_a_tcp_prefix() {
+    for form in [":{a}", "tcp/127.0.0.1:{a}"] {
+        let admin = free_port();
+        let (_d, _) = serve(&format!(
+            "{{\n\tadmin {}\n}}\n:PORT {{\n\trespond ok\n}}\n",
+            form.replace("{a}", &admin.to_string())
+        ));
+        assert!(
+            wait_until(std::time::Duration::from_secs(10), || get(
+                admin,
+                &format!("localhost:{admin}"),
+                "/config/"
+            )
+            .is_ok_and(|r| r.status == 200)),
+            "{form}"
+        );
+    }
+}
+
 /// `bind tcp6/::` listens on IPv6 only, so an IPv4 socket can share its port; the IPv4
 /// loopback is refused there while IPv6 is served.
 #[test]
