@@ -365,3 +365,29 @@ fn same_method_and_vars_matching_as_caddy() {
         );
     }
 }
+
+/// `try_files ... =404`: a missing file is an error with that status (through
+/// `handle_errors`), as in Caddy.
+#[test]
+fn same_try_files_fallback_status_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(dir.path().join("here.txt"), "here").unwrap_or_else(|e| panic!("{e}"));
+    let site = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\n:PORT {{\n\troot * {}\n\ttry_files {{path}} {{path}}.txt =404\n\tfile_server\n\thandle_errors {{\n\t\trespond \"missing {{err.status_code}}\"\n\t}}\n}}\n",
+        dir.path().display()
+    );
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    for path in ["/here.txt", "/here", "/gone"] {
+        let a = request(cp, "GET", "localhost", path, &[], b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, "GET", "localhost", path, &[], b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        assert_eq!((a.status, a.text()), (b.status, b.text()), "{path}");
+        if path == "/gone" {
+            assert_eq!((b.status, b.text().as_str()), (404, "missing 404"));
+        }
+    }
+}

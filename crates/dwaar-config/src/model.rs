@@ -540,6 +540,9 @@ pub struct FileMatch {
     pub try_policy: String,
     /// Split the path after these substrings (`.php`): the rest is `PATH_INFO`.
     pub split_path: Vec<String>,
+    /// `try_files ... =404`: the error when no candidate exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback_status: Option<u16>,
 }
 
 /// `file_server`.

@@ -1009,7 +1009,13 @@ fn run_handler<'t>(
         }
         HandlerRule::TryFiles(fm) => {
             let Some(found) = crate::files::find_file(fm, req, ctx) else {
-                return Flow::Continue;
+                return match fm.fallback_status {
+                    Some(status) => Flow::Done(Terminal::Error {
+                        status,
+                        message: "no file to try".into(),
+                    }),
+                    None => Flow::Continue,
+                };
             };
             crate::files::remember(&found, ctx);
             // The candidate's own query (`index.php?{query}`) replaces the request's.

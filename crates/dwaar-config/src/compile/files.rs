@@ -142,11 +142,33 @@ pub fn try_files(d: &Directive, diags: &mut Diags) -> Option<Route> {
     if !diags.arity(d, 0, 1, usize::MAX, "try_files <files...>") {
         return None;
     }
+    // `=404`: the error when no candidate exists; it ends the list.
+    let status_at = d.args.iter().position(|a| a.text.starts_with('='));
+    let mut fallback_status = None;
+    if let Some(i) = status_at {
+        let t = &d.args[i];
+        match t.text[1..].parse::<u16>() {
+            Ok(s) if (400..=599).contains(&s) => fallback_status = Some(s),
+            _ => {
+                diags.push(
+                    t.error(format!("'{}' is not an error status", t.text))
+                        .with_help("try_files {path} /index.html =404"),
+                );
+                return None;
+            }
+        }
+        if let Some(extra) = d.args.get(i + 1) {
+            diags.push(extra.error("nothing may follow the =status fallback of try_files"));
+            return None;
+        }
+    }
+    let files = &d.args[..status_at.unwrap_or(d.args.len())];
     let mut fm = FileMatch {
         root: None,
-        try_files: d.args.iter().map(|a| diags.template(a)).collect(),
+        try_files: files.iter().map(|a| diags.template(a)).collect(),
         try_policy: "first_exist".into(),
         split_path: Vec::new(),
+        fallback_status,
     };
     for line in block_lines(&d.block) {
         if line.name.text == "policy" {
@@ -175,6 +197,7 @@ pub fn file_matcher(line: &Directive, diags: &mut Diags) -> Option<Matcher> {
         try_files: line.args.iter().map(|a| diags.template(a)).collect(),
         try_policy: "first_exist".into(),
         split_path: Vec::new(),
+        fallback_status: None,
     };
     for l in block_lines(&line.block) {
         match l.name.text.as_str() {
@@ -328,6 +351,7 @@ pub fn php_fastcgi(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
                         try_files: vec![Template::parse(&format!("{{path}}/{index}"))],
                         try_policy: "first_exist".into(),
                         split_path: Vec::new(),
+                        fallback_status: None,
                     }),
                     Matcher::Not(Box::new(MatcherSet {
                         name: None,
@@ -371,6 +395,7 @@ pub fn php_fastcgi(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
                 "first_exist".into()
             },
             split_path: split.clone(),
+            fallback_status: None,
         }),
     ));
     routes.push(Route {
