@@ -376,6 +376,24 @@ fn bad_unix_binds_are_refused() {
     );
 }
 
+/// A `request_body` block without `max_size` limits nothing and is refused at its line
+/// (it was accepted and did nothing).
+#[test]
+fn request_body_without_max_size_is_refused() {
+    let d = tmp();
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        ":8080 {\n\trequest_body {\n\t}\n\trespond x\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = dwaar_cmd(&["validate"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("needs a block with max_size") && err.contains("Dwaarfile:2:2"),
+        "{err}"
+    );
+}
+
 /// `admin :PORT` (no host) listens on every interface, as in Caddy (it once failed at
 /// start); `admin tcp/127.0.0.1:PORT` takes Caddy's network prefix.
 #[test]

@@ -374,7 +374,11 @@ pub fn compile_directive(
             match max {
                 Some(max_size) => route(m, vec![Handler::RequestBody { max_size }]),
                 None => {
-                    if d.block.is_none() {
+                    // A block without `max_size` (or with a bad one, reported) sets nothing.
+                    if !block_lines(&d.block)
+                        .iter()
+                        .any(|l| l.name.text == "max_size")
+                    {
                         diags.push(
                             d.name
                                 .error("'request_body' needs a block with max_size")
