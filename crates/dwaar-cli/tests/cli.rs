@@ -394,6 +394,32 @@ fn request_body_without_max_size_is_refused() {
     );
 }
 
+/// `servers 127.0.0.1:PORT` applies to that port (it never matched anything); a
+/// listener without a port is refused at its line.
+#[test]
+fn servers_with_a_host_apply_to_their_port() {
+    let (_d, port) = serve(
+        "{\n\tservers 127.0.0.1:PORT {\n\t\tmax_header_size 1KiB\n\t}\n}\n:PORT {\n\trespond ok\n}\n",
+    );
+    let big = "x".repeat(4096);
+    let r = request(port, "GET", "x", "/", &[("X-Big", big.as_str())], b"")
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(r.status, 431);
+    assert_eq!(ok_get(port, "x", "/").status, 200);
+    let d = tmp();
+    std::fs::write(
+        d.path().join("Dwaarfile"),
+        "{\n\tservers localhost {\n\t}\n}\n:8080 {\n\trespond x\n}\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, err) = dwaar_cmd(&["validate"], d.path());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("Dwaarfile:2:10") && err.contains("with a port"),
+        "{err}"
+    );
+}
+
 /// `admin :PORT` (no host) listens on every interface, as in Caddy (it once failed at
 /// start); `admin tcp/127.0.0.1:PORT` takes Caddy's network prefix.
 #[test]

@@ -675,12 +675,16 @@ fn server_options(config: &Config, port: u16) -> Option<&dwaar_config::model::Se
     let servers = &config.global.servers;
     servers
         .iter()
-        .find(|s| {
-            s.listener
-                .as_deref()
-                .is_some_and(|l| l.trim_start_matches(':') == port.to_string())
-        })
+        .find(|s| s.listener.as_deref().and_then(listener_port) == Some(port))
         .or_else(|| servers.iter().find(|s| s.listener.is_none()))
+}
+
+/// The port a `servers <listener>` block names: `:8080`, `127.0.0.1:8080`,
+/// `[::1]:8080`, `tcp/...`. Dwaar's server options are per port, so a host in the
+/// listener address does not narrow them further.
+fn listener_port(listener: &str) -> Option<u16> {
+    let l = listener.strip_prefix("tcp/").unwrap_or(listener);
+    l.rsplit_once(':').map_or(l, |(_, p)| p).parse().ok()
 }
 
 fn apply_server_options(

@@ -935,6 +935,22 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
         listener: d.args.first().map(|t| t.text.clone()),
         ..Default::default()
     };
+    if let Some(t) = d.args.first() {
+        let addr = t.text.strip_prefix("tcp/").unwrap_or(&t.text);
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        if port.is_none() {
+            diags.push(
+                t.error(format!(
+                    "'{}' is not a listener address with a port",
+                    t.text
+                ))
+                .with_help("servers :443 { ... } (or 127.0.0.1:8080)"),
+            );
+            return;
+        }
+    }
     const SUBS: &[&str] = &[
         "protocols",
         "timeouts",
