@@ -479,7 +479,39 @@ impl Parser<'_, '_> {
         while end < self.tokens.len() && !self.tokens[end].line_start {
             end += 1;
         }
-        let line: Vec<Token> = self.tokens[start + 1..end].to_vec();
+        let mut line: Vec<Token> = self.tokens[start + 1..end].to_vec();
+        // `import name [args...] { ... }`: the block is what `{block}` stands for in
+        // the imported tokens (the block's lines leave the stream with the import).
+        let mut block: Vec<Token> = Vec::new();
+        if line.len() >= 2 && line.last().is_some_and(Token::is_open_brace) {
+            let open = end - 1;
+            let mut depth = 0usize;
+            let close = (open..self.tokens.len()).find(|&k| {
+                let t = &self.tokens[k];
+                if t.is_open_brace() {
+                    depth += 1;
+                } else if t.is_close_brace() {
+                    depth -= 1;
+                }
+                depth == 0
+            });
+            match close {
+                Some(close) => {
+                    block = self.tokens[open + 1..close].to_vec();
+                    line.pop();
+                    end = close + 1;
+                }
+                None => {
+                    self.diags.push(
+                        self.tokens[open]
+                            .error("this import's block is never closed")
+                            .with_help("import snippet {\n\tdirectives...\n}"),
+                    );
+                    self.tokens.drain(start..);
+                    return;
+                }
+            }
+        }
         let Some(target) = line.first() else {
             self.diags.push(
                 import_tok
@@ -521,28 +553,39 @@ impl Parser<'_, '_> {
                     },
                 );
                 let body = body.clone();
-                self.instantiate(&body, &args, &chain, target)
+                self.instantiate(&body, (&args, &block), &chain, target)
             }
         } else {
-            self.import_files(target, &args, &parent_chain)
+            self.import_files(target, (&args, &block), &parent_chain)
         };
         self.tokens.splice(start..end, expanded);
     }
 
-    /// Copies imported tokens, substituting `{args[...]}` and attaching the chain.
+    /// Copies imported tokens, substituting `{args[...]}` and `{block}` (the import's
+    /// block) and attaching the chain.
     fn instantiate(
         &mut self,
         body: &[Token],
-        args: &[String],
+        (args, block): (&[String], &[Token]),
         chain: &ImportChain,
         at: &Token,
     ) -> Vec<Token> {
-        let mut out = Vec::with_capacity(body.len());
+        let mut out = Vec::with_capacity(body.len() + block.len());
         for (i, t) in body.iter().enumerate() {
             let mut t = t.clone();
             t.chain = Some(chain.clone());
             if i == 0 {
                 t.line_start = true;
+            }
+            if !t.quoted() && t.text == "{block}" {
+                for (j, b) in block.iter().enumerate() {
+                    let mut b = b.clone();
+                    if j == 0 {
+                        b.line_start = t.line_start;
+                    }
+                    out.push(b);
+                }
+                continue;
             }
             if !t.quoted() && (t.text == "{args[:]}" || t.text == "{args.*}") {
                 for (j, a) in args.iter().enumerate() {
@@ -567,7 +610,7 @@ impl Parser<'_, '_> {
     fn import_files(
         &mut self,
         target: &Token,
-        args: &[String],
+        (args, block): (&[String], &[Token]),
         parent_chain: &[ImportSite],
     ) -> Vec<Token> {
         let base = self
@@ -686,7 +729,7 @@ impl Parser<'_, '_> {
                     .push(d.with_chain(&chain.iter().map(|s| s.span).collect::<Vec<_>>()));
             }
             substitute_env(&mut toks, self.env, &mut self.diags);
-            let inst = self.instantiate(&toks, args, &chain, target);
+            let inst = self.instantiate(&toks, (args, block), &chain, target);
             out.extend(inst);
         }
         out
@@ -840,6 +883,28 @@ mod tests {
         let env = |k: &str| (k == "PORT").then(|| "9000".to_string());
         let (d, diags) = parse(&mut sm, id, &env);
         (d, diags, sm)
+    }
+
+    #[test]
+    fn import_blocks_fill_block_placeholders() {
+        let (doc, diags, _) = parse_str(
+            "(wrap) {\n handle /{args[0]}/* {\n  header X-A 1\n  {block}\n }\n}\n:1 {\n import wrap api {\n  respond \"api\"\n  header X-B 2\n }\n respond other\n}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let site = &doc.sites[0].block.directives;
+        assert_eq!(site.len(), 2, "{site:?}");
+        let inner = &site[0]
+            .block
+            .as_ref()
+            .map(|b| &b.directives[..])
+            .unwrap_or_default();
+        let names: Vec<&str> = inner.iter().map(|d| d.name.text.as_str()).collect();
+        assert_eq!(names, ["header", "respond", "header"]);
+        assert_eq!(site[1].name.text, "respond");
+        // Without a block, `{block}` stands for nothing.
+        let (doc, diags, _) = parse_str("(s) {\n header X 1\n {block}\n}\n:1 {\n import s\n}\n");
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!(doc.sites[0].block.directives.len(), 1);
     }
 
     #[test]
