@@ -233,7 +233,9 @@ pub fn hold_many<T>(
             let connecting = ep.connect(([127, 0, 0, 1], port).into(), &host);
             async move {
                 let c = connecting.map_err(|e| e.to_string())?;
-                tokio::time::timeout(Duration::from_secs(5), c)
+                // Generous: 150 handshakes at once on a loaded 2-core machine may lose an
+                // Initial to a full socket buffer and wait out a probe timeout or two.
+                tokio::time::timeout(Duration::from_secs(12), c)
                     .await
                     .map_err(|_| "timed out".to_string())?
                     .map_err(|e| e.to_string())
