@@ -58,7 +58,7 @@ fn global_and_request_placeholders() {
 	}}
 	handle /proxied {{
 		reverse_proxy 127.0.0.1:{} {{
-			header_up X-Upstream "{{http.reverse_proxy.upstream.address}} {{http.reverse_proxy.upstream.host}} {{http.reverse_proxy.upstream.port}} {{http.reverse_proxy.retries}}"
+			header_up X-Upstream "{{http.reverse_proxy.upstream.address}} {{http.reverse_proxy.upstream.host}} {{http.reverse_proxy.upstream.port}} {{http.reverse_proxy.retries}} {{http.reverse_proxy.upstream.fails}} {{http.reverse_proxy.upstream.duration_ms}}"
 		}}
 	}}
 }}"#,
@@ -110,7 +110,7 @@ fn global_and_request_placeholders() {
     let r = ok_get(port, "x", "/proxied");
     assert!(
         r.text().to_ascii_lowercase().contains(&format!(
-            "x-upstream: tcp/127.0.0.1:{0} 127.0.0.1 {0} 0",
+            "x-upstream: tcp/127.0.0.1:{0} 127.0.0.1 {0} 0 0 ",
             o.port
         )),
         "{}",

@@ -156,6 +156,11 @@ pub enum UpstreamFact {
     /// From sending the request to the response head (Go's duration text, or ms).
     Latency,
     LatencyMs,
+    /// Failures counted by passive health checks (within `fail_duration`).
+    Fails,
+    /// Since the latest attempt started (Go's duration text, or ms).
+    Duration,
+    DurationMs,
 }
 
 /// One piece of a template.
@@ -349,6 +354,9 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.reverse_proxy.upstream.max_requests" => Some(P::Upstream(UpstreamFact::MaxRequests)),
         "http.reverse_proxy.upstream.latency" => Some(P::Upstream(UpstreamFact::Latency)),
         "http.reverse_proxy.upstream.latency_ms" => Some(P::Upstream(UpstreamFact::LatencyMs)),
+        "http.reverse_proxy.upstream.fails" => Some(P::Upstream(UpstreamFact::Fails)),
+        "http.reverse_proxy.upstream.duration" => Some(P::Upstream(UpstreamFact::Duration)),
+        "http.reverse_proxy.upstream.duration_ms" => Some(P::Upstream(UpstreamFact::DurationMs)),
         "tls_version" => Some(P::Tls(TlsFact::Version)),
         "tls_cipher" => Some(P::Tls(TlsFact::CipherSuite)),
         "tls_client_fingerprint" => Some(P::Tls(TlsFact::ClientFingerprint)),

@@ -485,6 +485,19 @@ fn push_upstream(
             );
             Ok(())
         }
+        F::Duration | F::DurationMs => {
+            let since = ctx.attempt.started.map(|s| s.elapsed()).unwrap_or_default();
+            push_duration(out, since, fact == F::DurationMs);
+            Ok(())
+        }
+        F::Fails => {
+            let window = ctx
+                .proxy
+                .as_ref()
+                .and_then(|p| p.passive.as_ref())
+                .map_or(0, |p| p.fail_duration_ms);
+            write!(out, "{}", u.recent_failures(window))
+        }
     };
 }
 

@@ -144,6 +144,14 @@ impl UpstreamState {
             && now_ms() >= self.down_until_ms.load(Ordering::Relaxed)
     }
 
+    /// Failures counted within the last `window_ms` (`{http.reverse_proxy.upstream.fails}`).
+    pub fn recent_failures(&self, window_ms: u64) -> usize {
+        let now = now_ms();
+        self.failures
+            .lock()
+            .map_or(0, |q| q.iter().filter(|&&t| t + window_ms > now).count())
+    }
+
     /// Counts a failure for passive health checking.
     pub fn record_failure(&self, p: &PassiveHealth) {
         if p.fail_duration_ms == 0 {
