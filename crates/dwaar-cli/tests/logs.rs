@@ -184,6 +184,71 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
     assert_eq!(j["rejected_by"], "request_body");
 }
 
+/// `format combined` writes nginx's combined lines, and GoAccess (the tool nginx users
+/// point at their logs) parses every one of them with `--log-format=COMBINED`.
+#[test]
+fn combined_lines_parse_in_goaccess() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("combined.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t\tformat combined\n\t}}\n\trespond /missing 404\n\trespond \"hello\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    for path in ["/", "/a?b=c", "/missing", "/x"] {
+        request(
+            port,
+            "GET",
+            "x",
+            path,
+            &[
+                ("User-Agent", "tool \"quoted\"/1.0"),
+                ("Referer", "http://ref.test/"),
+            ],
+            b"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.lines().count() == 4)),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.ends_with(
+            "] \"GET / HTTP/1.1\" 200 5 \"http://ref.test/\" \"tool \\x22quoted\\x22/1.0\""
+        ),
+        "{first}"
+    );
+    assert!(text.contains("\"GET /missing HTTP/1.1\" 404 0 "), "{text}");
+    if !have_tool("goaccess") {
+        return;
+    }
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new("goaccess")
+        .arg(&log)
+        .args(["--log-format=COMBINED", "--no-global-config", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["general"]["total_requests"], 4, "{}", v["general"]);
+    assert_eq!(v["general"]["valid_requests"], 4, "{}", v["general"]);
+    assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
+}
+
 #[test]
 fn concurrent_requests_make_exactly_as_many_lines() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

@@ -427,6 +427,8 @@ pub enum LogOutput {
 pub enum LogFormat {
     Json,
     Console,
+    /// nginx's `combined` line (a Dwaar extension), for the tools nginx logs feed.
+    Combined,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

@@ -373,10 +373,6 @@ fn push_system(out: &mut String, fact: dwaar_config::placeholder::SystemFact) {
     }
 }
 
-const MONTHS: [&str; 12] = [
-    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-];
-
 /// The time of rendering in a `{time.now*}` format (UTC).
 fn push_now(out: &mut String, format: dwaar_config::placeholder::TimeFormat) {
     use dwaar_config::placeholder::TimeFormat as F;
@@ -394,11 +390,7 @@ fn push_now(out: &mut String, format: dwaar_config::placeholder::TimeFormat) {
             since.subsec_nanos()
         ),
         F::Http => write!(out, "{}", httpdate::fmt_http_date(now)),
-        F::CommonLog => write!(
-            out,
-            "{d:02}/{}/{y:04}:{hh:02}:{mm:02}:{ss:02} +0000",
-            MONTHS[(m as usize).saturating_sub(1) % 12]
-        ),
+        F::CommonLog => write!(out, "{}", dwaar_log::encode::common_log_time(secs)),
         F::Year => write!(out, "{y}"),
         F::Unix => write!(out, "{secs}"),
         F::UnixMs => write!(out, "{}", since.as_millis()),

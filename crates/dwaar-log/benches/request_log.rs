@@ -34,7 +34,7 @@ fn typical() -> RequestLog {
 fn bench(c: &mut Criterion) {
     let r = typical();
     let style = Style {
-        console: false,
+        format: dwaar_config::model::LogFormat::Json,
         mask_ip: None,
     };
     let mut buf = Vec::with_capacity(4096);

@@ -11,7 +11,8 @@ use std::net::IpAddr;
 /// How a site wants its records written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Style {
-    pub console: bool,
+    /// `json`, `console` or nginx's `combined`.
+    pub format: dwaar_config::model::LogFormat,
     /// Leading bits of IPv4/IPv6 addresses to keep.
     pub mask_ip: Option<(u8, u8)>,
 }
@@ -464,10 +465,66 @@ pub fn console_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
 
 /// Appends the record in the style's format.
 pub fn encode(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
-    if style.console {
-        console_line(r, style, out)
-    } else {
-        json_line(r, style, out)
+    match style.format {
+        dwaar_config::model::LogFormat::Console => console_line(r, style, out),
+        dwaar_config::model::LogFormat::Combined => combined_line(r, style, out),
+        dwaar_config::model::LogFormat::Json => json_line(r, style, out),
+    }
+}
+
+/// Appends nginx's `combined` line: `client - - [04/Dec/2026:21:42:47 +0000] "GET /p?q
+/// HTTP/1.1" 200 512 "referer" "user agent"` (UTC; `-` for what is missing; `"` and `\`
+/// in the quoted fields escaped as nginx does, `\x22`).
+pub fn combined_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+    let _ = write!(
+        out,
+        "{} - - [{}] \"",
+        ip_text(mask(r.client_ip, style.mask_ip)).as_str(),
+        common_log_time(r.ts_ms / 1000)
+    );
+    quoted(out, &r.method);
+    out.push(b' ');
+    quoted(out, &r.path);
+    if !r.query.is_empty() {
+        out.push(b'?');
+        quoted(out, &redact_query(&r.query));
+    }
+    let _ = write!(out, " {}\" {} {} \"", r.proto, r.status, r.bytes_written);
+    match header_str(&r.referer) {
+        Some(v) => quoted(out, &v),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b"\" \"");
+    match header_str(&r.user_agent) {
+        Some(v) => quoted(out, &v),
+        None => out.push(b'-'),
+    }
+    out.extend_from_slice(b"\"\n");
+}
+
+/// A Unix time in the Common Log Format, UTC: `04/Dec/2026:21:42:47 +0000`.
+pub fn common_log_time(secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let (y, m, d) = civil_date(secs);
+    format!(
+        "{d:02}/{}/{y:04}:{:02}:{:02}:{:02} +0000",
+        MONTHS[(m as usize).saturating_sub(1) % 12],
+        secs % 86_400 / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+/// A value inside a combined line's quotes: `"`, `\` and control bytes as `\xHH`.
+fn quoted(out: &mut Vec<u8>, v: &str) {
+    for b in v.bytes() {
+        if b == b'"' || b == b'\\' || b < 0x20 || b == 0x7f {
+            let _ = write!(out, "\\x{b:02X}");
+        } else {
+            out.push(b);
+        }
     }
 }
 
@@ -533,7 +590,7 @@ mod tests {
         json_line(
             &r,
             Style {
-                console: false,
+                format: dwaar_config::model::LogFormat::Json,
                 mask_ip: None,
             },
             &mut out,
@@ -548,7 +605,7 @@ mod tests {
         let via_serde = serde_json::to_vec(&JsonRecord(
             &r,
             Style {
-                console: false,
+                format: dwaar_config::model::LogFormat::Json,
                 mask_ip: None,
             },
         ))

@@ -9,7 +9,7 @@
 use crate::encode::{self, Style};
 use crate::output::{self, Output};
 use crate::record::RequestLog;
-use dwaar_config::model::{LogConfig, LogFormat, LogLevel, LogOutput};
+use dwaar_config::model::{LogConfig, LogLevel, LogOutput};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
@@ -164,7 +164,7 @@ impl LogRegistry {
         Ok(Arc::new(Logger {
             sink,
             style: Style {
-                console: c.format == LogFormat::Console,
+                format: c.format,
                 mask_ip: c.mask_ip,
             },
             level: c.level,

@@ -45,14 +45,15 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                 }
             }
             "format" => {
-                if diags.arity(line, 0, 1, 1, "format json|console") {
+                if diags.arity(line, 0, 1, 1, "format json|console|combined") {
                     match line.args[0].text.as_str() {
                         "json" => c.format = LogFormat::Json,
                         "console" => c.format = LogFormat::Console,
+                        "combined" => c.format = LogFormat::Combined,
                         other => diags.push(
                             line.args[0]
                                 .error(format!("unknown log format '{other}'"))
-                                .with_help("use json or console"),
+                                .with_help("use json, console or combined"),
                         ),
                     }
                     if line.block.is_some() {
