@@ -249,6 +249,26 @@ fn combined_lines_parse_in_goaccess() {
     assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
 }
 
+/// `log_append` adds fields (placeholders filled in, matchers honoured) to the record.
+#[test]
+fn log_append_adds_fields() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("a.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\tlog_append tier {{query.tier}}\n\tlog_append /api/* area api\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    ok_get(port, "x", "/api/a?tier=gold");
+    ok_get(port, "x", "/b");
+    let got = wait_lines(&log, 2);
+    assert_eq!(got[0]["tier"], "gold", "{}", got[0]);
+    assert_eq!(got[0]["area"], "api", "{}", got[0]);
+    assert_eq!(got[1]["tier"], "", "{}", got[1]);
+    assert!(got[1].get("area").is_none(), "{}", got[1]);
+}
+
 #[test]
 fn concurrent_requests_make_exactly_as_many_lines() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));

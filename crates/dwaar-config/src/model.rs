@@ -693,6 +693,11 @@ pub enum Handler {
     Method {
         method: String,
     },
+    /// `log_append <field> <value>`: a field added to the request's access-log record.
+    LogAppend {
+        field: String,
+        value: Template,
+    },
 }
 
 /// `intercept { @name ...; replace_status ...; handle_response ... }`.

@@ -188,6 +188,8 @@ pub struct LogFacts {
     pub cache_served: Option<crate::cache::Status>,
     /// The coding `encode` compressed the response with.
     pub encoded: Option<&'static str>,
+    /// `log_append`: fields added to this request's record.
+    pub appended: Vec<(CompactString, String)>,
 }
 
 /// Per-request state shared by all phases: the route (table, site, handler, variables),

@@ -1068,6 +1068,11 @@ fn run_handler<'t>(
             Flow::Continue
         }
         HandlerRule::CopyResponse(status) => Flow::Done(Terminal::CopyResponse(*status)),
+        HandlerRule::LogAppend(field, value) => {
+            let v = render(value, req, ctx).into_owned();
+            ctx.log.appended.push((field.clone(), v));
+            Flow::Continue
+        }
         HandlerRule::Method(m) => {
             if ctx.orig_method.is_none() {
                 ctx.orig_method = Some(CompactString::new(req.method()));

@@ -110,6 +110,8 @@ pub enum HandlerRule {
     CopyResponseHeaders(Arc<CopyHeaders>),
     /// `method`: the request's method from here on.
     Method(CompactString),
+    /// `log_append`: a field for the access-log record.
+    LogAppend(CompactString, Template),
 }
 
 /// A compiled `copy_response_headers`: lowercase names, at most one list non-empty.
@@ -1074,6 +1076,9 @@ fn compile_handler(
         )?)),
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
+        Handler::LogAppend { field, value } => {
+            HandlerRule::LogAppend(CompactString::new(field), value.clone())
+        }
         Handler::CopyResponseHeaders { include, exclude } => {
             HandlerRule::CopyResponseHeaders(Arc::new(CopyHeaders {
                 include: include.clone(),

@@ -420,6 +420,12 @@ pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
             str_field(out, k, v);
         }
     }
+    for (k, v) in &r.extra {
+        out.push(b',');
+        let _ = f.write_string_fast(out, k, true);
+        out.push(b':');
+        let _ = f.write_string_fast(out, v, true);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -459,6 +465,9 @@ pub fn console_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
     }
     if let Some(e) = &r.error {
         let _ = write!(out, " error={:?}", e.as_str());
+    }
+    for (k, v) in &r.extra {
+        let _ = write!(out, " {k}={v:?}");
     }
     out.push(b'\n');
 }

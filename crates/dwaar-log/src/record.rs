@@ -46,6 +46,8 @@ pub struct RequestLog {
     pub is_bot: bool,
     /// Short upstream error text on 5xx.
     pub error: Option<CompactString>,
+    /// Fields added by `log_append` (name, value), written after the others.
+    pub extra: Vec<(CompactString, String)>,
 }
 
 impl Default for RequestLog {
@@ -77,6 +79,7 @@ impl Default for RequestLog {
             rejected_by: None,
             is_bot: false,
             error: None,
+            extra: Vec::new(),
         }
     }
 }

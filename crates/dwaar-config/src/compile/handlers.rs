@@ -53,6 +53,7 @@ pub const SUPPORTED: &[&str] = &[
     "copy_response_headers",
     "method",
     "invoke",
+    "log_append",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
@@ -62,7 +63,6 @@ pub const NOT_YET: &[&str] = &[
     "push",
     "acme_server",
     "fs",
-    "log_append",
     "log_name",
 ];
 
@@ -157,6 +157,32 @@ pub fn compile_directive(
         "php_fastcgi" => to_compiled(super::files::php_fastcgi(d, named, diags)),
         "header" | "request_header" => header(d, named, diags),
         "intercept" => to_compiled(super::responses::intercept(d, named, cx, diags)),
+        "log_append" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 2, 2, "log_append [<matcher>] <field> <value>")
+                || !diags.no_block(d)
+            {
+                return Compiled::Nothing;
+            }
+            let field = &d.args[skip];
+            if field.text.starts_with('<') {
+                diags.push(
+                    field
+                        .error(
+                            "'<' (a value taken once the response is written) is not supported yet",
+                        )
+                        .with_help("log_append takes its value when the directive runs"),
+                );
+                return Compiled::Nothing;
+            }
+            route(
+                m,
+                vec![Handler::LogAppend {
+                    field: field.text.clone(),
+                    value: diags.template(&d.args[skip + 1]),
+                }],
+            )
+        }
         "invoke" => {
             let (m, skip) = inline_matcher(d, named, diags);
             if !diags.arity(d, skip, 1, 1, "invoke [<matcher>] <route-name>") || !diags.no_block(d)

@@ -18,6 +18,7 @@ pub const DEFAULT_ORDER: &[&str] = &[
     "map",
     "vars",
     "root",
+    "log_append",
     "skip_log",
     "log_skip",
     "header",

@@ -389,6 +389,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .map(|s| s.as_str()),
         encoding: ctx.log.encoded,
         error: ctx.attempt.error.clone(),
+        extra: ctx.log.appended.clone(),
         ..Default::default()
     };
     logger.log(record);
