@@ -532,11 +532,11 @@ fn push_client_cert(out: &mut String, fact: dwaar_config::placeholder::TlsFact, 
             }
         }
         F::ClientCertificateDerBase64 => {
-            out.push_str(&dwaar_config::units::base64_encode(der));
+            out.push_str(&dwaar_analytics::script::base64(der));
         }
         F::ClientCertificatePem => {
             out.push_str("-----BEGIN CERTIFICATE-----\n");
-            let b64 = dwaar_config::units::base64_encode(der);
+            let b64 = dwaar_analytics::script::base64(der);
             for line in b64.as_bytes().chunks(64) {
                 out.push_str(&String::from_utf8_lossy(line));
                 out.push('\n');
@@ -672,6 +672,21 @@ mod tests {
         let mut ms = String::new();
         push_duration(&mut ms, Duration::from_micros(1_250), true);
         assert_eq!(ms, "1.25");
+    }
+
+    #[test]
+    fn base64_round_trips() {
+        use dwaar_analytics::script::base64;
+        for s in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            let e = base64(s.as_bytes());
+            assert_eq!(
+                dwaar_config::units::base64_decode(&e).as_deref(),
+                Some(s.as_bytes()),
+                "{e}"
+            );
+        }
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(b"fo"), "Zm8=");
     }
 
     #[test]
