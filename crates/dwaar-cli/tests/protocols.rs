@@ -993,26 +993,9 @@ fn replace_status_on_every_path() {
 /// 502); HTTP/1.1 clients get the interim heads ahead of it, as the upstream sent them.
 #[test]
 fn early_hints_from_upstreams_pass_on_every_path() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut s = s;
-                let mut buf = [0u8; 8192];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    let r = b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if s.write_all(r).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let port = origin::canned(
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    );
     let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{port}\n"));
     for proto in ALL {
         let r = p.ok(proto, &Req::get("/"));
@@ -1038,6 +1021,17 @@ fn early_hints_from_upstreams_pass_on_every_path() {
             out.find("HTTP/1.1 102").unwrap_or(usize::MAX) < hints,
             "{proto:?}: {out}"
         );
+    }
+    // HTTP/2 carries them as interim HEADERS frames (curl prints each head it gets).
+    if have_tool("curl") {
+        let out = std::process::Command::new("curl")
+            .args(["-sv", "--http2-prior-knowledge"])
+            .arg(format!("http://127.0.0.1:{}/", p.port(Proto::H2c)))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("< HTTP/2 103"), "{err}");
+        assert!(err.contains("< HTTP/2 200"), "{err}");
     }
 }
 

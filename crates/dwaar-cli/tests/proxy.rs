@@ -739,38 +739,9 @@ fn https_upstreams_verify_or_skip_verification() {
     assert_eq!(ok_get(port3, "x", "/").status, 200);
 }
 
-/// An origin that answers every request with the given raw bytes (keep-alive).
-fn raw_origin(response: &'static [u8]) -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for s in l.incoming().map_while(Result::ok) {
-            std::thread::spawn(move || {
-                use std::io::{Read, Write};
-                let mut s = s;
-                let mut buf = [0u8; 8192];
-                let mut seen = Vec::new();
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                        seen.drain(..i + 4);
-                        if s.write_all(response).is_err() {
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 #[test]
 fn chunked_response_with_content_length_reaches_the_client_without_it() {
-    let origin = raw_origin(
+    let origin = origin::canned(
         b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nWiki\r\n0\r\n\r\n",
     );
     let (_d, port) = serve(&format!(":PORT {{\n\treverse_proxy 127.0.0.1:{origin}\n}}"));
@@ -1178,7 +1149,7 @@ fn max_response_header_bounds_upstream_heads() {
         "HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 2\r\n\r\nok",
         "b".repeat(20 * 1024)
     );
-    let origin = raw_origin(Box::leak(big.into_bytes().into_boxed_slice()));
+    let origin = origin::canned(Box::leak(big.into_bytes().into_boxed_slice()));
     let (_d, port) = serve(&format!(
         ":PORT {{\n\thandle /small/* {{\n\t\treverse_proxy 127.0.0.1:{origin} {{\n\t\t\ttransport http {{\n\t\t\t\tmax_response_header 8KiB\n\t\t\t}}\n\t\t}}\n\t}}\n\treverse_proxy 127.0.0.1:{origin}\n}}\n"
     ));

@@ -88,6 +88,36 @@ pub fn dropping() -> u16 {
     port
 }
 
+/// An upstream that answers every request head with the given raw bytes (keep-alive):
+/// for framings and interim answers the echo origin never sends. Its port.
+pub fn canned(response: &'static [u8]) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming().map_while(Result::ok) {
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut s = s;
+                let mut buf = [0u8; 8192];
+                let mut seen = Vec::new();
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                    while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        seen.drain(..i + 4);
+                        if s.write_all(response).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
 /// An HTTP/1.1 origin on a chosen address (`127.0.0.2:8080`; port 0 for any), for
 /// tests where upstreams differ by IP (DNS A records).
 pub fn http_on(name: &str, addr: &str) -> Origin {

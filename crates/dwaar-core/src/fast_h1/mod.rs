@@ -96,6 +96,23 @@ pub trait LeanIo: AsyncRead + AsyncWrite + Unpin + Send + 'static {
         Self: Sized;
 }
 
+/// A plain socket for Pingora (`LeanIo::hand`): its own stream type with `read` pushed
+/// back in front. Such a stream cannot come back as the socket: `resume` hands it on,
+/// and the connection goes on as Pingora's stream (`handed::resume_plain`).
+fn hand_plain<S>(
+    socket: S,
+    read: &[u8],
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+) -> pingora_core::protocols::l4::stream::Stream
+where
+    S: Into<pingora_core::protocols::l4::stream::Stream> + std::os::fd::AsRawFd,
+{
+    let mut stream = to_pingora(socket, peer, local);
+    stream.rewind(read);
+    stream
+}
+
 impl LeanIo for TcpStream {
     type Handed = pingora_core::protocols::l4::stream::Stream;
 
@@ -104,17 +121,15 @@ impl LeanIo for TcpStream {
     }
 
     fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed {
-        let mut stream = to_pingora(self, peer, local);
-        stream.rewind(read);
-        stream
+        hand_plain(self, read, peer, local)
     }
 
     fn resume(handed: Self::Handed) -> Result<Self, Box<Self::Handed>> {
-        // `Handed` is Pingora's plain stream here.
         Err(Box::new(handed))
     }
 }
 
+/// A unix socket's connection (`bind unix/...`): no `sendfile` target.
 impl LeanIo for tokio::net::UnixStream {
     type Handed = pingora_core::protocols::l4::stream::Stream;
 
@@ -123,9 +138,7 @@ impl LeanIo for tokio::net::UnixStream {
     }
 
     fn hand(self, read: &[u8], peer: SocketAddr, local: Option<SocketAddr>) -> Self::Handed {
-        let mut stream = to_pingora(self, peer, local);
-        stream.rewind(read);
-        stream
+        hand_plain(self, read, peer, local)
     }
 
     fn resume(handed: Self::Handed) -> Result<Self, Box<Self::Handed>> {

@@ -69,7 +69,9 @@ impl Downstream for H3Exchange {
 }
 
 /// What a QUIC handshake settled (always TLS 1.3; quinn does not name the suite).
-fn quic_facts(conn: &quinn::Connection) -> crate::context::TlsFacts {
+/// `zero_rtt`: the client sent early data, so its session was resumed (quinn does not
+/// say whether a handshake without early data resumed one).
+fn quic_facts(conn: &quinn::Connection, zero_rtt: bool) -> crate::context::TlsFacts {
     let hs = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok());
@@ -88,7 +90,7 @@ fn quic_facts(conn: &quinn::Connection) -> crate::context::TlsFacts {
             .as_ref()
             .and_then(|h| h.protocol.as_ref())
             .map(|p| String::from_utf8_lossy(p).into_owned()),
-        resumed: false,
+        resumed: zero_rtt,
         client_cert,
     }
 }
@@ -109,7 +111,7 @@ pub(super) async fn serve_connection(
         tls: true,
         tls_policy: 0,
         local_ip: conn.local_ip(),
-        tls_facts: Some(Arc::new(quic_facts(&conn))),
+        tls_facts: Some(Arc::new(quic_facts(&conn, early.is_some()))),
     };
     let mut h3 = match h3::server::builder()
         .max_field_section_size(MAX_HEAD)
