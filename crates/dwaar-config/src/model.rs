@@ -688,7 +688,7 @@ pub enum Handler {
         exclude: Vec<String>,
     },
     /// `intercept`: act on the responses the handlers after it write.
-    Intercept(Box<Intercept>),
+    Intercept(Box<ResponseHandling>),
     /// `method`: the request's method from here on (uppercase).
     Method {
         method: String,
@@ -700,16 +700,29 @@ pub enum Handler {
     },
 }
 
-/// `intercept { @name ...; replace_status ...; handle_response ... }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What acts on a response before the client sees it: a `reverse_proxy`'s on its
+/// upstream's answers, an `intercept`'s on what the handlers after it write.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Intercept {
+pub struct ResponseHandling {
+    /// Named response matchers (`@name status 5xx`, `@name header X-Foo *`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub response_matchers: Vec<ResponseMatcher>,
+    /// `replace_status [@matcher] <code>`, first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replace_status: Vec<ReplaceStatus>,
+    /// `handle_response [@matcher] { ... }`: routes run instead of relaying a matching
+    /// response; first match wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub handle_response: Vec<HandleResponse>,
+}
+
+impl ResponseHandling {
+    pub fn is_empty(&self) -> bool {
+        self.response_matchers.is_empty()
+            && self.replace_status.is_empty()
+            && self.handle_response.is_empty()
+    }
 }
 
 /// `forward_auth`: ask an authentication service about each request.
@@ -881,16 +894,9 @@ pub struct ReverseProxy {
     /// `dynamic a|srv`: upstreams looked up in DNS and refreshed while serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dynamic: Option<DynamicUpstreams>,
-    /// Named response matchers (`@name status 5xx`, `@name header X-Foo *`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub response_matchers: Vec<ResponseMatcher>,
-    /// `replace_status [@matcher] <code>`, first match wins.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub replace_status: Vec<ReplaceStatus>,
-    /// `handle_response [@matcher] { ... }`: routes run instead of relaying a matching
-    /// upstream response; first match wins.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub handle_response: Vec<HandleResponse>,
+    /// Response matchers, `replace_status` and `handle_response` on upstream answers.
+    #[serde(default, skip_serializing_if = "ResponseHandling::is_empty")]
+    pub responses: ResponseHandling,
 }
 
 /// One `handle_response` block.

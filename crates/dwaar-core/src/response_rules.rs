@@ -69,11 +69,14 @@ pub struct ResponseRules {
 impl ResponseRules {
     /// Compiles the rules; `routes` compiles one `handle_response` block's routes.
     pub fn compile(
-        matchers: &[dwaar_config::model::ResponseMatcher],
-        replace: &[dwaar_config::model::ReplaceStatus],
-        handle: &[dwaar_config::model::HandleResponse],
+        config: &dwaar_config::model::ResponseHandling,
         routes: &mut CompileRoutes<'_>,
     ) -> Result<ResponseRules, String> {
+        let (matchers, replace, handle) = (
+            &config.response_matchers,
+            &config.replace_status,
+            &config.handle_response,
+        );
         let find = |name: &Option<String>| {
             name.as_ref().and_then(|n| {
                 matchers
@@ -165,22 +168,24 @@ mod tests {
         assert_eq!(rules.shown_status(502, &[]), 503);
         assert_eq!(rules.shown_status(200, &[]), 299);
         let mut rules = ResponseRules::compile(
-            &[dwaar_config::model::ResponseMatcher {
-                name: "err".into(),
-                status: vec!["5xx".into()],
-                headers: Vec::new(),
-            }],
-            &[],
-            &[
-                dwaar_config::model::HandleResponse {
-                    matcher: None,
-                    routes: Vec::new(),
-                },
-                dwaar_config::model::HandleResponse {
-                    matcher: Some("err".into()),
-                    routes: Vec::new(),
-                },
-            ],
+            &dwaar_config::model::ResponseHandling {
+                response_matchers: vec![dwaar_config::model::ResponseMatcher {
+                    name: "err".into(),
+                    status: vec!["5xx".into()],
+                    headers: Vec::new(),
+                }],
+                replace_status: Vec::new(),
+                handle_response: vec![
+                    dwaar_config::model::HandleResponse {
+                        matcher: None,
+                        routes: Vec::new(),
+                    },
+                    dwaar_config::model::HandleResponse {
+                        matcher: Some("err".into()),
+                        routes: Vec::new(),
+                    },
+                ],
+            },
             &mut |_| Ok(Vec::new()),
         )
         .expect("compiles");

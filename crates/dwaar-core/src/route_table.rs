@@ -944,12 +944,9 @@ fn compile_handler(
     Ok(match h {
         Handler::ReverseProxy(rp) => {
             let mut handler = ProxyHandler::compile(rp, cx.registry)?;
-            handler.responses = ResponseRules::compile(
-                &rp.response_matchers,
-                &rp.replace_status,
-                &rp.handle_response,
-                &mut |routes| compile_routes(routes, cx, groups),
-            )?;
+            handler.responses = ResponseRules::compile(&rp.responses, &mut |routes| {
+                compile_routes(routes, cx, groups)
+            })?;
             let handler = Arc::new(handler);
             if let Some(t) = handler.tunnels.as_ref().filter(|t| t.close_delay.is_some()) {
                 cx.tunnels.push(t.clone());
@@ -1068,12 +1065,11 @@ fn compile_handler(
             })
         }
         Handler::RequestBody { max_size } => HandlerRule::RequestBody(*max_size),
-        Handler::Intercept(ic) => HandlerRule::Intercept(Arc::new(ResponseRules::compile(
-            &ic.response_matchers,
-            &ic.replace_status,
-            &ic.handle_response,
-            &mut |routes| compile_routes(routes, cx, groups),
-        )?)),
+        Handler::Intercept(ic) => {
+            HandlerRule::Intercept(Arc::new(ResponseRules::compile(ic, &mut |routes| {
+                compile_routes(routes, cx, groups)
+            })?))
+        }
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
         Handler::LogAppend { field, value } => {

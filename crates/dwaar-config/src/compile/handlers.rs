@@ -110,7 +110,7 @@ pub fn compile_directive(
                     // `handle_response` blocks: routes like any block of the site.
                     super::responses::compile_handle_response(
                         d,
-                        &mut rp.handle_response,
+                        &mut rp.responses.handle_response,
                         super::routes::ResponseScope::Proxy,
                         named,
                         cx,

@@ -9,20 +9,14 @@ use super::matchers::{inline_matcher, NamedMatchers};
 use super::routes::{compile_block, ResponseScope, RouteCx};
 use crate::lexer::Token;
 use crate::model::{
-    FieldMatch, HandleResponse, Handler, Intercept, MatcherSet, ReplaceStatus, ResponseMatcher,
-    Route,
+    FieldMatch, HandleResponse, Handler, MatcherSet, ReplaceStatus, ResponseHandling,
+    ResponseMatcher, Route,
 };
 use crate::parser::Directive;
 
-/// The response-rule lines a block may hold, kept together so `reverse_proxy` and
-/// `intercept` read them alike.
-pub struct ResponseLines<'a> {
-    pub matchers: &'a mut Vec<ResponseMatcher>,
-    pub replace_status: &'a mut Vec<ReplaceStatus>,
-    pub handle_response: &'a mut Vec<HandleResponse>,
-}
-
-impl ResponseLines<'_> {
+/// The response-rule lines a block may hold, read alike in `reverse_proxy` and
+/// `intercept`.
+impl ResponseHandling {
     /// Reads `line` if it is a response matcher, `replace_status` or `handle_response`
     /// (whose routes are compiled later, by [`compile_handle_response`]); `false` when
     /// the line is something else.
@@ -30,13 +24,13 @@ impl ResponseLines<'_> {
         let name = line.name.text.as_str();
         if name.starts_with('@') {
             if let Some(m) = response_matcher(line, diags) {
-                if self.matchers.iter().any(|x| x.name == m.name) {
+                if self.response_matchers.iter().any(|x| x.name == m.name) {
                     diags.push(
                         line.name
                             .error(format!("response matcher '{name}' is defined twice")),
                     );
                 } else {
-                    self.matchers.push(m);
+                    self.response_matchers.push(m);
                 }
             }
             return true;
@@ -100,7 +94,7 @@ impl ResponseLines<'_> {
                     .filter_map(|h| h.matcher.as_ref()),
             );
         for m in used {
-            if !self.matchers.iter().any(|x| &x.name == m) {
+            if !self.response_matchers.iter().any(|x| &x.name == m) {
                 diags.push(d.name.error(format!(
                     "response matcher '@{m}' is used but this {} does not define it",
                     d.name.text
@@ -163,18 +157,9 @@ pub fn intercept(
     if !diags.arity(d, skip, 0, 0, "intercept [<matcher>] { ... }") {
         return None;
     }
-    let mut ic = Intercept {
-        response_matchers: Vec::new(),
-        replace_status: Vec::new(),
-        handle_response: Vec::new(),
-    };
-    let mut lines = ResponseLines {
-        matchers: &mut ic.response_matchers,
-        replace_status: &mut ic.replace_status,
-        handle_response: &mut ic.handle_response,
-    };
+    let mut ic = ResponseHandling::default();
     for line in block_lines(&d.block) {
-        if !lines.read(line, diags) {
+        if !ic.read(line, diags) {
             diags.unknown_sub(
                 "intercept",
                 &line.name,
@@ -182,7 +167,7 @@ pub fn intercept(
             );
         }
     }
-    lines.check_used(d, diags);
+    ic.check_used(d, diags);
     if ic.replace_status.is_empty() && ic.handle_response.is_empty() {
         diags.push(
             d.name

@@ -3,7 +3,7 @@
 
 use super::args::{block_lines, Diags};
 use super::handlers::header_line;
-use super::responses::{status_pattern_ok, ResponseLines};
+use super::responses::status_pattern_ok;
 use crate::lexer::Token;
 use crate::model::{
     ActiveHealth, FieldMatch, HeaderOps, LbPolicy, PassiveHealth, ReverseProxy, Transport, Upstream,
@@ -85,9 +85,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         stream_close_delay_ms: None,
         transport: Transport::default(),
         dynamic: None,
-        response_matchers: Vec::new(),
-        replace_status: Vec::new(),
-        handle_response: Vec::new(),
+        responses: Default::default(),
     };
     for t in &d.args[skip..] {
         for u in upstreams(t, diags) {
@@ -123,12 +121,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         })
     }
     for line in block_lines(&d.block) {
-        let mut responses = ResponseLines {
-            matchers: &mut rp.response_matchers,
-            replace_status: &mut rp.replace_status,
-            handle_response: &mut rp.handle_response,
-        };
-        if responses.read(line, diags) {
+        if rp.responses.read(line, diags) {
             continue;
         }
         let sub = line.name.text.as_str();
@@ -406,12 +399,7 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         || block_lines(&d.block)
             .iter()
             .any(|l| l.name.text == "to" && !l.args.is_empty());
-    ResponseLines {
-        matchers: &mut rp.response_matchers,
-        replace_status: &mut rp.replace_status,
-        handle_response: &mut rp.handle_response,
-    }
-    .check_used(d, diags);
+    rp.responses.check_used(d, diags);
     if let Some(dy) = &rp.dynamic {
         if named_any || !rp.upstreams.is_empty() {
             diags.push(
