@@ -408,12 +408,18 @@ fn quick_commands_answer_curl() {
     );
     drop(q);
 
-    // respond on a port range, body from stdin.
-    let base = free_port();
-    let range = format!("127.0.0.1:{base}-{}", base + 1);
-    if std::net::TcpListener::bind(("127.0.0.1", base + 1)).is_ok() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let body = write(dir.path(), "body.txt", "from stdin");
+    // respond on a port range, body from stdin. Another test may take one of the two
+    // ports between choosing them and binding: then the server exits and the range is
+    // chosen again (the answers must come from this server, never from another test's).
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let body = write(dir.path(), "body.txt", "from stdin");
+    let mut served = None;
+    for _ in 0..5 {
+        let base = free_port();
+        if std::net::TcpListener::bind(("127.0.0.1", base + 1)).is_err() {
+            continue;
+        }
+        let range = format!("127.0.0.1:{base}-{}", base + 1);
         let f = std::fs::File::open(&body).unwrap_or_else(|e| panic!("{e}"));
         let mut child = Command::new(bin())
             .args(["respond", "--listen", &range])
@@ -423,18 +429,28 @@ fn quick_commands_answer_curl() {
             .spawn()
             .unwrap_or_else(|e| panic!("{e}"));
         let up = wait_until(Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", base + 1)).is_ok()
+            matches!(child.try_wait(), Ok(Some(_)))
+                || std::net::TcpStream::connect(("127.0.0.1", base + 1)).is_ok()
         });
+        if !up || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.wait();
+            continue;
+        }
         let a = curl(&format!("http://127.0.0.1:{base}/"), &[]);
         let b = curl(&format!("http://127.0.0.1:{}/", base + 1), &[]);
+        let still_ours = matches!(child.try_wait(), Ok(None));
         let _ = child.kill();
         let _ = child.wait();
-        assert!(up);
-        assert!(
-            a.ends_with("from stdin") && b.ends_with("from stdin"),
-            "{a}\n{b}"
-        );
+        if still_ours {
+            served = Some((a, b));
+            break;
+        }
     }
+    let (a, b) = served.unwrap_or_else(|| panic!("respond never held both ports"));
+    assert!(
+        a.ends_with("from stdin") && b.ends_with("from stdin"),
+        "{a}\n{b}"
+    );
 
     // file-server: files, a directory listing, precompressed siblings.
     let site = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
