@@ -1210,3 +1210,144 @@ fn handle_response_serves_files_and_replaces_errors_on_every_path() {
         assert_eq!(r.status, 404, "{proto:?}");
     }
 }
+
+/// `request_buffers`: a body of unknown length that ends within the bound reaches the
+/// upstream with a `Content-Length`, a longer one arrives whole (streamed on), and a
+/// body held whole is sent again when `lb_retry_match` allows. `response_buffers`: a
+/// chunked answer held whole goes to the client with its length. Every path.
+#[test]
+fn request_and_response_buffers_on_every_path() {
+    let o = origin::http("app");
+    let bad = origin::dropping();
+    let port = o.port;
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /big/* {{\n\t\treverse_proxy 127.0.0.1:{port} {{\n\t\t\trequest_buffers 100KB\n\t\t}}\n\t}}\n\
+             \thandle /again/* {{\n\t\treverse_proxy 127.0.0.1:{bad} 127.0.0.1:{port} {{\n\t\t\tlb_policy first\n\t\t\tlb_retries 1\n\t\t\tlb_retry_match {{\n\t\t\t\tmethod POST\n\t\t\t}}\n\t\t\trequest_buffers 1MB\n\t\t}}\n\t}}\n\
+             \treverse_proxy 127.0.0.1:{port} {{\n\t\trequest_buffers 1MB\n\t\tresponse_buffers 64KB\n\t}}\n"
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::post("/small", vec![b'a'; 5000]).unsized_body());
+        let t = r.text().to_ascii_lowercase();
+        assert!(t.contains("body: 5000"), "{proto:?}: {t}");
+        assert!(t.contains("h:content-length: 5000"), "{proto:?}: {t}");
+        assert!(!t.contains("h:transfer-encoding"), "{proto:?}: {t}");
+
+        let r = p.ok(
+            proto,
+            &Req::post("/big/x", vec![b'b'; 300_000]).unsized_body(),
+        );
+        let t = r.text().to_ascii_lowercase();
+        assert!(t.contains("body: 300000"), "{proto:?}: {t}");
+        // curl announces the length over HTTP/2 whatever it is told.
+        if !matches!(proto, Proto::H2Tls | Proto::H2c) {
+            assert!(t.contains("h:transfer-encoding: chunked"), "{proto:?}: {t}");
+        }
+
+        let r = p.ok(
+            proto,
+            &Req::post("/again/x", vec![b'c'; 5000]).unsized_body(),
+        );
+        assert_eq!(
+            (r.status, r.header("x-origin")),
+            (200, Some("app")),
+            "{proto:?}: a held body is sent again"
+        );
+        assert!(r.text().contains("body: 5000"), "{proto:?}");
+
+        let r = p.ok(proto, &Req::get("/sse"));
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(r.header("content-length"), Some("27"), "{proto:?}");
+        assert_eq!(r.text(), "data: 1\n\ndata: 2\n\ndata: 3\n\n", "{proto:?}");
+    }
+}
+
+/// `Expect: 100-continue`: Dwaar tells the client to go on when it reads the body and
+/// the upstream gets the body without the field; with `expect_continue_timeout` the
+/// upstream is asked first: its `100` lets the body through, its final answer goes to
+/// the client without the body, and silence past the timeout sends the body anyway.
+#[test]
+fn expect_continue_on_every_path() {
+    let o = origin::http("app");
+    let port = o.port;
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /wait/* {{\n\t\treverse_proxy 127.0.0.1:{port} {{\n\t\t\ttransport http {{\n\t\t\t\texpect_continue_timeout 1s\n\t\t\t}}\n\t\t}}\n\t}}\n\
+             \trespond /reply \"no upload\" 403\n\
+             \treverse_proxy 127.0.0.1:{port}\n"
+        ),
+    );
+    let body = vec![b'e'; 200_000];
+    for proto in ALL {
+        // The client waits up to 20 s for `100 Continue`: it must come at once.
+        let started = std::time::Instant::now();
+        let r = p.ok(proto, &Req::post("/up", body.clone()).expect_continue());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{proto:?}: the client waited for 100 Continue"
+        );
+        let t = r.text().to_ascii_lowercase();
+        assert!(t.contains("body: 200000"), "{proto:?}: {t}");
+        assert!(!t.contains("h:expect"), "{proto:?}: {t}");
+
+        let r = p.ok(
+            proto,
+            &Req::post("/wait/up", body.clone()).expect_continue(),
+        );
+        let t = r.text().to_ascii_lowercase();
+        assert!(t.contains("body: 200000"), "{proto:?}: {t}");
+        assert!(t.contains("h:expect: 100-continue"), "{proto:?}: {t}");
+
+        if matches!(proto, Proto::H2Tls | Proto::H2c) {
+            // curl 7.88 over HTTP/2 often loses a final answer that comes before its
+            // `100` (the stream ends with RST_STREAM NO_ERROR, RFC 9113 §8.1): nghttp
+            // is the client here.
+            if have_tool("nghttp") {
+                let data = p.scratch().join("expect-body");
+                std::fs::write(&data, &body).unwrap_or_else(|e| panic!("{e}"));
+                let scheme = if proto == Proto::H2c { "http" } else { "https" };
+                let out = std::process::Command::new("nghttp")
+                    .args(["-nv", "-t", "20", "-H", "expect: 100-continue", "-d"])
+                    .arg(&data)
+                    .arg(format!(
+                        "{scheme}://localhost:{}/wait/refuse-body",
+                        p.port(proto)
+                    ))
+                    .output()
+                    .unwrap_or_else(|e| panic!("nghttp: {e}"));
+                let log = String::from_utf8_lossy(&out.stdout);
+                assert!(log.contains(":status: 413"), "{proto:?}: {log}");
+            }
+        } else {
+            let r = p.ok(
+                proto,
+                &Req::post("/wait/refuse-body", body.clone()).expect_continue(),
+            );
+            assert_eq!(r.status, 413, "{proto:?}");
+            assert_eq!(r.text(), "no body wanted", "{proto:?}");
+        }
+
+        let r = p.ok(
+            proto,
+            &Req::post("/wait/silent", body.clone()).expect_continue(),
+        );
+        assert!(r.text().contains("body: 200000"), "{proto:?}");
+
+        // An answer that needs no body is given at once, without asking for the body;
+        // an HTTP/1.1 connection then ends (the client may still send the body).
+        if matches!(proto, Proto::H1Lean | Proto::H1Pingora | Proto::H1Tls) {
+            let (out, closed) = p.raw_h1(
+                proto,
+                &[b"POST /reply HTTP/1.1\r\nHost: localhost\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n"],
+                std::time::Duration::ZERO,
+                std::time::Duration::from_secs(5),
+            );
+            assert!(out.starts_with("HTTP/1.1 403"), "{proto:?}: {out}");
+            assert!(!out.contains("100 Continue"), "{proto:?}: {out}");
+            assert!(closed, "{proto:?}: the connection stayed open: {out}");
+        }
+    }
+}

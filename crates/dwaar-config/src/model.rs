@@ -897,6 +897,14 @@ pub struct ReverseProxy {
     /// Response matchers, `replace_status` and `handle_response` on upstream answers.
     #[serde(default, skip_serializing_if = "ResponseHandling::is_empty")]
     pub responses: ResponseHandling,
+    /// `request_buffers`: up to this many bytes of a request body are read before the
+    /// request goes upstream (`u64::MAX`: `unlimited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_buffers: Option<u64>,
+    /// `response_buffers`: up to this many bytes of a response body are read from the
+    /// upstream before the response goes to the client (`u64::MAX`: `unlimited`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_buffers: Option<u64>,
 }
 
 /// One `handle_response` block.
@@ -1145,6 +1153,10 @@ pub struct Transport {
     /// Speak FastCGI to the upstreams instead of HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fastcgi: Option<FastCgi>,
+    /// `expect_continue_timeout`: a request with `Expect: 100-continue` waits this long
+    /// for the upstream's `100 Continue` before its body is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_continue_timeout_ms: Option<u64>,
 }
 
 impl Default for Transport {
@@ -1172,6 +1184,7 @@ impl Default for Transport {
             resolvers: Vec::new(),
             proxy_protocol: None,
             fastcgi: None,
+            expect_continue_timeout_ms: None,
         }
     }
 }

@@ -138,6 +138,7 @@ pub fn date_value() -> http::HeaderValue {
 }
 
 /// How the upstream's response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     None,
     Length(u64),

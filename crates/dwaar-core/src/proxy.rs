@@ -7,7 +7,7 @@
 //! and runs `handle_errors`.
 
 use crate::context::{ConnInfo, RequestContext, UpstreamFailure};
-use crate::lifecycle::downstream::{answer_failure, Downstream};
+use crate::lifecycle::downstream::Downstream;
 use crate::lifecycle::{attempt, inflight, LogParts};
 use crate::pipeline::{
     apply_edits, apply_request_rules, render_rules, Outcome, Reply, ResponseHead,
@@ -142,22 +142,24 @@ fn conn_info(session: &Session) -> ConnInfo {
     c
 }
 
-/// Runs a FastCGI exchange for the request and answers errors before the head went
-/// out the way a failed proxy attempt is answered (with `handle_errors`).
-async fn serve_fastcgi(
-    session: &mut Session,
-    ctx: &mut RequestContext,
-    p: &Arc<crate::upstream::ProxyHandler>,
-    opts: &crate::fastcgi::FastCgiOpts,
-) -> Result<()> {
+/// Whether this request is proxied by the shared exchange code ([`crate::streams::proxy`],
+/// as for HTTP/2 and HTTP/3) rather than by Pingora's own: FastCGI, the body buffering
+/// options, and `Expect: 100-continue` requests (answered as on every other path, with
+/// `expect_continue_timeout` honoured). Upgrades stay with Pingora, which relays them.
+fn shared_exchange(p: &crate::upstream::ProxyHandler, req: &RequestHeader, upgrade: bool) -> bool {
+    p.fastcgi.is_some()
+        || (!upgrade
+            && (p.shared_exchange()
+                || crate::streams::request_body::expects_continue(&req.headers)))
+}
+
+/// Proxies the request through the shared exchange code, which answers failures the
+/// way a failed Pingora attempt is answered (with `handle_errors`).
+async fn serve_shared(session: &mut Session, ctx: &mut RequestContext) {
     let mut req = session.req_header().clone();
     let head_only = req.method == http::Method::HEAD;
     let mut down = PingoraDownstream { session };
-    let result = crate::fastcgi::run(p, opts, &req, ctx, &mut down, head_only).await;
-    if let Err((code, _)) = result {
-        let (_, _) = answer_failure(&mut down, &mut req, ctx, head_only, code).await;
-    }
-    Ok(())
+    crate::streams::proxy(&mut down, &mut req, ctx, head_only).await;
 }
 
 /// A Pingora session (HTTP/1 or HTTP/2) as the lifecycle's client side.
@@ -186,6 +188,23 @@ impl Downstream for PingoraDownstream<'_> {
             .write_response_header(Box::new(resp), false)
             .await
             .map_err(|_| ())
+    }
+
+    async fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
+        // HTTP/1.1 only: Pingora's HTTP/2 sessions are not served here.
+        if self.session.req_header().version != http::Version::HTTP_11 {
+            return;
+        }
+        let Ok(mut head) = ResponseHeader::build(status, Some(fields.len())) else {
+            return;
+        };
+        for (k, v) in fields {
+            let _ = head.append_header(k, v);
+        }
+        let _ = self
+            .session
+            .write_response_header(Box::new(head), false)
+            .await;
     }
 
     async fn send_data(&mut self, data: Bytes) -> std::result::Result<(), ()> {
@@ -219,6 +238,11 @@ impl Downstream for PingoraDownstream<'_> {
 
     fn declared_length(&self) -> Option<u64> {
         crate::lifecycle::declared_length(&self.session.req_header().headers)
+    }
+
+    fn awaits_continue(&self) -> bool {
+        self.session.body_bytes_read() == 0
+            && crate::streams::request_body::expects_continue(&self.session.req_header().headers)
     }
 
     fn abort(&mut self, _refused: bool) {
@@ -376,10 +400,10 @@ impl ProxyHttp for DwaarProxy {
                 let Some(p) = ctx.proxy.clone() else {
                     return Ok(false);
                 };
-                let Some(opts) = p.fastcgi.clone() else {
+                if !shared_exchange(&p, session.req_header(), ctx.is_upgrade) {
                     return Ok(false);
-                };
-                serve_fastcgi(session, ctx, &p, &opts).await?;
+                }
+                serve_shared(session, ctx).await;
                 Ok(true)
             }
             Outcome::Check(_) => {

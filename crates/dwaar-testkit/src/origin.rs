@@ -1,6 +1,9 @@
 //! Mock origins on 127.0.0.1 ephemeral ports, each on its own thread and runtime.
 //!
 //! The HTTP/1.1 origin answers by path:
+//! - `Expect: 100-continue` is answered `100 Continue` before the body is read, except on
+//!   paths containing `/silent` (never answered) or `/refuse-body` (413 at once, the body
+//!   never read, the connection closed).
 //! - `/status/NNN`: that status; `/slow/MS`: waits MS ms first; `/drop`: closes without
 //!   answering; `/health`: 200 or 503 by [`Origin::set_healthy`]; `/sse`: three events
 //!   200 ms apart (chunked); anything else: 200 with an echo of the request.
@@ -249,6 +252,22 @@ async fn read_req<S: Io>(stream: &mut S, buf: &mut Vec<u8>) -> Option<Req> {
                 body: Vec::new(),
             };
             buf.drain(..n);
+            if req
+                .header("expect")
+                .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"))
+            {
+                // `/refuse-body` answers before the body (which is never read);
+                // `/silent...` never says `100 Continue`.
+                if req.uri.contains("/refuse-body") {
+                    return Some(req);
+                }
+                if !req.uri.contains("/silent") {
+                    stream
+                        .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .ok()?;
+                }
+            }
             if let Some(len) = req
                 .header("content-length")
                 .and_then(|v| v.parse::<usize>().ok())
@@ -551,6 +570,10 @@ async fn serve_h1<S: Io>(mut stream: S, s: Shared) {
                     break;
                 }
             }
+            return;
+        }
+        if path.contains("/refuse-body") {
+            let _ = respond(&mut stream, 413, "Connection: close\r\n", "no body wanted").await;
             return;
         }
         if let Some(code) = path.strip_prefix("/status/") {

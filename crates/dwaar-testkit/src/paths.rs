@@ -54,6 +54,9 @@ pub struct Req<'a> {
     /// Send the body without announcing its length: chunked over HTTP/1.1, without
     /// `content-length` over HTTP/3 (curl announces it over HTTP/2 regardless).
     pub unsized_body: bool,
+    /// Send `Expect: 100-continue` and wait (up to 20 s) for the `100 Continue` before
+    /// the body (HTTP/3: the field only).
+    pub expect_continue: bool,
 }
 
 impl<'a> Req<'a> {
@@ -81,6 +84,12 @@ impl<'a> Req<'a> {
 
     pub fn unsized_body(mut self) -> Req<'a> {
         self.unsized_body = true;
+        self
+    }
+
+    pub fn expect_continue(mut self) -> Req<'a> {
+        self.expect_continue = true;
+        self.headers.push(("Expect", "100-continue"));
         self
     }
 
@@ -257,6 +266,9 @@ impl Paths {
         }
         for (k, v) in &req.headers {
             cmd.args(["-H", &format!("{k}: {v}")]);
+        }
+        if req.expect_continue {
+            cmd.args(["--expect100-timeout", "20"]);
         }
         if req.unsized_body && flag == "--http1.1" {
             cmd.args(["-H", "Transfer-Encoding: chunked"]);

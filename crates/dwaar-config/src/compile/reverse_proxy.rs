@@ -45,6 +45,8 @@ const SUBDIRECTIVES: &[&str] = &[
     "dynamic",
     "replace_status",
     "handle_response",
+    "request_buffers",
+    "response_buffers",
 ];
 
 const TRANSPORT_SUB: &[&str] = &[
@@ -70,6 +72,7 @@ const TRANSPORT_SUB: &[&str] = &[
     "compression",
     "max_response_header",
     "dns_min_ttl",
+    "expect_continue_timeout",
 ];
 
 pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<ReverseProxy> {
@@ -86,6 +89,8 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
         transport: Transport::default(),
         dynamic: None,
         responses: Default::default(),
+        request_buffers: None,
+        response_buffers: None,
     };
     for t in &d.args[skip..] {
         for u in upstreams(t, diags) {
@@ -343,6 +348,23 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
                 }
             }
             "stream_timeout" | "stream_close_delay" => {}
+            "request_buffers" | "response_buffers"
+                if one(diags, &format!("{sub} <size>|unlimited")) =>
+            {
+                let slot = if sub == "request_buffers" {
+                    &mut rp.request_buffers
+                } else {
+                    &mut rp.response_buffers
+                };
+                let arg = &line.args[0];
+                if arg.text == "unlimited" {
+                    *slot = Some(u64::MAX);
+                } else if let Some(v) = diags.size(arg) {
+                    // Caddy: 0 turns buffering off.
+                    *slot = (v > 0).then_some(v);
+                }
+            }
+            "request_buffers" | "response_buffers" => {}
             "buffer_requests" | "buffer_responses" => diags.push(
                 line.name
                     .error(format!("'{}' was removed from Caddy", line.name.text))
@@ -453,6 +475,30 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
             d.name
                 .error("proxy_protocol with HTTP/2 upstreams is not supported yet")
                 .with_help("use HTTP/1.1 upstreams with proxy_protocol"),
+        );
+    }
+    let multiplexed = rp.upstreams.iter().any(|u| u.scheme == "h2c")
+        || rp.transport.versions.iter().any(|v| v != "1.1");
+    if rp.transport.expect_continue_timeout_ms.is_some() && multiplexed {
+        let at = block_lines(&d.block)
+            .iter()
+            .filter(|l| l.name.text == "transport")
+            .flat_map(|l| block_lines(&l.block))
+            .find(|l| l.name.text == "expect_continue_timeout")
+            .map_or_else(|| d.name.clone(), |l| l.name.clone());
+        diags.push(
+            at.error("expect_continue_timeout applies to HTTP/1.1 upstreams")
+                .with_help("HTTP/2 upstreams are sent the request body at once"),
+        );
+    }
+    if rp.response_buffers.is_some() && (multiplexed || rp.transport.fastcgi.is_some()) {
+        let at = block_lines(&d.block)
+            .iter()
+            .find(|l| l.name.text == "response_buffers")
+            .map_or_else(|| d.name.clone(), |l| l.name.clone());
+        diags.push(
+            at.error("response_buffers applies to HTTP/1.1 upstreams")
+                .with_help("HTTP/2 and FastCGI responses are relayed as they arrive"),
         );
     }
     let after = diags.list.iter().filter(|x| x.is_error()).count();
@@ -1054,6 +1100,10 @@ fn transport(line: &Directive, t: &mut Transport, diags: &mut Diags) {
             }
             "keepalive_interval" if one(diags) => {
                 t.keepalive_interval_ms = at_least_a_second(l, diags)
+            }
+            "expect_continue_timeout" if one(diags) => {
+                // Caddy (Go): 0 sends the body at once, without waiting.
+                t.expect_continue_timeout_ms = diags.duration(&l.args[0]).filter(|&v| v > 0);
             }
             "max_conns_per_host" if one(diags) => {
                 if let Some(n) = diags.number(&l.args[0], "connection count") {

@@ -42,8 +42,19 @@ pub trait Downstream: Send {
     ) -> impl Future<Output = Result<(), ()>> + Send;
     /// Sends an interim (`1xx`) response, such as `103 Early Hints`, where the protocol
     /// can (dropped otherwise).
-    fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
+    fn send_interim(
+        &mut self,
+        status: u16,
+        fields: Vec<(String, String)>,
+    ) -> impl Future<Output = ()> + Send {
         let _ = (status, fields);
+        async {}
+    }
+    /// The client sent `Expect: 100-continue` and none of its body has been read: it
+    /// waits to be asked, so an answer given without the body neither reads it nor
+    /// (HTTP/1) keeps the connection.
+    fn awaits_continue(&self) -> bool {
+        false
     }
     /// Sends body bytes, waiting for the client's flow control.
     fn send_data(&mut self, data: Bytes) -> impl Future<Output = Result<(), ()>> + Send;
@@ -65,9 +76,10 @@ pub trait Downstream: Send {
     /// announced larger than the bound is not read at all.
     fn discard_body(&mut self) -> impl Future<Output = ()> + Send {
         async move {
-            if self
-                .declared_length()
-                .is_some_and(|n| n > super::DISCARD_MAX as u64)
+            if self.awaits_continue()
+                || self
+                    .declared_length()
+                    .is_some_and(|n| n > super::DISCARD_MAX as u64)
             {
                 return;
             }
@@ -149,13 +161,9 @@ pub async fn write_reply<D: Downstream>(
             itoa::Buffer::new().format(len),
         );
     }
-    d.send_head(
-        r.status,
-        std::mem::take(&mut r.headers),
-        ctx,
-        r.close || ctx.close,
-    )
-    .await?;
+    let close = r.close || ctx.close || d.awaits_continue();
+    d.send_head(r.status, std::mem::take(&mut r.headers), ctx, close)
+        .await?;
     let mut sent = 0u64;
     if !head_only && !no_body {
         let first = std::mem::take(&mut r.body);

@@ -36,6 +36,8 @@ struct H2Exchange {
     send: Option<h2::SendStream<Bytes>>,
     /// The request's `Content-Length`, if it declared one.
     declared: Option<u64>,
+    /// The client sent `Expect: 100-continue` and no body has been read yet.
+    awaiting: bool,
 }
 
 impl Downstream for H2Exchange {
@@ -43,7 +45,7 @@ impl Downstream for H2Exchange {
         http::Version::HTTP_2
     }
 
-    fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
+    async fn send_interim(&mut self, status: u16, fields: Vec<(String, String)>) {
         let mut r = http::Response::builder().status(status);
         for (k, v) in &fields {
             r = r.header(k.as_str(), v.as_str());
@@ -53,7 +55,12 @@ impl Downstream for H2Exchange {
         }
     }
 
+    fn awaits_continue(&self) -> bool {
+        self.awaiting
+    }
+
     async fn recv_data(&mut self) -> Result<Option<Bytes>, ()> {
+        self.awaiting = false;
         match self.body.data().await {
             Some(Ok(chunk)) => {
                 // The window opens again as the body is consumed.
@@ -151,7 +158,10 @@ pub async fn serve_connection<T>(
                 Some(Ok((req, respond))) => {
                     let (parts, body) = req.into_parts();
                     let declared = crate::lifecycle::declared_length(&parts.headers);
-                    let exchange = H2Exchange { body, respond, send: None, declared };
+                    let awaiting =
+                        crate::streams::request_body::expects_continue(&parts.headers);
+                    let exchange =
+                        H2Exchange { body, respond, send: None, declared, awaiting };
                     let store = store.clone();
                     let conn = conn.clone();
                     // The task holds only the request's parts and a box: the request's

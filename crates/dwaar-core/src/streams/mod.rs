@@ -7,6 +7,7 @@
 //! once for both.
 
 pub mod h2;
+pub mod request_body;
 
 use crate::context::{ConnInfo, RequestContext};
 use crate::http1::{ChunkScanner, Framing};
@@ -22,6 +23,7 @@ use crate::upstream::{h1_pool as pool, h2_pool};
 use bytes::{Buf, Bytes};
 use compact_str::CompactString;
 use pingora_http::RequestHeader;
+use request_body::{expects_continue, RequestBody};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -106,21 +108,7 @@ pub async fn serve_request<D: Downstream>(
                 .unwrap_or(0);
             (503, 0, sent)
         }
-        Outcome::Proxy => {
-            // `request_body { max_size }`: a declared length over it is refused before
-            // anything is sent; a body that grows past it is cut off while streaming.
-            let declared = header
-                .headers
-                .get(http::header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
-            if ctx.max_body.zip(declared).is_some_and(|(max, n)| n > max) {
-                let (st, sent) =
-                    answer_failure(&mut stream, &mut header, &mut ctx, head_only, 413).await;
-                (st, 0, sent)
-            } else {
-                proxy(&mut stream, &mut header, &mut ctx, head_only).await
-            }
-        }
+        Outcome::Proxy => proxy(&mut stream, &mut header, &mut ctx, head_only).await,
     };
     attempt::release(&mut ctx);
     crate::lifecycle::finish(
@@ -319,26 +307,87 @@ fn connection_specific(name: &str) -> bool {
     crate::request::hop_by_hop(name.as_bytes()) || name.eq_ignore_ascii_case("host")
 }
 
-/// Proxies to a plain HTTP/1.1 upstream over the keep-alive pool (or a direct TLS or
-/// unix-socket connection); returns (status, request body bytes, response body bytes).
-async fn proxy<D: Downstream>(
+/// Proxies a request the pipeline sends upstream, for every front-end that answers
+/// through a [`Downstream`] (HTTP/2, HTTP/3, and Pingora's sessions for FastCGI and the
+/// buffering options): `request_body { max_size }` against a declared length, the
+/// body's `Expect: 100-continue` and `request_buffers` ([`RequestBody`]), then the
+/// exchange for the upstream's kind. Returns (status, request body bytes, response
+/// body bytes).
+pub async fn proxy<D: Downstream>(
     stream: &mut D,
     req: &mut RequestHeader,
     ctx: &mut RequestContext,
     head_only: bool,
 ) -> (u16, u64, u64) {
+    // `request_body { max_size }`: a declared length over it is refused before
+    // anything is sent; a body that grows past it is cut off while streaming.
+    let declared = crate::lifecycle::declared_length(&req.headers);
+    if ctx.max_body.zip(declared).is_some_and(|(max, n)| n > max) {
+        let (st, sent) = answer_failure(stream, req, ctx, head_only, 413).await;
+        return (st, 0, sent);
+    }
     let Some(p) = ctx.proxy.clone() else {
         let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
         return (st, 0, sent);
     };
+    let mut body = RequestBody::new(stream);
+    if expects_continue(&req.headers) {
+        // With `expect_continue_timeout` an HTTP/1.1 upstream is asked first (the
+        // field goes on); otherwise the body is on its way and the field is spent.
+        if !asks_upstream_first(&p) {
+            req.remove_header(&http::header::EXPECT);
+        }
+        body.expect_continue();
+    }
+    if let Some(limit) = p.request_buffers {
+        // Past `max_size` the exchange refuses the body anyway: no need to hold more.
+        let limit = ctx.max_body.map_or(limit, |m| {
+            limit.min(usize::try_from(m).unwrap_or(usize::MAX).saturating_add(1))
+        });
+        match body.read_ahead(limit).await {
+            Ok(true) => {
+                let framed = req.headers.contains_key(http::header::CONTENT_LENGTH)
+                    || req.headers.contains_key(http::header::TRANSFER_ENCODING);
+                if let Some(n) = body.held_length().filter(|&n| n > 0 || framed) {
+                    req.remove_header(&http::header::TRANSFER_ENCODING);
+                    let _ = req
+                        .insert_header(http::header::CONTENT_LENGTH, itoa::Buffer::new().format(n));
+                }
+            }
+            Ok(false) => {}
+            Err(()) => return (0, 0, 0),
+        }
+    }
     // Boxed: their states stay out of every request's future (most upstreams are
     // plain HTTP/1.1).
     if let Some(opts) = p.fastcgi.clone() {
-        return Box::pin(fastcgi(stream, req, ctx, &p, &opts, head_only)).await;
+        return Box::pin(fastcgi(&mut body, req, ctx, &p, &opts, head_only)).await;
     }
     if p.transport.multiplexed() {
-        return Box::pin(proxy_h2(stream, req, ctx, &p, head_only)).await;
+        return Box::pin(proxy_h2(&mut body, req, ctx, &p, head_only)).await;
     }
+    proxy_h1(&mut body, req, ctx, p, head_only).await
+}
+
+/// Whether a request with `Expect: 100-continue` waits for the upstream's `100 Continue`
+/// before its body goes (`expect_continue_timeout`, HTTP/1.1 upstreams, body not read
+/// ahead).
+fn asks_upstream_first(p: &crate::upstream::ProxyHandler) -> bool {
+    p.transport.expect_continue.is_some()
+        && p.fastcgi.is_none()
+        && !p.transport.multiplexed()
+        && p.request_buffers.is_none()
+}
+
+/// Proxies to a plain HTTP/1.1 upstream over the keep-alive pool (or a direct TLS or
+/// unix-socket connection); returns (status, request body bytes, response body bytes).
+async fn proxy_h1<D: Downstream>(
+    stream: &mut RequestBody<'_, D>,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    p: Arc<crate::upstream::ProxyHandler>,
+    head_only: bool,
+) -> (u16, u64, u64) {
     let host = crate::lifecycle::edit_upstream_request(ctx, req, &p);
     // The HTTP/1.1 request head; a body of unknown length goes chunked.
     let length = req
@@ -349,11 +398,23 @@ async fn proxy<D: Downstream>(
         !matches!(req.method.as_str(), "GET" | "HEAD" | "OPTIONS" | "DELETE") || length.is_some();
     let chunked = may_have_body && length.is_none();
     let out = upstream_request_head(req, chunked, p.transport.keepalive);
+    // A body read ahead whole (`request_buffers`) can be sent again like no body.
+    let streamed = may_have_body && !stream.replayable();
+    // `expect_continue_timeout`: the field was kept for the upstream to answer.
+    let ask_first = p
+        .transport
+        .expect_continue
+        .filter(|_| may_have_body && expects_continue(&req.headers));
+    // The upstream answered before it had the body: the connection is not reused.
+    let mut body_skipped = false;
+    let mut interim = Vec::new();
     // An upstream, and a connection to it: a connection that never opened carried no
     // request, so another upstream (or the same one, within `lb_try_duration`) is tried.
     // A request without a body can be sent again when an upstream fails it
     // (`lb_retry_match`, `GET` by default); a streamed body cannot.
     let (addr, pooled, mut upc, head_len, read) = 'attempt: loop {
+        stream.rewind();
+        interim.clear();
         let (addr, pooled, mut upc) = loop {
             let Some(up) = attempt::pick(&p, &*req, ctx).await else {
                 let (st, sent) = answer_failure(stream, req, ctx, head_only, 503).await;
@@ -391,7 +452,7 @@ async fn proxy<D: Downstream>(
         };
         use tokio::io::AsyncWriteExt;
         if upc.stream.write_all(&out).await.is_err() {
-            if may_have_body {
+            if streamed {
                 attempt::count_failure(ctx);
             } else if attempt::sent_failed(&p, &*req, ctx) {
                 continue 'attempt;
@@ -400,9 +461,15 @@ async fn proxy<D: Downstream>(
             return (st, 0, sent);
         }
         ctx.attempt.sent = Some(Instant::now());
+        if let Some(wait) = ask_first {
+            body_skipped = matches!(
+                pool::await_continue(&mut upc, wait, &mut interim).await,
+                pool::Continue::Answered
+            );
+        }
         // The request body, streamed.
         let mut read = 0u64;
-        if may_have_body {
+        if may_have_body && !body_skipped {
             let deadline = body_deadline();
             let mut framed = Vec::new();
             loop {
@@ -438,17 +505,16 @@ async fn proxy<D: Downstream>(
                 return (st, read, sent);
             }
         }
-        let mut interim = Vec::new();
         match pool::read_response_head(&mut upc, &p.transport, &mut interim).await {
             Ok(Some(n)) => {
                 for h in &interim {
                     let (status, fields) = crate::http1::interim_fields(h);
-                    stream.send_interim(status, fields);
+                    stream.send_interim(status, fields).await;
                 }
                 break 'attempt (addr, pooled, upc, n, read);
             }
             Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                if may_have_body {
+                if streamed {
                     attempt::count_failure(ctx);
                 } else if attempt::sent_failed(&p, &*req, ctx) {
                     continue 'attempt;
@@ -457,7 +523,7 @@ async fn proxy<D: Downstream>(
                 return (st, read, sent);
             }
             _ => {
-                if may_have_body {
+                if streamed {
                     attempt::count_failure(ctx);
                 } else if attempt::sent_failed(&p, &*req, ctx) {
                     continue 'attempt;
@@ -480,6 +546,31 @@ async fn proxy<D: Downstream>(
         return (st, read, sent);
     };
     attempt::passive_check(ctx, status);
+    let mut body = BodyReader::new(framing);
+    let mut fields = fields;
+    // `response_buffers`: the body is read ahead of the head; one that ends within the
+    // bound goes out with its length.
+    let held = match p.response_buffers.filter(|_| !head_only) {
+        Some(limit) => match body.hold(&mut upc, limit).await {
+            Ok(held) => {
+                if body.complete && !matches!(framing, Framing::Length(_) | Framing::None) {
+                    fields.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+                    fields.push((
+                        "content-length".into(),
+                        itoa::Buffer::new().format(held.len()).to_owned(),
+                    ));
+                }
+                Some(held)
+            }
+            Err(()) => {
+                ctx.attempt.error = Some("upstream closed mid-response".into());
+                attempt::count_failure(ctx);
+                let (st, sent) = answer_failure(stream, req, ctx, head_only, 502).await;
+                return (st, read, sent);
+            }
+        },
+        None => None,
+    };
     let mut rewrite = match send_proxied_head(stream, req, ctx, &p, status, fields, head_only).await
     {
         Head::Sent(rw) => rw,
@@ -488,58 +579,30 @@ async fn proxy<D: Downstream>(
     };
     // The body: decoded from the upstream's framing, rewritten if needed.
     let mut sent = 0u64;
-    let mut left = match framing {
-        Framing::Length(n) => n,
-        _ => u64::MAX,
+    let mut relayed = match held {
+        Some(b) => relay_proxied(stream, ctx, &mut rewrite, b, &mut sent).await,
+        None => Ok(()),
     };
-    let mut dec = ChunkScanner::default();
-    let mut data = Vec::with_capacity(16 * 1024);
-    let mut complete = matches!(framing, Framing::None);
-    while !complete {
-        if upc.buf.is_empty() && left > 0 {
-            match upc.read_more_bulk().await {
-                Ok(0) if matches!(framing, Framing::UntilClose) => complete = true,
-                Ok(n) if n > 0 => {}
-                _ => break,
+    while relayed.is_ok() {
+        match body.next(&mut upc).await {
+            Ok(Some(chunk)) => {
+                relayed = relay_proxied(stream, ctx, &mut rewrite, chunk, &mut sent).await;
             }
-        }
-        // Bodies leave the connection's buffer as `Bytes` (no copy) unless chunk
-        // framing has to be taken off.
-        let chunk = match framing {
-            Framing::Chunked => {
-                data.clear();
-                match dec.scan_data(&upc.buf, Some(&mut data)) {
-                    Ok((used, done)) => {
-                        upc.buf.advance(used);
-                        complete |= done;
-                    }
-                    Err(_) => break,
-                }
-                Bytes::copy_from_slice(&data)
-            }
-            _ => {
-                let take = (upc.buf.len() as u64).min(left) as usize;
-                if let Framing::Length(_) = framing {
-                    left -= take as u64;
-                    complete |= left == 0;
-                }
-                upc.buf.split_to(take).freeze()
-            }
-        };
-        if relay_proxied(stream, ctx, &mut rewrite, chunk, &mut sent)
-            .await
-            .is_err()
-        {
-            crate::cache::finish(ctx, false);
-            return (status, read, sent);
+            Ok(None) | Err(()) => break,
         }
     }
+    if relayed.is_err() {
+        crate::cache::finish(ctx, false);
+        return (status, read, sent);
+    }
+    let complete = body.complete;
     crate::cache::finish(ctx, complete);
     let _ = relay_end(stream, rewrite.as_deref_mut(), &mut sent).await;
     if complete {
         let _ = stream.finish().await;
         if keepalive
             && p.transport.keepalive
+            && !body_skipped
             && upc.buf.is_empty()
             && !matches!(framing, Framing::UntilClose)
         {
@@ -552,6 +615,88 @@ async fn proxy<D: Downstream>(
         stream.abort(false);
     }
     (status, read, sent)
+}
+
+/// An HTTP/1.1 upstream's response body, decoded from its framing piece by piece.
+struct BodyReader {
+    framing: Framing,
+    /// Bytes still due with `Content-Length` framing.
+    left: u64,
+    dec: ChunkScanner,
+    /// Chunked data taken out of its framing.
+    data: Vec<u8>,
+    /// The whole body was read.
+    complete: bool,
+}
+
+impl BodyReader {
+    fn new(framing: Framing) -> Self {
+        BodyReader {
+            framing,
+            left: match framing {
+                Framing::Length(n) => n,
+                _ => u64::MAX,
+            },
+            dec: ChunkScanner::default(),
+            data: Vec::new(),
+            complete: matches!(framing, Framing::None),
+        }
+    }
+
+    /// The next piece of the body (possibly empty); `Ok(None)` once it is complete,
+    /// `Err` when the upstream failed or ended it early. Pieces leave the connection's
+    /// buffer as `Bytes` (no copy) unless chunk framing has to be taken off.
+    async fn next(&mut self, upc: &mut pool::UpstreamConn) -> Result<Option<Bytes>, ()> {
+        if self.complete {
+            return Ok(None);
+        }
+        if upc.buf.is_empty() && self.left > 0 {
+            match upc.read_more_bulk().await {
+                Ok(0) if matches!(self.framing, Framing::UntilClose) => {
+                    self.complete = true;
+                    return Ok(None);
+                }
+                Ok(n) if n > 0 => {}
+                _ => return Err(()),
+            }
+        }
+        let chunk = match self.framing {
+            Framing::Chunked => {
+                if self.data.capacity() == 0 {
+                    self.data.reserve(16 * 1024);
+                }
+                self.data.clear();
+                let (used, done) = self
+                    .dec
+                    .scan_data(&upc.buf, Some(&mut self.data))
+                    .map_err(|_| ())?;
+                upc.buf.advance(used);
+                self.complete |= done;
+                Bytes::copy_from_slice(&self.data)
+            }
+            _ => {
+                let take = (upc.buf.len() as u64).min(self.left) as usize;
+                if let Framing::Length(_) = self.framing {
+                    self.left -= take as u64;
+                    self.complete |= self.left == 0;
+                }
+                upc.buf.split_to(take).freeze()
+            }
+        };
+        Ok(Some(chunk))
+    }
+
+    /// Reads the body until it ends or `limit` bytes are held (`response_buffers`).
+    async fn hold(&mut self, upc: &mut pool::UpstreamConn, limit: usize) -> Result<Bytes, ()> {
+        let mut held = bytes::BytesMut::new();
+        while held.len() < limit {
+            match self.next(upc).await? {
+                Some(piece) => held.extend_from_slice(&piece),
+                None => break,
+            }
+        }
+        Ok(held.freeze())
+    }
 }
 
 /// The HTTP/1.1 request head for an upstream (a body of unknown length goes chunked).

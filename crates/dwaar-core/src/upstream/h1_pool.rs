@@ -296,6 +296,56 @@ pub async fn read_response_head(
     }
 }
 
+/// What an upstream made of a request head sent with `Expect: 100-continue`.
+pub enum Continue {
+    /// `100 Continue`, or no word within the wait: the body goes.
+    Go,
+    /// A final answer (or a failure, which reading the head reports): no body.
+    Answered,
+}
+
+/// `expect_continue_timeout`: waits up to `wait` for the upstream's `100 Continue`
+/// (taken from the buffer) or its final answer (left in it for
+/// [`read_response_head`]); other interim responses are collected into `interim`.
+pub async fn await_continue(
+    c: &mut UpstreamConn,
+    wait: Duration,
+    interim: &mut Vec<bytes::Bytes>,
+) -> Continue {
+    let look = async {
+        loop {
+            if !c.buf.is_empty() {
+                let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
+                let mut resp = httparse::Response::new(&mut headers);
+                let parsed = match resp.parse(&c.buf) {
+                    Ok(httparse::Status::Complete(n)) => Some((n, resp.code.unwrap_or(0))),
+                    Ok(httparse::Status::Partial) if c.buf.len() < 64 * 1024 => None,
+                    _ => return Continue::Answered,
+                };
+                if let Some((n, code)) = parsed {
+                    if code == 100 {
+                        let _ = c.buf.split_to(n);
+                        return Continue::Go;
+                    }
+                    if (102..200).contains(&code) && interim.len() < MAX_INTERIM {
+                        interim.push(c.buf.split_to(n).freeze());
+                        continue;
+                    }
+                    return Continue::Answered;
+                }
+            }
+            match c.read_more().await {
+                Ok(n) if n > 0 => {}
+                _ => return Continue::Answered,
+            }
+        }
+    };
+    // Like Go's transport (Caddy): no word in time, the body goes anyway.
+    tokio::time::timeout(wait, look)
+        .await
+        .unwrap_or(Continue::Go)
+}
+
 /// The most interim (`1xx`) responses accepted before a final one.
 pub const MAX_INTERIM: usize = 16;
 

@@ -246,6 +246,9 @@ pub struct TransportOpts {
     pub idle_total: Option<usize>,
     /// `keepalive_idle_conns_per_host`: idle connections kept per upstream, per thread.
     pub idle_per_host: Option<usize>,
+    /// `expect_continue_timeout`: how long a request with `Expect: 100-continue` waits
+    /// for the upstream's `100 Continue` before its body is sent anyway.
+    pub expect_continue: Option<Duration>,
 }
 
 impl TransportOpts {
@@ -581,10 +584,21 @@ pub struct ProxyHandler {
     pub transport: TransportOpts,
     /// Speak FastCGI to the upstreams (`transport fastcgi`).
     pub fastcgi: Option<Arc<crate::fastcgi::FastCgiOpts>>,
+    /// `request_buffers`: up to this many bytes of a request body are read before the
+    /// request goes upstream (`usize::MAX`: no bound).
+    pub request_buffers: Option<usize>,
+    /// `response_buffers`: up to this many bytes of a response body are read before the
+    /// response goes to the client.
+    pub response_buffers: Option<usize>,
     /// Decided when the route table is compiled: the lean HTTP/1 path proxies for this
     /// handler itself (plain HTTP/1.1 over TCP to resolved addresses, no retries);
     /// otherwise it hands the request to Pingora, which does the rest.
     pub lean: bool,
+}
+
+/// A configured size in bytes as a buffer bound (`u64::MAX`, "unlimited", stays unbounded).
+fn saturating_usize(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
 }
 
 impl ProxyHandler {
@@ -701,12 +715,15 @@ impl ProxyHandler {
                 },
                 idle_total: t.keepalive_idle_conns.map(|n| n as usize),
                 idle_per_host: t.keepalive_idle_conns_per_host.map(|n| n as usize),
+                expect_continue: t.expect_continue_timeout_ms.map(ms),
                 proxy_protocol: match t.proxy_protocol.as_deref() {
                     Some("v1") => Some(crate::proxy_protocol::Version::V1),
                     Some("v2") => Some(crate::proxy_protocol::Version::V2),
                     _ => None,
                 },
             },
+            request_buffers: rp.request_buffers.map(saturating_usize),
+            response_buffers: rp.response_buffers.map(saturating_usize),
             lean: false,
         };
         handler.lean = handler.lean_eligible();
@@ -716,9 +733,16 @@ impl ProxyHandler {
         Ok(handler)
     }
 
+    /// Whether this handler's requests are proxied by the shared exchange code
+    /// ([`crate::streams`]) on every front-end, Pingora's included: FastCGI, and the
+    /// body buffering options (`request_buffers`, `response_buffers`).
+    pub fn shared_exchange(&self) -> bool {
+        self.fastcgi.is_some() || self.request_buffers.is_some() || self.response_buffers.is_some()
+    }
+
     fn lean_eligible(&self) -> bool {
         let t = &self.transport;
-        self.fastcgi.is_none()
+        !self.shared_exchange()
             && self.templates.is_empty()
             && !t.tls
             && !t.h2c
