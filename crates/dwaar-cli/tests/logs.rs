@@ -124,48 +124,58 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
         4,
         "log_skip'd request was logged: {got_all:?}"
     );
-    let by_uri = |u: &str| {
+    let by_path = |u: &str| {
         got.iter()
-            .find(|l| l["uri"] == u)
+            .find(|l| l["request"]["uri"].as_str().unwrap_or("").split('?').next() == Some(u))
             .cloned()
             .unwrap_or_else(|| panic!("no line for {u}: {got:?}"))
     };
 
-    let p = by_uri("/up/x");
-    assert_eq!(p["method"], "GET");
-    assert_eq!(p["host"], "site.test");
-    assert_eq!(p["query"], "token=REDACTED&page=2");
-    assert_eq!(p["proto"], "HTTP/1.1");
+    // Caddy's access-log schema, with Dwaar's own facts after it.
+    let p = by_path("/up/x");
+    assert_eq!(p["logger"], "http.log.access");
+    assert_eq!(p["msg"], "handled request");
+    assert_eq!(p["request"]["method"], "GET");
+    assert_eq!(p["request"]["host"], "site.test");
+    assert_eq!(p["request"]["uri"], "/up/x?token=REDACTED&page=2");
+    assert_eq!(p["request"]["proto"], "HTTP/1.1");
     assert_eq!(p["status"], 200);
     assert_eq!(p["request_id"], proxied_id.as_str());
     assert_eq!(
         p["upstream_addr"],
         format!("127.0.0.1:{}", origin.port).as_str()
     );
-    assert!(p["upstream_duration_us"].as_u64().is_some());
-    assert!(p["duration_us"].as_u64() >= p["upstream_duration_us"].as_u64());
-    assert_eq!(p["remote_ip"], "127.0.0.1");
-    assert!(p["remote_port"].as_u64().unwrap_or(0) > 0);
-    assert_eq!(p["client_ip"], "127.0.0.1");
-    assert_eq!(p["user_agent"], "dwaar-test/1.0");
-    assert_eq!(p["referer"], "https://ref.example/");
-    assert!(p["bytes_written"].as_u64().unwrap_or(0) > 0);
-    assert_eq!(p["level"], "info");
-    let ts = p["ts"].as_str().unwrap_or("");
+    assert!(p["upstream_duration"].as_f64().is_some());
+    assert!(p["duration"].as_f64() >= p["upstream_duration"].as_f64());
+    assert_eq!(p["request"]["remote_ip"], "127.0.0.1");
     assert!(
-        ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[10] == b'T',
-        "{ts}"
+        p["request"]["remote_port"]
+            .as_str()
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0)
+            > 0
     );
+    assert_eq!(p["request"]["client_ip"], "127.0.0.1");
+    assert_eq!(p["request"]["headers"]["User-Agent"][0], "dwaar-test/1.0");
+    assert_eq!(
+        p["request"]["headers"]["Referer"][0],
+        "https://ref.example/"
+    );
+    assert!(p["resp_headers"].as_object().is_some_and(|h| !h.is_empty()));
+    assert!(p["size"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(p["level"], "info");
+    assert!(p["ts"].as_f64().unwrap_or(0.0) > 1.7e9, "{}", p["ts"]);
     assert!(p.get("error").is_none() && p.get("rejected_by").is_none());
     assert_eq!(p["is_bot"], false);
 
-    let s = by_uri("/static");
+    let s = by_path("/static");
     assert_eq!(s["status"], 200);
-    assert_eq!(s["bytes_written"], 5);
+    assert_eq!(s["size"], 5);
     assert_eq!(s["is_bot"], true);
-    assert!(s.get("upstream_addr").is_none() && s.get("upstream_duration_us").is_none());
+    assert_eq!(s["resp_headers"]["Content-Length"][0], "5");
+    assert!(s.get("upstream_addr").is_none() && s.get("upstream_duration").is_none());
 
-    let e = by_uri("/dead/y");
+    let e = by_path("/dead/y");
     assert_eq!(e["status"], 502);
     assert_eq!(e["level"], "error");
     assert_eq!(e["upstream_addr"], "127.0.0.1:1");
@@ -178,9 +188,9 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
         "{e}"
     );
 
-    let j = by_uri("/upload");
+    let j = by_path("/upload");
     assert_eq!(j["status"], 413);
-    assert_eq!(j["method"], "POST");
+    assert_eq!(j["request"]["method"], "POST");
     assert_eq!(j["rejected_by"], "request_body");
 }
 
@@ -249,6 +259,86 @@ fn combined_lines_parse_in_goaccess() {
     assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
 }
 
+/// The JSON record is Caddy's access-log schema: GoAccess reads it with
+/// `--log-format=CADDY`, every line. `format filter` edits fields before they are
+/// written (a deleted `Authorization`, a masked address, a query value replaced).
+#[test]
+fn json_lines_parse_in_goaccess_as_caddy_logs_and_filters_apply() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (log, filtered) = (
+        dir.path().join("caddy.log"),
+        dir.path().join("filtered.log"),
+    );
+    let (port, other) = (free_port(), free_port());
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t}}\n\trespond /missing 404\n\trespond \"hello\"\n}}\n\
+         :{other} {{\n\tlog named {{\n\t\toutput file {}\n\t\tformat filter {{\n\t\t\tfields {{\n\
+         \t\t\t\trequest>headers>Authorization delete\n\
+         \t\t\t\trequest>remote_ip ip_mask {{\n\t\t\t\t\tipv4 16\n\t\t\t\t}}\n\
+         \t\t\t\trequest>uri query {{\n\t\t\t\t\treplace q hidden\n\t\t\t\t}}\n\
+         \t\t\t\trequest>headers>User-Agent regexp \"^(\\w+).*\" \"${{1}}\"\n\
+         \t\t\t}}\n\t\t}}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display(),
+        filtered.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port, other]);
+    let ua = ("User-Agent", "tool/1.0 (test)");
+    for path in ["/", "/a?b=c", "/missing", "/x"] {
+        request(
+            port,
+            "GET",
+            "x",
+            path,
+            &[ua, ("Referer", "http://ref.test/")],
+            b"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    request(
+        other,
+        "GET",
+        "x",
+        "/f?q=secret&keep=1",
+        &[ua, ("Authorization", "Basic Ym9iOmh1bnRlcjI=")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
+            .is_ok_and(|t| t.lines().count() == 4)),
+        "{:?}",
+        std::fs::read_to_string(&log)
+    );
+    let f = wait_lines(&filtered, 1);
+    let r = &f[0]["request"];
+    assert!(r["headers"].get("Authorization").is_none(), "{r}");
+    assert_eq!(r["remote_ip"], "127.0.0.0", "{r}");
+    assert_eq!(r["uri"], "/f?q=hidden&keep=1", "{r}");
+    assert_eq!(r["headers"]["User-Agent"][0], "tool", "{r}");
+    assert_eq!(f[0]["logger"], "http.log.access.named");
+    if !have_tool("goaccess") {
+        return;
+    }
+    let report = dir.path().join("report.json");
+    let out = std::process::Command::new("goaccess")
+        .arg(&log)
+        .args(["--log-format=CADDY", "--no-global-config", "-o"])
+        .arg(&report)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(v["general"]["total_requests"], 4, "{}", v["general"]);
+    assert_eq!(v["general"]["valid_requests"], 4, "{}", v["general"]);
+    assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
+}
+
 /// `log_append` adds fields (placeholders filled in, matchers honoured) to the record.
 #[test]
 fn log_append_adds_fields() {
@@ -285,7 +375,7 @@ fn concurrent_requests_make_exactly_as_many_lines() {
     assert_eq!(lines(&log).len(), 1000);
     let uris: HashSet<String> = got
         .iter()
-        .map(|l| l["uri"].as_str().unwrap_or("").to_string())
+        .map(|l| l["request"]["uri"].as_str().unwrap_or("").to_string())
         .collect();
     assert_eq!(uris.len(), 1000, "duplicate or missing lines");
 }
@@ -317,7 +407,7 @@ fn rotation_keeps_every_line_exactly_once() {
                 {
                     let v2: serde_json::Value = serde_json::from_str(l)
                         .unwrap_or_else(|er| panic!("bad line in {name} ({er}): {l}"));
-                    v.push(v2["uri"].as_str().unwrap_or("").to_string());
+                    v.push(v2["request"]["uri"].as_str().unwrap_or("").to_string());
                 }
             }
         }

@@ -401,9 +401,15 @@ fn proxying_on_every_path() {
 /// The access log has one record per request with the protocol it came over.
 #[test]
 fn access_logs_name_the_protocol_on_every_path() {
+    let o = origin::http("app");
     let p = Paths::start(
         &bin(),
-        "\tlog {\n\t\toutput file SCRATCH/INSTANCE.log\n\t}\n\trespond \"logged\" 202\n",
+        &format!(
+            "\tlog {{\n\t\toutput file SCRATCH/INSTANCE.log\n\t}}\n\
+             \thandle /up/* {{\n\t\treverse_proxy 127.0.0.1:{}\n\t}}\n\
+             \trespond \"logged\" 202\n",
+            o.port
+        ),
     );
     let want = [
         (Proto::H1Lean, "HTTP/1.1"),
@@ -413,36 +419,74 @@ fn access_logs_name_the_protocol_on_every_path() {
         (Proto::H2c, "HTTP/2.0"),
         (Proto::H3, "HTTP/3.0"),
     ];
-    for (proto, name) in want {
-        let path = format!("/log-{proto:?}");
-        assert_eq!(p.ok(proto, &Req::get(&path)).status, 202, "{proto:?}");
+    let record = |proto: Proto, path: &str| -> serde_json::Value {
         let instance = if proto == Proto::H1Pingora {
             "pingora"
         } else {
             "main"
         };
         let file = p.scratch().join(format!("{instance}.log"));
+        let needle = format!("\"uri\":\"{path}\"");
         let found = wait_until(std::time::Duration::from_secs(5), || {
             std::fs::read_to_string(&file)
                 .unwrap_or_default()
                 .lines()
-                .any(|l| l.contains(&format!("\"{path}\"")))
+                .any(|l| l.contains(&needle))
         });
-        assert!(found, "{proto:?}: no record");
+        assert!(found, "{proto:?}: no record for {path}");
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         let line = text
             .lines()
-            .find(|l| l.contains(&format!("\"{path}\"")))
-            .unwrap_or_default();
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("{proto:?}: {e}: {line}"));
-        let proto_field = v
-            .pointer("/request/proto")
-            .or_else(|| v.get("proto"))
-            .and_then(|p| p.as_str());
-        assert_eq!(proto_field, Some(name), "{proto:?}: {line}");
-        let status = v.get("status").and_then(|s| s.as_u64());
-        assert_eq!(status, Some(202), "{proto:?}: {line}");
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default()
+            .to_string();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{proto:?}: {e}: {line}"))
+    };
+    for (proto, name) in want {
+        let tls = matches!(proto, Proto::H1Tls | Proto::H2Tls | Proto::H3);
+        let path = format!("/log-{proto:?}");
+        let req = Req::get(&path).header("X-Probe", "yes");
+        assert_eq!(p.ok(proto, &req).status, 202, "{proto:?}");
+        // Caddy's access-log schema on every path.
+        let v = record(proto, &path);
+        assert_eq!(
+            v.pointer("/request/proto").and_then(|p| p.as_str()),
+            Some(name),
+            "{proto:?}: {v}"
+        );
+        assert_eq!(v["status"], 202, "{proto:?}: {v}");
+        assert_eq!(v["logger"], "http.log.access", "{proto:?}");
+        assert_eq!(
+            v["request"]["headers"]["X-Probe"][0], "yes",
+            "{proto:?}: {v}"
+        );
+        assert_eq!(
+            v["resp_headers"]["Content-Length"][0], "6",
+            "{proto:?}: {v}"
+        );
+        assert_eq!(v["size"], 6, "{proto:?}: {v}");
+        if tls {
+            let version = v.pointer("/request/tls/version").and_then(|x| x.as_u64());
+            assert_eq!(version, Some(0x0304), "{proto:?}: {v}");
+            assert_eq!(
+                v["request"]["tls"]["server_name"], "localhost",
+                "{proto:?}: {v}"
+            );
+        } else {
+            assert!(v["request"].get("tls").is_none(), "{proto:?}: {v}");
+        }
+        // A proxied answer's fields, as the client got them.
+        let up = format!("/up/log-{proto:?}");
+        assert_eq!(p.ok(proto, &Req::get(&up)).status, 200, "{proto:?}");
+        let v = record(proto, &up);
+        assert_eq!(
+            v["resp_headers"]["Content-Type"][0], "text/plain",
+            "{proto:?}: {v}"
+        );
+        assert!(
+            v["resp_headers"].get("Connection").is_none(),
+            "{proto:?}: {v}"
+        );
     }
 }
 

@@ -377,11 +377,18 @@ impl Default for GlobalAnalytics {
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub output: LogOutput,
+    /// The encoder (with `format filter`, the one it wraps).
     pub format: LogFormat,
     pub level: LogLevel,
     /// Keep only this many leading bits of IP addresses (IPv4, IPv6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mask_ip: Option<(u8, u8)>,
+    /// `log <name>`: the logger's name (`http.log.access.<name>` in records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `format filter`: edits of the record's fields, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<FieldFilter>,
 }
 
 impl Default for LogConfig {
@@ -391,8 +398,62 @@ impl Default for LogConfig {
             format: LogFormat::Json,
             level: LogLevel::Info,
             mask_ip: None,
+            name: None,
+            filters: Vec::new(),
         }
     }
+}
+
+/// One field filter of `format filter`: `request>headers>Authorization delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FieldFilter {
+    /// The field's path, `>`-separated (`request>remote_ip`).
+    pub field: String,
+    pub action: FilterAction,
+}
+
+/// What a field filter does to its field.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FilterAction {
+    Delete,
+    Replace {
+        value: String,
+    },
+    /// Keeps the leading bits of addresses.
+    IpMask {
+        ipv4: u8,
+        ipv6: u8,
+    },
+    /// Edits the query string of a URI.
+    Query {
+        actions: Vec<KeyAction>,
+    },
+    /// Edits the cookies of a `Cookie` / `Set-Cookie` field.
+    Cookie {
+        actions: Vec<KeyAction>,
+    },
+    Regexp {
+        pattern: String,
+        replacement: String,
+    },
+    /// The first 4 bytes of the value's SHA-256, in hex.
+    Hash,
+    Rename {
+        name: String,
+    },
+}
+
+/// One step of a `query` or `cookie` filter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyAction {
+    /// `delete`, `replace` or `hash`.
+    pub op: String,
+    pub key: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub value: String,
 }
 
 /// Where log records are written.

@@ -46,6 +46,8 @@ pub struct TlsFacts {
     pub version: &'static str,
     /// The IANA name of the cipher suite (`TLS_AES_128_GCM_SHA256`).
     pub cipher: String,
+    /// The cipher suite's code point (`0x1301`); 0 when unknown.
+    pub cipher_code: u16,
     /// The name the client asked for (SNI).
     pub server_name: Option<String>,
     /// The application protocol agreed on (ALPN).
@@ -70,6 +72,10 @@ impl TlsFacts {
                 .and_then(|s| s.suite().as_str())
                 .unwrap_or_default()
                 .to_string(),
+            cipher_code: conn
+                .negotiated_cipher_suite()
+                .map(|s| u16::from(s.suite()))
+                .unwrap_or(0),
             server_name: conn.server_name().map(str::to_string),
             alpn: conn
                 .alpn_protocol()
@@ -190,6 +196,30 @@ pub struct LogFacts {
     pub encoded: Option<&'static str>,
     /// `log_append`: fields added to this request's record.
     pub appended: Vec<(CompactString, String)>,
+    /// The header fields a JSON access log writes; captured only when the site's log
+    /// wants them.
+    pub headers: Option<Box<HeaderCapture>>,
+}
+
+/// A request's and its response's header fields, for the access log.
+#[derive(Debug, Default)]
+pub struct HeaderCapture {
+    /// The request's fields as the client sent them (before the routes' edits).
+    pub request: Vec<(CompactString, String)>,
+    /// The response's fields as they went to the client; set once, by the front-end
+    /// that wrote the head.
+    pub response: std::sync::OnceLock<Vec<(CompactString, String)>>,
+}
+
+impl LogFacts {
+    /// Records the response's fields for the access log, when it wants them (`fields`
+    /// is only called then).
+    #[inline]
+    pub fn capture_response(&self, fields: impl FnOnce() -> Vec<(CompactString, String)>) {
+        if let Some(h) = &self.headers {
+            let _ = h.response.get_or_init(fields);
+        }
+    }
 }
 
 /// Per-request state shared by all phases: the route (table, site, handler, variables),

@@ -137,6 +137,18 @@ pub fn date_value() -> http::HeaderValue {
     })
 }
 
+/// The header fields of a response head Dwaar wrote (`HTTP/1.1 200 OK\r\nName: value
+/// ...`), for the access log.
+pub fn head_fields(head: &[u8]) -> Vec<(compact_str::CompactString, String)> {
+    let text = String::from_utf8_lossy(head);
+    text.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().into(), v.trim().to_string()))
+        .collect()
+}
+
 /// How the upstream's response body is framed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {

@@ -441,6 +441,12 @@ pub fn handle_request(
         return Outcome::Reply(Reply::status(200));
     };
     ctx.site = Some(site.clone());
+    if site.log.as_ref().is_some_and(|l| l.wants_headers()) {
+        ctx.log.headers = Some(Box::new(crate::context::HeaderCapture {
+            request: request_fields(req),
+            ..Default::default()
+        }));
+    }
     if let Some(a) = &site.analytics {
         if let Some(o) = crate::analytics::early(a, req, ctx) {
             return o;
@@ -1221,6 +1227,18 @@ fn run_map(m: &MapRule, req: &dyn HttpRequest, ctx: &mut RequestContext) {
         }
         ctx.set_var(dest, v);
     }
+}
+
+/// A request's header fields (name, value) in order, for the access log.
+fn request_fields(req: &dyn HttpRequest) -> Vec<(CompactString, String)> {
+    let mut out = Vec::new();
+    for name in req.header_names() {
+        req.any_header_value(&name, &mut |v| {
+            out.push((CompactString::new(&name), v.to_string()));
+            false
+        });
+    }
+    out
 }
 
 #[cfg(test)]

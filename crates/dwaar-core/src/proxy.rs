@@ -914,6 +914,22 @@ fn access_log(session: &Session, ctx: &RequestContext) {
         .map(|r| r.status.as_u16())
         .unwrap_or(0);
     let (read, written) = (down.body_bytes_read() as u64, down.body_bytes_sent() as u64);
+    ctx.log.capture_response(|| {
+        session
+            .response_written()
+            .map(|r| {
+                r.headers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.as_str().into(),
+                            String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    });
     crate::lifecycle::finish(ctx, req.method.as_str(), (status, read, written), || {
         LogParts {
             method: req.method.as_str(),

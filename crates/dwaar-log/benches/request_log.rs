@@ -1,8 +1,8 @@
-//! Encoding one typical access-log record: sonic-rs (what Dwaar uses) next to
-//! serde_json on the same `Serialize` implementation, plus the console format.
+//! Encoding one typical access-log record: the JSON line (Caddy's schema, through
+//! sonic-rs's escaper), the same through `format filter`, and the console format.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use dwaar_log::encode::{console_line, json_line, JsonRecord, Style};
+use dwaar_log::encode::{console_line, encode, json_line, Style};
 use dwaar_log::RequestLog;
 
 fn typical() -> RequestLog {
@@ -27,36 +27,52 @@ fn typical() -> RequestLog {
         referer: Some(http::HeaderValue::from_static("https://shop.example.com/")),
         bytes_read: 312,
         bytes_written: 4_512,
+        headers: vec![
+            ("host".into(), "shop.example.com".into()),
+            (
+                "user-agent".into(),
+                "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
+            ),
+            ("accept".into(), "*/*".into()),
+        ],
+        resp_headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("content-length".into(), "4512".into()),
+        ],
         ..RequestLog::default()
     }
 }
 
 fn bench(c: &mut Criterion) {
     let r = typical();
-    let style = Style {
-        format: dwaar_config::model::LogFormat::Json,
-        mask_ip: None,
-    };
+    let style = Style::of(&dwaar_config::model::LogConfig::default()).expect("style");
+    let filtered = Style::of(&dwaar_config::model::LogConfig {
+        filters: vec![dwaar_config::model::FieldFilter {
+            field: "request>headers>User-Agent".into(),
+            action: dwaar_config::model::FilterAction::Delete,
+        }],
+        ..Default::default()
+    })
+    .expect("style");
     let mut buf = Vec::with_capacity(4096);
     c.bench_function("request_log/json_sonic_rs", |b| {
         b.iter(|| {
             buf.clear();
-            json_line(black_box(&r), style, &mut buf);
+            json_line(black_box(&r), &style, &mut buf);
             black_box(buf.len())
         })
     });
-    c.bench_function("request_log/json_serde_json", |b| {
+    c.bench_function("request_log/json_filtered", |b| {
         b.iter(|| {
             buf.clear();
-            let _ = serde_json::to_writer(&mut buf, &JsonRecord(black_box(&r), style));
-            buf.push(b'\n');
+            encode(black_box(&r), &filtered, &mut buf);
             black_box(buf.len())
         })
     });
     c.bench_function("request_log/console", |b| {
         b.iter(|| {
             buf.clear();
-            console_line(black_box(&r), style, &mut buf);
+            console_line(black_box(&r), &style, &mut buf);
             black_box(buf.len())
         })
     });

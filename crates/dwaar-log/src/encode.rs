@@ -4,17 +4,48 @@
 //! allocates only when a query string has to be redacted.
 
 use crate::record::RequestLog;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::io::Write;
 use std::net::IpAddr;
 
 /// How a site wants its records written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Style {
-    /// `json`, `console` or nginx's `combined`.
+    /// `json`, `console` or nginx's `combined` (with filters: the wrapped one).
     pub format: dwaar_config::model::LogFormat,
     /// Leading bits of IPv4/IPv6 addresses to keep.
     pub mask_ip: Option<(u8, u8)>,
+    /// The logger's name in JSON records: `http.log.access`, or
+    /// `http.log.access.<name>` for a named log.
+    pub logger: compact_str::CompactString,
+    /// `format filter`'s field filters.
+    pub filters: Option<std::sync::Arc<crate::filter::Filters>>,
+}
+
+impl Style {
+    /// The style a log block asks for.
+    pub fn of(c: &dwaar_config::model::LogConfig) -> Result<Style, String> {
+        Ok(Style {
+            format: c.format,
+            mask_ip: c.mask_ip,
+            logger: match &c.name {
+                Some(n) => compact_str::format_compact!("http.log.access.{n}"),
+                None => compact_str::CompactString::const_new("http.log.access"),
+            },
+            filters: if c.filters.is_empty() {
+                None
+            } else {
+                Some(std::sync::Arc::new(crate::filter::Filters::compile(
+                    &c.filters,
+                )?))
+            },
+        })
+    }
+
+    /// Whether records need the request's and response's header fields (JSON writes
+    /// them; filters read the JSON form).
+    pub fn wants_headers(&self) -> bool {
+        self.format == dwaar_config::model::LogFormat::Json || self.filters.is_some()
+    }
 }
 
 /// Query keys whose values never reach a log.
@@ -268,70 +299,6 @@ fn header_str(v: &Option<http::HeaderValue>) -> Option<std::borrow::Cow<'_, str>
     })
 }
 
-/// The JSON form of a record under a style (any serde serializer can write it).
-pub struct JsonRecord<'a>(pub &'a RequestLog, pub Style);
-
-impl Serialize for JsonRecord<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let (r, style) = (self.0, self.1);
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("ts", timestamp(r.ts_ms).as_str())?;
-        m.serialize_entry("level", level_name(r))?;
-        if let Some(id) = r.request_id {
-            let mut b = [0u8; 36];
-            m.serialize_entry("request_id", &*id.hyphenated().encode_lower(&mut b))?;
-        }
-        m.serialize_entry("method", r.method.as_str())?;
-        m.serialize_entry("host", r.host.as_str())?;
-        m.serialize_entry("uri", r.path.as_str())?;
-        if !r.query.is_empty() {
-            m.serialize_entry("query", &*redact_query(&r.query))?;
-        }
-        m.serialize_entry("proto", r.proto)?;
-        m.serialize_entry("status", &r.status)?;
-        m.serialize_entry("duration_us", &r.duration_us)?;
-        if let Some(u) = r.upstream_duration_us {
-            m.serialize_entry("upstream_duration_us", &u)?;
-        }
-        if let Some(a) = &r.upstream_addr {
-            m.serialize_entry("upstream_addr", a.as_str())?;
-        }
-        m.serialize_entry(
-            "remote_ip",
-            ip_text(mask(r.remote_ip, style.mask_ip)).as_str(),
-        )?;
-        m.serialize_entry("remote_port", &r.remote_port)?;
-        m.serialize_entry(
-            "client_ip",
-            ip_text(mask(r.client_ip, style.mask_ip)).as_str(),
-        )?;
-        if let Some(ua) = header_str(&r.user_agent) {
-            m.serialize_entry("user_agent", &*ua)?;
-        }
-        if let Some(re) = header_str(&r.referer) {
-            m.serialize_entry("referer", &*re)?;
-        }
-        m.serialize_entry("bytes_read", &r.bytes_read)?;
-        m.serialize_entry("bytes_written", &r.bytes_written)?;
-        m.serialize_entry("is_bot", &r.is_bot)?;
-        let optional: [(&str, Option<&str>); 7] = [
-            ("tls_version", r.tls_version),
-            ("tls_cipher", r.tls_cipher),
-            ("server_name", r.server_name.as_deref()),
-            ("cache", r.cache),
-            ("encoding", r.encoding),
-            ("rejected_by", r.rejected_by),
-            ("error", r.error.as_deref()),
-        ];
-        for (k, v) in optional {
-            if let Some(v) = v {
-                m.serialize_entry(k, v)?;
-            }
-        }
-        m.end()
-    }
-}
-
 fn level_name(r: &RequestLog) -> &'static str {
     match r.level() {
         dwaar_config::model::LogLevel::Error => "error",
@@ -339,12 +306,102 @@ fn level_name(r: &RequestLog) -> &'static str {
     }
 }
 
-/// Appends the record as one JSON line.
+/// Header fields whose values never reach a log (as in Caddy without
+/// `log_credentials`).
+fn credential(name: &str) -> bool {
+    [
+        "cookie",
+        "set-cookie",
+        "authorization",
+        "proxy-authorization",
+    ]
+    .iter()
+    .any(|c| c.eq_ignore_ascii_case(name))
+}
+
+/// A header name in the canonical form Caddy's (Go's) logs use: `user-agent` becomes
+/// `User-Agent`. Names with characters outside a token are kept as they are.
+fn canonical_name(name: &str) -> std::borrow::Cow<'_, str> {
+    let token = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    let canonical = |i: usize, b: u8| {
+        if i == 0 || name.as_bytes()[i - 1] == b'-' {
+            b.to_ascii_uppercase()
+        } else {
+            b.to_ascii_lowercase()
+        }
+    };
+    if !token || name.bytes().enumerate().all(|(i, b)| canonical(i, b) == b) {
+        return std::borrow::Cow::Borrowed(name);
+    }
+    let out: Vec<u8> = name
+        .bytes()
+        .enumerate()
+        .map(|(i, b)| canonical(i, b))
+        .collect();
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| name.to_string()))
+}
+
+/// Writes header fields as Caddy does: `{"Name":["value",...],...}`, each name once
+/// (canonical form, in order of first appearance) with all its values.
+fn header_map(out: &mut Vec<u8>, fields: &[(compact_str::CompactString, String)]) {
+    use sonic_rs::format::{CompactFormatter, Formatter};
+    let mut f = CompactFormatter;
+    out.push(b'{');
+    let mut first = true;
+    for (i, (name, _)) in fields.iter().enumerate() {
+        if fields[..i]
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        let _ = f.write_string_fast(out, &canonical_name(name), true);
+        out.extend_from_slice(b":[");
+        if credential(name) {
+            out.extend_from_slice(b"\"REDACTED\"");
+        } else {
+            let mut values = fields[i..]
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name));
+            for (j, (_, v)) in values.by_ref().enumerate() {
+                if j > 0 {
+                    out.push(b',');
+                }
+                let _ = f.write_string_fast(out, v, true);
+            }
+        }
+        out.push(b']');
+    }
+    out.push(b'}');
+}
+
+/// Appends `micros` as seconds with a fraction (`0.001234`): a JSON number.
+fn seconds(out: &mut Vec<u8>, micros: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1_000_000).as_bytes());
+    let frac = micros % 1_000_000;
+    out.push(b'.');
+    let digits = itoa::Buffer::new().format(frac).len();
+    out.extend(std::iter::repeat_n(b'0', 6 - digits));
+    out.extend_from_slice(itoa::Buffer::new().format(frac).as_bytes());
+}
+
+/// Appends the record as one JSON line in Caddy's access-log schema (`level`, `ts` in
+/// Unix seconds, `logger`, `msg`, `request{remote_ip, remote_port, client_ip, proto,
+/// method, host, uri, headers, tls}`, `bytes_read`, `user_id`, `duration` in seconds,
+/// `size`, `status`, `resp_headers`), so tools that read Caddy's logs read Dwaar's;
+/// Dwaar's own facts follow (`request_id`, `upstream_addr`, `upstream_duration`, `cache`,
+/// `encoding`, `rejected_by`, `error`, `is_bot`) and then the `log_append` fields.
+/// Credentials in headers and sensitive query values are written `REDACTED`.
 ///
 /// Written field by field: keys are constant bytes, strings go through sonic-rs's SIMD
-/// escaper, numbers through `itoa`. [`JsonRecord`] produces the same document through
-/// serde (the tests check they agree).
-pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+/// escaper, numbers through `itoa`.
+pub fn json_line(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
     use sonic_rs::format::{CompactFormatter, Formatter};
     let mut f = CompactFormatter;
     let mut str_field = |out: &mut Vec<u8>, key: &[u8], v: &str| {
@@ -355,61 +412,73 @@ pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
         out.extend_from_slice(key);
         out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes());
     };
-    out.extend_from_slice(b"{\"ts\":\"");
-    out.extend_from_slice(timestamp(r.ts_ms).as_bytes());
-    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(b"{\"level\":\"");
     out.extend_from_slice(level_name(r).as_bytes());
-    out.push(b'"');
-    if let Some(id) = r.request_id {
-        let mut b = [0u8; 36];
-        out.extend_from_slice(b",\"request_id\":\"");
-        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
-        out.push(b'"');
-    }
-    str_field(out, b",\"method\":", &r.method);
-    str_field(out, b",\"host\":", &r.host);
-    str_field(out, b",\"uri\":", &r.path);
-    if !r.query.is_empty() {
-        str_field(out, b",\"query\":", &redact_query(&r.query));
-    }
-    str_field(out, b",\"proto\":", r.proto);
-    num(out, b",\"status\":", u64::from(r.status));
-    num(out, b",\"duration_us\":", r.duration_us);
-    if let Some(u) = r.upstream_duration_us {
-        num(out, b",\"upstream_duration_us\":", u);
-    }
-    if let Some(a) = &r.upstream_addr {
-        str_field(out, b",\"upstream_addr\":", a);
-    }
+    out.extend_from_slice(b"\",\"ts\":");
+    seconds(out, r.ts_ms * 1000);
+    str_field(out, b",\"logger\":", &style.logger);
+    out.extend_from_slice(b",\"msg\":\"handled request\",\"request\":{\"remote_ip\":\"");
     let remote = ip_text(mask(r.remote_ip, style.mask_ip));
-    out.extend_from_slice(b",\"remote_ip\":\"");
     out.extend_from_slice(remote.as_bytes());
-    out.push(b'"');
-    num(out, b",\"remote_port\":", u64::from(r.remote_port));
-    out.extend_from_slice(b",\"client_ip\":\"");
+    out.extend_from_slice(b"\",\"remote_port\":\"");
+    out.extend_from_slice(itoa::Buffer::new().format(r.remote_port).as_bytes());
+    out.extend_from_slice(b"\",\"client_ip\":\"");
     if r.client_ip == r.remote_ip {
         out.extend_from_slice(remote.as_bytes());
     } else {
         out.extend_from_slice(ip_text(mask(r.client_ip, style.mask_ip)).as_bytes());
     }
     out.push(b'"');
-    if let Some(ua) = header_str(&r.user_agent) {
-        str_field(out, b",\"user_agent\":", &ua);
-    }
-    if let Some(re) = header_str(&r.referer) {
-        str_field(out, b",\"referer\":", &re);
-    }
-    num(out, b",\"bytes_read\":", r.bytes_read);
-    num(out, b",\"bytes_written\":", r.bytes_written);
-    out.extend_from_slice(if r.is_bot {
-        b",\"is_bot\":true"
+    str_field(out, b",\"proto\":", r.proto);
+    str_field(out, b",\"method\":", &r.method);
+    str_field(out, b",\"host\":", &r.host);
+    if r.query.is_empty() {
+        str_field(out, b",\"uri\":", &r.path);
     } else {
-        b",\"is_bot\":false"
-    });
-    let optional: [(&[u8], Option<&str>); 7] = [
-        (b",\"tls_version\":", r.tls_version),
-        (b",\"tls_cipher\":", r.tls_cipher),
-        (b",\"server_name\":", r.server_name.as_deref()),
+        let q = redact_query(&r.query);
+        let mut uri = String::with_capacity(r.path.len() + 1 + q.len());
+        uri.push_str(&r.path);
+        uri.push('?');
+        uri.push_str(&q);
+        str_field(out, b",\"uri\":", &uri);
+    }
+    out.extend_from_slice(b",\"headers\":");
+    header_map(out, &r.headers);
+    if let Some(t) = &r.tls {
+        out.extend_from_slice(if t.resumed {
+            b",\"tls\":{\"resumed\":true"
+        } else {
+            b",\"tls\":{\"resumed\":false"
+        });
+        num(out, b",\"version\":", u64::from(t.version));
+        num(out, b",\"cipher_suite\":", u64::from(t.cipher_suite));
+        str_field(out, b",\"proto\":", &t.proto);
+        str_field(out, b",\"server_name\":", &t.server_name);
+        out.push(b'}');
+    }
+    out.push(b'}');
+    num(out, b",\"bytes_read\":", r.bytes_read);
+    str_field(out, b",\"user_id\":", &r.user_id);
+    out.extend_from_slice(b",\"duration\":");
+    seconds(out, r.duration_us);
+    num(out, b",\"size\":", r.bytes_written);
+    num(out, b",\"status\":", u64::from(r.status));
+    out.extend_from_slice(b",\"resp_headers\":");
+    header_map(out, &r.resp_headers);
+    if let Some(id) = r.request_id {
+        let mut b = [0u8; 36];
+        out.extend_from_slice(b",\"request_id\":\"");
+        out.extend_from_slice(id.hyphenated().encode_lower(&mut b).as_bytes());
+        out.push(b'"');
+    }
+    if let Some(a) = &r.upstream_addr {
+        str_field(out, b",\"upstream_addr\":", a);
+    }
+    if let Some(u) = r.upstream_duration_us {
+        out.extend_from_slice(b",\"upstream_duration\":");
+        seconds(out, u);
+    }
+    let optional: [(&[u8], Option<&str>); 4] = [
         (b",\"cache\":", r.cache),
         (b",\"encoding\":", r.encoding),
         (b",\"rejected_by\":", r.rejected_by),
@@ -420,6 +489,11 @@ pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
             str_field(out, k, v);
         }
     }
+    out.extend_from_slice(if r.is_bot {
+        b",\"is_bot\":true"
+    } else {
+        b",\"is_bot\":false"
+    });
     for (k, v) in &r.extra {
         out.push(b',');
         let _ = f.write_string_fast(out, k, true);
@@ -431,7 +505,7 @@ pub fn json_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
 
 /// Appends a human-readable line:
 /// `2026-11-29T21:10:00.123Z INFO GET example.com/path?q HTTP/1.1 200 1.234ms 512B 192.0.2.1 "curl/8"`.
-pub fn console_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+pub fn console_line(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
     let level = if r.status >= 500 { "ERROR" } else { "INFO " };
     let _ = write!(
         out,
@@ -473,18 +547,25 @@ pub fn console_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
 }
 
 /// Appends the record in the style's format.
-pub fn encode(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+pub fn encode(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
+    use dwaar_config::model::LogFormat;
+    if let Some(f) = &style.filters {
+        let mut line = Vec::with_capacity(1024);
+        json_line(r, style, &mut line);
+        f.write(&line, style.format == LogFormat::Console, out);
+        return;
+    }
     match style.format {
-        dwaar_config::model::LogFormat::Console => console_line(r, style, out),
-        dwaar_config::model::LogFormat::Combined => combined_line(r, style, out),
-        dwaar_config::model::LogFormat::Json => json_line(r, style, out),
+        LogFormat::Console => console_line(r, style, out),
+        LogFormat::Combined => combined_line(r, style, out),
+        LogFormat::Json => json_line(r, style, out),
     }
 }
 
 /// Appends nginx's `combined` line: `client - - [04/Dec/2026:21:42:47 +0000] "GET /p?q
 /// HTTP/1.1" 200 512 "referer" "user agent"` (UTC; `-` for what is missing; `"` and `\`
 /// in the quoted fields escaped as nginx does, `\x22`).
-pub fn combined_line(r: &RequestLog, style: Style, out: &mut Vec<u8>) {
+pub fn combined_line(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
     let _ = write!(
         out,
         "{} - - [{}] \"",
@@ -585,40 +666,44 @@ mod tests {
     }
 
     #[test]
-    fn json_is_valid_and_escaped() {
+    fn json_is_caddys_access_log_schema() {
         let r = RequestLog {
             ts_ms: 1_795_986_600_000,
             path: "/a\"b\\c\n".into(),
             user_agent: Some(http::HeaderValue::from_static("ua \"quoted\"")),
             query: "api_key=s3cr3t&x=1".into(),
             status: 502,
+            duration_us: 1_234,
             error: Some("connection refused".into()),
+            headers: vec![
+                ("user-agent".into(), "ua \"quoted\"".into()),
+                ("authorization".into(), "Bearer s".into()),
+                ("x-multi".into(), "1".into()),
+                ("X-Multi".into(), "2".into()),
+            ],
+            resp_headers: vec![("content-type".into(), "text/plain".into())],
             ..RequestLog::default()
         };
+        let style = Style::of(&dwaar_config::model::LogConfig::default()).expect("style");
         let mut out = Vec::new();
-        json_line(
-            &r,
-            Style {
-                format: dwaar_config::model::LogFormat::Json,
-                mask_ip: None,
-            },
-            &mut out,
-        );
+        json_line(&r, &style, &mut out);
         let v: serde_json::Value = serde_json::from_slice(&out).expect("valid JSON");
-        assert_eq!(v["uri"], "/a\"b\\c\n");
-        assert_eq!(v["user_agent"], "ua \"quoted\"");
-        assert_eq!(v["query"], "api_key=REDACTED&x=1");
+        assert_eq!(v["request"]["uri"], "/a\"b\\c\n?api_key=REDACTED&x=1");
+        assert_eq!(v["request"]["headers"]["User-Agent"][0], "ua \"quoted\"");
+        assert_eq!(v["request"]["headers"]["Authorization"][0], "REDACTED");
+        assert_eq!(
+            v["request"]["headers"]["X-Multi"],
+            serde_json::json!(["1", "2"])
+        );
+        assert_eq!(v["request"]["remote_port"], "0");
+        assert_eq!(v["resp_headers"]["Content-Type"][0], "text/plain");
         assert_eq!(v["level"], "error");
+        assert_eq!(v["logger"], "http.log.access");
+        assert_eq!(v["msg"], "handled request");
+        assert_eq!(v["ts"].as_f64(), Some(1_795_986_600.0));
+        assert_eq!(v["duration"].as_f64(), Some(0.001234));
+        assert_eq!(v["status"], 502);
         assert_eq!(v["error"], "connection refused");
         assert!(out.ends_with(b"\n") && !out[..out.len() - 1].contains(&b'\n'));
-        let via_serde = serde_json::to_vec(&JsonRecord(
-            &r,
-            Style {
-                format: dwaar_config::model::LogFormat::Json,
-                mask_ip: None,
-            },
-        ))
-        .expect("serde");
-        assert_eq!(&out[..out.len() - 1], &via_serde[..]);
     }
 }

@@ -35,9 +35,15 @@ pub struct RequestLog {
     pub referer: Option<HeaderValue>,
     pub bytes_read: u64,
     pub bytes_written: u64,
-    pub tls_version: Option<&'static str>,
-    pub tls_cipher: Option<&'static str>,
-    pub server_name: Option<CompactString>,
+    /// The connection's TLS handshake, on TLS connections.
+    pub tls: Option<TlsLog>,
+    /// The user `basic_auth` let in (empty otherwise).
+    pub user_id: CompactString,
+    /// The request's header fields as the client sent them (name, value), in order;
+    /// filled only for formats that write them (JSON).
+    pub headers: Vec<(CompactString, String)>,
+    /// The response's header fields as sent; filled like `headers`.
+    pub resp_headers: Vec<(CompactString, String)>,
     pub cache: Option<&'static str>,
     pub encoding: Option<&'static str>,
     /// Which middleware refused the request (`request_body`, `host`, `abort`, ...).
@@ -71,9 +77,10 @@ impl Default for RequestLog {
             referer: None,
             bytes_read: 0,
             bytes_written: 0,
-            tls_version: None,
-            tls_cipher: None,
-            server_name: None,
+            tls: None,
+            user_id: CompactString::const_new(""),
+            headers: Vec::new(),
+            resp_headers: Vec::new(),
             cache: None,
             encoding: None,
             rejected_by: None,
@@ -82,6 +89,19 @@ impl Default for RequestLog {
             extra: Vec::new(),
         }
     }
+}
+
+/// What a TLS connection's handshake settled, as Caddy's access log writes it.
+#[derive(Debug, Clone, Default)]
+pub struct TlsLog {
+    pub resumed: bool,
+    /// The protocol version's code point (`0x0304` for TLS 1.3).
+    pub version: u16,
+    /// The cipher suite's code point (`0x1301`...); 0 when unknown.
+    pub cipher_suite: u16,
+    /// The application protocol (ALPN), empty when none was agreed.
+    pub proto: CompactString,
+    pub server_name: CompactString,
 }
 
 impl RequestLog {

@@ -41,7 +41,7 @@ pub fn written_total() -> u64 {
 // allocates to log (a flush is rare and small).
 #[allow(clippy::large_enum_variant)]
 enum Msg {
-    Record(RequestLog, Style),
+    Record(RequestLog, Arc<Style>),
     Flush(mpsc::Sender<()>),
 }
 
@@ -102,7 +102,7 @@ impl Sink {
 /// A site's access logger: its sink plus how it wants records written.
 pub struct Logger {
     sink: Arc<Sink>,
-    style: Style,
+    style: Arc<Style>,
     level: LogLevel,
 }
 
@@ -116,6 +116,11 @@ impl std::fmt::Debug for Logger {
 }
 
 impl Logger {
+    /// Whether records need header fields (see [`Style::wants_headers`]).
+    pub fn wants_headers(&self) -> bool {
+        self.style.wants_headers()
+    }
+
     /// Hands a record to the writer; never blocks. Returns false when it was dropped.
     pub fn log(&self, record: RequestLog) -> bool {
         if record.level() < self.level {
@@ -124,7 +129,11 @@ impl Logger {
         if self.sink.discard {
             return true;
         }
-        match self.sink.tx.try_send(Msg::Record(record, self.style)) {
+        match self
+            .sink
+            .tx
+            .try_send(Msg::Record(record, self.style.clone()))
+        {
             Ok(()) => {
                 let waiting = self.sink.pending.fetch_add(1, Ordering::Relaxed) + 1;
                 if waiting.is_multiple_of(BATCH_RECORDS as u64) {
@@ -163,10 +172,7 @@ impl LogRegistry {
         };
         Ok(Arc::new(Logger {
             sink,
-            style: Style {
-                format: c.format,
-                mask_ip: c.mask_ip,
-            },
+            style: Arc::new(Style::of(c)?),
             level: c.level,
         }))
     }
@@ -218,7 +224,7 @@ fn batch_writer(rx: mpsc::Receiver<Msg>, mut out: Box<dyn Output>, pending: &Ato
         loop {
             match rx.try_recv() {
                 Ok(Msg::Record(record, style)) => {
-                    encode::encode(&record, style, &mut buf);
+                    encode::encode(&record, &style, &mut buf);
                     count += 1;
                     if count >= BATCH_RECORDS {
                         write(&mut buf, &mut count);

@@ -1,7 +1,9 @@
 //! The `log` directive (site access logs) and the global `log` option (Dwaar's own log).
 
 use super::args::{block_lines, Diags};
-use crate::model::{LogConfig, LogFormat, LogLevel, LogOutput};
+use crate::model::{
+    FieldFilter, FilterAction, KeyAction, LogConfig, LogFormat, LogLevel, LogOutput,
+};
 use crate::parser::Directive;
 
 const SUBDIRECTIVES: &[&str] = &["output", "format", "level", "mask_ip"];
@@ -23,8 +25,8 @@ pub enum Scope {
     Global,
 }
 
-/// Parses a `log [name] { ... }` block. The name is a label, as in Caddy: a site has
-/// one access log, so it changes nothing.
+/// Parses a `log [name] { ... }` block. A site's log name shows in its records
+/// (`http.log.access.<name>`).
 pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogConfig> {
     if !diags.arity(
         d,
@@ -35,7 +37,10 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
     ) {
         return None;
     }
-    let mut c = LogConfig::default();
+    let mut c = LogConfig {
+        name: d.args.first().map(|a| a.text.clone()),
+        ..LogConfig::default()
+    };
     let errors_before = diags.error_count();
     for line in block_lines(&d.block) {
         match line.name.text.as_str() {
@@ -44,8 +49,17 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                     c.output = o;
                 }
             }
+            "format" if line.args.first().is_some_and(|a| a.text == "filter") => {
+                if scope == Scope::Global {
+                    diags.push(line.args[0].error(
+                        "format filter applies to site access logs; Dwaar's own log has no request fields",
+                    ));
+                } else if diags.arity(line, 0, 1, 1, "format filter { ... }") {
+                    filter_format(line, &mut c, diags);
+                }
+            }
             "format" => {
-                if diags.arity(line, 0, 1, 1, "format json|console|combined") {
+                if diags.arity(line, 0, 1, 1, "format json|console|combined|filter") {
                     match line.args[0].text.as_str() {
                         "json" => c.format = LogFormat::Json,
                         "console" => c.format = LogFormat::Console,
@@ -53,7 +67,7 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                         other => diags.push(
                             line.args[0]
                                 .error(format!("unknown log format '{other}'"))
-                                .with_help("use json, console or combined"),
+                                .with_help("use json, console, combined or filter"),
                         ),
                     }
                     if line.block.is_some() {
@@ -104,6 +118,164 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
         }
     }
     (diags.error_count() == errors_before).then_some(c)
+}
+
+/// `format filter { [wrap json|console] [fields] { <field> <filter> ... } }`: the
+/// filters in Caddy's form, with or without the `fields` block around them.
+fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
+    c.format = LogFormat::Json;
+    for l in block_lines(&line.block) {
+        match l.name.text.as_str() {
+            "wrap" => {
+                if diags.arity(l, 0, 1, 1, "wrap json|console") {
+                    match l.args[0].text.as_str() {
+                        "json" => c.format = LogFormat::Json,
+                        "console" => c.format = LogFormat::Console,
+                        other => diags.push(
+                            l.args[0]
+                                .error(format!("format filter cannot wrap '{other}'"))
+                                .with_help("wrap json or wrap console"),
+                        ),
+                    }
+                }
+            }
+            "fields" if l.args.is_empty() => {
+                for f in block_lines(&l.block) {
+                    if let Some(ff) = field_filter(f, diags) {
+                        c.filters.push(ff);
+                    }
+                }
+            }
+            _ => {
+                if let Some(ff) = field_filter(l, diags) {
+                    c.filters.push(ff);
+                }
+            }
+        }
+    }
+}
+
+const FILTERS: &[&str] = &[
+    "delete", "replace", "ip_mask", "query", "cookie", "regexp", "hash", "rename",
+];
+
+/// One `<field> <filter> [args] [{ ... }]` line.
+fn field_filter(l: &Directive, diags: &mut Diags) -> Option<FieldFilter> {
+    let field = l.name.text.clone();
+    if field.split('>').any(str::is_empty) {
+        diags.push(
+            l.name
+                .error(format!("'{field}' is not a field path"))
+                .with_help("name fields like request>headers>Authorization"),
+        );
+        return None;
+    }
+    let Some(kind) = l.args.first() else {
+        diags.push(
+            l.name
+                .error(format!("field '{field}' needs a filter"))
+                .with_help(format!("one of: {}", FILTERS.join(", "))),
+        );
+        return None;
+    };
+    let rest = &l.args[1..];
+    let usage = |diags: &mut Diags, min: usize, max: usize, text: &str| {
+        if rest.len() < min || rest.len() > max {
+            diags.push(kind.error(format!("usage: {field} {text}")));
+            false
+        } else {
+            true
+        }
+    };
+    let action = match kind.text.as_str() {
+        "delete" if usage(diags, 0, 0, "delete") => FilterAction::Delete,
+        "hash" if usage(diags, 0, 0, "hash") => FilterAction::Hash,
+        "replace" if usage(diags, 0, 1, "replace [<value>]") => FilterAction::Replace {
+            value: rest.first().map(|t| t.text.clone()).unwrap_or_default(),
+        },
+        "rename" if usage(diags, 1, 1, "rename <name>") => FilterAction::Rename {
+            name: rest[0].text.clone(),
+        },
+        "regexp" if usage(diags, 2, 2, "regexp <pattern> <replacement>") => {
+            if let Err(e) = regex::Regex::new(&rest[0].text) {
+                diags.push(rest[0].error(format!("invalid regular expression: {e}")));
+                return None;
+            }
+            FilterAction::Regexp {
+                pattern: rest[0].text.clone(),
+                replacement: rest[1].text.clone(),
+            }
+        }
+        "ip_mask"
+            if usage(
+                diags,
+                0,
+                2,
+                "ip_mask [<ipv4 bits> [<ipv6 bits>]] | { ipv4 <bits>; ipv6 <bits> }",
+            ) =>
+        {
+            let (mut v4, mut v6) = (
+                rest.first().and_then(|t| bits(t, 32, diags)).unwrap_or(32),
+                rest.get(1).and_then(|t| bits(t, 128, diags)).unwrap_or(128),
+            );
+            for b in block_lines(&l.block) {
+                match b.name.text.as_str() {
+                    "ipv4" if diags.arity(b, 0, 1, 1, "ipv4 <bits>") => {
+                        v4 = bits(&b.args[0], 32, diags).unwrap_or(v4);
+                    }
+                    "ipv6" if diags.arity(b, 0, 1, 1, "ipv6 <bits>") => {
+                        v6 = bits(&b.args[0], 128, diags).unwrap_or(v6);
+                    }
+                    "ipv4" | "ipv6" => {}
+                    _ => diags.unknown_sub("ip_mask", &b.name, &["ipv4", "ipv6"]),
+                }
+            }
+            FilterAction::IpMask { ipv4: v4, ipv6: v6 }
+        }
+        "query" | "cookie"
+            if usage(
+                diags,
+                0,
+                0,
+                &format!("{} {{ delete|replace|hash <key> [<value>] }}", kind.text),
+            ) =>
+        {
+            let mut actions = Vec::new();
+            for b in block_lines(&l.block) {
+                let op = b.name.text.as_str();
+                let ok = match op {
+                    "delete" | "hash" => diags.arity(b, 0, 1, 1, &format!("{op} <key>")),
+                    "replace" => diags.arity(b, 0, 2, 2, "replace <key> <value>"),
+                    _ => {
+                        diags.unknown_sub(&kind.text, &b.name, &["delete", "replace", "hash"]);
+                        false
+                    }
+                };
+                if ok {
+                    actions.push(KeyAction {
+                        op: op.to_string(),
+                        key: b.args[0].text.clone(),
+                        value: b.args.get(1).map(|t| t.text.clone()).unwrap_or_default(),
+                    });
+                }
+            }
+            if kind.text == "query" {
+                FilterAction::Query { actions }
+            } else {
+                FilterAction::Cookie { actions }
+            }
+        }
+        k if FILTERS.contains(&k) => return None,
+        _ => {
+            diags.unknown_sub("format filter", kind, FILTERS);
+            return None;
+        }
+    };
+    if l.block.is_some() && !matches!(kind.text.as_str(), "ip_mask" | "query" | "cookie") {
+        diags.push(kind.error(format!("the {} filter takes no block", kind.text)));
+        return None;
+    }
+    Some(FieldFilter { field, action })
 }
 
 fn bits(t: &crate::lexer::Token, max: u8, diags: &mut Diags) -> Option<u8> {

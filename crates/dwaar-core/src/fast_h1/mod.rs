@@ -782,6 +782,7 @@ async fn write_reply<S: LeanIo>(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    ctx.log.capture_response(|| crate::http1::head_fields(&out));
     let mut sent = 0;
     let with_body = !head_only && !no_body_status;
     if let (Some(mut rw), true) = (rewrite, with_body) {
@@ -1166,6 +1167,7 @@ fn response_head(
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    ctx.log.capture_response(|| crate::http1::head_fields(&out));
     Some(ResponseHead {
         status,
         framing,

@@ -305,6 +305,7 @@ impl<D: Downstream> Client<'_, D> {
         ctx: &RequestContext,
     ) -> Result<(), Failure> {
         self.shape.head(status, &mut fields, self.head_only);
+        ctx.log.capture_response(|| fields.clone());
         self.down
             .send_head(status, fields, ctx, false)
             .await

@@ -162,6 +162,7 @@ pub async fn write_reply<D: Downstream>(
         );
     }
     let close = r.close || ctx.close || d.awaits_continue();
+    ctx.log.capture_response(|| r.headers.clone());
     d.send_head(r.status, std::mem::take(&mut r.headers), ctx, close)
         .await?;
     let mut sent = 0u64;

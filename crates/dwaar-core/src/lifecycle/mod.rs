@@ -390,6 +390,44 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         encoding: ctx.log.encoded,
         error: ctx.attempt.error.clone(),
         extra: ctx.log.appended.clone(),
+        tls: ctx
+            .conn
+            .tls_facts
+            .as_deref()
+            .map(|t| dwaar_log::record::TlsLog {
+                resumed: t.resumed,
+                version: match t.version {
+                    "tls1.3" => 0x0304,
+                    "tls1.2" => 0x0303,
+                    _ => 0,
+                },
+                cipher_suite: t.cipher_code,
+                proto: t.alpn.as_deref().unwrap_or_default().into(),
+                server_name: t.server_name.as_deref().unwrap_or_default().into(),
+            }),
+        user_id: ctx
+            .var("http.auth.user.id")
+            .map(CompactString::new)
+            .unwrap_or_default(),
+        headers: ctx
+            .log
+            .headers
+            .as_ref()
+            .map(|h| h.request.clone())
+            .unwrap_or_default(),
+        resp_headers: ctx
+            .log
+            .headers
+            .as_ref()
+            .and_then(|h| h.response.get())
+            .map(|fields| {
+                fields
+                    .iter()
+                    .filter(|(k, _)| !crate::request::hop_by_hop(k.as_bytes()))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     };
     logger.log(record);

@@ -85,6 +85,7 @@ fn quic_facts(conn: &quinn::Connection, zero_rtt: bool) -> crate::context::TlsFa
     crate::context::TlsFacts {
         version: "tls1.3",
         cipher: String::new(),
+        cipher_code: 0,
         server_name: hs.as_ref().and_then(|h| h.server_name.clone()),
         alpn: hs
             .as_ref()

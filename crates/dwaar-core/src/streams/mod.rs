@@ -281,6 +281,7 @@ async fn send_proxied_head<D: Downstream>(
     } else {
         crate::rewrite::begin(ctx, status, &mut fields).map(Box::new)
     };
+    ctx.log.capture_response(|| fields.clone());
     match stream.send_head(status, fields, ctx, false).await {
         Ok(()) => Head::Sent(rewrite),
         Err(()) => Head::Gone,
