@@ -618,3 +618,45 @@ fn an_unreachable_log_collector_stops_the_start_unless_soft_start() {
     let _d = Dwaar::start(&bin(), &soft, &[port]);
     assert_eq!(ok_get(port, "x", "/").text(), "x");
 }
+
+/// Several logs in one site on every path: each request goes to the logs that take its
+/// host, or to those `log_name` names (a `no_hostname` log takes nothing else).
+#[test]
+fn several_logs_and_log_name_on_every_path() {
+    use dwaar_testkit::paths::{Paths, Proto, Req, ALL};
+    let p = Paths::start(
+        &bin(),
+        "\tlog main {\n\t\toutput file SCRATCH/INSTANCE-main.log\n\t}\n\
+         \tlog api {\n\t\toutput file SCRATCH/INSTANCE-api.log\n\t\tno_hostname\n\t}\n\
+         \tlog elsewhere {\n\t\toutput file SCRATCH/INSTANCE-elsewhere.log\n\t\thostnames other.test\n\t}\n\
+         \tlog_name /api/* api\n\trespond \"ok\"\n",
+    );
+    let read = |proto: Proto, log: &str| {
+        let instance = if proto == Proto::H1Pingora {
+            "pingora"
+        } else {
+            "main"
+        };
+        std::fs::read_to_string(p.scratch().join(format!("{instance}-{log}.log")))
+            .unwrap_or_default()
+    };
+    for proto in ALL {
+        let (api, page) = (format!("/api/{proto:?}"), format!("/page/{proto:?}"));
+        assert_eq!(p.ok(proto, &Req::get(&api)).status, 200, "{proto:?}");
+        assert_eq!(p.ok(proto, &Req::get(&page)).status, 200, "{proto:?}");
+        let quoted = |path: &str| format!("\"uri\":\"{path}\"");
+        assert!(
+            wait_until(Duration::from_secs(5), || read(proto, "api")
+                .contains(&quoted(&api))
+                && read(proto, "main").contains(&quoted(&page))),
+            "{proto:?}: api log {:?}, main log {:?}",
+            read(proto, "api"),
+            read(proto, "main")
+        );
+        assert!(!read(proto, "main").contains(&quoted(&api)), "{proto:?}");
+        assert!(!read(proto, "api").contains(&quoted(&page)), "{proto:?}");
+        assert!(read(proto, "api").contains("\"logger\":\"http.log.access.api\""));
+    }
+    assert!(read(Proto::H1Lean, "elsewhere").is_empty());
+    assert!(read(Proto::H1Pingora, "elsewhere").is_empty());
+}

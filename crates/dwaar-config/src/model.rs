@@ -228,9 +228,9 @@ pub struct Site {
     pub routes: Vec<Route>,
     #[serde(default)]
     pub error_routes: Vec<Route>,
-    /// Access log of this site (`log`); `None`: requests are not logged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub log: Option<LogConfig>,
+    /// Access logs of this site (`log` blocks); none: requests are not logged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogConfig>,
     /// The site's `tls` directive, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<SiteTls>,
@@ -389,6 +389,13 @@ pub struct LogConfig {
     /// `format filter`: edits of the record's fields, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<FieldFilter>,
+    /// `hostnames`: the log takes requests for these hosts only (default: all of the
+    /// site's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hostnames: Vec<String>,
+    /// `no_hostname`: the log takes only requests that name it with `log_name`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_hostname: bool,
 }
 
 impl Default for LogConfig {
@@ -400,6 +407,8 @@ impl Default for LogConfig {
             mask_ip: None,
             name: None,
             filters: Vec::new(),
+            hostnames: Vec::new(),
+            no_hostname: false,
         }
     }
 }
@@ -680,6 +689,10 @@ pub enum Handler {
     Metrics,
     /// `log_skip` / `skip_log`: the request is left out of the access log.
     LogSkip,
+    /// `log_name <names...>`: the request goes to the site's logs of these names only.
+    LogName {
+        names: Vec<String>,
+    },
     StaticResponse {
         /// `None`: 200, or the error's status inside `handle_errors`.
         #[serde(default, skip_serializing_if = "Option::is_none")]

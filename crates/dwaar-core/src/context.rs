@@ -188,6 +188,8 @@ pub struct ResponseShaping {
 pub struct LogFacts {
     /// `log_skip` matched: leave this request out of the access log.
     pub skip: bool,
+    /// `log_name`: the site's logs this request goes to (instead of those of its host).
+    pub names: Option<Vec<String>>,
     /// The middleware that refused the request.
     pub rejected_by: Option<&'static str>,
     /// `cache` answered from memory (the `cache` field).

@@ -441,7 +441,7 @@ pub fn handle_request(
         return Outcome::Reply(Reply::status(200));
     };
     ctx.site = Some(site.clone());
-    if site.log.as_ref().is_some_and(|l| l.wants_headers()) {
+    if site.logs.iter().any(|l| l.logger.wants_headers()) {
         ctx.log.headers = Some(Box::new(crate::context::HeaderCapture {
             request: request_fields(req),
             ..Default::default()
@@ -861,6 +861,10 @@ fn run_handler<'t>(
         }
         HandlerRule::LogSkip => {
             ctx.log.skip = true;
+            Flow::Continue
+        }
+        HandlerRule::LogName(names) => {
+            ctx.log.names = Some(names.clone());
             Flow::Continue
         }
         HandlerRule::Rewrite(t) => {

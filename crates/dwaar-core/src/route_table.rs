@@ -57,6 +57,37 @@ pub struct MapRule {
 }
 
 /// One compiled handler.
+/// One access log of a site and the requests it takes.
+#[derive(Debug)]
+pub struct SiteLog {
+    pub name: Option<String>,
+    pub logger: Arc<dwaar_log::Logger>,
+    /// `hostnames`: only requests for these hosts (lowercase; `*.` prefixes match one
+    /// label); empty: every request of the site.
+    pub hostnames: Vec<String>,
+    /// `no_hostname`: only requests that name this log with `log_name`.
+    pub no_hostname: bool,
+}
+
+impl SiteLog {
+    /// Whether a request for `host` goes to this log (`names`: what `log_name` chose).
+    pub fn takes(&self, host: &str, names: Option<&[String]>) -> bool {
+        if let Some(names) = names {
+            return self.name.as_ref().is_some_and(|n| names.contains(n));
+        }
+        if self.no_hostname {
+            return false;
+        }
+        self.hostnames.is_empty()
+            || self.hostnames.iter().any(|h| match h.strip_prefix("*.") {
+                Some(suffix) => host
+                    .split_once('.')
+                    .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(suffix)),
+                None => h.eq_ignore_ascii_case(host),
+            })
+    }
+}
+
 #[derive(Debug)]
 pub enum HandlerRule {
     Proxy(Arc<ProxyHandler>),
@@ -67,6 +98,8 @@ pub enum HandlerRule {
     /// `metrics`: this process's Prometheus text.
     Metrics,
     LogSkip,
+    /// `log_name`: the site's logs this request goes to.
+    LogName(Vec<String>),
     Respond {
         status: Option<u16>,
         body: Option<Template>,
@@ -191,8 +224,8 @@ pub struct SiteRoutes {
     pub path: Option<PathPattern>,
     pub routes: Vec<RouteRule>,
     pub error_routes: Vec<RouteRule>,
-    /// The site's access logger (`log`).
-    pub log: Option<Arc<dwaar_log::Logger>>,
+    /// The site's access logs (`log` blocks); empty: not logged.
+    pub logs: Vec<SiteLog>,
     /// First-party analytics (`analytics`).
     pub analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
     /// Request counters, shared with earlier tables that had the same site.
@@ -545,10 +578,17 @@ impl RouteTable {
                         PathPattern::new(&format!("{p}*"))
                     }
                 });
-            let log = match (&site.log, &registries.logs) {
-                (Some(c), Some(logs)) => Some(logs.logger(c)?),
-                _ => None,
-            };
+            let mut logs = Vec::with_capacity(site.logs.len());
+            if let Some(registry) = &registries.logs {
+                for c in &site.logs {
+                    logs.push(SiteLog {
+                        name: c.name.clone(),
+                        logger: registry.logger(c)?,
+                        hostnames: c.hostnames.clone(),
+                        no_hostname: c.no_hostname,
+                    });
+                }
+            }
             let analytics = match (&site.analytics, &mut table.analytics) {
                 (Some(a), Some(info)) if a.enabled => {
                     let label = analytics_label(site);
@@ -568,7 +608,7 @@ impl RouteTable {
                 path,
                 routes,
                 error_routes,
-                log,
+                logs,
                 analytics,
                 metrics,
             });
@@ -796,7 +836,7 @@ fn https_redirects(
             path: None,
             routes,
             error_routes: Vec::new(),
-            log: None,
+            logs: Vec::new(),
             analytics: None,
             metrics: crate::metrics::SiteMetrics::for_label(&format!("{host} (redirect)")),
         });
@@ -1036,6 +1076,7 @@ fn compile_handler(
         }
         Handler::Encode(e) => HandlerRule::Encode(Arc::new(crate::encode::EncodeRule::compile(e))),
         Handler::LogSkip => HandlerRule::LogSkip,
+        Handler::LogName { names } => HandlerRule::LogName(names.clone()),
         Handler::Vars { values } => HandlerRule::Vars(
             values
                 .iter()

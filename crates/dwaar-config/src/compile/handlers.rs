@@ -54,17 +54,11 @@ pub const SUPPORTED: &[&str] = &[
     "method",
     "invoke",
     "log_append",
+    "log_name",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &[
-    "templates",
-    "tracing",
-    "push",
-    "acme_server",
-    "fs",
-    "log_name",
-];
+pub const NOT_YET: &[&str] = &["templates", "tracing", "push", "acme_server", "fs"];
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &[
@@ -329,6 +323,16 @@ pub fn compile_directive(
                 None => 500,
             };
             route(m, vec![Handler::Error { status, message }])
+        }
+        "log_name" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 1, usize::MAX, "log_name [matcher] <names...>")
+                || !diags.no_block(d)
+            {
+                return Compiled::Nothing;
+            }
+            let names = d.args[skip..].iter().map(|a| a.text.clone()).collect();
+            route(m, vec![Handler::LogName { names }])
         }
         "log_skip" | "skip_log" => {
             let (m, skip) = inline_matcher(d, named, diags);

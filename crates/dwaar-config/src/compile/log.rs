@@ -6,7 +6,14 @@ use crate::model::{
 };
 use crate::parser::Directive;
 
-const SUBDIRECTIVES: &[&str] = &["output", "format", "level", "mask_ip"];
+const SUBDIRECTIVES: &[&str] = &[
+    "output",
+    "format",
+    "level",
+    "mask_ip",
+    "hostnames",
+    "no_hostname",
+];
 const FILE_OPTIONS: &[&str] = &[
     "roll_size",
     "roll_keep",
@@ -88,6 +95,24 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                                 .with_help("use DEBUG, INFO, WARN or ERROR"),
                         ),
                     }
+                }
+            }
+            "hostnames" | "no_hostname" if scope == Scope::Global => diags.push(
+                line.name
+                    .error(format!("{} applies to site access logs", line.name.text)),
+            ),
+            "hostnames" => {
+                if diags.arity(line, 0, 1, usize::MAX, "hostnames <names...>") {
+                    c.hostnames = line
+                        .args
+                        .iter()
+                        .map(|a| a.text.to_ascii_lowercase())
+                        .collect();
+                }
+            }
+            "no_hostname" => {
+                if diags.arity(line, 0, 0, 0, "no_hostname") {
+                    c.no_hostname = true;
                 }
             }
             "mask_ip" if scope == Scope::Global => diags.push(line.name.error(
@@ -198,7 +223,9 @@ fn field_filter(l: &Directive, diags: &mut Diags) -> Option<FieldFilter> {
         },
         "regexp" if usage(diags, 2, 2, "regexp <pattern> <replacement>") => {
             if let Err(e) = regex::Regex::new(&rest[0].text) {
-                diags.push(rest[0].error(format!("invalid regular expression: {e}")));
+                let why = e.to_string();
+                let why = why.lines().last().unwrap_or_default().trim().to_string();
+                diags.push(rest[0].error(format!("invalid regular expression: {why}")));
                 return None;
             }
             FilterAction::Regexp {

@@ -385,8 +385,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             }
         }
         let mut bind = Vec::new();
-        let mut site_log: Option<crate::model::LogConfig> = None;
-        let mut seen_log = false;
+        let mut site_logs: Vec<crate::model::LogConfig> = Vec::new();
         let mut site_tls: Option<crate::model::SiteTls> = None;
         let mut seen_tls = false;
         let mut security: Option<security::SecurityHeaders> = None;
@@ -404,15 +403,18 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                 }
                 "handle_errors" if !d.name.quoted() => error_blocks.push(d),
                 "log" if !d.name.quoted() => {
-                    if seen_log {
+                    let name = d.args.first().map(|a| a.text.as_str());
+                    if name.is_some() && site_logs.iter().any(|l| l.name.as_deref() == name) {
                         diags.push(
-                            d.name
-                                .error("a site has one 'log' block")
-                                .with_help("merge the two blocks"),
+                            d.args[0]
+                                .error(format!(
+                                    "this site already has a log named '{}'",
+                                    d.args[0].text
+                                ))
+                                .with_help("give each log block its own name"),
                         );
-                    } else {
-                        seen_log = true;
-                        site_log = log::log_config(d, diags, log::Scope::Site);
+                    } else if let Some(c) = log::log_config(d, diags, log::Scope::Site) {
+                        site_logs.push(c);
                     }
                 }
                 "analytics" if !d.name.quoted() => {
@@ -523,12 +525,13 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
                 }
             }
         }
+        check_log_names(&sb.block.directives, &site_logs, diags);
         sites.push(Site {
             addresses,
             bind,
             routes,
             error_routes,
-            log: site_log,
+            logs: site_logs,
             tls: site_tls,
             analytics: site_analytics,
         });
@@ -575,6 +578,35 @@ fn check_port_schemes(doc: &Document, sites: &[Site], diags: &mut Diags) {
 fn site_address_matches(text: &str, a: &SiteAddress) -> bool {
     let rest = text.split_once("://").map_or(text, |(_, r)| r);
     rest.to_ascii_lowercase().starts_with(&a.host)
+}
+
+/// Every name a `log_name` directive gives (anywhere in the site) must be one of the
+/// site's named logs.
+fn check_log_names(dirs: &[Directive], logs: &[crate::model::LogConfig], diags: &mut Diags) {
+    for d in dirs {
+        if d.name.text == "log_name" && !d.name.quoted() {
+            let skip = usize::from(d.args.first().is_some_and(matchers::is_matcher_token));
+            for a in d.args.iter().skip(skip) {
+                if !logs
+                    .iter()
+                    .any(|l| l.name.as_deref() == Some(a.text.as_str()))
+                {
+                    let known: Vec<&str> = logs.iter().filter_map(|l| l.name.as_deref()).collect();
+                    diags.push(
+                        a.error(format!("this site has no log named '{}'", a.text))
+                            .with_help(if known.is_empty() {
+                                "name a log block: log <name> { ... }".to_string()
+                            } else {
+                                format!("its logs: {}", known.join(", "))
+                            }),
+                    );
+                }
+            }
+        }
+        if let Some(b) = &d.block {
+            check_log_names(&b.directives, logs, diags);
+        }
+    }
 }
 
 fn collect_map_outputs(dirs: &[Directive], out: &mut std::collections::HashSet<String>) {

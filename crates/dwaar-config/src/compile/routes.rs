@@ -19,6 +19,7 @@ pub const DEFAULT_ORDER: &[&str] = &[
     "vars",
     "root",
     "log_append",
+    "log_name",
     "skip_log",
     "log_skip",
     "header",

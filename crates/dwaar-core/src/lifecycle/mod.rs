@@ -341,12 +341,17 @@ fn start_unix_ms(ctx: &RequestContext) -> u64 {
 
 /// Whether the request goes to an access log (its site has `log`, no `log_skip` matched).
 pub fn is_logged(ctx: &RequestContext) -> bool {
-    !ctx.log.skip && ctx.site.as_ref().is_some_and(|s| s.log.is_some())
+    !ctx.log.skip && ctx.site.as_ref().is_some_and(|s| !s.logs.is_empty())
 }
 
 /// Builds the access-log record from the context and a front-end's parts.
 fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
-    let Some(logger) = ctx.site.as_ref().and_then(|s| s.log.as_ref()) else {
+    let Some(site) = ctx.site.as_ref() else {
+        return;
+    };
+    let names = ctx.log.names.as_deref();
+    let mut takers = site.logs.iter().filter(|l| l.takes(&ctx.host, names));
+    let Some(first) = takers.next() else {
         return;
     };
     // The request as the client sent it, before any rewrite.
@@ -428,9 +433,11 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
                     .collect()
             })
             .unwrap_or_default(),
-        ..Default::default()
     };
-    logger.log(record);
+    for other in takers {
+        other.logger.log(record.clone());
+    }
+    first.logger.log(record);
 }
 
 /// Makes a panic fail only the task it happens in, logged and counted: every
