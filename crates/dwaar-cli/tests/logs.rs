@@ -660,3 +660,29 @@ fn several_logs_and_log_name_on_every_path() {
     assert!(read(Proto::H1Lean, "elsewhere").is_empty());
     assert!(read(Proto::H1Pingora, "elsewhere").is_empty());
 }
+
+/// Caddy's encoder options reshape the JSON record: key names and the formats of the
+/// time, durations and level.
+#[test]
+fn encoder_options_reshape_records() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("enc.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t\tformat json {{\n\
+         \t\t\ttime_key time\n\t\t\ttime_format common_log\n\t\t\tduration_format ns\n\
+         \t\t\tlevel_format upper\n\t\t\tmessage_key message\n\t\t}}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    ok_get(port, "x", "/enc");
+    let got = wait_lines(&log, 1);
+    let r = &got[0];
+    assert!(r.get("ts").is_none() && r.get("msg").is_none(), "{r}");
+    let time = r["time"].as_str().unwrap_or("");
+    assert!(time.ends_with(" +0000") && time.len() == 26, "{r}");
+    assert_eq!(r["message"], "handled request", "{r}");
+    assert_eq!(r["level"], "INFO", "{r}");
+    assert!(r["duration"].as_u64().is_some(), "{r}");
+    assert_eq!(r["request"]["uri"], "/enc", "{r}");
+}

@@ -396,6 +396,36 @@ pub struct LogConfig {
     /// `no_hostname`: the log takes only requests that name it with `log_name`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_hostname: bool,
+    /// Encoder options (`format json|console { ... }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<EncoderOptions>,
+}
+
+/// Caddy's encoder options: key names and how times, durations and levels are written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_key: Option<String>,
+    /// `unix_seconds_float` (default), `unix_milli_float`, `unix_nano`, `iso8601`,
+    /// `rfc3339`, `rfc3339_nano`, `wall`, `wall_milli`, `wall_nano` or `common_log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_format: Option<String>,
+    /// `seconds` (default, also `s`), `ms`, `nano` (also `ns`) or `string`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_format: Option<String>,
+    /// `lower` (default), `upper` or `color`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level_format: Option<String>,
+    /// What ends each record (default a newline).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line_ending: Option<String>,
 }
 
 impl Default for LogConfig {
@@ -409,6 +439,7 @@ impl Default for LogConfig {
             filters: Vec::new(),
             hostnames: Vec::new(),
             no_hostname: false,
+            encoder: None,
         }
     }
 }

@@ -188,19 +188,27 @@ pub struct ResponseShaping {
 pub struct LogFacts {
     /// `log_skip` matched: leave this request out of the access log.
     pub skip: bool,
-    /// `log_name`: the site's logs this request goes to (instead of those of its host).
-    pub names: Option<Vec<String>>,
     /// The middleware that refused the request.
     pub rejected_by: Option<&'static str>,
     /// `cache` answered from memory (the `cache` field).
     pub cache_served: Option<crate::cache::Status>,
     /// The coding `encode` compressed the response with.
     pub encoded: Option<&'static str>,
+    /// What only some configurations use (boxed: the context lives in every
+    /// connection's future, and most requests need none of it).
+    pub extras: Option<Box<LogExtras>>,
+}
+
+/// The less common facts of a request's log record.
+#[derive(Debug, Default)]
+pub struct LogExtras {
     /// `log_append`: fields added to this request's record.
     pub appended: Vec<(CompactString, String)>,
+    /// `log_name`: the site's logs this request goes to (instead of those of its host).
+    pub names: Option<Vec<String>>,
     /// The header fields a JSON access log writes; captured only when the site's log
     /// wants them.
-    pub headers: Option<Box<HeaderCapture>>,
+    pub headers: Option<HeaderCapture>,
 }
 
 /// A request's and its response's header fields, for the access log.
@@ -218,9 +226,14 @@ impl LogFacts {
     /// is only called then).
     #[inline]
     pub fn capture_response(&self, fields: impl FnOnce() -> Vec<(CompactString, String)>) {
-        if let Some(h) = &self.headers {
+        if let Some(h) = self.extras.as_ref().and_then(|e| e.headers.as_ref()) {
             let _ = h.response.get_or_init(fields);
         }
+    }
+
+    /// The extras, made on first use.
+    pub fn extras_mut(&mut self) -> &mut LogExtras {
+        self.extras.get_or_insert_with(Box::default)
     }
 }
 

@@ -442,10 +442,10 @@ pub fn handle_request(
     };
     ctx.site = Some(site.clone());
     if site.logs.iter().any(|l| l.logger.wants_headers()) {
-        ctx.log.headers = Some(Box::new(crate::context::HeaderCapture {
+        ctx.log.extras_mut().headers = Some(crate::context::HeaderCapture {
             request: request_fields(req),
             ..Default::default()
-        }));
+        });
     }
     if let Some(a) = &site.analytics {
         if let Some(o) = crate::analytics::early(a, req, ctx) {
@@ -864,7 +864,7 @@ fn run_handler<'t>(
             Flow::Continue
         }
         HandlerRule::LogName(names) => {
-            ctx.log.names = Some(names.clone());
+            ctx.log.extras_mut().names = Some(names.clone());
             Flow::Continue
         }
         HandlerRule::Rewrite(t) => {
@@ -1080,7 +1080,7 @@ fn run_handler<'t>(
         HandlerRule::CopyResponse(status) => Flow::Done(Terminal::CopyResponse(*status)),
         HandlerRule::LogAppend(field, value) => {
             let v = render(value, req, ctx).into_owned();
-            ctx.log.appended.push((field.clone(), v));
+            ctx.log.extras_mut().appended.push((field.clone(), v));
             Flow::Continue
         }
         HandlerRule::Method(m) => {

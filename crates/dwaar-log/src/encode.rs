@@ -17,8 +17,8 @@ pub struct Style {
     /// The logger's name in JSON records: `http.log.access`, or
     /// `http.log.access.<name>` for a named log.
     pub logger: compact_str::CompactString,
-    /// `format filter`'s field filters.
-    pub filters: Option<std::sync::Arc<crate::filter::Filters>>,
+    /// `format filter`'s field filters and the encoder options, when the log has any.
+    pub transform: Option<std::sync::Arc<crate::filter::Transform>>,
 }
 
 impl Style {
@@ -31,11 +31,12 @@ impl Style {
                 Some(n) => compact_str::format_compact!("http.log.access.{n}"),
                 None => compact_str::CompactString::const_new("http.log.access"),
             },
-            filters: if c.filters.is_empty() {
+            transform: if c.filters.is_empty() && c.encoder.is_none() {
                 None
             } else {
-                Some(std::sync::Arc::new(crate::filter::Filters::compile(
+                Some(std::sync::Arc::new(crate::filter::Transform::compile(
                     &c.filters,
+                    c.encoder.as_ref(),
                 )?))
             },
         })
@@ -44,7 +45,7 @@ impl Style {
     /// Whether records need the request's and response's header fields (JSON writes
     /// them; filters read the JSON form).
     pub fn wants_headers(&self) -> bool {
-        self.format == dwaar_config::model::LogFormat::Json || self.filters.is_some()
+        self.format == dwaar_config::model::LogFormat::Json || self.transform.is_some()
     }
 }
 
@@ -549,7 +550,7 @@ pub fn console_line(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
 /// Appends the record in the style's format.
 pub fn encode(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
     use dwaar_config::model::LogFormat;
-    if let Some(f) = &style.filters {
+    if let Some(f) = &style.transform {
         let mut line = Vec::with_capacity(1024);
         json_line(r, style, &mut line);
         f.write(&line, style.format == LogFormat::Console, out);

@@ -1,17 +1,21 @@
-//! `format filter`: field filters applied to a record before it is written, as Caddy's
-//! filter encoder does (redacting `Authorization`, masking addresses, hashing cookies).
+//! Records reshaped before they are written: `format filter`'s field filters (redacting
+//! `Authorization`, masking addresses, hashing cookies, as Caddy's filter encoder does)
+//! and Caddy's encoder options (key names, time, duration and level formats).
 //!
-//! A filtered record is first written as the JSON line ([`crate::encode::json_line`]),
-//! then read back as a document, edited field by field, and written by the wrapped
-//! encoder (`json`, or `console`: Caddy's tab-separated `ts level logger msg {fields}`).
-//! This costs a parse per record, paid only by logs that ask for filters.
+//! Such a record is first written as the JSON line ([`crate::encode::json_line`]), then
+//! read back as a document, edited, and written by the chosen encoder (`json`, or
+//! `console`: Caddy's tab-separated `ts level logger msg {fields}`). This costs a parse
+//! per record, paid only by logs that ask for filters or encoder options.
 
-use dwaar_config::model::{FieldFilter, FilterAction, KeyAction};
+use dwaar_config::model::{EncoderOptions, FieldFilter, FilterAction, KeyAction};
 use sonic_rs::{JsonValueMutTrait, JsonValueTrait, Value};
 
-/// The compiled filters of one log.
+/// The compiled filters and encoder options of one log.
 #[derive(Debug)]
-pub struct Filters(Vec<(Vec<String>, Action)>);
+pub struct Transform {
+    fields: Vec<(Vec<String>, Action)>,
+    options: EncoderOptions,
+}
 
 #[derive(Debug)]
 enum Action {
@@ -25,8 +29,11 @@ enum Action {
     Rename(String),
 }
 
-impl Filters {
-    pub fn compile(filters: &[FieldFilter]) -> Result<Filters, String> {
+impl Transform {
+    pub fn compile(
+        filters: &[FieldFilter],
+        options: Option<&EncoderOptions>,
+    ) -> Result<Transform, String> {
         let mut out = Vec::with_capacity(filters.len());
         for f in filters {
             let action = match &f.action {
@@ -47,25 +54,164 @@ impl Filters {
             };
             out.push((f.field.split('>').map(str::to_string).collect(), action));
         }
-        Ok(Filters(out))
+        Ok(Transform {
+            fields: out,
+            options: options.cloned().unwrap_or_default(),
+        })
     }
 
-    /// Filters `line` (one JSON record with its newline) and appends the result in the
-    /// wrapped format.
+    /// Reshapes `line` (one JSON record with its newline) and appends the result in the
+    /// chosen format.
     pub fn write(&self, line: &[u8], console: bool, out: &mut Vec<u8>) {
         let Ok(mut doc) = sonic_rs::from_slice::<Value>(line) else {
             out.extend_from_slice(line);
             return;
         };
-        for (path, action) in &self.0 {
+        for (path, action) in &self.fields {
             apply(&mut doc, path, action);
         }
+        let o = &self.options;
         if console {
-            console_line(&mut doc, out);
+            console_line(&mut doc, o, out);
         } else {
+            encode_values(&mut doc, o);
+            rename_keys(&mut doc, o);
             let _ = sonic_rs::to_writer(&mut *out, &doc);
-            out.push(b'\n');
         }
+        out.extend_from_slice(o.line_ending.as_deref().unwrap_or("\n").as_bytes());
+    }
+}
+
+/// Rewrites `ts`, the durations and `level` in the formats the options ask for.
+fn encode_values(doc: &mut Value, o: &EncoderOptions) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    if let Some(f) = o.time_format.as_deref() {
+        if let Some(ts) = obj.get_mut(&"ts") {
+            let secs = ts.as_f64().unwrap_or(0.0);
+            *ts = time_value(secs, f);
+        }
+    }
+    if let Some(f) = o.duration_format.as_deref() {
+        for key in ["duration", "upstream_duration"] {
+            if let Some(d) = obj.get_mut(&key) {
+                let secs = d.as_f64().unwrap_or(0.0);
+                *d = duration_value(secs, f);
+            }
+        }
+    }
+    if let Some(level) = obj.get_mut(&"level") {
+        let text = level_text(level.as_str().unwrap_or("info"), o);
+        *level = Value::from(text.as_str());
+    }
+}
+
+/// Renames the standard keys as the options say.
+fn rename_keys(doc: &mut Value, o: &EncoderOptions) {
+    let Some(obj) = doc.as_object_mut() else {
+        return;
+    };
+    for (from, to) in [
+        ("msg", &o.message_key),
+        ("level", &o.level_key),
+        ("ts", &o.time_key),
+        ("logger", &o.name_key),
+    ] {
+        if let Some(to) = to.as_deref().filter(|t| *t != from) {
+            if let Some(v) = obj.remove(&from) {
+                obj.insert(to, v);
+            }
+        }
+    }
+}
+
+fn level_text(level: &str, o: &EncoderOptions) -> String {
+    match o.level_format.as_deref() {
+        Some("upper") => level.to_ascii_uppercase(),
+        Some("color") => {
+            let color = if level == "error" { 31 } else { 34 };
+            format!("\x1b[{color}m{}\x1b[0m", level.to_ascii_uppercase())
+        }
+        _ => level.to_string(),
+    }
+}
+
+/// A time (Unix seconds) in one of Caddy's time formats (UTC).
+fn time_value(secs: f64, format: &str) -> Value {
+    // Records carry microseconds; a float of Unix seconds holds no more than that.
+    let secs = secs.max(0.0);
+    let whole = secs.floor();
+    let micros = (((secs - whole) * 1e6).round() as u64).min(999_999);
+    let (whole, frac) = (whole as u64, micros * 1000);
+    let nanos = whole * 1_000_000_000 + frac;
+    let (date, clock) = civil(whole);
+    let text = match format {
+        "unix_milli_float" => return float(secs * 1000.0),
+        "unix_nano" => return Value::from(nanos),
+        "iso8601" => format!("{date}T{clock}.{:03}Z", frac / 1_000_000),
+        "rfc3339" => format!("{date}T{clock}Z"),
+        "rfc3339_nano" => {
+            let digits = format!("{frac:09}");
+            let digits = digits.trim_end_matches('0');
+            if digits.is_empty() {
+                format!("{date}T{clock}Z")
+            } else {
+                format!("{date}T{clock}.{digits}Z")
+            }
+        }
+        "wall" => wall(&date, &clock),
+        "wall_milli" => format!("{}.{:03}", wall(&date, &clock), frac / 1_000_000),
+        "wall_nano" => format!("{}.{frac:09}", wall(&date, &clock)),
+        "common_log" => crate::encode::common_log_time(whole),
+        _ => return float(secs),
+    };
+    Value::from(text.as_str())
+}
+
+/// A JSON number (0 for what JSON cannot hold).
+fn float(v: f64) -> Value {
+    Value::new_f64(v).unwrap_or_default()
+}
+
+/// `YYYY-MM-DD` and `hh:mm:ss` of a Unix time (UTC).
+fn civil(secs: u64) -> (String, String) {
+    let (y, m, d) = crate::encode::civil_date(secs);
+    let rem = secs % 86_400;
+    (
+        format!("{y:04}-{m:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
+}
+
+fn wall(date: &str, clock: &str) -> String {
+    format!("{} {clock}", date.replace('-', "/"))
+}
+
+/// A duration (seconds) in one of Caddy's duration formats.
+fn duration_value(secs: f64, format: &str) -> Value {
+    match format {
+        "ms" => float(secs * 1000.0),
+        "nano" | "ns" => Value::from((secs * 1e9).round().max(0.0) as u64),
+        "string" => Value::from(duration_text(secs).as_str()),
+        _ => float(secs),
+    }
+}
+
+/// A duration as Go writes one (`1.234ms`, `2.5s`, `850µs`).
+fn duration_text(secs: f64) -> String {
+    let trim = |v: f64| {
+        let s = format!("{v:.6}");
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    };
+    if secs >= 1.0 {
+        format!("{}s", trim(secs))
+    } else if secs >= 1e-3 {
+        format!("{}ms", trim(secs * 1e3))
+    } else if secs >= 1e-6 {
+        format!("{}µs", trim(secs * 1e6))
+    } else {
+        format!("{}ns", (secs * 1e9).round())
     }
 }
 
@@ -185,15 +331,19 @@ fn hash(s: &str) -> String {
 }
 
 /// Caddy's console form of a record: `ts<TAB>LEVEL<TAB>logger<TAB>msg<TAB>{fields}`.
-fn console_line(doc: &mut Value, out: &mut Vec<u8>) {
+fn console_line(doc: &mut Value, o: &EncoderOptions, out: &mut Vec<u8>) {
     let Some(obj) = doc.as_object_mut() else {
         return;
     };
     let ts = obj.remove(&"ts").and_then(|v| v.as_f64()).unwrap_or(0.0);
     let level = obj
         .remove(&"level")
-        .and_then(|v| v.as_str().map(str::to_ascii_uppercase))
+        .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
+    let level = match o.level_format.as_deref() {
+        None => level.to_ascii_uppercase(),
+        Some(_) => level_text(&level, o),
+    };
     let logger = obj
         .remove(&"logger")
         .and_then(|v| v.as_str().map(str::to_string))
@@ -202,14 +352,19 @@ fn console_line(doc: &mut Value, out: &mut Vec<u8>) {
         .remove(&"msg")
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    out.extend_from_slice(crate::encode::timestamp_text((ts * 1000.0) as u64).as_bytes());
+    match time_value(ts, o.time_format.as_deref().unwrap_or("iso8601")) {
+        v if v.is_str() => out.extend_from_slice(v.as_str().unwrap_or_default().as_bytes()),
+        v => {
+            let _ = sonic_rs::to_writer(&mut *out, &v);
+        }
+    }
     for part in [level.as_str(), logger.as_str(), msg.as_str()] {
         out.push(b'\t');
         out.extend_from_slice(part.as_bytes());
     }
     out.push(b'\t');
+    encode_values(doc, o);
     let _ = sonic_rs::to_writer(&mut *out, &*doc);
-    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -228,40 +383,43 @@ mod tests {
     fn filters_edit_fields_in_place() {
         let line = br#"{"level":"info","ts":1.5,"logger":"http.log.access","msg":"handled request","request":{"remote_ip":"192.0.2.77","uri":"/a?token=x&keep=1","headers":{"Authorization":["Bearer s"],"Cookie":["sid=abc; theme=dark"],"X-Id":["abc123"]}},"status":200}
 "#;
-        let filters = Filters::compile(&[
-            f("request>headers>Authorization", FilterAction::Delete),
-            f(
-                "request>remote_ip",
-                FilterAction::IpMask { ipv4: 24, ipv6: 48 },
-            ),
-            f(
-                "request>uri",
-                FilterAction::Query {
-                    actions: vec![KeyAction {
-                        op: "delete".into(),
-                        key: "token".into(),
-                        value: String::new(),
-                    }],
-                },
-            ),
-            f(
-                "request>headers>Cookie",
-                FilterAction::Cookie {
-                    actions: vec![KeyAction {
-                        op: "replace".into(),
-                        key: "sid".into(),
-                        value: "REDACTED".into(),
-                    }],
-                },
-            ),
-            f("request>headers>X-Id", FilterAction::Hash),
-            f(
-                "status",
-                FilterAction::Rename {
-                    name: "code".into(),
-                },
-            ),
-        ])
+        let filters = Transform::compile(
+            &[
+                f("request>headers>Authorization", FilterAction::Delete),
+                f(
+                    "request>remote_ip",
+                    FilterAction::IpMask { ipv4: 24, ipv6: 48 },
+                ),
+                f(
+                    "request>uri",
+                    FilterAction::Query {
+                        actions: vec![KeyAction {
+                            op: "delete".into(),
+                            key: "token".into(),
+                            value: String::new(),
+                        }],
+                    },
+                ),
+                f(
+                    "request>headers>Cookie",
+                    FilterAction::Cookie {
+                        actions: vec![KeyAction {
+                            op: "replace".into(),
+                            key: "sid".into(),
+                            value: "REDACTED".into(),
+                        }],
+                    },
+                ),
+                f("request>headers>X-Id", FilterAction::Hash),
+                f(
+                    "status",
+                    FilterAction::Rename {
+                        name: "code".into(),
+                    },
+                ),
+            ],
+            None,
+        )
         .expect("compile");
         let mut out = Vec::new();
         filters.write(line, false, &mut out);
@@ -285,5 +443,39 @@ mod tests {
             text.starts_with("1970-01-01T00:00:01.500Z\tINFO\thttp.log.access\thandled request\t{"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn encoder_options_reshape_the_record() {
+        let line = br#"{"level":"error","ts":1795986600.25,"logger":"http.log.access","msg":"handled request","duration":0.001234,"status":502}
+"#;
+        let options = EncoderOptions {
+            time_key: Some("time".into()),
+            message_key: Some("message".into()),
+            time_format: Some("rfc3339_nano".into()),
+            duration_format: Some("string".into()),
+            level_format: Some("upper".into()),
+            line_ending: Some("\r\n".into()),
+            ..Default::default()
+        };
+        let t = Transform::compile(&[], Some(&options)).expect("compile");
+        let mut out = Vec::new();
+        t.write(line, false, &mut out);
+        assert!(out.ends_with(b"}\r\n"), "{}", String::from_utf8_lossy(&out));
+        let v: Value = sonic_rs::from_slice(&out[..out.len() - 2]).expect("json");
+        assert_eq!(v["time"].as_str(), Some("2026-11-29T21:10:00.25Z"));
+        assert_eq!(v["message"].as_str(), Some("handled request"));
+        assert_eq!(v["duration"].as_str(), Some("1.234ms"));
+        assert_eq!(v["level"].as_str(), Some("ERROR"));
+        assert!(v.get("ts").is_none() && v.get("msg").is_none());
+        for (format, want) in [
+            ("wall_milli", "2026/11/29 21:10:00.250"),
+            ("common_log", "29/Nov/2026:21:10:00 +0000"),
+            ("iso8601", "2026-11-29T21:10:00.250Z"),
+        ] {
+            assert_eq!(time_value(1_795_986_600.25, format).as_str(), Some(want));
+        }
+        assert_eq!(time_value(1.5, "unix_nano").as_u64(), Some(1_500_000_000));
+        assert_eq!(duration_value(2.5, "nano").as_u64(), Some(2_500_000_000));
     }
 }

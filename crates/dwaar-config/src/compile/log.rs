@@ -2,7 +2,7 @@
 
 use super::args::{block_lines, Diags};
 use crate::model::{
-    FieldFilter, FilterAction, KeyAction, LogConfig, LogFormat, LogLevel, LogOutput,
+    EncoderOptions, FieldFilter, FilterAction, KeyAction, LogConfig, LogFormat, LogLevel, LogOutput,
 };
 use crate::parser::Directive;
 
@@ -78,7 +78,14 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                         ),
                     }
                     if line.block.is_some() {
-                        diags.push(line.name.error("'format' takes no block here"));
+                        if scope == Scope::Global {
+                            diags.push(line.name.error("'format' takes no block here"));
+                        } else if c.format == LogFormat::Combined {
+                            diags
+                                .push(line.args[0].error("format combined has no encoder options"));
+                        } else {
+                            c.encoder = encoder_options(line, diags);
+                        }
                     }
                 }
             }
@@ -152,7 +159,7 @@ fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
     for l in block_lines(&line.block) {
         match l.name.text.as_str() {
             "wrap" => {
-                if diags.arity(l, 0, 1, 1, "wrap json|console") {
+                if diags.arity(l, 0, 1, 1, "wrap json|console [{ <encoder options> }]") {
                     match l.args[0].text.as_str() {
                         "json" => c.format = LogFormat::Json,
                         "console" => c.format = LogFormat::Console,
@@ -161,6 +168,9 @@ fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
                                 .error(format!("format filter cannot wrap '{other}'"))
                                 .with_help("wrap json or wrap console"),
                         ),
+                    }
+                    if l.block.is_some() {
+                        c.encoder = encoder_options(l, diags);
                     }
                 }
             }
@@ -178,6 +188,93 @@ fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
             }
         }
     }
+}
+
+const ENCODER_OPTIONS: &[&str] = &[
+    "message_key",
+    "level_key",
+    "time_key",
+    "name_key",
+    "time_format",
+    "duration_format",
+    "level_format",
+    "line_ending",
+    "caller_key",
+    "stacktrace_key",
+    "time_local",
+];
+
+/// Caddy's encoder options in a `format json|console { ... }` (or `wrap`) block.
+fn encoder_options(line: &Directive, diags: &mut Diags) -> Option<EncoderOptions> {
+    let mut o = EncoderOptions::default();
+    let before = diags.error_count();
+    for l in block_lines(&line.block) {
+        let name = l.name.text.as_str();
+        let one = |diags: &mut Diags| diags.arity(l, 0, 1, 1, &format!("{name} <value>"));
+        let choose = |diags: &mut Diags, allowed: &[&str]| -> Option<String> {
+            let v = l.args[0].text.as_str();
+            if allowed.contains(&v) {
+                Some(v.to_string())
+            } else {
+                diags.push(
+                    l.args[0]
+                        .error(format!("unknown {name} '{v}'"))
+                        .with_help(format!("one of: {}", allowed.join(", "))),
+                );
+                None
+            }
+        };
+        match name {
+            "message_key" | "level_key" | "time_key" | "name_key" if one(diags) => {
+                let v = Some(l.args[0].text.clone());
+                match name {
+                    "message_key" => o.message_key = v,
+                    "level_key" => o.level_key = v,
+                    "time_key" => o.time_key = v,
+                    _ => o.name_key = v,
+                }
+            }
+            "line_ending" if one(diags) => o.line_ending = Some(l.args[0].text.clone()),
+            "time_format" if one(diags) => {
+                o.time_format = choose(
+                    diags,
+                    &[
+                        "unix_seconds_float",
+                        "unix_milli_float",
+                        "unix_nano",
+                        "iso8601",
+                        "rfc3339",
+                        "rfc3339_nano",
+                        "wall",
+                        "wall_milli",
+                        "wall_nano",
+                        "common_log",
+                    ],
+                );
+            }
+            "duration_format" if one(diags) => {
+                o.duration_format = choose(diags, &["seconds", "s", "ms", "nano", "ns", "string"]);
+            }
+            "level_format" if one(diags) => {
+                o.level_format = choose(diags, &["lower", "upper", "color"]);
+            }
+            "caller_key" | "stacktrace_key" => diags.push(
+                l.name
+                    .error(format!(
+                        "{name}: access records have no caller or stack trace"
+                    ))
+                    .with_help("remove the line"),
+            ),
+            "time_local" => diags.push(
+                l.name
+                    .error("time_local is not supported yet: times are written in UTC")
+                    .with_help("remove the line"),
+            ),
+            n if ENCODER_OPTIONS.contains(&n) => {}
+            _ => diags.unknown_sub("format", &l.name, ENCODER_OPTIONS),
+        }
+    }
+    (diags.error_count() == before).then_some(o)
 }
 
 const FILTERS: &[&str] = &[

@@ -349,7 +349,8 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
     let Some(site) = ctx.site.as_ref() else {
         return;
     };
-    let names = ctx.log.names.as_deref();
+    let extras = ctx.log.extras.as_deref();
+    let names = extras.and_then(|e| e.names.as_deref());
     let mut takers = site.logs.iter().filter(|l| l.takes(&ctx.host, names));
     let Some(first) = takers.next() else {
         return;
@@ -394,7 +395,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .map(|s| s.as_str()),
         encoding: ctx.log.encoded,
         error: ctx.attempt.error.clone(),
-        extra: ctx.log.appended.clone(),
+        extra: extras.map(|e| e.appended.clone()).unwrap_or_default(),
         tls: ctx
             .conn
             .tls_facts
@@ -414,16 +415,12 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .var("http.auth.user.id")
             .map(CompactString::new)
             .unwrap_or_default(),
-        headers: ctx
-            .log
-            .headers
-            .as_ref()
+        headers: extras
+            .and_then(|e| e.headers.as_ref())
             .map(|h| h.request.clone())
             .unwrap_or_default(),
-        resp_headers: ctx
-            .log
-            .headers
-            .as_ref()
+        resp_headers: extras
+            .and_then(|e| e.headers.as_ref())
             .and_then(|h| h.response.get())
             .map(|fields| {
                 fields
