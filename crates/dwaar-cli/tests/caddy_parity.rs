@@ -391,3 +391,74 @@ fn same_try_files_fallback_status_as_caddy() {
         }
     }
 }
+
+/// The `expression` matcher (CEL with placeholders and matcher functions, both its
+/// forms) answers as Caddy's does, in `handle_errors` too.
+#[test]
+fn same_expression_matching_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let site = r#"{
+	admin off
+	auto_https off
+}
+
+:PORT {
+	@post expression {method} == "POST" && path('/api/*')
+	@keyed `header({'X-Key': ['a', 'b']}) && {query.x} == "1"`
+	@long expression {path}.startsWith("/long/") && size({path}) > 8
+	@either {
+		expression method('PUT', 'PATCH') || host('other.test')
+	}
+	@any expression path_regexp('id', '^/items/(\\d+)$')
+	error /missing 404
+	handle @post {
+		respond "post api"
+	}
+	handle @keyed {
+		respond "keyed {header.X-Key}"
+	}
+	handle @long {
+		respond "long"
+	}
+	handle @either {
+		respond "either {method}"
+	}
+	handle @any {
+		respond "item {re.id.1}"
+	}
+	handle_errors {
+		@nf expression {http.error.status_code} == 404
+		respond @nf "not found {http.error.status_code}"
+		respond "other error"
+	}
+	respond "none"
+}
+"#;
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    let cases: &[Case<'_>] = &[
+        ("POST", "/api/x", &[]),
+        ("GET", "/api/x", &[]),
+        ("GET", "/k?x=1", &[("X-Key", "b")]),
+        ("GET", "/k?x=2", &[("X-Key", "b")]),
+        ("GET", "/k?x=1", &[("X-Key", "c")]),
+        ("GET", "/long/abc", &[]),
+        ("GET", "/long/", &[]),
+        ("PATCH", "/p", &[]),
+        ("GET", "/items/42", &[]),
+        ("GET", "/missing", &[]),
+        ("GET", "/", &[]),
+    ];
+    for (method, path, headers) in cases {
+        let a = request(cp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        assert_eq!(
+            (a.status, a.text()),
+            (b.status, b.text()),
+            "{method} {path} {headers:?}"
+        );
+    }
+}

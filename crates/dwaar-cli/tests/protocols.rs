@@ -1395,3 +1395,35 @@ fn expect_continue_on_every_path() {
         }
     }
 }
+
+/// The `expression` matcher on every path: placeholders, matcher functions, CEL string
+/// functions, the backtick shorthand, and `handle_errors`.
+#[test]
+fn expression_matcher_on_every_path() {
+    let p = Paths::start(
+        &bin(),
+        "\t@post expression {method} == \"POST\" && path('/api/*')\n\
+         \t@keyed `header({'X-Key': ['a', 'b']}) && {query.x} == \"1\"`\n\
+         \t@tls expression {http.request.scheme} == \"https\" && {path}.endsWith(\".json\")\n\
+         \terror /missing 404\n\
+         \trespond @post \"post api\"\n\
+         \trespond @keyed \"keyed\"\n\
+         \trespond @tls \"secure json\"\n\
+         \thandle_errors {\n\t\t@nf expression {http.error.status_code} == 404\n\t\trespond @nf \"nf {http.error.status_code}\" 404\n\t}\n\
+         \trespond \"none\"\n",
+    );
+    for proto in ALL {
+        let tls = matches!(proto, Proto::H1Tls | Proto::H2Tls | Proto::H3);
+        let r = p.ok(proto, &Req::post("/api/x", b"body".to_vec()));
+        assert_eq!(r.text(), "post api", "{proto:?}");
+        assert_eq!(p.ok(proto, &Req::get("/api/x")).text(), "none", "{proto:?}");
+        let keyed = Req::get("/k?x=1").header("X-Key", "b");
+        assert_eq!(p.ok(proto, &keyed).text(), "keyed", "{proto:?}");
+        let wrong = Req::get("/k?x=1").header("X-Key", "c");
+        assert_eq!(p.ok(proto, &wrong).text(), "none", "{proto:?}");
+        let want = if tls { "secure json" } else { "none" };
+        assert_eq!(p.ok(proto, &Req::get("/d.json")).text(), want, "{proto:?}");
+        let r = p.ok(proto, &Req::get("/missing"));
+        assert_eq!((r.status, r.text().as_str()), (404, "nf 404"), "{proto:?}");
+    }
+}

@@ -620,6 +620,22 @@ pub enum Matcher {
         key: String,
         pattern: String,
     },
+    /// `expression`: a CEL expression (Caddy's dialect, rewritten to plain CEL).
+    Expression(Box<ExpressionMatch>),
+}
+
+/// A compiled `expression` matcher.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpressionMatch {
+    /// The expression as written.
+    pub source: String,
+    /// Plain CEL: placeholders became `dwaar_ph<N>`, matcher calls `dwaar_m<N>`.
+    pub program: String,
+    /// The placeholder names, by `N`.
+    pub placeholders: Vec<String>,
+    /// The matcher calls, by `N`.
+    pub matchers: Vec<MatcherSet>,
 }
 
 /// One key of a `vars` matcher.

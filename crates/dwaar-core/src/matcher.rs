@@ -171,6 +171,86 @@ enum Compiled {
         key: VarKey,
         re: Arc<Regex>,
     },
+    Expression(Box<Expression>),
+}
+
+/// A compiled `expression` matcher: the CEL program, the standard functions it may
+/// call, and what fills its variables per request.
+struct Expression {
+    source: String,
+    program: cel_interpreter::Program,
+    functions: cel_interpreter::Context<'static>,
+    /// `dwaar_ph<N>`: placeholders, rendered per request.
+    placeholders: Vec<(String, dwaar_config::placeholder::Template, bool)>,
+    /// `dwaar_m<N>`: matcher calls, matched per request.
+    matchers: Vec<CompiledSet>,
+}
+
+impl std::fmt::Debug for Expression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Expression")
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Placeholders Caddy hands to expressions as numbers (`{http.error.status_code} ==
+/// 404`); all others are strings.
+fn numeric_placeholder(name: &str) -> bool {
+    [
+        "status_code",
+        ".port",
+        ".requests",
+        ".max_requests",
+        ".fails",
+        "retries",
+        "resp.status",
+    ]
+    .iter()
+    .any(|s| name.ends_with(s))
+}
+
+impl Expression {
+    fn compile(e: &dwaar_config::model::ExpressionMatch) -> Result<Expression, String> {
+        Ok(Expression {
+            source: e.source.clone(),
+            program: dwaar_config::compile::expression::parse_cel(&e.program)
+                .map_err(|err| format!("expression `{}`: {err}", e.source))?,
+            functions: cel_interpreter::Context::default(),
+            placeholders: e
+                .placeholders
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    (
+                        format!("dwaar_ph{i}"),
+                        dwaar_config::placeholder::Template::parse(&format!("{{{name}}}")),
+                        numeric_placeholder(name),
+                    )
+                })
+                .collect(),
+            matchers: compile_sets(&e.matchers)?,
+        })
+    }
+
+    /// Whether the expression is true for this request (an error or a value that is
+    /// not a boolean does not match, as in Caddy).
+    fn matches(&self, req: &dyn HttpRequest, ctx: &mut RequestContext) -> bool {
+        use cel_interpreter::Value;
+        let mut scope = self.functions.new_inner_scope();
+        for (var, template, numeric) in &self.placeholders {
+            let text = crate::template::render(template, req, ctx).into_owned();
+            let value = match text.parse::<i64>() {
+                Ok(n) if *numeric => Value::Int(n),
+                _ => Value::String(Arc::new(text)),
+            };
+            scope.add_variable_from_value(var.as_str(), value);
+        }
+        for (i, set) in self.matchers.iter().enumerate() {
+            scope.add_variable_from_value(format!("dwaar_m{i}"), set.matches(req, ctx));
+        }
+        matches!(self.program.execute(&scope), Ok(Value::Bool(true)))
+    }
 }
 
 /// What a `vars` matcher looks at: a variable, or a placeholder.
@@ -275,6 +355,7 @@ fn compile_set(set: &MatcherSet) -> Result<CompiledSet, String> {
                 key: VarKey::new(key),
                 re: Arc::new(build_regex(pattern)?),
             },
+            Matcher::Expression(e) => Compiled::Expression(Box::new(Expression::compile(e)?)),
             Matcher::ErrorStatus(codes) => Compiled::ErrorStatus(
                 codes
                     .iter()
@@ -463,6 +544,7 @@ fn matches_one(m: &Compiled, req: &dyn HttpRequest, ctx: &mut RequestContext) ->
         // The pipeline settles the client address before any route runs.
         Compiled::ClientIp(nets) => nets.iter().any(|n| n.contains(ctx.client_ip())),
         Compiled::Not(inner) => !inner.matches(req, ctx),
+        Compiled::Expression(e) => e.matches(req, ctx),
         Compiled::ErrorStatus(codes) => match ctx.error {
             Some((s, _)) => codes
                 .iter()

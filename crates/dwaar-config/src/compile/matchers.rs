@@ -30,8 +30,8 @@ pub(crate) const MATCHER_KINDS: &[&str] = &[
     "bot",
     "vars",
     "vars_regexp",
+    "expression",
 ];
-const NOT_YET_MATCHERS: &[&str] = &["expression"];
 
 /// Whether a token in matcher position is a matcher (`*`, `/...`, `@name`).
 pub fn is_matcher_token(t: &Token) -> bool {
@@ -97,7 +97,12 @@ pub fn named_definition(d: &Directive, diags: &mut Diags) -> Option<(String, Mat
         );
         return None;
     }
-    if !d.args.is_empty() {
+    if d.args.len() == 1 && d.args[0].quoted() && d.block.is_none() {
+        // `@name `{method} == "POST"``: a quoted expression alone (Caddy's shorthand).
+        if let Some(e) = super::expression::compile(&d.args[0], Some(&name), diags) {
+            set.matchers.push(Matcher::Expression(Box::new(e)));
+        }
+    } else if !d.args.is_empty() {
         // Single-line form: `@name path /a /b`; a bare path is shorthand for `path`.
         let line = Directive {
             name: d.args[0].clone(),
@@ -119,7 +124,30 @@ pub fn named_definition(d: &Directive, diags: &mut Diags) -> Option<(String, Mat
     Some((name, set))
 }
 
-fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
+/// The text of an `expression` line: one argument as it is, several joined with
+/// spaces, quoted ones with their quotes back (as Caddy reads them).
+fn expression_token(line: &Directive) -> Option<Token> {
+    let first = line.args.first()?;
+    if line.args.len() == 1 {
+        return Some(first.clone());
+    }
+    let text = line
+        .args
+        .iter()
+        .map(|t| match t.kind {
+            crate::lexer::TokenKind::Quoted => {
+                format!("\"{}\"", t.text.replace('\\', "\\\\").replace('"', "\\\""))
+            }
+            _ => t.text.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut t = first.clone();
+    t.text = text;
+    Some(t)
+}
+
+pub(crate) fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
     let kind = line.name.text.as_str();
     let values: Vec<String> = line.args.iter().map(|t| t.text.clone()).collect();
     let need_values = |diags: &mut Diags| {
@@ -378,11 +406,18 @@ fn add_matcher(set: &mut MatcherSet, line: &Directive, diags: &mut Diags) {
                 set.matchers.push(m);
             }
         }
-        k if NOT_YET_MATCHERS.contains(&k) => {
-            diags.push(
-                line.name
-                    .error(format!("the '{k}' matcher is not supported yet")),
-            );
+        "expression" => {
+            let Some(tok) = expression_token(line) else {
+                diags.push(
+                    line.name
+                        .error("matcher 'expression' needs an expression")
+                        .with_help("expression {method} == \"POST\""),
+                );
+                return;
+            };
+            if let Some(e) = super::expression::compile(&tok, set.name.as_deref(), diags) {
+                set.matchers.push(Matcher::Expression(Box::new(e)));
+            }
         }
         _ => {
             let mut e = line.name.error(format!("unknown matcher '{kind}'"));

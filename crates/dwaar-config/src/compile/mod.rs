@@ -8,6 +8,7 @@ mod analytics;
 mod args;
 mod cache;
 mod encode;
+pub mod expression;
 mod files;
 mod handlers;
 mod log;
