@@ -296,6 +296,25 @@ fn same_placeholders_as_caddy() {
     }
 }
 
+/// Serves `site` (with `PORT`) from Caddy and from Dwaar and checks that each request
+/// gets the same status and body from both.
+fn same_status_and_body(caddy: &str, site: &str, cases: &[Case<'_>]) {
+    let (cp, dp) = (free_port(), free_port());
+    let _c = start_caddy(caddy, &site.replace("PORT", &cp.to_string()), cp);
+    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
+    for (method, path, headers) in cases {
+        let a = request(cp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
+        let b = request(dp, method, "localhost", path, headers, b"")
+            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
+        assert_eq!(
+            (a.status, a.text()),
+            (b.status, b.text()),
+            "{method} {path} {headers:?}"
+        );
+    }
+}
+
 /// The `method` directive and the `vars` / `vars_regexp` matchers answer as Caddy's do.
 #[test]
 fn same_method_and_vars_matching_as_caddy() {
@@ -340,9 +359,6 @@ fn same_method_and_vars_matching_as_caddy() {
 	}
 }
 "#;
-    let (cp, dp) = (free_port(), free_port());
-    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
-    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
     let cases: &[Case<'_>] = &[
         ("GET", "/m", &[]),
         ("GET", "/x?x=yes", &[]),
@@ -353,17 +369,7 @@ fn same_method_and_vars_matching_as_caddy() {
         ("GET", "/v", &[("X-Ver", "v42")]),
         ("GET", "/v", &[("X-Ver", "x42")]),
     ];
-    for (method, path, headers) in cases {
-        let a = request(cp, method, "localhost", path, headers, b"")
-            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
-        let b = request(dp, method, "localhost", path, headers, b"")
-            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
-        assert_eq!(
-            (a.status, a.text()),
-            (b.status, b.text()),
-            "{method} {path} {headers:?}"
-        );
-    }
+    same_status_and_body(&caddy, site, cases);
 }
 
 /// `try_files ... =404`: a missing file is an error with that status (through
@@ -434,9 +440,6 @@ fn same_expression_matching_as_caddy() {
 	respond "none"
 }
 "#;
-    let (cp, dp) = (free_port(), free_port());
-    let _c = start_caddy(&caddy, &site.replace("PORT", &cp.to_string()), cp);
-    let _d = Dwaar::start(&bin(), &site.replace("PORT", &dp.to_string()), &[dp]);
     let cases: &[Case<'_>] = &[
         ("POST", "/api/x", &[]),
         ("GET", "/api/x", &[]),
@@ -450,15 +453,5 @@ fn same_expression_matching_as_caddy() {
         ("GET", "/missing", &[]),
         ("GET", "/", &[]),
     ];
-    for (method, path, headers) in cases {
-        let a = request(cp, method, "localhost", path, headers, b"")
-            .unwrap_or_else(|e| panic!("caddy {path}: {e}"));
-        let b = request(dp, method, "localhost", path, headers, b"")
-            .unwrap_or_else(|e| panic!("dwaar {path}: {e}"));
-        assert_eq!(
-            (a.status, a.text()),
-            (b.status, b.text()),
-            "{method} {path} {headers:?}"
-        );
-    }
+    same_status_and_body(&caddy, site, cases);
 }

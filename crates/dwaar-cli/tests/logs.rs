@@ -194,6 +194,37 @@ fn every_field_for_proxied_static_error_and_rejected_requests() {
     assert_eq!(j["rejected_by"], "request_body");
 }
 
+/// GoAccess parses every line of `log` with `--log-format=<format>` and counts
+/// `requests` valid ones (skipped when goaccess is missing, unless required).
+fn goaccess_reads_every_line(log: &std::path::Path, format: &str, requests: u64) {
+    if !have_tool("goaccess") {
+        return;
+    }
+    let report = log.with_extension("report.json");
+    let out = std::process::Command::new("goaccess")
+        .arg(log)
+        .args([
+            &format!("--log-format={format}"),
+            "--no-global-config",
+            "-o",
+        ])
+        .arg(&report)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
+            .unwrap_or_else(|e| panic!("{e}"));
+    let general = &v["general"];
+    assert_eq!(general["total_requests"], requests, "{general}");
+    assert_eq!(general["valid_requests"], requests, "{general}");
+    assert_eq!(general["failed_requests"], 0, "{general}");
+}
+
 /// `format combined` writes nginx's combined lines, and GoAccess (the tool nginx users
 /// point at their logs) parses every one of them with `--log-format=COMBINED`.
 #[test]
@@ -236,27 +267,7 @@ fn combined_lines_parse_in_goaccess() {
         "{first}"
     );
     assert!(text.contains("\"GET /missing HTTP/1.1\" 404 0 "), "{text}");
-    if !have_tool("goaccess") {
-        return;
-    }
-    let report = dir.path().join("report.json");
-    let out = std::process::Command::new("goaccess")
-        .arg(&log)
-        .args(["--log-format=COMBINED", "--no-global-config", "-o"])
-        .arg(&report)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(v["general"]["total_requests"], 4, "{}", v["general"]);
-    assert_eq!(v["general"]["valid_requests"], 4, "{}", v["general"]);
-    assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
+    goaccess_reads_every_line(&log, "COMBINED", 4);
 }
 
 /// The JSON record is Caddy's access-log schema: GoAccess reads it with
@@ -316,27 +327,7 @@ fn json_lines_parse_in_goaccess_as_caddy_logs_and_filters_apply() {
     assert_eq!(r["uri"], "/f?q=hidden&keep=1", "{r}");
     assert_eq!(r["headers"]["User-Agent"][0], "tool", "{r}");
     assert_eq!(f[0]["logger"], "http.log.access.named");
-    if !have_tool("goaccess") {
-        return;
-    }
-    let report = dir.path().join("report.json");
-    let out = std::process::Command::new("goaccess")
-        .arg(&log)
-        .args(["--log-format=CADDY", "--no-global-config", "-o"])
-        .arg(&report)
-        .output()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap_or_default())
-            .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(v["general"]["total_requests"], 4, "{}", v["general"]);
-    assert_eq!(v["general"]["valid_requests"], 4, "{}", v["general"]);
-    assert_eq!(v["general"]["failed_requests"], 0, "{}", v["general"]);
+    goaccess_reads_every_line(&log, "CADDY", 4);
 }
 
 /// `log_append` adds fields (placeholders filled in, matchers honoured) to the record.

@@ -15,22 +15,11 @@ use crate::lexer::Token;
 use crate::model::{ExpressionMatch, MatcherSet};
 use crate::parser::Directive;
 
-/// Matcher functions an expression may call, as in Caddy.
-const FUNCTIONS: &[&str] = &[
-    "path",
-    "path_regexp",
-    "host",
-    "method",
-    "header",
-    "header_regexp",
-    "query",
-    "protocol",
-    "remote_ip",
-    "client_ip",
-    "vars",
-    "vars_regexp",
-    "file",
-];
+/// Whether `name` is a matcher an expression may call as a function (as in Caddy:
+/// every matcher with arguments, except `not` and `expression` itself).
+fn is_function(name: &str) -> bool {
+    super::matchers::MATCHER_KINDS.contains(&name) && !matches!(name, "not" | "bot" | "expression")
+}
 
 /// Parses a CEL program. (cel-interpreter 0.8's LALRPOP parser reports every bad input
 /// as an error; the ANTLR parser of later versions panics on many, a risk for a proxy
@@ -82,7 +71,7 @@ pub fn compile(tok: &Token, set_name: Option<&str>, diags: &mut Diags) -> Option
             let word = &src[i..j];
             let after = src[j..].trim_start();
             let method_call = src[..i].trim_end().ends_with('.');
-            if !method_call && after.starts_with('(') && FUNCTIONS.contains(&word) {
+            if !method_call && after.starts_with('(') && is_function(word) {
                 let open = src.len() - after.len();
                 let Some(close) = call_end(b, open) else {
                     diags.push(tok.error(format!("'{word}(' is not closed in the expression")));
