@@ -779,7 +779,12 @@ pub enum Handler {
     },
     Map(MapHandler),
     RequestBody {
-        max_size: u64,
+        /// `max_size`: larger bodies are refused (413).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_size: Option<u64>,
+        /// `set`: the body the upstream gets instead of the client's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        set: Option<Template>,
     },
     /// `root`: where file handlers look (`{http.vars.root}`).
     Root {

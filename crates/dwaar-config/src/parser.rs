@@ -587,6 +587,21 @@ impl Parser<'_, '_> {
                 }
                 continue;
             }
+            if let Some(name) = (!t.quoted())
+                .then(|| t.text.strip_prefix("{blocks.")?.strip_suffix('}'))
+                .flatten()
+            {
+                // `{blocks.name}`: the inside of the import block's `name { ... }`
+                // (nothing when it has none).
+                for (j, b) in named_block(block, name).iter().enumerate() {
+                    let mut b = b.clone();
+                    if j == 0 {
+                        b.line_start = t.line_start;
+                    }
+                    out.push(b);
+                }
+                continue;
+            }
             if !t.quoted() && (t.text == "{args[:]}" || t.text == "{args.*}") {
                 for (j, a) in args.iter().enumerate() {
                     let mut at = t.clone();
@@ -781,6 +796,45 @@ fn unreachable_token() -> Token {
     }
 }
 
+/// The tokens inside `name { ... }` at the top level of an import's block (the
+/// `{blocks.name}` of the snippet), empty when the block has no such entry.
+fn named_block<'a>(block: &'a [Token], name: &str) -> &'a [Token] {
+    let mut k = 0;
+    while k < block.len() {
+        let t = &block[k];
+        let opens = block
+            .get(k + 1)
+            .is_some_and(|n| n.is_open_brace() && !n.line_start);
+        if t.line_start && !t.quoted() && t.text == name && opens {
+            let open = k + 1;
+            let mut depth = 0usize;
+            for (m, x) in block.iter().enumerate().skip(open) {
+                if x.is_open_brace() {
+                    depth += 1;
+                } else if x.is_close_brace() {
+                    depth -= 1;
+                    if depth == 0 {
+                        return &block[open + 1..m];
+                    }
+                }
+            }
+            return &[];
+        }
+        // Skip this entry (and its block, if any).
+        let mut depth = 0usize;
+        k += 1;
+        while k < block.len() && (depth > 0 || !block[k].line_start) {
+            if block[k].is_open_brace() {
+                depth += 1;
+            } else if block[k].is_close_brace() {
+                depth = depth.saturating_sub(1);
+            }
+            k += 1;
+        }
+    }
+    &[]
+}
+
 /// Replaces `{args[N]}`, `{args.N}` and `{args[A:B]}` in `text`.
 fn substitute_args(text: &str, args: &[String]) -> Result<String, String> {
     let mut out = String::new();
@@ -901,6 +955,21 @@ mod tests {
         let names: Vec<&str> = inner.iter().map(|d| d.name.text.as_str()).collect();
         assert_eq!(names, ["header", "respond", "header"]);
         assert_eq!(site[1].name.text, "respond");
+        // `{blocks.name}`: the inside of the import block's named entries.
+        let (doc, diags, _) = parse_str(
+            "(s) {\n handle /a {\n  {blocks.first}\n }\n handle {\n  {blocks.second}\n  {blocks.missing}\n }\n}\n:1 {\n import s {\n  first {\n   respond \"one\"\n  }\n  second {\n   header X 2\n   respond \"two\"\n  }\n }\n}\n",
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        let site = &doc.sites[0].block.directives;
+        let inner = |i: usize| -> Vec<String> {
+            site[i]
+                .block
+                .as_ref()
+                .map(|b| b.directives.iter().map(|d| d.name.text.clone()).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(inner(0), vec!["respond"]);
+        assert_eq!(inner(1), vec!["header", "respond"]);
         // Without a block, `{block}` stands for nothing.
         let (doc, diags, _) = parse_str("(s) {\n header X 1\n {block}\n}\n:1 {\n import s\n}\n");
         assert!(diags.is_empty(), "{diags:?}");

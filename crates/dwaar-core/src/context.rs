@@ -273,6 +273,8 @@ pub struct RequestContext {
     /// after an off-path check does not charge them again.
     pub charged: ChargedZones,
     pub max_body: Option<u64>,
+    /// `request_body { set }`: the body sent upstream instead of the client's.
+    pub body_set: Option<Box<String>>,
     pub error: Option<(u16, String)>,
     pub close: bool,
     pub start: Option<Instant>,

@@ -1058,7 +1058,13 @@ fn run_handler<'t>(
                 .into(),
             }),
         },
-        HandlerRule::RequestBody(max) => {
+        HandlerRule::RequestBody { max, set } => {
+            if let Some(t) = set {
+                ctx.body_set = Some(Box::new(render(t, req, ctx).into_owned()));
+            }
+            let Some(max) = max else {
+                return Flow::Continue;
+            };
             ctx.max_body = Some(*max);
             let too_big = req
                 .header("content-length")

@@ -144,12 +144,18 @@ fn conn_info(session: &Session) -> ConnInfo {
 
 /// Whether this request is proxied by the shared exchange code ([`crate::streams::proxy`],
 /// as for HTTP/2 and HTTP/3) rather than by Pingora's own: FastCGI, the body buffering
-/// options, and `Expect: 100-continue` requests (answered as on every other path, with
-/// `expect_continue_timeout` honoured). Upgrades stay with Pingora, which relays them.
-fn shared_exchange(p: &crate::upstream::ProxyHandler, req: &RequestHeader, upgrade: bool) -> bool {
+/// options, `request_body { set }`, and `Expect: 100-continue` requests (answered as on
+/// every other path, with `expect_continue_timeout` honoured). Upgrades stay with
+/// Pingora, which relays them.
+fn shared_exchange(
+    p: &crate::upstream::ProxyHandler,
+    req: &RequestHeader,
+    ctx: &PingoraCtx,
+) -> bool {
     p.fastcgi.is_some()
-        || (!upgrade
+        || (!ctx.is_upgrade
             && (p.shared_exchange()
+                || ctx.body_set.is_some()
                 || crate::streams::request_body::expects_continue(&req.headers)))
 }
 
@@ -400,7 +406,7 @@ impl ProxyHttp for DwaarProxy {
                 let Some(p) = ctx.proxy.clone() else {
                     return Ok(false);
                 };
-                if !shared_exchange(&p, session.req_header(), ctx.is_upgrade) {
+                if !shared_exchange(&p, session.req_header(), ctx) {
                     return Ok(false);
                 }
                 serve_shared(session, ctx).await;

@@ -126,7 +126,11 @@ pub enum HandlerRule {
     Abort,
     Vars(Vec<(CompactString, Template)>),
     Map(MapRule),
-    RequestBody(u64),
+    /// `request_body`: a size limit, a body that replaces the client's.
+    RequestBody {
+        max: Option<u64>,
+        set: Option<Template>,
+    },
     /// `root`: sets `{vars.root}`.
     Root(Template),
     FileServer(Arc<dwaar_config::model::FileServer>),
@@ -1105,7 +1109,10 @@ fn compile_handler(
                 defaults: m.defaults.clone(),
             })
         }
-        Handler::RequestBody { max_size } => HandlerRule::RequestBody(*max_size),
+        Handler::RequestBody { max_size, set } => HandlerRule::RequestBody {
+            max: *max_size,
+            set: set.clone(),
+        },
         Handler::Intercept(ic) => {
             HandlerRule::Intercept(Arc::new(ResponseRules::compile(ic, &mut |routes| {
                 compile_routes(routes, cx, groups)

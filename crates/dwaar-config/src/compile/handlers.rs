@@ -388,36 +388,43 @@ pub fn compile_directive(
         "map" => map(d, named, diags),
         "request_body" => {
             let (m, skip) = inline_matcher(d, named, diags);
-            if !diags.arity(d, skip, 0, 0, "request_body [matcher] { max_size <size> }") {
+            if !diags.arity(
+                d,
+                skip,
+                0,
+                0,
+                "request_body [matcher] { max_size <size>; set <body> }",
+            ) {
                 return Compiled::Nothing;
             }
-            let mut max = None;
+            let (mut max, mut set) = (None, None);
             for line in block_lines(&d.block) {
                 match line.name.text.as_str() {
                     "max_size" if diags.arity(line, 0, 1, 1, "max_size <size>") => {
                         max = diags.size(&line.args[0])
                     }
-                    "max_size" => {}
-                    _ => diags.unknown_sub("request_body", &line.name, &["max_size"]),
-                }
-            }
-            match max {
-                Some(max_size) => route(m, vec![Handler::RequestBody { max_size }]),
-                None => {
-                    // A block without `max_size` (or with a bad one, reported) sets nothing.
-                    if !block_lines(&d.block)
-                        .iter()
-                        .any(|l| l.name.text == "max_size")
-                    {
-                        diags.push(
-                            d.name
-                                .error("'request_body' needs a block with max_size")
-                                .with_help("request_body { max_size 10MB }"),
-                        );
+                    "set" if diags.arity(line, 0, 1, 1, "set <body>") => {
+                        set = Some(diags.template(&line.args[0]))
                     }
-                    Compiled::Nothing
+                    "max_size" | "set" => {}
+                    _ => diags.unknown_sub("request_body", &line.name, &["max_size", "set"]),
                 }
             }
+            if max.is_none() && set.is_none() {
+                // A block without either (or with bad ones, reported) sets nothing.
+                if !block_lines(&d.block)
+                    .iter()
+                    .any(|l| matches!(l.name.text.as_str(), "max_size" | "set"))
+                {
+                    diags.push(
+                        d.name
+                            .error("'request_body' needs a block with max_size or set")
+                            .with_help("request_body { max_size 10MB }"),
+                    );
+                }
+                return Compiled::Nothing;
+            }
+            route(m, vec![Handler::RequestBody { max_size: max, set }])
         }
         n if SITE_LEVEL.contains(&n) => {
             diags.push(d.name.error(format!(

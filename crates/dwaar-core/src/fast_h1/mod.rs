@@ -603,6 +603,7 @@ async fn serve_one<S: LeanIo>(
             // Cache fills, revalidations and bypass marks run on Pingora's path (hits
             // were answered above, here).
             let eligible = ctx.max_body.is_none()
+                && ctx.body_set.is_none()
                 && ctx.cache.is_none()
                 && ctx.proxy.as_ref().is_some_and(|p| p.lean);
             if !eligible {

@@ -340,7 +340,14 @@ pub async fn proxy<D: Downstream>(
         }
         body.expect_continue();
     }
-    if let Some(limit) = p.request_buffers {
+    if let Some(set) = ctx.body_set.take() {
+        // `request_body { set }`: this body, whatever the client sent.
+        let n = set.len();
+        body.replace(*set).await;
+        req.remove_header(&http::header::TRANSFER_ENCODING);
+        req.remove_header(&http::header::EXPECT);
+        let _ = req.insert_header(http::header::CONTENT_LENGTH, itoa::Buffer::new().format(n));
+    } else if let Some(limit) = p.request_buffers {
         // Past `max_size` the exchange refuses the body anyway: no need to hold more.
         let limit = ctx.max_body.map_or(limit, |m| {
             limit.min(usize::try_from(m).unwrap_or(usize::MAX).saturating_add(1))

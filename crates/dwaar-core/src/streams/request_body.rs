@@ -81,6 +81,17 @@ impl<'a, D: Downstream> RequestBody<'a, D> {
         Ok(self.complete)
     }
 
+    /// `request_body { set }`: the upstream gets `body` instead of the client's, which
+    /// is read and dropped (within the usual bounds) first.
+    pub async fn replace(&mut self, body: String) {
+        if !self.continue_due {
+            self.down.discard_body().await;
+        }
+        self.ahead = Bytes::from(body);
+        self.ahead_given = false;
+        self.complete = true;
+    }
+
     /// The whole body was read ahead, so the request can be sent again.
     pub fn replayable(&self) -> bool {
         self.complete
