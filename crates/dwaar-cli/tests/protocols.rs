@@ -897,7 +897,7 @@ fn tls_client_auth_to_upstreams_on_every_path() {
         &bin(),
         &format!(
             "{{\n\thttp_port {http}\n\thttps_port {backend}\n\tauto_https disable_redirects\n}}\n\
-             https://localhost:{backend} {{\n\ttls {} {} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {}\n\t\t}}\n\t}}\n\theader X-Client \"{{tls_client_subject}}|{{tls_client_serial}}|{{tls_client_fingerprint}}|{{tls_client_issuer}}\"\n\trespond \"mtls ok\"\n}}\n",
+             https://localhost:{backend} {{\n\ttls {} {} {{\n\t\tclient_auth {{\n\t\t\tmode require_and_verify\n\t\t\ttrusted_ca_cert_file {}\n\t\t}}\n\t}}\n\theader X-Client \"{{tls_client_subject}}|{{tls_client_serial}}|{{tls_client_fingerprint}}|{{tls_client_issuer}}\"\n\theader X-Client-Key \"{{http.request.tls.client.san.dns_names}}|{{http.request.tls.client.san.dns_names.0}}|{{http.request.tls.client.public_key}}|{{http.request.tls.client.public_key_sha256}}|{{http.request.tls.ech}}\"\n\trespond \"mtls ok\"\n}}\n",
             ca.cert_pem.display(),
             ca.key_pem.display(),
             ca.ca_pem.display()
@@ -938,9 +938,36 @@ fn tls_client_auth_to_upstreams_on_every_path() {
         .unwrap_or_default()
         .replace(':', "")
         .to_ascii_lowercase();
+    // The key's bytes: the end of its SubjectPublicKeyInfo (a P-256 point, 65 bytes).
+    let key_bytes = |filter: &str| {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform DER | tail -c 65 | {filter}",
+                client_cert.display()
+            ))
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let key_hex = key_bytes("od -An -v -tx1").replace([' ', '\n'], "");
+    let key_sha = key_bytes("openssl dgst -sha256 -r")
+        .split(' ')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        key_hex.len() == 130 && key_hex.starts_with("04") && key_sha.len() == 64,
+        "{key_hex} {key_sha}"
+    );
     for proto in ALL {
         let r = p.ok(proto, &Req::get("/"));
         assert_eq!((r.status, r.text().as_str()), (200, "mtls ok"), "{proto:?}");
+        assert_eq!(
+            r.header("x-client-key").unwrap_or_default(),
+            format!("[client.test]|client.test|{key_hex}|{key_sha}|false"),
+            "{proto:?}"
+        );
         let client = r.header("x-client").unwrap_or_default().to_string();
         let parts: Vec<&str> = client.split('|').collect();
         assert_eq!(parts.len(), 4, "{client}");

@@ -116,6 +116,22 @@ pub enum TlsFact {
     ClientSerial,
     ClientCertificatePem,
     ClientCertificateDerBase64,
+    /// The client key's bytes (the certificate's public key bit string), in hex.
+    ClientPublicKey,
+    ClientPublicKeySha256,
+    /// A subject alternative name list of the client certificate, or one entry of it.
+    ClientSan(SanKind, Option<u16>),
+    /// Encrypted ClientHello was accepted (never, in Dwaar).
+    Ech,
+}
+
+/// The kinds of subject alternative names `{http.request.tls.client.san.*}` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SanKind {
+    DnsNames,
+    Emails,
+    Ips,
+    Uris,
 }
 
 /// A `{system.*}` fact.
@@ -390,7 +406,25 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
             "client.serial" => TlsFact::ClientSerial,
             "client.certificate_pem" => TlsFact::ClientCertificatePem,
             "client.certificate_der_base64" => TlsFact::ClientCertificateDerBase64,
-            _ => return None,
+            "client.public_key" => TlsFact::ClientPublicKey,
+            "client.public_key_sha256" => TlsFact::ClientPublicKeySha256,
+            "ech" => TlsFact::Ech,
+            other => {
+                let san = other.strip_prefix("client.san.")?;
+                let (kind, rest) = [
+                    ("dns_names", SanKind::DnsNames),
+                    ("emails", SanKind::Emails),
+                    ("ips", SanKind::Ips),
+                    ("uris", SanKind::Uris),
+                ]
+                .into_iter()
+                .find_map(|(name, kind)| san.strip_prefix(name).map(|rest| (kind, rest)))?;
+                let index = match rest {
+                    "" => None,
+                    r => Some(r.strip_prefix('.')?.parse::<u16>().ok()?),
+                };
+                TlsFact::ClientSan(kind, index)
+            }
         }));
     }
     if let Some(name) = prefixed(&["env."]) {

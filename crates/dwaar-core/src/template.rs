@@ -515,6 +515,8 @@ fn push_tls(
         F::Proto => out.push_str(t.alpn.as_deref().unwrap_or("")),
         F::ProtoMutual => out.push_str("true"),
         F::ServerName => out.push_str(t.server_name.as_deref().unwrap_or("")),
+        // Dwaar does not accept Encrypted ClientHello.
+        F::Ech => out.push_str("false"),
         _ => {
             if let Some(der) = &t.client_cert {
                 push_client_cert(out, fact, der);
@@ -543,7 +545,7 @@ fn push_client_cert(out: &mut String, fact: dwaar_config::placeholder::TlsFact, 
             }
             out.push_str("-----END CERTIFICATE-----\n");
         }
-        F::ClientSubject | F::ClientIssuer | F::ClientSerial => {
+        _ => {
             let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
                 return;
             };
@@ -552,10 +554,71 @@ fn push_client_cert(out: &mut String, fact: dwaar_config::placeholder::TlsFact, 
                     let _ = write!(out, "{}", cert.tbs_certificate.serial);
                 }
                 F::ClientSubject => push_name(out, cert.subject()),
-                _ => push_name(out, cert.issuer()),
+                F::ClientIssuer => push_name(out, cert.issuer()),
+                // The key's own bytes, as Caddy gives them: PKCS#1 for RSA, the point
+                // for EC keys, the 32 bytes of an Ed25519 key.
+                F::ClientPublicKey | F::ClientPublicKeySha256 => {
+                    let key = &cert.public_key().subject_public_key.data;
+                    let hex = |out: &mut String, bytes: &[u8]| {
+                        for b in bytes {
+                            let _ = write!(out, "{b:02x}");
+                        }
+                    };
+                    if fact == F::ClientPublicKey {
+                        hex(out, key);
+                    } else {
+                        hex(
+                            out,
+                            ring::digest::digest(&ring::digest::SHA256, key).as_ref(),
+                        );
+                    }
+                }
+                F::ClientSan(kind, index) => push_san(out, &cert, kind, index),
+                _ => {}
             }
         }
-        _ => {}
+    }
+}
+
+/// A subject alternative name list as Caddy (Go) writes it (`[a b]`), or one entry.
+fn push_san(
+    out: &mut String,
+    cert: &x509_parser::certificate::X509Certificate<'_>,
+    kind: dwaar_config::placeholder::SanKind,
+    index: Option<u16>,
+) {
+    use dwaar_config::placeholder::SanKind;
+    use x509_parser::extensions::GeneralName;
+    let names: Vec<String> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match (kind, n) {
+                (SanKind::DnsNames, GeneralName::DNSName(d)) => Some(d.to_string()),
+                (SanKind::Emails, GeneralName::RFC822Name(e)) => Some(e.to_string()),
+                (SanKind::Uris, GeneralName::URI(u)) => Some(u.to_string()),
+                (SanKind::Ips, GeneralName::IPAddress(b)) => match b.len() {
+                    4 => Some(std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]).to_string()),
+                    16 => {
+                        let mut a = [0u8; 16];
+                        a.copy_from_slice(b);
+                        Some(std::net::Ipv6Addr::from(a).to_string())
+                    }
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    match index {
+        Some(i) => out.push_str(names.get(usize::from(i)).map_or("", String::as_str)),
+        None => {
+            out.push('[');
+            out.push_str(&names.join(" "));
+            out.push(']');
+        }
     }
 }
 
