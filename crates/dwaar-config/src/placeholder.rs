@@ -177,6 +177,9 @@ pub enum UpstreamFact {
     /// Since the latest attempt started (Go's duration text, or ms).
     Duration,
     DurationMs,
+    /// Since the first attempt started: all of the proxying, retries included.
+    ProxyDuration,
+    ProxyDurationMs,
 }
 
 /// One piece of a template.
@@ -373,6 +376,8 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.reverse_proxy.upstream.fails" => Some(P::Upstream(UpstreamFact::Fails)),
         "http.reverse_proxy.upstream.duration" => Some(P::Upstream(UpstreamFact::Duration)),
         "http.reverse_proxy.upstream.duration_ms" => Some(P::Upstream(UpstreamFact::DurationMs)),
+        "http.reverse_proxy.duration" => Some(P::Upstream(UpstreamFact::ProxyDuration)),
+        "http.reverse_proxy.duration_ms" => Some(P::Upstream(UpstreamFact::ProxyDurationMs)),
         "tls_version" => Some(P::Tls(TlsFact::Version)),
         "tls_cipher" => Some(P::Tls(TlsFact::CipherSuite)),
         "tls_client_fingerprint" => Some(P::Tls(TlsFact::ClientFingerprint)),

@@ -126,6 +126,8 @@ pub struct UpstreamAttempt {
     pub failure: UpstreamFailure,
     /// When the latest attempt started.
     pub started: Option<Instant>,
+    /// When the first attempt started.
+    pub first_started: Option<Instant>,
     /// When the upstream request head was handed to the connection.
     pub sent: Option<Instant>,
     /// From `sent` to the upstream response head.

@@ -482,6 +482,15 @@ fn push_upstream(
             push_duration(out, since, fact == F::DurationMs);
             Ok(())
         }
+        F::ProxyDuration | F::ProxyDurationMs => {
+            let since = ctx
+                .attempt
+                .first_started
+                .map(|s| s.elapsed())
+                .unwrap_or_default();
+            push_duration(out, since, fact == F::ProxyDurationMs);
+            Ok(())
+        }
         F::Fails => {
             let window = ctx
                 .proxy

@@ -41,7 +41,9 @@ pub fn claim(ctx: &mut RequestContext, up: Arc<UpstreamState>) {
     ctx.attempt.claim = Some(UpstreamClaim::new(up.clone()));
     ctx.attempt.upstream = Some(up);
     ctx.attempt.count += 1;
-    ctx.attempt.started = Some(Instant::now());
+    let now = Instant::now();
+    ctx.attempt.started = Some(now);
+    ctx.attempt.first_started.get_or_insert(now);
 }
 
 /// The request no longer occupies its upstream (its exchange ended or failed).
