@@ -1499,3 +1499,67 @@ fn request_body_set_on_every_path() {
         assert!(r.text().contains("body: 5000"), "{proto:?}");
     }
 }
+
+/// `log_append` values are taken when the record is written, as in Caddy (the chosen
+/// upstream and the response are known then); `<field` takes them when the directive
+/// runs; a value naming a variable is that variable's value. Every path.
+#[test]
+fn log_append_late_and_early_on_every_path() {
+    let o = origin::http("app");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\tlog {{\n\t\toutput file SCRATCH/INSTANCE.log\n\t}}\n\
+             \tvars tier gold\n\
+             \tlog_append upstream {{http.reverse_proxy.upstream.hostport}}\n\
+             \tlog_append <early_upstream {{http.reverse_proxy.upstream.hostport}}\n\
+             \tlog_append status {{http.response.status}}\n\
+             \tlog_append type {{http.response.header.Content-Type}}\n\
+             \tlog_append size {{http.response.size}}\n\
+             \tlog_append tier tier\n\
+             \treverse_proxy 127.0.0.1:{}\n",
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let path = format!("/late-{proto:?}");
+        let r = p.ok(proto, &Req::get(&path));
+        assert_eq!(r.status, 200, "{proto:?}");
+        let instance = if proto == Proto::H1Pingora {
+            "pingora"
+        } else {
+            "main"
+        };
+        let file = p.scratch().join(format!("{instance}.log"));
+        let needle = format!("\"uri\":\"{path}\"");
+        assert!(
+            wait_until(std::time::Duration::from_secs(5), || {
+                std::fs::read_to_string(&file)
+                    .unwrap_or_default()
+                    .contains(&needle)
+            }),
+            "{proto:?}: no record"
+        );
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.contains(&needle))
+            .unwrap_or_default();
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{proto:?}: {e}: {line}"));
+        assert_eq!(
+            v["upstream"],
+            format!("127.0.0.1:{}", o.port).as_str(),
+            "{proto:?}: {line}"
+        );
+        assert_eq!(v["early_upstream"], "", "{proto:?}: {line}");
+        assert_eq!(v["status"], "200", "{proto:?}: {line}");
+        assert_eq!(v["type"], "text/plain", "{proto:?}: {line}");
+        assert_eq!(
+            v["size"].as_str().and_then(|s| s.parse::<usize>().ok()),
+            Some(r.body.len()),
+            "{proto:?}: {line}"
+        );
+        assert_eq!(v["tier"], "gold", "{proto:?}: {line}");
+    }
+}

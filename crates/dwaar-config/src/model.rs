@@ -819,10 +819,13 @@ pub enum Handler {
     Method {
         method: String,
     },
-    /// `log_append <field> <value>`: a field added to the request's access-log record.
+    /// `log_append <field> <value>`: a field added to the request's access-log record,
+    /// its value taken when the record is written (`<field`: when the directive runs).
     LogAppend {
         field: String,
         value: Template,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        early: bool,
     },
 }
 

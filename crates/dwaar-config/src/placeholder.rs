@@ -35,6 +35,13 @@ pub enum Placeholder {
     ClientIp,
     /// A request header; the name is stored lowercase.
     Header(String),
+    /// `{http.response.*}`: the response as it went out (status, body size, time,
+    /// header fields), known once it was written: for `log_append`.
+    ResponseStatus,
+    ResponseSize,
+    ResponseDuration,
+    ResponseDurationMs,
+    ResponseHeader(String),
     Cookie(String),
     HostLabel(usize),
     Var(String),
@@ -358,6 +365,10 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "orig_query" | "http.request.orig_uri.query" => Some(P::OrigQuery),
         "orig_?query" => Some(P::OrigPrefixedQuery),
         "http.request.duration" => Some(P::Duration),
+        "http.response.status" => Some(P::ResponseStatus),
+        "http.response.size" => Some(P::ResponseSize),
+        "http.response.duration" => Some(P::ResponseDuration),
+        "http.response.duration_ms" => Some(P::ResponseDurationMs),
         "http.request.duration_ms" => Some(P::DurationMs),
         "http.request.local.port" => Some(P::LocalPort),
         "http.request.local.host" => Some(P::LocalHost),
@@ -445,6 +456,9 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
     }
     if let Some(name) = prefixed(&["http.request.header.", "header."]) {
         return Some(P::Header(name.to_ascii_lowercase()));
+    }
+    if let Some(name) = prefixed(&["http.response.header."]) {
+        return Some(P::ResponseHeader(name.to_ascii_lowercase()));
     }
     if let Some(name) = prefixed(&[
         "http.reverse_proxy.header.",

@@ -206,6 +206,10 @@ pub struct LogFacts {
 pub struct LogExtras {
     /// `log_append`: fields added to this request's record.
     pub appended: Vec<(CompactString, String)>,
+    /// `log_append` fields whose values are taken when the record is written.
+    pub late: Vec<(CompactString, dwaar_config::placeholder::Template)>,
+    /// The response's status and body size, once it was written (`{http.response.*}`).
+    pub response: std::sync::OnceLock<(u16, u64)>,
     /// `log_name`: the site's logs this request goes to (instead of those of its host).
     pub names: Option<Vec<String>>,
     /// The header fields a JSON access log writes; captured only when the site's log

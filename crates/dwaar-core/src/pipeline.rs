@@ -1084,9 +1084,17 @@ fn run_handler<'t>(
             Flow::Continue
         }
         HandlerRule::CopyResponse(status) => Flow::Done(Terminal::CopyResponse(*status)),
-        HandlerRule::LogAppend(field, value) => {
-            let v = render(value, req, ctx).into_owned();
-            ctx.log.extras_mut().appended.push((field.clone(), v));
+        HandlerRule::LogAppend(field, value, early) => {
+            if *early {
+                let v = log_value(value, req, ctx);
+                ctx.log.extras_mut().appended.push((field.clone(), v));
+            } else {
+                // Taken when the record is written, response facts included: the
+                // front-end records the response's fields for it.
+                let extras = ctx.log.extras_mut();
+                extras.late.push((field.clone(), value.clone()));
+                extras.headers.get_or_insert_with(Default::default);
+            }
             Flow::Continue
         }
         HandlerRule::Method(m) => {
@@ -1249,6 +1257,15 @@ fn request_fields(req: &dyn HttpRequest) -> Vec<(CompactString, String)> {
         });
     }
     out
+}
+
+/// A `log_append` value: a variable's value when the text names one (as in Caddy),
+/// else the text with its placeholders filled in.
+pub fn log_value(value: &Template, req: &dyn HttpRequest, ctx: &RequestContext) -> String {
+    if let Some(var) = value.as_literal().and_then(|name| ctx.var(name)) {
+        return var.to_string();
+    }
+    render(value, req, ctx).into_owned()
 }
 
 #[cfg(test)]

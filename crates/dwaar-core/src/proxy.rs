@@ -938,6 +938,7 @@ fn access_log(session: &Session, ctx: &RequestContext) {
     });
     crate::lifecycle::finish(ctx, req.method.as_str(), (status, read, written), || {
         LogParts {
+            request: req,
             method: req.method.as_str(),
             path: req.uri.path(),
             query: req.uri.query().unwrap_or(""),

@@ -148,7 +148,9 @@ pub enum HandlerRule {
     /// `method`: the request's method from here on.
     Method(CompactString),
     /// `log_append`: a field for the access-log record.
-    LogAppend(CompactString, Template),
+    /// `log_append`: a field, its value, and whether the value is taken at once
+    /// (`<field`) or when the record is written.
+    LogAppend(CompactString, Template, bool),
 }
 
 /// A compiled `copy_response_headers`: lowercase names, at most one list non-empty.
@@ -1120,9 +1122,11 @@ fn compile_handler(
         }
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
-        Handler::LogAppend { field, value } => {
-            HandlerRule::LogAppend(CompactString::new(field), value.clone())
-        }
+        Handler::LogAppend {
+            field,
+            value,
+            early,
+        } => HandlerRule::LogAppend(CompactString::new(field), value.clone(), *early),
         Handler::CopyResponseHeaders { include, exclude } => {
             HandlerRule::CopyResponseHeaders(Arc::new(CopyHeaders {
                 include: include.clone(),

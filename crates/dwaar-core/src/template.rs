@@ -153,6 +153,43 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
                 let _ = write!(out, "{s}");
             }
         }
+        // Known once the response was written (`log_append`); empty before.
+        P::ResponseStatus | P::ResponseSize => {
+            if let Some((status, size)) = ctx.log.extras.as_ref().and_then(|e| e.response.get()) {
+                let v = if matches!(ph, P::ResponseStatus) {
+                    u64::from(*status)
+                } else {
+                    *size
+                };
+                let _ = write!(out, "{v}");
+            }
+        }
+        P::ResponseDuration | P::ResponseDurationMs => {
+            if ctx
+                .log
+                .extras
+                .as_ref()
+                .is_some_and(|e| e.response.get().is_some())
+            {
+                let since = ctx.start.map(|s| s.elapsed()).unwrap_or_default();
+                push_duration(out, since, matches!(ph, P::ResponseDurationMs));
+            }
+        }
+        P::ResponseHeader(name) => {
+            let fields = ctx
+                .log
+                .extras
+                .as_ref()
+                .and_then(|e| e.headers.as_ref())
+                .and_then(|h| h.response.get());
+            if let Some((_, v)) = fields
+                .into_iter()
+                .flatten()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                out.push_str(v);
+            }
+        }
         P::UpstreamHeader(name) => {
             if let Some((_, fields)) = &ctx.resp.upstream_answer {
                 if let Some((_, v)) = fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {

@@ -159,21 +159,22 @@ pub fn compile_directive(
                 return Compiled::Nothing;
             }
             let field = &d.args[skip];
-            if field.text.starts_with('<') {
-                diags.push(
-                    field
-                        .error(
-                            "'<' (a value taken once the response is written) is not supported yet",
-                        )
-                        .with_help("log_append takes its value when the directive runs"),
-                );
+            // `<field`: the value is taken when the directive runs, not when the record
+            // is written (Caddy's `early`).
+            let (name, early) = match field.text.strip_prefix('<') {
+                Some(rest) => (rest, true),
+                None => (field.text.as_str(), false),
+            };
+            if name.is_empty() {
+                diags.push(field.error("log_append needs a field name after '<'"));
                 return Compiled::Nothing;
             }
             route(
                 m,
                 vec![Handler::LogAppend {
-                    field: field.text.clone(),
+                    field: name.to_string(),
                     value: diags.template(&d.args[skip + 1]),
+                    early,
                 }],
             )
         }

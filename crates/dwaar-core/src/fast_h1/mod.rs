@@ -864,6 +864,7 @@ async fn send_file(
 
 fn finish_log(req: &FastRequest, ctx: &RequestContext, status: u16, read: u64, written: u64) {
     crate::lifecycle::finish(ctx, req.method(), (status, read, written), || LogParts {
+        request: req,
         method: req.method(),
         path: req.path(),
         query: req.query().unwrap_or(""),

@@ -303,6 +303,8 @@ pub fn failure_message(code: u16) -> &'static str {
 
 /// What a front-end knows about a finished request, for metrics and its log record.
 pub struct LogParts<'a> {
+    /// The request (for `log_append` values taken when the record is written).
+    pub request: &'a dyn HttpRequest,
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
@@ -360,6 +362,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         Some(orig) => orig.split_once('?').unwrap_or((orig, "")),
         None => (p.path, p.query),
     };
+    let extra = appended_fields(ctx, &p);
     let record = dwaar_log::RequestLog {
         ts_ms: start_unix_ms(ctx),
         request_id: ctx.request_id,
@@ -395,7 +398,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
             .map(|s| s.as_str()),
         encoding: ctx.log.encoded,
         error: ctx.attempt.error.clone(),
-        extra: extras.map(|e| e.appended.clone()).unwrap_or_default(),
+        extra,
         tls: ctx
             .conn
             .tls_facts
@@ -435,6 +438,25 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
         other.logger.log(record.clone());
     }
     first.logger.log(record);
+}
+
+/// The `log_append` fields of a record: those taken when the directives ran, then those
+/// taken now (with the response's facts known).
+fn appended_fields(ctx: &RequestContext, p: &LogParts<'_>) -> Vec<(CompactString, String)> {
+    let Some(extras) = ctx.log.extras.as_deref() else {
+        return Vec::new();
+    };
+    let mut out = extras.appended.clone();
+    if !extras.late.is_empty() {
+        let _ = extras.response.set((p.status, p.bytes_written));
+        for (field, value) in &extras.late {
+            out.push((
+                field.clone(),
+                crate::pipeline::log_value(value, p.request, ctx),
+            ));
+        }
+    }
+    out
 }
 
 /// Makes a panic fail only the task it happens in, logged and counted: every

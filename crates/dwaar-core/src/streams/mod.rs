@@ -116,6 +116,7 @@ pub async fn serve_request<D: Downstream>(
         header.method.as_str(),
         (status, read, written),
         || LogParts {
+            request: &header,
             method: header.method.as_str(),
             path: header.uri.path(),
             query: header.uri.query().unwrap_or(""),
