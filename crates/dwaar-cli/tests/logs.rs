@@ -677,3 +677,31 @@ fn encoder_options_reshape_records() {
     assert!(r["duration"].as_u64().is_some(), "{r}");
     assert_eq!(r["request"]["uri"], "/enc", "{r}");
 }
+
+/// `sampling`: within an interval, the first records are written, then every n-th.
+#[test]
+fn sampling_keeps_the_first_records_then_every_nth() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let log = dir.path().join("sampled.log");
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog {{\n\t\toutput file {}\n\t\tsampling {{\n\t\t\tinterval 10m\n\t\t\tfirst 3\n\t\t\tthereafter 5\n\t\t}}\n\t}}\n\trespond \"x\"\n}}\n",
+        log.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    for i in 1..=20 {
+        ok_get(port, "x", &format!("/s{i}"));
+    }
+    // Records 1-3, then 8, 13 and 18.
+    let got = wait_lines(&log, 6);
+    std::thread::sleep(Duration::from_millis(300));
+    let uris: Vec<String> = lines(&log)
+        .iter()
+        .map(|l| l["request"]["uri"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(
+        uris,
+        ["/s1", "/s2", "/s3", "/s8", "/s13", "/s18"],
+        "{got:?}"
+    );
+}

@@ -399,6 +399,19 @@ pub struct LogConfig {
     /// Encoder options (`format json|console { ... }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<EncoderOptions>,
+    /// `sampling`: of the records of one level within each interval, the first `first`
+    /// are written, then every `thereafter`-th.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<LogSampling>,
+}
+
+/// A log's `sampling` block (Caddy's defaults: 1 s, 100, 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSampling {
+    pub interval_ms: u64,
+    pub first: u64,
+    pub thereafter: u64,
 }
 
 /// Caddy's encoder options: key names and how times, durations and levels are written.
@@ -440,6 +453,7 @@ impl Default for LogConfig {
             hostnames: Vec::new(),
             no_hostname: false,
             encoder: None,
+            sampling: None,
         }
     }
 }

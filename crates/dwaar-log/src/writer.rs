@@ -104,6 +104,45 @@ pub struct Logger {
     sink: Arc<Sink>,
     style: Arc<Style>,
     level: LogLevel,
+    sampler: Option<Sampler>,
+}
+
+/// `sampling`: of each level's records within an interval, the first `first` are kept,
+/// then every `thereafter`-th (zap's sampler, which Caddy uses). Lock-free: a window
+/// number and a count per level.
+struct Sampler {
+    interval_ns: u64,
+    first: u64,
+    thereafter: u64,
+    epoch: Instant,
+    windows: [AtomicU64; 2],
+    counts: [AtomicU64; 2],
+}
+
+impl Sampler {
+    fn new(s: &dwaar_config::model::LogSampling) -> Sampler {
+        Sampler {
+            interval_ns: s.interval_ms.max(1).saturating_mul(1_000_000),
+            first: s.first,
+            thereafter: s.thereafter,
+            epoch: Instant::now(),
+            windows: [AtomicU64::new(0), AtomicU64::new(0)],
+            counts: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Whether this record of the level (`error`: 5xx) is written.
+    fn keep(&self, error: bool) -> bool {
+        let i = usize::from(error);
+        let window = self.epoch.elapsed().as_nanos() as u64 / self.interval_ns;
+        if self.windows[i].load(Ordering::Relaxed) != window
+            && self.windows[i].swap(window, Ordering::Relaxed) != window
+        {
+            self.counts[i].store(0, Ordering::Relaxed);
+        }
+        let n = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
+        n <= self.first || (self.thereafter > 0 && (n - self.first) % self.thereafter == 0)
+    }
 }
 
 impl std::fmt::Debug for Logger {
@@ -128,6 +167,11 @@ impl Logger {
         }
         if self.sink.discard {
             return true;
+        }
+        if let Some(s) = &self.sampler {
+            if !s.keep(record.level() == LogLevel::Error) {
+                return true;
+            }
         }
         match self
             .sink
@@ -174,6 +218,7 @@ impl LogRegistry {
             sink,
             style: Arc::new(Style::of(c)?),
             level: c.level,
+            sampler: c.sampling.as_ref().map(Sampler::new),
         }))
     }
 

@@ -13,6 +13,7 @@ const SUBDIRECTIVES: &[&str] = &[
     "mask_ip",
     "hostnames",
     "no_hostname",
+    "sampling",
 ];
 const FILE_OPTIONS: &[&str] = &[
     "roll_size",
@@ -102,6 +103,16 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                                 .with_help("use DEBUG, INFO, WARN or ERROR"),
                         ),
                     }
+                }
+            }
+            "sampling" if scope == Scope::Global => diags.push(
+                line.name
+                    .error("sampling applies to site access logs")
+                    .with_help("Dwaar's own log is not sampled"),
+            ),
+            "sampling" => {
+                if diags.arity(line, 0, 0, 0, "sampling { interval; first; thereafter }") {
+                    c.sampling = sampling(line, diags);
                 }
             }
             "hostnames" | "no_hostname" if scope == Scope::Global => diags.push(
@@ -400,6 +411,44 @@ fn field_filter(l: &Directive, diags: &mut Diags) -> Option<FieldFilter> {
         return None;
     }
     Some(FieldFilter { field, action })
+}
+
+/// `sampling { interval <duration>; first <n>; thereafter <n> }` (Caddy's defaults for
+/// what is left out: 1s, 100, 100).
+fn sampling(line: &Directive, diags: &mut Diags) -> Option<crate::model::LogSampling> {
+    let mut s = crate::model::LogSampling {
+        interval_ms: 1000,
+        first: 100,
+        thereafter: 100,
+    };
+    let before = diags.error_count();
+    for l in block_lines(&line.block) {
+        let name = l.name.text.as_str();
+        if !matches!(name, "interval" | "first" | "thereafter") {
+            diags.unknown_sub("sampling", &l.name, &["interval", "first", "thereafter"]);
+            continue;
+        }
+        if !diags.arity(l, 0, 1, 1, &format!("{name} <value>")) {
+            continue;
+        }
+        match name {
+            "interval" => {
+                if let Some(v) = diags.duration(&l.args[0]).filter(|v| *v > 0) {
+                    s.interval_ms = v;
+                }
+            }
+            _ => {
+                if let Some(n) = diags.number::<u64>(&l.args[0], "count") {
+                    if name == "first" {
+                        s.first = n;
+                    } else {
+                        s.thereafter = n;
+                    }
+                }
+            }
+        }
+    }
+    (diags.error_count() == before).then_some(s)
 }
 
 fn bits(t: &crate::lexer::Token, max: u8, diags: &mut Diags) -> Option<u8> {
