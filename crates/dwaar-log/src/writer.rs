@@ -141,7 +141,7 @@ impl Sampler {
             self.counts[i].store(0, Ordering::Relaxed);
         }
         let n = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
-        n <= self.first || (self.thereafter > 0 && (n - self.first) % self.thereafter == 0)
+        n <= self.first || (self.thereafter > 0 && (n - self.first).is_multiple_of(self.thereafter))
     }
 }
 
