@@ -1432,6 +1432,8 @@ fn expression_matcher_on_every_path() {
         "\t@post expression {method} == \"POST\" && path('/api/*')\n\
          \t@keyed `header({'X-Key': ['a', 'b']}) && {query.x} == \"1\"`\n\
          \t@tls expression {http.request.scheme} == \"https\" && {path}.endsWith(\".json\")\n\
+         \t@page expression file({'root': 'SCRATCH', 'try_files': ['{path}.html']}) && !file('/absent')\n\
+         \trespond @page \"page {file_match.relative}\"\n\
          \terror /missing 404\n\
          \trespond @post \"post api\"\n\
          \trespond @keyed \"keyed\"\n\
@@ -1439,8 +1441,14 @@ fn expression_matcher_on_every_path() {
          \thandle_errors {\n\t\t@nf expression {http.error.status_code} == 404\n\t\trespond @nf \"nf {http.error.status_code}\" 404\n\t}\n\
          \trespond \"none\"\n",
     );
+    std::fs::write(p.scratch().join("about.html"), "about").unwrap_or_else(|e| panic!("{e}"));
     for proto in ALL {
         let tls = matches!(proto, Proto::H1Tls | Proto::H2Tls | Proto::H3);
+        assert_eq!(
+            p.ok(proto, &Req::get("/about")).text(),
+            "page /about.html",
+            "{proto:?}"
+        );
         let r = p.ok(proto, &Req::post("/api/x", b"body".to_vec()));
         assert_eq!(r.text(), "post api", "{proto:?}");
         assert_eq!(p.ok(proto, &Req::get("/api/x")).text(), "none", "{proto:?}");

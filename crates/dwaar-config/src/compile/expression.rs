@@ -330,12 +330,36 @@ fn matcher_call(
             )));
             return None;
         }
-        ("file", _) => {
-            diags.push(
-                tok.error("file() in expressions is not supported yet")
-                    .with_help("use a named matcher with a file line next to the expression"),
-            );
-            return None;
+        ("file", [Literal::Map(entries)]) => {
+            // `file({'root': ..., 'try_files': [...], ...})`: the block form's lines.
+            let bare = |text: &str| {
+                let mut t = word(text);
+                t.kind = crate::lexer::TokenKind::Word;
+                t
+            };
+            let directives = entries
+                .iter()
+                .map(|(k, vs)| Directive {
+                    name: bare(k),
+                    args: vs.iter().map(|v| word(v)).collect(),
+                    block: None,
+                })
+                .collect();
+            let line = Directive {
+                name: bare("file"),
+                args: Vec::new(),
+                block: Some(crate::parser::Block {
+                    open: tok.span,
+                    directives,
+                    close: tok.span,
+                }),
+            };
+            let mut set = MatcherSet {
+                name: None,
+                matchers: Vec::new(),
+            };
+            add_matcher(&mut set, &line, diags);
+            return Some(set);
         }
         (_, lits) => {
             let mut l = Vec::new();
@@ -408,6 +432,7 @@ mod tests {
             ("path('/a'", "not closed"),
             ("header('X')", "takes one map"),
             ("path_regexp('(')", "regular expression"),
+            ("file({'tries': ['a']})", "unknown subdirective"),
         ] {
             let mut diags = Diags::default();
             assert!(compile(&token(src), None, &mut diags).is_none(), "{src}");
