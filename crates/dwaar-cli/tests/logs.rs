@@ -705,3 +705,42 @@ fn sampling_keeps_the_first_records_then_every_nth() {
         "{got:?}"
     );
 }
+
+/// Global logs collect sites' access records by logger name (`include`, `exclude`, the
+/// longest prefix deciding), each in its own output and format.
+#[test]
+fn global_logs_collect_access_records_by_name() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (api_only, all_but_other, other) = (
+        dir.path().join("api.log"),
+        dir.path().join("most.log"),
+        dir.path().join("other.log"),
+    );
+    let port = free_port();
+    let cfg = format!(
+        "{{\n\tlog api-only {{\n\t\toutput file {}\n\t\tinclude http.log.access.api\n\t}}\n\
+         \tlog most {{\n\t\toutput file {}\n\t\tformat console\n\t\tinclude http.log.access\n\t\texclude http.log.access.other\n\t}}\n}}\n\
+         :{port} {{\n\tlog api {{\n\t\toutput discard\n\t\tno_hostname\n\t}}\n\
+         \tlog other {{\n\t\toutput file {}\n\t}}\n\tlog_name /api/* api\n\trespond \"x\"\n}}\n",
+        api_only.display(),
+        all_but_other.display(),
+        other.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    ok_get(port, "x", "/api/one");
+    ok_get(port, "x", "/page");
+    let api = wait_lines(&api_only, 1);
+    let others = wait_lines(&other, 1);
+    assert!(wait_until(Duration::from_secs(5), || {
+        std::fs::read_to_string(&all_but_other).is_ok_and(|t| t.contains("/api/one"))
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(lines(&api_only).len(), 1, "{api:?}");
+    assert_eq!(api[0]["request"]["uri"], "/api/one");
+    assert_eq!(api[0]["logger"], "http.log.access.api");
+    assert_eq!(lines(&other).len(), 1, "{others:?}");
+    assert_eq!(others[0]["request"]["uri"], "/page");
+    let most = std::fs::read_to_string(&all_but_other).unwrap_or_default();
+    assert_eq!(most.lines().count(), 1, "{most}");
+    assert!(!most.contains("/page"), "{most}");
+}

@@ -36,6 +36,10 @@ pub struct GlobalOptions {
     /// Dwaar's own log (global `log`): where it goes, its format and level.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogConfig>,
+    /// Global logs that collect sites' access records (`log <name> { include
+    /// http.log.access... }`), and Dwaar's own log when it includes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access_logs: Vec<LogConfig>,
     /// Certificate automation defaults (`email`, `acme_ca`, `local_certs`, `storage`).
     #[serde(default)]
     pub tls: GlobalTls,
@@ -164,6 +168,7 @@ impl Default for GlobalOptions {
             admin: AdminOptions::default(),
             workers: 1,
             log: None,
+            access_logs: Vec::new(),
             tls: GlobalTls::default(),
             analytics: GlobalAnalytics::default(),
             default_bind: Vec::new(),
@@ -403,6 +408,33 @@ pub struct LogConfig {
     /// are written, then every `thereafter`-th.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampling: Option<LogSampling>,
+    /// Global logs: the logger names (`http.log.access.<name>`) whose records this log
+    /// takes, and those it leaves out (the longest matching prefix decides).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl LogConfig {
+    /// Whether this global log takes the records of the logger named `logger` (Caddy's
+    /// rule: the longest `include` or `exclude` entry that is the name or a dotted
+    /// prefix of it decides; without `include`, everything not excluded).
+    pub fn takes_logger(&self, logger: &str) -> bool {
+        let matches = |entry: &String| {
+            logger == entry
+                || logger
+                    .strip_prefix(entry.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        };
+        let best = |list: &[String]| list.iter().filter(|e| matches(e)).map(String::len).max();
+        match (best(&self.include), best(&self.exclude)) {
+            (Some(i), Some(e)) => i > e,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => self.include.is_empty(),
+        }
+    }
 }
 
 /// A log's `sampling` block (Caddy's defaults: 1 s, 100, 100).
@@ -454,6 +486,8 @@ impl Default for LogConfig {
             no_hostname: false,
             encoder: None,
             sampling: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
         }
     }
 }

@@ -62,6 +62,8 @@ pub struct MapRule {
 pub struct SiteLog {
     pub name: Option<String>,
     pub logger: Arc<dwaar_log::Logger>,
+    /// Global logs that also take this logger's records (`include`).
+    pub forwards: Vec<Arc<dwaar_log::Logger>>,
     /// `hostnames`: only requests for these hosts (lowercase; `*.` prefixes match one
     /// label); empty: every request of the site.
     pub hostnames: Vec<String>,
@@ -587,9 +589,30 @@ impl RouteTable {
             let mut logs = Vec::with_capacity(site.logs.len());
             if let Some(registry) = &registries.logs {
                 for c in &site.logs {
+                    // Global logs that collect this logger's records: each is written
+                    // in that log's own output and format, under this logger's name.
+                    let logger_name = match &c.name {
+                        Some(n) => format!("http.log.access.{n}"),
+                        None => "http.log.access".to_string(),
+                    };
+                    let mut forwards = Vec::new();
+                    for g in config
+                        .global
+                        .access_logs
+                        .iter()
+                        .filter(|g| g.takes_logger(&logger_name))
+                    {
+                        forwards.push(registry.logger(&dwaar_config::model::LogConfig {
+                            name: c.name.clone(),
+                            include: Vec::new(),
+                            exclude: Vec::new(),
+                            ..g.clone()
+                        })?);
+                    }
                     logs.push(SiteLog {
                         name: c.name.clone(),
                         logger: registry.logger(c)?,
+                        forwards,
                         hostnames: c.hostnames.clone(),
                         no_hostname: c.no_hostname,
                     });

@@ -14,6 +14,8 @@ const SUBDIRECTIVES: &[&str] = &[
     "hostnames",
     "no_hostname",
     "sampling",
+    "include",
+    "exclude",
 ];
 const FILE_OPTIONS: &[&str] = &[
     "roll_size",
@@ -102,6 +104,40 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                                 .error(format!("unknown log level '{other}'"))
                                 .with_help("use DEBUG, INFO, WARN or ERROR"),
                         ),
+                    }
+                }
+            }
+            "include" | "exclude" if scope == Scope::Site => diags.push(
+                line.name
+                    .error(format!("{} applies to global logs", line.name.text))
+                    .with_help(
+                        "a site's log takes its own requests; name it to collect it globally",
+                    ),
+            ),
+            "include" | "exclude" => {
+                if diags.arity(
+                    line,
+                    0,
+                    1,
+                    usize::MAX,
+                    &format!("{} <logger names...>", line.name.text),
+                ) {
+                    let mut names = Vec::new();
+                    for a in &line.args {
+                        // Access loggers are the only ones Dwaar has Caddy's names for.
+                        if a.text == "http.log.access" || a.text.starts_with("http.log.access.") {
+                            names.push(a.text.clone());
+                        } else {
+                            diags.push(
+                                a.error(format!("Dwaar has no logger named '{}'", a.text))
+                                    .with_help("access loggers: http.log.access or http.log.access.<site log name>"),
+                            );
+                        }
+                    }
+                    if line.name.text == "include" {
+                        c.include.extend(names);
+                    } else {
+                        c.exclude.extend(names);
                     }
                 }
             }

@@ -810,10 +810,29 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             "servers" => servers(d, &mut g, diags),
             "admin" => admin(d, &mut g, diags),
             "log" => {
-                if g.log.is_some() {
+                // `log` / `log default`: Dwaar's own log; another name: a log that
+                // collects access records (`include`).
+                let name = d.args.first().map(|a| a.text.as_str());
+                let own = matches!(name, None | Some("default"));
+                if own && g.log.is_some() {
                     diags.push(d.name.error("the global 'log' option is given twice"));
-                } else {
-                    g.log = log::log_config(d, diags, log::Scope::Global);
+                } else if !own && g.access_logs.iter().any(|l| l.name.as_deref() == name) {
+                    diags.push(d.args[0].error("a global log of this name is given twice"));
+                } else if let Some(c) = log::log_config(d, diags, log::Scope::Global) {
+                    if own {
+                        if !c.include.is_empty() {
+                            g.access_logs.push(c.clone());
+                        }
+                        g.log = Some(c);
+                    } else if c.include.is_empty() {
+                        diags.push(
+                            d.name
+                                .error("a named global log needs 'include' with the access logs it collects")
+                                .with_help("log access {\n\tinclude http.log.access\n\toutput file /var/log/access.log\n}"),
+                        );
+                    } else {
+                        g.access_logs.push(c);
+                    }
                 }
             }
             "workers" => {

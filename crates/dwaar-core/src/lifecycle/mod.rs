@@ -436,6 +436,12 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
     };
     for other in takers {
         other.logger.log(record.clone());
+        for f in &other.forwards {
+            f.log(record.clone());
+        }
+    }
+    for f in &first.forwards {
+        f.log(record.clone());
     }
     first.logger.log(record);
 }
