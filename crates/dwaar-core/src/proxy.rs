@@ -142,7 +142,7 @@ fn conn_info(session: &Session) -> ConnInfo {
     c
 }
 
-/// Whether this request is proxied by the shared exchange code ([`crate::streams::proxy`],
+/// Whether this request is proxied by the shared exchange code ([`crate::lifecycle::exchange::proxy`],
 /// as for HTTP/2 and HTTP/3) rather than by Pingora's own: FastCGI, the body buffering
 /// options, `request_body { set }`, and `Expect: 100-continue` requests (answered as on
 /// every other path, with `expect_continue_timeout` honoured). Upgrades stay with
@@ -156,7 +156,7 @@ fn shared_exchange(
         || (!ctx.is_upgrade
             && (p.shared_exchange()
                 || ctx.body_set.is_some()
-                || crate::streams::request_body::expects_continue(&req.headers)))
+                || crate::lifecycle::request_body::expects_continue(&req.headers)))
 }
 
 /// Proxies the request through the shared exchange code, which answers failures the
@@ -165,7 +165,7 @@ async fn serve_shared(session: &mut Session, ctx: &mut RequestContext) {
     let mut req = session.req_header().clone();
     let head_only = req.method == http::Method::HEAD;
     let mut down = PingoraDownstream { session };
-    crate::streams::proxy(&mut down, &mut req, ctx, head_only).await;
+    crate::lifecycle::exchange::proxy(&mut down, &mut req, ctx, head_only).await;
 }
 
 /// A Pingora session (HTTP/1 or HTTP/2) as the lifecycle's client side.
@@ -248,7 +248,7 @@ impl Downstream for PingoraDownstream<'_> {
 
     fn awaits_continue(&self) -> bool {
         self.session.body_bytes_read() == 0
-            && crate::streams::request_body::expects_continue(&self.session.req_header().headers)
+            && crate::lifecycle::request_body::expects_continue(&self.session.req_header().headers)
     }
 
     fn abort(&mut self, _refused: bool) {

@@ -16,12 +16,15 @@
 //! 4. and ends with [`finish`]: metrics, analytics and the access log.
 //!
 //! [`downstream`] is the client side of one request as the shared answer-writing code
-//! and the FastCGI and HTTP/2-upstream exchanges see it; [`inflight`] counts requests for
-//! graceful shutdown.
+//! sees it; [`exchange`] proxies through it (HTTP/1.1, HTTP/2 and FastCGI upstreams) for
+//! every front-end but the lean path, reading the client's body through
+//! [`request_body`]; [`inflight`] counts requests for graceful shutdown.
 
 pub mod attempt;
 pub mod downstream;
+pub mod exchange;
 pub mod inflight;
+pub mod request_body;
 
 use crate::context::{ConnInfo, RequestContext};
 use crate::pipeline::{apply_request_rules, handle_request, normalize_host, Outcome, Reply};

@@ -159,7 +159,7 @@ pub async fn serve_connection<T>(
                     let (parts, body) = req.into_parts();
                     let declared = crate::lifecycle::declared_length(&parts.headers);
                     let awaiting =
-                        crate::streams::request_body::expects_continue(&parts.headers);
+                        crate::lifecycle::request_body::expects_continue(&parts.headers);
                     let exchange =
                         H2Exchange { body, respond, send: None, declared, awaiting };
                     let store = store.clone();

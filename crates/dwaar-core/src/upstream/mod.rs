@@ -734,7 +734,7 @@ impl ProxyHandler {
     }
 
     /// Whether this handler's requests are proxied by the shared exchange code
-    /// ([`crate::streams`]) on every front-end, Pingora's included: FastCGI, and the
+    /// ([`crate::lifecycle::exchange`]) on every front-end but the lean path: FastCGI, and the
     /// body buffering options (`request_buffers`, `response_buffers`).
     pub fn shared_exchange(&self) -> bool {
         self.fastcgi.is_some() || self.request_buffers.is_some() || self.response_buffers.is_some()

@@ -1,4 +1,4 @@
-//! The request body as the upstream exchanges of [`crate::streams`] read it.
+//! The request body as the shared exchange ([`super::exchange`]) reads it.
 //!
 //! [`RequestBody`] wraps the client side ([`Downstream`]) of one proxied request and adds
 //! what the upstream's side of the exchange needs from the body:
