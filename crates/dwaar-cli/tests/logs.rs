@@ -21,6 +21,16 @@ fn wait_lines(path: &std::path::Path, n: usize) -> Vec<serde_json::Value> {
     got
 }
 
+/// Waits (up to 10 s) until `path` holds exactly `n` lines, whatever their format.
+fn wait_line_count(path: &std::path::Path, n: usize) {
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(path)
+            .is_ok_and(|t| t.lines().count() == n)),
+        "{:?}",
+        std::fs::read_to_string(path)
+    );
+}
+
 fn metric(admin: &str, name: &str) -> u64 {
     let r = dwaar_admin::client::request(admin, "GET", "/metrics", None, &[])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -251,12 +261,7 @@ fn combined_lines_parse_in_goaccess() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     }
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-            .is_ok_and(|t| t.lines().count() == 4)),
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
+    wait_line_count(&log, 4);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let first = text.lines().next().unwrap_or_default();
     assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
@@ -314,12 +319,7 @@ fn json_lines_parse_in_goaccess_as_caddy_logs_and_filters_apply() {
         b"",
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&log)
-            .is_ok_and(|t| t.lines().count() == 4)),
-        "{:?}",
-        std::fs::read_to_string(&log)
-    );
+    wait_line_count(&log, 4);
     let f = wait_lines(&filtered, 1);
     let r = &f[0]["request"];
     assert!(r["headers"].get("Authorization").is_none(), "{r}");

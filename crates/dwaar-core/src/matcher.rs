@@ -182,8 +182,8 @@ struct Expression {
     functions: cel_interpreter::Context<'static>,
     /// `dwaar_ph<N>`: placeholders, rendered per request.
     placeholders: Vec<(String, dwaar_config::placeholder::Template, bool)>,
-    /// `dwaar_m<N>`: matcher calls, matched per request.
-    matchers: Vec<CompiledSet>,
+    /// `dwaar_m<N>`: matcher calls (with their variable names), matched per request.
+    matchers: Vec<(String, CompiledSet)>,
 }
 
 impl std::fmt::Debug for Expression {
@@ -229,7 +229,11 @@ impl Expression {
                     )
                 })
                 .collect(),
-            matchers: compile_sets(&e.matchers)?,
+            matchers: compile_sets(&e.matchers)?
+                .into_iter()
+                .enumerate()
+                .map(|(i, set)| (format!("dwaar_m{i}"), set))
+                .collect(),
         })
     }
 
@@ -246,8 +250,8 @@ impl Expression {
             };
             scope.add_variable_from_value(var.as_str(), value);
         }
-        for (i, set) in self.matchers.iter().enumerate() {
-            scope.add_variable_from_value(format!("dwaar_m{i}"), set.matches(req, ctx));
+        for (var, set) in &self.matchers {
+            scope.add_variable_from_value(var.as_str(), set.matches(req, ctx));
         }
         matches!(self.program.execute(&scope), Ok(Value::Bool(true)))
     }

@@ -147,7 +147,7 @@ fn conn_info(session: &Session) -> ConnInfo {
 /// options, `request_body { set }`, and `Expect: 100-continue` requests (answered as on
 /// every other path, with `expect_continue_timeout` honoured). Upgrades stay with
 /// Pingora, which relays them.
-fn shared_exchange(
+fn served_by_shared_exchange(
     p: &crate::upstream::ProxyHandler,
     req: &RequestHeader,
     ctx: &PingoraCtx,
@@ -406,7 +406,7 @@ impl ProxyHttp for DwaarProxy {
                 let Some(p) = ctx.proxy.clone() else {
                     return Ok(false);
                 };
-                if !shared_exchange(&p, session.req_header(), ctx) {
+                if !served_by_shared_exchange(&p, session.req_header(), ctx) {
                     return Ok(false);
                 }
                 serve_shared(session, ctx).await;

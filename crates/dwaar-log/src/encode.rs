@@ -18,7 +18,7 @@ pub struct Style {
     /// `http.log.access.<name>` for a named log.
     pub logger: compact_str::CompactString,
     /// `format filter`'s field filters and the encoder options, when the log has any.
-    pub transform: Option<std::sync::Arc<crate::filter::Transform>>,
+    pub transform: Option<std::sync::Arc<crate::transform::Transform>>,
 }
 
 impl Style {
@@ -34,7 +34,7 @@ impl Style {
             transform: if c.filters.is_empty() && c.encoder.is_none() {
                 None
             } else {
-                Some(std::sync::Arc::new(crate::filter::Transform::compile(
+                Some(std::sync::Arc::new(crate::transform::Transform::compile(
                     &c.filters,
                     c.encoder.as_ref(),
                 )?))

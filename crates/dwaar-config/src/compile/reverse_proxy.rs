@@ -467,18 +467,15 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
             );
         }
     }
-    if rp.transport.proxy_protocol.is_some()
-        && (rp.upstreams.iter().any(|u| u.scheme == "h2c")
-            || rp.transport.versions.iter().any(|v| v != "1.1"))
-    {
+    let multiplexed = rp.upstreams.iter().any(|u| u.scheme == "h2c")
+        || rp.transport.versions.iter().any(|v| v != "1.1");
+    if rp.transport.proxy_protocol.is_some() && multiplexed {
         diags.push(
             d.name
                 .error("proxy_protocol with HTTP/2 upstreams is not supported yet")
                 .with_help("use HTTP/1.1 upstreams with proxy_protocol"),
         );
     }
-    let multiplexed = rp.upstreams.iter().any(|u| u.scheme == "h2c")
-        || rp.transport.versions.iter().any(|v| v != "1.1");
     if rp.transport.expect_continue_timeout_ms.is_some() && multiplexed {
         let at = block_lines(&d.block)
             .iter()
