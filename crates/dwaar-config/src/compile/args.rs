@@ -12,6 +12,9 @@ pub struct Diags {
     pub list: Vec<Diagnostic>,
     /// Names set by `map` anywhere in the config: valid placeholders, not typos.
     pub map_outputs: std::collections::HashSet<String>,
+    /// `rate_limit` directives without a `zone` seen so far: each gets its own zone,
+    /// numbered in the order they are written (stable when the file is reformatted).
+    pub unnamed_rate_limits: u32,
 }
 
 impl Diags {

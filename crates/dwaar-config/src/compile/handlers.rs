@@ -213,9 +213,11 @@ pub fn compile_directive(
             cx.invoking.push(t.text.clone());
             let mut scratch = Diags {
                 map_outputs: diags.map_outputs.clone(),
+                unnamed_rate_limits: diags.unnamed_rate_limits,
                 ..Diags::default()
             };
             let routes = compile_block(directives, &NamedMatchers::new(), false, cx, &mut scratch);
+            diags.unnamed_rate_limits = scratch.unnamed_rate_limits;
             cx.invoking.pop();
             route(m, vec![Handler::Subroute { routes }])
         }

@@ -94,9 +94,11 @@ pub fn rate_limit(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Op
     ) {
         return None;
     }
-    // Without `zone`, each directive has its own zone, named after where it is written.
+    // Without `zone`, each directive (and each use of a snippet holding one) has its
+    // own zone, numbered in the order written.
+    diags.unnamed_rate_limits += 1;
     let mut r = RateLimit {
-        zone: format!("@{:?}:{}", d.name.span.file, d.name.span.start),
+        zone: format!("@{}", diags.unnamed_rate_limits),
         key: Template::parse("{remote_host}"),
         events: 0,
         window_ms: 0,
