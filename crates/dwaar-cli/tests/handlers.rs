@@ -502,6 +502,27 @@ fn handle_errors_without_codes_catches_all() {
     assert_eq!(r.header("x-err"), Some("yes"));
 }
 
+/// `{http.error.trace}` names the directive that raised the error.
+#[test]
+fn error_trace_names_the_raising_directive() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let cfg = format!(
+        ":PORT {{\n\terror /boom 403\n\thandle /files/* {{\n\t\troot * {}\n\t\tfile_server\n\t}}\n\
+         \thandle /up/* {{\n\t\treverse_proxy 127.0.0.1:1\n\t}}\n\trespond ok\n\
+         \thandle_errors {{\n\t\trespond \"{{err.status_code}} by {{http.error.trace}}\"\n\t}}\n}}",
+        dir.path().display()
+    );
+    let (_d, port) = serve(&cfg);
+    for (path, want) in [
+        ("/boom", "403 by error"),
+        ("/files/none.txt", "404 by file_server"),
+        ("/up/x", "502 by reverse_proxy"),
+    ] {
+        assert_eq!(ok_get(port, "x", path).text(), want, "{path}");
+    }
+    assert_eq!(ok_get(port, "x", "/").text(), "ok");
+}
+
 #[test]
 fn vars_and_map() {
     let (_d, port) = serve(

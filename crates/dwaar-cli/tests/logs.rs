@@ -275,6 +275,49 @@ fn combined_lines_parse_in_goaccess() {
     goaccess_reads_every_line(&log, "COMBINED", 4);
 }
 
+/// `format transform` (the transform-encoder plugin's format): its default template is
+/// the Common Log Format, which GoAccess parses with `--log-format=COMMON`; a template
+/// of its own picks fields by path, with a Go time layout and a placeholder.
+#[test]
+fn transform_lines_follow_their_template() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (common, custom) = (dir.path().join("common.log"), dir.path().join("custom.log"));
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\tlog common {{\n\t\toutput file {}\n\t\tformat transform\n\t}}\n\
+         \tlog custom {{\n\t\toutput file {}\n\t\tformat transform \"{{request>method}} {{request>headers>X-Missing>[0]}} {{request>headers>User-Agent>[0]}} {{status}} {{ts}}\" {{\n\
+         \t\t\tplaceholder ~\n\t\t\ttime_format \"2006-01-02T15:04\"\n\t\t}}\n\t}}\n\
+         \trespond /missing 404\n\trespond \"hello\"\n}}\n",
+        common.display(),
+        custom.display()
+    );
+    let _d = Dwaar::start(&bin(), &cfg, &[port]);
+    for path in ["/", "/a?b=c", "/missing"] {
+        request(port, "GET", "x", path, &[("User-Agent", "tool/2")], b"")
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+    wait_line_count(&common, 3);
+    wait_line_count(&custom, 3);
+    let text = std::fs::read_to_string(&common).unwrap_or_default();
+    let first = text.lines().next().unwrap_or_default();
+    assert!(first.starts_with("127.0.0.1 - - ["), "{first}");
+    assert!(
+        first.ends_with(" +0000] \"GET / HTTP/1.1\" 200 5"),
+        "{first}"
+    );
+    assert!(text.contains("\"GET /missing HTTP/1.1\" 404 0"), "{text}");
+    goaccess_reads_every_line(&common, "COMMON", 3);
+    let text = std::fs::read_to_string(&custom).unwrap_or_default();
+    let line = text.lines().next().unwrap_or_default();
+    let words: Vec<&str> = line.split(' ').collect();
+    assert_eq!(words[..4], ["GET", "~", "tool/2", "200"], "{line}");
+    assert_eq!(words[4].len(), "2026-12-05T02:51".len(), "{line}");
+    assert!(
+        words[4].starts_with("20") && words[4].contains('T'),
+        "{line}"
+    );
+}
+
 /// The JSON record is Caddy's access-log schema: GoAccess reads it with
 /// `--log-format=CADDY`, every line. `format filter` edits fields before they are
 /// written (a deleted `Authorization`, a masked address, a query value replaced).

@@ -10,10 +10,12 @@ pub mod compile;
 pub mod diag;
 pub mod fmt;
 pub mod lexer;
+pub mod log_template;
 pub mod model;
 pub mod parser;
 pub mod placeholder;
 pub mod source;
+pub mod time_layout;
 pub mod units;
 
 use diag::{render_all, Diagnostic};

@@ -401,9 +401,12 @@ pub struct LogConfig {
     /// `no_hostname`: the log takes only requests that name it with `log_name`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub no_hostname: bool,
-    /// Encoder options (`format json|console { ... }`).
+    /// Encoder options (`format json|console|transform { ... }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder: Option<EncoderOptions>,
+    /// `format transform`'s template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<TransformTemplate>,
     /// `sampling`: of the records of one level within each interval, the first `first`
     /// are written, then every `thereafter`-th.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -459,9 +462,13 @@ pub struct EncoderOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_key: Option<String>,
     /// `unix_seconds_float` (default), `unix_milli_float`, `unix_nano`, `iso8601`,
-    /// `rfc3339`, `rfc3339_nano`, `wall`, `wall_milli`, `wall_nano` or `common_log`.
+    /// `rfc3339`, `rfc3339_nano`, `wall`, `wall_milli`, `wall_nano`, `common_log`, or
+    /// a Go layout such as `2006-01-02 15:04:05` ([`crate::time_layout`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_format: Option<String>,
+    /// `time_local`: times written as text are in the machine's zone (`TZ`), not UTC.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub time_local: bool,
     /// `seconds` (default, also `s`), `ms`, `nano` (also `ns`) or `string`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_format: Option<String>,
@@ -485,6 +492,7 @@ impl Default for LogConfig {
             hostnames: Vec::new(),
             no_hostname: false,
             encoder: None,
+            transform: None,
             sampling: None,
             include: Vec::new(),
             exclude: Vec::new(),
@@ -578,6 +586,22 @@ pub enum LogFormat {
     Console,
     /// nginx's `combined` line (a Dwaar extension), for the tools nginx logs feed.
     Combined,
+    /// `format transform`: a line from a template over the JSON record's fields (the
+    /// transform-encoder plugin's format; [`LogConfig::transform`] holds it).
+    Transform,
+}
+
+/// `format transform [<template>] { placeholder <text>; unescape_strings }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformTemplate {
+    /// `{request>remote_ip}`-style fields (`a:b` tries each), `{common_log}`, and text.
+    pub template: String,
+    /// Written for a field that is missing or empty (default `-`).
+    pub placeholder: String,
+    /// Strings written as they are rather than JSON-escaped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unescape_strings: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

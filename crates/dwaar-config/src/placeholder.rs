@@ -102,6 +102,8 @@ pub enum Placeholder {
     ShuttingDown,
     /// `{http.error.id}`: a short identifier of the error being handled.
     ErrorId,
+    /// `{http.error.trace}`: the directive that raised the error being handled.
+    ErrorTrace,
     /// `{http.reverse_proxy.upstream.*}`: the upstream of the latest attempt.
     Upstream(UpstreamFact),
     /// `{http.request.tls.*}` (`{tls_*}`): the connection's TLS handshake.
@@ -377,6 +379,7 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.reverse_proxy.retries" => Some(P::Retries),
         "http.shutting_down" => Some(P::ShuttingDown),
         "err.id" | "http.error.id" => Some(P::ErrorId),
+        "err.trace" | "http.error.trace" => Some(P::ErrorTrace),
         "http.reverse_proxy.upstream.address" => Some(P::Upstream(UpstreamFact::Address)),
         "http.reverse_proxy.upstream.host" => Some(P::Upstream(UpstreamFact::Host)),
         "http.reverse_proxy.upstream.port" => Some(P::Upstream(UpstreamFact::Port)),

@@ -288,6 +288,8 @@ enum Terminal<'t> {
     Error {
         status: u16,
         message: String,
+        /// The directive that raised it (`{http.error.trace}`).
+        by: &'static str,
     },
     Abort,
     /// A reply built by a handler (files).
@@ -487,14 +489,17 @@ pub fn handle_request(
             r.body = crate::metrics::render(Some(table)).into();
             written(finish_reply(r, ctx), req, ctx)
         }
-        Terminal::Error { status, message } => {
-            error_outcome(&site.error_routes, status, message, req, ctx)
-        }
+        Terminal::Error {
+            status,
+            message,
+            by,
+        } => error_outcome(&site.error_routes, status, message, by, req, ctx),
         // Outside `handle_response` routes (refused by the config compiler).
         Terminal::CopyResponse(_) => error_outcome(
             &site.error_routes,
             500,
             "copy_response outside handle_response".into(),
+            "copy_response",
             req,
             ctx,
         ),
@@ -521,13 +526,29 @@ pub fn proxy_error_reply(
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Option<Reply> {
+    let by = if ctx.proxy.as_ref().is_some_and(|p| p.fastcgi.is_some()) {
+        "php_fastcgi"
+    } else {
+        "reverse_proxy"
+    };
+    raised_error_reply(code, message, by, req, ctx)
+}
+
+/// The reply for an error the directive `by` raised: as [`proxy_error_reply`].
+pub fn raised_error_reply(
+    code: u16,
+    message: String,
+    by: &'static str,
+    req: &mut dyn HttpRequest,
+    ctx: &mut RequestContext,
+) -> Option<Reply> {
     let Some(site) = ctx.site.clone() else {
         return Some(Reply::status(code));
     };
     if site.error_routes.is_empty() {
         return Some(Reply::status(code));
     }
-    match error_outcome(&site.error_routes, code, message, req, ctx) {
+    match error_outcome(&site.error_routes, code, message, by, req, ctx) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
         Outcome::Proxy | Outcome::Check(_) | Outcome::Internal(_) => Some(Reply::status(code)),
@@ -540,10 +561,12 @@ pub fn error_outcome(
     routes: &[RouteRule],
     status: u16,
     message: String,
+    by: &'static str,
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) -> Outcome {
     ctx.error = Some((status, message));
+    ctx.error_by = by;
     ctx.groups_done = 0;
     // Headers set immediately stay (as in Caddy); deferred edits belonged to the failed response.
     ctx.resp.deferred.clear();
@@ -574,9 +597,11 @@ pub fn response_reply(
     let answer = |r: Option<Reply>| r.map_or(ResponseHandled::Abort, ResponseHandled::Answer);
     match run_routes(routes, req, ctx) {
         Flow::Done(Terminal::Abort) => ResponseHandled::Abort,
-        Flow::Done(Terminal::Error { status, message }) => {
-            answer(proxy_error_reply(status, message, req, ctx))
-        }
+        Flow::Done(Terminal::Error {
+            status,
+            message,
+            by,
+        }) => answer(raised_error_reply(status, message, by, req, ctx)),
         Flow::Done(Terminal::CopyResponse(to)) => ResponseHandled::Relay(to.unwrap_or(status)),
         Flow::Done(Terminal::Proxy(_)) | Flow::Continue => match scope {
             Scope::Intercept => ResponseHandled::Relay(status),
@@ -833,6 +858,7 @@ fn run_handler<'t>(
         HandlerRule::Error { status, message } => Flow::Done(Terminal::Error {
             status: *status,
             message: render(message, req, ctx).into_owned(),
+            by: "error",
         }),
         HandlerRule::Metrics => Flow::Done(Terminal::Metrics),
         HandlerRule::Cache(rule) => {
@@ -1023,6 +1049,7 @@ fn run_handler<'t>(
                     Some(status) => Flow::Done(Terminal::Error {
                         status,
                         message: "no file to try".into(),
+                        by: "try_files",
                     }),
                     None => Flow::Continue,
                 };
@@ -1049,6 +1076,7 @@ fn run_handler<'t>(
             crate::files::serve::Served::PassThru => Flow::Continue,
             crate::files::serve::Served::Error(status) => Flow::Done(Terminal::Error {
                 status,
+                by: "file_server",
                 message: match status {
                     404 => "file not found",
                     403 => "access to the file is forbidden",
@@ -1075,6 +1103,7 @@ fn run_handler<'t>(
                 return Flow::Done(Terminal::Error {
                     status: 413,
                     message: "request body too large".into(),
+                    by: "request_body",
                 });
             }
             Flow::Continue
@@ -1208,6 +1237,7 @@ fn refuse<'t>(
     }
     Flow::Done(Terminal::Error {
         status,
+        by,
         message: format!("refused by {by}"),
     })
 }

@@ -304,6 +304,11 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
         } else {
             "false"
         }),
+        P::ErrorTrace => {
+            if ctx.error.is_some() {
+                out.push_str(ctx.error_by);
+            }
+        }
         P::ErrorId => {
             if ctx.error.is_some() {
                 push_error_id(out, ctx);

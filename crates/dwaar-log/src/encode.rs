@@ -31,12 +31,13 @@ impl Style {
                 Some(n) => compact_str::format_compact!("http.log.access.{n}"),
                 None => compact_str::CompactString::const_new("http.log.access"),
             },
-            transform: if c.filters.is_empty() && c.encoder.is_none() {
+            transform: if c.filters.is_empty() && c.encoder.is_none() && c.transform.is_none() {
                 None
             } else {
                 Some(std::sync::Arc::new(crate::transform::Transform::compile(
                     &c.filters,
                     c.encoder.as_ref(),
+                    c.transform.as_ref(),
                 )?))
             },
         })
@@ -553,13 +554,19 @@ pub fn encode(r: &RequestLog, style: &Style, out: &mut Vec<u8>) {
     if let Some(f) = &style.transform {
         let mut line = Vec::with_capacity(1024);
         json_line(r, style, &mut line);
-        f.write(&line, style.format == LogFormat::Console, out);
+        let output = match style.format {
+            LogFormat::Console => crate::transform::Output::Console,
+            LogFormat::Transform => crate::transform::Output::Template,
+            _ => crate::transform::Output::Json,
+        };
+        f.write(&line, output, out);
         return;
     }
     match style.format {
         LogFormat::Console => console_line(r, style, out),
         LogFormat::Combined => combined_line(r, style, out),
-        LogFormat::Json => json_line(r, style, out),
+        // Without a template there is no transform to write (never compiled so).
+        LogFormat::Json | LogFormat::Transform => json_line(r, style, out),
     }
 }
 

@@ -7,7 +7,11 @@
 //! `console`: Caddy's tab-separated `ts level logger msg {fields}`). This costs a parse
 //! per record, paid only by logs that ask for filters or encoder options.
 
-use dwaar_config::model::{EncoderOptions, FieldFilter, FilterAction, KeyAction};
+use dwaar_config::log_template::Part;
+use dwaar_config::model::{
+    EncoderOptions, FieldFilter, FilterAction, KeyAction, TransformTemplate,
+};
+use dwaar_config::time_layout::{Layout, Moment};
 use sonic_rs::{JsonValueMutTrait, JsonValueTrait, Value};
 
 /// The compiled filters and encoder options of one log.
@@ -15,6 +19,26 @@ use sonic_rs::{JsonValueMutTrait, JsonValueTrait, Value};
 pub struct Transform {
     fields: Vec<(Vec<String>, Action)>,
     options: EncoderOptions,
+    /// The layout of a `time_format` written as text (named ones are layouts too).
+    time_layout: Option<Layout>,
+    /// `format transform`: the line's template.
+    template: Option<LineTemplate>,
+}
+
+/// The output `Transform::write` produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Json,
+    Console,
+    /// `format transform`'s template line.
+    Template,
+}
+
+#[derive(Debug)]
+struct LineTemplate {
+    parts: Vec<Part>,
+    placeholder: String,
+    unescape_strings: bool,
 }
 
 #[derive(Debug)]
@@ -33,6 +57,7 @@ impl Transform {
     pub fn compile(
         filters: &[FieldFilter],
         options: Option<&EncoderOptions>,
+        template: Option<&TransformTemplate>,
     ) -> Result<Transform, String> {
         let mut out = Vec::with_capacity(filters.len());
         for f in filters {
@@ -54,15 +79,46 @@ impl Transform {
             };
             out.push((f.field.split('>').map(str::to_string).collect(), action));
         }
+        let mut options = options.cloned().unwrap_or_default();
+        let template = match template {
+            Some(t) => {
+                if dwaar_config::log_template::is_common_log(&t.template) {
+                    // The plugin writes Common Log Format's own time, whatever was set.
+                    options.time_format = Some("common_log".into());
+                }
+                Some(LineTemplate {
+                    parts: dwaar_config::log_template::parse(&t.template)?,
+                    placeholder: t.placeholder.clone(),
+                    unescape_strings: t.unescape_strings,
+                })
+            }
+            None => None,
+        };
+        let time_layout = options.time_format.as_deref().and_then(|f| {
+            let layout = match f {
+                "iso8601" => "2006-01-02T15:04:05.000Z0700",
+                "rfc3339" => "2006-01-02T15:04:05Z07:00",
+                "rfc3339_nano" => "2006-01-02T15:04:05.999999999Z07:00",
+                "wall" => "2006/01/02 15:04:05",
+                "wall_milli" => "2006/01/02 15:04:05.000",
+                "wall_nano" => "2006/01/02 15:04:05.000000000",
+                "common_log" => "02/Jan/2006:15:04:05 -0700",
+                "unix_seconds_float" | "unix_milli_float" | "unix_nano" => return None,
+                custom => custom,
+            };
+            Layout::parse(layout)
+        });
         Ok(Transform {
             fields: out,
-            options: options.cloned().unwrap_or_default(),
+            options,
+            time_layout,
+            template,
         })
     }
 
     /// Reshapes `line` (one JSON record with its newline) and appends the result in the
     /// chosen format.
-    pub fn write(&self, line: &[u8], console: bool, out: &mut Vec<u8>) {
+    pub fn write(&self, line: &[u8], output: Output, out: &mut Vec<u8>) {
         let Ok(mut doc) = sonic_rs::from_slice::<Value>(line) else {
             out.extend_from_slice(line);
             return;
@@ -71,26 +127,128 @@ impl Transform {
             apply(&mut doc, path, action);
         }
         let o = &self.options;
-        if console {
-            console_line(&mut doc, o, out);
-        } else {
-            encode_values(&mut doc, o);
-            rename_keys(&mut doc, o);
-            let _ = sonic_rs::to_writer(&mut *out, &doc);
+        match (output, &self.template) {
+            (Output::Console, _) => console_line(&mut doc, self, out),
+            (Output::Template, Some(t)) => {
+                encode_values(&mut doc, self);
+                t.write(&doc, out);
+            }
+            _ => {
+                encode_values(&mut doc, self);
+                rename_keys(&mut doc, o);
+                let _ = sonic_rs::to_writer(&mut *out, &doc);
+            }
         }
         out.extend_from_slice(o.line_ending.as_deref().unwrap_or("\n").as_bytes());
     }
+
+    /// A time (Unix seconds) in the log's time format: UTC, or the machine's zone with
+    /// `time_local`.
+    fn time_value(&self, secs: f64, default: Option<&Layout>) -> Value {
+        let secs = secs.max(0.0);
+        match self.options.time_format.as_deref() {
+            Some("unix_milli_float") => return float(secs * 1000.0),
+            Some("unix_nano") => return Value::from((secs * 1e9).round() as u64),
+            _ => {}
+        }
+        let Some(layout) = self.time_layout.as_ref().or(default) else {
+            return float(secs);
+        };
+        // Records carry microseconds; a float of Unix seconds holds no more than that.
+        let whole = secs.floor();
+        let micros = (((secs - whole) * 1e6).round() as u32).min(999_999);
+        let unix = whole as i64;
+        let offset = if self.options.time_local {
+            use chrono::{Offset, TimeZone};
+            chrono::Local
+                .timestamp_opt(unix, 0)
+                .single()
+                .map_or(0, |t| t.offset().fix().local_minus_utc())
+        } else {
+            0
+        };
+        let mut text = String::with_capacity(40);
+        layout.write(
+            Moment {
+                unix,
+                nanos: micros * 1000,
+                offset,
+                zone: None,
+            },
+            &mut text,
+        );
+        Value::from(text.as_str())
+    }
+}
+
+impl LineTemplate {
+    /// The template filled from the record: strings JSON-escaped (or as they are with
+    /// `unescape_strings`), other values as JSON, the placeholder for what is missing
+    /// or empty.
+    fn write(&self, doc: &Value, out: &mut Vec<u8>) {
+        let start = out.len();
+        for p in &self.parts {
+            match p {
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
+                Part::Field(alternatives) => {
+                    let found = alternatives.iter().find_map(|path| lookup(doc, path));
+                    match found {
+                        Some(v) if v.is_str() => {
+                            let s = v.as_str().unwrap_or_default();
+                            if s.is_empty() {
+                                out.extend_from_slice(self.placeholder.as_bytes());
+                            } else if self.unescape_strings {
+                                out.extend_from_slice(s.as_bytes());
+                            } else {
+                                let quoted = sonic_rs::to_string(s).unwrap_or_default();
+                                out.extend_from_slice(&quoted.as_bytes()[1..quoted.len() - 1]);
+                            }
+                        }
+                        Some(v) if !v.is_null() => {
+                            let _ = sonic_rs::to_writer(&mut *out, v);
+                        }
+                        _ => out.extend_from_slice(self.placeholder.as_bytes()),
+                    }
+                }
+            }
+        }
+        // As the plugin does: escaped quotes inside the line are written plainly.
+        let line = out.split_off(start);
+        let mut i = 0;
+        while i < line.len() {
+            if line[i] == b'\\' && line.get(i + 1) == Some(&b'"') {
+                out.push(b'"');
+                i += 2;
+            } else {
+                out.push(line[i]);
+                i += 1;
+            }
+        }
+    }
+}
+
+/// The value at `path` (`[N]` indexes arrays).
+fn lookup<'a>(doc: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut v = doc;
+    for key in path {
+        v = match key.strip_prefix('[').and_then(|k| k.strip_suffix(']')) {
+            Some(i) => v.get(i.parse::<usize>().ok()?)?,
+            None => v.get(key.as_str())?,
+        };
+    }
+    Some(v)
 }
 
 /// Rewrites `ts`, the durations and `level` in the formats the options ask for.
-fn encode_values(doc: &mut Value, o: &EncoderOptions) {
+fn encode_values(doc: &mut Value, t: &Transform) {
+    let o = &t.options;
     let Some(obj) = doc.as_object_mut() else {
         return;
     };
-    if let Some(f) = o.time_format.as_deref() {
+    if o.time_format.is_some() {
         if let Some(ts) = obj.get_mut(&"ts") {
             let secs = ts.as_f64().unwrap_or(0.0);
-            *ts = time_value(secs, f);
+            *ts = t.time_value(secs, None);
         }
     }
     if let Some(f) = o.duration_format.as_deref() {
@@ -137,55 +295,9 @@ fn level_text(level: &str, o: &EncoderOptions) -> String {
     }
 }
 
-/// A time (Unix seconds) in one of Caddy's time formats (UTC).
-fn time_value(secs: f64, format: &str) -> Value {
-    // Records carry microseconds; a float of Unix seconds holds no more than that.
-    let secs = secs.max(0.0);
-    let whole = secs.floor();
-    let micros = (((secs - whole) * 1e6).round() as u64).min(999_999);
-    let (whole, frac) = (whole as u64, micros * 1000);
-    let nanos = whole * 1_000_000_000 + frac;
-    let (date, clock) = civil(whole);
-    let text = match format {
-        "unix_milli_float" => return float(secs * 1000.0),
-        "unix_nano" => return Value::from(nanos),
-        "iso8601" => format!("{date}T{clock}.{:03}Z", frac / 1_000_000),
-        "rfc3339" => format!("{date}T{clock}Z"),
-        "rfc3339_nano" => {
-            let digits = format!("{frac:09}");
-            let digits = digits.trim_end_matches('0');
-            if digits.is_empty() {
-                format!("{date}T{clock}Z")
-            } else {
-                format!("{date}T{clock}.{digits}Z")
-            }
-        }
-        "wall" => wall(&date, &clock),
-        "wall_milli" => format!("{}.{:03}", wall(&date, &clock), frac / 1_000_000),
-        "wall_nano" => format!("{}.{frac:09}", wall(&date, &clock)),
-        "common_log" => crate::encode::common_log_time(whole),
-        _ => return float(secs),
-    };
-    Value::from(text.as_str())
-}
-
 /// A JSON number (0 for what JSON cannot hold).
 fn float(v: f64) -> Value {
     Value::new_f64(v).unwrap_or_default()
-}
-
-/// `YYYY-MM-DD` and `hh:mm:ss` of a Unix time (UTC).
-fn civil(secs: u64) -> (String, String) {
-    let (y, m, d) = crate::encode::civil_date(secs);
-    let rem = secs % 86_400;
-    (
-        format!("{y:04}-{m:02}-{d:02}"),
-        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
-    )
-}
-
-fn wall(date: &str, clock: &str) -> String {
-    format!("{} {clock}", date.replace('-', "/"))
 }
 
 /// A duration (seconds) in one of Caddy's duration formats.
@@ -331,7 +443,8 @@ fn hash(s: &str) -> String {
 }
 
 /// Caddy's console form of a record: `ts<TAB>LEVEL<TAB>logger<TAB>msg<TAB>{fields}`.
-fn console_line(doc: &mut Value, o: &EncoderOptions, out: &mut Vec<u8>) {
+fn console_line(doc: &mut Value, t: &Transform, out: &mut Vec<u8>) {
+    let o = &t.options;
     let Some(obj) = doc.as_object_mut() else {
         return;
     };
@@ -352,7 +465,8 @@ fn console_line(doc: &mut Value, o: &EncoderOptions, out: &mut Vec<u8>) {
         .remove(&"msg")
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    match time_value(ts, o.time_format.as_deref().unwrap_or("iso8601")) {
+    let iso8601 = Layout::parse("2006-01-02T15:04:05.000Z0700");
+    match t.time_value(ts, iso8601.as_ref()) {
         v if v.is_str() => out.extend_from_slice(v.as_str().unwrap_or_default().as_bytes()),
         v => {
             let _ = sonic_rs::to_writer(&mut *out, &v);
@@ -363,7 +477,7 @@ fn console_line(doc: &mut Value, o: &EncoderOptions, out: &mut Vec<u8>) {
         out.extend_from_slice(part.as_bytes());
     }
     out.push(b'\t');
-    encode_values(doc, o);
+    encode_values(doc, t);
     let _ = sonic_rs::to_writer(&mut *out, &*doc);
 }
 
@@ -419,10 +533,11 @@ mod tests {
                 ),
             ],
             None,
+            None,
         )
         .expect("compile");
         let mut out = Vec::new();
-        filters.write(line, false, &mut out);
+        filters.write(line, Output::Json, &mut out);
         let v: Value = sonic_rs::from_slice(&out).expect("json");
         assert!(v["request"]["headers"].get("Authorization").is_none());
         assert_eq!(v["request"]["remote_ip"].as_str(), Some("192.0.2.0"));
@@ -437,7 +552,7 @@ mod tests {
         );
         assert_eq!(v["code"].as_u64(), Some(200));
         let mut console = Vec::new();
-        filters.write(line, true, &mut console);
+        filters.write(line, Output::Console, &mut console);
         let text = String::from_utf8_lossy(&console);
         assert!(
             text.starts_with("1970-01-01T00:00:01.500Z\tINFO\thttp.log.access\thandled request\t{"),
@@ -458,9 +573,9 @@ mod tests {
             line_ending: Some("\r\n".into()),
             ..Default::default()
         };
-        let t = Transform::compile(&[], Some(&options)).expect("compile");
+        let t = Transform::compile(&[], Some(&options), None).expect("compile");
         let mut out = Vec::new();
-        t.write(line, false, &mut out);
+        t.write(line, Output::Json, &mut out);
         assert!(out.ends_with(b"}\r\n"), "{}", String::from_utf8_lossy(&out));
         let v: Value = sonic_rs::from_slice(&out[..out.len() - 2]).expect("json");
         assert_eq!(v["time"].as_str(), Some("2026-11-29T21:10:00.25Z"));
@@ -473,9 +588,79 @@ mod tests {
             ("common_log", "29/Nov/2026:21:10:00 +0000"),
             ("iso8601", "2026-11-29T21:10:00.250Z"),
         ] {
-            assert_eq!(time_value(1_795_986_600.25, format).as_str(), Some(want));
+            let o = EncoderOptions {
+                time_format: Some(format.into()),
+                ..Default::default()
+            };
+            let t = Transform::compile(&[], Some(&o), None).expect("compile");
+            assert_eq!(t.time_value(1_795_986_600.25, None).as_str(), Some(want));
         }
-        assert_eq!(time_value(1.5, "unix_nano").as_u64(), Some(1_500_000_000));
+        let o = EncoderOptions {
+            time_format: Some("unix_nano".into()),
+            ..Default::default()
+        };
+        let t = Transform::compile(&[], Some(&o), None).expect("compile");
+        assert_eq!(t.time_value(1.5, None).as_u64(), Some(1_500_000_000));
         assert_eq!(duration_value(2.5, "nano").as_u64(), Some(2_500_000_000));
+    }
+
+    #[test]
+    fn transform_template_fills_fields() {
+        let line = br#"{"level":"info","ts":1795986600.25,"logger":"http.log.access","msg":"handled request","request":{"remote_ip":"192.0.2.7","method":"GET","uri":"/a \"q\"","proto":"HTTP/1.1","headers":{"User-Agent":["curl/8"]}},"user_id":"","status":200,"size":5}
+"#;
+        let common = TransformTemplate {
+            template: "{common_log}".into(),
+            placeholder: "-".into(),
+            unescape_strings: false,
+        };
+        let t = Transform::compile(&[], None, Some(&common)).expect("compile");
+        let mut out = Vec::new();
+        t.write(line, Output::Template, &mut out);
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "192.0.2.7 - - [29/Nov/2026:21:10:00 +0000] \"GET /a \"q\" HTTP/1.1\" 200 5\n"
+        );
+        let custom = TransformTemplate {
+            template: "{request>headers>User-Agent>[0]} {nope:request>method} {missing}".into(),
+            placeholder: "?".into(),
+            unescape_strings: false,
+        };
+        let options = EncoderOptions {
+            time_format: Some("2006-01-02".into()),
+            ..Default::default()
+        };
+        let t = Transform::compile(&[], Some(&options), Some(&custom)).expect("compile");
+        let mut out = Vec::new();
+        t.write(line, Output::Template, &mut out);
+        assert_eq!(String::from_utf8_lossy(&out), "curl/8 GET ?\n");
+    }
+
+    #[test]
+    fn custom_layouts_and_time_local() {
+        let line = br#"{"level":"info","ts":1795986600.25,"msg":"m"}
+"#;
+        let options = EncoderOptions {
+            time_format: Some("2006-01-02 15:04:05.000 -07:00".into()),
+            ..Default::default()
+        };
+        let t = Transform::compile(&[], Some(&options), None).expect("compile");
+        let mut out = Vec::new();
+        t.write(line, Output::Json, &mut out);
+        let v: Value = sonic_rs::from_slice(&out).expect("json");
+        assert_eq!(v["ts"].as_str(), Some("2026-11-29 21:10:00.250 +00:00"));
+        // time_local follows the machine's zone: whatever it is, the text carries the
+        // same instant.
+        let local = EncoderOptions {
+            time_local: true,
+            ..options
+        };
+        let t = Transform::compile(&[], Some(&local), None).expect("compile");
+        let mut out = Vec::new();
+        t.write(line, Output::Json, &mut out);
+        let v: Value = sonic_rs::from_slice(&out).expect("json");
+        let text = v["ts"].as_str().expect("text");
+        let parsed =
+            chrono::DateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S%.3f %:z").expect(text);
+        assert_eq!(parsed.timestamp_millis(), 1_795_986_600_250);
     }
 }

@@ -2,7 +2,8 @@
 
 use super::args::{block_lines, Diags};
 use crate::model::{
-    EncoderOptions, FieldFilter, FilterAction, KeyAction, LogConfig, LogFormat, LogLevel, LogOutput,
+    EncoderOptions, FieldFilter, FilterAction, KeyAction, LogConfig, LogFormat, LogLevel,
+    LogOutput, TransformTemplate,
 };
 use crate::parser::Directive;
 
@@ -68,8 +69,23 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                     filter_format(line, &mut c, diags);
                 }
             }
+            "format" if line.args.first().is_some_and(|a| a.text == "transform") => {
+                if scope == Scope::Global {
+                    diags.push(line.args[0].error(
+                        "format transform applies to site access logs; Dwaar's own log has no request fields",
+                    ));
+                } else {
+                    transform_format(line, &mut c, diags);
+                }
+            }
             "format" => {
-                if diags.arity(line, 0, 1, 1, "format json|console|combined|filter") {
+                if diags.arity(
+                    line,
+                    0,
+                    1,
+                    1,
+                    "format json|console|combined|filter|transform",
+                ) {
                     match line.args[0].text.as_str() {
                         "json" => c.format = LogFormat::Json,
                         "console" => c.format = LogFormat::Console,
@@ -77,7 +93,7 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                         other => diags.push(
                             line.args[0]
                                 .error(format!("unknown log format '{other}'"))
-                                .with_help("use json, console, combined or filter"),
+                                .with_help("use json, console, combined, filter or transform"),
                         ),
                     }
                     if line.block.is_some() {
@@ -87,7 +103,7 @@ pub fn log_config(d: &Directive, diags: &mut Diags, scope: Scope) -> Option<LogC
                             diags
                                 .push(line.args[0].error("format combined has no encoder options"));
                         } else {
-                            c.encoder = encoder_options(line, diags);
+                            c.encoder = encoder_options(line, diags, None);
                         }
                     }
                 }
@@ -205,19 +221,28 @@ fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
     c.format = LogFormat::Json;
     for l in block_lines(&line.block) {
         match l.name.text.as_str() {
+            "wrap" if l.args.first().is_some_and(|a| a.text == "transform") => {
+                transform_format(l, c, diags);
+            }
             "wrap" => {
-                if diags.arity(l, 0, 1, 1, "wrap json|console [{ <encoder options> }]") {
+                if diags.arity(
+                    l,
+                    0,
+                    1,
+                    1,
+                    "wrap json|console|transform [{ <encoder options> }]",
+                ) {
                     match l.args[0].text.as_str() {
                         "json" => c.format = LogFormat::Json,
                         "console" => c.format = LogFormat::Console,
                         other => diags.push(
                             l.args[0]
                                 .error(format!("format filter cannot wrap '{other}'"))
-                                .with_help("wrap json or wrap console"),
+                                .with_help("wrap json, console or transform"),
                         ),
                     }
                     if l.block.is_some() {
-                        c.encoder = encoder_options(l, diags);
+                        c.encoder = encoder_options(l, diags, None);
                     }
                 }
             }
@@ -237,6 +262,19 @@ fn filter_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
     }
 }
 
+const TIME_FORMATS: &[&str] = &[
+    "unix_seconds_float",
+    "unix_milli_float",
+    "unix_nano",
+    "iso8601",
+    "rfc3339",
+    "rfc3339_nano",
+    "wall",
+    "wall_milli",
+    "wall_nano",
+    "common_log",
+];
+
 const ENCODER_OPTIONS: &[&str] = &[
     "message_key",
     "level_key",
@@ -251,12 +289,56 @@ const ENCODER_OPTIONS: &[&str] = &[
     "time_local",
 ];
 
-/// Caddy's encoder options in a `format json|console { ... }` (or `wrap`) block.
-fn encoder_options(line: &Directive, diags: &mut Diags) -> Option<EncoderOptions> {
+/// `format transform [<template>...] { placeholder <text>; unescape_strings; <encoder
+/// options> }` (or the same after `wrap` in a filter): the template's parts joined by
+/// spaces, Common Log Format when there are none.
+fn transform_format(line: &Directive, c: &mut LogConfig, diags: &mut Diags) {
+    c.format = LogFormat::Transform;
+    let words: Vec<&str> = line.args[1..].iter().map(|a| a.text.as_str()).collect();
+    let mut t = TransformTemplate {
+        template: if words.is_empty() {
+            "{common_log}".to_string()
+        } else {
+            words.join(" ")
+        },
+        placeholder: "-".to_string(),
+        unescape_strings: false,
+    };
+    if let Some(bad) = crate::log_template::parse(&t.template).err() {
+        diags.push(line.args.last().unwrap_or(&line.name).error(bad));
+    }
+    c.encoder = encoder_options(line, diags, Some(&mut t));
+    c.transform = Some(t);
+}
+
+/// Caddy's encoder options in a `format json|console { ... }` (or `wrap`) block; with
+/// `transform`, also the transform format's own options.
+fn encoder_options(
+    line: &Directive,
+    diags: &mut Diags,
+    mut transform: Option<&mut TransformTemplate>,
+) -> Option<EncoderOptions> {
     let mut o = EncoderOptions::default();
     let before = diags.error_count();
     for l in block_lines(&line.block) {
         let name = l.name.text.as_str();
+        if let Some(t) = transform.as_deref_mut() {
+            match name {
+                "placeholder" => {
+                    if diags.arity(l, 0, 1, 1, "placeholder <text>") {
+                        t.placeholder = l.args[0].text.clone();
+                    }
+                    continue;
+                }
+                "unescape_strings" => {
+                    if diags.arity(l, 0, 0, 0, "unescape_strings") {
+                        t.unescape_strings = true;
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+        }
         let one = |diags: &mut Diags| diags.arity(l, 0, 1, 1, &format!("{name} <value>"));
         let choose = |diags: &mut Diags, allowed: &[&str]| -> Option<String> {
             let v = l.args[0].text.as_str();
@@ -282,23 +364,26 @@ fn encoder_options(line: &Directive, diags: &mut Diags) -> Option<EncoderOptions
                 }
             }
             "line_ending" if one(diags) => o.line_ending = Some(l.args[0].text.clone()),
-            "time_format" if one(diags) => {
-                o.time_format = choose(
-                    diags,
-                    &[
-                        "unix_seconds_float",
-                        "unix_milli_float",
-                        "unix_nano",
-                        "iso8601",
-                        "rfc3339",
-                        "rfc3339_nano",
-                        "wall",
-                        "wall_milli",
-                        "wall_nano",
-                        "common_log",
-                    ],
-                );
+            "time_format" if one(diags) && !TIME_FORMATS.contains(&l.args[0].text.as_str()) => {
+                // A Go layout; a word such as `iso-8601` is a misspelt name instead.
+                let v = l.args[0].text.as_str();
+                let word = v.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
+                });
+                if word || crate::time_layout::Layout::parse(v).is_none() {
+                    diags.push(
+                        l.args[0]
+                            .error(format!("unknown time_format '{v}'"))
+                            .with_help(format!(
+                                "one of: {}, or a Go layout such as \"2006-01-02 15:04:05\"",
+                                TIME_FORMATS.join(", ")
+                            )),
+                    );
+                } else {
+                    o.time_format = Some(v.to_string());
+                }
             }
+            "time_format" if one(diags) => o.time_format = Some(l.args[0].text.clone()),
             "duration_format" if one(diags) => {
                 o.duration_format = choose(diags, &["seconds", "s", "ms", "nano", "ns", "string"]);
             }
@@ -312,11 +397,11 @@ fn encoder_options(line: &Directive, diags: &mut Diags) -> Option<EncoderOptions
                     ))
                     .with_help("remove the line"),
             ),
-            "time_local" => diags.push(
-                l.name
-                    .error("time_local is not supported yet: times are written in UTC")
-                    .with_help("remove the line"),
-            ),
+            "time_local" => {
+                if diags.arity(l, 0, 0, 0, "time_local") {
+                    o.time_local = true;
+                }
+            }
             n if ENCODER_OPTIONS.contains(&n) => {}
             _ => diags.unknown_sub("format", &l.name, ENCODER_OPTIONS),
         }
