@@ -638,3 +638,47 @@ fn order_global_option_changes_directive_order() {
     assert_eq!(ok_get(port, "x", "/x").text(), "respond first");
     assert_eq!(ok_get(port, "x", "/y").text(), "handle");
 }
+
+/// `tracing` over gRPC (`OTEL_EXPORTER_OTLP_PROTOCOL=grpc`): a request without a
+/// `traceparent` starts a trace of its own, exported as a root span.
+#[test]
+fn tracing_exports_over_grpc() {
+    let receiver = dwaar_testkit::otlp::Receiver::start();
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let port = free_port();
+    let cfg = format!(
+        ":{port} {{\n\ttracing {{\n\t\tspan root\n\t}}\n\trespond /fail 503\n\trespond \"trace={{http.vars.trace_id}} span={{http.vars.span_id}}\"\n}}\n"
+    );
+    let _d = Dwaar::start_env(
+        &bin(),
+        &cfg,
+        &[port],
+        &["--threads", "1"],
+        &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let r = request(port, "GET", "x", "/", &[], b"").unwrap_or_else(|e| panic!("{e}"));
+    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let (trace, span) = text
+        .strip_prefix("trace=")
+        .and_then(|t| t.split_once(" span="))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!((trace.len(), span.len()), (32, 16), "{text}");
+    let failed = request(port, "GET", "x", "/fail", &[], b"").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(failed.status, 503);
+    let spans = receiver.wait_for(2, std::time::Duration::from_secs(10));
+    let s = spans
+        .iter()
+        .find(|s| s.trace_id == trace)
+        .unwrap_or_else(|| panic!("no span for {trace}: {spans:?}"));
+    assert_eq!((s.span_id.as_str(), s.parent_span_id.as_str()), (span, ""));
+    assert_eq!((s.name.as_str(), s.via), ("root", "grpc"));
+    let f = spans
+        .iter()
+        .find(|s| s.attribute("url.path") == Some("/fail"))
+        .unwrap_or_else(|| panic!("{spans:?}"));
+    assert_eq!(f.status_code, 2, "a 5xx answer is an error span");
+}

@@ -1571,3 +1571,128 @@ fn log_append_late_and_early_on_every_path() {
         assert_eq!(v["tier"], "gold", "{proto:?}: {line}");
     }
 }
+
+/// `tracing`: on every path the request becomes one server span, exported over OTLP
+/// (HTTP/protobuf here) with the incoming `traceparent` as its parent; the upstream
+/// sees a `traceparent` naming that span; `{http.vars.trace_id}` and the access log's
+/// `traceID` carry the trace. An unsampled incoming trace is passed on, not exported.
+#[test]
+fn tracing_spans_on_every_path() {
+    let receiver = dwaar_testkit::otlp::Receiver::start();
+    let o = origin::http("app");
+    let endpoint = format!("http://127.0.0.1:{}", receiver.port);
+    let p = Paths::start_full(
+        &bin(),
+        "",
+        &format!(
+            "\tlog {{\n\t\toutput file SCRATCH/INSTANCE.log\n\t}}\n\
+             \ttracing {{\n\t\tspan \"edge {{method}}\"\n\t\tspan_attributes {{\n\t\t\ttenant acme\n\t\t}}\n\t}}\n\
+             \theader X-Trace {{http.vars.trace_id}}\n\
+             \treverse_proxy 127.0.0.1:{}\n",
+            o.port
+        ),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_SERVICE_NAME", "edge-test"),
+        ],
+    );
+    let parent = "00f067aa0ba902b7";
+    let mut expected = Vec::new();
+    for (i, proto) in ALL.into_iter().enumerate() {
+        let trace = format!("4bf92f3577b34da6a3ce929d0e0e47{i:02x}");
+        let incoming = format!("00-{trace}-{parent}-01");
+        let r = p.ok(
+            proto,
+            &Req::get("/echo?x=1").header("traceparent", &incoming),
+        );
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert_eq!(r.header("x-trace"), Some(trace.as_str()), "{proto:?}");
+        let text = r.text().to_ascii_lowercase();
+        let sent = text
+            .lines()
+            .find_map(|l| l.strip_prefix("h:traceparent: "))
+            .unwrap_or_else(|| panic!("{proto:?}: no traceparent upstream: {text}"))
+            .to_string();
+        let parts: Vec<&str> = sent.trim().split('-').collect();
+        assert_eq!(parts.len(), 4, "{proto:?}: {sent}");
+        assert_eq!(
+            (parts[0], parts[1], parts[3]),
+            ("00", trace.as_str(), "01"),
+            "{proto:?}"
+        );
+        assert_ne!(
+            parts[2], parent,
+            "{proto:?}: the upstream must see Dwaar's span"
+        );
+        expected.push((proto, trace, parts[2].to_string()));
+        // An unsampled trace goes on unsampled (and is not exported).
+        let quiet = format!("00-{}-{parent}-00", "aa".repeat(16));
+        let r = p.ok(proto, &Req::get("/echo").header("traceparent", &quiet));
+        let text = r.text().to_ascii_lowercase();
+        assert!(
+            text.contains(&format!("h:traceparent: 00-{}-", "aa".repeat(16)))
+                && text.contains("-00\n"),
+            "{proto:?}: {text}"
+        );
+    }
+    wait_until(std::time::Duration::from_secs(10), || {
+        let spans = receiver.spans();
+        expected
+            .iter()
+            .all(|(_, t, _)| spans.iter().any(|s| &s.trace_id == t))
+    });
+    let spans = receiver.spans();
+    for (proto, trace, span) in &expected {
+        let s = spans
+            .iter()
+            .find(|s| &s.trace_id == trace)
+            .unwrap_or_else(|| panic!("{proto:?}: no span for {trace}: {spans:?}"));
+        assert_eq!(&s.span_id, span, "{proto:?}");
+        assert_eq!(s.parent_span_id, parent, "{proto:?}");
+        assert_eq!(
+            (s.name.as_str(), s.kind, s.via),
+            ("edge GET", 2, "http"),
+            "{proto:?}"
+        );
+        assert_eq!(
+            s.attribute("http.response.status_code"),
+            Some("200"),
+            "{proto:?}"
+        );
+        assert_eq!(s.attribute("url.path"), Some("/echo"), "{proto:?}");
+        assert_eq!(s.attribute("tenant"), Some("acme"), "{proto:?}");
+        assert!(s.end >= s.start && s.start > 0, "{proto:?}");
+        assert!(
+            s.resource
+                .contains(&("service.name".into(), "edge-test".into())),
+            "{proto:?}: {:?}",
+            s.resource
+        );
+    }
+    assert!(
+        !spans.iter().any(|s| s.trace_id == "aa".repeat(16)),
+        "unsampled traces are not exported"
+    );
+    // The access log names the trace and the span.
+    let logs = || -> String {
+        ["main", "pingora"]
+            .iter()
+            .map(|i| {
+                std::fs::read_to_string(p.scratch().join(format!("{i}.log"))).unwrap_or_default()
+            })
+            .collect()
+    };
+    wait_until(std::time::Duration::from_secs(5), || {
+        let text = logs();
+        expected.iter().all(|(_, t, _)| text.contains(t.as_str()))
+    });
+    let logs = logs();
+    for (proto, trace, span) in &expected {
+        assert!(
+            logs.contains(&format!("\"traceID\":\"{trace}\""))
+                && logs.contains(&format!("\"spanID\":\"{span}\"")),
+            "{proto:?}: {logs}"
+        );
+    }
+}

@@ -887,6 +887,13 @@ pub enum Handler {
     },
     /// `intercept`: act on the responses the handlers after it write.
     Intercept(Box<ResponseHandling>),
+    /// `tracing`: the request becomes an OpenTelemetry span named `span` (W3C trace
+    /// context taken from and passed on in `traceparent`), exported over OTLP.
+    Tracing {
+        span: Template,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        attributes: Vec<(String, Template)>,
+    },
     /// `method`: the request's method from here on (uppercase).
     Method {
         method: String,

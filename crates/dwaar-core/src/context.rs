@@ -282,6 +282,8 @@ pub struct RequestContext {
     /// `request_body { set }`: the body sent upstream instead of the client's.
     pub body_set: Option<Box<String>>,
     pub error: Option<(u16, String)>,
+    /// `tracing`: the request's span.
+    pub trace: Option<Box<crate::otel::Span>>,
     /// The directive that raised `error` (`{http.error.trace}`).
     pub error_by: &'static str,
     pub close: bool,

@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod matcher;
 pub mod metrics;
 pub mod net;
+pub mod otel;
 pub mod pipeline;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -1126,6 +1126,17 @@ fn run_handler<'t>(
             }
             Flow::Continue
         }
+        HandlerRule::Tracing { span, attributes } => {
+            if ctx.trace.is_none() {
+                let name = render(span, req, ctx).into_owned();
+                let custom = attributes
+                    .iter()
+                    .map(|(k, v)| (k.clone(), render(v, req, ctx).into_owned()))
+                    .collect();
+                crate::otel::start(name, custom, req, ctx);
+            }
+            Flow::Continue
+        }
         HandlerRule::Method(m) => {
             if ctx.orig_method.is_none() {
                 ctx.orig_method = Some(CompactString::new(req.method()));

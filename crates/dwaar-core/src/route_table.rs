@@ -149,6 +149,11 @@ pub enum HandlerRule {
     CopyResponseHeaders(Arc<CopyHeaders>),
     /// `method`: the request's method from here on.
     Method(CompactString),
+    /// `tracing`: the span's name and `span_attributes`.
+    Tracing {
+        span: Template,
+        attributes: Vec<(String, Template)>,
+    },
     /// `log_append`: a field for the access-log record.
     /// `log_append`: a field, its value, and whether the value is taken at once
     /// (`<field`) or when the record is written.
@@ -1145,6 +1150,10 @@ fn compile_handler(
         }
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
+        Handler::Tracing { span, attributes } => HandlerRule::Tracing {
+            span: span.clone(),
+            attributes: attributes.clone(),
+        },
         Handler::LogAppend {
             field,
             value,

@@ -31,7 +31,7 @@ pub fn unframe(buf: &mut BytesMut) -> Vec<Vec<u8>> {
 
 /// Accepts TCP connections on 127.0.0.1 on a thread of its own and hands each to
 /// `serve` (as a task of that thread's runtime); returns the port.
-fn listen<F, Fut>(what: &'static str, serve: F) -> u16
+pub(crate) fn listen<F, Fut>(what: &'static str, serve: F) -> u16
 where
     F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + 'static,

@@ -13,6 +13,7 @@ pub mod client;
 pub mod grpc;
 pub mod h3;
 pub mod origin;
+pub mod otlp;
 pub mod pages;
 pub mod paths;
 pub mod pebble;

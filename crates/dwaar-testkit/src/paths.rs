@@ -131,6 +131,11 @@ impl Paths {
     /// Like [`Paths::start`], with `servers` settings (lines such as
     /// `timeouts {\n read_header 1s\n }`) for every listener of both processes.
     pub fn start_with(bin: &Path, servers: &str, body: &str) -> Paths {
+        Self::start_full(bin, servers, body, &[])
+    }
+
+    /// Like [`Paths::start_with`], with environment variables for both processes.
+    pub fn start_full(bin: &Path, servers: &str, body: &str, env: &[(&str, &str)]) -> Paths {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let scratch = store.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("scratch: {e}"));
@@ -153,7 +158,7 @@ impl Paths {
              https://localhost:{https} {{\n\ttls internal\n{main_body}\n}}\n",
             store.path().display()
         );
-        let main = Dwaar::start(bin, &conf, &[plain, h2c, https]);
+        let main = Dwaar::start_env(bin, &conf, &[plain, h2c, https], &["--threads", "1"], env);
         let root = std::fs::read(store.path().join("pki/local/root.crt"))
             .unwrap_or_else(|e| panic!("local CA root: {e}"));
         let pingora_conf = format!(
@@ -165,7 +170,7 @@ impl Paths {
             &pingora_conf,
             &[plain_pingora],
             &["--threads", "1"],
-            &[("DWAAR_FAST_PATH", "0")],
+            &[&[("DWAAR_FAST_PATH", "0")], env].concat(),
         );
         let paths = Paths {
             main,

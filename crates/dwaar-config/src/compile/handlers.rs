@@ -55,10 +55,11 @@ pub const SUPPORTED: &[&str] = &[
     "invoke",
     "log_append",
     "log_name",
+    "tracing",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &["templates", "tracing", "push", "acme_server", "fs"];
+pub const NOT_YET: &[&str] = &["templates", "push", "acme_server", "fs"];
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &[
@@ -429,6 +430,7 @@ pub fn compile_directive(
             }
             route(m, vec![Handler::RequestBody { max_size: max, set }])
         }
+        "tracing" => tracing(d, named, diags),
         n if SITE_LEVEL.contains(&n) => {
             diags.push(d.name.error(format!(
                 "'{n}' is only allowed at the top level of a site block"
@@ -451,6 +453,50 @@ pub fn compile_directive(
             Compiled::Nothing
         }
     }
+}
+
+/// `tracing [matcher] { span <name>; span_attributes { <key> <value> ... } }`: a span
+/// per request, exported over OTLP to the collector the `OTEL_*` variables name.
+fn tracing(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        0,
+        0,
+        "tracing [matcher] { span <name>; span_attributes { <key> <value> } }",
+    ) {
+        return Compiled::Nothing;
+    }
+    let mut span = None;
+    let mut attributes = Vec::new();
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "span" => {
+                if diags.arity(line, 0, 1, 1, "span <name>") {
+                    span = Some(diags.template(&line.args[0]));
+                }
+            }
+            "span_attributes" => {
+                if !diags.arity(line, 0, 0, 0, "span_attributes { <key> <value> }") {
+                    continue;
+                }
+                for a in block_lines(&line.block) {
+                    if diags.arity(a, 0, 1, 1, "<key> <value>") {
+                        attributes.push((a.name.text.clone(), diags.template(&a.args[0])));
+                    }
+                }
+            }
+            _ => diags.unknown_sub("tracing", &line.name, &["span", "span_attributes"]),
+        }
+    }
+    route(
+        m,
+        vec![Handler::Tracing {
+            span: span.unwrap_or_else(|| crate::placeholder::Template::parse("handler")),
+            attributes,
+        }],
+    )
 }
 
 fn respond(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled {

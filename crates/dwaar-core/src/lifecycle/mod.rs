@@ -329,6 +329,9 @@ pub fn finish<'a>(
 ) {
     crate::metrics::observe(ctx, method, status, read, written);
     crate::analytics::record(ctx, status, written);
+    if ctx.trace.is_some() {
+        crate::otel::end(ctx, status, read, written);
+    }
     if is_logged(ctx) {
         log_request(ctx, parts());
     }
@@ -452,10 +455,24 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
 /// The `log_append` fields of a record: those taken when the directives ran, then those
 /// taken now (with the response's facts known).
 fn appended_fields(ctx: &RequestContext, p: &LogParts<'_>) -> Vec<(CompactString, String)> {
-    let Some(extras) = ctx.log.extras.as_deref() else {
-        return Vec::new();
+    // `tracing`: the ids, as Caddy names them.
+    let mut out = match ctx.trace.as_deref() {
+        Some(t) => vec![
+            (
+                CompactString::const_new("traceID"),
+                crate::otel::hex(&t.trace_id),
+            ),
+            (
+                CompactString::const_new("spanID"),
+                crate::otel::hex(&t.span_id),
+            ),
+        ],
+        None => Vec::new(),
     };
-    let mut out = extras.appended.clone();
+    let Some(extras) = ctx.log.extras.as_deref() else {
+        return out;
+    };
+    out.extend(extras.appended.iter().cloned());
     if !extras.late.is_empty() {
         let _ = extras.response.set((p.status, p.bytes_written));
         for (field, value) in &extras.late {

@@ -252,6 +252,7 @@ impl Server {
         }
         self.control.reloader.flush_logs(Duration::from_secs(2));
         self.control.reloader.flush_analytics();
+        crate::otel::export::flush(Duration::from_secs(2));
         tracing::info!(connections = self.conns.get(), "stopped");
     }
 }
