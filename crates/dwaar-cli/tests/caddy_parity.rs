@@ -455,3 +455,27 @@ fn same_expression_matching_as_caddy() {
     ];
     same_status_and_body(&caddy, site, cases);
 }
+
+/// `templates` renders like Caddy 2.6's: includes with arguments, front matter, Markdown
+/// (tables, lists, task items, footnotes, autolinks, heading ids; not syntax
+/// highlighting, which Dwaar does not do), `httpInclude`, request facts, Go's
+/// `text/template` rules and the sprig functions in `tests/templates_site`.
+#[test]
+fn same_templates_as_caddy() {
+    let Some(caddy) = caddy_bin() else { return };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/templates_site");
+    let site = format!(
+        "{{\n\tadmin off\n\tauto_https off\n}}\n\n:PORT {{\n\troot * {}\n\ttemplates\n\tfile_server\n}}\n",
+        root.display()
+    );
+    same_status_and_body(
+        &caddy,
+        &site,
+        &[
+            ("GET", "/?q=42", &[("Cookie", "sid=abc")]),
+            ("GET", "/md.html", &[]),
+            ("GET", "/engine.html", &[("X-A", "hdr")]),
+            ("GET", "/post.md", &[]),
+        ],
+    );
+}

@@ -1696,3 +1696,75 @@ fn tracing_spans_on_every_path() {
         );
     }
 }
+
+/// `templates` on every path: a file_server page with includes, front matter, markdown,
+/// request facts, an `httpInclude` sub-request and a response header; `httpError` and
+/// template errors answer with their status; other types pass untouched; a proxied
+/// text response is rendered too.
+#[test]
+fn templates_on_every_path() {
+    let o = origin::http("app");
+    let site = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let files = [
+        (
+            "index.html",
+            "{{$post := splitFrontMatter (include \"post.md\")}}<title>{{$post.Meta.title}}</title>\n\
+             {{include \"part.html\" \"from-index\"}}\n{{markdown $post.Body}}\
+             host={{.Host}} m={{.Req.Method}} q={{.Req.URL.Query.Get \"q\"}} sid={{.Cookie \"sid\"}}\n\
+             inc={{httpInclude \"/frag.txt\"}}{{.RespHeader.Set \"X-Rendered\" \"yes\"}}\n",
+        ),
+        ("post.md", "---\ntitle: Hello\n---\n# Heading\n\nSome *text*.\n"),
+        ("part.html", "<nav>{{index .Args 0}}</nav>"),
+        ("frag.txt", "fragment {{.Req.URL.Path}}"),
+        ("teapot.html", "{{httpError 418}}"),
+        ("bad.html", "{{.Nope}}"),
+        ("data.bin", "{{x}}"),
+    ];
+    for (name, text) in files {
+        std::fs::write(site.path().join(name), text).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\troot * {}\n\ttemplates\n\thandle /up/* {{\n\t\treverse_proxy 127.0.0.1:{}\n\t}}\n\tfile_server\n",
+            site.path().display(),
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/?q=42").header("cookie", "sid=abc"));
+        assert_eq!(r.status, 200, "{proto:?}: {}", r.text());
+        let text = r.text();
+        for want in [
+            "<title>Hello</title>\n<nav>from-index</nav>\n",
+            "<h1 id=\"heading\">Heading</h1>\n<p>Some <em>text</em>.</p>\n",
+            "host=localhost m=GET q=42 sid=abc\n",
+            "inc=fragment /frag.txt\n",
+        ] {
+            assert!(text.contains(want), "{proto:?}: {want:?} not in {text}");
+        }
+        assert_eq!(r.header("x-rendered"), Some("yes"), "{proto:?}");
+        assert_eq!(
+            r.header("etag"),
+            None,
+            "{proto:?}: a rendered page has no file ETag"
+        );
+        assert_eq!(
+            p.ok(proto, &Req::get("/teapot.html")).status,
+            418,
+            "{proto:?}"
+        );
+        assert_eq!(p.ok(proto, &Req::get("/bad.html")).status, 500, "{proto:?}");
+        assert_eq!(
+            p.ok(proto, &Req::get("/data.bin")).text(),
+            "{{x}}",
+            "{proto:?}"
+        );
+        let r = p.ok(
+            proto,
+            &Req::get("/up/echo").header("x-t", "{{upper \"hi\"}}"),
+        );
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert!(r.text().contains("h:x-t: HI"), "{proto:?}: {}", r.text());
+    }
+}

@@ -659,7 +659,8 @@ fn build_info_environ_and_directive_list() {
     };
     assert!(names("directives").contains(&"reverse_proxy".to_string()));
     assert!(names("global_options").contains(&"admin".to_string()));
-    assert!(names("directives_not_yet").contains(&"templates".to_string()));
+    assert!(names("directives").contains(&"templates".to_string()));
+    assert!(names("directives_not_yet").contains(&"push".to_string()));
     // A closed reader is not an error (`dwaar list-directives | head -1`).
     let out = Command::new("sh")
         .args([

@@ -894,6 +894,16 @@ pub enum Handler {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         attributes: Vec<(String, Template)>,
     },
+    /// `templates`: responses whose `Content-Type` holds one of `mime` are run as Go
+    /// templates (delimiters `between`, files read under `root`, default the site's
+    /// `root`).
+    Templates {
+        mime: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        between: Option<(String, String)>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root: Option<Template>,
+    },
     /// `method`: the request's method from here on (uppercase).
     Method {
         method: String,

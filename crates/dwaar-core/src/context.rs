@@ -183,6 +183,10 @@ pub struct ResponseShaping {
     pub page: Option<Box<crate::analytics::PageFacts>>,
     /// The response body is being rewritten (analytics injection, `encode`).
     pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
+    /// `templates` ran: responses of its types are rendered.
+    pub templates: Option<Arc<crate::templates::TemplatesRule>>,
+    /// The proxied response goes to a [`crate::templates::Holding`] client side.
+    pub holding: bool,
 }
 
 /// Facts only the access log records.

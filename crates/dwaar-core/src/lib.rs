@@ -41,4 +41,5 @@ pub mod security;
 pub mod server;
 pub mod streams;
 pub mod template;
+pub mod templates;
 pub mod upstream;

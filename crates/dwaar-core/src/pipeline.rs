@@ -1126,6 +1126,12 @@ fn run_handler<'t>(
             }
             Flow::Continue
         }
+        HandlerRule::Templates(rule) => {
+            if ctx.resp.templates.is_none() {
+                ctx.resp.templates = Some(rule.clone());
+            }
+            Flow::Continue
+        }
         HandlerRule::Tracing { span, attributes } => {
             if ctx.trace.is_none() {
                 let name = render(span, req, ctx).into_owned();

@@ -144,7 +144,7 @@ fn conn_info(session: &Session) -> ConnInfo {
 
 /// Whether this request is proxied by the shared exchange code ([`crate::lifecycle::exchange::proxy`],
 /// as for HTTP/2 and HTTP/3) rather than by Pingora's own: FastCGI, the body buffering
-/// options, `request_body { set }`, and `Expect: 100-continue` requests (answered as on
+/// options, `request_body { set }`, `templates`, and `Expect: 100-continue` requests (answered as on
 /// every other path, with `expect_continue_timeout` honoured). Upgrades stay with
 /// Pingora, which relays them.
 fn served_by_shared_exchange(
@@ -156,6 +156,7 @@ fn served_by_shared_exchange(
         || (!ctx.is_upgrade
             && (p.shared_exchange()
                 || ctx.body_set.is_some()
+                || ctx.resp.templates.is_some()
                 || crate::lifecycle::request_body::expects_continue(&req.headers)))
 }
 

@@ -149,6 +149,8 @@ pub enum HandlerRule {
     CopyResponseHeaders(Arc<CopyHeaders>),
     /// `method`: the request's method from here on.
     Method(CompactString),
+    /// `templates`: the rule responses are rendered by.
+    Templates(Arc<crate::templates::TemplatesRule>),
     /// `tracing`: the span's name and `span_attributes`.
     Tracing {
         span: Template,
@@ -1150,6 +1152,15 @@ fn compile_handler(
         }
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
+        Handler::Templates {
+            mime,
+            between,
+            root,
+        } => HandlerRule::Templates(Arc::new(crate::templates::TemplatesRule {
+            mime: mime.clone(),
+            between: between.clone(),
+            root: root.clone(),
+        })),
         Handler::Tracing { span, attributes } => HandlerRule::Tracing {
             span: span.clone(),
             attributes: attributes.clone(),

@@ -18,7 +18,7 @@ fn want(args: &[Value], n: usize) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn install(e: &mut Engine) {
+pub(crate) fn install(e: &mut Engine<'_>) {
     e.func("not", |_, a| {
         want(a, 1)?;
         Ok(Value::Bool(!a[0].truth()))
@@ -475,6 +475,13 @@ fn format_one(verb: char, v: &Value, sp: &Spec) -> String {
         't' => match v {
             Value::Bool(b) => b.to_string(),
             _ => bad(verb, v),
+        },
+        'T' => match v {
+            Value::Nil => "<nil>".into(),
+            Value::List(_) => "[]interface {}".into(),
+            Value::Map(_) => "map[string]interface {}".into(),
+            Value::Object(_) => "*struct".into(),
+            other => other.kind().into(),
         },
         'f' | 'F' | 'e' | 'E' | 'g' | 'G' => {
             let f = match v {

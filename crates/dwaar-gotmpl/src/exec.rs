@@ -13,13 +13,13 @@ const MAX_DEPTH: usize = 1000;
 
 /// What a function gets besides its arguments: the engine (to render more text) and the
 /// running template set (which `import`-style functions may add to).
-pub struct Call<'a> {
-    pub(crate) engine: &'a Engine,
+pub struct Call<'a, 'f> {
+    pub(crate) engine: &'a Engine<'f>,
     pub(crate) set: &'a RefCell<Set>,
     pub(crate) depth: usize,
 }
 
-impl Call<'_> {
+impl Call<'_, '_> {
     /// Adds the `define`s in `text` to the running set (Caddy's `import`).
     pub fn define(&mut self, name: &str, text: &str) -> Result<(), Error> {
         let parsed = self.engine.parse(name, text)?;
@@ -46,8 +46,8 @@ impl Call<'_> {
     }
 }
 
-pub(crate) struct State<'a> {
-    pub engine: &'a Engine,
+pub(crate) struct State<'a, 'f> {
+    pub engine: &'a Engine<'f>,
     pub set: RefCell<Set>,
     pub name: String,
     pub vars: Vec<(String, Value)>,
@@ -61,7 +61,7 @@ enum Flow {
     Continue,
 }
 
-impl State<'_> {
+impl State<'_, '_> {
     fn err(&self, line: usize, message: impl Into<String>) -> Error {
         Error::Exec {
             name: self.name.clone(),

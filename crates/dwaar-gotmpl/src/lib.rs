@@ -13,6 +13,7 @@ mod exec;
 mod parse;
 mod value;
 
+pub use builtins::{go_quote, html_escape, sprintf};
 pub use exec::Call;
 pub use value::{go_float, Object, Value};
 
@@ -20,7 +21,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 /// A function callable from templates.
-pub type Func = Rc<dyn Fn(&mut Call<'_>, &[Value]) -> Result<Value, Error>>;
+pub type Func<'f> = Rc<dyn Fn(&mut Call<'_, 'f>, &[Value]) -> Result<Value, Error> + 'f>;
 
 /// What went wrong.
 #[derive(Debug)]
@@ -58,22 +59,23 @@ impl std::fmt::Display for Error {
 impl std::error::Error for Error {}
 
 /// Functions and delimiters; renders template text.
+/// `'f`: what the host's functions may borrow (the request being answered).
 #[derive(Clone)]
-pub struct Engine {
-    funcs: HashMap<String, Func>,
+pub struct Engine<'f> {
+    funcs: HashMap<String, Func<'f>>,
     left: String,
     right: String,
     /// The longest output one render may produce.
     pub max_output: usize,
 }
 
-impl Default for Engine {
+impl Default for Engine<'_> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl std::fmt::Debug for Engine {
+impl std::fmt::Debug for Engine<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("funcs", &self.funcs.len())
@@ -82,9 +84,9 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-impl Engine {
+impl<'f> Engine<'f> {
     /// An engine with Go's built-in functions and `{{ }}` delimiters.
-    pub fn new() -> Engine {
+    pub fn new() -> Engine<'f> {
         let mut e = Engine {
             funcs: HashMap::new(),
             left: "{{".into(),
@@ -105,7 +107,7 @@ impl Engine {
     pub fn func(
         &mut self,
         name: &str,
-        f: impl Fn(&mut Call<'_>, &[Value]) -> Result<Value, Error> + 'static,
+        f: impl Fn(&mut Call<'_, 'f>, &[Value]) -> Result<Value, Error> + 'f,
     ) {
         self.funcs.insert(name.into(), Rc::new(f));
     }

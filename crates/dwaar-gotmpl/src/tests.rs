@@ -112,6 +112,10 @@ fn builtin_functions() {
         "   42|ab  |3.14|ff|[a b c]|-0007|true"
     );
     assert_eq!(run(r#"{{printf "%d %s"  1}}"#), "1 %!s(MISSING)");
+    assert_eq!(
+        run(r#"{{printf "%T %T %T" 1 "s" .Items}}"#),
+        "int string []interface {}"
+    );
     assert_eq!(run(r#"{{printf "%d" "x"}}"#), "%!d(string=x)");
     assert_eq!(run("{{and 1 0 2}} {{or 0 \"\" 5}} {{not 0}}"), "0 5 true");
     assert_eq!(

@@ -56,10 +56,11 @@ pub const SUPPORTED: &[&str] = &[
     "log_append",
     "log_name",
     "tracing",
+    "templates",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &["templates", "push", "acme_server", "fs"];
+pub const NOT_YET: &[&str] = &["push", "acme_server", "fs"];
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &[
@@ -431,6 +432,7 @@ pub fn compile_directive(
             route(m, vec![Handler::RequestBody { max_size: max, set }])
         }
         "tracing" => tracing(d, named, diags),
+        "templates" => templates(d, named, diags),
         n if SITE_LEVEL.contains(&n) => {
             diags.push(d.name.error(format!(
                 "'{n}' is only allowed at the top level of a site block"
@@ -495,6 +497,69 @@ fn tracing(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled 
         vec![Handler::Tracing {
             span: span.unwrap_or_else(|| crate::placeholder::Template::parse("handler")),
             attributes,
+        }],
+    )
+}
+
+/// `templates [matcher] { mime <types...>; between <open> <close>; root <path> }`:
+/// responses of those types are run as Go templates before they go out.
+fn templates(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Compiled {
+    let (m, skip) = inline_matcher(d, named, diags);
+    if !diags.arity(
+        d,
+        skip,
+        0,
+        0,
+        "templates [matcher] { mime <types...>; between <open> <close>; root <path> }",
+    ) {
+        return Compiled::Nothing;
+    }
+    let mut mime = Vec::new();
+    let mut between = None;
+    let mut root = None;
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "mime" => {
+                if diags.arity(line, 0, 1, usize::MAX, "mime <types...>") {
+                    mime.extend(line.args.iter().map(|a| a.text.clone()));
+                }
+            }
+            "between" => {
+                if diags.arity(line, 0, 2, 2, "between <open> <close>") {
+                    let (open, close) = (&line.args[0].text, &line.args[1].text);
+                    if open.is_empty() || close.is_empty() {
+                        diags.push(line.name.error("'between' delimiters cannot be empty"));
+                    } else {
+                        between = Some((open.clone(), close.clone()));
+                    }
+                }
+            }
+            "root" => {
+                if diags.arity(line, 0, 1, 1, "root <path>") {
+                    root = Some(diags.template(&line.args[0]));
+                }
+            }
+            "extensions" => diags.push(
+                line.name
+                    .error("'extensions' loads Go plugin modules, which Dwaar has none of")
+                    .with_help("remove the block; Dwaar's template functions are built in"),
+            ),
+            _ => diags.unknown_sub("templates", &line.name, &["mime", "between", "root"]),
+        }
+    }
+    if mime.is_empty() {
+        mime = vec![
+            "text/html".into(),
+            "text/plain".into(),
+            "text/markdown".into(),
+        ];
+    }
+    route(
+        m,
+        vec![Handler::Templates {
+            mime,
+            between,
+            root,
         }],
     )
 }

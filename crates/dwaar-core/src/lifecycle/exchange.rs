@@ -89,7 +89,7 @@ async fn send_proxied_head<D: Downstream>(
         }
     }
     crate::pipeline::edit_proxied_site_fields(ctx, &mut fields);
-    let rewrite = if head_only {
+    let rewrite = if head_only || crate::templates::will_hold(ctx, status, &fields) {
         None
     } else {
         crate::rewrite::begin(ctx, status, &mut fields).map(Box::new)
@@ -122,6 +122,20 @@ async fn relay_proxied<D: Downstream>(
 /// exchange for the upstream's kind. Returns (status, request body bytes, response
 /// body bytes).
 pub async fn proxy<D: Downstream>(
+    stream: &mut D,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    head_only: bool,
+) -> (u16, u64, u64) {
+    if ctx.resp.templates.is_some() {
+        // Boxed: its state stays out of every other proxied request's future.
+        return Box::pin(proxy_templated(stream, req, ctx, head_only)).await;
+    }
+    proxy_response(stream, req, ctx, head_only).await
+}
+
+/// [`proxy`] once `templates` is settled: the exchange for the upstream's kind.
+async fn proxy_response<D: Downstream>(
     stream: &mut D,
     req: &mut RequestHeader,
     ctx: &mut RequestContext,
@@ -182,6 +196,45 @@ pub async fn proxy<D: Downstream>(
         return Box::pin(proxy_h2(&mut body, req, ctx, &p, head_only)).await;
     }
     proxy_h1(&mut body, req, ctx, p, head_only).await
+}
+
+/// Proxies for a request with `templates`: a response of its types is held back whole
+/// and answered rendered; others pass through. The upstream is asked for an
+/// uncompressed body (a compressed one could not be rendered).
+async fn proxy_templated<D: Downstream>(
+    stream: &mut D,
+    req: &mut RequestHeader,
+    ctx: &mut RequestContext,
+    head_only: bool,
+) -> (u16, u64, u64) {
+    let Some(rule) = ctx.resp.templates.clone() else {
+        return (0, 0, 0);
+    };
+    let asked = req.clone();
+    req.remove_header(&http::header::ACCEPT_ENCODING);
+    ctx.resp.holding = true;
+    let mut holding = crate::templates::Holding {
+        inner: stream,
+        rule: rule.clone(),
+        held: None,
+    };
+    let (status, read, sent) = proxy_response(&mut holding, req, ctx, head_only).await;
+    ctx.resp.holding = false;
+    let Some(held) = holding.held.take() else {
+        return (status, read, sent);
+    };
+    let mut asked = asked;
+    let table = ctx.table.clone();
+    let Some(mut r) =
+        crate::templates::finish(&rule, held, table.as_deref(), &mut asked, ctx).await
+    else {
+        stream.abort(false);
+        return (status, read, 0);
+    };
+    crate::rewrite::reply(ctx, &mut r);
+    let st = r.status;
+    let sent = write_reply(stream, r, ctx, head_only).await.unwrap_or(0);
+    (st, read, sent)
 }
 
 /// Whether a request with `Expect: 100-continue` waits for the upstream's `100 Continue`

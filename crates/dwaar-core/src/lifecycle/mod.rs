@@ -96,10 +96,34 @@ pub fn decide<'a, R: HttpRequest + Clone + Send + Sync>(
     ctx: &'a mut RequestContext,
 ) -> Decided<'a> {
     let outcome = handle_request(table, req, ctx);
-    if matches!(outcome, Outcome::Check(_)) {
-        Decided::Checking(Box::pin(settle_checks(table, outcome, original, req, ctx)))
-    } else {
-        Decided::Ready(outcome)
+    match outcome {
+        Outcome::Check(_) => Decided::Checking(Box::pin(async move {
+            let outcome = settle_checks(table, outcome, original, req, ctx).await;
+            rendered(outcome, table, req, ctx).await
+        })),
+        // `templates`: the reply is rendered first (boxed: only such requests pay).
+        Outcome::Reply(_) if ctx.resp.templates.is_some() => {
+            Decided::Checking(Box::pin(rendered(outcome, table, req, ctx)))
+        }
+        _ => Decided::Ready(outcome),
+    }
+}
+
+/// A reply through `templates` (when the request has the rule and the reply its type).
+async fn rendered<R: HttpRequest + Send + Sync>(
+    outcome: Outcome,
+    table: &RouteTable,
+    req: &mut R,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    match outcome {
+        Outcome::Reply(r) if ctx.resp.templates.is_some() => {
+            match crate::templates::render_reply(r, Some(table), req, ctx).await {
+                Some(r) => Outcome::Reply(r),
+                None => Outcome::Abort,
+            }
+        }
+        other => other,
     }
 }
 
