@@ -353,3 +353,50 @@ fn own_root_index_names_no_canonical_uris_and_try_policies() {
     assert_eq!(req(port, "/pick", &[]).text(), "lllllllll");
     assert_eq!(req(port, "/pick-small", &[]).text(), "s");
 }
+
+/// `filesystem <name> local <dir>` with `fs`: file_server, `try_files` and the `file`
+/// matcher read under that directory (the site's `root` a path within it);
+/// `file_server { fs }` picks one for itself; `{http.vars.fs}` names it.
+#[test]
+fn named_filesystems_are_second_roots() {
+    let main = site();
+    let assets = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    for (p, data) in [
+        ("static/logo.txt", "logo from assets"),
+        ("sub/other/o.txt", "other from assets"),
+        ("static/app.html", "spa in assets"),
+    ] {
+        let path = assets.path().join(p);
+        std::fs::create_dir_all(path.parent().unwrap_or(assets.path()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(path, data).unwrap_or_else(|e| panic!("{e}"));
+    }
+    let cfg = format!(
+        "{{\n\tfilesystem assets local {}\n}}\n:PORT {{\n\troot * {}\n\
+         \thandle /static/* {{\n\t\tfs assets\n\t\troot * /\n\t\ttry_files {{path}} /static/app.html\n\t\theader X-Fs {{http.vars.fs}}\n\t\tfile_server\n\t}}\n\
+         \thandle /other/* {{\n\t\tfile_server {{\n\t\t\tfs assets\n\t\t\troot /sub\n\t\t}}\n\t}}\n\
+         \tfile_server\n}}\n",
+        assets.path().display(),
+        main.path().display()
+    );
+    let (_d, port) = serve(&cfg);
+    assert_eq!(ok_get(port, "x", "/hello.txt").text(), "hello world\n");
+    let r = ok_get(port, "x", "/static/logo.txt");
+    assert_eq!((r.status, r.text().as_str()), (200, "logo from assets"));
+    assert_eq!(r.header("x-fs"), Some("assets"));
+    assert_eq!(ok_get(port, "x", "/static/missing").text(), "spa in assets");
+    assert_eq!(
+        ok_get(port, "x", "/other/o.txt").text(),
+        "other from assets"
+    );
+    assert_eq!(
+        ok_get(port, "x", "/static/../hello.txt").text(),
+        "hello world\n"
+    );
+    // The main root is not reachable through the file system, nor the other way round.
+    assert_eq!(
+        ok_get(port, "x", "/static/hello.txt").text(),
+        "spa in assets"
+    );
+    assert_eq!(ok_get(port, "x", "/logo.txt").status, 404);
+}

@@ -49,6 +49,18 @@ pub struct GlobalOptions {
     /// `default_bind`: the interfaces of sites without a `bind` of their own.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub default_bind: Vec<String>,
+    /// `filesystem <name> local <dir>`: named file systems `fs` can select.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub filesystems: Vec<Filesystem>,
+}
+
+/// A named file system (`filesystem <name> local <dir>`): a directory that file paths
+/// are read under instead of the machine's root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filesystem {
+    pub name: String,
+    pub root: String,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -172,6 +184,7 @@ impl Default for GlobalOptions {
             tls: GlobalTls::default(),
             analytics: GlobalAnalytics::default(),
             default_bind: Vec::new(),
+            filesystems: Vec::new(),
         }
     }
 }
@@ -753,6 +766,10 @@ pub struct FileServer {
     pub disable_canonical_uris: bool,
     /// A missing file passes the request on instead of answering 404.
     pub pass_thru: bool,
+    /// `fs <name>`: the file system's directory this file server reads under (else the
+    /// one `fs` selected for the request, else the machine's root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<Filesystem>,
 }
 
 impl Default for FileServer {
@@ -766,6 +783,7 @@ impl Default for FileServer {
             status: None,
             disable_canonical_uris: false,
             pass_thru: false,
+            fs: None,
         }
     }
 }
@@ -887,6 +905,12 @@ pub enum Handler {
     },
     /// `intercept`: act on the responses the handlers after it write.
     Intercept(Box<ResponseHandling>),
+    /// `fs <name>`: file paths of this request (`file_server`, `try_files`, the `file`
+    /// matcher) are read under the named file system's directory `root`.
+    Fs {
+        name: String,
+        root: String,
+    },
     /// `tracing`: the request becomes an OpenTelemetry span named `span` (W3C trace
     /// context taken from and passed on in `traceparent`), exported over OTLP.
     Tracing {

@@ -286,6 +286,8 @@ pub struct RequestContext {
     /// `request_body { set }`: the body sent upstream instead of the client's.
     pub body_set: Option<Box<String>>,
     pub error: Option<(u16, String)>,
+    /// `fs`: the directory of the file system file paths are read under.
+    pub fs_root: Option<Arc<std::path::Path>>,
     /// `tracing`: the request's span.
     pub trace: Option<Box<crate::otel::Span>>,
     /// The directive that raised `error` (`{http.error.trace}`).

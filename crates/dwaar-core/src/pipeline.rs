@@ -1126,6 +1126,11 @@ fn run_handler<'t>(
             }
             Flow::Continue
         }
+        HandlerRule::Fs(name, root) => {
+            ctx.set_var("fs", name.to_string());
+            ctx.fs_root = Some(root.clone());
+            Flow::Continue
+        }
         HandlerRule::Templates(rule) => {
             if ctx.resp.templates.is_none() {
                 ctx.resp.templates = Some(rule.clone());

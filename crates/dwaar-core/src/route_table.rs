@@ -149,6 +149,8 @@ pub enum HandlerRule {
     CopyResponseHeaders(Arc<CopyHeaders>),
     /// `method`: the request's method from here on.
     Method(CompactString),
+    /// `fs`: the file system's name and directory.
+    Fs(CompactString, Arc<std::path::Path>),
     /// `templates`: the rule responses are rendered by.
     Templates(Arc<crate::templates::TemplatesRule>),
     /// `tracing`: the span's name and `span_attributes`.
@@ -1152,6 +1154,10 @@ fn compile_handler(
         }
         Handler::CopyResponse { status } => HandlerRule::CopyResponse(*status),
         Handler::Method { method } => HandlerRule::Method(CompactString::new(method)),
+        Handler::Fs { name, root } => HandlerRule::Fs(
+            CompactString::new(name),
+            Arc::from(std::path::Path::new(root)),
+        ),
         Handler::Templates {
             mime,
             between,

@@ -12,6 +12,8 @@ pub struct Diags {
     pub list: Vec<Diagnostic>,
     /// Names set by `map` anywhere in the config: valid placeholders, not typos.
     pub map_outputs: std::collections::HashSet<String>,
+    /// The `filesystem`s the global options define: name to directory.
+    pub filesystems: std::collections::HashMap<String, String>,
     /// `rate_limit` directives without a `zone` seen so far: each gets its own zone,
     /// numbered in the order they are written (stable when the file is reformatted).
     pub unnamed_rate_limits: u32,
@@ -20,6 +22,23 @@ pub struct Diags {
 impl Diags {
     pub fn push(&mut self, d: Diagnostic) {
         self.list.push(d);
+    }
+
+    /// The `filesystem` named by `t`: (name, directory); an unknown name is reported.
+    pub fn filesystem(&mut self, t: &Token) -> Option<(String, String)> {
+        if let Some(root) = self.filesystems.get(&t.text) {
+            return Some((t.text.clone(), root.clone()));
+        }
+        let mut e = t.error(format!("no filesystem named '{}'", t.text));
+        let names: Vec<&str> = self.filesystems.keys().map(String::as_str).collect();
+        e = match crate::diag::did_you_mean(&t.text, names.iter().copied()) {
+            Some(s) => e.with_help(format!("did you mean '{s}'?")),
+            None => {
+                e.with_help("define it in the global options: filesystem <name> local <directory>")
+            }
+        };
+        self.push(e);
+        None
     }
 
     /// Errors collected so far (warnings excluded).

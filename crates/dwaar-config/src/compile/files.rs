@@ -114,7 +114,16 @@ pub fn file_server(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
                     }
                 }
             }
-            "fs" | "etag_file_extensions" => diags.push(
+            "fs" => {
+                if diags.arity(line, 0, 1, 1, "fs <name>") {
+                    if fs.fs.is_some() {
+                        diags.push(line.name.error("file_server has its filesystem already"));
+                    } else if let Some((name, root)) = diags.filesystem(&line.args[0]) {
+                        fs.fs = Some(crate::model::Filesystem { name, root });
+                    }
+                }
+            }
+            "etag_file_extensions" => diags.push(
                 line.name
                     .error(format!("file_server option '{name}' is not supported yet")),
             ),
@@ -123,6 +132,7 @@ pub fn file_server(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> O
                 &line.name,
                 &[
                     "root",
+                    "fs",
                     "hide",
                     "index",
                     "browse",

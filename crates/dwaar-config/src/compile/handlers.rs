@@ -57,10 +57,11 @@ pub const SUPPORTED: &[&str] = &[
     "log_name",
     "tracing",
     "templates",
+    "fs",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &["push", "acme_server", "fs"];
+pub const NOT_YET: &[&str] = &["push", "acme_server"];
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &[
@@ -215,6 +216,7 @@ pub fn compile_directive(
             cx.invoking.push(t.text.clone());
             let mut scratch = Diags {
                 map_outputs: diags.map_outputs.clone(),
+                filesystems: diags.filesystems.clone(),
                 unnamed_rate_limits: diags.unnamed_rate_limits,
                 ..Diags::default()
             };
@@ -433,6 +435,16 @@ pub fn compile_directive(
         }
         "tracing" => tracing(d, named, diags),
         "templates" => templates(d, named, diags),
+        "fs" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 1, 1, "fs [<matcher>] <name>") || !diags.no_block(d) {
+                return Compiled::Nothing;
+            }
+            match diags.filesystem(&d.args[skip]) {
+                Some((name, root)) => route(m, vec![Handler::Fs { name, root }]),
+                None => Compiled::Nothing,
+            }
+        }
         n if SITE_LEVEL.contains(&n) => {
             diags.push(d.name.error(format!(
                 "'{n}' is only allowed at the top level of a site block"

@@ -54,6 +54,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "analytics",
     "metrics",
     "default_bind",
+    "filesystem",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
@@ -71,7 +72,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "preferred_chains",
     "renew_interval",
     "events",
-    "filesystem",
     "ocsp_interval",
     "fallback_sni",
 ];
@@ -715,6 +715,47 @@ fn valid_host(h: &str) -> bool {
         })
 }
 
+/// `filesystem <name> local <directory>` (or `local { root <directory> }`): Dwaar's
+/// file system module is a directory on this machine (Caddy's are plugins).
+fn filesystem(d: &Directive, diags: &mut Diags) -> Option<crate::model::Filesystem> {
+    if !diags.arity(d, 0, 2, 3, "filesystem <name> local <directory>") {
+        return None;
+    }
+    let name = d.args[0].text.clone();
+    if d.args[1].text != "local" {
+        diags.push(
+            d.args[1]
+                .error(format!(
+                    "no filesystem module '{}' in Dwaar",
+                    d.args[1].text
+                ))
+                .with_help(
+                    "Dwaar's file systems are directories: filesystem <name> local <directory>",
+                ),
+        );
+        return None;
+    }
+    let mut root = d.args.get(2).map(|t| t.text.clone());
+    for line in block_lines(&d.block) {
+        match line.name.text.as_str() {
+            "root" if diags.arity(line, 0, 1, 1, "root <directory>") => {
+                root = Some(line.args[0].text.clone());
+            }
+            "root" => {}
+            _ => diags.unknown_sub("filesystem", &line.name, &["root"]),
+        }
+    }
+    let Some(root) = root.filter(|r| !r.is_empty()) else {
+        diags.push(
+            d.args[1]
+                .error("a local filesystem needs its directory")
+                .with_help("filesystem assets local /srv/assets"),
+        );
+        return None;
+    };
+    Some(crate::model::Filesystem { name, root })
+}
+
 fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
     let mut g = GlobalOptions::default();
     // Like CADDY_ADMIN: the environment may move the default admin address;
@@ -728,6 +769,18 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
         let name = d.name.text.as_str();
         match name {
             "default_bind" => g.default_bind = bind_hosts(d, diags),
+            "filesystem" => {
+                if let Some(f) = filesystem(d, diags) {
+                    if g.filesystems.iter().any(|x| x.name == f.name) {
+                        diags.push(
+                            d.args[0].error(format!("filesystem '{}' is defined twice", f.name)),
+                        );
+                    } else {
+                        diags.filesystems.insert(f.name.clone(), f.root.clone());
+                        g.filesystems.push(f);
+                    }
+                }
+            }
             "debug" => {
                 if diags.arity(d, 0, 0, 0, "debug") {
                     g.debug = true;

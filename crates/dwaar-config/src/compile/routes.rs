@@ -17,6 +17,7 @@ pub const DEFAULT_ORDER: &[&str] = &[
     "tracing",
     "map",
     "vars",
+    "fs",
     "root",
     "log_append",
     "log_name",

@@ -41,6 +41,15 @@ pub fn root_for(
     }
 }
 
+/// `root` inside the file system `fs` selected (its directory, with `root` read as a
+/// path within it), or `root` itself on the machine's file system.
+pub fn within_fs(fs: Option<&std::path::Path>, root: PathBuf) -> PathBuf {
+    match fs {
+        None => root,
+        Some(base) => base.join(root.strip_prefix("/").unwrap_or(&root)),
+    }
+}
+
 /// Percent-decodes `path` once. `None` for NUL bytes or invalid escapes.
 pub fn decode_path(path: &str) -> Option<Vec<u8>> {
     let b = path.as_bytes();
@@ -125,7 +134,7 @@ pub struct FileFound {
 
 /// Evaluates a `file` matcher or `try_files`: the candidate chosen by the policy.
 pub fn find_file(fm: &FileMatch, req: &dyn HttpRequest, ctx: &RequestContext) -> Option<FileFound> {
-    let root = root_for(fm.root.as_ref(), req, ctx);
+    let root = within_fs(ctx.fs_root.as_deref(), root_for(fm.root.as_ref(), req, ctx));
     let default = [dwaar_config::placeholder::Template::parse("{path}")];
     let candidates = if fm.try_files.is_empty() {
         &default[..]

@@ -35,7 +35,14 @@ fn header(h: &mut Headers, k: &'static str, v: impl Into<String>) {
 
 /// Serves `req` from `fs`'s root.
 pub fn serve(fs: &FileServer, req: &dyn HttpRequest, ctx: &RequestContext) -> Served {
-    let root = root_for(fs.root.as_ref(), req, ctx);
+    let own_fs = fs
+        .fs
+        .as_ref()
+        .map(|f| std::path::Path::new(f.root.as_str()));
+    let root = super::within_fs(
+        own_fs.or(ctx.fs_root.as_deref()),
+        root_for(fs.root.as_ref(), req, ctx),
+    );
     let path = req.path();
     let not_found = || {
         if fs.pass_thru {
