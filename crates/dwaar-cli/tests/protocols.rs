@@ -1768,3 +1768,31 @@ fn templates_on_every_path() {
         assert!(r.text().contains("h:x-t: HI"), "{proto:?}: {}", r.text());
     }
 }
+
+/// `{http.request.body}` on every path: the body is read before the site's routes run,
+/// shown where the placeholder is, and still sent upstream whole.
+#[test]
+fn request_body_placeholder_on_every_path() {
+    let o = origin::http("app");
+    let p = Paths::start(
+        &bin(),
+        &format!(
+            "\thandle /echo {{\n\t\trespond \"got={{http.request.body}}\"\n\t}}\n\
+             \thandle {{\n\t\trequest_header X-Body {{http.request.body}}\n\t\treverse_proxy 127.0.0.1:{}\n\t}}\n",
+            o.port
+        ),
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::post("/echo", b"hello world".to_vec()));
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "got=hello world"),
+            "{proto:?}"
+        );
+        assert_eq!(p.ok(proto, &Req::get("/echo")).text(), "got=", "{proto:?}");
+        let r = p.ok(proto, &Req::post("/up", b"to the app".to_vec()));
+        let text = r.text();
+        assert!(text.contains("h:x-body: to the app"), "{proto:?}: {text}");
+        assert!(text.contains("body: 10"), "{proto:?}: {text}");
+    }
+}

@@ -255,6 +255,10 @@ pub struct Site {
     /// First-party analytics (`analytics`); `None` or disabled: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analytics: Option<SiteAnalytics>,
+    /// Some value in the site uses `{http.request.body}`: request bodies are read before
+    /// its routes run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub reads_body: bool,
 }
 
 /// The `cache` directive.

@@ -104,6 +104,8 @@ pub enum Placeholder {
     ErrorId,
     /// `{http.error.trace}`: the directive that raised the error being handled.
     ErrorTrace,
+    /// `{http.request.body}`: the request's body (read before the site's routes run).
+    RequestBody,
     /// `{http.reverse_proxy.upstream.*}`: the upstream of the latest attempt.
     Upstream(UpstreamFact),
     /// `{http.request.tls.*}` (`{tls_*}`): the connection's TLS handshake.
@@ -275,6 +277,13 @@ impl Template {
         }
     }
 
+    /// Whether the template uses `{http.request.body}`.
+    pub fn reads_body(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|p| matches!(p, Part::Value(Placeholder::RequestBody)))
+    }
+
     pub fn unknown_keys(&self) -> &[String] {
         &self.unknown
     }
@@ -378,6 +387,7 @@ pub fn lookup(key: &str) -> Option<Placeholder> {
         "http.time_until_shutdown" => Some(P::TimeUntilShutdown),
         "http.reverse_proxy.retries" => Some(P::Retries),
         "http.shutting_down" => Some(P::ShuttingDown),
+        "http.request.body" => Some(P::RequestBody),
         "err.id" | "http.error.id" => Some(P::ErrorId),
         "err.trace" | "http.error.trace" => Some(P::ErrorTrace),
         "http.reverse_proxy.upstream.address" => Some(P::Upstream(UpstreamFact::Address)),

@@ -284,8 +284,10 @@ pub struct RequestContext {
     pub charged: ChargedZones,
     pub max_body: Option<u64>,
     /// `request_body { set }`: the body sent upstream instead of the client's.
-    pub body_set: Option<Box<String>>,
+    pub body_set: Option<Box<bytes::Bytes>>,
     pub error: Option<(u16, String)>,
+    /// The request body, read for `{http.request.body}`.
+    pub request_body: Option<bytes::Bytes>,
     /// `fs`: the directory of the file system file paths are read under.
     pub fs_root: Option<Arc<std::path::Path>>,
     /// `tracing`: the request's span.

@@ -60,6 +60,10 @@ pub enum Outcome {
     /// Dwaar's own endpoint (analytics beacon, reports): read the body up to its
     /// limit, then `crate::analytics::answer`.
     Internal(crate::analytics::Internal),
+    /// The site uses `{http.request.body}`: read the body (up to
+    /// [`crate::lifecycle::BODY_PLACEHOLDER_MAX`]) into the context
+    /// ([`crate::lifecycle::body_read`]), then decide again. Nothing ran yet.
+    NeedsBody,
 }
 
 /// A response header block the pipeline can edit (a `Reply`'s, or a front-end's).
@@ -443,6 +447,9 @@ pub fn handle_request(
         return Outcome::Reply(Reply::status(200));
     };
     ctx.site = Some(site.clone());
+    if site.reads_body && ctx.request_body.is_none() {
+        return Outcome::NeedsBody;
+    }
     if site.logs.iter().any(|l| l.logger.wants_headers()) {
         ctx.log.extras_mut().headers = Some(crate::context::HeaderCapture {
             request: request_fields(req),
@@ -551,7 +558,9 @@ pub fn raised_error_reply(
     match error_outcome(&site.error_routes, code, message, by, req, ctx) {
         Outcome::Reply(r) => Some(r),
         Outcome::Abort => None,
-        Outcome::Proxy | Outcome::Check(_) | Outcome::Internal(_) => Some(Reply::status(code)),
+        Outcome::Proxy | Outcome::Check(_) | Outcome::Internal(_) | Outcome::NeedsBody => {
+            Some(Reply::status(code))
+        }
     }
 }
 
@@ -1088,7 +1097,7 @@ fn run_handler<'t>(
         },
         HandlerRule::RequestBody { max, set } => {
             if let Some(t) = set {
-                ctx.body_set = Some(Box::new(render(t, req, ctx).into_owned()));
+                ctx.body_set = Some(Box::new(render(t, req, ctx).into_owned().into()));
             }
             let Some(max) = max else {
                 return Flow::Continue;

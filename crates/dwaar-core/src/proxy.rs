@@ -372,7 +372,7 @@ impl ProxyHttp for DwaarProxy {
         // basic_auth and forward_auth answer off the request path; then the pipeline
         // runs again from the request as it arrived.
         let original = table.rerun_checks.then(|| session.req_header().clone());
-        let outcome = match crate::lifecycle::decide(
+        let mut outcome = match crate::lifecycle::decide(
             &table,
             original.as_ref(),
             session.req_header_mut(),
@@ -381,6 +381,36 @@ impl ProxyHttp for DwaarProxy {
             crate::lifecycle::Decided::Ready(o) => o,
             crate::lifecycle::Decided::Checking(checks) => checks.await,
         };
+        if matches!(outcome, Outcome::NeedsBody) {
+            // `{http.request.body}`: the body first, then the pipeline.
+            let had = session
+                .req_header()
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+                || session
+                    .req_header()
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING);
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = session.read_request_body().await? {
+                if body.len() + chunk.len() > crate::lifecycle::BODY_PLACEHOLDER_MAX {
+                    ctx.close = true;
+                    write_reply(session, ctx, Reply::status(413)).await?;
+                    return Ok(true);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            crate::lifecycle::body_read(ctx, body.freeze(), had);
+            outcome = match crate::lifecycle::decide(
+                &table,
+                original.as_ref(),
+                session.req_header_mut(),
+                ctx,
+            ) {
+                crate::lifecycle::Decided::Ready(o) => o,
+                crate::lifecycle::Decided::Checking(checks) => checks.await,
+            };
+        }
         ctx.table = Some(table);
         match outcome {
             Outcome::Reply(mut r) => {
@@ -413,7 +443,7 @@ impl ProxyHttp for DwaarProxy {
                 serve_shared(session, ctx).await;
                 Ok(true)
             }
-            Outcome::Check(_) => {
+            Outcome::Check(_) | Outcome::NeedsBody => {
                 write_reply(session, ctx, Reply::status(503)).await?;
                 Ok(true)
             }

@@ -247,6 +247,8 @@ pub struct SiteRoutes {
     pub analytics: Option<Arc<crate::analytics::SiteAnalytics>>,
     /// Request counters, shared with earlier tables that had the same site.
     pub metrics: Arc<crate::metrics::SiteMetrics>,
+    /// `{http.request.body}` is used: bodies are read before the routes run.
+    pub reads_body: bool,
 }
 
 /// Long-lived state that compiled tables share across reloads: upstream pools and
@@ -649,6 +651,7 @@ impl RouteTable {
                 logs,
                 analytics,
                 metrics,
+                reads_body: site.reads_body,
             });
             for a in &site.addresses {
                 let port = table.ports.entry(a.port).or_default();
@@ -877,6 +880,7 @@ fn https_redirects(
             logs: Vec::new(),
             analytics: None,
             metrics: crate::metrics::SiteMetrics::for_label(&format!("{host} (redirect)")),
+            reads_body: false,
         });
         match host.strip_prefix('*') {
             Some(suffix) => port.wildcard.push((suffix.to_string(), site)),

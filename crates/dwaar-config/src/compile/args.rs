@@ -12,6 +12,8 @@ pub struct Diags {
     pub list: Vec<Diagnostic>,
     /// Names set by `map` anywhere in the config: valid placeholders, not typos.
     pub map_outputs: std::collections::HashSet<String>,
+    /// A value compiled since the last site used `{http.request.body}`.
+    pub body_placeholder: bool,
     /// The `filesystem`s the global options define: name to directory.
     pub filesystems: std::collections::HashMap<String, String>,
     /// `rate_limit` directives without a `zone` seen so far: each gets its own zone,
@@ -162,6 +164,9 @@ impl Diags {
     /// Parses a template and warns about `{...}` keys that look like misspelt placeholders.
     pub fn template(&mut self, t: &Token) -> Template {
         let tpl = Template::parse(&t.text);
+        if tpl.reads_body() {
+            self.body_placeholder = true;
+        }
         let typos: Vec<String> = tpl
             .unknown_keys()
             .iter()

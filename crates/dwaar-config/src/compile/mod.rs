@@ -535,6 +535,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
             logs: site_logs,
             tls: site_tls,
             analytics: site_analytics,
+            reads_body: std::mem::take(&mut diags.body_placeholder),
         });
     }
     check_port_schemes(doc, &sites, diags);

@@ -52,6 +52,20 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .and_then(|v| v.to_str().ok()?.trim().parse().ok())
 }
 
+/// The longest request body read for `{http.request.body}` (a longer one is answered
+/// 413).
+pub const BODY_PLACEHOLDER_MAX: usize = 16 * 1024 * 1024;
+
+/// A body read for [`Outcome::NeedsBody`]: `{http.request.body}` shows it, and a
+/// proxied request sends it on (the client's copy is spent). `had_body`: the request
+/// announced one.
+pub fn body_read(ctx: &mut RequestContext, body: bytes::Bytes, had_body: bool) {
+    if had_body || !body.is_empty() {
+        ctx.body_set = Some(Box::new(body.clone()));
+    }
+    ctx.request_body = Some(body);
+}
+
 /// Rounds of off-path checks one request may go through before it is answered 503.
 const MAX_CHECK_ROUNDS: u32 = 4;
 
@@ -161,6 +175,8 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
                     host: std::mem::take(&mut ctx.host),
                     inflight: ctx.inflight.take(),
                     charged: ctx.charged,
+                    request_body: ctx.request_body.take(),
+                    body_set: ctx.body_set.take(),
                     ..RequestContext::default()
                 };
                 outcome = handle_request(table, req, ctx);

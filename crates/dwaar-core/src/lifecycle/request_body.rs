@@ -83,11 +83,11 @@ impl<'a, D: Downstream> RequestBody<'a, D> {
 
     /// `request_body { set }`: the upstream gets `body` instead of the client's, which
     /// is read and dropped (within the usual bounds) first.
-    pub async fn replace(&mut self, body: String) {
+    pub async fn replace(&mut self, body: Bytes) {
         if !self.continue_due {
             self.down.discard_body().await;
         }
-        self.ahead = Bytes::from(body);
+        self.ahead = body;
         self.ahead_given = false;
         self.complete = true;
     }

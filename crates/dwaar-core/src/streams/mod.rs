@@ -69,10 +69,27 @@ pub async fn serve_request<D: Downstream>(
     // Kept only when some handler may ask to run the pipeline again.
     let rerun = table.rerun_checks.then(|| original.clone());
     let mut header = original;
-    let outcome = match crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx) {
+    let mut outcome = match crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx)
+    {
         Decided::Ready(o) => o,
         Decided::Checking(checks) => checks.await,
     };
+    if matches!(outcome, Outcome::NeedsBody) {
+        // `{http.request.body}`: the body first, then the pipeline.
+        let had = stream.declared_length().is_some_and(|n| n > 0);
+        match read_body(&mut stream, crate::lifecycle::BODY_PLACEHOLDER_MAX).await {
+            Some(body) => {
+                let had = had || !body.is_empty();
+                crate::lifecycle::body_read(&mut ctx, body, had);
+                outcome =
+                    match crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx) {
+                        Decided::Ready(o) => o,
+                        Decided::Checking(checks) => checks.await,
+                    };
+            }
+            None => outcome = Outcome::Reply(Reply::status(413)),
+        }
+    }
     ctx.table = Some(table);
     let (status, read, written) = match outcome {
         Outcome::Reply(mut r) => {
@@ -92,7 +109,7 @@ pub async fn serve_request<D: Downstream>(
             (0, 0, 0)
         }
         // `decide` settles every check; kept for exhaustiveness.
-        Outcome::Check(_) => {
+        Outcome::Check(_) | Outcome::NeedsBody => {
             let sent = write_reply(&mut stream, Reply::status(503), &ctx, head_only)
                 .await
                 .unwrap_or(0);
