@@ -549,7 +549,7 @@ async fn serve_one<S: LeanIo>(
     let close = wants_close(&req) || inflight::draining();
     match outcome {
         // `{http.request.body}`: Pingora's path reads the body and runs the pipeline again.
-        Outcome::NeedsBody => return hand_back(buf, head, &req),
+        Outcome::NeedsBody => hand_back(buf, head, &req),
         Outcome::Internal(i) => {
             if body_len > i.body_limit() as u64 {
                 let _ = write_reply(tcp, &req, &ctx, Reply::status(413), true).await;
