@@ -183,10 +183,6 @@ pub struct ResponseShaping {
     pub page: Option<Box<crate::analytics::PageFacts>>,
     /// The response body is being rewritten (analytics injection, `encode`).
     pub rewrite: Option<Box<crate::rewrite::Rewrite>>,
-    /// `templates` ran: responses of its types are rendered.
-    pub templates: Option<Arc<crate::templates::TemplatesRule>>,
-    /// The proxied response goes to a [`crate::templates::Holding`] client side.
-    pub holding: bool,
 }
 
 /// Facts only the access log records.
@@ -286,14 +282,9 @@ pub struct RequestContext {
     /// `request_body { set }`: the body sent upstream instead of the client's.
     pub body_set: Option<Box<bytes::Bytes>>,
     pub error: Option<(u16, String)>,
-    /// The request body, read for `{http.request.body}`.
-    pub request_body: Option<bytes::Bytes>,
-    /// `fs`: the directory of the file system file paths are read under.
-    pub fs_root: Option<Arc<std::path::Path>>,
-    /// `tracing`: the request's span.
-    pub trace: Option<Box<crate::otel::Span>>,
-    /// The directive that raised `error` (`{http.error.trace}`).
-    pub error_by: &'static str,
+    /// What only some configurations use (boxed, so every request's context stays
+    /// small).
+    pub rare: Option<Box<RareState>>,
     pub close: bool,
     pub start: Option<Instant>,
     /// Counted in the worker's in-flight requests (for graceful shutdown) while held.
@@ -302,7 +293,50 @@ pub struct RequestContext {
     pub cache: Option<Box<crate::cache::CacheCtx>>,
 }
 
+/// A request's state for features few configurations use: `templates`, `tracing`,
+/// `fs`, `{http.request.body}`, `{http.error.trace}`.
+#[derive(Debug, Default)]
+pub struct RareState {
+    /// `templates` ran: responses of its types are rendered.
+    pub templates: Option<Arc<crate::templates::TemplatesRule>>,
+    /// The proxied response goes to a [`crate::templates::Holding`] client side.
+    pub holding: bool,
+    /// The request body, read for `{http.request.body}`.
+    pub request_body: Option<bytes::Bytes>,
+    /// `fs`: the directory of the file system file paths are read under.
+    pub fs_root: Option<Arc<std::path::Path>>,
+    /// `tracing`: the request's span.
+    pub trace: Option<crate::otel::Span>,
+    /// The directive that raised `error` (`{http.error.trace}`).
+    pub error_by: &'static str,
+}
+
 impl RequestContext {
+    /// The rare state, made on first use.
+    pub fn rare_mut(&mut self) -> &mut RareState {
+        self.rare.get_or_insert_with(Default::default)
+    }
+
+    /// `templates`' rule for this request.
+    pub fn templates(&self) -> Option<&Arc<crate::templates::TemplatesRule>> {
+        self.rare.as_ref()?.templates.as_ref()
+    }
+
+    /// The body read for `{http.request.body}`.
+    pub fn request_body(&self) -> Option<&bytes::Bytes> {
+        self.rare.as_ref()?.request_body.as_ref()
+    }
+
+    /// The request's span (`tracing`).
+    pub fn trace(&self) -> Option<&crate::otel::Span> {
+        self.rare.as_ref()?.trace.as_ref()
+    }
+
+    /// The directory of the file system `fs` selected.
+    pub fn fs_root(&self) -> Option<&std::path::Path> {
+        self.rare.as_ref()?.fs_root.as_deref()
+    }
+
     pub fn var(&self, name: &str) -> Option<&str> {
         self.vars
             .iter()

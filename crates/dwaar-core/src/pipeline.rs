@@ -447,7 +447,7 @@ pub fn handle_request(
         return Outcome::Reply(Reply::status(200));
     };
     ctx.site = Some(site.clone());
-    if site.reads_body && ctx.request_body.is_none() {
+    if site.reads_body && ctx.request_body().is_none() {
         return Outcome::NeedsBody;
     }
     if site.logs.iter().any(|l| l.logger.wants_headers()) {
@@ -575,7 +575,7 @@ pub fn error_outcome(
     ctx: &mut RequestContext,
 ) -> Outcome {
     ctx.error = Some((status, message));
-    ctx.error_by = by;
+    ctx.rare_mut().error_by = by;
     ctx.groups_done = 0;
     // Headers set immediately stay (as in Caddy); deferred edits belonged to the failed response.
     ctx.resp.deferred.clear();
@@ -1137,17 +1137,17 @@ fn run_handler<'t>(
         }
         HandlerRule::Fs(name, root) => {
             ctx.set_var("fs", name.to_string());
-            ctx.fs_root = Some(root.clone());
+            ctx.rare_mut().fs_root = Some(root.clone());
             Flow::Continue
         }
         HandlerRule::Templates(rule) => {
-            if ctx.resp.templates.is_none() {
-                ctx.resp.templates = Some(rule.clone());
+            if ctx.templates().is_none() {
+                ctx.rare_mut().templates = Some(rule.clone());
             }
             Flow::Continue
         }
         HandlerRule::Tracing { span, attributes } => {
-            if ctx.trace.is_none() {
+            if ctx.trace().is_none() {
                 let name = render(span, req, ctx).into_owned();
                 let custom = attributes
                     .iter()

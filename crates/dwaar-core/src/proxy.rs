@@ -156,7 +156,7 @@ fn served_by_shared_exchange(
         || (!ctx.is_upgrade
             && (p.shared_exchange()
                 || ctx.body_set.is_some()
-                || ctx.resp.templates.is_some()
+                || ctx.templates().is_some()
                 || crate::lifecycle::request_body::expects_continue(&req.headers)))
 }
 

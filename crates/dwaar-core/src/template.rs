@@ -305,13 +305,13 @@ fn push_value(out: &mut String, ph: &Placeholder, req: &dyn HttpRequest, ctx: &R
             "false"
         }),
         P::RequestBody => {
-            if let Some(b) = &ctx.request_body {
+            if let Some(b) = ctx.request_body() {
                 out.push_str(&String::from_utf8_lossy(b));
             }
         }
         P::ErrorTrace => {
             if ctx.error.is_some() {
-                out.push_str(ctx.error_by);
+                out.push_str(ctx.rare.as_ref().map_or("", |r| r.error_by));
             }
         }
         P::ErrorId => {

@@ -606,7 +606,7 @@ async fn serve_one<S: LeanIo>(
             // were answered above, here).
             let eligible = ctx.max_body.is_none()
                 && ctx.body_set.is_none()
-                && ctx.resp.templates.is_none()
+                && ctx.templates().is_none()
                 && ctx.cache.is_none()
                 && ctx.proxy.as_ref().is_some_and(|p| p.lean);
             if !eligible {

@@ -134,7 +134,7 @@ pub struct FileFound {
 
 /// Evaluates a `file` matcher or `try_files`: the candidate chosen by the policy.
 pub fn find_file(fm: &FileMatch, req: &dyn HttpRequest, ctx: &RequestContext) -> Option<FileFound> {
-    let root = within_fs(ctx.fs_root.as_deref(), root_for(fm.root.as_ref(), req, ctx));
+    let root = within_fs(ctx.fs_root(), root_for(fm.root.as_ref(), req, ctx));
     let default = [dwaar_config::placeholder::Template::parse("{path}")];
     let candidates = if fm.try_files.is_empty() {
         &default[..]

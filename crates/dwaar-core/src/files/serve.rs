@@ -40,7 +40,7 @@ pub fn serve(fs: &FileServer, req: &dyn HttpRequest, ctx: &RequestContext) -> Se
         .as_ref()
         .map(|f| std::path::Path::new(f.root.as_str()));
     let root = super::within_fs(
-        own_fs.or(ctx.fs_root.as_deref()),
+        own_fs.or(ctx.fs_root()),
         root_for(fs.root.as_ref(), req, ctx),
     );
     let path = req.path();

@@ -127,7 +127,7 @@ pub async fn proxy<D: Downstream>(
     ctx: &mut RequestContext,
     head_only: bool,
 ) -> (u16, u64, u64) {
-    if ctx.resp.templates.is_some() {
+    if ctx.templates().is_some() {
         // Boxed: its state stays out of every other proxied request's future.
         return Box::pin(proxy_templated(stream, req, ctx, head_only)).await;
     }
@@ -207,19 +207,19 @@ async fn proxy_templated<D: Downstream>(
     ctx: &mut RequestContext,
     head_only: bool,
 ) -> (u16, u64, u64) {
-    let Some(rule) = ctx.resp.templates.clone() else {
+    let Some(rule) = ctx.templates().cloned() else {
         return (0, 0, 0);
     };
     let asked = req.clone();
     req.remove_header(&http::header::ACCEPT_ENCODING);
-    ctx.resp.holding = true;
+    ctx.rare_mut().holding = true;
     let mut holding = crate::templates::Holding {
         inner: stream,
         rule: rule.clone(),
         held: None,
     };
     let (status, read, sent) = proxy_response(&mut holding, req, ctx, head_only).await;
-    ctx.resp.holding = false;
+    ctx.rare_mut().holding = false;
     let Some(held) = holding.held.take() else {
         return (status, read, sent);
     };

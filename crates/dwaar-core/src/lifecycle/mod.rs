@@ -63,7 +63,7 @@ pub fn body_read(ctx: &mut RequestContext, body: bytes::Bytes, had_body: bool) {
     if had_body || !body.is_empty() {
         ctx.body_set = Some(Box::new(body.clone()));
     }
-    ctx.request_body = Some(body);
+    ctx.rare_mut().request_body = Some(body);
 }
 
 /// Rounds of off-path checks one request may go through before it is answered 503.
@@ -116,7 +116,7 @@ pub fn decide<'a, R: HttpRequest + Clone + Send + Sync>(
             rendered(outcome, table, req, ctx).await
         })),
         // `templates`: the reply is rendered first (boxed: only such requests pay).
-        Outcome::Reply(_) if ctx.resp.templates.is_some() => {
+        Outcome::Reply(_) if ctx.templates().is_some() => {
             Decided::Checking(Box::pin(rendered(outcome, table, req, ctx)))
         }
         _ => Decided::Ready(outcome),
@@ -131,7 +131,7 @@ async fn rendered<R: HttpRequest + Send + Sync>(
     ctx: &mut RequestContext,
 ) -> Outcome {
     match outcome {
-        Outcome::Reply(r) if ctx.resp.templates.is_some() => {
+        Outcome::Reply(r) if ctx.templates().is_some() => {
             match crate::templates::render_reply(r, Some(table), req, ctx).await {
                 Some(r) => Outcome::Reply(r),
                 None => Outcome::Abort,
@@ -175,7 +175,13 @@ pub async fn settle_checks<R: HttpRequest + Clone>(
                     host: std::mem::take(&mut ctx.host),
                     inflight: ctx.inflight.take(),
                     charged: ctx.charged,
-                    request_body: ctx.request_body.take(),
+                    // The body read for `{http.request.body}` stays; the rest reruns.
+                    rare: ctx.rare.take().and_then(|r| r.request_body).map(|b| {
+                        Box::new(crate::context::RareState {
+                            request_body: Some(b),
+                            ..Default::default()
+                        })
+                    }),
                     body_set: ctx.body_set.take(),
                     ..RequestContext::default()
                 };
@@ -369,7 +375,7 @@ pub fn finish<'a>(
 ) {
     crate::metrics::observe(ctx, method, status, read, written);
     crate::analytics::record(ctx, status, written);
-    if ctx.trace.is_some() {
+    if ctx.trace().is_some() {
         crate::otel::end(ctx, status, read, written);
     }
     if is_logged(ctx) {
@@ -496,7 +502,7 @@ fn log_request(ctx: &RequestContext, p: LogParts<'_>) {
 /// taken now (with the response's facts known).
 fn appended_fields(ctx: &RequestContext, p: &LogParts<'_>) -> Vec<(CompactString, String)> {
     // `tracing`: the ids, as Caddy names them.
-    let mut out = match ctx.trace.as_deref() {
+    let mut out = match ctx.trace() {
         Some(t) => vec![
             (
                 CompactString::const_new("traceID"),

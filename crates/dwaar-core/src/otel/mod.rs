@@ -116,7 +116,7 @@ pub fn start(
     req: &mut dyn HttpRequest,
     ctx: &mut RequestContext,
 ) {
-    if ctx.trace.is_some() {
+    if ctx.trace().is_some() {
         return;
     }
     let parent = req.header("traceparent").and_then(parse_traceparent);
@@ -179,7 +179,7 @@ pub fn start(
     }
     ctx.set_var("trace_id", trace_hex);
     ctx.set_var("span_id", span_hex);
-    ctx.trace = Some(Box::new(Span {
+    ctx.rare_mut().trace = Some(Span {
         trace_id,
         span_id,
         parent: parent.map(|p| p.1),
@@ -189,7 +189,7 @@ pub fn start(
         start_unix_nanos: unix_nanos(started),
         attributes,
         custom,
-    }));
+    });
 }
 
 fn nonzero_id<const N: usize>() -> [u8; N] {
@@ -203,7 +203,7 @@ fn nonzero_id<const N: usize>() -> [u8; N] {
 
 /// Ends the request's span (if it has a sampled one) and queues it for export.
 pub fn end(ctx: &RequestContext, status: u16, bytes_read: u64, bytes_written: u64) {
-    let Some(span) = ctx.trace.as_deref().filter(|s| s.sampled) else {
+    let Some(span) = ctx.trace().filter(|s| s.sampled) else {
         return;
     };
     export::queue(Finished {

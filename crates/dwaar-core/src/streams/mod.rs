@@ -75,20 +75,15 @@ pub async fn serve_request<D: Downstream>(
         Decided::Checking(checks) => checks.await,
     };
     if matches!(outcome, Outcome::NeedsBody) {
-        // `{http.request.body}`: the body first, then the pipeline.
-        let had = stream.declared_length().is_some_and(|n| n > 0);
-        match read_body(&mut stream, crate::lifecycle::BODY_PLACEHOLDER_MAX).await {
-            Some(body) => {
-                let had = had || !body.is_empty();
-                crate::lifecycle::body_read(&mut ctx, body, had);
-                outcome =
-                    match crate::lifecycle::decide(&table, rerun.as_ref(), &mut header, &mut ctx) {
-                        Decided::Ready(o) => o,
-                        Decided::Checking(checks) => checks.await,
-                    };
-            }
-            None => outcome = Outcome::Reply(Reply::status(413)),
-        }
+        // Boxed: rare, and its state would sit in every stream's future.
+        outcome = Box::pin(body_then_decide(
+            &mut stream,
+            &table,
+            rerun.as_ref(),
+            &mut header,
+            &mut ctx,
+        ))
+        .await;
     }
     ctx.table = Some(table);
     let (status, read, written) = match outcome {
@@ -137,6 +132,26 @@ pub async fn serve_request<D: Downstream>(
             bytes_written: written,
         },
     );
+}
+
+/// `{http.request.body}`: reads the body into the context, then runs the pipeline again.
+async fn body_then_decide<D: Downstream>(
+    stream: &mut D,
+    table: &crate::route_table::RouteTable,
+    rerun: Option<&RequestHeader>,
+    header: &mut RequestHeader,
+    ctx: &mut RequestContext,
+) -> Outcome {
+    let had = stream.declared_length().is_some_and(|n| n > 0);
+    let Some(body) = read_body(stream, crate::lifecycle::BODY_PLACEHOLDER_MAX).await else {
+        return Outcome::Reply(Reply::status(413));
+    };
+    let had = had || !body.is_empty();
+    crate::lifecycle::body_read(ctx, body, had);
+    match crate::lifecycle::decide(table, rerun, header, ctx) {
+        Decided::Ready(o) => o,
+        Decided::Checking(checks) => checks.await,
+    }
 }
 
 /// Dwaar's own endpoint: reads the body up to its limit, answers; returns (status,

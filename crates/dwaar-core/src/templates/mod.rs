@@ -248,7 +248,7 @@ pub async fn render_reply(
     req: &mut (dyn HttpRequest + Send + Sync),
     ctx: &mut RequestContext,
 ) -> Option<Reply> {
-    let Some(rule) = ctx.resp.templates.clone() else {
+    let Some(rule) = ctx.templates().cloned() else {
         return Some(r);
     };
     if !applies(&rule, r.status, header(&r.headers, "content-type")) {
@@ -474,10 +474,10 @@ impl<D: Downstream> Downstream for Holding<'_, D> {
 /// Whether a proxied response about to go to a [`Holding`] client side will be held
 /// and rendered (its body then must reach it unchanged: no compression yet).
 pub fn will_hold(ctx: &RequestContext, status: u16, fields: &[(CompactString, String)]) -> bool {
-    ctx.resp.holding
-        && ctx
-            .resp
-            .templates
-            .as_deref()
-            .is_some_and(|r| applies(r, status, header(fields, "content-type")))
+    ctx.rare.as_deref().is_some_and(|r| {
+        r.holding
+            && r.templates
+                .as_deref()
+                .is_some_and(|t| applies(t, status, header(fields, "content-type")))
+    })
 }
