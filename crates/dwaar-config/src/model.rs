@@ -52,6 +52,9 @@ pub struct GlobalOptions {
     /// `filesystem <name> local <dir>`: named file systems `fs` can select.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filesystems: Vec<Filesystem>,
+    /// `layer4`: TCP and UDP servers that route connections by their first bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layer4: Vec<L4Server>,
 }
 
 /// A named file system (`filesystem <name> local <dir>`): a directory that file paths
@@ -185,6 +188,7 @@ impl Default for GlobalOptions {
             analytics: GlobalAnalytics::default(),
             default_bind: Vec::new(),
             filesystems: Vec::new(),
+            layer4: Vec::new(),
         }
     }
 }
@@ -219,6 +223,10 @@ pub struct ServerOptions {
     pub max_header_size: Option<u64>,
     /// `listener_wrappers { proxy_protocol { ... } }`.
     pub proxy_protocol: Option<ProxyProtocol>,
+    /// `listener_wrappers { layer4 { ... } }`: connections a route matches are handled
+    /// at layer 4; the others go on to TLS and HTTP.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer4: Option<L4Routes>,
 }
 
 /// The PROXY protocol listener wrapper: who may send a header and what the others get.
@@ -1433,4 +1441,148 @@ impl Default for Transport {
             expect_continue_timeout_ms: None,
         }
     }
+}
+
+/// One server of the `layer4` global option: its addresses and routes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Server {
+    pub listen: Vec<L4Address>,
+    pub routes: L4Routes,
+}
+
+/// A layer-4 listener address (`:5432`, `127.0.0.1:6000`, `udp/:5353`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Address {
+    #[serde(default)]
+    pub udp: bool,
+    /// Empty: every interface.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Routes tried in order; the first whose matchers accept the connection handles it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Routes {
+    /// How long matchers may wait for the bytes they need (default 3 s).
+    pub matching_timeout_ms: u64,
+    /// UDP: a client's session ends after this long without a datagram either way
+    /// (default 30 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_ms: Option<u64>,
+    pub routes: Vec<L4Route>,
+}
+
+/// `route [@a @b] { handlers }`: any of the named sets (all if none) selects it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Route {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matchers: Vec<L4MatcherSet>,
+    pub handlers: Vec<L4Handler>,
+}
+
+/// A named layer-4 matcher set: every matcher must accept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4MatcherSet {
+    pub name: String,
+    pub matchers: Vec<L4Matcher>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum L4Matcher {
+    /// A TLS ClientHello; with server names (`*.example.com` wildcards) and ALPN
+    /// protocols when given (each list: any of them).
+    Tls {
+        sni: Vec<String>,
+        alpn: Vec<String>,
+    },
+    /// An HTTP/1.x request (or HTTP/2 preface); hosts, path patterns and methods
+    /// as the HTTP matchers (each list: any of them).
+    Http {
+        hosts: Vec<String>,
+        paths: Vec<String>,
+        methods: Vec<String>,
+    },
+    /// An SSH client's identification line.
+    Ssh,
+    /// A PostgreSQL client's first message; with users, databases or client
+    /// (`application_name`) names when given.
+    Postgres {
+        users: Vec<String>,
+        databases: Vec<String>,
+        clients: Vec<String>,
+    },
+    /// A PROXY protocol header (v1 or v2).
+    ProxyProtocol,
+    RemoteIp(Vec<String>),
+    LocalIp(Vec<String>),
+    /// None of these matchers accepts.
+    Not(Vec<L4Matcher>),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum L4Handler {
+    Proxy(L4Proxy),
+    /// Terminates TLS with the server's certificates; later handlers see plaintext.
+    Tls,
+    Subroute(L4Routes),
+    Throttle(L4Throttle),
+    /// Reads a PROXY protocol header; the address in it is the client's from then on.
+    ProxyProtocol(ProxyProtocol),
+    Close,
+    Echo,
+}
+
+/// `proxy`: relays the connection to one of the upstreams.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Proxy {
+    pub upstreams: Vec<L4Upstream>,
+    pub policy: LbPolicy,
+    /// How long to keep trying other upstreams when dials fail (0: one try).
+    #[serde(default)]
+    pub try_duration_ms: u64,
+    #[serde(default = "default_try_interval")]
+    pub try_interval_ms: u64,
+    pub dial_timeout_ms: u64,
+    /// Active checks: a TCP connect (UDP upstreams are not probed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<ActiveHealth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveHealth>,
+    /// An upstream with this many connections open is not chosen (`unhealthy_connection_count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// `v1` or `v2`: the PROXY header sent to the upstream first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_protocol: Option<String>,
+}
+
+/// One layer-4 upstream: `host:port` over TCP, or UDP.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct L4Upstream {
+    pub dial: String,
+    #[serde(default)]
+    pub udp: bool,
+}
+
+/// `throttle`: limits on how fast the client's bytes are read.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct L4Throttle {
+    /// Per connection (bytes per second; burst in bytes).
+    pub read_bytes_per_second: Option<u64>,
+    pub read_burst_size: Option<u64>,
+    /// Shared by every connection through this handler.
+    pub total_read_bytes_per_second: Option<u64>,
+    pub total_read_burst_size: Option<u64>,
+    /// A delay before the connection goes on.
+    pub latency_ms: Option<u64>,
 }

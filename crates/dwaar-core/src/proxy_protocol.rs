@@ -95,6 +95,28 @@ pub struct Inbound {
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Inbound {
+    /// The policy a `proxy_protocol { ... }` block describes.
+    pub fn compile(pp: &dwaar_config::model::ProxyProtocol) -> Result<Inbound, String> {
+        let nets = |list: &[String]| -> Result<Vec<IpNet>, String> {
+            list.iter().map(|c| IpNet::parse(c)).collect()
+        };
+        Ok(Inbound {
+            timeout: match pp.timeout_ms {
+                None => Some(DEFAULT_TIMEOUT),
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+            },
+            allow: nets(&pp.allow)?,
+            deny: nets(&pp.deny)?,
+            fallback: match pp.fallback_policy.as_deref() {
+                None => Policy::Ignore,
+                Some(p) => {
+                    Policy::parse(p).ok_or_else(|| format!("unknown fallback_policy '{p}'"))?
+                }
+            },
+        })
+    }
+
     pub fn policy_for(&self, peer: IpAddr) -> Policy {
         let peer = crate::net::canonical(peer);
         if crate::net::any_contains(&self.deny, peer) {

@@ -429,6 +429,10 @@ pub struct ListenSpec {
     /// Connections may start with a PROXY protocol header (the port's policy decides).
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Connections go through layer-4 routes first: a `layer4` server's port, or a
+    /// site port with a `layer4` listener wrapper.
+    #[serde(default)]
+    pub layer4: bool,
 }
 
 /// The compiled configuration.
@@ -460,6 +464,8 @@ pub struct RouteTable {
     pub tunnels: Vec<Arc<crate::upstream::tunnels::Tunnels>>,
     /// Every `cache` store the table uses (stats, purges, metrics).
     pub cache_stores: Vec<Arc<crate::cache::Store>>,
+    /// `layer4` servers and listener wrappers.
+    pub layer4: crate::layer4::Layer4,
     /// HTTPS ports that also serve HTTP/3 (`servers { protocols ... h3 }`): (address, port).
     pub h3: Vec<(String, u16)>,
     /// The `Alt-Svc` value announcing HTTP/3, by port (made once per table).
@@ -690,6 +696,7 @@ impl RouteTable {
                         h2c,
                         tls,
                         proxy_protocol: false,
+                        layer4: false,
                     });
                 } else {
                     for b in &site.bind {
@@ -699,6 +706,7 @@ impl RouteTable {
                             h2c,
                             tls,
                             proxy_protocol: false,
+                            layer4: false,
                         });
                     }
                 }
@@ -711,6 +719,24 @@ impl RouteTable {
                 apply_server_options(port, s)?;
             }
         }
+        table.layer4 = crate::layer4::Layer4::compile(
+            config,
+            &mut crate::layer4::Collected {
+                registry,
+                health: &mut cx.health,
+                upstreams: &mut cx.upstreams,
+            },
+        )?;
+        for (addr, port) in table.layer4.tcp.keys() {
+            listeners.insert(ListenSpec {
+                addr: addr.clone(),
+                port: *port,
+                h2c: false,
+                tls: false,
+                proxy_protocol: false,
+                layer4: true,
+            });
+        }
         let listeners: std::collections::BTreeSet<ListenSpec> = listeners
             .into_iter()
             .map(|mut l| {
@@ -718,6 +744,7 @@ impl RouteTable {
                     .ports
                     .get(&l.port)
                     .is_some_and(|p| p.proxy_protocol.is_some());
+                l.layer4 |= table.layer4.wrappers.contains_key(&l.port);
                 l
             })
             .collect();
@@ -795,22 +822,7 @@ fn apply_server_options(
         idle: ms(s.idle_timeout_ms),
     };
     if let Some(pp) = &s.proxy_protocol {
-        use crate::proxy_protocol::{Inbound, Policy, DEFAULT_TIMEOUT};
-        port.proxy_protocol = Some(Arc::new(Inbound {
-            timeout: match pp.timeout_ms {
-                None => Some(DEFAULT_TIMEOUT),
-                Some(0) => None,
-                Some(ms) => Some(std::time::Duration::from_millis(ms)),
-            },
-            allow: nets(&pp.allow)?,
-            deny: nets(&pp.deny)?,
-            fallback: match pp.fallback_policy.as_deref() {
-                None => Policy::Ignore,
-                Some(p) => {
-                    Policy::parse(p).ok_or_else(|| format!("unknown fallback_policy '{p}'"))?
-                }
-            },
-        }));
+        port.proxy_protocol = Some(Arc::new(crate::proxy_protocol::Inbound::compile(pp)?));
     }
     Ok(())
 }
@@ -899,6 +911,7 @@ fn https_redirects(
             h2c: false,
             tls: false,
             proxy_protocol: false,
+            layer4: false,
         });
     } else {
         for b in binds.iter().flatten() {
@@ -908,6 +921,7 @@ fn https_redirects(
                 h2c: false,
                 tls: false,
                 proxy_protocol: false,
+                layer4: false,
             });
         }
     }

@@ -11,6 +11,7 @@ mod encode;
 pub mod expression;
 mod files;
 mod handlers;
+mod layer4;
 mod log;
 mod matchers;
 mod responses;
@@ -55,6 +56,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "metrics",
     "default_bind",
     "filesystem",
+    "layer4",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
@@ -204,6 +206,14 @@ fn listener_wrappers(line: &Directive, s: &mut ServerOptions, diags: &mut Diags)
                     );
                     continue;
                 }
+                if s.layer4.is_some() {
+                    diags.push(
+                        w.name
+                            .error("proxy_protocol must come before layer4")
+                            .with_help("the PROXY header is the first thing on the connection"),
+                    );
+                    continue;
+                }
                 if s.proxy_protocol.is_some() {
                     diags.push(
                         w.name
@@ -215,11 +225,28 @@ fn listener_wrappers(line: &Directive, s: &mut ServerOptions, diags: &mut Diags)
                     s.proxy_protocol = Some(proxy_protocol(w, diags));
                 }
             }
-            "http_redirect" | "layer4" => diags.push(w.name.error(format!(
+            "layer4" => {
+                if seen_tls {
+                    diags.push(
+                        w.name
+                            .error("layer4 must come before tls")
+                            .with_help("layer4 routes see the connection before the TLS handshake: list layer4 first"),
+                    );
+                } else if s.layer4.is_some() {
+                    diags.push(w.name.error("layer4 is already set for this server"));
+                } else if diags.arity(w, 0, 0, 0, "layer4 { ... }") {
+                    s.layer4 = Some(layer4::routes(block_lines(&w.block), false, diags));
+                }
+            }
+            "http_redirect" => diags.push(w.name.error(format!(
                 "listener wrapper '{}' is not supported yet",
                 w.name.text
             ))),
-            _ => diags.unknown_sub("listener_wrappers", &w.name, &["proxy_protocol", "tls"]),
+            _ => diags.unknown_sub(
+                "listener_wrappers",
+                &w.name,
+                &["proxy_protocol", "layer4", "tls"],
+            ),
         }
     }
 }
@@ -539,6 +566,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         });
     }
     check_port_schemes(doc, &sites, diags);
+    layer4::check_ports(doc, &sites, diags);
     Config { global, sites }
 }
 
@@ -770,6 +798,22 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
         let name = d.name.text.as_str();
         match name {
             "default_bind" => g.default_bind = bind_hosts(d, diags),
+            "layer4" => {
+                for server in layer4::servers(d, diags) {
+                    let dup = server
+                        .listen
+                        .iter()
+                        .find(|a| g.layer4.iter().any(|o| o.listen.contains(a)));
+                    if let Some(a) = dup {
+                        diags.push(d.name.error(format!(
+                            "layer4 address {}:{} is listed twice",
+                            a.host, a.port
+                        )));
+                    } else {
+                        g.layer4.push(server);
+                    }
+                }
+            }
             "filesystem" => {
                 if let Some(f) = filesystem(d, diags) {
                     if g.filesystems.iter().any(|x| x.name == f.name) {

@@ -802,7 +802,7 @@ const LB_POLICIES: &[&str] = &[
 
 /// `lb_policy <name> [<args>] [{ fallback <name> [<args>] }]`; the `fallback` line has
 /// the same shape (and may have its own block).
-fn lb_policy(line: &Directive, diags: &mut Diags) -> Option<LbPolicy> {
+pub(super) fn lb_policy(line: &Directive, diags: &mut Diags) -> Option<LbPolicy> {
     if !diags.arity(line, 0, 1, usize::MAX, "lb_policy <policy> [<args>]") {
         return None;
     }

@@ -118,9 +118,13 @@ pub async fn worker(
             } else {
                 Front::Fast(lean)
             };
+            let layer4 = key
+                .0
+                .layer4
+                .then(|| Arc::new((key.0.addr.clone(), key.0.port)));
             let task = tokio::spawn(accept_loop(
                 listener,
-                (front, key.0.proxy_protocol),
+                (front, key.0.proxy_protocol, layer4),
                 shutdown.clone(),
                 conns.clone(),
             ));
@@ -324,9 +328,32 @@ async fn serve_tls(
     crate::fast_h1::serve_tls(conn, (peer, local), info, fronts.lean).await;
 }
 
+/// Runs a connection through the layer-4 routes of its listener (`spec`: address and
+/// port) first; the socket comes back, untouched, when they leave it to HTTP.
+async fn layer4_first(
+    tcp: tokio::net::TcpStream,
+    (peer, local): (SocketAddr, Option<SocketAddr>),
+    spec: &(String, u16),
+    store: &Arc<crate::route_table::RouteStore>,
+) -> Option<tokio::net::TcpStream> {
+    let found = store
+        .load()
+        .layer4
+        .for_listener(&spec.0, spec.1)
+        .map(|(routes, dedicated)| (routes.clone(), dedicated));
+    let Some((routes, dedicated)) = found else {
+        return Some(tcp);
+    };
+    let local = match local {
+        Some(l) => l,
+        None => tcp.local_addr().ok()?,
+    };
+    crate::layer4::connection::serve(tcp, (peer, local), routes, dedicated, store.clone()).await
+}
+
 async fn accept_loop(
     listener: tokio::net::TcpListener,
-    (front, read_proxy_header): (Front, bool),
+    (front, read_proxy_header, layer4): (Front, bool, Option<Arc<(String, u16)>>),
     shutdown: ShutdownWatch,
     conns: Arc<ConnCount>,
 ) {
@@ -353,12 +380,19 @@ async fn accept_loop(
                     Some(l) if l.ip().is_unspecified() => tcp.local_addr().ok().or(local),
                     other => other,
                 };
+                let layer4 = layer4.clone();
                 tokio::spawn(async move {
                     // Counted out even when the connection's task panics.
                     let _live = Live(conns);
                     if read_proxy_header {
                         match proxy_header(&mut tcp, peer, local, &cx.store).await {
                             Some(client) => peer = client,
+                            None => return,
+                        }
+                    }
+                    if let Some(spec) = &layer4 {
+                        match layer4_first(tcp, (peer, local), spec, &cx.store).await {
+                            Some(t) => tcp = t,
                             None => return,
                         }
                     }
@@ -372,11 +406,18 @@ async fn accept_loop(
                 let local = tcp.local_addr().ok().or(local);
                 let (app, store, shutdown) = (app.clone(), store.clone(), shutdown.clone());
                 let (own_h2, lean) = (*own_h2, lean.clone());
+                let layer4 = layer4.clone();
                 tokio::spawn(async move {
                     let _live = Live(conns);
                     if read_proxy_header {
                         match proxy_header(&mut tcp, peer, local, &store).await {
                             Some(client) => peer = client,
+                            None => return,
+                        }
+                    }
+                    if let Some(spec) = &layer4 {
+                        match layer4_first(tcp, (peer, local), spec, &store).await {
+                            Some(t) => tcp = t,
                             None => return,
                         }
                     }

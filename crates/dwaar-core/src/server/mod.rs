@@ -117,6 +117,7 @@ impl Server {
         registry.activate_tls(&store.load());
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         crate::quic::start(store.clone(), shutdown_rx.clone(), opts.fronts.quic);
+        crate::layer4::udp::start(store.clone(), shutdown_rx.clone());
 
         let conf = Arc::new(ServerConf {
             upstream_keepalive_pool_size: 1024,

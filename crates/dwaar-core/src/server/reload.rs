@@ -322,6 +322,7 @@ impl Reloader {
         self.registry.activate_tls(&self.store.load());
         // A first `h3` port starts the HTTP/3 service.
         crate::quic::ensure_started();
+        crate::layer4::udp::ensure_started();
         // Removed listeners close once every thread has dropped its clone.
         self.sockets.send_replace(snapshot.clone());
         let files = if sources.files().is_empty() {

@@ -80,65 +80,19 @@ fn choose(
     ctx: &mut RequestContext,
     avail: &[usize],
 ) -> Option<usize> {
-    let n = list.len();
     let fall_back = |fallback: &Option<Box<LbPolicy>>, ctx: &mut RequestContext| match fallback {
         Some(f) => choose(f, h, list, req, ctx, avail),
         None => Some(random(avail)),
     };
     Some(match policy {
-        LbPolicy::Random => random(avail),
-        LbPolicy::RandomChoose { choose } => {
-            let mut pool = avail.to_vec();
-            let mut picked = Vec::new();
-            let mut rng = rand::thread_rng();
-            while picked.len() < (*choose as usize).max(1) && !pool.is_empty() {
-                picked.push(pool.swap_remove(rng.gen_range(0..pool.len())));
-            }
-            least(list, &picked)
-        }
-        LbPolicy::RoundRobin => {
-            // Advance past unavailable upstreams so the rotation stays fair.
-            let mut chosen = avail[0];
-            for _ in 0..n {
-                let i = h.rr.fetch_add(1, Ordering::Relaxed) % n;
-                if avail.contains(&i) {
-                    chosen = i;
-                    break;
-                }
-            }
-            chosen
-        }
-        LbPolicy::WeightedRoundRobin { weights } => {
-            // Each turn of the counter is one slot of a cycle of `total` slots, upstream
-            // i owning `weights[i]` consecutive ones; unavailable owners pass the turn on.
-            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
-            let owner = |slot: u64| {
-                let mut left = slot;
-                weights.iter().position(|w| {
-                    let w = u64::from(*w);
-                    if left < w {
-                        true
-                    } else {
-                        left -= w;
-                        false
-                    }
-                })
-            };
-            let mut chosen = None;
-            for _ in 0..total {
-                let slot = h.rr.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
-                if let Some(i) = owner(slot).filter(|i| avail.contains(i)) {
-                    chosen = Some(i);
-                    break;
-                }
-            }
-            chosen?
-        }
-        LbPolicy::LeastConn => least(list, avail),
-        LbPolicy::First => avail[0],
-        LbPolicy::IpHash => {
-            let ip = ctx.conn.remote.ip().to_string();
-            by_key(list, ip.as_bytes(), avail)
+        LbPolicy::Random
+        | LbPolicy::RandomChoose { .. }
+        | LbPolicy::RoundRobin
+        | LbPolicy::WeightedRoundRobin { .. }
+        | LbPolicy::LeastConn
+        | LbPolicy::First
+        | LbPolicy::IpHash => {
+            choose_by_connection(policy, list, &h.rr, ctx.conn.remote.ip(), avail)?
         }
         LbPolicy::ClientIpHash => {
             let ip = ctx.client_ip().to_string();
@@ -203,5 +157,78 @@ fn choose(
                 }
             }
         }
+    })
+}
+
+/// The choice of a policy that needs no request, only the connection: random,
+/// random_choose, round_robin, weighted_round_robin, least_conn, first and ip_hash
+/// (`None` for the others). Layer-4 proxies choose with this too.
+pub(crate) fn choose_by_connection(
+    policy: &LbPolicy,
+    list: &[Arc<UpstreamState>],
+    rr: &std::sync::atomic::AtomicUsize,
+    remote: std::net::IpAddr,
+    avail: &[usize],
+) -> Option<usize> {
+    if avail.is_empty() {
+        return None;
+    }
+    let n = list.len();
+    Some(match policy {
+        LbPolicy::Random => random(avail),
+        LbPolicy::RandomChoose { choose } => {
+            let mut pool = avail.to_vec();
+            let mut picked = Vec::new();
+            let mut rng = rand::thread_rng();
+            while picked.len() < (*choose as usize).max(1) && !pool.is_empty() {
+                picked.push(pool.swap_remove(rng.gen_range(0..pool.len())));
+            }
+            least(list, &picked)
+        }
+        LbPolicy::RoundRobin => {
+            // Advance past unavailable upstreams so the rotation stays fair.
+            let mut chosen = avail[0];
+            for _ in 0..n {
+                let i = rr.fetch_add(1, Ordering::Relaxed) % n;
+                if avail.contains(&i) {
+                    chosen = i;
+                    break;
+                }
+            }
+            chosen
+        }
+        LbPolicy::WeightedRoundRobin { weights } => {
+            // Each turn of the counter is one slot of a cycle of `total` slots, upstream
+            // i owning `weights[i]` consecutive ones; unavailable owners pass the turn on.
+            let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+            let owner = |slot: u64| {
+                let mut left = slot;
+                weights.iter().position(|w| {
+                    let w = u64::from(*w);
+                    if left < w {
+                        true
+                    } else {
+                        left -= w;
+                        false
+                    }
+                })
+            };
+            let mut chosen = None;
+            for _ in 0..total {
+                let slot = rr.fetch_add(1, Ordering::Relaxed) as u64 % total.max(1);
+                if let Some(i) = owner(slot).filter(|i| avail.contains(i)) {
+                    chosen = Some(i);
+                    break;
+                }
+            }
+            chosen?
+        }
+        LbPolicy::LeastConn => least(list, avail),
+        LbPolicy::First => avail[0],
+        LbPolicy::IpHash | LbPolicy::ClientIpHash => {
+            let ip = remote.to_string();
+            by_key(list, ip.as_bytes(), avail)
+        }
+        _ => return None,
     })
 }

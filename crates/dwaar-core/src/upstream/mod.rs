@@ -11,7 +11,7 @@ pub mod dynamic;
 pub mod h1_pool;
 pub mod h2_pool;
 mod health;
-mod lb;
+pub(crate) mod lb;
 pub mod tunnels;
 
 pub use health::{HealthChecker, HealthTarget};
@@ -252,6 +252,35 @@ pub struct TransportOpts {
 }
 
 impl TransportOpts {
+    /// Plain TCP with a dial timeout and nothing else (layer-4 health probes).
+    pub fn plain_tcp(dial: Duration) -> TransportOpts {
+        TransportOpts {
+            dial,
+            read: None,
+            read_body: None,
+            write: None,
+            idle: None,
+            keepalive: false,
+            tls: false,
+            sni: None,
+            insecure: false,
+            h2c: false,
+            h2: false,
+            ca: None,
+            ca_der: Arc::default(),
+            client_tls: Arc::default(),
+            client_tls_h2: Arc::default(),
+            proxy_protocol: None,
+            max_response_header: None,
+            socket: SocketOpts::default(),
+            client_cert: None,
+            max_conns: None,
+            idle_total: None,
+            idle_per_host: None,
+            expect_continue: None,
+        }
+    }
+
     /// TLS client settings for upstream connections Dwaar opens itself: the configured
     /// roots or the system's, no verification with `tls_insecure_skip_verify`, ALPN
     /// `http/1.1`.
