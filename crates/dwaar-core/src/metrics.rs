@@ -168,6 +168,10 @@ pub struct Snapshot {
     /// `cache`: hit, miss, stale, bypass, revalidated; then entries and bytes held.
     #[serde(default)]
     pub cache: [u64; 7],
+    /// Layer 4: connections routed, unmatched, failed dials, bytes from and to
+    /// clients, UDP sessions opened and datagrams dropped.
+    #[serde(default)]
+    pub layer4: [u64; 7],
 }
 
 impl Snapshot {
@@ -214,6 +218,19 @@ impl Snapshot {
             panics: PANICS.load(Relaxed),
             proxy_protocol_refused: PROXY_PROTOCOL_REFUSED.load(Relaxed),
             cache,
+            layer4: {
+                use crate::layer4::{connection as c, udp as u};
+                [
+                    &c::CONNECTIONS,
+                    &c::UNMATCHED,
+                    &c::DIAL_FAILURES,
+                    &c::BYTES_FROM_CLIENTS,
+                    &c::BYTES_TO_CLIENTS,
+                    &u::SESSIONS,
+                    &u::DROPPED,
+                ]
+                .map(|a| a.load(Relaxed))
+            },
         }
     }
 
@@ -246,6 +263,9 @@ impl Snapshot {
             *a += b;
         }
         for (a, b) in self.cache.iter_mut().zip(o.cache) {
+            *a += b;
+        }
+        for (a, b) in self.layer4.iter_mut().zip(o.layer4) {
             *a += b;
         }
     }
@@ -344,6 +364,30 @@ impl Snapshot {
             self.tls_handshakes[2],
             self.panics,
             self.proxy_protocol_refused,
+        );
+        let l4 = &self.layer4;
+        let _ = write!(
+            out,
+            "# HELP dwaar_layer4_connections_total TCP connections a layer4 route took.\n\
+             # TYPE dwaar_layer4_connections_total counter\n\
+             dwaar_layer4_connections_total {}\n\
+             # HELP dwaar_layer4_unmatched_total TCP connections no layer4 route took.\n\
+             # TYPE dwaar_layer4_unmatched_total counter\n\
+             dwaar_layer4_unmatched_total {}\n\
+             # HELP dwaar_layer4_dial_failures_total Layer4 proxies that found no upstream to connect to.\n\
+             # TYPE dwaar_layer4_dial_failures_total counter\n\
+             dwaar_layer4_dial_failures_total {}\n\
+             # HELP dwaar_layer4_bytes_total Bytes relayed by layer4 proxies, by direction.\n\
+             # TYPE dwaar_layer4_bytes_total counter\n\
+             dwaar_layer4_bytes_total{{direction=\"from_client\"}} {}\n\
+             dwaar_layer4_bytes_total{{direction=\"to_client\"}} {}\n\
+             # HELP dwaar_layer4_udp_sessions_total UDP client sessions opened.\n\
+             # TYPE dwaar_layer4_udp_sessions_total counter\n\
+             dwaar_layer4_udp_sessions_total {}\n\
+             # HELP dwaar_layer4_udp_dropped_total UDP datagrams dropped (no route, no upstream, too many sessions, full buffers).\n\
+             # TYPE dwaar_layer4_udp_dropped_total counter\n\
+             dwaar_layer4_udp_dropped_total {}\n",
+            l4[0], l4[1], l4[2], l4[3], l4[4], l4[5], l4[6],
         );
         out.push_str(
             "# HELP dwaar_cache_requests_total Requests the cache looked at, by result.\n\

@@ -265,6 +265,31 @@ impl TlsState {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.accept_with(io, local_ip, true).await
+    }
+
+    /// [`TlsState::accept`] for a stream that is not HTTP (layer 4's `tls` handler):
+    /// no ALPN protocol is offered, so the client keeps to whatever it speaks.
+    pub async fn accept_without_alpn<IO>(
+        &self,
+        io: IO,
+        local_ip: IpAddr,
+    ) -> std::io::Result<Option<Handshaken<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.accept_with(io, local_ip, false).await
+    }
+
+    async fn accept_with<IO>(
+        &self,
+        io: IO,
+        local_ip: IpAddr,
+        alpn: bool,
+    ) -> std::io::Result<Option<Handshaken<IO>>>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let acceptor =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
         let start = acceptor.await?;
@@ -287,10 +312,15 @@ impl TlsState {
             return Ok(None);
         }
         let policy = self.policy(sni.as_deref());
-        let config = match &sni {
+        let mut config = match &sni {
             Some(_) => policy.config.clone(),
             None => self.no_sni_config(policy, local_ip),
         };
+        if !alpn {
+            let mut plain = (*config).clone();
+            plain.alpn_protocols.clear();
+            config = Arc::new(plain);
+        }
         let stream = start.into_stream(config).await?;
         let kind = stream.get_ref().1.handshake_kind();
         let counter = match kind {

@@ -53,11 +53,17 @@ pub async fn serve(
     dedicated: bool,
     store: Arc<RouteStore>,
 ) -> Option<TcpStream> {
+    let plain = |a: std::net::SocketAddr| {
+        std::net::SocketAddr::new(crate::net::canonical(a.ip()), a.port())
+    };
     let mut conn = Conn {
         client: Client::Tcp(tcp),
         seen: Vec::new(),
         eof: false,
-        facts: Facts { remote, local },
+        facts: Facts {
+            remote: plain(remote),
+            local: plain(local),
+        },
         throttles: Vec::new(),
         store,
         started: Instant::now(),
@@ -167,7 +173,7 @@ fn run(routes: Arc<Routes>, i: usize, mut conn: Conn) -> Step {
                 Handler::Close => return None,
                 Handler::Echo => {
                     let (client, replay) = into_io(conn.client, conn.seen);
-                    let _ = relay::echo(client, &replay).await;
+                    let _ = relay::echo(client, &replay, &conn.throttles).await;
                     return None;
                 }
                 Handler::Tls => conn = terminate(conn).await?,
@@ -228,7 +234,11 @@ async fn terminate(conn: Conn) -> Option<Conn> {
         return None;
     };
     let local_ip = crate::net::canonical(conn.facts.local.ip());
-    let handshake = tokio::time::timeout(Duration::from_secs(10), tls.accept(tcp, local_ip)).await;
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(10),
+        tls.accept_without_alpn(tcp, local_ip),
+    )
+    .await;
     let done = match handshake {
         Ok(Ok(Some(done))) => done,
         Ok(Ok(None)) => return None,

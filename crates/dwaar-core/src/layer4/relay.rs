@@ -164,10 +164,7 @@ pub async fn copy(
     let (from_client, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
     let (mut client_r, mut client_w) = tokio::io::split(client);
     let (mut up_r, mut up_w) = upstream.into_split();
-    let mut buckets: Vec<Bucket> = throttles
-        .iter()
-        .filter_map(|t| t.per_conn.map(|(r, b)| Bucket::new(r, b)))
-        .collect();
+    let mut pace = Pace::new(throttles);
     let up = async {
         if !replay.is_empty() {
             if up_w.write_all(replay).await.is_err() {
@@ -181,25 +178,12 @@ pub async fn copy(
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            let mut wait = Duration::ZERO;
-            for b in &mut buckets {
-                wait = wait.max(b.take(n));
-            }
-            for t in throttles {
-                if let Some(total) = &t.total {
-                    if let Ok(mut b) = total.lock() {
-                        wait = wait.max(b.take(n));
-                    }
-                }
-            }
             if up_w.write_all(&buf[..n]).await.is_err() {
                 return;
             }
             from_client.fetch_add(n as u64, Ordering::Relaxed);
             activity.touch();
-            if !wait.is_zero() {
-                tokio::time::sleep(wait).await;
-            }
+            pace.after_read(n).await;
         }
         let _ = up_w.shutdown().await;
     };
@@ -228,9 +212,15 @@ pub async fn copy(
     }
 }
 
-/// `echo`: writes back what the client sends (after `replay`) until it stops.
-pub async fn echo(mut client: Box<dyn Io>, replay: &[u8]) -> std::io::Result<()> {
+/// `echo`: writes back what the client sends (after `replay`) until it stops, reading
+/// as the throttles allow.
+pub async fn echo(
+    mut client: Box<dyn Io>,
+    replay: &[u8],
+    throttles: &[Arc<Throttle>],
+) -> std::io::Result<()> {
     client.write_all(replay).await?;
+    let mut pace = Pace::new(throttles);
     let mut buf = vec![0u8; BUFFER];
     loop {
         let n = client.read(&mut buf).await?;
@@ -238,5 +228,41 @@ pub async fn echo(mut client: Box<dyn Io>, replay: &[u8]) -> std::io::Result<()>
             return client.shutdown().await;
         }
         client.write_all(&buf[..n]).await?;
+        pace.after_read(n).await;
+    }
+}
+
+/// The `throttle` limits on reading one connection's client: its own buckets and the
+/// handlers' shared ones.
+struct Pace<'a> {
+    own: Vec<Bucket>,
+    shared: &'a [Arc<Throttle>],
+}
+
+impl<'a> Pace<'a> {
+    fn new(throttles: &'a [Arc<Throttle>]) -> Pace<'a> {
+        Pace {
+            own: throttles
+                .iter()
+                .filter_map(|t| t.per_conn.map(|(r, b)| Bucket::new(r, b)))
+                .collect(),
+            shared: throttles,
+        }
+    }
+
+    /// Waits until `n` more bytes read are within every limit.
+    async fn after_read(&mut self, n: usize) {
+        let mut wait = Duration::ZERO;
+        for b in &mut self.own {
+            wait = wait.max(b.take(n));
+        }
+        for t in self.shared {
+            if let Some(Ok(mut b)) = t.total.as_ref().map(|m| m.lock()) {
+                wait = wait.max(b.take(n));
+            }
+        }
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
     }
 }
