@@ -1528,7 +1528,7 @@ pub enum L4Matcher {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum L4Handler {
-    Proxy(L4Proxy),
+    Proxy(Box<L4Proxy>),
     /// Terminates TLS with the server's certificates; later handlers see plaintext.
     Tls,
     Subroute(L4Routes),

@@ -397,7 +397,7 @@ fn handlers(lines: &[Directive], udp: bool, diags: &mut Diags) -> Vec<L4Handler>
             continue;
         }
         let h = match name {
-            "proxy" => proxy(l, udp, diags).map(L4Handler::Proxy),
+            "proxy" => proxy(l, udp, diags).map(|p| L4Handler::Proxy(Box::new(p))),
             "tls" => {
                 if diags.arity(l, 0, 0, 0, "tls") && diags.no_block(l) {
                     Some(L4Handler::Tls)

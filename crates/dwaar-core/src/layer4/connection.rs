@@ -3,7 +3,7 @@
 //! its handlers.
 
 use super::relay::{self, Io, Moved};
-use super::{Facts, Handler, Proxy, Routes, Throttle, MAX_PREFETCH};
+use super::{Facts, Handler, Pick, Proxy, Routes, Throttle, MAX_PREFETCH};
 use crate::route_table::RouteStore;
 use crate::upstream::UpstreamState;
 use std::future::Future;
@@ -90,8 +90,10 @@ async fn choose(routes: &Routes, conn: &mut Conn) -> Result<Option<usize>, ()> {
     let deadline = tokio::time::Instant::now() + routes.matching_timeout;
     loop {
         let complete = conn.eof || conn.seen.len() >= MAX_PREFETCH;
-        if let Ok(r) = routes.pick(&conn.seen, &conn.facts, complete) {
-            return Ok(r);
+        match routes.pick(&conn.seen, &conn.facts, complete) {
+            Pick::Route(i) => return Ok(Some(i)),
+            Pick::Nothing => return Ok(None),
+            Pick::NeedMore => {}
         }
         match tokio::time::timeout_at(deadline, fill(conn)).await {
             Ok(Ok(())) => {}

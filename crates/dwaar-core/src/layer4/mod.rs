@@ -491,19 +491,30 @@ impl Matcher {
     }
 }
 
+/// What the routes make of the bytes seen so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pick {
+    /// This route (an index into [`Routes::routes`]) takes the connection.
+    Route(usize),
+    /// No route does.
+    Nothing,
+    /// A route before any that matches needs more bytes to decide.
+    NeedMore,
+}
+
 impl Routes {
-    /// The first route that takes the connection, given everything it will send
-    /// (`complete`: no more bytes are coming, so "more" means no).
-    pub fn pick(&self, data: &[u8], facts: &Facts, complete: bool) -> Result<Option<usize>, ()> {
+    /// The first route that takes the connection (`complete`: no more bytes are
+    /// coming, so "more" means no).
+    pub fn pick(&self, data: &[u8], facts: &Facts, complete: bool) -> Pick {
         for (i, r) in self.routes.iter().enumerate() {
             match r.verdict(data, facts) {
-                Verdict::Yes => return Ok(Some(i)),
+                Verdict::Yes => return Pick::Route(i),
                 Verdict::No => {}
                 Verdict::More if complete => {}
-                Verdict::More => return Err(()),
+                Verdict::More => return Pick::NeedMore,
             }
         }
-        Ok(None)
+        Pick::Nothing
     }
 }
 

@@ -253,7 +253,9 @@ async fn open(
 
 /// The first route whose matchers take the client, if it proxies.
 fn choose(routes: &Routes, facts: &Facts) -> Option<Arc<super::Proxy>> {
-    let i = routes.pick(&[], facts, true).ok()??;
+    let super::Pick::Route(i) = routes.pick(&[], facts, true) else {
+        return None;
+    };
     for h in &routes.routes[i].handlers {
         match h {
             Handler::Proxy(p) => return Some(p.clone()),

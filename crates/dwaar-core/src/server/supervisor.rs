@@ -61,7 +61,7 @@ pub(crate) enum ToWorker {
 pub(crate) enum FromWorker {
     Hello { token: String, index: usize },
     Applied { error: Option<String> },
-    Stats { stats: Stats },
+    Stats { stats: Box<Stats> },
 }
 
 /// How to start the supervisor.
@@ -552,7 +552,7 @@ fn read_worker(
             }
             Ok(FromWorker::Stats { stats: s }) => {
                 if let Ok(mut g) = stats.lock() {
-                    *g = s;
+                    *g = *s;
                 }
             }
             Ok(FromWorker::Hello { .. }) | Err(_) => {}
@@ -652,7 +652,7 @@ pub mod worker {
             .spawn(move || loop {
                 std::thread::sleep(Duration::from_millis(500));
                 let msg = FromWorker::Stats {
-                    stats: stats_control.stats(),
+                    stats: Box::new(stats_control.stats()),
                 };
                 let Ok(payload) = serde_json::to_vec(&msg) else {
                     break;
