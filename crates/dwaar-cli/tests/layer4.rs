@@ -725,3 +725,59 @@ http://127.0.0.1:{http} {{
     assert_eq!(answered, 1000);
     assert!(d.metric("dwaar_layer4_udp_sessions_total").unwrap_or(0) >= 10);
 }
+
+#[test]
+fn health_checks_and_retries_skip_a_dead_upstream() {
+    let live = origin::http("live");
+    // Two dead addresses: upstream state is shared by proxies naming the same address.
+    let (dead, dead2) = (free_port(), free_port());
+    let (active, passive) = (free_port(), free_port());
+    let config = format!(
+        "{{
+	layer4 {{
+		127.0.0.1:{active} {{
+			route {{
+				proxy 127.0.0.1:{dead} 127.0.0.1:{live} {{
+					lb_policy round_robin
+					health_interval 200ms
+					health_timeout 500ms
+				}}
+			}}
+		}}
+		127.0.0.1:{passive} {{
+			route {{
+				proxy 127.0.0.1:{dead2} 127.0.0.1:{live} {{
+					lb_policy round_robin
+					lb_try_duration 2s
+					lb_try_interval 50ms
+					fail_duration 30s
+					max_fails 1
+				}}
+			}}
+		}}
+	}}
+}}
+",
+        live = live.port
+    );
+    let d = Dwaar::start(&bin(), &config, &[active, passive]);
+    // Active checks (TCP connects) take the dead upstream out within a few intervals.
+    assert!(
+        wait_until(Duration::from_secs(5), || (0..6)
+            .all(|_| get(active, "x", "/").is_ok())),
+        "every connection reaches the live upstream"
+    );
+    // Without active checks, a failed dial is retried on the other upstream and the
+    // dead one is left out for fail_duration.
+    for i in 0..10 {
+        let r = get(passive, "x", "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert!(r.text().contains("origin: live"));
+    }
+    // Connections before the first probe may have failed; the counter shows them.
+    assert!(d.metric("dwaar_layer4_dial_failures_total").is_some());
+    let log = d.log_text();
+    assert!(
+        !log.contains(&format!("upstream=\"127.0.0.1:{dead2}\"")),
+        "{log}"
+    );
+}
