@@ -781,3 +781,74 @@ fn health_checks_and_retries_skip_a_dead_upstream() {
         "{log}"
     );
 }
+
+/// A TCP echo server on a thread; its port.
+fn echo_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn idle_and_stream_timeouts_end_relays() {
+    let upstream = echo_server();
+    let (idle, total) = (free_port(), free_port());
+    let config = format!(
+        "{{
+	layer4 {{
+		127.0.0.1:{idle} {{
+			idle_timeout 400ms
+			route {{
+				proxy 127.0.0.1:{upstream}
+			}}
+		}}
+		127.0.0.1:{total} {{
+			stream_timeout 1s
+			route {{
+				proxy 127.0.0.1:{upstream}
+			}}
+		}}
+	}}
+}}
+"
+    );
+    let _d = Dwaar::start(&bin(), &config, &[idle, total]);
+    let echo = |s: &mut TcpStream| -> bool {
+        let mut b = [0u8; 1];
+        s.write_all(b"x").is_ok() && s.read(&mut b).is_ok_and(|n| n == 1)
+    };
+    let open = |port| {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        s
+    };
+    // Traffic keeps an idle timeout away; silence ends the relay.
+    let mut s = open(idle);
+    for _ in 0..5 {
+        assert!(echo(&mut s));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    std::thread::sleep(Duration::from_millis(900));
+    assert!(!echo(&mut s), "an idle relay is closed");
+    // The total timeout ends a busy relay.
+    let mut s = open(total);
+    let start = Instant::now();
+    while echo(&mut s) {
+        assert!(start.elapsed() < Duration::from_secs(5), "never closed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+}

@@ -1472,6 +1472,9 @@ pub struct L4Routes {
     /// (default 30 s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idle_timeout_ms: Option<u64>,
+    /// TCP: a proxied connection is closed this long after it was opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_timeout_ms: Option<u64>,
     pub routes: Vec<L4Route>,
 }
 

@@ -728,6 +728,13 @@ impl RouteTable {
             },
         )?;
         for (addr, port) in table.layer4.tcp.keys() {
+            if table.ports.contains_key(port) {
+                return Err(format!(
+                    "layer4 listens on port {port}, where sites are served (the HTTP port \
+                     takes HTTPS redirects): give it another port, or route on the sites' \
+                     port with servers :{port} {{ listener_wrappers {{ layer4 {{ ... }} }} }}"
+                ));
+            }
             listeners.insert(ListenSpec {
                 addr: addr.clone(),
                 port: *port,

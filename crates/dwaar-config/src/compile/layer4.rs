@@ -123,6 +123,7 @@ pub fn routes(lines: &[Directive], udp: bool, diags: &mut Diags) -> L4Routes {
     let mut out = L4Routes {
         matching_timeout_ms: MATCHING_TIMEOUT_MS,
         idle_timeout_ms: None,
+        stream_timeout_ms: None,
         routes: Vec::new(),
     };
     let mut named: Vec<L4MatcherSet> = Vec::new();
@@ -161,13 +162,21 @@ pub fn routes(lines: &[Directive], udp: bool, diags: &mut Diags) -> L4Routes {
             continue;
         }
         match name {
-            "matching_timeout" | "idle_timeout" => {
+            "matching_timeout" | "idle_timeout" | "stream_timeout" => {
+                if name == "stream_timeout" && udp {
+                    diags.push(
+                        l.name
+                            .error("stream_timeout applies to TCP connections")
+                            .with_help("UDP sessions end after idle_timeout"),
+                    );
+                    continue;
+                }
                 if diags.arity(l, 0, 1, 1, &format!("{name} <duration>")) {
                     if let Some(v) = diags.duration(&l.args[0]) {
-                        if name == "matching_timeout" {
-                            out.matching_timeout_ms = v;
-                        } else {
-                            out.idle_timeout_ms = Some(v);
+                        match name {
+                            "matching_timeout" => out.matching_timeout_ms = v,
+                            "idle_timeout" => out.idle_timeout_ms = Some(v),
+                            _ => out.stream_timeout_ms = Some(v),
                         }
                     }
                 }
@@ -204,7 +213,13 @@ pub fn routes(lines: &[Directive], udp: bool, diags: &mut Diags) -> L4Routes {
             _ => diags.unknown_sub(
                 "layer4 server",
                 &l.name,
-                &["route", "matching_timeout", "idle_timeout", "@name"],
+                &[
+                    "route",
+                    "matching_timeout",
+                    "idle_timeout",
+                    "stream_timeout",
+                    "@name",
+                ],
             ),
         }
     }

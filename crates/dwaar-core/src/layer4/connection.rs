@@ -169,7 +169,7 @@ fn run(routes: Arc<Routes>, i: usize, mut conn: Conn) -> Step {
         for h in &route.handlers {
             match h {
                 Handler::Proxy(p) => {
-                    proxy(p, conn, routes.idle_timeout).await;
+                    proxy(p, conn, routes.timeouts).await;
                     return None;
                 }
                 Handler::Close => return None,
@@ -322,7 +322,7 @@ async fn dial(p: &Proxy, facts: &Facts) -> Result<(TcpStream, Active), String> {
     }
 }
 
-async fn proxy(p: &Proxy, conn: Conn, idle: Option<Duration>) {
+async fn proxy(p: &Proxy, conn: Conn, limits: relay::Timeouts) {
     let (mut upstream, active) = match dial(p, &conn.facts).await {
         Ok(u) => u,
         Err(e) => {
@@ -339,10 +339,10 @@ async fn proxy(p: &Proxy, conn: Conn, idle: Option<Duration>) {
         }
     }
     let moved = match conn.client {
-        Client::Tcp(tcp) if conn.throttles.is_empty() => relay::splice(tcp, upstream, idle).await,
+        Client::Tcp(tcp) if conn.throttles.is_empty() => relay::splice(tcp, upstream, limits).await,
         client => {
             let (client, replay) = into_io(client, conn.seen);
-            relay::copy(client, upstream, &replay, &conn.throttles, idle).await
+            relay::copy(client, upstream, &replay, &conn.throttles, limits).await
         }
     };
     record(

@@ -50,7 +50,8 @@ impl std::fmt::Debug for Layer4 {
 /// Compiled routes of a server, subroute or wrapper.
 pub struct Routes {
     pub matching_timeout: Duration,
-    pub idle_timeout: Option<Duration>,
+    /// Limits on the relays of this level's `proxy` handlers.
+    pub timeouts: relay::Timeouts,
     pub routes: Vec<Route>,
 }
 
@@ -225,7 +226,10 @@ fn compile_routes(r: &L4Routes, cx: &mut Collected<'_>) -> Result<Routes, String
     }
     Ok(Routes {
         matching_timeout: Duration::from_millis(r.matching_timeout_ms),
-        idle_timeout: r.idle_timeout_ms.map(Duration::from_millis),
+        timeouts: relay::Timeouts {
+            idle: r.idle_timeout_ms.map(Duration::from_millis),
+            total: r.stream_timeout_ms.map(Duration::from_millis),
+        },
         routes,
     })
 }

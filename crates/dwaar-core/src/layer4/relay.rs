@@ -3,8 +3,8 @@
 //! Between two plain TCP sockets bytes go through a pipe with `splice(2)` and never
 //! enter user space; otherwise (TLS, throttling) each direction reuses one buffer.
 //! An end of stream from one side is passed on as a half-close to the other, and
-//! the relay ends when both directions have, or when nothing moved for the idle
-//! timeout.
+//! the relay ends when both directions have, when nothing moved for the idle timeout,
+//! or at the total one.
 
 use super::{Bucket, Throttle};
 use std::os::fd::{AsFd, OwnedFd};
@@ -17,6 +17,14 @@ use tokio::net::TcpStream;
 /// A client stream of any kind.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// How long a relay may last: without a byte moving (`idle_timeout`), and in all
+/// (`stream_timeout`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Timeouts {
+    pub idle: Option<Duration>,
+    pub total: Option<Duration>,
+}
 
 /// Bytes moved each way.
 #[derive(Debug, Default, Clone, Copy)]
@@ -49,7 +57,21 @@ impl Activity {
             .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has moved for `idle` (never without a timeout).
+    /// Resolves when the relay must end: nothing moved for the idle timeout, or the
+    /// total one ran out (never without either).
+    async fn ended(&self, limits: Timeouts) {
+        let total = async {
+            match limits.total {
+                Some(t) => tokio::time::sleep(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = total => {}
+            _ = self.idle(limits.idle) => {}
+        }
+    }
+
     async fn idle(&self, idle: Option<Duration>) {
         let Some(idle) = idle else {
             return std::future::pending().await;
@@ -67,10 +89,10 @@ impl Activity {
 
 /// Relays between two plain TCP sockets through pipes (`splice(2)`), falling back to
 /// buffers if the kernel refuses pipes.
-pub async fn splice(client: TcpStream, upstream: TcpStream, idle: Option<Duration>) -> Moved {
+pub async fn splice(client: TcpStream, upstream: TcpStream, limits: Timeouts) -> Moved {
     let pipes = (new_pipe(), new_pipe());
     let (Ok(up_pipe), Ok(down_pipe)) = pipes else {
-        return copy(Box::new(client), upstream, &[], &[], idle).await;
+        return copy(Box::new(client), upstream, &[], &[], limits).await;
     };
     let activity = Activity::new();
     let (from_client, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -82,7 +104,7 @@ pub async fn splice(client: TcpStream, upstream: TcpStream, idle: Option<Duratio
     };
     tokio::select! {
         _ = both => {}
-        _ = activity.idle(idle) => {}
+        _ = activity.ended(limits) => {}
     }
     Moved {
         from_client: from_client.load(Ordering::Relaxed),
@@ -158,7 +180,7 @@ pub async fn copy(
     upstream: TcpStream,
     replay: &[u8],
     throttles: &[Arc<Throttle>],
-    idle: Option<Duration>,
+    limits: Timeouts,
 ) -> Moved {
     let activity = Activity::new();
     let (from_client, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -204,7 +226,7 @@ pub async fn copy(
     };
     tokio::select! {
         _ = async { tokio::join!(up, down) } => {}
-        _ = activity.idle(idle) => {}
+        _ = activity.ended(limits) => {}
     }
     Moved {
         from_client: from_client.load(Ordering::Relaxed),

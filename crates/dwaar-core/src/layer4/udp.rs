@@ -239,7 +239,7 @@ async fn open(
     );
     SESSIONS.fetch_add(1, Ordering::Relaxed);
     target.active.fetch_add(1, Ordering::Relaxed);
-    let idle = routes.idle_timeout.unwrap_or(IDLE);
+    let idle = routes.timeouts.idle.unwrap_or(IDLE);
     let (sock, sessions, up2) = (sock.clone(), sessions.clone(), up.clone());
     tokio::spawn(async move {
         returns(&up2, &sock, client, &last_ms, idle).await;
