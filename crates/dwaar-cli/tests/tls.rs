@@ -937,3 +937,48 @@ fn the_servers_cipher_order_decides() {
     let r = tls::get(https, "a.localhost", "a.localhost", "/", &opts).unwrap();
     assert_eq!(r.cipher, "TLS13_AES_256_GCM_SHA384");
 }
+
+#[test]
+fn acme_external_account_binding() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    // Pebble refuses new accounts without a binding to this key.
+    let mac_key = "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W";
+    let pebble = Pebble::start_with_eab(http, https, "kid-dwaar", mac_key);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n\tacme_eab {{\n\t\tkey_id kid-dwaar\n\t\tmac_key {mac_key}\n\t}}\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    // One site takes the global binding, another names a wrong key of its own: Pebble
+    // refuses that account, so only the first gets a certificate.
+    let cfg = globals(http, https, store.path(), &extra)
+        + "bound.example.test {\n\trespond bound\n}\n"
+        + "unbound.example.test {\n\ttls {\n\t\teab kid-other AAAAAAAAAAAAAAAAAAAAAA\n\t}\n\trespond unbound\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let issued = wait_until(Duration::from_secs(60), || {
+        tls::get(https, "bound.example.test", "bound.example.test", "/", &opts).is_ok()
+    });
+    assert!(
+        issued,
+        "no certificate; dwaar log:\n{}\npebble log:\n{}",
+        d.log_text(),
+        pebble.log()
+    );
+    assert!(tls::get(https, "unbound.example.test", "unbound.example.test", "/", &opts).is_err());
+    let accounts: Vec<String> = std::fs::read_dir(store.path().join("acme"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|ca| std::fs::read_dir(ca.path()).into_iter().flatten().flatten())
+        .map(|f| f.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        accounts.iter().any(|a| a.contains("-eab-kid-dwaar")),
+        "{accounts:?}"
+    );
+}

@@ -85,6 +85,18 @@ pub struct GlobalTls {
     /// Where certificates, keys, ACME accounts and the local CA live
     /// (`storage file_system <path>`); `None` = the user's data directory.
     pub storage: Option<String>,
+    /// `acme_eab`: the External Account Binding of every ACME account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab: Option<Eab>,
+}
+
+/// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the
+/// HMAC key it gave, base64url-encoded as CAs hand them out.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Eab {
+    pub key_id: String,
+    pub mac_key: String,
 }
 
 /// How a site gets its certificate and which TLS it speaks (`tls`).
@@ -131,6 +143,9 @@ pub struct AcmeIssuer {
     pub ca_root: Option<String>,
     pub disable_http_challenge: bool,
     pub disable_tlsalpn_challenge: bool,
+    /// External Account Binding for this CA (`eab`); `None` = `acme_eab`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eab: Option<Eab>,
 }
 
 /// `client_auth`: verifying certificates that clients present.

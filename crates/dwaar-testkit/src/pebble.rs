@@ -46,6 +46,22 @@ impl Pebble {
         validity: Option<Duration>,
         blocked: &[&str],
     ) -> Pebble {
+        Self::start_opts(http_port, tls_port, validity, blocked, None)
+    }
+
+    /// Like [`Pebble::start`], requiring an External Account Binding with key `kid` and
+    /// HMAC key `mac_key` (base64url) for new accounts.
+    pub fn start_with_eab(http_port: u16, tls_port: u16, kid: &str, mac_key: &str) -> Pebble {
+        Self::start_opts(http_port, tls_port, None, &[], Some((kid, mac_key)))
+    }
+
+    fn start_opts(
+        http_port: u16,
+        tls_port: u16,
+        validity: Option<Duration>,
+        blocked: &[&str],
+        eab: Option<(&str, &str)>,
+    ) -> Pebble {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let https_ca = TestCa::new();
         let (listen, mgmt, dns, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
@@ -63,7 +79,14 @@ impl Pebble {
             ("httpPort", http_port.to_string()),
             ("tlsPort", tls_port.to_string()),
             ("ocspResponderURL", "\"\"".into()),
-            ("externalAccountBindingRequired", "false".into()),
+            ("externalAccountBindingRequired", eab.is_some().to_string()),
+            (
+                "externalAccountMACKeys",
+                match eab {
+                    Some((kid, key)) => format!("{{{kid:?}:{key:?}}}"),
+                    None => "{}".into(),
+                },
+            ),
             (
                 "domainBlocklist",
                 format!(

@@ -97,7 +97,13 @@ pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, Stri
         .as_deref()
         .map(safe_name)
         .unwrap_or_else(|| "default".into());
-    let rel = format!("acme/{}/account-{who}.json", spec.key());
+    // An account bound to an external account is another account.
+    let bound = spec
+        .eab
+        .as_ref()
+        .map(|e| format!("-eab-{}", safe_name(&e.key_id)))
+        .unwrap_or_default();
+    let rel = format!("acme/{}/account-{who}{bound}.json", spec.key());
     if let Some(data) = storage.read(&rel) {
         match serde_json::from_slice::<AccountCredentials>(&data) {
             Ok(creds) => {
@@ -111,6 +117,16 @@ pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, Stri
     }
     let contact = spec.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(|c| c.as_str()).collect();
+    let binding = match &spec.eab {
+        Some(e) => {
+            use base64::Engine;
+            let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(e.mac_key.trim_end_matches('='))
+                .map_err(|_| format!("EAB key '{}': the MAC key is not base64url", e.key_id))?;
+            Some(instant_acme::ExternalAccountKey::new(e.key_id.clone(), &key))
+        }
+        None => None,
+    };
     let (account, creds) = Account::builder_with_http(http_client(spec)?)
         .create(
             &NewAccount {
@@ -119,7 +135,7 @@ pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, Stri
                 only_return_existing: false,
             },
             spec.dir.clone(),
-            None,
+            binding.as_ref(),
         )
         .await
         .map_err(|e| format!("cannot create an ACME account at {}: {e}", spec.dir))?;

@@ -22,6 +22,8 @@ pub struct AcmeSpec {
     pub ca_root: Option<String>,
     pub http01: bool,
     pub tls_alpn01: bool,
+    /// External Account Binding for new accounts at this CA.
+    pub eab: Option<dwaar_config::model::Eab>,
 }
 
 impl AcmeSpec {
@@ -164,6 +166,7 @@ fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, 
         ca_root: a.ca_root.clone().or_else(|| g.acme_ca_root.clone()),
         http01: !a.disable_http_challenge,
         tls_alpn01: !a.disable_tlsalpn_challenge,
+        eab: a.eab.clone().or_else(|| g.eab.clone()),
     };
     let issuer = match &tls.issuer {
         Some(Issuer::Internal) => IssuerSpec::Internal,

@@ -50,6 +50,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "email",
     "acme_ca",
     "acme_ca_root",
+    "acme_eab",
     "local_certs",
     "storage",
     "analytics",
@@ -66,7 +67,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "cert_issuer",
     "ocsp_stapling",
     "skip_install_trust",
-    "acme_eab",
     "acme_dns",
     "pki",
     "persist_config",
@@ -970,7 +970,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                     }
                 }
             }
-            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" => {
+            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

@@ -6,6 +6,7 @@
 
 use super::args::{block_lines, Diags};
 use crate::model::{AcmeIssuer, ClientAuth, GlobalTls, Issuer, SiteTls};
+use crate::lexer::Token;
 use crate::parser::Directive;
 
 /// TLS versions Dwaar speaks.
@@ -166,9 +167,34 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                 }
                 t.issuer = Some(Issuer::Acme(acme));
             }
+            "eab" => {
+                if !diags.arity(line, 0, 2, 2, "eab <key_id> <mac_key>") {
+                    continue;
+                }
+                let Some(eab) = eab(&line.args[0], &line.args[1], diags) else {
+                    continue;
+                };
+                match t.issuer.take() {
+                    Some(Issuer::Internal) => {
+                        diags.push(line.name.error(
+                            "'eab' configures an ACME issuer, but this site uses the internal one",
+                        ));
+                        t.issuer = Some(Issuer::Internal);
+                    }
+                    Some(Issuer::Acme(mut a)) => {
+                        a.eab = Some(eab);
+                        t.issuer = Some(Issuer::Acme(a));
+                    }
+                    None => {
+                        t.issuer = Some(Issuer::Acme(AcmeIssuer {
+                            eab: Some(eab),
+                            ..AcmeIssuer::default()
+                        }))
+                    }
+                }
+            }
             "load"
             | "dns"
-            | "eab"
             | "on_demand"
             | "get_certificate"
             | "key_type"
@@ -191,6 +217,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "issuer",
                     "ca",
                     "ca_root",
+                    "eab",
                 ],
             ),
         }
@@ -256,8 +283,12 @@ fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
                     }
                 }
             }
-            "eab"
-            | "dns"
+            "eab" => {
+                if diags.arity(line, 0, 2, 2, "eab <key_id> <mac_key>") {
+                    a.eab = eab(&line.args[0], &line.args[1], diags);
+                }
+            }
+            "dns"
             | "alt_http_port"
             | "alt_tlsalpn_port"
             | "timeout"
@@ -278,6 +309,7 @@ fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
                     "trusted_roots",
                     "disable_http_challenge",
                     "disable_tlsalpn_challenge",
+                    "eab",
                 ],
             ),
         }
@@ -388,6 +420,35 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 }
             }
         }
+        "acme_eab" => {
+            if !diags.arity(d, 0, 0, 0, "acme_eab { key_id <id> mac_key <key> }") {
+                return true;
+            }
+            let (mut key_id, mut mac_key) = (None, None);
+            for line in block_lines(&d.block) {
+                match line.name.text.as_str() {
+                    "key_id" | "mac_key" => {
+                        if diags.arity(line, 0, 1, 1, &format!("{} <value>", line.name.text)) {
+                            let slot = if line.name.text == "key_id" {
+                                &mut key_id
+                            } else {
+                                &mut mac_key
+                            };
+                            *slot = Some(&line.args[0]);
+                        }
+                    }
+                    _ => diags.unknown_sub("acme_eab", &line.name, &["key_id", "mac_key"]),
+                }
+            }
+            match (key_id, mac_key) {
+                (Some(k), Some(m)) => g.eab = eab(k, m, diags),
+                _ => diags.push(
+                    d.name
+                        .error("acme_eab needs key_id and mac_key")
+                        .with_help("acme_eab {\n    key_id <id>\n    mac_key <key>\n}"),
+                ),
+            }
+        }
         "local_certs" => {
             if diags.arity(d, 0, 0, 0, "local_certs") {
                 g.local_certs = true;
@@ -428,4 +489,25 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
         _ => return false,
     }
     true
+}
+
+/// An External Account Binding: a key identifier and a base64url HMAC key.
+fn eab(key_id: &Token, mac_key: &Token, diags: &mut Diags) -> Option<crate::model::Eab> {
+    use base64::Engine;
+    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(mac_key.text.trim_end_matches('='));
+    match key {
+        Ok(k) if !k.is_empty() && !key_id.text.is_empty() => Some(crate::model::Eab {
+            key_id: key_id.text.clone(),
+            mac_key: mac_key.text.clone(),
+        }),
+        _ => {
+            diags.push(
+                mac_key
+                    .error("the EAB MAC key is not base64url text")
+                    .with_help("copy the HMAC key exactly as the CA shows it"),
+            );
+            None
+        }
+    }
 }
