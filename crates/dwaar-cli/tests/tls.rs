@@ -961,7 +961,14 @@ fn acme_external_account_binding() {
     let d = Dwaar::start(bin(), &cfg, &[http, https]);
     let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
     let issued = wait_until(Duration::from_secs(60), || {
-        tls::get(https, "bound.example.test", "bound.example.test", "/", &opts).is_ok()
+        tls::get(
+            https,
+            "bound.example.test",
+            "bound.example.test",
+            "/",
+            &opts,
+        )
+        .is_ok()
     });
     assert!(
         issued,
@@ -969,7 +976,22 @@ fn acme_external_account_binding() {
         d.log_text(),
         pebble.log()
     );
-    assert!(tls::get(https, "unbound.example.test", "unbound.example.test", "/", &opts).is_err());
+    assert!(tls::get(
+        https,
+        "unbound.example.test",
+        "unbound.example.test",
+        "/",
+        &opts
+    )
+    .is_err());
+    // The CA refused the account of the unknown key.
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log_text()
+            .contains("cannot create an ACME account")),
+        "{}",
+        d.log_text()
+    );
     let accounts: Vec<String> = std::fs::read_dir(store.path().join("acme"))
         .into_iter()
         .flatten()

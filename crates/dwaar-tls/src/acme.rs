@@ -123,7 +123,10 @@ pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, Stri
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(e.mac_key.trim_end_matches('='))
                 .map_err(|_| format!("EAB key '{}': the MAC key is not base64url", e.key_id))?;
-            Some(instant_acme::ExternalAccountKey::new(e.key_id.clone(), &key))
+            Some(instant_acme::ExternalAccountKey::new(
+                e.key_id.clone(),
+                &key,
+            ))
         }
         None => None,
     };

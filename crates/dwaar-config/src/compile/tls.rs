@@ -5,8 +5,8 @@
 //! TLS stack implements, so a typo fails at its line instead of at the first handshake.
 
 use super::args::{block_lines, Diags};
-use crate::model::{AcmeIssuer, ClientAuth, GlobalTls, Issuer, SiteTls};
 use crate::lexer::Token;
+use crate::model::{AcmeIssuer, ClientAuth, GlobalTls, Issuer, SiteTls};
 use crate::parser::Directive;
 
 /// TLS versions Dwaar speaks.
@@ -494,8 +494,8 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
 /// An External Account Binding: a key identifier and a base64url HMAC key.
 fn eab(key_id: &Token, mac_key: &Token, diags: &mut Diags) -> Option<crate::model::Eab> {
     use base64::Engine;
-    let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(mac_key.text.trim_end_matches('='));
+    let key =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(mac_key.text.trim_end_matches('='));
     match key {
         Ok(k) if !k.is_empty() && !key_id.text.is_empty() => Some(crate::model::Eab {
             key_id: key_id.text.clone(),
