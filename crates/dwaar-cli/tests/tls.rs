@@ -777,6 +777,20 @@ fn ocsp_responses_are_stapled() {
         .log_text()
         .contains("the certificate is revoked")));
     assert!(status("revoked.example.com").contains("OCSP response: no response sent"));
+    drop(d);
+
+    // `ocsp_stapling off`: the responder is never asked, nothing is stapled.
+    let off = cfg.replacen("{\n", "{\n\tocsp_stapling off\n", 1);
+    let d = Dwaar::start_env(
+        bin(),
+        &off,
+        &[https],
+        &["--threads", "1"],
+        &[("DWAAR_OCSP_ALLOW_PRIVATE", "1")],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(status("good.example.com").contains("OCSP response: no response sent"));
+    assert!(!d.log_text().contains("OCSP"), "{}", d.log_text());
 }
 
 struct KillOnDrop(std::process::Child);

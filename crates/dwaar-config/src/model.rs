@@ -88,6 +88,9 @@ pub struct GlobalTls {
     /// `acme_eab`: the External Account Binding of every ACME account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eab: Option<Eab>,
+    /// `ocsp_stapling off`: no OCSP responses are fetched or stapled.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub ocsp_stapling_off: bool,
 }
 
 /// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the

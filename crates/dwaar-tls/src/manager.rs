@@ -36,11 +36,14 @@ pub struct Wanted {
     pub ca: Option<Arc<LocalCa>>,
     /// Certificates from files: kept stapled, never renewed.
     pub manual: Vec<Arc<Cert>>,
+    /// OCSP responses are fetched and stapled (not `ocsp_stapling off`).
+    pub stapling: bool,
 }
 
 impl Wanted {
     fn needs_maintenance(&self) -> bool {
-        !self.names.is_empty() || self.manual.iter().any(|c| c.ocsp_url.is_some())
+        !self.names.is_empty()
+            || (self.stapling && self.manual.iter().any(|c| c.ocsp_url.is_some()))
     }
 }
 
@@ -243,6 +246,7 @@ impl TlsManager {
             storage: Some(storage),
             ca,
             manual: manual_list,
+            stapling: !config.global.tls.ocsp_stapling_off,
         });
         self.prepare(&wanted)?;
         Ok(Some(Compiled {
@@ -515,6 +519,12 @@ struct Stapling {
 
 impl Stapling {
     fn run(&mut self, mgr: &Arc<TlsManager>, wanted: &Wanted) {
+        if !wanted.stapling {
+            if !mgr.shared.staples.load().is_empty() {
+                mgr.shared.staples.store(Arc::default());
+            }
+            return;
+        }
         let managed = mgr.shared.managed.load();
         let certs: Vec<Arc<Cert>> = managed
             .iter()

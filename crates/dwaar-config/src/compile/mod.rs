@@ -51,6 +51,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "acme_ca",
     "acme_ca_root",
     "acme_eab",
+    "ocsp_stapling",
     "local_certs",
     "storage",
     "analytics",
@@ -65,7 +66,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "on_demand_tls",
     "key_type",
     "cert_issuer",
-    "ocsp_stapling",
     "skip_install_trust",
     "acme_dns",
     "pki",
@@ -970,7 +970,8 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                     }
                 }
             }
-            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab" => {
+            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
+            | "ocsp_stapling" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

@@ -449,6 +449,21 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
+        "ocsp_stapling" => {
+            if diags.arity(d, 0, 1, 1, "ocsp_stapling off") {
+                if d.args[0].text == "off" {
+                    g.ocsp_stapling_off = true;
+                } else {
+                    diags.push(
+                        d.args[0]
+                            .error(format!("unknown ocsp_stapling value '{}'", d.args[0].text))
+                            .with_help(
+                                "stapling is on by default; 'ocsp_stapling off' turns it off",
+                            ),
+                    );
+                }
+            }
+        }
         "local_certs" => {
             if diags.arity(d, 0, 0, 0, "local_certs") {
                 g.local_certs = true;
