@@ -1018,3 +1018,53 @@ fn acme_external_account_binding() {
         "{accounts:?}"
     );
 }
+
+/// The DNS names of the certificate a handshake to `port` gets (`sni`: None sends none).
+fn served_names(port: u16, sni: Option<&str>) -> String {
+    let server_name = match sni {
+        Some(n) => format!("-servername {n}"),
+        None => "-noservername".to_string(),
+    };
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} {server_name} </dev/null 2>/dev/null \
+             | openssl x509 -noout -ext subjectAltName"
+        ))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn default_sni_and_fallback_sni_choose_certificates() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let sites = "a.example.test {\n\ttls internal\n\trespond a\n}\n\
+                 b.example.test {\n\ttls internal\n\trespond b\n}\n";
+    let plain = globals(http, https, store.path(), "") + sites;
+    let d = Dwaar::start(bin(), &plain, &[http, https]);
+    // Without the options: no SNI gets the local address's certificate, an unknown
+    // name none.
+    assert!(wait_until(Duration::from_secs(10), || served_names(
+        https,
+        Some("a.example.test")
+    )
+    .contains("DNS:a.example.test")));
+    assert!(!served_names(https, None).contains("example.test"));
+    assert!(served_names(https, Some("unknown.test")).is_empty());
+    drop(d);
+    let cfg = globals(
+        http,
+        https,
+        store.path(),
+        "\tdefault_sni a.example.test\n\tfallback_sni b.example.test\n",
+    ) + sites;
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    assert!(wait_until(Duration::from_secs(10), || served_names(
+        https, None
+    )
+    .contains("DNS:a.example.test")));
+    assert!(served_names(https, Some("unknown.test")).contains("DNS:b.example.test"));
+    assert!(served_names(https, Some("a.example.test")).contains("DNS:a.example.test"));
+}

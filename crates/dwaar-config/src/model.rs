@@ -91,6 +91,12 @@ pub struct GlobalTls {
     /// `ocsp_stapling off`: no OCSP responses are fetched or stapled.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub ocsp_stapling_off: bool,
+    /// `default_sni`: the server name of handshakes that carry none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_sni: Option<String>,
+    /// `fallback_sni`: the name whose certificate answers names that have none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fallback_sni: Option<String>,
 }
 
 /// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the

@@ -238,6 +238,8 @@ impl TlsManager {
                 on_demand_all: plan.on_demand_internal,
                 on_demand_suffixes: plan.on_demand_suffixes.clone(),
                 default_alpn: alpn,
+                default_sni: config.global.tls.default_sni.clone(),
+                fallback_sni: config.global.tls.fallback_sni.clone(),
             },
             self.shared.clone(),
         )?;

@@ -33,8 +33,11 @@ pub struct SniResolver {
     pub on_demand_suffixes: Vec<String>,
     /// The certificate of a catch-all site with its own files.
     pub fallback: Option<Arc<Cert>>,
-    /// The name to use when the client sent no SNI (the local IP address).
+    /// The name to use when the client sent no SNI (`default_sni`, else the local IP
+    /// address).
     pub no_sni_name: Option<String>,
+    /// `fallback_sni`: the name whose certificate answers a server name that has none.
+    pub fallback_sni: Option<String>,
     /// Certificates with a stapled OCSP response, by leaf serial.
     pub staples: Arc<ArcSwap<Staples>>,
 }
@@ -71,6 +74,12 @@ impl SniResolver {
             {
                 return Some(c.clone());
             }
+            if let Some(f) = self.fallback_sni.as_deref().filter(|f| *f != n) {
+                let by_name = self.manual.exact(f).or_else(|| managed.exact(f)).cloned();
+                if let Some(c) = by_name {
+                    return Some(c);
+                }
+            }
         }
         if let Some(c) = &self.fallback {
             return Some(c.clone());
@@ -101,6 +110,7 @@ impl SniResolver {
             on_demand_suffixes: self.on_demand_suffixes.clone(),
             fallback: self.fallback.clone(),
             no_sni_name: Some(name),
+            fallback_sni: self.fallback_sni.clone(),
             staples: self.staples.clone(),
         }
     }
@@ -159,6 +169,8 @@ pub struct TlsState {
     handshakes: Arc<HandshakeCounts>,
     /// Variants of policies for clients that send no SNI, by local address.
     no_sni: Mutex<HashMap<(u64, IpAddr), Arc<ServerConfig>>>,
+    /// `default_sni`: the server name assumed when a client sends none.
+    default_sni: Option<String>,
 }
 
 /// Sites as `(hosts, settings)`; an empty host list is a catch-all site.
@@ -171,6 +183,9 @@ pub struct StateInput<'a> {
     pub on_demand_suffixes: Vec<String>,
     /// ALPN when a site does not choose (`servers { protocols }`).
     pub default_alpn: Vec<Vec<u8>>,
+    /// `default_sni` and `fallback_sni`.
+    pub default_sni: Option<String>,
+    pub fallback_sni: Option<String>,
 }
 
 impl TlsState {
@@ -182,7 +197,8 @@ impl TlsState {
             on_demand_all: input.on_demand_all,
             on_demand_suffixes: input.on_demand_suffixes,
             fallback: input.fallback_cert,
-            no_sni_name: None,
+            no_sni_name: input.default_sni.clone(),
+            fallback_sni: input.fallback_sni,
             staples: shared.staples.clone(),
         });
         let mut built: HashMap<u64, Arc<Policy>> = HashMap::new();
@@ -227,6 +243,7 @@ impl TlsState {
             challenges: shared.challenges.clone(),
             handshakes: shared.handshakes.clone(),
             no_sni: Mutex::new(HashMap::new()),
+            default_sni: input.default_sni,
         })
     }
 
@@ -311,10 +328,12 @@ impl TlsState {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
             return Ok(None);
         }
-        let policy = self.policy(sni.as_deref());
-        let mut config = match &sni {
-            Some(_) => policy.config.clone(),
-            None => self.no_sni_config(policy, local_ip),
+        // Without SNI, `default_sni` names the site (its resolver already falls back
+        // to that name); else the certificate is the one of the local address.
+        let policy = self.policy(sni.as_deref().or(self.default_sni.as_deref()));
+        let mut config = match (&sni, &self.default_sni) {
+            (Some(_), _) | (None, Some(_)) => policy.config.clone(),
+            (None, None) => self.no_sni_config(policy, local_ip),
         };
         if !alpn {
             let mut plain = (*config).clone();

@@ -52,6 +52,8 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "acme_ca_root",
     "acme_eab",
     "ocsp_stapling",
+    "default_sni",
+    "fallback_sni",
     "local_certs",
     "storage",
     "analytics",
@@ -62,7 +64,6 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
-    "default_sni",
     "on_demand_tls",
     "key_type",
     "cert_issuer",
@@ -75,7 +76,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "renew_interval",
     "events",
     "ocsp_interval",
-    "fallback_sni",
 ];
 
 /// The hosts of a `bind` (or `default_bind`) line: IP addresses or `localhost`, with an
@@ -971,7 +971,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                 }
             }
             "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
-            | "ocsp_stapling" => {
+            | "ocsp_stapling" | "default_sni" | "fallback_sni" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

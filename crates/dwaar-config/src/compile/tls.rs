@@ -449,6 +449,24 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
+        "default_sni" | "fallback_sni" => {
+            if diags.arity(d, 0, 1, 1, &format!("{name} <name>")) {
+                let v = d.args[0].text.to_ascii_lowercase();
+                let ok = !v.is_empty()
+                    && !v.starts_with('.')
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-.*".contains(&b));
+                if !ok {
+                    diags.push(
+                        d.args[0].error(format!("'{}' is not a server name", d.args[0].text)),
+                    );
+                } else if name == "default_sni" {
+                    g.default_sni = Some(v);
+                } else {
+                    g.fallback_sni = Some(v);
+                }
+            }
+        }
         "ocsp_stapling" => {
             if diags.arity(d, 0, 1, 1, "ocsp_stapling off") {
                 if d.args[0].text == "off" {
