@@ -1032,7 +1032,7 @@ fn served_names(port: u16, sni: Option<&str>) -> String {
              | openssl x509 -noout -ext subjectAltName"
         ))
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
