@@ -963,7 +963,7 @@ fn acme_external_account_binding() {
     let pebble = Pebble::start_with_eab(http, https, "kid-dwaar", mac_key);
     let store = tempfile::tempdir().unwrap();
     let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n\tacme_eab {{\n\t\tkey_id kid-dwaar\n\t\tmac_key {mac_key}\n\t}}\n",
+        "\tacme_ca {}\n\tacme_ca_root {}\n\tkey_type rsa2048\n\tacme_eab {{\n\t\tkey_id kid-dwaar\n\t\tmac_key {mac_key}\n\t}}\n",
         pebble.directory,
         pebble.https_ca.ca_pem.display()
     );
@@ -1067,4 +1067,40 @@ fn default_sni_and_fallback_sni_choose_certificates() {
     .contains("DNS:a.example.test")));
     assert!(served_names(https, Some("unknown.test")).contains("DNS:b.example.test"));
     assert!(served_names(https, Some("a.example.test")).contains("DNS:a.example.test"));
+}
+
+/// What `openssl s_client` says of the server's public key for `sni`.
+fn public_key(port: u16, sni: &str) -> String {
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect 127.0.0.1:{port} -servername {sni} </dev/null 2>/dev/null \
+             | grep -E 'Server public key|Peer signature type'"
+        ))
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn key_type_chooses_certificate_keys() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "\tkey_type p384\n")
+        + "a.example.test {\n\ttls internal\n\trespond a\n}\n\
+           b.example.test {\n\ttls internal {\n\t\tkey_type ed25519\n\t}\n\trespond b\n}\n\
+           c.example.test {\n\ttls internal {\n\t\tkey_type rsa4096\n\t}\n\trespond c\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    for (name, size) in [
+        ("a.example.test", "384 bit"),
+        ("b.example.test", "ed25519"),
+        ("c.example.test", "4096 bit"),
+    ] {
+        assert!(
+            wait_until(Duration::from_secs(20), || public_key(https, name)
+                .contains(size)),
+            "{name}: {}",
+            public_key(https, name)
+        );
+    }
 }

@@ -97,6 +97,9 @@ pub struct GlobalTls {
     /// `fallback_sni`: the name whose certificate answers names that have none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback_sni: Option<String>,
+    /// `key_type`: the key of certificates Dwaar obtains (`p256` when unset).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
 }
 
 /// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the
@@ -128,6 +131,9 @@ pub struct SiteTls {
     pub alpn: Vec<String>,
     /// Downstream client certificates (mutual TLS).
     pub client_auth: Option<ClientAuth>,
+    /// `key_type`: the key of this site's certificates; `None` = the global one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
 }
 
 /// Who issues a site's certificate.

@@ -154,6 +154,7 @@ pub async fn obtain(
     account: &Account,
     spec: &AcmeSpec,
     name: &str,
+    key_type: crate::ca::KeyType,
     prefer: Prefer,
     board: &ChallengeBoard,
     storage: &Storage,
@@ -226,7 +227,7 @@ pub async fn obtain(
                 failure_details(&mut order).await
             ));
         }
-        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let key = key_type.generate()?;
         let mut params =
             rcgen::CertificateParams::new(vec![name.to_string()]).map_err(|e| e.to_string())?;
         params.distinguished_name = rcgen::DistinguishedName::new();

@@ -103,9 +103,10 @@ impl LocalCa {
         &self.root_pem
     }
 
-    /// Issues a leaf for `names` (DNS names, wildcards or IP addresses).
-    pub fn issue(&self, names: &[String]) -> Result<Cert, String> {
-        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    /// Issues a leaf for `names` (DNS names, wildcards or IP addresses) with a new key
+    /// of type `key`.
+    pub fn issue(&self, names: &[String], key: KeyType) -> Result<Cert, String> {
+        let key = key.generate()?;
         let mut p = CertificateParams::new(names.to_vec())
             .map_err(|e| format!("cannot issue a certificate for {names:?}: {e}"))?;
         p.distinguished_name = DistinguishedName::new();
@@ -142,7 +143,7 @@ impl LocalCa {
                 "{ON_DEMAND_MAX} certificates were already issued on demand; refusing more"
             ));
         }
-        let cert = Arc::new(self.issue(&[name.to_string()])?);
+        let cert = Arc::new(self.issue(&[name.to_string()], KeyType::default())?);
         *count += 1;
         managed.rcu(|m| {
             let mut m = (**m).clone();
@@ -179,7 +180,10 @@ mod tests {
         let b = LocalCa::load_or_create(&s).unwrap();
         assert_eq!(a.root_pem(), b.root_pem(), "the root is created once");
         let leaf = a
-            .issue(&["localhost".into(), "127.0.0.1".into(), "a.localhost".into()])
+            .issue(
+                &["localhost".into(), "127.0.0.1".into(), "a.localhost".into()],
+                KeyType::P256,
+            )
             .unwrap();
         assert!(leaf.covers("localhost") && leaf.covers("127.0.0.1") && leaf.covers("a.localhost"));
         assert!(!leaf.covers("example.com"));
@@ -207,5 +211,47 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The kind of key a certificate is made for (`key_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum KeyType {
+    #[default]
+    P256,
+    P384,
+    Rsa2048,
+    Rsa4096,
+    Ed25519,
+}
+
+impl KeyType {
+    /// The type a config names (`p256`, `p384`, `rsa2048`, `rsa4096`, `ed25519`).
+    pub fn parse(name: &str) -> Option<KeyType> {
+        Some(match name {
+            "p256" => KeyType::P256,
+            "p384" => KeyType::P384,
+            "rsa2048" => KeyType::Rsa2048,
+            "rsa4096" => KeyType::Rsa4096,
+            "ed25519" => KeyType::Ed25519,
+            _ => return None,
+        })
+    }
+
+    /// A new key pair of this type.
+    pub fn generate(self) -> Result<KeyPair, String> {
+        use rcgen::{RsaKeySize, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PKCS_ED25519};
+        let key = match self {
+            KeyType::P256 => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256),
+            KeyType::P384 => KeyPair::generate_for(&PKCS_ECDSA_P384_SHA384),
+            KeyType::Ed25519 => KeyPair::generate_for(&PKCS_ED25519),
+            KeyType::Rsa2048 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+            }
+            KeyType::Rsa4096 => {
+                KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
+            }
+        };
+        key.map_err(|e| format!("cannot create a {self:?} key: {e}"))
     }
 }

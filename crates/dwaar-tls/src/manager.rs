@@ -284,7 +284,7 @@ impl TlsManager {
                 (IssuerSpec::Internal, Some(ca), _) => {
                     add.push((
                         m.name.clone(),
-                        Arc::new(ca.issue(std::slice::from_ref(&m.name))?),
+                        Arc::new(ca.issue(std::slice::from_ref(&m.name), m.key)?),
                     ));
                 }
                 (IssuerSpec::Acme(spec), _, Some(storage)) => {
@@ -404,7 +404,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                     IssuerSpec::Internal => {
                         let due = current.as_ref().is_none_or(|c| c.needs_renewal(now));
                         if let (true, Some(ca)) = (due, &wanted.ca) {
-                            match ca.issue(std::slice::from_ref(&m.name)) {
+                            match ca.issue(std::slice::from_ref(&m.name), m.key) {
                                 Ok(c) => {
                                     tracing::info!(name = m.name, "renewed local certificate");
                                     mgr.install(vec![(m.name.clone(), Arc::new(c))]);
@@ -433,6 +433,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                             mgr: mgr.clone(),
                             spec: spec.clone(),
                             name: m.name.clone(),
+                            key: m.key,
                             storage,
                             accounts: accounts.clone(),
                             rehearse: st.failures > 0,
@@ -610,6 +611,7 @@ struct Issue {
     mgr: Arc<TlsManager>,
     spec: AcmeSpec,
     name: String,
+    key: crate::ca::KeyType,
     storage: Storage,
     accounts: Accounts,
     prefer: Prefer,
@@ -654,6 +656,7 @@ impl Issue {
                 &test_account,
                 &staging,
                 &self.name,
+                self.key,
                 self.prefer,
                 &self.mgr.shared.challenges,
                 &self.storage,
@@ -670,6 +673,7 @@ impl Issue {
             &account,
             &self.spec,
             &self.name,
+            self.key,
             self.prefer,
             &self.mgr.shared.challenges,
             &self.storage,

@@ -57,6 +57,8 @@ pub enum IssuerSpec {
 pub struct ManagedName {
     pub name: String,
     pub issuer: IssuerSpec,
+    /// The key its certificates are made for (`key_type`).
+    pub key: crate::ca::KeyType,
 }
 
 /// One HTTPS site's TLS settings and the hosts they apply to.
@@ -140,9 +142,16 @@ impl Plan {
                         continue;
                     }
                     if seen.insert(h.clone()) {
+                        let key = tls
+                            .key_type
+                            .as_deref()
+                            .or(g.tls.key_type.as_deref())
+                            .and_then(crate::ca::KeyType::parse)
+                            .unwrap_or_default();
                         plan.managed.push(ManagedName {
                             name: h.clone(),
                             issuer,
+                            key,
                         });
                     }
                 }

@@ -54,6 +54,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "ocsp_stapling",
     "default_sni",
     "fallback_sni",
+    "key_type",
     "local_certs",
     "storage",
     "analytics",
@@ -65,7 +66,6 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
     "on_demand_tls",
-    "key_type",
     "cert_issuer",
     "skip_install_trust",
     "acme_dns",
@@ -971,7 +971,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                 }
             }
             "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
-            | "ocsp_stapling" | "default_sni" | "fallback_sni" => {
+            | "ocsp_stapling" | "default_sni" | "fallback_sni" | "key_type" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

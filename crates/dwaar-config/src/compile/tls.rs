@@ -193,11 +193,15 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     }
                 }
             }
+            "key_type" => {
+                if diags.arity(line, 0, 1, 1, "key_type p256|p384|rsa2048|rsa4096|ed25519") {
+                    t.key_type = key_type(&line.args[0], diags);
+                }
+            }
             "load"
             | "dns"
             | "on_demand"
             | "get_certificate"
-            | "key_type"
             | "propagation_delay"
             | "resolvers"
             | "insecure_secrets_log"
@@ -218,6 +222,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "ca",
                     "ca_root",
                     "eab",
+                    "key_type",
                 ],
             ),
         }
@@ -449,6 +454,11 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
+        "key_type" => {
+            if diags.arity(d, 0, 1, 1, "key_type p256|p384|rsa2048|rsa4096|ed25519") {
+                g.key_type = key_type(&d.args[0], diags);
+            }
+        }
         "default_sni" | "fallback_sni" => {
             if diags.arity(d, 0, 1, 1, &format!("{name} <name>")) {
                 let v = d.args[0].text.to_ascii_lowercase();
@@ -542,5 +552,21 @@ fn eab(key_id: &Token, mac_key: &Token, diags: &mut Diags) -> Option<crate::mode
             );
             None
         }
+    }
+}
+
+/// The key types Dwaar generates certificate keys of.
+pub const KEY_TYPES: &[&str] = &["p256", "p384", "rsa2048", "rsa4096", "ed25519"];
+
+fn key_type(t: &Token, diags: &mut Diags) -> Option<String> {
+    let v = t.text.to_ascii_lowercase();
+    if KEY_TYPES.contains(&v.as_str()) {
+        Some(v)
+    } else {
+        diags.push(
+            t.error(format!("unknown key type '{}'", t.text))
+                .with_help("use p256, p384, rsa2048, rsa4096 or ed25519"),
+        );
+        None
     }
 }
