@@ -1104,3 +1104,49 @@ fn key_type_chooses_certificate_keys() {
         );
     }
 }
+
+#[test]
+fn tls_load_serves_certificates_from_a_directory() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let bundles = tempfile::tempdir().unwrap();
+    for (label, names) in [
+        ("one", &["l1.example.test"][..]),
+        ("two", &["*.l2.example.test"][..]),
+    ] {
+        let (crt, key) = ca.issue(label, names);
+        let pem = std::fs::read_to_string(crt).unwrap() + &std::fs::read_to_string(key).unwrap();
+        std::fs::write(bundles.path().join(format!("{label}.pem")), pem).unwrap();
+    }
+    let site = |hosts: &str| {
+        format!(
+            "{hosts} {{\n\ttls {{\n\t\tload {}\n\t}}\n\trespond loaded\n}}\n",
+            bundles.path().display()
+        )
+    };
+    let cfg = globals(http, https, store.path(), "") + &site("l1.example.test, x.l2.example.test");
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let opts = TlsOpts::trusting(std::fs::read(&ca.ca_pem).unwrap());
+    for name in ["l1.example.test", "x.l2.example.test"] {
+        let r = tls::get(https, name, name, "/", &opts).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(r.body, "loaded");
+    }
+    assert!(served_names(https, Some("x.l2.example.test")).contains("DNS:*.l2.example.test"));
+    // A host no loaded certificate covers: the config is refused.
+    let bad = globals(free_port(), free_port(), store.path(), "") + &site("other.example.test");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dwaarfile"), bad).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["run", "--config"])
+        .arg(dir.path().join("Dwaarfile"))
+        .env("DWAAR_ADMIN", "off")
+        .output()
+        .unwrap_or_else(|e| panic!("dwaar: {e}"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no certificate there covers other.example.test"),
+        "{err}"
+    );
+}

@@ -134,6 +134,9 @@ pub struct SiteTls {
     /// `key_type`: the key of this site's certificates; `None` = the global one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_type: Option<String>,
+    /// `load <dir>...`: directories of PEM files, each a certificate chain and its key.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub load: Vec<String>,
 }
 
 /// Who issues a site's certificate.

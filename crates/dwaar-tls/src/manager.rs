@@ -179,6 +179,25 @@ impl TlsManager {
         let mut manual_list = Vec::new();
         let mut fallback_cert = None;
         for site in &plan.sites {
+            if !site.tls.load.is_empty() {
+                let mut loaded = CertMap::default();
+                for cert in load_dirs(&site.tls.load)? {
+                    let cert = Arc::new(cert);
+                    if site.hosts.is_empty() {
+                        fallback_cert.get_or_insert_with(|| cert.clone());
+                    }
+                    manual_list.push(cert.clone());
+                    loaded.insert(cert.clone(), None);
+                    manual.insert(cert, None);
+                }
+                if let Some(h) = site.hosts.iter().find(|h| loaded.get(h).is_none()) {
+                    return Err(format!(
+                        "tls load {}: no certificate there covers {h}",
+                        site.tls.load.join(" ")
+                    ));
+                }
+                continue;
+            }
             let (Some(c), Some(k)) = (&site.tls.cert_file, &site.tls.key_file) else {
                 continue;
             };
@@ -693,4 +712,30 @@ mod tests {
         assert_eq!(backoff(3), Duration::from_secs(20));
         assert_eq!(backoff(30), Duration::from_secs(3600));
     }
+}
+
+/// `tls { load <dir>... }`: every file of the directories (in name order) holds a
+/// certificate chain and its private key in PEM.
+fn load_dirs(dirs: &[String]) -> Result<Vec<Cert>, String> {
+    let mut out = Vec::new();
+    for d in dirs {
+        let before = out.len();
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| format!("tls load {d}: {e}"))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            let pem = std::fs::read_to_string(&f)
+                .map_err(|e| format!("tls load {}: {e}", f.display()))?;
+            out.push(
+                Cert::from_pem(&pem, &pem).map_err(|e| format!("tls load {}: {e}", f.display()))?,
+            );
+        }
+        if out.len() == before {
+            return Err(format!("tls load {d}: no certificate files there"));
+        }
+    }
+    Ok(out)
 }

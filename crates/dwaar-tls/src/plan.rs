@@ -120,7 +120,7 @@ impl Plan {
                 .map(|a| a.host.clone())
                 .collect();
             let catch_all = https.iter().any(|a| a.host.is_empty());
-            let manual = tls.cert_file.is_some();
+            let manual = tls.cert_file.is_some() || !tls.load.is_empty();
             if catch_all && !manual {
                 match (&tls.issuer, g.tls.local_certs) {
                     (Some(Issuer::Internal), _) | (None, true) => plan.on_demand_internal = true,

@@ -198,8 +198,12 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     t.key_type = key_type(&line.args[0], diags);
                 }
             }
-            "load"
-            | "dns"
+            "load" => {
+                if diags.arity(line, 0, 1, usize::MAX, "load <directory>...") {
+                    t.load.extend(line.args.iter().map(|a| a.text.clone()));
+                }
+            }
+            "dns"
             | "on_demand"
             | "get_certificate"
             | "propagation_delay"
@@ -223,9 +227,17 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "ca_root",
                     "eab",
                     "key_type",
+                    "load",
                 ],
             ),
         }
+    }
+    if !t.load.is_empty() && (t.cert_file.is_some() || t.issuer.is_some()) {
+        diags.push(
+            d.name
+                .error("a site that loads its certificates has no other source")
+                .with_help("keep 'load', or the certificate files, or the issuer"),
+        );
     }
     if t.cert_file.is_some() && t.issuer.is_some() {
         diags.push(
