@@ -701,19 +701,6 @@ impl Issue {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        assert_eq!(backoff(1), Duration::from_secs(5));
-        assert_eq!(backoff(2), Duration::from_secs(10));
-        assert_eq!(backoff(3), Duration::from_secs(20));
-        assert_eq!(backoff(30), Duration::from_secs(3600));
-    }
-}
-
 /// `tls { load <dir>... }`: every file of the directories (in name order) holds a
 /// certificate chain and its private key in PEM.
 fn load_dirs(dirs: &[String]) -> Result<Vec<Cert>, String> {
@@ -738,4 +725,17 @@ fn load_dirs(dirs: &[String]) -> Result<Vec<Cert>, String> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(3), Duration::from_secs(20));
+        assert_eq!(backoff(30), Duration::from_secs(3600));
+    }
 }
