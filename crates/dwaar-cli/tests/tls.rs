@@ -791,6 +791,23 @@ fn ocsp_responses_are_stapled() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(status("good.example.com").contains("OCSP response: no response sent"));
     assert!(!d.log_text().contains("OCSP"), "{}", d.log_text());
+    drop(d);
+
+    // `ocsp_interval 1s`: the staple is fetched again well before it needs to be.
+    let often = cfg.replacen("{\n", "{\n\tocsp_interval 1s\n", 1);
+    let d = Dwaar::start_env(
+        bin(),
+        &often,
+        &[https],
+        &["--threads", "1"],
+        &[("DWAAR_OCSP_ALLOW_PRIVATE", "1")],
+    );
+    let fetches = || d.log_text().matches("stapled an OCSP response").count();
+    assert!(
+        wait_until(Duration::from_secs(20), || fetches() >= 3),
+        "{}",
+        d.log_text()
+    );
 }
 
 struct KillOnDrop(std::process::Child);
@@ -1149,4 +1166,35 @@ fn tls_load_serves_certificates_from_a_directory() {
         err.contains("no certificate there covers other.example.test"),
         "{err}"
     );
+}
+
+#[test]
+fn renew_interval_spaces_renewal_checks() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    // 30-second certificates are due for renewal after 20 seconds; checked once an
+    // hour, this one is not renewed during the test.
+    let pebble = Pebble::start(http, https, Some(Duration::from_secs(30)), &[]);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n\trenew_interval 1h\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let cfg = globals(http, https, store.path(), &extra) + "r.example.test {\n\trespond r\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let obtained = || {
+        d.metric("dwaar_tls_certificates_obtained_total")
+            .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(60), || obtained() == 1),
+        "{}\n{}",
+        d.log_text(),
+        pebble.log()
+    );
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(obtained(), 1, "{}", d.log_text());
 }

@@ -100,6 +100,14 @@ pub struct GlobalTls {
     /// `key_type`: the key of certificates Dwaar obtains (`p256` when unset).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_type: Option<String>,
+    /// `renew_interval`: how often certificates are checked for renewal (ms); `None`:
+    /// continuously (every few seconds).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_interval_ms: Option<u64>,
+    /// `ocsp_interval`: the longest time between two OCSP checks of a certificate (ms);
+    /// `None`: halfway through each response's validity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ocsp_interval_ms: Option<u64>,
 }
 
 /// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the

@@ -38,6 +38,10 @@ pub struct Wanted {
     pub manual: Vec<Arc<Cert>>,
     /// OCSP responses are fetched and stapled (not `ocsp_stapling off`).
     pub stapling: bool,
+    /// `renew_interval`: certificates in hand are checked for renewal this often.
+    pub renew_interval: Option<Duration>,
+    /// `ocsp_interval`: the longest time between two OCSP checks of a certificate.
+    pub ocsp_interval: Option<Duration>,
 }
 
 impl Wanted {
@@ -268,6 +272,16 @@ impl TlsManager {
             ca,
             manual: manual_list,
             stapling: !config.global.tls.ocsp_stapling_off,
+            renew_interval: config
+                .global
+                .tls
+                .renew_interval_ms
+                .map(Duration::from_millis),
+            ocsp_interval: config
+                .global
+                .tls
+                .ocsp_interval_ms
+                .map(Duration::from_millis),
         });
         self.prepare(&wanted)?;
         Ok(Some(Compiled {
@@ -381,6 +395,8 @@ struct NameState {
     seen: Option<SystemTime>,
     /// When the CA's renewal information was last asked (ACME only).
     ari_checked: Option<Instant>,
+    /// When the certificate in hand was last checked for renewal (`renew_interval`).
+    renewal_checked: Option<Instant>,
     ari_renew_at: Option<SystemTime>,
 }
 
@@ -419,6 +435,14 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                     continue;
                 }
                 let current = mgr.shared.managed.load().exact(&m.name).cloned();
+                // With `renew_interval`, a certificate in hand is looked at that often;
+                // a missing one is always sought at once.
+                if let (Some(every), Some(_)) = (wanted.renew_interval, &current) {
+                    if st.renewal_checked.is_some_and(|t| t.elapsed() < every) {
+                        continue;
+                    }
+                    st.renewal_checked = Some(Instant::now());
+                }
                 match &m.issuer {
                     IssuerSpec::Internal => {
                         let due = current.as_ref().is_none_or(|c| c.needs_renewal(now));
@@ -574,12 +598,17 @@ impl Stapling {
             }
             next.insert(c.serial.clone(), now + Duration::from_secs(600));
             let (mgr, next) = (mgr.clone(), self.next.clone());
+            let ocsp_interval = wanted.ocsp_interval;
             tokio::spawn(async move {
                 match staple(&c).await {
                     Ok(s) => {
                         tracing::info!(names = ?c.names, "stapled an OCSP response");
                         if let Ok(mut n) = next.lock() {
-                            n.insert(c.serial.clone(), s.refresh_at());
+                            let at = match ocsp_interval {
+                                Some(every) => s.refresh_at().min(SystemTime::now() + every),
+                                None => s.refresh_at(),
+                            };
+                            n.insert(c.serial.clone(), at);
                         }
                         let key = Arc::new(rustls::sign::CertifiedKey {
                             cert: c.key.cert.clone(),

@@ -55,6 +55,9 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "default_sni",
     "fallback_sni",
     "key_type",
+    "renew_interval",
+    "ocsp_interval",
+    "skip_install_trust",
     "local_certs",
     "storage",
     "analytics",
@@ -67,15 +70,12 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
 pub const GLOBAL_NOT_YET: &[&str] = &[
     "on_demand_tls",
     "cert_issuer",
-    "skip_install_trust",
     "acme_dns",
     "pki",
     "persist_config",
     "storage_clean_interval",
     "preferred_chains",
-    "renew_interval",
     "events",
-    "ocsp_interval",
 ];
 
 /// The hosts of a `bind` (or `default_bind`) line: IP addresses or `localhost`, with an
@@ -971,7 +971,8 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                 }
             }
             "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
-            | "ocsp_stapling" | "default_sni" | "fallback_sni" | "key_type" => {
+            | "ocsp_stapling" | "default_sni" | "fallback_sni" | "key_type" | "renew_interval"
+            | "ocsp_interval" | "skip_install_trust" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

@@ -466,6 +466,24 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
+        "renew_interval" | "ocsp_interval" => {
+            if diags.arity(d, 0, 1, 1, &format!("{name} <duration>")) {
+                if let Some(v) = diags.duration(&d.args[0]) {
+                    if v == 0 {
+                        diags.push(d.args[0].error(format!("{name} must be above zero")));
+                    } else if name == "renew_interval" {
+                        g.renew_interval_ms = Some(v);
+                    } else {
+                        g.ocsp_interval_ms = Some(v);
+                    }
+                }
+            }
+        }
+        // Dwaar never installs its root in the system's trust store by itself (that
+        // is `dwaar trust`), so there is nothing to skip.
+        "skip_install_trust" => {
+            diags.arity(d, 0, 0, 0, "skip_install_trust");
+        }
         "key_type" => {
             if diags.arity(d, 0, 1, 1, "key_type p256|p384|rsa2048|rsa4096|ed25519") {
                 g.key_type = key_type(&d.args[0], diags);
