@@ -1198,3 +1198,81 @@ fn renew_interval_spaces_renewal_checks() {
     std::thread::sleep(Duration::from_secs(25));
     assert_eq!(obtained(), 1, "{}", d.log_text());
 }
+
+/// An `ask` endpoint: answers 200 for `domain=` values in `allowed`, 403 otherwise, and
+/// counts the questions.
+fn ask_server(allowed: &'static [&'static str]) -> (u16, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let asked = Arc::new(AtomicUsize::new(0));
+    let count = asked.clone();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let n = s.read(&mut buf).unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            count.fetch_add(1, Ordering::SeqCst);
+            let ok = allowed
+                .iter()
+                .any(|d| head.starts_with(&format!("GET /check?domain={d} ")));
+            let status = if ok { "200 OK" } else { "403 Forbidden" };
+            let _ = s.write_all(
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            );
+        }
+    });
+    (port, asked)
+}
+
+#[test]
+fn on_demand_certificates_from_acme_when_the_ask_endpoint_agrees() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, None, &[]);
+    let (ask, asked) = ask_server(&["yes.example.test", "many.example.test"]);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n\ton_demand_tls {{\n\t\task http://127.0.0.1:{ask}/check\n\t}}\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let cfg = globals(http, https, store.path(), &extra)
+        + "https:// {\n\ttls {\n\t\ton_demand\n\t}\n\trespond \"on demand {host}\"\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    // Nothing is obtained at start.
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(asked.load(Ordering::SeqCst), 0);
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let r = tls::get(https, "yes.example.test", "yes.example.test", "/", &opts)
+        .unwrap_or_else(|e| panic!("{e}\n{}\n{}", d.log_text(), pebble.log()));
+    assert_eq!(r.body, "on demand yes.example.test");
+    // A name the endpoint refuses gets no certificate (the handshake fails).
+    assert!(tls::get(https, "no.example.test", "no.example.test", "/", &opts).is_err());
+    // Eight handshakes at once for a new name: one issuance, every one served.
+    let handles: Vec<_> = (0..8)
+        .map(|_| {
+            let opts = opts.clone();
+            std::thread::spawn(move || {
+                tls::get(https, "many.example.test", "many.example.test", "/", &opts)
+                    .map(|r| r.body)
+            })
+        })
+        .collect();
+    for h in handles {
+        assert_eq!(h.join().unwrap().unwrap(), "on demand many.example.test");
+    }
+    let log = d.log_text();
+    assert_eq!(
+        log.matches("certificate obtained on demand").count(),
+        2,
+        "{log}"
+    );
+    // The certificate stays: another connection asks nobody.
+    let before = asked.load(Ordering::SeqCst);
+    tls::get(https, "yes.example.test", "yes.example.test", "/", &opts).unwrap();
+    assert_eq!(asked.load(Ordering::SeqCst), before);
+}

@@ -108,6 +108,23 @@ pub struct GlobalTls {
     /// `None`: halfway through each response's validity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocsp_interval_ms: Option<u64>,
+    /// `on_demand_tls`: who may have a certificate issued during its first handshake.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_demand: Option<OnDemandTls>,
+}
+
+/// `on_demand_tls { ask <url> interval <d> burst <n> }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandTls {
+    /// Asked `GET <url>?domain=<name>` before each issuance; a 2xx answer allows it.
+    pub ask: String,
+    /// At most `burst` issuances per `interval` (ms); `None`: Dwaar's default
+    /// (10 a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
 }
 
 /// An ACME External Account Binding (RFC 8555 §7.3.4): the CA's key identifier and the
@@ -145,6 +162,10 @@ pub struct SiteTls {
     /// `load <dir>...`: directories of PEM files, each a certificate chain and its key.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub load: Vec<String>,
+    /// `on_demand`: certificates are obtained during the first handshake for a name
+    /// (allowed by `on_demand_tls { ask }`), not at start.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub on_demand: bool,
 }
 
 /// Who issues a site's certificate.

@@ -21,6 +21,7 @@ pub mod challenge;
 pub mod http1;
 pub mod manager;
 pub mod ocsp;
+pub mod on_demand;
 pub mod plan;
 pub mod state;
 pub mod storage;

@@ -69,6 +69,8 @@ pub struct TlsManager {
     pub issued: std::sync::atomic::AtomicU64,
     /// Session ticket keys (`None` only if the system has no randomness).
     ticket_keys: Option<Arc<TicketKeys>>,
+    /// On-demand issuances in flight, recent failures and counts, across reloads.
+    on_demand: Arc<crate::on_demand::Progress>,
 }
 
 impl std::fmt::Debug for TlsManager {
@@ -99,6 +101,7 @@ impl TlsManager {
                 handshakes: Arc::default(),
             },
             ticket_keys: keys,
+            on_demand: Arc::default(),
             leader,
             cas: Mutex::new(HashMap::new()),
             wanted: watch::channel(Arc::new(Wanted::default())).0,
@@ -214,7 +217,11 @@ impl TlsManager {
             // The site's hosts get this certificate even if it does not name them.
             manual.insert(cert, Some(&site.hosts));
         }
-        let needs_ca = plan.on_demand_internal
+        let needs_ca = plan
+            .on_demand
+            .iter()
+            .any(|s| s.issuer == IssuerSpec::Internal)
+            || plan.on_demand_internal
             || !plan.on_demand_suffixes.is_empty()
             || plan
                 .managed
@@ -261,6 +268,22 @@ impl TlsManager {
                 on_demand_all: plan.on_demand_internal,
                 on_demand_suffixes: plan.on_demand_suffixes.clone(),
                 default_alpn: alpn,
+                on_demand_issuer: match (&config.global.tls.on_demand, plan.on_demand.is_empty()) {
+                    (_, true) => None,
+                    (Some(cfg), false) => Some(Arc::new(crate::on_demand::OnDemand::new(
+                        plan.on_demand.clone(),
+                        cfg,
+                        self.shared.clone(),
+                        storage.clone(),
+                        ca.clone(),
+                        self.on_demand.clone(),
+                    ))),
+                    (None, false) => {
+                        return Err("a site has 'tls { on_demand }' but there is no global \
+                                    'on_demand_tls { ask <url> }'"
+                            .into())
+                    }
+                },
                 default_sni: config.global.tls.default_sni.clone(),
                 fallback_sni: config.global.tls.fallback_sni.clone(),
             },
@@ -473,7 +496,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                         }
                         st.running = true;
                         let task = Issue {
-                            mgr: mgr.clone(),
+                            shared: mgr.shared.clone(),
                             spec: spec.clone(),
                             name: m.name.clone(),
                             key: m.key,
@@ -534,7 +557,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
 
 /// ACME accounts by CA, shared by the loop and its issuance tasks. The async lock is
 /// held while an account is created, so concurrent first issuances create one.
-type Accounts = Arc<tokio::sync::Mutex<HashMap<AcmeSpec, Arc<instant_acme::Account>>>>;
+pub(crate) type Accounts = Arc<tokio::sync::Mutex<HashMap<AcmeSpec, Arc<instant_acme::Account>>>>;
 
 /// Whether the CA's renewal information asks for renewal now (checked every 6 hours).
 async fn ari_due(st: &mut NameState, accounts: &Accounts, spec: &AcmeSpec, cert: &Cert) -> bool {
@@ -655,16 +678,17 @@ fn follow(mgr: &TlsManager, st: &mut NameState, storage: &Storage, spec: &AcmeSp
     }
 }
 
-struct Issue {
-    mgr: Arc<TlsManager>,
-    spec: AcmeSpec,
-    name: String,
-    key: crate::ca::KeyType,
-    storage: Storage,
-    accounts: Accounts,
-    prefer: Prefer,
+/// One ACME issuance for one name (the maintenance loop's, or an on-demand one).
+pub(crate) struct Issue {
+    pub(crate) shared: crate::state::Shared,
+    pub(crate) spec: AcmeSpec,
+    pub(crate) name: String,
+    pub(crate) key: crate::ca::KeyType,
+    pub(crate) storage: Storage,
+    pub(crate) accounts: Accounts,
+    pub(crate) prefer: Prefer,
     /// Rehearse on the staging directory first (after a failure, when there is one).
-    rehearse: bool,
+    pub(crate) rehearse: bool,
 }
 
 impl Issue {
@@ -678,7 +702,7 @@ impl Issue {
         Ok(a)
     }
 
-    async fn run(self) -> Result<Cert, String> {
+    pub(crate) async fn run(self) -> Result<Cert, String> {
         let account = self.account(&self.spec).await?;
         // Across processes: one issuer per name. Another process may have finished
         // while this one waited; then its certificate is used.
@@ -687,7 +711,7 @@ impl Issue {
         let lock = tokio::task::spawn_blocking(move || storage.lock(&format!("cert-{name}"))).await;
         let _lock = lock.map_err(|e| e.to_string())??;
         if let Some(c) = acme::load_stored(&self.storage, &self.spec, &self.name) {
-            let current = self.mgr.shared.managed.load().exact(&self.name).cloned();
+            let current = self.shared.managed.load().exact(&self.name).cloned();
             let newer = current.is_none_or(|cur| c.not_after > cur.not_after);
             if newer && !c.needs_renewal(SystemTime::now()) {
                 return Ok(c);
@@ -706,7 +730,7 @@ impl Issue {
                 &self.name,
                 self.key,
                 self.prefer,
-                &self.mgr.shared.challenges,
+                &self.shared.challenges,
                 &self.storage,
             )
             .await
@@ -723,7 +747,7 @@ impl Issue {
             &self.name,
             self.key,
             self.prefer,
-            &self.mgr.shared.challenges,
+            &self.shared.challenges,
             &self.storage,
         )
         .await

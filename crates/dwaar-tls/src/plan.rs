@@ -61,6 +61,27 @@ pub struct ManagedName {
     pub key: crate::ca::KeyType,
 }
 
+/// The names of an on-demand site and where their certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnDemandSite {
+    /// Lowercase hosts (`*.example.com` covers one label); empty: every name.
+    pub hosts: Vec<String>,
+    pub issuer: IssuerSpec,
+    pub key: crate::ca::KeyType,
+}
+
+impl OnDemandSite {
+    pub fn covers(&self, name: &str) -> bool {
+        self.hosts.is_empty()
+            || self.hosts.iter().any(|h| match h.strip_prefix("*.") {
+                Some(parent) => name
+                    .split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+                None => h == name,
+            })
+    }
+}
+
 /// One HTTPS site's TLS settings and the hosts they apply to.
 #[derive(Debug, Clone)]
 pub struct SitePolicy {
@@ -79,6 +100,9 @@ pub struct Plan {
     /// each name under it gets its own certificate at handshake time (browsers and
     /// TLS libraries refuse wildcards directly under `localhost`-like names).
     pub on_demand_suffixes: Vec<String>,
+    /// Sites with `tls { on_demand }`: their names get certificates during their first
+    /// handshake (when the `ask` endpoint agrees), not at start.
+    pub on_demand: Vec<OnDemandSite>,
     /// Whether certificate management is on at all.
     pub automate: bool,
 }
@@ -121,6 +145,22 @@ impl Plan {
                 .collect();
             let catch_all = https.iter().any(|a| a.host.is_empty());
             let manual = tls.cert_file.is_some() || !tls.load.is_empty();
+            let key = tls
+                .key_type
+                .as_deref()
+                .or(g.tls.key_type.as_deref())
+                .and_then(crate::ca::KeyType::parse)
+                .unwrap_or_default();
+            if tls.on_demand && automate && !manual {
+                // Names are issued one by one as clients ask for them.
+                plan.on_demand.push(OnDemandSite {
+                    hosts: hosts.clone(),
+                    issuer: on_demand_issuer(&tls, config),
+                    key,
+                });
+                plan.sites.push(SitePolicy { hosts, tls });
+                continue;
+            }
             if catch_all && !manual {
                 match (&tls.issuer, g.tls.local_certs) {
                     (Some(Issuer::Internal), _) | (None, true) => plan.on_demand_internal = true,
@@ -142,12 +182,6 @@ impl Plan {
                         continue;
                     }
                     if seen.insert(h.clone()) {
-                        let key = tls
-                            .key_type
-                            .as_deref()
-                            .or(g.tls.key_type.as_deref())
-                            .and_then(crate::ca::KeyType::parse)
-                            .unwrap_or_default();
                         plan.managed.push(ManagedName {
                             name: h.clone(),
                             issuer,
@@ -162,9 +196,9 @@ impl Plan {
     }
 }
 
-fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, String> {
-    let g = &config.global.tls;
-    let acme = |a: &AcmeIssuer| AcmeSpec {
+/// The ACME CA settings of an issuer, the global options filling in what it leaves out.
+fn acme_spec(a: &AcmeIssuer, g: &dwaar_config::model::GlobalTls) -> AcmeSpec {
+    AcmeSpec {
         dir: a
             .dir
             .clone()
@@ -176,7 +210,24 @@ fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, 
         http01: !a.disable_http_challenge,
         tls_alpn01: !a.disable_tlsalpn_challenge,
         eab: a.eab.clone().or_else(|| g.eab.clone()),
-    };
+    }
+}
+
+/// Where an on-demand site's certificates come from: its issuer, else the local CA
+/// with `local_certs`, else the ACME CA.
+fn on_demand_issuer(tls: &SiteTls, config: &Config) -> IssuerSpec {
+    let g = &config.global.tls;
+    match &tls.issuer {
+        Some(Issuer::Internal) => IssuerSpec::Internal,
+        Some(Issuer::Acme(a)) => IssuerSpec::Acme(acme_spec(a, g)),
+        None if g.local_certs => IssuerSpec::Internal,
+        None => IssuerSpec::Acme(acme_spec(&AcmeIssuer::default(), g)),
+    }
+}
+
+fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, String> {
+    let g = &config.global.tls;
+    let acme = |a: &AcmeIssuer| acme_spec(a, g);
     let issuer = match &tls.issuer {
         Some(Issuer::Internal) => IssuerSpec::Internal,
         Some(Issuer::Acme(a)) => IssuerSpec::Acme(acme(a)),

@@ -101,6 +101,14 @@ impl SniResolver {
         }
     }
 
+    /// A certificate in hand (loaded or managed, exact or wildcard) for `name`.
+    pub fn certificate_for(&self, name: &str) -> Option<Arc<Cert>> {
+        if let Some(c) = self.manual.get(name) {
+            return Some(c.clone());
+        }
+        self.managed.load().get(name).cloned()
+    }
+
     fn with_no_sni_name(&self, name: String) -> SniResolver {
         SniResolver {
             manual: self.manual.clone(),
@@ -171,6 +179,7 @@ pub struct TlsState {
     no_sni: Mutex<HashMap<(u64, IpAddr), Arc<ServerConfig>>>,
     /// `default_sni`: the server name assumed when a client sends none.
     default_sni: Option<String>,
+    on_demand_issuer: Option<Arc<crate::on_demand::OnDemand>>,
 }
 
 /// Sites as `(hosts, settings)`; an empty host list is a catch-all site.
@@ -186,6 +195,8 @@ pub struct StateInput<'a> {
     /// `default_sni` and `fallback_sni`.
     pub default_sni: Option<String>,
     pub fallback_sni: Option<String>,
+    /// Sites with `tls { on_demand }` and how their certificates are obtained.
+    pub on_demand_issuer: Option<Arc<crate::on_demand::OnDemand>>,
 }
 
 impl TlsState {
@@ -244,6 +255,7 @@ impl TlsState {
             handshakes: shared.handshakes.clone(),
             no_sni: Mutex::new(HashMap::new()),
             default_sni: input.default_sni,
+            on_demand_issuer: input.on_demand_issuer,
         })
     }
 
@@ -328,6 +340,10 @@ impl TlsState {
             let _ = tokio::io::AsyncWriteExt::shutdown(&mut s).await;
             return Ok(None);
         }
+        if let (Some(od), Some(name)) = (&self.on_demand_issuer, sni.as_deref()) {
+            // Boxed: only configs with on-demand sites carry issuance in the handshake.
+            Box::pin(self.on_demand(od, name)).await?;
+        }
         // Without SNI, `default_sni` names the site (its resolver already falls back
         // to that name); else the certificate is the one of the local address.
         let policy = self.policy(sni.as_deref().or(self.default_sni.as_deref()));
@@ -352,6 +368,37 @@ impl TlsState {
             sni,
             policy: policy.id,
         }))
+    }
+
+    /// A name of an on-demand site without a current certificate gets one now (the
+    /// handshake waits, at most `on_demand::WAIT`); one due for renewal is renewed in
+    /// the background while the current one serves.
+    async fn on_demand(
+        &self,
+        od: &Arc<crate::on_demand::OnDemand>,
+        name: &str,
+    ) -> std::io::Result<()> {
+        let Some(site) = od.site_for(name) else {
+            return Ok(());
+        };
+        match self.fallback.resolver.certificate_for(name) {
+            Some(c) if !c.needs_renewal(std::time::SystemTime::now()) => Ok(()),
+            Some(_) => {
+                let (od, name, site) = (od.clone(), name.to_string(), site.clone());
+                tokio::spawn(async move {
+                    let _ = od.obtain(&name, &site).await;
+                });
+                Ok(())
+            }
+            None => match tokio::time::timeout(crate::on_demand::WAIT, od.obtain(name, site)).await
+            {
+                Ok(r) => r.map_err(std::io::Error::other),
+                Err(_) => Err(std::io::Error::other(format!(
+                    "no certificate for {name} within {:?}",
+                    crate::on_demand::WAIT
+                ))),
+            },
+        }
     }
 
     fn no_sni_config(&self, policy: &Policy, ip: IpAddr) -> Arc<ServerConfig> {

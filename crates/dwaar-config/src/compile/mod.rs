@@ -58,6 +58,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "renew_interval",
     "ocsp_interval",
     "skip_install_trust",
+    "on_demand_tls",
     "local_certs",
     "storage",
     "analytics",
@@ -68,7 +69,6 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
-    "on_demand_tls",
     "cert_issuer",
     "acme_dns",
     "pki",
@@ -567,6 +567,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
     }
     check_port_schemes(doc, &sites, diags);
     layer4::check_ports(doc, &sites, diags);
+    tls::check_on_demand(doc, &global.tls, diags);
     Config { global, sites }
 }
 
@@ -972,7 +973,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             }
             "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
             | "ocsp_stapling" | "default_sni" | "fallback_sni" | "key_type" | "renew_interval"
-            | "ocsp_interval" | "skip_install_trust" => {
+            | "ocsp_interval" | "skip_install_trust" | "on_demand_tls" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

@@ -203,8 +203,12 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     t.load.extend(line.args.iter().map(|a| a.text.clone()));
                 }
             }
+            "on_demand" => {
+                if diags.arity(line, 0, 0, 0, "on_demand") && diags.no_block(line) {
+                    t.on_demand = true;
+                }
+            }
             "dns"
-            | "on_demand"
             | "get_certificate"
             | "propagation_delay"
             | "resolvers"
@@ -228,6 +232,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "eab",
                     "key_type",
                     "load",
+                    "on_demand",
                 ],
             ),
         }
@@ -479,6 +484,72 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 }
             }
         }
+        "on_demand_tls" => {
+            if !diags.arity(d, 0, 0, 0, "on_demand_tls { ask <url> }") {
+                return true;
+            }
+            let (mut ask, mut interval_ms, mut burst) = (None, None, None);
+            for line in block_lines(&d.block) {
+                let sub = line.name.text.as_str();
+                match sub {
+                    "ask" | "interval" | "burst" => {
+                        if !diags.arity(line, 0, 1, 1, &format!("{sub} <value>")) {
+                            continue;
+                        }
+                        let a = &line.args[0];
+                        match sub {
+                            "ask" => {
+                                if a.text.starts_with("http://") && a.text.len() > 7 {
+                                    ask = Some(a.text.clone());
+                                } else {
+                                    diags.push(
+                                        a.error(format!("'{}' is not an http:// URL", a.text))
+                                            .with_help("the ask endpoint is a service of yours, asked over plain HTTP: ask http://localhost:5555/check"),
+                                    );
+                                }
+                            }
+                            "interval" => interval_ms = diags.duration(a).filter(|v| *v > 0),
+                            _ => burst = diags.number::<u32>(a, "count").filter(|n| *n > 0),
+                        }
+                    }
+                    "permission" => {
+                        // Caddy 2.7's form: `permission http { endpoint <url> }`.
+                        let http = line.args.first().is_some_and(|a| a.text == "http");
+                        let endpoint = block_lines(&line.block)
+                            .iter()
+                            .find(|l| l.name.text == "endpoint")
+                            .and_then(|l| l.args.first());
+                        match (http, endpoint) {
+                            (true, Some(e)) => ask = Some(e.text.clone()),
+                            _ => diags.push(
+                                line.name
+                                    .error("permission takes the http module with an endpoint")
+                                    .with_help("permission http {\n    endpoint http://localhost:5555/check\n}"),
+                            ),
+                        }
+                    }
+                    _ => diags.unknown_sub(
+                        "on_demand_tls",
+                        &line.name,
+                        &["ask", "permission", "interval", "burst"],
+                    ),
+                }
+            }
+            match ask {
+                Some(ask) => {
+                    g.on_demand = Some(crate::model::OnDemandTls {
+                        ask,
+                        interval_ms,
+                        burst,
+                    })
+                }
+                None => diags.push(
+                    d.name
+                        .error("on_demand_tls needs an ask endpoint")
+                        .with_help("on_demand_tls {\n    ask http://localhost:5555/check\n}\n(any name could otherwise make Dwaar ask the CA for a certificate)"),
+                ),
+            }
+        }
         // Dwaar never installs its root in the system's trust store by itself (that
         // is `dwaar trust`), so there is nothing to skip.
         "skip_install_trust" => {
@@ -598,5 +669,28 @@ fn key_type(t: &Token, diags: &mut Diags) -> Option<String> {
                 .with_help("use p256, p384, rsa2048, rsa4096 or ed25519"),
         );
         None
+    }
+}
+
+/// `tls { on_demand }` needs the global `on_demand_tls { ask }`: without it any name a
+/// client sends would make Dwaar ask the CA.
+pub fn check_on_demand(
+    doc: &crate::parser::Document,
+    g: &GlobalTls,
+    diags: &mut Diags,
+) {
+    if g.on_demand.is_some() {
+        return;
+    }
+    for sb in &doc.sites {
+        for d in sb.block.directives.iter().filter(|d| d.name.text == "tls") {
+            for l in block_lines(&d.block).iter().filter(|l| l.name.text == "on_demand") {
+                diags.push(
+                    l.name
+                        .error("on_demand needs the global on_demand_tls option")
+                        .with_help("{\n    on_demand_tls {\n        ask http://localhost:5555/check\n    }\n}"),
+                );
+            }
+        }
     }
 }
