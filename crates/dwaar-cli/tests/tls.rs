@@ -1203,8 +1203,8 @@ fn renew_interval_spaces_renewal_checks() {
 /// counts the questions.
 fn ask_server(allowed: &'static [&'static str]) -> (u16, Arc<AtomicUsize>) {
     use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the ask endpoint");
+    let port = l.local_addr().expect("its address").port();
     let asked = Arc::new(AtomicUsize::new(0));
     let count = asked.clone();
     std::thread::spawn(move || {
@@ -1275,4 +1275,44 @@ fn on_demand_certificates_from_acme_when_the_ask_endpoint_agrees() {
     let before = asked.load(Ordering::SeqCst);
     tls::get(https, "yes.example.test", "yes.example.test", "/", &opts).unwrap();
     assert_eq!(asked.load(Ordering::SeqCst), before);
+}
+
+/// With worker processes, the worker that takes the handshake obtains the certificate;
+/// every worker serves it.
+#[test]
+fn on_demand_certificates_with_worker_processes() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, None, &[]);
+    let (ask, _) = ask_server(&["w.example.test"]);
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n\ton_demand_tls {{\n\t\task http://127.0.0.1:{ask}/check\n\t}}\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let cfg = globals(http, https, store.path(), &extra)
+        + "https:// {\n\ttls {\n\t\ton_demand\n\t}\n\trespond \"on demand {host}\"\n}\n";
+    let d = Dwaar::start_with(
+        bin(),
+        &cfg,
+        &[http, https],
+        &["--workers", "2", "--threads", "1"],
+    );
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let first = tls::get(https, "w.example.test", "w.example.test", "/", &opts);
+    assert!(
+        first.is_ok(),
+        "{first:?}\n{}\n{}",
+        d.log_text(),
+        pebble.log()
+    );
+    // Connections land on both workers; each serves the name (loading the stored
+    // certificate or obtaining it under the storage lock, which finds it stored).
+    for _ in 0..8 {
+        let r = tls::get(https, "w.example.test", "w.example.test", "/", &opts).unwrap();
+        assert_eq!(r.body, "on demand w.example.test");
+    }
 }

@@ -858,7 +858,10 @@ fn https_redirects(
     let mut hosts: Vec<(String, u16)> = Vec::new();
     for site in &config.sites {
         for a in &site.addresses {
-            if a.scheme.as_deref() == Some("https") && !a.host.is_empty() {
+            // A catch-all on-demand site gets a catch-all redirect (and the port
+            // that answers its HTTP-01 challenges).
+            let on_demand = site.tls.as_ref().is_some_and(|t| t.on_demand);
+            if a.scheme.as_deref() == Some("https") && (!a.host.is_empty() || on_demand) {
                 hosts.push((a.host.clone(), a.port));
                 binds.push(site.bind.clone());
             }
@@ -870,6 +873,7 @@ fn https_redirects(
     let port = table.ports.entry(g.http_port).or_default();
     for (host, https_port) in &hosts {
         let taken = port.exact.contains_key(host.as_str())
+            || (host.is_empty() && !port.catch_all.is_empty())
             || host
                 .strip_prefix('*')
                 .is_some_and(|s| port.wildcard.iter().any(|(w, _)| w == s));
@@ -902,6 +906,7 @@ fn https_redirects(
             reads_body: false,
         });
         match host.strip_prefix('*') {
+            _ if host.is_empty() => port.catch_all.push(site),
             Some(suffix) => port.wildcard.push((suffix.to_string(), site)),
             None => port
                 .exact

@@ -125,6 +125,13 @@ impl OnDemand {
     }
 
     async fn issue(&self, name: &str, site: &OnDemandSite) -> Result<Cert, String> {
+        // Another process (or an earlier run) may have stored one already.
+        if let IssuerSpec::Acme(spec) = &site.issuer {
+            let stored = crate::acme::load_stored(&self.storage, spec, name);
+            if let Some(c) = stored.filter(|c| !c.needs_renewal(SystemTime::now())) {
+                return Ok(c);
+            }
+        }
         self.ask(name).await?;
         self.take_turn()?;
         match &site.issuer {
@@ -153,7 +160,9 @@ impl OnDemand {
     fn take_turn(&self) -> Result<(), String> {
         use std::sync::atomic::Ordering;
         if self.state.issued.load(Ordering::Relaxed) >= CAP {
-            return Err(format!("{CAP} certificates were already obtained on demand"));
+            return Err(format!(
+                "{CAP} certificates were already obtained on demand"
+            ));
         }
         let mut recent = lock(&self.recent);
         while recent.front().is_some_and(|t| t.elapsed() >= self.interval) {

@@ -674,17 +674,16 @@ fn key_type(t: &Token, diags: &mut Diags) -> Option<String> {
 
 /// `tls { on_demand }` needs the global `on_demand_tls { ask }`: without it any name a
 /// client sends would make Dwaar ask the CA.
-pub fn check_on_demand(
-    doc: &crate::parser::Document,
-    g: &GlobalTls,
-    diags: &mut Diags,
-) {
+pub fn check_on_demand(doc: &crate::parser::Document, g: &GlobalTls, diags: &mut Diags) {
     if g.on_demand.is_some() {
         return;
     }
     for sb in &doc.sites {
         for d in sb.block.directives.iter().filter(|d| d.name.text == "tls") {
-            for l in block_lines(&d.block).iter().filter(|l| l.name.text == "on_demand") {
+            for l in block_lines(&d.block)
+                .iter()
+                .filter(|l| l.name.text == "on_demand")
+            {
                 diags.push(
                     l.name
                         .error("on_demand needs the global on_demand_tls option")
