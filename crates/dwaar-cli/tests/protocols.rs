@@ -1796,3 +1796,27 @@ fn request_body_placeholder_on_every_path() {
         assert!(text.contains("body: 10"), "{proto:?}: {text}");
     }
 }
+
+/// `servers { strict_sni_host }`: over TLS a Host that is not the name the handshake
+/// asked for gets 421 (any case of the same name passes); plain paths are unaffected.
+#[test]
+fn strict_sni_host_on_every_path() {
+    let p = Paths::start_with(&bin(), "\t\tstrict_sni_host", "\trespond \"host={host}\"\n");
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/").host("LocalHost"));
+        assert_eq!(r.status, 200, "{proto:?}");
+        // The HTTP/3 client of the test kit sends its authority as the server name too.
+        if matches!(proto, Proto::H3) {
+            continue;
+        }
+        let r = p
+            .send(proto, &Req::get("/").host("other.test"))
+            .unwrap_or_else(|e| panic!("{proto:?}: {e:?}"));
+        if matches!(proto, Proto::H1Tls | Proto::H2Tls) {
+            assert_eq!(r.status, 421, "{proto:?}");
+        } else {
+            assert_eq!(r.status, 200, "{proto:?}");
+            assert_eq!(r.text(), "host=other.test", "{proto:?}");
+        }
+    }
+}

@@ -289,6 +289,10 @@ pub struct ServerOptions {
     /// at layer 4; the others go on to TLS and HTTP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub layer4: Option<L4Routes>,
+    /// `strict_sni_host`: a TLS request's Host must be the name its handshake asked
+    /// for (else `421 Misdirected Request`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub strict_sni_host: bool,
 }
 
 /// The PROXY protocol listener wrapper: who may send a header and what the others get.

@@ -427,6 +427,8 @@ pub fn handle_request(
                 return Outcome::Reply(r);
             }
         }
+    } else if port.strict_sni_host && !sni_is_host(ctx) {
+        return Outcome::Reply(Reply::status(421));
     } else if table.client_auth {
         // A site that requires client certificates only answers on connections that
         // were accepted under its own TLS policy.
@@ -1327,6 +1329,16 @@ pub fn log_value(value: &Template, req: &dyn HttpRequest, ctx: &RequestContext) 
         return var.to_string();
     }
     render(value, req, ctx).into_owned()
+}
+
+/// Whether a TLS request's Host is the server name its handshake asked for (a client
+/// that sent none matches no Host).
+fn sni_is_host(ctx: &RequestContext) -> bool {
+    ctx.conn
+        .tls_facts
+        .as_ref()
+        .and_then(|f| f.server_name.as_deref())
+        .is_some_and(|sni| sni.eq_ignore_ascii_case(&ctx.host))
 }
 
 #[cfg(test)]

@@ -359,6 +359,8 @@ pub struct PortSites {
     pub proxy_protocol: Option<Arc<crate::proxy_protocol::Inbound>>,
     /// `servers { max_header_size }`; see [`PortSites::max_header_size`].
     pub max_header_size: Option<usize>,
+    /// `servers { strict_sni_host }`: TLS requests whose Host is not their SNI get 421.
+    pub strict_sni_host: bool,
     pub timeouts: PortTimeouts,
 }
 
@@ -821,6 +823,7 @@ fn apply_server_options(
         strict: s.trusted_proxies_strict,
     };
     port.max_header_size = s.max_header_size.map(|v| v as usize);
+    port.strict_sni_host = s.strict_sni_host;
     let ms = |v: Option<u64>| v.map(std::time::Duration::from_millis);
     port.timeouts = PortTimeouts {
         read_header: ms(s.read_header_timeout_ms),

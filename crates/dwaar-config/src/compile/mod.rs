@@ -1191,7 +1191,20 @@ fn servers(d: &Directive, g: &mut GlobalOptions, diags: &mut Diags) {
                 }
             }
             "listener_wrappers" => listener_wrappers(line, &mut s, diags),
-            "name" | "strict_sni_host" | "log_credentials" | "metrics" => {
+            "strict_sni_host" => {
+                if diags.arity(line, 0, 0, 1, "strict_sni_host [on|insecure_off]") {
+                    match line.args.first().map(|a| a.text.as_str()) {
+                        None | Some("on") => s.strict_sni_host = true,
+                        Some("insecure_off") => s.strict_sni_host = false,
+                        Some(_) => diags.unknown_sub(
+                            "strict_sni_host",
+                            &line.args[0],
+                            &["on", "insecure_off"],
+                        ),
+                    }
+                }
+            }
+            "name" | "log_credentials" | "metrics" => {
                 diags.push(line.name.error(format!(
                     "servers option '{}' is not supported yet",
                     line.name.text
