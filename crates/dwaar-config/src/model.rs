@@ -108,6 +108,10 @@ pub struct GlobalTls {
     /// `None`: halfway through each response's validity.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ocsp_interval_ms: Option<u64>,
+    /// `storage_clean_interval`: how often expired certificates are removed from
+    /// storage (ms); `None`: daily.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub storage_clean_interval_ms: Option<u64>,
     /// `on_demand_tls`: who may have a certificate issued during its first handshake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<OnDemandTls>,

@@ -42,6 +42,8 @@ pub struct Wanted {
     pub renew_interval: Option<Duration>,
     /// `ocsp_interval`: the longest time between two OCSP checks of a certificate.
     pub ocsp_interval: Option<Duration>,
+    /// `storage_clean_interval`: how often expired certificates leave storage.
+    pub clean_interval: Duration,
 }
 
 impl Wanted {
@@ -305,6 +307,13 @@ impl TlsManager {
                 .tls
                 .ocsp_interval_ms
                 .map(Duration::from_millis),
+            clean_interval: Duration::from_millis(
+                config
+                    .global
+                    .tls
+                    .storage_clean_interval_ms
+                    .unwrap_or(24 * 3600 * 1000),
+            ),
         });
         self.prepare(&wanted)?;
         Ok(Some(Compiled {
@@ -447,6 +456,7 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
         let accounts: Accounts = Arc::default();
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
         let mut stapling = Stapling::default();
+        let mut cleaned_at: Option<Instant> = None;
         loop {
             let Some(mgr) = me.upgrade() else { return };
             let wanted = rx.borrow_and_update().clone();
@@ -520,6 +530,20 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                 }
             }
             stapling.run(&mgr, &wanted);
+            // The leader removes certificates that expired a day ago (Caddy's
+            // storage cleaning), at start and then every `storage_clean_interval`.
+            if let (true, Some(storage)) = (mgr.leader, &wanted.storage) {
+                if cleaned_at.is_none_or(|t: Instant| t.elapsed() >= wanted.clean_interval) {
+                    cleaned_at = Some(Instant::now());
+                    let storage = storage.clone();
+                    tokio::task::spawn_blocking(move || {
+                        let n = crate::storage::clean_expired(&storage, SystemTime::now());
+                        if n > 0 {
+                            tracing::info!(removed = n, "removed expired certificates from storage");
+                        }
+                    });
+                }
+            }
             drop(mgr);
             tokio::select! {
                 changed = rx.changed() => if changed.is_err() { return },

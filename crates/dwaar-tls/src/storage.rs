@@ -139,6 +139,43 @@ fn create_dir(dir: &Path) -> Result<(), String> {
 }
 
 /// `$XDG_DATA_HOME/dwaar`, `$HOME/.local/share/dwaar`, or `/var/lib/dwaar`.
+/// How long after it expired a stored certificate is kept.
+pub const EXPIRED_KEPT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes certificates (and their keys and the rest of their directory) that expired
+/// more than [`EXPIRED_KEPT`] before `now` from `certificates/<ca>/<name>/`; returns how
+/// many. Directories whose certificate cannot be read are left alone.
+pub fn clean_expired(storage: &Storage, now: std::time::SystemTime) -> usize {
+    let mut removed = 0;
+    let Ok(cas) = fs::read_dir(storage.path("certificates")) else {
+        return 0;
+    };
+    for ca in cas.flatten() {
+        let Ok(names) = fs::read_dir(ca.path()) else {
+            continue;
+        };
+        for dir in names.flatten().map(|e| e.path()) {
+            let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+                continue;
+            };
+            let Ok(pem) = fs::read(dir.join(format!("{name}.crt"))) else {
+                continue;
+            };
+            let leaf = rustls_pemfile::certs(&mut pem.as_slice()).next();
+            let Some(Ok(leaf)) = leaf else {
+                continue;
+            };
+            let Ok((_, _, not_after)) = crate::certs::leaf_facts(&leaf) else {
+                continue;
+            };
+            if not_after + EXPIRED_KEPT < now && fs::remove_dir_all(&dir).is_ok() {
+                removed += 1;
+            }
+        }
+    }
+    removed
+}
+
 pub fn default_root() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(d).join("dwaar");
@@ -197,5 +234,56 @@ mod tests {
         assert_eq!(safe_name("../etc/passwd"), "_etc_passwd");
         assert_eq!(safe_name("127.0.0.1"), "127.0.0.1");
         assert_eq!(safe_name("::1"), "__1");
+    }
+}
+
+#[cfg(test)]
+mod cleaning {
+    use super::*;
+
+    fn store_cert(storage: &Storage, name: &str, not_after: time::OffsetDateTime) {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut p = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        p.not_before = not_after - time::Duration::days(90);
+        p.not_after = not_after;
+        let cert = p.self_signed(&key).expect("cert");
+        let dir = format!("certificates/ca/{name}/{name}");
+        storage
+            .write(
+                &format!("{dir}.crt"),
+                cert.pem().as_bytes(),
+                Secrecy::Public,
+            )
+            .expect("write");
+        storage
+            .write(
+                &format!("{dir}.key"),
+                key.serialize_pem().as_bytes(),
+                Secrecy::Secret,
+            )
+            .expect("write");
+    }
+
+    #[test]
+    fn expired_certificates_leave_storage_a_day_later() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let storage = Storage::new(tmp.path());
+        let now = time::OffsetDateTime::now_utc();
+        store_cert(&storage, "old.example.com", now - time::Duration::days(3));
+        store_cert(
+            &storage,
+            "recent.example.com",
+            now - time::Duration::hours(2),
+        );
+        store_cert(
+            &storage,
+            "valid.example.com",
+            now + time::Duration::days(30),
+        );
+        assert_eq!(clean_expired(&storage, std::time::SystemTime::now()), 1);
+        let left = |n: &str| storage.path(&format!("certificates/ca/{n}")).exists();
+        assert!(!left("old.example.com"));
+        assert!(left("recent.example.com"));
+        assert!(left("valid.example.com"));
     }
 }

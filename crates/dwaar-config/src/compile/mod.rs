@@ -59,6 +59,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "ocsp_interval",
     "skip_install_trust",
     "on_demand_tls",
+    "storage_clean_interval",
     "local_certs",
     "storage",
     "analytics",
@@ -73,7 +74,6 @@ pub const GLOBAL_NOT_YET: &[&str] = &[
     "acme_dns",
     "pki",
     "persist_config",
-    "storage_clean_interval",
     "preferred_chains",
     "events",
 ];
@@ -971,9 +971,21 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                     }
                 }
             }
-            "email" | "acme_ca" | "acme_ca_root" | "local_certs" | "storage" | "acme_eab"
-            | "ocsp_stapling" | "default_sni" | "fallback_sni" | "key_type" | "renew_interval"
-            | "ocsp_interval" | "skip_install_trust" | "on_demand_tls" => {
+            "email"
+            | "acme_ca"
+            | "acme_ca_root"
+            | "local_certs"
+            | "storage"
+            | "acme_eab"
+            | "ocsp_stapling"
+            | "default_sni"
+            | "fallback_sni"
+            | "key_type"
+            | "renew_interval"
+            | "ocsp_interval"
+            | "skip_install_trust"
+            | "on_demand_tls"
+            | "storage_clean_interval" => {
                 tls::global_option(d, &mut g.tls, diags);
             }
             "analytics" => analytics::global(d, &mut g.analytics, diags),

@@ -471,15 +471,17 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
-        "renew_interval" | "ocsp_interval" => {
+        "renew_interval" | "ocsp_interval" | "storage_clean_interval" => {
             if diags.arity(d, 0, 1, 1, &format!("{name} <duration>")) {
                 if let Some(v) = diags.duration(&d.args[0]) {
                     if v == 0 {
                         diags.push(d.args[0].error(format!("{name} must be above zero")));
                     } else if name == "renew_interval" {
                         g.renew_interval_ms = Some(v);
-                    } else {
+                    } else if name == "ocsp_interval" {
                         g.ocsp_interval_ms = Some(v);
+                    } else {
+                        g.storage_clean_interval_ms = Some(v);
                     }
                 }
             }
