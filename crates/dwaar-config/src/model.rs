@@ -1411,6 +1411,41 @@ pub struct ActiveHealth {
     pub upstream: Option<String>,
 }
 
+impl Default for ActiveHealth {
+    /// Caddy's defaults: probe every 30 s, 5 s to answer, one result changes the
+    /// verdict; an empty URI makes the probe a TCP connect.
+    fn default() -> Self {
+        ActiveHealth {
+            uri: String::new(),
+            port: None,
+            interval_ms: 30_000,
+            timeout_ms: 5_000,
+            expect_status: None,
+            expect_body: None,
+            headers: Vec::new(),
+            method: None,
+            request_body: None,
+            passes: 1,
+            fails: 1,
+            follow_redirects: false,
+            upstream: None,
+        }
+    }
+}
+
+impl Default for PassiveHealth {
+    /// Off until `fail_duration` is set; one failure is enough once it is.
+    fn default() -> Self {
+        PassiveHealth {
+            fail_duration_ms: 0,
+            max_fails: 1,
+            unhealthy_status: Vec::new(),
+            unhealthy_latency_ms: None,
+            unhealthy_request_count: None,
+        }
+    }
+}
+
 fn one() -> u32 {
     1
 }

@@ -496,30 +496,10 @@ fn proxy(d: &Directive, udp: bool, diags: &mut Diags) -> Option<L4Proxy> {
         p.upstreams.extend(upstream(t, udp, diags));
     }
     fn health(p: &mut L4Proxy) -> &mut ActiveHealth {
-        p.health.get_or_insert_with(|| ActiveHealth {
-            uri: String::new(),
-            port: None,
-            interval_ms: 30_000,
-            timeout_ms: 5_000,
-            expect_status: None,
-            expect_body: None,
-            headers: Vec::new(),
-            method: None,
-            request_body: None,
-            passes: 1,
-            fails: 1,
-            follow_redirects: false,
-            upstream: None,
-        })
+        p.health.get_or_insert_with(ActiveHealth::default)
     }
     fn passive(p: &mut L4Proxy) -> &mut PassiveHealth {
-        p.passive.get_or_insert_with(|| PassiveHealth {
-            fail_duration_ms: 0,
-            max_fails: 1,
-            unhealthy_status: Vec::new(),
-            unhealthy_latency_ms: None,
-            unhealthy_request_count: None,
-        })
+        p.passive.get_or_insert_with(PassiveHealth::default)
     }
     for l in block_lines(&d.block) {
         let sub = l.name.text.as_str();

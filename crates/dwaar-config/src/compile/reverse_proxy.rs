@@ -100,30 +100,10 @@ pub fn reverse_proxy(d: &Directive, skip: usize, diags: &mut Diags) -> Option<Re
     let mut active: Option<ActiveHealth> = None;
     let mut passive: Option<PassiveHealth> = None;
     fn active_mut(a: &mut Option<ActiveHealth>) -> &mut ActiveHealth {
-        a.get_or_insert_with(|| ActiveHealth {
-            uri: String::new(),
-            port: None,
-            interval_ms: 30_000,
-            timeout_ms: 5_000,
-            expect_status: None,
-            expect_body: None,
-            headers: Vec::new(),
-            method: None,
-            request_body: None,
-            passes: 1,
-            fails: 1,
-            follow_redirects: false,
-            upstream: None,
-        })
+        a.get_or_insert_with(ActiveHealth::default)
     }
     fn passive_mut(p: &mut Option<PassiveHealth>) -> &mut PassiveHealth {
-        p.get_or_insert_with(|| PassiveHealth {
-            fail_duration_ms: 0,
-            max_fails: 1,
-            unhealthy_status: Vec::new(),
-            unhealthy_latency_ms: None,
-            unhealthy_request_count: None,
-        })
+        p.get_or_insert_with(PassiveHealth::default)
     }
     for line in block_lines(&d.block) {
         if rp.responses.read(line, diags) {
