@@ -377,20 +377,8 @@ pub fn percent_decode(s: &str) -> Cow<'_, str> {
     Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Go's `url.QueryEscape`: unreserved bytes kept, a space as `+`, the rest `%XX`.
-fn query_escape(out: &mut String, s: &str) {
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
-            }
-            b' ' => out.push('+'),
-            _ => {
-                let _ = write!(out, "%{b:02X}");
-            }
-        }
-    }
-}
+// Go's `url.QueryEscape` (the template engine's, so `{%path}` and `urlquery` agree).
+use dwaar_gotmpl::query_escape_into as query_escape;
 
 fn push_system(out: &mut String, fact: dwaar_config::placeholder::SystemFact) {
     use dwaar_config::placeholder::SystemFact as F;

@@ -259,6 +259,13 @@ pub fn js_escape(s: &str) -> String {
 /// Go's `url.QueryEscape`.
 pub fn query_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    query_escape_into(&mut out, s);
+    out
+}
+
+/// Go's `url.QueryEscape` written to `out`: unreserved bytes kept, a space as `+`, the
+/// rest `%XX`.
+pub fn query_escape_into(out: &mut String, s: &str) {
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
@@ -270,7 +277,6 @@ pub fn query_escape(s: &str) -> String {
             }
         }
     }
-    out
 }
 
 #[derive(Default, Clone, Copy)]

@@ -13,7 +13,7 @@ mod exec;
 mod parse;
 mod value;
 
-pub use builtins::{go_quote, html_escape, sprintf};
+pub use builtins::{go_quote, html_escape, query_escape_into, sprintf};
 pub use exec::Call;
 pub use value::{go_float, Object, Value};
 
