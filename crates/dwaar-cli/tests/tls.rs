@@ -25,6 +25,16 @@ fn globals(http: u16, https: u16, storage: &Path, extra: &str) -> String {
     )
 }
 
+/// [`globals`] for a Dwaar whose ACME CA is `pebble`, with `extra` option lines.
+fn pebble_globals(http: u16, https: u16, storage: &Path, pebble: &Pebble, extra: &str) -> String {
+    let acme = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n{extra}",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    globals(http, https, storage, &acme)
+}
+
 fn local_root(storage: &Path) -> Vec<u8> {
     std::fs::read(storage.join("pki/local/root.crt")).expect("local CA root")
 }
@@ -337,12 +347,7 @@ fn acme_with_pebble_issues_renews_and_reuses() {
     let lifetime = Duration::from_secs(30);
     let pebble = Pebble::start(http, https, Some(lifetime), &["blocked.example.test"]);
     let store = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "\temail ops@example.test\n\tacme_ca {}\n\tacme_ca_root {}\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
-    );
-    let cfg = globals(http, https, store.path(), &extra)
+    let cfg = pebble_globals(http, https, store.path(), &pebble, "\temail ops@example.test\n")
         + "web.example.test {\n\trespond \"web over {scheme}\"\n}\n\
            alpn.example.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond alpn\n}\n\
            local.localhost {\n\trespond local\n}\n"
@@ -516,12 +521,7 @@ fn acme_with_worker_processes() {
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(http, https, None, &[]);
     let store = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
-    );
-    let cfg = globals(http, https, store.path(), &extra)
+    let cfg = pebble_globals(http, https, store.path(), &pebble, "")
         + "w1.example.test {\n\trespond w1\n}\n\
            w2.example.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond w2\n}\n\
            local.localhost {\n\trespond local\n}\n";
@@ -980,13 +980,11 @@ fn acme_external_account_binding() {
     let pebble = Pebble::start_with_eab(http, https, "kid-dwaar", mac_key);
     let store = tempfile::tempdir().unwrap();
     let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n\tkey_type rsa2048\n\tacme_eab {{\n\t\tkey_id kid-dwaar\n\t\tmac_key {mac_key}\n\t}}\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
+        "\tkey_type rsa2048\n\tacme_eab {{\n\t\tkey_id kid-dwaar\n\t\tmac_key {mac_key}\n\t}}\n"
     );
     // One site takes the global binding, another names a wrong key of its own: Pebble
     // refuses that account, so only the first gets a certificate.
-    let cfg = globals(http, https, store.path(), &extra)
+    let cfg = pebble_globals(http, https, store.path(), &pebble, &extra)
         + "bound.example.test {\n\trespond bound\n}\n"
         + "unbound.example.test {\n\ttls {\n\t\teab kid-other AAAAAAAAAAAAAAAAAAAAAA\n\t}\n\trespond unbound\n}\n";
     let d = Dwaar::start(bin(), &cfg, &[http, https]);
@@ -1178,12 +1176,8 @@ fn renew_interval_spaces_renewal_checks() {
     // hour, this one is not renewed during the test.
     let pebble = Pebble::start(http, https, Some(Duration::from_secs(30)), &[]);
     let store = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n\trenew_interval 1h\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
-    );
-    let cfg = globals(http, https, store.path(), &extra) + "r.example.test {\n\trespond r\n}\n";
+    let cfg = pebble_globals(http, https, store.path(), &pebble, "\trenew_interval 1h\n")
+        + "r.example.test {\n\trespond r\n}\n";
     let d = Dwaar::start(bin(), &cfg, &[http, https]);
     let obtained = || {
         d.metric("dwaar_tls_certificates_obtained_total")
@@ -1197,6 +1191,14 @@ fn renew_interval_spaces_renewal_checks() {
     );
     std::thread::sleep(Duration::from_secs(25));
     assert_eq!(obtained(), 1, "{}", d.log_text());
+}
+
+/// A catch-all site with on-demand certificates from `pebble`, allowed by the `ask`
+/// endpoint on port `ask`.
+fn on_demand_config(http: u16, https: u16, storage: &Path, pebble: &Pebble, ask: u16) -> String {
+    let extra = format!("\ton_demand_tls {{\n\t\task http://127.0.0.1:{ask}/check\n\t}}\n");
+    pebble_globals(http, https, storage, pebble, &extra)
+        + "https:// {\n\ttls {\n\t\ton_demand\n\t}\n\trespond \"on demand {host}\"\n}\n"
 }
 
 /// An `ask` endpoint: answers 200 for `domain=` values in `allowed`, 403 otherwise, and
@@ -1235,13 +1237,7 @@ fn on_demand_certificates_from_acme_when_the_ask_endpoint_agrees() {
     let pebble = Pebble::start(http, https, None, &[]);
     let (ask, asked) = ask_server(&["yes.example.test", "many.example.test"]);
     let store = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n\ton_demand_tls {{\n\t\task http://127.0.0.1:{ask}/check\n\t}}\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
-    );
-    let cfg = globals(http, https, store.path(), &extra)
-        + "https:// {\n\ttls {\n\t\ton_demand\n\t}\n\trespond \"on demand {host}\"\n}\n";
+    let cfg = on_demand_config(http, https, store.path(), &pebble, ask);
     let d = Dwaar::start(bin(), &cfg, &[http, https]);
     // Nothing is obtained at start.
     std::thread::sleep(Duration::from_secs(1));
@@ -1288,13 +1284,7 @@ fn on_demand_certificates_with_worker_processes() {
     let pebble = Pebble::start(http, https, None, &[]);
     let (ask, _) = ask_server(&["w.example.test"]);
     let store = tempfile::tempdir().unwrap();
-    let extra = format!(
-        "\tacme_ca {}\n\tacme_ca_root {}\n\ton_demand_tls {{\n\t\task http://127.0.0.1:{ask}/check\n\t}}\n",
-        pebble.directory,
-        pebble.https_ca.ca_pem.display()
-    );
-    let cfg = globals(http, https, store.path(), &extra)
-        + "https:// {\n\ttls {\n\t\ton_demand\n\t}\n\trespond \"on demand {host}\"\n}\n";
+    let cfg = on_demand_config(http, https, store.path(), &pebble, ask);
     let d = Dwaar::start_with(
         bin(),
         &cfg,
