@@ -5,83 +5,17 @@
 
 mod common;
 use common::*;
-use std::process::{Child, Command, Stdio};
+use dwaar_testkit::dnsmasq::{self, Dnsmasq};
 use std::time::Duration;
 
-/// A dnsmasq answering for `*.svc.test` from a hosts file (reloaded on SIGHUP) and the
-/// SRV records given; killed (by PID) when dropped.
-struct Dns {
-    child: Child,
-    port: u16,
-    hosts: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Dns {
-    fn start(hosts: &str, srv: &[String], port: Option<u16>) -> Option<Dns> {
-        if !have_tool("dnsmasq") {
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let file = dir.path().join("hosts");
-        std::fs::write(&file, hosts).unwrap_or_else(|e| panic!("{e}"));
-        let port = port.unwrap_or_else(free_udp_port);
-        let mut cmd = Command::new("dnsmasq");
-        cmd.args([
-            "--keep-in-foreground",
-            "--conf-file=/dev/null",
-            "--no-resolv",
-            "--no-hosts",
-            "--bind-interfaces",
-            "--listen-address=127.0.0.1",
-            "--local-ttl=1",
-            "--user=root",
-            "--log-facility=-",
-        ])
-        .arg(format!("--port={port}"))
-        .arg(format!("--addn-hosts={}", file.display()))
-        .arg(format!("--pid-file={}", dir.path().join("pid").display()));
-        for s in srv {
-            cmd.arg(format!("--srv-host={s}"));
-        }
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("dnsmasq: {e}"));
-        let dns = Dns {
-            child,
-            port,
-            hosts: file,
-            _dir: dir,
-        };
-        std::thread::sleep(Duration::from_millis(300));
-        Some(dns)
+/// A dnsmasq answering for `*.svc.test` from a hosts file and the SRV records given
+/// (`None` without dnsmasq, when the test may skip).
+fn start_dns(hosts: &str, srv: &[String], port: Option<u16>) -> Option<Dnsmasq> {
+    if !dnsmasq::available() {
+        return None;
     }
-
-    /// Rewrites the hosts file and makes dnsmasq read it again.
-    fn set_hosts(&self, hosts: &str) {
-        std::fs::write(&self.hosts, hosts).unwrap_or_else(|e| panic!("{e}"));
-        let _ = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status();
-    }
-}
-
-impl Drop for Dns {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    loop {
-        let p = free_port();
-        if std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            return p;
-        }
-    }
+    let srv: Vec<String> = srv.iter().map(|s| format!("--srv-host={s}")).collect();
+    Some(Dnsmasq::start(hosts, &srv, port))
 }
 
 fn origin_of(port: u16, path: &str) -> String {
@@ -98,7 +32,7 @@ fn dynamic_a_follows_the_record() {
     let shared_port = free_port();
     let two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
     let three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
-    let Some(dns) = Dns::start("127.0.0.2 svc.test\n", &[], None) else {
+    let Some(dns) = start_dns("127.0.0.2 svc.test\n", &[], None) else {
         return;
     };
     let (_d, port) = serve(&format!(
@@ -144,7 +78,7 @@ fn dynamic_srv_and_host_names_follow_dns() {
     let b = origin::http("b");
     let hosts = "127.0.0.1 target.svc.test\n127.0.0.1 app.svc.test\n";
     let srv_a = format!("_http._tcp.svc.test,target.svc.test,{},0,1", a.port);
-    let Some(dns) = Dns::start(hosts, &[srv_a], None) else {
+    let Some(dns) = start_dns(hosts, &[srv_a], None) else {
         return;
     };
     let (_d, port) = serve(&format!(
@@ -165,7 +99,7 @@ fn dynamic_srv_and_host_names_follow_dns() {
     let dns_port = dns.port;
     drop(dns);
     let srv_b = format!("_http._tcp.svc.test,target.svc.test,{},0,1", b.port);
-    let Some(_dns2) = Dns::start(hosts, &[srv_b], Some(dns_port)) else {
+    let Some(_dns2) = start_dns(hosts, &[srv_b], Some(dns_port)) else {
         return;
     };
     assert!(
@@ -246,7 +180,7 @@ fn active_health_checks_cover_dynamic_members() {
     let shared_port = free_port();
     let two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
     let _three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
-    let Some(dns) = Dns::start("127.0.0.2 svc.test\n127.0.0.3 svc.test\n", &[], None) else {
+    let Some(dns) = start_dns("127.0.0.2 svc.test\n127.0.0.3 svc.test\n", &[], None) else {
         return;
     };
     let (_d, port) = serve(&format!(
@@ -277,7 +211,7 @@ fn host_names_follow_their_ttl_with_a_configurable_minimum() {
     let shared_port = free_port();
     let _two = origin::http_on("two", &format!("127.0.0.2:{shared_port}"));
     let _three = origin::http_on("three", &format!("127.0.0.3:{shared_port}"));
-    let Some(dns) = Dns::start("127.0.0.2 app.svc.test\n", &[], None) else {
+    let Some(dns) = start_dns("127.0.0.2 app.svc.test\n", &[], None) else {
         return;
     };
     let (_d, port) = serve(&format!(

@@ -7,6 +7,7 @@
 
 mod common;
 use common::*;
+use dwaar_testkit::dnsmasq::{self, Dnsmasq};
 use std::io::{Read, Write};
 use std::net::{TcpStream, UdpSocket};
 use std::process::{Child, Command, Output, Stdio};
@@ -633,41 +634,12 @@ fn dns_query(id: u16, name: &str) -> Vec<u8> {
 
 #[test]
 fn dns_over_udp_to_dnsmasq() {
-    if !have_tool("dnsmasq") {
+    if !dnsmasq::available() {
         return;
     }
-    let dns_port = loop {
-        let p = free_port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
-    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    let _dns = Server(
-        spawn(
-            Command::new("dnsmasq")
-                .args([
-                    "--keep-in-foreground",
-                    "--conf-file=/dev/null",
-                    "--no-resolv",
-                    "--no-hosts",
-                    "--bind-interfaces",
-                    "--listen-address=127.0.0.1",
-                    "--user=root",
-                    "--address=/l4.test/10.20.30.40",
-                ])
-                .arg(format!("--port={dns_port}"))
-                .arg(format!("--pid-file={}", dir.path().join("pid").display())),
-        ),
-        Some(dir),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    let port = loop {
-        let p = free_port();
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            break p;
-        }
-    };
+    let dns = Dnsmasq::start("", &["--address=/l4.test/10.20.30.40".to_string()], None);
+    let dns_port = dns.port;
+    let port = dnsmasq::free_udp_port();
     let http = free_port();
     let config = format!(
         "{{

@@ -10,6 +10,7 @@
 
 pub mod balancer;
 pub mod client;
+pub mod dnsmasq;
 pub mod grpc;
 pub mod h3;
 pub mod origin;
