@@ -7,6 +7,7 @@ use dwaar_testkit::origin::TestCa;
 use dwaar_testkit::pebble::{self, Pebble};
 use dwaar_testkit::proxy::Dwaar;
 use dwaar_testkit::tls::{self, TlsOpts};
+use dwaar_testkit::{bind, dns_apis};
 use dwaar_testkit::{free_port, wait_until};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -1305,4 +1306,244 @@ fn on_demand_certificates_with_worker_processes() {
         let r = tls::get(https, "w.example.test", "w.example.test", "/", &opts).unwrap();
         assert_eq!(r.body, "on demand w.example.test");
     }
+}
+
+/// Records every value `name`'s TXT record takes at `bind` until the flag is set.
+fn watch_txt(
+    bind: &Arc<bind::Bind>,
+    name: &'static str,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<String>>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let bind = Arc::downgrade(bind);
+    let h = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        while !flag.load(Ordering::SeqCst) {
+            let Some(bind) = bind.upgrade() else { break };
+            for v in bind.dig(name, "TXT") {
+                if !seen.contains(&v) {
+                    seen.push(v);
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        seen
+    });
+    (stop, h)
+}
+
+/// Waits until `host` is served over HTTPS with a certificate from `pebble`, with
+/// `body` in the answer.
+fn wait_for_issued(https: u16, host: &str, body: &str, pebble: &Pebble, d: &Dwaar) {
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let issued = wait_until(Duration::from_secs(90), || {
+        tls::get(https, host, host, "/", &opts).is_ok_and(|r| r.body.contains(body))
+    });
+    assert!(
+        issued,
+        "{host} has no certificate; dwaar log:\n{}\npebble log:\n{}",
+        d.log_text(),
+        pebble.log()
+    );
+}
+
+fn dns01_ready() -> bool {
+    pebble::available() && bind::available()
+}
+
+#[test]
+fn dns01_rfc2136_wildcard_through_bind() {
+    if !dns01_ready() {
+        return;
+    }
+    let bind = Arc::new(bind::Bind::start(&["example.test"]));
+    let pebble = Pebble::start_with_dns(&bind.addr());
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let (stop, watcher) = watch_txt(&bind, "_acme-challenge.example.test");
+    // The wildcard and the apex validate through the same record name, at once.
+    let extra = format!(
+        "\tacme_dns rfc2136 {{\n\t\tserver {}\n\t\tkey_name {}\n\t\tkey_alg hmac-sha256\n\t\tkey {}\n\t}}\n",
+        bind.addr(),
+        bind::KEY_NAME,
+        bind::KEY_SECRET
+    );
+    let cfg = pebble_globals(http, https, store.path(), &pebble, &extra)
+        + &format!(
+            "*.example.test, example.test {{\n\ttls {{\n\t\tresolvers {}\n\t}}\n\trespond \"hi {{host}}\"\n}}\n",
+            bind.addr()
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    wait_for_issued(https, "a.example.test", "hi a.example.test", &pebble, &d);
+    wait_for_issued(https, "example.test", "hi example.test", &pebble, &d);
+    // One wildcard certificate serves every name under the zone.
+    let names = served_names(https, Some("zz.example.test"));
+    assert!(names.contains("DNS:*.example.test"), "{names}");
+    // The records existed during validation and are gone after it.
+    assert!(
+        wait_until(Duration::from_secs(15), || bind
+            .dig("_acme-challenge.example.test", "TXT")
+            .is_empty()),
+        "left behind: {:?}",
+        bind.dig("_acme-challenge.example.test", "TXT")
+    );
+    stop.store(true, Ordering::SeqCst);
+    let seen = watcher.join().unwrap();
+    assert!(
+        seen.len() >= 2,
+        "TXT values seen during validation: {seen:?}"
+    );
+    assert!(seen.iter().all(|v| v.len() == 43), "{seen:?}");
+}
+
+#[test]
+fn dns01_cloudflare_stand_in_with_prefer_wildcard() {
+    if !dns01_ready() {
+        return;
+    }
+    let bind = Arc::new(bind::Bind::start(&["cf.test"]));
+    // Test double of Cloudflare's API (see dwaar_testkit::dns_apis).
+    let api = dns_apis::cloudflare(&bind, &["cf.test"], "cf-token-123");
+    let pebble = Pebble::start_with_dns(&bind.addr());
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let extra = "\tauto_https prefer_wildcard\n";
+    let cfg = pebble_globals(http, https, store.path(), &pebble, extra)
+        + &format!(
+            "*.cf.test, www.cf.test {{\n\ttls {{\n\t\tdns cloudflare {{\n\t\t\tapi_token {{env.DWAAR_TEST_CF_TOKEN}}\n\t\t\tendpoint {}/client/v4\n\t\t}}\n\t\tresolvers {}\n\t}}\n\trespond \"cf {{host}}\"\n}}\n",
+            api.url(),
+            bind.addr()
+        );
+    let d = Dwaar::start_env(
+        bin(),
+        &cfg,
+        &[http, https],
+        &[],
+        &[("DWAAR_TEST_CF_TOKEN", "cf-token-123")],
+    );
+    wait_for_issued(https, "www.cf.test", "cf www.cf.test", &pebble, &d);
+    // www is covered by the wildcard, so it has no certificate of its own.
+    let names = served_names(https, Some("www.cf.test"));
+    assert!(names.contains("DNS:*.cf.test"), "{names}");
+    let admin: u16 = d.admin.rsplit(':').next().unwrap().parse().unwrap();
+    let metrics = client::get(admin, &d.admin, "/metrics").unwrap().text();
+    assert!(
+        metrics.contains("dwaar_tls_managed_certificates 1"),
+        "{metrics}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(15), || api.requests().iter().any(
+            |r| r.starts_with("DELETE /client/v4/zones/zone-cf.test/dns_records/")
+        )),
+        "{:?}",
+        api.requests()
+    );
+    assert!(bind.dig("_acme-challenge.cf.test", "TXT").is_empty());
+    let reqs = api.requests();
+    assert!(reqs.iter().any(|r| r == "GET /client/v4/zones"), "{reqs:?}");
+    assert!(
+        reqs.iter()
+            .any(|r| r == "POST /client/v4/zones/zone-cf.test/dns_records"),
+        "{reqs:?}"
+    );
+}
+
+#[test]
+fn dns01_route53_stand_in() {
+    if !dns01_ready() {
+        return;
+    }
+    let bind = Arc::new(bind::Bind::start(&["r53.test"]));
+    // Test double of the Route 53 API (see dwaar_testkit::dns_apis).
+    let api = dns_apis::route53(&bind, &["r53.test"], "AKIDDWAARTEST");
+    let pebble = Pebble::start_with_dns(&bind.addr());
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = pebble_globals(http, https, store.path(), &pebble, "")
+        + &format!(
+            "app.r53.test {{\n\ttls {{\n\t\tdns route53 {{\n\t\t\taccess_key_id AKIDDWAARTEST\n\t\t\tsecret_access_key c2VjcmV0\n\t\t\tendpoint {}\n\t\t}}\n\t\tresolvers {}\n\t}}\n\trespond r53\n}}\n",
+            api.url(),
+            bind.addr()
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    wait_for_issued(https, "app.r53.test", "r53", &pebble, &d);
+    assert!(
+        wait_until(Duration::from_secs(15), || bind
+            .dig("_acme-challenge.app.r53.test", "TXT")
+            .is_empty()),
+        "{}",
+        d.log_text()
+    );
+    let reqs = api.requests();
+    for want in [
+        "GET /2013-04-01/hostedzonesbyname",
+        "GET /2013-04-01/hostedzone/Zr53-test/rrset",
+        "POST /2013-04-01/hostedzone/Zr53-test/rrset/",
+        "GET /2013-04-01/change/C0001",
+    ] {
+        assert!(
+            reqs.iter().any(|r| r == want),
+            "{want} missing from {reqs:?}"
+        );
+    }
+    // One UPSERT to present, one DELETE to clean up.
+    let posts = reqs.iter().filter(|r| r.starts_with("POST")).count();
+    assert_eq!(posts, 2, "{reqs:?}");
+}
+
+#[test]
+fn dns01_exec_hook_and_propagation_timeout() {
+    if !dns01_ready() {
+        return;
+    }
+    let bind = Arc::new(bind::Bind::start(&["exec.test"]));
+    let pebble = Pebble::start_with_dns(&bind.addr());
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    // The user's hook: nsupdate against the zone, with what Dwaar passes it.
+    let hook = store.path().join("hook.sh");
+    let calls = store.path().join("calls");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$1 $2 $DWAAR_DNS_ZONE\" >> {calls}\nif [ \"$1\" = present ]; then op=\"add $2 60\"; else op=\"delete $2\"; fi\nprintf 'server 127.0.0.1 {port}\\nzone exec.test\\nupdate %s TXT \"%s\"\\nsend\\n' \"$op\" \"$3\" | nsupdate -y hmac-sha256:{key}:{secret}\n",
+            calls = calls.display(),
+            port = bind.port,
+            key = bind::KEY_NAME,
+            secret = bind::KEY_SECRET,
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    // A hook that publishes nothing: the propagation check gives up after its timeout.
+    let cfg = pebble_globals(http, https, store.path(), &pebble, "")
+        + &format!(
+            "hook.exec.test {{\n\ttls {{\n\t\tdns exec {}\n\t\tresolvers {}\n\t}}\n\trespond hooked\n}}\n\
+             silent.exec.test {{\n\ttls {{\n\t\tdns exec /bin/true\n\t\tresolvers {}\n\t\tpropagation_timeout 3s\n\t}}\n\trespond silent\n}}\n",
+            hook.display(),
+            bind.addr(),
+            bind.addr()
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    wait_for_issued(https, "hook.exec.test", "hooked", &pebble, &d);
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(&calls)
+            .is_ok_and(|c| c.contains(
+                "cleanup _acme-challenge.hook.exec.test. exec.test."
+            ))),
+        "{:?}",
+        std::fs::read_to_string(&calls)
+    );
+    let c = std::fs::read_to_string(&calls).unwrap();
+    assert!(
+        c.starts_with("present _acme-challenge.hook.exec.test. exec.test."),
+        "{c}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d
+            .log_text()
+            .contains("_acme-challenge.silent.exec.test was not served by")),
+        "{}",
+        d.log_text()
+    );
 }

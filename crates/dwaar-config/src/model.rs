@@ -115,6 +115,9 @@ pub struct GlobalTls {
     /// `on_demand_tls`: who may have a certificate issued during its first handshake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<OnDemandTls>,
+    /// `acme_dns <provider> ...`: the DNS-01 provider of every ACME issuer without one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme_dns: Option<DnsProvider>,
 }
 
 /// `on_demand_tls { ask <url> interval <d> burst <n> }`.
@@ -175,6 +178,7 @@ pub struct SiteTls {
 /// Who issues a site's certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "module", rename_all = "snake_case", deny_unknown_fields)]
+#[allow(clippy::large_enum_variant)] // a config value, built once per load
 pub enum Issuer {
     /// Dwaar's own local certificate authority.
     Internal,
@@ -197,6 +201,96 @@ pub struct AcmeIssuer {
     /// External Account Binding for this CA (`eab`); `None` = `acme_eab`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eab: Option<Eab>,
+    /// `dns <provider> ...`: answer the DNS-01 challenge (and only it) through this
+    /// provider; `None` = `acme_dns`, else HTTP-01/TLS-ALPN-01.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsProvider>,
+    /// How the DNS-01 record is published and checked.
+    #[serde(skip_serializing_if = "DnsOptions::is_empty")]
+    pub dns_options: DnsOptions,
+}
+
+/// A DNS provider that publishes ACME DNS-01 TXT records (`dns <provider> ...`).
+/// Credentials may be `{env.NAME}`, read from the environment when used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DnsProvider {
+    /// RFC 2136 dynamic updates, signed with TSIG when a key is given (BIND, Knot,
+    /// PowerDNS...).
+    Rfc2136 {
+        /// `host[:port]` of the primary server that accepts updates.
+        server: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key_name: Option<String>,
+        /// `hmac-sha256` (default), `hmac-sha1`, `hmac-sha384` or `hmac-sha512`.
+        key_alg: String,
+        /// The TSIG secret, base64.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
+    /// Cloudflare's API v4 with an API token.
+    Cloudflare {
+        api_token: String,
+        /// A token that may read zones, when `api_token` may only edit DNS.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        zone_token: Option<String>,
+        /// The API base URL; `None` = `https://api.cloudflare.com/client/v4`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
+    /// Amazon Route 53's API, signed with AWS Signature Version 4. Unset credentials
+    /// come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`.
+    Route53 {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        access_key_id: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_access_key: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        session_token: Option<String>,
+        /// `None` = `us-east-1` (Route 53's signing region).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        region: Option<String>,
+        /// The hosted zone to edit; `None` = found by the zone's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hosted_zone_id: Option<String>,
+        /// The API base URL; `None` = `https://route53.amazonaws.com`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
+    /// Any other DNS service: a program run as `<command> [args] present|cleanup
+    /// <record-name> <value>`.
+    Exec { command: Vec<String> },
+}
+
+/// Options of the DNS-01 challenge (`propagation_delay`, `propagation_timeout`,
+/// `resolvers`, `dns_ttl`, `dns_challenge_override_domain`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsOptions {
+    /// Waited after publishing, before checking (ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation_delay_ms: Option<u64>,
+    /// How long the authoritative servers are polled for the record (ms); `Some(0)`:
+    /// not checked (`propagation_timeout -1`); `None`: 2 minutes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub propagation_timeout_ms: Option<u64>,
+    /// DNS servers (`ip[:port]`) for finding the zone and its authoritative servers;
+    /// empty: the system's (`/etc/resolv.conf`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+    /// TTL of the TXT record (s); `None`: 120.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u32>,
+    /// The record is published under this name instead of `_acme-challenge.<name>`
+    /// (a CNAME delegation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub override_domain: Option<String>,
+}
+
+impl DnsOptions {
+    pub fn is_empty(&self) -> bool {
+        self == &DnsOptions::default()
+    }
 }
 
 /// `client_auth`: verifying certificates that clients present.

@@ -9,7 +9,9 @@
 //! Synchronisation is by polling with a deadline, never by fixed sleeps.
 
 pub mod balancer;
+pub mod bind;
 pub mod client;
+pub mod dns_apis;
 pub mod dnsmasq;
 pub mod grpc;
 pub mod h3;

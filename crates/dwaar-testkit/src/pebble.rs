@@ -13,7 +13,8 @@ use std::time::Duration;
 
 pub struct Pebble {
     pebble: Child,
-    chall: Child,
+    /// `pebble-challtestsrv`, unless the test brings its own DNS server.
+    chall: Option<Child>,
     /// Signs Pebble's own HTTPS listener: the `acme_ca_root` to configure.
     pub https_ca: TestCa,
     pub directory: String,
@@ -46,13 +47,20 @@ impl Pebble {
         validity: Option<Duration>,
         blocked: &[&str],
     ) -> Pebble {
-        Self::start_opts(http_port, tls_port, validity, blocked, None)
+        Self::start_opts(http_port, tls_port, validity, blocked, None, None)
+    }
+
+    /// Starts Pebble resolving names (DNS-01 TXT records included) through the DNS
+    /// server at `dns` (`ip:port`), such as a test's BIND.
+    pub fn start_with_dns(dns: &str) -> Pebble {
+        let (http, tls) = (crate::free_port(), crate::free_port());
+        Self::start_opts(http, tls, None, &[], None, Some(dns))
     }
 
     /// Like [`Pebble::start`], requiring an External Account Binding with key `kid` and
     /// HMAC key `mac_key` (base64url) for new accounts.
     pub fn start_with_eab(http_port: u16, tls_port: u16, kid: &str, mac_key: &str) -> Pebble {
-        Self::start_opts(http_port, tls_port, None, &[], Some((kid, mac_key)))
+        Self::start_opts(http_port, tls_port, None, &[], Some((kid, mac_key)), None)
     }
 
     fn start_opts(
@@ -61,6 +69,7 @@ impl Pebble {
         validity: Option<Duration>,
         blocked: &[&str],
         eab: Option<(&str, &str)>,
+        dns_server: Option<&str>,
     ) -> Pebble {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let https_ca = TestCa::new();
@@ -111,19 +120,27 @@ impl Pebble {
         let log = |name: &str| {
             std::fs::File::create(dir.path().join(name)).unwrap_or_else(|e| panic!("{e}"))
         };
-        let chall = Command::new("pebble-challtestsrv")
-            .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
-            .stdout(log("chall.log"))
-            .stderr(log("chall.err"))
-            .spawn()
-            .unwrap_or_else(|e| panic!("pebble-challtestsrv: {e}"));
+        let chall = match dns_server {
+            Some(_) => None,
+            None => Some(
+                Command::new("pebble-challtestsrv")
+                    .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                    .args(["-dns01", &format!("127.0.0.1:{dns}")])
+                    .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                    .args(["-management", &format!("127.0.0.1:{chall_mgmt}")])
+                    .stdout(log("chall.log"))
+                    .stderr(log("chall.err"))
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("pebble-challtestsrv: {e}")),
+            ),
+        };
+        let dns_server = dns_server
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("127.0.0.1:{dns}"));
         let pebble = Command::new("pebble")
             .arg("-config")
             .arg(&path)
-            .args(["-dnsserver", &format!("127.0.0.1:{dns}")])
+            .args(["-dnsserver", &dns_server])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
@@ -166,9 +183,11 @@ impl Pebble {
 impl Drop for Pebble {
     fn drop(&mut self) {
         let _ = self.pebble.kill();
-        let _ = self.chall.kill();
         let _ = self.pebble.wait();
-        let _ = self.chall.wait();
+        if let Some(c) = &mut self.chall {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 

@@ -16,7 +16,6 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier,
     NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Which challenge an attempt prefers when the CA offers both.
@@ -48,45 +47,9 @@ pub fn load_stored(storage: &Storage, spec: &AcmeSpec, name: &str) -> Option<Cer
 }
 
 fn http_client(spec: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &spec.ca_root {
-        Some(path) => {
-            let pem =
-                std::fs::read(path).map_err(|e| format!("cannot read ACME CA root {path}: {e}"))?;
-            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                let c = c.map_err(|e| format!("{path}: invalid PEM: {e}"))?;
-                roots
-                    .add(c)
-                    .map_err(|e| format!("{path}: unusable root: {e}"))?;
-            }
-            if roots.is_empty() {
-                return Err(format!("{path}: no certificate found"));
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for c in found.certs {
-                let _ = roots.add(c);
-            }
-            if roots.is_empty() {
-                return Err("no system root certificates found to verify the ACME CA".into());
-            }
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(crate::provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .build();
     let client: hyper_util::client::legacy::Client<_, BodyWrapper<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+            .build(crate::https::connector(spec.ca_root.as_deref())?);
     Ok(Box::new(client))
 }
 
@@ -169,11 +132,19 @@ pub async fn obtain(
         .await
         .map_err(|e| format!("new order: {e}"))?;
     let mut published: Vec<(ChallengeType, String)> = Vec::new();
+    let dns01 = match &spec.dns {
+        Some(p) => Some(crate::dns::Dns01::new(p, &spec.dns_options)?),
+        None => None,
+    };
+    let mut records: Vec<crate::dns::TxtRecord> = Vec::new();
     let result = async {
+        if let Some(dns) = &dns01 {
+            answer_dns01(&mut order, dns, name, &mut records).await?;
+        }
         let mut authzs = order.authorizations();
         while let Some(a) = authzs.next().await {
             let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
-            if authz.status == AuthorizationStatus::Valid {
+            if authz.status == AuthorizationStatus::Valid || dns01.is_some() {
                 continue;
             }
             let offered: Vec<ChallengeType> =
@@ -256,7 +227,57 @@ pub async fn obtain(
             _ => board.remove_tls_alpn(&k),
         }
     }
+    if let Some(dns) = &dns01 {
+        for r in &records {
+            dns.cleanup(r).await;
+        }
+    }
     result
+}
+
+/// DNS-01 for every pending authorisation of `order`: all TXT records are published
+/// (each kept in `records` for removal), their propagation awaited, then the CA told.
+async fn answer_dns01(
+    order: &mut instant_acme::Order,
+    dns: &crate::dns::Dns01,
+    name: &str,
+    records: &mut Vec<crate::dns::TxtRecord>,
+) -> Result<(), String> {
+    let mut ready = Vec::new();
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+        if authz.status == AuthorizationStatus::Valid {
+            continue;
+        }
+        let offered: Vec<ChallengeType> =
+            authz.challenges.iter().map(|c| c.r#type.clone()).collect();
+        let ch = authz
+            .challenge(ChallengeType::Dns01)
+            .ok_or_else(|| format!("the CA offers no DNS-01 challenge for {name}: {offered:?}"))?;
+        let domain = match ch.identifier().identifier {
+            Identifier::Dns(d) => d.clone(),
+            other => return Err(format!("DNS-01 cannot validate {other:?}")),
+        };
+        let value = ch.key_authorization().dns_value();
+        records.push(dns.present(&domain, &value).await?);
+        ready.push(ch.url.clone());
+    }
+    dns.wait(records).await?;
+    let mut authzs = order.authorizations();
+    while let Some(a) = authzs.next().await {
+        let mut authz = a.map_err(|e| format!("authorization: {e}"))?;
+        let Some(mut ch) = authz.challenge(ChallengeType::Dns01) else {
+            continue;
+        };
+        if ready.contains(&ch.url) {
+            tracing::info!(name, "ACME DNS-01 challenge ready");
+            ch.set_ready()
+                .await
+                .map_err(|e| format!("challenge ready: {e}"))?;
+        }
+    }
+    Ok(())
 }
 
 /// The problems the CA reported on the order's challenges.

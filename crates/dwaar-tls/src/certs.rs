@@ -156,8 +156,12 @@ impl CertMap {
         }
     }
 
+    /// The certificate stored under exactly `name` (`*.example.com` for a wildcard).
     pub fn exact(&self, name: &str) -> Option<&Arc<Cert>> {
-        self.exact.get(name)
+        match name.strip_prefix("*.") {
+            Some(suffix) => self.wildcard.get(suffix),
+            None => self.exact.get(name),
+        }
     }
 
     pub fn wildcard_for(&self, name: &str) -> Option<&Arc<Cert>> {

@@ -7,6 +7,8 @@
 //! - [`manager`]: the long-lived owner of managed certificates: loads them from
 //!   storage, issues from the local CA or ACME, renews, and swaps them in atomically.
 //! - [`acme`]: the RFC 8555 client flow (HTTP-01 and TLS-ALPN-01) on `instant-acme`.
+//! - [`dns`]: the DNS-01 challenge: providers (RFC 2136, Cloudflare, Route 53, exec),
+//!   zone lookup and the propagation check.
 //! - [`ocsp`]: stapling OCSP responses fetched in the background.
 //! - [`tickets`]: session-ticket keys shared by all processes of a server, rotated.
 //! - [`ca`], [`storage`], [`challenge`], [`certs`], [`verify`]: the pieces.
@@ -18,7 +20,9 @@ pub mod acme;
 pub mod ca;
 pub mod certs;
 pub mod challenge;
+pub mod dns;
 pub mod http1;
+pub mod https;
 pub mod manager;
 pub mod ocsp;
 pub mod on_demand;

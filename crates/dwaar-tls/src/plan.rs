@@ -24,6 +24,9 @@ pub struct AcmeSpec {
     pub tls_alpn01: bool,
     /// External Account Binding for new accounts at this CA.
     pub eab: Option<dwaar_config::model::Eab>,
+    /// The DNS-01 provider; when set, DNS-01 is the only challenge answered.
+    pub dns: Option<dwaar_config::model::DnsProvider>,
+    pub dns_options: dwaar_config::model::DnsOptions,
 }
 
 impl AcmeSpec {
@@ -47,6 +50,7 @@ impl AcmeSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[allow(clippy::large_enum_variant)] // built once per config, compared by value
 pub enum IssuerSpec {
     Internal,
     Acme(AcmeSpec),
@@ -192,6 +196,21 @@ impl Plan {
             }
             plan.sites.push(SitePolicy { hosts, tls });
         }
+        if mode == Some("prefer_wildcard") {
+            // Names a managed wildcard covers are served by it instead of their own.
+            let wildcards: Vec<String> = plan
+                .managed
+                .iter()
+                .filter(|m| m.name.starts_with("*."))
+                .map(|m| m.name.clone())
+                .collect();
+            plan.managed.retain(|m| {
+                m.name.starts_with("*.")
+                    || !wildcards
+                        .iter()
+                        .any(|w| crate::certs::name_matches(w, &m.name))
+            });
+        }
         Ok(plan)
     }
 }
@@ -210,6 +229,8 @@ fn acme_spec(a: &AcmeIssuer, g: &dwaar_config::model::GlobalTls) -> AcmeSpec {
         http01: !a.disable_http_challenge,
         tls_alpn01: !a.disable_tlsalpn_challenge,
         eab: a.eab.clone().or_else(|| g.eab.clone()),
+        dns: a.dns.clone().or_else(|| g.acme_dns.clone()),
+        dns_options: a.dns_options.clone(),
     }
 }
 
@@ -234,11 +255,20 @@ fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, 
         None if g.local_certs || is_internal_name(host) => IssuerSpec::Internal,
         None => IssuerSpec::Acme(acme(&AcmeIssuer::default())),
     };
-    if matches!(issuer, IssuerSpec::Acme(_)) && host.starts_with("*.") {
-        return Err(format!(
-            "'{host}' needs a wildcard certificate, which ACME issues only through the DNS \
-             challenge (not supported yet): use 'tls internal' or 'tls <cert_file> <key_file>'"
-        ));
+    if let IssuerSpec::Acme(a) = &issuer {
+        if host.starts_with("*.") && a.dns.is_none() {
+            return Err(format!(
+                "'{host}' needs a wildcard certificate, which ACME CAs issue only through the DNS \
+                 challenge: configure a DNS provider ('tls {{ dns <provider> ... }}' or the \
+                 'acme_dns' global option), or use 'tls internal'"
+            ));
+        }
+        if a.dns.is_none() && !a.dns_options.is_empty() {
+            return Err(format!(
+                "the site of '{host}' sets DNS challenge options but has no DNS provider: \
+                 add 'dns <provider> ...' to its tls block or the 'acme_dns' global option"
+            ));
+        }
     }
     Ok(issuer)
 }

@@ -23,6 +23,7 @@ mod tls;
 pub use args::Diags;
 pub use handlers::{NOT_YET as NOT_YET_DIRECTIVES, SUPPORTED as SUPPORTED_DIRECTIVES};
 pub use routes::DEFAULT_ORDER;
+pub use tls::resolver_addr;
 pub use tls::{CIPHERS as TLS_CIPHERS, CURVES as TLS_CURVES};
 
 use crate::diag::did_you_mean;
@@ -67,11 +68,11 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "default_bind",
     "filesystem",
     "layer4",
+    "acme_dns",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &[
     "cert_issuer",
-    "acme_dns",
     "pki",
     "persist_config",
     "preferred_chains",
@@ -951,13 +952,14 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                     0,
                     1,
                     1,
-                    "auto_https off|disable_redirects|disable_certs|ignore_loaded_certs",
+                    "auto_https off|disable_redirects|disable_certs|ignore_loaded_certs|prefer_wildcard",
                 ) {
                     match d.args[0].text.as_str() {
                         m @ ("off"
                         | "disable_redirects"
                         | "disable_certs"
-                        | "ignore_loaded_certs") => g.auto_https = Some(m.into()),
+                        | "ignore_loaded_certs"
+                        | "prefer_wildcard") => g.auto_https = Some(m.into()),
                         _ => diags.unknown_sub(
                             "auto_https",
                             &d.args[0],
@@ -966,6 +968,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
                                 "disable_redirects",
                                 "disable_certs",
                                 "ignore_loaded_certs",
+                                "prefer_wildcard",
                             ],
                         ),
                     }
@@ -985,6 +988,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             | "ocsp_interval"
             | "skip_install_trust"
             | "on_demand_tls"
+            | "acme_dns"
             | "storage_clean_interval" => {
                 tls::global_option(d, &mut g.tls, diags);
             }

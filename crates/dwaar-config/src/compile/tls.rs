@@ -6,7 +6,7 @@
 
 use super::args::{block_lines, Diags};
 use crate::lexer::Token;
-use crate::model::{AcmeIssuer, ClientAuth, GlobalTls, Issuer, SiteTls};
+use crate::model::{AcmeIssuer, ClientAuth, DnsOptions, DnsProvider, GlobalTls, Issuer, SiteTls};
 use crate::parser::Directive;
 
 /// TLS versions Dwaar speaks.
@@ -147,25 +147,17 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                 if !diags.arity(line, 0, 1, 1, &format!("{name} <value>")) {
                     continue;
                 }
-                let mut acme = match t.issuer.take() {
-                    Some(Issuer::Acme(a)) => a,
-                    Some(Issuer::Internal) => {
-                        diags.push(line.name.error(format!(
-                            "'{name}' configures an ACME issuer, but this site uses the internal one"
-                        )));
-                        t.issuer = Some(Issuer::Internal);
-                        continue;
-                    }
-                    None => AcmeIssuer::default(),
-                };
-                let v = line.args[0].text.clone();
                 if name == "ca" {
                     check_url(&line.args[0], diags);
-                    acme.dir = Some(v);
-                } else {
-                    acme.ca_root = Some(v);
                 }
-                t.issuer = Some(Issuer::Acme(acme));
+                if let Some(acme) = acme_of(&mut t, line, diags) {
+                    let v = Some(line.args[0].text.clone());
+                    if name == "ca" {
+                        acme.dir = v;
+                    } else {
+                        acme.ca_root = v;
+                    }
+                }
             }
             "eab" => {
                 if !diags.arity(line, 0, 2, 2, "eab <key_id> <mac_key>") {
@@ -174,22 +166,22 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                 let Some(eab) = eab(&line.args[0], &line.args[1], diags) else {
                     continue;
                 };
-                match t.issuer.take() {
-                    Some(Issuer::Internal) => {
-                        diags.push(line.name.error(
-                            "'eab' configures an ACME issuer, but this site uses the internal one",
-                        ));
-                        t.issuer = Some(Issuer::Internal);
+                if let Some(acme) = acme_of(&mut t, line, diags) {
+                    acme.eab = Some(eab);
+                }
+            }
+            "dns" => {
+                if let Some(p) = dns_provider(line, diags) {
+                    if let Some(acme) = acme_of(&mut t, line, diags) {
+                        acme.dns = Some(p);
                     }
-                    Some(Issuer::Acme(mut a)) => {
-                        a.eab = Some(eab);
-                        t.issuer = Some(Issuer::Acme(a));
-                    }
-                    None => {
-                        t.issuer = Some(Issuer::Acme(AcmeIssuer {
-                            eab: Some(eab),
-                            ..AcmeIssuer::default()
-                        }))
+                }
+            }
+            n if DNS_OPTIONS.contains(&n) => {
+                let mut o = DnsOptions::default();
+                if dns_option(line, &mut o, diags) {
+                    if let Some(acme) = acme_of(&mut t, line, diags) {
+                        merge_dns_options(&mut acme.dns_options, o);
                     }
                 }
             }
@@ -208,12 +200,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     t.on_demand = true;
                 }
             }
-            "dns"
-            | "get_certificate"
-            | "propagation_delay"
-            | "resolvers"
-            | "insecure_secrets_log"
-            | "reuse_private_keys" => diags.push(
+            "get_certificate" | "insecure_secrets_log" | "reuse_private_keys" => diags.push(
                 line.name
                     .error(format!("tls option '{name}' is not supported yet")),
             ),
@@ -230,6 +217,12 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "ca",
                     "ca_root",
                     "eab",
+                    "dns",
+                    "propagation_delay",
+                    "propagation_timeout",
+                    "resolvers",
+                    "dns_ttl",
+                    "dns_challenge_override_domain",
                     "key_type",
                     "load",
                     "on_demand",
@@ -273,6 +266,307 @@ fn set_issuer(t: &mut SiteTls, issuer: Issuer, line: &Directive, diags: &mut Dia
     }
 }
 
+/// The ACME issuer that an ACME option inside `tls` configures: the site's own, made
+/// when it has none; `None` (with an error) when the site uses the internal issuer.
+fn acme_of<'a>(
+    t: &'a mut SiteTls,
+    line: &Directive,
+    diags: &mut Diags,
+) -> Option<&'a mut AcmeIssuer> {
+    if t.issuer.is_none() {
+        t.issuer = Some(Issuer::Acme(AcmeIssuer::default()));
+    }
+    match t.issuer.as_mut() {
+        Some(Issuer::Acme(a)) => Some(a),
+        _ => {
+            diags.push(line.name.error(format!(
+                "'{}' configures an ACME issuer, but this site uses the internal one",
+                line.name.text
+            )));
+            None
+        }
+    }
+}
+
+/// Options of the DNS-01 challenge, in `tls` and `issuer acme`.
+const DNS_OPTIONS: &[&str] = &[
+    "propagation_delay",
+    "propagation_timeout",
+    "resolvers",
+    "dns_ttl",
+    "dns_challenge_override_domain",
+];
+
+/// DNS providers built into Dwaar.
+pub const DNS_PROVIDERS: &[&str] = &["rfc2136", "cloudflare", "route53", "exec"];
+
+/// Parses one DNS-01 option line into `o`; false when it had an error.
+fn dns_option(line: &Directive, o: &mut DnsOptions, diags: &mut Diags) -> bool {
+    let name = line.name.text.as_str();
+    let before = diags.error_count();
+    match name {
+        "resolvers" => {
+            if diags.arity(line, 0, 1, usize::MAX, "resolvers <ip[:port]>...") {
+                for a in &line.args {
+                    if resolver_addr(&a.text).is_some() {
+                        o.resolvers.push(a.text.clone());
+                    } else {
+                        diags.push(
+                            a.error(format!("'{}' is not a DNS server address", a.text))
+                                .with_help("an IP address with an optional port: 1.1.1.1, 127.0.0.1:5353, [::1]:53"),
+                        );
+                    }
+                }
+            }
+        }
+        "dns_challenge_override_domain" => {
+            if diags.arity(line, 0, 1, 1, "dns_challenge_override_domain <name>") {
+                let v = line.args[0].text.trim_end_matches('.').to_ascii_lowercase();
+                if is_dns_name(&v) {
+                    o.override_domain = Some(v);
+                } else {
+                    diags.push(
+                        line.args[0].error(format!("'{}' is not a DNS name", line.args[0].text)),
+                    );
+                }
+            }
+        }
+        _ => {
+            if !diags.arity(line, 0, 1, 1, &format!("{name} <duration>")) {
+                return false;
+            }
+            let a = &line.args[0];
+            if name == "propagation_timeout" && a.text == "-1" {
+                o.propagation_timeout_ms = Some(0);
+            } else if let Some(v) = diags.duration(a) {
+                match name {
+                    "propagation_delay" => o.propagation_delay_ms = Some(v),
+                    "propagation_timeout" if v == 0 => diags.push(
+                        a.error("propagation_timeout must be above zero")
+                            .with_help("'propagation_timeout -1' turns the propagation check off"),
+                    ),
+                    "propagation_timeout" => o.propagation_timeout_ms = Some(v),
+                    _ => match u32::try_from(v / 1000) {
+                        Ok(s) if s > 0 => o.ttl_s = Some(s),
+                        _ => diags.push(a.error("dns_ttl must be between 1s and 136 years")),
+                    },
+                }
+            }
+        }
+    }
+    diags.error_count() == before
+}
+
+fn merge_dns_options(into: &mut DnsOptions, from: DnsOptions) {
+    into.propagation_delay_ms = from.propagation_delay_ms.or(into.propagation_delay_ms);
+    into.propagation_timeout_ms = from.propagation_timeout_ms.or(into.propagation_timeout_ms);
+    into.resolvers.extend(from.resolvers);
+    into.ttl_s = from.ttl_s.or(into.ttl_s);
+    into.override_domain = from.override_domain.or(into.override_domain.take());
+}
+
+/// `ip` or `ip:port` (`[v6]:port`) of a DNS server.
+pub fn resolver_addr(s: &str) -> Option<std::net::SocketAddr> {
+    s.parse::<std::net::SocketAddr>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(|ip| (ip, 53).into()))
+        .filter(|a| a.port() != 0)
+}
+
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+/// `dns <provider> [args] { ... }`: one of the built-in DNS providers.
+pub fn dns_provider(d: &Directive, diags: &mut Diags) -> Option<DnsProvider> {
+    if !diags.arity(d, 0, 1, usize::MAX, "dns <provider> [<args>...] { ... }") {
+        return None;
+    }
+    let before = diags.error_count();
+    let which = &d.args[0];
+    let rest = &d.args[1..];
+    let provider = match which.text.as_str() {
+        "rfc2136" => {
+            if let Some(a) = rest.first() {
+                diags.push(a.error("dns rfc2136 takes its settings in a block"));
+            }
+            let fields = provider_fields(d, &["server", "key_name", "key_alg", "key"], diags);
+            let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, t)| *t);
+            let alg = get("key_alg").map(|t| t.text.to_ascii_lowercase());
+            let alg = alg.unwrap_or_else(|| "hmac-sha256".into());
+            let alg = alg.trim_end_matches('.').to_string();
+            if !["hmac-sha1", "hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&alg.as_str()) {
+                if let Some(t) = get("key_alg") {
+                    diags.unknown_sub(
+                        "key_alg",
+                        t,
+                        &["hmac-sha256", "hmac-sha1", "hmac-sha384", "hmac-sha512"],
+                    );
+                }
+            }
+            if let Some(k) = get("key") {
+                if !k.text.starts_with("{env.") && base64_decodes(&k.text).is_none() {
+                    diags.push(
+                        k.error("the TSIG key is not base64").with_help(
+                            "the 'secret' of a tsig-keygen key, e.g. key \"c2VjcmV0...\"",
+                        ),
+                    );
+                }
+            }
+            if get("key").is_some() != get("key_name").is_some() {
+                diags.push(d.name.error("a TSIG key needs both key_name and key"));
+            }
+            match get("server").map(|t| t.text.clone()) {
+                Some(server) => Some(DnsProvider::Rfc2136 {
+                    server,
+                    key_name: get("key_name")
+                        .map(|t| t.text.trim_end_matches('.').to_ascii_lowercase()),
+                    key_alg: alg,
+                    key: get("key").map(|t| t.text.clone()),
+                }),
+                None => {
+                    diags.push(d.name.error("dns rfc2136 needs the server that accepts updates").with_help("dns rfc2136 {\n    server 192.0.2.53:53\n    key_name acme\n    key_alg hmac-sha256\n    key <base64 secret>\n}"));
+                    None
+                }
+            }
+        }
+        "cloudflare" => {
+            let fields = provider_fields(d, &["api_token", "zone_token", "endpoint"], diags);
+            let get = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, t)| t.text.clone())
+            };
+            if let Some(e) = fields.iter().find(|(n, _)| *n == "endpoint") {
+                check_api_url(e.1, diags);
+            }
+            let token = match (rest, get("api_token")) {
+                ([t], None) => Some(t.text.clone()),
+                ([], t) => t,
+                _ => {
+                    diags.push(d.name.error("dns cloudflare takes the API token once"));
+                    None
+                }
+            };
+            match token {
+                Some(api_token) => Some(DnsProvider::Cloudflare {
+                    api_token,
+                    zone_token: get("zone_token"),
+                    endpoint: get("endpoint"),
+                }),
+                None => {
+                    diags.push(
+                        d.name
+                            .error("dns cloudflare needs an API token")
+                            .with_help("dns cloudflare {env.CF_API_TOKEN}"),
+                    );
+                    None
+                }
+            }
+        }
+        "route53" => {
+            let fields = provider_fields(
+                d,
+                &[
+                    "access_key_id",
+                    "secret_access_key",
+                    "session_token",
+                    "region",
+                    "hosted_zone_id",
+                    "endpoint",
+                ],
+                diags,
+            );
+            let get = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, t)| t.text.clone())
+            };
+            if let Some(e) = fields.iter().find(|(n, _)| *n == "endpoint") {
+                check_api_url(e.1, diags);
+            }
+            if !rest.is_empty() {
+                diags.push(rest[0].error("dns route53 takes its settings in a block"));
+            }
+            if get("access_key_id").is_some() != get("secret_access_key").is_some() {
+                diags.push(d.name.error("give both access_key_id and secret_access_key, or neither (then AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"));
+            }
+            Some(DnsProvider::Route53 {
+                access_key_id: get("access_key_id"),
+                secret_access_key: get("secret_access_key"),
+                session_token: get("session_token"),
+                region: get("region"),
+                hosted_zone_id: get("hosted_zone_id"),
+                endpoint: get("endpoint"),
+            })
+        }
+        "exec" => {
+            if d.block.is_some() {
+                diags.push(d.name.error("dns exec takes a command line, not a block"));
+            }
+            if rest.is_empty() {
+                diags.push(d.name.error("dns exec needs the program to run").with_help("dns exec /usr/local/bin/dns-hook\n(run as: dns-hook present|cleanup <record-name> <value>)"));
+                None
+            } else {
+                Some(DnsProvider::Exec {
+                    command: rest.iter().map(|a| a.text.clone()).collect(),
+                })
+            }
+        }
+        other => {
+            diags.push(
+                which
+                    .error(format!("DNS provider '{other}' is not built into Dwaar"))
+                    .with_help(format!(
+                        "built in: {} ('exec <program>' reaches any other DNS service)",
+                        DNS_PROVIDERS.join(", ")
+                    )),
+            );
+            None
+        }
+    };
+    provider.filter(|_| diags.error_count() == before)
+}
+
+/// The `key value` lines of a provider's block, each key one of `known`.
+fn provider_fields<'a>(
+    d: &'a Directive,
+    known: &[&'static str],
+    diags: &mut Diags,
+) -> Vec<(&'static str, &'a Token)> {
+    let mut out = Vec::new();
+    for l in block_lines(&d.block) {
+        match known.iter().find(|k| **k == l.name.text) {
+            None => diags.unknown_sub(&format!("dns {}", d.args[0].text), &l.name, known),
+            Some(k) if diags.arity(l, 0, 1, 1, &format!("{k} <value>")) => {
+                out.push((*k, &l.args[0]))
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
+fn base64_decodes(s: &str) -> Option<Vec<u8>> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).ok()
+}
+
+fn check_api_url(t: &Token, diags: &mut Diags) {
+    if !(t.text.starts_with("https://") || t.text.starts_with("http://")) {
+        diags.push(t.error(format!("'{}' is not an http(s) URL", t.text)));
+    }
+}
+
 fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
     let mut a = AcmeIssuer::default();
     for line in block_lines(&d.block) {
@@ -310,14 +604,11 @@ fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
                     a.eab = eab(&line.args[0], &line.args[1], diags);
                 }
             }
-            "dns"
-            | "alt_http_port"
-            | "alt_tlsalpn_port"
-            | "timeout"
-            | "preferred_chains"
-            | "propagation_delay"
-            | "propagation_timeout"
-            | "resolvers" => diags.push(
+            "dns" => a.dns = dns_provider(line, diags),
+            n if DNS_OPTIONS.contains(&n) => {
+                dns_option(line, &mut a.dns_options, diags);
+            }
+            "alt_http_port" | "alt_tlsalpn_port" | "timeout" | "preferred_chains" => diags.push(
                 line.name
                     .error(format!("acme issuer option '{name}' is not supported yet")),
             ),
@@ -332,6 +623,12 @@ fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
                     "disable_http_challenge",
                     "disable_tlsalpn_challenge",
                     "eab",
+                    "dns",
+                    "propagation_delay",
+                    "propagation_timeout",
+                    "resolvers",
+                    "dns_ttl",
+                    "dns_challenge_override_domain",
                 ],
             ),
         }
@@ -471,6 +768,7 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                 ),
             }
         }
+        "acme_dns" => g.acme_dns = dns_provider(d, diags),
         "renew_interval" | "ocsp_interval" | "storage_clean_interval" => {
             if diags.arity(d, 0, 1, 1, &format!("{name} <duration>")) {
                 if let Some(v) = diags.duration(&d.args[0]) {
