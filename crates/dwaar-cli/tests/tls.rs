@@ -1547,3 +1547,43 @@ fn dns01_exec_hook_and_propagation_timeout() {
         d.log_text()
     );
 }
+
+#[test]
+fn issuers_are_tried_in_order() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https, None, &[]);
+    let store = tempfile::tempdir().unwrap();
+    let dead = format!("https://127.0.0.1:{}/directory", free_port());
+    let root = pebble.https_ca.ca_pem.display().to_string();
+    // Globally: an unreachable CA first, then Pebble. One site: an unreachable CA, then
+    // the local CA.
+    let extra = format!(
+        "\tcert_issuer acme {{\n\t\tdir {dead}\n\t}}\n\tcert_issuer acme {{\n\t\tdir {}\n\t\ttrusted_roots {root}\n\t}}\n",
+        pebble.directory
+    );
+    let cfg = globals(http, https, store.path(), &extra)
+        + "global.example.test {\n\trespond global\n}\n"
+        + &format!(
+            "site.example.test {{\n\ttls {{\n\t\tissuer acme {{\n\t\t\tdir {dead}\n\t\t}}\n\t\tissuer internal\n\t}}\n\trespond site\n}}\n"
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    wait_for_issued(https, "global.example.test", "global", &pebble, &d);
+    let local = TlsOpts::trusting(local_root(store.path()));
+    assert!(
+        wait_until(Duration::from_secs(30), || tls::get(
+            https,
+            "site.example.test",
+            "site.example.test",
+            "/",
+            &local
+        )
+        .is_ok_and(|r| r.body.contains("site"))),
+        "{}",
+        d.log_text()
+    );
+    let log = d.log_text();
+    assert!(log.contains("fallback issuer"), "{log}");
+}

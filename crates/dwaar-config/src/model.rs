@@ -118,6 +118,10 @@ pub struct GlobalTls {
     /// `acme_dns <provider> ...`: the DNS-01 provider of every ACME issuer without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_dns: Option<DnsProvider>,
+    /// `cert_issuer` lines: the issuers of public names whose site names none, tried
+    /// in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cert_issuers: Vec<Issuer>,
 }
 
 /// `on_demand_tls { ask <url> interval <d> burst <n> }`.
@@ -149,6 +153,9 @@ pub struct Eab {
 pub struct SiteTls {
     /// `None`: automatic (ACME for public names, the local CA for the rest).
     pub issuer: Option<Issuer>,
+    /// Further `issuer` lines: tried in order when the ones before fail.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fallback_issuers: Vec<Issuer>,
     /// `tls <cert_file> <key_file>`: a certificate chain and key from PEM files.
     pub cert_file: Option<String>,
     pub key_file: Option<String>,

@@ -219,16 +219,13 @@ impl TlsManager {
             // The site's hosts get this certificate even if it does not name them.
             manual.insert(cert, Some(&site.hosts));
         }
-        let needs_ca = plan
-            .on_demand
-            .iter()
-            .any(|s| s.issuer == IssuerSpec::Internal)
-            || plan.on_demand_internal
+        let needs_ca = plan.on_demand.iter().any(|s| {
+            s.issuer == IssuerSpec::Internal || s.fallbacks.contains(&IssuerSpec::Internal)
+        }) || plan.on_demand_internal
             || !plan.on_demand_suffixes.is_empty()
-            || plan
-                .managed
-                .iter()
-                .any(|m| m.issuer == IssuerSpec::Internal);
+            || plan.managed.iter().any(|m| {
+                m.issuer == IssuerSpec::Internal || m.fallbacks.contains(&IssuerSpec::Internal)
+            });
         let ca = if needs_ca {
             Some(self.local_ca(&storage)?)
         } else {
@@ -352,11 +349,18 @@ impl TlsManager {
                         Arc::new(ca.issue(std::slice::from_ref(&m.name), m.key)?),
                     ));
                 }
-                (IssuerSpec::Acme(spec), _, Some(storage)) => {
-                    if let Some(c) = acme::load_stored(storage, spec, &m.name) {
-                        if c.not_after > now {
-                            add.push((m.name.clone(), Arc::new(c)));
-                        }
+                (IssuerSpec::Acme(_), _, Some(storage)) => {
+                    // What any of its ACME issuers stored, the latest first.
+                    let stored = std::iter::once(&m.issuer)
+                        .chain(&m.fallbacks)
+                        .filter_map(|i| match i {
+                            IssuerSpec::Acme(spec) => acme::load_stored(storage, spec, &m.name),
+                            IssuerSpec::Internal => None,
+                        })
+                        .filter(|c| c.not_after > now)
+                        .max_by_key(|c| c.not_after);
+                    if let Some(c) = stored {
+                        add.push((m.name.clone(), Arc::new(c)));
                     }
                 }
                 _ => {}
@@ -513,6 +517,8 @@ fn maintain(me: std::sync::Weak<TlsManager>, mut rx: watch::Receiver<Arc<Wanted>
                             storage,
                             accounts: accounts.clone(),
                             rehearse: st.failures > 0,
+                            fallbacks: m.fallbacks.clone(),
+                            ca: wanted.ca.clone(),
                             // After a failure, try the other challenge type.
                             prefer: if st.failures.is_multiple_of(2) {
                                 Prefer::Http01
@@ -713,6 +719,9 @@ pub(crate) struct Issue {
     pub(crate) prefer: Prefer,
     /// Rehearse on the staging directory first (after a failure, when there is one).
     pub(crate) rehearse: bool,
+    /// Issuers tried in order when `spec` fails, and the local CA for an internal one.
+    pub(crate) fallbacks: Vec<IssuerSpec>,
+    pub(crate) ca: Option<Arc<LocalCa>>,
 }
 
 impl Issue {
@@ -726,22 +735,56 @@ impl Issue {
         Ok(a)
     }
 
+    /// Obtains the certificate from the first issuer that gives one.
     pub(crate) async fn run(self) -> Result<Cert, String> {
-        let account = self.account(&self.spec).await?;
+        let mut errors = match self.attempt(&self.spec).await {
+            Ok(c) => return Ok(c),
+            Err(e) => vec![format!("{}: {e}", self.spec.dir)],
+        };
+        for issuer in &self.fallbacks {
+            let (who, r) = match issuer {
+                IssuerSpec::Acme(spec) => (spec.dir.as_str(), self.attempt(spec).await),
+                IssuerSpec::Internal => (
+                    "the local CA",
+                    match &self.ca {
+                        Some(ca) => ca.issue(std::slice::from_ref(&self.name), self.key),
+                        None => Err("no local CA".into()),
+                    },
+                ),
+            };
+            match r {
+                Ok(c) => {
+                    tracing::warn!(
+                        name = self.name,
+                        issuer = who,
+                        "obtained the certificate from a fallback issuer after: {}",
+                        errors.join("; ")
+                    );
+                    return Ok(c);
+                }
+                Err(e) => errors.push(format!("{who}: {e}")),
+            }
+        }
+        Err(errors.join("; then "))
+    }
+
+    /// One try at `spec`'s CA.
+    async fn attempt(&self, spec: &AcmeSpec) -> Result<Cert, String> {
+        let account = self.account(spec).await?;
         // Across processes: one issuer per name. Another process may have finished
         // while this one waited; then its certificate is used.
         let storage = self.storage.clone();
         let name = self.name.clone();
         let lock = tokio::task::spawn_blocking(move || storage.lock(&format!("cert-{name}"))).await;
         let _lock = lock.map_err(|e| e.to_string())??;
-        if let Some(c) = acme::load_stored(&self.storage, &self.spec, &self.name) {
+        if let Some(c) = acme::load_stored(&self.storage, spec, &self.name) {
             let current = self.shared.managed.load().exact(&self.name).cloned();
             let newer = current.is_none_or(|cur| c.not_after > cur.not_after);
             if newer && !c.needs_renewal(SystemTime::now()) {
                 return Ok(c);
             }
         }
-        if let (true, Some(staging)) = (self.rehearse, self.spec.staging()) {
+        if let (true, Some(staging)) = (self.rehearse, spec.staging()) {
             tracing::info!(
                 name = self.name,
                 ca = staging.dir,
@@ -760,14 +803,10 @@ impl Issue {
             .await
             .map_err(|e| format!("staging rehearsal failed: {e}"))?;
         }
-        tracing::info!(
-            name = self.name,
-            ca = self.spec.dir,
-            "obtaining a certificate"
-        );
+        tracing::info!(name = self.name, ca = spec.dir, "obtaining a certificate");
         acme::obtain(
             &account,
-            &self.spec,
+            spec,
             &self.name,
             self.key,
             self.prefer,

@@ -149,6 +149,8 @@ impl OnDemand {
                     accounts: self.state.accounts.clone(),
                     prefer: Prefer::Http01,
                     rehearse: false,
+                    fallbacks: site.fallbacks.clone(),
+                    ca: self.ca.clone(),
                 }
                 .run()
                 .await

@@ -61,6 +61,8 @@ pub enum IssuerSpec {
 pub struct ManagedName {
     pub name: String,
     pub issuer: IssuerSpec,
+    /// Tried in order when `issuer` fails (further `issuer` lines, `cert_issuer`).
+    pub fallbacks: Vec<IssuerSpec>,
     /// The key its certificates are made for (`key_type`).
     pub key: crate::ca::KeyType,
 }
@@ -71,6 +73,7 @@ pub struct OnDemandSite {
     /// Lowercase hosts (`*.example.com` covers one label); empty: every name.
     pub hosts: Vec<String>,
     pub issuer: IssuerSpec,
+    pub fallbacks: Vec<IssuerSpec>,
     pub key: crate::ca::KeyType,
 }
 
@@ -157,9 +160,11 @@ impl Plan {
                 .unwrap_or_default();
             if tls.on_demand && automate && !manual {
                 // Names are issued one by one as clients ask for them.
+                let mut issuers = on_demand_issuers(&tls, config);
                 plan.on_demand.push(OnDemandSite {
                     hosts: hosts.clone(),
-                    issuer: on_demand_issuer(&tls, config),
+                    issuer: issuers.remove(0),
+                    fallbacks: issuers,
                     key,
                 });
                 plan.sites.push(SitePolicy { hosts, tls });
@@ -180,7 +185,8 @@ impl Plan {
             }
             if automate && !manual {
                 for h in &hosts {
-                    let issuer = issuer_for(h, &tls, config)?;
+                    let mut issuers = issuers_for(h, &tls, config)?;
+                    let issuer = issuers.remove(0);
                     if let (IssuerSpec::Internal, Some(suffix)) = (&issuer, h.strip_prefix("*.")) {
                         plan.on_demand_suffixes.push(suffix.to_string());
                         continue;
@@ -189,6 +195,7 @@ impl Plan {
                         plan.managed.push(ManagedName {
                             name: h.clone(),
                             issuer,
+                            fallbacks: issuers,
                             key,
                         });
                     }
@@ -234,28 +241,55 @@ fn acme_spec(a: &AcmeIssuer, g: &dwaar_config::model::GlobalTls) -> AcmeSpec {
     }
 }
 
-/// Where an on-demand site's certificates come from: its issuer, else the local CA
-/// with `local_certs`, else the ACME CA.
-fn on_demand_issuer(tls: &SiteTls, config: &Config) -> IssuerSpec {
-    let g = &config.global.tls;
-    match &tls.issuer {
-        Some(Issuer::Internal) => IssuerSpec::Internal,
-        Some(Issuer::Acme(a)) => IssuerSpec::Acme(acme_spec(a, g)),
-        None if g.local_certs => IssuerSpec::Internal,
-        None => IssuerSpec::Acme(acme_spec(&AcmeIssuer::default(), g)),
+fn spec_of(i: &Issuer, g: &dwaar_config::model::GlobalTls) -> IssuerSpec {
+    match i {
+        Issuer::Internal => IssuerSpec::Internal,
+        Issuer::Acme(a) => IssuerSpec::Acme(acme_spec(a, g)),
     }
 }
 
-fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, String> {
+/// A site's own issuers in order, if it names any.
+fn site_issuers(tls: &SiteTls, g: &dwaar_config::model::GlobalTls) -> Option<Vec<IssuerSpec>> {
+    let first = tls.issuer.as_ref()?;
+    Some(
+        std::iter::once(first)
+            .chain(&tls.fallback_issuers)
+            .map(|i| spec_of(i, g))
+            .collect(),
+    )
+}
+
+/// Where an on-demand site's certificates come from, in order: its issuers, else the
+/// local CA with `local_certs`, else `cert_issuer`, else the ACME CA.
+fn on_demand_issuers(tls: &SiteTls, config: &Config) -> Vec<IssuerSpec> {
     let g = &config.global.tls;
-    let acme = |a: &AcmeIssuer| acme_spec(a, g);
-    let issuer = match &tls.issuer {
-        Some(Issuer::Internal) => IssuerSpec::Internal,
-        Some(Issuer::Acme(a)) => IssuerSpec::Acme(acme(a)),
-        None if g.local_certs || is_internal_name(host) => IssuerSpec::Internal,
-        None => IssuerSpec::Acme(acme(&AcmeIssuer::default())),
+    if let Some(list) = site_issuers(tls, g) {
+        return list;
+    }
+    if g.local_certs {
+        return vec![IssuerSpec::Internal];
+    }
+    if !g.cert_issuers.is_empty() {
+        return g.cert_issuers.iter().map(|i| spec_of(i, g)).collect();
+    }
+    vec![IssuerSpec::Acme(acme_spec(&AcmeIssuer::default(), g))]
+}
+
+/// The issuers of `host`, in the order they are tried (never empty).
+fn issuers_for(host: &str, tls: &SiteTls, config: &Config) -> Result<Vec<IssuerSpec>, String> {
+    let g = &config.global.tls;
+    let issuers = match site_issuers(tls, g) {
+        Some(list) => list,
+        None if g.local_certs || is_internal_name(host) => vec![IssuerSpec::Internal],
+        None if !g.cert_issuers.is_empty() => {
+            g.cert_issuers.iter().map(|i| spec_of(i, g)).collect()
+        }
+        None => vec![IssuerSpec::Acme(acme_spec(&AcmeIssuer::default(), g))],
     };
-    if let IssuerSpec::Acme(a) = &issuer {
+    for issuer in &issuers {
+        let IssuerSpec::Acme(a) = issuer else {
+            continue;
+        };
         if host.starts_with("*.") && a.dns.is_none() {
             return Err(format!(
                 "'{host}' needs a wildcard certificate, which ACME CAs issue only through the DNS \
@@ -270,7 +304,7 @@ fn issuer_for(host: &str, tls: &SiteTls, config: &Config) -> Result<IssuerSpec, 
             ));
         }
     }
-    Ok(issuer)
+    Ok(issuers)
 }
 
 #[cfg(test)]

@@ -69,15 +69,10 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "filesystem",
     "layer4",
     "acme_dns",
+    "cert_issuer",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
-pub const GLOBAL_NOT_YET: &[&str] = &[
-    "cert_issuer",
-    "pki",
-    "persist_config",
-    "preferred_chains",
-    "events",
-];
+pub const GLOBAL_NOT_YET: &[&str] = &["pki", "persist_config", "preferred_chains", "events"];
 
 /// The hosts of a `bind` (or `default_bind`) line: IP addresses or `localhost`, with an
 /// optional network prefix: `tcp/` (either family), `tcp4/` (IPv4 only: `localhost` is
@@ -989,6 +984,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             | "skip_install_trust"
             | "on_demand_tls"
             | "acme_dns"
+            | "cert_issuer"
             | "storage_clean_interval" => {
                 tls::global_option(d, &mut g.tls, diags);
             }

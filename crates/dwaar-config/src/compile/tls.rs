@@ -45,6 +45,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
     }
     let before = diags.error_count();
     let mut t = SiteTls::default();
+    let mut issuer_lines = 0;
     match d.args.as_slice() {
         [] => {}
         [one] if one.text == "internal" => t.issuer = Some(Issuer::Internal),
@@ -126,22 +127,16 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
             }
             "client_auth" => t.client_auth = client_auth(line, diags),
             "issuer" => {
-                if !diags.arity(line, 0, 1, 1, "issuer acme|internal { ... }") {
+                let Some(issuer) = issuer_line(line, diags) else {
                     continue;
+                };
+                if issuer_lines > 0 {
+                    // A later issuer is a fallback, tried when the ones before fail.
+                    t.fallback_issuers.push(issuer);
+                } else {
+                    set_issuer(&mut t, issuer, line, diags);
                 }
-                match line.args[0].text.as_str() {
-                    "internal" => {
-                        if line.block.is_some() {
-                            diags.push(line.name.error("'issuer internal' takes no options"));
-                        }
-                        set_issuer(&mut t, Issuer::Internal, line, diags);
-                    }
-                    "acme" => {
-                        let acme = acme_issuer(line, diags);
-                        set_issuer(&mut t, Issuer::Acme(acme), line, diags);
-                    }
-                    _ => diags.unknown_sub("issuer", &line.args[0], &["acme", "internal"]),
-                }
+                issuer_lines += 1;
             }
             "ca" | "ca_root" => {
                 if !diags.arity(line, 0, 1, 1, &format!("{name} <value>")) {
@@ -245,6 +240,41 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
         );
     }
     (diags.error_count() == before).then_some(t)
+}
+
+/// `issuer acme { ... }` or `issuer internal` (a site's `issuer`, a global
+/// `cert_issuer`).
+fn issuer_line(line: &Directive, diags: &mut Diags) -> Option<Issuer> {
+    let name = line.name.text.as_str();
+    let zerossl = line.args.first().is_some_and(|a| a.text == "zerossl");
+    if !zerossl && !diags.arity(line, 0, 1, 1, &format!("{name} acme|internal {{ ... }}")) {
+        return None;
+    }
+    match line.args[0].text.as_str() {
+        "internal" => {
+            if line.block.is_some() {
+                diags.push(
+                    line.name
+                        .error(format!("'{name} internal' takes no options")),
+                );
+                return None;
+            }
+            Some(Issuer::Internal)
+        }
+        "acme" => Some(Issuer::Acme(acme_issuer(line, diags))),
+        "zerossl" => {
+            diags.push(
+                line.args[0]
+                    .error("the zerossl issuer (which asks ZeroSSL's API for a binding) is not built in")
+                    .with_help("use ZeroSSL's ACME directory with the binding from its dashboard:\nacme https://acme.zerossl.com/v2/DV90 with 'eab <key_id> <mac_key>'"),
+            );
+            None
+        }
+        _ => {
+            diags.unknown_sub(name, &line.args[0], &["acme", "internal"]);
+            None
+        }
+    }
 }
 
 fn set_issuer(t: &mut SiteTls, issuer: Issuer, line: &Directive, diags: &mut Diags) {
@@ -769,6 +799,11 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
             }
         }
         "acme_dns" => g.acme_dns = dns_provider(d, diags),
+        "cert_issuer" => {
+            if let Some(i) = issuer_line(d, diags) {
+                g.cert_issuers.push(i);
+            }
+        }
         "renew_interval" | "ocsp_interval" | "storage_clean_interval" => {
             if diags.arity(d, 0, 1, 1, &format!("{name} <duration>")) {
                 if let Some(v) = diags.duration(&d.args[0]) {
