@@ -1587,3 +1587,117 @@ fn issuers_are_tried_in_order() {
     let log = d.log_text();
     assert!(log.contains("fallback issuer"), "{log}");
 }
+
+#[test]
+fn get_certificate_asks_a_service_during_the_handshake() {
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let (crt, key) = ca.issue("svc", &["svc.example.test"]);
+    let bundle = std::fs::read_to_string(crt).unwrap() + &std::fs::read_to_string(key).unwrap();
+    let asked: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let log = asked.clone();
+    // The operator's certificate service: one name has a certificate, others none.
+    let svc = dwaar_testkit::stub::StandIn::start(Arc::new(move |r| {
+        log.lock().unwrap().push(r.target.clone());
+        match r.query("server_name").as_deref() {
+            Some("svc.example.test") => (200, bundle.clone()),
+            _ => (204, String::new()),
+        }
+    }));
+    let cfg = globals(http, https, store.path(), "")
+        + &format!(
+            "svc.example.test, none.example.test {{\n\ttls {{\n\t\tget_certificate http {}/certificate\n\t}}\n\trespond \"from {{host}}\"\n}}\n",
+            svc.url()
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let opts = TlsOpts::trusting(std::fs::read(&ca.ca_pem).unwrap());
+    for _ in 0..3 {
+        let r = tls::get(https, "svc.example.test", "svc.example.test", "/", &opts)
+            .unwrap_or_else(|e| panic!("{e}\n{}", d.log_text()));
+        assert_eq!(r.body, "from svc.example.test");
+    }
+    // No certificate from the service: the handshake fails, and nothing was issued.
+    assert!(tls::get(https, "none.example.test", "none.example.test", "/", &opts).is_err());
+    let asked = asked.lock().unwrap().clone();
+    let svc_asks: Vec<&String> = asked
+        .iter()
+        .filter(|t| t.contains("server_name=svc.example.test"))
+        .collect();
+    assert_eq!(svc_asks.len(), 1, "answers are reused: {asked:?}");
+    assert!(
+        svc_asks[0].starts_with("/certificate?server_name=svc.example.test&signature_schemes="),
+        "{asked:?}"
+    );
+    assert!(!svc_asks[0].contains("signature_schemes=&"), "{asked:?}");
+    assert!(
+        asked
+            .iter()
+            .any(|t| t.contains("server_name=none.example.test")),
+        "{asked:?}"
+    );
+}
+
+/// The subject common name of a PEM certificate.
+fn common_name(pem: &str) -> String {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = dir.path().join("c.pem");
+    std::fs::write(&path, pem).unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-subject", "-nameopt", "multiline", "-in"])
+        .arg(&path)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("commonName"))
+        .map(|v| v.trim().trim_start_matches('=').trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn preferred_chains_picks_the_alternate_root() {
+    if !pebble::available() {
+        return;
+    }
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start_with_alternate_roots(http, https, 1);
+    let (root0, root1) = (pebble.root(0), pebble.root(1));
+    let cn1 = common_name(&root1);
+    assert!(!cn1.is_empty() && cn1 != common_name(&root0), "{cn1}");
+    let store = tempfile::tempdir().unwrap();
+    let extra = format!("\tpreferred_chains {{\n\t\troot_common_name \"{cn1}\"\n\t}}\n");
+    let cfg = pebble_globals(http, https, store.path(), &pebble, &extra)
+        + "chain.example.test {\n\trespond chained\n}\n";
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    // Only the alternate root is trusted: the handshake verifies only if Dwaar serves
+    // the chain that leads to it.
+    let only_alt = TlsOpts::trusting(root1.as_bytes());
+    let ok = wait_until(Duration::from_secs(60), || {
+        tls::get(
+            https,
+            "chain.example.test",
+            "chain.example.test",
+            "/",
+            &only_alt,
+        )
+        .is_ok()
+    });
+    assert!(ok, "{}\n{}", d.log_text(), pebble.log());
+    assert!(
+        tls::get(
+            https,
+            "chain.example.test",
+            "chain.example.test",
+            "/",
+            &TlsOpts::trusting(root0.as_bytes())
+        )
+        .is_err(),
+        "the default chain is not served"
+    );
+    assert!(
+        d.log_text().contains("alternate certificate chain"),
+        "{}",
+        d.log_text()
+    );
+}

@@ -118,6 +118,9 @@ pub struct GlobalTls {
     /// `acme_dns <provider> ...`: the DNS-01 provider of every ACME issuer without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_dns: Option<DnsProvider>,
+    /// `preferred_chains`: which certificate chain to keep from ACME CAs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_chains: Option<PreferredChains>,
     /// `cert_issuer` lines: the issuers of public names whose site names none, tried
     /// in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -180,6 +183,10 @@ pub struct SiteTls {
     /// (allowed by `on_demand_tls { ask }`), not at start.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub on_demand: bool,
+    /// `get_certificate http <url>`: services asked for certificates during the
+    /// handshake, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub get_certificate: Vec<String>,
 }
 
 /// Who issues a site's certificate.
@@ -215,6 +222,25 @@ pub struct AcmeIssuer {
     /// How the DNS-01 record is published and checked.
     #[serde(skip_serializing_if = "DnsOptions::is_empty")]
     pub dns_options: DnsOptions,
+    /// Which of the CA's certificate chains to keep; `None` = `preferred_chains`,
+    /// else the CA's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preferred_chains: Option<PreferredChains>,
+}
+
+/// `preferred_chains [smallest] { root_common_name ...; any_common_name ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PreferredChains {
+    /// The chain with the fewest bytes.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub smallest: bool,
+    /// A chain whose root's issuer common name is one of these (in order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub root_common_name: Vec<String>,
+    /// A chain with any issuer of one of these common names (in order).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub any_common_name: Vec<String>,
 }
 
 /// A DNS provider that publishes ACME DNS-01 TXT records (`dns <provider> ...`).

@@ -22,6 +22,7 @@ pub mod paths;
 pub mod pebble;
 pub mod php;
 pub mod proxy;
+pub mod stub;
 pub mod tls;
 
 use std::time::{Duration, Instant};

@@ -47,20 +47,34 @@ impl Pebble {
         validity: Option<Duration>,
         blocked: &[&str],
     ) -> Pebble {
-        Self::start_opts(http_port, tls_port, validity, blocked, None, None)
+        Self::start_opts(http_port, tls_port, validity, blocked, None, None, 0)
+    }
+
+    /// Like [`Pebble::start`], offering each certificate under `extra` more chains,
+    /// to other roots ([`Pebble::root`] `1..=extra`).
+    pub fn start_with_alternate_roots(http_port: u16, tls_port: u16, extra: usize) -> Pebble {
+        Self::start_opts(http_port, tls_port, None, &[], None, None, extra)
     }
 
     /// Starts Pebble resolving names (DNS-01 TXT records included) through the DNS
     /// server at `dns` (`ip:port`), such as a test's BIND.
     pub fn start_with_dns(dns: &str) -> Pebble {
         let (http, tls) = (crate::free_port(), crate::free_port());
-        Self::start_opts(http, tls, None, &[], None, Some(dns))
+        Self::start_opts(http, tls, None, &[], None, Some(dns), 0)
     }
 
     /// Like [`Pebble::start`], requiring an External Account Binding with key `kid` and
     /// HMAC key `mac_key` (base64url) for new accounts.
     pub fn start_with_eab(http_port: u16, tls_port: u16, kid: &str, mac_key: &str) -> Pebble {
-        Self::start_opts(http_port, tls_port, None, &[], Some((kid, mac_key)), None)
+        Self::start_opts(
+            http_port,
+            tls_port,
+            None,
+            &[],
+            Some((kid, mac_key)),
+            None,
+            0,
+        )
     }
 
     fn start_opts(
@@ -70,6 +84,7 @@ impl Pebble {
         blocked: &[&str],
         eab: Option<(&str, &str)>,
         dns_server: Option<&str>,
+        alternate_roots: usize,
     ) -> Pebble {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let https_ca = TestCa::new();
@@ -142,6 +157,7 @@ impl Pebble {
             .arg(&path)
             .args(["-dnsserver", &dns_server])
             .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_ALTERNATE_ROOTS", alternate_roots.to_string())
             .stdout(log("pebble.log"))
             .stderr(log("pebble.err"))
             .spawn()
@@ -165,12 +181,18 @@ impl Pebble {
 
     /// The root that signs issued certificates, from Pebble's management endpoint.
     pub fn issuing_root(&self) -> String {
+        self.root(0)
+    }
+
+    /// Root `n` (0: the default chain's; more with alternate roots).
+    pub fn root(&self, n: usize) -> String {
         let opts = crate::tls::TlsOpts::trusting(
             std::fs::read(&self.https_ca.ca_pem).unwrap_or_else(|e| panic!("{e}")),
         );
-        let r = crate::tls::get(self.mgmt_port, "localhost", "localhost", "/roots/0", &opts)
-            .unwrap_or_else(|e| panic!("pebble /roots/0: {e}"));
-        assert_eq!(r.status, 200, "pebble /roots/0: {}", r.body);
+        let path = format!("/roots/{n}");
+        let r = crate::tls::get(self.mgmt_port, "localhost", "localhost", &path, &opts)
+            .unwrap_or_else(|e| panic!("pebble {path}: {e}"));
+        assert_eq!(r.status, 200, "pebble {path}: {}", r.body);
         r.body
     }
 

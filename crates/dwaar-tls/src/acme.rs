@@ -50,11 +50,11 @@ fn http_client(spec: &AcmeSpec) -> Result<Box<dyn instant_acme::HttpClient>, Str
     let client: hyper_util::client::legacy::Client<_, BodyWrapper<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(crate::https::connector(spec.ca_root.as_deref())?);
-    Ok(Box::new(client))
+    Ok(Box::new(crate::acme_chains::Recording(client)))
 }
 
-/// The ACME account for `spec`, created on first use and kept in storage.
-pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, String> {
+/// Where the account for `spec` is stored.
+fn account_path(spec: &AcmeSpec) -> String {
     let who = spec
         .email
         .as_deref()
@@ -66,7 +66,12 @@ pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, Stri
         .as_ref()
         .map(|e| format!("-eab-{}", safe_name(&e.key_id)))
         .unwrap_or_default();
-    let rel = format!("acme/{}/account-{who}{bound}.json", spec.key());
+    format!("acme/{}/account-{who}{bound}.json", spec.key())
+}
+
+/// The ACME account for `spec`, created on first use and kept in storage.
+pub async fn account(spec: &AcmeSpec, storage: &Storage) -> Result<Account, String> {
+    let rel = account_path(spec);
     if let Some(data) = storage.read(&rel) {
         match serde_json::from_slice::<AccountCredentials>(&data) {
             Ok(creds) => {
@@ -213,6 +218,10 @@ pub async fn obtain(
             .poll_certificate(&poll)
             .await
             .map_err(|e| format!("download: {e}"))?;
+        let chain = match &spec.preferred_chains {
+            Some(prefs) => prefer_chain(prefs, chain, &mut order, account, spec, storage).await,
+            None => chain,
+        };
         let key_pem = key.serialize_pem();
         let cert = Cert::from_pem(&chain, &key_pem)?;
         let (crt_rel, key_rel) = cert_paths(spec, name);
@@ -278,6 +287,55 @@ async fn answer_dns01(
         }
     }
     Ok(())
+}
+
+/// The chain `prefs` choose among the CA's default and its alternates (the default
+/// when fetching alternates fails: a usable certificate beats none).
+async fn prefer_chain(
+    prefs: &dwaar_config::model::PreferredChains,
+    default: String,
+    order: &mut instant_acme::Order,
+    account: &Account,
+    spec: &AcmeSpec,
+    storage: &Storage,
+) -> String {
+    let Some(cert_url) = order.state().certificate.clone() else {
+        return default;
+    };
+    let key = storage
+        .read(&account_path(spec))
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| v["key_pkcs8"].as_str().map(str::to_string))
+        .and_then(|k| {
+            use base64::Engine;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(k)
+                .ok()
+        });
+    let Some(key) = key else {
+        tracing::warn!("preferred_chains: the account key is not in storage");
+        return default;
+    };
+    let client = match crate::https::Client::new(spec.ca_root.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("preferred_chains: {e}");
+            return default;
+        }
+    };
+    match crate::acme_chains::preferred(prefs, &default, &cert_url, account.id(), &key, &client)
+        .await
+    {
+        Ok(Some(chain)) => {
+            tracing::info!("using an alternate certificate chain (preferred_chains)");
+            chain
+        }
+        Ok(None) => default,
+        Err(e) => {
+            tracing::warn!("preferred_chains: cannot fetch the alternate chains: {e}");
+            default
+        }
+    }
 }
 
 /// The problems the CA reported on the order's challenges.

@@ -59,6 +59,7 @@ pub struct Client {
 /// A response: status and body.
 pub struct Response {
     pub status: u16,
+    pub headers: http::HeaderMap,
     pub body: Bytes,
 }
 
@@ -95,13 +96,18 @@ impl Client {
         let fut = async {
             let resp = self.inner.request(req).await.map_err(|e| e.to_string())?;
             let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
             let body = resp
                 .into_body()
                 .collect()
                 .await
                 .map_err(|e| e.to_string())?
                 .to_bytes();
-            Ok::<_, String>(Response { status, body })
+            Ok::<_, String>(Response {
+                status,
+                headers,
+                body,
+            })
         };
         tokio::time::timeout(Duration::from_secs(30), fut)
             .await

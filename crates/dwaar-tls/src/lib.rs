@@ -17,7 +17,9 @@
 //! back TLS streams.
 
 pub mod acme;
+pub mod acme_chains;
 pub mod ca;
+pub mod cert_source;
 pub mod certs;
 pub mod challenge;
 pub mod dns;

@@ -27,6 +27,7 @@ pub struct AcmeSpec {
     /// The DNS-01 provider; when set, DNS-01 is the only challenge answered.
     pub dns: Option<dwaar_config::model::DnsProvider>,
     pub dns_options: dwaar_config::model::DnsOptions,
+    pub preferred_chains: Option<dwaar_config::model::PreferredChains>,
 }
 
 impl AcmeSpec {
@@ -151,7 +152,10 @@ impl Plan {
                 .map(|a| a.host.clone())
                 .collect();
             let catch_all = https.iter().any(|a| a.host.is_empty());
-            let manual = tls.cert_file.is_some() || !tls.load.is_empty();
+            // Certificates from files, directories or a `get_certificate` service are
+            // not issued by Dwaar.
+            let manual =
+                tls.cert_file.is_some() || !tls.load.is_empty() || !tls.get_certificate.is_empty();
             let key = tls
                 .key_type
                 .as_deref()
@@ -238,6 +242,10 @@ fn acme_spec(a: &AcmeIssuer, g: &dwaar_config::model::GlobalTls) -> AcmeSpec {
         eab: a.eab.clone().or_else(|| g.eab.clone()),
         dns: a.dns.clone().or_else(|| g.acme_dns.clone()),
         dns_options: a.dns_options.clone(),
+        preferred_chains: a
+            .preferred_chains
+            .clone()
+            .or_else(|| g.preferred_chains.clone()),
     }
 }
 

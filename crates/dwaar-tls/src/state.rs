@@ -38,6 +38,8 @@ pub struct SniResolver {
     pub no_sni_name: Option<String>,
     /// `fallback_sni`: the name whose certificate answers a server name that has none.
     pub fallback_sni: Option<String>,
+    /// Certificates from `get_certificate` services, consulted first.
+    pub external: Option<Arc<crate::cert_source::CertSources>>,
     /// Certificates with a stapled OCSP response, by leaf serial.
     pub staples: Arc<ArcSwap<Staples>>,
 }
@@ -60,6 +62,9 @@ impl SniResolver {
     fn find_cert(&self, name: Option<&str>) -> Option<Arc<Cert>> {
         let name = name.or(self.no_sni_name.as_deref());
         if let Some(n) = name {
+            if let Some(c) = self.external.as_ref().and_then(|e| e.cached(n)) {
+                return Some(c);
+            }
             if let Some(c) = self.manual.exact(n) {
                 return Some(c.clone());
             }
@@ -120,6 +125,7 @@ impl SniResolver {
             no_sni_name: Some(name),
             fallback_sni: self.fallback_sni.clone(),
             staples: self.staples.clone(),
+            external: self.external.clone(),
         }
     }
 }
@@ -138,6 +144,8 @@ pub struct Policy {
     pub id: u64,
     pub config: Arc<ServerConfig>,
     pub client_auth: bool,
+    /// `get_certificate` URLs of the site.
+    cert_sources: Vec<String>,
     resolver: Arc<SniResolver>,
 }
 
@@ -201,6 +209,14 @@ pub struct StateInput<'a> {
 
 impl TlsState {
     pub fn build(input: StateInput<'_>, shared: Shared) -> Result<TlsState, String> {
+        let external = match input
+            .sites
+            .iter()
+            .any(|(_, t)| !t.get_certificate.is_empty())
+        {
+            true => Some(Arc::new(crate::cert_source::CertSources::new()?)),
+            false => None,
+        };
         let resolver = Arc::new(SniResolver {
             manual: Arc::new(input.manual),
             managed: shared.managed.clone(),
@@ -211,6 +227,7 @@ impl TlsState {
             no_sni_name: input.default_sni.clone(),
             fallback_sni: input.fallback_sni,
             staples: shared.staples.clone(),
+            external: external.clone(),
         });
         let mut built: HashMap<u64, Arc<Policy>> = HashMap::new();
         let mut policy_for = |tls: &SiteTls| -> Result<Arc<Policy>, String> {
@@ -223,6 +240,7 @@ impl TlsState {
                 id,
                 config,
                 client_auth: tls.client_auth.is_some(),
+                cert_sources: tls.get_certificate.clone(),
                 resolver: resolver.clone(),
             });
             built.insert(id, p.clone());
@@ -347,6 +365,16 @@ impl TlsState {
         // Without SNI, `default_sni` names the site (its resolver already falls back
         // to that name); else the certificate is the one of the local address.
         let policy = self.policy(sni.as_deref().or(self.default_sni.as_deref()));
+        if let (Some(ext), false, Some(name)) = (
+            &self.fallback.resolver.external,
+            policy.cert_sources.is_empty(),
+            sni.as_deref().or(self.default_sni.as_deref()),
+        ) {
+            use crate::cert_source::hex_list;
+            let sigs = hex_list(hello.signature_schemes().iter().map(|s| u16::from(*s)));
+            let suites = hex_list(hello.cipher_suites().iter().map(|s| u16::from(*s)));
+            Box::pin(ext.refresh(name, &policy.cert_sources, &sigs, &suites)).await;
+        }
         let mut config = match (&sni, &self.default_sni) {
             (Some(_), _) | (None, Some(_)) => policy.config.clone(),
             (None, None) => self.no_sni_config(policy, local_ip),

@@ -70,6 +70,7 @@ pub const GLOBAL_SUPPORTED: &[&str] = &[
     "layer4",
     "acme_dns",
     "cert_issuer",
+    "preferred_chains",
 ];
 /// Global options Caddy has that Dwaar refuses at their line until their runtime exists.
 pub const GLOBAL_NOT_YET: &[&str] = &["pki", "persist_config", "preferred_chains", "events"];
@@ -985,6 +986,7 @@ fn global_options(dirs: &[Directive], diags: &mut Diags) -> GlobalOptions {
             | "on_demand_tls"
             | "acme_dns"
             | "cert_issuer"
+            | "preferred_chains"
             | "storage_clean_interval" => {
                 tls::global_option(d, &mut g.tls, diags);
             }

@@ -6,7 +6,9 @@
 
 use super::args::{block_lines, Diags};
 use crate::lexer::Token;
-use crate::model::{AcmeIssuer, ClientAuth, DnsOptions, DnsProvider, GlobalTls, Issuer, SiteTls};
+use crate::model::{
+    AcmeIssuer, ClientAuth, DnsOptions, DnsProvider, GlobalTls, Issuer, PreferredChains, SiteTls,
+};
 use crate::parser::Directive;
 
 /// TLS versions Dwaar speaks.
@@ -195,7 +197,37 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     t.on_demand = true;
                 }
             }
-            "get_certificate" | "insecure_secrets_log" | "reuse_private_keys" => diags.push(
+            "get_certificate" => {
+                if !diags.arity(line, 0, 1, 2, "get_certificate http <url>") {
+                    continue;
+                }
+                if line.args[0].text == "http" && line.args.len() == 1 {
+                    diags.push(
+                        line.name
+                            .error("get_certificate http needs the URL to ask")
+                            .with_help("get_certificate http http://127.0.0.1:9000/certificate"),
+                    );
+                } else if line.args[0].text != "http" {
+                    diags.push(
+                        line.args[0]
+                            .error(format!(
+                                "certificate manager '{}' is not built into Dwaar",
+                                line.args[0].text
+                            ))
+                            .with_help("'get_certificate http <url>' asks a service of yours"),
+                    );
+                } else if !line.args[1].text.starts_with("http://")
+                    && !line.args[1].text.starts_with("https://")
+                {
+                    diags.push(
+                        line.args[1]
+                            .error(format!("'{}' is not an http(s) URL", line.args[1].text)),
+                    );
+                } else {
+                    t.get_certificate.push(line.args[1].text.clone());
+                }
+            }
+            "insecure_secrets_log" | "reuse_private_keys" => diags.push(
                 line.name
                     .error(format!("tls option '{name}' is not supported yet")),
             ),
@@ -221,6 +253,7 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     "key_type",
                     "load",
                     "on_demand",
+                    "get_certificate",
                 ],
             ),
         }
@@ -393,6 +426,59 @@ fn merge_dns_options(into: &mut DnsOptions, from: DnsOptions) {
     into.resolvers.extend(from.resolvers);
     into.ttl_s = from.ttl_s.or(into.ttl_s);
     into.override_domain = from.override_domain.or(into.override_domain.take());
+}
+
+/// `preferred_chains [smallest] { root_common_name <cn>...; any_common_name <cn>... }`.
+fn preferred_chains(d: &Directive, diags: &mut Diags) -> Option<PreferredChains> {
+    let usage = "preferred_chains [smallest] { root_common_name <cn>...; any_common_name <cn>... }";
+    if !diags.arity(d, 0, 0, 1, usage) {
+        return None;
+    }
+    let mut p = PreferredChains::default();
+    match d.args.first() {
+        Some(a) if a.text == "smallest" => p.smallest = true,
+        Some(a) => {
+            diags.unknown_sub("preferred_chains", a, &["smallest"]);
+            return None;
+        }
+        None => {}
+    }
+    for line in block_lines(&d.block) {
+        let k = line.name.text.as_str();
+        match k {
+            "root_common_name" | "any_common_name" => {
+                if diags.arity(line, 0, 1, usize::MAX, &format!("{k} <common_name>...")) {
+                    let names = line.args.iter().map(|a| a.text.clone());
+                    if k == "root_common_name" {
+                        p.root_common_name.extend(names);
+                    } else {
+                        p.any_common_name.extend(names);
+                    }
+                }
+            }
+            _ => diags.unknown_sub(
+                "preferred_chains",
+                &line.name,
+                &["root_common_name", "any_common_name"],
+            ),
+        }
+    }
+    if p.smallest && !(p.root_common_name.is_empty() && p.any_common_name.is_empty()) {
+        diags.push(
+            d.name
+                .error("'smallest' and common names are two different preferences: choose one"),
+        );
+        return None;
+    }
+    if p == PreferredChains::default() {
+        diags.push(
+            d.name
+                .error("preferred_chains needs 'smallest' or common names")
+                .with_help(usage),
+        );
+        return None;
+    }
+    Some(p)
 }
 
 /// `ip` or `ip:port` (`[v6]:port`) of a DNS server.
@@ -638,7 +724,8 @@ fn acme_issuer(d: &Directive, diags: &mut Diags) -> AcmeIssuer {
             n if DNS_OPTIONS.contains(&n) => {
                 dns_option(line, &mut a.dns_options, diags);
             }
-            "alt_http_port" | "alt_tlsalpn_port" | "timeout" | "preferred_chains" => diags.push(
+            "preferred_chains" => a.preferred_chains = preferred_chains(line, diags),
+            "alt_http_port" | "alt_tlsalpn_port" | "timeout" => diags.push(
                 line.name
                     .error(format!("acme issuer option '{name}' is not supported yet")),
             ),
@@ -799,6 +886,7 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
             }
         }
         "acme_dns" => g.acme_dns = dns_provider(d, diags),
+        "preferred_chains" => g.preferred_chains = preferred_chains(d, diags),
         "cert_issuer" => {
             if let Some(i) = issuer_line(d, diags) {
                 g.cert_issuers.push(i);
