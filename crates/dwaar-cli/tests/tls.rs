@@ -1701,3 +1701,128 @@ fn preferred_chains_picks_the_alternate_root() {
         d.log_text()
     );
 }
+
+/// Runs certbot (a real ACME client) against `directory`, trusting `ca_bundle`, for
+/// `names` with HTTP-01 on port 80 of 127.0.0.1; returns its exit status and output.
+fn certbot(directory: &str, ca_bundle: &Path, work: &Path, names: &[&str]) -> (bool, String) {
+    let mut cmd = std::process::Command::new("certbot");
+    cmd.args([
+        "certonly",
+        "--standalone",
+        "--non-interactive",
+        "--agree-tos",
+    ])
+    .args(["--register-unsafely-without-email", "--server", directory])
+    .args(["--http-01-port", "80", "--http-01-address", "127.0.0.1"])
+    .arg("--config-dir")
+    .arg(work.join("config"))
+    .arg("--work-dir")
+    .arg(work.join("work"))
+    .arg("--logs-dir")
+    .arg(work.join("logs"))
+    .env("REQUESTS_CA_BUNDLE", ca_bundle);
+    for n in names {
+        cmd.args(["-d", n]);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("certbot: {e}"));
+    // certbot 2.1 on Python 3.11 fails while printing some ACME errors; its log has them.
+    let log = std::fs::read(work.join("logs/letsencrypt.log")).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr)
+        + &String::from_utf8_lossy(&log);
+    let _ = std::fs::remove_file(work.join("logs/letsencrypt.log"));
+    (out.status.success(), text)
+}
+
+fn certbot_available() -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", "command -v certbot"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+        "certbot is required (scripts/bootstrap installs it)"
+    );
+    found
+}
+
+#[test]
+fn acme_server_issues_to_certbot() {
+    if !certbot_available() || !dwaar_testkit::dnsmasq::available() {
+        return;
+    }
+    // certbot's names resolve to 127.0.0.1 through this DNS server, which the ACME
+    // server is told to use for validation.
+    let dns = dwaar_testkit::dnsmasq::Dnsmasq::start(
+        "127.0.0.1 host.certbot.test\n127.0.0.1 denied.certbot.test\n127.0.0.1 alpn.certbot.test\n",
+        &[],
+        None,
+    );
+    let (http, https) = (free_port(), free_port());
+    let store = tempfile::tempdir().unwrap();
+    let cfg = globals(http, https, store.path(), "")
+        + &format!(
+            "localhost {{\n\tacme_server {{\n\t\tlifetime 2h\n\t\tresolvers 127.0.0.1:{}\n\t\tallow {{\n\t\t\tdomains *.certbot.test\n\t\t}}\n\t\tdeny {{\n\t\t\tdomains denied.certbot.test\n\t\t}}\n\t}}\n}}\n",
+            dns.port
+        );
+    let d = Dwaar::start(bin(), &cfg, &[http, https]);
+    let root = store.path().join("pki/local/root.crt");
+    assert!(wait_until(Duration::from_secs(10), || root.exists()));
+    let directory = format!("https://localhost:{https}/acme/local/directory");
+    let work = tempfile::tempdir().unwrap();
+    let (ok, out) = certbot(&directory, &root, work.path(), &["host.certbot.test"]);
+    assert!(ok, "certbot failed:\n{out}\ndwaar:\n{}", d.log_text());
+    // The certificate chains to Dwaar's root and lives as long as configured.
+    let live = work.path().join("config/live/host.certbot.test");
+    let verify = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(&root)
+        .arg(live.join("cert.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let text = std::process::Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(live.join("cert.pem"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("DNS:host.certbot.test"), "{text}");
+    // Names outside the policy are refused before any validation.
+    let (ok, out) = certbot(&directory, &root, work.path(), &["denied.certbot.test"]);
+    assert!(!ok && out.contains("rejectedIdentifier :: The server will not issue certificates for the identifier :: 'denied.certbot.test' is denied by this CA's policy"), "{out}");
+    let (ok, out) = certbot(&directory, &root, work.path(), &["elsewhere.test"]);
+    assert!(
+        !ok && out.contains("'elsewhere.test' is not allowed by this CA's policy"),
+        "{out}"
+    );
+    // Dwaar's own ACME client, answering TLS-ALPN-01 on port 443, gets one too.
+    let client_store = tempfile::tempdir().unwrap();
+    let client_http = free_port();
+    let extra = format!("\tacme_ca {directory}\n\tacme_ca_root {}\n", root.display());
+    let client_cfg = globals(client_http, 443, client_store.path(), &extra)
+        + "alpn.certbot.test {\n\ttls {\n\t\tissuer acme {\n\t\t\tdisable_http_challenge\n\t\t}\n\t}\n\trespond \"via tls-alpn-01\"\n}\n";
+    let client = Dwaar::start(bin(), &client_cfg, &[client_http, 443]);
+    let trust_local = TlsOpts::trusting(std::fs::read(&root).unwrap());
+    let issued = wait_until(Duration::from_secs(60), || {
+        tls::get(
+            443,
+            "alpn.certbot.test",
+            "alpn.certbot.test",
+            "/",
+            &trust_local,
+        )
+        .is_ok_and(|r| r.body == "via tls-alpn-01")
+    });
+    assert!(
+        issued,
+        "client:\n{}\nserver:\n{}",
+        client.log_text(),
+        d.log_text()
+    );
+}

@@ -228,6 +228,36 @@ pub struct AcmeIssuer {
     pub preferred_chains: Option<PreferredChains>,
 }
 
+/// `acme_server { ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeServerConfig {
+    /// The CA's name (`local`, the only one): paths are under `/acme/<ca>/`.
+    pub ca: String,
+    /// Lifetime of issued certificates (ms); `None`: 12 hours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifetime_ms: Option<u64>,
+    /// Challenge types offered; empty: `http-01`, `tls-alpn-01`, `dns-01`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub challenges: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_wildcard_names: bool,
+    /// Names (`*.example.com` covers names under it) and IP ranges that may have
+    /// certificates; empty: any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_ip_ranges: Vec<String>,
+    /// Names and IP ranges refused (before `allow` is consulted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_domains: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_ip_ranges: Vec<String>,
+    /// DNS servers for validation lookups; empty: the system's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resolvers: Vec<String>,
+}
+
 /// `preferred_chains [smallest] { root_common_name ...; any_common_name ... }`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -1033,6 +1063,8 @@ pub enum Handler {
     Cache(Box<CacheConfig>),
     /// `metrics`: the process's Prometheus metrics.
     Metrics,
+    /// `acme_server`: an ACME CA issuing from the local CA.
+    AcmeServer(Box<AcmeServerConfig>),
     /// `log_skip` / `skip_log`: the request is left out of the access log.
     LogSkip,
     /// `log_name <names...>`: the request goes to the site's logs of these names only.

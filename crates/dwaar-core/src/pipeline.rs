@@ -872,6 +872,21 @@ fn run_handler<'t>(
             by: "error",
         }),
         HandlerRule::Metrics => Flow::Done(Terminal::Metrics),
+        HandlerRule::AcmeServer(server) => {
+            if !server.handles(req.path()) {
+                return Flow::Continue;
+            }
+            let host = req.header("host").unwrap_or(&ctx.host).to_string();
+            let base = format!("{}://{host}", ctx.scheme());
+            let body = ctx.request_body().cloned().unwrap_or_default();
+            let a = server.handle(req.method(), &base, req.path(), &body);
+            let mut r = Reply::status(a.status);
+            for (k, v) in a.headers {
+                r.headers.push((CompactString::const_new(k), v));
+            }
+            r.body = a.body.into();
+            Flow::Done(Terminal::Ready(r))
+        }
         HandlerRule::Cache(rule) => {
             let waited = req.header(crate::auth::CACHE_WAITED)
                 == Some(crate::auth::marker(u64::MAX).as_str());

@@ -99,6 +99,8 @@ pub enum HandlerRule {
     Encode(Arc<crate::encode::EncodeRule>),
     /// `metrics`: this process's Prometheus text.
     Metrics,
+    /// `acme_server`: ACME requests under its path prefix.
+    AcmeServer(Arc<dwaar_tls::acme_server::AcmeServer>),
     LogSkip,
     /// `log_name`: the site's logs this request goes to.
     LogName(Vec<String>),
@@ -488,6 +490,46 @@ pub fn analytics_db(config: &Config) -> std::path::PathBuf {
         .path("analytics/analytics.db")
 }
 
+/// An `acme_server` issuing from the local CA in `storage`.
+fn acme_server(
+    c: &dwaar_config::model::AcmeServerConfig,
+    storage: Option<&str>,
+) -> Result<dwaar_tls::acme_server::AcmeServer, String> {
+    use dwaar_tls::acme_server::{NameRules, Settings};
+    let storage = dwaar_tls::storage::Storage::from_config(storage);
+    let ca = Arc::new(dwaar_tls::ca::LocalCa::load_or_create(&storage)?);
+    let ranges = |list: &[String]| {
+        list.iter()
+            .filter_map(|r| {
+                let (ip, bits) = r.split_once('/').unwrap_or((r, ""));
+                let ip: std::net::IpAddr = ip.parse().ok()?;
+                let max = if ip.is_ipv4() { 32 } else { 128 };
+                Some((ip, bits.parse().unwrap_or(max)))
+            })
+            .collect()
+    };
+    let settings = Settings {
+        ca: c.ca.clone(),
+        lifetime: std::time::Duration::from_millis(c.lifetime_ms.unwrap_or(12 * 3600 * 1000)),
+        challenges: if c.challenges.is_empty() {
+            vec!["http-01".into(), "tls-alpn-01".into(), "dns-01".into()]
+        } else {
+            c.challenges.clone()
+        },
+        allow_wildcard_names: c.allow_wildcard_names,
+        allow: NameRules {
+            domains: c.allow_domains.clone(),
+            ip_ranges: ranges(&c.allow_ip_ranges),
+        },
+        deny: NameRules {
+            domains: c.deny_domains.clone(),
+            ip_ranges: ranges(&c.deny_ip_ranges),
+        },
+        resolvers: c.resolvers.clone(),
+    };
+    dwaar_tls::acme_server::AcmeServer::new(settings, ca, storage)
+}
+
 /// The labels of the config's sites with analytics on.
 pub fn analytics_sites(config: &Config) -> Vec<String> {
     config
@@ -538,6 +580,7 @@ impl RouteTable {
             dynamic: Vec::new(),
             upstreams: Vec::new(),
             tunnels: Vec::new(),
+            storage: config.global.tls.storage.as_deref(),
         };
         let mut listeners = std::collections::BTreeSet::new();
         if let Some(m) = &registries.tls {
@@ -957,6 +1000,8 @@ struct Cx<'a> {
     upstreams: Vec<Arc<crate::upstream::UpstreamState>>,
     dynamic: Vec<Arc<crate::upstream::dynamic::Dynamic>>,
     tunnels: Vec<Arc<crate::upstream::tunnels::Tunnels>>,
+    /// `storage`: where the local CA (and `acme_server`'s objects) live.
+    storage: Option<&'a str>,
 }
 
 fn compile_routes(
@@ -1128,6 +1173,7 @@ fn compile_handler(
         },
         Handler::Abort => HandlerRule::Abort,
         Handler::Metrics => HandlerRule::Metrics,
+        Handler::AcmeServer(c) => HandlerRule::AcmeServer(Arc::new(acme_server(c, cx.storage)?)),
         Handler::Cache(c) => {
             cx.rerun_checks = true;
             cx.cache_count += 1;

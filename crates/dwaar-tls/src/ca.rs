@@ -125,6 +125,39 @@ impl LocalCa {
         Cert::from_pem(&chain, &key.serialize_pem())
     }
 
+    /// Signs the key of a CSR (whose signature it checks) for `names` (DNS names or IP
+    /// addresses), valid for `lifetime`: the PEM chain, leaf first. The CSR's own
+    /// subject and extensions are ignored; what it may have was decided by the caller.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<String, String> {
+        let der = rustls::pki_types::CertificateSigningRequestDer::from(csr_der);
+        let mut csr = rcgen::CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| format!("unusable CSR: {e}"))?;
+        let mut p = CertificateParams::new(names.to_vec())
+            .map_err(|e| format!("cannot issue a certificate for {names:?}: {e}"))?;
+        p.distinguished_name = DistinguishedName::new();
+        p.is_ca = IsCa::ExplicitNoCa;
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        p.use_authority_key_identifier_extension = true;
+        p.serial_number = Some(random_serial());
+        let now = SystemTime::now();
+        p.not_before = (now - Duration::from_secs(60)).into();
+        p.not_after = (now + lifetime).into();
+        csr.params = p;
+        let leaf = csr
+            .signed_by(&self.issuer)
+            .map_err(|e| format!("cannot sign a certificate for {names:?}: {e}"))?;
+        Ok(format!("{}{}", leaf.pem(), self.root_pem))
+    }
+
     /// A certificate for `name` from `managed`, issuing (and remembering) one if needed.
     pub fn issue_cached(
         &self,

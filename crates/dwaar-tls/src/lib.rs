@@ -9,6 +9,7 @@
 //! - [`acme`]: the RFC 8555 client flow (HTTP-01 and TLS-ALPN-01) on `instant-acme`.
 //! - [`dns`]: the DNS-01 challenge: providers (RFC 2136, Cloudflare, Route 53, exec),
 //!   zone lookup and the propagation check.
+//! - [`acme_server`]: Dwaar as an ACME CA (`acme_server`), issuing from the local CA.
 //! - [`ocsp`]: stapling OCSP responses fetched in the background.
 //! - [`tickets`]: session-ticket keys shared by all processes of a server, rotated.
 //! - [`ca`], [`storage`], [`challenge`], [`certs`], [`verify`]: the pieces.
@@ -18,6 +19,7 @@
 
 pub mod acme;
 pub mod acme_chains;
+pub mod acme_server;
 pub mod ca;
 pub mod cert_source;
 pub mod certs;

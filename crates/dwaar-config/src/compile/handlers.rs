@@ -58,10 +58,11 @@ pub const SUPPORTED: &[&str] = &[
     "tracing",
     "templates",
     "fs",
+    "acme_server",
 ];
 
 /// Directives Caddy (or Dwaar's roadmap) has whose runtime does not exist yet.
-pub const NOT_YET: &[&str] = &["push", "acme_server"];
+pub const NOT_YET: &[&str] = &["push"];
 
 /// Site-level directives handled by the site compiler, not here.
 pub const SITE_LEVEL: &[&str] = &[
@@ -143,6 +144,20 @@ pub fn compile_directive(
                 }
             }
             route(m, vec![Handler::Metrics])
+        }
+        "acme_server" => {
+            let (m, skip) = inline_matcher(d, named, diags);
+            if !diags.arity(d, skip, 0, 0, "acme_server [<matcher>] { ... }") {
+                return Compiled::Nothing;
+            }
+            match super::tls::acme_server(d, diags) {
+                Some(c) => {
+                    // JWS bodies are read before the routes run.
+                    diags.body_placeholder = true;
+                    route(m, vec![Handler::AcmeServer(Box::new(c))])
+                }
+                None => Compiled::Nothing,
+            }
         }
         "root" => to_compiled(super::files::root(d, named, diags)),
         "ip_filter" => to_compiled(super::security::ip_filter(d, named, diags)),

@@ -1116,3 +1116,115 @@ pub fn check_on_demand(doc: &crate::parser::Document, g: &GlobalTls, diags: &mut
         }
     }
 }
+
+/// The block of the `acme_server` directive.
+pub fn acme_server(d: &Directive, diags: &mut Diags) -> Option<crate::model::AcmeServerConfig> {
+    const CHALLENGES: &[&str] = &["http-01", "tls-alpn-01", "dns-01"];
+    const OPTIONS: &[&str] = &[
+        "ca",
+        "lifetime",
+        "challenges",
+        "allow_wildcard_names",
+        "allow",
+        "deny",
+        "resolvers",
+        "sign_with_root",
+    ];
+    let before = diags.error_count();
+    let mut c = crate::model::AcmeServerConfig {
+        ca: "local".into(),
+        lifetime_ms: None,
+        challenges: Vec::new(),
+        allow_wildcard_names: false,
+        allow_domains: Vec::new(),
+        allow_ip_ranges: Vec::new(),
+        deny_domains: Vec::new(),
+        deny_ip_ranges: Vec::new(),
+        resolvers: Vec::new(),
+    };
+    for line in block_lines(&d.block) {
+        let k = line.name.text.as_str();
+        match k {
+            "ca" => {
+                if diags.arity(line, 0, 1, 1, "ca local") && line.args[0].text != "local" {
+                    diags.push(
+                        line.args[0]
+                            .error(format!("no CA named '{}'", line.args[0].text))
+                            .with_help("Dwaar has one CA, 'local' (its local CA)"),
+                    );
+                }
+            }
+            "lifetime" => {
+                if diags.arity(line, 0, 1, 1, "lifetime <duration>") {
+                    match diags.duration(&line.args[0]) {
+                        Some(ms) if ms >= 60_000 => c.lifetime_ms = Some(ms),
+                        Some(_) => diags.push(line.args[0].error("lifetime must be at least 1m")),
+                        None => {}
+                    }
+                }
+            }
+            "challenges" => {
+                if diags.arity(line, 0, 1, 3, "challenges http-01|tls-alpn-01|dns-01...") {
+                    for a in &line.args {
+                        if CHALLENGES.contains(&a.text.as_str()) {
+                            c.challenges.push(a.text.clone());
+                        } else {
+                            diags.unknown_sub("challenges", a, CHALLENGES);
+                        }
+                    }
+                }
+            }
+            "allow_wildcard_names" => {
+                if diags.arity(line, 0, 0, 0, k) {
+                    c.allow_wildcard_names = true;
+                }
+            }
+            // Dwaar's local CA has no intermediate: it always signs with its root.
+            "sign_with_root" => {
+                diags.arity(line, 0, 0, 0, k);
+            }
+            "resolvers" => {
+                let mut o = DnsOptions::default();
+                if dns_option(line, &mut o, diags) {
+                    c.resolvers = o.resolvers;
+                }
+            }
+            "allow" | "deny" => {
+                let (mut domains, mut ranges) = (Vec::new(), Vec::new());
+                for sub in block_lines(&line.block) {
+                    match sub.name.text.as_str() {
+                        "domains" => {
+                            if diags.arity(sub, 0, 1, usize::MAX, "domains <name>...") {
+                                for a in &sub.args {
+                                    let v = a.text.to_ascii_lowercase();
+                                    if is_dns_name(v.strip_prefix("*.").unwrap_or(&v)) {
+                                        domains.push(v);
+                                    } else {
+                                        diags.push(
+                                            a.error(format!("'{}' is not a domain name", a.text)),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                        "ip_ranges" => {
+                            if diags.arity(sub, 0, 1, usize::MAX, "ip_ranges <cidr>...") {
+                                super::matchers::push_cidrs(&sub.args, &mut ranges, diags);
+                            }
+                        }
+                        _ => diags.unknown_sub(k, &sub.name, &["domains", "ip_ranges"]),
+                    }
+                }
+                if k == "allow" {
+                    c.allow_domains.extend(domains);
+                    c.allow_ip_ranges.extend(ranges);
+                } else {
+                    c.deny_domains.extend(domains);
+                    c.deny_ip_ranges.extend(ranges);
+                }
+            }
+            _ => diags.unknown_sub("acme_server", &line.name, OPTIONS),
+        }
+    }
+    (diags.error_count() == before).then_some(c)
+}
