@@ -108,7 +108,7 @@ impl CertSources {
         sigs: &str,
         suites: &str,
     ) -> Option<Arc<Cert>> {
-        use crate::dns::sigv4::uri_encode;
+        use crate::https::uri_encode;
         for url in urls {
             let sep = if url.contains('?') { '&' } else { '?' };
             let full = format!(

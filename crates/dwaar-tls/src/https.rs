@@ -115,3 +115,17 @@ impl Client {
             .map_err(|e| format!("{method} {url}: {e}"))
     }
 }
+
+/// Percent-encodes everything but `A-Za-z0-9-_.~` (RFC 3986's unreserved characters,
+/// as AWS Signature Version 4 requires too); `/` is kept in paths.
+pub fn uri_encode(s: &str, keep_slash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -40,6 +40,8 @@ pub struct OnDemand {
     storage: Storage,
     ca: Option<Arc<LocalCa>>,
     state: Arc<Progress>,
+    /// The `ask` endpoint's client, made on first use.
+    client: std::sync::OnceLock<crate::https::Client>,
 }
 
 impl std::fmt::Debug for OnDemand {
@@ -76,6 +78,7 @@ impl OnDemand {
             storage,
             ca,
             state,
+            client: std::sync::OnceLock::new(),
         }
     }
 
@@ -183,64 +186,34 @@ impl OnDemand {
 
     /// `GET <ask>?domain=<name>`: a 2xx answer allows the name.
     async fn ask(&self, name: &str) -> Result<(), String> {
-        use tokio::io::AsyncWriteExt;
-        let rest = self
-            .ask
-            .strip_prefix("http://")
-            .ok_or("the ask endpoint must be an http:// URL")?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, "/"),
+        let client = match self.client.get() {
+            Some(c) => c,
+            None => {
+                let c = crate::https::Client::new(None)?;
+                self.client.get_or_init(|| c)
+            }
         };
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let request = format!(
-            "GET {path}{sep}domain={} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\nUser-Agent: dwaar\r\n\r\n",
-            encode(name)
+        let sep = if self.ask.contains('?') { '&' } else { '?' };
+        let url = format!(
+            "{}{sep}domain={}",
+            self.ask,
+            crate::https::uri_encode(name, false)
         );
-        let addr = if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
-        let exchange = async {
-            let mut s = tokio::net::TcpStream::connect(&addr)
-                .await
-                .map_err(|e| format!("ask endpoint {addr}: {e}"))?;
-            s.write_all(request.as_bytes())
-                .await
-                .map_err(|e| format!("ask endpoint: {e}"))?;
-            crate::http1::read_response(&mut s, 64 * 1024, "ask endpoint").await
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(10), exchange)
-            .await
-            .map_err(|_| "the ask endpoint did not answer in 10 s".to_string())??;
-        let status = std::str::from_utf8(&resp)
-            .ok()
-            .and_then(|t| t.split(' ').nth(1))
-            .and_then(|c| c.parse::<u16>().ok())
-            .unwrap_or(0);
-        if (200..300).contains(&status) {
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.send("GET", &url, &[("user-agent", "dwaar")], Vec::new()),
+        )
+        .await
+        .map_err(|_| "the ask endpoint did not answer in 10 s".to_string())?
+        .map_err(|e| format!("ask endpoint: {e}"))?;
+        if (200..300).contains(&resp.status) {
             Ok(())
         } else {
-            Err(format!("the ask endpoint refused {name} ({status})"))
+            Err(format!("the ask endpoint refused {name} ({})", resp.status))
         }
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// A query value: server names are letters, digits, `-` and `.`; anything else is
-/// percent-encoded.
-fn encode(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || b == b'-' || b == b'.' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }

@@ -922,12 +922,16 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                         let a = &line.args[0];
                         match sub {
                             "ask" => {
-                                if a.text.starts_with("http://") && a.text.len() > 7 {
+                                let rest = a
+                                    .text
+                                    .strip_prefix("http://")
+                                    .or_else(|| a.text.strip_prefix("https://"));
+                                if rest.is_some_and(|r| !r.is_empty()) {
                                     ask = Some(a.text.clone());
                                 } else {
                                     diags.push(
-                                        a.error(format!("'{}' is not an http:// URL", a.text))
-                                            .with_help("the ask endpoint is a service of yours, asked over plain HTTP: ask http://localhost:5555/check"),
+                                        a.error(format!("'{}' is not an http(s) URL", a.text))
+                                            .with_help("the ask endpoint is a service of yours: ask http://localhost:5555/check"),
                                     );
                                 }
                             }

@@ -3,8 +3,8 @@
 //! (`POST /zones/{id}/dns_records`) and later deleted by looking it up by name and
 //! content (`GET /zones/{id}/dns_records?type=TXT&name=&content=`, `DELETE`).
 
-use super::sigv4::uri_encode;
 use super::TxtRecord;
+use crate::https::uri_encode;
 use crate::https::Client;
 use serde_json::Value;
 

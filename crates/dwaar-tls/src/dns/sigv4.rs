@@ -31,18 +31,7 @@ fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
         .to_vec()
 }
 
-/// AWS's URI encoding: everything but `A-Za-z0-9-_.~` as `%XX`; `/` kept in paths.
-pub fn uri_encode(s: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) || (keep_slash && b == b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+pub use crate::https::uri_encode;
 
 /// `20150830T123600Z` for a moment in seconds since the epoch.
 pub fn amz_date(unix: i64) -> String {
