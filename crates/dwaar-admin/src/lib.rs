@@ -69,10 +69,18 @@ async fn handle(
     }
     let path = req.path.split('?').next().unwrap_or("");
     match (req.method.as_str(), path) {
-        ("GET" | "HEAD", "/health") => Response::json(
-            200,
-            &json!({"status": "ok", "uptime_seconds": control.started.elapsed().as_secs()}),
-        ),
+        // Degraded, not down: with the fleet's Redis unreachable, serving goes on.
+        ("GET" | "HEAD", "/health") => {
+            let up = dwaar_core::dwaar_fleet::all_up();
+            let mut body = json!({
+                "status": if up { "ok" } else { "degraded" },
+                "uptime_seconds": control.started.elapsed().as_secs(),
+            });
+            if !dwaar_core::dwaar_fleet::all().is_empty() {
+                body["storage"] = json!(if up { "up" } else { "unreachable" });
+            }
+            Response::json(200, &body)
+        }
         ("GET" | "HEAD", "/config" | "/config/") => Response::json(
             200,
             &serde_json::to_value(&*control.reloader.current()).unwrap_or_default(),

@@ -250,9 +250,7 @@ pub fn trust(config: Option<&Path>, storage: Option<&Path>) -> i32 {
     let storage = match (storage, config) {
         (Some(s), _) => dwaar_tls::storage::Storage::new(s),
         (None, Some(_)) => match load(config) {
-            Ok((_, l)) => {
-                dwaar_tls::storage::Storage::from_config(l.config.global.tls.storage.as_deref())
-            }
+            Ok((_, l)) => dwaar_tls::storage::Storage::for_config(&l.config.global.tls),
             Err(c) => return c,
         },
         (None, None) => dwaar_tls::storage::Storage::from_config(None),

@@ -115,6 +115,10 @@ pub struct GlobalTls {
     /// `on_demand_tls`: who may have a certificate issued during its first handshake.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_demand: Option<OnDemandTls>,
+    /// `storage redis { ... }`: state shared by a fleet of instances through Redis
+    /// (certificates and locks, distributed rate limits, purges).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisStorage>,
     /// `acme_dns <provider> ...`: the DNS-01 provider of every ACME issuer without one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acme_dns: Option<DnsProvider>,
@@ -226,6 +230,42 @@ pub struct AcmeIssuer {
     /// else the CA's default.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preferred_chains: Option<PreferredChains>,
+}
+
+/// `storage redis { ... }`: how to reach Redis (or Valkey).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisStorage {
+    /// `host:port` of the server(s): tried in order (standalone), the seed nodes
+    /// (`cluster`), or the sentinels (`sentinel`).
+    pub addresses: Vec<String>,
+    /// Redis Cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cluster: bool,
+    /// Redis Sentinel: the name of the monitored master.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel_master: Option<String>,
+    #[serde(default)]
+    pub db: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// Prefix of every key Dwaar writes (`dwaar` by default).
+    pub key_prefix: String,
+    /// Connect with TLS (`rediss://`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
+    /// Connecting (ms); `None`: 2 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dial_timeout_ms: Option<u64>,
+    /// One command (ms); `None`: 1 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_timeout_ms: Option<u64>,
+    /// Where the local copy of stored data lives (serving goes on from it while Redis
+    /// is down); `None`: the user's data directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_copy: Option<String>,
 }
 
 /// `acme_server { ... }`.
@@ -1260,6 +1300,20 @@ pub struct RateLimit {
     pub window_ms: u64,
     #[serde(default)]
     pub burst: u32,
+    /// `distributed exact|approximate [<sync_interval>]`: counted across the fleet
+    /// through `storage redis`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<Distributed>,
+}
+
+/// How a `rate_limit` zone is shared by the instances of a fleet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Distributed {
+    /// One atomic Redis script per decision.
+    Exact,
+    /// Local counts, merged with the fleet's every `sync_interval_ms`.
+    Approximate { sync_interval_ms: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

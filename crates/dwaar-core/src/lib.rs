@@ -45,3 +45,6 @@ pub mod streams;
 pub mod template;
 pub mod templates;
 pub mod upstream;
+
+/// The fleet's shared state (`storage redis`), for the admin API and the CLI.
+pub use dwaar_fleet;

@@ -515,6 +515,7 @@ pub fn render(table: Option<&crate::route_table::RouteTable>) -> String {
         write_upstreams(t, &mut out);
     }
     write_process(&mut out);
+    dwaar_fleet::write_metrics(&mut out);
     out
 }
 

@@ -1050,7 +1050,13 @@ fn run_handler<'t>(
                 return Flow::Continue;
             }
             let key = render(&r.key, req, ctx);
-            let verdict = r.zone.check(&key);
+            let verdict = match &r.fleet {
+                None => r.zone.check(&key),
+                Some(f) => match crate::security::fleet_verdict(f, r, zone as u64, &key, req) {
+                    Ok(v) => v,
+                    Err(check) => return Flow::Done(Terminal::Check(check)),
+                },
+            };
             if verdict.is_ok() {
                 ctx.charged.add(zone);
             }

@@ -225,6 +225,19 @@ pub struct IpFilterRule {
 pub struct RateLimitRule {
     pub zone: Arc<crate::security::Zone>,
     pub key: Template,
+    /// `distributed`: decided with the fleet (the local zone then serves while Redis
+    /// cannot be asked).
+    pub fleet: Option<FleetLimit>,
+}
+
+/// A rate limit shared by the fleet.
+#[derive(Debug)]
+pub enum FleetLimit {
+    Exact {
+        fleet: Arc<dwaar_fleet::Fleet>,
+        zone: String,
+    },
+    Approximate(Arc<dwaar_fleet::limit::Approximate>),
 }
 
 #[derive(Debug)]
@@ -486,17 +499,16 @@ pub struct AnalyticsInfo {
 
 /// The analytics database of a config: `<storage>/analytics/analytics.db`.
 pub fn analytics_db(config: &Config) -> std::path::PathBuf {
-    dwaar_tls::storage::Storage::from_config(config.global.tls.storage.as_deref())
-        .path("analytics/analytics.db")
+    dwaar_tls::storage::Storage::for_config(&config.global.tls).path("analytics/analytics.db")
 }
 
 /// An `acme_server` issuing from the local CA in `storage`.
 fn acme_server(
     c: &dwaar_config::model::AcmeServerConfig,
-    storage: Option<&str>,
+    storage: &dwaar_config::model::GlobalTls,
 ) -> Result<dwaar_tls::acme_server::AcmeServer, String> {
     use dwaar_tls::acme_server::{NameRules, Settings};
-    let storage = dwaar_tls::storage::Storage::from_config(storage);
+    let storage = dwaar_tls::storage::Storage::for_config(storage);
     let ca = Arc::new(dwaar_tls::ca::LocalCa::load_or_create(&storage)?);
     let ranges = |list: &[String]| {
         list.iter()
@@ -580,7 +592,7 @@ impl RouteTable {
             dynamic: Vec::new(),
             upstreams: Vec::new(),
             tunnels: Vec::new(),
-            storage: config.global.tls.storage.as_deref(),
+            storage: &config.global.tls,
         };
         let mut listeners = std::collections::BTreeSet::new();
         if let Some(m) = &registries.tls {
@@ -1001,7 +1013,7 @@ struct Cx<'a> {
     dynamic: Vec<Arc<crate::upstream::dynamic::Dynamic>>,
     tunnels: Vec<Arc<crate::upstream::tunnels::Tunnels>>,
     /// `storage`: where the local CA (and `acme_server`'s objects) live.
-    storage: Option<&'a str>,
+    storage: &'a dwaar_config::model::GlobalTls,
 }
 
 fn compile_routes(
@@ -1314,13 +1326,60 @@ fn compile_handler(
                     z
                 }
             };
+            let fleet = match (&r.distributed, &cx.storage.redis) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err("a distributed rate_limit needs storage redis".into())
+                }
+                (Some(mode), Some(redis)) => {
+                    let fleet = dwaar_fleet::fleet(redis)?;
+                    let limit = u64::from(r.events) + u64::from(r.burst);
+                    Some(match mode {
+                        dwaar_config::model::Distributed::Exact => {
+                            // Decided off the request path, then the pipeline reruns.
+                            cx.rerun_checks = true;
+                            FleetLimit::Exact {
+                                fleet,
+                                zone: r.zone.clone(),
+                            }
+                        }
+                        dwaar_config::model::Distributed::Approximate { sync_interval_ms } => {
+                            // Kept across reloads while the zone's settings stay.
+                            let name =
+                                format!("{}#{limit}#{}#{sync_interval_ms}", r.zone, r.window_ms);
+                            let mut approx = APPROXIMATE
+                                .lock()
+                                .map_err(|_| "rate-limit zones are poisoned")?;
+                            let a = approx
+                                .entry(name)
+                                .or_insert_with(|| {
+                                    dwaar_fleet::limit::Approximate::start(
+                                        fleet.clone(),
+                                        &r.zone,
+                                        limit,
+                                        r.window_ms,
+                                        std::time::Duration::from_millis(*sync_interval_ms),
+                                    )
+                                })
+                                .clone();
+                            FleetLimit::Approximate(a)
+                        }
+                    })
+                }
+            };
             HandlerRule::RateLimit(Arc::new(RateLimitRule {
                 zone,
                 key: r.key.clone(),
+                fleet,
             }))
         }
     })
 }
+
+/// Approximate fleet zones by name and settings (each has a sync thread).
+static APPROXIMATE: std::sync::Mutex<
+    std::collections::BTreeMap<String, Arc<dwaar_fleet::limit::Approximate>>,
+> = std::sync::Mutex::new(std::collections::BTreeMap::new());
 
 /// The current route table, swapped atomically on reload.
 pub struct RouteStore {

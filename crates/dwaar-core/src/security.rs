@@ -358,3 +358,111 @@ mod tests {
         )));
     }
 }
+
+/// Carries the fleet's verdict on an exact distributed rate limit into the rerun of
+/// the pipeline: `<marker>:ok` or `<marker>:<retry-after seconds>`.
+pub const FLEET_LIMIT: &str = "x-dwaar-fleet-limit";
+
+/// A question to the fleet about one exact distributed rate limit.
+#[derive(Debug, Clone)]
+pub struct FleetCall {
+    pub fleet: std::sync::Arc<dwaar_fleet::Fleet>,
+    pub zone: String,
+    pub key_hash: u64,
+    pub limit: u64,
+    pub window_ms: u64,
+    /// The local zone that decides while Redis cannot.
+    pub local: std::sync::Arc<Zone>,
+    pub key: String,
+    pub marker: String,
+}
+
+/// A distributed zone's verdict: decided here (approximate mode, or the exact verdict
+/// the fleet gave before this rerun), or a question to ask the fleet off the request
+/// path first.
+pub fn fleet_verdict(
+    f: &crate::route_table::FleetLimit,
+    rule: &crate::route_table::RateLimitRule,
+    zone_id: u64,
+    key: &str,
+    req: &mut dyn crate::request::HttpRequest,
+) -> Result<Result<(), Limited>, crate::auth::Check> {
+    use crate::route_table::FleetLimit;
+    use std::sync::atomic::Ordering::Relaxed;
+    let z = &rule.zone;
+    let retry = |now: u64| Limited {
+        retry_after_secs: (z.window_ms - now % z.window_ms).div_ceil(1000).max(1),
+    };
+    let verdict = match f {
+        FleetLimit::Approximate(a) => {
+            let now = now_ms();
+            if a.check(hash_key(key), now) {
+                Ok(())
+            } else {
+                Err(retry(now))
+            }
+        }
+        FleetLimit::Exact { fleet, zone } => {
+            let marker = crate::auth::marker(zone_id);
+            let given = req
+                .header(FLEET_LIMIT)
+                .and_then(|v| v.strip_prefix(marker.as_str()))
+                .and_then(|v| v.strip_prefix(':'))
+                .map(str::to_string);
+            let Some(given) = given else {
+                return Err(crate::auth::Check::FleetLimit(FleetCall {
+                    fleet: fleet.clone(),
+                    zone: zone.clone(),
+                    key_hash: hash_key(key),
+                    limit: u64::from(z.events) + u64::from(z.burst),
+                    window_ms: z.window_ms,
+                    local: z.clone(),
+                    key: key.to_string(),
+                    marker,
+                }));
+            };
+            req.remove_header(FLEET_LIMIT);
+            match given.as_str() {
+                "ok" => Ok(()),
+                secs => Err(Limited {
+                    retry_after_secs: secs.parse().unwrap_or(1),
+                }),
+            }
+        }
+    };
+    match verdict {
+        Ok(()) => ALLOWED.fetch_add(1, Relaxed),
+        Err(_) => LIMITED.fetch_add(1, Relaxed),
+    };
+    Ok(verdict)
+}
+
+/// Asks the fleet (the local zone when Redis cannot answer): the header edit for the
+/// rerun.
+pub async fn ask_fleet(c: FleetCall) -> (String, Option<String>) {
+    let now = now_ms();
+    let r =
+        dwaar_fleet::limit::check_exact(&c.fleet, &c.zone, c.key_hash, c.limit, c.window_ms, now)
+            .await;
+    let verdict = match r {
+        Ok(true) => "ok".to_string(),
+        Ok(false) => (c.window_ms - now % c.window_ms)
+            .div_ceil(1000)
+            .max(1)
+            .to_string(),
+        Err(e) => {
+            c.fleet
+                .fallbacks
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(zone = c.zone, "rate limit decided locally: {e}");
+            match c.local.check_at(&c.key, now) {
+                Ok(()) => "ok".to_string(),
+                Err(l) => l.retry_after_secs.to_string(),
+            }
+        }
+    };
+    (
+        FLEET_LIMIT.to_string(),
+        Some(format!("{}:{verdict}", c.marker)),
+    )
+}

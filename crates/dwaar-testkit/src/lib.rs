@@ -22,6 +22,7 @@ pub mod paths;
 pub mod pebble;
 pub mod php;
 pub mod proxy;
+pub mod redis;
 pub mod stub;
 pub mod tls;
 

@@ -179,7 +179,7 @@ impl TlsManager {
         if plan.sites.is_empty() {
             return Ok(None);
         }
-        let storage = Storage::from_config(config.global.tls.storage.as_deref());
+        let storage = Storage::for_config(&config.global.tls);
         self.shared.challenges.set_storage(storage.clone());
         if let Some(k) = &self.ticket_keys {
             k.use_storage(storage.clone(), self.leader);
@@ -770,20 +770,47 @@ impl Issue {
 
     /// One try at `spec`'s CA.
     async fn attempt(&self, spec: &AcmeSpec) -> Result<Cert, String> {
-        let account = self.account(spec).await?;
-        // Across processes: one issuer per name. Another process may have finished
-        // while this one waited; then its certificate is used.
+        // Across processes (and, with `storage redis`, across the fleet): one issuer per
+        // name. Another may have finished while this one waited; then its certificate
+        // is used.
         let storage = self.storage.clone();
         let name = self.name.clone();
         let lock = tokio::task::spawn_blocking(move || storage.lock(&format!("cert-{name}"))).await;
-        let _lock = lock.map_err(|e| e.to_string())??;
-        if let Some(c) = acme::load_stored(&self.storage, spec, &self.name) {
+        let lock = lock.map_err(|e| e.to_string())??;
+        let stored = {
+            let (storage, spec, name) = (self.storage.clone(), spec.clone(), self.name.clone());
+            tokio::task::spawn_blocking(move || acme::load_stored(&storage, &spec, &name))
+                .await
+                .ok()
+                .flatten()
+        };
+        if let Some(c) = stored {
             let current = self.shared.managed.load().exact(&self.name).cloned();
             let newer = current.is_none_or(|cur| c.not_after > cur.not_after);
             if newer && !c.needs_renewal(SystemTime::now()) {
+                tracing::info!(
+                    name = self.name,
+                    "using the certificate another instance stored"
+                );
                 return Ok(c);
             }
         }
+        let account = self.account(spec).await?;
+        let result = self.order(spec, &account).await;
+        if result.is_ok() && !lock.still_held() {
+            tracing::warn!(
+                name = self.name,
+                "the fleet lock expired during issuance; another instance may have ordered too"
+            );
+        }
+        result
+    }
+
+    async fn order(
+        &self,
+        spec: &AcmeSpec,
+        account: &Arc<instant_acme::Account>,
+    ) -> Result<Cert, String> {
         if let (true, Some(staging)) = (self.rehearse, spec.staging()) {
             tracing::info!(
                 name = self.name,
@@ -805,7 +832,7 @@ impl Issue {
         }
         tracing::info!(name = self.name, ca = spec.dir, "obtaining a certificate");
         acme::obtain(
-            &account,
+            account,
             spec,
             &self.name,
             self.key,

@@ -15,16 +15,34 @@
 //! so a crash never leaves half a key, and secret files are created with mode 0600.
 //! Worker processes and an upgraded successor read the same directory, which is how
 //! certificates and challenge answers reach every process that serves traffic.
+//!
+//! With `storage redis`, the same paths are keys in Redis, shared by every instance of
+//! a fleet, and the directory (`local_copy`, else the data directory) keeps a copy of
+//! everything read or written: when Redis cannot be reached, reads come from the copy
+//! and writes land there (and in Redis once it answers again for later writes). Locks
+//! are then fleet-wide ([`dwaar_fleet::lock`]), so one instance orders a certificate
+//! while the others wait and load its result.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Storage {
     root: PathBuf,
+    /// `storage redis`: the fleet's shared store (`root` then holds the local copy).
+    fleet: Option<std::sync::Arc<dwaar_fleet::Fleet>>,
 }
+
+impl PartialEq for Storage {
+    fn eq(&self, other: &Storage) -> bool {
+        self.root == other.root
+            && self.fleet.as_ref().map(|f| &f.cfg) == other.fleet.as_ref().map(|f| &f.cfg)
+    }
+}
+
+impl Eq for Storage {}
 
 /// Whether a file holds a secret (private keys, account keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +53,38 @@ pub enum Secrecy {
 
 impl Storage {
     pub fn new(root: impl Into<PathBuf>) -> Storage {
-        Storage { root: root.into() }
+        Storage {
+            root: root.into(),
+            fleet: None,
+        }
+    }
+
+    /// The storage a config's global options describe: `storage redis` (with its local
+    /// copy), else `storage file_system`, else the user's data directory.
+    pub fn for_config(g: &dwaar_config::model::GlobalTls) -> Storage {
+        let Some(r) = &g.redis else {
+            return Storage::from_config(g.storage.as_deref());
+        };
+        let root = r
+            .local_copy
+            .as_deref()
+            .map(PathBuf::from)
+            .unwrap_or_else(default_root);
+        match dwaar_fleet::fleet(r) {
+            Ok(f) => Storage {
+                root,
+                fleet: Some(f),
+            },
+            Err(e) => {
+                tracing::error!("storage redis: {e}; storing locally only");
+                Storage::new(root)
+            }
+        }
+    }
+
+    /// The fleet's shared store, with `storage redis`.
+    pub fn fleet(&self) -> Option<&std::sync::Arc<dwaar_fleet::Fleet>> {
+        self.fleet.as_ref()
     }
 
     /// `storage` from the config, or the user's data directory.
@@ -55,16 +104,50 @@ impl Storage {
     }
 
     pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        fs::read(self.path(rel)).ok()
+        let local = || fs::read(self.path(rel)).ok();
+        let Some(fleet) = &self.fleet else {
+            return local();
+        };
+        match fleet.get(rel) {
+            Ok(Some(v)) => {
+                // Keep the local copy current for the day Redis is unreachable.
+                if local().as_deref() != Some(&v[..]) {
+                    let _ = self.write_local(rel, &v, secrecy_of(rel));
+                }
+                Some(v)
+            }
+            Ok(None) => {
+                // Something stored before the fleet shared it: share it now.
+                let v = local()?;
+                let _ = fleet.set(rel, &v);
+                Some(v)
+            }
+            Err(_) => local(),
+        }
     }
 
     /// Modification time of a stored file, to notice changes made by other processes.
     pub fn modified(&self, rel: &str) -> Option<std::time::SystemTime> {
+        if let Some(fleet) = &self.fleet {
+            if let Ok(t) = fleet.modified(rel) {
+                return t.map(|ms| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms));
+            }
+        }
         fs::metadata(self.path(rel)).and_then(|m| m.modified()).ok()
     }
 
-    /// Writes `data` to `rel` atomically.
+    /// Writes `data` to `rel` atomically (and to the fleet's store, with one).
     pub fn write(&self, rel: &str, data: &[u8], secrecy: Secrecy) -> Result<(), String> {
+        self.write_local(rel, data, secrecy)?;
+        if let Some(fleet) = &self.fleet {
+            if let Err(e) = fleet.set(rel, data) {
+                tracing::warn!(path = rel, "kept locally only: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    fn write_local(&self, rel: &str, data: &[u8], secrecy: Secrecy) -> Result<(), String> {
         let path = self.path(rel);
         let dir = path.parent().unwrap_or(&self.root).to_path_buf();
         create_dir(&dir)?;
@@ -99,10 +182,27 @@ impl Storage {
 
     pub fn remove(&self, rel: &str) {
         let _ = fs::remove_file(self.path(rel));
+        if let Some(fleet) = &self.fleet {
+            let _ = fleet.remove(rel);
+        }
     }
 
-    /// Takes the cross-process lock for `name` (blocking). Released on drop.
+    /// Takes the lock for `name` (blocking): fleet-wide with `storage redis` (waiting up
+    /// to 10 minutes for another instance), else across this machine's processes.
+    /// Released on drop. With Redis unreachable, the machine-wide lock is taken.
     pub fn lock(&self, name: &str) -> Result<StorageLock, String> {
+        if let Some(fleet) = &self.fleet {
+            let ttl = std::time::Duration::from_secs(60);
+            let wait = std::time::Duration::from_secs(600);
+            match dwaar_fleet::lock::acquire(fleet, &safe_name(name), ttl, wait) {
+                Ok(l) => return Ok(StorageLock::Fleet(l)),
+                Err(e) if fleet.is_up() => return Err(e),
+                Err(e) => tracing::warn!(
+                    lock = name,
+                    "fleet lock unavailable ({e}); locking this machine only"
+                ),
+            }
+        }
         let dir = self.path("locks");
         create_dir(&dir)?;
         let path = dir.join(format!("{}.lock", safe_name(name)));
@@ -115,13 +215,34 @@ impl Storage {
             .map_err(|e| format!("cannot open lock {}: {e}", path.display()))?;
         let lock = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
             .map_err(|(_, e)| format!("cannot lock {}: {e}", path.display()))?;
-        Ok(StorageLock { _lock: lock })
+        Ok(StorageLock::File(lock))
     }
 }
 
-/// Held while one process works on a name; other processes wait.
-pub struct StorageLock {
-    _lock: nix::fcntl::Flock<File>,
+/// Keys and account files are secret; the rest is public.
+fn secrecy_of(rel: &str) -> Secrecy {
+    if rel.ends_with(".key") || rel.contains("account") || rel.starts_with("tickets/") {
+        Secrecy::Secret
+    } else {
+        Secrecy::Public
+    }
+}
+
+/// Held while one process (or fleet instance) works on a name; the others wait.
+pub enum StorageLock {
+    File(nix::fcntl::Flock<File>),
+    Fleet(dwaar_fleet::lock::FleetLock),
+}
+
+impl StorageLock {
+    /// Whether the lock is still this holder's (a fleet lock can expire during a long
+    /// pause; a file lock cannot).
+    pub fn still_held(&self) -> bool {
+        match self {
+            StorageLock::File(_) => true,
+            StorageLock::Fleet(l) => l.still_held(),
+        }
+    }
 }
 
 impl std::fmt::Debug for StorageLock {

@@ -19,6 +19,8 @@ pub struct Diags {
     /// `rate_limit` directives without a `zone` seen so far: each gets its own zone,
     /// numbered in the order they are written (stable when the file is reformatted).
     pub unnamed_rate_limits: u32,
+    /// The global options set `storage redis` (what `distributed` rate limits need).
+    pub redis_storage: bool,
 }
 
 impl Diags {

@@ -382,6 +382,7 @@ pub fn compile(doc: &Document, diags: &mut Diags) -> Config {
         doc.global.as_ref().map_or(&[], |b| &b.directives[..]),
         diags,
     );
+    diags.redis_storage = global.tls.redis.is_some();
     let order = directive_order(&global.order);
     let named_routes = named_routes(doc, diags);
     check_named_routes(&named_routes, &order, diags);

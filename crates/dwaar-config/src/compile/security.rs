@@ -103,6 +103,7 @@ pub fn rate_limit(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Op
         events: 0,
         window_ms: 0,
         burst: 0,
+        distributed: None,
     };
     if let Some(t) = d.args.get(skip) {
         let parsed = t.text.split_once('/').and_then(|(n, w)| {
@@ -160,10 +161,52 @@ pub fn rate_limit(d: &Directive, named: &NamedMatchers, diags: &mut Diags) -> Op
                     }
                 }
             }
+            "distributed" => {
+                if !diags.arity(
+                    line,
+                    0,
+                    1,
+                    2,
+                    "distributed exact | distributed approximate [<sync_interval>]",
+                ) {
+                    continue;
+                }
+                if !diags.redis_storage {
+                    diags.push(
+                        line.name
+                            .error("a distributed rate limit is shared through Redis, and this config has none")
+                            .with_help("add 'storage redis' (with its address) to the global options"),
+                    );
+                    continue;
+                }
+                match (line.args[0].text.as_str(), line.args.get(1)) {
+                    ("exact", None) => r.distributed = Some(crate::model::Distributed::Exact),
+                    ("exact", Some(a)) => diags.push(
+                        a.error("exact mode has no sync interval: every decision asks Redis"),
+                    ),
+                    ("approximate", interval) => {
+                        let ms = match interval {
+                            Some(a) => match diags.duration(a) {
+                                Some(0) => {
+                                    diags.push(a.error("the sync interval must be above zero"));
+                                    continue;
+                                }
+                                Some(ms) => ms,
+                                None => continue,
+                            },
+                            None => 1000,
+                        };
+                        r.distributed = Some(crate::model::Distributed::Approximate {
+                            sync_interval_ms: ms,
+                        });
+                    }
+                    _ => diags.unknown_sub("distributed", &line.args[0], &["exact", "approximate"]),
+                }
+            }
             _ => diags.unknown_sub(
                 "rate_limit",
                 &line.name,
-                &["zone", "key", "events", "window", "burst"],
+                &["zone", "key", "events", "window", "burst", "distributed"],
             ),
         }
     }

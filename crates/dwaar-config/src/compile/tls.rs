@@ -1026,7 +1026,21 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
             }
         }
         "storage" => {
-            if !diags.arity(d, 0, 1, 2, "storage file_system <path>") {
+            if !diags.arity(
+                d,
+                0,
+                1,
+                usize::MAX,
+                "storage file_system <path> | storage redis { ... }",
+            ) {
+                return true;
+            }
+            if d.args[0].text == "redis" {
+                g.redis = redis_storage(d, diags);
+                return true;
+            }
+            if d.args.len() > 2 {
+                diags.push(d.args[2].error("storage file_system takes one directory"));
                 return true;
             }
             if d.args[0].text != "file_system" {
@@ -1037,7 +1051,7 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
                             d.args[0].text
                         ))
                         .with_help(
-                            "Dwaar stores certificates in a directory: storage file_system <path>",
+                            "Dwaar stores in a directory (storage file_system <path>) or in Redis (storage redis)",
                         ),
                 );
                 return true;
@@ -1060,6 +1074,140 @@ pub fn global_option(d: &Directive, g: &mut GlobalTls, diags: &mut Diags) -> boo
         _ => return false,
     }
     true
+}
+
+/// `host:port` (or `[v6]:port`), the port 1..=65535.
+fn host_port(t: &Token, diags: &mut Diags) -> Option<String> {
+    let ok = t
+        .text
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if ok {
+        Some(t.text.clone())
+    } else {
+        diags.push(
+            t.error(format!("'{}' is not host:port", t.text))
+                .with_help("for example 127.0.0.1:6379 or redis.internal:6379"),
+        );
+        None
+    }
+}
+
+/// `storage redis [<host:port>...] { ... }`.
+fn redis_storage(d: &Directive, diags: &mut Diags) -> Option<crate::model::RedisStorage> {
+    const OPTIONS: &[&str] = &[
+        "address",
+        "cluster",
+        "sentinel",
+        "db",
+        "username",
+        "password",
+        "key_prefix",
+        "tls",
+        "dial_timeout",
+        "command_timeout",
+        "local_copy",
+    ];
+    let before = diags.error_count();
+    let mut r = crate::model::RedisStorage {
+        addresses: d.args[1..]
+            .iter()
+            .filter_map(|a| host_port(a, diags))
+            .collect(),
+        cluster: false,
+        sentinel_master: None,
+        db: 0,
+        username: None,
+        password: None,
+        key_prefix: "dwaar".into(),
+        tls: false,
+        dial_timeout_ms: None,
+        command_timeout_ms: None,
+        local_copy: None,
+    };
+    let mut kinds = 0;
+    for line in block_lines(&d.block) {
+        let k = line.name.text.as_str();
+        match k {
+            "address" => {
+                if diags.arity(line, 0, 1, usize::MAX, "address <host:port>...") {
+                    r.addresses
+                        .extend(line.args.iter().filter_map(|a| host_port(a, diags)));
+                }
+            }
+            "cluster" => {
+                if diags.arity(line, 0, 1, usize::MAX, "cluster <host:port>...") {
+                    r.cluster = true;
+                    kinds += 1;
+                    r.addresses
+                        .extend(line.args.iter().filter_map(|a| host_port(a, diags)));
+                }
+            }
+            "sentinel" => {
+                if diags.arity(
+                    line,
+                    0,
+                    2,
+                    usize::MAX,
+                    "sentinel <master_name> <host:port>...",
+                ) {
+                    kinds += 1;
+                    r.sentinel_master = Some(line.args[0].text.clone());
+                    r.addresses
+                        .extend(line.args[1..].iter().filter_map(|a| host_port(a, diags)));
+                }
+            }
+            "db" => {
+                if diags.arity(line, 0, 1, 1, "db <number>") {
+                    if let Some(n) = diags.number::<u32>(&line.args[0], "database number") {
+                        r.db = n;
+                    }
+                }
+            }
+            "username" | "password" | "key_prefix" | "local_copy" => {
+                if diags.arity(line, 0, 1, 1, &format!("{k} <value>")) {
+                    let v = line.args[0].text.clone();
+                    match k {
+                        "username" => r.username = Some(v),
+                        "password" => r.password = Some(v),
+                        "key_prefix" => r.key_prefix = v,
+                        _ => r.local_copy = Some(v),
+                    }
+                }
+            }
+            "tls" => {
+                if diags.arity(line, 0, 0, 0, "tls") {
+                    r.tls = true;
+                }
+            }
+            "dial_timeout" | "command_timeout" => {
+                if diags.arity(line, 0, 1, 1, &format!("{k} <duration>")) {
+                    match diags.duration(&line.args[0]) {
+                        Some(0) => {
+                            diags.push(line.args[0].error(format!("{k} must be above zero")))
+                        }
+                        Some(ms) if k == "dial_timeout" => r.dial_timeout_ms = Some(ms),
+                        Some(ms) => r.command_timeout_ms = Some(ms),
+                        None => {}
+                    }
+                }
+            }
+            _ => diags.unknown_sub("storage redis", &line.name, OPTIONS),
+        }
+    }
+    if kinds > 1 {
+        diags.push(
+            d.name
+                .error("storage redis is either a cluster or behind sentinels, not both"),
+        );
+    }
+    if r.cluster && r.db != 0 {
+        diags.push(d.name.error("Redis Cluster has only database 0"));
+    }
+    if r.addresses.is_empty() {
+        r.addresses.push("127.0.0.1:6379".into());
+    }
+    (diags.error_count() == before).then_some(r)
 }
 
 /// An External Account Binding: a key identifier and a base64url HMAC key.

@@ -191,6 +191,7 @@ impl Control {
         st.requests.write(&mut out);
         crate::metrics::write_upstreams(&self.reloader.table(), &mut out);
         crate::metrics::write_process(&mut out);
+        dwaar_fleet::write_metrics(&mut out);
         self.reloader.tls_metrics(&mut out);
         out
     }

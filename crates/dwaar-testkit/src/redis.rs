@@ -1,0 +1,143 @@
+//! `redis-server` for fleet tests: a standalone server on a free port (no persistence),
+//! which a test can stop and start again on the same port, and a Redis Cluster of
+//! three masters made with `redis-cli --cluster create`. Processes are killed by PID
+//! on drop.
+
+use crate::{free_port, wait_until};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Redis {
+    child: Option<Child>,
+    pub port: u16,
+    dir: tempfile::TempDir,
+    cluster: bool,
+}
+
+/// Whether `redis-server` and `redis-cli` exist; with `DWAAR_REQUIRE_E2E=1` their
+/// absence is a failure.
+pub fn available() -> bool {
+    let found = ["redis-server", "redis-cli"].iter().all(|b| {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(
+        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+        "redis-server is required (scripts/bootstrap installs it)"
+    );
+    found
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Self::on(free_port(), false)
+    }
+
+    fn on(port: u16, cluster: bool) -> Redis {
+        let mut r = Redis {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap_or_else(|e| panic!("{e}")),
+            cluster,
+        };
+        r.resume();
+        r
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (Redis "goes down").
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port (empty, unless it is a cluster node).
+    pub fn resume(&mut self) {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(self.dir.path());
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server: {e}"));
+        self.child = Some(child);
+        let port = self.port;
+        assert!(
+            wait_until(Duration::from_secs(10), || self.cli(&["PING"]).trim()
+                == "PONG"),
+            "redis-server did not start on {port}"
+        );
+    }
+
+    /// Runs `redis-cli` against this server; its output.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli: {e}"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas) on free ports.
+pub struct Cluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::on(free_port(), true)).collect();
+        let addrs: Vec<String> = nodes.iter().map(Redis::addr).collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("redis-cli --cluster create: {e}"));
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let c = Cluster { nodes };
+        assert!(
+            wait_until(Duration::from_secs(20), || c.nodes[0]
+                .cli(&["CLUSTER", "INFO"])
+                .contains("cluster_state:ok")),
+            "the cluster did not come up"
+        );
+        c
+    }
+
+    /// The seed addresses, space separated.
+    pub fn addrs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(Redis::addr)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
