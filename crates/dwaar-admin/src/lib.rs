@@ -11,6 +11,7 @@
 
 pub mod access;
 pub mod client;
+pub mod fleet;
 mod http;
 pub mod listener;
 mod routes;
@@ -30,6 +31,7 @@ const MAX_CONNECTIONS: usize = 64;
 
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: AdminListener, control: Arc<Control>) {
+    tokio::spawn(fleet::follow(control.clone()));
     let limit = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     let local_port = listener.port();
     loop {
@@ -130,6 +132,7 @@ async fn handle(
                 return Response::error(400, "give path or prefix, not both");
             }
             let n = control.purge_cache(&purge);
+            fleet::publish_purge(control, &purge).await;
             Response::json(200, &json!({"status": "purged", "removed": n}))
         }
         (_, "/cache" | "/cache/stats") => {

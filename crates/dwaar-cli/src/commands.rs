@@ -57,6 +57,100 @@ pub fn validate(flag: Option<&Path>) -> i32 {
     }
 }
 
+/// `dwaar push`: a config that fails validation is refused before anything is
+/// published; a valid one is stored (as the adapted JSON model, imports and `{$VAR}`s
+/// resolved here) under the fleet's `config/current` with a new version and announced;
+/// the instances' reports (`ok` or their error) are printed as they arrive.
+/// Exit status: 0 when every reporting instance loaded it, 2 when one did not, 1 when
+/// nothing was published.
+pub fn push(flag: Option<&Path>, wait_secs: u64) -> i32 {
+    use dwaar_core::dwaar_fleet::{self, bus, redis};
+    let (path, l) = match load(flag) {
+        Ok(x) => x,
+        Err(c) => {
+            eprintln!("error: not published: the config does not validate");
+            return c;
+        }
+    };
+    if let Err(e) = dwaar_tls::plan::Plan::new(&l.config) {
+        eprintln!("error: {e}\nerror: not published");
+        return 1;
+    }
+    let Some(r) = &l.config.global.tls.redis else {
+        eprintln!(
+            "error: {}: no 'storage redis' in the global options; push publishes through the fleet's Redis",
+            path.display()
+        );
+        return 1;
+    };
+    let fleet = match dwaar_fleet::fleet(r) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let json = match serde_json::to_string(&l.config) {
+        Ok(j) => j,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    let published = fleet.with_sync(|c| {
+        let version: u64 = redis::cmd("INCR")
+            .arg(fleet.key("config/version"))
+            .query(c)?;
+        redis::cmd("SET")
+            .arg(fleet.key("config/current"))
+            .arg(format!("{version}\n{json}"))
+            .query::<()>(c)?;
+        Ok(version)
+    });
+    let version = match published {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: not published: {e}");
+            return 1;
+        }
+    };
+    bus::publish(&fleet, "config", &version.to_string());
+    println!("published {} as version {version}", path.display());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
+    let mut printed = std::collections::HashSet::new();
+    let mut failed = false;
+    loop {
+        let reports: std::collections::HashMap<String, String> = fleet
+            .with_sync(|c| {
+                redis::cmd("HGETALL")
+                    .arg(fleet.key("config/reports"))
+                    .query(c)
+            })
+            .unwrap_or_default();
+        let prefix = format!("{version} ");
+        for (instance, report) in &reports {
+            if let Some(rest) = report.strip_prefix(&prefix) {
+                if printed.insert(instance.clone()) {
+                    println!("{instance}: {rest}");
+                    failed |= rest != "ok";
+                }
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    if printed.is_empty() {
+        println!("no instance reported within {wait_secs}s");
+    }
+    if failed {
+        2
+    } else {
+        0
+    }
+}
+
 pub fn adapt(flag: Option<&Path>, pretty: bool) -> i32 {
     match load(flag) {
         Ok((_, l)) => {

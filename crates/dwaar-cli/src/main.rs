@@ -126,6 +126,15 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         envfile: Vec<PathBuf>,
     },
+    /// Validate a config and publish it to every instance of its fleet (through its
+    /// `storage redis`), then print what each instance reported.
+    Push {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// How long to wait for the instances' reports, in seconds.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
     /// Format a Dwaarfile canonically.
     Fmt {
         /// The file to format (default: $DWAAR_CONFIG, then ./Dwaarfile, then ./Caddyfile).
@@ -234,6 +243,7 @@ fn main() {
         Command::Upgrade { config, address } => {
             commands::upgrade(config.config.as_deref(), address.as_deref())
         }
+        Command::Push { config, wait } => commands::push(config.config.as_deref(), wait),
         Command::Validate { config, envfile } => match envfile::load_all(&envfile) {
             Err(c) => c,
             Ok(()) => commands::validate(config.config.as_deref()),

@@ -255,3 +255,149 @@ fn redis_down_under_load_serves_on_and_recovers() {
         .cli(&["--scan", "--pattern", "dwaar:rl:*"])
         .contains("dwaar:rl:"));
 }
+
+/// Three instances caching what `origin` answers, sharing `redis`; their HTTP ports.
+fn caching(redis: &Redis, origin: u16, dirs: &[tempfile::TempDir]) -> (Vec<Dwaar>, Vec<u16>) {
+    let mut ds = Vec::new();
+    let mut ports = Vec::new();
+    for d in dirs {
+        let http = free_port();
+        let cfg = globals(
+            http,
+            free_port(),
+            &storage(&format!("address {}", redis.addr()), d.path()),
+            "\tauto_https off\n",
+        ) + &format!(
+            ":{http} {{\n\tcache {{\n\t\tttl 1h\n\t}}\n\treverse_proxy 127.0.0.1:{origin}\n}}\n"
+        );
+        ds.push(Dwaar::start(bin(), &cfg, &[http]));
+        ports.push(http);
+    }
+    (ds, ports)
+}
+
+#[test]
+fn a_purge_on_one_instance_reaches_the_others() {
+    if !redis::available() {
+        return;
+    }
+    let r = Redis::start();
+    let origin = dwaar_testkit::origin::http("o");
+    let dirs = three_dirs();
+    let (ds, ports) = caching(&r, origin.port, &dirs);
+    let get = |p: u16| client::get(p, "localhost", "/page").map(|r| r.status).ok();
+    for p in &ports {
+        assert_eq!(get(*p), Some(200));
+    }
+    let warm = origin.hits();
+    for p in &ports {
+        get(*p);
+    }
+    assert_eq!(origin.hits(), warm, "all three answer from their caches");
+    // The subscriptions are made when the instances start; give them a moment.
+    std::thread::sleep(Duration::from_millis(500));
+    let admin: u16 = ds[0].admin.rsplit(':').next().unwrap().parse().unwrap();
+    let purged =
+        client::request(admin, "DELETE", &ds[0].admin, "/cache?path=/page", &[], b"").unwrap();
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    // B and C dropped the entry too: each goes to the origin once more.
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let before = origin.hits();
+            get(ports[1]);
+            get(ports[2]);
+            origin.hits() >= before + 2
+        }),
+        "B:\n{}",
+        ds[1].log_text()
+    );
+    assert!(ds[1].log_text().contains("cache purged by the fleet"));
+}
+
+#[test]
+fn a_pushed_config_reaches_every_instance_and_a_broken_one_is_refused() {
+    if !redis::available() {
+        return;
+    }
+    let r = Redis::start();
+    let dirs = three_dirs();
+    let seeds = format!("address {}", r.addr());
+    // Three instances on one machine cannot bind the same ports (real fleets run on
+    // separate machines), so the pushed configs differ in global options and a site on
+    // a port that is taken.
+    let cfg = |extra: &str| {
+        globals(
+            free_port(),
+            free_port(),
+            &storage(&seeds, dirs[0].path()),
+            extra,
+        )
+    };
+    let ds: Vec<Dwaar> = (0..3)
+        .map(|_| Dwaar::start(bin(), &cfg("\tgrace_period 1s\n"), &[]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let config_of = |d: &Dwaar| {
+        let admin: u16 = d
+            .admin
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        client::get(admin, &d.admin, "/config")
+            .map(|r| r.text())
+            .unwrap_or_default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let push = |name: &str, text: &str| {
+        let file = dir.path().join(name);
+        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        let out = std::process::Command::new(bin())
+            .args(["push", "--wait", "4", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    // A config that does not validate is refused before publication.
+    let (code, text) = push("bad", &cfg("\tgrace_period 7s\n\tgrace_perod 1s\n"));
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("not published"), "{text}");
+    assert!(r.cli(&["GET", "dwaar:config/current"]).trim().is_empty());
+    // A good one reaches all three, which report that they loaded it.
+    let (code, text) = push("good", &cfg("\tgrace_period 7s\n"));
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(
+        text.matches(": ok").count(),
+        3,
+        "{text}\n{}",
+        ds[1].log_text()
+    );
+    for d in &ds {
+        assert!(
+            config_of(d).contains("\"grace_period_ms\": 7000"),
+            "{}",
+            config_of(d)
+        );
+    }
+    // One that validates but cannot load on the instances (its port is taken): each
+    // reports the error and keeps its last good config.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().port();
+    let (code, text) = push(
+        "taken",
+        &(cfg("\tgrace_period 9s\n") + &format!("http://127.0.0.1:{taken} {{\n\trespond x\n}}\n")),
+    );
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(text.matches(": error").count(), 3, "{text}");
+    for d in &ds {
+        let c = config_of(d);
+        assert!(
+            c.contains("\"grace_period_ms\": 7000") && !c.contains("9000"),
+            "{c}"
+        );
+    }
+}

@@ -19,6 +19,9 @@ pub mod bus;
 pub mod limit;
 pub mod lock;
 
+/// The Redis client library, for the admin API's own commands.
+pub use redis;
+
 use dwaar_config::model::RedisStorage;
 use redis::ConnectionLike;
 use std::collections::HashMap;
