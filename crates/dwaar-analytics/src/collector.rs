@@ -253,6 +253,7 @@ fn run(mut store: Store, rx: Receiver<Event>, settings: Arc<Mutex<Settings>>) {
 
 fn flush(store: &mut Store, deltas: &mut HashMap<(Arc<str>, i64), Bucket>) {
     if deltas.is_empty() {
+        store.republish();
         return;
     }
     let rows: Vec<(&str, i64, &Bucket)> = deltas.iter().map(|((s, m), b)| (&**s, *m, b)).collect();

@@ -5,10 +5,23 @@
 //! their deltas by merging into the rows in one transaction, so several processes (the
 //! workers of one server, or an old and a new binary during an upgrade) can share the
 //! file. The database also keeps the beacon-signing key and the daily visitor salts.
+//!
+//! With `storage redis` (set by [`set_fleet`]), each instance also publishes its rows to
+//! Redis: hash `<prefix>:an:<site>:<res>:<start>`, one field per instance holding that
+//! instance's bucket, indexed by a sorted set per site and resolution. Ranges are then
+//! read from Redis and the instances' buckets merged (visitors as the union of their
+//! HyperLogLog registers, percentiles by merging digests, top lists by adding counts),
+//! so every instance's dashboard shows the fleet. The beacon key and the visitor salts
+//! come from Redis too, so a visitor hashes the same on every instance. Rows that could
+//! not be published (Redis down) stay in the local database and are published again
+//! (at most [`MAX_DIRTY`] of them remembered); reads fall back to the local rows.
 
 use crate::bucket::Bucket;
+use dwaar_fleet::redis;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeSet;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 pub const MINUTE: i64 = 60;
 pub const HOUR: i64 = 3600;
@@ -20,6 +33,22 @@ pub const HOUR_RETENTION: i64 = 62 * DAY;
 
 pub struct Store {
     conn: Connection,
+    fleet: Option<Arc<dwaar_fleet::Fleet>>,
+}
+
+/// Rows remembered for publication while Redis is down.
+pub const MAX_DIRTY: usize = 100_000;
+
+static FLEET: Mutex<Option<Arc<dwaar_fleet::Fleet>>> = Mutex::new(None);
+static DIRTY: Mutex<BTreeSet<(String, i64, i64)>> = Mutex::new(BTreeSet::new());
+
+/// The fleet stores opened from now on share their data with (`None`: local only).
+pub fn set_fleet(f: Option<Arc<dwaar_fleet::Fleet>>) {
+    *FLEET.lock().unwrap_or_else(|p| p.into_inner()) = f;
+}
+
+fn fleet_now() -> Option<Arc<dwaar_fleet::Fleet>> {
+    FLEET.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }
 
 impl std::fmt::Debug for Store {
@@ -58,11 +87,171 @@ impl Store {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
         }
-        Ok(Store { conn })
+        Ok(Store {
+            conn,
+            fleet: fleet_now(),
+        })
     }
 
-    /// Merges per-minute deltas into the minute, hour and day rows.
+    /// This database's id among the fleet's instances (stable across restarts).
+    fn instance(&mut self) -> Result<String, String> {
+        let id = self.local_secret("instance-id")?;
+        Ok(id[..8].iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// Publishes this instance's rows of `keys` (and any left over) to the fleet.
+    fn publish(&mut self, keys: Vec<(String, i64, i64)>) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let Ok(me) = self.instance() else { return };
+        let mut todo: Vec<(String, i64, i64)> = {
+            let mut dirty = DIRTY.lock().unwrap_or_else(|p| p.into_inner());
+            let mut all: Vec<_> = std::mem::take(&mut *dirty).into_iter().collect();
+            all.extend(keys);
+            all
+        };
+        todo.sort();
+        todo.dedup();
+        let mut rows = Vec::with_capacity(todo.len());
+        for (site, res, start) in &todo {
+            let data: Option<Vec<u8>> = self
+                .conn
+                .query_row(
+                    "SELECT data FROM buckets WHERE site=?1 AND res=?2 AND start=?3",
+                    params![site, res, start],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ok()
+                .flatten();
+            if let Some(d) = data {
+                rows.push((site.clone(), *res, *start, d));
+            }
+        }
+        let sent = fleet.with_sync(|c| {
+            let mut pipe = redis::pipe();
+            for (site, res, start, data) in &rows {
+                let key = fleet.key(&format!("an:{site}:{res}:{start}"));
+                let ttl = match *res {
+                    MINUTE => MINUTE_RETENTION,
+                    HOUR => HOUR_RETENTION,
+                    _ => 400 * DAY,
+                };
+                pipe.cmd("HSET").arg(&key).arg(&me).arg(data).ignore();
+                pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+                pipe.cmd("ZADD")
+                    .arg(fleet.key(&format!("an:{site}:{res}")))
+                    .arg(*start)
+                    .arg(*start)
+                    .ignore();
+                pipe.cmd("SADD")
+                    .arg(fleet.key("an:sites"))
+                    .arg(site)
+                    .ignore();
+            }
+            pipe.query::<()>(c)
+        });
+        if sent.is_err() {
+            let mut dirty = DIRTY.lock().unwrap_or_else(|p| p.into_inner());
+            for k in todo {
+                if dirty.len() >= MAX_DIRTY {
+                    break;
+                }
+                dirty.insert(k);
+            }
+        }
+    }
+
+    /// Publishes rows left over from a time Redis was down, if any.
+    pub fn republish(&mut self) {
+        let pending = !DIRTY.lock().unwrap_or_else(|p| p.into_inner()).is_empty();
+        if pending && self.fleet.as_ref().is_some_and(|f| f.is_up()) {
+            self.publish(Vec::new());
+        }
+    }
+
+    /// The fleet's buckets (every instance's, merged) of `site`/`res` in `[from, to)`.
+    fn fleet_range(
+        &self,
+        site: &str,
+        res: i64,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<(i64, Bucket)>, String> {
+        let fleet = self.fleet.as_ref().ok_or("no fleet")?;
+        let index = fleet.key(&format!("an:{site}:{res}"));
+        let starts: Vec<i64> = fleet.with_sync(|c| {
+            redis::cmd("ZRANGEBYSCORE")
+                .arg(&index)
+                .arg(from)
+                .arg(format!("({to}"))
+                .query(c)
+        })?;
+        if starts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<Vec<Vec<u8>>> = fleet.with_sync(|c| {
+            let mut pipe = redis::pipe();
+            for s in &starts {
+                pipe.cmd("HVALS")
+                    .arg(fleet.key(&format!("an:{site}:{res}:{s}")));
+            }
+            pipe.query(c)
+        })?;
+        let mut out = Vec::with_capacity(starts.len());
+        for (start, parts) in starts.into_iter().zip(rows) {
+            let mut b = Bucket::default();
+            let mut any = false;
+            for p in parts {
+                if let Some(x) = Bucket::decode(&p) {
+                    b.merge(&x);
+                    any = true;
+                }
+            }
+            if any {
+                out.push((start, b));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A value shared by the fleet under `name`: the first instance's `fresh` wins.
+    fn fleet_value(&self, name: &str, fresh: &[u8; 32], ttl_secs: Option<i64>) -> Option<[u8; 32]> {
+        let fleet = self.fleet.as_ref()?;
+        let key = fleet.key(&format!("an:{name}"));
+        let v: Vec<u8> = fleet
+            .with_sync(|c| {
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(&fresh[..]).arg("NX");
+                if let Some(t) = ttl_secs {
+                    set.arg("EX").arg(t);
+                }
+                set.query::<()>(c)?;
+                redis::cmd("GET").arg(&key).query(c)
+            })
+            .ok()?;
+        v.try_into().ok()
+    }
+
+    /// Merges per-minute deltas into the minute, hour and day rows (and publishes the
+    /// rows to the fleet, with one).
     pub fn add(&mut self, deltas: &[(&str, i64, &Bucket)]) -> Result<(), String> {
+        self.add_local(deltas)?;
+        if self.fleet.is_some() {
+            let keys = deltas
+                .iter()
+                .flat_map(|(site, minute, _)| {
+                    [MINUTE, HOUR, DAY]
+                        .map(|res| (site.to_string(), res, minute - minute.rem_euclid(res)))
+                })
+                .collect();
+            self.publish(keys);
+        }
+        Ok(())
+    }
+
+    fn add_local(&mut self, deltas: &[(&str, i64, &Bucket)]) -> Result<(), String> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
@@ -93,7 +282,8 @@ impl Store {
         tx.commit().map_err(err)
     }
 
-    /// The buckets of `site` at resolution `res` with `from <= start < to`.
+    /// The buckets of `site` at resolution `res` with `from <= start < to`: the
+    /// fleet's when it can be read, else this instance's.
     pub fn range(
         &self,
         site: &str,
@@ -101,6 +291,11 @@ impl Store {
         from: i64,
         to: i64,
     ) -> Result<Vec<(i64, Bucket)>, String> {
+        if self.fleet.is_some() {
+            if let Ok(rows) = self.fleet_range(site, res, from, to) {
+                return Ok(rows);
+            }
+        }
         let mut q = self
             .conn
             .prepare_cached(
@@ -122,8 +317,24 @@ impl Store {
         Ok(out)
     }
 
-    /// Sites with any stored data.
+    /// Sites with any stored data (here or, with a fleet, anywhere in it).
     pub fn sites(&self) -> Result<Vec<String>, String> {
+        let mut out = self.local_sites()?;
+        if let Some(fleet) = &self.fleet {
+            if let Ok(more) = fleet.with_sync(|c| {
+                redis::cmd("SMEMBERS")
+                    .arg(fleet.key("an:sites"))
+                    .query::<Vec<String>>(c)
+            }) {
+                out.extend(more);
+                out.sort();
+                out.dedup();
+            }
+        }
+        Ok(out)
+    }
+
+    fn local_sites(&self) -> Result<Vec<String>, String> {
         let mut q = self
             .conn
             .prepare_cached("SELECT DISTINCT site FROM buckets WHERE res=?1 ORDER BY site")
@@ -150,8 +361,17 @@ impl Store {
         Ok(())
     }
 
-    /// A random 32-byte secret kept under `name`, created on first use.
+    /// A random 32-byte secret kept under `name`, created on first use (shared by the
+    /// fleet, with one).
     pub fn secret(&mut self, name: &str) -> Result<[u8; 32], String> {
+        let fresh = random32()?;
+        if let Some(v) = self.fleet_value(&format!("secret:{name}"), &fresh, None) {
+            return Ok(v);
+        }
+        self.local_secret(name)
+    }
+
+    fn local_secret(&mut self, name: &str) -> Result<[u8; 32], String> {
         let fresh = random32()?;
         self.conn
             .execute(
@@ -173,6 +393,10 @@ impl Store {
     /// are deleted, so yesterday's visitors cannot be linked to today's.
     pub fn salt(&mut self, day: i64) -> Result<[u8; 32], String> {
         let fresh = random32()?;
+        // Shared by the fleet (a visitor hashes alike everywhere), gone after two days.
+        if let Some(v) = self.fleet_value(&format!("salt:{day}"), &fresh, Some(2 * DAY)) {
+            return Ok(v);
+        }
         self.conn
             .execute(
                 "INSERT OR IGNORE INTO salts (day, salt) VALUES (?1, ?2)",

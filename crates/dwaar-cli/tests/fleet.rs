@@ -401,3 +401,78 @@ fn a_pushed_config_reaches_every_instance_and_a_broken_one_is_refused() {
         );
     }
 }
+
+const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36";
+
+#[test]
+fn one_visitor_through_three_instances_is_one_visitor_everywhere() {
+    if !redis::available() {
+        return;
+    }
+    let mut r = Redis::start();
+    let dirs = three_dirs();
+    let seeds = format!("address {}", r.addr());
+    let ds: Vec<(Dwaar, u16)> = dirs
+        .iter()
+        .map(|d| {
+            let port = free_port();
+            let cfg = globals(port, free_port(), &storage(&seeds, d.path()), "\tauto_https off\n\tanalytics {\n\t\tflush_interval 100ms\n\t}\n")
+                + &format!("http://localhost:{port} {{\n\tanalytics\n\theader Content-Type text/html\n\trespond \"<html><body>hi</body></html>\"\n}}\n");
+            (Dwaar::start(bin(), &cfg, &[port]), port)
+        })
+        .collect();
+    let browse = |port: u16| {
+        client::request(
+            port,
+            "GET",
+            "localhost",
+            "/",
+            &[("User-Agent", BROWSER)],
+            b"",
+        )
+        .map(|r| r.status)
+        .unwrap_or(0)
+    };
+    for (_, port) in &ds {
+        assert_eq!(browse(*port), 200);
+    }
+    let totals = |d: &Dwaar| -> (u64, u64) {
+        let admin: u16 = d
+            .admin
+            .rsplit(':')
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let text = client::get(admin, &d.admin, "/analytics/localhost?from=-1h")
+            .map(|r| r.text())
+            .unwrap_or_default();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        (
+            v["totals"]["views"].as_u64().unwrap_or(0),
+            v["totals"]["visitors"].as_u64().unwrap_or(0),
+        )
+    };
+    let all = |want: (u64, u64)| ds.iter().all(|(d, _)| totals(d) == want);
+    assert!(
+        wait_until(Duration::from_secs(10), || all((3, 1))),
+        "{:?}",
+        ds.iter().map(|(d, _)| totals(d)).collect::<Vec<_>>()
+    );
+    // Redis away: A's view is kept locally and arrives once Redis is back.
+    r.stop();
+    assert_eq!(browse(ds[0].1), 200);
+    std::thread::sleep(Duration::from_millis(500));
+    r.resume();
+    // The data written before the restart is gone (no persistence in the test's Redis);
+    // the views buffered or published again after it arrive at every dashboard.
+    // A republishes its two views by itself; B publishes again with its next view.
+    assert_eq!(browse(ds[1].1), 200);
+    assert!(
+        wait_until(Duration::from_secs(30), || ds
+            .iter()
+            .all(|(d, _)| totals(d).0 >= 4)),
+        "{:?}",
+        ds.iter().map(|(d, _)| totals(d)).collect::<Vec<_>>()
+    );
+}

@@ -607,6 +607,14 @@ impl RouteTable {
             .iter()
             .any(|s| s.analytics.as_ref().is_some_and(|a| a.enabled));
         let collector = if wants_analytics {
+            if registries.analytics.is_some() {
+                // The fleet's dashboards merge every instance's rollups.
+                let fleet = match &config.global.tls.redis {
+                    Some(r) => Some(dwaar_fleet::fleet(r)?),
+                    None => None,
+                };
+                dwaar_analytics::store::set_fleet(fleet);
+            }
             let g = &config.global.analytics;
             let geoip = match &g.geoip {
                 Some(p) => Some(Arc::new(
