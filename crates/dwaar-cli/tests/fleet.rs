@@ -476,3 +476,60 @@ fn one_visitor_through_three_instances_is_one_visitor_everywhere() {
         ds.iter().map(|(d, _)| totals(d)).collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn renewal_happens_once_for_the_fleet() {
+    if !pebble::available() || !redis::available() {
+        return;
+    }
+    let r = Redis::start();
+    let seeds = format!("address {}", r.addr());
+    let dirs = three_dirs();
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    // Certificates valid for 30 s: renewed when 10 s are left.
+    let pebble = Pebble::start(ports[0].0, ports[0].1, Some(Duration::from_secs(30)), &[]);
+    let acme = format!(
+        "\tacme_ca {}\n\tacme_ca_root {}\n\tocsp_stapling off\n",
+        pebble.directory,
+        pebble.https_ca.ca_pem.display()
+    );
+    let ds: Vec<Dwaar> = dirs
+        .iter()
+        .zip(&ports)
+        .map(|(d, (h, s))| {
+            let cfg = globals(*h, *s, &storage(&seeds, d.path()), &acme)
+                + "renew.example.test {\n\trespond renewed\n}\n";
+            Dwaar::start(bin(), &cfg, &[*h, *s])
+        })
+        .collect();
+    let opts = TlsOpts::trusting(pebble.issuing_root().as_bytes());
+    let serial = |port: u16| {
+        tls::get(port, "renew.example.test", "renew.example.test", "/", &opts)
+            .map(|r| r.leaf_serial())
+            .ok()
+    };
+    let first = wait_until(Duration::from_secs(60), || {
+        let s: Vec<_> = ports.iter().map(|(_, p)| serial(*p)).collect();
+        s[0].is_some() && s.iter().all(|x| x == &s[0])
+    });
+    assert!(first, "{}", ds[0].log_text());
+    let s1 = serial(ports[0].1);
+    let renewed = wait_until(Duration::from_secs(60), || {
+        ports
+            .iter()
+            .all(|(_, p)| serial(*p).is_some_and(|s| Some(&s) != s1.as_ref()))
+    });
+    assert!(renewed, "{}\n{}", ds[0].log_text(), ds[1].log_text());
+    let orders: usize = ds
+        .iter()
+        .map(|d| d.log_text().matches("obtaining a certificate").count())
+        .sum();
+    // The first certificate and one renewal (a second renewal could start only 20 s
+    // after the first).
+    assert_eq!(
+        orders,
+        2,
+        "{}",
+        ds.iter().map(|d| d.log_text()).collect::<String>()
+    );
+}

@@ -19,7 +19,7 @@ use crate::certs::{Cert, CertMap};
 use crate::challenge::ChallengeBoard;
 use crate::plan::{AcmeSpec, IssuerSpec, ManagedName, Plan};
 use crate::state::{Shared, StateInput, TlsState};
-use crate::storage::Storage;
+use crate::storage::{Secrecy, Storage};
 use crate::tickets::TicketKeys;
 use arc_swap::ArcSwap;
 use dwaar_config::model::Config;
@@ -652,8 +652,15 @@ impl Stapling {
             next.insert(c.serial.clone(), now + Duration::from_secs(600));
             let (mgr, next) = (mgr.clone(), self.next.clone());
             let ocsp_interval = wanted.ocsp_interval;
+            let storage = wanted.storage.clone();
+            let current = mgr
+                .shared
+                .staples
+                .load()
+                .get(&c.serial)
+                .and_then(|k| k.ocsp.clone());
             tokio::spawn(async move {
-                match staple(&c).await {
+                match shared_or_fetched_staple(&c, storage, current).await {
                     Ok(s) => {
                         tracing::info!(names = ?c.names, "stapled an OCSP response");
                         if let Ok(mut n) = next.lock() {
@@ -679,6 +686,43 @@ impl Stapling {
             });
         }
     }
+}
+
+/// A staple for `c`: a newer one than `current` that another process or fleet
+/// instance stored, while it is fresh; else a fetched one (stored for the others).
+async fn shared_or_fetched_staple(
+    c: &Arc<Cert>,
+    storage: Option<Storage>,
+    current: Option<Vec<u8>>,
+) -> Result<crate::ocsp::Staple, String> {
+    let rel = format!(
+        "ocsp/{}",
+        c.serial
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    if let Some(st) = storage.clone() {
+        let (rel, serial) = (rel.clone(), c.serial.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let der = st.read(&rel).filter(|d| Some(d) != current.as_ref())?;
+            crate::ocsp::check(&der, &serial)
+                .ok()
+                .filter(|s| s.refresh_at() > SystemTime::now())
+        })
+        .await
+        .ok()
+        .flatten();
+        if let Some(s) = stored {
+            return Ok(s);
+        }
+    }
+    let s = staple(c).await?;
+    if let Some(st) = storage {
+        let der = s.der.clone();
+        let _ = tokio::task::spawn_blocking(move || st.write(&rel, &der, Secrecy::Public)).await;
+    }
+    Ok(s)
 }
 
 /// Fetches and checks an OCSP response for `c`.
