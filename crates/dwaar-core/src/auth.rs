@@ -183,8 +183,8 @@ pub enum Check {
     Forward(AuthCall),
     /// Another request is fetching this `cache` key: wait for it, then look again.
     CacheWait(crate::cache::Wait, std::time::Duration),
-    /// An exact distributed rate limit: the fleet decides.
-    FleetLimit(crate::security::FleetCall),
+    /// An exact distributed rate limit: the fleet decides (boxed: rare and large).
+    FleetLimit(Box<crate::security::FleetCall>),
 }
 
 /// Marks a request that already waited for a `cache` fetch (it does not wait twice).
@@ -206,7 +206,10 @@ pub async fn run(check: Check) -> Checked {
             verify(p).await;
             Checked::Resume(Vec::new())
         }
-        Check::FleetLimit(call) => Checked::Resume(vec![crate::security::ask_fleet(call).await]),
+        // Boxed: the Redis exchange's state stays out of every request's future.
+        Check::FleetLimit(call) => {
+            Checked::Resume(vec![Box::pin(crate::security::ask_fleet(*call)).await])
+        }
         Check::CacheWait(w, timeout) => {
             w.wait(timeout).await;
             Checked::Resume(vec![(CACHE_WAITED.to_string(), Some(marker(u64::MAX)))])

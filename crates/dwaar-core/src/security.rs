@@ -410,7 +410,7 @@ pub fn fleet_verdict(
                 .and_then(|v| v.strip_prefix(':'))
                 .map(str::to_string);
             let Some(given) = given else {
-                return Err(crate::auth::Check::FleetLimit(FleetCall {
+                return Err(crate::auth::Check::FleetLimit(Box::new(FleetCall {
                     fleet: fleet.clone(),
                     zone: zone.clone(),
                     key_hash: hash_key(key),
@@ -419,7 +419,7 @@ pub fn fleet_verdict(
                     local: z.clone(),
                     key: key.to_string(),
                     marker,
-                }));
+                })));
             };
             req.remove_header(FLEET_LIMIT);
             match given.as_str() {
