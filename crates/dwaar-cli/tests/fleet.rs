@@ -186,6 +186,27 @@ fn exact_distributed_limit_with_a_redis_cluster() {
 }
 
 #[test]
+fn exact_distributed_limit_through_a_sentinel() {
+    if !redis::available() {
+        return;
+    }
+    let master = Redis::start();
+    let sentinel = dwaar_testkit::redis::Sentinel::start(&master);
+    let seeds = format!("sentinel mymaster {}", sentinel.addr());
+    exact_limit(&seeds);
+    // Stored data goes to the master the sentinel names.
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https) = (free_port(), free_port());
+    let cfg = globals(http, https, &storage(&seeds, dir.path()), "")
+        + "localhost {\n\ttls internal\n\trespond x\n}\n";
+    let _d = Dwaar::start(bin(), &cfg, &[http, https]);
+    assert!(wait_until(Duration::from_secs(10), || master
+        .cli(&["EXISTS", "dwaar:pki/local/root.crt"])
+        .trim()
+        == "1"));
+}
+
+#[test]
 fn approximate_distributed_limit_stays_within_its_bound() {
     if !redis::available() {
         return;

@@ -1,7 +1,7 @@
 //! `redis-server` for fleet tests: a standalone server on a free port (no persistence),
-//! which a test can stop and start again on the same port, and a Redis Cluster of
-//! three masters made with `redis-cli --cluster create`. Processes are killed by PID
-//! on drop.
+//! which a test can stop and start again on the same port, a Redis Cluster of three
+//! masters made with `redis-cli --cluster create`, and a Sentinel watching a server.
+//! Processes are killed by PID on drop.
 
 use crate::{free_port, wait_until};
 use std::process::{Child, Command, Stdio};
@@ -139,5 +139,67 @@ impl Cluster {
             .map(Redis::addr)
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// A Redis Sentinel watching `master` under the name `mymaster`.
+pub struct Sentinel {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Sentinel {
+    pub fn start(master: &Redis) -> Sentinel {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let port = free_port();
+        let conf = dir.path().join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 2000\n",
+                dir.path().display(),
+                master.port
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server --sentinel: {e}"));
+        let s = Sentinel {
+            child,
+            port,
+            _dir: dir,
+        };
+        let ask = || {
+            Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .args(["SENTINEL", "get-master-addr-by-name", "mymaster"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        assert!(
+            wait_until(Duration::from_secs(10), || ask()
+                .contains(&master.port.to_string())),
+            "the sentinel does not know the master"
+        );
+        s
+    }
+
+    /// `127.0.0.1:<port>`.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
