@@ -101,6 +101,16 @@ impl Drop for Redis {
     }
 }
 
+/// A free port whose cluster bus port (`port + 10000`) exists and is free too.
+fn cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
 /// A Redis Cluster of three masters (no replicas) on free ports.
 pub struct Cluster {
     pub nodes: Vec<Redis>,
@@ -108,7 +118,7 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let nodes: Vec<Redis> = (0..3).map(|_| Redis::on(free_port(), true)).collect();
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::on(cluster_port(), true)).collect();
         let addrs: Vec<String> = nodes.iter().map(Redis::addr).collect();
         let out = Command::new("redis-cli")
             .arg("--cluster")

@@ -116,6 +116,9 @@ impl Storage {
                 }
                 Some(v)
             }
+            // Challenge answers are short-lived and removed from the fleet after
+            // validation: a local copy must not bring one back.
+            Ok(None) if rel.starts_with("challenges/") => None,
             Ok(None) => {
                 // Something stored before the fleet shared it: share it now.
                 let v = local()?;
