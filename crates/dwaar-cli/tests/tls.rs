@@ -1205,28 +1205,17 @@ fn on_demand_config(http: u16, https: u16, storage: &Path, pebble: &Pebble, ask:
 /// An `ask` endpoint: answers 200 for `domain=` values in `allowed`, 403 otherwise, and
 /// counts the questions.
 fn ask_server(allowed: &'static [&'static str]) -> (u16, Arc<AtomicUsize>) {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the ask endpoint");
-    let port = l.local_addr().expect("its address").port();
     let asked = Arc::new(AtomicUsize::new(0));
     let count = asked.clone();
-    std::thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            let mut buf = [0u8; 2048];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let head = String::from_utf8_lossy(&buf[..n]).to_string();
-            count.fetch_add(1, Ordering::SeqCst);
-            let ok = allowed
-                .iter()
-                .any(|d| head.starts_with(&format!("GET /check?domain={d} ")));
-            let status = if ok { "200 OK" } else { "403 Forbidden" };
-            let _ = s.write_all(
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            );
+    let svc = dwaar_testkit::stub::StandIn::start(Arc::new(move |r| {
+        count.fetch_add(1, Ordering::SeqCst);
+        let domain = r.query("domain").unwrap_or_default();
+        match r.path() == "/check" && allowed.contains(&domain.as_str()) {
+            true => (200, String::new()),
+            false => (403, String::new()),
         }
-    });
-    (port, asked)
+    }));
+    (svc.port, asked)
 }
 
 #[test]
@@ -1735,15 +1724,7 @@ fn certbot(directory: &str, ca_bundle: &Path, work: &Path, names: &[&str]) -> (b
 }
 
 fn certbot_available() -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", "command -v certbot"])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "certbot is required (scripts/bootstrap installs it)"
-    );
-    found
+    dwaar_testkit::have_tools(&["certbot"])
 }
 
 #[test]

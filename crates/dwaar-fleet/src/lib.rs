@@ -44,6 +44,37 @@ enum AsyncConn {
     Cluster(redis::cluster_async::ClusterConnection),
 }
 
+impl redis::aio::ConnectionLike for AsyncConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            AsyncConn::Single(c) => c.req_packed_command(cmd),
+            AsyncConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            AsyncConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            AsyncConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AsyncConn::Single(c) => c.get_db(),
+            AsyncConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct Fleet {
     pub cfg: RedisStorage,
     backend: Backend,
@@ -306,24 +337,34 @@ impl Fleet {
         let Some(conn) = guard.as_mut() else {
             return Err("Redis: no connection".into());
         };
-        match f(conn.as_mut()) {
-            Ok(v) => {
+        let r = f(conn.as_mut());
+        if self.booked(&r) {
+            *guard = None;
+        }
+        r.map_err(|e| format!("Redis: {e}"))
+    }
+
+    /// Books an operation's outcome; true when its connection is broken (it failed
+    /// for another reason than the server's answer) and must be dropped.
+    fn booked<T>(&self, r: &redis::RedisResult<T>) -> bool {
+        match r {
+            Ok(_) => {
                 self.succeeded();
-                Ok(v)
+                false
             }
-            Err(e) => {
-                // Server-side errors leave the connection usable; the rest do not.
+            Err(e)
                 if e.is_io_error()
                     || e.is_timeout()
                     || e.is_connection_dropped()
-                    || e.is_unrecoverable_error()
-                {
-                    *guard = None;
-                    self.failed(&e.to_string());
-                } else {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(format!("Redis: {e}"))
+                    || e.is_unrecoverable_error() =>
+            {
+                self.failed(&e.to_string());
+                true
+            }
+            Err(_) => {
+                // A server-side error leaves the connection usable.
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }
@@ -366,22 +407,39 @@ impl Fleet {
     /// Runs one command asynchronously (connecting when needed), within the command
     /// timeout; fails fast while Redis is in back-off.
     pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut conn = self.async_connection().await?;
+        let r = tokio::time::timeout(command_timeout(&self.cfg), cmd.query_async(&mut conn)).await;
+        self.settle(r).await
+    }
+
+    /// Runs a Lua script asynchronously (by hash; loaded first when Redis does not
+    /// know it), as [`Fleet::query`] runs a command.
+    pub async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, String> {
+        let mut conn = self.async_connection().await?;
+        let r =
+            tokio::time::timeout(command_timeout(&self.cfg), script.invoke_async(&mut conn)).await;
+        self.settle(r).await
+    }
+
+    /// Runs a pipeline asynchronously (see [`Fleet::query`]).
+    pub async fn query_pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, String> {
+        let mut conn = self.async_connection().await?;
+        let r = tokio::time::timeout(command_timeout(&self.cfg), pipe.query_async(&mut conn)).await;
+        self.settle(r).await
+    }
+
+    /// The shared asynchronous connection, made when needed; an error at once while
+    /// Redis is in back-off.
+    async fn async_connection(&self) -> Result<AsyncConn, String> {
         if !self.may_try() {
             return Err("Redis is unreachable (retrying later)".into());
         }
-        let conn = self.async_connection().await?;
-        let run = async {
-            match conn {
-                AsyncConn::Single(mut c) => cmd.query_async::<T>(&mut c).await,
-                AsyncConn::Cluster(mut c) => cmd.query_async::<T>(&mut c).await,
-            }
-        };
-        self.settle(tokio::time::timeout(command_timeout(&self.cfg), run).await)
-            .await
-    }
-
-    /// The shared asynchronous connection, made when needed.
-    async fn async_connection(&self) -> Result<AsyncConn, String> {
         let mut guard = self.async_conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
@@ -402,54 +460,21 @@ impl Fleet {
         }
     }
 
-    /// Books the outcome of an asynchronous operation.
+    /// Books the outcome of an asynchronous operation (a timeout breaks the connection).
     async fn settle<T>(
         &self,
         r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
     ) -> Result<T, String> {
-        match r {
-            Ok(Ok(v)) => {
-                self.succeeded();
-                Ok(v)
-            }
-            Ok(Err(e)) => {
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_dropped()
-                    || e.is_unrecoverable_error()
-                {
-                    *self.async_conn.lock().await = None;
-                    self.failed(&e.to_string());
-                } else {
-                    self.errors.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(format!("Redis: {e}"))
-            }
-            Err(_) => {
-                *self.async_conn.lock().await = None;
-                self.failed("command timed out");
-                Err("Redis: command timed out".into())
-            }
+        let r = r.unwrap_or_else(|_| {
+            Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "command timed out",
+            )))
+        });
+        if self.booked(&r) {
+            *self.async_conn.lock().await = None;
         }
-    }
-
-    /// Runs a pipeline asynchronously (see [`Fleet::query`]).
-    pub async fn query_pipe<T: redis::FromRedisValue>(
-        &self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, String> {
-        if !self.may_try() {
-            return Err("Redis is unreachable (retrying later)".into());
-        }
-        let conn = self.async_connection().await?;
-        let run = async {
-            match conn {
-                AsyncConn::Single(mut c) => pipe.query_async::<T>(&mut c).await,
-                AsyncConn::Cluster(mut c) => pipe.query_async::<T>(&mut c).await,
-            }
-        };
-        self.settle(tokio::time::timeout(command_timeout(&self.cfg), run).await)
-            .await
+        r.map_err(|e| format!("Redis: {e}"))
     }
 
     /// The value stored at `rel`.

@@ -24,10 +24,10 @@ local prev = tonumber(redis.call('GET', KEYS[2]) or '0') \
 if cur + math.floor(prev * tonumber(ARGV[2]) / 1000000) >= tonumber(ARGV[1]) then return 0 end \
 redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[3]) return 1";
 
-/// The SHA-1 of the script, as Redis names it (for EVALSHA).
-fn sliding_sha() -> &'static str {
-    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    SHA.get_or_init(|| redis::Script::new(SLIDING).get_hash().to_string())
+/// The script (sent by hash, loaded when Redis does not know it yet).
+fn sliding() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(SLIDING))
 }
 
 fn keys(fleet: &Fleet, zone: &str, key_hash: u64, epoch: u64) -> (String, String) {
@@ -56,30 +56,9 @@ pub async fn check_exact(
     let epoch = now_ms / window_ms;
     let (cur, prev) = keys(fleet, zone, key_hash, epoch);
     let w = weight(now_ms, window_ms);
-    let ttl = window_ms * 2;
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sliding_sha())
-        .arg(2)
-        .arg(&cur)
-        .arg(&prev)
-        .arg(limit)
-        .arg(w)
-        .arg(ttl);
-    let r: Result<i64, String> = fleet.query(&cmd).await;
-    let r = match r {
-        Err(e) if e.contains("NOSCRIPT") || e.contains("NoScript") => {
-            let mut cmd = redis::cmd("EVAL");
-            cmd.arg(SLIDING)
-                .arg(2)
-                .arg(&cur)
-                .arg(&prev)
-                .arg(limit)
-                .arg(w)
-                .arg(ttl);
-            fleet.query::<i64>(&cmd).await
-        }
-        other => other,
-    };
+    let mut script = sliding().key(&cur);
+    script.key(&prev).arg(limit).arg(w).arg(window_ms * 2);
+    let r: Result<i64, String> = fleet.script(&script).await;
     r.map(|v| v == 1)
 }
 

@@ -11,9 +11,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const RELEASE: &str =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
-const EXTEND: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Deletes the lock `KEYS[1]` if it still holds token `ARGV[1]`.
+fn release() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        )
+    })
+}
+
+/// Extends the lock `KEYS[1]` by `ARGV[2]` ms if it still holds token `ARGV[1]`.
+fn extend() -> &'static redis::Script {
+    static S: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        )
+    })
+}
 
 pub struct FleetLock {
     fleet: Arc<Fleet>,
@@ -91,13 +107,11 @@ fn keep_alive(fleet: Arc<Fleet>, key: String, token: String, ttl: Duration, stop
                     std::thread::sleep(Duration::from_millis(100));
                 }
                 let kept: Result<i64, String> = fleet.with_sync(|c| {
-                    redis::cmd("EVAL")
-                        .arg(EXTEND)
-                        .arg(1)
-                        .arg(&key)
+                    extend()
+                        .key(&key)
                         .arg(&token)
                         .arg(ttl.as_millis() as u64)
-                        .query(c)
+                        .invoke(c)
                 });
                 if let Ok(0) = kept {
                     tracing::warn!(lock = key, "a fleet lock expired while held");
@@ -120,13 +134,8 @@ impl FleetLock {
 impl Drop for FleetLock {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _: Result<i64, String> = self.fleet.with_sync(|c| {
-            redis::cmd("EVAL")
-                .arg(RELEASE)
-                .arg(1)
-                .arg(&self.key)
-                .arg(&self.token)
-                .query(c)
-        });
+        let _: Result<i64, String> = self
+            .fleet
+            .with_sync(|c| release().key(&self.key).arg(&self.token).invoke(c));
     }
 }

@@ -21,18 +21,7 @@ pub struct Bind {
 /// Whether `named`, `dig` and `nsupdate` exist; with `DWAAR_REQUIRE_E2E=1` their
 /// absence is a failure.
 pub fn available() -> bool {
-    let found = ["/usr/sbin/named", "dig", "nsupdate"].iter().all(|b| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {b}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(
-        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "BIND is required (scripts/bootstrap installs bind9 and bind9-dnsutils)"
-    );
-    found
+    crate::have_tools(&["/usr/sbin/named", "dig", "nsupdate"])
 }
 
 impl Bind {

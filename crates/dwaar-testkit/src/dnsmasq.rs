@@ -15,16 +15,7 @@ pub struct Dnsmasq {
 
 /// Whether dnsmasq is installed; with `DWAAR_REQUIRE_E2E=1` its absence is a failure.
 pub fn available() -> bool {
-    let found = Command::new("sh")
-        .args(["-c", "command -v dnsmasq"])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "dnsmasq is required (scripts/bootstrap installs dnsmasq-base)"
-    );
-    found
+    crate::have_tools(&["dnsmasq"])
 }
 
 /// A port free for UDP (and TCP) on 127.0.0.1.

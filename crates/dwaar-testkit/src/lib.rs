@@ -31,6 +31,25 @@ use std::time::{Duration, Instant};
 /// A port that was free a moment ago on 127.0.0.1 and that no other caller in this
 /// process got. Ports come from below the kernel's ephemeral range (32768+), so the
 /// outgoing connections of a busy test run cannot take them before they are bound.
+/// Whether the outside programs `names` are all installed. With `DWAAR_REQUIRE_E2E=1` a
+/// missing one fails the test; otherwise the caller skips.
+pub fn have_tools(names: &[&str]) -> bool {
+    for name in names {
+        let found = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
+            "{name} is required (scripts/bootstrap installs it)"
+        );
+        if !found {
+            return false;
+        }
+    }
+    true
+}
+
 pub fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);

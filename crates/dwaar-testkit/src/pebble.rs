@@ -8,7 +8,7 @@
 
 use crate::origin::TestCa;
 use crate::{free_port, wait_until};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 pub struct Pebble {
@@ -24,17 +24,7 @@ pub struct Pebble {
 
 /// Whether the binaries exist; with `DWAAR_REQUIRE_E2E=1` their absence is a failure.
 pub fn available() -> bool {
-    let found = ["pebble", "pebble-challtestsrv"].iter().all(|b| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {b}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    if !found && std::env::var("DWAAR_REQUIRE_E2E").is_ok_and(|v| v == "1") {
-        panic!("pebble is not installed but DWAAR_REQUIRE_E2E=1 (apt-get install pebble)");
-    }
-    found
+    crate::have_tools(&["pebble", "pebble-challtestsrv"])
 }
 
 impl Pebble {

@@ -17,18 +17,7 @@ pub struct Redis {
 /// Whether `redis-server` and `redis-cli` exist; with `DWAAR_REQUIRE_E2E=1` their
 /// absence is a failure.
 pub fn available() -> bool {
-    let found = ["redis-server", "redis-cli"].iter().all(|b| {
-        Command::new("sh")
-            .args(["-c", &format!("command -v {b}")])
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(
-        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "redis-server is required (scripts/bootstrap installs it)"
-    );
-    found
+    crate::have_tools(&["redis-server", "redis-cli"])
 }
 
 impl Redis {

@@ -40,15 +40,7 @@ pub fn dwaar_cmd(args: &[&str], dir: &std::path::Path) -> (i32, String, String) 
 /// Whether the outside program `name` is installed. With `DWAAR_REQUIRE_E2E=1` a missing
 /// one fails the test; otherwise the caller skips.
 pub fn have_tool(name: &str) -> bool {
-    let found = std::process::Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        found || std::env::var("DWAAR_REQUIRE_E2E").as_deref() != Ok("1"),
-        "{name} is required (scripts/bootstrap installs it)"
-    );
-    found
+    dwaar_testkit::have_tools(&[name])
 }
 
 /// A Python that can import `module` (`scripts/bootstrap` puts h2 and aioquic in

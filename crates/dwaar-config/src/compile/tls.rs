@@ -34,6 +34,23 @@ const CLIENT_AUTH_MODES: &[&str] = &[
     "require_and_verify",
 ];
 
+/// The arguments of `line` (one or more), each one of `known`; an unknown one is an
+/// error at it. `what` names an argument in the usage line.
+fn known_names(line: &Directive, what: &str, known: &[&str], diags: &mut Diags) -> Vec<String> {
+    let name = &line.name.text;
+    let mut out = Vec::new();
+    if diags.arity(line, 0, 1, usize::MAX, &format!("{name} {what}...")) {
+        for a in &line.args {
+            if known.contains(&a.text.as_str()) {
+                out.push(a.text.clone());
+            } else {
+                diags.unknown_sub(name, a, known);
+            }
+        }
+    }
+    out
+}
+
 /// Parses a site's `tls` directive.
 pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
     if !diags.arity(
@@ -94,39 +111,13 @@ pub fn site_tls(d: &Directive, diags: &mut Diags) -> Option<SiteTls> {
                     }
                 }
             }
-            "ciphers" => {
-                if diags.arity(line, 0, 1, usize::MAX, "ciphers <cipher_suite>...") {
-                    for a in &line.args {
-                        if CIPHERS.contains(&a.text.as_str()) {
-                            t.ciphers.push(a.text.clone());
-                        } else {
-                            diags.unknown_sub("ciphers", a, CIPHERS);
-                        }
-                    }
-                }
-            }
-            "curves" => {
-                if diags.arity(line, 0, 1, usize::MAX, "curves <curve>...") {
-                    for a in &line.args {
-                        if CURVES.contains(&a.text.as_str()) {
-                            t.curves.push(a.text.clone());
-                        } else {
-                            diags.unknown_sub("curves", a, CURVES);
-                        }
-                    }
-                }
-            }
-            "alpn" => {
-                if diags.arity(line, 0, 1, usize::MAX, "alpn <protocol>...") {
-                    for a in &line.args {
-                        if a.text == "h2" || a.text == "http/1.1" {
-                            t.alpn.push(a.text.clone());
-                        } else {
-                            diags.unknown_sub("alpn", a, &["h2", "http/1.1"]);
-                        }
-                    }
-                }
-            }
+            "ciphers" => t
+                .ciphers
+                .extend(known_names(line, "<cipher_suite>", CIPHERS, diags)),
+            "curves" => t.curves.extend(known_names(line, "<curve>", CURVES, diags)),
+            "alpn" => t
+                .alpn
+                .extend(known_names(line, "<protocol>", &["h2", "http/1.1"], diags)),
             "client_auth" => t.client_auth = client_auth(line, diags),
             "issuer" => {
                 let Some(issuer) = issuer_line(line, diags) else {
@@ -1316,15 +1307,8 @@ pub fn acme_server(d: &Directive, diags: &mut Diags) -> Option<crate::model::Acm
                 }
             }
             "challenges" => {
-                if diags.arity(line, 0, 1, 3, "challenges http-01|tls-alpn-01|dns-01...") {
-                    for a in &line.args {
-                        if CHALLENGES.contains(&a.text.as_str()) {
-                            c.challenges.push(a.text.clone());
-                        } else {
-                            diags.unknown_sub("challenges", a, CHALLENGES);
-                        }
-                    }
-                }
+                c.challenges
+                    .extend(known_names(line, "<challenge>", CHALLENGES, diags))
             }
             "allow_wildcard_names" => {
                 if diags.arity(line, 0, 0, 0, k) {

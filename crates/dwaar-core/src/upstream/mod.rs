@@ -308,7 +308,14 @@ impl TransportOpts {
                     self.with_client_cert(
                         builder
                             .dangerous()
-                            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+                            // `tls_insecure_skip_verify`: any certificate (signed
+                            // handshakes still checked).
+                            .with_custom_certificate_verifier(Arc::new(
+                                dwaar_tls::verify::AnyServerCert {
+                                    provider,
+                                    check_signatures: true,
+                                },
+                            )),
                     )?
                 } else {
                     let mut roots = rustls::RootCertStore::empty();
@@ -379,52 +386,6 @@ impl TransportOpts {
     /// HTTP/2 to the upstream (h2c, or h2 over TLS): requests share connections.
     pub fn multiplexed(&self) -> bool {
         (self.h2c && !self.tls) || (self.h2 && self.tls)
-    }
-}
-
-/// `tls_insecure_skip_verify`: any certificate is accepted (signatures still checked).
-#[derive(Debug)]
-struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &rustls::pki_types::CertificateDer<'_>,
-        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
-        _server_name: &rustls::pki_types::ServerName<'_>,
-        _ocsp: &[u8],
-        _now: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

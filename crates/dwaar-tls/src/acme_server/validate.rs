@@ -135,7 +135,11 @@ impl Job {
             .with_safe_default_protocol_versions()
             .map_err(|e| e.to_string())?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCert))
+            // The certificate's contents are what counts, not its issuer.
+            .with_custom_certificate_verifier(Arc::new(crate::verify::AnyServerCert {
+                provider: Arc::new(crate::provider()),
+                check_signatures: false,
+            }))
             .with_no_client_auth();
         cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
         let name = rustls::pki_types::ServerName::try_from(self.identifier.clone())
@@ -203,50 +207,5 @@ impl Job {
         } else {
             Err(format!("no TXT record at {name} holds the expected value"))
         }
-    }
-}
-
-/// TLS-ALPN-01 validation looks at the certificate's contents, not its issuer.
-#[derive(Debug)]
-struct AnyCert;
-
-impl rustls::client::danger::ServerCertVerifier for AnyCert {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-
-    // The challenge certificate carries a critical acmeIdentifier extension, which
-    // certificate parsers built for trust (webpki) refuse; and what is proven is control
-    // of the server at that address, not of a long-lived key. So the handshake
-    // signature is not checked against the certificate.
-    fn verify_tls12_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        _: &[u8],
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        crate::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
