@@ -75,8 +75,15 @@ struct Seen {
     pending_prev: u64,
 }
 
-/// Keys one approximate zone tracks at most (the least recently synced go first).
+/// Keys one approximate zone tracks at most: keys of past windows go first, then
+/// an arbitrary one.
 const MAX_KEYS: usize = 100_000;
+/// Independent locks per zone, so request threads rarely wait for each other.
+const SHARDS: usize = 16;
+/// Keys pushed in one pipeline by a sync.
+const PER_PIPELINE: usize = 500;
+
+type Shard = Mutex<HashMap<u64, Seen>>;
 
 /// An approximate zone: local decisions, synced every interval.
 pub struct Approximate {
@@ -84,7 +91,11 @@ pub struct Approximate {
     zone: String,
     limit: u64,
     window_ms: u64,
-    keys: Mutex<HashMap<u64, Seen>>,
+    shards: Box<[Shard]>,
+}
+
+fn lock(shard: &Shard) -> std::sync::MutexGuard<'_, HashMap<u64, Seen>> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for Approximate {
@@ -109,7 +120,7 @@ impl Approximate {
             zone: zone.to_string(),
             limit,
             window_ms: window_ms.max(1),
-            keys: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
         });
         let weak = Arc::downgrade(&a);
         let _ = std::thread::Builder::new()
@@ -134,9 +145,8 @@ impl Approximate {
         a
     }
 
-    /// Whether decisions are being shared with the fleet right now.
-    pub fn shared(&self) -> bool {
-        self.fleet.is_up()
+    fn shard(&self, key_hash: u64) -> &Shard {
+        &self.shards[(key_hash % SHARDS as u64) as usize]
     }
 
     /// Decides locally: `true` admitted (and counted).
@@ -148,9 +158,14 @@ impl Approximate {
         }
         let epoch = now_ms / self.window_ms;
         let w = weight(now_ms, self.window_ms);
-        let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.len() >= MAX_KEYS && !keys.contains_key(&key_hash) {
+        let mut keys = lock(self.shard(key_hash));
+        if keys.len() >= MAX_KEYS / SHARDS && !keys.contains_key(&key_hash) {
             keys.retain(|_, s| s.epoch + 1 >= epoch);
+            if keys.len() >= MAX_KEYS / SHARDS {
+                if let Some(k) = keys.keys().next().copied() {
+                    keys.remove(&k);
+                }
+            }
         }
         let s = keys.entry(key_hash).or_insert(Seen {
             epoch,
@@ -165,53 +180,62 @@ impl Approximate {
         true
     }
 
-    /// Pushes this instance's new counts and reads the fleet's totals back.
+    /// Pushes this instance's new counts and reads the fleet's totals back, in
+    /// pipelines of [`PER_PIPELINE`] keys.
     pub async fn sync(&self) {
-        let now = crate::now_ms();
-        let epoch = now / self.window_ms;
-        let snapshot: Vec<(u64, Seen)> = {
-            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        let epoch = crate::now_ms() / self.window_ms;
+        let mut snapshot: Vec<(u64, Seen)> = Vec::new();
+        for shard in self.shards.iter() {
+            let mut keys = lock(shard);
             keys.retain(|_, s| s.epoch + 1 >= epoch);
-            keys.iter_mut()
-                .map(|(k, s)| {
-                    roll(s, epoch);
-                    let taken = *s;
-                    // What is pushed now is counted in the fleet totals read back.
-                    s.pending = 0;
-                    s.pending_prev = 0;
-                    (*k, taken)
-                })
-                .collect()
-        };
+            snapshot.extend(keys.iter_mut().map(|(k, s)| {
+                roll(s, epoch);
+                let taken = *s;
+                // What is pushed now is counted in the fleet totals read back.
+                s.pending = 0;
+                s.pending_prev = 0;
+                (*k, taken)
+            }));
+        }
         let ttl = self.window_ms * 2;
-        for (k, s) in snapshot {
-            let (cur_key, prev_key) = keys(&self.fleet, &self.zone, k, s.epoch);
+        for (n, batch) in snapshot.chunks(PER_PIPELINE).enumerate() {
             let mut pipe = redis::pipe();
-            pipe.cmd("INCRBY").arg(&cur_key).arg(s.pending);
-            pipe.cmd("PEXPIRE").arg(&cur_key).arg(ttl).ignore();
-            pipe.cmd("INCRBY").arg(&prev_key).arg(s.pending_prev);
-            let r: Result<(u64, u64), String> = self.fleet.query_pipe(&pipe).await;
-            let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
-            match r {
-                Ok((cur, prev)) => {
-                    if let Some(e) = keys.get_mut(&k) {
-                        if e.epoch == s.epoch {
-                            e.fleet_cur = cur;
-                            e.fleet_prev = prev;
-                        }
-                    }
-                }
-                Err(_) => {
-                    // Not counted by the fleet: keep them for the next sync.
-                    if let Some(e) = keys.get_mut(&k) {
-                        if e.epoch == s.epoch {
+            for (k, s) in batch {
+                let (cur_key, prev_key) = keys(&self.fleet, &self.zone, *k, s.epoch);
+                pipe.cmd("INCRBY").arg(&cur_key).arg(s.pending);
+                pipe.cmd("PEXPIRE").arg(&cur_key).arg(ttl).ignore();
+                pipe.cmd("INCRBY").arg(&prev_key).arg(s.pending_prev);
+            }
+            let totals: Vec<u64> = match self.fleet.query_pipe::<Vec<u64>>(&pipe).await {
+                Ok(t) if t.len() == batch.len() * 2 => t,
+                _ => {
+                    // Not counted by the fleet: this batch and the rest wait for the
+                    // next sync.
+                    for (k, s) in &snapshot[n * PER_PIPELINE..] {
+                        self.update(*k, s.epoch, |e| {
                             e.pending += s.pending;
                             e.pending_prev += s.pending_prev;
-                        }
+                        });
                     }
                     return;
                 }
+            };
+            for (i, (k, s)) in batch.iter().enumerate() {
+                self.update(*k, s.epoch, |e| {
+                    e.fleet_cur = totals[2 * i];
+                    e.fleet_prev = totals[2 * i + 1];
+                });
             }
+        }
+    }
+
+    /// Changes what is known of `key` if it is still in window `epoch`.
+    fn update(&self, key: u64, epoch: u64, f: impl FnOnce(&mut Seen)) {
+        if let Some(e) = lock(self.shard(key))
+            .get_mut(&key)
+            .filter(|e| e.epoch == epoch)
+        {
+            f(e);
         }
     }
 }
