@@ -105,6 +105,86 @@ fn forward_auth_requests_count_once_against_rate_limits() {
     }
 }
 
+/// Rate limits shared through Redis decide alike on every path: `distributed exact`
+/// asks the fleet off the request path and reruns the pipeline, `approximate` decides
+/// from local counts.
+#[test]
+fn distributed_rate_limits_on_every_path() {
+    if !dwaar_testkit::redis::available() {
+        return;
+    }
+    let redis = dwaar_testkit::redis::Redis::start();
+    let p = Paths::start_global(
+        &bin(),
+        &format!(
+            "\tstorage redis {{\n\t\taddress {}\n\t\tlocal_copy STORE\n\t}}\n",
+            redis.addr()
+        ),
+        "\thandle /exact {\n\t\trate_limit {\n\t\t\tzone exact\n\t\t\tkey {http.request.header.X-Who}\n\t\t\tevents 2\n\t\t\twindow 1m\n\t\t\tdistributed exact\n\t\t}\n\t\trespond \"exact\"\n\t}\n\
+         \thandle /approx {\n\t\trate_limit {\n\t\t\tzone approx\n\t\t\tkey {http.request.header.X-Who}\n\t\t\tevents 2\n\t\t\twindow 1m\n\t\t\tdistributed approximate 100ms\n\t\t}\n\t\trespond \"approx\"\n\t}\n",
+    );
+    for proto in ALL {
+        let who = format!("{proto:?}");
+        for path in ["/exact", "/approx"] {
+            let req = Req::get(path).header("X-Who", &who);
+            for round in 1..=2 {
+                let r = p.ok(proto, &req);
+                assert_eq!(r.status, 200, "{proto:?} {path} #{round}");
+            }
+            let r = p.ok(proto, &req);
+            assert_eq!(r.status, 429, "{proto:?} {path}: third request");
+            assert!(r.header("retry-after").is_some(), "{proto:?} {path}");
+        }
+    }
+    // The exact zone's counts are in Redis.
+    assert!(redis
+        .cli(&["--scan", "--pattern", "dwaar:rl:{exact:*"])
+        .contains("dwaar:rl:"));
+}
+
+/// `acme_server` answers on every path: its directory names URLs of the scheme and host
+/// the client used, nonces come with every answer, and a POST body (read before the
+/// routes run) that is no JWS is refused with an ACME problem document.
+#[test]
+fn acme_server_answers_on_every_path() {
+    // `route` keeps the order written (`respond` comes first in the directive order).
+    let p = Paths::start(
+        &bin(),
+        "\troute {\n\t\tacme_server\n\t\trespond \"not acme\"\n\t}\n",
+    );
+    for proto in ALL {
+        let r = p.ok(proto, &Req::get("/acme/local/directory"));
+        assert_eq!(r.status, 200, "{proto:?}");
+        let dir: serde_json::Value = serde_json::from_str(&r.text()).unwrap_or_default();
+        let new_account = dir["newAccount"].as_str().unwrap_or_default().to_string();
+        assert!(
+            new_account.ends_with("/acme/local/new-account"),
+            "{proto:?}: {dir}"
+        );
+        assert!(r.header("replay-nonce").is_some(), "{proto:?}");
+        let r = p.ok(
+            proto,
+            &Req::post("/acme/local/new-account", b"not a jws".to_vec()),
+        );
+        assert_eq!(r.status, 400, "{proto:?}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/problem+json"),
+            "{proto:?}"
+        );
+        assert!(
+            r.text().contains("urn:ietf:params:acme:error:malformed"),
+            "{proto:?}"
+        );
+        let r = p.ok(proto, &Req::get("/elsewhere"));
+        assert_eq!(
+            r.text(),
+            "not acme",
+            "{proto:?}: other paths go on to the next handler"
+        );
+    }
+}
+
 /// `cache` stores misses on every path (HTTP/3 never did, and a `cache` route used to
 /// take HTTP/2 away from Dwaar's own front-end).
 #[test]

@@ -136,6 +136,22 @@ impl Paths {
 
     /// Like [`Paths::start_with`], with environment variables for both processes.
     pub fn start_full(bin: &Path, servers: &str, body: &str, env: &[(&str, &str)]) -> Paths {
+        Self::start_all(bin, "", servers, body, env)
+    }
+
+    /// Like [`Paths::start`], with extra global option lines for both processes
+    /// (`STORE` in them names the directory the test's storage is in).
+    pub fn start_global(bin: &Path, global: &str, body: &str) -> Paths {
+        Self::start_all(bin, global, "", body, &[])
+    }
+
+    fn start_all(
+        bin: &Path,
+        global: &str,
+        servers: &str,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> Paths {
         let store = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
         let scratch = store.path().join("scratch");
         std::fs::create_dir_all(&scratch).unwrap_or_else(|e| panic!("scratch: {e}"));
@@ -148,8 +164,9 @@ impl Paths {
             free_port(),
         );
         let main_body = body.replace("INSTANCE", "main");
+        let global = global.replace("STORE", &store.path().display().to_string());
         let conf = format!(
-            "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n\
+            "{{\n\thttp_port {http}\n\thttps_port {https}\n\tstorage file_system {}\n{global}\
              \tservers :{plain} {{\n{servers}\n\t}}\n\
              \tservers :{h2c} {{\n\t\tprotocols h1 h2c\n{servers}\n\t}}\n\
              \tservers :{https} {{\n\t\tprotocols h1 h2 h3\n{servers}\n\t}}\n}}\n\
@@ -162,7 +179,7 @@ impl Paths {
         let root = std::fs::read(store.path().join("pki/local/root.crt"))
             .unwrap_or_else(|e| panic!("local CA root: {e}"));
         let pingora_conf = format!(
-            "{{\n\tservers :{plain_pingora} {{\n{servers}\n\t}}\n}}\n:{plain_pingora} {{\n{}\n}}\n",
+            "{{\n{global}\tservers :{plain_pingora} {{\n{servers}\n\t}}\n}}\n:{plain_pingora} {{\n{}\n}}\n",
             body.replace("INSTANCE", "pingora")
         );
         let pingora = Dwaar::start_env(
