@@ -54,7 +54,13 @@ impl ChallengeBoard {
 
     /// The key authorisation for an HTTP-01 `token`, if one is being validated.
     pub fn http_answer(&self, token: &str) -> Option<String> {
-        if token.is_empty() || token.contains('/') {
+        // ACME tokens are base64url of at least 128 bits (RFC 8555 §8.1): anything else
+        // is not looked up, so scanners of the path cost no storage (or Redis) read.
+        let plausible = token.len() >= 22
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plausible {
             return None;
         }
         if let Some(v) = self.http.lock().ok().and_then(|m| m.get(token).cloned()) {
@@ -126,4 +132,21 @@ fn alpn_config(cert_pem: &str, key_pem: &str) -> Result<Arc<ServerConfig>, Strin
         .with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(key)));
     config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plausible_tokens_are_answered() {
+        let b = ChallengeBoard::default();
+        let token = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
+        b.put_http(token, "key-authorization");
+        b.put_http("short", "x");
+        assert_eq!(b.http_answer(token).as_deref(), Some("key-authorization"));
+        assert_eq!(b.http_answer("short"), None);
+        assert_eq!(b.http_answer("../../etc/passwd-aaaaaaaaaaaaaaaaaaa"), None);
+        assert_eq!(b.http_answer(""), None);
+    }
 }

@@ -82,11 +82,6 @@ impl Storage {
         }
     }
 
-    /// The fleet's shared store, with `storage redis`.
-    pub fn fleet(&self) -> Option<&std::sync::Arc<dwaar_fleet::Fleet>> {
-        self.fleet.as_ref()
-    }
-
     /// `storage` from the config, or the user's data directory.
     pub fn from_config(configured: Option<&str>) -> Storage {
         match configured {
