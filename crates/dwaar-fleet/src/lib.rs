@@ -338,15 +338,16 @@ impl Fleet {
             return Err("Redis: no connection".into());
         };
         let r = f(conn.as_mut());
-        if self.booked(&r) {
+        if self.record_outcome(&r) {
             *guard = None;
         }
         r.map_err(|e| format!("Redis: {e}"))
     }
 
-    /// Books an operation's outcome; true when its connection is broken (it failed
-    /// for another reason than the server's answer) and must be dropped.
-    fn booked<T>(&self, r: &redis::RedisResult<T>) -> bool {
+    /// Records an operation's outcome (up or down, error counts); true when its
+    /// connection is broken (it failed for another reason than the server's answer)
+    /// and must be dropped.
+    fn record_outcome<T>(&self, r: &redis::RedisResult<T>) -> bool {
         match r {
             Ok(_) => {
                 self.succeeded();
@@ -460,7 +461,7 @@ impl Fleet {
         }
     }
 
-    /// Books the outcome of an asynchronous operation (a timeout breaks the connection).
+    /// Records the outcome of an asynchronous operation (a timeout breaks the connection).
     async fn settle<T>(
         &self,
         r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
@@ -471,7 +472,7 @@ impl Fleet {
                 "command timed out",
             )))
         });
-        if self.booked(&r) {
+        if self.record_outcome(&r) {
             *self.async_conn.lock().await = None;
         }
         r.map_err(|e| format!("Redis: {e}"))
