@@ -133,32 +133,38 @@ pub fn write_metrics(out: &mut String) {
     if fleets.is_empty() {
         return;
     }
-    out.push_str("# HELP dwaar_storage_up Whether the shared storage (Redis) answers.\n# TYPE dwaar_storage_up gauge\n");
-    for f in &fleets {
-        let _ = writeln!(
-            out,
-            "dwaar_storage_up{{backend=\"redis\",address=\"{}\"}} {}",
-            f.cfg.addresses.join(","),
-            u8::from(f.is_up())
-        );
-    }
-    out.push_str("# HELP dwaar_storage_errors_total Failed operations on the shared storage.\n# TYPE dwaar_storage_errors_total counter\n");
-    for f in &fleets {
-        let _ = writeln!(
-            out,
-            "dwaar_storage_errors_total{{backend=\"redis\",address=\"{}\"}} {}",
-            f.cfg.addresses.join(","),
-            f.errors.load(Ordering::Relaxed)
-        );
-    }
-    out.push_str("# HELP dwaar_rate_limit_fallbacks_total Distributed rate-limit decisions made locally because Redis could not be asked.\n# TYPE dwaar_rate_limit_fallbacks_total counter\n");
-    for f in &fleets {
-        let _ = writeln!(
-            out,
-            "dwaar_rate_limit_fallbacks_total{{address=\"{}\"}} {}",
-            f.cfg.addresses.join(","),
-            f.fallbacks.load(Ordering::Relaxed)
-        );
+    // (name, type, help, value of one fleet)
+    type Series = (&'static str, &'static str, &'static str, fn(&Fleet) -> u64);
+    let series: [Series; 3] = [
+        (
+            "dwaar_storage_up",
+            "gauge",
+            "Whether the shared storage (Redis) answers.",
+            |f| u64::from(f.is_up()),
+        ),
+        (
+            "dwaar_storage_errors_total",
+            "counter",
+            "Failed operations on the shared storage.",
+            |f| f.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "dwaar_rate_limit_fallbacks_total",
+            "counter",
+            "Distributed rate-limit decisions made locally because Redis could not be asked.",
+            |f| f.fallbacks.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for f in &fleets {
+            let addr = f.cfg.addresses.join(",");
+            let labels = match name {
+                "dwaar_rate_limit_fallbacks_total" => format!("address=\"{addr}\""),
+                _ => format!("backend=\"redis\",address=\"{addr}\""),
+            };
+            let _ = writeln!(out, "{name}{{{labels}}} {}", value(f));
+        }
     }
 }
 

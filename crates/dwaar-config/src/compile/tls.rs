@@ -505,7 +505,7 @@ pub fn dns_provider(d: &Directive, diags: &mut Diags) -> Option<DnsProvider> {
                 diags.push(a.error("dns rfc2136 takes its settings in a block"));
             }
             let fields = provider_fields(d, &["server", "key_name", "key_alg", "key"], diags);
-            let get = |k: &str| fields.iter().find(|(n, _)| *n == k).map(|(_, t)| *t);
+            let get = |k: &str| fields.get(k);
             let alg = get("key_alg").map(|t| t.text.to_ascii_lowercase());
             let alg = alg.unwrap_or_else(|| "hmac-sha256".into());
             let alg = alg.trim_end_matches('.').to_string();
@@ -546,15 +546,7 @@ pub fn dns_provider(d: &Directive, diags: &mut Diags) -> Option<DnsProvider> {
         }
         "cloudflare" => {
             let fields = provider_fields(d, &["api_token", "zone_token", "endpoint"], diags);
-            let get = |k: &str| {
-                fields
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, t)| t.text.clone())
-            };
-            if let Some(e) = fields.iter().find(|(n, _)| *n == "endpoint") {
-                check_api_url(e.1, diags);
-            }
+            let get = |k: &str| fields.get(k).map(|t| t.text.clone());
             let token = match (rest, get("api_token")) {
                 ([t], None) => Some(t.text.clone()),
                 ([], t) => t,
@@ -592,15 +584,7 @@ pub fn dns_provider(d: &Directive, diags: &mut Diags) -> Option<DnsProvider> {
                 ],
                 diags,
             );
-            let get = |k: &str| {
-                fields
-                    .iter()
-                    .find(|(n, _)| *n == k)
-                    .map(|(_, t)| t.text.clone())
-            };
-            if let Some(e) = fields.iter().find(|(n, _)| *n == "endpoint") {
-                check_api_url(e.1, diags);
-            }
+            let get = |k: &str| fields.get(k).map(|t| t.text.clone());
             if !rest.is_empty() {
                 diags.push(rest[0].error("dns route53 takes its settings in a block"));
             }
@@ -644,23 +628,31 @@ pub fn dns_provider(d: &Directive, diags: &mut Diags) -> Option<DnsProvider> {
     provider.filter(|_| diags.error_count() == before)
 }
 
-/// The `key value` lines of a provider's block, each key one of `known`.
-fn provider_fields<'a>(
-    d: &'a Directive,
-    known: &[&'static str],
-    diags: &mut Diags,
-) -> Vec<(&'static str, &'a Token)> {
+/// The `key value` lines of a provider's block, each key one of `known` (an
+/// `endpoint` must be an http(s) URL).
+struct Fields<'a>(Vec<(&'static str, &'a Token)>);
+
+impl<'a> Fields<'a> {
+    fn get(&self, k: &str) -> Option<&'a Token> {
+        self.0.iter().find(|(n, _)| *n == k).map(|(_, t)| *t)
+    }
+}
+
+fn provider_fields<'a>(d: &'a Directive, known: &[&'static str], diags: &mut Diags) -> Fields<'a> {
     let mut out = Vec::new();
     for l in block_lines(&d.block) {
         match known.iter().find(|k| **k == l.name.text) {
             None => diags.unknown_sub(&format!("dns {}", d.args[0].text), &l.name, known),
             Some(k) if diags.arity(l, 0, 1, 1, &format!("{k} <value>")) => {
-                out.push((*k, &l.args[0]))
+                if *k == "endpoint" {
+                    check_api_url(&l.args[0], diags);
+                }
+                out.push((*k, &l.args[0]));
             }
             Some(_) => {}
         }
     }
-    out
+    Fields(out)
 }
 
 fn base64_decodes(s: &str) -> Option<Vec<u8>> {
