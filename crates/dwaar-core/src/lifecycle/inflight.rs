@@ -1,17 +1,27 @@
 //! In-flight request counting for graceful shutdown: a [`Guard`] per request.
 //!
-//! Each worker thread owns a counter (tasks never leave their current-thread runtime, so
-//! increments are uncontended); shutdown sums them all.
+//! Each worker thread owns its counters (tasks never leave their current-thread runtime,
+//! so increments are uncontended): requests started and requests finished. Shutdown
+//! sums the difference; [`started_total`] tells the idle trimmer
+//! ([`crate::server::footprint`]) whether any request came since it last looked.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-thread_local! {
-    static LOCAL: RefCell<Option<Arc<AtomicUsize>>> = const { RefCell::new(None) };
+/// One thread's requests: started and finished (each only ever grows, so a reader
+/// sees activity even when every request that came has already ended).
+#[derive(Default)]
+struct Counts {
+    started: AtomicUsize,
+    finished: AtomicUsize,
 }
 
-static ALL: Mutex<Vec<Arc<AtomicUsize>>> = Mutex::new(Vec::new());
+thread_local! {
+    static LOCAL: RefCell<Option<Arc<Counts>>> = const { RefCell::new(None) };
+}
+
+static ALL: Mutex<Vec<Arc<Counts>>> = Mutex::new(Vec::new());
 static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// When draining ends (the grace period's end), for `{http.time_until_shutdown}`.
@@ -42,9 +52,9 @@ pub fn draining() -> bool {
     DRAINING.load(Ordering::Relaxed)
 }
 
-/// Gives the calling thread its own counter (once per worker thread).
+/// Gives the calling thread its own counters (once per thread that serves requests).
 pub fn register_thread() {
-    let c = Arc::new(AtomicUsize::new(0));
+    let c = Arc::new(Counts::default());
     if let Ok(mut all) = ALL.lock() {
         all.push(c.clone());
     }
@@ -55,7 +65,7 @@ pub fn register_thread() {
 fn enter() -> bool {
     LOCAL.with_borrow(|l| match l {
         Some(c) => {
-            c.fetch_add(1, Ordering::Relaxed);
+            c.started.fetch_add(1, Ordering::Relaxed);
             true
         }
         None => false,
@@ -66,7 +76,7 @@ fn enter() -> bool {
 fn exit() {
     LOCAL.with_borrow(|l| {
         if let Some(c) = l {
-            c.fetch_sub(1, Ordering::Relaxed);
+            c.finished.fetch_add(1, Ordering::Relaxed);
         }
     });
 }
@@ -74,7 +84,28 @@ fn exit() {
 /// Requests in flight across all worker threads.
 pub fn total() -> usize {
     ALL.lock()
-        .map(|all| all.iter().map(|c| c.load(Ordering::Relaxed)).sum())
+        .map(|all| {
+            all.iter()
+                .map(|c| {
+                    // Finished first: a request that ends between the two loads is then
+                    // still seen as started.
+                    let finished = c.finished.load(Ordering::Relaxed);
+                    c.started.load(Ordering::Relaxed).wrapping_sub(finished)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Requests started since the process began, across all threads (it changes whenever a
+/// request comes; its value means nothing else).
+pub fn started_total() -> usize {
+    ALL.lock()
+        .map(|all| {
+            all.iter().fold(0usize, |n, c| {
+                n.wrapping_add(c.started.load(Ordering::Relaxed))
+            })
+        })
         .unwrap_or(0)
 }
 

@@ -176,6 +176,8 @@ pub fn ensure_started() {
     let spawned = std::thread::Builder::new()
         .name("dwaar-h3".into())
         .spawn(move || {
+            // HTTP/3 requests count for graceful shutdown and idle trimming too.
+            crate::lifecycle::inflight::register_thread();
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -1,4 +1,6 @@
-//! Giving back the code pages that only start-up used.
+//! Giving back memory the process is not using: the code pages that only start-up used,
+//! and, once the server has been idle a while, the code pages serving brought back and
+//! the allocator's free pages.
 //!
 //! Reading the config, compiling the route table, loading certificates and starting the
 //! listeners run a great deal of code that serving requests never runs again. Once
@@ -13,12 +15,44 @@
 //! (`Anonymous: 0 kB` in `/proc/self/smaps`) are dropped: their content is exactly the
 //! file's, so dropping them loses nothing. Relocated read-only data (RELRO) has private
 //! copies and is left alone, as are writable data, the heap and stacks.
+//!
+//! Idle trimming: serving requests pages in the code it runs (a few megabytes, spread
+//! over the executable) and leaves freed heap pages with the allocator. When no request
+//! has started for [`IDLE_AFTER`] and none is in flight, the same thread drops the code
+//! pages again and asks the allocator (through the hook the binary installs with
+//! [`set_heap_trim`]) to return its free pages. The first request after an idle period
+//! pays for it with minor page faults (about a thousand, well under a millisecond); a
+//! busy server never trims. The check reads per-thread request counters once per
+//! period ([`crate::lifecycle::inflight::started_total`]); the request path does
+//! nothing more than count its requests, as it did for graceful shutdown.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 /// How long after start-up the pages are dropped: code that runs once just after the
 /// server starts (the first listeners, the HTTP/3 thread) is included.
 pub const AFTER_START: Duration = Duration::from_secs(2);
+
+/// How long the server must go without a new request before it trims: it trims between
+/// one and two of these periods after the last request.
+pub const IDLE_AFTER: Duration = Duration::from_secs(10);
+
+/// Returns the allocator's free pages to the system; installed by the binary, which
+/// knows its allocator. Returns the bytes it gave back, when it can tell.
+static HEAP_TRIM: OnceLock<fn() -> usize> = OnceLock::new();
+
+/// Installs the allocator's trim (once; later calls are ignored).
+pub fn set_heap_trim(trim: fn() -> usize) {
+    let _ = HEAP_TRIM.set(trim);
+}
+
+/// Gives back what an idle process does not need: its code pages and the allocator's
+/// free pages. Returns the code bytes and heap bytes released.
+pub fn trim() -> (usize, usize) {
+    let code = release_code_pages();
+    let heap = HEAP_TRIM.get().map(|t| t()).unwrap_or(0);
+    (code, heap)
+}
 
 /// A mapping that may be dropped.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,17 +76,60 @@ pub fn release_code_pages() -> usize {
     released
 }
 
-/// Drops pages once, [`AFTER_START`] from now, on a short-lived thread.
+/// Drops pages [`AFTER_START`] from now, then trims whenever the server has been idle
+/// for [`IDLE_AFTER`], on a thread of its own for the life of the process.
 pub fn release_after_start() {
     let spawned = std::thread::Builder::new()
         .name("dwaar-footprint".into())
         .spawn(|| {
             std::thread::sleep(AFTER_START);
-            let n = release_code_pages();
-            tracing::debug!(bytes = n, "start-up code pages released");
+            let (code, heap) = trim();
+            tracing::debug!(code, heap, "start-up memory released");
+            let mut idle = IdleWatch::new(crate::lifecycle::inflight::started_total());
+            loop {
+                std::thread::sleep(IDLE_AFTER);
+                let started = crate::lifecycle::inflight::started_total();
+                let in_flight = crate::lifecycle::inflight::total();
+                if idle.should_trim(started, in_flight) {
+                    let (code, heap) = trim();
+                    tracing::debug!(code, heap, "idle: memory released");
+                }
+            }
         });
     if let Err(e) = spawned {
         tracing::debug!("cannot start the footprint thread: {e}");
+    }
+}
+
+/// Decides, one period at a time, when an idle server trims: once per idle spell, after
+/// a whole period in which no request started and with none in flight.
+#[derive(Debug)]
+struct IdleWatch {
+    /// The request counter at the last look.
+    seen: usize,
+    /// Trimmed since the last request (start-up counts as trimmed).
+    trimmed: bool,
+}
+
+impl IdleWatch {
+    fn new(started: usize) -> IdleWatch {
+        IdleWatch {
+            seen: started,
+            trimmed: true,
+        }
+    }
+
+    fn should_trim(&mut self, started: usize, in_flight: usize) -> bool {
+        if started != self.seen {
+            self.seen = started;
+            self.trimmed = false;
+            return false;
+        }
+        if self.trimmed || in_flight > 0 {
+            return false;
+        }
+        self.trimmed = true;
+        true
     }
 }
 
@@ -138,6 +215,23 @@ fn advise_dontneed(m: &Droppable) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trims_once_per_idle_spell_after_a_quiet_period() {
+        let mut w = IdleWatch::new(5);
+        // Nothing served since start-up (already trimmed then).
+        assert!(!w.should_trim(5, 0));
+        // Requests came during the period: not yet.
+        assert!(!w.should_trim(9, 0));
+        // A quiet period, but a long request is still running.
+        assert!(!w.should_trim(9, 1));
+        // Quiet and nothing in flight: trim, once.
+        assert!(w.should_trim(9, 0));
+        assert!(!w.should_trim(9, 0));
+        // Traffic again, then quiet again: one more trim.
+        assert!(!w.should_trim(12, 0));
+        assert!(w.should_trim(12, 0));
+    }
 
     const SAMPLE: &str = "\
 55d95ef9a000-55d95ef9c000 r--p 00000000 fe:00 5563248                    /usr/bin/dwaar
