@@ -38,6 +38,14 @@ struct H2Exchange {
     declared: Option<u64>,
     /// The client sent `Expect: 100-continue` and no body has been read yet.
     awaiting: bool,
+    /// Response body bytes still to come when the head declared a length: the DATA
+    /// frame that completes it carries END_STREAM, so `finish` sends no empty frame.
+    remaining: Option<u64>,
+    /// END_STREAM has been sent.
+    ended: bool,
+    /// The client said it takes trailers (`TE: trailers`, as gRPC clients do): the
+    /// stream stays open after the body for them.
+    takes_trailers: bool,
 }
 
 impl Downstream for H2Exchange {
@@ -79,6 +87,11 @@ impl Downstream for H2Exchange {
         ctx: &crate::context::RequestContext,
         _close: bool,
     ) -> Result<(), ()> {
+        self.remaining = fields
+            .iter()
+            .filter(|_| !self.takes_trailers)
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse().ok());
         let head = super::response_head(status, fields, ctx, true);
         let send = self.respond.send_response(head, false).map_err(|_| ())?;
         self.send = Some(send);
@@ -87,16 +100,35 @@ impl Downstream for H2Exchange {
 
     async fn send_data(&mut self, data: Bytes) -> Result<(), ()> {
         let send = self.send.as_mut().ok_or(())?;
-        h2_pool::send_all(send, data, false).await.map_err(|_| ())
+        // The piece that completes a declared length ends the stream with it.
+        let end = match self.remaining.as_mut() {
+            Some(left) => {
+                *left = left.saturating_sub(data.len() as u64);
+                *left == 0
+            }
+            None => false,
+        };
+        h2_pool::send_all(send, data, end).await.map_err(|_| ())?;
+        self.ended = end;
+        Ok(())
     }
 
     async fn send_trailers(&mut self, trailers: http::HeaderMap) -> Result<(), ()> {
+        if self.ended {
+            // A declared length was complete and the client did not ask for trailers.
+            return Ok(());
+        }
         let send = self.send.as_mut().ok_or(())?;
+        self.ended = true;
         send.send_trailers(trailers).map_err(|_| ())
     }
 
     async fn finish(&mut self) -> Result<(), ()> {
+        if self.ended {
+            return Ok(());
+        }
         let send = self.send.as_mut().ok_or(())?;
+        self.ended = true;
         send.send_data(Bytes::new(), true).map_err(|_| ())
     }
 
@@ -160,8 +192,21 @@ pub async fn serve_connection<T>(
                     let declared = crate::lifecycle::declared_length(&parts.headers);
                     let awaiting =
                         crate::lifecycle::request_body::expects_continue(&parts.headers);
-                    let exchange =
-                        H2Exchange { body, respond, send: None, declared, awaiting };
+                    let takes_trailers = parts
+                        .headers
+                        .get_all(http::header::TE)
+                        .iter()
+                        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+                    let exchange = H2Exchange {
+                        body,
+                        respond,
+                        send: None,
+                        declared,
+                        awaiting,
+                        remaining: None,
+                        ended: false,
+                        takes_trailers,
+                    };
                     let store = store.clone();
                     let conn = conn.clone();
                     // The task holds only the request's parts and a box: the request's

@@ -17,29 +17,26 @@ use bytes::Bytes;
 use compact_str::CompactString;
 use pingora_http::RequestHeader;
 
-/// The request as the pipeline sees it (Pingora's header type implements `HttpRequest`).
-fn to_request_header(req: &http::Request<()>, version: http::Version) -> Option<RequestHeader> {
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    let mut h = RequestHeader::build(
-        req.method().clone(),
-        pq.as_bytes(),
-        Some(req.headers().len() + 1),
-    )
-    .ok()?;
-    h.set_version(version);
-    if let Some(a) = req.uri().authority() {
-        if !req.headers().contains_key(http::header::HOST) {
-            h.insert_header(http::header::HOST, a.as_str()).ok()?;
+/// The request as the pipeline sees it (Pingora's header type implements `HttpRequest`):
+/// the stream's parts moved in, fields and all, nothing copied. The target becomes
+/// origin-form (the path and query; the authority moves to `Host` when the request has
+/// none).
+fn to_request_header(req: http::Request<()>, version: http::Version) -> Option<RequestHeader> {
+    let (mut parts, ()) = req.into_parts();
+    if !parts.headers.contains_key(http::header::HOST) {
+        if let Some(a) = parts.uri.authority() {
+            let host = http::HeaderValue::from_str(a.as_str()).ok()?;
+            parts.headers.insert(http::header::HOST, host);
         }
     }
-    for (k, v) in req.headers() {
-        h.append_header(k.clone(), v.clone()).ok()?;
-    }
-    Some(h)
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    parts.uri = http::Uri::from(target);
+    parts.version = version;
+    Some(RequestHeader::from(parts))
 }
 
 /// Serves one request of a multiplexed connection through the lifecycle.
@@ -50,7 +47,7 @@ pub async fn serve_request<D: Downstream>(
     store: &RouteStore,
 ) {
     let version = stream.version();
-    let Some(original) = to_request_header(&req, version) else {
+    let Some(original) = to_request_header(req, version) else {
         reply_status(&mut stream, 400).await;
         return;
     };
