@@ -60,7 +60,7 @@ pub fn join_path_query(path: &str, query: Option<&str>) -> String {
 
 /// Strips CR, LF and NUL so interpolated values can never split a header.
 pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+    if memchr::memchr3(b'\r', b'\n', 0, v.as_bytes()).is_some() {
         std::borrow::Cow::Owned(
             v.chars()
                 .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
@@ -69,6 +69,15 @@ pub fn sanitize_header_value(v: &str) -> std::borrow::Cow<'_, str> {
     } else {
         std::borrow::Cow::Borrowed(v)
     }
+}
+
+/// A field value from text, with CR, LF and NUL stripped ([`sanitize_header_value`]):
+/// checked once when the text is clean (the common case), and cleaned and checked
+/// again only when it is not.
+fn field_value(v: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(v)
+        .ok()
+        .or_else(|| HeaderValue::from_str(&sanitize_header_value(v)).ok())
 }
 
 impl HttpRequest for RequestHeader {
@@ -119,20 +128,12 @@ impl HttpRequest for RequestHeader {
             .sum()
     }
     fn set_header(&mut self, name: &str, value: &str) {
-        let value = sanitize_header_value(value);
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), field_value(value)) {
             let _ = self.insert_header(n, v);
         }
     }
     fn append_header(&mut self, name: &str, value: &str) {
-        let value = sanitize_header_value(value);
-        if let (Ok(n), Ok(v)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), field_value(value)) {
             let _ = RequestHeader::append_header(self, n, v);
         }
     }

@@ -352,8 +352,8 @@ async fn read_head<S: LeanIo>(
         };
     loop {
         if !buf.is_empty() {
-            let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-            match httparse::Request::new(&mut headers).parse(buf) {
+            let mut slots = crate::http1::header_slots();
+            match crate::http1::parse_request(buf, &mut slots).0 {
                 Ok(httparse::Status::Complete(n)) if n <= settings.max_head => {
                     return Ok(Head::Complete(n))
                 }
@@ -630,9 +630,9 @@ async fn serve_one<S: LeanIo>(
 }
 
 fn parse_request(head: &Bytes) -> Option<FastRequest> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+    let mut slots = crate::http1::header_slots();
+    let (verdict, parsed) = crate::http1::parse_request(head, &mut slots);
+    if !matches!(verdict, Ok(httparse::Status::Complete(_))) {
         return None;
     }
     FastRequest::from_parsed(head.clone(), &parsed)
@@ -1087,9 +1087,9 @@ fn response_head(
     client_close: bool,
     shown: Option<u16>,
 ) -> Option<ResponseHead> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    if !matches!(resp.parse(rhead), Ok(httparse::Status::Complete(_))) {
+    let mut slots = crate::http1::header_slots();
+    let (parsed, resp) = crate::http1::parse_response(rhead, &mut slots);
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
         return None;
     }
     let status = resp.code.unwrap_or(502);

@@ -611,9 +611,9 @@ struct UpstreamHead {
 /// Parses an HTTP/1.1 upstream's response head; `None` when it is not one to forward.
 /// (Synchronous, so the parser's header array stays out of the request's future.)
 fn parse_upstream_head(rhead: &[u8], head_only: bool) -> Option<UpstreamHead> {
-    let mut hs = [httparse::EMPTY_HEADER; 100];
-    let mut resp = httparse::Response::new(&mut hs);
-    if !matches!(resp.parse(rhead), Ok(httparse::Status::Complete(_))) {
+    let mut slots = crate::http1::header_slots();
+    let (parsed, resp) = crate::http1::parse_response(rhead, &mut slots);
+    if !matches!(parsed, Ok(httparse::Status::Complete(_))) {
         return None;
     }
     let status = resp.code.unwrap_or(502);

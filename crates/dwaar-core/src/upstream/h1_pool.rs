@@ -263,9 +263,9 @@ pub async fn read_response_head(
     let read = async {
         loop {
             if !c.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                match resp.parse(&c.buf) {
+                let mut slots = crate::http1::header_slots();
+                let (parsed, resp) = crate::http1::parse_response(&c.buf, &mut slots);
+                match parsed {
                     Ok(httparse::Status::Complete(n))
                         if n <= limit
                             && resp
@@ -315,9 +315,9 @@ pub async fn await_continue(
     let look = async {
         loop {
             if !c.buf.is_empty() {
-                let mut headers = [httparse::EMPTY_HEADER; crate::http1::MAX_HEADERS];
-                let mut resp = httparse::Response::new(&mut headers);
-                let parsed = match resp.parse(&c.buf) {
+                let mut slots = crate::http1::header_slots();
+                let (parsed, resp) = crate::http1::parse_response(&c.buf, &mut slots);
+                let parsed = match parsed {
                     Ok(httparse::Status::Complete(n)) => Some((n, resp.code.unwrap_or(0))),
                     Ok(httparse::Status::Partial) if c.buf.len() < 64 * 1024 => None,
                     _ => return Continue::Answered,
