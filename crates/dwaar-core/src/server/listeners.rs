@@ -296,13 +296,15 @@ async fn serve_tls(
             local_ip: local.map(|l| l.ip()),
             tls_facts: Some(facts),
         };
-        crate::streams::h2::serve_connection(
+        // Boxed, like the Pingora session below: every connection's task is as large as
+        // its largest state, and most TLS connections are HTTP/1.1 ones.
+        Box::pin(crate::streams::h2::serve_connection(
             done.stream,
             conn,
             fronts.store,
             shutdown,
             fronts.idle,
-        )
+        ))
         .await;
         return;
     }
@@ -319,10 +321,13 @@ async fn serve_tls(
     if done_h2 {
         // Pingora's HTTP/2 session (`own_h2` off).
         let app = fronts.app;
-        let mut next = app.process_new(Box::new(conn), &shutdown).await;
-        while let Some(s) = next {
-            next = app.process_new(s, &shutdown).await;
-        }
+        Box::pin(async move {
+            let mut next = app.process_new(Box::new(conn), &shutdown).await;
+            while let Some(s) = next {
+                next = app.process_new(s, &shutdown).await;
+            }
+        })
+        .await;
         return;
     }
     crate::fast_h1::serve_tls(conn, (peer, local), info, fronts.lean).await;
@@ -385,13 +390,13 @@ async fn accept_loop(
                     // Counted out even when the connection's task panics.
                     let _live = Live(conns);
                     if read_proxy_header {
-                        match proxy_header(&mut tcp, peer, local, &cx.store).await {
+                        match Box::pin(proxy_header(&mut tcp, peer, local, &cx.store)).await {
                             Some(client) => peer = client,
                             None => return,
                         }
                     }
                     if let Some(spec) = &layer4 {
-                        match layer4_first(tcp, (peer, local), spec, &cx.store).await {
+                        match Box::pin(layer4_first(tcp, (peer, local), spec, &cx.store)).await {
                             Some(t) => tcp = t,
                             None => return,
                         }
@@ -410,13 +415,13 @@ async fn accept_loop(
                 tokio::spawn(async move {
                     let _live = Live(conns);
                     if read_proxy_header {
-                        match proxy_header(&mut tcp, peer, local, &store).await {
+                        match Box::pin(proxy_header(&mut tcp, peer, local, &store)).await {
                             Some(client) => peer = client,
                             None => return,
                         }
                     }
                     if let Some(spec) = &layer4 {
-                        match layer4_first(tcp, (peer, local), spec, &store).await {
+                        match Box::pin(layer4_first(tcp, (peer, local), spec, &store)).await {
                             Some(t) => tcp = t,
                             None => return,
                         }
