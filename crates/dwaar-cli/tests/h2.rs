@@ -202,3 +202,43 @@ fn cache_sites_still_fill_over_http2() {
         "the cache was not filled over HTTP/2"
     );
 }
+
+/// A response whose length is declared ends with its last DATA frame (END_STREAM set on
+/// it), not with an empty DATA frame after it; a body streamed without a length still
+/// ends cleanly. Seen frame by frame with nghttp.
+#[test]
+fn declared_lengths_end_the_stream_on_their_last_data_frame() {
+    if !have_tool("nghttp") {
+        return;
+    }
+    let o = origin::http("app");
+    let mut s = site(&format!(
+        "\trespond /r \"replied\"\n\treverse_proxy 127.0.0.1:{}\n",
+        o.port
+    ));
+    // (path, the response declares its length)
+    for (path, declared) in [("/r", true), ("/echo?q=1", true), ("/sse", false)] {
+        let out = std::process::Command::new("nghttp")
+            .args(["-nv", "-t", "20"])
+            .arg(format!("https://localhost:{}{path}", s.port))
+            .output()
+            .unwrap_or_else(|e| panic!("nghttp: {e}"));
+        let log = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(log.contains(":status: 200"), "{path}: {log}");
+        let data: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("recv DATA frame"))
+            .collect();
+        assert!(!data.is_empty(), "{path}: {log}");
+        // The stream always ends with END_STREAM on a DATA frame.
+        let last = data.last().copied().unwrap_or_default();
+        assert!(last.contains("flags=0x01"), "{path}: {last}\n{log}");
+        if declared {
+            assert!(
+                data.iter().all(|l| !l.contains("length=0,")),
+                "{path}: an empty DATA frame was sent: {log}"
+            );
+        }
+    }
+    assert!(s.d.alive(), "{}", s.d.log_text());
+}
