@@ -734,3 +734,29 @@ fn shutdown_delay_keeps_serving_before_the_drain() {
     );
     assert!(d.log_text().contains("shutdown_delay"), "{}", d.log_text());
 }
+
+/// An idle server gives memory back (`server/footprint.rs`): 10-20 s after its last
+/// request it drops the code pages serving paged in and jemalloc's free pages, and the
+/// next request is served as before.
+#[test]
+fn an_idle_server_gives_memory_back_and_keeps_serving() {
+    let (mut d, port) = serve("{\n\tadmin off\n}\n:PORT {\n\trespond \"idle ok\"\n}\n");
+    // Past the start-up release (2 s), then traffic pages the serving code back in.
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..300 {
+        assert_eq!(ok_get(port, "localhost", "/").status, 200);
+    }
+    let served = d.rss_kb();
+    // One whole quiet period is noticed within two.
+    std::thread::sleep(Duration::from_secs(22));
+    let trimmed = d.rss_kb();
+    eprintln!("RSS after serving {served} kB, after the idle trim {trimmed} kB");
+    assert!(
+        trimmed + 1024 < served,
+        "no memory given back: {served} kB -> {trimmed} kB"
+    );
+    let r = ok_get(port, "localhost", "/");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "idle ok");
+    assert!(d.alive(), "{}", d.log_text());
+}
