@@ -75,14 +75,8 @@ fn symbol_order(os: &str, env: &str) {
 
 /// Rust 1.90 and later link x86_64 Linux binaries with their bundled LLD.
 fn rustc_links_with_lld() -> bool {
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = Command::new(rustc)
-        .arg("-V")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
-        .unwrap_or_default();
     // "rustc 1.95.0 (...)"
-    let minor = version
+    let minor = rustc_version()
         .split_whitespace()
         .nth(1)
         .and_then(|v| v.split('.').nth(1))
@@ -117,14 +111,7 @@ fn build_facts() {
         }
     }
 
-    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
-    let version = Command::new(rustc)
-        .arg("-V")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    println!("cargo:rustc-env=DWAAR_BUILD_RUSTC={version}");
+    println!("cargo:rustc-env=DWAAR_BUILD_RUSTC={}", rustc_version());
     for key in ["TARGET", "PROFILE", "OPT_LEVEL"] {
         println!(
             "cargo:rustc-env=DWAAR_BUILD_{key}={}",
@@ -165,4 +152,14 @@ fn locked_version(lock: &str, name: &str) -> Option<String> {
         }
     }
     None
+}
+
+/// The compiler's `rustc -V` line ("rustc 1.95.0 (...)"), empty when it cannot run.
+fn rustc_version() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    Command::new(rustc)
+        .arg("-V")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
 }

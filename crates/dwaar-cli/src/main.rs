@@ -18,41 +18,10 @@ use std::path::PathBuf;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// Returns jemalloc's free (dirty and muzzy) pages of every arena to the system; the
-/// idle trimmer calls it (`dwaar_core::server::footprint`). Returns the resident bytes
-/// given back.
+/// idle trimmer calls it (`dwaar_core::server::footprint`).
 #[cfg(all(not(target_env = "msvc"), not(feature = "system-alloc")))]
 #[allow(unsafe_code)]
-fn purge_heap() -> usize {
-    let resident = || {
-        // Statistics are cached; writing the epoch refreshes them.
-        let mut epoch: u64 = 1;
-        let mut value: usize = 0;
-        let mut len = std::mem::size_of::<usize>();
-        // SAFETY: `epoch` takes and returns a u64 and `stats.resident` returns a size_t,
-        // the types passed; the pointers are to live locals of those sizes.
-        unsafe {
-            tikv_jemalloc_sys::mallctl(
-                c"epoch".as_ptr(),
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                (&raw mut epoch).cast(),
-                std::mem::size_of::<u64>(),
-            );
-            let rc = tikv_jemalloc_sys::mallctl(
-                c"stats.resident".as_ptr(),
-                (&raw mut value).cast(),
-                &mut len,
-                std::ptr::null_mut(),
-                0,
-            );
-            if rc == 0 {
-                value
-            } else {
-                0
-            }
-        }
-    };
-    let before = resident();
+fn purge_heap() {
     // SAFETY: `arena.<MALLCTL_ARENAS_ALL>.purge` takes no input and writes no output.
     unsafe {
         tikv_jemalloc_sys::mallctl(
@@ -63,7 +32,6 @@ fn purge_heap() -> usize {
             0,
         );
     }
-    before.saturating_sub(resident())
 }
 
 #[derive(Parser)]

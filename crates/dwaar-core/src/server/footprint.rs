@@ -38,20 +38,21 @@ pub const AFTER_START: Duration = Duration::from_secs(2);
 pub const IDLE_AFTER: Duration = Duration::from_secs(10);
 
 /// Returns the allocator's free pages to the system; installed by the binary, which
-/// knows its allocator. Returns the bytes it gave back, when it can tell.
-static HEAP_TRIM: OnceLock<fn() -> usize> = OnceLock::new();
+/// knows its allocator.
+static HEAP_TRIM: OnceLock<fn()> = OnceLock::new();
 
 /// Installs the allocator's trim (once; later calls are ignored).
-pub fn set_heap_trim(trim: fn() -> usize) {
+pub fn set_heap_trim(trim: fn()) {
     let _ = HEAP_TRIM.set(trim);
 }
 
 /// Gives back what an idle process does not need: its code pages and the allocator's
-/// free pages. Returns the code bytes and heap bytes released.
-pub fn trim() -> (usize, usize) {
-    let code = release_code_pages();
-    let heap = HEAP_TRIM.get().map(|t| t()).unwrap_or(0);
-    (code, heap)
+/// free pages. Returns the code bytes released.
+pub fn trim() -> usize {
+    if let Some(heap) = HEAP_TRIM.get() {
+        heap();
+    }
+    release_code_pages()
 }
 
 /// A mapping that may be dropped.
@@ -83,16 +84,16 @@ pub fn release_after_start() {
         .name("dwaar-footprint".into())
         .spawn(|| {
             std::thread::sleep(AFTER_START);
-            let (code, heap) = trim();
-            tracing::debug!(code, heap, "start-up memory released");
+            let code = trim();
+            tracing::debug!(code, "start-up memory released");
             let mut idle = IdleWatch::new(crate::lifecycle::inflight::started_total());
             loop {
                 std::thread::sleep(IDLE_AFTER);
                 let started = crate::lifecycle::inflight::started_total();
                 let in_flight = crate::lifecycle::inflight::total();
                 if idle.should_trim(started, in_flight) {
-                    let (code, heap) = trim();
-                    tracing::debug!(code, heap, "idle: memory released");
+                    let code = trim();
+                    tracing::debug!(code, "idle: memory released");
                 }
             }
         });
