@@ -286,11 +286,30 @@ fn unix_socket_binds_serve_http() {
             &[port],
             args,
         );
+        let get = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+        // The TCP port can take connections before the unix socket is bound: wait for
+        // the socket to answer (the stale file refuses). It carries its mode from the
+        // moment it exists under its name.
+        assert!(
+            wait_until(std::time::Duration::from_secs(10), || {
+                std::os::unix::net::UnixStream::connect(&sock).is_ok()
+            }),
+            "{args:?}: {}",
+            d.log_text()
+        );
         let mode = std::fs::metadata(&sock)
             .map(|m| m.permissions().mode() & 0o777)
             .unwrap_or(0);
         assert_eq!(mode, 0o660, "{args:?}");
-        let get = b"GET / HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n";
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .map(|r| r.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            leftovers
+                .iter()
+                .all(|n| !n.to_string_lossy().starts_with(".dwaar-")),
+            "{args:?}: {leftovers:?}"
+        );
         let r = over_unix(&sock, get);
         assert!(
             r.ends_with(&format!("a from 127.0.0.1 on {site}")),

@@ -101,6 +101,22 @@ pub fn counting_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>
                             .then(|| v.trim().to_string())
                     })
                 };
+                // Read a declared body before answering: closing with unread bytes
+                // makes the close a reset, which can overtake the answer.
+                let head_len = buf
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .map_or(buf.len(), |i| i + 4);
+                let declared: usize = field("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                let mut unread = declared.saturating_sub(buf.len() - head_len);
+                while unread > 0 {
+                    match s.read(&mut tmp) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => unread = unread.saturating_sub(k),
+                    }
+                }
                 let page = PAGE.as_bytes();
                 let reply = |s: &mut std::net::TcpStream, extra: &str, body: &[u8]| {
                     let _ = write!(

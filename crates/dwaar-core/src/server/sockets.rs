@@ -168,23 +168,46 @@ pub fn describe(spec: &ListenSpec, v6: bool) -> String {
 
 /// Binds a unix socket at `path` with permission bits `mode`. A socket file left by an
 /// earlier run is replaced; any other file at the path is an error.
+///
+/// The socket is bound under a temporary name next to `path`, given its mode, and then
+/// renamed into place: nobody can connect to it with the umask's permissions in between,
+/// and a stale socket file is swapped out in one step rather than removed first.
 fn bind_unix(path: &std::path::Path, mode: u32) -> Result<UnixListener, String> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let why = |e: std::io::Error| format!("cannot listen on unix/{}: {e}", path.display());
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path).map_err(why)?,
-        Ok(_) => {
+        Ok(m) if !m.file_type().is_socket() => {
             return Err(format!(
                 "cannot listen on unix/{}: the path exists and is not a socket",
                 path.display()
             ))
         }
-        Err(_) => {}
+        _ => {}
     }
-    let l = UnixListener::bind(path).map_err(why)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(why)?;
-    l.set_nonblocking(true).map_err(why)?;
-    Ok(l)
+    let staging = staging_path(path);
+    let _ = std::fs::remove_file(&staging);
+    let bound = UnixListener::bind(&staging).and_then(|l| {
+        std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(mode))?;
+        l.set_nonblocking(true)?;
+        std::fs::rename(&staging, path)?;
+        Ok(l)
+    });
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    bound.map_err(why)
+}
+
+/// The temporary name a unix socket is bound under before it is renamed to `path`:
+/// the same directory (so the rename is atomic), unique to this process and call.
+fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!(".dwaar-{}-{n}.sock", std::process::id());
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(name),
+        _ => std::path::PathBuf::from(name),
+    }
 }
 
 /// Binds `k` sockets for `spec` (one for a unix socket, which every accepting thread
