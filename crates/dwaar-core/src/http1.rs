@@ -100,6 +100,55 @@ pub fn parse_response<'h, 'b>(
     (r, resp)
 }
 
+/// How far an upstream's response head has arrived, found without parsing its fields:
+/// the head is parsed once, where it is used.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadEnd {
+    /// The head is `len` bytes long (empty lines before it included); `status` is its
+    /// code when the status line has the usual shape (the parse that follows judges the
+    /// rest).
+    Complete { len: usize, status: Option<u16> },
+    /// More bytes are needed.
+    Partial,
+    /// The bytes do not start an HTTP/1 response.
+    NotHttp,
+}
+
+/// Finds the end of a response head in `buf`: the first empty line (LF LF or LF CR LF,
+/// as the parser accepts), after any empty lines that precede the status line.
+pub fn find_response_head(buf: &[u8]) -> HeadEnd {
+    let Some(start) = buf.iter().position(|&b| b != b'\r' && b != b'\n') else {
+        return HeadEnd::Partial;
+    };
+    let head = &buf[start..];
+    if !head.starts_with(&b"HTTP/"[..head.len().min(5)]) {
+        return HeadEnd::NotHttp;
+    }
+    for i in memchr::memchr_iter(b'\n', head) {
+        let end = match head.get(i + 1..) {
+            Some([b'\n', ..]) => i + 2,
+            Some([b'\r', b'\n', ..]) => i + 3,
+            Some([] | [b'\r']) | None => return HeadEnd::Partial,
+            Some(_) => continue,
+        };
+        return HeadEnd::Complete {
+            len: start + end,
+            status: status_code(head),
+        };
+    }
+    HeadEnd::Partial
+}
+
+/// The code of a status line shaped `HTTP/1.x NNN`.
+fn status_code(line: &[u8]) -> Option<u16> {
+    match line.get(8..12)? {
+        [b' ', d @ ..] if d.iter().all(u8::is_ascii_digit) => {
+            Some(d.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0')))
+        }
+        _ => None,
+    }
+}
+
 /// Parses a request head, its fields into `slots` (as [`parse_response`]).
 pub fn parse_request<'h, 'b>(
     buf: &'b [u8],
@@ -108,6 +157,16 @@ pub fn parse_request<'h, 'b>(
     let mut req = httparse::Request::new(&mut []);
     let r = req.parse_with_uninit_headers(buf, slots);
     (r, req)
+}
+
+/// A field value received as bytes, as text: valid UTF-8 (nearly always ASCII) is
+/// copied after the standard library's fast check; anything else has its invalid
+/// sequences replaced.
+pub fn field_text(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
+    }
 }
 
 /// The status and fields of an upstream's interim head (`103 Early Hints`...),
@@ -123,12 +182,7 @@ pub fn interim_fields(head: &[u8]) -> (u16, Vec<(String, String)>) {
         .headers
         .iter()
         .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
-        .map(|h| {
-            (
-                h.name.to_ascii_lowercase(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
+        .map(|h| (h.name.to_ascii_lowercase(), field_text(h.value)))
         .collect();
     (status, fields)
 }
@@ -391,6 +445,56 @@ impl ChunkScanner {
 mod tests {
     use super::ChunkScanner;
     const CLIENT_BUF: usize = 2 * 1024;
+
+    /// The end found by scanning is where the parser says the head ends, for every way
+    /// a head can end and at every point it can be cut; bytes that are not HTTP are told
+    /// apart at once.
+    #[test]
+    fn response_head_ends_where_the_parser_says() {
+        use super::{find_response_head, HeadEnd};
+        let heads: [&[u8]; 6] = [
+            b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 3\r\n\r\nabc",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.0 103 Early Hints\nLink: </a>\n\nHTTP/1.1 200 OK\r\n\r\n",
+            b"\r\n\r\nHTTP/1.1 404 Not Found\r\nX: y\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nX: a\r\nY: b\n\r\n",
+            b"HTTP/1.1 599\r\n\r\n",
+        ];
+        for head in heads {
+            let mut slots = super::header_slots();
+            let (parsed, resp) = super::parse_response(head, &mut slots);
+            let Ok(httparse::Status::Complete(n)) = parsed else {
+                panic!("{parsed:?}: {}", String::from_utf8_lossy(head));
+            };
+            assert_eq!(
+                find_response_head(head),
+                HeadEnd::Complete {
+                    len: n,
+                    status: resp.code
+                },
+                "{}",
+                String::from_utf8_lossy(head)
+            );
+            for cut in 0..n {
+                assert!(
+                    matches!(find_response_head(&head[..cut]), HeadEnd::Partial),
+                    "{cut}: {}",
+                    String::from_utf8_lossy(head)
+                );
+            }
+        }
+        for junk in [&b"SSH-2.0-OpenSSH\r\n"[..], b"<html>", b"HTTX"] {
+            assert_eq!(find_response_head(junk), HeadEnd::NotHttp);
+        }
+        // A status line of another shape is for the parse to refuse.
+        assert_eq!(
+            find_response_head(b"HTTP/1.1 abc\r\n\r\n"),
+            HeadEnd::Complete {
+                len: 16,
+                status: None
+            }
+        );
+    }
 
     /// A keep-alive connection's buffer keeps its size over thousands of requests: each
     /// head is split off and frozen, then dropped, and the space is reused. (With plain

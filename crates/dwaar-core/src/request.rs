@@ -24,6 +24,12 @@ pub trait HttpRequest {
     /// head (HTTP/1), else names + values + 4 per field; `max_header_size` bounds it.
     fn header_bytes(&self) -> usize;
     fn set_header(&mut self, name: &str, value: &str);
+    /// [`set_header`](Self::set_header) for a field Dwaar itself adds (`x-forwarded-for`
+    /// and the like): `name` is a lowercase constant, so a request type can use it as it
+    /// is instead of parsing and copying it per request.
+    fn set_own_header(&mut self, name: &'static str, value: &str) {
+        self.set_header(name, value);
+    }
     fn append_header(&mut self, name: &str, value: &str);
     fn remove_header(&mut self, name: &str);
     /// Replaces path and query; returns false when the result is not a valid URI.
@@ -132,6 +138,14 @@ impl HttpRequest for RequestHeader {
             let _ = self.insert_header(n, v);
         }
     }
+    fn set_own_header(&mut self, name: &'static str, value: &str) {
+        // Pingora parses the name once from the static text (a `HeaderName` would be
+        // turned back into text and parsed again).
+        debug_assert!(!name.bytes().any(|b| b.is_ascii_uppercase()));
+        if let Some(v) = field_value(value) {
+            let _ = self.insert_header(name, v);
+        }
+    }
     fn append_header(&mut self, name: &str, value: &str) {
         if let (Ok(n), Some(v)) = (HeaderName::from_bytes(name.as_bytes()), field_value(value)) {
             let _ = RequestHeader::append_header(self, n, v);
@@ -147,6 +161,42 @@ impl HttpRequest for RequestHeader {
                 true
             }
             Err(_) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hop-by-hop field is recognised in any case; fields of the same lengths that
+    /// are end-to-end are not.
+    #[test]
+    fn hop_by_hop_fields_in_any_case() {
+        for name in [
+            "te",
+            "TE",
+            "Trailer",
+            "upgrade",
+            "Connection",
+            "keep-alive",
+            "Proxy-Connection",
+            "TRANSFER-ENCODING",
+        ] {
+            assert!(hop_by_hop(name.as_bytes()), "{name}");
+        }
+        for name in [
+            "",
+            "t",
+            "tf",
+            "referer",
+            "content-md5",
+            "set-cookie",
+            "content-language",
+            "content-encodings",
+            "x-forwarded-for",
+        ] {
+            assert!(!hop_by_hop(name.as_bytes()), "{name}");
         }
     }
 }

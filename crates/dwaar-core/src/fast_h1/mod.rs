@@ -1132,7 +1132,7 @@ fn response_head(
             .headers
             .iter()
             .filter(|h| forward(h.name))
-            .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
+            .map(|h| (h.name.into(), crate::http1::field_text(h.value)))
             .collect();
         crate::pipeline::edit_proxied_fields(p, req, ctx, &mut fields);
         if page && !matches!(framing, Framing::None) {
@@ -1366,12 +1366,7 @@ async fn relay_body<S: LeanIo>(
 fn owned_fields(headers: &[httparse::Header<'_>]) -> Vec<(String, String)> {
     headers
         .iter()
-        .map(|h| {
-            (
-                h.name.to_string(),
-                String::from_utf8_lossy(h.value).into_owned(),
-            )
-        })
+        .map(|h| (h.name.to_string(), crate::http1::field_text(h.value)))
         .collect()
 }
 

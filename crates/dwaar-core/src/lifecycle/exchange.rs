@@ -623,7 +623,7 @@ fn parse_upstream_head(rhead: &[u8], head_only: bool) -> Option<UpstreamHead> {
         .headers
         .iter()
         .filter(|h| !crate::request::hop_by_hop(h.name.as_bytes()))
-        .map(|h| (h.name.into(), String::from_utf8_lossy(h.value).into_owned()))
+        .map(|h| (h.name.into(), crate::http1::field_text(h.value)))
         .collect();
     Some(UpstreamHead {
         status,

@@ -205,16 +205,16 @@ pub fn forwarded_headers(ctx: &RequestContext, up: &mut dyn HttpRequest, host: &
         (true, Some(prev)) if !prev.is_empty() => compact_str::format_compact!("{prev}, {peer_ip}"),
         _ => peer_ip,
     };
-    up.set_header("x-forwarded-for", &xff);
+    up.set_own_header("x-forwarded-for", &xff);
     if !(ctx.peer_trusted && up.header_count("x-forwarded-proto") > 0) {
-        up.set_header("x-forwarded-proto", ctx.scheme());
+        up.set_own_header("x-forwarded-proto", ctx.scheme());
     }
     if !(ctx.peer_trusted && up.header_count("x-forwarded-host") > 0) {
-        up.set_header("x-forwarded-host", host);
+        up.set_own_header("x-forwarded-host", host);
     }
     if let Some(id) = ctx.request_id {
         let mut buf = [0u8; 36];
-        up.set_header("x-request-id", id.hyphenated().encode_lower(&mut buf));
+        up.set_own_header("x-request-id", id.hyphenated().encode_lower(&mut buf));
     }
 }
 

@@ -7,6 +7,7 @@
 //! only when its response ended cleanly. A connection's buffer is reused across the
 //! requests it carries; bodies leave it as `Bytes` split off it.
 
+use crate::http1::HeadEnd;
 use crate::upstream::TransportOpts;
 use bytes::BytesMut;
 use std::cell::RefCell;
@@ -250,7 +251,9 @@ pub fn checkin(addr: SocketAddr, mut c: UpstreamConn, t: &TransportOpts) {
 }
 
 /// Reads until `c.buf` starts with a complete response head; its length, or `None`
-/// when the upstream closed or sent something that is not a response.
+/// when the upstream closed or sent something that is not a response. The head's
+/// fields are not parsed here (the caller parses it once, and answers 502 when it is
+/// malformed).
 /// Interim responses (`1xx` but `101`: `103 Early Hints`, `102 Processing`...) are taken
 /// off the connection first and left in `interim` for the client. An upstream that sends
 /// more than [`MAX_INTERIM`] of them gets `Ok(None)`.
@@ -263,23 +266,20 @@ pub async fn read_response_head(
     let read = async {
         loop {
             if !c.buf.is_empty() {
-                let mut slots = crate::http1::header_slots();
-                let (parsed, resp) = crate::http1::parse_response(&c.buf, &mut slots);
-                match parsed {
-                    Ok(httparse::Status::Complete(n))
-                        if n <= limit
-                            && resp
-                                .code
-                                .is_some_and(|s| (100..200).contains(&s) && s != 101) =>
+                // Only the end is found here; the head is parsed once, by its user.
+                match crate::http1::find_response_head(&c.buf) {
+                    HeadEnd::Complete { len, status }
+                        if len <= limit
+                            && status.is_some_and(|s| (100..200).contains(&s) && s != 101) =>
                     {
                         if interim.len() == MAX_INTERIM {
                             return Ok(None);
                         }
-                        interim.push(c.buf.split_to(n).freeze());
+                        interim.push(c.buf.split_to(len).freeze());
                         continue;
                     }
-                    Ok(httparse::Status::Complete(n)) if n <= limit => return Ok(Some(n)),
-                    Ok(httparse::Status::Partial) if c.buf.len() < limit => {}
+                    HeadEnd::Complete { len, .. } if len <= limit => return Ok(Some(len)),
+                    HeadEnd::Partial if c.buf.len() < limit => {}
                     _ => return Ok(None),
                 }
             }
