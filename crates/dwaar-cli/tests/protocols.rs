@@ -282,6 +282,72 @@ fn a_panicking_request_fails_alone() {
     assert!(panics >= 5, "dwaar_panics_total {panics}\n{m}");
 }
 
+/// An upstream that answers with something other than an HTTP/1 response head gets a
+/// 502 at once on every path, while it keeps its connection open: bytes that are not
+/// HTTP, a status line of the wrong shape, a field line without a colon. A good head
+/// split over many small writes still goes through.
+#[test]
+fn unusable_upstream_heads_are_502_at_once_on_every_path() {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match s.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let answer: &[u8] = if text.starts_with("GET /ssh") {
+                    b"SSH-2.0-OpenSSH_9.2\r\n"
+                } else if text.starts_with("GET /status") {
+                    b"HTTP/1.1 abc\r\nContent-Length: 0\r\n\r\n"
+                } else if text.starts_with("GET /field") {
+                    b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n"
+                } else {
+                    // One byte per write: the end of the head arrives last.
+                    for &c in b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" {
+                        if s.write_all(&[c]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                    }
+                    b"good"
+                };
+                if s.write_all(answer).is_err() {
+                    return;
+                }
+                if answer != b"good" {
+                    // Held open: only the bytes can tell Dwaar the answer is unusable.
+                    std::thread::sleep(std::time::Duration::from_secs(30));
+                    return;
+                }
+            });
+        }
+    });
+    let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{port}\n"));
+    for proto in ALL {
+        for path in ["/ssh", "/status", "/field"] {
+            let started = std::time::Instant::now();
+            let r = p.ok(proto, &Req::get(path));
+            assert_eq!(r.status, 502, "{proto:?} {path}: {}", r.text());
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(10),
+                "{proto:?} {path}: {:?}",
+                started.elapsed()
+            );
+        }
+        let r = p.ok(proto, &Req::get("/split"));
+        assert_eq!((r.status, r.text().as_str()), (200, "good"), "{proto:?}");
+    }
+}
+
 /// FastCGI on every path: upstream attempts go through the shared loop (a dead first
 /// upstream is skipped within `lb_try_duration`), and a request body is held to
 /// `request_body { max_size }` while it streams (a chunked body declares no length).
