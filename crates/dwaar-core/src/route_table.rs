@@ -363,7 +363,8 @@ impl Registries {
 /// Sites reachable through one port.
 #[derive(Debug, Default)]
 pub struct PortSites {
-    pub exact: HashMap<CompactString, Vec<Arc<SiteRoutes>>>,
+    /// Built from the config only (clients look up, never insert): a fast hash.
+    pub exact: rustc_hash::FxHashMap<CompactString, Vec<Arc<SiteRoutes>>>,
     /// `(".example.com", site)` for `*.example.com`.
     pub wildcard: Vec<(String, Arc<SiteRoutes>)>,
     pub catch_all: Vec<Arc<SiteRoutes>>,
@@ -455,7 +456,7 @@ pub struct ListenSpec {
 /// The compiled configuration.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    pub ports: HashMap<u16, PortSites>,
+    pub ports: rustc_hash::FxHashMap<u16, PortSites>,
     pub listeners: Vec<ListenSpec>,
     pub health_targets: Vec<HealthTarget>,
     /// `dynamic` upstream sets, refreshed by the health-check service.

@@ -911,9 +911,11 @@ async fn proxy<S: LeanIo>(
         out.extend_from_slice(q.as_bytes());
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    // Most requests carry no `Connection` field: then no field is listed in one.
+    let has_connection = req.header_count("connection") > 0;
     for h in &req.headers {
         let name = req.name_bytes(h);
-        if crate::request::hop_by_hop(name) || listed_in_connection(req, name) {
+        if crate::request::hop_by_hop(name) || (has_connection && listed_in_connection(req, name)) {
             continue;
         }
         out.extend_from_slice(name);

@@ -175,6 +175,14 @@ impl HttpRequest for FastRequest {
             value: Text::Owned(CompactString::new(sanitize_header_value(value))),
         });
     }
+    fn set_own_header(&mut self, name: &'static str, value: &str) {
+        // A constant, valid name: kept by reference, not checked or copied.
+        self.remove_header(name);
+        self.headers.push(Header {
+            name: Text::Owned(CompactString::const_new(name)),
+            value: Text::Owned(CompactString::new(sanitize_header_value(value))),
+        });
+    }
     fn remove_header(&mut self, name: &str) {
         let head = &self.head;
         self.headers
