@@ -308,6 +308,82 @@ fn precompressed_status_pass_thru_try_files_and_file_matcher() {
     assert_eq!(req(port, "/gone/page.html", &[]).status, 410);
 }
 
+/// Files sent with `sendfile` after a head flagged "more follows": on one keep-alive
+/// connection every response arrives whole and without the kernel holding the head
+/// back (a held head would cost 200 ms per response): files of 1 byte to 2 MB, and a
+/// range of one.
+#[test]
+fn sendfile_responses_arrive_whole_and_at_once_on_keep_alive() {
+    use std::io::{Read, Write};
+    let s = site();
+    let mid: Vec<u8> = (0..2_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(s.path().join("one.bin"), b"1").unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(s.path().join("mid.bin"), &mid).unwrap_or_else(|e| panic!("{e}"));
+    let (_d, port) = serve(&config(s.path(), "\tfile_server"));
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_or_else(|e| panic!("{e}"));
+    let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    // Reads one response: its head, then the body by its Content-Length.
+    let mut pending = Vec::new();
+    let mut response = |c: &mut std::net::TcpStream| -> (String, Vec<u8>) {
+        let mut buf = [0u8; 65536];
+        let end = loop {
+            if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = c.read(&mut buf).unwrap_or_else(|e| panic!("{e}"));
+            assert!(n > 0, "closed");
+            pending.extend_from_slice(&buf[..n]);
+        };
+        let head = String::from_utf8_lossy(&pending[..end]).to_string();
+        let len: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{head}"));
+        while pending.len() < end + len {
+            let n = c.read(&mut buf).unwrap_or_else(|e| panic!("{e}"));
+            assert!(n > 0, "closed");
+            pending.extend_from_slice(&buf[..n]);
+        }
+        let body = pending[end..end + len].to_vec();
+        pending.drain(..end + len);
+        (head, body)
+    };
+    let started = std::time::Instant::now();
+    for i in 0..60 {
+        let (path, range, want): (&str, Option<&str>, &[u8]) = match i % 4 {
+            0 => ("/one.bin", None, b"1"),
+            1 => ("/data.bin", None, &[]),
+            2 => ("/mid.bin", None, &mid),
+            _ => ("/mid.bin", Some("bytes=1000-1999999"), &mid[1000..]),
+        };
+        let extra = range.map(|r| format!("Range: {r}\r\n")).unwrap_or_default();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (head, body) = response(&mut c);
+        let status = if range.is_some() { "206" } else { "200" };
+        assert!(
+            head.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path}: {head}"
+        );
+        if !want.is_empty() {
+            assert!(body == want, "{path} {range:?}: {} bytes", body.len());
+        } else {
+            assert_eq!(body.len(), 10_000, "{path}");
+        }
+    }
+    // 60 responses; a head held back until a timer would take 12 s.
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[test]
 fn edits_are_seen_and_big_files_stream_intact() {
     let s = site();

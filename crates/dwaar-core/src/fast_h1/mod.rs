@@ -820,7 +820,18 @@ async fn write_reply<S: LeanIo>(
         out.extend_from_slice(&r.body);
         sent = r.body.len() as u64;
     }
-    tcp.write_all(&out).await?;
+    // A file that `sendfile` sends next: the head goes flagged "more follows", so it
+    // leaves with the file's first bytes in full segments (the client reads the head
+    // and body together) instead of as a small packet of its own.
+    let file_follows = with_body
+        && r.stream
+            .as_ref()
+            .and_then(|s| s.as_single_file())
+            .is_some_and(|(_, _, len)| len > 0);
+    match tcp.tcp().filter(|_| file_follows) {
+        Some(sock) => send_more(sock, &out).await?,
+        None => tcp.write_all(&out).await?,
+    }
     if let (true, Some(stream)) = (with_body, r.stream.as_mut()) {
         if let (Some((file, offset, len)), Some(sock)) = (stream.as_single_file(), tcp.tcp()) {
             sent += send_file(sock, file, offset, len).await?;
@@ -832,6 +843,24 @@ async fn write_reply<S: LeanIo>(
         }
     }
     Ok((r.status, sent))
+}
+
+/// Writes `bytes` with `MSG_MORE`: the kernel holds a partial segment back until the
+/// next send without the flag (the `sendfile` that follows; its last page pushes), as
+/// nginx's `tcp_nopush` does with a `TCP_CORK` call before and after.
+async fn send_more(tcp: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    let sock = socket2::SockRef::from(tcp);
+    while !bytes.is_empty() {
+        tcp.writable().await?;
+        match tcp.try_io(tokio::io::Interest::WRITABLE, || {
+            sock.send_with_flags(bytes, nix::libc::MSG_MORE | nix::libc::MSG_NOSIGNAL)
+        }) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Sends `len` bytes of `file` from `offset` with `sendfile(2)`: no copy through user
