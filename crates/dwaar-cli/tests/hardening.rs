@@ -266,44 +266,28 @@ fn a_client_that_stops_reading_is_cut_off_after_the_write_timeout() {
 /// An origin that answers `/bad-*` paths with broken framing and `/good` properly,
 /// keeping connections open; it counts the connections it accepted.
 fn broken_origin() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    let conns = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let count = conns.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            std::thread::spawn(move || {
-                let mut s = s;
-                let mut buf = vec![0u8; 8192];
-                loop {
-                    let mut got = Vec::new();
-                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match s.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => got.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&got).to_string();
-                    let resp: &[u8] = if head.starts_with("GET /bad-cl ") {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 4x\r\n\r\nabcd"
-                    } else if head.starts_with("GET /two-cl ") {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 6\r\n\r\nabcdef"
-                    } else if head.starts_with("GET /bad-te ") {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcd"
-                    } else if head.starts_with("GET /bad-chunk ") {
-                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n"
-                    } else {
-                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                    };
-                    if s.write_all(resp).is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, conns)
+    origin::scripted(
+        &[
+            (
+                "GET /bad-cl ",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4x\r\n\r\nabcd",
+            ),
+            (
+                "GET /two-cl ",
+                b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nContent-Length: 6\r\n\r\nabcdef",
+            ),
+            (
+                "GET /bad-te ",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabcd",
+            ),
+            (
+                "GET /bad-chunk ",
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabcd\r\n0\r\n\r\n",
+            ),
+        ],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        false,
+    )
 }
 
 #[test]

@@ -288,49 +288,20 @@ fn a_panicking_request_fails_alone() {
 /// split over many small writes still goes through.
 #[test]
 fn unusable_upstream_heads_are_502_at_once_on_every_path() {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
-    let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || loop {
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match s.read(&mut b) {
-                        Ok(1) => head.push(b[0]),
-                        _ => return,
-                    }
-                }
-                let text = String::from_utf8_lossy(&head);
-                let answer: &[u8] = if text.starts_with("GET /ssh") {
-                    b"SSH-2.0-OpenSSH_9.2\r\n"
-                } else if text.starts_with("GET /status") {
-                    b"HTTP/1.1 abc\r\nContent-Length: 0\r\n\r\n"
-                } else if text.starts_with("GET /field") {
-                    b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n"
-                } else {
-                    // One byte per write: the end of the head arrives last.
-                    for &c in b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n" {
-                        if s.write_all(&[c]).is_err() {
-                            return;
-                        }
-                        std::thread::sleep(std::time::Duration::from_millis(2));
-                    }
-                    b"good"
-                };
-                if s.write_all(answer).is_err() {
-                    return;
-                }
-                if answer != b"good" {
-                    // Held open: only the bytes can tell Dwaar the answer is unusable.
-                    std::thread::sleep(std::time::Duration::from_secs(30));
-                    return;
-                }
-            });
-        }
-    });
+    // Every answer goes out one byte at a time: a good head's end arrives last. The
+    // connection stays open after each answer.
+    let (port, _) = origin::scripted(
+        &[
+            ("GET /ssh", b"SSH-2.0-OpenSSH_9.2\r\n"),
+            ("GET /status", b"HTTP/1.1 abc\r\nContent-Length: 0\r\n\r\n"),
+            (
+                "GET /field",
+                b"HTTP/1.1 200 OK\r\nno colon here\r\nContent-Length: 0\r\n\r\n",
+            ),
+        ],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\ngood",
+        true,
+    );
     let p = Paths::start(&bin(), &format!("\treverse_proxy 127.0.0.1:{port}\n"));
     for proto in ALL {
         for path in ["/ssh", "/status", "/field"] {
@@ -397,12 +368,15 @@ fn php_retries_and_body_limits_on_every_path() {
 /// `owner:hunter2`, bcrypt cost 4.
 const HASH: &str = "$2b$04$n9w8gA5QbBkpl3san02ecOAEjvhB1O5XG4fRBeeAoDTNwSY6piqEm";
 
-/// Files: whole, ranged, conditional and HEAD requests, and a missing file through
-/// `handle_errors`.
+/// Files: whole, ranged, conditional and HEAD requests (a 2 MB file too, whole and
+/// ranged, streamed from disk), and a missing file through `handle_errors`.
 #[test]
 fn files_ranges_validators_and_errors_on_every_path() {
     let www = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     std::fs::write(www.path().join("abc.txt"), "abcdefghij").unwrap_or_else(|e| panic!("{e}"));
+    // Large enough to be streamed from disk (the lean path's `sendfile`) on every path.
+    let big: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(www.path().join("big.bin"), &big).unwrap_or_else(|e| panic!("{e}"));
     let p = Paths::start(
         &bin(),
         &format!(
@@ -424,6 +398,19 @@ fn files_ranges_validators_and_errors_on_every_path() {
         let r = p.ok(proto, &Req::get("/abc.txt").header("Range", "bytes=2-4"));
         assert_eq!((r.status, r.text().as_str()), (206, "cde"), "{proto:?}");
         assert_eq!(r.header("content-range"), Some("bytes 2-4/10"), "{proto:?}");
+        let r = p.ok(proto, &Req::get("/big.bin"));
+        assert_eq!(r.status, 200, "{proto:?}");
+        assert!(r.body == big, "{proto:?}: {} bytes", r.body.len());
+        let r = p.ok(
+            proto,
+            &Req::get("/big.bin").header("Range", "bytes=1000-1999999"),
+        );
+        assert_eq!(r.status, 206, "{proto:?}");
+        assert!(
+            r.body[..] == big[1000..],
+            "{proto:?}: {} bytes",
+            r.body.len()
+        );
         let r = p.ok(proto, &Req::get("/abc.txt").header("If-None-Match", &etag));
         assert_eq!((r.status, r.body.len()), (304, 0), "{proto:?}");
         let head = Req {

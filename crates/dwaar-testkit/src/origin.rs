@@ -94,10 +94,26 @@ pub fn dropping() -> u16 {
 /// An upstream that answers every request head with the given raw bytes (keep-alive):
 /// for framings and interim answers the echo origin never sends. Its port.
 pub fn canned(response: &'static [u8]) -> u16 {
+    scripted(&[], response, false).0
+}
+
+/// A raw HTTP/1 upstream for answers a real server never gives: each request head on a
+/// connection (kept alive, the connection held open between requests) is answered
+/// with the bytes of the first `(start, answer)` whose `start` begins the head (such as
+/// `"GET /bad "`), else with `default`. `trickle` writes every answer one byte at a
+/// time, 2 ms apart. Its port, and how many connections it accepted.
+pub fn scripted(
+    answers: &'static [(&'static str, &'static [u8])],
+    default: &'static [u8],
+    trickle: bool,
+) -> (u16, Arc<AtomicUsize>) {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
     let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let accepted = connections.clone();
     std::thread::spawn(move || {
         for s in l.incoming().map_while(Result::ok) {
+            accepted.fetch_add(1, Ordering::SeqCst);
             std::thread::spawn(move || {
                 use std::io::{Read, Write};
                 let mut s = s;
@@ -109,8 +125,20 @@ pub fn canned(response: &'static [u8]) -> u16 {
                     }
                     seen.extend_from_slice(&buf[..n]);
                     while let Some(i) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let answer = answers
+                            .iter()
+                            .find(|(start, _)| seen.starts_with(start.as_bytes()))
+                            .map_or(default, |(_, answer)| answer);
                         seen.drain(..i + 4);
-                        if s.write_all(response).is_err() {
+                        let written = if trickle {
+                            answer.iter().try_for_each(|b| {
+                                std::thread::sleep(Duration::from_millis(2));
+                                s.write_all(std::slice::from_ref(b))
+                            })
+                        } else {
+                            s.write_all(answer)
+                        };
+                        if written.is_err() {
                             return;
                         }
                     }
@@ -118,7 +146,7 @@ pub fn canned(response: &'static [u8]) -> u16 {
             });
         }
     });
-    port
+    (port, connections)
 }
 
 /// An HTTP/1.1 origin on a chosen address (`127.0.0.2:8080`; port 0 for any), for

@@ -48,6 +48,14 @@ fn range(head: &[u8], part: &[u8]) -> Text {
 }
 
 impl FastRequest {
+    /// Adds a field whose name is valid; the value loses any CR, LF and NUL.
+    fn push_field(&mut self, name: CompactString, value: &str) {
+        self.headers.push(Header {
+            name: Text::Owned(name),
+            value: Text::Owned(CompactString::new(sanitize_header_value(value))),
+        });
+    }
+
     /// Builds the request from `httparse`'s view of `head` (all slices point into it).
     pub fn from_parsed(head: Bytes, req: &httparse::Request<'_, '_>) -> Option<FastRequest> {
         let h = &head[..];
@@ -167,21 +175,14 @@ impl HttpRequest for FastRequest {
         self.append_header(name, value);
     }
     fn append_header(&mut self, name: &str, value: &str) {
-        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return;
+        if http::HeaderName::from_bytes(name.as_bytes()).is_ok() {
+            self.push_field(CompactString::new(name), value);
         }
-        self.headers.push(Header {
-            name: Text::Owned(CompactString::new(name)),
-            value: Text::Owned(CompactString::new(sanitize_header_value(value))),
-        });
     }
     fn set_own_header(&mut self, name: &'static str, value: &str) {
         // A constant, valid name: kept by reference, not checked or copied.
         self.remove_header(name);
-        self.headers.push(Header {
-            name: Text::Owned(CompactString::const_new(name)),
-            value: Text::Owned(CompactString::new(sanitize_header_value(value))),
-        });
+        self.push_field(CompactString::const_new(name), value);
     }
     fn remove_header(&mut self, name: &str) {
         let head = &self.head;

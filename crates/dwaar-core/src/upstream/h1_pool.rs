@@ -316,11 +316,11 @@ pub async fn await_continue(
     let look = async {
         loop {
             if !c.buf.is_empty() {
-                let mut slots = crate::http1::header_slots();
-                let (parsed, resp) = crate::http1::parse_response(&c.buf, &mut slots);
-                let parsed = match parsed {
-                    Ok(httparse::Status::Complete(n)) => Some((n, resp.code.unwrap_or(0))),
-                    Ok(httparse::Status::Partial) if c.buf.len() < 64 * 1024 => None,
+                // As in `read_response_head`: only the end and the status are looked
+                // at; a malformed final head is refused when it is parsed.
+                let parsed = match crate::http1::find_response_head(&c.buf) {
+                    HeadEnd::Complete { len, status } => Some((len, status.unwrap_or(0))),
+                    HeadEnd::Partial if c.buf.len() < 64 * 1024 => None,
                     _ => return Continue::Answered,
                 };
                 if let Some((n, code)) = parsed {
